@@ -1,0 +1,28 @@
+//! Generates the `cpis.v1` gRPC code from `proto/` with a vendored `protoc`
+//! (a `PROTOC` in the environment still wins), plus the descriptor set that
+//! server reflection serves.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if env::var_os("PROTOC").is_none() {
+        // Build scripts are single-threaded, so setting the variable is sound.
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        unsafe { env::set_var("PROTOC", protoc) };
+    }
+    let include = protoc_bin_vendored::include_path()?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let protos: [PathBuf; 5] = [
+        "proto/cpis/v1/common.proto".into(),
+        "proto/cpis/v1/lookup.proto".into(),
+        "proto/cpis/v1/plans.proto".into(),
+        "proto/cpis/v1/notifications.proto".into(),
+        "proto/cpis/v1/audit.proto".into(),
+    ];
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("cpis_v1_descriptor.bin"))
+        .compile_protos(&protos, &[PathBuf::from("proto"), include])?;
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Who is calling and what they may do. Identity comes only from the verified
+//! client certificate (CN = ODS code, O = organisation name, OU = role) and is
+//! parsed once per connection; every role check of the relay is in
+//! [`authorize`]. Nothing here reads a request body.
+
+use std::fmt;
+
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Emergency departments, out-of-hours GPs, walk-in centres, ... : search.
+    UnscheduledCare,
+    /// A local authority's children's social care: its own plans and notifications.
+    SocialCare,
+    /// Information governance: reads access logs.
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Self::UnscheduledCare, Self::SocialCare, Self::Auditor];
+
+    /// The certificate OU naming this role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnscheduledCare => "unscheduled-care",
+            Self::SocialCare => "social-care",
+            Self::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|role| role.as_str() == text)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// The organisation behind a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub ods_code: String,
+    pub organisation_name: String,
+    pub role: Role,
+}
+
+impl Identity {
+    /// Reads the identity from a DER client certificate that TLS has already
+    /// verified against the relay's CA.
+    pub fn from_certificate(der: &[u8]) -> Result<Self, String> {
+        let (_, certificate) =
+            X509Certificate::from_der(der).map_err(|error| format!("client certificate cannot be parsed: {error}"))?;
+        let subject = certificate.subject();
+        let single = |values: Vec<&str>, what: &str| -> Result<String, String> {
+            match values.as_slice() {
+                [value] if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+                [] | [_] => Err(format!("client certificate subject has no {what}")),
+                _ => Err(format!("client certificate subject has more than one {what}")),
+            }
+        };
+        let ods_code = single(subject.iter_common_name().filter_map(|a| a.as_str().ok()).collect(), "CN (ODS code)")?;
+        let organisation_name =
+            single(subject.iter_organization().filter_map(|a| a.as_str().ok()).collect(), "O (organisation name)")?;
+        let role_text =
+            single(subject.iter_organizational_unit().filter_map(|a| a.as_str().ok()).collect(), "OU (role)")?;
+        let role = Role::parse(&role_text).ok_or_else(|| {
+            format!("client certificate OU {role_text:?} is not a role (unscheduled-care, social-care, auditor)")
+        })?;
+        Ok(Self { ods_code, organisation_name, role })
+    }
+}
+
+/// Everything a caller can ask of the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Search,
+    UploadPlans,
+    DeletePlans,
+    ExportPlans,
+    Subscribe,
+    Ack,
+    ReadAccessLog,
+}
+
+impl Action {
+    pub const ALL: [Action; 7] = [
+        Self::Search,
+        Self::UploadPlans,
+        Self::DeletePlans,
+        Self::ExportPlans,
+        Self::Subscribe,
+        Self::Ack,
+        Self::ReadAccessLog,
+    ];
+
+    /// The one role allowed to take this action.
+    pub fn allowed_role(self) -> Role {
+        match self {
+            Self::Search => Role::UnscheduledCare,
+            Self::UploadPlans | Self::DeletePlans | Self::ExportPlans | Self::Subscribe | Self::Ack => Role::SocialCare,
+            Self::ReadAccessLog => Role::Auditor,
+        }
+    }
+}
+
+/// The role matrix. Local authority ownership is implied: every social-care
+/// action is scoped to the caller's own ODS code by the domain code, which
+/// takes the LA from the identity and never from the request.
+pub fn authorize(identity: &Identity, action: Action) -> Result<()> {
+    let allowed = action.allowed_role();
+    if identity.role == allowed {
+        return Ok(());
+    }
+    metrics::counter!("cpis_auth_denied_total", "reason" => "wrong_role").increment(1);
+    Err(Error::PermissionDenied(format!(
+        "{action:?} needs the {allowed} role; this certificate's role is {}",
+        identity.role
+    )))
+}
+
+/// Checks that a social-care caller names its own local authority.
+pub fn authorize_local_authority(identity: &Identity, ods_code: &str) -> Result<()> {
+    if identity.ods_code == ods_code {
+        return Ok(());
+    }
+    metrics::counter!("cpis_auth_denied_total", "reason" => "other_local_authority").increment(1);
+    Err(Error::PermissionDenied(format!(
+        "this certificate is for local authority {}; it cannot act for {ods_code:?}",
+        identity.ods_code
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_action_has_exactly_one_role() {
+        let health = Identity { ods_code: "RR8".into(), organisation_name: "T".into(), role: Role::UnscheduledCare };
+        let la = Identity { role: Role::SocialCare, ..health.clone() };
+        let auditor = Identity { role: Role::Auditor, ..health.clone() };
+        for action in Action::ALL {
+            let allowed: Vec<Role> = [&health, &la, &auditor]
+                .into_iter()
+                .filter(|identity| authorize(identity, action).is_ok())
+                .map(|identity| identity.role)
+                .collect();
+            assert_eq!(allowed, vec![action.allowed_role()], "{action:?}");
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Development PKI: a CA, a server certificate for localhost and client
+//! identities for each role, made with rcgen. `certs init` writes them; the
+//! server and clients use `certs/dev/` by default, creating it on first use.
+//! Production identities come from the organisation's own CA (certs/README.md).
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use chrono::{Datelike, Days, Utc};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// A client identity of the development PKI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevIdentity {
+    /// File stem: `NAME.pem` and `NAME.key`.
+    pub name: &'static str,
+    pub ods_code: &'static str,
+    pub organisation: &'static str,
+    pub role: &'static str,
+}
+
+/// The identities `certs init` issues.
+pub const DEV_IDENTITIES: [DevIdentity; 4] = [
+    DevIdentity {
+        name: "ed-rr8",
+        ods_code: "RR8",
+        organisation: "LEEDS TEACHING HOSPITALS NHS TRUST",
+        role: "unscheduled-care",
+    },
+    DevIdentity { name: "la-706", ods_code: "706", organisation: "LONDON BOROUGH OF ISLINGTON", role: "social-care" },
+    DevIdentity { name: "la-855", ods_code: "855", organisation: "LEICESTERSHIRE COUNTY COUNCIL", role: "social-care" },
+    DevIdentity { name: "auditor", ods_code: "X26", organisation: "NHS ENGLAND", role: "auditor" },
+];
+
+/// The default directory of development certificates.
+pub const DEV_DIR: &str = "certs/dev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    #[error("generating certificates failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// A PEM certificate and its private key.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A certificate authority that can issue server and client certificates.
+pub struct Authority {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    key_pem: String,
+}
+
+impl Authority {
+    /// A new self-signed CA.
+    pub fn generate(common_name: &str) -> Result<Self, CertsError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name, "cpis-relay development", None);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_validity(&mut params, 3650);
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        Ok(Self { issuer: CertifiedIssuer::self_signed(params, key)?, key_pem })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for the given DNS names and IP addresses.
+    pub fn issue_server(&self, names: &[&str]) -> Result<Pair, CertsError> {
+        let mut params = CertificateParams::new(names.iter().map(|name| name.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name = name(names.first().copied().unwrap_or("cpis-relay"), "cpis-relay", None);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    /// A client certificate: CN = ODS code, O = organisation, OU = role.
+    pub fn issue_client(&self, ods_code: &str, organisation: &str, role: Option<&str>) -> Result<Pair, CertsError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(ods_code, organisation, role);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, mut params: CertificateParams) -> Result<Pair, CertsError> {
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        set_validity(&mut params, 825);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+fn name(common_name: &str, organisation: &str, unit: Option<&str>) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    name.push(DnType::OrganizationName, organisation);
+    if let Some(unit) = unit {
+        name.push(DnType::OrganizationalUnitName, unit);
+    }
+    name
+}
+
+fn set_validity(params: &mut CertificateParams, days: u64) {
+    let today = Utc::now().date_naive();
+    let from = today.checked_sub_days(Days::new(1)).unwrap_or(today);
+    let until = today.checked_add_days(Days::new(days)).unwrap_or(today);
+    params.not_before = rcgen::date_time_ymd(from.year(), from.month() as u8, from.day() as u8);
+    params.not_after = rcgen::date_time_ymd(until.year(), until.month() as u8, until.day() as u8);
+}
+
+/// Writes a fresh development PKI into `dir`: `ca.pem`/`ca.key`,
+/// `server.pem`/`server.key` and `NAME.pem`/`NAME.key` per [`DEV_IDENTITIES`].
+pub fn init(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
+    let authority = Authority::generate("cpis-relay development CA")?;
+    let server = authority.issue_server(&["localhost", "127.0.0.1"])?;
+    let mut written = Vec::new();
+    create_dir(dir)?;
+    written.push(write(dir, "ca.pem", &authority.cert_pem(), false)?);
+    written.push(write(dir, "ca.key", &authority.key_pem, true)?);
+    written.push(write(dir, "server.pem", &server.cert_pem, false)?);
+    written.push(write(dir, "server.key", &server.key_pem, true)?);
+    for identity in DEV_IDENTITIES {
+        let pair = authority.issue_client(identity.ods_code, identity.organisation, Some(identity.role))?;
+        written.push(write(dir, &format!("{}.pem", identity.name), &pair.cert_pem, false)?);
+        written.push(write(dir, &format!("{}.key", identity.name), &pair.key_pem, true)?);
+    }
+    Ok(written)
+}
+
+/// Creates the development PKI in `dir` unless its CA already exists.
+/// Returns whether it was created.
+pub fn ensure_dev(dir: &Path) -> Result<bool, CertsError> {
+    if dir.join("ca.pem").exists() {
+        return Ok(false);
+    }
+    init(dir)?;
+    Ok(true)
+}
+
+fn create_dir(dir: &Path) -> Result<(), CertsError> {
+    fs::create_dir_all(dir).map_err(|source| CertsError::Io { path: dir.to_owned(), source })
+}
+
+fn write(dir: &Path, file: &str, contents: &str, private: bool) -> Result<PathBuf, CertsError> {
+    let path = dir.join(file);
+    let io = |source| CertsError::Io { path: path.clone(), source };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut handle = options.open(&path).map_err(io)?;
+    handle.write_all(contents.as_bytes()).map_err(io)?;
+    Ok(path)
+}

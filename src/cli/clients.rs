@@ -1,0 +1,374 @@
+//! The small client verbs: `synth`, `search`, `subscribe`, `ack`, `export`,
+//! `delete`, `audit`. Each is one call to the relay and a readable print of
+//! the answer (JSON lines where a program reads it).
+
+use std::{io::Write, path::PathBuf};
+
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use serde_json::json;
+
+use super::{CliError, ClientArgs, exit};
+use crate::{
+    proto::{
+        self, AccessLogRequest, AckRequest, DeleteRequest, ExportRequest, SearchRequest, SubscribeRequest,
+        audit_client::AuditClient, lookup_client::LookupClient, notifications_client::NotificationsClient,
+        plans_client::PlansClient,
+    },
+    records_file::{self, Format},
+    synth,
+};
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// How many distinct people.
+    #[arg(long, env = "CPIS_SYNTH_PEOPLE", default_value_t = 1000)]
+    pub people: usize,
+    /// Output file: .csv, or .jsonl for JSON Lines.
+    #[arg(long, env = "CPIS_SYNTH_OUT")]
+    pub out: PathBuf,
+    /// The same seed gives the same people.
+    #[arg(long, env = "CPIS_SYNTH_SEED", default_value_t = 2026)]
+    pub seed: u64,
+}
+
+pub fn synth(args: SynthArgs) -> Result<u8, CliError> {
+    let progress = indicatif::ProgressBar::new_spinner().with_message(format!("generating {} people", args.people));
+    let records = synth::generate(args.people, args.seed, chrono::Utc::now().date_naive());
+    progress.finish_and_clear();
+    let rows: Vec<_> =
+        records.iter().map(|record| records_file::from_wire(&record.record, &record.la_ods_code)).collect();
+    let file = std::fs::File::create(&args.out)
+        .map_err(|error| CliError::Config(format!("--out {}: {error}", args.out.display())))?;
+    records_file::write(file, Format::of(&args.out), &rows)
+        .map_err(|error| CliError::Failed(format!("{}: {error}", args.out.display())))?;
+    let mut per_authority = std::collections::BTreeMap::<&str, usize>::new();
+    for record in &records {
+        *per_authority.entry(record.la_ods_code.as_str()).or_default() += 1;
+    }
+    println!("wrote {} plans of {} people to {}", records.len(), args.people, args.out.display());
+    for (authority, count) in per_authority {
+        println!("  local authority {authority}: {count} plans");
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CareSettingArg {
+    EmergencyDepartment,
+    OutOfHoursGp,
+    WalkInCentre,
+    MinorInjuriesUnit,
+    PaediatricWard,
+    AmbulanceService,
+    MaternityUnit,
+}
+
+impl CareSettingArg {
+    fn wire(self) -> proto::CareSetting {
+        match self {
+            Self::EmergencyDepartment => proto::CareSetting::EmergencyDepartment,
+            Self::OutOfHoursGp => proto::CareSetting::OutOfHoursGp,
+            Self::WalkInCentre => proto::CareSetting::WalkInCentre,
+            Self::MinorInjuriesUnit => proto::CareSetting::MinorInjuriesUnit,
+            Self::PaediatricWard => proto::CareSetting::PaediatricWard,
+            Self::AmbulanceService => proto::CareSetting::AmbulanceService,
+            Self::MaternityUnit => proto::CareSetting::MaternityUnit,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The NHS number to look up (spaces or dashes allowed).
+    pub nhs_number: String,
+    /// The searching user's identifier (for example a smartcard UUID).
+    #[arg(long, env = "CPIS_USER_ID", default_value = "demo-user-1")]
+    pub user_id: String,
+    /// The searching user's name.
+    #[arg(long, env = "CPIS_USER_NAME", default_value = "Dr Demo User")]
+    pub user_name: String,
+    #[arg(long, env = "CPIS_ROLE_CODE", default_value = "")]
+    pub role_code: String,
+    #[arg(long, env = "CPIS_CARE_SETTING", value_enum, default_value_t = CareSettingArg::EmergencyDepartment)]
+    pub care_setting: CareSettingArg,
+    /// Idempotency key: a retry with the same value notifies once.
+    #[arg(long, env = "CPIS_REQUEST_ID", default_value = "")]
+    pub request_id: String,
+    /// Print the response as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn search(args: SearchArgs) -> Result<u8, CliError> {
+    let (channel, _) = args.client.channel("ed-rr8").await?;
+    let request = SearchRequest {
+        nhs_number: args.nhs_number,
+        accessor: Some(proto::Accessor { user_id: args.user_id, name: args.user_name, role_code: args.role_code }),
+        care_setting: args.care_setting.wire() as i32,
+        request_id: args.request_id,
+    };
+    let response = LookupClient::new(channel).search(request).await?.into_inner();
+    if args.json {
+        println!("{}", search_json(&response));
+    } else {
+        print!("{}", describe_search(&response));
+    }
+    Ok(exit::OK)
+}
+
+fn timestamp_text(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .and_then(|at| chrono::DateTime::from_timestamp(at.seconds, at.nanos.max(0) as u32))
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn enum_name<E: TryFrom<i32>>(value: i32, name: impl Fn(E) -> &'static str) -> &'static str {
+    E::try_from(value).map(name).unwrap_or("UNKNOWN")
+}
+
+fn plan_type_name(value: i32) -> &'static str {
+    enum_name(value, |kind: proto::PlanType| kind.as_str_name())
+}
+
+fn care_setting_name(value: i32) -> &'static str {
+    enum_name(value, |setting: proto::CareSetting| setting.as_str_name())
+}
+
+fn accessor_json(accessor: Option<&proto::Accessor>) -> serde_json::Value {
+    let accessor = accessor.cloned().unwrap_or_default();
+    json!({"user_id": accessor.user_id, "name": accessor.name, "role_code": accessor.role_code})
+}
+
+pub fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
+    json!({
+        "accessed_at": timestamp_text(access.accessed_at.as_ref()),
+        "organisation_ods_code": access.organisation_ods_code,
+        "organisation_name": access.organisation_name,
+        "care_setting": care_setting_name(access.care_setting),
+        "accessor": accessor_json(access.accessor.as_ref()),
+    })
+}
+
+pub fn search_json(response: &proto::SearchResponse) -> serde_json::Value {
+    let person = response.person.clone().unwrap_or_default();
+    let address = person.address.clone().unwrap_or_default();
+    json!({
+        "flagged": response.flagged,
+        "person": response.person.as_ref().map(|_| json!({
+            "nhs_number": person.nhs_number,
+            "given_name": person.given_name,
+            "family_name": person.family_name,
+            "date_of_birth": person.date_of_birth,
+            "address": {"lines": address.lines, "postcode": address.postcode},
+        })),
+        "plans": response.plans.iter().map(|plan| {
+            let authority = plan.local_authority.clone().unwrap_or_default();
+            json!({
+                "type": plan_type_name(plan.r#type),
+                "start_date": plan.start_date,
+                "end_date": plan.end_date,
+                "expected_delivery_date": plan.expected_delivery_date,
+                "local_authority": {
+                    "ods_code": authority.ods_code,
+                    "name": authority.name,
+                    "office_hours_phone": authority.office_hours_phone,
+                    "emergency_phone": authority.emergency_phone,
+                },
+            })
+        }).collect::<Vec<_>>(),
+        "previous_accesses": response.previous_accesses.iter().map(access_json).collect::<Vec<_>>(),
+    })
+}
+
+/// What a clinician's screen would show.
+pub fn describe_search(response: &proto::SearchResponse) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let Some(person) = response.person.as_ref().filter(|_| response.flagged) else {
+        return "not flagged: no child protection information held\n".to_owned();
+    };
+    let address = person.address.clone().unwrap_or_default();
+    let _ = writeln!(
+        text,
+        "FLAGGED  {} {}  born {}  NHS {}",
+        person.given_name, person.family_name, person.date_of_birth, person.nhs_number
+    );
+    let _ = writeln!(text, "  address: {} {}", address.lines.join(", "), address.postcode);
+    for plan in &response.plans {
+        let authority = plan.local_authority.clone().unwrap_or_default();
+        let until = match (plan.end_date.as_str(), plan.expected_delivery_date.as_str()) {
+            ("", "") => "current".to_owned(),
+            ("", delivery) => format!("expected delivery {delivery}"),
+            (end, _) => format!("ended {end}"),
+        };
+        let _ = writeln!(text, "  plan: {} from {} ({until})", plan_type_name(plan.r#type), plan.start_date);
+        let _ = writeln!(
+            text,
+            "        {} ({}): office hours {}, out of hours {}",
+            authority.name, authority.ods_code, authority.office_hours_phone, authority.emergency_phone
+        );
+    }
+    if response.previous_accesses.is_empty() {
+        let _ = writeln!(text, "  previous unscheduled care accesses: none");
+    } else {
+        let _ = writeln!(text, "  previous unscheduled care accesses ({}):", response.previous_accesses.len());
+        for access in &response.previous_accesses {
+            let accessor = access.accessor.clone().unwrap_or_default();
+            let _ = writeln!(
+                text,
+                "    {}  {} ({}) {}  by {}",
+                timestamp_text(access.accessed_at.as_ref()),
+                access.organisation_name,
+                access.organisation_ods_code,
+                care_setting_name(access.care_setting),
+                accessor.name
+            );
+        }
+    }
+    text
+}
+
+pub fn notification_json(notification: &proto::AccessNotification) -> serde_json::Value {
+    json!({
+        "sequence": notification.sequence,
+        "notification_id": notification.notification_id,
+        "accessed_at": timestamp_text(notification.accessed_at.as_ref()),
+        "nhs_number": notification.nhs_number,
+        "local_id": notification.local_id,
+        "plan_type": plan_type_name(notification.plan_type),
+        "team_code": notification.team_code,
+        "organisation_ods_code": notification.organisation_ods_code,
+        "organisation_name": notification.organisation_name,
+        "care_setting": care_setting_name(notification.care_setting),
+        "accessor": accessor_json(notification.accessor.as_ref()),
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// Start after this sequence number (default: after the last acknowledged).
+    #[arg(long, env = "CPIS_AFTER")]
+    pub after: Option<u64>,
+    /// Acknowledge each notification once printed.
+    #[arg(long)]
+    pub ack: bool,
+    /// Stop after this many notifications.
+    #[arg(long)]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
+    let (channel, _) = args.client.channel("la-706").await?;
+    let mut notifications = NotificationsClient::new(channel);
+    let mut stream = notifications.subscribe(SubscribeRequest { after_sequence: args.after }).await?.into_inner();
+    let mut received = 0;
+    let mut stdout = std::io::stdout();
+    while args.count.is_none_or(|count| received < count) {
+        let Some(notification) = stream.next().await else {
+            eprintln!("cpis-relay: the relay ended the subscription (it is shutting down); resubscribe to continue");
+            return Ok(exit::UNAVAILABLE);
+        };
+        let notification = notification?;
+        let _ = writeln!(stdout, "{}", notification_json(&notification));
+        let _ = stdout.flush();
+        if args.ack {
+            notifications.ack(AckRequest { sequence: notification.sequence }).await?;
+        }
+        received += 1;
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Args)]
+pub struct AckArgs {
+    /// Acknowledge every notification up to and including this sequence.
+    pub sequence: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn ack(args: AckArgs) -> Result<u8, CliError> {
+    let (channel, _) = args.client.channel("la-706").await?;
+    let response = NotificationsClient::new(channel).ack(AckRequest { sequence: args.sequence }).await?.into_inner();
+    println!("acknowledged through {}", response.acked_through);
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Output file (.csv or .jsonl); standard output as CSV when absent.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn export(args: ExportArgs) -> Result<u8, CliError> {
+    let (channel, identity) = args.client.channel("la-706").await?;
+    let mut stream = PlansClient::new(channel).export(ExportRequest {}).await?.into_inner();
+    let mut rows = Vec::new();
+    while let Some(record) = stream.next().await {
+        rows.push(records_file::from_wire(&record?, &identity.ods_code));
+    }
+    let written = match &args.out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .map_err(|error| CliError::Config(format!("--out {}: {error}", path.display())))?;
+            records_file::write(file, Format::of(path), &rows)
+        }
+        None => records_file::write(std::io::stdout(), Format::Csv, &rows),
+    };
+    written.map_err(|error| CliError::Failed(error.to_string()))?;
+    eprintln!("exported {} plans of local authority {}", rows.len(), identity.ods_code);
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub nhs_number: String,
+    /// CPPI, LACI or UCPI; every plan of the person when absent.
+    #[arg(long = "type")]
+    pub plan_type: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
+    let plan_type = match args.plan_type.as_deref() {
+        None => proto::PlanType::Unspecified,
+        Some(text) => crate::service::convert::plan_type(
+            crate::model::PlanType::parse(text)
+                .ok_or_else(|| CliError::Config(format!("--type {text:?}: not CPPI, LACI or UCPI")))?,
+        ),
+    };
+    let (channel, _) = args.client.channel("la-706").await?;
+    let response = PlansClient::new(channel)
+        .delete(DeleteRequest { nhs_number: args.nhs_number, r#type: plan_type as i32 })
+        .await?
+        .into_inner();
+    println!("deleted {} plan(s)", response.deleted);
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    pub nhs_number: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn audit(args: AuditArgs) -> Result<u8, CliError> {
+    let (channel, _) = args.client.channel("auditor").await?;
+    let mut stream =
+        AuditClient::new(channel).access_log(AccessLogRequest { nhs_number: args.nhs_number }).await?.into_inner();
+    while let Some(access) = stream.next().await {
+        println!("{}", access_json(&access?));
+    }
+    Ok(exit::OK)
+}

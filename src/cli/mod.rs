@@ -1,0 +1,242 @@
+//! The `cpis-relay` command line: argument definitions (clap derive, every
+//! option also an environment variable), dispatch, and exit statuses. Each
+//! verb's work lives in a submodule; `main.rs` only calls [`main`].
+
+mod clients;
+mod demo;
+mod serve;
+mod upload;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    auth::Identity,
+    certs,
+    telemetry::{self, LogFormat},
+    tls::{PemFiles, PemText},
+};
+
+/// Exit statuses, after sysexits.h where one fits.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    /// An upload that did not load every record.
+    pub const NOT_ALL_LOADED: u8 = 2;
+    /// EX_USAGE: bad arguments or configuration.
+    pub const CONFIG: u8 = 64;
+    /// EX_DATAERR: an input file that cannot be used.
+    pub const DATA: u8 = 65;
+    /// EX_UNAVAILABLE: the relay could not be reached or refused the call.
+    pub const UNAVAILABLE: u8 = 69;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "cpis-relay", version, about = "Child protection information-sharing relay", long_about = None)]
+pub struct Cli {
+    /// Log format on stderr (filter with CPIS_LOG, default info).
+    #[arg(long, global = true, env = "CPIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(serve::ServeArgs),
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Write synthetic people (999 test-range NHS numbers) to a CSV or JSON Lines file.
+    Synth(clients::SynthArgs),
+    /// Upload a CSV or JSON Lines file of plans as a local authority.
+    Upload(upload::UploadArgs),
+    /// Search a person by NHS number as unscheduled care.
+    Search(clients::SearchArgs),
+    /// Follow a local authority's access notifications as JSON lines.
+    Subscribe(clients::SubscribeArgs),
+    /// Acknowledge notifications up to and including a sequence number.
+    Ack(clients::AckArgs),
+    /// Write a local authority's plans as CSV or JSON Lines.
+    Export(clients::ExportArgs),
+    /// Delete a local authority's plans of a person.
+    Delete(clients::DeleteArgs),
+    /// List every retained access of a person, as an auditor.
+    Audit(clients::AuditArgs),
+    /// Start a relay on the embedded defaults, load synthetic data, search and watch notifications arrive.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a development CA, a localhost server certificate and one client per role.
+    Init {
+        #[arg(long, env = "CPIS_CERTS_DIR", default_value = certs::DEV_DIR)]
+        out: PathBuf,
+    },
+}
+
+/// How a client reaches the relay and who it is.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// Relay address.
+    #[arg(long, env = "CPIS_SERVER", default_value = "https://localhost:50051")]
+    pub server: String,
+    /// A development identity in --certs-dir: ed-rr8, la-706, la-855 or auditor.
+    #[arg(long = "as", env = "CPIS_IDENTITY")]
+    pub identity: Option<String>,
+    /// Directory of development certificates.
+    #[arg(long, env = "CPIS_CERTS_DIR", default_value = certs::DEV_DIR)]
+    pub certs_dir: PathBuf,
+    /// CA certificate (PEM) that issued the relay's certificate.
+    #[arg(long, env = "CPIS_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, env = "CPIS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, env = "CPIS_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The PEM files to use, given the verb's default identity.
+    fn pem_files(&self, default_identity: &str) -> PemFiles {
+        let name = self.identity.as_deref().unwrap_or(default_identity);
+        let defaults = PemFiles::in_dir(&self.certs_dir, name);
+        PemFiles {
+            ca: self.ca.clone().unwrap_or(defaults.ca),
+            cert: self.cert.clone().unwrap_or(defaults.cert),
+            key: self.key.clone().unwrap_or(defaults.key),
+        }
+    }
+
+    /// Reads the PEM files and the identity their certificate names.
+    fn load(&self, default_identity: &str) -> Result<(PemText, Identity), CliError> {
+        let files = self.pem_files(default_identity);
+        let pem = files.read().map_err(|error| {
+            CliError::Config(format!("{error} (run `cpis-relay certs init`, or pass --cert/--key/--ca)"))
+        })?;
+        let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| CliError::Config(format!("{}: no PEM certificate", files.cert.display())))?;
+        let identity = Identity::from_certificate(&der)
+            .map_err(|message| CliError::Config(format!("{}: {message}", files.cert.display())))?;
+        Ok((pem, identity))
+    }
+
+    async fn channel(&self, default_identity: &str) -> Result<(tonic::transport::Channel, Identity), CliError> {
+        let (pem, identity) = self.load(default_identity)?;
+        let channel = crate::client::connect(&self.server, &pem, None)
+            .await
+            .map_err(|error| CliError::Unavailable(error.to_string()))?;
+        Ok((channel, identity))
+    }
+}
+
+use rustls::pki_types::pem::PemObject;
+
+/// A failed command, with the exit status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Data(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    fn exit_status(&self) -> u8 {
+        match self {
+            Self::Config(_) => exit::CONFIG,
+            Self::Data(_) => exit::DATA,
+            Self::Unavailable(_) => exit::UNAVAILABLE,
+            Self::Failed(_) => exit::FAILURE,
+        }
+    }
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        // A field violation is the whole story for INVALID_ARGUMENT; otherwise the message is.
+        let text = tonic_types::StatusExt::get_details_bad_request(&status)
+            .map(|bad| {
+                let violations: Vec<String> = bad
+                    .field_violations
+                    .iter()
+                    .map(|violation| format!("{}: {}", violation.field, violation.description))
+                    .collect();
+                violations.join("; ")
+            })
+            .filter(|text| !text.is_empty())
+            .unwrap_or_else(|| status.message().to_owned());
+        let message = format!("relay answered {:?}: {text}", status.code());
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted => {
+                Self::Unavailable(message)
+            }
+            tonic::Code::InvalidArgument => Self::Data(message),
+            _ => Self::Failed(message),
+        }
+    }
+}
+
+/// Parses arguments and runs the command; the process's exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { exit::CONFIG } else { exit::OK });
+        }
+    };
+    crate::tls::install_crypto_provider();
+    // The server logs at info; client verbs and the demo print their own output.
+    let default_filter = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    telemetry::init_logging(cli.log_format, default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cpis-relay: cannot start the async runtime: {error}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(status) => ExitCode::from(status),
+        Err(error) => {
+            eprintln!("cpis-relay: {error}");
+            ExitCode::from(error.exit_status())
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<u8, CliError> {
+    match command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Certs { command: CertsCommand::Init { out } } => {
+            let written = certs::init(&out).map_err(|error| CliError::Failed(error.to_string()))?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(exit::OK)
+        }
+        Command::Synth(args) => clients::synth(args),
+        Command::Upload(args) => upload::run(args).await,
+        Command::Search(args) => clients::search(args).await,
+        Command::Subscribe(args) => clients::subscribe(args).await,
+        Command::Ack(args) => clients::ack(args).await,
+        Command::Export(args) => clients::export(args).await,
+        Command::Delete(args) => clients::delete(args).await,
+        Command::Audit(args) => clients::audit(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}

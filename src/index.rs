@@ -1,0 +1,246 @@
+//! The in-memory plan index: every plan by NHS number, read on each search
+//! without a global lock.
+//!
+//! Readers take a cheap `Arc<Entry>` snapshot from a `DashMap` shard. A
+//! FULL_REFRESH must be atomic for readers across many entries, which a map of
+//! independent entries cannot give by itself, so plans carry the refresh
+//! generations between which they exist and readers use a sequence lock:
+//! read the generation, take the entry, read the generation again, and retry
+//! on a change. A refresh stages its new plans (invisible to the current
+//! generation) and marks the plans it replaces, publishes the next generation
+//! with one atomic store, then sweeps what is no longer visible. A search
+//! therefore sees the whole old set or the whole new set, never a mix.
+//!
+//! Writers are serialised by a mutex; plan changes are rare next to searches.
+//! The index knows nothing of dates: visibility by date is the relay's rule.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use dashmap::DashMap;
+
+use crate::{
+    model::{LocalAuthority, Plan, PlanType},
+    nhs::NhsNumber,
+};
+
+/// A cheap handle to the shared index.
+#[derive(Clone, Default)]
+pub struct Index {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    people: DashMap<NhsNumber, Arc<Entry>>,
+    /// Each local authority's people, for refresh, export and counts.
+    by_authority: DashMap<String, HashSet<NhsNumber>>,
+    authorities: DashMap<String, Arc<LocalAuthority>>,
+    /// Published refresh generation: the sequence lock readers check.
+    generation: AtomicU64,
+    /// Serialises writers so that staging, publishing and sweeping of one
+    /// refresh never interleave with another change.
+    writer: Mutex<()>,
+}
+
+#[derive(Clone, Default)]
+struct Entry {
+    slots: Vec<Slot>,
+}
+
+#[derive(Clone)]
+struct Slot {
+    plan: Arc<Plan>,
+    /// Visible to readers of generations `from..until`.
+    from: u64,
+    until: u64,
+}
+
+impl Slot {
+    fn visible_at(&self, generation: u64) -> bool {
+        self.from <= generation && generation < self.until
+    }
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// All plans held for a person, of every local authority, as one consistent view.
+    pub fn plans(&self, nhs_number: NhsNumber) -> Vec<Arc<Plan>> {
+        loop {
+            let before = self.shared.generation.load(Ordering::Acquire);
+            let entry = self.shared.people.get(&nhs_number).map(|entry| Arc::clone(entry.value()));
+            let after = self.shared.generation.load(Ordering::Acquire);
+            if before != after {
+                continue;
+            }
+            return entry
+                .map(|entry| {
+                    entry
+                        .slots
+                        .iter()
+                        .filter(|slot| slot.visible_at(before))
+                        .map(|slot| Arc::clone(&slot.plan))
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+    }
+
+    pub fn authority(&self, ods_code: &str) -> Option<Arc<LocalAuthority>> {
+        self.shared.authorities.get(ods_code).map(|authority| Arc::clone(authority.value()))
+    }
+
+    pub fn set_authority(&self, authority: LocalAuthority) {
+        self.shared.authorities.insert(authority.ods_code.clone(), Arc::new(authority));
+    }
+
+    /// Adds or replaces plans (by local authority, person and type).
+    pub fn upsert(&self, plans: impl IntoIterator<Item = Plan>) {
+        let _writer = self.lock_writer();
+        for plan in plans {
+            self.note_member(&plan.la_ods_code, plan.nhs_number);
+            let key = (plan.la_ods_code.clone(), plan.plan_type);
+            self.update_entry(plan.nhs_number, |entry| {
+                entry
+                    .slots
+                    .retain(|slot| (slot.plan.la_ods_code.as_str(), slot.plan.plan_type) != (key.0.as_str(), key.1));
+                entry.slots.push(Slot { plan: Arc::new(plan), from: 0, until: u64::MAX });
+            });
+        }
+    }
+
+    /// Removes a local authority's plans for a person: one type, or all of them.
+    /// Returns how many were removed.
+    pub fn remove(&self, la_ods_code: &str, nhs_number: NhsNumber, plan_type: Option<PlanType>) -> usize {
+        let _writer = self.lock_writer();
+        let mut removed = 0;
+        self.update_entry(nhs_number, |entry| {
+            let before = entry.slots.len();
+            entry.slots.retain(|slot| {
+                slot.plan.la_ods_code != la_ods_code || plan_type.is_some_and(|kind| kind != slot.plan.plan_type)
+            });
+            removed = before - entry.slots.len();
+        });
+        if self.count_for(la_ods_code, nhs_number) == 0
+            && let Some(mut members) = self.shared.by_authority.get_mut(la_ods_code)
+        {
+            members.remove(&nhs_number);
+        }
+        removed
+    }
+
+    /// Makes `la_ods_code`'s plans exactly `plans`, atomically for readers.
+    /// Returns how many of the previous plans are gone (not replaced).
+    pub fn replace_authority(&self, la_ods_code: &str, plans: Vec<Plan>) -> usize {
+        let _writer = self.lock_writer();
+        let current = self.shared.generation.load(Ordering::Acquire);
+        let next = current + 1;
+
+        let mut incoming: HashMap<NhsNumber, Vec<Plan>> = HashMap::new();
+        for plan in plans {
+            incoming.entry(plan.nhs_number).or_default().push(plan);
+        }
+        let previous_members =
+            self.shared.by_authority.get(la_ods_code).map(|members| members.clone()).unwrap_or_default();
+        let new_members: HashSet<NhsNumber> = incoming.keys().copied().collect();
+        let touched: Vec<NhsNumber> = previous_members.union(&new_members).copied().collect();
+        let mut removed = 0;
+
+        // Stage: old plans of this LA end at `next`, new ones start there.
+        for nhs_number in &touched {
+            let new_plans = incoming.remove(nhs_number).unwrap_or_default();
+            self.update_entry(*nhs_number, |entry| {
+                for slot in entry.slots.iter_mut().filter(|slot| slot.plan.la_ods_code == la_ods_code) {
+                    slot.until = next;
+                    if !new_plans.iter().any(|plan| plan.plan_type == slot.plan.plan_type) {
+                        removed += 1;
+                    }
+                }
+                entry.slots.extend(new_plans.into_iter().map(|plan| Slot {
+                    plan: Arc::new(plan),
+                    from: next,
+                    until: u64::MAX,
+                }));
+            });
+        }
+
+        // Publish: one store switches every reader to the new set.
+        self.shared.generation.store(next, Ordering::Release);
+
+        // Sweep what no reader of `next` or later can see.
+        for nhs_number in &touched {
+            self.update_entry(*nhs_number, |entry| entry.slots.retain(|slot| slot.until > next));
+        }
+        self.shared.by_authority.insert(la_ods_code.to_owned(), new_members);
+        removed
+    }
+
+    /// Every plan a local authority holds, in NHS number order.
+    pub fn plans_of(&self, la_ods_code: &str) -> Vec<Arc<Plan>> {
+        let mut members: Vec<NhsNumber> = self
+            .shared
+            .by_authority
+            .get(la_ods_code)
+            .map(|members| members.iter().copied().collect())
+            .unwrap_or_default();
+        members.sort_unstable();
+        members
+            .into_iter()
+            .flat_map(|nhs_number| self.plans(nhs_number))
+            .filter(|plan| plan.la_ods_code == la_ods_code)
+            .collect()
+    }
+
+    /// Number of people with at least one plan.
+    pub fn people(&self) -> usize {
+        self.shared.people.len()
+    }
+
+    /// Plans held, by type, for the `cpis_plans` gauge.
+    pub fn count_by_type(&self) -> HashMap<PlanType, usize> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        let mut counts = HashMap::new();
+        for entry in self.shared.people.iter() {
+            for slot in entry.slots.iter().filter(|slot| slot.visible_at(generation)) {
+                *counts.entry(slot.plan.plan_type).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Copy-on-write update of one entry; empty entries leave the map.
+    fn update_entry(&self, nhs_number: NhsNumber, change: impl FnOnce(&mut Entry)) {
+        let mut entry =
+            self.shared.people.get(&nhs_number).map(|entry| Entry::clone(entry.value())).unwrap_or_default();
+        change(&mut entry);
+        if entry.slots.is_empty() {
+            self.shared.people.remove(&nhs_number);
+        } else {
+            self.shared.people.insert(nhs_number, Arc::new(entry));
+        }
+    }
+
+    fn note_member(&self, la_ods_code: &str, nhs_number: NhsNumber) {
+        self.shared.by_authority.entry(la_ods_code.to_owned()).or_default().insert(nhs_number);
+    }
+
+    fn count_for(&self, la_ods_code: &str, nhs_number: NhsNumber) -> usize {
+        self.shared
+            .people
+            .get(&nhs_number)
+            .map(|entry| entry.slots.iter().filter(|slot| slot.plan.la_ods_code == la_ods_code).count())
+            .unwrap_or(0)
+    }
+}

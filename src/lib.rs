@@ -1,0 +1,39 @@
+//! cpis-relay: a child protection information-sharing relay.
+//!
+//! Local authorities upload the children they hold on child protection
+//! plans, looked-after children and unborn child protection plans; NHS
+//! unscheduled care looks a person up by NHS number over mutual TLS and sees
+//! basic details only; every search of a flagged person notifies the owning
+//! local authority, at least once, with acknowledgements.
+//!
+//! # Layout
+//! - [`nhs`], [`model`], [`clock`]: domain values and rules with no I/O.
+//! - [`index`], [`history`]: in-memory state rebuilt from the store on start.
+//! - [`store`]: the system of record behind one trait.
+//! - [`relay`]: the domain operations, testable without tonic.
+//! - [`service`]: thin gRPC adapters; [`error`] maps the one error type to `Status`.
+//! - [`auth`], [`tls`], [`certs`]: identity from certificates, rustls configs, dev PKI.
+//! - [`server`]: wires it together over a bound listener and a shutdown future.
+//! - [`client`], [`cli`]: the command-line clients and tools.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod certs;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod error;
+pub mod history;
+pub mod index;
+pub mod model;
+pub mod nhs;
+pub mod proto;
+pub mod records_file;
+pub mod relay;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod synth;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,226 @@
+//! Domain types: plans, local authorities, accesses and notifications, and
+//! the visibility rules of a plan. Plain data with no I/O; the wire types in
+//! `proto` are converted to and from these at the gRPC edge.
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::nhs::NhsNumber;
+
+/// Days a plan stays visible after its end date.
+pub const VISIBLE_DAYS_AFTER_END: u64 = 365;
+/// Days an unborn child protection plan stays visible after the expected delivery date.
+pub const VISIBLE_DAYS_AFTER_DELIVERY: u64 = 28;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PlanType {
+    /// CPPI: child protection plan.
+    ChildProtection,
+    /// LACI: looked-after child.
+    LookedAfter,
+    /// UCPI: unborn child protection plan, held against the mother's NHS number.
+    UnbornChildProtection,
+}
+
+impl PlanType {
+    pub const ALL: [PlanType; 3] = [Self::ChildProtection, Self::LookedAfter, Self::UnbornChildProtection];
+
+    /// The short code LA systems use: CPPI, LACI or UCPI.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::ChildProtection => "CPPI",
+            Self::LookedAfter => "LACI",
+            Self::UnbornChildProtection => "UCPI",
+        }
+    }
+
+    /// Accepts the short code or the contract's enum name, in any case.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_uppercase().as_str() {
+            "CPPI" | "CP" | "CHILD_PROTECTION" => Some(Self::ChildProtection),
+            "LACI" | "LAC" | "LOOKED_AFTER" => Some(Self::LookedAfter),
+            "UCPI" | "UNBORN" | "UNBORN_CHILD_PROTECTION" => Some(Self::UnbornChildProtection),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CareSetting {
+    EmergencyDepartment,
+    OutOfHoursGp,
+    WalkInCentre,
+    MinorInjuriesUnit,
+    PaediatricWard,
+    AmbulanceService,
+    MaternityUnit,
+}
+
+/// A local authority's children's social care contact details.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalAuthority {
+    pub ods_code: String,
+    pub name: String,
+    pub office_hours_phone: String,
+    pub emergency_phone: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    pub lines: Vec<String>,
+    pub postcode: String,
+}
+
+/// One validated plan held by one local authority for one person. A local
+/// authority holds at most one plan of each type per person.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub nhs_number: NhsNumber,
+    /// ODS code of the owning local authority.
+    pub la_ods_code: String,
+    pub local_id: String,
+    pub given_name: String,
+    pub family_name: String,
+    pub date_of_birth: NaiveDate,
+    pub address: Address,
+    pub plan_type: PlanType,
+    pub start_date: NaiveDate,
+    pub end_date: Option<NaiveDate>,
+    pub expected_delivery_date: Option<NaiveDate>,
+    pub team_code: String,
+    /// When this version of the record was loaded; the newest record's
+    /// details are the ones shown for a person.
+    pub loaded_at: DateTime<Utc>,
+}
+
+/// Identifies a plan: a local authority holds one plan of a type per person.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlanKey {
+    pub la_ods_code: String,
+    pub nhs_number: NhsNumber,
+    pub plan_type: PlanType,
+}
+
+impl Plan {
+    pub fn key(&self) -> PlanKey {
+        PlanKey { la_ods_code: self.la_ods_code.clone(), nhs_number: self.nhs_number, plan_type: self.plan_type }
+    }
+
+    /// The last day on which the plan is shown to health, or `None` while it
+    /// has no end (a current plan). UCPI plans end 28 days after the expected
+    /// delivery date, or 365 days after an earlier recorded end.
+    pub fn visible_until(&self) -> Option<NaiveDate> {
+        let after_end = self.end_date.map(|end| add_days(end, VISIBLE_DAYS_AFTER_END));
+        match (self.plan_type, self.expected_delivery_date) {
+            (PlanType::UnbornChildProtection, Some(delivery)) => {
+                let after_delivery = add_days(delivery, VISIBLE_DAYS_AFTER_DELIVERY);
+                Some(after_end.map_or(after_delivery, |end| end.min(after_delivery)))
+            }
+            _ => after_end,
+        }
+    }
+
+    /// Whether health sees this plan on `today`.
+    pub fn is_visible_on(&self, today: NaiveDate) -> bool {
+        self.visible_until().is_none_or(|last_day| today <= last_day)
+    }
+}
+
+fn add_days(date: NaiveDate, days: u64) -> NaiveDate {
+    date.checked_add_days(Days::new(days)).unwrap_or(NaiveDate::MAX)
+}
+
+/// The health professional who searched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accessor {
+    pub user_id: String,
+    pub name: String,
+    pub role_code: String,
+}
+
+/// One search of a flagged person by unscheduled care: the access history
+/// entry and the source of its notifications.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessEvent {
+    /// Unique per access; also keys it in storage.
+    pub id: u128,
+    pub accessed_at: DateTime<Utc>,
+    pub nhs_number: NhsNumber,
+    pub organisation_ods_code: String,
+    pub organisation_name: String,
+    pub care_setting: CareSetting,
+    pub accessor: Accessor,
+    /// The client's idempotency key (or a generated one), unique per organisation.
+    pub request_id: String,
+}
+
+/// The access notification for one owning local authority, before the store
+/// has given it a sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationDraft {
+    pub la_ods_code: String,
+    pub notification_id: String,
+    pub local_id: String,
+    pub plan_type: PlanType,
+    pub team_code: String,
+}
+
+/// A committed access notification, as delivered to the owning local authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub sequence: u64,
+    pub draft: NotificationDraft,
+    pub access: AccessEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
+    fn plan(plan_type: PlanType, end: Option<&str>, delivery: Option<&str>) -> Plan {
+        Plan {
+            nhs_number: NhsNumber::parse("9990000026").unwrap(),
+            la_ods_code: "706".into(),
+            local_id: "L1".into(),
+            given_name: "Test".into(),
+            family_name: "Child".into(),
+            date_of_birth: date("2015-01-01"),
+            address: Address::default(),
+            plan_type,
+            start_date: date("2024-01-01"),
+            end_date: end.map(date),
+            expected_delivery_date: delivery.map(date),
+            team_code: String::new(),
+            loaded_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn current_plans_are_visible_and_ended_ones_for_365_days() {
+        assert!(plan(PlanType::ChildProtection, None, None).is_visible_on(date("2090-01-01")));
+        let ended = plan(PlanType::LookedAfter, Some("2025-03-01"), None);
+        assert!(ended.is_visible_on(date("2026-03-01")), "day 365 after the end is still visible");
+        assert!(!ended.is_visible_on(date("2026-03-02")), "day 366 is not");
+    }
+
+    #[test]
+    fn unborn_plans_end_28_days_after_the_expected_delivery_date() {
+        let unborn = plan(PlanType::UnbornChildProtection, None, Some("2025-06-01"));
+        assert!(unborn.is_visible_on(date("2025-06-29")));
+        assert!(!unborn.is_visible_on(date("2025-06-30")));
+        let ended_early = plan(PlanType::UnbornChildProtection, Some("2024-02-01"), Some("2025-06-01"));
+        assert_eq!(ended_early.visible_until(), Some(date("2025-01-31")));
+    }
+
+    #[test]
+    fn plan_types_parse_from_codes_and_names() {
+        assert_eq!(PlanType::parse("cppi"), Some(PlanType::ChildProtection));
+        assert_eq!(PlanType::parse("LOOKED_AFTER"), Some(PlanType::LookedAfter));
+        assert_eq!(PlanType::parse(" ucpi "), Some(PlanType::UnbornChildProtection));
+        assert_eq!(PlanType::parse("XYZ"), None);
+    }
+}

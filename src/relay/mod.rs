@@ -1,0 +1,165 @@
+//! The relay's domain: search, plan maintenance, notifications and audit,
+//! over the index, the access histories and the store. Everything here is
+//! plain Rust testable without tonic; the gRPC services are thin adapters.
+//!
+//! Rules that hold across the submodules:
+//! - identity comes from the caller's certificate (`Identity`), never from a request;
+//! - every write reaches the store and is durable before memory changes, except
+//!   a search's notification when the store is failing: the clinician's answer
+//!   is never withheld, the notification is held and retried (see `notify`).
+
+mod notify;
+mod plans;
+mod search;
+mod validate;
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use tokio::sync::{Mutex, watch};
+
+use crate::{
+    auth::{Action, Identity, authorize},
+    clock::Clock,
+    error::Result,
+    history::History,
+    index::Index,
+    model::AccessEvent,
+    store::{Store, StoreError},
+};
+
+pub use notify::Hub;
+pub use plans::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
+pub use search::{SearchOutcome, ShownPlan};
+pub use validate::{Rejection, RejectionReason};
+
+/// Retention periods and limits; see `config` for their keys.
+#[derive(Clone, Debug)]
+pub struct RelaySettings {
+    /// Acknowledged notifications are kept this long after the access.
+    pub acked_notification_retention: Duration,
+    /// Access history is kept this long.
+    pub access_retention: Duration,
+    /// Most records one upload may carry.
+    pub max_upload_records: usize,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            acked_notification_retention: Duration::days(30),
+            access_retention: Duration::days(365),
+            max_upload_records: 2_000_000,
+        }
+    }
+}
+
+/// Whether the store is taking writes; drives health and readiness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreHealth {
+    Ok,
+    /// Writes are failing; notifications are held in memory and retried.
+    Failing,
+}
+
+/// A cheap handle to the relay.
+#[derive(Clone)]
+pub struct Relay {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    index: Index,
+    history: History,
+    hub: Hub,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    settings: RelaySettings,
+    /// Serialises plan writes so that the store and the index apply them in
+    /// the same order.
+    plan_writes: Mutex<()>,
+    store_health: watch::Sender<StoreHealth>,
+    /// Flipped once on shutdown: open subscriptions end so clients reconnect elsewhere.
+    draining: watch::Sender<bool>,
+}
+
+impl Relay {
+    /// Opens the relay over a store: rebuilds the index, histories and
+    /// notification cursors from it.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: RelaySettings,
+    ) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
+        let snapshot = store.load().await?;
+        let index = Index::new();
+        for authority in snapshot.authorities {
+            index.set_authority(authority);
+        }
+        let plan_count = snapshot.plans.len();
+        index.upsert(snapshot.plans);
+        let history = History::new();
+        let access_count = snapshot.accesses.len();
+        history.load(snapshot.accesses, clock.now());
+        let hub = Hub::new();
+        for cursor in &snapshot.cursors {
+            hub.restore(cursor);
+        }
+        tracing::info!(
+            plans = plan_count,
+            people = index.people(),
+            accesses = access_count,
+            authorities = snapshot.cursors.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state rebuilt from the store"
+        );
+        let relay = Self {
+            shared: Arc::new(Shared {
+                index,
+                history,
+                hub,
+                store,
+                clock,
+                settings,
+                plan_writes: Mutex::new(()),
+                store_health: watch::Sender::new(StoreHealth::Ok),
+                draining: watch::Sender::new(false),
+            }),
+        };
+        relay.publish_plan_gauges();
+        Ok(relay)
+    }
+
+    /// Every retained access of a person, oldest first (auditors only).
+    pub fn access_log(&self, identity: &Identity, nhs_number: &str) -> Result<Vec<Arc<AccessEvent>>> {
+        authorize(identity, Action::ReadAccessLog)?;
+        let nhs_number = validate::nhs_number_field(nhs_number, "nhs_number")?;
+        Ok(self.shared.history.all(nhs_number))
+    }
+
+    pub fn store_health(&self) -> watch::Receiver<StoreHealth> {
+        self.shared.store_health.subscribe()
+    }
+
+    /// Ends open subscription streams; part of graceful shutdown.
+    pub fn begin_draining(&self) {
+        self.shared.draining.send_replace(true);
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.shared.index
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    fn publish_plan_gauges(&self) {
+        let counts = self.shared.index.count_by_type();
+        for plan_type in crate::model::PlanType::ALL {
+            let count = counts.get(&plan_type).copied().unwrap_or(0);
+            metrics::gauge!("cpis_plans", "type" => plan_type.code()).set(count as f64);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Access notifications: committing them (and holding them when the store
+//! fails), per-authority sequence watermarks, subscriptions that page a
+//! backlog from the store and then follow live commits, and acknowledgements.
+//!
+//! Memory per authority is a few counters: a backlog, however long, stays in
+//! the store and is read a page at a time as the subscriber drains it.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use super::{Relay, StoreHealth};
+use crate::{
+    auth::{Action, Identity, authorize},
+    error::{Error, Result},
+    model::{AccessEvent, Notification, NotificationDraft},
+    store::{Applied, Change, Cursor},
+};
+
+/// Notifications read from the store per page of a subscription.
+const PAGE_SIZE: usize = 256;
+
+/// Per-authority notification positions.
+#[derive(Default)]
+pub struct Hub {
+    authorities: DashMap<String, Arc<AuthorityChannel>>,
+    /// Searches whose notifications could not be committed yet, oldest first.
+    held: Mutex<VecDeque<(AccessEvent, Vec<NotificationDraft>)>>,
+    retrying: std::sync::atomic::AtomicBool,
+}
+
+struct AuthorityChannel {
+    /// Highest committed sequence; subscribers wait on it.
+    last_sequence: watch::Sender<u64>,
+    acked_through: AtomicU64,
+    subscribers: AtomicUsize,
+}
+
+impl AuthorityChannel {
+    fn new(last_sequence: u64, acked_through: u64) -> Self {
+        Self {
+            last_sequence: watch::Sender::new(last_sequence),
+            acked_through: AtomicU64::new(acked_through),
+            subscribers: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Positions of one authority, for status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorityPositions {
+    pub la_ods_code: String,
+    pub last_sequence: u64,
+    pub acked_through: u64,
+    pub subscribers: usize,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn channel(&self, la_ods_code: &str) -> Arc<AuthorityChannel> {
+        if let Some(channel) = self.authorities.get(la_ods_code) {
+            return Arc::clone(channel.value());
+        }
+        Arc::clone(
+            self.authorities
+                .entry(la_ods_code.to_owned())
+                .or_insert_with(|| Arc::new(AuthorityChannel::new(0, 0)))
+                .value(),
+        )
+    }
+
+    pub(super) fn restore(&self, cursor: &Cursor) {
+        let channel = AuthorityChannel::new(cursor.last_sequence, cursor.acked_through);
+        self.authorities.insert(cursor.la_ods_code.clone(), Arc::new(channel));
+        set_backlog_gauge(&cursor.la_ods_code, cursor.last_sequence, cursor.acked_through);
+    }
+
+    fn publish(&self, notifications: &[Notification]) {
+        for notification in notifications {
+            let la = &notification.draft.la_ods_code;
+            let channel = self.channel(la);
+            channel.last_sequence.send_if_modified(|last| {
+                let newer = notification.sequence > *last;
+                if newer {
+                    *last = notification.sequence;
+                }
+                newer
+            });
+            let last = *channel.last_sequence.borrow();
+            set_backlog_gauge(la, last, channel.acked_through.load(Ordering::Acquire));
+        }
+        metrics::counter!("cpis_notifications_emitted_total").increment(notifications.len() as u64);
+    }
+
+    /// Every authority's positions, in ODS code order.
+    pub fn positions(&self) -> Vec<AuthorityPositions> {
+        let mut positions: Vec<_> = self
+            .authorities
+            .iter()
+            .map(|entry| AuthorityPositions {
+                la_ods_code: entry.key().clone(),
+                last_sequence: *entry.last_sequence.borrow(),
+                acked_through: entry.acked_through.load(Ordering::Acquire),
+                subscribers: entry.subscribers.load(Ordering::Acquire),
+            })
+            .collect();
+        positions.sort_by(|a, b| a.la_ods_code.cmp(&b.la_ods_code));
+        positions
+    }
+
+    /// Searches whose notifications are held for retry.
+    pub fn held(&self) -> usize {
+        self.held.lock().map(|held| held.len()).unwrap_or(0)
+    }
+}
+
+/// Backlog is counted in sequence numbers; gaps make it an upper bound.
+fn set_backlog_gauge(la_ods_code: &str, last_sequence: u64, acked_through: u64) {
+    metrics::gauge!("cpis_notification_backlog", "la" => la_ods_code.to_owned())
+        .set(last_sequence.saturating_sub(acked_through) as f64);
+}
+
+/// Counts a subscriber for as long as its stream lives.
+struct SubscriberGuard {
+    la_ods_code: String,
+    channel: Arc<AuthorityChannel>,
+}
+
+impl SubscriberGuard {
+    fn new(la_ods_code: String, channel: Arc<AuthorityChannel>) -> Self {
+        let count = channel.subscribers.fetch_add(1, Ordering::AcqRel) + 1;
+        metrics::gauge!("cpis_subscribers", "la" => la_ods_code.clone()).set(count as f64);
+        Self { la_ods_code, channel }
+    }
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        let count = self.channel.subscribers.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!("cpis_subscribers", "la" => self.la_ods_code.clone()).set(count as f64);
+    }
+}
+
+impl Relay {
+    /// Commits a search's access and notifications. Resolves once they are
+    /// durable; if the store fails, the search still answers and they are
+    /// held and retried until the store takes them.
+    pub(super) async fn commit_access(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) {
+        let change = Change::RecordAccess { access: access.clone(), drafts: drafts.clone() };
+        match self.shared.store.apply(change).await {
+            Ok(Applied::Notified(notifications)) => self.shared.hub.publish(&notifications),
+            Ok(other) => tracing::error!(?other, "store answered a recorded access with something else"),
+            Err(error) => {
+                tracing::error!(%error, held = self.shared.hub.held() + 1, "could not store an access notification; holding it for retry");
+                metrics::counter!("cpis_store_failures_total", "operation" => "record_access").increment(1);
+                self.hold(access, drafts);
+            }
+        }
+    }
+
+    fn hold(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) {
+        let hub = &self.shared.hub;
+        if let Ok(mut held) = hub.held.lock() {
+            held.push_back((access, drafts));
+            metrics::gauge!("cpis_notifications_held").set(held.len() as f64);
+        }
+        self.shared.store_health.send_replace(StoreHealth::Failing);
+        if !hub.retrying.swap(true, Ordering::AcqRel) {
+            let relay = self.clone();
+            tokio::spawn(async move { relay.retry_held().await });
+        }
+    }
+
+    /// Retries held notifications in order with capped backoff until all are
+    /// stored; then the store is healthy again.
+    async fn retry_held(&self) {
+        let hub = &self.shared.hub;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let next = hub.held.lock().ok().and_then(|held| held.front().cloned());
+            let Some((access, drafts)) = next else {
+                hub.retrying.store(false, Ordering::Release);
+                // A search may have held one between the check and the flag.
+                if hub.held() > 0 && !hub.retrying.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                self.shared.store_health.send_replace(StoreHealth::Ok);
+                tracing::info!("held access notifications are all stored; store healthy again");
+                return;
+            };
+            match self.shared.store.apply(Change::RecordAccess { access, drafts }).await {
+                Ok(Applied::Notified(notifications)) => {
+                    hub.publish(&notifications);
+                    if let Ok(mut held) = hub.held.lock() {
+                        held.pop_front();
+                        metrics::gauge!("cpis_notifications_held").set(held.len() as f64);
+                    }
+                    backoff = Duration::from_millis(50);
+                }
+                Ok(_) | Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Retained notifications after `after_sequence` (or after the last
+    /// acknowledged one), then live ones, until the client goes or the relay drains.
+    pub fn subscribe(
+        &self,
+        identity: &Identity,
+        after_sequence: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<Notification>> + Send + 'static> {
+        authorize(identity, Action::Subscribe)?;
+        let la_ods_code = identity.ods_code.clone();
+        let channel = self.shared.hub.channel(&la_ods_code);
+        let start = after_sequence.unwrap_or_else(|| channel.acked_through.load(Ordering::Acquire));
+        let store = Arc::clone(&self.shared.store);
+        let mut draining = self.shared.draining.subscribe();
+        let mut last_sequence = channel.last_sequence.subscribe();
+        let guard = SubscriberGuard::new(la_ods_code.clone(), channel);
+        let stream = async_stream::try_stream! {
+            let _guard = guard;
+            let mut cursor = start;
+            loop {
+                if *draining.borrow() {
+                    break;
+                }
+                let known = *last_sequence.borrow_and_update();
+                let page = store.notifications_after(&la_ods_code, cursor, PAGE_SIZE).await?;
+                if page.is_empty() {
+                    // Everything committed up to `known` is delivered or expired.
+                    cursor = cursor.max(known);
+                    tokio::select! {
+                        changed = last_sequence.wait_for(|last| *last > cursor) => if changed.is_err() { break },
+                        _ = draining.wait_for(|draining| *draining) => break,
+                    }
+                    continue;
+                }
+                for notification in page {
+                    cursor = notification.sequence;
+                    metrics::counter!("cpis_notifications_delivered_total").increment(1);
+                    yield notification;
+                }
+            }
+        };
+        Ok(stream.map(|item: Result<Notification, crate::store::StoreError>| item.map_err(Error::from)))
+    }
+
+    /// Cumulative acknowledgement; returns the authority's acknowledged position.
+    pub async fn ack(&self, identity: &Identity, sequence: u64) -> Result<u64> {
+        authorize(identity, Action::Ack)?;
+        let la_ods_code = identity.ods_code.clone();
+        let channel = self.shared.hub.channel(&la_ods_code);
+        let last = *channel.last_sequence.borrow();
+        if sequence > last {
+            return Err(Error::invalid("sequence", format!("is beyond the last notification sent ({last})")));
+        }
+        let acked = channel.acked_through.load(Ordering::Acquire);
+        if sequence <= acked {
+            return Ok(acked);
+        }
+        self.shared.store.apply(Change::Ack { la_ods_code: la_ods_code.clone(), through: sequence }).await?;
+        let acked = channel.acked_through.fetch_max(sequence, Ordering::AcqRel).max(sequence);
+        set_backlog_gauge(&la_ods_code, *channel.last_sequence.borrow(), acked);
+        Ok(acked)
+    }
+}

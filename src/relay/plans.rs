@@ -1,0 +1,200 @@
+//! `Plans`: uploads (INCREMENTAL and FULL_REFRESH) with per-record
+//! validation, deletes and exports, each scoped to the caller's own local
+//! authority. The store commits a change before the index shows it.
+
+use std::{collections::HashSet, sync::Arc};
+
+use futures::{Stream, StreamExt};
+
+use super::{
+    Relay,
+    validate::{self, Rejection, RejectionReason},
+};
+use crate::{
+    auth::{Action, Identity, authorize, authorize_local_authority},
+    error::{Error, Result},
+    model::{Plan, PlanType},
+    proto,
+    store::Change,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadMode {
+    Incremental,
+    FullRefresh,
+}
+
+/// The first message of an upload.
+#[derive(Clone, Debug)]
+pub struct UploadHeader {
+    pub mode: UploadMode,
+    pub file_id: String,
+    pub local_authority: crate::model::LocalAuthority,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadStatus {
+    AllLoaded,
+    Partial,
+    NoneLoaded,
+}
+
+impl UploadStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllLoaded => "all_loaded",
+            Self::Partial => "partial",
+            Self::NoneLoaded => "none_loaded",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadOutcome {
+    pub status: UploadStatus,
+    pub loaded: u64,
+    pub rejections: Vec<Rejection>,
+    /// FULL_REFRESH: previous plans of the authority not in the upload.
+    pub removed: u64,
+}
+
+impl UploadHeader {
+    /// Validates the wire header against the caller's certificate.
+    pub fn from_wire(identity: &Identity, header: &proto::UploadHeader) -> Result<Self> {
+        authorize(identity, Action::UploadPlans)?;
+        let mode = match proto::UploadMode::try_from(header.mode) {
+            Ok(proto::UploadMode::Incremental) => UploadMode::Incremental,
+            Ok(proto::UploadMode::FullRefresh) => UploadMode::FullRefresh,
+            _ => return Err(Error::invalid("header.mode", "must be INCREMENTAL or FULL_REFRESH")),
+        };
+        let local_authority = validate::local_authority(header.local_authority.as_ref())?;
+        authorize_local_authority(identity, &local_authority.ods_code)?;
+        let file_id = validate::optional_text(&header.file_id, "header.file_id")?;
+        Ok(Self { mode, file_id, local_authority })
+    }
+}
+
+impl Relay {
+    /// Loads the valid records of an upload and reports the others.
+    pub async fn upload(
+        &self,
+        identity: &Identity,
+        header: UploadHeader,
+        records: impl Stream<Item = Result<proto::PlanRecord>>,
+    ) -> Result<UploadOutcome> {
+        authorize(identity, Action::UploadPlans)?;
+        let now = self.shared.clock.now();
+        let la_ods_code = header.local_authority.ods_code.clone();
+        let limit = self.shared.settings.max_upload_records;
+        let mut plans: Vec<Plan> = Vec::new();
+        let mut seen: HashSet<(crate::nhs::NhsNumber, PlanType)> = HashSet::new();
+        let mut rejections = Vec::new();
+        let mut received: u64 = 0;
+        let mut records = std::pin::pin!(records);
+        while let Some(record) = records.next().await {
+            let record = record?;
+            if received as usize >= limit {
+                return Err(Error::ResourceExhausted(format!(
+                    "an upload may carry at most {limit} records; nothing was loaded"
+                )));
+            }
+            let index = received;
+            received += 1;
+            match validate::plan_record(&record, &la_ods_code, now) {
+                Ok(plan) if !seen.insert((plan.nhs_number, plan.plan_type)) => rejections.push(Rejection {
+                    index,
+                    nhs_number: record.nhs_number,
+                    reason: RejectionReason::DuplicateRecord,
+                    message: format!(
+                        "an earlier record of this upload has the same NHS number and plan type {}",
+                        plan.plan_type.code()
+                    ),
+                }),
+                Ok(plan) => plans.push(plan),
+                Err((reason, message)) => {
+                    rejections.push(Rejection { index, nhs_number: record.nhs_number, reason, message })
+                }
+            }
+        }
+        if header.mode == UploadMode::FullRefresh && received == 0 {
+            return Err(Error::invalid(
+                "records",
+                "a FULL_REFRESH with no records would remove every plan of this local authority; nothing was changed (use Delete to remove plans)",
+            ));
+        }
+
+        let loaded = plans.len() as u64;
+        let mut removed = 0;
+        if !plans.is_empty() {
+            let _writes = self.shared.plan_writes.lock().await;
+            let authority = header.local_authority.clone();
+            let change = match header.mode {
+                UploadMode::Incremental => Change::UpsertPlans { authority: authority.clone(), plans: plans.clone() },
+                UploadMode::FullRefresh => Change::ReplacePlans { authority: authority.clone(), plans: plans.clone() },
+            };
+            self.shared.store.apply(change).await?;
+            self.shared.index.set_authority(authority);
+            match header.mode {
+                UploadMode::Incremental => self.shared.index.upsert(plans),
+                UploadMode::FullRefresh => removed = self.shared.index.replace_authority(&la_ods_code, plans) as u64,
+            }
+        }
+        let status = match (loaded, rejections.len()) {
+            (_, 0) if loaded > 0 => UploadStatus::AllLoaded,
+            (0, _) => UploadStatus::NoneLoaded,
+            _ => UploadStatus::Partial,
+        };
+        metrics::counter!("cpis_uploads_total", "status" => status.as_str()).increment(1);
+        tracing::info!(
+            la = %la_ods_code,
+            file_id = %header.file_id,
+            mode = ?header.mode,
+            loaded,
+            rejected = rejections.len(),
+            removed,
+            "upload processed"
+        );
+        if loaded > 0 {
+            self.publish_plan_gauges();
+        }
+        Ok(UploadOutcome { status, loaded, rejections, removed })
+    }
+
+    /// Deletes the caller's plans of a person: one type, or all if `None`.
+    pub async fn delete(&self, identity: &Identity, nhs_number: &str, plan_type: i32) -> Result<u64> {
+        authorize(identity, Action::DeletePlans)?;
+        let nhs_number = validate::nhs_number_field(nhs_number, "nhs_number")?;
+        let plan_type = match proto::PlanType::try_from(plan_type) {
+            Ok(proto::PlanType::Unspecified) => None,
+            Ok(proto::PlanType::ChildProtection) => Some(PlanType::ChildProtection),
+            Ok(proto::PlanType::LookedAfter) => Some(PlanType::LookedAfter),
+            Ok(proto::PlanType::UnbornChildProtection) => Some(PlanType::UnbornChildProtection),
+            Err(_) => return Err(Error::invalid("type", format!("{plan_type} is not a plan type"))),
+        };
+        let la_ods_code = identity.ods_code.clone();
+        let _writes = self.shared.plan_writes.lock().await;
+        let held = self
+            .shared
+            .index
+            .plans(nhs_number)
+            .iter()
+            .filter(|plan| plan.la_ods_code == la_ods_code && plan_type.is_none_or(|kind| kind == plan.plan_type))
+            .count();
+        if held == 0 {
+            return Ok(0);
+        }
+        self.shared
+            .store
+            .apply(Change::DeletePlans { la_ods_code: la_ods_code.clone(), nhs_number, plan_type })
+            .await?;
+        let deleted = self.shared.index.remove(&la_ods_code, nhs_number, plan_type) as u64;
+        self.publish_plan_gauges();
+        Ok(deleted)
+    }
+
+    /// The caller's plans, in NHS number order.
+    pub fn export(&self, identity: &Identity) -> Result<Vec<Arc<Plan>>> {
+        authorize(identity, Action::ExportPlans)?;
+        Ok(self.shared.index.plans_of(&identity.ods_code))
+    }
+}

@@ -1,0 +1,203 @@
+//! Validation of what callers send: request fields become INVALID_ARGUMENT
+//! errors naming the field, and upload records become per-record
+//! [`Rejection`]s with a machine-readable reason. Messages never repeat the
+//! rejected value, so they are safe to log.
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::{
+    error::{Error, Result},
+    model::{Address, LocalAuthority, Plan, PlanType},
+    nhs::{NhsNumber, NhsNumberError},
+    proto,
+};
+
+/// Longest accepted free-text field (names, identifiers, address lines).
+pub const MAX_TEXT_LEN: usize = 200;
+/// Most address lines kept for a person.
+pub const MAX_ADDRESS_LINES: usize = 6;
+
+/// Why an upload record was not loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectionReason {
+    InvalidNhsNumber,
+    MissingField,
+    InvalidDate,
+    EndBeforeStart,
+    DuplicateRecord,
+    InvalidPlanType,
+    UnexpectedField,
+    FieldTooLong,
+    Expired,
+}
+
+impl RejectionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidNhsNumber => "INVALID_NHS_NUMBER",
+            Self::MissingField => "MISSING_FIELD",
+            Self::InvalidDate => "INVALID_DATE",
+            Self::EndBeforeStart => "END_BEFORE_START",
+            Self::DuplicateRecord => "DUPLICATE_RECORD",
+            Self::InvalidPlanType => "INVALID_PLAN_TYPE",
+            Self::UnexpectedField => "UNEXPECTED_FIELD",
+            Self::FieldTooLong => "FIELD_TOO_LONG",
+            Self::Expired => "EXPIRED",
+        }
+    }
+}
+
+/// One record that was not loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Zero-based position among the upload's records.
+    pub index: u64,
+    /// As sent, so the LA can find the record.
+    pub nhs_number: String,
+    pub reason: RejectionReason,
+    pub message: String,
+}
+
+/// A request field's NHS number, or INVALID_ARGUMENT naming the field.
+pub fn nhs_number_field(text: &str, field: &str) -> Result<NhsNumber> {
+    NhsNumber::parse(text).map_err(|error| Error::invalid(field, nhs_error_text(error)))
+}
+
+fn nhs_error_text(error: NhsNumberError) -> String {
+    match error {
+        NhsNumberError::Empty => "is required".to_owned(),
+        other => format!("is not a valid NHS number: {other}"),
+    }
+}
+
+/// A required, bounded text field of a request.
+pub fn required_text(text: &str, field: &str) -> Result<String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if trimmed.chars().count() > MAX_TEXT_LEN {
+        return Err(Error::invalid(field, format!("is longer than {MAX_TEXT_LEN} characters")));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// An optional, bounded text field of a request.
+pub fn optional_text(text: &str, field: &str) -> Result<String> {
+    if text.trim().is_empty() { Ok(String::new()) } else { required_text(text, field) }
+}
+
+/// The local authority details of an upload header, all required.
+pub fn local_authority(authority: Option<&proto::LocalAuthority>) -> Result<LocalAuthority> {
+    let Some(authority) = authority else {
+        return Err(Error::invalid("header.local_authority", "is required"));
+    };
+    Ok(LocalAuthority {
+        ods_code: required_text(&authority.ods_code, "header.local_authority.ods_code")?,
+        name: required_text(&authority.name, "header.local_authority.name")?,
+        office_hours_phone: required_text(&authority.office_hours_phone, "header.local_authority.office_hours_phone")?,
+        emergency_phone: required_text(&authority.emergency_phone, "header.local_authority.emergency_phone")?,
+    })
+}
+
+/// Builds a plan from an uploaded record, or says why not.
+pub fn plan_record(
+    record: &proto::PlanRecord,
+    la_ods_code: &str,
+    now: DateTime<Utc>,
+) -> std::result::Result<Plan, (RejectionReason, String)> {
+    use RejectionReason::*;
+    let today = now.date_naive();
+    let nhs_number = NhsNumber::parse(&record.nhs_number).map_err(|error| match error {
+        NhsNumberError::Empty => (MissingField, "nhs_number: is required".to_owned()),
+        other => (InvalidNhsNumber, format!("nhs_number: {other}")),
+    })?;
+    let plan_type = match proto::PlanType::try_from(record.r#type) {
+        Ok(proto::PlanType::ChildProtection) => PlanType::ChildProtection,
+        Ok(proto::PlanType::LookedAfter) => PlanType::LookedAfter,
+        Ok(proto::PlanType::UnbornChildProtection) => PlanType::UnbornChildProtection,
+        Ok(proto::PlanType::Unspecified) => return Err((MissingField, "type: is required".to_owned())),
+        Err(_) => return Err((InvalidPlanType, format!("type: {} is not a plan type", record.r#type))),
+    };
+    let local_id = text(&record.local_id, "local_id", true)?;
+    let given_name = text(&record.given_name, "given_name", true)?;
+    let family_name = text(&record.family_name, "family_name", true)?;
+    let team_code = text(&record.team_code, "team_code", false)?;
+    let date_of_birth =
+        date(&record.date_of_birth, "date_of_birth")?.ok_or((MissingField, "date_of_birth: is required".to_owned()))?;
+    if date_of_birth > today {
+        return Err((InvalidDate, "date_of_birth: is in the future".to_owned()));
+    }
+    let start_date =
+        date(&record.start_date, "start_date")?.ok_or((MissingField, "start_date: is required".to_owned()))?;
+    let end_date = date(&record.end_date, "end_date")?;
+    if end_date.is_some_and(|end| end < start_date) {
+        return Err((EndBeforeStart, "end_date: is before start_date".to_owned()));
+    }
+    let expected_delivery_date = date(&record.expected_delivery_date, "expected_delivery_date")?;
+    match (plan_type, expected_delivery_date) {
+        (PlanType::UnbornChildProtection, None) => {
+            return Err((MissingField, "expected_delivery_date: is required for UNBORN_CHILD_PROTECTION".to_owned()));
+        }
+        (PlanType::ChildProtection | PlanType::LookedAfter, Some(_)) => {
+            return Err((UnexpectedField, "expected_delivery_date: is only for UNBORN_CHILD_PROTECTION".to_owned()));
+        }
+        _ => {}
+    }
+    let address = match &record.address {
+        None => Address::default(),
+        Some(address) => {
+            if address.lines.len() > MAX_ADDRESS_LINES {
+                return Err((FieldTooLong, format!("address.lines: more than {MAX_ADDRESS_LINES} lines")));
+            }
+            let mut lines = Vec::with_capacity(address.lines.len());
+            for line in &address.lines {
+                let line = text(line, "address.lines", false)?;
+                if !line.is_empty() {
+                    lines.push(line);
+                }
+            }
+            Address { lines, postcode: text(&address.postcode, "address.postcode", false)?.to_ascii_uppercase() }
+        }
+    };
+    let plan = Plan {
+        nhs_number,
+        la_ods_code: la_ods_code.to_owned(),
+        local_id,
+        given_name,
+        family_name,
+        date_of_birth,
+        address,
+        plan_type,
+        start_date,
+        end_date,
+        expected_delivery_date,
+        team_code,
+        loaded_at: now,
+    };
+    if !plan.is_visible_on(today) {
+        return Err((Expired, "the plan is past its visibility window and would never be shown".to_owned()));
+    }
+    Ok(plan)
+}
+
+fn text(value: &str, field: &str, required: bool) -> std::result::Result<String, (RejectionReason, String)> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() && required {
+        return Err((RejectionReason::MissingField, format!("{field}: is required")));
+    }
+    if trimmed.chars().count() > MAX_TEXT_LEN {
+        return Err((RejectionReason::FieldTooLong, format!("{field}: is longer than {MAX_TEXT_LEN} characters")));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn date(value: &str, field: &str) -> std::result::Result<Option<NaiveDate>, (RejectionReason, String)> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
+        .map(Some)
+        .map_err(|_| (RejectionReason::InvalidDate, format!("{field}: is not a date in the form YYYY-MM-DD")))
+}

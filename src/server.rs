@@ -1,0 +1,192 @@
+//! Wires the relay to the network: the gRPC services over mutual TLS on a
+//! bound listener, gRPC health and reflection, and the admin HTTP endpoints
+//! (`/healthz`, `/readyz`, `/metrics`). [`run`] takes listeners, never
+//! addresses, and a shutdown future, so tests run it on `127.0.0.1:0`.
+//!
+//! Shutdown: readiness and health flip to NOT_SERVING first, subscription
+//! streams end so local authorities reconnect elsewhere, in-flight calls
+//! finish, and after the grace period the server stops regardless.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use tokio::{net::TcpListener, sync::watch};
+use tonic::server::NamedService;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    proto::{
+        audit_server::AuditServer, lookup_server::LookupServer, notifications_server::NotificationsServer,
+        plans_server::PlansServer,
+    },
+    relay::{Relay, StoreHealth},
+    service::{AuditService, LookupService, NotificationsService, PlansService},
+    telemetry, tls,
+};
+
+/// Network settings of the gRPC server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub tls: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: Duration,
+    /// How long in-flight calls may take to finish after shutdown begins.
+    pub grace_period: Duration,
+    pub concurrency_per_connection: usize,
+    pub max_concurrent_streams: u32,
+    pub request_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connection_age: Duration,
+    /// Largest accepted message; upload records are sent one per message.
+    pub max_message_bytes: usize,
+}
+
+impl ServerOptions {
+    pub fn new(tls: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            tls,
+            handshake_timeout: Duration::from_secs(10),
+            grace_period: Duration::from_secs(20),
+            concurrency_per_connection: 256,
+            max_concurrent_streams: 512,
+            request_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_message_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("admin server: {0}")]
+    Admin(#[from] std::io::Error),
+}
+
+const SERVICE_NAMES: [&str; 4] = [
+    <LookupServer<LookupService> as NamedService>::NAME,
+    <PlansServer<PlansService> as NamedService>::NAME,
+    <NotificationsServer<NotificationsService> as NamedService>::NAME,
+    <AuditServer<AuditService> as NamedService>::NAME,
+];
+
+/// Serves until `shutdown` resolves, then drains within the grace period.
+pub async fn run(
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    relay: Relay,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let draining = watch::Sender::new(false);
+    let ready = watch::Sender::new(true);
+    tokio::spawn(follow_store_health(relay.clone(), reporter.clone(), draining.subscribe(), ready.clone()));
+
+    if let Some(admin_listener) = admin_listener {
+        let admin = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(|| async { telemetry::metrics().render() }))
+            .with_state(ready.subscribe());
+        let mut stop_admin = draining.subscribe();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop_admin.wait_for(|draining| *draining).await;
+            };
+            if let Err(error) = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped).await {
+                tracing::error!(%error, "admin server failed");
+            }
+        });
+    }
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let limit = options.max_message_bytes;
+    let local_addr = listener.local_addr()?;
+    let incoming = tls::incoming(listener, Arc::clone(&options.tls), options.handshake_timeout);
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(options.concurrency_per_connection)
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .timeout(options.request_timeout)
+        .load_shed(true)
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
+        .max_connection_age(options.max_connection_age)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(LookupServer::new(LookupService::new(relay.clone())).max_decoding_message_size(limit))
+        .add_service(PlansServer::new(PlansService::new(relay.clone())).max_decoding_message_size(limit))
+        .add_service(
+            NotificationsServer::new(NotificationsService::new(relay.clone())).max_decoding_message_size(limit),
+        )
+        .add_service(AuditServer::new(AuditService::new(relay.clone())).max_decoding_message_size(limit))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = serving_stopped.await;
+        });
+    tracing::info!(%local_addr, "serving cpis.v1 over mutual TLS");
+    let mut serve = std::pin::pin!(serve);
+    tokio::select! {
+        result = &mut serve => return result.map_err(ServerError::from),
+        () = shutdown => {}
+    }
+
+    tracing::info!(grace_period_s = options.grace_period.as_secs(), "shutting down: no longer ready, draining");
+    draining.send_replace(true);
+    ready.send_replace(false);
+    for name in SERVICE_NAMES.into_iter().chain([""]) {
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    relay.begin_draining();
+    let _ = stop_serving.send(());
+    match tokio::time::timeout(options.grace_period, serve).await {
+        Ok(result) => {
+            tracing::info!("drained; stopped");
+            result.map_err(ServerError::from)
+        }
+        Err(_) => {
+            tracing::warn!(
+                grace_period_s = options.grace_period.as_secs(),
+                "grace period expired with calls still open; stopping anyway"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Health and readiness follow the store: NOT_SERVING while its writes fail.
+async fn follow_store_health(
+    relay: Relay,
+    reporter: HealthReporter,
+    mut draining: watch::Receiver<bool>,
+    ready: watch::Sender<bool>,
+) {
+    let mut store_health = relay.store_health();
+    loop {
+        let healthy = *store_health.borrow_and_update() == StoreHealth::Ok;
+        if *draining.borrow() {
+            return;
+        }
+        let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
+        for name in SERVICE_NAMES.into_iter().chain([""]) {
+            reporter.set_service_status(name, status).await;
+        }
+        ready.send_replace(healthy);
+        tokio::select! {
+            changed = store_health.changed() => if changed.is_err() { return },
+            _ = draining.wait_for(|draining| *draining) => return,
+        }
+    }
+}
+
+async fn readyz(State(ready): State<watch::Receiver<bool>>) -> impl IntoResponse {
+    if *ready.borrow() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+}

@@ -1,0 +1,156 @@
+//! Domain values to wire messages. One function per message; no logic
+//! beyond the mapping.
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::{
+    model::{AccessEvent, Accessor, Address, CareSetting, LocalAuthority, Notification, Plan, PlanType},
+    proto,
+    relay::{SearchOutcome, UploadOutcome, UploadStatus},
+};
+
+pub fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: instant.timestamp(), nanos: instant.timestamp_subsec_nanos() as i32 }
+}
+
+fn date(date: NaiveDate) -> String {
+    date.format("%Y-%m-%d").to_string()
+}
+
+fn optional_date(value: Option<NaiveDate>) -> String {
+    value.map(date).unwrap_or_default()
+}
+
+pub fn plan_type(plan_type: PlanType) -> proto::PlanType {
+    match plan_type {
+        PlanType::ChildProtection => proto::PlanType::ChildProtection,
+        PlanType::LookedAfter => proto::PlanType::LookedAfter,
+        PlanType::UnbornChildProtection => proto::PlanType::UnbornChildProtection,
+    }
+}
+
+pub fn care_setting(setting: CareSetting) -> proto::CareSetting {
+    match setting {
+        CareSetting::EmergencyDepartment => proto::CareSetting::EmergencyDepartment,
+        CareSetting::OutOfHoursGp => proto::CareSetting::OutOfHoursGp,
+        CareSetting::WalkInCentre => proto::CareSetting::WalkInCentre,
+        CareSetting::MinorInjuriesUnit => proto::CareSetting::MinorInjuriesUnit,
+        CareSetting::PaediatricWard => proto::CareSetting::PaediatricWard,
+        CareSetting::AmbulanceService => proto::CareSetting::AmbulanceService,
+        CareSetting::MaternityUnit => proto::CareSetting::MaternityUnit,
+    }
+}
+
+fn address(address: &Address) -> proto::Address {
+    proto::Address { lines: address.lines.clone(), postcode: address.postcode.clone() }
+}
+
+fn accessor(accessor: &Accessor) -> proto::Accessor {
+    proto::Accessor {
+        user_id: accessor.user_id.clone(),
+        name: accessor.name.clone(),
+        role_code: accessor.role_code.clone(),
+    }
+}
+
+pub fn local_authority(authority: &LocalAuthority) -> proto::LocalAuthority {
+    proto::LocalAuthority {
+        ods_code: authority.ods_code.clone(),
+        name: authority.name.clone(),
+        office_hours_phone: authority.office_hours_phone.clone(),
+        emergency_phone: authority.emergency_phone.clone(),
+    }
+}
+
+pub fn access_record(access: &AccessEvent) -> proto::AccessRecord {
+    proto::AccessRecord {
+        accessed_at: Some(timestamp(access.accessed_at)),
+        organisation_ods_code: access.organisation_ods_code.clone(),
+        organisation_name: access.organisation_name.clone(),
+        care_setting: care_setting(access.care_setting) as i32,
+        accessor: Some(accessor(&access.accessor)),
+    }
+}
+
+pub fn search_response(outcome: SearchOutcome) -> proto::SearchResponse {
+    proto::SearchResponse {
+        flagged: outcome.flagged(),
+        person: outcome.person.as_deref().map(|plan| proto::Person {
+            nhs_number: plan.nhs_number.to_string(),
+            given_name: plan.given_name.clone(),
+            family_name: plan.family_name.clone(),
+            date_of_birth: date(plan.date_of_birth),
+            address: Some(address(&plan.address)),
+        }),
+        plans: outcome
+            .plans
+            .iter()
+            .map(|shown| proto::PlanSummary {
+                r#type: plan_type(shown.plan.plan_type) as i32,
+                start_date: date(shown.plan.start_date),
+                end_date: optional_date(shown.plan.end_date),
+                expected_delivery_date: optional_date(shown.plan.expected_delivery_date),
+                local_authority: Some(shown.authority.as_deref().map(local_authority).unwrap_or_else(|| {
+                    proto::LocalAuthority { ods_code: shown.plan.la_ods_code.clone(), ..Default::default() }
+                })),
+            })
+            .collect(),
+        previous_accesses: outcome.previous_accesses.iter().map(|access| access_record(access)).collect(),
+    }
+}
+
+pub fn plan_record(plan: &Plan) -> proto::PlanRecord {
+    proto::PlanRecord {
+        nhs_number: plan.nhs_number.to_string(),
+        local_id: plan.local_id.clone(),
+        given_name: plan.given_name.clone(),
+        family_name: plan.family_name.clone(),
+        date_of_birth: date(plan.date_of_birth),
+        address: Some(address(&plan.address)),
+        r#type: plan_type(plan.plan_type) as i32,
+        start_date: date(plan.start_date),
+        end_date: optional_date(plan.end_date),
+        expected_delivery_date: optional_date(plan.expected_delivery_date),
+        team_code: plan.team_code.clone(),
+    }
+}
+
+pub fn notification(notification: &Notification) -> proto::AccessNotification {
+    let access = &notification.access;
+    proto::AccessNotification {
+        sequence: notification.sequence,
+        notification_id: notification.draft.notification_id.clone(),
+        accessed_at: Some(timestamp(access.accessed_at)),
+        nhs_number: access.nhs_number.to_string(),
+        local_id: notification.draft.local_id.clone(),
+        plan_type: plan_type(notification.draft.plan_type) as i32,
+        team_code: notification.draft.team_code.clone(),
+        organisation_ods_code: access.organisation_ods_code.clone(),
+        organisation_name: access.organisation_name.clone(),
+        care_setting: care_setting(access.care_setting) as i32,
+        accessor: Some(accessor(&access.accessor)),
+    }
+}
+
+pub fn upload_report(outcome: UploadOutcome) -> proto::UploadReport {
+    proto::UploadReport {
+        status: match outcome.status {
+            UploadStatus::AllLoaded => proto::UploadStatus::AllLoaded,
+            UploadStatus::Partial => proto::UploadStatus::Partial,
+            UploadStatus::NoneLoaded => proto::UploadStatus::NoneLoaded,
+        } as i32,
+        loaded: outcome.loaded,
+        rejected: outcome.rejections.len() as u64,
+        rejections: outcome
+            .rejections
+            .into_iter()
+            .map(|rejection| proto::Rejection {
+                index: rejection.index,
+                nhs_number: rejection.nhs_number,
+                reason: rejection.reason.as_str().to_owned(),
+                message: rejection.message,
+            })
+            .collect(),
+        removed: outcome.removed,
+    }
+}

@@ -1,0 +1,147 @@
+//! A store that keeps everything in process memory: for tests and for
+//! benchmarks that compare against the durable store. It loses everything
+//! on exit and must never be the store of a real deployment.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use futures::{FutureExt, future::BoxFuture};
+
+use super::{Applied, Change, Cursor, ExpiryCounts, Faults, Snapshot, Store, StoreError};
+use crate::model::{AccessEvent, LocalAuthority, Notification, Plan, PlanKey};
+
+#[derive(Default, Clone)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    faults: Faults,
+}
+
+#[derive(Default)]
+struct State {
+    authorities: HashMap<String, LocalAuthority>,
+    plans: BTreeMap<PlanKey, Plan>,
+    accesses: BTreeMap<(i64, u128), AccessEvent>,
+    notifications: BTreeMap<(String, u64), Notification>,
+    cursors: HashMap<String, Cursor>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_state<T>(&self, work: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut state)
+    }
+}
+
+impl State {
+    fn apply(&mut self, change: Change) -> Applied {
+        match change {
+            Change::UpsertPlans { authority, plans } => {
+                self.authorities.insert(authority.ods_code.clone(), authority);
+                for plan in plans {
+                    self.plans.insert(plan.key(), plan);
+                }
+                Applied::Done
+            }
+            Change::ReplacePlans { authority, plans } => {
+                self.plans.retain(|key, _| key.la_ods_code != authority.ods_code);
+                self.authorities.insert(authority.ods_code.clone(), authority);
+                for plan in plans {
+                    self.plans.insert(plan.key(), plan);
+                }
+                Applied::Done
+            }
+            Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
+                self.plans.retain(|key, _| {
+                    !(key.la_ods_code == la_ods_code
+                        && key.nhs_number == nhs_number
+                        && plan_type.is_none_or(|kind| kind == key.plan_type))
+                });
+                Applied::Done
+            }
+            Change::RecordAccess { access, drafts } => {
+                let mut notified = Vec::with_capacity(drafts.len());
+                for draft in drafts {
+                    let cursor = self
+                        .cursors
+                        .entry(draft.la_ods_code.clone())
+                        .or_insert_with(|| Cursor { la_ods_code: draft.la_ods_code.clone(), ..Cursor::default() });
+                    cursor.last_sequence += 1;
+                    let notification = Notification { sequence: cursor.last_sequence, draft, access: access.clone() };
+                    self.notifications
+                        .insert((notification.draft.la_ods_code.clone(), notification.sequence), notification.clone());
+                    notified.push(notification);
+                }
+                self.accesses.insert((access.accessed_at.timestamp_micros(), access.id), access);
+                Applied::Notified(notified)
+            }
+            Change::Ack { la_ods_code, through } => {
+                let cursor = self
+                    .cursors
+                    .entry(la_ods_code.clone())
+                    .or_insert_with(|| Cursor { la_ods_code: la_ods_code.clone(), ..Cursor::default() });
+                cursor.acked_through = cursor.acked_through.max(through.min(cursor.last_sequence));
+                Applied::Done
+            }
+            Change::Expire(expiry) => {
+                let mut counts = ExpiryCounts::default();
+                let plans_before = self.plans.len();
+                self.plans.retain(|_, plan| plan.is_visible_on(expiry.today));
+                counts.plans = (plans_before - self.plans.len()) as u64;
+                let cursors = &self.cursors;
+                let notifications_before = self.notifications.len();
+                self.notifications.retain(|(la, sequence), notification| {
+                    let acked = cursors.get(la).is_some_and(|cursor| *sequence <= cursor.acked_through);
+                    !(acked && notification.access.accessed_at < expiry.acked_notifications_before)
+                });
+                counts.notifications = (notifications_before - self.notifications.len()) as u64;
+                let keep = self.accesses.split_off(&(expiry.accesses_before.timestamp_micros(), 0));
+                counts.accesses = std::mem::replace(&mut self.accesses, keep).len() as u64;
+                Applied::Expired(counts)
+            }
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>> {
+        let snapshot = self.with_state(|state| Snapshot {
+            authorities: state.authorities.values().cloned().collect(),
+            plans: state.plans.values().cloned().collect(),
+            accesses: state.accesses.values().cloned().collect(),
+            cursors: state.cursors.values().cloned().collect(),
+        });
+        async move { Ok(snapshot) }.boxed()
+    }
+
+    fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
+        let result = self.faults.check().map(|()| self.with_state(|state| state.apply(change)));
+        async move { result }.boxed()
+    }
+
+    fn notifications_after(
+        &self,
+        la_ods_code: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        let page = self.with_state(|state| {
+            state
+                .notifications
+                .range((la_ods_code.to_owned(), after.saturating_add(1))..=(la_ods_code.to_owned(), u64::MAX))
+                .take(limit)
+                .map(|(_, notification)| notification.clone())
+                .collect()
+        });
+        async move { Ok(page) }.boxed()
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.faults
+    }
+}

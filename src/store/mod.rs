@@ -1,0 +1,140 @@
+//! The system of record. The [`Store`] trait is what the relay needs from
+//! durable storage: apply a change and resolve only once it is durable,
+//! replay everything on start, and page through a local authority's
+//! notifications. The relay never touches storage any other way, so the
+//! embedded redb store, the in-memory store and a NATS JetStream store are
+//! interchangeable.
+//!
+//! Sequence numbers of notifications are assigned by the store, in commit
+//! order per local authority, so a subscriber that has seen sequence N has
+//! seen every committed notification of that authority up to N.
+
+pub mod embedded;
+pub mod memory;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::future::BoxFuture;
+
+use crate::{
+    model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, Plan, PlanType},
+    nhs::NhsNumber,
+};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failed: {0}")]
+    Io(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store is closed")]
+    Closed,
+    #[error("storage failure injected for a test")]
+    Injected,
+}
+
+/// One change to the system of record, applied atomically.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Adds or replaces these plans of one local authority and records its details.
+    UpsertPlans { authority: LocalAuthority, plans: Vec<Plan> },
+    /// Makes the authority's plans exactly these (FULL_REFRESH).
+    ReplacePlans { authority: LocalAuthority, plans: Vec<Plan> },
+    /// Deletes one authority's plans of a person: one type, or all.
+    DeletePlans { la_ods_code: String, nhs_number: NhsNumber, plan_type: Option<PlanType> },
+    /// A search of a flagged person: its access history entry and one
+    /// notification per owning authority, which the store numbers.
+    RecordAccess { access: AccessEvent, drafts: Vec<NotificationDraft> },
+    /// A cumulative acknowledgement.
+    Ack { la_ods_code: String, through: u64 },
+    /// Retention: removes what is past its keeping period.
+    Expire(Expiry),
+}
+
+/// Cut-offs for retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// Plans no longer visible on this day are removed.
+    pub today: NaiveDate,
+    /// Acknowledged notifications of accesses before this instant are removed.
+    pub acked_notifications_before: DateTime<Utc>,
+    /// Access history before this instant is removed.
+    pub accesses_before: DateTime<Utc>,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    /// The notifications of a `RecordAccess`, with their sequence numbers.
+    Notified(Vec<Notification>),
+    Expired(ExpiryCounts),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiryCounts {
+    pub plans: u64,
+    pub notifications: u64,
+    pub accesses: u64,
+}
+
+/// A local authority's notification positions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub la_ods_code: String,
+    /// The highest sequence assigned.
+    pub last_sequence: u64,
+    /// Everything up to here is acknowledged.
+    pub acked_through: u64,
+}
+
+/// Everything the relay rebuilds its memory from on start. Notifications
+/// themselves stay in the store and are paged to subscribers.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub authorities: Vec<LocalAuthority>,
+    pub plans: Vec<Plan>,
+    /// Oldest first.
+    pub accesses: Vec<AccessEvent>,
+    pub cursors: Vec<Cursor>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Reads the whole state for the relay's in-memory index.
+    fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>>;
+
+    /// Applies a change; resolves once it is durable (or has failed and
+    /// left nothing behind).
+    fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>>;
+
+    /// Up to `limit` notifications of one authority with sequence above `after`, in order.
+    fn notifications_after(
+        &self,
+        la_ods_code: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>>;
+
+    /// Makes writes fail (or succeed again), to prove the failure paths.
+    fn faults(&self) -> &Faults;
+}
+
+/// A switch that makes a store's writes fail as a full or broken disk would.
+#[derive(Debug, Default, Clone)]
+pub struct Faults {
+    failing: Arc<AtomicBool>,
+}
+
+impl Faults {
+    pub fn fail_writes(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) { Err(StoreError::Injected) } else { Ok(()) }
+    }
+}
