@@ -244,3 +244,93 @@ impl Index {
             .unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicBool, Ordering},
+        thread,
+    };
+
+    use chrono::{DateTime, NaiveDate};
+
+    use super::*;
+    use crate::model::Address;
+
+    fn plan(la: &str, nhs_number: NhsNumber, plan_type: PlanType, version: u64) -> Plan {
+        Plan {
+            nhs_number,
+            la_ods_code: la.into(),
+            local_id: version.to_string(),
+            given_name: "A".into(),
+            family_name: "B".into(),
+            date_of_birth: NaiveDate::from_ymd_opt(2015, 1, 1).unwrap(),
+            address: Address::default(),
+            plan_type,
+            start_date: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
+            end_date: None,
+            expected_delivery_date: None,
+            team_code: String::new(),
+            loaded_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn people(count: u64) -> Vec<NhsNumber> {
+        (999_000_000..).filter_map(NhsNumber::complete).take(count as usize).collect()
+    }
+
+    #[test]
+    fn full_refresh_is_atomic_for_concurrent_readers() {
+        let index = Index::new();
+        let people = people(2_000);
+        let version_of =
+            |version: u64| people.iter().map(|&nhs| plan("706", nhs, PlanType::ChildProtection, version)).collect();
+        index.replace_authority("706", version_of(0));
+        let done = AtomicBool::new(false);
+        thread::scope(|scope| {
+            for reader in 0..3 {
+                let (index, people, done) = (&index, &people, &done);
+                scope.spawn(move || {
+                    // Sequential reads by one reader never go back to an older refresh,
+                    // and a person present in every refresh never disappears.
+                    let mut seen = 0u64;
+                    let mut step = reader;
+                    while !done.load(Ordering::Acquire) {
+                        step = (step * 7 + 13) % people.len();
+                        let plans = index.plans(people[step]);
+                        assert_eq!(plans.len(), 1, "a person vanished or doubled during a refresh");
+                        let version: u64 = plans[0].local_id.parse().unwrap();
+                        assert!(version >= seen, "read refresh {version} after {seen}");
+                        seen = version;
+                    }
+                });
+            }
+            for version in 1..=30 {
+                index.replace_authority("706", version_of(version));
+            }
+            done.store(true, Ordering::Release);
+        });
+        assert_eq!(index.plans_of("706").len(), 2_000);
+    }
+
+    #[test]
+    fn refresh_of_one_authority_leaves_others_alone_and_counts_removals() {
+        let index = Index::new();
+        let people = people(4);
+        index.upsert([plan("855", people[0], PlanType::LookedAfter, 0)]);
+        index.replace_authority(
+            "706",
+            vec![
+                plan("706", people[0], PlanType::ChildProtection, 0),
+                plan("706", people[1], PlanType::ChildProtection, 0),
+            ],
+        );
+        let removed = index.replace_authority("706", vec![plan("706", people[2], PlanType::ChildProtection, 1)]);
+        assert_eq!(removed, 2);
+        assert_eq!(index.plans(people[0]).len(), 1, "855's plan stays");
+        assert!(index.plans(people[1]).is_empty());
+        assert_eq!(index.plans_of("706").len(), 1);
+        assert_eq!(index.remove("855", people[0], None), 1);
+        assert_eq!(index.people(), 1);
+    }
+}

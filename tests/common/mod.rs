@@ -1,0 +1,261 @@
+//! Test harness: a real relay in-process on 127.0.0.1:0 over real mutual
+//! TLS, with a fresh PKI, a real store in a temporary directory and a
+//! manual clock. No sleeps: everything waits on the thing it needs.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use cpis_relay::{
+    certs::{Authority, DEV_IDENTITIES, Pair},
+    client,
+    clock::ManualClock,
+    proto::{
+        self, SearchRequest, UploadHeader, UploadMessage, audit_client::AuditClient, lookup_client::LookupClient,
+        notifications_client::NotificationsClient, plans_client::PlansClient, upload_message::Body,
+    },
+    relay::{Relay, RelaySettings},
+    server::{self, ServerError, ServerOptions},
+    store::{Store, embedded::EmbeddedStore, memory::MemoryStore},
+    tls::{self, PemText},
+};
+use futures::StreamExt;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+
+/// The start of every test's manual clock.
+pub fn test_start() -> DateTime<Utc> {
+    "2026-06-01T09:00:00Z".parse().unwrap()
+}
+
+pub fn date(text: &str) -> NaiveDate {
+    text.parse().unwrap()
+}
+
+/// A fresh CA with a server certificate and the four dev identities.
+pub struct Pki {
+    pub authority: Authority,
+    pub server: Pair,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let authority = Authority::generate("test CA").unwrap();
+        let server = authority.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+        Self { authority, server }
+    }
+
+    pub fn server_pem(&self) -> PemText {
+        PemText { ca: self.authority.cert_pem(), cert: self.server.cert_pem.clone(), key: self.server.key_pem.clone() }
+    }
+
+    /// PEM text for a dev identity by name: ed-rr8, la-706, la-855, auditor.
+    pub fn client_pem(&self, name: &str) -> PemText {
+        let identity = DEV_IDENTITIES.iter().find(|identity| identity.name == name).expect("a dev identity");
+        let pair = self.authority.issue_client(identity.ods_code, identity.organisation, Some(identity.role)).unwrap();
+        PemText { ca: self.authority.cert_pem(), cert: pair.cert_pem, key: pair.key_pem }
+    }
+
+    /// Writes ca.pem and NAME.pem/NAME.key for every dev identity, as `certs init` lays them out.
+    pub fn write_dev_layout(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), self.authority.cert_pem()).unwrap();
+        for identity in DEV_IDENTITIES {
+            let pem = self.client_pem(identity.name);
+            std::fs::write(dir.join(format!("{}.pem", identity.name)), pem.cert).unwrap();
+            std::fs::write(dir.join(format!("{}.key", identity.name)), pem.key).unwrap();
+        }
+    }
+}
+
+pub enum StoreChoice {
+    Embedded,
+    Memory,
+}
+
+pub struct TestRelay {
+    pub address: SocketAddr,
+    pub admin: SocketAddr,
+    pub pki: Pki,
+    pub relay: Relay,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<dyn Store>,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl TestRelay {
+    pub async fn start() -> Self {
+        Self::start_with(StoreChoice::Embedded, RelaySettings::default()).await
+    }
+
+    pub async fn start_with(choice: StoreChoice, settings: RelaySettings) -> Self {
+        tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = match choice {
+            StoreChoice::Embedded => Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
+            StoreChoice::Memory => Arc::new(MemoryStore::new()),
+        };
+        let clock = Arc::new(ManualClock::new(test_start()));
+        Self::serve(Pki::new(), store, clock, settings, dir).await
+    }
+
+    /// Serves an existing store (for restarts), keeping the PKI and directory.
+    pub async fn serve(
+        pki: Pki,
+        store: Arc<dyn Store>,
+        clock: Arc<ManualClock>,
+        settings: RelaySettings,
+        dir: tempfile::TempDir,
+    ) -> Self {
+        let relay = Relay::open(Arc::clone(&store), clock.clone(), settings).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let mut options = ServerOptions::new(tls::server_config(&pki.server_pem()).unwrap());
+        options.grace_period = Duration::from_secs(5);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server::run(listener, Some(admin_listener), relay.clone(), options, async {
+            let _ = stopped.await;
+        }));
+        Self { address, admin, pki, relay, clock, store, dir, stop: Some(stop), handle: Some(handle) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.address.port())
+    }
+
+    pub async fn channel(&self, identity: &str) -> Channel {
+        self.channel_with(&self.pki.client_pem(identity)).await.unwrap()
+    }
+
+    pub async fn channel_with(&self, pem: &PemText) -> Result<Channel, client::ClientError> {
+        client::connect(&self.url(), pem, None).await
+    }
+
+    pub async fn lookup(&self) -> LookupClient<Channel> {
+        LookupClient::new(self.channel("ed-rr8").await)
+    }
+
+    pub async fn plans(&self, identity: &str) -> PlansClient<Channel> {
+        PlansClient::new(self.channel(identity).await)
+    }
+
+    pub async fn notifications(&self, identity: &str) -> NotificationsClient<Channel> {
+        NotificationsClient::new(self.channel(identity).await)
+    }
+
+    pub async fn audit(&self) -> AuditClient<Channel> {
+        AuditClient::new(self.channel("auditor").await)
+    }
+
+    /// Stops the server and waits for it, returning the parts for a restart.
+    pub async fn stop(mut self) -> (Pki, Arc<dyn Store>, Arc<ManualClock>, tempfile::TempDir) {
+        self.shutdown().await;
+        let Self { pki, store, clock, dir, .. } = self;
+        (pki, store, clock, dir)
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Synthetic LA contact details for the header of an upload by `ods_code`.
+pub fn authority(ods_code: &str) -> proto::LocalAuthority {
+    let known = cpis_relay::synth::authority(ods_code).expect("a synthetic authority");
+    cpis_relay::service::convert::local_authority(&known)
+}
+
+/// The `n`th valid NHS number of the test range, from 999 000 000 0 up.
+pub fn nhs(n: u64) -> String {
+    nhs_numbers(n as usize + 1).pop().unwrap()
+}
+
+/// The first `count` valid NHS numbers of the test range.
+pub fn nhs_numbers(count: usize) -> Vec<String> {
+    (999_000_000u64..).filter_map(cpis_relay::nhs::NhsNumber::complete).take(count).map(|n| n.to_string()).collect()
+}
+
+/// A valid, current plan record.
+pub fn record(nhs_number: &str, plan_type: proto::PlanType) -> proto::PlanRecord {
+    let unborn = plan_type == proto::PlanType::UnbornChildProtection;
+    proto::PlanRecord {
+        nhs_number: nhs_number.to_owned(),
+        local_id: format!("L-{nhs_number}-{}", plan_type as i32),
+        given_name: "Sam".into(),
+        family_name: "Testchild".into(),
+        date_of_birth: if unborn { "1998-02-03".into() } else { "2016-04-05".into() },
+        address: Some(proto::Address {
+            lines: vec!["1 Test Street".into(), "Testtown".into()],
+            postcode: "ZZ1 1ZZ".into(),
+        }),
+        r#type: plan_type as i32,
+        start_date: "2026-01-10".into(),
+        end_date: String::new(),
+        expected_delivery_date: if unborn { "2026-09-01".into() } else { String::new() },
+        team_code: "TEAM-A".into(),
+    }
+}
+
+pub async fn upload(
+    client: &mut PlansClient<Channel>,
+    ods_code: &str,
+    mode: proto::UploadMode,
+    records: Vec<proto::PlanRecord>,
+) -> Result<proto::UploadReport, Status> {
+    let header = UploadMessage {
+        body: Some(Body::Header(UploadHeader {
+            mode: mode as i32,
+            file_id: "test".into(),
+            local_authority: Some(authority(ods_code)),
+        })),
+    };
+    let messages = std::iter::once(header)
+        .chain(records.into_iter().map(|record| UploadMessage { body: Some(Body::Record(record)) }));
+    client.upload(futures::stream::iter(messages)).await.map(|response| response.into_inner())
+}
+
+pub fn search_request(nhs_number: &str, user_id: &str, request_id: &str) -> SearchRequest {
+    SearchRequest {
+        nhs_number: nhs_number.to_owned(),
+        accessor: Some(proto::Accessor {
+            user_id: user_id.into(),
+            name: format!("Dr {user_id}"),
+            role_code: "R8000".into(),
+        }),
+        care_setting: proto::CareSetting::EmergencyDepartment as i32,
+        request_id: request_id.into(),
+    }
+}
+
+/// The single field violation of an INVALID_ARGUMENT status.
+pub fn field_violation(status: &Status) -> (String, String) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = tonic_types::StatusExt::get_details_bad_request(status).expect("a BadRequest detail");
+    assert_eq!(details.field_violations.len(), 1, "{details:?}");
+    let violation = &details.field_violations[0];
+    (violation.field.clone(), violation.description.clone())
+}
+
+/// The next item of a stream, failing the test if none comes within 10 s.
+pub async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("the stream to continue")
+        .expect("an Ok message")
+}
+
+/// Reads a server stream to its end.
+pub async fn collect<T>(stream: tonic::Streaming<T>) -> Vec<T> {
+    stream.map(|item| item.unwrap()).collect().await
+}

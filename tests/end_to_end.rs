@@ -1,0 +1,282 @@
+//! The relay end to end over mutual TLS: upload, search, notification, ack,
+//! resubscribe; the search rules (previous accesses, visibility windows,
+//! request id retries, one notification per owning authority).
+
+mod common;
+
+use chrono::Duration;
+use common::*;
+use cpis_relay::proto::{self, AccessLogRequest, AckRequest, PlanType, SubscribeRequest, UploadMode};
+
+#[tokio::test]
+async fn upload_search_notify_ack_and_resubscribe() {
+    let relay = TestRelay::start().await;
+    let child = nhs(1);
+    let mut plans = relay.plans("la-706").await;
+    let report = upload(&mut plans, "706", UploadMode::Incremental, vec![record(&child, PlanType::ChildProtection)])
+        .await
+        .unwrap();
+    assert_eq!(report.status, proto::UploadStatus::AllLoaded as i32);
+    assert_eq!((report.loaded, report.rejected), (1, 0));
+
+    let mut notifications = relay.notifications("la-706").await;
+    let mut stream = notifications.subscribe(SubscribeRequest { after_sequence: None }).await.unwrap().into_inner();
+
+    let response = relay.lookup().await.search(search_request(&child, "user-a", "r1")).await.unwrap().into_inner();
+    assert!(response.flagged);
+    let person = response.person.unwrap();
+    assert_eq!((person.given_name.as_str(), person.family_name.as_str()), ("Sam", "Testchild"));
+    assert_eq!(person.date_of_birth, "2016-04-05");
+    assert_eq!(person.address.unwrap().postcode, "ZZ1 1ZZ");
+    assert_eq!(response.plans.len(), 1);
+    let plan = &response.plans[0];
+    assert_eq!(plan.r#type, PlanType::ChildProtection as i32);
+    assert_eq!(plan.start_date, "2026-01-10");
+    let la = plan.local_authority.clone().unwrap();
+    assert_eq!(
+        (la.ods_code.as_str(), la.office_hours_phone.as_str(), la.emergency_phone.as_str()),
+        ("706", "020 7946 0101", "020 7946 0199")
+    );
+    assert!(response.previous_accesses.is_empty());
+
+    let first = next(&mut stream).await;
+    assert_eq!(first.nhs_number, child);
+    assert_eq!(first.organisation_ods_code, "RR8");
+    assert_eq!(first.organisation_name, "LEEDS TEACHING HOSPITALS NHS TRUST");
+    assert_eq!(first.care_setting, proto::CareSetting::EmergencyDepartment as i32);
+    assert_eq!(first.accessor.as_ref().unwrap().user_id, "user-a");
+    assert_eq!(first.local_id, format!("L-{child}-1"));
+    assert_eq!(first.team_code, "TEAM-A");
+    assert_eq!(first.plan_type, PlanType::ChildProtection as i32);
+
+    relay.lookup().await.search(search_request(&child, "user-b", "r2")).await.unwrap();
+    let second = next(&mut stream).await;
+    assert!(second.sequence > first.sequence);
+    assert_ne!(second.notification_id, first.notification_id);
+
+    // Ack the first only: a plain resubscribe starts after it.
+    let acked = notifications.ack(AckRequest { sequence: first.sequence }).await.unwrap().into_inner();
+    assert_eq!(acked.acked_through, first.sequence);
+    drop(stream);
+    let mut resumed = notifications.subscribe(SubscribeRequest { after_sequence: None }).await.unwrap().into_inner();
+    let redelivered = next(&mut resumed).await;
+    assert_eq!(redelivered.notification_id, second.notification_id, "the unacked one is redelivered with the same id");
+
+    // From an explicit cursor, acked notifications still retained come again.
+    let mut replay = notifications.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();
+    assert_eq!(next(&mut replay).await.notification_id, first.notification_id);
+
+    // Acking beyond what was sent is the caller's mistake.
+    let beyond = notifications.ack(AckRequest { sequence: second.sequence + 10 }).await.unwrap_err();
+    assert_eq!(field_violation(&beyond).0, "sequence");
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_request_id_notifies_once() {
+    let relay = TestRelay::start().await;
+    let child = nhs(2);
+    upload(
+        &mut relay.plans("la-706").await,
+        "706",
+        UploadMode::Incremental,
+        vec![record(&child, PlanType::LookedAfter)],
+    )
+    .await
+    .unwrap();
+    let mut notifications = relay.notifications("la-706").await;
+    let mut stream = notifications.subscribe(SubscribeRequest { after_sequence: None }).await.unwrap().into_inner();
+    let mut lookup = relay.lookup().await;
+    for _ in 0..3 {
+        let response = lookup.search(search_request(&child, "user-a", "same-id")).await.unwrap().into_inner();
+        assert!(response.flagged);
+        assert!(response.previous_accesses.is_empty(), "a retry does not list itself as a previous access");
+    }
+    lookup.search(search_request(&child, "user-b", "other-id")).await.unwrap();
+    let first = next(&mut stream).await;
+    let second = next(&mut stream).await;
+    assert_eq!(first.accessor.unwrap().user_id, "user-a");
+    assert_eq!(second.accessor.unwrap().user_id, "user-b", "no second notification for the retries in between");
+}
+
+#[tokio::test]
+async fn a_person_on_plans_of_two_authorities_notifies_each_once() {
+    let relay = TestRelay::start().await;
+    let child = nhs(3);
+    upload(
+        &mut relay.plans("la-706").await,
+        "706",
+        UploadMode::Incremental,
+        vec![record(&child, PlanType::ChildProtection), record(&child, PlanType::LookedAfter)],
+    )
+    .await
+    .unwrap();
+    upload(
+        &mut relay.plans("la-855").await,
+        "855",
+        UploadMode::Incremental,
+        vec![record(&child, PlanType::LookedAfter)],
+    )
+    .await
+    .unwrap();
+    let mut stream_706 =
+        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut stream_855 =
+        relay.notifications("la-855").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+
+    let response = relay.lookup().await.search(search_request(&child, "user-a", "r1")).await.unwrap().into_inner();
+    assert_eq!(response.plans.len(), 3);
+    let owners: Vec<String> =
+        response.plans.iter().map(|plan| plan.local_authority.clone().unwrap().ods_code).collect();
+    assert_eq!(owners, ["706", "706", "855"], "CPPI first, then LACI by authority");
+
+    relay.lookup().await.search(search_request(&child, "user-b", "r2")).await.unwrap();
+    let a = next(&mut stream_706).await;
+    let b = next(&mut stream_706).await;
+    assert_eq!(
+        (a.accessor.unwrap().user_id, b.accessor.unwrap().user_id),
+        ("user-a".into(), "user-b".into()),
+        "one per search, not per plan"
+    );
+    assert_eq!(a.plan_type, PlanType::ChildProtection as i32);
+    assert_eq!(next(&mut stream_855).await.accessor.unwrap().user_id, "user-a");
+    assert_eq!(next(&mut stream_855).await.accessor.unwrap().user_id, "user-b");
+}
+
+#[tokio::test]
+async fn unflagged_searches_store_nothing_and_notify_no_one() {
+    let relay = TestRelay::start().await;
+    let flagged = nhs(4);
+    let unflagged = nhs(5);
+    upload(
+        &mut relay.plans("la-706").await,
+        "706",
+        UploadMode::Incremental,
+        vec![record(&flagged, PlanType::ChildProtection)],
+    )
+    .await
+    .unwrap();
+    let mut stream =
+        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut lookup = relay.lookup().await;
+    let response = lookup.search(search_request(&unflagged, "user-a", "")).await.unwrap().into_inner();
+    assert!(!response.flagged);
+    assert!(response.person.is_none() && response.plans.is_empty() && response.previous_accesses.is_empty());
+    let log = collect(
+        relay.audit().await.access_log(AccessLogRequest { nhs_number: unflagged.clone() }).await.unwrap().into_inner(),
+    )
+    .await;
+    assert!(log.is_empty(), "no access is recorded for an unflagged person");
+
+    lookup.search(search_request(&flagged, "user-b", "")).await.unwrap();
+    assert_eq!(next(&mut stream).await.nhs_number, flagged, "the first notification is the flagged search's");
+}
+
+#[tokio::test]
+async fn previous_accesses_list_25_newest_and_a_user_once_per_24_hours() {
+    let relay = TestRelay::start().await;
+    let child = nhs(6);
+    upload(
+        &mut relay.plans("la-706").await,
+        "706",
+        UploadMode::Incremental,
+        vec![record(&child, PlanType::ChildProtection)],
+    )
+    .await
+    .unwrap();
+    let mut lookup = relay.lookup().await;
+
+    lookup.search(search_request(&child, "repeat", "")).await.unwrap();
+    relay.clock.advance(Duration::hours(2));
+    lookup.search(search_request(&child, "repeat", "")).await.unwrap();
+    relay.clock.advance(Duration::hours(23));
+    lookup.search(search_request(&child, "repeat", "")).await.unwrap();
+    let response = lookup.search(search_request(&child, "observer", "")).await.unwrap().into_inner();
+    let users: Vec<String> =
+        response.previous_accesses.iter().map(|access| access.accessor.clone().unwrap().user_id).collect();
+    assert_eq!(users, ["repeat", "repeat"], "the search at +2h is within 24h of the first and is not listed");
+    let times: Vec<i64> = response.previous_accesses.iter().map(|access| access.accessed_at.unwrap().seconds).collect();
+    assert!(times[0] > times[1], "newest first");
+
+    for user in 0..30 {
+        relay.clock.advance(Duration::minutes(1));
+        lookup.search(search_request(&child, &format!("user-{user:02}"), "")).await.unwrap();
+    }
+    let response = lookup.search(search_request(&child, "last", "")).await.unwrap().into_inner();
+    assert_eq!(response.previous_accesses.len(), 25);
+    assert_eq!(response.previous_accesses[0].accessor.clone().unwrap().user_id, "user-29");
+    assert_eq!(response.previous_accesses[24].accessor.clone().unwrap().user_id, "user-05");
+
+    // The auditor sees every retained access, all 35 searches, oldest first.
+    let log = collect(
+        relay.audit().await.access_log(AccessLogRequest { nhs_number: child.clone() }).await.unwrap().into_inner(),
+    )
+    .await;
+    assert_eq!(log.len(), 35);
+    assert_eq!(log[0].accessor.clone().unwrap().user_id, "repeat");
+}
+
+#[tokio::test]
+async fn plans_are_visible_for_365_days_after_their_end_and_unborn_plans_28_days_after_delivery() {
+    let relay = TestRelay::start().await; // clock: 2026-06-01
+    let ended = nhs(7);
+    let unborn = nhs(8);
+    let mut ended_record = record(&ended, PlanType::ChildProtection);
+    ended_record.start_date = "2025-01-01".into();
+    ended_record.end_date = "2025-06-01".into(); // visible through 2026-06-01
+    let mut unborn_record = record(&unborn, PlanType::UnbornChildProtection);
+    unborn_record.expected_delivery_date = "2026-06-10".into(); // visible through 2026-07-08
+    upload(&mut relay.plans("la-706").await, "706", UploadMode::Incremental, vec![ended_record, unborn_record])
+        .await
+        .unwrap();
+    let mut lookup = relay.lookup().await;
+    let flagged = |response: proto::SearchResponse| response.flagged;
+
+    assert!(flagged(lookup.search(search_request(&ended, "u", "")).await.unwrap().into_inner()));
+    relay.clock.advance(Duration::days(1));
+    assert!(
+        !flagged(lookup.search(search_request(&ended, "u", "")).await.unwrap().into_inner()),
+        "day 366 after the end"
+    );
+
+    relay.clock.set("2026-07-08T23:00:00Z".parse().unwrap());
+    let response = lookup.search(search_request(&unborn, "u", "")).await.unwrap().into_inner();
+    assert!(response.flagged);
+    assert_eq!(response.plans[0].expected_delivery_date, "2026-06-10");
+    relay.clock.set("2026-07-09T00:00:00Z".parse().unwrap());
+    assert!(
+        !flagged(lookup.search(search_request(&unborn, "u", "")).await.unwrap().into_inner()),
+        "29 days after delivery"
+    );
+}
+
+#[tokio::test]
+async fn export_delete_and_incremental_replace() {
+    let relay = TestRelay::start().await;
+    let a = nhs(9);
+    let b = nhs(10);
+    let mut plans = relay.plans("la-706").await;
+    upload(
+        &mut plans,
+        "706",
+        UploadMode::Incremental,
+        vec![record(&a, PlanType::ChildProtection), record(&b, PlanType::LookedAfter)],
+    )
+    .await
+    .unwrap();
+    let mut changed = record(&a, PlanType::ChildProtection);
+    changed.family_name = "Renamed".into();
+    upload(&mut plans, "706", UploadMode::Incremental, vec![changed]).await.unwrap();
+    let exported = collect(plans.export(proto::ExportRequest {}).await.unwrap().into_inner()).await;
+    assert_eq!(exported.len(), 2, "an incremental upload replaces by person and plan type");
+    assert_eq!(exported.iter().find(|record| record.nhs_number == a).unwrap().family_name, "Renamed");
+
+    let deleted = plans
+        .delete(proto::DeleteRequest { nhs_number: b.clone(), r#type: PlanType::LookedAfter as i32 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted, 1);
+    assert!(!relay.lookup().await.search(search_request(&b, "u", "")).await.unwrap().into_inner().flagged);
+    let again = plans.delete(proto::DeleteRequest { nhs_number: b.clone(), r#type: 0 }).await.unwrap().into_inner();
+    assert_eq!(again.deleted, 0);
+}
