@@ -183,6 +183,40 @@ impl Index {
         removed
     }
 
+    /// Removes plans that `still_wanted` rejects (retention); returns how many.
+    pub fn remove_where(&self, still_wanted: impl Fn(&Plan) -> bool) -> usize {
+        let _writer = self.lock_writer();
+        let doomed: Vec<NhsNumber> = self
+            .shared
+            .people
+            .iter()
+            .filter(|entry| entry.slots.iter().any(|slot| !still_wanted(&slot.plan)))
+            .map(|entry| *entry.key())
+            .collect();
+        let mut removed = 0;
+        for nhs_number in doomed {
+            let mut gone = Vec::new();
+            self.update_entry(nhs_number, |entry| {
+                entry.slots.retain(|slot| {
+                    let keep = still_wanted(&slot.plan);
+                    if !keep {
+                        gone.push(slot.plan.la_ods_code.clone());
+                    }
+                    keep
+                })
+            });
+            removed += gone.len();
+            for la_ods_code in gone {
+                if self.count_for(&la_ods_code, nhs_number) == 0
+                    && let Some(mut members) = self.shared.by_authority.get_mut(&la_ods_code)
+                {
+                    members.remove(&nhs_number);
+                }
+            }
+        }
+        removed
+    }
+
     /// Every plan a local authority holds, in NHS number order.
     pub fn plans_of(&self, la_ods_code: &str) -> Vec<Arc<Plan>> {
         let mut members: Vec<NhsNumber> = self

@@ -83,6 +83,8 @@ pub async fn run(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    // Install the recorder before anything records.
+    let _ = telemetry::metrics();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let draining = watch::Sender::new(false);
     let ready = watch::Sender::new(true);

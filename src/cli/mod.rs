@@ -51,6 +51,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Offline checks of the embedded store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Write synthetic people (999 test-range NHS numbers) to a CSV or JSON Lines file.
     Synth(clients::SynthArgs),
     /// Upload a CSV or JSON Lines file of plans as a local authority.
@@ -77,6 +82,15 @@ pub enum CertsCommand {
     Init {
         #[arg(long, env = "CPIS_CERTS_DIR", default_value = certs::DEV_DIR)]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Verify a store no relay has open and print counts per table.
+    Check {
+        #[arg(long, env = "CPIS_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
     },
 }
 
@@ -228,6 +242,15 @@ async fn run(command: Command) -> Result<u8, CliError> {
                 println!("{}", path.display());
             }
             Ok(exit::OK)
+        }
+        Command::Store { command: StoreCommand::Check { data_dir } } => {
+            let report =
+                crate::store::embedded::check(&data_dir).map_err(|error| CliError::Failed(error.to_string()))?;
+            println!("{}: integrity {}", report.path.display(), if report.integrity_ok { "ok" } else { "REPAIRED" });
+            for (table, count) in &report.tables {
+                println!("  {table:<14} {count:>12}");
+            }
+            Ok(if report.integrity_ok { exit::OK } else { exit::FAILURE })
         }
         Command::Synth(args) => clients::synth(args),
         Command::Upload(args) => upload::run(args).await,

@@ -49,6 +49,26 @@ pub struct ServeArgs {
     /// Development certificates used when no TLS flag is given; created on first start.
     #[arg(long, env = "CPIS_CERTS_DIR", default_value = certs::DEV_DIR)]
     pub certs_dir: PathBuf,
+    /// Days acknowledged notifications are kept.
+    #[arg(long, env = "CPIS_NOTIFICATION_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub notification_retention_days: u32,
+    /// Days access history is kept.
+    #[arg(long, env = "CPIS_ACCESS_RETENTION_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
+    pub access_retention_days: u32,
+    /// Seconds between retention passes.
+    #[arg(long, env = "CPIS_RETENTION_INTERVAL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_interval_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn relay_settings(&self) -> RelaySettings {
+        RelaySettings {
+            acked_notification_retention: chrono::Duration::days(self.notification_retention_days.into()),
+            access_retention: chrono::Duration::days(self.access_retention_days.into()),
+            retention_interval: std::time::Duration::from_secs(self.retention_interval_secs),
+            ..RelaySettings::default()
+        }
+    }
 }
 
 /// The server's PEM files: all three flags, or none (the dev certificates).
@@ -84,16 +104,24 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
             Arc::new(MemoryStore::new())
         }
     };
-    let relay = Relay::open(store, Arc::new(SystemClock), RelaySettings::default())
+    let relay = Relay::open(store, Arc::new(SystemClock), args.relay_settings())
         .await
         .map_err(|error| CliError::Failed(format!("cannot load the store: {error}")))?;
     let listener = bind(args.listen, "--listen").await?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
-    tracing::info!(admin = %args.admin_listen, "admin endpoints: /healthz /readyz /metrics");
+    let (grpc_address, admin_address) = (local_address(&listener)?, local_address(&admin)?);
+    // One stable line on stdout for supervisors and tests that bind port 0.
+    println!("cpis-relay listening: grpc={grpc_address} admin={admin_address}");
+    tracing::info!(admin = %admin_address, "admin endpoints: /healthz /readyz /metrics");
+    relay.spawn_retention();
     server::run(listener, Some(admin), relay, ServerOptions::new(tls_config), shutdown_signal())
         .await
         .map_err(|error| CliError::Failed(error.to_string()))?;
     Ok(exit::OK)
+}
+
+fn local_address(listener: &TcpListener) -> Result<SocketAddr, CliError> {
+    listener.local_addr().map_err(|error| CliError::Failed(error.to_string()))
 }
 
 async fn bind(address: SocketAddr, flag: &str) -> Result<TcpListener, CliError> {

@@ -10,6 +10,7 @@
 
 mod notify;
 mod plans;
+mod retention;
 mod search;
 mod validate;
 
@@ -42,6 +43,8 @@ pub struct RelaySettings {
     pub access_retention: Duration,
     /// Most records one upload may carry.
     pub max_upload_records: usize,
+    /// How often retention runs.
+    pub retention_interval: std::time::Duration,
 }
 
 impl Default for RelaySettings {
@@ -50,6 +53,7 @@ impl Default for RelaySettings {
             acked_notification_retention: Duration::days(30),
             access_retention: Duration::days(365),
             max_upload_records: 2_000_000,
+            retention_interval: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -93,6 +97,7 @@ impl Relay {
     ) -> Result<Self, StoreError> {
         let started = std::time::Instant::now();
         let snapshot = store.load().await?;
+        let loaded_in = started.elapsed();
         let index = Index::new();
         for authority in snapshot.authorities {
             index.set_authority(authority);
@@ -111,9 +116,11 @@ impl Relay {
             people = index.people(),
             accesses = access_count,
             authorities = snapshot.cursors.len(),
+            read_ms = loaded_in.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state rebuilt from the store"
         );
+        metrics::gauge!("cpis_startup_rebuild_seconds").set(started.elapsed().as_secs_f64());
         let relay = Self {
             shared: Arc::new(Shared {
                 index,
@@ -162,4 +169,9 @@ impl Relay {
             metrics::gauge!("cpis_plans", "type" => plan_type.code()).set(count as f64);
         }
     }
+}
+
+/// Resolves once the relay drains (or can no longer tell).
+pub(crate) async fn until_draining(draining: &mut watch::Receiver<bool>) {
+    let _ = draining.wait_for(|draining| *draining).await;
 }

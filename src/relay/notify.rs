@@ -246,7 +246,7 @@ impl Relay {
                     cursor = cursor.max(known);
                     tokio::select! {
                         changed = last_sequence.wait_for(|last| *last > cursor) => if changed.is_err() { break },
-                        _ = draining.wait_for(|draining| *draining) => break,
+                        () = super::until_draining(&mut draining) => break,
                     }
                     continue;
                 }

@@ -55,12 +55,37 @@ struct Job {
 }
 
 /// A handle to the embedded store; clones share the file and the writer.
+/// When the last clone is dropped the writer finishes what is queued and
+/// the file is closed before the drop returns, so it can be reopened at once.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     database: Arc<Database>,
-    jobs: mpsc::Sender<Job>,
+    writer: Arc<WriterHandle>,
     faults: Faults,
     path: PathBuf,
+}
+
+struct WriterHandle {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterHandle {
+    fn jobs(&self) -> Option<mpsc::Sender<Job>> {
+        self.jobs.clone()
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has committed what is queued.
+        self.jobs.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the store writer panicked");
+        }
+    }
 }
 
 fn io(error: impl std::fmt::Display) -> StoreError {
@@ -100,8 +125,12 @@ impl EmbeddedStore {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let faults = Faults::default();
         let writer = Writer { database: Arc::clone(&database), positions, faults: faults.clone() };
-        std::thread::Builder::new().name("cpis-store-writer".into()).spawn(move || writer.run(queue)).map_err(io)?;
-        Ok(Self { database, jobs, faults, path })
+        let thread = std::thread::Builder::new()
+            .name("cpis-store-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(io)?;
+        let writer = Arc::new(WriterHandle { jobs: Some(jobs), thread: Some(thread) });
+        Ok(Self { database, writer, faults, path })
     }
 
     pub fn path(&self) -> &Path {
@@ -388,8 +417,9 @@ impl Store for EmbeddedStore {
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
-        let jobs = self.jobs.clone();
+        let jobs = self.writer.jobs();
         async move {
+            let jobs = jobs.ok_or(StoreError::Closed)?;
             let (reply, answer) = oneshot::channel();
             jobs.send(Job { change, reply }).await.map_err(|_| StoreError::Closed)?;
             answer.await.map_err(|_| StoreError::Closed)?

@@ -259,3 +259,27 @@ pub async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
 pub async fn collect<T>(stream: tonic::Streaming<T>) -> Vec<T> {
     stream.map(|item| item.unwrap()).collect().await
 }
+
+/// The HTTP status of a GET on the admin port.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Waits until gRPC health reports `want` for the whole server.
+pub async fn wait_for_health(relay: &TestRelay, want: tonic_health::pb::health_check_response::ServingStatus) {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(relay.channel("ed-rr8").await);
+    let mut updates =
+        health.watch(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    loop {
+        if next(&mut updates).await.status == want as i32 {
+            return;
+        }
+    }
+}

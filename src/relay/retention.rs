@@ -1,0 +1,68 @@
+//! Retention: plans past their visibility window, acknowledged
+//! notifications past their keeping period and access history older than
+//! its period are removed from the store, then from memory. Runs on a timer
+//! and on demand (tests drive it with a manual clock).
+
+use tokio::task::JoinHandle;
+
+use super::Relay;
+use crate::store::{Applied, Change, Expiry, ExpiryCounts, StoreError};
+
+impl Relay {
+    /// One retention pass as of the relay clock's now.
+    pub async fn expire(&self) -> Result<ExpiryCounts, StoreError> {
+        let shared = &self.shared;
+        let now = shared.clock.now();
+        let expiry = Expiry {
+            today: now.date_naive(),
+            acked_notifications_before: now - shared.settings.acked_notification_retention,
+            accesses_before: now - shared.settings.access_retention,
+        };
+        // Plan writes wait, so that store and index drop the same plans.
+        let _writes = shared.plan_writes.lock().await;
+        let counts = match shared.store.apply(Change::Expire(expiry)).await? {
+            Applied::Expired(counts) => counts,
+            other => {
+                tracing::error!(?other, "store answered an expiry with something else");
+                ExpiryCounts::default()
+            }
+        };
+        let plans_in_memory = shared.index.remove_where(|plan| plan.is_visible_on(expiry.today));
+        let accesses_in_memory = shared.history.expire(expiry.accesses_before, now);
+        if plans_in_memory > 0 {
+            self.publish_plan_gauges();
+        }
+        metrics::counter!("cpis_retention_removed_total", "kind" => "plan").increment(counts.plans);
+        metrics::counter!("cpis_retention_removed_total", "kind" => "notification").increment(counts.notifications);
+        metrics::counter!("cpis_retention_removed_total", "kind" => "access").increment(counts.accesses);
+        tracing::info!(
+            plans = counts.plans,
+            notifications = counts.notifications,
+            accesses = counts.accesses,
+            plans_in_memory,
+            accesses_in_memory,
+            "retention pass"
+        );
+        Ok(counts)
+    }
+
+    /// Runs [`Relay::expire`] now and then every `retention_interval` until the relay drains.
+    pub fn spawn_retention(&self) -> JoinHandle<()> {
+        let relay = self.clone();
+        let mut draining = self.shared.draining.subscribe();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(relay.shared.settings.retention_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        if let Err(error) = relay.expire().await {
+                            tracing::error!(%error, "retention pass failed; will retry at the next interval");
+                        }
+                    }
+                    () = super::until_draining(&mut draining) => return,
+                }
+            }
+        })
+    }
+}
