@@ -10,7 +10,7 @@ use common::*;
 use cpis_relay::{
     proto::{AccessLogRequest, AckRequest, PlanType, SubscribeRequest, UploadMode},
     relay::RelaySettings,
-    store::{Store, embedded::EmbeddedStore},
+    store::embedded::EmbeddedStore,
 };
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
