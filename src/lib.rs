@@ -19,10 +19,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod error;
 pub mod history;
 pub mod index;
@@ -31,6 +33,7 @@ pub mod nhs;
 pub mod proto;
 pub mod records_file;
 pub mod relay;
+pub mod rpc;
 pub mod server;
 pub mod service;
 pub mod store;

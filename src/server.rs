@@ -31,6 +31,8 @@ pub struct ServerOptions {
     pub handshake_timeout: Duration,
     /// How long in-flight calls may take to finish after shutdown begins.
     pub grace_period: Duration,
+    /// Searches in progress across all connections; more are shed.
+    pub max_concurrent_searches: usize,
     pub concurrency_per_connection: usize,
     pub max_concurrent_streams: u32,
     pub request_timeout: Duration,
@@ -47,6 +49,7 @@ impl ServerOptions {
             tls,
             handshake_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(20),
+            max_concurrent_searches: 2048,
             concurrency_per_connection: 256,
             max_concurrent_streams: 512,
             request_timeout: Duration::from_secs(30),
@@ -88,6 +91,7 @@ pub async fn run(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let draining = watch::Sender::new(false);
     let ready = watch::Sender::new(true);
+    let admin_stop = watch::Sender::new(false);
     tokio::spawn(follow_store_health(relay.clone(), reporter.clone(), draining.subscribe(), ready.clone()));
 
     if let Some(admin_listener) = admin_listener {
@@ -96,10 +100,11 @@ pub async fn run(
             .route("/readyz", get(readyz))
             .route("/metrics", get(|| async { telemetry::metrics().render() }))
             .with_state(ready.subscribe());
-        let mut stop_admin = draining.subscribe();
+        // The admin port outlives draining so that /readyz can say "not ready" until the end.
+        let mut stop_admin = admin_stop.subscribe();
         tokio::spawn(async move {
             let stopped = async move {
-                let _ = stop_admin.wait_for(|draining| *draining).await;
+                let _ = stop_admin.wait_for(|stopped| *stopped).await;
             };
             if let Err(error) = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped).await {
                 tracing::error!(%error, "admin server failed");
@@ -115,7 +120,10 @@ pub async fn run(
     let local_addr = listener.local_addr()?;
     let incoming = tls::incoming(listener, Arc::clone(&options.tls), options.handshake_timeout);
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let rpc_layer = crate::rpc::RpcLayer::new(options.max_concurrent_searches, draining.subscribe());
+    let mut in_flight = rpc_layer.in_flight();
     let serve = tonic::transport::Server::builder()
+        .layer(rpc_layer)
         .concurrency_limit_per_connection(options.concurrency_per_connection)
         .max_concurrent_streams(options.max_concurrent_streams)
         .timeout(options.request_timeout)
@@ -148,8 +156,23 @@ pub async fn run(
         reporter.set_service_status(name, ServingStatus::NotServing).await;
     }
     relay.begin_draining();
+    // New calls are now refused with UNAVAILABLE; let those in flight finish
+    // before the transport says goodbye to connections. The server future is
+    // polled meanwhile, as it drives the connections.
+    let deadline = tokio::time::Instant::now() + options.grace_period;
+    tokio::select! {
+        result = &mut serve => {
+            admin_stop.send_replace(true);
+            return result.map_err(ServerError::from);
+        }
+        finished = tokio::time::timeout_at(deadline, async { in_flight.wait_for(|count| *count == 0).await.is_ok() }) => {
+            if finished.is_err() {
+                tracing::warn!(in_flight = *in_flight.borrow(), "calls still in flight at the end of the grace period");
+            }
+        }
+    }
     let _ = stop_serving.send(());
-    match tokio::time::timeout(options.grace_period, serve).await {
+    let result = match tokio::time::timeout_at(deadline, serve).await {
         Ok(result) => {
             tracing::info!("drained; stopped");
             result.map_err(ServerError::from)
@@ -161,7 +184,9 @@ pub async fn run(
             );
             Ok(())
         }
-    }
+    };
+    admin_stop.send_replace(true);
+    result
 }
 
 /// Health and readiness follow the store: NOT_SERVING while its writes fail.

@@ -2,6 +2,7 @@
 //! option also an environment variable), dispatch, and exit statuses. Each
 //! verb's work lives in a submodule; `main.rs` only calls [`main`].
 
+mod bench;
 mod clients;
 mod demo;
 mod serve;
@@ -74,6 +75,8 @@ pub enum Command {
     Audit(clients::AuditArgs),
     /// Start a relay on the embedded defaults, load synthetic data, search and watch notifications arrive.
     Demo(demo::DemoArgs),
+    /// Load generator and store scenarios (see PERFORMANCE.md).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,5 +264,6 @@ async fn run(command: Command) -> Result<u8, CliError> {
         Command::Delete(args) => clients::delete(args).await,
         Command::Audit(args) => clients::audit(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

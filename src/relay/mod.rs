@@ -162,6 +162,11 @@ impl Relay {
         &self.shared.hub
     }
 
+    /// Retained accesses held in memory.
+    pub fn access_count(&self) -> usize {
+        self.shared.history.len()
+    }
+
     fn publish_plan_gauges(&self) {
         let counts = self.shared.index.count_by_type();
         for plan_type in crate::model::PlanType::ALL {

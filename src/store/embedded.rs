@@ -15,7 +15,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -63,6 +66,16 @@ pub struct EmbeddedStore {
     writer: Arc<WriterHandle>,
     faults: Faults,
     path: PathBuf,
+    stats: Arc<CommitStats>,
+}
+
+/// Group-commit counters since the store was opened.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Durable transactions committed.
+    pub commits: AtomicU64,
+    /// Changes carried by those transactions.
+    pub changes: AtomicU64,
 }
 
 struct WriterHandle {
@@ -124,17 +137,24 @@ impl EmbeddedStore {
         let database = Arc::new(database);
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let faults = Faults::default();
-        let writer = Writer { database: Arc::clone(&database), positions, faults: faults.clone() };
+        let stats = Arc::new(CommitStats::default());
+        let writer =
+            Writer { database: Arc::clone(&database), positions, faults: faults.clone(), stats: Arc::clone(&stats) };
         let thread = std::thread::Builder::new()
             .name("cpis-store-writer".into())
             .spawn(move || writer.run(queue))
             .map_err(io)?;
         let writer = Arc::new(WriterHandle { jobs: Some(jobs), thread: Some(thread) });
-        Ok(Self { database, writer, faults, path })
+        Ok(Self { database, writer, faults, path, stats })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// (commits, changes) since opening: their ratio is the average group-commit batch.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        (self.stats.commits.load(Ordering::Acquire), self.stats.changes.load(Ordering::Acquire))
     }
 
     fn read<T: Send + 'static>(
@@ -188,6 +208,7 @@ struct Writer {
     database: Arc<Database>,
     positions: HashMap<String, Cursor>,
     faults: Faults,
+    stats: Arc<CommitStats>,
 }
 
 impl Writer {
@@ -209,6 +230,8 @@ impl Writer {
                     metrics::histogram!("cpis_store_sync_duration_seconds").record(started.elapsed().as_secs_f64());
                     metrics::counter!("cpis_store_commits_total").increment(1);
                     metrics::counter!("cpis_store_changes_total").increment(size as u64);
+                    self.stats.commits.fetch_add(1, Ordering::AcqRel);
+                    self.stats.changes.fetch_add(size as u64, Ordering::AcqRel);
                     for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(Ok(result));
                     }
@@ -225,6 +248,7 @@ impl Writer {
     }
 
     fn commit(&mut self, changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
+        self.faults.wait_while_stalled(changes.len());
         self.faults.check()?;
         let mut positions = self.positions.clone();
         let transaction = self.database.begin_write().map_err(io)?;

@@ -123,13 +123,41 @@ pub trait Store: Send + Sync + 'static {
     fn faults(&self) -> &Faults;
 }
 
-/// A switch that makes a store's writes fail as a full or broken disk would.
+/// Switches that make a store's writes fail, as a full or broken disk
+/// would, or stall, as a slow disk would (the embedded store's writer).
 #[derive(Debug, Default, Clone)]
 pub struct Faults {
     failing: Arc<AtomicBool>,
+    stalled: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    /// Changes the stalled writer is holding, for tests to wait on.
+    waiting: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl Faults {
+    /// While stalled, the writer commits nothing and callers wait.
+    pub fn stall_writes(&self, stalled: bool) {
+        let (lock, changed) = &*self.stalled;
+        *lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = stalled;
+        changed.notify_all();
+    }
+
+    /// Blocks the calling (writer) thread, holding `changes`, while writes are stalled.
+    pub fn wait_while_stalled(&self, changes: usize) {
+        let (lock, changed) = &*self.stalled;
+        let guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !*guard {
+            return;
+        }
+        self.waiting.send_replace(changes);
+        let _guard = changed.wait_while(guard, |stalled| *stalled).unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.waiting.send_replace(0);
+    }
+
+    /// How many changes a stalled writer holds; changes when it starts or stops waiting.
+    pub fn stalled_changes(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.waiting.subscribe()
+    }
+
     pub fn fail_writes(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
     }

@@ -102,6 +102,15 @@ impl TestRelay {
         Self::serve(Pki::new(), store, clock, settings, dir).await
     }
 
+    /// A relay on the embedded store with adjusted server options.
+    pub async fn start_tuned(tune: impl FnOnce(&mut ServerOptions)) -> Self {
+        tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let clock = Arc::new(ManualClock::new(test_start()));
+        Self::serve_tuned(Pki::new(), store, clock, RelaySettings::default(), dir, tune).await
+    }
+
     /// Serves an existing store (for restarts), keeping the PKI and directory.
     pub async fn serve(
         pki: Pki,
@@ -110,6 +119,17 @@ impl TestRelay {
         settings: RelaySettings,
         dir: tempfile::TempDir,
     ) -> Self {
+        Self::serve_tuned(pki, store, clock, settings, dir, |_| {}).await
+    }
+
+    pub async fn serve_tuned(
+        pki: Pki,
+        store: Arc<dyn Store>,
+        clock: Arc<ManualClock>,
+        settings: RelaySettings,
+        dir: tempfile::TempDir,
+        tune: impl FnOnce(&mut ServerOptions),
+    ) -> Self {
         let relay = Relay::open(Arc::clone(&store), clock.clone(), settings).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -117,6 +137,7 @@ impl TestRelay {
         let admin = admin_listener.local_addr().unwrap();
         let mut options = ServerOptions::new(tls::server_config(&pki.server_pem()).unwrap());
         options.grace_period = Duration::from_secs(5);
+        tune(&mut options);
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(server::run(listener, Some(admin_listener), relay.clone(), options, async {
             let _ = stopped.await;
@@ -160,9 +181,19 @@ impl TestRelay {
     }
 
     pub async fn shutdown(&mut self) {
+        self.begin_shutdown();
+        self.wait_stopped().await;
+    }
+
+    /// Signals shutdown (as SIGTERM would) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Waits for the server to finish draining and stop.
+    pub async fn wait_stopped(&mut self) {
         if let Some(handle) = self.handle.take() {
             handle.await.unwrap().unwrap();
         }

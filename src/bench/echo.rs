@@ -1,0 +1,57 @@
+//! The baseline for `bench --baseline`: a bare tonic `Lookup` server on the
+//! same TLS configuration that answers every search with a canned response
+//! of the same size as the relay's, doing no work of its own.
+
+use std::{collections::HashSet, sync::Arc};
+
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    proto::{SearchRequest, SearchResponse, lookup_server::Lookup, lookup_server::LookupServer},
+    tls,
+};
+
+pub struct EchoLookup {
+    flagged_numbers: Arc<HashSet<String>>,
+    flagged: SearchResponse,
+    unflagged: SearchResponse,
+}
+
+#[tonic::async_trait]
+impl Lookup for EchoLookup {
+    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let flagged = self.flagged_numbers.contains(&request.get_ref().nhs_number);
+        Ok(Response::new(if flagged { self.flagged.clone() } else { self.unflagged.clone() }))
+    }
+}
+
+/// A running echo server; dropping the handle stops it.
+pub struct EchoServer {
+    pub address: std::net::SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Serves the echo on `127.0.0.1:0` with the relay's TLS configuration.
+pub async fn start(
+    tls_config: Arc<rustls::ServerConfig>,
+    flagged_numbers: Arc<HashSet<String>>,
+    flagged: SearchResponse,
+    unflagged: SearchResponse,
+) -> std::io::Result<EchoServer> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let incoming = tls::incoming(listener, tls_config, std::time::Duration::from_secs(10));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let service = LookupServer::new(EchoLookup { flagged_numbers, flagged, unflagged });
+    tokio::spawn(async move {
+        let served =
+            tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            });
+        if let Err(error) = served.await {
+            tracing::error!(%error, "echo server failed");
+        }
+    });
+    Ok(EchoServer { address, _stop: stop })
+}

@@ -1,0 +1,143 @@
+//! Measurement tools behind `cpis-relay bench`: the gRPC load generator
+//! (optionally against an echo baseline), and in-process scenarios for the
+//! store: filling it, timing start-up, and a retention soak with a fast clock.
+
+pub mod echo;
+pub mod load;
+
+use std::{path::Path, sync::Arc, time::Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::{
+    auth::{Identity, Role},
+    clock::Clock,
+    model::LocalAuthority,
+    proto,
+    relay::{Relay, RelaySettings, UploadHeader, UploadMode},
+    service::convert,
+    store::StoreError,
+    synth,
+};
+
+/// Resident set size of this process in bytes (Linux), for memory figures.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes * 1024)
+}
+
+/// Bytes of every file in a directory.
+pub fn directory_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.filter_map(Result::ok).filter_map(|entry| entry.metadata().ok()).map(|meta| meta.len()).sum()
+        })
+        .unwrap_or(0)
+}
+
+fn la_identity(authority: &LocalAuthority) -> Identity {
+    Identity { ods_code: authority.ods_code.clone(), organisation_name: authority.name.clone(), role: Role::SocialCare }
+}
+
+/// An emergency department identity for in-process searches.
+pub fn ed_identity() -> Identity {
+    Identity {
+        ods_code: "RR8".into(),
+        organisation_name: "LEEDS TEACHING HOSPITALS NHS TRUST".into(),
+        role: Role::UnscheduledCare,
+    }
+}
+
+/// Loads `people` synthetic people into a relay in-process (every synthetic
+/// authority, FULL_REFRESH); returns the flagged NHS numbers.
+pub async fn load_people(
+    relay: &Relay,
+    people: usize,
+    today: chrono::NaiveDate,
+) -> Result<Vec<String>, crate::error::Error> {
+    let records = synth::generate(people, 2026, today);
+    for authority in synth::authorities() {
+        let mine: Vec<proto::PlanRecord> = records
+            .iter()
+            .filter(|record| record.la_ods_code == authority.ods_code)
+            .map(|record| record.record.clone())
+            .collect();
+        let header =
+            UploadHeader { mode: UploadMode::FullRefresh, file_id: "bench".into(), local_authority: authority.clone() };
+        relay.upload(&la_identity(&authority), header, futures::stream::iter(mine.into_iter().map(Ok))).await?;
+    }
+    let mut flagged: Vec<String> = records.iter().map(|record| record.record.nhs_number.clone()).collect();
+    flagged.dedup();
+    Ok(flagged)
+}
+
+/// Runs `count` flagged searches in-process, `concurrency` at a time.
+pub async fn search_many(relay: &Relay, flagged: &[String], count: usize, concurrency: usize, tag: &str) -> usize {
+    let identity = Arc::new(ed_identity());
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (relay, identity) = (relay.clone(), Arc::clone(&identity));
+            let request = proto::SearchRequest {
+                nhs_number: flagged[(i * 7919) % flagged.len()].clone(),
+                accessor: Some(proto::Accessor {
+                    user_id: format!("{tag}-{}", i % 500),
+                    name: "Bench User".into(),
+                    role_code: String::new(),
+                }),
+                care_setting: proto::CareSetting::EmergencyDepartment as i32,
+                request_id: String::new(),
+            };
+            async move { relay.search(&identity, &request).await.is_ok() }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await
+}
+
+/// Acknowledges everything delivered so far for every synthetic authority.
+pub async fn ack_all(relay: &Relay) -> Result<(), crate::error::Error> {
+    for authority in synth::authorities() {
+        let last =
+            relay.hub().positions().into_iter().find(|p| p.la_ods_code == authority.ods_code).map(|p| p.last_sequence);
+        if let Some(last) = last.filter(|last| *last > 0) {
+            relay.ack(&la_identity(&authority), last).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Time to open a store and rebuild the relay from it, and memory after.
+#[derive(Debug, Serialize)]
+pub struct StartupReport {
+    pub seconds_to_ready: f64,
+    pub people: usize,
+    pub accesses_loaded: usize,
+    pub resident_bytes_before: u64,
+    pub resident_bytes_after: u64,
+    pub store_bytes: u64,
+}
+
+pub async fn startup(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<StartupReport, StoreError> {
+    let resident_bytes_before = resident_bytes().unwrap_or(0);
+    let started = Instant::now();
+    let store = Arc::new(crate::store::embedded::EmbeddedStore::open(data_dir)?);
+    let relay = Relay::open(store, clock, RelaySettings::default()).await?;
+    let seconds_to_ready = started.elapsed().as_secs_f64();
+    Ok(StartupReport {
+        seconds_to_ready,
+        people: relay.index().people(),
+        accesses_loaded: relay.access_count(),
+        resident_bytes_before,
+        resident_bytes_after: resident_bytes().unwrap_or(0),
+        store_bytes: directory_bytes(data_dir),
+    })
+}
+
+/// The wire form of a synthetic authority, for upload headers.
+pub fn wire_authority(ods_code: &str) -> Option<proto::LocalAuthority> {
+    synth::authority(ods_code).map(|authority| convert::local_authority(&authority))
+}

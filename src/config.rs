@@ -1,0 +1,243 @@
+//! Configuration of `serve`: a TOML file (`--config`), then `CPIS_*`
+//! environment variables, then flags, each overriding the one before, then
+//! defaults. One struct serves as both the clap arguments and the file
+//! schema, so a key has the same name everywhere (`--max-message-bytes`,
+//! `CPIS_MAX_MESSAGE_BYTES`, `max_message_bytes`). Invalid values name their key.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::{certs, relay::RelaySettings};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Durable: one redb file in the data directory.
+    Embedded,
+    /// In process memory, lost on exit: for tests and benchmarks only.
+    Memory,
+}
+
+/// Every `serve` setting, optional at each layer.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// gRPC (mutual TLS) listen address [default: 127.0.0.1:50051]
+    #[arg(long, env = "CPIS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin HTTP listen address: /healthz, /readyz, /metrics [default: 127.0.0.1:9090]
+    #[arg(long, env = "CPIS_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Directory of the embedded store [default: data]
+    #[arg(long, env = "CPIS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store [default: embedded]
+    #[arg(long, env = "CPIS_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// CA certificate (PEM) whose client certificates are accepted
+    #[arg(long, env = "CPIS_CA")]
+    pub ca: Option<PathBuf>,
+    /// Server certificate chain (PEM)
+    #[arg(long, env = "CPIS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM)
+    #[arg(long, env = "CPIS_KEY")]
+    pub key: Option<PathBuf>,
+    /// Development certificates used when no TLS option is set; created on first start [default: certs/dev]
+    #[arg(long, env = "CPIS_CERTS_DIR")]
+    pub certs_dir: Option<PathBuf>,
+    /// Days acknowledged notifications are kept [default: 30]
+    #[arg(long, env = "CPIS_NOTIFICATION_RETENTION_DAYS")]
+    pub notification_retention_days: Option<u32>,
+    /// Days access history is kept [default: 365]
+    #[arg(long, env = "CPIS_ACCESS_RETENTION_DAYS")]
+    pub access_retention_days: Option<u32>,
+    /// Seconds between retention passes [default: 3600]
+    #[arg(long, env = "CPIS_RETENTION_INTERVAL_SECS")]
+    pub retention_interval_secs: Option<u64>,
+    /// Seconds in-flight calls get to finish on shutdown [default: 20]
+    #[arg(long, env = "CPIS_GRACE_PERIOD_SECS")]
+    pub grace_period_secs: Option<u64>,
+    /// Seconds a TLS handshake may take [default: 10]
+    #[arg(long, env = "CPIS_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Searches in progress across all connections; more are shed with RESOURCE_EXHAUSTED [default: 2048]
+    #[arg(long, env = "CPIS_MAX_CONCURRENT_SEARCHES")]
+    pub max_concurrent_searches: Option<usize>,
+    /// Calls in progress per connection; more are shed [default: 256]
+    #[arg(long, env = "CPIS_CONCURRENCY_PER_CONNECTION")]
+    pub concurrency_per_connection: Option<usize>,
+    /// HTTP/2 streams per connection [default: 512]
+    #[arg(long, env = "CPIS_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Seconds a unary call may take [default: 30]
+    #[arg(long, env = "CPIS_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds between HTTP/2 keepalive pings [default: 30]
+    #[arg(long, env = "CPIS_KEEPALIVE_INTERVAL_SECS")]
+    pub keepalive_interval_secs: Option<u64>,
+    /// Seconds to wait for a keepalive answer [default: 10]
+    #[arg(long, env = "CPIS_KEEPALIVE_TIMEOUT_SECS")]
+    pub keepalive_timeout_secs: Option<u64>,
+    /// Seconds after which a connection is asked to reconnect, so clients rebalance [default: 1800]
+    #[arg(long, env = "CPIS_MAX_CONNECTION_AGE_SECS")]
+    pub max_connection_age_secs: Option<u64>,
+    /// Largest accepted message in bytes [default: 262144]
+    #[arg(long, env = "CPIS_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+}
+
+/// A bad setting: the key and why.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn error(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_owned(), reason: reason.into() }
+}
+
+/// The effective settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store: StoreKind,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub certs_dir: PathBuf,
+    pub notification_retention_days: u32,
+    pub access_retention_days: u32,
+    pub retention_interval_secs: u64,
+    pub grace_period_secs: u64,
+    pub handshake_timeout_secs: u64,
+    pub max_concurrent_searches: usize,
+    pub concurrency_per_connection: usize,
+    pub max_concurrent_streams: u32,
+    pub request_timeout_secs: u64,
+    pub keepalive_interval_secs: u64,
+    pub keepalive_timeout_secs: u64,
+    pub max_connection_age_secs: u64,
+    pub max_message_bytes: usize,
+}
+
+impl ServeSettings {
+    /// Reads a TOML file of these settings.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| error("config", format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| error("config", format!("{}: {}", path.display(), e.message().trim())))
+    }
+
+    /// Settings of `self` win; `lower` fills what `self` leaves unset.
+    pub fn over(self, lower: Self) -> Self {
+        Self {
+            listen: self.listen.or(lower.listen),
+            admin_listen: self.admin_listen.or(lower.admin_listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            store: self.store.or(lower.store),
+            ca: self.ca.or(lower.ca),
+            cert: self.cert.or(lower.cert),
+            key: self.key.or(lower.key),
+            certs_dir: self.certs_dir.or(lower.certs_dir),
+            notification_retention_days: self.notification_retention_days.or(lower.notification_retention_days),
+            access_retention_days: self.access_retention_days.or(lower.access_retention_days),
+            retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
+            grace_period_secs: self.grace_period_secs.or(lower.grace_period_secs),
+            handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
+            max_concurrent_searches: self.max_concurrent_searches.or(lower.max_concurrent_searches),
+            concurrency_per_connection: self.concurrency_per_connection.or(lower.concurrency_per_connection),
+            max_concurrent_streams: self.max_concurrent_streams.or(lower.max_concurrent_streams),
+            request_timeout_secs: self.request_timeout_secs.or(lower.request_timeout_secs),
+            keepalive_interval_secs: self.keepalive_interval_secs.or(lower.keepalive_interval_secs),
+            keepalive_timeout_secs: self.keepalive_timeout_secs.or(lower.keepalive_timeout_secs),
+            max_connection_age_secs: self.max_connection_age_secs.or(lower.max_connection_age_secs),
+            max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+        }
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let positive =
+            |key: &str, value: u64| if value == 0 { Err(error(key, "must be at least 1")) } else { Ok(value) };
+        let config = ServeConfig {
+            listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            admin_listen: self.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            store: self.store.unwrap_or(StoreKind::Embedded),
+            ca: self.ca,
+            cert: self.cert,
+            key: self.key,
+            certs_dir: self.certs_dir.unwrap_or_else(|| PathBuf::from(certs::DEV_DIR)),
+            notification_retention_days: positive(
+                "notification_retention_days",
+                self.notification_retention_days.unwrap_or(30).into(),
+            )? as u32,
+            access_retention_days: positive("access_retention_days", self.access_retention_days.unwrap_or(365).into())?
+                as u32,
+            retention_interval_secs: positive("retention_interval_secs", self.retention_interval_secs.unwrap_or(3600))?,
+            grace_period_secs: self.grace_period_secs.unwrap_or(20),
+            handshake_timeout_secs: positive("handshake_timeout_secs", self.handshake_timeout_secs.unwrap_or(10))?,
+            max_concurrent_searches: positive(
+                "max_concurrent_searches",
+                self.max_concurrent_searches.unwrap_or(2048) as u64,
+            )? as usize,
+            concurrency_per_connection: positive(
+                "concurrency_per_connection",
+                self.concurrency_per_connection.unwrap_or(256) as u64,
+            )? as usize,
+            max_concurrent_streams: positive(
+                "max_concurrent_streams",
+                self.max_concurrent_streams.unwrap_or(512).into(),
+            )? as u32,
+            request_timeout_secs: positive("request_timeout_secs", self.request_timeout_secs.unwrap_or(30))?,
+            keepalive_interval_secs: positive("keepalive_interval_secs", self.keepalive_interval_secs.unwrap_or(30))?,
+            keepalive_timeout_secs: positive("keepalive_timeout_secs", self.keepalive_timeout_secs.unwrap_or(10))?,
+            max_connection_age_secs: positive("max_connection_age_secs", self.max_connection_age_secs.unwrap_or(1800))?,
+            max_message_bytes: self.max_message_bytes.unwrap_or(256 * 1024),
+        };
+        if config.max_message_bytes < 4096 {
+            return Err(error("max_message_bytes", "must be at least 4096"));
+        }
+        if config.access_retention_days < 365 {
+            tracing::warn!(days = config.access_retention_days, "access history kept less than 12 months");
+        }
+        match (&config.ca, &config.cert, &config.key) {
+            (Some(_), Some(_), Some(_)) | (None, None, None) => {}
+            (ca, cert, key) => {
+                let missing: Vec<&str> = [("ca", ca.is_none()), ("cert", cert.is_none()), ("key", key.is_none())]
+                    .into_iter()
+                    .filter(|(_, m)| *m)
+                    .map(|(k, _)| k)
+                    .collect();
+                return Err(error(
+                    missing[0],
+                    format!("ca, cert and key go together (missing {})", missing.join(", ")),
+                ));
+            }
+        }
+        Ok(config)
+    }
+}
+
+impl ServeConfig {
+    pub fn relay_settings(&self) -> RelaySettings {
+        RelaySettings {
+            acked_notification_retention: chrono::Duration::days(self.notification_retention_days.into()),
+            access_retention: chrono::Duration::days(self.access_retention_days.into()),
+            retention_interval: Duration::from_secs(self.retention_interval_secs),
+            ..RelaySettings::default()
+        }
+    }
+
+    /// The effective configuration as TOML. No setting holds a secret (the
+    /// key is a path, never its contents); a future secret must be redacted here.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+    }
+}

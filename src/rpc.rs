@@ -1,0 +1,175 @@
+//! The edge every gRPC call passes through: one tracing span per RPC (with
+//! the caller's ODS code, role, RPC, outcome and latency), the RPC metrics,
+//! refusal with UNAVAILABLE once the relay is draining, and load shedding of
+//! searches beyond the global limit with an immediate RESOURCE_EXHAUSTED
+//! instead of a queue.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use futures::future::BoxFuture;
+use tokio::sync::{Semaphore, watch};
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::tls::PeerInfo;
+
+const SEARCH_PATH: &str = "/cpis.v1.Lookup/Search";
+
+#[derive(Clone)]
+pub struct RpcLayer {
+    searches: Arc<Semaphore>,
+    draining: watch::Receiver<bool>,
+    in_flight: Arc<watch::Sender<usize>>,
+}
+
+impl RpcLayer {
+    pub fn new(max_concurrent_searches: usize, draining: watch::Receiver<bool>) -> Self {
+        Self {
+            searches: Arc::new(Semaphore::new(max_concurrent_searches)),
+            draining,
+            in_flight: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Calls being handled (a server stream counts until its handler has
+    /// returned the stream); shutdown waits for this to reach zero.
+    pub fn in_flight(&self) -> watch::Receiver<usize> {
+        self.in_flight.subscribe()
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+    fn layer(&self, inner: S) -> RpcService<S> {
+        RpcService {
+            inner,
+            searches: Arc::clone(&self.searches),
+            draining: self.draining.clone(),
+            in_flight: Arc::clone(&self.in_flight),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    searches: Arc<Semaphore>,
+    draining: watch::Receiver<bool>,
+    in_flight: Arc<watch::Sender<usize>>,
+}
+
+/// Counts a call as in flight until dropped.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn new(counter: &Arc<watch::Sender<usize>>) -> Self {
+        counter.send_modify(|count| *count += 1);
+        Self(Arc::clone(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count = count.saturating_sub(1));
+    }
+}
+
+/// `Service.Method` from a gRPC path, for labels; unknown paths are grouped.
+fn rpc_name(path: &str) -> &'static str {
+    const KNOWN: [(&str, &str); 9] = [
+        ("/cpis.v1.Lookup/Search", "Lookup.Search"),
+        ("/cpis.v1.Plans/Upload", "Plans.Upload"),
+        ("/cpis.v1.Plans/Delete", "Plans.Delete"),
+        ("/cpis.v1.Plans/Export", "Plans.Export"),
+        ("/cpis.v1.Notifications/Subscribe", "Notifications.Subscribe"),
+        ("/cpis.v1.Notifications/Ack", "Notifications.Ack"),
+        ("/cpis.v1.Audit/AccessLog", "Audit.AccessLog"),
+        ("/grpc.health.v1.Health/Check", "Health.Check"),
+        ("/grpc.health.v1.Health/Watch", "Health.Watch"),
+    ];
+    KNOWN.iter().find(|(known, _)| *known == path).map_or("other", |(_, name)| name)
+}
+
+fn refuse(rpc: &'static str, status: tonic::Status) -> http::Response<tonic::body::Body> {
+    metrics::counter!("cpis_rpc_total", "rpc" => rpc, "code" => format!("{:?}", status.code())).increment(1);
+    status.into_http()
+}
+
+impl<S, B> Service<http::Request<B>> for RpcService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let rpc = rpc_name(request.uri().path());
+        if *self.draining.borrow() {
+            let status = tonic::Status::unavailable("the relay is shutting down; retry, another node will answer");
+            return Box::pin(std::future::ready(Ok(refuse(rpc, status))));
+        }
+        let permit = if request.uri().path() == SEARCH_PATH {
+            match Arc::clone(&self.searches).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let status = tonic::Status::resource_exhausted("the relay is at its search limit; retry shortly");
+                    return Box::pin(std::future::ready(Ok(refuse(rpc, status))));
+                }
+            }
+        } else {
+            None
+        };
+        let (organisation, role) = match request.extensions().get::<PeerInfo>().map(|peer| &peer.identity) {
+            Some(Ok(identity)) => (identity.ods_code.clone(), identity.role.as_str()),
+            _ => (String::new(), "none"),
+        };
+        let span = tracing::info_span!(
+            "rpc",
+            rpc,
+            organisation = %organisation,
+            role,
+            outcome = tracing::field::Empty,
+            latency_ms = tracing::field::Empty
+        );
+        // The clone that was made ready is the one to call.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let in_flight = InFlight::new(&self.in_flight);
+        Box::pin(async move {
+            let started = Instant::now();
+            let response = inner.call(request).instrument(span.clone()).await;
+            drop(permit);
+            drop(in_flight);
+            let elapsed = started.elapsed();
+            // Errors are trailers-only responses with the status in the headers;
+            // a call that streams or succeeds reports OK here.
+            let code = match &response {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Err(_) => tonic::Code::Unknown,
+            };
+            let code = format!("{code:?}");
+            span.record("outcome", code.as_str());
+            span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+            metrics::counter!("cpis_rpc_total", "rpc" => rpc, "code" => code).increment(1);
+            metrics::histogram!("cpis_rpc_duration_seconds", "rpc" => rpc).record(elapsed.as_secs_f64());
+            response
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! Operating the relay: load shedding, graceful shutdown, the metrics
+//! exposition and configuration precedence.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use cpis_relay::proto::{PlanType, SubscribeRequest, UploadMode};
+use futures::StreamExt;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_search_limit_calls_are_shed_with_resource_exhausted_not_queued() {
+    let relay = TestRelay::start_tuned(|options| options.max_concurrent_searches = 4).await;
+    let child = nhs(1);
+    upload(
+        &mut relay.plans("la-706").await,
+        "706",
+        UploadMode::Incremental,
+        vec![record(&child, PlanType::ChildProtection)],
+    )
+    .await
+    .unwrap();
+    // Flagged searches wait for their notification's commit; a stalled disk holds them in flight.
+    relay.store.faults().stall_writes(true);
+    let mut held = Vec::new();
+    for user in 0..4 {
+        let mut lookup = relay.lookup().await;
+        let request = search_request(&child, &format!("held-{user}"), "");
+        held.push(tokio::spawn(async move { lookup.search(request).await }));
+    }
+    // Unflagged probes never touch the store: admitted ones answer at once,
+    // and once the four held searches fill the limit a probe is shed.
+    let mut lookup = relay.lookup().await;
+    let shed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match lookup.search(search_request(&nhs(2), "probe", "")).await {
+                Ok(_) => continue,
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("a probe is shed once the limit is full");
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+
+    relay.store.faults().stall_writes(false);
+    for search in held {
+        assert!(search.await.unwrap().unwrap().into_inner().flagged);
+    }
+    assert!(lookup.search(search_request(&nhs(2), "after", "")).await.is_ok());
+    let metrics = admin_get(relay.admin, "/metrics").await.1;
+    assert!(metrics.contains("cpis_rpc_total{rpc=\"Lookup.Search\",code=\"ResourceExhausted\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flips_readiness_ends_subscriptions_and_lets_in_flight_searches_finish() {
+    let mut relay = TestRelay::start().await;
+    let child = nhs(1);
+    upload(
+        &mut relay.plans("la-706").await,
+        "706",
+        UploadMode::Incremental,
+        vec![record(&child, PlanType::ChildProtection)],
+    )
+    .await
+    .unwrap();
+    let mut subscription =
+        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut lookup = relay.lookup().await;
+
+    let faults = relay.store.faults().clone();
+    let mut stalled = faults.stalled_changes();
+    faults.stall_writes(true);
+    let in_flight = {
+        let mut lookup = lookup.clone();
+        let request = search_request(&child, "in-flight", "");
+        tokio::spawn(async move { lookup.search(request).await })
+    };
+    stalled.wait_for(|changes| *changes > 0).await.unwrap();
+
+    relay.begin_shutdown();
+    // The open subscription ends cleanly so the authority can reconnect elsewhere.
+    let ended = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await;
+    let readiness = admin_get(relay.admin, "/readyz").await.0;
+    let refused = lookup.search(search_request(&child, "too-late", "")).await;
+    // Release the stalled writer before asserting, so a failure cannot hang the test.
+    faults.stall_writes(false);
+    let ended = ended.expect("the stream ends");
+    assert!(ended.is_none(), "a clean end of stream: {ended:?}");
+    assert_eq!(readiness, 503);
+    assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
+
+    let answered = in_flight.await.unwrap().expect("the in-flight search finishes");
+    assert!(answered.into_inner().flagged);
+    relay.wait_stopped().await;
+}
+
+#[tokio::test]
+async fn metrics_exposition_has_the_contract_names_and_no_personal_data() {
+    let relay = TestRelay::start().await;
+    let child = nhs(1);
+    upload(
+        &mut relay.plans("la-706").await,
+        "706",
+        UploadMode::Incremental,
+        vec![record(&child, PlanType::ChildProtection)],
+    )
+    .await
+    .unwrap();
+    let mut stream =
+        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    relay.lookup().await.search(search_request(&child, "metrics-user", "")).await.unwrap();
+    relay.lookup().await.search(search_request(&nhs(2), "metrics-user", "")).await.unwrap();
+    next(&mut stream).await;
+    let (status, metrics) = admin_get(relay.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "cpis_searches_total{outcome=\"flagged\"}",
+        "cpis_searches_total{outcome=\"unflagged\"}",
+        "cpis_search_duration_seconds_bucket{le=\"0.0001\"}",
+        "cpis_notifications_emitted_total",
+        "cpis_notifications_delivered_total",
+        "cpis_notification_backlog{la=\"706\"}",
+        "cpis_subscribers{la=\"706\"}",
+        "cpis_plans{type=\"CPPI\"}",
+        "cpis_uploads_total{status=\"all_loaded\"}",
+        "cpis_store_sync_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    for personal in [child.as_str(), nhs(2).as_str(), "Testchild", "2016-04-05", "ZZ1 1ZZ", "metrics-user"] {
+        assert!(!metrics.contains(personal), "{personal} appears in /metrics");
+    }
+    if let Ok(promtool) = which_promtool() {
+        let file = relay.dir.path().join("metrics.txt");
+        std::fs::write(&file, &metrics).unwrap();
+        let output = std::process::Command::new(promtool)
+            .arg("check")
+            .arg("metrics")
+            .stdin(std::fs::File::open(&file).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    } else {
+        eprintln!("promtool not installed: exposition format not checked by promtool here (.ci/run installs it)");
+    }
+}
+
+fn which_promtool() -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("promtool")).find(|path| path.is_file()))
+        .ok_or(())
+}
+
+fn serve_command(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"));
+    command.arg("serve").args(args).env("CPIS_LOG", "error");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn configuration_file_then_environment_then_flags_and_bad_values_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:7000\"\nmax_message_bytes = 10000\ngrace_period_secs = 9\n").unwrap();
+    let config = file.to_str().unwrap();
+    let output = serve_command(
+        &["--config", config, "--grace-period-secs", "5", "--print-config"],
+        &[("CPIS_LISTEN", "127.0.0.1:7001")],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: toml::Table = toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    assert_eq!(printed["listen"].as_str(), Some("127.0.0.1:7001"), "environment beats the file");
+    assert_eq!(printed["max_message_bytes"].as_integer(), Some(10000), "the file beats the default");
+    assert_eq!(printed["grace_period_secs"].as_integer(), Some(5), "a flag beats the file");
+    assert_eq!(printed["access_retention_days"].as_integer(), Some(365), "defaults fill the rest");
+
+    let cases: [(&str, &[(&str, &str)], &str, &str); 4] = [
+        ("max_message_bytes = 10\n", &[], "", "max_message_bytes"),
+        ("listen_adress = \"127.0.0.1:1\"\n", &[], "", "listen_adress"),
+        ("", &[("CPIS_LISTEN", "not-an-address")], "", "--listen"),
+        ("", &[], "--cert", "cert"),
+    ];
+    for (contents, env, extra_flag, named) in cases {
+        std::fs::write(&file, contents).unwrap();
+        let mut args = vec!["--config", config, "--print-config"];
+        if !extra_flag.is_empty() {
+            args.extend([extra_flag, "server.pem"]);
+        }
+        let output = serve_command(&args, env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{contents:?} {env:?}: {stderr}");
+        assert!(stderr.contains(named), "{named} not named in: {stderr}");
+    }
+}
