@@ -185,7 +185,9 @@ fn configuration_file_then_environment_then_flags_and_bad_values_exit_64() {
     assert_eq!(printed["grace_period_secs"].as_integer(), Some(5), "a flag beats the file");
     assert_eq!(printed["access_retention_days"].as_integer(), Some(365), "defaults fill the rest");
 
-    let cases: [(&str, &[(&str, &str)], &str, &str); 4] = [
+    /// (file contents, environment, extra flag, the key the error must name)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 4] = [
         ("max_message_bytes = 10\n", &[], "", "max_message_bytes"),
         ("listen_adress = \"127.0.0.1:1\"\n", &[], "", "listen_adress"),
         ("", &[("CPIS_LISTEN", "not-an-address")], "", "--listen"),
