@@ -93,6 +93,7 @@ pub async fn run(
     let ready = watch::Sender::new(true);
     let admin_stop = watch::Sender::new(false);
     tokio::spawn(follow_store_health(relay.clone(), reporter.clone(), draining.subscribe(), ready.clone()));
+    relay.spawn_gauges(Duration::from_secs(5));
 
     if let Some(admin_listener) = admin_listener {
         let admin = Router::new()

@@ -44,6 +44,10 @@ const STREETS: &[&str] =
 const TOWNS: &[(&str, &str)] =
     &[("706", "London N1"), ("855", "Leicester LE1"), ("352", "Manchester M1"), ("383", "Leeds LS1")];
 
+/// The 999 test range holds about 909,000 valid NHS numbers (one nine-digit
+/// prefix in eleven has no check digit); generation stops short of it.
+pub const MAX_PEOPLE: usize = 900_000;
+
 /// One generated record and the authority that holds it.
 #[derive(Clone, Debug)]
 pub struct SynthRecord {
@@ -51,9 +55,10 @@ pub struct SynthRecord {
     pub record: proto::PlanRecord,
 }
 
-/// Generates plans for `people` distinct synthetic people as of `today`.
-/// The same seed gives the same people.
+/// Generates plans for `people` distinct synthetic people as of `today`
+/// (at most [`MAX_PEOPLE`]). The same seed gives the same people.
 pub fn generate(people: usize, seed: u64, today: NaiveDate) -> Vec<SynthRecord> {
+    let people = people.min(MAX_PEOPLE);
     let mut rng = StdRng::seed_from_u64(seed);
     let authorities = authorities();
     let mut used = HashSet::with_capacity(people);

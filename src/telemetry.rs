@@ -28,7 +28,11 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     // Each RPC span is logged once, when it closes, with its outcome and latency.
     let _already_set = match format {
         LogFormat::Text => {
-            registry.with(fmt::layer().with_span_events(FmtSpan::CLOSE).with_writer(std::io::stderr)).try_init()
+            // Colour only on a terminal: log files and journald get plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            registry
+                .with(fmt::layer().with_ansi(ansi).with_span_events(FmtSpan::CLOSE).with_writer(std::io::stderr))
+                .try_init()
         }
         LogFormat::Json => registry
             .with(

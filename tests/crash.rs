@@ -8,10 +8,7 @@ mod common;
 
 use std::{
     collections::HashSet,
-    path::Path,
-    process::Stdio,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use common::*;
@@ -21,40 +18,6 @@ use cpis_relay::{
     tls::PemText,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
-
-struct Running {
-    child: Child,
-    url: String,
-}
-
-/// Starts `cpis-relay serve` on port 0 and reads the bound address from its stdout.
-async fn start(dir: &Path) -> Running {
-    let certs = dir.join("certs");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("server.pem"))
-        .arg("--key")
-        .arg(certs.join("server.key"))
-        .env("CPIS_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let grpc =
-        line.split_whitespace().find_map(|word| word.strip_prefix("grpc=")).expect("the listening line").to_owned();
-    Running { child, url: format!("https://localhost:{}", grpc.rsplit(':').next().unwrap()) }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_never_loses_an_answered_search_or_a_reported_upload() {
@@ -63,9 +26,7 @@ async fn sigkill_never_loses_an_answered_search_or_a_reported_upload() {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    pki.write_dev_layout(&dir.path().join("certs"));
-    std::fs::write(dir.path().join("certs/server.pem"), &pki.server.cert_pem).unwrap();
-    std::fs::write(dir.path().join("certs/server.key"), &pki.server.key_pem).unwrap();
+    pki.write_server_layout(&dir.path().join("certs"));
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
 
     let numbers = nhs_numbers(400);
@@ -74,7 +35,7 @@ async fn sigkill_never_loses_an_answered_search_or_a_reported_upload() {
     let mut next_person = 0;
 
     for round in 0..3 {
-        let mut server = start(dir.path()).await;
+        let mut server = start(dir.path(), &[], "warn").await;
         // A first upload so that there is someone to find.
         let batch: Vec<String> = numbers[next_person..next_person + 20].to_vec();
         next_person += 20;
@@ -144,7 +105,7 @@ async fn sigkill_never_loses_an_answered_search_or_a_reported_upload() {
         );
     }
 
-    let mut server = start(dir.path()).await;
+    let mut server = start(dir.path(), &[], "warn").await;
     let mut lookup = LookupClient::new(client::connect(&server.url, &ed, None).await.unwrap());
     for person in &loaded {
         assert!(

@@ -205,3 +205,33 @@ fn configuration_file_then_environment_then_flags_and_bad_values_exit_64() {
         assert!(stderr.contains(named), "{named} not named in: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn top_fits_an_80_by_24_terminal_and_shows_each_authority() {
+    let relay = TestRelay::start().await;
+    let child = nhs(1);
+    upload(
+        &mut relay.plans("la-706").await,
+        "706",
+        UploadMode::Incremental,
+        vec![record(&child, PlanType::ChildProtection)],
+    )
+    .await
+    .unwrap();
+    relay.lookup().await.search(search_request(&child, "top-user", "")).await.unwrap();
+    relay.relay.refresh_notification_gauges().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["top", "--once", "--interval", "0.2", "--admin", &relay.admin.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = screen.lines().collect();
+    assert!(lines.len() <= 24, "{} lines:\n{screen}", lines.len());
+    assert!(lines.iter().all(|line| line.chars().count() <= 80), "{screen}");
+    assert!(screen.contains("searches/s"), "{screen}");
+    let la_line = lines.iter().find(|line| line.starts_with("706")).expect("a line for 706");
+    let backlog: f64 = la_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(backlog, 1.0, "{la_line}");
+}

@@ -58,8 +58,8 @@ pub struct BenchArgs {
     pub warmup: f64,
     #[arg(long, default_value_t = 0.5)]
     pub flagged_ratio: f64,
-    /// Synthetic people loaded first.
-    #[arg(long, default_value_t = 10_000)]
+    /// Synthetic people loaded first (at most 900,000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::synth::MAX_PEOPLE as u64))]
     pub people: usize,
     /// Also measure a bare tonic echo server with the same TLS and message sizes, alternating with the relay.
     #[arg(long)]

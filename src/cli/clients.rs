@@ -21,8 +21,8 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
-    /// How many distinct people.
-    #[arg(long, env = "CPIS_SYNTH_PEOPLE", default_value_t = 1000)]
+    /// How many distinct people (at most 900,000: the size of the test range).
+    #[arg(long, env = "CPIS_SYNTH_PEOPLE", default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::synth::MAX_PEOPLE as u64))]
     pub people: usize,
     /// Output file: .csv, or .jsonl for JSON Lines.
     #[arg(long, env = "CPIS_SYNTH_OUT")]

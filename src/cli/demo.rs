@@ -28,8 +28,8 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Synthetic people to load.
-    #[arg(long, env = "CPIS_DEMO_PEOPLE", default_value_t = 2000)]
+    /// Synthetic people to load (at most 900,000).
+    #[arg(long, env = "CPIS_DEMO_PEOPLE", default_value_t = 2000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::synth::MAX_PEOPLE as u64))]
     pub people: usize,
     /// Development certificates (created if missing).
     #[arg(long, env = "CPIS_CERTS_DIR", default_value = certs::DEV_DIR)]

@@ -6,6 +6,7 @@ mod bench;
 mod clients;
 mod demo;
 mod serve;
+mod top;
 mod upload;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -77,6 +78,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Load generator and store scenarios (see PERFORMANCE.md).
     Bench(bench::BenchArgs),
+    /// Live view of a relay's metrics for an operator's terminal.
+    Top(top::TopArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,5 +268,6 @@ async fn run(command: Command) -> Result<u8, CliError> {
         Command::Audit(args) => clients::audit(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Top(args) => top::run(args).await,
     }
 }

@@ -260,6 +260,31 @@ impl Relay {
         Ok(stream.map(|item: Result<Notification, crate::store::StoreError>| item.map_err(Error::from)))
     }
 
+    /// Refreshes the per-authority gauges: backlog, subscribers, and the age
+    /// of the oldest unacknowledged notification (read from the store).
+    pub async fn refresh_notification_gauges(&self) {
+        let now = self.shared.clock.now();
+        for position in self.shared.hub.positions() {
+            let la = position.la_ods_code.clone();
+            set_backlog_gauge(&la, position.last_sequence, position.acked_through);
+            metrics::gauge!("cpis_subscribers", "la" => la.clone()).set(position.subscribers as f64);
+            let mut age = 0.0;
+            if position.last_sequence > position.acked_through {
+                match self.shared.store.notifications_after(&la, position.acked_through, 1).await {
+                    Ok(page) => {
+                        if let Some(oldest) = page.first() {
+                            age = (now - oldest.access.accessed_at).num_milliseconds().max(0) as f64 / 1000.0;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, la = %la, "cannot read the oldest unacknowledged notification")
+                    }
+                }
+            }
+            metrics::gauge!("cpis_notification_oldest_unacked_seconds", "la" => la).set(age);
+        }
+    }
+
     /// Cumulative acknowledgement; returns the authority's acknowledged position.
     pub async fn ack(&self, identity: &Identity, sequence: u64) -> Result<u64> {
         authorize(identity, Action::Ack)?;

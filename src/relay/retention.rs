@@ -1,7 +1,8 @@
-//! Retention: plans past their visibility window, acknowledged
+//! Background upkeep. Retention: plans past their visibility window, acknowledged
 //! notifications past their keeping period and access history older than
 //! its period are removed from the store, then from memory. Runs on a timer
-//! and on demand (tests drive it with a manual clock).
+//! and on demand (tests drive it with a manual clock). Gauges of each
+//! authority's notification state are refreshed on a short timer.
 
 use tokio::task::JoinHandle;
 
@@ -44,6 +45,22 @@ impl Relay {
             "retention pass"
         );
         Ok(counts)
+    }
+
+    /// Refreshes notification gauges every `interval` until the relay drains.
+    pub fn spawn_gauges(&self, interval: std::time::Duration) -> JoinHandle<()> {
+        let relay = self.clone();
+        let mut draining = self.shared.draining.subscribe();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => relay.refresh_notification_gauges().await,
+                    () = super::until_draining(&mut draining) => return,
+                }
+            }
+        })
     }
 
     /// Runs [`Relay::expire`] now and then every `retention_interval` until the relay drains.

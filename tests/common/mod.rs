@@ -69,6 +69,56 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// The dev layout plus server.pem/server.key, for a `serve` subprocess.
+    pub fn write_server_layout(&self, dir: &Path) {
+        self.write_dev_layout(dir);
+        std::fs::write(dir.join("server.pem"), &self.server.cert_pem).unwrap();
+        std::fs::write(dir.join("server.key"), &self.server.key_pem).unwrap();
+    }
+}
+
+/// A `cpis-relay serve` subprocess.
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub url: String,
+    pub admin: SocketAddr,
+    pub stderr: Option<tokio::process::ChildStderr>,
+}
+
+/// Starts `cpis-relay serve` on port 0 with `dir/certs` (see
+/// [`Pki::write_server_layout`]) and `dir/data`; reads the bound addresses
+/// from its stdout. Stderr is captured for callers that read logs.
+pub async fn start(dir: &Path, extra: &[&str], log_filter: &str) -> Running {
+    use tokio::io::AsyncBufReadExt;
+    let certs = dir.join("certs");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("server.pem"))
+        .arg("--key")
+        .arg(certs.join("server.key"))
+        .args(extra)
+        .env("CPIS_LOG", log_filter)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let field = |name: &str| -> SocketAddr {
+        line.split_whitespace().find_map(|word| word.strip_prefix(name)).expect("the listening line").parse().unwrap()
+    };
+    let (grpc, admin) = (field("grpc="), field("admin="));
+    Running { child, url: format!("https://localhost:{}", grpc.port()), admin, stderr }
+}
+
 pub enum StoreChoice {
     Embedded,
     Memory,

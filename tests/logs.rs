@@ -1,0 +1,90 @@
+//! Logs of the real binary: no personal data at info level, in text or
+//! JSON, one span per RPC with its outcome and latency, and SIGTERM drains
+//! and exits 0 with a subscription open.
+
+mod common;
+
+use common::*;
+use cpis_relay::{
+    client,
+    proto::{
+        PlanType, SubscribeRequest, UploadMode, lookup_client::LookupClient, notifications_client::NotificationsClient,
+        plans_client::PlansClient,
+    },
+};
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+/// Runs a relay, uploads and searches a person with memorable details,
+/// stops it with SIGTERM and returns its stderr.
+async fn logs_of_a_session(format: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    pki.write_server_layout(&dir.path().join("certs"));
+    let mut server = start(dir.path(), &["--log-format", format], "info").await;
+    let child = nhs(4242);
+    let mut plan = record(&child, PlanType::ChildProtection);
+    plan.given_name = "Zebedee".into();
+    plan.family_name = "Quixotic".into();
+    plan.date_of_birth = "2013-07-19".into();
+    plan.address =
+        Some(cpis_relay::proto::Address { lines: vec!["7 Xylophone Mews".into()], postcode: "QQ9 9QQ".into() });
+    let la = client::connect(&server.url, &pki.client_pem("la-706"), None).await.unwrap();
+    upload(&mut PlansClient::new(la.clone()), "706", UploadMode::Incremental, vec![plan]).await.unwrap();
+    let mut subscription =
+        NotificationsClient::new(la).subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let ed = client::connect(&server.url, &pki.client_pem("ed-rr8"), None).await.unwrap();
+    let mut request = search_request(&child, "smartcard-77881", "");
+    request.accessor.as_mut().unwrap().name = "Dr Wilhelmina Ostrogoth".into();
+    assert!(LookupClient::new(ed.clone()).search(request).await.unwrap().into_inner().flagged);
+    assert!(LookupClient::new(ed).search(search_request(&nhs(4243), "smartcard-77881", "")).await.is_ok());
+    assert_eq!(next(&mut subscription).await.nhs_number, child);
+
+    let pid = server.child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    // The subscription held open across the shutdown ends cleanly.
+    assert!(tokio::time::timeout(std::time::Duration::from_secs(30), subscription.next()).await.unwrap().is_none());
+    let status = server.child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM drains and exits 0");
+    let mut logs = String::new();
+    server.stderr.take().unwrap().read_to_string(&mut logs).await.unwrap();
+    for personal in [
+        child.as_str(),
+        nhs(4243).as_str(),
+        "Zebedee",
+        "Quixotic",
+        "2013-07-19",
+        "Xylophone",
+        "QQ9 9QQ",
+        "Wilhelmina",
+        "smartcard-77881",
+    ] {
+        assert!(!logs.contains(personal), "{personal} in {format} logs:\n{logs}");
+    }
+    logs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_carry_no_personal_data_and_a_span_per_rpc() {
+    let logs = logs_of_a_session("text").await;
+    assert!(logs.contains("rpc{rpc=\"Lookup.Search\" organisation=RR8 role=\"unscheduled-care\""), "{logs}");
+    assert!(logs.contains("outcome=\"Ok\""), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let logs = logs_of_a_session("json").await;
+    let mut rpc_spans = 0;
+    for line in logs.lines().filter(|line| !line.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
+        assert!(value.get("level").is_some() && value.get("timestamp").is_some(), "{line}");
+        if let Some(span) = value.get("span").filter(|span| span["name"] == "rpc") {
+            rpc_spans += 1;
+            for field in ["rpc", "organisation", "role"] {
+                assert!(span.get(field).is_some(), "{field} in {line}");
+            }
+        }
+    }
+    assert!(rpc_spans >= 3, "span close lines for upload, subscribe and searches:\n{logs}");
+}
