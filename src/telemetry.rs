@@ -59,6 +59,50 @@ pub fn metrics() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics shows only this one's");
         }
+        describe_metrics();
         handle
     })
+}
+
+/// Help text for every metric the relay records.
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("cpis_searches_total", "Searches by outcome: flagged, unflagged, invalid, denied, error.");
+    describe_histogram!(
+        "cpis_search_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a search, including the notification's commit."
+    );
+    describe_counter!("cpis_notifications_emitted_total", "Access notifications committed to the store.");
+    describe_counter!(
+        "cpis_notifications_delivered_total",
+        "Access notifications sent on subscription streams (redeliveries included)."
+    );
+    describe_gauge!(
+        "cpis_notification_backlog",
+        "Notifications of a local authority not yet acknowledged (by sequence)."
+    );
+    describe_gauge!(
+        "cpis_notification_oldest_unacked_seconds",
+        Unit::Seconds,
+        "Age of a local authority's oldest unacknowledged notification."
+    );
+    describe_gauge!("cpis_subscribers", "Open notification subscriptions of a local authority.");
+    describe_gauge!("cpis_notifications_held", "Notifications held in memory because the store is failing.");
+    describe_gauge!("cpis_plans", "Plans held, by type.");
+    describe_counter!("cpis_uploads_total", "Uploads by status: all_loaded, partial, none_loaded.");
+    describe_histogram!(
+        "cpis_store_sync_duration_seconds",
+        Unit::Seconds,
+        "Time of one durable store transaction (group commit)."
+    );
+    describe_counter!("cpis_store_commits_total", "Durable store transactions committed.");
+    describe_counter!("cpis_store_changes_total", "Changes carried by committed store transactions.");
+    describe_counter!("cpis_store_sync_failures_total", "Store transactions that failed.");
+    describe_counter!("cpis_store_failures_total", "Operations that could not be stored, by operation.");
+    describe_counter!("cpis_auth_denied_total", "Refused callers by reason.");
+    describe_counter!("cpis_rpc_total", "gRPC calls by RPC and status code.");
+    describe_histogram!("cpis_rpc_duration_seconds", Unit::Seconds, "gRPC handler time by RPC.");
+    describe_counter!("cpis_retention_removed_total", "Records removed by retention, by kind.");
+    describe_gauge!("cpis_startup_rebuild_seconds", Unit::Seconds, "Time to rebuild memory from the store at start.");
 }
