@@ -50,14 +50,7 @@ async fn call(relay: &TestRelay, identity: &str, rpc: &str, child: &str) -> Resu
 async fn every_role_against_every_rpc() {
     let relay = TestRelay::start().await;
     let child = nhs(1);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::ChildProtection)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     let matrix: [(&str, [&str; 7]); 7] = [
         ("Lookup.Search", ["ed-rr8", "", "", "", "", "", ""]),
         ("Plans.Upload", ["la-706", "la-855", "", "", "", "", ""]),

@@ -19,14 +19,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 async fn a_restart_keeps_plans_access_history_and_ack_cursors() {
     let relay = TestRelay::start().await;
     let child = nhs(1);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::ChildProtection)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     let mut lookup = relay.lookup().await;
     lookup.search(search_request(&child, "user-a", "r1")).await.unwrap();
     relay.clock.advance(Duration::hours(1));
@@ -70,14 +63,7 @@ async fn a_restart_keeps_plans_access_history_and_ack_cursors() {
 async fn a_failing_store_still_answers_clinicians_holds_notifications_and_reports_not_serving() {
     let relay = TestRelay::start().await;
     let child = nhs(1);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::ChildProtection)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     let mut stream =
         relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
     assert_eq!(admin_get(relay.admin, "/readyz").await.0, 200);
@@ -124,14 +110,7 @@ async fn retention_removes_expired_plans_old_acked_notifications_and_old_history
     let mut ended = record(&ending, PlanType::LookedAfter);
     ended.start_date = "2025-01-01".into();
     ended.end_date = "2026-05-01".into(); // visible through 2027-05-01
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&current, PlanType::ChildProtection), ended],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&current, PlanType::ChildProtection), ended]).await;
     let mut lookup = relay.lookup().await;
     for user in ["a", "b", "c"] {
         lookup.search(search_request(&current, user, "")).await.unwrap();

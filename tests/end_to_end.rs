@@ -75,14 +75,7 @@ async fn upload_search_notify_ack_and_resubscribe() {
 async fn a_retry_with_the_same_request_id_notifies_once() {
     let relay = TestRelay::start().await;
     let child = nhs(2);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::LookedAfter)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::LookedAfter)]).await;
     let mut notifications = relay.notifications("la-706").await;
     let mut stream = notifications.subscribe(SubscribeRequest { after_sequence: None }).await.unwrap().into_inner();
     let mut lookup = relay.lookup().await;
@@ -102,22 +95,8 @@ async fn a_retry_with_the_same_request_id_notifies_once() {
 async fn a_person_on_plans_of_two_authorities_notifies_each_once() {
     let relay = TestRelay::start().await;
     let child = nhs(3);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::ChildProtection), record(&child, PlanType::LookedAfter)],
-    )
-    .await
-    .unwrap();
-    upload(
-        &mut relay.plans("la-855").await,
-        "855",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::LookedAfter)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::ChildProtection), record(&child, PlanType::LookedAfter)]).await;
+    relay.load("855", vec![record(&child, PlanType::LookedAfter)]).await;
     let mut stream_706 =
         relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
     let mut stream_855 =
@@ -147,14 +126,7 @@ async fn unflagged_searches_store_nothing_and_notify_no_one() {
     let relay = TestRelay::start().await;
     let flagged = nhs(4);
     let unflagged = nhs(5);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&flagged, PlanType::ChildProtection)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&flagged, PlanType::ChildProtection)]).await;
     let mut stream =
         relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
     let mut lookup = relay.lookup().await;
@@ -175,14 +147,7 @@ async fn unflagged_searches_store_nothing_and_notify_no_one() {
 async fn previous_accesses_list_25_newest_and_a_user_once_per_24_hours() {
     let relay = TestRelay::start().await;
     let child = nhs(6);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::ChildProtection)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     let mut lookup = relay.lookup().await;
 
     lookup.search(search_request(&child, "repeat", "")).await.unwrap();
@@ -225,9 +190,7 @@ async fn plans_are_visible_for_365_days_after_their_end_and_unborn_plans_28_days
     ended_record.end_date = "2025-06-01".into(); // visible through 2026-06-01
     let mut unborn_record = record(&unborn, PlanType::UnbornChildProtection);
     unborn_record.expected_delivery_date = "2026-06-10".into(); // visible through 2026-07-08
-    upload(&mut relay.plans("la-706").await, "706", UploadMode::Incremental, vec![ended_record, unborn_record])
-        .await
-        .unwrap();
+    relay.load("706", vec![ended_record, unborn_record]).await;
     let mut lookup = relay.lookup().await;
     let flagged = |response: proto::SearchResponse| response.flagged;
 

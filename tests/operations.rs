@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use cpis_relay::proto::{PlanType, SubscribeRequest, UploadMode};
+use cpis_relay::proto::{PlanType, SubscribeRequest};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -14,14 +14,7 @@ use tonic::Code;
 async fn past_the_search_limit_calls_are_shed_with_resource_exhausted_not_queued() {
     let relay = TestRelay::start_tuned(|options| options.max_concurrent_searches = 4).await;
     let child = nhs(1);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::ChildProtection)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     // Flagged searches wait for their notification's commit; a stalled disk holds them in flight.
     relay.store.faults().stall_writes(true);
     let mut held = Vec::new();
@@ -58,14 +51,7 @@ async fn past_the_search_limit_calls_are_shed_with_resource_exhausted_not_queued
 async fn shutdown_flips_readiness_ends_subscriptions_and_lets_in_flight_searches_finish() {
     let mut relay = TestRelay::start().await;
     let child = nhs(1);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::ChildProtection)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     let mut subscription =
         relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
     let mut lookup = relay.lookup().await;
@@ -101,14 +87,7 @@ async fn shutdown_flips_readiness_ends_subscriptions_and_lets_in_flight_searches
 async fn metrics_exposition_has_the_contract_names_and_no_personal_data() {
     let relay = TestRelay::start().await;
     let child = nhs(1);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::ChildProtection)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     let mut stream =
         relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
     relay.lookup().await.search(search_request(&child, "metrics-user", "")).await.unwrap();
@@ -210,14 +189,7 @@ fn configuration_file_then_environment_then_flags_and_bad_values_exit_64() {
 async fn top_fits_an_80_by_24_terminal_and_shows_each_authority() {
     let relay = TestRelay::start().await;
     let child = nhs(1);
-    upload(
-        &mut relay.plans("la-706").await,
-        "706",
-        UploadMode::Incremental,
-        vec![record(&child, PlanType::ChildProtection)],
-    )
-    .await
-    .unwrap();
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     relay.lookup().await.search(search_request(&child, "top-user", "")).await.unwrap();
     relay.relay.refresh_notification_gauges().await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))

@@ -219,6 +219,12 @@ impl TestRelay {
         NotificationsClient::new(self.channel(identity).await)
     }
 
+    /// An incremental upload as local authority `ods_code` that must succeed.
+    pub async fn load(&self, ods_code: &str, records: Vec<proto::PlanRecord>) -> proto::UploadReport {
+        let mut plans = self.plans(&format!("la-{ods_code}")).await;
+        upload(&mut plans, ods_code, proto::UploadMode::Incremental, records).await.unwrap()
+    }
+
     pub async fn audit(&self) -> AuditClient<Channel> {
         AuditClient::new(self.channel("auditor").await)
     }
