@@ -121,6 +121,15 @@ fn type_key(plan_type: PlanType) -> u8 {
     }
 }
 
+fn plan_type_of(key: u8) -> Result<PlanType, StoreError> {
+    match key {
+        0 => Ok(PlanType::ChildProtection),
+        1 => Ok(PlanType::LookedAfter),
+        2 => Ok(PlanType::UnbornChildProtection),
+        other => Err(StoreError::Corrupt(format!("plans: plan type key {other}"))),
+    }
+}
+
 fn day_key(date: NaiveDate) -> i32 {
     date.num_days_from_ce()
 }
@@ -288,7 +297,26 @@ fn apply(
             Ok(Applied::Done)
         }
         Change::ReplacePlans { authority, plans } => {
-            delete_plans(transaction, &authority.ods_code, None, None)?;
+            // Remove only what the new set lacks; the rest is overwritten in place,
+            // which is far cheaper than emptying the range and filling it again.
+            let keep: std::collections::HashSet<(u64, u8)> =
+                plans.iter().map(|plan| (plan.nhs_number.as_u64(), type_key(plan.plan_type))).collect();
+            let la = authority.ods_code.as_str();
+            let gone: Vec<(u64, u8)> = {
+                let table = transaction.open_table(PLANS).map_err(io)?;
+                let mut gone = Vec::new();
+                for entry in table.range((la, 0, 0)..=(la, u64::MAX, u8::MAX)).map_err(io)? {
+                    let (key, _) = entry.map_err(io)?;
+                    let (_, nhs, kind) = key.value();
+                    if !keep.contains(&(nhs, kind)) {
+                        gone.push((nhs, kind));
+                    }
+                }
+                gone
+            };
+            for (nhs, kind) in gone {
+                delete_plans(transaction, la, Some(nhs), Some(plan_type_of(kind)?))?;
+            }
             apply(transaction, positions, Change::UpsertPlans { authority, plans })
         }
         Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
@@ -528,4 +556,55 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
     let cursors = read.open_table(CURSORS).map_err(io)?;
     tables.push(("cursors", cursors.len().map_err(io)?));
     Ok(CheckReport { path, integrity_ok, tables })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, NaiveDate};
+
+    use super::*;
+    use crate::{model::Address, nhs::NhsNumber};
+
+    fn plan(n: u64, plan_type: PlanType, end: Option<&str>) -> Plan {
+        Plan {
+            nhs_number: NhsNumber::complete(999_000_000 + n).or_else(|| NhsNumber::complete(999_100_000 + n)).unwrap(),
+            la_ods_code: "706".into(),
+            local_id: format!("L{n}"),
+            given_name: "A".into(),
+            family_name: "B".into(),
+            date_of_birth: NaiveDate::from_ymd_opt(2015, 1, 1).unwrap(),
+            address: Address::default(),
+            plan_type,
+            start_date: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
+            end_date: end.map(|end| end.parse().unwrap()),
+            expected_delivery_date: None,
+            team_code: String::new(),
+            loaded_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[tokio::test]
+    async fn replace_keeps_exactly_the_new_set_and_a_consistent_expiry_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = crate::synth::authority("706").unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let first = vec![
+                plan(1, PlanType::ChildProtection, Some("2026-01-01")),
+                plan(2, PlanType::LookedAfter, None),
+                plan(3, PlanType::ChildProtection, Some("2026-02-01")),
+            ];
+            store.apply(Change::UpsertPlans { authority: authority.clone(), plans: first }).await.unwrap();
+            let second =
+                vec![plan(2, PlanType::LookedAfter, Some("2026-03-01")), plan(4, PlanType::ChildProtection, None)];
+            store.apply(Change::ReplacePlans { authority: authority.clone(), plans: second.clone() }).await.unwrap();
+            let mut loaded = store.load().await.unwrap().plans;
+            loaded.sort_by_key(|plan| plan.nhs_number);
+            assert_eq!(loaded, second);
+        }
+        let report = check(dir.path()).unwrap();
+        assert!(report.integrity_ok);
+        let count = |table: &str| report.tables.iter().find(|(name, _)| *name == table).unwrap().1;
+        assert_eq!((count("plans"), count("plan_expiry")), (2, 1), "one of the two remaining plans has an end");
+    }
 }
