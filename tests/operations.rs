@@ -207,3 +207,25 @@ async fn top_fits_an_80_by_24_terminal_and_shows_each_authority() {
     let backlog: f64 = la_line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert_eq!(backlog, 1.0, "{la_line}");
 }
+
+#[tokio::test]
+async fn bench_with_baseline_reports_the_relay_and_the_echo_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["bench", "--baseline", "--json", "--duration", "0.6", "--warmup", "0.1", "--people", "300"])
+        .args(["--connections", "1", "--in-flight", "2", "--certs-dir", certs.to_str().unwrap()])
+        .env("CPIS_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for target in ["relay", "echo"] {
+        assert!(report[target]["requests"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report[target]["errors"].as_u64(), Some(0), "{report}");
+        assert!(report[target]["p99_us"].as_u64().unwrap() >= report[target]["p50_us"].as_u64().unwrap());
+    }
+    assert!(report["ratio"]["requests_per_second"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["average_commit_batch"].as_f64().unwrap() >= 1.0, "{report}");
+}

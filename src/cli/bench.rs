@@ -316,27 +316,33 @@ fn print_table(report: &serde_json::Value) {
     }
 }
 
-/// Uploads synthetic people for 706 and 855 to an external relay whose 706 set is empty.
+/// The flagged people of an external relay: 706's exported plans, or, when
+/// 706 holds none, synthetic people uploaded for 706 and 855 first.
 async fn upload_to_external(args: &BenchArgs, url: &str) -> Result<Vec<String>, CliError> {
+    let unavailable = |error: client::ClientError| CliError::Unavailable(error.to_string());
+    let la_706 = PemFiles::in_dir(&args.certs_dir, "la-706").read().map_err(failed)?;
+    let channel = client::connect(url, &la_706, None).await.map_err(unavailable)?;
+    let mut exported =
+        proto::plans_client::PlansClient::new(channel).export(proto::ExportRequest {}).await?.into_inner();
+    let mut held = Vec::new();
+    while let Some(record) = futures::StreamExt::next(&mut exported).await {
+        held.push(record?.nhs_number);
+    }
+    if !held.is_empty() {
+        eprintln!("the target holds {} plans of 706; searching those, uploading nothing", held.len());
+        return Ok(held);
+    }
     let records = synth::generate(args.people, 2026, chrono::Utc::now().date_naive());
     let mut flagged = Vec::new();
     for (identity, ods_code) in [("la-706", "706"), ("la-855", "855")] {
         let pem = PemFiles::in_dir(&args.certs_dir, identity).read().map_err(failed)?;
-        let channel =
-            client::connect(url, &pem, None).await.map_err(|error| CliError::Unavailable(error.to_string()))?;
+        let channel = client::connect(url, &pem, None).await.map_err(unavailable)?;
         let mine: Vec<proto::PlanRecord> =
             records.iter().filter(|r| r.la_ods_code == ods_code).map(|r| r.record.clone()).collect();
         flagged.extend(mine.iter().map(|record| record.nhs_number.clone()));
         let authority = bench::wire_authority(ods_code).ok_or_else(|| failed("no synthetic authority"))?;
-        super::upload::send(
-            channel,
-            proto::UploadMode::FullRefresh,
-            "bench",
-            authority,
-            mine,
-            &indicatif::ProgressBar::hidden(),
-        )
-        .await?;
+        let progress = indicatif::ProgressBar::hidden();
+        super::upload::send(channel, proto::UploadMode::Incremental, "bench", authority, mine, &progress).await?;
     }
     Ok(flagged)
 }
