@@ -35,6 +35,19 @@ async fn a_restart_keeps_plans_access_history_and_ack_cursors() {
 
     let (pki, store, clock, dir) = relay.stop().await;
     drop(store);
+    // The offline check sees what was stored.
+    let checked = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["store", "check", "--data-dir", dir.path().to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{report}{}", String::from_utf8_lossy(&checked.stderr));
+    assert!(report.contains("integrity ok"), "{report}");
+    for (table, count) in [("plans", 1), ("accesses", 3), ("notifications", 3), ("cursors", 1)] {
+        let line = report.lines().find(|line| line.split_whitespace().next() == Some(table)).unwrap();
+        assert_eq!(line.split_whitespace().nth(1), Some(count.to_string().as_str()), "{report}");
+    }
     let reopened = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let relay = TestRelay::serve(pki, reopened, clock, RelaySettings::default(), dir).await;
 

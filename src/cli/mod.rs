@@ -250,8 +250,7 @@ async fn run(command: Command) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Command::Store { command: StoreCommand::Check { data_dir } } => {
-            let report =
-                crate::store::embedded::check(&data_dir).map_err(|error| CliError::Failed(error.to_string()))?;
+            let report = crate::store::check::check(&data_dir).map_err(|error| CliError::Failed(error.to_string()))?;
             println!("{}: integrity {}", report.path.display(), if report.integrity_ok { "ok" } else { "REPAIRED" });
             for (table, count) in &report.tables {
                 println!("  {table:<14} {count:>12}");

@@ -39,18 +39,18 @@ const MAX_BATCH: usize = 4096;
 /// Changes that may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const AUTHORITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("authorities");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const AUTHORITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("authorities");
 /// (authority, NHS number, plan type) -> plan.
-const PLANS: TableDefinition<(&str, u64, u8), &[u8]> = TableDefinition::new("plans");
+pub(super) const PLANS: TableDefinition<(&str, u64, u8), &[u8]> = TableDefinition::new("plans");
 /// (last visible day, authority, NHS number, plan type) for plans that end.
-const PLAN_EXPIRY: TableDefinition<(i32, &str, u64, u8), ()> = TableDefinition::new("plan_expiry");
+pub(super) const PLAN_EXPIRY: TableDefinition<(i32, &str, u64, u8), ()> = TableDefinition::new("plan_expiry");
 /// (accessed at, in microseconds, access id) -> access.
-const ACCESSES: TableDefinition<(i64, u128), &[u8]> = TableDefinition::new("accesses");
+pub(super) const ACCESSES: TableDefinition<(i64, u128), &[u8]> = TableDefinition::new("accesses");
 /// (authority, sequence) -> notification.
-const NOTIFICATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("notifications");
+pub(super) const NOTIFICATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("notifications");
 /// authority -> (last sequence, acknowledged through).
-const CURSORS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("cursors");
+pub(super) const CURSORS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("cursors");
 
 struct Job {
     change: Change,
@@ -101,7 +101,7 @@ impl Drop for WriterHandle {
     }
 }
 
-fn io(error: impl std::fmt::Display) -> StoreError {
+pub(super) fn io(error: impl std::fmt::Display) -> StoreError {
     StoreError::Io(error.to_string())
 }
 
@@ -109,7 +109,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value).map_err(|error| StoreError::Corrupt(format!("encoding: {error}")))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], table: &str) -> Result<T, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], table: &str) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|error| StoreError::Corrupt(format!("{table}: {error}")))
 }
 
@@ -505,59 +505,6 @@ impl Store for EmbeddedStore {
     }
 }
 
-/// Per-table counts of an offline check.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CheckReport {
-    pub path: PathBuf,
-    pub integrity_ok: bool,
-    pub tables: Vec<(&'static str, u64)>,
-}
-
-/// Verifies a store that no relay has open: redb's integrity check, then
-/// every record decodes and every index entry points at a record.
-pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
-    let path = data_dir.join(FILE_NAME);
-    if !path.exists() {
-        return Err(StoreError::Io(format!("{}: no store here", path.display())));
-    }
-    let mut database = Database::open(&path).map_err(|error| StoreError::Io(format!("{}: {error}", path.display())))?;
-    let integrity_ok = database.check_integrity().map_err(io)?;
-    let read = database.begin_read().map_err(io)?;
-    let mut tables = Vec::new();
-    let authorities = read.open_table(AUTHORITIES).map_err(io)?;
-    for entry in authorities.iter().map_err(io)? {
-        decode::<LocalAuthority>(entry.map_err(io)?.1.value(), "authorities")?;
-    }
-    tables.push(("authorities", authorities.len().map_err(io)?));
-    let plans = read.open_table(PLANS).map_err(io)?;
-    for entry in plans.iter().map_err(io)? {
-        decode::<Plan>(entry.map_err(io)?.1.value(), "plans")?;
-    }
-    tables.push(("plans", plans.len().map_err(io)?));
-    let plan_expiry = read.open_table(PLAN_EXPIRY).map_err(io)?;
-    for entry in plan_expiry.iter().map_err(io)? {
-        let (key, _) = entry.map_err(io)?;
-        let (_, la, nhs, kind) = key.value();
-        if plans.get((la, nhs, kind)).map_err(io)?.is_none() {
-            return Err(StoreError::Corrupt("plan_expiry: an entry points at no plan".into()));
-        }
-    }
-    tables.push(("plan_expiry", plan_expiry.len().map_err(io)?));
-    let accesses = read.open_table(ACCESSES).map_err(io)?;
-    for entry in accesses.iter().map_err(io)? {
-        decode::<AccessEvent>(entry.map_err(io)?.1.value(), "accesses")?;
-    }
-    tables.push(("accesses", accesses.len().map_err(io)?));
-    let notifications = read.open_table(NOTIFICATIONS).map_err(io)?;
-    for entry in notifications.iter().map_err(io)? {
-        decode::<Notification>(entry.map_err(io)?.1.value(), "notifications")?;
-    }
-    tables.push(("notifications", notifications.len().map_err(io)?));
-    let cursors = read.open_table(CURSORS).map_err(io)?;
-    tables.push(("cursors", cursors.len().map_err(io)?));
-    Ok(CheckReport { path, integrity_ok, tables })
-}
-
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, NaiveDate};
@@ -602,7 +549,7 @@ mod tests {
             loaded.sort_by_key(|plan| plan.nhs_number);
             assert_eq!(loaded, second);
         }
-        let report = check(dir.path()).unwrap();
+        let report = super::super::check::check(dir.path()).unwrap();
         assert!(report.integrity_ok);
         let count = |table: &str| report.tables.iter().find(|(name, _)| *name == table).unwrap().1;
         assert_eq!((count("plans"), count("plan_expiry")), (2, 1), "one of the two remaining plans has an end");

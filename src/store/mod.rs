@@ -9,6 +9,7 @@
 //! order per local authority, so a subscriber that has seen sequence N has
 //! seen every committed notification of that authority up to N.
 
+pub mod check;
 pub mod embedded;
 pub mod memory;
 
