@@ -229,3 +229,21 @@ async fn bench_with_baseline_reports_the_relay_and_the_echo_in_one_run() {
     assert!(report["ratio"]["requests_per_second"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["average_commit_batch"].as_f64().unwrap() >= 1.0, "{report}");
 }
+
+#[tokio::test]
+async fn bench_delivery_sees_every_answered_search_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["bench", "--scenario", "delivery", "--rate", "200", "--duration", "0.5", "--people", "300"])
+        .args(["--certs-dir", certs.to_str().unwrap()])
+        .env("CPIS_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["all_delivered"], true, "{report}");
+    assert_eq!(report["answered"], 100, "{report}");
+    assert_eq!(report["delivered"], report["answered"], "{report}");
+}

@@ -33,6 +33,8 @@ pub enum Scenario {
     Startup,
     /// Steady flagged searches, all acknowledged, over --days of simulated time with retention on: store size per day.
     Retention,
+    /// Flagged searches paced at --rate per second over gRPC; time from each answer to its notification at a subscriber.
+    Delivery,
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +82,9 @@ pub struct BenchArgs {
     /// Flagged searches per simulated day in the retention soak.
     #[arg(long, default_value_t = 2_000)]
     pub searches_per_day: usize,
+    /// Searches per second in the delivery scenario.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u32,
 }
 
 fn failed(error: impl std::fmt::Display) -> CliError {
@@ -98,6 +103,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Scenario::Retention => retention(&args).await,
+        Scenario::Delivery => delivery(&args).await,
     }
 }
 
@@ -143,6 +149,85 @@ async fn retention(args: &BenchArgs) -> Result<u8, CliError> {
         }
     }
     println!("{}", json!({"searches_per_day": args.searches_per_day, "people": args.people, "sizes": sizes}));
+    Ok(exit::OK)
+}
+
+/// Paces flagged searches over gRPC and times, for each, the gap between
+/// the search's answer and its notification's arrival at the owning
+/// authority's subscriber (both on this machine's clock; a notification that
+/// beats the answer to the client counts as zero).
+async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
+    use std::time::Instant;
+    let server_pem = PemFiles::in_dir(&args.certs_dir, "server").read().map_err(failed)?;
+    let tls_config = tls::server_config(&server_pem).map_err(failed)?;
+    let (target, flagged) = start_in_process(args, tls_config).await?;
+    let unavailable = |error: client::ClientError| CliError::Unavailable(error.to_string());
+    let timings = Arc::new(bench::delivery::DeliveryTimings::default());
+    let mut subscribers = Vec::new();
+    for identity in ["la-706", "la-855"] {
+        let pem = PemFiles::in_dir(&args.certs_dir, identity).read().map_err(failed)?;
+        let channel = client::connect(&target.url, &pem, None).await.map_err(unavailable)?;
+        let mut stream = proto::notifications_client::NotificationsClient::new(channel)
+            .subscribe(proto::SubscribeRequest { after_sequence: None })
+            .await?
+            .into_inner();
+        let timings = Arc::clone(&timings);
+        subscribers.push(tokio::spawn(async move {
+            while let Some(Ok(notification)) = futures::StreamExt::next(&mut stream).await {
+                let user = notification.accessor.map(|accessor| accessor.user_id).unwrap_or_default();
+                timings.arrived(user, Instant::now());
+            }
+        }));
+    }
+    let ed = PemFiles::in_dir(&args.certs_dir, "ed-rr8").read().map_err(failed)?;
+    let lookup = LookupClient::new(client::connect(&target.url, &ed, None).await.map_err(unavailable)?);
+    // Only people of the subscribed authorities, so every answer has a notification to wait for.
+    let watched: Vec<String> = synth::generate(args.people, 2026, chrono::Utc::now().date_naive())
+        .into_iter()
+        .filter(|record| ["706", "855"].contains(&record.la_ods_code.as_str()))
+        .map(|record| record.record.nhs_number)
+        .filter(|nhs| flagged.contains(nhs))
+        .collect();
+    let total = (f64::from(args.rate) * args.duration) as usize;
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1))));
+    let mut searches = Vec::with_capacity(total);
+    for i in 0..total {
+        ticks.tick().await;
+        let (mut lookup, timings) = (lookup.clone(), Arc::clone(&timings));
+        let user = format!("delivery-{i}");
+        let request = SearchRequest {
+            nhs_number: watched[(i * 7919) % watched.len()].clone(),
+            accessor: Some(proto::Accessor {
+                user_id: user.clone(),
+                name: "Bench User".into(),
+                role_code: String::new(),
+            }),
+            care_setting: proto::CareSetting::EmergencyDepartment as i32,
+            request_id: String::new(),
+        };
+        searches.push(tokio::spawn(async move {
+            if lookup.search(request).await.is_ok() {
+                timings.answered(user, Instant::now());
+            }
+        }));
+    }
+    for search in searches {
+        let _ = search.await;
+    }
+    let answered = timings.answers();
+    let mut matched = timings.matched.subscribe();
+    let all_seen = tokio::time::timeout(Duration::from_secs(30), matched.wait_for(|count| *count >= answered)).await;
+    for subscriber in subscribers {
+        subscriber.abort();
+    }
+    let latencies = timings.latencies.lock().map_err(|_| failed("latency histogram poisoned"))?;
+    println!(
+        "{}",
+        json!({"rate": args.rate, "searches": total, "answered": answered, "delivered": latencies.len(),
+               "all_delivered": all_seen.is_ok(),
+               "p50_us": latencies.value_at_quantile(0.5), "p99_us": latencies.value_at_quantile(0.99), "max_us": latencies.max()})
+    );
+    drop(target);
     Ok(exit::OK)
 }
 
