@@ -192,9 +192,13 @@ impl Relay {
             let next = hub.held.lock().ok().and_then(|held| held.front().cloned());
             let Some((access, drafts)) = next else {
                 hub.retrying.store(false, Ordering::Release);
-                // A search may have held one between the check and the flag.
-                if hub.held() > 0 && !hub.retrying.swap(true, Ordering::AcqRel) {
-                    continue;
+                // A search may have held one between the check and the flag:
+                // take the work back, or leave it to the task that search started.
+                if hub.held() > 0 {
+                    if !hub.retrying.swap(true, Ordering::AcqRel) {
+                        continue;
+                    }
+                    return;
                 }
                 self.shared.store_health.send_replace(StoreHealth::Ok);
                 tracing::info!("held access notifications are all stored; store healthy again");
@@ -210,6 +214,8 @@ impl Relay {
                     backoff = Duration::from_millis(50);
                 }
                 Ok(_) | Err(_) => {
+                    // Re-assert: a finishing retry task may have just reported healthy.
+                    self.shared.store_health.send_replace(StoreHealth::Failing);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
