@@ -94,8 +94,32 @@ fn rpc_name(path: &str) -> &'static str {
     KNOWN.iter().find(|(known, _)| *known == path).map_or("other", |(_, name)| name)
 }
 
+/// The code's name as gRPC spells it in Rust, without allocating per call.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
 fn refuse(rpc: &'static str, status: tonic::Status) -> http::Response<tonic::body::Body> {
-    metrics::counter!("cpis_rpc_total", "rpc" => rpc, "code" => format!("{:?}", status.code())).increment(1);
+    metrics::counter!("cpis_rpc_total", "rpc" => rpc, "code" => code_name(status.code())).increment(1);
     status.into_http()
 }
 
@@ -164,8 +188,8 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32),
                 Err(_) => tonic::Code::Unknown,
             };
-            let code = format!("{code:?}");
-            span.record("outcome", code.as_str());
+            let code = code_name(code);
+            span.record("outcome", code);
             span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
             metrics::counter!("cpis_rpc_total", "rpc" => rpc, "code" => code).increment(1);
             metrics::histogram!("cpis_rpc_duration_seconds", "rpc" => rpc).record(elapsed.as_secs_f64());

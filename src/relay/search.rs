@@ -57,17 +57,13 @@ impl Relay {
     async fn search_inner(&self, identity: &Identity, request: &proto::SearchRequest) -> Result<SearchOutcome> {
         authorize(identity, Action::Search)?;
         let nhs_number = validate::nhs_number_field(&request.nhs_number, "nhs_number")?;
-        let accessor = request.accessor.as_ref().ok_or_else(|| Error::invalid("accessor", "is required"))?;
-        let accessor = Accessor {
-            user_id: validate::required_text(&accessor.user_id, "accessor.user_id")?,
-            name: validate::required_text(&accessor.name, "accessor.name")?,
-            role_code: validate::optional_text(&accessor.role_code, "accessor.role_code")?,
-        };
+        let wire_accessor = request.accessor.as_ref().ok_or_else(|| Error::invalid("accessor", "is required"))?;
+        // Validate everything first; owned copies are made only for a flagged person.
+        validate::required_text(&wire_accessor.user_id, "accessor.user_id")?;
+        validate::required_text(&wire_accessor.name, "accessor.name")?;
+        validate::optional_text(&wire_accessor.role_code, "accessor.role_code")?;
         let care_setting = care_setting(request.care_setting)?;
-        let request_id = match validate::optional_text(&request.request_id, "request_id")? {
-            id if id.is_empty() => uuid::Uuid::new_v4().to_string(),
-            id => id,
-        };
+        validate::optional_text(&request.request_id, "request_id")?;
 
         let shared = &self.shared;
         let now = shared.clock.now();
@@ -78,6 +74,15 @@ impl Relay {
             return Ok(SearchOutcome::default());
         }
         plans.sort_by(|a, b| (a.plan_type, &a.la_ods_code).cmp(&(b.plan_type, &b.la_ods_code)));
+        let accessor = Accessor {
+            user_id: validate::required_text(&wire_accessor.user_id, "accessor.user_id")?,
+            name: validate::required_text(&wire_accessor.name, "accessor.name")?,
+            role_code: validate::optional_text(&wire_accessor.role_code, "accessor.role_code")?,
+        };
+        let request_id = match validate::optional_text(&request.request_id, "request_id")? {
+            id if id.is_empty() => uuid::Uuid::new_v4().to_string(),
+            id => id,
+        };
 
         let is_first_attempt = shared.history.claim_request(&identity.ods_code, &request_id, now);
         let previous_accesses = shared.history.previous(nhs_number, (&identity.ods_code, &request_id));
