@@ -74,16 +74,7 @@ fn search_path(c: &mut Criterion) {
     let (relay, flagged) = relay;
     let identity = ed_identity();
     let unflagged: Vec<String> = people(900_000).iter().rev().take(1_000).map(ToString::to_string).collect();
-    let request = |nhs_number: &str| proto::SearchRequest {
-        nhs_number: nhs_number.to_owned(),
-        accessor: Some(proto::Accessor {
-            user_id: "bench".into(),
-            name: "Bench User".into(),
-            role_code: String::new(),
-        }),
-        care_setting: proto::CareSetting::EmergencyDepartment as i32,
-        request_id: String::new(),
-    };
+    let request = |nhs_number: &str| cpis_relay::bench::search_request(nhs_number.to_owned(), "bench".into());
     let mut group = c.benchmark_group("search/in_process");
     let mut step = 0usize;
     group.bench_function("unflagged", |b| {

@@ -286,27 +286,10 @@ mod tests {
         thread,
     };
 
-    use chrono::{DateTime, NaiveDate};
-
     use super::*;
-    use crate::model::Address;
 
     fn plan(la: &str, nhs_number: NhsNumber, plan_type: PlanType, version: u64) -> Plan {
-        Plan {
-            nhs_number,
-            la_ods_code: la.into(),
-            local_id: version.to_string(),
-            given_name: "A".into(),
-            family_name: "B".into(),
-            date_of_birth: NaiveDate::from_ymd_opt(2015, 1, 1).unwrap(),
-            address: Address::default(),
-            plan_type,
-            start_date: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
-            end_date: None,
-            expected_delivery_date: None,
-            team_code: String::new(),
-            loaded_at: DateTime::UNIX_EPOCH,
-        }
+        Plan { la_ods_code: la.into(), local_id: version.to_string(), ..crate::model::test_plan(nhs_number, plan_type) }
     }
 
     fn people(count: u64) -> Vec<NhsNumber> {

@@ -173,6 +173,26 @@ pub struct Notification {
     pub access: AccessEvent,
 }
 
+/// A current CPPI-style plan of authority 706 for unit tests; callers change what they test.
+#[cfg(test)]
+pub(crate) fn test_plan(nhs_number: NhsNumber, plan_type: PlanType) -> Plan {
+    Plan {
+        nhs_number,
+        la_ods_code: "706".into(),
+        local_id: "L1".into(),
+        given_name: "Test".into(),
+        family_name: "Child".into(),
+        date_of_birth: NaiveDate::from_ymd_opt(2015, 1, 1).unwrap_or_default(),
+        address: Address::default(),
+        plan_type,
+        start_date: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap_or_default(),
+        end_date: None,
+        expected_delivery_date: None,
+        team_code: String::new(),
+        loaded_at: DateTime::UNIX_EPOCH,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,19 +203,9 @@ mod tests {
 
     fn plan(plan_type: PlanType, end: Option<&str>, delivery: Option<&str>) -> Plan {
         Plan {
-            nhs_number: NhsNumber::parse("9990000026").unwrap(),
-            la_ods_code: "706".into(),
-            local_id: "L1".into(),
-            given_name: "Test".into(),
-            family_name: "Child".into(),
-            date_of_birth: date("2015-01-01"),
-            address: Address::default(),
-            plan_type,
-            start_date: date("2024-01-01"),
             end_date: end.map(date),
             expected_delivery_date: delivery.map(date),
-            team_code: String::new(),
-            loaded_at: DateTime::UNIX_EPOCH,
+            ..test_plan(NhsNumber::parse("9990000026").unwrap(), plan_type)
         }
     }
 

@@ -8,11 +8,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
-use crate::{
-    client,
-    proto::{self, SearchRequest, lookup_client::LookupClient},
-    tls::PemText,
-};
+use crate::{client, proto::lookup_client::LookupClient, tls::PemText};
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -86,16 +82,7 @@ pub async fn run(
                 let mut errors = 0u64;
                 while Instant::now() < end {
                     let pool = if !flagged.is_empty() && rng.random_bool(ratio) { &flagged } else { &unflagged };
-                    let request = SearchRequest {
-                        nhs_number: pool[rng.random_range(0..pool.len())].clone(),
-                        accessor: Some(proto::Accessor {
-                            user_id: user_id.clone(),
-                            name: "Bench User".into(),
-                            role_code: String::new(),
-                        }),
-                        care_setting: proto::CareSetting::EmergencyDepartment as i32,
-                        request_id: String::new(),
-                    };
+                    let request = super::search_request(pool[rng.random_range(0..pool.len())].clone(), user_id.clone());
                     let started = Instant::now();
                     let result = lookup.search(request).await;
                     let finished = Instant::now();

@@ -43,6 +43,16 @@ fn la_identity(authority: &LocalAuthority) -> Identity {
     Identity { ods_code: authority.ods_code.clone(), organisation_name: authority.name.clone(), role: Role::SocialCare }
 }
 
+/// An emergency department search by the bench's user, with a server-made request id.
+pub fn search_request(nhs_number: String, user_id: String) -> proto::SearchRequest {
+    proto::SearchRequest {
+        nhs_number,
+        accessor: Some(proto::Accessor { user_id, name: "Bench User".into(), role_code: String::new() }),
+        care_setting: proto::CareSetting::EmergencyDepartment as i32,
+        request_id: String::new(),
+    }
+}
+
 /// An emergency department identity for in-process searches.
 pub fn ed_identity() -> Identity {
     Identity {
@@ -81,16 +91,7 @@ pub async fn search_many(relay: &Relay, flagged: &[String], count: usize, concur
     futures::stream::iter(0..count)
         .map(|i| {
             let (relay, identity) = (relay.clone(), Arc::clone(&identity));
-            let request = proto::SearchRequest {
-                nhs_number: flagged[(i * 7919) % flagged.len()].clone(),
-                accessor: Some(proto::Accessor {
-                    user_id: format!("{tag}-{}", i % 500),
-                    name: "Bench User".into(),
-                    role_code: String::new(),
-                }),
-                care_setting: proto::CareSetting::EmergencyDepartment as i32,
-                request_id: String::new(),
-            };
+            let request = search_request(flagged[(i * 7919) % flagged.len()].clone(), format!("{tag}-{}", i % 500));
             async move { relay.search(&identity, &request).await.is_ok() }
         })
         .buffer_unordered(concurrency)

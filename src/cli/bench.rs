@@ -15,7 +15,7 @@ use crate::{
     certs, client,
     clock::{Clock, ManualClock, SystemClock},
     config::StoreKind,
-    proto::{self, SearchRequest, lookup_client::LookupClient},
+    proto::{self, lookup_client::LookupClient},
     relay::{Relay, RelaySettings},
     server::{self, ServerOptions},
     store::{Store, embedded::EmbeddedStore, memory::MemoryStore},
@@ -195,16 +195,7 @@ async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
         ticks.tick().await;
         let (mut lookup, timings) = (lookup.clone(), Arc::clone(&timings));
         let user = format!("delivery-{i}");
-        let request = SearchRequest {
-            nhs_number: watched[(i * 7919) % watched.len()].clone(),
-            accessor: Some(proto::Accessor {
-                user_id: user.clone(),
-                name: "Bench User".into(),
-                role_code: String::new(),
-            }),
-            care_setting: proto::CareSetting::EmergencyDepartment as i32,
-            request_id: String::new(),
-        };
+        let request = bench::search_request(watched[(i * 7919) % watched.len()].clone(), user.clone());
         searches.push(tokio::spawn(async move {
             if lookup.search(request).await.is_ok() {
                 timings.answered(user, Instant::now());
@@ -297,16 +288,7 @@ async fn load_scenario(args: &BenchArgs) -> Result<u8, CliError> {
     let mut echo_runs = Vec::new();
     if args.baseline {
         let mut lookup = LookupClient::new(client::connect(&url, &ed, None).await.map_err(loaded)?);
-        let sample = |nhs: &str| SearchRequest {
-            nhs_number: nhs.to_owned(),
-            accessor: Some(proto::Accessor {
-                user_id: "bench-sample".into(),
-                name: "Bench User".into(),
-                role_code: String::new(),
-            }),
-            care_setting: proto::CareSetting::EmergencyDepartment as i32,
-            request_id: String::new(),
-        };
+        let sample = |nhs: &str| bench::search_request(nhs.to_owned(), "bench-sample".into());
         let flagged_response = lookup.search(sample(&flagged[0])).await?.into_inner();
         let unflagged_response = lookup.search(sample(&unflagged[0])).await?.into_inner();
         let numbers: Arc<HashSet<String>> = Arc::new(flagged.iter().cloned().collect());

@@ -507,26 +507,15 @@ impl Store for EmbeddedStore {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{DateTime, NaiveDate};
-
     use super::*;
-    use crate::{model::Address, nhs::NhsNumber};
+    use crate::nhs::NhsNumber;
 
     fn plan(n: u64, plan_type: PlanType, end: Option<&str>) -> Plan {
+        let nhs_number = NhsNumber::complete(999_000_000 + n).or_else(|| NhsNumber::complete(999_100_000 + n)).unwrap();
         Plan {
-            nhs_number: NhsNumber::complete(999_000_000 + n).or_else(|| NhsNumber::complete(999_100_000 + n)).unwrap(),
-            la_ods_code: "706".into(),
             local_id: format!("L{n}"),
-            given_name: "A".into(),
-            family_name: "B".into(),
-            date_of_birth: NaiveDate::from_ymd_opt(2015, 1, 1).unwrap(),
-            address: Address::default(),
-            plan_type,
-            start_date: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
             end_date: end.map(|end| end.parse().unwrap()),
-            expected_delivery_date: None,
-            team_code: String::new(),
-            loaded_at: DateTime::UNIX_EPOCH,
+            ..crate::model::test_plan(nhs_number, plan_type)
         }
     }
 
