@@ -208,19 +208,39 @@ async fn top_fits_an_80_by_24_terminal_and_shows_each_authority() {
     assert_eq!(backlog, 1.0, "{la_line}");
 }
 
-#[tokio::test]
-async fn bench_with_baseline_reports_the_relay_and_the_echo_in_one_run() {
+/// Runs `cpis-relay bench ARGS` with its own development certificates; its JSON report.
+async fn bench_json(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
-        .args(["bench", "--baseline", "--json", "--duration", "0.6", "--warmup", "0.1", "--people", "300"])
-        .args(["--connections", "1", "--in-flight", "2", "--certs-dir", certs.to_str().unwrap()])
+        .arg("bench")
+        .args(args)
+        .args(["--certs-dir", certs.to_str().unwrap()])
         .env("CPIS_LOG", "error")
         .output()
         .await
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn bench_with_baseline_reports_the_relay_and_the_echo_in_one_run() {
+    let report = bench_json(&[
+        "--baseline",
+        "--json",
+        "--duration",
+        "0.6",
+        "--warmup",
+        "0.1",
+        "--people",
+        "300",
+        "--connections",
+        "1",
+        "--in-flight",
+        "2",
+    ])
+    .await;
     for target in ["relay", "echo"] {
         assert!(report[target]["requests"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(report[target]["errors"].as_u64(), Some(0), "{report}");
@@ -232,17 +252,7 @@ async fn bench_with_baseline_reports_the_relay_and_the_echo_in_one_run() {
 
 #[tokio::test]
 async fn bench_delivery_sees_every_answered_search_notified() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
-        .args(["bench", "--scenario", "delivery", "--rate", "200", "--duration", "0.5", "--people", "300"])
-        .args(["--certs-dir", certs.to_str().unwrap()])
-        .env("CPIS_LOG", "error")
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = bench_json(&["--scenario", "delivery", "--rate", "200", "--duration", "0.5", "--people", "300"]).await;
     assert_eq!(report["all_delivered"], true, "{report}");
     assert_eq!(report["answered"], 100, "{report}");
     assert_eq!(report["delivered"], report["answered"], "{report}");

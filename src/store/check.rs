@@ -30,16 +30,12 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
     let integrity_ok = database.check_integrity().map_err(io)?;
     let read = database.begin_read().map_err(io)?;
     let mut tables = Vec::new();
-    let authorities = read.open_table(AUTHORITIES).map_err(io)?;
-    for entry in authorities.iter().map_err(io)? {
-        decode::<LocalAuthority>(entry.map_err(io)?.1.value(), "authorities")?;
-    }
-    tables.push(("authorities", authorities.len().map_err(io)?));
+    tables.push((
+        "authorities",
+        decode_all::<_, LocalAuthority>(&read.open_table(AUTHORITIES).map_err(io)?, "authorities")?,
+    ));
     let plans = read.open_table(PLANS).map_err(io)?;
-    for entry in plans.iter().map_err(io)? {
-        decode::<Plan>(entry.map_err(io)?.1.value(), "plans")?;
-    }
-    tables.push(("plans", plans.len().map_err(io)?));
+    tables.push(("plans", decode_all::<_, Plan>(&plans, "plans")?));
     let plan_expiry = read.open_table(PLAN_EXPIRY).map_err(io)?;
     for entry in plan_expiry.iter().map_err(io)? {
         let (key, _) = entry.map_err(io)?;
@@ -49,17 +45,20 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         }
     }
     tables.push(("plan_expiry", plan_expiry.len().map_err(io)?));
-    let accesses = read.open_table(ACCESSES).map_err(io)?;
-    for entry in accesses.iter().map_err(io)? {
-        decode::<AccessEvent>(entry.map_err(io)?.1.value(), "accesses")?;
-    }
-    tables.push(("accesses", accesses.len().map_err(io)?));
+    tables.push(("accesses", decode_all::<_, AccessEvent>(&read.open_table(ACCESSES).map_err(io)?, "accesses")?));
     let notifications = read.open_table(NOTIFICATIONS).map_err(io)?;
-    for entry in notifications.iter().map_err(io)? {
-        decode::<Notification>(entry.map_err(io)?.1.value(), "notifications")?;
-    }
-    tables.push(("notifications", notifications.len().map_err(io)?));
-    let cursors = read.open_table(CURSORS).map_err(io)?;
-    tables.push(("cursors", cursors.len().map_err(io)?));
+    tables.push(("notifications", decode_all::<_, Notification>(&notifications, "notifications")?));
+    tables.push(("cursors", read.open_table(CURSORS).map_err(io)?.len().map_err(io)?));
     Ok(CheckReport { path, integrity_ok, tables })
+}
+
+/// Decodes every value of a table as `T`; the number of rows.
+fn decode_all<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+    table: &redb::ReadOnlyTable<K, &'static [u8]>,
+    name: &str,
+) -> Result<u64, StoreError> {
+    for entry in table.iter().map_err(io)? {
+        decode::<T>(entry.map_err(io)?.1.value(), name)?;
+    }
+    table.len().map_err(io)
 }
