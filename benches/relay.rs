@@ -16,6 +16,7 @@ use cpis_relay::{
     proto,
     relay::{Relay, RelaySettings, UploadHeader, UploadMode},
     store::{Change, Store, embedded::EmbeddedStore, memory::MemoryStore},
+    stored::StoredPlan,
     synth,
 };
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -53,7 +54,8 @@ fn nhs_parsing(c: &mut Criterion) {
 fn index_lookup(c: &mut Criterion) {
     let numbers = people(900_000);
     let index = Index::new();
-    index.upsert(numbers.iter().map(|&n| plan(n)));
+    let la: Arc<str> = "706".into();
+    index.upsert(numbers.iter().map(|&n| StoredPlan::encode(&plan(n), Arc::clone(&la)).unwrap()));
     let mut step = 0usize;
     c.bench_function("index/lookup_900k_people", |b| {
         b.iter(|| {

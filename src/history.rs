@@ -1,12 +1,15 @@
-//! Access histories: every retained unscheduled-care access of a flagged
-//! person, the "previous accesses" rule shown to clinicians, and the recent
-//! request ids that make a retried search notify once. In memory, rebuilt
-//! from the store on start; the store is written by the relay, not here.
-
-use std::sync::Arc;
+//! Access histories as clinicians see them, and retried searches.
+//!
+//! A person's accesses live in the store and are read when that person is
+//! searched, so memory does not grow with history and start-up does not read
+//! it. This module owns two rules over such a list: which previous accesses a
+//! search shows, and when a search is a client's retry of an earlier one (the
+//! same organisation, person and `request_id` within 24 hours), which must
+//! not notify again. Searches in flight claim their request here, so that a
+//! retry racing its still-uncommitted original is recognised too.
 
 use chrono::{DateTime, Duration, Utc};
-use dashmap::DashMap;
+use dashmap::DashSet;
 
 use crate::{model::AccessEvent, nhs::NhsNumber};
 
@@ -14,15 +17,28 @@ use crate::{model::AccessEvent, nhs::NhsNumber};
 pub const PREVIOUS_ACCESSES_SHOWN: usize = 25;
 /// A repeat search by the same user within this window is listed once.
 pub const SAME_USER_WINDOW: Duration = Duration::hours(24);
-/// How long a request id is remembered for de-duplicating retries.
+/// How long a request id identifies a retry of the same search.
 pub const REQUEST_ID_WINDOW: Duration = Duration::hours(24);
 
+/// (organisation ODS code, person, request id).
+type RequestKey = (String, NhsNumber, String);
+
+/// Requests being searched right now.
 #[derive(Default)]
 pub struct History {
-    /// Oldest first, per person.
-    people: DashMap<NhsNumber, Vec<Arc<AccessEvent>>>,
-    /// (organisation ODS code, request id) -> when first seen.
-    requests: DashMap<(String, String), DateTime<Utc>>,
+    in_flight: DashSet<RequestKey>,
+}
+
+/// A request claimed while its search runs; released on drop.
+pub struct Claim<'a> {
+    in_flight: &'a DashSet<RequestKey>,
+    key: RequestKey,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.in_flight.remove(&self.key);
+    }
 }
 
 impl History {
@@ -30,82 +46,33 @@ impl History {
         Self::default()
     }
 
-    /// Rebuilds from stored accesses (any order).
-    pub fn load(&self, accesses: impl IntoIterator<Item = AccessEvent>, now: DateTime<Utc>) {
-        for access in accesses {
-            if now - access.accessed_at < REQUEST_ID_WINDOW {
-                self.requests
-                    .insert((access.organisation_ods_code.clone(), access.request_id.clone()), access.accessed_at);
-            }
-            self.record(Arc::new(access));
-        }
+    /// Claims a request for the length of its search; `None` when the same
+    /// request is already being searched (a retry racing its original).
+    pub fn claim(&self, organisation_ods_code: &str, nhs_number: NhsNumber, request_id: &str) -> Option<Claim<'_>> {
+        let key = (organisation_ods_code.to_owned(), nhs_number, request_id.to_owned());
+        self.in_flight.insert(key.clone()).then_some(Claim { in_flight: &self.in_flight, key })
     }
 
-    /// Claims a request id for an organisation; false when it was already
-    /// seen within the window (a retry).
-    pub fn claim_request(&self, organisation_ods_code: &str, request_id: &str, now: DateTime<Utc>) -> bool {
-        match self.requests.entry((organisation_ods_code.to_owned(), request_id.to_owned())) {
-            dashmap::Entry::Occupied(seen) if now - *seen.get() < REQUEST_ID_WINDOW => false,
-            dashmap::Entry::Occupied(mut stale) => {
-                stale.insert(now);
-                true
-            }
-            dashmap::Entry::Vacant(vacant) => {
-                vacant.insert(now);
-                true
-            }
-        }
+    /// Requests being searched now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
+}
 
-    pub fn record(&self, access: Arc<AccessEvent>) {
-        let mut events = self.people.entry(access.nhs_number).or_default();
-        let position = events.partition_point(|event| event.accessed_at <= access.accessed_at);
-        events.insert(position, access);
-    }
-
-    /// Previous accesses shown to a clinician, newest first, leaving out the
-    /// access made by `request` (organisation, request id) if any.
-    pub fn previous(&self, nhs_number: NhsNumber, request: (&str, &str)) -> Vec<Arc<AccessEvent>> {
-        let Some(events) = self.people.get(&nhs_number) else { return Vec::new() };
-        let earlier: Vec<&Arc<AccessEvent>> = events
-            .iter()
-            .filter(|event| (event.organisation_ods_code.as_str(), event.request_id.as_str()) != request)
-            .collect();
-        listed_accesses(&earlier)
-    }
-
-    /// Every retained access of a person, oldest first.
-    pub fn all(&self, nhs_number: NhsNumber) -> Vec<Arc<AccessEvent>> {
-        self.people.get(&nhs_number).map(|events| events.clone()).unwrap_or_default()
-    }
-
-    /// Number of retained accesses.
-    pub fn len(&self) -> usize {
-        self.people.iter().map(|events| events.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.people.is_empty()
-    }
-
-    /// Drops accesses before `accesses_before` and request ids past their window.
-    pub fn expire(&self, accesses_before: DateTime<Utc>, now: DateTime<Utc>) -> usize {
-        let mut removed = 0;
-        self.people.retain(|_, events| {
-            let keep_from = events.partition_point(|event| event.accessed_at < accesses_before);
-            removed += keep_from;
-            events.drain(..keep_from);
-            !events.is_empty()
-        });
-        self.requests.retain(|_, seen| now - *seen < REQUEST_ID_WINDOW);
-        removed
-    }
+/// Whether a person's accesses already hold this organisation's request
+/// made within the window before `now`: the search is then a retry.
+pub fn is_repeat(accesses: &[AccessEvent], organisation_ods_code: &str, request_id: &str, now: DateTime<Utc>) -> bool {
+    accesses.iter().any(|access| {
+        access.organisation_ods_code == organisation_ods_code
+            && access.request_id == request_id
+            && now - access.accessed_at < REQUEST_ID_WINDOW
+    })
 }
 
 /// The listing rule: walking oldest to newest, an access is listed unless
 /// the same user (organisation and user id) has a listed access less than 24
 /// hours before it; then the 25 newest listed, newest first.
-pub fn listed_accesses(oldest_first: &[&Arc<AccessEvent>]) -> Vec<Arc<AccessEvent>> {
+pub fn listed_accesses(oldest_first: &[&AccessEvent]) -> Vec<AccessEvent> {
     let mut last_listed: std::collections::HashMap<(&str, &str), DateTime<Utc>> = std::collections::HashMap::new();
     let mut listed = Vec::new();
     for event in oldest_first {
@@ -114,9 +81,9 @@ pub fn listed_accesses(oldest_first: &[&Arc<AccessEvent>]) -> Vec<Arc<AccessEven
             continue;
         }
         last_listed.insert(user, event.accessed_at);
-        listed.push(Arc::clone(event));
+        listed.push(*event);
     }
-    listed.into_iter().rev().take(PREVIOUS_ACCESSES_SHOWN).collect()
+    listed.into_iter().rev().take(PREVIOUS_ACCESSES_SHOWN).cloned().collect()
 }
 
 #[cfg(test)]
@@ -124,8 +91,8 @@ mod tests {
     use super::*;
     use crate::model::{Accessor, CareSetting};
 
-    fn access(minutes: i64, organisation: &str, user: &str) -> Arc<AccessEvent> {
-        Arc::new(AccessEvent {
+    fn access(minutes: i64, organisation: &str, user: &str) -> AccessEvent {
+        AccessEvent {
             id: minutes as u128,
             accessed_at: DateTime::UNIX_EPOCH + Duration::minutes(minutes),
             nhs_number: NhsNumber::parse("9990000026").unwrap(),
@@ -134,7 +101,7 @@ mod tests {
             care_setting: CareSetting::EmergencyDepartment,
             accessor: Accessor { user_id: user.into(), name: "U".into(), role_code: String::new() },
             request_id: format!("r{minutes}"),
-        })
+        }
     }
 
     #[test]
@@ -164,12 +131,26 @@ mod tests {
     }
 
     #[test]
-    fn a_request_id_is_claimed_once_within_the_window() {
+    fn a_request_repeats_within_the_window_for_the_same_organisation_and_person() {
+        let made = [access(0, "RR8", "a")];
+        let start = DateTime::UNIX_EPOCH;
+        assert!(is_repeat(&made, "RR8", "r0", start + Duration::hours(23)));
+        assert!(!is_repeat(&made, "RR8", "r0", start + Duration::hours(25)), "the window has passed");
+        assert!(!is_repeat(&made, "RJ1", "r0", start), "request ids are scoped per organisation");
+        assert!(!is_repeat(&made, "RR8", "r1", start));
+    }
+
+    #[test]
+    fn a_request_in_flight_is_claimed_once_and_released_when_done() {
         let history = History::new();
-        let now = DateTime::UNIX_EPOCH;
-        assert!(history.claim_request("RR8", "req-1", now));
-        assert!(!history.claim_request("RR8", "req-1", now + Duration::hours(23)));
-        assert!(history.claim_request("RJ1", "req-1", now), "request ids are scoped per organisation");
-        assert!(history.claim_request("RR8", "req-1", now + Duration::hours(25)));
+        let person = NhsNumber::parse("9990000026").unwrap();
+        let other = NhsNumber::parse("9990000034").unwrap();
+        let first = history.claim("RR8", person, "req-1");
+        assert!(first.is_some());
+        assert!(history.claim("RR8", person, "req-1").is_none(), "a racing retry");
+        assert!(history.claim("RR8", other, "req-1").is_some(), "the same id for another person is another search");
+        drop(first);
+        assert!(history.claim("RR8", person, "req-1").is_some());
+        assert_eq!(history.in_flight(), 0);
     }
 }

@@ -1,7 +1,7 @@
 //! The in-memory plan index: every plan by NHS number, read on each search
 //! without a global lock.
 //!
-//! Readers take a cheap `Arc<Entry>` snapshot from a `DashMap` shard. A
+//! Readers take a cheap `Arc<[Slot]>` snapshot from a `DashMap` shard. A
 //! FULL_REFRESH must be atomic for readers across many entries, which a map of
 //! independent entries cannot give by itself, so plans carry the refresh
 //! generations between which they exist and readers use a sequence lock:
@@ -12,7 +12,9 @@
 //! therefore sees the whole old set or the whole new set, never a mix.
 //!
 //! Writers are serialised by a mutex; plan changes are rare next to searches.
-//! The index knows nothing of dates: visibility by date is the relay's rule.
+//! Plans are kept in their stored form ([`StoredPlan`]): bytes, decoded only
+//! to show them. The index knows nothing of dates: visibility by date is the
+//! relay's rule.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,8 +27,9 @@ use std::{
 use dashmap::DashMap;
 
 use crate::{
-    model::{LocalAuthority, Plan, PlanType},
+    model::{LocalAuthority, PlanType},
     nhs::NhsNumber,
+    stored::StoredPlan,
 };
 
 /// A cheap handle to the shared index.
@@ -37,9 +40,10 @@ pub struct Index {
 
 #[derive(Default)]
 struct Shared {
-    people: DashMap<NhsNumber, Arc<Entry>>,
+    /// One allocation per person: the slots themselves.
+    people: DashMap<NhsNumber, Arc<[Slot]>>,
     /// Each local authority's people, for refresh, export and counts.
-    by_authority: DashMap<String, HashSet<NhsNumber>>,
+    by_authority: DashMap<Arc<str>, HashSet<NhsNumber>>,
     authorities: DashMap<String, Arc<LocalAuthority>>,
     /// Published refresh generation: the sequence lock readers check.
     generation: AtomicU64,
@@ -48,14 +52,9 @@ struct Shared {
     writer: Mutex<()>,
 }
 
-#[derive(Clone, Default)]
-struct Entry {
-    slots: Vec<Slot>,
-}
-
 #[derive(Clone)]
 struct Slot {
-    plan: Arc<Plan>,
+    plan: StoredPlan,
     /// Visible to readers of generations `from..until`.
     from: u64,
     until: u64,
@@ -65,6 +64,10 @@ impl Slot {
     fn visible_at(&self, generation: u64) -> bool {
         self.from <= generation && generation < self.until
     }
+
+    fn is_of(&self, la_ods_code: &str) -> bool {
+        self.plan.la_ods_code() == la_ods_code
+    }
 }
 
 impl Index {
@@ -73,7 +76,7 @@ impl Index {
     }
 
     /// All plans held for a person, of every local authority, as one consistent view.
-    pub fn plans(&self, nhs_number: NhsNumber) -> Vec<Arc<Plan>> {
+    pub fn plans(&self, nhs_number: NhsNumber) -> Vec<StoredPlan> {
         loop {
             let before = self.shared.generation.load(Ordering::Acquire);
             let entry = self.shared.people.get(&nhs_number).map(|entry| Arc::clone(entry.value()));
@@ -82,16 +85,14 @@ impl Index {
                 continue;
             }
             return entry
-                .map(|entry| {
-                    entry
-                        .slots
-                        .iter()
-                        .filter(|slot| slot.visible_at(before))
-                        .map(|slot| Arc::clone(&slot.plan))
-                        .collect()
-                })
+                .map(|slots| slots.iter().filter(|slot| slot.visible_at(before)).map(|slot| slot.plan.clone()).collect())
                 .unwrap_or_default();
         }
+    }
+
+    /// Whether a person has any plan, visible on any date (no copies made).
+    pub fn contains(&self, nhs_number: NhsNumber) -> bool {
+        self.shared.people.contains_key(&nhs_number)
     }
 
     pub fn authority(&self, ods_code: &str) -> Option<Arc<LocalAuthority>> {
@@ -103,16 +104,13 @@ impl Index {
     }
 
     /// Adds or replaces plans (by local authority, person and type).
-    pub fn upsert(&self, plans: impl IntoIterator<Item = Plan>) {
+    pub fn upsert(&self, plans: impl IntoIterator<Item = StoredPlan>) {
         let _writer = self.lock_writer();
         for plan in plans {
-            self.note_member(&plan.la_ods_code, plan.nhs_number);
-            let key = (plan.la_ods_code.clone(), plan.plan_type);
-            self.update_entry(plan.nhs_number, |entry| {
-                entry
-                    .slots
-                    .retain(|slot| (slot.plan.la_ods_code.as_str(), slot.plan.plan_type) != (key.0.as_str(), key.1));
-                entry.slots.push(Slot { plan: Arc::new(plan), from: 0, until: u64::MAX });
+            self.note_member(plan.shared_la_ods_code(), plan.nhs_number());
+            self.update_entry(plan.nhs_number(), |slots| {
+                slots.retain(|slot| !(slot.is_of(plan.la_ods_code()) && slot.plan.plan_type() == plan.plan_type()));
+                slots.push(Slot { plan, from: 0, until: u64::MAX });
             });
         }
     }
@@ -122,31 +120,25 @@ impl Index {
     pub fn remove(&self, la_ods_code: &str, nhs_number: NhsNumber, plan_type: Option<PlanType>) -> usize {
         let _writer = self.lock_writer();
         let mut removed = 0;
-        self.update_entry(nhs_number, |entry| {
-            let before = entry.slots.len();
-            entry.slots.retain(|slot| {
-                slot.plan.la_ods_code != la_ods_code || plan_type.is_some_and(|kind| kind != slot.plan.plan_type)
-            });
-            removed = before - entry.slots.len();
+        self.update_entry(nhs_number, |slots| {
+            let before = slots.len();
+            slots.retain(|slot| !slot.is_of(la_ods_code) || plan_type.is_some_and(|kind| kind != slot.plan.plan_type()));
+            removed = before - slots.len();
         });
-        if self.count_for(la_ods_code, nhs_number) == 0
-            && let Some(mut members) = self.shared.by_authority.get_mut(la_ods_code)
-        {
-            members.remove(&nhs_number);
-        }
+        self.forget_member_if_gone(la_ods_code, nhs_number);
         removed
     }
 
     /// Makes `la_ods_code`'s plans exactly `plans`, atomically for readers.
     /// Returns how many of the previous plans are gone (not replaced).
-    pub fn replace_authority(&self, la_ods_code: &str, plans: Vec<Plan>) -> usize {
+    pub fn replace_authority(&self, la_ods_code: &str, plans: impl IntoIterator<Item = StoredPlan>) -> usize {
         let _writer = self.lock_writer();
         let current = self.shared.generation.load(Ordering::Acquire);
         let next = current + 1;
 
-        let mut incoming: HashMap<NhsNumber, Vec<Plan>> = HashMap::new();
+        let mut incoming: HashMap<NhsNumber, Vec<StoredPlan>> = HashMap::new();
         for plan in plans {
-            incoming.entry(plan.nhs_number).or_default().push(plan);
+            incoming.entry(plan.nhs_number()).or_default().push(plan);
         }
         let previous_members =
             self.shared.by_authority.get(la_ods_code).map(|members| members.clone()).unwrap_or_default();
@@ -157,18 +149,14 @@ impl Index {
         // Stage: old plans of this LA end at `next`, new ones start there.
         for nhs_number in &touched {
             let new_plans = incoming.remove(nhs_number).unwrap_or_default();
-            self.update_entry(*nhs_number, |entry| {
-                for slot in entry.slots.iter_mut().filter(|slot| slot.plan.la_ods_code == la_ods_code) {
+            self.update_entry(*nhs_number, |slots| {
+                for slot in slots.iter_mut().filter(|slot| slot.is_of(la_ods_code)) {
                     slot.until = next;
-                    if !new_plans.iter().any(|plan| plan.plan_type == slot.plan.plan_type) {
+                    if !new_plans.iter().any(|plan| plan.plan_type() == slot.plan.plan_type()) {
                         removed += 1;
                     }
                 }
-                entry.slots.extend(new_plans.into_iter().map(|plan| Slot {
-                    plan: Arc::new(plan),
-                    from: next,
-                    until: u64::MAX,
-                }));
+                slots.extend(new_plans.into_iter().map(|plan| Slot { plan, from: next, until: u64::MAX }));
             });
         }
 
@@ -177,48 +165,44 @@ impl Index {
 
         // Sweep what no reader of `next` or later can see.
         for nhs_number in &touched {
-            self.update_entry(*nhs_number, |entry| entry.slots.retain(|slot| slot.until > next));
+            self.update_entry(*nhs_number, |slots| slots.retain(|slot| slot.until > next));
         }
-        self.shared.by_authority.insert(la_ods_code.to_owned(), new_members);
+        self.shared.by_authority.insert(la_ods_code.into(), new_members);
         removed
     }
 
     /// Removes plans that `still_wanted` rejects (retention); returns how many.
-    pub fn remove_where(&self, still_wanted: impl Fn(&Plan) -> bool) -> usize {
+    pub fn remove_where(&self, still_wanted: impl Fn(&StoredPlan) -> bool) -> usize {
         let _writer = self.lock_writer();
         let doomed: Vec<NhsNumber> = self
             .shared
             .people
             .iter()
-            .filter(|entry| entry.slots.iter().any(|slot| !still_wanted(&slot.plan)))
+            .filter(|entry| entry.iter().any(|slot| !still_wanted(&slot.plan)))
             .map(|entry| *entry.key())
             .collect();
         let mut removed = 0;
         for nhs_number in doomed {
             let mut gone = Vec::new();
-            self.update_entry(nhs_number, |entry| {
-                entry.slots.retain(|slot| {
+            self.update_entry(nhs_number, |slots| {
+                slots.retain(|slot| {
                     let keep = still_wanted(&slot.plan);
                     if !keep {
-                        gone.push(slot.plan.la_ods_code.clone());
+                        gone.push(Arc::clone(slot.plan.shared_la_ods_code()));
                     }
                     keep
                 })
             });
             removed += gone.len();
             for la_ods_code in gone {
-                if self.count_for(&la_ods_code, nhs_number) == 0
-                    && let Some(mut members) = self.shared.by_authority.get_mut(&la_ods_code)
-                {
-                    members.remove(&nhs_number);
-                }
+                self.forget_member_if_gone(&la_ods_code, nhs_number);
             }
         }
         removed
     }
 
     /// Every plan a local authority holds, in NHS number order.
-    pub fn plans_of(&self, la_ods_code: &str) -> Vec<Arc<Plan>> {
+    pub fn plans_of(&self, la_ods_code: &str) -> Vec<StoredPlan> {
         let mut members: Vec<NhsNumber> = self
             .shared
             .by_authority
@@ -229,7 +213,7 @@ impl Index {
         members
             .into_iter()
             .flat_map(|nhs_number| self.plans(nhs_number))
-            .filter(|plan| plan.la_ods_code == la_ods_code)
+            .filter(|plan| plan.la_ods_code() == la_ods_code)
             .collect()
     }
 
@@ -243,8 +227,8 @@ impl Index {
         let generation = self.shared.generation.load(Ordering::Acquire);
         let mut counts = HashMap::new();
         for entry in self.shared.people.iter() {
-            for slot in entry.slots.iter().filter(|slot| slot.visible_at(generation)) {
-                *counts.entry(slot.plan.plan_type).or_default() += 1;
+            for slot in entry.iter().filter(|slot| slot.visible_at(generation)) {
+                *counts.entry(slot.plan.plan_type()).or_default() += 1;
             }
         }
         counts
@@ -254,28 +238,34 @@ impl Index {
         self.shared.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Copy-on-write update of one entry; empty entries leave the map.
-    fn update_entry(&self, nhs_number: NhsNumber, change: impl FnOnce(&mut Entry)) {
-        let mut entry =
-            self.shared.people.get(&nhs_number).map(|entry| Entry::clone(entry.value())).unwrap_or_default();
-        change(&mut entry);
-        if entry.slots.is_empty() {
+    /// Copy-on-write update of one person's slots; people with none leave the map.
+    fn update_entry(&self, nhs_number: NhsNumber, change: impl FnOnce(&mut Vec<Slot>)) {
+        let mut slots = self.shared.people.get(&nhs_number).map(|entry| entry.to_vec()).unwrap_or_default();
+        change(&mut slots);
+        if slots.is_empty() {
             self.shared.people.remove(&nhs_number);
         } else {
-            self.shared.people.insert(nhs_number, Arc::new(entry));
+            self.shared.people.insert(nhs_number, slots.into());
         }
     }
 
-    fn note_member(&self, la_ods_code: &str, nhs_number: NhsNumber) {
-        self.shared.by_authority.entry(la_ods_code.to_owned()).or_default().insert(nhs_number);
+    fn note_member(&self, la_ods_code: &Arc<str>, nhs_number: NhsNumber) {
+        if let Some(mut members) = self.shared.by_authority.get_mut(la_ods_code.as_ref()) {
+            members.insert(nhs_number);
+            return;
+        }
+        self.shared.by_authority.entry(Arc::clone(la_ods_code)).or_default().insert(nhs_number);
     }
 
-    fn count_for(&self, la_ods_code: &str, nhs_number: NhsNumber) -> usize {
-        self.shared
+    fn forget_member_if_gone(&self, la_ods_code: &str, nhs_number: NhsNumber) {
+        let still_held = self
+            .shared
             .people
             .get(&nhs_number)
-            .map(|entry| entry.slots.iter().filter(|slot| slot.plan.la_ods_code == la_ods_code).count())
-            .unwrap_or(0)
+            .is_some_and(|slots| slots.iter().any(|slot| slot.is_of(la_ods_code)));
+        if !still_held && let Some(mut members) = self.shared.by_authority.get_mut(la_ods_code) {
+            members.remove(&nhs_number);
+        }
     }
 }
 
@@ -288,8 +278,13 @@ mod tests {
 
     use super::*;
 
-    fn plan(la: &str, nhs_number: NhsNumber, plan_type: PlanType, version: u64) -> Plan {
-        Plan { la_ods_code: la.into(), local_id: version.to_string(), ..crate::model::test_plan(nhs_number, plan_type) }
+    fn plan(la: &str, nhs_number: NhsNumber, plan_type: PlanType, version: u64) -> StoredPlan {
+        let plan = crate::model::Plan {
+            la_ods_code: la.into(),
+            local_id: version.to_string(),
+            ..crate::model::test_plan(nhs_number, plan_type)
+        };
+        StoredPlan::encode(&plan, la.into()).unwrap()
     }
 
     fn people(count: u64) -> Vec<NhsNumber> {
@@ -300,8 +295,9 @@ mod tests {
     fn full_refresh_is_atomic_for_concurrent_readers() {
         let index = Index::new();
         let people = people(2_000);
-        let version_of =
-            |version: u64| people.iter().map(|&nhs| plan("706", nhs, PlanType::ChildProtection, version)).collect();
+        let version_of = |version: u64| {
+            people.iter().map(|&nhs| plan("706", nhs, PlanType::ChildProtection, version)).collect::<Vec<_>>()
+        };
         index.replace_authority("706", version_of(0));
         let done = AtomicBool::new(false);
         thread::scope(|scope| {
@@ -316,7 +312,7 @@ mod tests {
                         step = (step * 7 + 13) % people.len();
                         let plans = index.plans(people[step]);
                         assert_eq!(plans.len(), 1, "a person vanished or doubled during a refresh");
-                        let version: u64 = plans[0].local_id.parse().unwrap();
+                        let version: u64 = plans[0].decode().unwrap().local_id.parse().unwrap();
                         assert!(version >= seen, "read refresh {version} after {seen}");
                         seen = version;
                     }

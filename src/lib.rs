@@ -8,7 +8,9 @@
 //!
 //! # Layout
 //! - [`nhs`], [`model`], [`clock`]: domain values and rules with no I/O.
-//! - [`index`], [`history`]: in-memory state rebuilt from the store on start.
+//! - [`index`]: the in-memory plan index rebuilt from the store on start;
+//!   [`stored`]: the compact stored form of a plan it keeps.
+//! - [`history`]: the previous-accesses rule and retried-request detection.
 //! - [`store`]: the system of record behind one trait.
 //! - [`relay`]: the domain operations, testable without tonic.
 //! - [`service`]: thin gRPC adapters; [`error`] maps the one error type to `Status`.
@@ -37,6 +39,7 @@ pub mod rpc;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod stored;
 pub mod synth;
 pub mod telemetry;
 pub mod tls;

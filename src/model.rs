@@ -81,31 +81,24 @@ pub struct Plan {
     pub local_id: String,
     pub given_name: String,
     pub family_name: String,
+    #[serde(with = "days")]
     pub date_of_birth: NaiveDate,
     pub address: Address,
     pub plan_type: PlanType,
+    #[serde(with = "days")]
     pub start_date: NaiveDate,
+    #[serde(with = "optional_days")]
     pub end_date: Option<NaiveDate>,
+    #[serde(with = "optional_days")]
     pub expected_delivery_date: Option<NaiveDate>,
     pub team_code: String,
     /// When this version of the record was loaded; the newest record's
     /// details are the ones shown for a person.
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub loaded_at: DateTime<Utc>,
 }
 
-/// Identifies a plan: a local authority holds one plan of a type per person.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PlanKey {
-    pub la_ods_code: String,
-    pub nhs_number: NhsNumber,
-    pub plan_type: PlanType,
-}
-
 impl Plan {
-    pub fn key(&self) -> PlanKey {
-        PlanKey { la_ods_code: self.la_ods_code.clone(), nhs_number: self.nhs_number, plan_type: self.plan_type }
-    }
-
     /// The last day on which the plan is shown to health, or `None` while it
     /// has no end (a current plan). UCPI plans end 28 days after the expected
     /// delivery date, or 365 days after an earlier recorded end.
@@ -130,6 +123,52 @@ fn add_days(date: NaiveDate, days: u64) -> NaiveDate {
     date.checked_add_days(Days::new(days)).unwrap_or(NaiveDate::MAX)
 }
 
+/// Dates in storage: days from the common era as one integer, which is
+/// smaller and far cheaper to decode than ISO text.
+pub mod days {
+    use chrono::{Datelike, NaiveDate};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn to_number(date: NaiveDate) -> i32 {
+        date.num_days_from_ce()
+    }
+
+    pub fn from_number(days: i32) -> Option<NaiveDate> {
+        NaiveDate::from_num_days_from_ce_opt(days)
+    }
+
+    pub fn serialize<S: Serializer>(date: &NaiveDate, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i32(to_number(*date))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NaiveDate, D::Error> {
+        let days = i32::deserialize(deserializer)?;
+        from_number(days).ok_or_else(|| D::Error::custom(format!("day number {days} is out of range")))
+    }
+}
+
+/// [`days`] for optional dates.
+pub mod optional_days {
+    use chrono::NaiveDate;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(date: &Option<NaiveDate>, serializer: S) -> Result<S::Ok, S::Error> {
+        match date {
+            Some(date) => serializer.serialize_some(&super::days::to_number(*date)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<NaiveDate>, D::Error> {
+        match Option::<i32>::deserialize(deserializer)? {
+            Some(days) => super::days::from_number(days)
+                .map(Some)
+                .ok_or_else(|| D::Error::custom(format!("day number {days} is out of range"))),
+            None => Ok(None),
+        }
+    }
+}
+
 /// The health professional who searched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accessor {
@@ -144,6 +183,7 @@ pub struct Accessor {
 pub struct AccessEvent {
     /// Unique per access; also keys it in storage.
     pub id: u128,
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub accessed_at: DateTime<Utc>,
     pub nhs_number: NhsNumber,
     pub organisation_ods_code: String,

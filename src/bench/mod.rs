@@ -117,7 +117,7 @@ pub async fn ack_all(relay: &Relay) -> Result<(), crate::error::Error> {
 pub struct StartupReport {
     pub seconds_to_ready: f64,
     pub people: usize,
-    pub accesses_loaded: usize,
+    pub plans: usize,
     pub resident_bytes_before: u64,
     pub resident_bytes_after: u64,
     pub store_bytes: u64,
@@ -132,7 +132,7 @@ pub async fn startup(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<StartupRe
     Ok(StartupReport {
         seconds_to_ready,
         people: relay.index().people(),
-        accesses_loaded: relay.access_count(),
+        plans: relay.index().count_by_type().values().sum(),
         resident_bytes_before,
         resident_bytes_after: resident_bytes().unwrap_or(0),
         store_bytes: directory_bytes(data_dir),

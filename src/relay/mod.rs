@@ -1,5 +1,5 @@
 //! The relay's domain: search, plan maintenance, notifications and audit,
-//! over the index, the access histories and the store. Everything here is
+//! over the index, the store and the requests in flight. Everything here is
 //! plain Rust testable without tonic; the gRPC services are thin adapters.
 //!
 //! Rules that hold across the submodules:
@@ -88,8 +88,8 @@ struct Shared {
 }
 
 impl Relay {
-    /// Opens the relay over a store: rebuilds the index, histories and
-    /// notification cursors from it.
+    /// Opens the relay over a store: rebuilds the index and the notification
+    /// cursors from it (access histories stay in the store).
     pub async fn open(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
@@ -105,8 +105,6 @@ impl Relay {
         let plan_count = snapshot.plans.len();
         index.upsert(snapshot.plans);
         let history = History::new();
-        let access_count = snapshot.accesses.len();
-        history.load(snapshot.accesses, clock.now());
         let hub = Hub::new();
         for cursor in &snapshot.cursors {
             hub.restore(cursor);
@@ -114,7 +112,6 @@ impl Relay {
         tracing::info!(
             plans = plan_count,
             people = index.people(),
-            accesses = access_count,
             authorities = snapshot.cursors.len(),
             read_ms = loaded_in.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -138,11 +135,18 @@ impl Relay {
         Ok(relay)
     }
 
-    /// Every retained access of a person, oldest first (auditors only).
-    pub fn access_log(&self, identity: &Identity, nhs_number: &str) -> Result<Vec<Arc<AccessEvent>>> {
+    /// Every retained access of a person, oldest first (auditors only),
+    /// including any held while the store is failing.
+    pub fn access_log(&self, identity: &Identity, nhs_number: &str) -> Result<Vec<AccessEvent>> {
         authorize(identity, Action::ReadAccessLog)?;
         let nhs_number = validate::nhs_number_field(nhs_number, "nhs_number")?;
-        Ok(self.shared.history.all(nhs_number))
+        let mut accesses = self.shared.store.accesses_of(nhs_number)?;
+        let held = self.shared.hub.held_accesses_of(nhs_number);
+        if !held.is_empty() {
+            accesses.extend(held);
+            accesses.sort_by_key(|access| (access.accessed_at, access.id));
+        }
+        Ok(accesses)
     }
 
     pub fn store_health(&self) -> watch::Receiver<StoreHealth> {
@@ -160,11 +164,6 @@ impl Relay {
 
     pub fn hub(&self) -> &Hub {
         &self.shared.hub
-    }
-
-    /// Retained accesses held in memory.
-    pub fn access_count(&self) -> usize {
-        self.shared.history.len()
     }
 
     fn publish_plan_gauges(&self) {

@@ -124,6 +124,15 @@ impl Hub {
     pub fn held(&self) -> usize {
         self.held.lock().map(|held| held.len()).unwrap_or(0)
     }
+
+    /// Accesses of one person held for retry, oldest first.
+    pub fn held_accesses_of(&self, nhs_number: crate::nhs::NhsNumber) -> Vec<AccessEvent> {
+        let Ok(held) = self.held.lock() else { return Vec::new() };
+        if held.is_empty() {
+            return Vec::new();
+        }
+        held.iter().filter(|(access, _)| access.nhs_number == nhs_number).map(|(access, _)| access.clone()).collect()
+    }
 }
 
 /// Backlog is counted in sequence numbers; gaps make it an upper bound.

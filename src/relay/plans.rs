@@ -13,9 +13,10 @@ use super::{
 use crate::{
     auth::{Action, Identity, authorize, authorize_local_authority},
     error::{Error, Result},
-    model::{Plan, PlanType},
+    model::PlanType,
     proto,
     store::Change,
+    stored::StoredPlan,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +87,8 @@ impl Relay {
         let now = self.shared.clock.now();
         let la_ods_code = header.local_authority.ods_code.clone();
         let limit = self.shared.settings.max_upload_records;
-        let mut plans: Vec<Plan> = Vec::new();
+        let shared_la: Arc<str> = la_ods_code.as_str().into();
+        let mut plans: Vec<StoredPlan> = Vec::new();
         let mut seen: HashSet<(crate::nhs::NhsNumber, PlanType)> = HashSet::new();
         let mut rejections = Vec::new();
         let mut received: u64 = 0;
@@ -110,7 +112,7 @@ impl Relay {
                         plan.plan_type.code()
                     ),
                 }),
-                Ok(plan) => plans.push(plan),
+                Ok(plan) => plans.push(StoredPlan::encode(&plan, Arc::clone(&shared_la))?),
                 Err((reason, message)) => {
                     rejections.push(Rejection { index, nhs_number: record.nhs_number, reason, message })
                 }
@@ -128,12 +130,16 @@ impl Relay {
         if !plans.is_empty() {
             let _writes = self.shared.plan_writes.lock().await;
             let authority = header.local_authority.clone();
+            let plans: Arc<[StoredPlan]> = plans.into();
             let change = match header.mode {
-                UploadMode::Incremental => Change::UpsertPlans { authority: authority.clone(), plans: plans.clone() },
-                UploadMode::FullRefresh => Change::ReplacePlans { authority: authority.clone(), plans: plans.clone() },
+                UploadMode::Incremental => Change::UpsertPlans { authority: authority.clone(), plans: Arc::clone(&plans) },
+                UploadMode::FullRefresh => {
+                    Change::ReplacePlans { authority: authority.clone(), plans: Arc::clone(&plans) }
+                }
             };
             self.shared.store.apply(change).await?;
             self.shared.index.set_authority(authority);
+            let plans = plans.iter().cloned();
             match header.mode {
                 UploadMode::Incremental => self.shared.index.upsert(plans),
                 UploadMode::FullRefresh => removed = self.shared.index.replace_authority(&la_ods_code, plans) as u64,
@@ -178,7 +184,7 @@ impl Relay {
             .index
             .plans(nhs_number)
             .iter()
-            .filter(|plan| plan.la_ods_code == la_ods_code && plan_type.is_none_or(|kind| kind == plan.plan_type))
+            .filter(|plan| plan.la_ods_code() == la_ods_code && plan_type.is_none_or(|kind| kind == plan.plan_type()))
             .count();
         if held == 0 {
             return Ok(0);
@@ -192,8 +198,9 @@ impl Relay {
         Ok(deleted)
     }
 
-    /// The caller's plans, in NHS number order.
-    pub fn export(&self, identity: &Identity) -> Result<Vec<Arc<Plan>>> {
+    /// The caller's plans, in NHS number order, in their stored form
+    /// (decode each with [`StoredPlan::decode`] as it is sent).
+    pub fn export(&self, identity: &Identity) -> Result<Vec<StoredPlan>> {
         authorize(identity, Action::ExportPlans)?;
         Ok(self.shared.index.plans_of(&identity.ods_code))
     }

@@ -29,7 +29,6 @@ impl Relay {
             }
         };
         let plans_in_memory = shared.index.remove_where(|plan| plan.is_visible_on(expiry.today));
-        let accesses_in_memory = shared.history.expire(expiry.accesses_before, now);
         if plans_in_memory > 0 {
             self.publish_plan_gauges();
         }
@@ -41,7 +40,6 @@ impl Relay {
             notifications = counts.notifications,
             accesses = counts.accesses,
             plans_in_memory,
-            accesses_in_memory,
             "retention pass"
         );
         Ok(counts)

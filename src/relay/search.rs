@@ -8,8 +8,11 @@ use super::{Relay, validate};
 use crate::{
     auth::{Action, Identity, authorize},
     error::{Error, Result},
+    history,
     model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan},
+    nhs::NhsNumber,
     proto,
+    stored::StoredPlan,
 };
 
 /// A plan as shown to health, with its owning authority's contact details.
@@ -29,7 +32,7 @@ pub struct SearchOutcome {
     /// Whose details are shown: the most recently loaded visible plan.
     pub person: Option<Arc<Plan>>,
     /// Newest first.
-    pub previous_accesses: Vec<Arc<AccessEvent>>,
+    pub previous_accesses: Vec<AccessEvent>,
 }
 
 impl SearchOutcome {
@@ -68,25 +71,40 @@ impl Relay {
         let shared = &self.shared;
         let now = shared.clock.now();
         let today = now.date_naive();
-        let mut plans: Vec<Arc<Plan>> =
-            shared.index.plans(nhs_number).into_iter().filter(|plan| plan.is_visible_on(today)).collect();
-        if plans.is_empty() {
+        if !shared.index.contains(nhs_number) {
             return Ok(SearchOutcome::default());
         }
-        plans.sort_by(|a, b| (a.plan_type, &a.la_ods_code).cmp(&(b.plan_type, &b.la_ods_code)));
+        let mut visible: Vec<StoredPlan> =
+            shared.index.plans(nhs_number).into_iter().filter(|plan| plan.is_visible_on(today)).collect();
+        if visible.is_empty() {
+            return Ok(SearchOutcome::default());
+        }
+        visible.sort_by(|a, b| (a.plan_type(), a.la_ods_code()).cmp(&(b.plan_type(), b.la_ods_code())));
+        let plans = visible
+            .iter()
+            .map(|plan| plan.decode().map(Arc::new))
+            .collect::<std::result::Result<Vec<Arc<Plan>>, _>>()?;
         let accessor = Accessor {
             user_id: validate::required_text(&wire_accessor.user_id, "accessor.user_id")?,
             name: validate::required_text(&wire_accessor.name, "accessor.name")?,
             role_code: validate::optional_text(&wire_accessor.role_code, "accessor.role_code")?,
         };
-        let request_id = match validate::optional_text(&request.request_id, "request_id")? {
-            id if id.is_empty() => uuid::Uuid::new_v4().to_string(),
-            id => id,
-        };
+        let client_request_id = validate::optional_text(&request.request_id, "request_id")?;
+        let generated = client_request_id.is_empty();
+        let request_id = if generated { uuid::Uuid::new_v4().to_string() } else { client_request_id };
 
-        let is_first_attempt = shared.history.claim_request(&identity.ods_code, &request_id, now);
-        let previous_accesses = shared.history.previous(nhs_number, (&identity.ods_code, &request_id));
-        if is_first_attempt {
+        // Only a client's own id can repeat; while this search runs, a retry of it waits for nothing
+        // and is answered without a notification.
+        let claim = if generated { None } else { shared.history.claim(&identity.ods_code, nhs_number, &request_id) };
+        let racing_retry = !generated && claim.is_none();
+        let accesses = self.person_accesses(nhs_number);
+        let is_retry = racing_retry || history::is_repeat(&accesses, &identity.ods_code, &request_id, now);
+        let earlier: Vec<&AccessEvent> = accesses
+            .iter()
+            .filter(|access| !(access.organisation_ods_code == identity.ods_code && access.request_id == request_id))
+            .collect();
+        let previous_accesses = history::listed_accesses(&earlier);
+        if !is_retry {
             let access = AccessEvent {
                 id: uuid::Uuid::new_v4().as_u128(),
                 accessed_at: now,
@@ -98,11 +116,11 @@ impl Relay {
                 request_id,
             };
             let drafts = notification_drafts(&plans);
-            shared.history.record(Arc::new(access.clone()));
             self.commit_access(access, drafts).await;
         } else {
             tracing::debug!(organisation = %identity.ods_code, "repeated request id: answered without a second notification");
         }
+        drop(claim);
 
         let person = plans.iter().max_by_key(|plan| plan.loaded_at).cloned();
         let plans = plans
@@ -110,6 +128,28 @@ impl Relay {
             .map(|plan| ShownPlan { authority: shared.index.authority(&plan.la_ods_code), plan })
             .collect();
         Ok(SearchOutcome { plans, person, previous_accesses })
+    }
+}
+
+impl Relay {
+    /// A person's retained accesses, oldest first: those stored and those
+    /// held while the store is failing. If the store cannot be read the
+    /// clinician is still answered, without the history, and ops are told.
+    fn person_accesses(&self, nhs_number: NhsNumber) -> Vec<AccessEvent> {
+        let mut accesses = match self.shared.store.accesses_of(nhs_number) {
+            Ok(accesses) => accesses,
+            Err(error) => {
+                tracing::error!(%error, "cannot read an access history; answering without it");
+                metrics::counter!("cpis_store_failures_total", "operation" => "read_accesses").increment(1);
+                Vec::new()
+            }
+        };
+        let held = self.shared.hub.held_accesses_of(nhs_number);
+        if !held.is_empty() {
+            accesses.extend(held);
+            accesses.sort_by_key(|access| (access.accessed_at, access.id));
+        }
+        accesses
     }
 }
 

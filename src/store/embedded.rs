@@ -9,8 +9,12 @@
 //!
 //! Retention is cheap because each kind of record is keyed by what expires
 //! it: plans have a secondary table ordered by their last visible day,
-//! accesses are keyed by time, and notifications by sequence (which follows
-//! time) per authority.
+//! accesses a time-ordered table beside the per-person one that searches
+//! read, and notifications are keyed by sequence (which follows time) per
+//! authority.
+//!
+//! Plans are written in their stored form ([`StoredPlan`]), so start-up
+//! copies bytes into the index without decoding them.
 
 use std::{
     collections::HashMap,
@@ -22,18 +26,26 @@ use std::{
     time::Instant,
 };
 
-use chrono::{Datelike, NaiveDate};
+use chrono::NaiveDate;
 use futures::{FutureExt, future::BoxFuture};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Applied, Change, Cursor, Expiry, ExpiryCounts, Faults, Snapshot, Store, StoreError};
-use crate::model::{AccessEvent, LocalAuthority, Notification, Plan, PlanType};
+use crate::{
+    model::{AccessEvent, LocalAuthority, Notification, PlanType, days},
+    nhs::NhsNumber,
+    stored::{self, StoredPlan},
+};
 
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "cpis-relay.redb";
-const SCHEMA_VERSION: u64 = 1;
+/// Version 2: plans in their stored form, dates as day numbers, per-person accesses.
+const SCHEMA_VERSION: u64 = 2;
+/// redb's page cache unless configured: reads of plans on start and of
+/// access histories on search; the operating system caches the file too.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Most changes committed in one transaction.
 const MAX_BATCH: usize = 4096;
 /// Changes that may wait for the writer before callers wait to enqueue.
@@ -41,12 +53,14 @@ const QUEUE_DEPTH: usize = 8192;
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const AUTHORITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("authorities");
-/// (authority, NHS number, plan type) -> plan.
+/// (authority, NHS number, plan type) -> plan in its stored form.
 pub(super) const PLANS: TableDefinition<(&str, u64, u8), &[u8]> = TableDefinition::new("plans");
 /// (last visible day, authority, NHS number, plan type) for plans that end.
 pub(super) const PLAN_EXPIRY: TableDefinition<(i32, &str, u64, u8), ()> = TableDefinition::new("plan_expiry");
-/// (accessed at, in microseconds, access id) -> access.
-pub(super) const ACCESSES: TableDefinition<(i64, u128), &[u8]> = TableDefinition::new("accesses");
+/// (NHS number, accessed at in microseconds, access id) -> access: a person's history in order.
+pub(super) const ACCESSES: TableDefinition<(u64, i64, u128), &[u8]> = TableDefinition::new("accesses");
+/// (accessed at in microseconds, access id) -> NHS number: accesses in time order, for retention.
+pub(super) const ACCESS_TIMES: TableDefinition<(i64, u128), u64> = TableDefinition::new("access_times");
 /// (authority, sequence) -> notification.
 pub(super) const NOTIFICATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("notifications");
 /// authority -> (last sequence, acknowledged through).
@@ -121,7 +135,7 @@ fn type_key(plan_type: PlanType) -> u8 {
     }
 }
 
-fn plan_type_of(key: u8) -> Result<PlanType, StoreError> {
+pub(super) fn plan_type_of(key: u8) -> Result<PlanType, StoreError> {
     match key {
         0 => Ok(PlanType::ChildProtection),
         1 => Ok(PlanType::LookedAfter),
@@ -131,17 +145,24 @@ fn plan_type_of(key: u8) -> Result<PlanType, StoreError> {
 }
 
 fn day_key(date: NaiveDate) -> i32 {
-    date.num_days_from_ce()
+    days::to_number(date)
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `data_dir` and starts its writer.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`EmbeddedStore::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
         let path = data_dir.join(FILE_NAME);
-        let database =
-            Database::create(&path).map_err(|error| StoreError::Io(format!("{}: {error}", path.display())))?;
+        let database = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|error| StoreError::Io(format!("{}: {error}", path.display())))?;
         let positions = initialise(&database)?;
         let database = Arc::new(database);
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
@@ -196,6 +217,7 @@ fn initialise(database: &Database) -> Result<HashMap<String, Cursor>, StoreError
         transaction.open_table(PLANS).map_err(io)?;
         transaction.open_table(PLAN_EXPIRY).map_err(io)?;
         transaction.open_table(ACCESSES).map_err(io)?;
+        transaction.open_table(ACCESS_TIMES).map_err(io)?;
         transaction.open_table(NOTIFICATIONS).map_err(io)?;
         transaction.open_table(CURSORS).map_err(io)?;
     }
@@ -281,15 +303,14 @@ fn apply(
             put_authority(transaction, &authority)?;
             let mut table = transaction.open_table(PLANS).map_err(io)?;
             let mut expiry = transaction.open_table(PLAN_EXPIRY).map_err(io)?;
-            for plan in plans {
-                let key = (plan.la_ods_code.as_str(), plan.nhs_number.as_u64(), type_key(plan.plan_type));
+            for plan in plans.iter() {
+                let key = (plan.la_ods_code(), plan.nhs_number().as_u64(), type_key(plan.plan_type()));
                 if let Some(previous) = table.get(key).map_err(io)? {
-                    let previous: Plan = decode(previous.value(), "plans")?;
-                    if let Some(day) = previous.visible_until() {
+                    if let Some(day) = stored::visible_until_of(previous.value())? {
                         expiry.remove((day_key(day), key.0, key.1, key.2)).map_err(io)?;
                     }
                 }
-                table.insert(key, encode(&plan)?.as_slice()).map_err(io)?;
+                table.insert(key, plan.bytes()).map_err(io)?;
                 if let Some(day) = plan.visible_until() {
                     expiry.insert((day_key(day), key.0, key.1, key.2), ()).map_err(io)?;
                 }
@@ -300,7 +321,7 @@ fn apply(
             // Remove only what the new set lacks; the rest is overwritten in place,
             // which is far cheaper than emptying the range and filling it again.
             let keep: std::collections::HashSet<(u64, u8)> =
-                plans.iter().map(|plan| (plan.nhs_number.as_u64(), type_key(plan.plan_type))).collect();
+                plans.iter().map(|plan| (plan.nhs_number().as_u64(), type_key(plan.plan_type()))).collect();
             let la = authority.ods_code.as_str();
             let gone: Vec<(u64, u8)> = {
                 let table = transaction.open_table(PLANS).map_err(io)?;
@@ -338,10 +359,12 @@ fn apply(
                 cursors.insert(la, (cursor.last_sequence, cursor.acked_through)).map_err(io)?;
                 notified.push(notification);
             }
+            let at = access.accessed_at.timestamp_micros();
+            let nhs = access.nhs_number.as_u64();
             let mut accesses = transaction.open_table(ACCESSES).map_err(io)?;
-            accesses
-                .insert((access.accessed_at.timestamp_micros(), access.id), encode(&access)?.as_slice())
-                .map_err(io)?;
+            accesses.insert((nhs, at, access.id), encode(&access)?.as_slice()).map_err(io)?;
+            let mut times = transaction.open_table(ACCESS_TIMES).map_err(io)?;
+            times.insert((at, access.id), nhs).map_err(io)?;
             Ok(Applied::Notified(notified))
         }
         Change::Ack { la_ods_code, through } => {
@@ -381,8 +404,7 @@ fn delete_plans(
     for entry in table.extract_from_if(low..=high, |_, _| true).map_err(io)? {
         let (key, value) = entry.map_err(io)?;
         let (la, nhs, kind) = key.value();
-        let plan: Plan = decode(value.value(), "plans")?;
-        if let Some(day) = plan.visible_until() {
+        if let Some(day) = stored::visible_until_of(value.value())? {
             expiry.remove((day_key(day), la, nhs, kind)).map_err(io)?;
         }
         removed += 1;
@@ -431,10 +453,13 @@ fn expire(
         }
     }
     {
+        let mut times = transaction.open_table(ACCESS_TIMES).map_err(io)?;
         let mut accesses = transaction.open_table(ACCESSES).map_err(io)?;
         let cutoff = (expiry.accesses_before.timestamp_micros(), 0u128);
-        for entry in accesses.extract_from_if((i64::MIN, 0u128)..cutoff, |_, _| true).map_err(io)? {
-            entry.map_err(io)?;
+        for entry in times.extract_from_if((i64::MIN, 0u128)..cutoff, |_, _| true).map_err(io)? {
+            let (key, nhs) = entry.map_err(io)?;
+            let (at, id) = key.value();
+            accesses.remove((nhs.value(), at, id)).map_err(io)?;
             counts.accesses += 1;
         }
     }
@@ -451,13 +476,16 @@ impl Store for EmbeddedStore {
             }
             let plans = read.open_table(PLANS).map_err(io)?;
             snapshot.plans.reserve(plans.len().map_err(io)? as usize);
+            let mut la_codes: HashMap<String, Arc<str>> = HashMap::new();
             for entry in plans.iter().map_err(io)? {
-                snapshot.plans.push(decode(entry.map_err(io)?.1.value(), "plans")?);
-            }
-            let accesses = read.open_table(ACCESSES).map_err(io)?;
-            snapshot.accesses.reserve(accesses.len().map_err(io)? as usize);
-            for entry in accesses.iter().map_err(io)? {
-                snapshot.accesses.push(decode::<AccessEvent>(entry.map_err(io)?.1.value(), "accesses")?);
+                let (key, value) = entry.map_err(io)?;
+                let (la, nhs, kind) = key.value();
+                let la = match la_codes.get(la) {
+                    Some(shared) => Arc::clone(shared),
+                    None => Arc::clone(la_codes.entry(la.to_owned()).or_insert_with(|| la.into())),
+                };
+                let nhs = NhsNumber::from_u64(nhs).map_err(|error| StoreError::Corrupt(format!("plans: key {nhs}: {error}")))?;
+                snapshot.plans.push(StoredPlan::from_stored(la, nhs, plan_type_of(kind)?, value.value())?);
             }
             for entry in read.open_table(CURSORS).map_err(io)?.iter().map_err(io)? {
                 let (la, value) = entry.map_err(io)?;
@@ -477,6 +505,17 @@ impl Store for EmbeddedStore {
             answer.await.map_err(|_| StoreError::Closed)?
         }
         .boxed()
+    }
+
+    fn accesses_of(&self, nhs_number: NhsNumber) -> Result<Vec<AccessEvent>, StoreError> {
+        let read = self.database.begin_read().map_err(io)?;
+        let table = read.open_table(ACCESSES).map_err(io)?;
+        let nhs = nhs_number.as_u64();
+        let mut accesses = Vec::new();
+        for entry in table.range((nhs, i64::MIN, 0)..=(nhs, i64::MAX, u128::MAX)).map_err(io)? {
+            accesses.push(decode(entry.map_err(io)?.1.value(), "accesses")?);
+        }
+        Ok(accesses)
     }
 
     fn notifications_after(
@@ -508,15 +547,15 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nhs::NhsNumber;
 
-    fn plan(n: u64, plan_type: PlanType, end: Option<&str>) -> Plan {
+    fn plan(n: u64, plan_type: PlanType, end: Option<&str>) -> StoredPlan {
         let nhs_number = NhsNumber::complete(999_000_000 + n).or_else(|| NhsNumber::complete(999_100_000 + n)).unwrap();
-        Plan {
+        let plan = crate::model::Plan {
             local_id: format!("L{n}"),
             end_date: end.map(|end| end.parse().unwrap()),
             ..crate::model::test_plan(nhs_number, plan_type)
-        }
+        };
+        StoredPlan::encode(&plan, "706".into()).unwrap()
     }
 
     #[tokio::test]
@@ -530,12 +569,13 @@ mod tests {
                 plan(2, PlanType::LookedAfter, None),
                 plan(3, PlanType::ChildProtection, Some("2026-02-01")),
             ];
-            store.apply(Change::UpsertPlans { authority: authority.clone(), plans: first }).await.unwrap();
+            store.apply(Change::UpsertPlans { authority: authority.clone(), plans: first.into() }).await.unwrap();
             let second =
                 vec![plan(2, PlanType::LookedAfter, Some("2026-03-01")), plan(4, PlanType::ChildProtection, None)];
-            store.apply(Change::ReplacePlans { authority: authority.clone(), plans: second.clone() }).await.unwrap();
+            let change = Change::ReplacePlans { authority: authority.clone(), plans: second.clone().into() };
+            store.apply(change).await.unwrap();
             let mut loaded = store.load().await.unwrap().plans;
-            loaded.sort_by_key(|plan| plan.nhs_number);
+            loaded.sort_by_key(|plan| plan.nhs_number());
             assert_eq!(loaded, second);
         }
         let report = super::super::check::check(dir.path()).unwrap();

@@ -10,7 +10,17 @@ use std::{
 use futures::{FutureExt, future::BoxFuture};
 
 use super::{Applied, Change, Cursor, ExpiryCounts, Faults, Snapshot, Store, StoreError};
-use crate::model::{AccessEvent, LocalAuthority, Notification, Plan, PlanKey};
+use crate::{
+    model::{AccessEvent, LocalAuthority, Notification, PlanType},
+    nhs::NhsNumber,
+    stored::StoredPlan,
+};
+
+type PlanKey = (String, NhsNumber, PlanType);
+
+fn key_of(plan: &StoredPlan) -> PlanKey {
+    (plan.la_ods_code().to_owned(), plan.nhs_number(), plan.plan_type())
+}
 
 #[derive(Default, Clone)]
 pub struct MemoryStore {
@@ -21,8 +31,11 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     authorities: HashMap<String, LocalAuthority>,
-    plans: BTreeMap<PlanKey, Plan>,
-    accesses: BTreeMap<(i64, u128), AccessEvent>,
+    plans: BTreeMap<PlanKey, StoredPlan>,
+    /// By person, then time.
+    accesses: BTreeMap<(NhsNumber, i64, u128), AccessEvent>,
+    /// Time order, for retention.
+    access_times: BTreeMap<(i64, u128), NhsNumber>,
     notifications: BTreeMap<(String, u64), Notification>,
     cursors: HashMap<String, Cursor>,
 }
@@ -43,24 +56,22 @@ impl State {
         match change {
             Change::UpsertPlans { authority, plans } => {
                 self.authorities.insert(authority.ods_code.clone(), authority);
-                for plan in plans {
-                    self.plans.insert(plan.key(), plan);
+                for plan in plans.iter() {
+                    self.plans.insert(key_of(plan), plan.clone());
                 }
                 Applied::Done
             }
             Change::ReplacePlans { authority, plans } => {
-                self.plans.retain(|key, _| key.la_ods_code != authority.ods_code);
+                self.plans.retain(|(la, _, _), _| *la != authority.ods_code);
                 self.authorities.insert(authority.ods_code.clone(), authority);
-                for plan in plans {
-                    self.plans.insert(plan.key(), plan);
+                for plan in plans.iter() {
+                    self.plans.insert(key_of(plan), plan.clone());
                 }
                 Applied::Done
             }
             Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
-                self.plans.retain(|key, _| {
-                    !(key.la_ods_code == la_ods_code
-                        && key.nhs_number == nhs_number
-                        && plan_type.is_none_or(|kind| kind == key.plan_type))
+                self.plans.retain(|(la, nhs, kind), _| {
+                    !(*la == la_ods_code && *nhs == nhs_number && plan_type.is_none_or(|wanted| wanted == *kind))
                 });
                 Applied::Done
             }
@@ -77,7 +88,9 @@ impl State {
                         .insert((notification.draft.la_ods_code.clone(), notification.sequence), notification.clone());
                     notified.push(notification);
                 }
-                self.accesses.insert((access.accessed_at.timestamp_micros(), access.id), access);
+                let at = access.accessed_at.timestamp_micros();
+                self.access_times.insert((at, access.id), access.nhs_number);
+                self.accesses.insert((access.nhs_number, at, access.id), access);
                 Applied::Notified(notified)
             }
             Change::Ack { la_ods_code, through } => {
@@ -100,8 +113,11 @@ impl State {
                     !(acked && notification.access.accessed_at < expiry.acked_notifications_before)
                 });
                 counts.notifications = (notifications_before - self.notifications.len()) as u64;
-                let keep = self.accesses.split_off(&(expiry.accesses_before.timestamp_micros(), 0));
-                counts.accesses = std::mem::replace(&mut self.accesses, keep).len() as u64;
+                let keep = self.access_times.split_off(&(expiry.accesses_before.timestamp_micros(), 0));
+                for ((at, id), nhs) in std::mem::replace(&mut self.access_times, keep) {
+                    self.accesses.remove(&(nhs, at, id));
+                    counts.accesses += 1;
+                }
                 Applied::Expired(counts)
             }
         }
@@ -113,7 +129,6 @@ impl Store for MemoryStore {
         let snapshot = self.with_state(|state| Snapshot {
             authorities: state.authorities.values().cloned().collect(),
             plans: state.plans.values().cloned().collect(),
-            accesses: state.accesses.values().cloned().collect(),
             cursors: state.cursors.values().cloned().collect(),
         });
         async move { Ok(snapshot) }.boxed()
@@ -122,6 +137,16 @@ impl Store for MemoryStore {
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
         let result = self.faults.check().map(|()| self.with_state(|state| state.apply(change)));
         async move { result }.boxed()
+    }
+
+    fn accesses_of(&self, nhs_number: NhsNumber) -> Result<Vec<AccessEvent>, StoreError> {
+        Ok(self.with_state(|state| {
+            state
+                .accesses
+                .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
+                .map(|(_, access)| access.clone())
+                .collect()
+        }))
     }
 
     fn notifications_after(

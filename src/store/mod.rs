@@ -22,8 +22,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::BoxFuture;
 
 use crate::{
-    model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, Plan, PlanType},
+    model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType},
     nhs::NhsNumber,
+    stored::StoredPlan,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,9 +43,9 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub enum Change {
     /// Adds or replaces these plans of one local authority and records its details.
-    UpsertPlans { authority: LocalAuthority, plans: Vec<Plan> },
+    UpsertPlans { authority: LocalAuthority, plans: Arc<[StoredPlan]> },
     /// Makes the authority's plans exactly these (FULL_REFRESH).
-    ReplacePlans { authority: LocalAuthority, plans: Vec<Plan> },
+    ReplacePlans { authority: LocalAuthority, plans: Arc<[StoredPlan]> },
     /// Deletes one authority's plans of a person: one type, or all.
     DeletePlans { la_ods_code: String, nhs_number: NhsNumber, plan_type: Option<PlanType> },
     /// A search of a flagged person: its access history entry and one
@@ -94,13 +95,12 @@ pub struct Cursor {
 }
 
 /// Everything the relay rebuilds its memory from on start. Notifications
-/// themselves stay in the store and are paged to subscribers.
+/// and access histories stay in the store: notifications are paged to
+/// subscribers, a person's accesses are read when that person is searched.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub authorities: Vec<LocalAuthority>,
-    pub plans: Vec<Plan>,
-    /// Oldest first.
-    pub accesses: Vec<AccessEvent>,
+    pub plans: Vec<StoredPlan>,
     pub cursors: Vec<Cursor>,
 }
 
@@ -111,6 +111,10 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a change; resolves once it is durable (or has failed and
     /// left nothing behind).
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>>;
+
+    /// Every retained access of one person, oldest first. A short read,
+    /// answered on the caller's thread.
+    fn accesses_of(&self, nhs_number: NhsNumber) -> Result<Vec<AccessEvent>, StoreError>;
 
     /// Up to `limit` notifications of one authority with sequence above `after`, in order.
     fn notifications_after(
