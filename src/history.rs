@@ -50,7 +50,9 @@ impl History {
     /// request is already being searched (a retry racing its original).
     pub fn claim(&self, organisation_ods_code: &str, nhs_number: NhsNumber, request_id: &str) -> Option<Claim<'_>> {
         let key = (organisation_ods_code.to_owned(), nhs_number, request_id.to_owned());
-        self.in_flight.insert(key.clone()).then_some(Claim { in_flight: &self.in_flight, key })
+        // `then`, not `then_some`: a refused claim must not build (and so drop,
+        // releasing) a `Claim` for the key the search in flight holds.
+        self.in_flight.insert(key.clone()).then(|| Claim { in_flight: &self.in_flight, key })
     }
 
     /// Requests being searched now.
@@ -148,6 +150,7 @@ mod tests {
         let first = history.claim("RR8", person, "req-1");
         assert!(first.is_some());
         assert!(history.claim("RR8", person, "req-1").is_none(), "a racing retry");
+        assert!(history.claim("RR8", person, "req-1").is_none(), "a refused claim leaves the first one held");
         assert!(history.claim("RR8", other, "req-1").is_some(), "the same id for another person is another search");
         drop(first);
         assert!(history.claim("RR8", person, "req-1").is_some());

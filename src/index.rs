@@ -85,7 +85,9 @@ impl Index {
                 continue;
             }
             return entry
-                .map(|slots| slots.iter().filter(|slot| slot.visible_at(before)).map(|slot| slot.plan.clone()).collect())
+                .map(|slots| {
+                    slots.iter().filter(|slot| slot.visible_at(before)).map(|slot| slot.plan.clone()).collect()
+                })
                 .unwrap_or_default();
         }
     }
@@ -122,7 +124,8 @@ impl Index {
         let mut removed = 0;
         self.update_entry(nhs_number, |slots| {
             let before = slots.len();
-            slots.retain(|slot| !slot.is_of(la_ods_code) || plan_type.is_some_and(|kind| kind != slot.plan.plan_type()));
+            slots
+                .retain(|slot| !slot.is_of(la_ods_code) || plan_type.is_some_and(|kind| kind != slot.plan.plan_type()));
             removed = before - slots.len();
         });
         self.forget_member_if_gone(la_ods_code, nhs_number);
@@ -258,11 +261,8 @@ impl Index {
     }
 
     fn forget_member_if_gone(&self, la_ods_code: &str, nhs_number: NhsNumber) {
-        let still_held = self
-            .shared
-            .people
-            .get(&nhs_number)
-            .is_some_and(|slots| slots.iter().any(|slot| slot.is_of(la_ods_code)));
+        let still_held =
+            self.shared.people.get(&nhs_number).is_some_and(|slots| slots.iter().any(|slot| slot.is_of(la_ods_code)));
         if !still_held && let Some(mut members) = self.shared.by_authority.get_mut(la_ods_code) {
             members.remove(&nhs_number);
         }

@@ -75,7 +75,8 @@ async fn upload_search_notify_ack_and_resubscribe() {
 async fn a_retry_with_the_same_request_id_notifies_once() {
     let relay = TestRelay::start().await;
     let child = nhs(2);
-    relay.load("706", vec![record(&child, PlanType::LookedAfter)]).await;
+    let sibling = nhs(4);
+    relay.load("706", vec![record(&child, PlanType::LookedAfter), record(&sibling, PlanType::LookedAfter)]).await;
     let mut notifications = relay.notifications("la-706").await;
     let mut stream = notifications.subscribe(SubscribeRequest { after_sequence: None }).await.unwrap().into_inner();
     let mut lookup = relay.lookup().await;
@@ -85,10 +86,33 @@ async fn a_retry_with_the_same_request_id_notifies_once() {
         assert!(response.previous_accesses.is_empty(), "a retry does not list itself as a previous access");
     }
     lookup.search(search_request(&child, "user-b", "other-id")).await.unwrap();
-    let first = next(&mut stream).await;
-    let second = next(&mut stream).await;
-    assert_eq!(first.accessor.unwrap().user_id, "user-a");
-    assert_eq!(second.accessor.unwrap().user_id, "user-b", "no second notification for the retries in between");
+    // Copies of one request sent at once, as a client retrying before the first answer arrives.
+    let racing = futures::future::join_all((0..8).map(|_| {
+        let mut lookup = lookup.clone();
+        let request = search_request(&child, "user-c", "racing-id");
+        async move { lookup.search(request).await.map(|response| response.into_inner().flagged) }
+    }))
+    .await;
+    assert!(racing.iter().all(|answer| matches!(answer, Ok(true))), "every copy is answered: {racing:?}");
+    // The same id for another person is another search, not a retry.
+    lookup.search(search_request(&sibling, "user-a", "same-id")).await.unwrap();
+
+    let users: Vec<(String, String)> = {
+        let mut users = Vec::new();
+        for _ in 0..4 {
+            let notification = next(&mut stream).await;
+            users.push((notification.accessor.unwrap().user_id, notification.nhs_number));
+        }
+        users
+    };
+    let expected = [("user-a", &child), ("user-b", &child), ("user-c", &child), ("user-a", &sibling)];
+    assert_eq!(
+        users,
+        expected.map(|(user, person)| (user.to_owned(), person.clone())),
+        "one notification per distinct search: none for the retries or the racing copies"
+    );
+    lookup.search(search_request(&child, "user-d", "last-id")).await.unwrap();
+    assert_eq!(next(&mut stream).await.accessor.unwrap().user_id, "user-d", "nothing else was notified in between");
 }
 
 #[tokio::test]

@@ -130,9 +130,14 @@ impl Relay {
         if !plans.is_empty() {
             let _writes = self.shared.plan_writes.lock().await;
             let authority = header.local_authority.clone();
+            // In the store's key order: the B-tree is then written front to back,
+            // not at random (a large upload arrives in the file's order).
+            plans.sort_unstable_by_key(|plan| (plan.nhs_number(), plan.plan_type()));
             let plans: Arc<[StoredPlan]> = plans.into();
             let change = match header.mode {
-                UploadMode::Incremental => Change::UpsertPlans { authority: authority.clone(), plans: Arc::clone(&plans) },
+                UploadMode::Incremental => {
+                    Change::UpsertPlans { authority: authority.clone(), plans: Arc::clone(&plans) }
+                }
                 UploadMode::FullRefresh => {
                     Change::ReplacePlans { authority: authority.clone(), plans: Arc::clone(&plans) }
                 }

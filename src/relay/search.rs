@@ -93,8 +93,8 @@ impl Relay {
         let generated = client_request_id.is_empty();
         let request_id = if generated { uuid::Uuid::new_v4().to_string() } else { client_request_id };
 
-        // Only a client's own id can repeat; while this search runs, a retry of it waits for nothing
-        // and is answered without a notification.
+        // Only a client's own id can repeat. A copy of this request arriving while it runs finds
+        // the claim taken and is answered without a notification: this search notifies.
         let claim = if generated { None } else { shared.history.claim(&identity.ods_code, nhs_number, &request_id) };
         let racing_retry = !generated && claim.is_none();
         let accesses = self.person_accesses(nhs_number);

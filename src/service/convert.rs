@@ -95,7 +95,7 @@ pub fn search_response(outcome: SearchOutcome) -> proto::SearchResponse {
                 })),
             })
             .collect(),
-        previous_accesses: outcome.previous_accesses.iter().map(|access| access_record(access)).collect(),
+        previous_accesses: outcome.previous_accesses.iter().map(access_record).collect(),
     }
 }
 

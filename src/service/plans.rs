@@ -54,7 +54,8 @@ impl Plans for PlansService {
     async fn export(&self, request: Request<ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
         let identity = identity(&request)?;
         let plans = self.relay.export(&identity)?;
-        let stream = tokio_stream::iter(plans).map(|plan| Ok(convert::plan_record(&plan.decode().map_err(Error::from)?)));
+        let stream =
+            tokio_stream::iter(plans).map(|plan| Ok(convert::plan_record(&plan.decode().map_err(Error::from)?)));
         Ok(Response::new(Box::pin(stream)))
     }
 }

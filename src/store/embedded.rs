@@ -305,10 +305,10 @@ fn apply(
             let mut expiry = transaction.open_table(PLAN_EXPIRY).map_err(io)?;
             for plan in plans.iter() {
                 let key = (plan.la_ods_code(), plan.nhs_number().as_u64(), type_key(plan.plan_type()));
-                if let Some(previous) = table.get(key).map_err(io)? {
-                    if let Some(day) = stored::visible_until_of(previous.value())? {
-                        expiry.remove((day_key(day), key.0, key.1, key.2)).map_err(io)?;
-                    }
+                if let Some(previous) = table.get(key).map_err(io)?
+                    && let Some(day) = stored::visible_until_of(previous.value())?
+                {
+                    expiry.remove((day_key(day), key.0, key.1, key.2)).map_err(io)?;
                 }
                 table.insert(key, plan.bytes()).map_err(io)?;
                 if let Some(day) = plan.visible_until() {
@@ -484,7 +484,8 @@ impl Store for EmbeddedStore {
                     Some(shared) => Arc::clone(shared),
                     None => Arc::clone(la_codes.entry(la.to_owned()).or_insert_with(|| la.into())),
                 };
-                let nhs = NhsNumber::from_u64(nhs).map_err(|error| StoreError::Corrupt(format!("plans: key {nhs}: {error}")))?;
+                let nhs = NhsNumber::from_u64(nhs)
+                    .map_err(|error| StoreError::Corrupt(format!("plans: key {nhs}: {error}")))?;
                 snapshot.plans.push(StoredPlan::from_stored(la, nhs, plan_type_of(kind)?, value.value())?);
             }
             for entry in read.open_table(CURSORS).map_err(io)?.iter().map_err(io)? {
