@@ -52,6 +52,16 @@ struct Shared {
     writer: Mutex<()>,
 }
 
+/// A FULL_REFRESH staged but not yet visible; see [`Index::stage_replacement`].
+#[must_use = "a staged refresh must be published or abandoned"]
+pub struct StagedRefresh {
+    la_ods_code: Arc<str>,
+    generation: u64,
+    touched: Vec<NhsNumber>,
+    members: HashSet<NhsNumber>,
+    removed: usize,
+}
+
 #[derive(Clone)]
 struct Slot {
     plan: StoredPlan,
@@ -135,21 +145,28 @@ impl Index {
     /// Makes `la_ods_code`'s plans exactly `plans`, atomically for readers.
     /// Returns how many of the previous plans are gone (not replaced).
     pub fn replace_authority(&self, la_ods_code: &str, plans: impl IntoIterator<Item = StoredPlan>) -> usize {
-        let _writer = self.lock_writer();
-        let current = self.shared.generation.load(Ordering::Acquire);
-        let next = current + 1;
+        let staged = self.stage_replacement(la_ods_code, plans);
+        self.publish(staged)
+    }
 
+    /// First half of [`Index::replace_authority`]: adds the new set invisibly
+    /// (it starts at the next generation) and marks the old set to end there.
+    /// Readers see no change until [`Index::publish`]; [`Index::abandon`]
+    /// undoes it. The caller must not change the index in between (the relay
+    /// holds its plan-write lock), which lets staging run while the store
+    /// commits the same refresh.
+    pub fn stage_replacement(&self, la_ods_code: &str, plans: impl IntoIterator<Item = StoredPlan>) -> StagedRefresh {
+        let _writer = self.lock_writer();
+        let next = self.shared.generation.load(Ordering::Acquire) + 1;
         let mut incoming: HashMap<NhsNumber, Vec<StoredPlan>> = HashMap::new();
         for plan in plans {
             incoming.entry(plan.nhs_number()).or_default().push(plan);
         }
         let previous_members =
             self.shared.by_authority.get(la_ods_code).map(|members| members.clone()).unwrap_or_default();
-        let new_members: HashSet<NhsNumber> = incoming.keys().copied().collect();
-        let touched: Vec<NhsNumber> = previous_members.union(&new_members).copied().collect();
+        let members: HashSet<NhsNumber> = incoming.keys().copied().collect();
+        let touched: Vec<NhsNumber> = previous_members.union(&members).copied().collect();
         let mut removed = 0;
-
-        // Stage: old plans of this LA end at `next`, new ones start there.
         for nhs_number in &touched {
             let new_plans = incoming.remove(nhs_number).unwrap_or_default();
             self.update_entry(*nhs_number, |slots| {
@@ -162,16 +179,35 @@ impl Index {
                 slots.extend(new_plans.into_iter().map(|plan| Slot { plan, from: next, until: u64::MAX }));
             });
         }
+        StagedRefresh { la_ods_code: la_ods_code.into(), generation: next, touched, members, removed }
+    }
 
-        // Publish: one store switches every reader to the new set.
+    /// Second half: one atomic store switches every reader to the new set,
+    /// then what no reader can see any more is swept. Returns how many of the
+    /// previous plans are gone (not replaced).
+    pub fn publish(&self, staged: StagedRefresh) -> usize {
+        let _writer = self.lock_writer();
+        let next = staged.generation;
         self.shared.generation.store(next, Ordering::Release);
-
-        // Sweep what no reader of `next` or later can see.
-        for nhs_number in &touched {
+        for nhs_number in &staged.touched {
             self.update_entry(*nhs_number, |slots| slots.retain(|slot| slot.until > next));
         }
-        self.shared.by_authority.insert(la_ods_code.into(), new_members);
-        removed
+        self.shared.by_authority.insert(staged.la_ods_code, staged.members);
+        staged.removed
+    }
+
+    /// Undoes a staged refresh that will not be published (its store commit failed).
+    pub fn abandon(&self, staged: StagedRefresh) {
+        let _writer = self.lock_writer();
+        let next = staged.generation;
+        for nhs_number in &staged.touched {
+            self.update_entry(*nhs_number, |slots| {
+                slots.retain(|slot| slot.from != next);
+                for slot in slots.iter_mut().filter(|slot| slot.until == next) {
+                    slot.until = u64::MAX;
+                }
+            });
+        }
     }
 
     /// Removes plans that `still_wanted` rejects (retention); returns how many.
@@ -324,6 +360,24 @@ mod tests {
             done.store(true, Ordering::Release);
         });
         assert_eq!(index.plans_of("706").len(), 2_000);
+    }
+
+    #[test]
+    fn a_staged_refresh_is_invisible_until_published_and_abandoning_it_changes_nothing() {
+        let index = Index::new();
+        let people = people(3);
+        index.replace_authority("706", vec![plan("706", people[0], PlanType::ChildProtection, 1)]);
+        let staged = index.stage_replacement("706", vec![plan("706", people[1], PlanType::ChildProtection, 2)]);
+        assert_eq!(index.plans(people[0]).len(), 1, "the old set is still what readers see");
+        assert!(index.plans(people[1]).is_empty(), "the new set is not visible yet");
+        index.abandon(staged);
+        assert_eq!(index.plans(people[0]).len(), 1);
+        assert!(index.plans(people[1]).is_empty());
+        let staged = index.stage_replacement("706", vec![plan("706", people[2], PlanType::ChildProtection, 3)]);
+        assert_eq!(index.publish(staged), 1);
+        assert!(index.plans(people[0]).is_empty() && index.plans(people[1]).is_empty());
+        assert_eq!(index.plans_of("706").len(), 1);
+        assert_eq!(index.plans(people[2])[0].decode().unwrap().local_id, "3");
     }
 
     #[test]

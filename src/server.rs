@@ -71,6 +71,10 @@ pub enum ServerError {
     Admin(#[from] std::io::Error),
 }
 
+/// HTTP/2 receive window per stream (the default is 64 KiB, which makes a
+/// large upload wait on window updates).
+const UPLOAD_STREAM_WINDOW: u32 = 1024 * 1024;
+
 const SERVICE_NAMES: [&str; 4] = [
     <LookupServer<LookupService> as NamedService>::NAME,
     <PlansServer<PlansService> as NamedService>::NAME,
@@ -132,6 +136,9 @@ pub async fn run(
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .max_connection_age(options.max_connection_age)
+        // Room for an upload stream to run ahead of the server's window updates.
+        .initial_stream_window_size(Some(UPLOAD_STREAM_WINDOW))
+        .initial_connection_window_size(Some(4 * UPLOAD_STREAM_WINDOW))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(LookupServer::new(LookupService::new(relay.clone())).max_decoding_message_size(limit))

@@ -98,6 +98,13 @@ async fn a_failing_store_still_answers_clinicians_holds_notifications_and_report
     .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("nothing was changed"), "{}", status.message());
+    // A FULL_REFRESH fails whole: the index staged it while the store failed, and undoes it.
+    let refresh = vec![record(&nhs(3), PlanType::LookedAfter)];
+    let status = upload(&mut relay.plans("la-706").await, "706", UploadMode::FullRefresh, refresh).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let mut lookup = relay.lookup().await;
+    assert!(lookup.search(search_request(&child, "u", "")).await.unwrap().into_inner().flagged, "the old set stays");
+    assert!(!lookup.search(search_request(&nhs(3), "u", "")).await.unwrap().into_inner().flagged);
     let metrics = admin_get(relay.admin, "/metrics").await.1;
     assert!(metrics.contains("cpis_store_failures_total"), "a metric says the store failed");
 

@@ -257,3 +257,14 @@ async fn bench_delivery_sees_every_answered_search_notified() {
     assert_eq!(report["answered"], 100, "{report}");
     assert_eq!(report["delivered"], report["answered"], "{report}");
 }
+
+#[tokio::test]
+async fn bench_refresh_times_full_refresh_uploads_that_load_every_record() {
+    let report = bench_json(&["--scenario", "refresh", "--records", "2000"]).await;
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{report}");
+    for run in runs {
+        assert_eq!(run["records"], 2000, "{report}");
+        assert!(run["records_per_second"].as_f64().unwrap() > 0.0, "{report}");
+    }
+}

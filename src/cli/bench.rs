@@ -3,7 +3,12 @@
 //! temporary directory) so that a run is one command; `--server` targets a
 //! running relay instead.
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -35,9 +40,11 @@ pub enum Scenario {
     Retention,
     /// Flagged searches paced at --rate per second over gRPC; time from each answer to its notification at a subscriber.
     Delivery,
+    /// A FULL_REFRESH of --records plans over gRPC, into a small set and then replacing itself: records per second.
+    Refresh,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Load)]
     pub scenario: Scenario,
@@ -85,6 +92,9 @@ pub struct BenchArgs {
     /// Searches per second in the delivery scenario.
     #[arg(long, default_value_t = 1_000)]
     pub rate: u32,
+    /// Records of the FULL_REFRESH in the refresh scenario.
+    #[arg(long, default_value_t = 150_000)]
+    pub records: usize,
 }
 
 fn failed(error: impl std::fmt::Display) -> CliError {
@@ -104,6 +114,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         }
         Scenario::Retention => retention(&args).await,
         Scenario::Delivery => delivery(&args).await,
+        Scenario::Refresh => refresh(&args).await,
     }
 }
 
@@ -112,10 +123,10 @@ async fn fill(args: &BenchArgs) -> Result<u8, CliError> {
     let store = Arc::new(EmbeddedStore::open(&dir).map_err(failed)?);
     let relay = Relay::open(store, Arc::new(SystemClock), RelaySettings::default()).await.map_err(failed)?;
     let today = chrono::Utc::now().date_naive();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let flagged = bench::load_people(&relay, args.people, today).await.map_err(failed)?;
     let loaded_in = started.elapsed().as_secs_f64();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let answered = bench::search_many(&relay, &flagged, args.notifications, 512, "fill").await;
     let searched_in = started.elapsed().as_secs_f64();
     println!(
@@ -154,7 +165,6 @@ async fn retention(args: &BenchArgs) -> Result<u8, CliError> {
 /// authority's subscriber (both on this machine's clock; a notification that
 /// beats the answer to the client counts as zero).
 async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
-    use std::time::Instant;
     let server_pem = PemFiles::in_dir(&args.certs_dir, "server").read().map_err(failed)?;
     let tls_config = tls::server_config(&server_pem).map_err(failed)?;
     let (target, flagged) = start_in_process(args, tls_config).await?;
@@ -215,6 +225,51 @@ async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
                "all_delivered": all_seen.is_ok(),
                "p50_us": latencies.value_at_quantile(0.5), "p99_us": latencies.value_at_quantile(0.99), "max_us": latencies.max()})
     );
+    drop(target);
+    Ok(exit::OK)
+}
+
+/// Times FULL_REFRESH uploads of `--records` plans as authority 706 over gRPC
+/// (records built in memory first, so only the RPC is timed): the first
+/// replaces the few plans the bench loaded, the second replaces itself.
+async fn refresh(args: &BenchArgs) -> Result<u8, CliError> {
+    let server_pem = PemFiles::in_dir(&args.certs_dir, "server").read().map_err(failed)?;
+    let tls_config = tls::server_config(&server_pem).map_err(failed)?;
+    let quick = BenchArgs { people: 100, ..args.clone() };
+    let (target, _) = start_in_process(&quick, tls_config).await?;
+    let mut seen = HashSet::new();
+    let records: Vec<proto::PlanRecord> =
+        synth::generate(args.records.min(synth::MAX_PEOPLE), 2026, chrono::Utc::now().date_naive())
+            .into_iter()
+            .map(|synthetic| synthetic.record)
+            .filter(|record| seen.insert((record.nhs_number.clone(), record.r#type)))
+            .take(args.records)
+            .collect();
+    let pem = PemFiles::in_dir(&args.certs_dir, "la-706").read().map_err(failed)?;
+    let channel =
+        client::connect(&target.url, &pem, None).await.map_err(|error| CliError::Unavailable(error.to_string()))?;
+    let authority = bench::wire_authority("706").ok_or_else(|| failed("no synthetic authority 706"))?;
+    let hidden = indicatif::ProgressBar::hidden();
+    let mut runs = Vec::new();
+    for run in ["into_a_small_set", "replacing_itself"] {
+        let started = Instant::now();
+        let report = super::upload::send(
+            channel.clone(),
+            proto::UploadMode::FullRefresh,
+            "bench",
+            authority.clone(),
+            records.clone(),
+            &hidden,
+        )
+        .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        if report.loaded != records.len() as u64 {
+            return Err(failed(format!("{run}: loaded {} of {} records", report.loaded, records.len())));
+        }
+        runs.push(json!({"run": run, "records": report.loaded, "seconds": seconds,
+                         "records_per_second": report.loaded as f64 / seconds}));
+    }
+    println!("{}", json!({"scenario": "refresh", "runs": runs}));
     drop(target);
     Ok(exit::OK)
 }

@@ -75,6 +75,14 @@ impl UploadHeader {
     }
 }
 
+/// Runs index work of a large upload on the blocking pool, so that search
+/// threads are not held for the hundreds of milliseconds it can take.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Error::Unavailable(format!("the index update did not finish: {error}")))
+}
+
 impl Relay {
     /// Loads the valid records of an upload and reports the others.
     pub async fn upload(
@@ -84,6 +92,7 @@ impl Relay {
         records: impl Stream<Item = Result<proto::PlanRecord>>,
     ) -> Result<UploadOutcome> {
         authorize(identity, Action::UploadPlans)?;
+        let started = std::time::Instant::now();
         let now = self.shared.clock.now();
         let la_ods_code = header.local_authority.ods_code.clone();
         let limit = self.shared.settings.max_upload_records;
@@ -127,6 +136,9 @@ impl Relay {
 
         let loaded = plans.len() as u64;
         let mut removed = 0;
+        let received_at = std::time::Instant::now();
+        let receive_ms = started.elapsed().as_millis() as u64;
+        let (mut store_ms, mut index_ms) = (0, 0);
         if !plans.is_empty() {
             let _writes = self.shared.plan_writes.lock().await;
             let authority = header.local_authority.clone();
@@ -142,13 +154,31 @@ impl Relay {
                     Change::ReplacePlans { authority: authority.clone(), plans: Arc::clone(&plans) }
                 }
             };
-            self.shared.store.apply(change).await?;
-            self.shared.index.set_authority(authority);
-            let plans = plans.iter().cloned();
+            let index = self.shared.index.clone();
             match header.mode {
-                UploadMode::Incremental => self.shared.index.upsert(plans),
-                UploadMode::FullRefresh => removed = self.shared.index.replace_authority(&la_ods_code, plans) as u64,
+                UploadMode::Incremental => {
+                    self.shared.store.apply(change).await?;
+                    store_ms = received_at.elapsed().as_millis() as u64;
+                    index.set_authority(authority);
+                    off_runtime(move || index.upsert(plans.iter().cloned())).await?;
+                }
+                UploadMode::FullRefresh => {
+                    // The index stages the new set (invisibly) while the store commits it.
+                    let (staging_index, staging_plans, la) = (index.clone(), Arc::clone(&plans), la_ods_code.clone());
+                    let staging =
+                        off_runtime(move || staging_index.stage_replacement(&la, staging_plans.iter().cloned()));
+                    let (stored, staged) = tokio::join!(self.shared.store.apply(change), staging);
+                    store_ms = received_at.elapsed().as_millis() as u64;
+                    let staged = staged?;
+                    if let Err(error) = stored {
+                        index.abandon(staged);
+                        return Err(error.into());
+                    }
+                    index.set_authority(authority);
+                    removed = off_runtime(move || index.publish(staged)).await? as u64;
+                }
             }
+            index_ms = received_at.elapsed().as_millis() as u64 - store_ms;
         }
         let status = match (loaded, rejections.len()) {
             (_, 0) if loaded > 0 => UploadStatus::AllLoaded,
@@ -163,6 +193,9 @@ impl Relay {
             loaded,
             rejected = rejections.len(),
             removed,
+            receive_ms,
+            store_ms,
+            index_ms,
             "upload processed"
         );
         if loaded > 0 {

@@ -305,14 +305,19 @@ fn apply(
             let mut expiry = transaction.open_table(PLAN_EXPIRY).map_err(io)?;
             for plan in plans.iter() {
                 let key = (plan.la_ods_code(), plan.nhs_number().as_u64(), type_key(plan.plan_type()));
-                if let Some(previous) = table.get(key).map_err(io)?
-                    && let Some(day) = stored::visible_until_of(previous.value())?
-                {
-                    expiry.remove((day_key(day), key.0, key.1, key.2)).map_err(io)?;
-                }
-                table.insert(key, plan.bytes()).map_err(io)?;
-                if let Some(day) = plan.visible_until() {
-                    expiry.insert((day_key(day), key.0, key.1, key.2), ()).map_err(io)?;
+                // One traversal: the insert hands back the version it replaces.
+                let replaced_until = match table.insert(key, plan.bytes()).map_err(io)? {
+                    Some(previous) => stored::visible_until_of(previous.value())?,
+                    None => None,
+                };
+                let until = plan.visible_until();
+                if replaced_until != until {
+                    if let Some(day) = replaced_until {
+                        expiry.remove((day_key(day), key.0, key.1, key.2)).map_err(io)?;
+                    }
+                    if let Some(day) = until {
+                        expiry.insert((day_key(day), key.0, key.1, key.2), ()).map_err(io)?;
+                    }
                 }
             }
             Ok(Applied::Done)
