@@ -65,16 +65,24 @@ pub struct RpcService<S> {
 /// Counts a call as in flight until dropped.
 struct InFlight(Arc<watch::Sender<usize>>);
 
+/// Only reaching zero wakes the watcher (the drain waits for it); the count
+/// itself is always current, so a call does not pay for a wake-up.
 impl InFlight {
     fn new(counter: &Arc<watch::Sender<usize>>) -> Self {
-        counter.send_modify(|count| *count += 1);
+        counter.send_if_modified(|count| {
+            *count += 1;
+            false
+        });
         Self(Arc::clone(counter))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|count| *count = count.saturating_sub(1));
+        self.0.send_if_modified(|count| {
+            *count = count.saturating_sub(1);
+            *count == 0
+        });
     }
 }
 
@@ -155,15 +163,15 @@ where
         } else {
             None
         };
-        let (organisation, role) = match request.extensions().get::<PeerInfo>().map(|peer| &peer.identity) {
-            Some(Ok(identity)) => (identity.ods_code.clone(), identity.role.as_str()),
-            _ => (String::new(), "none"),
+        let identity = match request.extensions().get::<PeerInfo>().map(|peer| &peer.identity) {
+            Some(Ok(identity)) => Some(Arc::clone(identity)),
+            _ => None,
         };
         let span = tracing::info_span!(
             "rpc",
             rpc,
-            organisation = %organisation,
-            role,
+            organisation = %identity.as_deref().map_or("", |identity| identity.ods_code.as_str()),
+            role = identity.as_deref().map_or("none", |identity| identity.role.as_str()),
             outcome = tracing::field::Empty,
             latency_ms = tracing::field::Empty
         );

@@ -62,11 +62,11 @@ impl Relay {
         let nhs_number = validate::nhs_number_field(&request.nhs_number, "nhs_number")?;
         let wire_accessor = request.accessor.as_ref().ok_or_else(|| Error::invalid("accessor", "is required"))?;
         // Validate everything first; owned copies are made only for a flagged person.
-        validate::required_text(&wire_accessor.user_id, "accessor.user_id")?;
-        validate::required_text(&wire_accessor.name, "accessor.name")?;
-        validate::optional_text(&wire_accessor.role_code, "accessor.role_code")?;
+        let user_id = validate::check_required_text(&wire_accessor.user_id, "accessor.user_id")?;
+        let name = validate::check_required_text(&wire_accessor.name, "accessor.name")?;
+        let role_code = validate::check_optional_text(&wire_accessor.role_code, "accessor.role_code")?;
         let care_setting = care_setting(request.care_setting)?;
-        validate::optional_text(&request.request_id, "request_id")?;
+        let client_request_id = validate::check_optional_text(&request.request_id, "request_id")?;
 
         let shared = &self.shared;
         let now = shared.clock.now();
@@ -84,14 +84,9 @@ impl Relay {
             .iter()
             .map(|plan| plan.decode().map(Arc::new))
             .collect::<std::result::Result<Vec<Arc<Plan>>, _>>()?;
-        let accessor = Accessor {
-            user_id: validate::required_text(&wire_accessor.user_id, "accessor.user_id")?,
-            name: validate::required_text(&wire_accessor.name, "accessor.name")?,
-            role_code: validate::optional_text(&wire_accessor.role_code, "accessor.role_code")?,
-        };
-        let client_request_id = validate::optional_text(&request.request_id, "request_id")?;
+        let accessor = Accessor { user_id: user_id.to_owned(), name: name.to_owned(), role_code: role_code.to_owned() };
         let generated = client_request_id.is_empty();
-        let request_id = if generated { uuid::Uuid::new_v4().to_string() } else { client_request_id };
+        let request_id = if generated { uuid::Uuid::new_v4().to_string() } else { client_request_id.to_owned() };
 
         // Only a client's own id can repeat. A copy of this request arriving while it runs finds
         // the claim taken and is answered without a notification: this search notifies.

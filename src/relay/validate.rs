@@ -72,19 +72,30 @@ fn nhs_error_text(error: NhsNumberError) -> String {
 
 /// A required, bounded text field of a request.
 pub fn required_text(text: &str, field: &str) -> Result<String> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    if trimmed.chars().count() > MAX_TEXT_LEN {
-        return Err(Error::invalid(field, format!("is longer than {MAX_TEXT_LEN} characters")));
-    }
-    Ok(trimmed.to_owned())
+    check_required_text(text, field).map(str::to_owned)
 }
 
 /// An optional, bounded text field of a request.
 pub fn optional_text(text: &str, field: &str) -> Result<String> {
-    if text.trim().is_empty() { Ok(String::new()) } else { required_text(text, field) }
+    check_optional_text(text, field).map(str::to_owned)
+}
+
+/// [`required_text`] without a copy: the trimmed text.
+pub fn check_required_text<'a>(text: &'a str, field: &str) -> Result<&'a str> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    // Bytes bound characters from above: count characters only when it could matter.
+    if trimmed.len() > MAX_TEXT_LEN && trimmed.chars().count() > MAX_TEXT_LEN {
+        return Err(Error::invalid(field, format!("is longer than {MAX_TEXT_LEN} characters")));
+    }
+    Ok(trimmed)
+}
+
+/// [`optional_text`] without a copy: the trimmed text, empty when absent.
+pub fn check_optional_text<'a>(text: &'a str, field: &str) -> Result<&'a str> {
+    if text.trim().is_empty() { Ok("") } else { check_required_text(text, field) }
 }
 
 /// The local authority details of an upload header, all required.
@@ -186,7 +197,7 @@ fn text(value: &str, field: &str, required: bool) -> std::result::Result<String,
     if trimmed.is_empty() && required {
         return Err((RejectionReason::MissingField, format!("{field}: is required")));
     }
-    if trimmed.chars().count() > MAX_TEXT_LEN {
+    if trimmed.len() > MAX_TEXT_LEN && trimmed.chars().count() > MAX_TEXT_LEN {
         return Err((RejectionReason::FieldTooLong, format!("{field}: is longer than {MAX_TEXT_LEN} characters")));
     }
     Ok(trimmed.to_owned())
