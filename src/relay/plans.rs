@@ -103,7 +103,7 @@ impl Relay {
         let mut received: u64 = 0;
         let mut records = std::pin::pin!(records);
         while let Some(record) = records.next().await {
-            let record = record?;
+            let mut record = record?;
             if received as usize >= limit {
                 return Err(Error::ResourceExhausted(format!(
                     "an upload may carry at most {limit} records; nothing was loaded"
@@ -111,10 +111,11 @@ impl Relay {
             }
             let index = received;
             received += 1;
-            match validate::plan_record(&record, &la_ods_code, now) {
+            let nhs_number = std::mem::take(&mut record.nhs_number);
+            match validate::plan_record(&nhs_number, record, &la_ods_code, now) {
                 Ok(plan) if !seen.insert((plan.nhs_number, plan.plan_type)) => rejections.push(Rejection {
                     index,
-                    nhs_number: record.nhs_number,
+                    nhs_number,
                     reason: RejectionReason::DuplicateRecord,
                     message: format!(
                         "an earlier record of this upload has the same NHS number and plan type {}",
@@ -122,9 +123,7 @@ impl Relay {
                     ),
                 }),
                 Ok(plan) => plans.push(StoredPlan::encode(&plan, Arc::clone(&shared_la))?),
-                Err((reason, message)) => {
-                    rejections.push(Rejection { index, nhs_number: record.nhs_number, reason, message })
-                }
+                Err((reason, message)) => rejections.push(Rejection { index, nhs_number, reason, message }),
             }
         }
         if header.mode == UploadMode::FullRefresh && received == 0 {

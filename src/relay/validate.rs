@@ -111,15 +111,18 @@ pub fn local_authority(authority: Option<&proto::LocalAuthority>) -> Result<Loca
     })
 }
 
-/// Builds a plan from an uploaded record, or says why not.
+/// Builds a plan from an uploaded record, or says why not. The record's
+/// text is moved into the plan, not copied (an upload can carry a million).
+/// `nhs_number` is the record's, taken out so the caller can report it.
 pub fn plan_record(
-    record: &proto::PlanRecord,
+    nhs_number: &str,
+    record: proto::PlanRecord,
     la_ods_code: &str,
     now: DateTime<Utc>,
 ) -> std::result::Result<Plan, (RejectionReason, String)> {
     use RejectionReason::*;
     let today = now.date_naive();
-    let nhs_number = NhsNumber::parse(&record.nhs_number).map_err(|error| match error {
+    let nhs_number = NhsNumber::parse(nhs_number).map_err(|error| match error {
         NhsNumberError::Empty => (MissingField, "nhs_number: is required".to_owned()),
         other => (InvalidNhsNumber, format!("nhs_number: {other}")),
     })?;
@@ -130,10 +133,10 @@ pub fn plan_record(
         Ok(proto::PlanType::Unspecified) => return Err((MissingField, "type: is required".to_owned())),
         Err(_) => return Err((InvalidPlanType, format!("type: {} is not a plan type", record.r#type))),
     };
-    let local_id = text(&record.local_id, "local_id", true)?;
-    let given_name = text(&record.given_name, "given_name", true)?;
-    let family_name = text(&record.family_name, "family_name", true)?;
-    let team_code = text(&record.team_code, "team_code", false)?;
+    let local_id = text(record.local_id, "local_id", true)?;
+    let given_name = text(record.given_name, "given_name", true)?;
+    let family_name = text(record.family_name, "family_name", true)?;
+    let team_code = text(record.team_code, "team_code", false)?;
     let date_of_birth =
         date(&record.date_of_birth, "date_of_birth")?.ok_or((MissingField, "date_of_birth: is required".to_owned()))?;
     if date_of_birth > today {
@@ -155,20 +158,22 @@ pub fn plan_record(
         }
         _ => {}
     }
-    let address = match &record.address {
+    let address = match record.address {
         None => Address::default(),
         Some(address) => {
             if address.lines.len() > MAX_ADDRESS_LINES {
                 return Err((FieldTooLong, format!("address.lines: more than {MAX_ADDRESS_LINES} lines")));
             }
             let mut lines = Vec::with_capacity(address.lines.len());
-            for line in &address.lines {
+            for line in address.lines {
                 let line = text(line, "address.lines", false)?;
                 if !line.is_empty() {
                     lines.push(line);
                 }
             }
-            Address { lines, postcode: text(&address.postcode, "address.postcode", false)?.to_ascii_uppercase() }
+            let mut postcode = text(address.postcode, "address.postcode", false)?;
+            postcode.make_ascii_uppercase();
+            Address { lines, postcode }
         }
     };
     let plan = Plan {
@@ -192,7 +197,8 @@ pub fn plan_record(
     Ok(plan)
 }
 
-fn text(value: &str, field: &str, required: bool) -> std::result::Result<String, (RejectionReason, String)> {
+/// A record's text field, trimmed in place.
+fn text(value: String, field: &str, required: bool) -> std::result::Result<String, (RejectionReason, String)> {
     let trimmed = value.trim();
     if trimmed.is_empty() && required {
         return Err((RejectionReason::MissingField, format!("{field}: is required")));
@@ -200,7 +206,7 @@ fn text(value: &str, field: &str, required: bool) -> std::result::Result<String,
     if trimmed.len() > MAX_TEXT_LEN && trimmed.chars().count() > MAX_TEXT_LEN {
         return Err((RejectionReason::FieldTooLong, format!("{field}: is longer than {MAX_TEXT_LEN} characters")));
     }
-    Ok(trimmed.to_owned())
+    if trimmed.len() == value.len() { Ok(value) } else { Ok(trimmed.to_owned()) }
 }
 
 fn date(value: &str, field: &str) -> std::result::Result<Option<NaiveDate>, (RejectionReason, String)> {

@@ -325,16 +325,22 @@ fn apply(
         Change::ReplacePlans { authority, plans } => {
             // Remove only what the new set lacks; the rest is overwritten in place,
             // which is far cheaper than emptying the range and filling it again.
-            let keep: std::collections::HashSet<(u64, u8)> =
+            // Both lists in key order (the relay sends plans sorted): one merge pass.
+            let mut keep: Vec<(u64, u8)> =
                 plans.iter().map(|plan| (plan.nhs_number().as_u64(), type_key(plan.plan_type()))).collect();
+            if !keep.is_sorted() {
+                keep.sort_unstable();
+            }
             let la = authority.ods_code.as_str();
             let gone: Vec<(u64, u8)> = {
                 let table = transaction.open_table(PLANS).map_err(io)?;
                 let mut gone = Vec::new();
+                let mut wanted = keep.iter().peekable();
                 for entry in table.range((la, 0, 0)..=(la, u64::MAX, u8::MAX)).map_err(io)? {
                     let (key, _) = entry.map_err(io)?;
                     let (_, nhs, kind) = key.value();
-                    if !keep.contains(&(nhs, kind)) {
+                    while wanted.next_if(|&&next| next < (nhs, kind)).is_some() {}
+                    if wanted.peek() != Some(&&(nhs, kind)) {
                         gone.push((nhs, kind));
                     }
                 }
