@@ -36,6 +36,9 @@ pub struct ServeSettings {
     /// Store [default: embedded]
     #[arg(long, env = "CPIS_STORE", value_enum)]
     pub store: Option<StoreKind>,
+    /// MiB of page cache for the embedded store, on top of the operating system's [default: 32]
+    #[arg(long, env = "CPIS_STORE_CACHE_MB")]
+    pub store_cache_mb: Option<u64>,
     /// CA certificate (PEM) whose client certificates are accepted
     #[arg(long, env = "CPIS_CA")]
     pub ca: Option<PathBuf>,
@@ -108,6 +111,7 @@ pub struct ServeConfig {
     pub admin_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub store: StoreKind,
+    pub store_cache_mb: u64,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -141,6 +145,7 @@ impl ServeSettings {
             admin_listen: self.admin_listen.or(lower.admin_listen),
             data_dir: self.data_dir.or(lower.data_dir),
             store: self.store.or(lower.store),
+            store_cache_mb: self.store_cache_mb.or(lower.store_cache_mb),
             ca: self.ca.or(lower.ca),
             cert: self.cert.or(lower.cert),
             key: self.key.or(lower.key),
@@ -170,6 +175,10 @@ impl ServeSettings {
             admin_listen: self.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             store: self.store.unwrap_or(StoreKind::Embedded),
+            store_cache_mb: positive(
+                "store_cache_mb",
+                self.store_cache_mb.unwrap_or((crate::store::embedded::DEFAULT_CACHE_BYTES >> 20) as u64),
+            )?,
             ca: self.ca,
             cert: self.cert,
             key: self.key,

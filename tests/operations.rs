@@ -166,8 +166,9 @@ fn configuration_file_then_environment_then_flags_and_bad_values_exit_64() {
 
     /// (file contents, environment, extra flag, the key the error must name)
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         ("max_message_bytes = 10\n", &[], "", "max_message_bytes"),
+        ("store_cache_mb = 0\n", &[], "", "store_cache_mb"),
         ("listen_adress = \"127.0.0.1:1\"\n", &[], "", "listen_adress"),
         ("", &[("CPIS_LISTEN", "not-an-address")], "", "--listen"),
         ("", &[], "--cert", "cert"),

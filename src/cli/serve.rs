@@ -75,9 +75,10 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let pem = pem_files(&config)?.read().map_err(|error| CliError::Config(error.to_string()))?;
     let tls_config = tls::server_config(&pem).map_err(|error| CliError::Config(error.to_string()))?;
     let store: Arc<dyn Store> = match config.store {
-        StoreKind::Embedded => {
-            Arc::new(EmbeddedStore::open(&config.data_dir).map_err(|error| CliError::Failed(error.to_string()))?)
-        }
+        StoreKind::Embedded => Arc::new(
+            EmbeddedStore::open_with_cache(&config.data_dir, (config.store_cache_mb as usize).saturating_mul(1 << 20))
+                .map_err(|error| CliError::Failed(error.to_string()))?,
+        ),
         StoreKind::Memory => {
             tracing::warn!("the memory store loses everything on exit; never use it for real data");
             Arc::new(MemoryStore::new())
