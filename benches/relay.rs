@@ -76,7 +76,8 @@ fn search_path(c: &mut Criterion) {
     let (relay, flagged) = relay;
     let identity = ed_identity();
     let records = synth::generate(50_000, 2026, chrono::Utc::now().date_naive());
-    let unflagged: Vec<String> = synth::unflagged_numbers(&records, 1_000, 11).iter().map(ToString::to_string).collect();
+    let unflagged: Vec<String> =
+        synth::unflagged_numbers(&records, 1_000, 11).iter().map(ToString::to_string).collect();
     assert!(unflagged.iter().all(|nhs| !flagged.contains(nhs)), "the unflagged sample holds no loaded person");
     let request = |nhs_number: &str| cpis_relay::bench::search_request(nhs_number.to_owned(), "bench".into());
     let mut group = c.benchmark_group("search/in_process");
