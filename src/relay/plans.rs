@@ -134,51 +134,18 @@ impl Relay {
         }
 
         let loaded = plans.len() as u64;
-        let mut removed = 0;
-        let received_at = std::time::Instant::now();
         let receive_ms = started.elapsed().as_millis() as u64;
-        let (mut store_ms, mut index_ms) = (0, 0);
-        if !plans.is_empty() {
-            let _writes = self.shared.plan_writes.lock().await;
-            let authority = header.local_authority.clone();
-            // In the store's key order: the B-tree is then written front to back,
-            // not at random (a large upload arrives in the file's order).
-            plans.sort_unstable_by_key(|plan| (plan.nhs_number(), plan.plan_type()));
-            let plans: Arc<[StoredPlan]> = plans.into();
-            let change = match header.mode {
-                UploadMode::Incremental => {
-                    Change::UpsertPlans { authority: authority.clone(), plans: Arc::clone(&plans) }
-                }
-                UploadMode::FullRefresh => {
-                    Change::ReplacePlans { authority: authority.clone(), plans: Arc::clone(&plans) }
-                }
-            };
-            let index = self.shared.index.clone();
-            match header.mode {
-                UploadMode::Incremental => {
-                    self.shared.store.apply(change).await?;
-                    store_ms = received_at.elapsed().as_millis() as u64;
-                    index.set_authority(authority);
-                    off_runtime(move || index.upsert(plans.iter().cloned())).await?;
-                }
-                UploadMode::FullRefresh => {
-                    // The index stages the new set (invisibly) while the store commits it.
-                    let (staging_index, staging_plans, la) = (index.clone(), Arc::clone(&plans), la_ods_code.clone());
-                    let staging =
-                        off_runtime(move || staging_index.stage_replacement(&la, staging_plans.iter().cloned()));
-                    let (stored, staged) = tokio::join!(self.shared.store.apply(change), staging);
-                    store_ms = received_at.elapsed().as_millis() as u64;
-                    let staged = staged?;
-                    if let Err(error) = stored {
-                        index.abandon(staged);
-                        return Err(error.into());
-                    }
-                    index.set_authority(authority);
-                    removed = off_runtime(move || index.publish(staged)).await? as u64;
-                }
-            }
-            index_ms = received_at.elapsed().as_millis() as u64 - store_ms;
-        }
+        let (removed, store_ms, index_ms) = if plans.is_empty() {
+            (0, 0, 0)
+        } else {
+            // On its own task: a client that goes away must not stop a change half
+            // way, between the store and the index.
+            let relay = self.clone();
+            let (mode, authority) = (header.mode, header.local_authority.clone());
+            tokio::spawn(async move { relay.commit_plans(mode, authority, plans).await })
+                .await
+                .map_err(|error| Error::Unavailable(format!("the upload did not finish: {error}")))??
+        };
         let status = match (loaded, rejections.len()) {
             (_, 0) if loaded > 0 => UploadStatus::AllLoaded,
             (0, _) => UploadStatus::NoneLoaded,
@@ -203,6 +170,51 @@ impl Relay {
         Ok(UploadOutcome { status, loaded, rejections, removed })
     }
 
+    /// Stores an upload's valid plans, then shows them: (plans removed by a
+    /// refresh, store milliseconds, index milliseconds).
+    async fn commit_plans(
+        &self,
+        mode: UploadMode,
+        authority: crate::model::LocalAuthority,
+        mut plans: Vec<StoredPlan>,
+    ) -> Result<(u64, u64, u64)> {
+        let started = std::time::Instant::now();
+        let _writes = self.shared.plan_writes.lock().await;
+        // In the store's key order: the B-tree is then written front to back,
+        // not at random (a large upload arrives in the file's order).
+        plans.sort_unstable_by_key(|plan| (plan.nhs_number(), plan.plan_type()));
+        let plans: Arc<[StoredPlan]> = plans.into();
+        let la_ods_code = authority.ods_code.clone();
+        let index = self.shared.index.clone();
+        let (removed, store_ms) = match mode {
+            UploadMode::Incremental => {
+                let change = Change::UpsertPlans { authority: authority.clone(), plans: Arc::clone(&plans) };
+                self.shared.store.apply(change).await?;
+                let store_ms = started.elapsed().as_millis() as u64;
+                index.set_authority(authority);
+                off_runtime(move || index.upsert(plans.iter().cloned())).await?;
+                (0, store_ms)
+            }
+            UploadMode::FullRefresh => {
+                // The index stages the new set (invisibly) while the store commits it.
+                let change = Change::ReplacePlans { authority: authority.clone(), plans: Arc::clone(&plans) };
+                let (staging_index, staging_plans) = (index.clone(), Arc::clone(&plans));
+                let staging =
+                    off_runtime(move || staging_index.stage_replacement(&la_ods_code, staging_plans.iter().cloned()));
+                let (stored, staged) = tokio::join!(self.shared.store.apply(change), staging);
+                let store_ms = started.elapsed().as_millis() as u64;
+                let staged = staged?;
+                if let Err(error) = stored {
+                    index.abandon(staged);
+                    return Err(error.into());
+                }
+                index.set_authority(authority);
+                (off_runtime(move || index.publish(staged)).await? as u64, store_ms)
+            }
+        };
+        Ok((removed, store_ms, started.elapsed().as_millis() as u64 - store_ms))
+    }
+
     /// Deletes the caller's plans of a person: one type, or all if `None`.
     pub async fn delete(&self, identity: &Identity, nhs_number: &str, plan_type: i32) -> Result<u64> {
         authorize(identity, Action::DeletePlans)?;
@@ -215,23 +227,26 @@ impl Relay {
             Err(_) => return Err(Error::invalid("type", format!("{plan_type} is not a plan type"))),
         };
         let la_ods_code = identity.ods_code.clone();
-        let _writes = self.shared.plan_writes.lock().await;
-        let held = self
-            .shared
-            .index
-            .plans(nhs_number)
-            .iter()
-            .filter(|plan| plan.la_ods_code() == la_ods_code && plan_type.is_none_or(|kind| kind == plan.plan_type()))
-            .count();
-        if held == 0 {
-            return Ok(0);
+        // On its own task, like an upload: store and index change together or not at all.
+        let relay = self.clone();
+        let deleted = tokio::spawn(async move {
+            let _writes = relay.shared.plan_writes.lock().await;
+            let held =
+                relay.shared.index.plans(nhs_number).iter().any(|plan| {
+                    plan.la_ods_code() == la_ods_code && plan_type.is_none_or(|kind| kind == plan.plan_type())
+                });
+            if !held {
+                return Ok(0);
+            }
+            let change = Change::DeletePlans { la_ods_code: la_ods_code.clone(), nhs_number, plan_type };
+            relay.shared.store.apply(change).await?;
+            Ok::<_, Error>(relay.shared.index.remove(&la_ods_code, nhs_number, plan_type) as u64)
+        })
+        .await
+        .map_err(|error| Error::Unavailable(format!("the delete did not finish: {error}")))??;
+        if deleted > 0 {
+            self.publish_plan_gauges();
         }
-        self.shared
-            .store
-            .apply(Change::DeletePlans { la_ods_code: la_ods_code.clone(), nhs_number, plan_type })
-            .await?;
-        let deleted = self.shared.index.remove(&la_ods_code, nhs_number, plan_type) as u64;
-        self.publish_plan_gauges();
         Ok(deleted)
     }
 

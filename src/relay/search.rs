@@ -111,7 +111,12 @@ impl Relay {
                 request_id,
             };
             let drafts = notification_drafts(&plans);
-            self.commit_access(access, drafts).await;
+            // On its own task: a client that goes away mid-search (dropping this
+            // future) must not take the notification with it.
+            let relay = self.clone();
+            if let Err(error) = tokio::spawn(async move { relay.commit_access(access, drafts).await }).await {
+                tracing::error!(%error, "the task storing an access notification failed");
+            }
         } else {
             tracing::debug!(organisation = %identity.ods_code, "repeated request id: answered without a second notification");
         }
