@@ -20,7 +20,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -47,6 +47,8 @@ struct Shared {
     authorities: DashMap<String, Arc<LocalAuthority>>,
     /// Published refresh generation: the sequence lock readers check.
     generation: AtomicU64,
+    /// Slots not marked for removal, by plan type (see [`type_slot`]).
+    live_by_type: [AtomicI64; 3],
     /// Serialises writers so that staging, publishing and sweeping of one
     /// refresh never interleave with another change.
     writer: Mutex<()>,
@@ -68,6 +70,23 @@ struct Slot {
     /// Visible to readers of generations `from..until`.
     from: u64,
     until: u64,
+}
+
+fn type_slot(plan_type: PlanType) -> usize {
+    match plan_type {
+        PlanType::ChildProtection => 0,
+        PlanType::LookedAfter => 1,
+        PlanType::UnbornChildProtection => 2,
+    }
+}
+
+/// Slots of each type that are not marked to end at a coming generation.
+fn live_by_type(slots: &[Slot]) -> [i64; 3] {
+    let mut counts = [0; 3];
+    for slot in slots.iter().filter(|slot| slot.until == u64::MAX) {
+        counts[type_slot(slot.plan.plan_type())] += 1;
+    }
+    counts
 }
 
 impl Slot {
@@ -261,26 +280,35 @@ impl Index {
         self.shared.people.len()
     }
 
-    /// Plans held, by type, for the `cpis_plans` gauge.
+    /// Plans held, by type, for the `cpis_plans` gauge: kept as changes are
+    /// made, not counted by a scan. While a refresh is staged its new set is
+    /// counted in place of the old.
     pub fn count_by_type(&self) -> HashMap<PlanType, usize> {
-        let generation = self.shared.generation.load(Ordering::Acquire);
-        let mut counts = HashMap::new();
-        for entry in self.shared.people.iter() {
-            for slot in entry.iter().filter(|slot| slot.visible_at(generation)) {
-                *counts.entry(slot.plan.plan_type()).or_default() += 1;
-            }
-        }
-        counts
+        PlanType::ALL
+            .into_iter()
+            .map(|plan_type| {
+                let count = self.shared.live_by_type[type_slot(plan_type)].load(Ordering::Acquire);
+                (plan_type, usize::try_from(count).unwrap_or(0))
+            })
+            .collect()
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
         self.shared.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Copy-on-write update of one person's slots; people with none leave the map.
+    /// Copy-on-write update of one person's slots; people with none leave the
+    /// map. Every change goes through here, so the per-type counts are kept here.
     fn update_entry(&self, nhs_number: NhsNumber, change: impl FnOnce(&mut Vec<Slot>)) {
         let mut slots = self.shared.people.get(&nhs_number).map(|entry| entry.to_vec()).unwrap_or_default();
+        let before = live_by_type(&slots);
         change(&mut slots);
+        let after = live_by_type(&slots);
+        for (counter, (after, before)) in self.shared.live_by_type.iter().zip(after.into_iter().zip(before)) {
+            if after != before {
+                counter.fetch_add(after - before, Ordering::AcqRel);
+            }
+        }
         if slots.is_empty() {
             self.shared.people.remove(&nhs_number);
         } else {
@@ -371,6 +399,7 @@ mod tests {
         assert_eq!(index.plans(people[0]).len(), 1, "the old set is still what readers see");
         assert!(index.plans(people[1]).is_empty(), "the new set is not visible yet");
         index.abandon(staged);
+        assert_eq!(index.count_by_type()[&PlanType::ChildProtection], 1, "abandoning restores the counts");
         assert_eq!(index.plans(people[0]).len(), 1);
         assert!(index.plans(people[1]).is_empty());
         let staged = index.stage_replacement("706", vec![plan("706", people[2], PlanType::ChildProtection, 3)]);
@@ -392,12 +421,19 @@ mod tests {
                 plan("706", people[1], PlanType::ChildProtection, 0),
             ],
         );
+        let counts = |index: &Index| PlanType::ALL.map(|kind| index.count_by_type()[&kind]);
+        assert_eq!(counts(&index), [2, 1, 0]);
         let removed = index.replace_authority("706", vec![plan("706", people[2], PlanType::ChildProtection, 1)]);
         assert_eq!(removed, 2);
+        assert_eq!(counts(&index), [1, 1, 0]);
         assert_eq!(index.plans(people[0]).len(), 1, "855's plan stays");
         assert!(index.plans(people[1]).is_empty());
         assert_eq!(index.plans_of("706").len(), 1);
         assert_eq!(index.remove("855", people[0], None), 1);
         assert_eq!(index.people(), 1);
+        index.upsert([plan("706", people[2], PlanType::ChildProtection, 2)]);
+        assert_eq!(counts(&index), [1, 0, 0], "a replaced plan is counted once");
+        assert_eq!(index.remove_where(|_| false), 1);
+        assert_eq!(counts(&index), [0, 0, 0]);
     }
 }
