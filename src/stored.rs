@@ -2,15 +2,14 @@
 //! keeps, encoded once when a record is loaded.
 //!
 //! A fixed header carries what the index and retention decide on without
-//! decoding (the last visible day and when the record was loaded); the rest
-//! is the plan encoded with postcard, decoded only when a flagged search or
+//! decoding (the last visible day); the rest is the plan encoded with postcard, decoded only when a flagged search or
 //! an export shows it. Keeping bytes instead of a struct of owned strings is
 //! what lets a million people fit in a few hundred megabytes and be read
 //! back on start without decoding every record.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 
 use crate::{
     model::{Plan, PlanType, days},
@@ -18,8 +17,8 @@ use crate::{
     store::StoreError,
 };
 
-/// Header: last visible day (i32, `NO_END` when current), then loaded-at microseconds (i64).
-const HEADER: usize = 12;
+/// Header: the last visible day as a day number (i32), `NO_END` while current.
+const HEADER: usize = 4;
 const NO_END: i32 = i32::MAX;
 
 /// One plan in its stored form, with the key fields it is filed under.
@@ -37,7 +36,6 @@ impl StoredPlan {
         let visible_until = plan.visible_until().map_or(NO_END, days::to_number);
         let mut bytes = Vec::with_capacity(HEADER + 128);
         bytes.extend_from_slice(&visible_until.to_le_bytes());
-        bytes.extend_from_slice(&plan.loaded_at.timestamp_micros().to_le_bytes());
         let bytes = postcard::to_extend(plan, bytes)
             .map_err(|error| StoreError::Corrupt(format!("encoding a plan: {error}")))?;
         Ok(Self {
@@ -89,11 +87,6 @@ impl StoredPlan {
         self.visible_until().is_none_or(|last_day| today <= last_day)
     }
 
-    /// When this version was loaded, in microseconds since the epoch.
-    pub fn loaded_at_micros(&self) -> i64 {
-        header(&self.bytes).map(|(_, loaded_at)| loaded_at).unwrap_or(i64::MIN)
-    }
-
     /// The whole plan, for showing it.
     pub fn decode(&self) -> Result<Plan, StoreError> {
         let plan: Plan = postcard::from_bytes(&self.bytes[HEADER..])
@@ -103,16 +96,11 @@ impl StoredPlan {
         }
         Ok(plan)
     }
-
-    /// Heap bytes this plan holds (its encoded form), for memory accounting.
-    pub fn heap_bytes(&self) -> usize {
-        self.bytes.len()
-    }
 }
 
 /// The last visible day recorded in stored plan bytes.
 pub fn visible_until_of(bytes: &[u8]) -> Result<Option<NaiveDate>, StoreError> {
-    let (visible_until, _) = header(bytes)?;
+    let visible_until = header(bytes)?;
     if visible_until == NO_END {
         return Ok(None);
     }
@@ -121,22 +109,11 @@ pub fn visible_until_of(bytes: &[u8]) -> Result<Option<NaiveDate>, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("plans: day number {visible_until} is out of range")))
 }
 
-fn header(bytes: &[u8]) -> Result<(i32, i64), StoreError> {
-    match (bytes.get(0..4), bytes.get(4..HEADER)) {
-        (Some(day), Some(loaded_at)) => {
-            let mut day_bytes = [0; 4];
-            day_bytes.copy_from_slice(day);
-            let mut loaded_bytes = [0; 8];
-            loaded_bytes.copy_from_slice(loaded_at);
-            Ok((i32::from_le_bytes(day_bytes), i64::from_le_bytes(loaded_bytes)))
-        }
-        _ => Err(StoreError::Corrupt("plans: a record is shorter than its header".into())),
-    }
-}
-
-/// The time a record was loaded, from [`StoredPlan::loaded_at_micros`].
-pub fn loaded_at(plan: &StoredPlan) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(plan.loaded_at_micros()).unwrap_or(DateTime::UNIX_EPOCH)
+fn header(bytes: &[u8]) -> Result<i32, StoreError> {
+    bytes
+        .first_chunk::<HEADER>()
+        .map(|day| i32::from_le_bytes(*day))
+        .ok_or_else(|| StoreError::Corrupt("plans: a record is shorter than its header".into()))
 }
 
 #[cfg(test)]
@@ -148,10 +125,9 @@ mod tests {
         let nhs_number = NhsNumber::parse("9990000026").unwrap();
         let mut plan = crate::model::test_plan(nhs_number, PlanType::LookedAfter);
         plan.end_date = Some("2025-03-01".parse().unwrap());
-        plan.loaded_at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        plan.loaded_at = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         let stored = StoredPlan::encode(&plan, "706".into()).unwrap();
         assert_eq!(stored.visible_until(), Some("2026-03-01".parse().unwrap()));
-        assert_eq!(stored.loaded_at_micros(), 1_700_000_000_123_456);
         assert!(stored.is_visible_on("2026-03-01".parse().unwrap()));
         assert!(!stored.is_visible_on("2026-03-02".parse().unwrap()));
         assert_eq!(stored.decode().unwrap(), plan);
@@ -161,6 +137,10 @@ mod tests {
         let misfiled = StoredPlan::from_stored("706".into(), nhs_number, PlanType::ChildProtection, stored.bytes());
         assert!(misfiled.unwrap().decode().is_err(), "a record under another key is corrupt");
         assert!(StoredPlan::from_stored("706".into(), nhs_number, PlanType::LookedAfter, &[1, 2]).is_err());
+        let mut damaged = stored.bytes().to_vec();
+        damaged.truncate(damaged.len() / 2);
+        let damaged = StoredPlan::from_stored("706".into(), nhs_number, PlanType::LookedAfter, &damaged).unwrap();
+        assert!(damaged.decode().is_err(), "a cut record does not decode");
     }
 
     #[test]
