@@ -49,8 +49,8 @@ struct Shared {
     generation: AtomicU64,
     /// Slots not marked for removal, by plan type (see [`type_slot`]).
     live_by_type: [AtomicI64; 3],
-    /// Serialises writers so that staging, publishing and sweeping of one
-    /// refresh never interleave with another change.
+    /// Serialises each write. Between staging and publishing a refresh the
+    /// caller keeps other writers out (the relay holds its plan-write lock).
     writer: Mutex<()>,
 }
 
@@ -119,11 +119,6 @@ impl Index {
                 })
                 .unwrap_or_default();
         }
-    }
-
-    /// Whether a person has any plan, visible on any date (no copies made).
-    pub fn contains(&self, nhs_number: NhsNumber) -> bool {
-        self.shared.people.contains_key(&nhs_number)
     }
 
     pub fn authority(&self, ods_code: &str) -> Option<Arc<LocalAuthority>> {

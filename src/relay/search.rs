@@ -71,9 +71,6 @@ impl Relay {
         let shared = &self.shared;
         let now = shared.clock.now();
         let today = now.date_naive();
-        if !shared.index.contains(nhs_number) {
-            return Ok(SearchOutcome::default());
-        }
         let mut visible: Vec<StoredPlan> =
             shared.index.plans(nhs_number).into_iter().filter(|plan| plan.is_visible_on(today)).collect();
         if visible.is_empty() {
