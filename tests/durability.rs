@@ -103,7 +103,11 @@ async fn a_failing_store_still_answers_clinicians_holds_notifications_and_report
     let status = upload(&mut relay.plans("la-706").await, "706", UploadMode::FullRefresh, refresh).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     let mut lookup = relay.lookup().await;
-    assert!(lookup.search(search_request(&child, "u", "")).await.unwrap().into_inner().flagged, "the old set stays");
+    let again = lookup.search(search_request(&child, "u", "")).await.unwrap().into_inner();
+    assert!(again.flagged, "the old set stays");
+    let previous: Vec<String> =
+        again.previous_accesses.iter().filter_map(|access| Some(access.accessor.as_ref()?.user_id.clone())).collect();
+    assert_eq!(previous, ["during-failure"], "an access held for retry is still shown to the next clinician");
     assert!(!lookup.search(search_request(&nhs(3), "u", "")).await.unwrap().into_inner().flagged);
     let metrics = admin_get(relay.admin, "/metrics").await.1;
     assert!(metrics.contains("cpis_store_failures_total"), "a metric says the store failed");

@@ -141,11 +141,7 @@ impl Relay {
                 Vec::new()
             }
         };
-        let held = self.shared.hub.held_accesses_of(nhs_number);
-        if !held.is_empty() {
-            accesses.extend(held);
-            accesses.sort_by_key(|access| (access.accessed_at, access.id));
-        }
+        self.shared.hub.add_held_accesses(nhs_number, &mut accesses);
         accesses
     }
 }
