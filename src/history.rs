@@ -1,17 +1,22 @@
 //! Access histories as clinicians see them, and retried searches.
 //!
-//! A person's accesses live in the store and are read when that person is
-//! searched, so memory does not grow with history and start-up does not read
-//! it. This module owns two rules over such a list: which previous accesses a
-//! search shows, and when a search is a client's retry of an earlier one (the
-//! same organisation, person and `request_id` within 24 hours), which must
-//! not notify again. Searches in flight claim their request here, so that a
-//! retry racing its still-uncommitted original is recognised too.
+//! A person's accesses live in the store; a search reads only the newest
+//! [`HISTORY_READ`] of them, so a person searched hundreds of times costs the
+//! same as one searched once, and memory does not grow with history. This
+//! module owns two rules: which previous accesses a search shows, and when a
+//! search is a client's retry of an earlier one (the same organisation, user,
+//! person, care setting and `request_id` within 24 hours: [`RequestKey`]),
+//! which must not notify again. Searches in flight claim their request here,
+//! so that a retry racing its still-uncommitted original is recognised too;
+//! the claim lives until the original's commit has finished, even if the
+//! original's caller went away.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use dashmap::DashSet;
 
-use crate::{model::AccessEvent, nhs::NhsNumber};
+use crate::model::{AccessEvent, RequestKey};
 
 /// How many previous accesses a search shows.
 pub const PREVIOUS_ACCESSES_SHOWN: usize = 25;
@@ -19,23 +24,24 @@ pub const PREVIOUS_ACCESSES_SHOWN: usize = 25;
 pub const SAME_USER_WINDOW: Duration = Duration::hours(24);
 /// How long a request id identifies a retry of the same search.
 pub const REQUEST_ID_WINDOW: Duration = Duration::hours(24);
-
-/// (organisation ODS code, person, request id).
-type RequestKey = (String, NhsNumber, String);
+/// The newest accesses a search reads: the 25 shown with room for the same
+/// users' repeats within 24 hours folded into them. Only a person looked up
+/// more than this many times by repeating users could list fewer than 25.
+pub const HISTORY_READ: usize = 128;
 
 /// Requests being searched right now.
 #[derive(Default)]
 pub struct History {
-    in_flight: DashSet<RequestKey>,
+    in_flight: Arc<DashSet<RequestKey>>,
 }
 
-/// A request claimed while its search runs; released on drop.
-pub struct Claim<'a> {
-    in_flight: &'a DashSet<RequestKey>,
+/// A request claimed while its search and its commit run; released on drop.
+pub struct Claim {
+    in_flight: Arc<DashSet<RequestKey>>,
     key: RequestKey,
 }
 
-impl Drop for Claim<'_> {
+impl Drop for Claim {
     fn drop(&mut self) {
         self.in_flight.remove(&self.key);
     }
@@ -46,24 +52,23 @@ impl History {
         Self::default()
     }
 
-    /// Claims a request for the length of its search; `None` when the same
+    /// Claims a request until the claim is dropped; `None` when the same
     /// request is already being searched (a retry racing its original).
-    pub fn claim(&self, organisation_ods_code: &str, nhs_number: NhsNumber, request_id: &str) -> Option<Claim<'_>> {
-        let key = (organisation_ods_code.to_owned(), nhs_number, request_id.to_owned());
+    pub fn claim(&self, key: &RequestKey) -> Option<Claim> {
         // `then`, not `then_some`: a refused claim must not build (and so drop,
         // releasing) a `Claim` for the key the search in flight holds.
-        self.in_flight.insert(key.clone()).then(|| Claim { in_flight: &self.in_flight, key })
+        self.in_flight.insert(key.clone()).then(|| Claim { in_flight: Arc::clone(&self.in_flight), key: key.clone() })
     }
 }
 
-/// Whether a person's accesses already hold this organisation's request
-/// made within the window before `now`: the search is then a retry.
-pub fn is_repeat(accesses: &[AccessEvent], organisation_ods_code: &str, request_id: &str, now: DateTime<Utc>) -> bool {
-    accesses.iter().any(|access| {
-        access.organisation_ods_code == organisation_ods_code
-            && access.request_id == request_id
-            && now - access.accessed_at < REQUEST_ID_WINDOW
-    })
+/// Whether a request was already made within the window before `now`.
+pub fn made_within_window(made_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    made_at.is_some_and(|at| now - at < REQUEST_ID_WINDOW)
+}
+
+/// Whether accesses (held in memory, say) hold this request within the window.
+pub fn is_repeat(accesses: &[AccessEvent], key: &RequestKey, now: DateTime<Utc>) -> bool {
+    accesses.iter().any(|access| access.request_key() == *key && made_within_window(Some(access.accessed_at), now))
 }
 
 /// The listing rule: walking oldest to newest, an access is listed unless
@@ -86,7 +91,10 @@ pub fn listed_accesses(oldest_first: &[&AccessEvent]) -> Vec<AccessEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Accessor, CareSetting};
+    use crate::{
+        model::{Accessor, CareSetting},
+        nhs::NhsNumber,
+    };
 
     fn access(minutes: i64, organisation: &str, user: &str) -> AccessEvent {
         AccessEvent {
@@ -128,26 +136,32 @@ mod tests {
     }
 
     #[test]
-    fn a_request_repeats_within_the_window_for_the_same_organisation_and_person() {
+    fn a_request_repeats_only_within_the_window_and_with_every_part_equal() {
         let made = [access(0, "RR8", "a")];
+        let key = made[0].request_key();
         let start = DateTime::UNIX_EPOCH;
-        assert!(is_repeat(&made, "RR8", "r0", start + Duration::hours(23)));
-        assert!(!is_repeat(&made, "RR8", "r0", start + Duration::hours(25)), "the window has passed");
-        assert!(!is_repeat(&made, "RJ1", "r0", start), "request ids are scoped per organisation");
-        assert!(!is_repeat(&made, "RR8", "r1", start));
+        assert!(is_repeat(&made, &key, start + Duration::hours(23)));
+        assert!(!is_repeat(&made, &key, start + Duration::hours(25)), "the window has passed");
+        let other_organisation = RequestKey { organisation_ods_code: "RJ1".into(), ..key.clone() };
+        let other_user = RequestKey { user_id: "b".into(), ..key.clone() };
+        let other_setting = RequestKey { care_setting: CareSetting::MaternityUnit, ..key.clone() };
+        let other_id = RequestKey { request_id: "r1".into(), ..key.clone() };
+        for different in [other_organisation, other_user, other_setting, other_id] {
+            assert!(!is_repeat(&made, &different, start), "{different:?} is a new search");
+        }
     }
 
     #[test]
     fn a_request_in_flight_is_claimed_once_and_released_when_done() {
         let history = History::new();
-        let person = NhsNumber::parse("9990000026").unwrap();
-        let other = NhsNumber::parse("9990000034").unwrap();
-        let first = history.claim("RR8", person, "req-1");
+        let key = access(0, "RR8", "a").request_key();
+        let for_another_person = RequestKey { nhs_number: NhsNumber::parse("9990000034").unwrap(), ..key.clone() };
+        let first = history.claim(&key);
         assert!(first.is_some());
-        assert!(history.claim("RR8", person, "req-1").is_none(), "a racing retry");
-        assert!(history.claim("RR8", person, "req-1").is_none(), "a refused claim leaves the first one held");
-        assert!(history.claim("RR8", other, "req-1").is_some(), "the same id for another person is another search");
+        assert!(history.claim(&key).is_none(), "a racing retry");
+        assert!(history.claim(&key).is_none(), "a refused claim leaves the first one held");
+        assert!(history.claim(&for_another_person).is_some(), "the same id for another person is another search");
         drop(first);
-        assert!(history.claim("RR8", person, "req-1").is_some(), "released when the search ends");
+        assert!(history.claim(&key).is_some(), "released when the search ends");
     }
 }

@@ -194,6 +194,30 @@ pub struct AccessEvent {
     pub request_id: String,
 }
 
+/// What makes a search a client's retry of an earlier one: the same
+/// organisation, user, person, care setting and request id. Anything less
+/// (another user of the same organisation reusing an id, say) is a new search.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestKey {
+    pub organisation_ods_code: String,
+    pub user_id: String,
+    pub nhs_number: NhsNumber,
+    pub care_setting: CareSetting,
+    pub request_id: String,
+}
+
+impl AccessEvent {
+    pub fn request_key(&self) -> RequestKey {
+        RequestKey {
+            organisation_ods_code: self.organisation_ods_code.clone(),
+            user_id: self.accessor.user_id.clone(),
+            nhs_number: self.nhs_number,
+            care_setting: self.care_setting,
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
 /// The access notification for one owning local authority, before the store
 /// has given it a sequence number.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,14 @@
-//! The edge every gRPC call passes through: one tracing span per RPC (with
-//! the caller's ODS code, role, RPC, outcome and latency), the RPC metrics,
+//! The edge every gRPC call passes through: the access log line of each RPC
+//! (the caller's ODS code, role, RPC, outcome and latency), the RPC metrics,
 //! refusal with UNAVAILABLE once the relay is draining, and load shedding of
 //! searches beyond the global limit with an immediate RESOURCE_EXHAUSTED
 //! instead of a queue.
+//!
+//! The access log must not cost the clinician: a call that succeeds quickly
+//! is logged at `debug` (turn it on with `CPIS_LOG=info,cpis_relay::rpc=debug`),
+//! a failed or slow call at `info`. The durable audit trail is the store's,
+//! not the log's. The span around a call is at `debug` too, so at the default
+//! filter it is never built. Metric handles are resolved once, not per call.
 
 use std::{
     sync::Arc,
@@ -18,6 +24,8 @@ use tracing::Instrument;
 use crate::tls::PeerInfo;
 
 const SEARCH_PATH: &str = "/cpis.v1.Lookup/Search";
+/// A call slower than this is logged at info whatever its outcome.
+pub const SLOW_CALL: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct RpcLayer {
@@ -86,20 +94,77 @@ impl Drop for InFlight {
     }
 }
 
-/// `Service.Method` from a gRPC path, for labels; unknown paths are grouped.
-fn rpc_name(path: &str) -> &'static str {
-    const KNOWN: [(&str, &str); 9] = [
-        ("/cpis.v1.Lookup/Search", "Lookup.Search"),
-        ("/cpis.v1.Plans/Upload", "Plans.Upload"),
-        ("/cpis.v1.Plans/Delete", "Plans.Delete"),
-        ("/cpis.v1.Plans/Export", "Plans.Export"),
-        ("/cpis.v1.Notifications/Subscribe", "Notifications.Subscribe"),
-        ("/cpis.v1.Notifications/Ack", "Notifications.Ack"),
-        ("/cpis.v1.Audit/AccessLog", "Audit.AccessLog"),
-        ("/grpc.health.v1.Health/Check", "Health.Check"),
-        ("/grpc.health.v1.Health/Watch", "Health.Watch"),
-    ];
-    KNOWN.iter().find(|(known, _)| *known == path).map_or("other", |(_, name)| name)
+/// gRPC paths and their `Service.Method` label; unknown paths are grouped as "other".
+const KNOWN: [(&str, &str); 9] = [
+    ("/cpis.v1.Lookup/Search", "Lookup.Search"),
+    ("/cpis.v1.Plans/Upload", "Plans.Upload"),
+    ("/cpis.v1.Plans/Delete", "Plans.Delete"),
+    ("/cpis.v1.Plans/Export", "Plans.Export"),
+    ("/cpis.v1.Notifications/Subscribe", "Notifications.Subscribe"),
+    ("/cpis.v1.Notifications/Ack", "Notifications.Ack"),
+    ("/cpis.v1.Audit/AccessLog", "Audit.AccessLog"),
+    ("/grpc.health.v1.Health/Check", "Health.Check"),
+    ("/grpc.health.v1.Health/Watch", "Health.Watch"),
+];
+const OTHER: usize = KNOWN.len();
+
+/// The label index of a gRPC path: a position in `KNOWN`, or `OTHER`.
+fn rpc_index(path: &str) -> usize {
+    KNOWN.iter().position(|(known, _)| *known == path).unwrap_or(OTHER)
+}
+
+fn rpc_label(index: usize) -> &'static str {
+    KNOWN.get(index).map_or("other", |(_, name)| name)
+}
+
+const CODES: [tonic::Code; 17] = {
+    use tonic::Code::*;
+    [
+        Ok,
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
+    ]
+};
+
+/// `cpis_rpc_total{rpc,code}` and `cpis_rpc_duration_seconds{rpc}` for every
+/// known RPC and code, registered once (so they are also exposed at zero).
+struct RpcMetrics {
+    calls: Vec<[metrics::Counter; 17]>,
+    durations: Vec<metrics::Histogram>,
+}
+
+fn rpc_metrics() -> &'static RpcMetrics {
+    static METRICS: std::sync::OnceLock<RpcMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        let _recorder = crate::telemetry::metrics();
+        let calls = (0..=OTHER)
+            .map(|rpc| {
+                CODES
+                    .map(|code| metrics::counter!("cpis_rpc_total", "rpc" => rpc_label(rpc), "code" => code_name(code)))
+            })
+            .collect();
+        let durations =
+            (0..=OTHER).map(|rpc| metrics::histogram!("cpis_rpc_duration_seconds", "rpc" => rpc_label(rpc))).collect();
+        RpcMetrics { calls, durations }
+    })
+}
+
+fn count_call(rpc: usize, code: tonic::Code) {
+    rpc_metrics().calls[rpc][code as usize].increment(1);
 }
 
 /// The code's name as gRPC spells it in Rust, without allocating per call.
@@ -126,9 +191,25 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-fn refuse(rpc: &'static str, status: tonic::Status) -> http::Response<tonic::body::Body> {
-    metrics::counter!("cpis_rpc_total", "rpc" => rpc, "code" => code_name(status.code())).increment(1);
+fn refuse(rpc: usize, status: tonic::Status) -> http::Response<tonic::body::Body> {
+    count_call(rpc, status.code());
     status.into_http()
+}
+
+/// One line per call: at info when it failed or was slow, else at debug.
+fn access_log(rpc: usize, identity: Option<&crate::auth::Identity>, code: tonic::Code, elapsed: std::time::Duration) {
+    let notable = code != tonic::Code::Ok || elapsed >= SLOW_CALL;
+    if !(notable && tracing::enabled!(tracing::Level::INFO) || tracing::enabled!(tracing::Level::DEBUG)) {
+        return;
+    }
+    let (organisation, role) =
+        identity.map_or(("", "none"), |identity| (identity.ods_code.as_str(), identity.role.as_str()));
+    let (rpc, outcome, latency_ms) = (rpc_label(rpc), code_name(code), elapsed.as_secs_f64() * 1000.0);
+    if notable {
+        tracing::info!(rpc, organisation, role, outcome, latency_ms, "rpc");
+    } else {
+        tracing::debug!(rpc, organisation, role, outcome, latency_ms, "rpc");
+    }
 }
 
 impl<S, B> Service<http::Request<B>> for RpcService<S>
@@ -147,7 +228,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let rpc = rpc_name(request.uri().path());
+        let rpc = rpc_index(request.uri().path());
         if *self.draining.borrow() {
             let status = tonic::Status::unavailable("the relay is shutting down; retry, another node will answer");
             return Box::pin(std::future::ready(Ok(refuse(rpc, status))));
@@ -167,13 +248,12 @@ where
             Some(Ok(identity)) => Some(Arc::clone(identity)),
             _ => None,
         };
-        let span = tracing::info_span!(
+        // Disabled (and free) unless debug logging is on for this module.
+        let span = tracing::debug_span!(
             "rpc",
-            rpc,
+            rpc = rpc_label(rpc),
             organisation = %identity.as_deref().map_or("", |identity| identity.ods_code.as_str()),
             role = identity.as_deref().map_or("none", |identity| identity.role.as_str()),
-            outcome = tracing::field::Empty,
-            latency_ms = tracing::field::Empty
         );
         // The clone that was made ready is the one to call.
         let ready = self.inner.clone();
@@ -181,7 +261,7 @@ where
         let in_flight = InFlight::new(&self.in_flight);
         Box::pin(async move {
             let started = Instant::now();
-            let response = inner.call(request).instrument(span.clone()).await;
+            let response = inner.call(request).instrument(span).await;
             drop(permit);
             drop(in_flight);
             let elapsed = started.elapsed();
@@ -196,11 +276,9 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32),
                 Err(_) => tonic::Code::Unknown,
             };
-            let code = code_name(code);
-            span.record("outcome", code);
-            span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
-            metrics::counter!("cpis_rpc_total", "rpc" => rpc, "code" => code).increment(1);
-            metrics::histogram!("cpis_rpc_duration_seconds", "rpc" => rpc).record(elapsed.as_secs_f64());
+            count_call(rpc, code);
+            rpc_metrics().durations[rpc].record(elapsed.as_secs_f64());
+            access_log(rpc, identity.as_deref(), code, elapsed);
             response
         })
     }

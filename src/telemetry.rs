@@ -6,7 +6,8 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, fmt, fmt::format::FmtSpan, prelude::*};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
@@ -21,30 +22,30 @@ pub enum LogFormat {
 pub const LATENCY_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Installs the global tracing subscriber. `CPIS_LOG` filters, else `default_filter`.
-pub fn init_logging(format: LogFormat, default_filter: &str) {
+/// Lines the log writer may hold before a logging thread waits for it.
+const LOG_BUFFER_LINES: usize = 64 * 1024;
+
+/// Installs the global tracing subscriber. `CPIS_LOG` filters, else
+/// `default_filter`. Lines are formatted on the calling thread but written
+/// by a background thread through a buffer, so a slow terminal or journald
+/// never holds a request; nothing is dropped (a full buffer makes the caller
+/// wait). Keep the returned guard until exit: dropping it flushes the buffer.
+pub fn init_logging(format: LogFormat, default_filter: &str) -> WorkerGuard {
     let filter = EnvFilter::try_from_env("CPIS_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (writer, guard) =
+        NonBlockingBuilder::default().lossy(false).buffered_lines_limit(LOG_BUFFER_LINES).finish(std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
-    // Each RPC span is logged once, when it closes, with its outcome and latency.
     let _already_set = match format {
         LogFormat::Text => {
             // Colour only on a terminal: log files and journald get plain text.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            registry
-                .with(fmt::layer().with_ansi(ansi).with_span_events(FmtSpan::CLOSE).with_writer(std::io::stderr))
-                .try_init()
+            registry.with(fmt::layer().with_ansi(ansi).with_writer(writer)).try_init()
         }
         LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_events(FmtSpan::CLOSE)
-                    .with_writer(std::io::stderr),
-            )
+            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_writer(writer))
             .try_init(),
     };
+    guard
 }
 
 /// The process's Prometheus recorder, installed on first use.

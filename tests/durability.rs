@@ -164,7 +164,7 @@ async fn retention_removes_expired_plans_old_acked_notifications_and_old_history
     assert_eq!((counts.plans, counts.accesses), (1, 3));
     let snapshot = relay.store.load().await.unwrap();
     assert_eq!(snapshot.plans.len(), 1, "only the current plan is stored");
-    assert!(relay.store.accesses_of(cpis_relay::nhs::NhsNumber::parse(&current).unwrap()).unwrap().is_empty());
+    assert!(relay.store.accesses_of(cpis_relay::nhs::NhsNumber::parse(&current).unwrap()).await.unwrap().is_empty());
     let log = collect(
         relay.audit().await.access_log(AccessLogRequest { nhs_number: current.clone() }).await.unwrap().into_inner(),
     )

@@ -1,6 +1,7 @@
 //! Logs of the real binary: no personal data at info level, in text or
-//! JSON, one span per RPC with its outcome and latency, and SIGTERM drains
-//! and exits 0 with a subscription open.
+//! JSON; the access log (one line per RPC with its outcome and latency) at
+//! debug, and at the default info only for failed or slow calls; SIGTERM
+//! drains and exits 0 with a subscription open.
 
 mod common;
 
@@ -15,13 +16,13 @@ use cpis_relay::{
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
-/// Runs a relay, uploads and searches a person with memorable details,
-/// stops it with SIGTERM and returns its stderr.
-async fn logs_of_a_session(format: &str) -> String {
+/// Runs a relay with `filter`, uploads and searches a person with memorable
+/// details, makes one invalid search, stops it with SIGTERM and returns its stderr.
+async fn logs_of_a_session(format: &str, filter: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
     pki.write_server_layout(&dir.path().join("certs"));
-    let mut server = start(dir.path(), &["--log-format", format], "info").await;
+    let mut server = start(dir.path(), &["--log-format", format], filter).await;
     let child = nhs(4242);
     let mut plan = record(&child, PlanType::ChildProtection);
     plan.given_name = "Zebedee".into();
@@ -37,7 +38,9 @@ async fn logs_of_a_session(format: &str) -> String {
     let mut request = search_request(&child, "smartcard-77881", "");
     request.accessor.as_mut().unwrap().name = "Dr Wilhelmina Ostrogoth".into();
     assert!(LookupClient::new(ed.clone()).search(request).await.unwrap().into_inner().flagged);
-    assert!(LookupClient::new(ed).search(search_request(&nhs(4243), "smartcard-77881", "")).await.is_ok());
+    assert!(LookupClient::new(ed.clone()).search(search_request(&nhs(4243), "smartcard-77881", "")).await.is_ok());
+    let invalid = LookupClient::new(ed).search(search_request("12345", "smartcard-77881", "")).await.unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
     assert_eq!(next(&mut subscription).await.nhs_number, child);
 
     let pid = server.child.id().unwrap().to_string();
@@ -66,25 +69,42 @@ async fn logs_of_a_session(format: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn text_logs_carry_no_personal_data_and_a_span_per_rpc() {
-    let logs = logs_of_a_session("text").await;
-    assert!(logs.contains("rpc{rpc=\"Lookup.Search\" organisation=RR8 role=\"unscheduled-care\""), "{logs}");
-    assert!(logs.contains("outcome=\"Ok\""), "{logs}");
+async fn at_info_only_failed_calls_are_logged_and_without_personal_data() {
+    let logs = logs_of_a_session("text", "info").await;
+    let access_lines: Vec<&str> = logs.lines().filter(|line| line.contains("rpc=\"")).collect();
+    assert!(
+        access_lines.iter().any(|line| line.contains("rpc=\"Lookup.Search\"")
+            && line.contains("organisation=\"RR8\"")
+            && line.contains("role=\"unscheduled-care\"")
+            && line.contains("outcome=\"InvalidArgument\"")),
+        "the failed search is logged at info:\n{logs}"
+    );
+    assert!(
+        !access_lines.iter().any(|line| line.contains("outcome=\"Ok\"")),
+        "calls that succeed quickly cost no log line at info:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_are_one_object_per_line() {
-    let logs = logs_of_a_session("json").await;
-    let mut rpc_spans = 0;
+async fn the_debug_access_log_is_one_json_object_per_call() {
+    let logs = logs_of_a_session("json", "info,cpis_relay::rpc=debug").await;
+    let mut calls = Vec::new();
     for line in logs.lines().filter(|line| !line.trim().is_empty()) {
         let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
         assert!(value.get("level").is_some() && value.get("timestamp").is_some(), "{line}");
-        if let Some(span) = value.get("span").filter(|span| span["name"] == "rpc") {
-            rpc_spans += 1;
-            for field in ["rpc", "organisation", "role"] {
-                assert!(span.get(field).is_some(), "{field} in {line}");
+        if value["message"] == "rpc" {
+            for field in ["rpc", "organisation", "role", "outcome", "latency_ms"] {
+                assert!(value.get(field).is_some(), "{field} in {line}");
             }
+            calls.push((value["rpc"].as_str().unwrap().to_owned(), value["outcome"].as_str().unwrap().to_owned()));
         }
     }
-    assert!(rpc_spans >= 3, "span close lines for upload, subscribe and searches:\n{logs}");
+    for expected in [("Plans.Upload", "Ok"), ("Notifications.Subscribe", "Ok"), ("Lookup.Search", "InvalidArgument")] {
+        assert!(
+            calls.iter().any(|(rpc, outcome)| (rpc.as_str(), outcome.as_str()) == expected),
+            "{expected:?}: {logs}"
+        );
+    }
+    let searches = calls.iter().filter(|(rpc, outcome)| rpc == "Lookup.Search" && outcome == "Ok").count();
+    assert_eq!(searches, 2, "one line per successful search:\n{logs}");
 }

@@ -5,6 +5,7 @@
 pub mod delivery;
 pub mod echo;
 pub mod load;
+pub mod process;
 
 use std::{path::Path, sync::Arc, time::Instant};
 

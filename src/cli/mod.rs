@@ -3,6 +3,7 @@
 //! verb's work lives in a submodule; `main.rs` only calls [`main`].
 
 mod bench;
+mod bench_grpc;
 mod clients;
 mod demo;
 mod serve;
@@ -222,7 +223,8 @@ pub fn main() -> ExitCode {
     crate::tls::install_crypto_provider();
     // The server logs at info; client verbs and the demo print their own output.
     let default_filter = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
-    telemetry::init_logging(cli.log_format, default_filter);
+    // Held until the process ends: dropping it flushes buffered log lines.
+    let _log_writer = telemetry::init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -251,9 +253,12 @@ async fn run(command: Command) -> Result<u8, CliError> {
         }
         Command::Store { command: StoreCommand::Check { data_dir } } => {
             let report = crate::store::check::check(&data_dir).map_err(|error| CliError::Failed(error.to_string()))?;
-            println!("{}: integrity {}", report.path.display(), if report.integrity_ok { "ok" } else { "REPAIRED" });
+            println!("{}: integrity {}", report.path.display(), if report.integrity_ok { "ok" } else { "FAILED" });
             for (table, count) in &report.tables {
                 println!("  {table:<14} {count:>12}");
+            }
+            for problem in &report.problems {
+                println!("  problem: {problem}");
             }
             Ok(if report.integrity_ok { exit::OK } else { exit::FAILURE })
         }

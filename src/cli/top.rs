@@ -24,7 +24,7 @@ pub struct TopArgs {
 }
 
 /// A plain HTTP/1.0 GET of the local admin page; no client library needed for one text page.
-async fn scrape(admin: SocketAddr) -> Result<Scrape, CliError> {
+pub(super) async fn scrape(admin: SocketAddr) -> Result<Scrape, CliError> {
     let unavailable = |error: std::io::Error| CliError::Unavailable(format!("admin {admin}: {error}"));
     let mut stream = tokio::net::TcpStream::connect(admin).await.map_err(unavailable)?;
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.map_err(unavailable)?;

@@ -137,10 +137,10 @@ impl Relay {
 
     /// Every retained access of a person, oldest first (auditors only),
     /// including any held while the store is failing.
-    pub fn access_log(&self, identity: &Identity, nhs_number: &str) -> Result<Vec<AccessEvent>> {
+    pub async fn access_log(&self, identity: &Identity, nhs_number: &str) -> Result<Vec<AccessEvent>> {
         authorize(identity, Action::ReadAccessLog)?;
         let nhs_number = validate::nhs_number_field(nhs_number, "nhs_number")?;
-        let mut accesses = self.shared.store.accesses_of(nhs_number)?;
+        let mut accesses = self.shared.store.accesses_of(nhs_number).await?;
         self.shared.hub.add_held_accesses(nhs_number, &mut accesses);
         Ok(accesses)
     }

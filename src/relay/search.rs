@@ -9,7 +9,7 @@ use crate::{
     auth::{Action, Identity, authorize},
     error::{Error, Result},
     history,
-    model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan},
+    model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, RequestKey},
     nhs::NhsNumber,
     proto,
     stored::StoredPlan,
@@ -41,19 +41,49 @@ impl SearchOutcome {
     }
 }
 
+/// Outcomes of `cpis_searches_total`, in the order of [`SEARCH_OUTCOMES`].
+#[derive(Clone, Copy)]
+enum SearchMetric {
+    Flagged,
+    Unflagged,
+    Invalid,
+    Denied,
+    Error,
+}
+
+const SEARCH_OUTCOMES: [&str; 5] = ["flagged", "unflagged", "invalid", "denied", "error"];
+
+struct SearchMetrics {
+    outcomes: [metrics::Counter; 5],
+    duration: metrics::Histogram,
+}
+
+/// Registered once (so every outcome is exposed from start-up at zero).
+fn search_metrics() -> &'static SearchMetrics {
+    static METRICS: std::sync::OnceLock<SearchMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        let _recorder = crate::telemetry::metrics();
+        SearchMetrics {
+            outcomes: SEARCH_OUTCOMES.map(|outcome| metrics::counter!("cpis_searches_total", "outcome" => outcome)),
+            duration: metrics::histogram!("cpis_search_duration_seconds"),
+        }
+    })
+}
+
 impl Relay {
     pub async fn search(&self, identity: &Identity, request: &proto::SearchRequest) -> Result<SearchOutcome> {
         let started = std::time::Instant::now();
         let result = self.search_inner(identity, request).await;
         let outcome = match &result {
-            Ok(outcome) if outcome.flagged() => "flagged",
-            Ok(_) => "unflagged",
-            Err(Error::InvalidArgument { .. }) => "invalid",
-            Err(Error::PermissionDenied(_)) => "denied",
-            Err(_) => "error",
+            Ok(outcome) if outcome.flagged() => SearchMetric::Flagged,
+            Ok(_) => SearchMetric::Unflagged,
+            Err(Error::InvalidArgument { .. }) => SearchMetric::Invalid,
+            Err(Error::PermissionDenied(_)) => SearchMetric::Denied,
+            Err(_) => SearchMetric::Error,
         };
-        metrics::counter!("cpis_searches_total", "outcome" => outcome).increment(1);
-        metrics::histogram!("cpis_search_duration_seconds").record(started.elapsed().as_secs_f64());
+        let metrics = search_metrics();
+        metrics.outcomes[outcome as usize].increment(1);
+        metrics.duration.record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -87,13 +117,23 @@ impl Relay {
 
         // Only a client's own id can repeat. A copy of this request arriving while it runs finds
         // the claim taken and is answered without a notification: this search notifies.
-        let claim = if generated { None } else { shared.history.claim(&identity.ods_code, nhs_number, &request_id) };
-        let racing_retry = !generated && claim.is_none();
-        let accesses = self.person_accesses(nhs_number);
-        let is_retry = racing_retry || history::is_repeat(&accesses, &identity.ods_code, &request_id, now);
+        let request_key = (!generated).then(|| RequestKey {
+            organisation_ods_code: identity.ods_code.clone(),
+            user_id: accessor.user_id.clone(),
+            nhs_number,
+            care_setting,
+            request_id: request_id.clone(),
+        });
+        let claim = request_key.as_ref().map(|key| shared.history.claim(key));
+        let racing_retry = matches!(claim, Some(None));
+        let (accesses, request_made_at) = self.person_accesses(nhs_number, request_key.clone()).await;
+        let is_retry = racing_retry
+            || history::made_within_window(request_made_at, now)
+            || request_key.as_ref().is_some_and(|key| history::is_repeat(&accesses, key, now));
+        // A retry shows what its original showed: not the original's own access.
         let earlier: Vec<&AccessEvent> = accesses
             .iter()
-            .filter(|access| !(access.organisation_ods_code == identity.ods_code && access.request_id == request_id))
+            .filter(|access| request_key.as_ref().is_none_or(|key| access.request_key() != *key))
             .collect();
         let previous_accesses = history::listed_accesses(&earlier);
         if !is_retry {
@@ -108,16 +148,20 @@ impl Relay {
                 request_id,
             };
             let drafts = notification_drafts(&plans);
-            // On its own task: a client that goes away mid-search (dropping this
-            // future) must not take the notification with it.
+            // On its own task, holding the request's claim until the commit is done:
+            // a client that goes away mid-search (dropping this future) must not take
+            // the notification with it, nor let a retry notify a second time meanwhile.
             let relay = self.clone();
-            if let Err(error) = tokio::spawn(async move { relay.commit_access(access, drafts).await }).await {
+            let commit = tokio::spawn(async move {
+                relay.commit_access(access, drafts).await;
+                drop(claim);
+            });
+            if let Err(error) = commit.await {
                 tracing::error!(%error, "the task storing an access notification failed");
             }
         } else {
-            tracing::debug!(organisation = %identity.ods_code, "repeated request id: answered without a second notification");
+            tracing::debug!(organisation = %identity.ods_code, "repeated request: answered without a second notification");
         }
-        drop(claim);
 
         let person = plans.iter().max_by_key(|plan| plan.loaded_at).cloned();
         let plans = plans
@@ -129,20 +173,27 @@ impl Relay {
 }
 
 impl Relay {
-    /// A person's retained accesses, oldest first: those stored and those
-    /// held while the store is failing. If the store cannot be read the
-    /// clinician is still answered, without the history, and ops are told.
-    fn person_accesses(&self, nhs_number: NhsNumber) -> Vec<AccessEvent> {
-        let mut accesses = match self.shared.store.accesses_of(nhs_number) {
-            Ok(accesses) => accesses,
-            Err(error) => {
-                tracing::error!(%error, "cannot read an access history; answering without it");
-                metrics::counter!("cpis_store_failures_total", "operation" => "read_accesses").increment(1);
-                Vec::new()
-            }
-        };
+    /// A person's newest accesses, oldest first (those stored and those held
+    /// while the store is failing), and when `request` was made if it was.
+    /// If the store cannot be read the clinician is still answered, without
+    /// the history, and ops are told.
+    async fn person_accesses(
+        &self,
+        nhs_number: NhsNumber,
+        request: Option<RequestKey>,
+    ) -> (Vec<AccessEvent>, Option<chrono::DateTime<chrono::Utc>>) {
+        let (mut accesses, made_at) =
+            match self.shared.store.person_history(nhs_number, request, history::HISTORY_READ).await {
+                Ok(history) => (history.newest_first, history.request_made_at),
+                Err(error) => {
+                    tracing::error!(%error, "cannot read an access history; answering without it");
+                    metrics::counter!("cpis_store_failures_total", "operation" => "read_accesses").increment(1);
+                    (Vec::new(), None)
+                }
+            };
+        accesses.reverse();
         self.shared.hub.add_held_accesses(nhs_number, &mut accesses);
-        accesses
+        (accesses, made_at)
     }
 }
 

@@ -1,94 +1,128 @@
 //! Offline verification of an embedded store (`cpis-relay store check`):
-//! redb's own integrity check, then every record decodes and every plan
-//! expiry entry points at a plan. Never run on a store a relay has open.
+//! every record is read (the engine checks each block's checksum as it
+//! reads it) and decoded, every plan-expiry entry points at a plan with that
+//! last visible day, every access is listed once in time order with its
+//! request id, and each authority's notifications stay within its cursor.
+//! Never run on a store a relay has open.
 
-use std::path::{Path, PathBuf};
-
-use redb::{Database, ReadableTable, ReadableTableMetadata};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use super::{
     StoreError,
-    embedded::{
-        ACCESS_TIMES, ACCESSES, AUTHORITIES, CURSORS, FILE_NAME, NOTIFICATIONS, PLAN_EXPIRY, PLANS, decode, io,
-    },
+    embedded::{ACTIVITY_DIR, PLANS_DIR, Spaces, decode, io, keys},
 };
 use crate::{
-    model::{AccessEvent, LocalAuthority, Notification},
-    nhs::NhsNumber,
-    stored::StoredPlan,
+    model::{AccessEvent, LocalAuthority, Notification, days},
+    stored::{self, StoredPlan},
 };
 
-/// Per-table counts of an offline check.
+/// Per-keyspace counts of an offline check.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CheckReport {
     pub path: PathBuf,
+    /// Every cross-reference holds.
     pub integrity_ok: bool,
     pub tables: Vec<(&'static str, u64)>,
+    /// What did not hold, if anything.
+    pub problems: Vec<String>,
 }
 
 /// Verifies a store that no relay has open.
 pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
-    let path = data_dir.join(FILE_NAME);
-    if !path.exists() {
-        return Err(StoreError::Io(format!("{}: no store here", path.display())));
+    if !data_dir.join(PLANS_DIR).exists() || !data_dir.join(ACTIVITY_DIR).exists() {
+        return Err(StoreError::Io(format!("{}: no store here", data_dir.display())));
     }
-    let mut database = Database::open(&path).map_err(|error| StoreError::Io(format!("{}: {error}", path.display())))?;
-    let integrity_ok = database.check_integrity().map_err(io)?;
-    let read = database.begin_read().map_err(io)?;
-    let mut tables = Vec::new();
-    tables.push((
-        "authorities",
-        decode_all::<_, LocalAuthority>(&read.open_table(AUTHORITIES).map_err(io)?, "authorities")?,
-    ));
-    let plans = read.open_table(PLANS).map_err(io)?;
-    for entry in plans.iter().map_err(io)? {
-        let (key, value) = entry.map_err(io)?;
-        let (la, nhs, kind) = key.value();
-        let nhs_number = NhsNumber::from_u64(nhs).map_err(|error| StoreError::Corrupt(format!("plans: {error}")))?;
-        let plan_type = super::embedded::plan_type_of(kind)?;
-        let plan = StoredPlan::from_stored(la.into(), nhs_number, plan_type, value.value())?.decode()?;
-        if plan.la_ods_code != la {
-            return Err(StoreError::Corrupt("plans: a record is filed under another authority".into()));
-        }
-    }
-    tables.push(("plans", plans.len().map_err(io)?));
-    let plan_expiry = read.open_table(PLAN_EXPIRY).map_err(io)?;
-    for entry in plan_expiry.iter().map_err(io)? {
-        let (key, _) = entry.map_err(io)?;
-        let (_, la, nhs, kind) = key.value();
-        if plans.get((la, nhs, kind)).map_err(io)?.is_none() {
-            return Err(StoreError::Corrupt("plan_expiry: an entry points at no plan".into()));
-        }
-    }
-    tables.push(("plan_expiry", plan_expiry.len().map_err(io)?));
-    let accesses = read.open_table(ACCESSES).map_err(io)?;
-    tables.push(("accesses", decode_all::<_, AccessEvent>(&accesses, "accesses")?));
-    let times = read.open_table(ACCESS_TIMES).map_err(io)?;
-    for entry in times.iter().map_err(io)? {
-        let (key, nhs) = entry.map_err(io)?;
-        let (at, id) = key.value();
-        if accesses.get((nhs.value(), at, id)).map_err(io)?.is_none() {
-            return Err(StoreError::Corrupt("access_times: an entry points at no access".into()));
-        }
-    }
-    let time_count = times.len().map_err(io)?;
-    if time_count != accesses.len().map_err(io)? {
-        return Err(StoreError::Corrupt("access_times: does not list every access".into()));
-    }
-    tables.push(("access_times", time_count));
-    let notifications = read.open_table(NOTIFICATIONS).map_err(io)?;
-    tables.push(("notifications", decode_all::<_, Notification>(&notifications, "notifications")?));
-    tables.push(("cursors", read.open_table(CURSORS).map_err(io)?.len().map_err(io)?));
-    Ok(CheckReport { path, integrity_ok, tables })
-}
+    let spaces = Spaces::open(data_dir, super::embedded::DEFAULT_CACHE_BYTES)?;
+    let mut report = CheckReport { path: data_dir.to_owned(), ..CheckReport::default() };
+    let mut problem = |text: String| report.problems.push(text);
 
-/// Decodes every value of a table as `T`; the number of rows.
-fn decode_all<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
-    table: &redb::ReadOnlyTable<K, &'static [u8]>,
-    name: &str,
-) -> Result<u64, StoreError> {
-    for entry in table.iter().map_err(io)? {
-        decode::<T>(entry.map_err(io)?.1.value(), name)?;
+    let mut authorities = 0;
+    for entry in spaces.authorities.iter() {
+        let (_, value) = entry.into_inner().map_err(io)?;
+        decode::<LocalAuthority>(&value, "authorities")?;
+        authorities += 1;
     }
-    table.len().map_err(io)
+    let mut until_of: HashMap<Vec<u8>, Option<i32>> = HashMap::new();
+    for entry in spaces.plans.iter() {
+        let (key, value) = entry.into_inner().map_err(io)?;
+        let (la, nhs, plan_type) = keys::parse_plan(&key)?;
+        let plan = StoredPlan::from_stored(la.into(), nhs, plan_type, &value)?.decode()?;
+        if plan.la_ods_code != la {
+            problem(format!("plans: a record of {} is filed under {la}", plan.la_ods_code));
+        }
+        until_of.insert(key.to_vec(), stored::visible_until_of(&value)?.map(days::to_number));
+    }
+    let mut expiring = 0;
+    for entry in spaces.plan_expiry.iter() {
+        let key = entry.key().map_err(io)?;
+        let plan_key = keys::plan_of_expiry(&key)?;
+        let day = keys::expiry_day(&key)?;
+        match until_of.get(plan_key) {
+            Some(Some(until)) if *until == day => expiring += 1,
+            _ => problem("plan_expiry: an entry points at no plan with that last visible day".into()),
+        }
+    }
+    if expiring != until_of.values().filter(|until| until.is_some()).count() {
+        problem("plan_expiry: does not list every plan that ends".into());
+    }
+
+    let mut accesses = 0u64;
+    let mut requests_expected = 0u64;
+    for entry in spaces.accesses.iter() {
+        let (key, value) = entry.into_inner().map_err(io)?;
+        let access: AccessEvent = decode(&value, "accesses")?;
+        let at = access.accessed_at.timestamp_micros();
+        if key.as_ref() != keys::access(access.nhs_number, at, access.id) {
+            problem("accesses: a record is filed under another key".into());
+        }
+        if spaces.access_times.get(keys::access_time(at, access.id)).map_err(io)?.is_none() {
+            problem("access_times: an access is missing".into());
+        }
+        if spaces.requests.get(keys::request(&access.request_key())?).map_err(io)?.is_some() {
+            requests_expected += 1;
+        } else {
+            problem("requests: an access's request id is missing".into());
+        }
+        accesses += 1;
+    }
+    let access_times = spaces.access_times.len().map_err(io)? as u64;
+    if access_times != accesses {
+        problem(format!("access_times: {access_times} entries for {accesses} accesses"));
+    }
+    let requests = spaces.requests.len().map_err(io)? as u64;
+    if requests < requests_expected {
+        problem(format!("requests: {requests} entries for {requests_expected} accesses"));
+    }
+
+    let cursors: HashMap<String, u64> =
+        spaces.cursors()?.into_iter().map(|cursor| (cursor.la_ods_code, cursor.last_sequence)).collect();
+    let mut notifications = 0;
+    for entry in spaces.notifications.iter() {
+        let (_, value) = entry.into_inner().map_err(io)?;
+        let notification: Notification = decode(&value, "notifications")?;
+        let last = cursors.get(&notification.draft.la_ods_code).copied().unwrap_or(0);
+        if notification.sequence > last {
+            problem(format!(
+                "notifications: sequence {} is beyond its authority's cursor {last}",
+                notification.sequence
+            ));
+        }
+        notifications += 1;
+    }
+
+    report.integrity_ok = report.problems.is_empty();
+    report.tables = vec![
+        ("authorities", authorities),
+        ("plans", until_of.len() as u64),
+        ("plan_expiry", expiring as u64),
+        ("accesses", accesses),
+        ("access_times", access_times),
+        ("requests", requests),
+        ("notifications", notifications),
+        ("cursors", cursors.len() as u64),
+    ];
+    Ok(report)
 }

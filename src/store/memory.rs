@@ -9,9 +9,9 @@ use std::{
 
 use futures::{FutureExt, future::BoxFuture};
 
-use super::{Applied, Change, Cursor, ExpiryCounts, Faults, Snapshot, Store, StoreError};
+use super::{Applied, Change, Cursor, ExpiryCounts, Faults, PersonHistory, Snapshot, Store, StoreError};
 use crate::{
-    model::{AccessEvent, LocalAuthority, Notification, PlanType},
+    model::{AccessEvent, LocalAuthority, Notification, PlanType, RequestKey},
     nhs::NhsNumber,
     stored::StoredPlan,
 };
@@ -38,6 +38,8 @@ struct State {
     access_times: BTreeMap<(i64, u128), NhsNumber>,
     notifications: BTreeMap<(String, u64), Notification>,
     cursors: HashMap<String, Cursor>,
+    /// When each request was made, while its access is retained.
+    requests: HashMap<RequestKey, i64>,
 }
 
 impl MemoryStore {
@@ -90,6 +92,7 @@ impl State {
                 }
                 let at = access.accessed_at.timestamp_micros();
                 self.access_times.insert((at, access.id), access.nhs_number);
+                self.requests.insert(access.request_key(), at);
                 self.accesses.insert((access.nhs_number, at, access.id), access);
                 Applied::Notified(notified)
             }
@@ -115,7 +118,9 @@ impl State {
                 counts.notifications = (notifications_before - self.notifications.len()) as u64;
                 let keep = self.access_times.split_off(&(expiry.accesses_before.timestamp_micros(), 0));
                 for ((at, id), nhs) in std::mem::replace(&mut self.access_times, keep) {
-                    self.accesses.remove(&(nhs, at, id));
+                    if let Some(access) = self.accesses.remove(&(nhs, at, id)) {
+                        self.requests.remove(&access.request_key());
+                    }
                     counts.accesses += 1;
                 }
                 Applied::Expired(counts)
@@ -139,14 +144,36 @@ impl Store for MemoryStore {
         async move { result }.boxed()
     }
 
-    fn accesses_of(&self, nhs_number: NhsNumber) -> Result<Vec<AccessEvent>, StoreError> {
-        Ok(self.with_state(|state| {
+    fn person_history(
+        &self,
+        nhs_number: NhsNumber,
+        request: Option<RequestKey>,
+        newest: usize,
+    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
+        let history = self.with_state(|state| PersonHistory {
+            newest_first: state
+                .accesses
+                .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
+                .rev()
+                .take(newest)
+                .map(|(_, access)| access.clone())
+                .collect(),
+            request_made_at: request
+                .and_then(|request| state.requests.get(&request).copied())
+                .and_then(chrono::DateTime::from_timestamp_micros),
+        });
+        async move { Ok(history) }.boxed()
+    }
+
+    fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {
+        let accesses = self.with_state(|state| {
             state
                 .accesses
                 .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
                 .map(|(_, access)| access.clone())
                 .collect()
-        }))
+        });
+        async move { Ok(accesses) }.boxed()
     }
 
     fn notifications_after(

@@ -1,9 +1,10 @@
 //! The system of record. The [`Store`] trait is what the relay needs from
 //! durable storage: apply a change and resolve only once it is durable,
-//! replay everything on start, and page through a local authority's
-//! notifications. The relay never touches storage any other way, so the
-//! embedded redb store, the in-memory store and a NATS JetStream store are
-//! interchangeable.
+//! replay everything on start, read what a search needs of a person's
+//! history (bounded, whatever its length), and page through a local
+//! authority's notifications. The relay never touches storage any other way,
+//! so the embedded (fjall) store and the in-memory store are interchangeable.
+//! Reads that may touch the disk return futures and run off the async workers.
 //!
 //! Sequence numbers of notifications are assigned by the store, in commit
 //! order per local authority, so a subscriber that has seen sequence N has
@@ -22,7 +23,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::BoxFuture;
 
 use crate::{
-    model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType},
+    model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType, RequestKey},
     nhs::NhsNumber,
     stored::StoredPlan,
 };
@@ -104,6 +105,15 @@ pub struct Snapshot {
     pub cursors: Vec<Cursor>,
 }
 
+/// What a search reads of a person's history.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PersonHistory {
+    /// The newest retained accesses, newest first, as many as asked for.
+    pub newest_first: Vec<AccessEvent>,
+    /// When the asked-for request was made, if it was.
+    pub request_made_at: Option<DateTime<Utc>>,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Reads the whole state for the relay's in-memory index.
     fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>>;
@@ -112,9 +122,17 @@ pub trait Store: Send + Sync + 'static {
     /// left nothing behind).
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>>;
 
-    /// Every retained access of one person, oldest first. A short read,
-    /// answered on the caller's thread.
-    fn accesses_of(&self, nhs_number: NhsNumber) -> Result<Vec<AccessEvent>, StoreError>;
+    /// A person's `newest` most recent accesses and whether `request` was
+    /// already made: the bounded read of a search.
+    fn person_history(
+        &self,
+        nhs_number: NhsNumber,
+        request: Option<RequestKey>,
+        newest: usize,
+    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>>;
+
+    /// Every retained access of one person, oldest first (for auditors).
+    fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>>;
 
     /// Up to `limit` notifications of one authority with sequence above `after`, in order.
     fn notifications_after(

@@ -1,202 +1,303 @@
-//! The changes the embedded store's writer applies inside one write
-//! transaction: plan upserts and refreshes with their expiry entries,
-//! deletes, a flagged search's notifications and access, acknowledgements,
-//! and retention. Each returns what it did or fails the whole batch.
+//! What each lane writes for a batch of changes: every change of the batch
+//! goes into one fjall write batch, committed with `SyncData` (one journal
+//! append, one `fdatasync`), or the batch fails whole. Reads a change needs
+//! (the plan a new version replaces, an authority's current set for a
+//! refresh, what retention removes) see everything committed before it,
+//! because each lane is the only writer of its keyspaces.
 
 use std::collections::HashMap;
 
-use redb::{ReadableTable, WriteTransaction};
+use fjall::{OwnedWriteBatch, PersistMode};
 
-use super::{
-    ACCESS_TIMES, ACCESSES, AUTHORITIES, CURSORS, NOTIFICATIONS, PLAN_EXPIRY, PLANS, day_key, decode, encode, io,
-    plan_type_of, type_key,
-};
+use super::{Spaces, decode, encode, io, keys, lane::Committer};
 use crate::{
-    model::{LocalAuthority, Notification, PlanType},
+    model::{LocalAuthority, Notification, days},
     store::{Applied, Change, Cursor, Expiry, ExpiryCounts, StoreError},
-    stored,
+    stored::{self, StoredPlan},
 };
 
-pub(super) fn apply(
-    transaction: &WriteTransaction,
-    positions: &mut HashMap<String, Cursor>,
-    change: Change,
-) -> Result<Applied, StoreError> {
-    match change {
-        Change::UpsertPlans { authority, plans } => {
-            put_authority(transaction, &authority)?;
-            let mut table = transaction.open_table(PLANS).map_err(io)?;
-            let mut expiry = transaction.open_table(PLAN_EXPIRY).map_err(io)?;
-            for plan in plans.iter() {
-                let key = (plan.la_ods_code(), plan.nhs_number().as_u64(), type_key(plan.plan_type()));
-                // One traversal: the insert hands back the version it replaces.
-                let replaced_until = match table.insert(key, plan.bytes()).map_err(io)? {
-                    Some(previous) => stored::visible_until_of(previous.value())?,
-                    None => None,
-                };
-                let until = plan.visible_until();
-                if replaced_until != until {
-                    if let Some(day) = replaced_until {
-                        expiry.remove((day_key(day), key.0, key.1, key.2)).map_err(io)?;
-                    }
-                    if let Some(day) = until {
-                        expiry.insert((day_key(day), key.0, key.1, key.2), ()).map_err(io)?;
-                    }
+/// Writes plan changes: uploads, deletes and plan retention.
+pub(super) struct PlanCommitter {
+    pub spaces: Spaces,
+}
+
+/// Writes activity: flagged searches, acknowledgements and their retention.
+/// Owns each authority's sequence positions, assigned in commit order.
+pub(super) struct ActivityCommitter {
+    pub spaces: Spaces,
+    pub positions: HashMap<String, Cursor>,
+}
+
+impl Committer for PlanCommitter {
+    fn commit(&mut self, changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
+        let spaces = &self.spaces;
+        let mut batch = spaces.plans_db.batch().durability(Some(PersistMode::SyncData));
+        // Plans written earlier in this batch, which reads of the keyspace do not see yet.
+        let mut pending: HashMap<Vec<u8>, Option<i32>> = HashMap::new();
+        let mut results = Vec::with_capacity(changes.len());
+        for change in changes {
+            results.push(match change {
+                Change::UpsertPlans { authority, plans } => {
+                    put_authority(spaces, &mut batch, &authority)?;
+                    upsert(spaces, &mut batch, &mut pending, plans.iter())?;
+                    Applied::Done
                 }
-            }
-            Ok(Applied::Done)
-        }
-        Change::ReplacePlans { authority, plans } => {
-            // Remove only what the new set lacks; the rest is overwritten in place,
-            // which is far cheaper than emptying the range and filling it again.
-            // Both lists in key order (the relay sends plans sorted): one merge pass.
-            let mut keep: Vec<(u64, u8)> =
-                plans.iter().map(|plan| (plan.nhs_number().as_u64(), type_key(plan.plan_type()))).collect();
-            if !keep.is_sorted() {
-                keep.sort_unstable();
-            }
-            let la = authority.ods_code.as_str();
-            let gone: Vec<(u64, u8)> = {
-                let table = transaction.open_table(PLANS).map_err(io)?;
-                let mut gone = Vec::new();
-                let mut wanted = keep.iter().peekable();
-                for entry in table.range((la, 0, 0)..=(la, u64::MAX, u8::MAX)).map_err(io)? {
-                    let (key, _) = entry.map_err(io)?;
-                    let (_, nhs, kind) = key.value();
-                    while wanted.next_if(|&&next| next < (nhs, kind)).is_some() {}
-                    if wanted.peek() != Some(&&(nhs, kind)) {
-                        gone.push((nhs, kind));
-                    }
+                Change::ReplacePlans { authority, plans } => {
+                    put_authority(spaces, &mut batch, &authority)?;
+                    replace(spaces, &mut batch, &mut pending, &authority.ods_code, &plans)?;
+                    Applied::Done
                 }
-                gone
-            };
-            for (nhs, kind) in gone {
-                delete_plans(transaction, la, Some(nhs), Some(plan_type_of(kind)?))?;
-            }
-            apply(transaction, positions, Change::UpsertPlans { authority, plans })
+                Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
+                    let mut prefix = keys::authority_prefix(&la_ods_code);
+                    prefix.extend_from_slice(&nhs_number.as_u64().to_be_bytes());
+                    for entry in spaces.plans.prefix(&prefix) {
+                        let (key, value) = entry.into_inner().map_err(io)?;
+                        let (_, _, kind) = keys::parse_plan(&key)?;
+                        if plan_type.is_none_or(|wanted| wanted == kind) {
+                            let until = stored::visible_until_of(&value)?.map(days::to_number);
+                            remove_plan(&mut batch, spaces, &mut pending, &key, until);
+                        }
+                    }
+                    Applied::Done
+                }
+                Change::Expire(expiry) => Applied::Expired(expire_plans(spaces, &mut batch, &expiry)?),
+                Change::RecordAccess { .. } | Change::Ack { .. } => {
+                    return Err(StoreError::Corrupt("an activity change reached the plan lane".into()));
+                }
+            });
         }
-        Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
-            delete_plans(transaction, &la_ods_code, Some(nhs_number.as_u64()), plan_type)?;
-            Ok(Applied::Done)
-        }
-        Change::RecordAccess { access, drafts } => {
-            let mut notifications = transaction.open_table(NOTIFICATIONS).map_err(io)?;
-            let mut cursors = transaction.open_table(CURSORS).map_err(io)?;
-            let mut notified = Vec::with_capacity(drafts.len());
-            for draft in drafts {
-                let cursor = positions
-                    .entry(draft.la_ods_code.clone())
-                    .or_insert_with(|| Cursor { la_ods_code: draft.la_ods_code.clone(), ..Cursor::default() });
-                cursor.last_sequence += 1;
-                let notification = Notification { sequence: cursor.last_sequence, draft, access: access.clone() };
-                let la = notification.draft.la_ods_code.as_str();
-                notifications.insert((la, notification.sequence), encode(&notification)?.as_slice()).map_err(io)?;
-                cursors.insert(la, (cursor.last_sequence, cursor.acked_through)).map_err(io)?;
-                notified.push(notification);
-            }
-            let at = access.accessed_at.timestamp_micros();
-            let nhs = access.nhs_number.as_u64();
-            let mut accesses = transaction.open_table(ACCESSES).map_err(io)?;
-            accesses.insert((nhs, at, access.id), encode(&access)?.as_slice()).map_err(io)?;
-            let mut times = transaction.open_table(ACCESS_TIMES).map_err(io)?;
-            times.insert((at, access.id), nhs).map_err(io)?;
-            Ok(Applied::Notified(notified))
-        }
-        Change::Ack { la_ods_code, through } => {
-            let cursor = positions
-                .entry(la_ods_code.clone())
-                .or_insert_with(|| Cursor { la_ods_code: la_ods_code.clone(), ..Cursor::default() });
-            cursor.acked_through = cursor.acked_through.max(through.min(cursor.last_sequence));
-            let mut cursors = transaction.open_table(CURSORS).map_err(io)?;
-            cursors.insert(la_ods_code.as_str(), (cursor.last_sequence, cursor.acked_through)).map_err(io)?;
-            Ok(Applied::Done)
-        }
-        Change::Expire(expiry) => Ok(Applied::Expired(expire(transaction, positions, expiry)?)),
+        batch.commit().map_err(io)?;
+        Ok(results)
     }
 }
 
-fn put_authority(transaction: &WriteTransaction, authority: &LocalAuthority) -> Result<(), StoreError> {
-    let mut table = transaction.open_table(AUTHORITIES).map_err(io)?;
-    table.insert(authority.ods_code.as_str(), encode(authority)?.as_slice()).map_err(io)?;
+fn put_authority(spaces: &Spaces, batch: &mut OwnedWriteBatch, authority: &LocalAuthority) -> Result<(), StoreError> {
+    batch.insert(&spaces.authorities, authority.ods_code.as_str(), encode(authority)?);
     Ok(())
 }
 
-/// Deletes an authority's plans: all, one person's, or one person's of one type.
-fn delete_plans(
-    transaction: &WriteTransaction,
-    la: &str,
-    nhs_number: Option<u64>,
-    plan_type: Option<PlanType>,
-) -> Result<u64, StoreError> {
-    let mut table = transaction.open_table(PLANS).map_err(io)?;
-    let mut expiry = transaction.open_table(PLAN_EXPIRY).map_err(io)?;
-    let (low, high) = match (nhs_number, plan_type) {
-        (Some(nhs), Some(kind)) => ((la, nhs, type_key(kind)), (la, nhs, type_key(kind))),
-        (Some(nhs), None) => ((la, nhs, 0), (la, nhs, u8::MAX)),
-        (None, _) => ((la, 0, 0), (la, u64::MAX, u8::MAX)),
-    };
-    let mut removed = 0;
-    for entry in table.extract_from_if(low..=high, |_, _| true).map_err(io)? {
-        let (key, value) = entry.map_err(io)?;
-        let (la, nhs, kind) = key.value();
-        if let Some(day) = stored::visible_until_of(value.value())? {
-            expiry.remove((day_key(day), la, nhs, kind)).map_err(io)?;
-        }
-        removed += 1;
+/// The last visible day of the stored version of a plan, reading this
+/// batch's own writes first.
+fn current_until(
+    spaces: &Spaces,
+    pending: &HashMap<Vec<u8>, Option<i32>>,
+    key: &[u8],
+) -> Result<Option<Option<i32>>, StoreError> {
+    if let Some(until) = pending.get(key) {
+        return Ok(Some(*until));
     }
-    Ok(removed)
+    match spaces.plans.get(key).map_err(io)? {
+        Some(value) => Ok(Some(stored::visible_until_of(&value)?.map(days::to_number))),
+        None => Ok(None),
+    }
 }
 
-fn expire(
-    transaction: &WriteTransaction,
+/// Writes one plan and moves its expiry entry if its last visible day changed.
+fn write_plan(
+    spaces: &Spaces,
+    batch: &mut OwnedWriteBatch,
+    pending: &mut HashMap<Vec<u8>, Option<i32>>,
+    plan: &StoredPlan,
+    replaced: Option<Option<i32>>,
+) {
+    let key = keys::plan(plan.la_ods_code(), plan.nhs_number(), plan.plan_type());
+    let until = plan.visible_until().map(days::to_number);
+    let before = replaced.flatten();
+    if before != until {
+        if let Some(day) = before {
+            batch.remove(&spaces.plan_expiry, keys::plan_expiry(day, &key));
+        }
+        if let Some(day) = until {
+            batch.insert(&spaces.plan_expiry, keys::plan_expiry(day, &key), []);
+        }
+    }
+    batch.insert(&spaces.plans, key.clone(), plan.bytes());
+    pending.insert(key, until);
+}
+
+fn remove_plan(
+    batch: &mut OwnedWriteBatch,
+    spaces: &Spaces,
+    pending: &mut HashMap<Vec<u8>, Option<i32>>,
+    key: &[u8],
+    until: Option<i32>,
+) {
+    if let Some(day) = until {
+        batch.remove(&spaces.plan_expiry, keys::plan_expiry(day, key));
+    }
+    batch.remove(&spaces.plans, key.to_vec());
+    pending.remove(key);
+}
+
+fn upsert<'a>(
+    spaces: &Spaces,
+    batch: &mut OwnedWriteBatch,
+    pending: &mut HashMap<Vec<u8>, Option<i32>>,
+    plans: impl Iterator<Item = &'a StoredPlan>,
+) -> Result<(), StoreError> {
+    for plan in plans {
+        let key = keys::plan(plan.la_ods_code(), plan.nhs_number(), plan.plan_type());
+        let replaced = current_until(spaces, pending, &key)?;
+        write_plan(spaces, batch, pending, plan, replaced);
+    }
+    Ok(())
+}
+
+/// Makes an authority's plans exactly `plans` (sorted by NHS number and
+/// type, which is their key order): one pass over the current set merged
+/// with the new one removes what the new set lacks and moves expiry entries.
+fn replace(
+    spaces: &Spaces,
+    batch: &mut OwnedWriteBatch,
+    pending: &mut HashMap<Vec<u8>, Option<i32>>,
+    la: &str,
+    plans: &[StoredPlan],
+) -> Result<(), StoreError> {
+    let mut current: Vec<(Vec<u8>, Option<i32>)> = Vec::new();
+    for entry in spaces.plans.prefix(keys::authority_prefix(la)) {
+        let (key, value) = entry.into_inner().map_err(io)?;
+        let until = stored::visible_until_of(&value)?.map(days::to_number);
+        current.push((key.to_vec(), until));
+    }
+    // A refresh after an upsert in the same batch: the batch's own writes win.
+    for (key, until) in pending.iter() {
+        if key.starts_with(&keys::authority_prefix(la)) {
+            match current.binary_search_by(|(existing, _)| existing.as_slice().cmp(key)) {
+                Ok(found) => current[found].1 = *until,
+                Err(at) => current.insert(at, (key.clone(), *until)),
+            }
+        }
+    }
+    let mut sorted: Vec<&StoredPlan> = plans.iter().collect();
+    if !sorted.is_sorted_by_key(|plan| (plan.nhs_number(), plan.plan_type())) {
+        sorted.sort_by_key(|plan| (plan.nhs_number(), plan.plan_type()));
+    }
+    let mut old = current.into_iter().peekable();
+    for plan in sorted {
+        let key = keys::plan(la, plan.nhs_number(), plan.plan_type());
+        while let Some((gone, until)) = old.next_if(|(existing, _)| existing.as_slice() < key.as_slice()) {
+            remove_plan(batch, spaces, pending, &gone, until);
+        }
+        let replaced = old.next_if(|(existing, _)| existing.as_slice() == key.as_slice()).map(|(_, until)| until);
+        write_plan(spaces, batch, pending, plan, replaced);
+    }
+    for (gone, until) in old {
+        remove_plan(batch, spaces, pending, &gone, until);
+    }
+    Ok(())
+}
+
+/// Plans whose last visible day is before today.
+fn expire_plans(spaces: &Spaces, batch: &mut OwnedWriteBatch, expiry: &Expiry) -> Result<ExpiryCounts, StoreError> {
+    let mut counts = ExpiryCounts::default();
+    let end = keys::plan_expiry_from(days::to_number(expiry.today));
+    for entry in spaces.plan_expiry.range(..end) {
+        let key = entry.key().map_err(io)?;
+        let plan_key = keys::plan_of_expiry(&key)?;
+        if spaces.plans.contains_key(plan_key).map_err(io)? {
+            batch.remove(&spaces.plans, plan_key.to_vec());
+            counts.plans += 1;
+        }
+        batch.remove(&spaces.plan_expiry, key.to_vec());
+    }
+    Ok(counts)
+}
+
+impl Committer for ActivityCommitter {
+    fn commit(&mut self, changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
+        let spaces = &self.spaces;
+        let mut positions = self.positions.clone();
+        let mut batch = spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
+        let mut results = Vec::with_capacity(changes.len());
+        for change in changes {
+            results.push(match change {
+                Change::RecordAccess { access, drafts } => {
+                    let mut notified = Vec::with_capacity(drafts.len());
+                    for draft in drafts {
+                        let cursor = position(&mut positions, &draft.la_ods_code);
+                        cursor.last_sequence += 1;
+                        let notification =
+                            Notification { sequence: cursor.last_sequence, draft, access: access.clone() };
+                        let la = notification.draft.la_ods_code.as_str();
+                        batch.insert(
+                            &spaces.notifications,
+                            keys::notification(la, notification.sequence),
+                            encode(&notification)?,
+                        );
+                        put_cursor(spaces, &mut batch, cursor)?;
+                        notified.push(notification);
+                    }
+                    let at = access.accessed_at.timestamp_micros();
+                    let access_key = keys::access(access.nhs_number, at, access.id);
+                    batch.insert(&spaces.accesses, access_key, encode(&access)?);
+                    batch.insert(&spaces.access_times, keys::access_time(at, access.id), access_key);
+                    batch.insert(&spaces.requests, keys::request(&access.request_key())?, at.to_be_bytes());
+                    Applied::Notified(notified)
+                }
+                Change::Ack { la_ods_code, through } => {
+                    let cursor = position(&mut positions, &la_ods_code);
+                    cursor.acked_through = cursor.acked_through.max(through.min(cursor.last_sequence));
+                    put_cursor(spaces, &mut batch, cursor)?;
+                    Applied::Done
+                }
+                Change::Expire(expiry) => Applied::Expired(expire_activity(spaces, &mut batch, &positions, &expiry)?),
+                Change::UpsertPlans { .. } | Change::ReplacePlans { .. } | Change::DeletePlans { .. } => {
+                    return Err(StoreError::Corrupt("a plan change reached the activity lane".into()));
+                }
+            });
+        }
+        batch.commit().map_err(io)?;
+        self.positions = positions;
+        Ok(results)
+    }
+}
+
+fn position<'a>(positions: &'a mut HashMap<String, Cursor>, la: &str) -> &'a mut Cursor {
+    positions.entry(la.to_owned()).or_insert_with(|| Cursor { la_ods_code: la.to_owned(), ..Cursor::default() })
+}
+
+fn put_cursor(spaces: &Spaces, batch: &mut OwnedWriteBatch, cursor: &Cursor) -> Result<(), StoreError> {
+    batch.insert(&spaces.cursors, cursor.la_ods_code.as_str(), encode(&(cursor.last_sequence, cursor.acked_through))?);
+    Ok(())
+}
+
+/// Acknowledged notifications and accesses (with their request ids) past their keeping periods.
+fn expire_activity(
+    spaces: &Spaces,
+    batch: &mut OwnedWriteBatch,
     positions: &HashMap<String, Cursor>,
-    expiry: Expiry,
+    expiry: &Expiry,
 ) -> Result<ExpiryCounts, StoreError> {
     let mut counts = ExpiryCounts::default();
-    {
-        // Plans whose last visible day is before today.
-        let mut expiring = transaction.open_table(PLAN_EXPIRY).map_err(io)?;
-        let mut plans = transaction.open_table(PLANS).map_err(io)?;
-        let low = (i32::MIN, "", 0u64, 0u8);
-        let high = (day_key(expiry.today) - 1, "\u{10FFFF}", u64::MAX, u8::MAX);
-        for entry in expiring.extract_from_if(low..=high, |_, _| true).map_err(io)? {
-            let (key, _) = entry.map_err(io)?;
-            let (_, la, nhs, kind) = key.value();
-            if plans.remove((la, nhs, kind)).map_err(io)?.is_some() {
-                counts.plans += 1;
+    for cursor in positions.values() {
+        let la = cursor.la_ods_code.as_str();
+        let (from, to) = (keys::notification(la, 0), keys::notification(la, cursor.acked_through));
+        for entry in spaces.notifications.range(from..=to) {
+            let (key, value) = entry.into_inner().map_err(io)?;
+            let notification: Notification = decode(&value, "notifications")?;
+            if notification.access.accessed_at >= expiry.acked_notifications_before {
+                break;
             }
+            batch.remove(&spaces.notifications, key);
+            counts.notifications += 1;
         }
     }
-    {
-        // Acknowledged notifications older than the cut-off, oldest first per authority.
-        let mut notifications = transaction.open_table(NOTIFICATIONS).map_err(io)?;
-        for cursor in positions.values() {
-            let la = cursor.la_ods_code.as_str();
-            let mut expired = Vec::new();
-            for entry in notifications.range((la, 0)..=(la, cursor.acked_through)).map_err(io)? {
-                let (key, value) = entry.map_err(io)?;
-                let notification: Notification = decode(value.value(), "notifications")?;
-                if notification.access.accessed_at >= expiry.acked_notifications_before {
-                    break;
-                }
-                expired.push(key.value().1);
-            }
-            for sequence in expired {
-                notifications.remove((la, sequence)).map_err(io)?;
-                counts.notifications += 1;
+    let cutoff = keys::access_time_from(expiry.accesses_before.timestamp_micros());
+    for entry in spaces.access_times.range(..cutoff) {
+        let (time_key, access_key) = entry.into_inner().map_err(io)?;
+        if let Some(value) = spaces.accesses.get(&access_key).map_err(io)? {
+            // The request id goes with its access, unless a later access (a day or
+            // more later) has taken the same key since.
+            let access: crate::model::AccessEvent = decode(&value, "accesses")?;
+            let request_key = keys::request(&access.request_key())?;
+            let made_at = access.accessed_at.timestamp_micros().to_be_bytes();
+            if spaces.requests.get(&request_key).map_err(io)?.is_some_and(|value| *value == made_at) {
+                batch.remove(&spaces.requests, request_key);
             }
         }
-    }
-    {
-        let mut times = transaction.open_table(ACCESS_TIMES).map_err(io)?;
-        let mut accesses = transaction.open_table(ACCESSES).map_err(io)?;
-        let cutoff = (expiry.accesses_before.timestamp_micros(), 0u128);
-        for entry in times.extract_from_if((i64::MIN, 0u128)..cutoff, |_, _| true).map_err(io)? {
-            let (key, nhs) = entry.map_err(io)?;
-            let (at, id) = key.value();
-            accesses.remove((nhs.value(), at, id)).map_err(io)?;
-            counts.accesses += 1;
-        }
+        batch.remove(&spaces.accesses, access_key);
+        batch.remove(&spaces.access_times, time_key);
+        counts.accesses += 1;
     }
     Ok(counts)
 }

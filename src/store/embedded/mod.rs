@@ -1,185 +1,194 @@
-//! The default store: one redb file in the data directory.
+//! The default store: an LSM engine (fjall) with a write-ahead journal, in
+//! the data directory, as two databases, each with its own journal and its
+//! own write lane (see [`lane`]):
 //!
-//! All writes go through one writer thread. It takes every change that has
-//! queued up (group commit), applies them in one transaction with redb's
-//! immediate durability, and answers each caller after the commit, so
-//! concurrent flagged searches share one fsync instead of paying one each.
-//! If the commit fails, every change of the batch fails and nothing of it
-//! is visible, in the file or in the sequence numbers handed out.
+//! - `plans/`: authorities, plans in their stored form ([`StoredPlan`]), and
+//!   plans by their last visible day (for retention);
+//! - `activity/`: a person's accesses in time order, accesses by time (for
+//!   retention), request ids (a retried search is one point read), each
+//!   authority's notifications by sequence, and each authority's cursor.
 //!
-//! Retention is cheap because each kind of record is keyed by what expires
-//! it: plans have a secondary table ordered by their last visible day,
-//! accesses a time-ordered table beside the per-person one that searches
-//! read, and notifications are keyed by sequence (which follows time) per
-//! authority.
+//! The durable part of a batch of flagged searches is one sequential append
+//! to the activity journal and one `fdatasync`: the keyspaces that answer
+//! reads are the engine's memtables, flushed and compacted by its own threads
+//! off the commit path, and rebuilt from the journal after a crash. Changes of
+//! one batch become visible to readers together, after the sync.
 //!
-//! Plans are written in their stored form ([`StoredPlan`]), so start-up
-//! copies bytes into the index without decoding them.
+//! Start-up copies plan bytes into the index without decoding them.
+
+mod changes;
+pub(super) mod keys;
+mod lane;
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
 };
 
-use chrono::NaiveDate;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use futures::{FutureExt, future::BoxFuture};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::{mpsc, oneshot};
 
-mod changes;
-
-use changes::apply;
-
-use super::{Applied, Change, Cursor, Faults, Snapshot, Store, StoreError};
+use self::lane::Lane;
+use super::{Applied, Change, Cursor, Faults, PersonHistory, Snapshot, Store, StoreError};
 use crate::{
-    model::{AccessEvent, Notification, PlanType, days},
+    model::{AccessEvent, Notification, RequestKey},
     nhs::NhsNumber,
     stored::StoredPlan,
 };
 
-/// The file inside the data directory.
-pub const FILE_NAME: &str = "cpis-relay.redb";
-/// Version 2: plans in their stored form, dates as day numbers, per-person accesses.
-const SCHEMA_VERSION: u64 = 2;
-/// redb's page cache unless configured: reads of plans on start and of
-/// access histories on search; the operating system caches the file too.
+/// The plans database inside the data directory.
+pub const PLANS_DIR: &str = "plans";
+/// The activity database inside the data directory.
+pub const ACTIVITY_DIR: &str = "activity";
+/// The file of the store before version 3 (redb), refused with a message.
+const OLD_FILE_NAME: &str = "cpis-relay.redb";
+/// Version 3: two fjall databases, request ids, signed big-endian keys.
+const SCHEMA_VERSION: u64 = 3;
+/// The engines' block caches together, unless configured: reads of plans on
+/// start and of histories on search; the operating system caches the files too.
 pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
-/// Most changes committed in one transaction.
-const MAX_BATCH: usize = 4096;
-/// Changes that may wait for the writer before callers wait to enqueue.
-const QUEUE_DEPTH: usize = 8192;
-
-pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-pub(super) const AUTHORITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("authorities");
-/// (authority, NHS number, plan type) -> plan in its stored form.
-pub(super) const PLANS: TableDefinition<(&str, u64, u8), &[u8]> = TableDefinition::new("plans");
-/// (last visible day, authority, NHS number, plan type) for plans that end.
-pub(super) const PLAN_EXPIRY: TableDefinition<(i32, &str, u64, u8), ()> = TableDefinition::new("plan_expiry");
-/// (NHS number, accessed at in microseconds, access id) -> access: a person's history in order.
-pub(super) const ACCESSES: TableDefinition<(u64, i64, u128), &[u8]> = TableDefinition::new("accesses");
-/// (accessed at in microseconds, access id) -> NHS number: accesses in time order, for retention.
-pub(super) const ACCESS_TIMES: TableDefinition<(i64, u128), u64> = TableDefinition::new("access_times");
-/// (authority, sequence) -> notification.
-pub(super) const NOTIFICATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("notifications");
-/// authority -> (last sequence, acknowledged through).
-pub(super) const CURSORS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("cursors");
-
-struct Job {
-    change: Change,
-    reply: oneshot::Sender<Result<Applied, StoreError>>,
-}
-
-/// A handle to the embedded store; clones share the file and the writer.
-/// When the last clone is dropped the writer finishes what is queued and
-/// the file is closed before the drop returns, so it can be reopened at once.
-#[derive(Clone)]
-pub struct EmbeddedStore {
-    database: Arc<Database>,
-    writer: Arc<WriterHandle>,
-    faults: Faults,
-    path: PathBuf,
-    stats: Arc<CommitStats>,
-}
-
-/// Group-commit counters since the store was opened.
-#[derive(Debug, Default)]
-pub struct CommitStats {
-    /// Durable transactions committed.
-    pub commits: AtomicU64,
-    /// Changes carried by those transactions.
-    pub changes: AtomicU64,
-}
-
-struct WriterHandle {
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WriterHandle {
-    fn jobs(&self) -> Option<mpsc::Sender<Job>> {
-        self.jobs.clone()
-    }
-}
-
-impl Drop for WriterHandle {
-    fn drop(&mut self) {
-        // Closing the queue ends the writer once it has committed what is queued.
-        self.jobs.take();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the store writer panicked");
-        }
-    }
-}
+/// Memtable size per keyspace before it is flushed to a table file.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 
 pub(super) fn io(error: impl std::fmt::Display) -> StoreError {
     StoreError::Io(error.to_string())
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value).map_err(|error| StoreError::Corrupt(format!("encoding: {error}")))
 }
 
-pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], table: &str) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|error| StoreError::Corrupt(format!("{table}: {error}")))
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], keyspace: &str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|error| StoreError::Corrupt(format!("{keyspace}: {error}")))
 }
 
-fn type_key(plan_type: PlanType) -> u8 {
-    match plan_type {
-        PlanType::ChildProtection => 0,
-        PlanType::LookedAfter => 1,
-        PlanType::UnbornChildProtection => 2,
+/// The two databases and their keyspaces; fjall handles are cheap clones.
+#[derive(Clone)]
+pub(super) struct Spaces {
+    pub plans_db: Database,
+    pub meta: Keyspace,
+    pub authorities: Keyspace,
+    pub plans: Keyspace,
+    pub plan_expiry: Keyspace,
+    pub activity_db: Database,
+    pub accesses: Keyspace,
+    pub access_times: Keyspace,
+    pub requests: Keyspace,
+    pub notifications: Keyspace,
+    pub cursors: Keyspace,
+}
+
+impl Spaces {
+    pub(super) fn open(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let open = |name: &str| -> Result<Database, StoreError> {
+            let path = data_dir.join(name);
+            Database::builder(&path)
+                .cache_size(cache_bytes as u64 / 2)
+                .worker_threads(1)
+                .open()
+                .map_err(|error| StoreError::Io(format!("{}: {error}", path.display())))
+        };
+        let keyspace = |database: &Database, name: &str| {
+            database
+                .keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
+                .map_err(|error| StoreError::Io(format!("keyspace {name}: {error}")))
+        };
+        let (plans_db, activity_db) = (open(PLANS_DIR)?, open(ACTIVITY_DIR)?);
+        Ok(Self {
+            meta: keyspace(&plans_db, "meta")?,
+            authorities: keyspace(&plans_db, "authorities")?,
+            plans: keyspace(&plans_db, "plans")?,
+            plan_expiry: keyspace(&plans_db, "plan_expiry")?,
+            accesses: keyspace(&activity_db, "accesses")?,
+            access_times: keyspace(&activity_db, "access_times")?,
+            requests: keyspace(&activity_db, "requests")?,
+            notifications: keyspace(&activity_db, "notifications")?,
+            cursors: keyspace(&activity_db, "cursors")?,
+            plans_db,
+            activity_db,
+        })
+    }
+
+    /// Every authority's cursor.
+    pub(super) fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
+        let mut cursors = Vec::new();
+        for entry in self.cursors.iter() {
+            let (key, value) = entry.into_inner().map_err(io)?;
+            let la = std::str::from_utf8(&key).map_err(|_| StoreError::Corrupt("cursors: key".into()))?;
+            let (last_sequence, acked_through): (u64, u64) = decode(&value, "cursors")?;
+            cursors.push(Cursor { la_ods_code: la.to_owned(), last_sequence, acked_through });
+        }
+        Ok(cursors)
     }
 }
 
-pub(super) fn plan_type_of(key: u8) -> Result<PlanType, StoreError> {
-    match key {
-        0 => Ok(PlanType::ChildProtection),
-        1 => Ok(PlanType::LookedAfter),
-        2 => Ok(PlanType::UnbornChildProtection),
-        other => Err(StoreError::Corrupt(format!("plans: plan type key {other}"))),
-    }
+/// A handle to the embedded store; clones share the databases and lanes.
+/// When the last clone is dropped the lanes commit what is queued and stop.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    spaces: Spaces,
+    plan_lane: Arc<Lane>,
+    activity_lane: Arc<Lane>,
+    faults: Faults,
+    path: PathBuf,
+    stats: Arc<CommitStats>,
 }
 
-fn day_key(date: NaiveDate) -> i32 {
-    days::to_number(date)
+/// Group-commit counters since the store was opened (both lanes).
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Durable batches committed.
+    pub commits: AtomicU64,
+    /// Changes carried by those batches.
+    pub changes: AtomicU64,
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `data_dir` and starts its writer.
+    /// Opens (or creates) the store in `data_dir` and starts its lanes.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
     }
 
-    /// [`EmbeddedStore::open`] with a page cache of `cache_bytes`.
+    /// [`EmbeddedStore::open`] with block caches of `cache_bytes` in all.
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
-        let path = data_dir.join(FILE_NAME);
-        let database = redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(&path)
-            .map_err(|error| StoreError::Io(format!("{}: {error}", path.display())))?;
-        let positions = initialise(&database)?;
-        let database = Arc::new(database);
-        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        if data_dir.join(OLD_FILE_NAME).exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds a schema version 2 store (one redb file); this relay reads version {SCHEMA_VERSION}: \
+                 export each authority's plans with the previous release, start on an empty data directory and upload them again",
+                data_dir.display()
+            )));
+        }
+        let spaces = Spaces::open(data_dir, cache_bytes)?;
+        check_schema(&spaces)?;
         let faults = Faults::default();
         let stats = Arc::new(CommitStats::default());
-        let writer =
-            Writer { database: Arc::clone(&database), positions, faults: faults.clone(), stats: Arc::clone(&stats) };
-        let thread = std::thread::Builder::new()
-            .name("cpis-store-writer".into())
-            .spawn(move || writer.run(queue))
-            .map_err(io)?;
-        let writer = Arc::new(WriterHandle { jobs: Some(jobs), thread: Some(thread) });
-        Ok(Self { database, writer, faults, path, stats })
+        let positions = spaces.cursors()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
+        let plan_lane = Lane::start(
+            "plans",
+            changes::PlanCommitter { spaces: spaces.clone() },
+            faults.clone(),
+            Arc::clone(&stats),
+        )?;
+        let activity_lane = Lane::start(
+            "activity",
+            changes::ActivityCommitter { spaces: spaces.clone(), positions },
+            faults.clone(),
+            Arc::clone(&stats),
+        )?;
+        Ok(Self {
+            spaces,
+            plan_lane: Arc::new(plan_lane),
+            activity_lane: Arc::new(activity_lane),
+            faults,
+            path: data_dir.to_owned(),
+            stats,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -191,163 +200,124 @@ impl EmbeddedStore {
         (self.stats.commits.load(Ordering::Acquire), self.stats.changes.load(Ordering::Acquire))
     }
 
+    /// Runs a read on the blocking pool, off the async worker threads.
     fn read<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        work: impl FnOnce(&Spaces) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
-        let database = Arc::clone(&self.database);
-        async move { tokio::task::spawn_blocking(move || work(&database)).await.map_err(io)? }.boxed()
+        let spaces = self.spaces.clone();
+        async move { tokio::task::spawn_blocking(move || work(&spaces)).await.map_err(io)? }.boxed()
     }
 }
 
-/// Creates missing tables, checks the schema and reads sequence positions.
-fn initialise(database: &Database) -> Result<HashMap<String, Cursor>, StoreError> {
-    let transaction = database.begin_write().map_err(io)?;
-    {
-        let mut meta = transaction.open_table(META).map_err(io)?;
-        let version = meta.get("schema_version").map_err(io)?.map(|value| value.value());
-        match version {
-            None => {
-                meta.insert("schema_version", SCHEMA_VERSION).map_err(io)?;
-            }
-            Some(SCHEMA_VERSION) => {}
-            Some(other) => {
-                return Err(StoreError::Corrupt(format!(
-                    "schema version {other}; this relay reads version {SCHEMA_VERSION}"
-                )));
+/// Records the schema version in a new store, or checks it in an old one.
+fn check_schema(spaces: &Spaces) -> Result<(), StoreError> {
+    match spaces.meta.get("schema_version").map_err(io)? {
+        None => {
+            spaces.meta.insert("schema_version", SCHEMA_VERSION.to_be_bytes()).map_err(io)?;
+            spaces.plans_db.persist(fjall::PersistMode::SyncAll).map_err(io)?;
+            Ok(())
+        }
+        Some(bytes) => {
+            let version = <[u8; 8]>::try_from(&bytes[..]).map(u64::from_be_bytes).unwrap_or(0);
+            if version == SCHEMA_VERSION {
+                Ok(())
+            } else {
+                Err(StoreError::Corrupt(format!("schema version {version}; this relay reads version {SCHEMA_VERSION}")))
             }
         }
-        transaction.open_table(AUTHORITIES).map_err(io)?;
-        transaction.open_table(PLANS).map_err(io)?;
-        transaction.open_table(PLAN_EXPIRY).map_err(io)?;
-        transaction.open_table(ACCESSES).map_err(io)?;
-        transaction.open_table(ACCESS_TIMES).map_err(io)?;
-        transaction.open_table(NOTIFICATIONS).map_err(io)?;
-        transaction.open_table(CURSORS).map_err(io)?;
     }
-    transaction.commit().map_err(io)?;
-    let read = database.begin_read().map_err(io)?;
-    let cursors = read.open_table(CURSORS).map_err(io)?;
-    let mut positions = HashMap::new();
-    for entry in cursors.iter().map_err(io)? {
-        let (la, value) = entry.map_err(io)?;
-        let (last_sequence, acked_through) = value.value();
-        let la = la.value().to_owned();
-        positions.insert(la.clone(), Cursor { la_ods_code: la, last_sequence, acked_through });
-    }
-    Ok(positions)
 }
 
-/// The single writer: owns the sequence positions and every write transaction.
-struct Writer {
-    database: Arc<Database>,
-    positions: HashMap<String, Cursor>,
-    faults: Faults,
-    stats: Arc<CommitStats>,
-}
-
-impl Writer {
-    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
-        while let Some(first) = queue.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            let started = Instant::now();
-            let (changes, replies): (Vec<Change>, Vec<_>) =
-                batch.into_iter().map(|job| (job.change, job.reply)).unzip();
-            let size = changes.len();
-            match self.commit(changes) {
-                Ok(results) => {
-                    metrics::histogram!("cpis_store_sync_duration_seconds").record(started.elapsed().as_secs_f64());
-                    metrics::counter!("cpis_store_commits_total").increment(1);
-                    metrics::counter!("cpis_store_changes_total").increment(size as u64);
-                    self.stats.commits.fetch_add(1, Ordering::AcqRel);
-                    self.stats.changes.fetch_add(size as u64, Ordering::AcqRel);
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(result));
-                    }
-                }
-                Err(error) => {
-                    metrics::counter!("cpis_store_sync_failures_total").increment(1);
-                    tracing::error!(%error, changes = size, "store commit failed; nothing of the batch was applied");
-                    for reply in replies {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    fn commit(&mut self, changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
-        self.faults.wait_while_stalled(changes.len());
-        self.faults.check()?;
-        let mut positions = self.positions.clone();
-        let transaction = self.database.begin_write().map_err(io)?;
-        let mut results = Vec::with_capacity(changes.len());
-        for change in changes {
-            results.push(apply(&transaction, &mut positions, change)?);
-        }
-        transaction.commit().map_err(io)?;
-        self.positions = positions;
-        Ok(results)
+/// Which lanes a change goes to.
+fn lanes_of(change: &Change) -> (bool, bool) {
+    match change {
+        Change::UpsertPlans { .. } | Change::ReplacePlans { .. } | Change::DeletePlans { .. } => (true, false),
+        Change::RecordAccess { .. } | Change::Ack { .. } => (false, true),
+        Change::Expire(_) => (true, true),
     }
 }
 
 impl Store for EmbeddedStore {
     fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>> {
-        self.read(|database| {
-            let read = database.begin_read().map_err(io)?;
+        self.read(|spaces| {
             let mut snapshot = Snapshot::default();
-            for entry in read.open_table(AUTHORITIES).map_err(io)?.iter().map_err(io)? {
-                snapshot.authorities.push(decode(entry.map_err(io)?.1.value(), "authorities")?);
+            for entry in spaces.authorities.iter() {
+                let (_, value) = entry.into_inner().map_err(io)?;
+                snapshot.authorities.push(decode(&value, "authorities")?);
             }
-            let plans = read.open_table(PLANS).map_err(io)?;
-            snapshot.plans.reserve(plans.len().map_err(io)? as usize);
-            let mut la_codes: HashMap<String, Arc<str>> = HashMap::new();
-            for entry in plans.iter().map_err(io)? {
-                let (key, value) = entry.map_err(io)?;
-                let (la, nhs, kind) = key.value();
+            snapshot.plans.reserve(spaces.plans.approximate_len());
+            let mut la_codes: std::collections::HashMap<String, Arc<str>> = std::collections::HashMap::new();
+            for entry in spaces.plans.iter() {
+                let (key, value) = entry.into_inner().map_err(io)?;
+                let (la, nhs, plan_type) = keys::parse_plan(&key)?;
                 let la = match la_codes.get(la) {
                     Some(shared) => Arc::clone(shared),
                     None => Arc::clone(la_codes.entry(la.to_owned()).or_insert_with(|| la.into())),
                 };
-                let nhs = NhsNumber::from_u64(nhs)
-                    .map_err(|error| StoreError::Corrupt(format!("plans: key {nhs}: {error}")))?;
-                snapshot.plans.push(StoredPlan::from_stored(la, nhs, plan_type_of(kind)?, value.value())?);
+                snapshot.plans.push(StoredPlan::from_stored(la, nhs, plan_type, &value)?);
             }
-            for entry in read.open_table(CURSORS).map_err(io)?.iter().map_err(io)? {
-                let (la, value) = entry.map_err(io)?;
-                let (last_sequence, acked_through) = value.value();
-                snapshot.cursors.push(Cursor { la_ods_code: la.value().to_owned(), last_sequence, acked_through });
-            }
+            snapshot.cursors = spaces.cursors()?;
             Ok(snapshot)
         })
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
-        let jobs = self.writer.jobs();
-        async move {
-            let jobs = jobs.ok_or(StoreError::Closed)?;
-            let (reply, answer) = oneshot::channel();
-            jobs.send(Job { change, reply }).await.map_err(|_| StoreError::Closed)?;
-            answer.await.map_err(|_| StoreError::Closed)?
+        match lanes_of(&change) {
+            (true, false) => Lane::apply(self.plan_lane.sender(), change).boxed(),
+            (false, _) => Lane::apply(self.activity_lane.sender(), change).boxed(),
+            (true, true) => {
+                let (plans, activity) = (self.plan_lane.sender(), self.activity_lane.sender());
+                async move {
+                    let (from_plans, from_activity) =
+                        futures::try_join!(Lane::apply(plans, change.clone()), Lane::apply(activity, change))?;
+                    Ok(match (from_plans, from_activity) {
+                        (Applied::Expired(plans), Applied::Expired(activity)) => {
+                            Applied::Expired(super::ExpiryCounts {
+                                plans: plans.plans,
+                                notifications: activity.notifications,
+                                accesses: activity.accesses,
+                            })
+                        }
+                        (other, _) => other,
+                    })
+                }
+                .boxed()
+            }
         }
-        .boxed()
     }
 
-    fn accesses_of(&self, nhs_number: NhsNumber) -> Result<Vec<AccessEvent>, StoreError> {
-        let read = self.database.begin_read().map_err(io)?;
-        let table = read.open_table(ACCESSES).map_err(io)?;
-        let nhs = nhs_number.as_u64();
-        let mut accesses = Vec::new();
-        for entry in table.range((nhs, i64::MIN, 0)..=(nhs, i64::MAX, u128::MAX)).map_err(io)? {
-            accesses.push(decode(entry.map_err(io)?.1.value(), "accesses")?);
-        }
-        Ok(accesses)
+    fn person_history(
+        &self,
+        nhs_number: NhsNumber,
+        request: Option<RequestKey>,
+        newest: usize,
+    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
+        self.read(move |spaces| {
+            let mut history = PersonHistory::default();
+            for entry in spaces.accesses.prefix(keys::person_prefix(nhs_number)).rev().take(newest) {
+                history.newest_first.push(decode(&entry.value().map_err(io)?, "accesses")?);
+            }
+            if let Some(request) = request
+                && let Some(value) = spaces.requests.get(keys::request(&request)?).map_err(io)?
+            {
+                let at = <[u8; 8]>::try_from(&value[..])
+                    .map(i64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("requests: value".into()))?;
+                history.request_made_at = chrono::DateTime::from_timestamp_micros(at);
+            }
+            Ok(history)
+        })
+    }
+
+    fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {
+        self.read(move |spaces| {
+            let mut accesses = Vec::new();
+            for entry in spaces.accesses.prefix(keys::person_prefix(nhs_number)) {
+                accesses.push(decode(&entry.value().map_err(io)?, "accesses")?);
+            }
+            Ok(accesses)
+        })
     }
 
     fn notifications_after(
@@ -357,15 +327,14 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
         let la = la_ods_code.to_owned();
-        self.read(move |database| {
-            let read = database.begin_read().map_err(io)?;
-            let table = read.open_table(NOTIFICATIONS).map_err(io)?;
+        self.read(move |spaces| {
             let mut page = Vec::with_capacity(limit.min(1024));
             if after == u64::MAX {
                 return Ok(page);
             }
-            for entry in table.range((la.as_str(), after + 1)..=(la.as_str(), u64::MAX)).map_err(io)?.take(limit) {
-                page.push(decode(entry.map_err(io)?.1.value(), "notifications")?);
+            let (from, to) = (keys::notification(&la, after + 1), keys::notification(&la, u64::MAX));
+            for entry in spaces.notifications.range(from..=to).take(limit) {
+                page.push(decode(&entry.value().map_err(io)?, "notifications")?);
             }
             Ok(page)
         })
@@ -377,42 +346,4 @@ impl Store for EmbeddedStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan(n: u64, plan_type: PlanType, end: Option<&str>) -> StoredPlan {
-        let nhs_number = NhsNumber::complete(999_000_000 + n).or_else(|| NhsNumber::complete(999_100_000 + n)).unwrap();
-        let plan = crate::model::Plan {
-            local_id: format!("L{n}"),
-            end_date: end.map(|end| end.parse().unwrap()),
-            ..crate::model::test_plan(nhs_number, plan_type)
-        };
-        StoredPlan::encode(&plan, "706".into()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn replace_keeps_exactly_the_new_set_and_a_consistent_expiry_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let authority = crate::synth::authority("706").unwrap();
-        {
-            let store = EmbeddedStore::open(dir.path()).unwrap();
-            let first = vec![
-                plan(1, PlanType::ChildProtection, Some("2026-01-01")),
-                plan(2, PlanType::LookedAfter, None),
-                plan(3, PlanType::ChildProtection, Some("2026-02-01")),
-            ];
-            store.apply(Change::UpsertPlans { authority: authority.clone(), plans: first.into() }).await.unwrap();
-            let second =
-                vec![plan(2, PlanType::LookedAfter, Some("2026-03-01")), plan(4, PlanType::ChildProtection, None)];
-            let change = Change::ReplacePlans { authority: authority.clone(), plans: second.clone().into() };
-            store.apply(change).await.unwrap();
-            let mut loaded = store.load().await.unwrap().plans;
-            loaded.sort_by_key(|plan| plan.nhs_number());
-            assert_eq!(loaded, second);
-        }
-        let report = super::super::check::check(dir.path()).unwrap();
-        assert!(report.integrity_ok);
-        let count = |table: &str| report.tables.iter().find(|(name, _)| *name == table).unwrap().1;
-        assert_eq!((count("plans"), count("plan_expiry")), (2, 1), "one of the two remaining plans has an end");
-    }
-}
+mod tests;

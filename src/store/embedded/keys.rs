@@ -1,0 +1,154 @@
+//! Byte keys of the embedded store's keyspaces. Every key sorts in the order
+//! its reads and retention need (integers big-endian, signed ones with the
+//! sign bit flipped), and every variable-length part is either the last part
+//! or ends in a 0 byte that the part itself cannot contain (ODS codes are
+//! checked to be printable ASCII before they reach the store).
+
+use crate::{
+    model::{PlanType, RequestKey},
+    nhs::NhsNumber,
+    store::StoreError,
+};
+
+pub(in crate::store) fn type_byte(plan_type: PlanType) -> u8 {
+    match plan_type {
+        PlanType::ChildProtection => 0,
+        PlanType::LookedAfter => 1,
+        PlanType::UnbornChildProtection => 2,
+    }
+}
+
+pub(in crate::store) fn plan_type_of(byte: u8) -> Result<PlanType, StoreError> {
+    match byte {
+        0 => Ok(PlanType::ChildProtection),
+        1 => Ok(PlanType::LookedAfter),
+        2 => Ok(PlanType::UnbornChildProtection),
+        other => Err(StoreError::Corrupt(format!("plans: plan type key {other}"))),
+    }
+}
+
+fn signed64(value: i64) -> [u8; 8] {
+    ((value as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn signed32(value: i32) -> [u8; 4] {
+    ((value as u32) ^ (1 << 31)).to_be_bytes()
+}
+
+/// `authority 0`: the prefix of one authority's plans or notifications.
+pub(in crate::store) fn authority_prefix(la: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(la.len() + 1 + 9);
+    key.extend_from_slice(la.as_bytes());
+    key.push(0);
+    key
+}
+
+/// plans: `authority 0 nhs(8) type(1)`.
+pub(in crate::store) fn plan(la: &str, nhs: NhsNumber, plan_type: PlanType) -> Vec<u8> {
+    let mut key = authority_prefix(la);
+    key.extend_from_slice(&nhs.as_u64().to_be_bytes());
+    key.push(type_byte(plan_type));
+    key
+}
+
+/// The parts of a plan key.
+pub(in crate::store) fn parse_plan(key: &[u8]) -> Result<(&str, NhsNumber, PlanType), StoreError> {
+    let corrupt = || StoreError::Corrupt("plans: malformed key".into());
+    let split = key.iter().position(|&byte| byte == 0).ok_or_else(corrupt)?;
+    let (la, rest) = (&key[..split], &key[split + 1..]);
+    if rest.len() != 9 {
+        return Err(corrupt());
+    }
+    let la = std::str::from_utf8(la).map_err(|_| corrupt())?;
+    let nhs = u64::from_be_bytes(rest[..8].try_into().map_err(|_| corrupt())?);
+    let nhs = NhsNumber::from_u64(nhs).map_err(|error| StoreError::Corrupt(format!("plans: {error}")))?;
+    Ok((la, nhs, plan_type_of(rest[8])?))
+}
+
+/// plan_expiry: `last visible day(4) plan key`.
+pub(in crate::store) fn plan_expiry(day: i32, plan_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + plan_key.len());
+    key.extend_from_slice(&signed32(day));
+    key.extend_from_slice(plan_key);
+    key
+}
+
+/// The first expiry key of plans visible until `day` or later.
+pub(in crate::store) fn plan_expiry_from(day: i32) -> [u8; 4] {
+    signed32(day)
+}
+
+/// The last visible day of an expiry key.
+pub(in crate::store) fn expiry_day(key: &[u8]) -> Result<i32, StoreError> {
+    let day: [u8; 4] = key
+        .get(..4)
+        .and_then(|day| day.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("plan_expiry: malformed key".into()))?;
+    Ok((u32::from_be_bytes(day) ^ (1 << 31)) as i32)
+}
+
+/// The plan key inside an expiry key.
+pub(in crate::store) fn plan_of_expiry(key: &[u8]) -> Result<&[u8], StoreError> {
+    key.get(4..).ok_or_else(|| StoreError::Corrupt("plan_expiry: malformed key".into()))
+}
+
+/// accesses: `nhs(8) accessed at(8) id(16)`: a person's history in time order.
+pub(in crate::store) fn access(nhs: NhsNumber, at_micros: i64, id: u128) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&nhs.as_u64().to_be_bytes());
+    key[8..16].copy_from_slice(&signed64(at_micros));
+    key[16..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub(in crate::store) fn person_prefix(nhs: NhsNumber) -> [u8; 8] {
+    nhs.as_u64().to_be_bytes()
+}
+
+/// access_times: `accessed at(8) id(16)` -> the access key: accesses in time order, for retention.
+pub(in crate::store) fn access_time(at_micros: i64, id: u128) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&signed64(at_micros));
+    key[8..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The first access-time key at or after `at_micros`.
+pub(in crate::store) fn access_time_from(at_micros: i64) -> [u8; 8] {
+    signed64(at_micros)
+}
+
+/// requests: `nhs(8)` then the organisation, user, care setting and request
+/// id of a search (length-prefixed): a retried request is one point read.
+pub(in crate::store) fn request(request: &RequestKey) -> Result<Vec<u8>, StoreError> {
+    let mut key = request.nhs_number.as_u64().to_be_bytes().to_vec();
+    let parts = (&request.organisation_ods_code, &request.user_id, request.care_setting, &request.request_id);
+    postcard::to_io(&parts, &mut key)
+        .map_err(|error| StoreError::Corrupt(format!("encoding a request key: {error}")))?;
+    Ok(key)
+}
+
+/// notifications: `authority 0 sequence(8)`.
+pub(in crate::store) fn notification(la: &str, sequence: u64) -> Vec<u8> {
+    let mut key = authority_prefix(la);
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_as_their_parts() {
+        let nhs = NhsNumber::parse("9990000026").unwrap();
+        assert!(access(nhs, -5, 0) < access(nhs, 3, 0), "times before the epoch sort first");
+        assert!(access_time(i64::MIN, 0) < access_time(0, 0));
+        assert!(plan_expiry(-1, b"a") < plan_expiry(0, b"a"));
+        assert!(notification("706", 9) < notification("706", 10));
+        assert!(notification("70", u64::MAX) < notification("706", 0), "an authority's range excludes longer codes");
+        let key = plan("706", nhs, PlanType::LookedAfter);
+        assert_eq!(parse_plan(&key).unwrap(), ("706", nhs, PlanType::LookedAfter));
+        assert_eq!(plan_of_expiry(&plan_expiry(7, &key)).unwrap(), key.as_slice());
+    }
+}

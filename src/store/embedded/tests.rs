@@ -1,0 +1,118 @@
+use super::*;
+use crate::{
+    model::{AccessEvent, Accessor, CareSetting, NotificationDraft, PlanType},
+    store::{ExpiryCounts, check},
+};
+
+fn plan(n: u64, plan_type: PlanType, end: Option<&str>) -> StoredPlan {
+    let nhs_number = NhsNumber::complete(999_000_000 + n).or_else(|| NhsNumber::complete(999_100_000 + n)).unwrap();
+    let plan = crate::model::Plan {
+        local_id: format!("L{n}"),
+        end_date: end.map(|end| end.parse().unwrap()),
+        ..crate::model::test_plan(nhs_number, plan_type)
+    };
+    StoredPlan::encode(&plan, "706".into()).unwrap()
+}
+
+fn access(nhs_number: NhsNumber, minute: i64, user: &str, request_id: &str) -> AccessEvent {
+    AccessEvent {
+        id: minute as u128 + 1,
+        accessed_at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(minute),
+        nhs_number,
+        organisation_ods_code: "RR8".into(),
+        organisation_name: "Leeds".into(),
+        care_setting: CareSetting::EmergencyDepartment,
+        accessor: Accessor { user_id: user.into(), name: "Dr".into(), role_code: String::new() },
+        request_id: request_id.into(),
+    }
+}
+
+fn draft(la: &str) -> NotificationDraft {
+    NotificationDraft {
+        la_ods_code: la.into(),
+        notification_id: format!("n-{la}"),
+        local_id: "L".into(),
+        plan_type: PlanType::ChildProtection,
+        team_code: "T".into(),
+    }
+}
+
+fn count(report: &check::CheckReport, table: &str) -> u64 {
+    report.tables.iter().find(|(name, _)| *name == table).unwrap().1
+}
+
+#[tokio::test]
+async fn replace_keeps_exactly_the_new_set_and_a_consistent_expiry_keyspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = crate::synth::authority("706").unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let first = vec![
+            plan(1, PlanType::ChildProtection, Some("2026-01-01")),
+            plan(2, PlanType::LookedAfter, None),
+            plan(3, PlanType::ChildProtection, Some("2026-02-01")),
+        ];
+        store.apply(Change::UpsertPlans { authority: authority.clone(), plans: first.into() }).await.unwrap();
+        let second = vec![plan(2, PlanType::LookedAfter, Some("2026-03-01")), plan(4, PlanType::ChildProtection, None)];
+        let change = Change::ReplacePlans { authority: authority.clone(), plans: second.clone().into() };
+        store.apply(change).await.unwrap();
+        let mut loaded = store.load().await.unwrap().plans;
+        loaded.sort_by_key(|plan| plan.nhs_number());
+        assert_eq!(loaded, second);
+    }
+    let report = check::check(dir.path()).unwrap();
+    assert!(report.integrity_ok, "{:?}", report.problems);
+    assert_eq!((count(&report, "plans"), count(&report, "plan_expiry")), (2, 1), "one of the two remaining plans ends");
+}
+
+#[tokio::test]
+async fn a_person_history_is_bounded_newest_first_and_finds_a_request_by_every_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
+    let other = plan(2, PlanType::ChildProtection, None).nhs_number();
+    for minute in 0..40 {
+        let change =
+            Change::RecordAccess { access: access(person, minute, "u", &format!("r{minute}")), drafts: vec![] };
+        store.apply(change).await.unwrap();
+    }
+    store.apply(Change::RecordAccess { access: access(other, 0, "u", "x"), drafts: vec![] }).await.unwrap();
+    let asked = access(person, 7, "u", "r7").request_key();
+    let history = store.person_history(person, Some(asked.clone()), 10).await.unwrap();
+    let minutes: Vec<i64> = history.newest_first.iter().map(|a| a.accessed_at.timestamp() / 60).collect();
+    assert_eq!(minutes, (30..40).rev().collect::<Vec<_>>());
+    assert_eq!(history.request_made_at, Some(chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(7)));
+    let another_user = crate::model::RequestKey { user_id: "v".into(), ..asked };
+    assert_eq!(store.person_history(person, Some(another_user), 1).await.unwrap().request_made_at, None);
+    assert_eq!(store.accesses_of(person).await.unwrap().len(), 40);
+}
+
+#[tokio::test]
+async fn sequences_survive_a_reopen_and_retention_removes_what_expired_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for minute in 0..3 {
+            let change = Change::RecordAccess { access: access(person, minute, "u", "r"), drafts: vec![draft("706")] };
+            store.apply(change).await.unwrap();
+        }
+        store.apply(Change::Ack { la_ods_code: "706".into(), through: 2 }).await.unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let change = Change::RecordAccess { access: access(person, 10, "u", "s"), drafts: vec![draft("706")] };
+    let Applied::Notified(notified) = store.apply(change).await.unwrap() else { panic!("notified") };
+    assert_eq!(notified[0].sequence, 4, "numbering goes on after a reopen");
+    let expiry = crate::store::Expiry {
+        today: "2026-01-01".parse().unwrap(),
+        acked_notifications_before: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(5),
+        accesses_before: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(2),
+    };
+    let Applied::Expired(counts) = store.apply(Change::Expire(expiry)).await.unwrap() else { panic!("expired") };
+    assert_eq!(counts, ExpiryCounts { plans: 0, notifications: 2, accesses: 2 });
+    assert_eq!(store.notifications_after("706", 0, 10).await.unwrap().len(), 2, "3 unacked, 4 new");
+    drop(store);
+    let report = check::check(dir.path()).unwrap();
+    assert!(report.integrity_ok, "{:?}", report.problems);
+    assert_eq!((count(&report, "accesses"), count(&report, "requests")), (2, 2));
+}
