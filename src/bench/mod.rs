@@ -31,13 +31,16 @@ pub fn resident_bytes() -> Option<u64> {
     Some(kilobytes * 1024)
 }
 
-/// Bytes of every file in a directory.
+/// Bytes of every file under a directory, its subdirectories included.
 pub fn directory_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries.filter_map(Result::ok).filter_map(|entry| entry.metadata().ok()).map(|meta| meta.len()).sum()
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            Some(if meta.is_dir() { directory_bytes(&entry.path()) } else { meta.len() })
         })
-        .unwrap_or(0)
+        .sum()
 }
 
 fn la_identity(authority: &LocalAuthority) -> Identity {
@@ -117,6 +120,8 @@ pub async fn ack_all(relay: &Relay) -> Result<(), crate::error::Error> {
 #[derive(Debug, Serialize)]
 pub struct StartupReport {
     pub seconds_to_ready: f64,
+    /// Of which opening the store (the engine's recovery).
+    pub store_open_seconds: f64,
     pub people: usize,
     pub plans: usize,
     pub resident_bytes_before: u64,
@@ -128,10 +133,12 @@ pub async fn startup(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<StartupRe
     let resident_bytes_before = resident_bytes().unwrap_or(0);
     let started = Instant::now();
     let store = Arc::new(crate::store::embedded::EmbeddedStore::open(data_dir)?);
+    let store_open_seconds = started.elapsed().as_secs_f64();
     let relay = Relay::open(store, clock, RelaySettings::default()).await?;
     let seconds_to_ready = started.elapsed().as_secs_f64();
     Ok(StartupReport {
         seconds_to_ready,
+        store_open_seconds,
         people: relay.index().people(),
         plans: relay.index().count_by_type().values().sum(),
         resident_bytes_before,

@@ -95,6 +95,8 @@ impl Relay {
         clock: Arc<dyn Clock>,
         settings: RelaySettings,
     ) -> Result<Self, StoreError> {
+        // Metric handles resolved from here on must reach the process's recorder.
+        let _recorder = crate::telemetry::metrics();
         let started = std::time::Instant::now();
         let snapshot = store.load().await?;
         let loaded_in = started.elapsed();

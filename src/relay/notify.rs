@@ -43,15 +43,24 @@ struct AuthorityChannel {
     last_sequence: watch::Sender<u64>,
     acked_through: AtomicU64,
     subscribers: AtomicUsize,
+    /// `cpis_notification_backlog{la}`, resolved once.
+    backlog: metrics::Gauge,
 }
 
 impl AuthorityChannel {
-    fn new(last_sequence: u64, acked_through: u64) -> Self {
+    fn new(la_ods_code: &str, last_sequence: u64, acked_through: u64) -> Self {
         Self {
             last_sequence: watch::Sender::new(last_sequence),
             acked_through: AtomicU64::new(acked_through),
             subscribers: AtomicUsize::new(0),
+            backlog: metrics::gauge!("cpis_notification_backlog", "la" => la_ods_code.to_owned()),
         }
+    }
+
+    /// Backlog is counted in sequence numbers; gaps make it an upper bound.
+    fn set_backlog(&self) {
+        let (last, acked) = (*self.last_sequence.borrow(), self.acked_through.load(Ordering::Acquire));
+        self.backlog.set(last.saturating_sub(acked) as f64);
     }
 }
 
@@ -76,15 +85,15 @@ impl Hub {
         Arc::clone(
             self.authorities
                 .entry(la_ods_code.to_owned())
-                .or_insert_with(|| Arc::new(AuthorityChannel::new(0, 0)))
+                .or_insert_with(|| Arc::new(AuthorityChannel::new(la_ods_code, 0, 0)))
                 .value(),
         )
     }
 
     pub(super) fn restore(&self, cursor: &Cursor) {
-        let channel = AuthorityChannel::new(cursor.last_sequence, cursor.acked_through);
+        let channel = AuthorityChannel::new(&cursor.la_ods_code, cursor.last_sequence, cursor.acked_through);
+        channel.set_backlog();
         self.authorities.insert(cursor.la_ods_code.clone(), Arc::new(channel));
-        set_backlog_gauge(&cursor.la_ods_code, cursor.last_sequence, cursor.acked_through);
     }
 
     fn publish(&self, notifications: &[Notification]) {
@@ -98,8 +107,7 @@ impl Hub {
                 }
                 newer
             });
-            let last = *channel.last_sequence.borrow();
-            set_backlog_gauge(la, last, channel.acked_through.load(Ordering::Acquire));
+            channel.set_backlog();
         }
         metrics::counter!("cpis_notifications_emitted_total").increment(notifications.len() as u64);
     }
@@ -137,12 +145,6 @@ impl Hub {
             accesses.sort_by_key(|access| (access.accessed_at, access.id));
         }
     }
-}
-
-/// Backlog is counted in sequence numbers; gaps make it an upper bound.
-fn set_backlog_gauge(la_ods_code: &str, last_sequence: u64, acked_through: u64) {
-    metrics::gauge!("cpis_notification_backlog", "la" => la_ods_code.to_owned())
-        .set(last_sequence.saturating_sub(acked_through) as f64);
 }
 
 /// Counts a subscriber for as long as its stream lives.
@@ -285,7 +287,7 @@ impl Relay {
         let now = self.shared.clock.now();
         for position in self.shared.hub.positions() {
             let la = position.la_ods_code.clone();
-            set_backlog_gauge(&la, position.last_sequence, position.acked_through);
+            self.shared.hub.channel(&la).set_backlog();
             metrics::gauge!("cpis_subscribers", "la" => la.clone()).set(position.subscribers as f64);
             let mut age = 0.0;
             if position.last_sequence > position.acked_through {
@@ -319,7 +321,7 @@ impl Relay {
         }
         self.shared.store.apply(Change::Ack { la_ods_code: la_ods_code.clone(), through: sequence }).await?;
         let acked = channel.acked_through.fetch_max(sequence, Ordering::AcqRel).max(sequence);
-        set_backlog_gauge(&la_ods_code, *channel.last_sequence.borrow(), acked);
+        channel.set_backlog();
         Ok(acked)
     }
 }

@@ -113,7 +113,7 @@ impl Relay {
             .collect::<std::result::Result<Vec<Arc<Plan>>, _>>()?;
         let accessor = Accessor { user_id: user_id.to_owned(), name: name.to_owned(), role_code: role_code.to_owned() };
         let generated = client_request_id.is_empty();
-        let request_id = if generated { uuid::Uuid::new_v4().to_string() } else { client_request_id.to_owned() };
+        let request_id = if generated { random_id().to_string() } else { client_request_id.to_owned() };
 
         // Only a client's own id can repeat. A copy of this request arriving while it runs finds
         // the claim taken and is answered without a notification: this search notifies.
@@ -138,7 +138,7 @@ impl Relay {
         let previous_accesses = history::listed_accesses(&earlier);
         if !is_retry {
             let access = AccessEvent {
-                id: uuid::Uuid::new_v4().as_u128(),
+                id: random_id().as_u128(),
                 accessed_at: now,
                 nhs_number,
                 organisation_ods_code: identity.ods_code.clone(),
@@ -152,13 +152,11 @@ impl Relay {
             // a client that goes away mid-search (dropping this future) must not take
             // the notification with it, nor let a retry notify a second time meanwhile.
             let relay = self.clone();
-            let commit = tokio::spawn(async move {
+            FinishOnDrop::new(async move {
                 relay.commit_access(access, drafts).await;
                 drop(claim);
-            });
-            if let Err(error) = commit.await {
-                tracing::error!(%error, "the task storing an access notification failed");
-            }
+            })
+            .await;
         } else {
             tracing::debug!(organisation = %identity.ods_code, "repeated request: answered without a second notification");
         }
@@ -197,6 +195,48 @@ impl Relay {
     }
 }
 
+/// A random (version 4) UUID from the thread's CSPRNG, seeded by the
+/// operating system: no system call per id, as `Uuid::new_v4` makes.
+fn random_id() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
+/// Runs a future to its end even if the caller stops waiting: awaited, it is
+/// polled in place (no task, no thread hop); dropped before it finished (the
+/// client went away, a deadline passed), what is left runs as its own task.
+struct FinishOnDrop {
+    future: Option<futures::future::BoxFuture<'static, ()>>,
+}
+
+impl FinishOnDrop {
+    fn new(future: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self { future: Some(Box::pin(future)) }
+    }
+}
+
+impl std::future::Future for FinishOnDrop {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let Some(future) = self.future.as_mut() else { return std::task::Poll::Ready(()) };
+        let poll = future.as_mut().poll(cx);
+        if poll.is_ready() {
+            self.future = None;
+        }
+        poll
+    }
+}
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(future);
+        }
+    }
+}
+
 /// One notification per owning authority; with several plans of one
 /// authority, the first in type order (CPPI, LACI, UCPI) names the plan.
 fn notification_drafts(sorted_plans: &[Arc<Plan>]) -> Vec<NotificationDraft> {
@@ -207,7 +247,7 @@ fn notification_drafts(sorted_plans: &[Arc<Plan>]) -> Vec<NotificationDraft> {
         }
         drafts.push(NotificationDraft {
             la_ods_code: plan.la_ods_code.clone(),
-            notification_id: uuid::Uuid::new_v4().to_string(),
+            notification_id: random_id().to_string(),
             local_id: plan.local_id.clone(),
             plan_type: plan.plan_type,
             team_code: plan.team_code.clone(),

@@ -25,7 +25,7 @@ impl Audit for AuditService {
     async fn access_log(&self, request: Request<AccessLogRequest>) -> Result<Response<Self::AccessLogStream>, Status> {
         let identity = identity(&request)?;
         let accesses = self.relay.access_log(&identity, &request.get_ref().nhs_number).await?;
-        let records: Vec<_> = accesses.iter().map(|access| Ok(convert::access_record(access))).collect();
+        let records: Vec<_> = accesses.into_iter().map(|access| Ok(convert::access_record(access))).collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(records))))
     }
 }

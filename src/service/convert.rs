@@ -62,13 +62,20 @@ pub fn local_authority(authority: &LocalAuthority) -> proto::LocalAuthority {
     }
 }
 
-pub fn access_record(access: &AccessEvent) -> proto::AccessRecord {
+/// Moves an access's text into the wire record: a search answers with up
+/// to 25 of them, and none is needed afterwards.
+pub fn access_record(access: AccessEvent) -> proto::AccessRecord {
+    let care_setting = care_setting(access.care_setting) as i32;
     proto::AccessRecord {
         accessed_at: Some(timestamp(access.accessed_at)),
-        organisation_ods_code: access.organisation_ods_code.clone(),
-        organisation_name: access.organisation_name.clone(),
-        care_setting: care_setting(access.care_setting) as i32,
-        accessor: Some(accessor(&access.accessor)),
+        organisation_ods_code: access.organisation_ods_code,
+        organisation_name: access.organisation_name,
+        care_setting,
+        accessor: Some(proto::Accessor {
+            user_id: access.accessor.user_id,
+            name: access.accessor.name,
+            role_code: access.accessor.role_code,
+        }),
     }
 }
 
@@ -95,7 +102,7 @@ pub fn search_response(outcome: SearchOutcome) -> proto::SearchResponse {
                 })),
             })
             .collect(),
-        previous_accesses: outcome.previous_accesses.iter().map(access_record).collect(),
+        previous_accesses: outcome.previous_accesses.into_iter().map(access_record).collect(),
     }
 }
 
