@@ -4,257 +4,27 @@
 //! library, on hmac-sha256), not with the agent's code. Every wait is on an
 //! event: a received request, an acknowledged position, a process exit.
 
+#[path = "support/agent.rs"]
+mod agent;
 mod common;
+#[path = "support/webhook_receiver.rs"]
+mod webhook_receiver;
 
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
-    net::SocketAddr,
+    collections::{BTreeMap, HashSet},
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use axum::{
-    Router,
-    body::Bytes,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
-    routing::post,
-};
-use base64::Engine;
+use agent::*;
 use common::*;
 use cpis_relay::{
-    deliver::{config::DeliverSettings, files, metrics::Status, payload::NotificationBody},
-    proto::{PlanType, SubscribeRequest},
+    deliver::{files, payload::NotificationBody},
+    proto::PlanType,
 };
-use tokio::{
-    io::AsyncBufReadExt,
-    net::TcpListener,
-    sync::{Notify, mpsc, oneshot},
-    task::JoinHandle,
-};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-/// One request as the receiver saw it.
-#[derive(Clone, Debug)]
-struct Arrival {
-    webhook_id: String,
-    signature_valid: bool,
-    body: NotificationBody,
-    /// The relay's acknowledged position for la-706 when the request arrived.
-    acked_at_arrival: u64,
-    at: Instant,
-    answered: u16,
-}
-
-/// What the receiver answers to the next request.
-enum Reply {
-    Status {
-        status: u16,
-        retry_after: Option<&'static str>,
-        body: &'static str,
-    },
-    /// Answers 200 only once released: the request stays in flight.
-    Hold(Arc<Notify>),
-}
-
-struct ReceiverState {
-    secret: String,
-    script: Mutex<VecDeque<Reply>>,
-    arrivals: mpsc::UnboundedSender<Arrival>,
-    acked: Box<dyn Fn() -> u64 + Send + Sync>,
-}
-
-struct Receiver {
-    address: SocketAddr,
-    arrivals: mpsc::UnboundedReceiver<Arrival>,
-    /// Failed TLS handshakes (HTTPS receivers only).
-    handshake_failures: mpsc::UnboundedReceiver<()>,
-    state: Arc<ReceiverState>,
-}
-
-impl Receiver {
-    /// A receiver on 127.0.0.1:0, HTTPS when `tls` is given.
-    async fn start(relay: &TestRelay, secret: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        let (sender, arrivals) = mpsc::unbounded_channel();
-        let positions = relay.relay.clone();
-        let state = Arc::new(ReceiverState {
-            secret: secret.to_owned(),
-            script: Mutex::default(),
-            arrivals: sender,
-            acked: Box::new(move || {
-                positions.hub().positions().iter().find(|p| p.la_ods_code == "706").map_or(0, |p| p.acked_through)
-            }),
-        });
-        let router = Router::new().route("/hook", post(hook)).with_state(Arc::clone(&state));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (failed, handshake_failures) = mpsc::unbounded_channel();
-        match tls {
-            None => {
-                tokio::spawn(async move { axum::serve(listener, router).await });
-            }
-            Some(config) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                tokio::spawn(async move {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else { return };
-                        let (acceptor, router, failed) = (acceptor.clone(), router.clone(), failed.clone());
-                        tokio::spawn(async move {
-                            match acceptor.accept(tcp).await {
-                                Err(_) => {
-                                    let _ = failed.send(());
-                                }
-                                Ok(stream) => {
-                                    let service = hyper_util::service::TowerToHyperService::new(router);
-                                    let _ = hyper::server::conn::http1::Builder::new()
-                                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                        .await;
-                                }
-                            }
-                        });
-                    }
-                });
-            }
-        }
-        Self { address, arrivals, handshake_failures, state }
-    }
-
-    fn script(&self, replies: impl IntoIterator<Item = Reply>) {
-        self.state.script.lock().unwrap().extend(replies);
-    }
-
-    async fn next(&mut self) -> Arrival {
-        tokio::time::timeout(WAIT, self.arrivals.recv()).await.expect("a webhook request in time").unwrap()
-    }
-
-    fn url(&self, scheme: &str, host: &str) -> String {
-        format!("{scheme}://{host}:{}/hook", self.address.port())
-    }
-}
-
-async fn hook(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let signature_valid = standardwebhooks::Webhook::new(&state.secret).unwrap().verify(&body, &headers).is_ok();
-    let webhook_id = headers.get("webhook-id").and_then(|id| id.to_str().ok()).unwrap_or_default().to_owned();
-    let parsed: NotificationBody = serde_json::from_slice(&body).expect("the documented JSON shape");
-    let reply = state.script.lock().unwrap().pop_front();
-    let answered = match &reply {
-        Some(Reply::Status { status, .. }) => *status,
-        _ => 200,
-    };
-    let acked_at_arrival = (state.acked)();
-    let arrival = Arrival { webhook_id, signature_valid, body: parsed, acked_at_arrival, at: Instant::now(), answered };
-    let _ = state.arrivals.send(arrival);
-    match reply {
-        None => StatusCode::OK.into_response(),
-        Some(Reply::Hold(release)) => {
-            release.notified().await;
-            StatusCode::OK.into_response()
-        }
-        Some(Reply::Status { status, retry_after, body }) => {
-            let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
-            if let Some(after) = retry_after {
-                response.headers_mut().insert("retry-after", after.parse().unwrap());
-            }
-            response
-        }
-    }
-}
-
-/// A fresh Standard Webhooks secret, written to `dir/webhook.secret`.
-fn secret(dir: &Path) -> (String, std::path::PathBuf) {
-    let key: [u8; 32] = rand::random();
-    let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
-    let path = dir.join("webhook.secret");
-    std::fs::write(&path, format!("{secret}\n")).unwrap();
-    (secret, path)
-}
-
-/// Uploads `people` for la-706 and searches each `searches` times in turn
-/// as the emergency department; every search notifies la-706.
-async fn notify(relay: &TestRelay, first_person: u64, people: u64, searches: usize) {
-    let numbers: Vec<String> = (first_person..first_person + people).map(nhs).collect();
-    relay.load("706", numbers.iter().map(|n| record(n, PlanType::ChildProtection)).collect()).await;
-    let mut lookup = relay.lookup().await;
-    for i in 0..searches {
-        let user = format!("user-{first_person}-{i}");
-        let response = lookup.search(search_request(&numbers[i % numbers.len()], &user, &user)).await.unwrap();
-        assert!(response.into_inner().flagged);
-    }
-}
-
-/// la-706's notifications as the relay holds them, read without acknowledging.
-async fn relay_notifications(relay: &TestRelay, count: usize) -> Vec<(u64, String)> {
-    let mut notifications = relay.notifications("la-706").await;
-    let mut stream = notifications.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();
-    let mut all = Vec::new();
-    for _ in 0..count {
-        let notification = next(&mut stream).await;
-        all.push((notification.sequence, notification.notification_id));
-    }
-    all
-}
-
-fn relay_acked(relay: &TestRelay) -> u64 {
-    relay.relay.hub().positions().iter().find(|p| p.la_ods_code == "706").map_or(0, |p| p.acked_through)
-}
-
-/// Settings with fast retries, for an agent of la-706 on `relay`.
-fn settings(relay: &TestRelay, dir: &Path) -> DeliverSettings {
-    DeliverSettings {
-        server: vec![relay.url()],
-        dead_letter_dir: Some(dir.join("dead-letter")),
-        retry_initial_ms: Some(20),
-        retry_max_secs: Some(1),
-        reconnect_initial_ms: Some(20),
-        reconnect_max_secs: Some(1),
-        ..DeliverSettings::default()
-    }
-}
-
-fn webhook(mut settings: DeliverSettings, url: String, secret_file: &Path) -> DeliverSettings {
-    settings.webhook = Some(url);
-    settings.secret_file = Some(secret_file.to_owned());
-    settings
-}
-
-/// An in-process agent.
-struct RunningAgent {
-    status: Status,
-    stop: oneshot::Sender<()>,
-    handle: JoinHandle<()>,
-}
-
-impl RunningAgent {
-    fn start(relay: &TestRelay, settings: DeliverSettings) -> Self {
-        let agent = settings.resolve().unwrap().agent(relay.pki.client_pem("la-706")).unwrap();
-        let status = agent.status();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(agent.run(async {
-            let _ = stopped.await;
-        }));
-        Self { status, stop, handle }
-    }
-
-    async fn acked_through(&self, sequence: u64) {
-        let mut acked = self.status.acked_sequence();
-        tokio::time::timeout(WAIT, acked.wait_for(|acked| *acked >= sequence)).await.expect("acked in time").unwrap();
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(WAIT, self.handle).await.expect("the agent stops").unwrap();
-    }
-}
-
-fn metric(name_and_labels: &str) -> f64 {
-    let text = cpis_relay::telemetry::metrics().render();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name_and_labels} in\n{text}"))
-}
+use tokio::{net::TcpListener, sync::Notify};
+use webhook_receiver::{Receiver, Reply, WAIT, https_receiver_tls, secret};
 
 #[tokio::test]
 async fn every_notification_arrives_in_order_with_a_valid_signature() {
@@ -384,27 +154,6 @@ async fn a_400_is_dead_lettered_and_delivery_continues() {
     assert_eq!(metric("cpis_deliver_dead_lettered_total{sink=\"webhook\"}"), 1.0);
     assert_eq!(metric("cpis_deliver_delivered_total{sink=\"webhook\"}"), 2.0);
     agent.stop().await;
-}
-
-/// A `cpis-relay deliver` subprocess; its admin address read from stdout.
-struct DeliverProcess {
-    child: tokio::process::Child,
-    admin: SocketAddr,
-}
-
-async fn spawn_deliver(args: &[String]) -> DeliverProcess {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
-        .arg("deliver")
-        .args(args)
-        .env("CPIS_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().expect("the started line");
-    let admin = line.split_whitespace().find_map(|word| word.strip_prefix("admin=")).unwrap().parse().unwrap();
-    DeliverProcess { child, admin }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,20 +336,6 @@ async fn the_outbox_never_exposes_a_partial_file() {
     agent.stop().await;
 }
 
-fn https_receiver_tls(authority: &cpis_relay::certs::Authority) -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let pair = authority.issue_server(&["localhost", "127.0.0.1"]).unwrap();
-    let chain = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(cpis_relay::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    Arc::new(config)
-}
-
 #[tokio::test]
 async fn webhook_tls_is_verified_against_the_configured_ca() {
     let relay = TestRelay::start().await;
@@ -667,4 +402,59 @@ fn bad_configuration_exits_64_and_names_the_key() {
     std::fs::write(&config, "outbox = \"o\"\nwebhook_timeout_secs = \"soon\"\n").unwrap();
     let (code, stderr) = run(&["--config", &config.display().to_string()]);
     assert_eq!(code, Some(64), "{stderr}");
+}
+
+#[tokio::test]
+async fn with_max_attempts_a_failing_notification_is_parked_and_delivery_goes_on() {
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, secret_file) = secret(dir.path());
+    notify(&relay, 0, 2, 2).await;
+    let expected = relay_notifications(&relay, 2).await;
+    let mut receiver = Receiver::start(&relay, &secret, None).await;
+    let unavailable = || Reply::Status { status: 503, retry_after: None, body: "down" };
+    receiver.script([unavailable(), unavailable()]);
+    let mut settings = webhook(settings(&relay, dir.path()), receiver.url("http", "127.0.0.1"), &secret_file);
+    settings.max_attempts = Some(2);
+
+    let agent = RunningAgent::start(&relay, settings);
+    let attempts = [receiver.next().await, receiver.next().await, receiver.next().await];
+    agent.acked_through(expected[1].0).await;
+    assert_eq!(
+        attempts.map(|a| (a.body.sequence, a.answered)),
+        [(expected[0].0, 503), (expected[0].0, 503), (expected[1].0, 200)]
+    );
+    let letter = dir.path().join("dead-letter").join(format!("{:020}-{}.json", expected[0].0, expected[0].1));
+    let letter: serde_json::Value = serde_json::from_slice(&std::fs::read(letter).unwrap()).unwrap();
+    assert_eq!(letter["attempts"], 2);
+    assert!(letter["reason"].as_str().unwrap().starts_with("gave up after 2 attempts"), "{letter}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_that_fails_is_left_for_the_next() {
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, secret_file) = secret(dir.path());
+    notify(&relay, 0, 1, 1).await;
+    // A "relay" that accepts connections and closes them at once.
+    let broken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broken_url = format!("https://localhost:{}", broken.local_addr().unwrap().port());
+    let (refused, mut refusals) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = broken.accept().await {
+            drop(connection);
+            let _ = refused.send(());
+        }
+    });
+    let mut receiver = Receiver::start(&relay, &secret, None).await;
+    let mut settings = webhook(settings(&relay, dir.path()), receiver.url("http", "127.0.0.1"), &secret_file);
+    settings.server = vec![broken_url, relay.url()];
+
+    let agent = RunningAgent::start(&relay, settings);
+    tokio::time::timeout(WAIT, refusals.recv()).await.expect("the first server is tried").unwrap();
+    let arrival = receiver.next().await;
+    agent.acked_through(arrival.body.sequence).await;
+    assert!(metric("cpis_deliver_reconnects_total") >= 1.0);
+    agent.stop().await;
 }

@@ -165,7 +165,7 @@ impl Status {
             }
             newer
         });
-        metrics::gauge!("cpis_deliver_acked_sequence").set(sequence as f64);
+        metrics::gauge!("cpis_deliver_acked_sequence").set(*self.shared.acked.borrow() as f64);
         self.set_backlog();
     }
 

@@ -195,16 +195,17 @@ impl Agent {
         };
         // Acknowledging what was delivered before the connection broke; with
         // nothing pending, Ack(0) changes nothing and reads the relay's position.
-        match notifications.ack(AckRequest { sequence: pending_ack.unwrap_or(0) }).await {
+        let sequence = pending_ack.unwrap_or(0);
+        match call(notifications.ack(AckRequest { sequence })).await {
             Ok(response) => self.status.acked(response.into_inner().acked_through),
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 // This relay has not seen that sequence (another node, a restored store): it will come again.
-                tracing::warn!(sequence = pending_ack.unwrap_or(0), %status, "relay refused a pending acknowledgement");
+                tracing::warn!(sequence, %status, "relay refused a pending acknowledgement");
             }
             Err(status) => return (SessionEnd::Failed(format!("acknowledging: {status}")), false),
         }
         *pending_ack = None;
-        let stream = match notifications.subscribe(SubscribeRequest { after_sequence: None }).await {
+        let stream = match call(notifications.subscribe(SubscribeRequest { after_sequence: None })).await {
             Ok(response) => response.into_inner(),
             Err(status) => return (SessionEnd::Failed(format!("subscribe: {status}")), false),
         };
@@ -280,7 +281,7 @@ impl Agent {
         notifications: &mut NotificationsClient<tonic::transport::Channel>,
         sequence: u64,
     ) -> Result<(), SessionEnd> {
-        match notifications.ack(AckRequest { sequence }).await {
+        match call(notifications.ack(AckRequest { sequence })).await {
             Ok(response) => {
                 self.status.acked(response.into_inner().acked_through);
                 Ok(())
@@ -288,4 +289,17 @@ impl Agent {
             Err(status) => Err(SessionEnd::Failed(format!("acknowledging {sequence}: {status}"))),
         }
     }
+}
+
+/// How long the relay may take to answer an Ack or to open a subscription.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A unary call (or a stream's opening) bounded by [`CALL_TIMEOUT`], so a
+/// relay that stops answering is left for the next one.
+async fn call<T>(
+    request: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    tokio::time::timeout(CALL_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("the relay did not answer in time")))
 }
