@@ -6,8 +6,10 @@
 //! never sees part of a file, and a file that is visible survives a crash.
 //! Final names are `{sequence:020}-{notification_id}.json` (and `.xml`), so
 //! sorting names sorts by sequence. Redelivery after a crash rewrites the
-//! same name with the same content. Files hold personal data: they are
-//! created readable by the owner only; this module logs names, never content.
+//! same name with the same content. Files hold personal data: outbox files
+//! are created `0640` (owner and group: give the picker the agent's group),
+//! dead letters `0600`, both further limited by the umask; this module logs
+//! names, never content.
 
 use std::{
     io::Write,
@@ -39,14 +41,22 @@ pub fn is_temporary(name: &str) -> bool {
     name.starts_with('.')
 }
 
-/// Writes `content` to `dir/name` atomically and durably (see the module doc). Blocking.
-pub fn write_atomically(dir: &Path, name: &str, content: &[u8]) -> std::io::Result<PathBuf> {
+/// Mode of outbox files: the picker may run as another user of the agent's group.
+pub const OUTBOX_MODE: u32 = 0o640;
+/// Mode of dead letters, for a person to read.
+pub const DEAD_LETTER_MODE: u32 = 0o600;
+
+/// Writes `content` to `dir/name` atomically and durably (see the module
+/// doc), creating it with `mode` on Unix. Blocking.
+pub fn write_atomically(dir: &Path, name: &str, content: &[u8], mode: u32) -> std::io::Result<PathBuf> {
     let temporary = dir.join(format!(".{name}.tmp"));
     let final_path = dir.join(name);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
     let mut file = options.open(&temporary)?;
     let written = file.write_all(content).and_then(|()| file.sync_all());
     drop(file);
@@ -62,14 +72,14 @@ pub fn write_atomically(dir: &Path, name: &str, content: &[u8]) -> std::io::Resu
 /// Creates `dir` if needed and checks that files can be created in it.
 pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let probe = write_atomically(dir, ".cpis-relay-deliver-probe", b"")?;
+    let probe = write_atomically(dir, ".cpis-relay-deliver-probe", b"", DEAD_LETTER_MODE)?;
     std::fs::remove_file(probe)
 }
 
-async fn write_blocking(dir: PathBuf, files: Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+async fn write_blocking(dir: PathBuf, files: Vec<(String, Vec<u8>)>, mode: u32) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || {
         for (name, content) in files {
-            write_atomically(&dir, &name, &content)?;
+            write_atomically(&dir, &name, &content, mode)?;
         }
         Ok(())
     })
@@ -98,7 +108,7 @@ impl OutboxSink {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match write_blocking(self.dir.clone(), files.clone()).await {
+            match write_blocking(self.dir.clone(), files.clone(), OUTBOX_MODE).await {
                 Ok(()) => {
                     metrics::delivered(SinkKind::Outbox);
                     tracing::debug!(sequence = delivery.sequence, "written to the outbox");
@@ -177,7 +187,7 @@ impl DeadLetters {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match write_blocking(self.dir.clone(), vec![(name.clone(), content.clone())]).await {
+            match write_blocking(self.dir.clone(), vec![(name.clone(), content.clone())], DEAD_LETTER_MODE).await {
                 Ok(()) => {
                     metrics::dead_lettered(sink);
                     tracing::warn!(
@@ -236,8 +246,8 @@ mod tests {
     fn atomic_write_leaves_only_the_final_file() {
         let dir = tempfile::tempdir().unwrap();
         prepare_dir(dir.path()).unwrap();
-        write_atomically(dir.path(), "a.json", b"{}").unwrap();
-        write_atomically(dir.path(), "a.json", b"{\"again\":1}").unwrap();
+        write_atomically(dir.path(), "a.json", b"{}", OUTBOX_MODE).unwrap();
+        write_atomically(dir.path(), "a.json", b"{\"again\":1}", OUTBOX_MODE).unwrap();
         let names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names, ["a.json"]);

@@ -169,7 +169,7 @@ impl Agent {
                 %reason,
                 next = %servers[next_server % servers.len().max(1)],
                 retry_in_ms = delay.as_millis() as u64,
-                "relay subscription lost; reconnecting"
+                "not subscribed to the relay; reconnecting"
             );
             if !retry::wait(delay, &mut stopping).await {
                 return;
@@ -191,7 +191,7 @@ impl Agent {
         };
         let mut notifications = match channel {
             Ok(channel) => NotificationsClient::new(channel),
-            Err(error) => return (SessionEnd::Failed(error.to_string()), false),
+            Err(error) => return (SessionEnd::Failed(error_chain(&error)), false),
         };
         // Acknowledging what was delivered before the connection broke; with
         // nothing pending, Ack(0) changes nothing and reads the relay's position.
@@ -289,6 +289,22 @@ impl Agent {
             Err(status) => Err(SessionEnd::Failed(format!("acknowledging {sequence}: {status}"))),
         }
     }
+}
+
+/// An error and its causes on one line: hyper's and tonic's own messages alone say little.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Errors that print their source already need it only once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// How long the relay may take to answer an Ack or to open a subscription.

@@ -265,7 +265,7 @@ impl WebhookSink {
             }
         };
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|error| error_chain(&error))?;
+            let response = self.client.request(request).await.map_err(|error| super::error_chain(&error))?;
             let status = response.status();
             let retry_after = response
                 .headers()
@@ -310,18 +310,6 @@ async fn read_excerpt(mut body: hyper::body::Incoming) -> String {
         }
     }
     String::from_utf8_lossy(&excerpt).into_owned()
-}
-
-/// An error and its causes on one line: hyper's own message alone says little.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
