@@ -254,6 +254,13 @@ async fn sigkill_mid_delivery_then_restart_loses_nothing() {
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let exit = tokio::time::timeout(WAIT, second.child.wait()).await.expect("stops on SIGTERM").unwrap();
     assert!(exit.success(), "{exit:?}");
+    // Info-level logs of both runs: no NHS number and no searching clinician's name.
+    let log = [first.log.await.unwrap(), second.log.await.unwrap()].concat();
+    assert!(log.contains("subscribed; delivering"), "{log}");
+    for person in (0..5).chain(100..105).map(nhs) {
+        assert!(!log.contains(&person), "an NHS number in the log:\n{log}");
+    }
+    assert!(!log.contains("Dr user-"), "a user's name in the log:\n{log}");
     // The delivery in flight at SIGTERM finished and was acknowledged before the exit.
     assert_eq!(relay_acked(&relay), expected[29].0);
 }

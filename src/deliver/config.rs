@@ -255,6 +255,7 @@ impl DeliverConfig {
         let mut sinks = Vec::new();
         if let (Some(url), Some(secret_file)) = (&self.webhook, &self.secret_file) {
             let url = webhook::parse_url(url).map_err(|reason| error("webhook", reason))?;
+            warn_if_others_can_read(secret_file);
             let secret = std::fs::read_to_string(secret_file)
                 .map_err(|e| error("secret_file", format!("{}: {e}", secret_file.display())))
                 .and_then(|text| {
@@ -292,6 +293,17 @@ impl DeliverConfig {
             sinks.push(Sink::Outbox(OutboxSink { dir: dir.clone(), xml: self.outbox_xml, backoff }));
         }
         Ok(sinks)
+    }
+}
+
+/// The secret signs every notification: only the agent's user should read it.
+fn warn_if_others_can_read(path: &std::path::Path) {
+    #[cfg(unix)]
+    if let Ok(metadata) = std::fs::metadata(path) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "the webhook secret file is readable by other users; chmod 600 it");
+        }
     }
 }
 

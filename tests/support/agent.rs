@@ -96,23 +96,33 @@ pub fn metric(name_and_labels: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name_and_labels} in\n{text}"))
 }
 
-/// A `cpis-relay deliver` subprocess; its admin address read from stdout.
+/// A `cpis-relay deliver` subprocess logging at info; its admin address
+/// read from stdout, its log collected from stderr until it exits.
 pub struct DeliverProcess {
     pub child: tokio::process::Child,
     pub admin: SocketAddr,
+    pub log: JoinHandle<String>,
 }
 
 pub async fn spawn_deliver(args: &[String]) -> DeliverProcess {
+    use tokio::io::AsyncReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
         .arg("deliver")
         .args(args)
-        .env("CPIS_LOG", "warn")
+        .env("CPIS_LOG", "info")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log).await;
+        log
+    });
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().expect("the started line");
     let admin = line.split_whitespace().find_map(|word| word.strip_prefix("admin=")).unwrap().parse().unwrap();
-    DeliverProcess { child, admin }
+    DeliverProcess { child, admin, log }
 }

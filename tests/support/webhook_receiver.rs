@@ -163,6 +163,8 @@ pub fn secret(dir: &Path) -> (String, std::path::PathBuf) {
     let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
     let path = dir.join("webhook.secret");
     std::fs::write(&path, format!("{secret}\n")).unwrap();
+    #[cfg(unix)]
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     (secret, path)
 }
 
