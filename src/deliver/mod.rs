@@ -143,12 +143,16 @@ impl Agent {
 
     async fn deliver_until_stopped(&self, mut stopping: watch::Receiver<bool>) {
         let servers = &self.options.servers;
+        if servers.is_empty() {
+            tracing::error!("no relay address to subscribe to");
+            return;
+        }
         let mut next_server = 0;
         let mut failures = 0;
         // Delivered everywhere but not yet acknowledged (the ack failed): acknowledged first on reconnect.
         let mut pending_ack = None;
         while !retry::stopping(&stopping) {
-            let server = &servers[next_server % servers.len().max(1)];
+            let server = &servers[next_server % servers.len()];
             let (end, progressed) = self.session(server, &mut pending_ack, &mut stopping).await;
             self.status.set_connected(false);
             self.status.idle();
@@ -167,7 +171,7 @@ impl Agent {
             tracing::warn!(
                 %server,
                 %reason,
-                next = %servers[next_server % servers.len().max(1)],
+                next = %servers[next_server % servers.len()],
                 retry_in_ms = delay.as_millis() as u64,
                 "not subscribed to the relay; reconnecting"
             );
