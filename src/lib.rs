@@ -17,6 +17,7 @@
 //! - [`auth`], [`tls`], [`certs`]: identity from certificates, rustls configs, dev PKI.
 //! - [`server`]: wires it together over a bound listener and a shutdown future.
 //! - [`client`], [`cli`]: the command-line clients and tools.
+//! - [`deliver`]: a local authority's delivery agent (webhook, outbox), a client of the relay.
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod deliver;
 pub mod error;
 pub mod history;
 pub mod index;

@@ -232,20 +232,10 @@ pub fn describe_search(response: &proto::SearchResponse) -> String {
     text
 }
 
+/// The documented JSON shape of a notification, the same as `deliver` sends
+/// (see [`crate::deliver::payload`]).
 pub fn notification_json(notification: &proto::AccessNotification) -> serde_json::Value {
-    json!({
-        "sequence": notification.sequence,
-        "notification_id": notification.notification_id,
-        "accessed_at": timestamp_text(notification.accessed_at.as_ref()),
-        "nhs_number": notification.nhs_number,
-        "local_id": notification.local_id,
-        "plan_type": plan_type_name(notification.plan_type),
-        "team_code": notification.team_code,
-        "organisation_ods_code": notification.organisation_ods_code,
-        "organisation_name": notification.organisation_name,
-        "care_setting": care_setting_name(notification.care_setting),
-        "accessor": accessor_json(notification.accessor.as_ref()),
-    })
+    serde_json::to_value(crate::deliver::payload::NotificationBody::from_wire(notification)).unwrap_or_default()
 }
 
 #[derive(Debug, Args)]

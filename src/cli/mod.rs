@@ -5,6 +5,7 @@
 mod bench;
 mod bench_grpc;
 mod clients;
+mod deliver;
 mod demo;
 mod serve;
 mod top;
@@ -69,6 +70,8 @@ pub enum Command {
     Subscribe(clients::SubscribeArgs),
     /// Acknowledge notifications up to and including a sequence number.
     Ack(clients::AckArgs),
+    /// Deliver a local authority's notifications to a signed webhook or an outbox folder, acknowledging only what was delivered.
+    Deliver(deliver::DeliverArgs),
     /// Write a local authority's plans as CSV or JSON Lines.
     Export(clients::ExportArgs),
     /// Delete a local authority's plans of a person.
@@ -221,8 +224,8 @@ pub fn main() -> ExitCode {
         }
     };
     crate::tls::install_crypto_provider();
-    // The server logs at info; client verbs and the demo print their own output.
-    let default_filter = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    // The server and the delivery agent log at info; client verbs and the demo print their own output.
+    let default_filter = if matches!(cli.command, Command::Serve(_) | Command::Deliver(_)) { "info" } else { "warn" };
     // Held until the process ends: dropping it flushes buffered log lines.
     let _log_writer = telemetry::init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -267,6 +270,7 @@ async fn run(command: Command) -> Result<u8, CliError> {
         Command::Search(args) => clients::search(args).await,
         Command::Subscribe(args) => clients::subscribe(args).await,
         Command::Ack(args) => clients::ack(args).await,
+        Command::Deliver(args) => deliver::run(args).await,
         Command::Export(args) => clients::export(args).await,
         Command::Delete(args) => clients::delete(args).await,
         Command::Audit(args) => clients::audit(args).await,
