@@ -75,7 +75,7 @@ impl UploadHeader {
     }
 }
 
-/// Runs index work of a large upload on the blocking pool, so that search
+/// Runs CPU work of a large upload (sorting, index changes) on the blocking pool, so that search
 /// threads are not held for the hundreds of milliseconds it can take.
 async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(work)
@@ -103,6 +103,10 @@ impl Relay {
         let mut received: u64 = 0;
         let mut records = std::pin::pin!(records);
         while let Some(record) = records.next().await {
+            // A fast client's records are already buffered, so the stream never makes this
+            // task wait: give the worker back regularly, or every search and connection
+            // scheduled behind it waits for the whole upload to be validated.
+            tokio::task::consume_budget().await;
             let mut record = record?;
             if received as usize >= limit {
                 return Err(Error::ResourceExhausted(format!(
@@ -176,14 +180,18 @@ impl Relay {
         &self,
         mode: UploadMode,
         authority: crate::model::LocalAuthority,
-        mut plans: Vec<StoredPlan>,
+        plans: Vec<StoredPlan>,
     ) -> Result<(u64, u64, u64)> {
         let started = std::time::Instant::now();
         let _writes = self.shared.plan_writes.lock().await;
-        // In the store's key order: the B-tree is then written front to back,
-        // not at random (a large upload arrives in the file's order).
-        plans.sort_unstable_by_key(|plan| (plan.nhs_number(), plan.plan_type()));
-        let plans: Arc<[StoredPlan]> = plans.into();
+        // In the store's key order (a refresh then merges with the stored set in
+        // one pass), sorted off the async workers: 150,000 plans take tens of ms.
+        let plans: Arc<[StoredPlan]> = off_runtime(move || {
+            let mut plans = plans;
+            plans.sort_unstable_by_key(|plan| (plan.nhs_number(), plan.plan_type()));
+            plans.into()
+        })
+        .await?;
         let la_ods_code = authority.ods_code.clone();
         let index = self.shared.index.clone();
         let (removed, store_ms) = match mode {
