@@ -16,7 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use dashmap::DashSet;
 
-use crate::model::{AccessEvent, RequestKey};
+use crate::model::{AccessView, RequestKey};
 
 /// How many previous accesses a search shows.
 pub const PREVIOUS_ACCESSES_SHOWN: usize = 25;
@@ -67,32 +67,33 @@ pub fn made_within_window(made_at: Option<DateTime<Utc>>, now: DateTime<Utc>) ->
 }
 
 /// Whether accesses (held in memory, say) hold this request within the window.
-pub fn is_repeat(accesses: &[AccessEvent], key: &RequestKey, now: DateTime<Utc>) -> bool {
-    accesses.iter().any(|access| access.request_key() == *key && made_within_window(Some(access.accessed_at), now))
+pub fn is_repeat(accesses: &[AccessView], key: &RequestKey, now: DateTime<Utc>) -> bool {
+    accesses.iter().any(|access| access.is_request(key) && made_within_window(Some(access.accessed_at), now))
 }
 
 /// The listing rule: walking oldest to newest, an access is listed unless
 /// the same user (organisation and user id) has a listed access less than 24
 /// hours before it; then the 25 newest listed, newest first.
-pub fn listed_accesses(oldest_first: &[&AccessEvent]) -> Vec<AccessEvent> {
-    let mut last_listed: std::collections::HashMap<(&str, &str), DateTime<Utc>> = std::collections::HashMap::new();
-    let mut listed = Vec::new();
+pub fn listed_accesses<'a>(oldest_first: &[&AccessView<'a>]) -> Vec<AccessView<'a>> {
+    let mut last_listed: std::collections::HashMap<(&str, &str), DateTime<Utc>> =
+        std::collections::HashMap::with_capacity(oldest_first.len());
+    let mut listed = Vec::with_capacity(oldest_first.len());
     for event in oldest_first {
-        let user = (event.organisation_ods_code.as_str(), event.accessor.user_id.as_str());
+        let user = (event.organisation_ods_code, event.accessor.user_id);
         if last_listed.get(&user).is_some_and(|&at| event.accessed_at - at < SAME_USER_WINDOW) {
             continue;
         }
         last_listed.insert(user, event.accessed_at);
-        listed.push(*event);
+        listed.push(**event);
     }
-    listed.into_iter().rev().take(PREVIOUS_ACCESSES_SHOWN).cloned().collect()
+    listed.into_iter().rev().take(PREVIOUS_ACCESSES_SHOWN).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        model::{Accessor, CareSetting},
+        model::{AccessEvent, Accessor, CareSetting},
         nhs::NhsNumber,
     };
 
@@ -113,7 +114,8 @@ mod tests {
     fn same_user_within_24_hours_is_listed_once_the_first() {
         let events =
             [access(0, "RR8", "a"), access(60, "RR8", "a"), access(23 * 60, "RR8", "a"), access(25 * 60, "RR8", "a")];
-        let refs: Vec<_> = events.iter().collect();
+        let views: Vec<_> = events.iter().map(AccessEvent::view).collect();
+        let refs: Vec<_> = views.iter().collect();
         let listed: Vec<i64> = listed_accesses(&refs).iter().map(|e| e.accessed_at.timestamp() / 60).collect();
         assert_eq!(listed, vec![25 * 60, 0]);
     }
@@ -121,14 +123,16 @@ mod tests {
     #[test]
     fn same_user_id_at_another_organisation_is_another_user() {
         let events = [access(0, "RR8", "a"), access(1, "RJ1", "a")];
-        let refs: Vec<_> = events.iter().collect();
+        let views: Vec<_> = events.iter().map(AccessEvent::view).collect();
+        let refs: Vec<_> = views.iter().collect();
         assert_eq!(listed_accesses(&refs).len(), 2);
     }
 
     #[test]
     fn only_the_25_newest_are_shown_newest_first() {
         let events: Vec<_> = (0..40).map(|i| access(i, "RR8", &format!("user{i}"))).collect();
-        let refs: Vec<_> = events.iter().collect();
+        let views: Vec<_> = events.iter().map(AccessEvent::view).collect();
+        let refs: Vec<_> = views.iter().collect();
         let listed = listed_accesses(&refs);
         assert_eq!(listed.len(), PREVIOUS_ACCESSES_SHOWN);
         assert_eq!(listed[0].accessor.user_id, "user39");
@@ -137,8 +141,9 @@ mod tests {
 
     #[test]
     fn a_request_repeats_only_within_the_window_and_with_every_part_equal() {
-        let made = [access(0, "RR8", "a")];
-        let key = made[0].request_key();
+        let events = [access(0, "RR8", "a")];
+        let key = events[0].request_key();
+        let made = [events[0].view()];
         let start = DateTime::UNIX_EPOCH;
         assert!(is_repeat(&made, &key, start + Duration::hours(23)));
         assert!(!is_repeat(&made, &key, start + Duration::hours(25)), "the window has passed");

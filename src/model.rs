@@ -194,6 +194,79 @@ pub struct AccessEvent {
     pub request_id: String,
 }
 
+/// A stored access read in place, its text borrowed from the stored bytes
+/// (the encoding is [`AccessEvent`]'s): what a search needs to list previous
+/// accesses and recognise a retry, without copying the text of accesses it
+/// will not show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct AccessView<'a> {
+    pub id: u128,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub accessed_at: DateTime<Utc>,
+    pub nhs_number: NhsNumber,
+    pub organisation_ods_code: &'a str,
+    pub organisation_name: &'a str,
+    pub care_setting: CareSetting,
+    #[serde(borrow)]
+    pub accessor: AccessorView<'a>,
+    pub request_id: &'a str,
+}
+
+/// [`Accessor`], borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct AccessorView<'a> {
+    pub user_id: &'a str,
+    pub name: &'a str,
+    pub role_code: &'a str,
+}
+
+impl AccessView<'_> {
+    pub fn to_event(&self) -> AccessEvent {
+        AccessEvent {
+            id: self.id,
+            accessed_at: self.accessed_at,
+            nhs_number: self.nhs_number,
+            organisation_ods_code: self.organisation_ods_code.to_owned(),
+            organisation_name: self.organisation_name.to_owned(),
+            care_setting: self.care_setting,
+            accessor: Accessor {
+                user_id: self.accessor.user_id.to_owned(),
+                name: self.accessor.name.to_owned(),
+                role_code: self.accessor.role_code.to_owned(),
+            },
+            request_id: self.request_id.to_owned(),
+        }
+    }
+
+    /// Whether this access was made by the request `key` names.
+    pub fn is_request(&self, key: &RequestKey) -> bool {
+        self.request_id == key.request_id
+            && self.organisation_ods_code == key.organisation_ods_code
+            && self.accessor.user_id == key.user_id
+            && self.nhs_number == key.nhs_number
+            && self.care_setting == key.care_setting
+    }
+}
+
+impl AccessEvent {
+    pub fn view(&self) -> AccessView<'_> {
+        AccessView {
+            id: self.id,
+            accessed_at: self.accessed_at,
+            nhs_number: self.nhs_number,
+            organisation_ods_code: &self.organisation_ods_code,
+            organisation_name: &self.organisation_name,
+            care_setting: self.care_setting,
+            accessor: AccessorView {
+                user_id: &self.accessor.user_id,
+                name: &self.accessor.name,
+                role_code: &self.accessor.role_code,
+            },
+            request_id: &self.request_id,
+        }
+    }
+}
+
 /// What makes a search a client's retry of an earlier one: the same
 /// organisation, user, person, care setting and request id. Anything less
 /// (another user of the same organisation reusing an id, say) is a new search.

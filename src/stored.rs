@@ -1,5 +1,5 @@
-//! The stored form of a plan: the bytes the store writes and the index
-//! keeps, encoded once when a record is loaded.
+//! The stored forms of a plan and of an access: the bytes the store writes
+//! (and the index keeps, for plans), encoded once and read in place.
 //!
 //! A fixed header carries what the index and retention decide on without
 //! decoding (the last visible day); the rest is the plan encoded with postcard, decoded only when a flagged search or
@@ -149,5 +149,27 @@ mod tests {
         let stored = StoredPlan::encode(&plan, "706".into()).unwrap();
         assert_eq!(stored.visible_until(), None);
         assert!(stored.is_visible_on(NaiveDate::MAX));
+    }
+}
+
+/// An access in its stored form (postcard bytes of an [`AccessEvent`]), as a
+/// search reads it: [`StoredAccess::view`] borrows its text instead of copying it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAccess(Box<[u8]>);
+
+impl StoredAccess {
+    pub fn encode(access: &crate::model::AccessEvent) -> Result<Self, StoreError> {
+        postcard::to_allocvec(access)
+            .map(|bytes| Self(bytes.into_boxed_slice()))
+            .map_err(|error| StoreError::Corrupt(format!("encoding an access: {error}")))
+    }
+
+    /// Takes bytes read from the store.
+    pub fn from_stored(bytes: &[u8]) -> Self {
+        Self(bytes.into())
+    }
+
+    pub fn view(&self) -> Result<crate::model::AccessView<'_>, StoreError> {
+        postcard::from_bytes(&self.0).map_err(|error| StoreError::Corrupt(format!("accesses: {error}")))
     }
 }

@@ -143,7 +143,11 @@ impl Relay {
         authorize(identity, Action::ReadAccessLog)?;
         let nhs_number = validate::nhs_number_field(nhs_number, "nhs_number")?;
         let mut accesses = self.shared.store.accesses_of(nhs_number).await?;
-        self.shared.hub.add_held_accesses(nhs_number, &mut accesses);
+        let held = self.shared.hub.held_accesses_of(nhs_number);
+        if !held.is_empty() {
+            accesses.extend(held);
+            accesses.sort_by_key(|access| (access.accessed_at, access.id));
+        }
         Ok(accesses)
     }
 

@@ -133,17 +133,10 @@ impl Hub {
         self.held.lock().map(|held| held.len()).unwrap_or(0)
     }
 
-    /// Adds to a person's stored accesses (oldest first) those held for
-    /// retry while the store fails, keeping the order.
-    pub fn add_held_accesses(&self, nhs_number: crate::nhs::NhsNumber, accesses: &mut Vec<AccessEvent>) {
-        let Ok(held) = self.held.lock() else { return };
-        let before = accesses.len();
-        accesses.extend(
-            held.iter().filter(|(access, _)| access.nhs_number == nhs_number).map(|(access, _)| access.clone()),
-        );
-        if accesses.len() > before {
-            accesses.sort_by_key(|access| (access.accessed_at, access.id));
-        }
+    /// A person's accesses held for retry while the store fails, oldest first.
+    pub fn held_accesses_of(&self, nhs_number: crate::nhs::NhsNumber) -> Vec<AccessEvent> {
+        let Ok(held) = self.held.lock() else { return Vec::new() };
+        held.iter().filter(|(access, _)| access.nhs_number == nhs_number).map(|(access, _)| access.clone()).collect()
     }
 }
 

@@ -9,10 +9,10 @@ use crate::{
     auth::{Action, Identity, authorize},
     error::{Error, Result},
     history,
-    model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, RequestKey},
+    model::{AccessEvent, AccessView, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, RequestKey},
     nhs::NhsNumber,
     proto,
-    stored::StoredPlan,
+    stored::{StoredAccess, StoredPlan},
 };
 
 /// A plan as shown to health, with its owning authority's contact details.
@@ -126,16 +126,17 @@ impl Relay {
         });
         let claim = request_key.as_ref().map(|key| shared.history.claim(key));
         let racing_retry = matches!(claim, Some(None));
-        let (accesses, request_made_at) = self.person_accesses(nhs_number, request_key.clone()).await;
+        let (stored, request_made_at) = self.person_accesses(nhs_number, request_key.clone()).await;
+        // Read in place: only the accesses shown are copied out.
+        let accesses = stored.iter().map(StoredAccess::view).collect::<std::result::Result<Vec<_>, _>>()?;
         let is_retry = racing_retry
             || history::made_within_window(request_made_at, now)
             || request_key.as_ref().is_some_and(|key| history::is_repeat(&accesses, key, now));
         // A retry shows what its original showed: not the original's own access.
-        let earlier: Vec<&AccessEvent> = accesses
-            .iter()
-            .filter(|access| request_key.as_ref().is_none_or(|key| access.request_key() != *key))
-            .collect();
-        let previous_accesses = history::listed_accesses(&earlier);
+        let earlier: Vec<&AccessView> =
+            accesses.iter().filter(|access| request_key.as_ref().is_none_or(|key| !access.is_request(key))).collect();
+        let previous_accesses: Vec<AccessEvent> =
+            history::listed_accesses(&earlier).iter().map(AccessView::to_event).collect();
         if !is_retry {
             let access = AccessEvent {
                 id: random_id().as_u128(),
@@ -171,15 +172,15 @@ impl Relay {
 }
 
 impl Relay {
-    /// A person's newest accesses, oldest first (those stored and those held
-    /// while the store is failing), and when `request` was made if it was.
-    /// If the store cannot be read the clinician is still answered, without
-    /// the history, and ops are told.
+    /// A person's newest accesses in their stored form, oldest first (those
+    /// stored and those held while the store is failing), and when `request`
+    /// was made if it was. If the store cannot be read the clinician is still
+    /// answered, without the history, and ops are told.
     async fn person_accesses(
         &self,
         nhs_number: NhsNumber,
         request: Option<RequestKey>,
-    ) -> (Vec<AccessEvent>, Option<chrono::DateTime<chrono::Utc>>) {
+    ) -> (Vec<StoredAccess>, Option<chrono::DateTime<chrono::Utc>>) {
         let (mut accesses, made_at) =
             match self.shared.store.person_history(nhs_number, request, history::HISTORY_READ).await {
                 Ok(history) => (history.newest_first, history.request_made_at),
@@ -190,7 +191,11 @@ impl Relay {
                 }
             };
         accesses.reverse();
-        self.shared.hub.add_held_accesses(nhs_number, &mut accesses);
+        let held = self.shared.hub.held_accesses_of(nhs_number);
+        if !held.is_empty() {
+            accesses.extend(held.iter().filter_map(|access| StoredAccess::encode(access).ok()));
+            accesses.sort_by_cached_key(|access| access.view().map(|view| (view.accessed_at, view.id)).ok());
+        }
         (accesses, made_at)
     }
 }

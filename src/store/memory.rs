@@ -13,7 +13,7 @@ use super::{Applied, Change, Cursor, ExpiryCounts, Faults, PersonHistory, Snapsh
 use crate::{
     model::{AccessEvent, LocalAuthority, Notification, PlanType, RequestKey},
     nhs::NhsNumber,
-    stored::StoredPlan,
+    stored::{StoredAccess, StoredPlan},
 };
 
 type PlanKey = (String, NhsNumber, PlanType);
@@ -32,8 +32,8 @@ pub struct MemoryStore {
 struct State {
     authorities: HashMap<String, LocalAuthority>,
     plans: BTreeMap<PlanKey, StoredPlan>,
-    /// By person, then time.
-    accesses: BTreeMap<(NhsNumber, i64, u128), AccessEvent>,
+    /// By person, then time, in their stored form, as the embedded store reads them.
+    accesses: BTreeMap<(NhsNumber, i64, u128), StoredAccess>,
     /// Time order, for retention.
     access_times: BTreeMap<(i64, u128), NhsNumber>,
     notifications: BTreeMap<(String, u64), Notification>,
@@ -54,8 +54,8 @@ impl MemoryStore {
 }
 
 impl State {
-    fn apply(&mut self, change: Change) -> Applied {
-        match change {
+    fn apply(&mut self, change: Change) -> Result<Applied, StoreError> {
+        Ok(match change {
             Change::UpsertPlans { authority, plans } => {
                 self.authorities.insert(authority.ods_code.clone(), authority);
                 for plan in plans.iter() {
@@ -93,7 +93,8 @@ impl State {
                 let at = access.accessed_at.timestamp_micros();
                 self.access_times.insert((at, access.id), access.nhs_number);
                 self.requests.insert(access.request_key(), at);
-                self.accesses.insert((access.nhs_number, at, access.id), access);
+                let stored = StoredAccess::encode(&access)?;
+                self.accesses.insert((access.nhs_number, at, access.id), stored);
                 Applied::Notified(notified)
             }
             Change::Ack { la_ods_code, through } => {
@@ -118,14 +119,17 @@ impl State {
                 counts.notifications = (notifications_before - self.notifications.len()) as u64;
                 let keep = self.access_times.split_off(&(expiry.accesses_before.timestamp_micros(), 0));
                 for ((at, id), nhs) in std::mem::replace(&mut self.access_times, keep) {
-                    if let Some(access) = self.accesses.remove(&(nhs, at, id)) {
-                        self.requests.remove(&access.request_key());
+                    if let Some(access) = self.accesses.remove(&(nhs, at, id))
+                        && let Ok(view) = access.view()
+                        && self.requests.get(&view.to_event().request_key()) == Some(&at)
+                    {
+                        self.requests.remove(&view.to_event().request_key());
                     }
                     counts.accesses += 1;
                 }
                 Applied::Expired(counts)
             }
-        }
+        })
     }
 }
 
@@ -140,7 +144,7 @@ impl Store for MemoryStore {
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
-        let result = self.faults.check().map(|()| self.with_state(|state| state.apply(change)));
+        let result = self.faults.check().and_then(|()| self.with_state(|state| state.apply(change)));
         async move { result }.boxed()
     }
 
@@ -170,10 +174,10 @@ impl Store for MemoryStore {
             state
                 .accesses
                 .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
-                .map(|(_, access)| access.clone())
-                .collect()
+                .map(|(_, access)| access.view().map(|view| view.to_event()))
+                .collect::<Result<Vec<_>, _>>()
         });
-        async move { Ok(accesses) }.boxed()
+        async move { accesses }.boxed()
     }
 
     fn notifications_after(

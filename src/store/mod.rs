@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 use crate::{
     model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType, RequestKey},
     nhs::NhsNumber,
-    stored::StoredPlan,
+    stored::{StoredAccess, StoredPlan},
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,7 +109,7 @@ pub struct Snapshot {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PersonHistory {
     /// The newest retained accesses, newest first, as many as asked for.
-    pub newest_first: Vec<AccessEvent>,
+    pub newest_first: Vec<StoredAccess>,
     /// When the asked-for request was made, if it was.
     pub request_made_at: Option<DateTime<Utc>>,
 }

@@ -50,11 +50,18 @@ impl Committer for PlanCommitter {
                 Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
                     let mut prefix = keys::authority_prefix(&la_ods_code);
                     prefix.extend_from_slice(&nhs_number.as_u64().to_be_bytes());
+                    // The stored plans of the person, and any this batch wrote before.
+                    let mut doomed: HashMap<Vec<u8>, Option<i32>> = HashMap::new();
                     for entry in spaces.plans.prefix(&prefix) {
                         let (key, value) = entry.into_inner().map_err(io)?;
+                        doomed.insert(key.to_vec(), stored::visible_until_of(&value)?.map(days::to_number));
+                    }
+                    doomed.extend(
+                        pending.iter().filter(|(key, _)| key.starts_with(&prefix)).map(|(k, v)| (k.clone(), *v)),
+                    );
+                    for (key, until) in doomed {
                         let (_, _, kind) = keys::parse_plan(&key)?;
                         if plan_type.is_none_or(|wanted| wanted == kind) {
-                            let until = stored::visible_until_of(&value)?.map(days::to_number);
                             remove_plan(&mut batch, spaces, &mut pending, &key, until);
                         }
                     }

@@ -37,7 +37,7 @@ use super::{Applied, Change, Cursor, Faults, PersonHistory, Snapshot, Store, Sto
 use crate::{
     model::{AccessEvent, Notification, RequestKey},
     nhs::NhsNumber,
-    stored::StoredPlan,
+    stored::{StoredAccess, StoredPlan},
 };
 
 /// The plans database inside the data directory.
@@ -300,7 +300,7 @@ impl Store for EmbeddedStore {
         self.read(move |spaces| {
             let mut history = PersonHistory::default();
             for entry in spaces.accesses.prefix(keys::person_prefix(nhs_number)).rev().take(newest) {
-                history.newest_first.push(decode(&entry.value().map_err(io)?, "accesses")?);
+                history.newest_first.push(StoredAccess::from_stored(&entry.value().map_err(io)?));
             }
             if let Some(request) = request
                 && let Some(value) = spaces.requests.get(keys::request(&request)?).map_err(io)?

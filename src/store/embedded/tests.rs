@@ -79,7 +79,8 @@ async fn a_person_history_is_bounded_newest_first_and_finds_a_request_by_every_p
     store.apply(Change::RecordAccess { access: access(other, 0, "u", "x"), drafts: vec![] }).await.unwrap();
     let asked = access(person, 7, "u", "r7").request_key();
     let history = store.person_history(person, Some(asked.clone()), 10).await.unwrap();
-    let minutes: Vec<i64> = history.newest_first.iter().map(|a| a.accessed_at.timestamp() / 60).collect();
+    let minutes: Vec<i64> =
+        history.newest_first.iter().map(|a| a.view().unwrap().accessed_at.timestamp() / 60).collect();
     assert_eq!(minutes, (30..40).rev().collect::<Vec<_>>());
     assert_eq!(history.request_made_at, Some(chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(7)));
     let another_user = crate::model::RequestKey { user_id: "v".into(), ..asked };
@@ -115,4 +116,25 @@ async fn sequences_survive_a_reopen_and_retention_removes_what_expired_everywher
     let report = check::check(dir.path()).unwrap();
     assert!(report.integrity_ok, "{:?}", report.problems);
     assert_eq!((count(&report, "accesses"), count(&report, "requests")), (2, 2));
+}
+
+#[test]
+fn changes_committed_in_one_batch_see_each_other() {
+    use super::lane::Committer;
+    let dir = tempfile::tempdir().unwrap();
+    let authority = crate::synth::authority("706").unwrap();
+    let doomed = plan(1, PlanType::ChildProtection, Some("2026-01-01"));
+    let kept = plan(2, PlanType::LookedAfter, None);
+    {
+        let mut committer = changes::PlanCommitter { spaces: Spaces::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap() };
+        let upsert = Change::UpsertPlans { authority, plans: vec![doomed.clone(), kept].into() };
+        let delete =
+            Change::DeletePlans { la_ods_code: "706".into(), nhs_number: doomed.nhs_number(), plan_type: None };
+        // What the lane does when both were queued together: one batch, in order.
+        let applied = committer.commit(vec![upsert, delete]).unwrap();
+        assert_eq!(applied, vec![Applied::Done, Applied::Done]);
+    }
+    let report = check::check(dir.path()).unwrap();
+    assert!(report.integrity_ok, "{:?}", report.problems);
+    assert_eq!((count(&report, "plans"), count(&report, "plan_expiry")), (1, 0), "the delete saw the upsert before it");
 }
