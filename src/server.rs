@@ -117,10 +117,15 @@ pub async fn run(
         });
     }
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl and Python's grpcio-reflection (and many
+    // GUI clients) still speak only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let limit = options.max_message_bytes;
     let local_addr = listener.local_addr()?;
     let incoming = tls::incoming(listener, Arc::clone(&options.tls), options.handshake_timeout);
@@ -141,6 +146,7 @@ pub async fn run(
         .initial_connection_window_size(Some(4 * UPLOAD_STREAM_WINDOW))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(LookupServer::new(LookupService::new(relay.clone())).max_decoding_message_size(limit))
         .add_service(PlansServer::new(PlansService::new(relay.clone())).max_decoding_message_size(limit))
         .add_service(

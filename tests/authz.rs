@@ -197,23 +197,31 @@ async fn health_and_reflection_answer_any_authenticated_caller() {
         .into_inner();
     assert_eq!(answer.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
-    let mut reflection =
-        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(relay.channel("ed-rr8").await);
-    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut answers = reflection.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
-    let answer = next(&mut answers).await;
-    let Some(tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        answer.message_response
-    else {
-        panic!("a service list");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
-    for name in ["cpis.v1.Lookup", "cpis.v1.Plans", "cpis.v1.Notifications", "cpis.v1.Audit", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|listed| listed == name), "{name} in {names:?}");
+    // Both reflection versions list every service (many tools speak only v1alpha).
+    macro_rules! listed_services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            };
+            let mut reflection = ServerReflectionClient::new(relay.channel("ed-rr8").await);
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut answers =
+                reflection.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+            let Some(MessageResponse::ListServicesResponse(list)) = next(&mut answers).await.message_response else {
+                panic!("a service list");
+            };
+            list.service.into_iter().map(|service| service.name).collect::<Vec<String>>()
+        }};
+    }
+    for names in [listed_services!(v1), listed_services!(v1alpha)] {
+        for name in
+            ["cpis.v1.Lookup", "cpis.v1.Plans", "cpis.v1.Notifications", "cpis.v1.Audit", "grpc.health.v1.Health"]
+        {
+            assert!(names.iter().any(|listed| listed == name), "{name} in {names:?}");
+        }
     }
 }
