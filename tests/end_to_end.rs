@@ -96,16 +96,28 @@ async fn a_retry_with_the_same_request_id_notifies_once() {
     assert!(racing.iter().all(|answer| matches!(answer, Ok(true))), "every copy is answered: {racing:?}");
     // The same id for another person is another search, not a retry.
     lookup.search(search_request(&sibling, "user-a", "same-id")).await.unwrap();
+    // So is the same id from another user of the organisation, or from another care setting.
+    lookup.search(search_request(&child, "user-e", "same-id")).await.unwrap();
+    let mut from_maternity = search_request(&child, "user-a", "same-id");
+    from_maternity.care_setting = cpis_relay::proto::CareSetting::MaternityUnit as i32;
+    lookup.search(from_maternity).await.unwrap();
 
     let users: Vec<(String, String)> = {
         let mut users = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..6 {
             let notification = next(&mut stream).await;
             users.push((notification.accessor.unwrap().user_id, notification.nhs_number));
         }
         users
     };
-    let expected = [("user-a", &child), ("user-b", &child), ("user-c", &child), ("user-a", &sibling)];
+    let expected = [
+        ("user-a", &child),
+        ("user-b", &child),
+        ("user-c", &child),
+        ("user-a", &sibling),
+        ("user-e", &child),
+        ("user-a", &child),
+    ];
     assert_eq!(
         users,
         expected.map(|(user, person)| (user.to_owned(), person.clone())),
@@ -266,4 +278,45 @@ async fn export_delete_and_incremental_replace() {
     assert!(!relay.lookup().await.search(search_request(&b, "u", "")).await.unwrap().into_inner().flagged);
     let again = plans.delete(proto::DeleteRequest { nhs_number: b.clone(), r#type: 0 }).await.unwrap().into_inner();
     assert_eq!(again.deleted, 0);
+}
+
+/// A client that gives up on a search (cancel, deadline) while its
+/// notification is still being committed, then retries: the claim on the
+/// request lives until that commit has finished, so the retry is recognised
+/// and the local authority is notified once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_search_and_its_retry_notify_once() {
+    use futures::StreamExt;
+    let relay = TestRelay::start().await;
+    let child = nhs(5);
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    let la = cpis_relay::bench::ed_identity();
+    let identity_706 = cpis_relay::auth::Identity {
+        ods_code: "706".into(),
+        organisation_name: "ISLINGTON".into(),
+        role: cpis_relay::auth::Role::SocialCare,
+    };
+    let mut notifications = Box::pin(relay.relay.subscribe(&identity_706, None).unwrap());
+    let request = search_request(&child, "user-a", "cancel-id");
+
+    let faults = relay.store.faults().clone();
+    faults.stall_writes(true);
+    let mut held = faults.stalled_changes();
+    let mut first = Box::pin(relay.relay.search(&la, &request));
+    tokio::select! {
+        _ = &mut first => panic!("a search cannot finish while its commit is held"),
+        held = held.wait_for(|changes| *changes >= 1) => { held.unwrap(); }
+    }
+    drop(first); // the client went away with the notification still queued
+    let retry = tokio::spawn({
+        let (relay, la, request) = (relay.relay.clone(), la.clone(), request.clone());
+        async move { relay.search(&la, &request).await.map(|outcome| outcome.flagged()) }
+    });
+    faults.stall_writes(false);
+    assert!(retry.await.unwrap().unwrap(), "the retry is answered");
+    let first_notification = notifications.next().await.unwrap().unwrap();
+    assert_eq!(first_notification.access.accessor.user_id, "user-a");
+    relay.relay.search(&la, &search_request(&child, "user-marker", "marker-id")).await.unwrap();
+    let following = notifications.next().await.unwrap().unwrap();
+    assert_eq!(following.access.accessor.user_id, "user-marker", "the retry notified nobody a second time");
 }
