@@ -61,8 +61,34 @@ pub fn metrics() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was already installed; /metrics shows only this one's");
         }
         describe_metrics();
+        register_known_label_sets();
         handle
     })
+}
+
+/// Why a caller is refused, as `cpis_auth_denied_total{reason}` counts it.
+pub const AUTH_DENIED_REASONS: [&str; 5] =
+    ["tls_handshake", "tls_timeout", "no_identity", "wrong_role", "other_local_authority"];
+
+/// Every contract metric whose label values are known in advance, at zero,
+/// so that alerts and `rate()` see them from start-up, before the first
+/// event. Per-authority gauges are set as the relay learns its authorities.
+fn register_known_label_sets() {
+    for outcome in ["flagged", "unflagged", "invalid", "denied", "error"] {
+        metrics::counter!("cpis_searches_total", "outcome" => outcome).absolute(0);
+    }
+    for status in ["all_loaded", "partial", "none_loaded"] {
+        metrics::counter!("cpis_uploads_total", "status" => status).absolute(0);
+    }
+    for reason in AUTH_DENIED_REASONS {
+        metrics::counter!("cpis_auth_denied_total", "reason" => reason).absolute(0);
+    }
+    metrics::counter!("cpis_notifications_emitted_total").absolute(0);
+    metrics::counter!("cpis_notifications_delivered_total").absolute(0);
+    metrics::gauge!("cpis_notifications_held").set(0.0);
+    // Histograms appear once registered, with every bucket at zero.
+    let _ = metrics::histogram!("cpis_search_duration_seconds");
+    let _ = metrics::histogram!("cpis_store_sync_duration_seconds");
 }
 
 /// Help text for every metric the relay records.

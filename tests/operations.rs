@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use cpis_relay::proto::{PlanType, SubscribeRequest};
+use cpis_relay::proto::{PlanType, SubscribeRequest, UploadMode};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -81,6 +81,53 @@ async fn shutdown_flips_readiness_ends_subscriptions_and_lets_in_flight_searches
     let answered = in_flight.await.unwrap().expect("the in-flight search finishes");
     assert!(answered.into_inner().flagged);
     relay.wait_stopped().await;
+}
+
+#[tokio::test]
+async fn every_contract_metric_is_exposed_from_start_up() {
+    // A store that already knows authority 706: its plans were loaded before a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    pki.write_server_layout(&dir.path().join("certs"));
+    let mut first = start(dir.path(), &[], "warn").await;
+    let la = cpis_relay::client::connect(&first.url, &pki.client_pem("la-706"), None).await.unwrap();
+    let mut plans = cpis_relay::proto::plans_client::PlansClient::new(la);
+    upload(&mut plans, "706", UploadMode::Incremental, vec![record(&nhs(1), PlanType::ChildProtection)]).await.unwrap();
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    // A fresh process: nothing has happened in it yet.
+    let mut restarted = start(dir.path(), &[], "warn").await;
+    let (status, metrics) = admin_get(restarted.admin, "/metrics").await;
+    restarted.child.start_kill().unwrap();
+    restarted.child.wait().await.unwrap();
+    assert_eq!(status, 200);
+    let mut expected: Vec<String> = ["flagged", "unflagged", "invalid", "denied", "error"]
+        .iter()
+        .map(|outcome| format!("cpis_searches_total{{outcome=\"{outcome}\"}} 0"))
+        .collect();
+    expected.extend(
+        ["all_loaded", "partial", "none_loaded"].map(|status| format!("cpis_uploads_total{{status=\"{status}\"}} 0")),
+    );
+    expected.extend(
+        cpis_relay::telemetry::AUTH_DENIED_REASONS
+            .map(|reason| format!("cpis_auth_denied_total{{reason=\"{reason}\"}} 0")),
+    );
+    expected.extend(
+        [
+            "cpis_search_duration_seconds_count 0",
+            "cpis_notifications_emitted_total 0",
+            "cpis_notifications_delivered_total 0",
+            "cpis_notification_backlog{la=\"706\"} 0",
+            "cpis_notification_oldest_unacked_seconds{la=\"706\"} 0",
+            "cpis_subscribers{la=\"706\"} 0",
+            "cpis_plans{type=\"CPPI\"} 1",
+            "cpis_store_sync_duration_seconds_count",
+        ]
+        .map(str::to_owned),
+    );
+    for name in &expected {
+        assert!(metrics.lines().any(|line| line.starts_with(name.as_str())), "{name} missing from:\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -101,16 +101,17 @@ impl Relay {
         let snapshot = store.load().await?;
         let loaded_in = started.elapsed();
         let index = Index::new();
+        let hub = Hub::new();
+        for cursor in &snapshot.cursors {
+            hub.restore(cursor);
+        }
         for authority in snapshot.authorities {
+            hub.know(&authority.ods_code);
             index.set_authority(authority);
         }
         let plan_count = snapshot.plans.len();
         index.upsert(snapshot.plans);
         let history = History::new();
-        let hub = Hub::new();
-        for cursor in &snapshot.cursors {
-            hub.restore(cursor);
-        }
         tracing::info!(
             plans = plan_count,
             people = index.people(),

@@ -49,6 +49,9 @@ struct AuthorityChannel {
 
 impl AuthorityChannel {
     fn new(la_ods_code: &str, last_sequence: u64, acked_through: u64) -> Self {
+        // Known from here on: every per-authority gauge is exposed, at zero until it is not.
+        metrics::gauge!("cpis_subscribers", "la" => la_ods_code.to_owned()).set(0.0);
+        metrics::gauge!("cpis_notification_oldest_unacked_seconds", "la" => la_ods_code.to_owned()).set(0.0);
         Self {
             last_sequence: watch::Sender::new(last_sequence),
             acked_through: AtomicU64::new(acked_through),
@@ -88,6 +91,11 @@ impl Hub {
                 .or_insert_with(|| Arc::new(AuthorityChannel::new(la_ods_code, 0, 0)))
                 .value(),
         )
+    }
+
+    /// Makes an authority known (its gauges exposed) before its first notification.
+    pub(super) fn know(&self, la_ods_code: &str) {
+        self.channel(la_ods_code);
     }
 
     pub(super) fn restore(&self, cursor: &Cursor) {

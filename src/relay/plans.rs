@@ -199,6 +199,7 @@ impl Relay {
                 let change = Change::UpsertPlans { authority: authority.clone(), plans: Arc::clone(&plans) };
                 self.shared.store.apply(change).await?;
                 let store_ms = started.elapsed().as_millis() as u64;
+                self.shared.hub.know(&authority.ods_code);
                 index.set_authority(authority);
                 off_runtime(move || index.upsert(plans.iter().cloned())).await?;
                 (0, store_ms)
@@ -216,6 +217,7 @@ impl Relay {
                     index.abandon(staged);
                     return Err(error.into());
                 }
+                self.shared.hub.know(&authority.ods_code);
                 index.set_authority(authority);
                 (off_runtime(move || index.publish(staged)).await? as u64, store_ms)
             }
