@@ -52,28 +52,46 @@ pub struct Identity {
 
 impl Identity {
     /// Reads the identity from a DER client certificate that TLS has already
-    /// verified against the relay's CA.
+    /// verified against the relay's CA. Strict and exact: each of CN, O and OU
+    /// must appear once (in whatever string encoding: a second one in another
+    /// encoding is refused, not skipped), values are taken as written (never
+    /// trimmed), none may hold a control character, and the ODS code must match
+    /// [`is_ods_code`] before it becomes a store key, a log field or a label.
     pub fn from_certificate(der: &[u8]) -> Result<Self, String> {
         let (_, certificate) =
             X509Certificate::from_der(der).map_err(|error| format!("client certificate cannot be parsed: {error}"))?;
         let subject = certificate.subject();
-        let single = |values: Vec<&str>, what: &str| -> Result<String, String> {
-            match values.as_slice() {
-                [value] if !value.trim().is_empty() => Ok(value.trim().to_owned()),
-                [] | [_] => Err(format!("client certificate subject has no {what}")),
-                _ => Err(format!("client certificate subject has more than one {what}")),
+        let single = |values: Vec<&x509_parser::x509::AttributeTypeAndValue>, what: &str| -> Result<String, String> {
+            let value = match values.as_slice() {
+                [value] => value.as_str().map_err(|_| format!("client certificate {what} is not a string"))?,
+                [] => return Err(format!("client certificate subject has no {what}")),
+                _ => return Err(format!("client certificate subject has more than one {what}")),
+            };
+            if value.is_empty() || value.chars().any(char::is_control) {
+                return Err(format!("client certificate {what} is empty or holds a control character"));
             }
+            Ok(value.to_owned())
         };
-        let ods_code = single(subject.iter_common_name().filter_map(|a| a.as_str().ok()).collect(), "CN (ODS code)")?;
-        let organisation_name =
-            single(subject.iter_organization().filter_map(|a| a.as_str().ok()).collect(), "O (organisation name)")?;
-        let role_text =
-            single(subject.iter_organizational_unit().filter_map(|a| a.as_str().ok()).collect(), "OU (role)")?;
+        let ods_code = single(subject.iter_common_name().collect(), "CN (ODS code)")?;
+        if !is_ods_code(&ods_code) {
+            return Err(format!(
+                "client certificate CN is not an ODS code (3 to 10 capital letters and digits): {:?}",
+                ods_code.escape_debug().to_string()
+            ));
+        }
+        let organisation_name = single(subject.iter_organization().collect(), "O (organisation name)")?;
+        let role_text = single(subject.iter_organizational_unit().collect(), "OU (role)")?;
         let role = Role::parse(&role_text).ok_or_else(|| {
             format!("client certificate OU {role_text:?} is not a role (unscheduled-care, social-care, auditor)")
         })?;
         Ok(Self { ods_code, organisation_name, role })
     }
+}
+
+/// An organisation code as NHS ODS issues them: 3 to 10 capital letters and
+/// digits (trusts `RR8`, local authorities `706`, GP practices `Y02345`).
+pub fn is_ods_code(text: &str) -> bool {
+    (3..=10).contains(&text.len()) && text.bytes().all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit())
 }
 
 /// Everything a caller can ask of the relay.
@@ -152,6 +170,53 @@ mod tests {
                 .map(|identity| identity.role)
                 .collect();
             assert_eq!(allowed, vec![action.allowed_role()], "{action:?}");
+        }
+    }
+
+    fn certificate(name: rcgen::DistinguishedName) -> Vec<u8> {
+        let authority = crate::certs::Authority::generate("test CA").unwrap();
+        let pair = authority.issue_client_named(name).unwrap();
+        rustls::pki_types::pem::PemObject::from_pem_slice(pair.cert_pem.as_bytes())
+            .map(|der: rustls::pki_types::CertificateDer| der.to_vec())
+            .unwrap()
+    }
+
+    fn subject(cn: &str, o: &str, ou: &str) -> rcgen::DistinguishedName {
+        let mut name = rcgen::DistinguishedName::new();
+        name.push(rcgen::DnType::CommonName, cn);
+        name.push(rcgen::DnType::OrganizationName, o);
+        name.push(rcgen::DnType::OrganizationalUnitName, ou);
+        name
+    }
+
+    #[test]
+    fn a_well_formed_subject_is_an_identity() {
+        let identity = Identity::from_certificate(&certificate(subject("RR8", "LEEDS", "unscheduled-care"))).unwrap();
+        assert_eq!(
+            identity,
+            Identity { ods_code: "RR8".into(), organisation_name: "LEEDS".into(), role: Role::UnscheduledCare }
+        );
+    }
+
+    #[test]
+    fn a_second_ou_in_another_string_encoding_is_refused_not_skipped() {
+        let mut name = subject("X26", "NHS ENGLAND", "unscheduled-care");
+        // The same attribute type (OU, 2.5.4.11) again, as a BMPString.
+        let bmp = rcgen::string::BmpString::try_from("auditor").unwrap();
+        name.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 11]), rcgen::DnValue::BmpString(bmp));
+        let refused = Identity::from_certificate(&certificate(name)).unwrap_err();
+        assert!(refused.contains("more than one OU"), "{refused}");
+    }
+
+    #[test]
+    fn values_are_taken_as_written_and_control_characters_refused() {
+        for (cn, o) in
+            [("RR8\n", "LEEDS"), (" RR8", "LEEDS"), ("RR8", "LEEDS\nERROR forged"), ("rr8", "LEEDS"), ("R8", "LEEDS")]
+        {
+            assert!(
+                Identity::from_certificate(&certificate(subject(cn, o, "unscheduled-care"))).is_err(),
+                "{cn:?} / {o:?} is refused"
+            );
         }
     }
 }

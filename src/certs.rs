@@ -89,8 +89,13 @@ impl Authority {
 
     /// A client certificate: CN = ODS code, O = organisation, OU = role.
     pub fn issue_client(&self, ods_code: &str, organisation: &str, role: Option<&str>) -> Result<Pair, CertsError> {
+        self.issue_client_named(name(ods_code, organisation, role))
+    }
+
+    /// A client certificate with exactly this subject (tests of identity parsing).
+    pub fn issue_client_named(&self, name: DistinguishedName) -> Result<Pair, CertsError> {
         let mut params = CertificateParams::default();
-        params.distinguished_name = name(ods_code, organisation, role);
+        params.distinguished_name = name;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
     }

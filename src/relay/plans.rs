@@ -156,9 +156,10 @@ impl Relay {
             _ => UploadStatus::Partial,
         };
         metrics::counter!("cpis_uploads_total", "status" => status.as_str()).increment(1);
+        // The file id is the uploader's free text: at debug only, as a debug-escaped value.
+        tracing::debug!(la = %la_ods_code, file_id = ?header.file_id, "upload file");
         tracing::info!(
             la = %la_ods_code,
-            file_id = %header.file_id,
             mode = ?header.mode,
             loaded,
             rejected = rejections.len(),
