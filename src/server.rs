@@ -83,9 +83,11 @@ const SERVICE_NAMES: [&str; 4] = [
 ];
 
 /// Serves until `shutdown` resolves, then drains within the grace period.
+/// The FHIR door is served only when `fhir` is given.
 pub async fn run(
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
+    fhir: Option<crate::fhir::FhirDoor>,
     relay: Relay,
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
@@ -116,6 +118,19 @@ pub async fn run(
             }
         });
     }
+
+    let fhir_stop = watch::Sender::new(false);
+    let fhir_server = fhir.map(|door| {
+        let router = crate::fhir::routes::router(relay.clone(), door.tokens);
+        tokio::spawn(crate::fhir::server::serve(
+            door.listener,
+            Arc::clone(&options.tls),
+            options.handshake_timeout,
+            options.grace_period,
+            router,
+            fhir_stop.subscribe(),
+        ))
+    });
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -156,6 +171,8 @@ pub async fn run(
         result = &mut serve => return result.map_err(ServerError::from),
         () = shutdown => {}
     }
+    // The FHIR door stops accepting and drains alongside gRPC.
+    fhir_stop.send_replace(true);
 
     tracing::info!(grace_period_s = options.grace_period.as_secs(), "shutting down: no longer ready, draining");
     draining.send_replace(true);
@@ -193,6 +210,9 @@ pub async fn run(
             Ok(())
         }
     };
+    if let Some(fhir_server) = fhir_server {
+        let _ = tokio::time::timeout_at(deadline, fhir_server).await;
+    }
     admin_stop.send_replace(true);
     result
 }

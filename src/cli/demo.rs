@@ -56,7 +56,7 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
     let admin_address = admin.local_addr().map_err(failed)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let options = ServerOptions::new(tls::server_config(&server_pem).map_err(failed)?);
-    let server = tokio::spawn(server::run(listener, Some(admin), relay, options, async {
+    let server = tokio::spawn(server::run(listener, Some(admin), None, relay, options, async {
         let _ = stopped.await;
     }));
     println!("== cpis-relay demo ==");

@@ -189,7 +189,7 @@ impl TestRelay {
         options.grace_period = Duration::from_secs(5);
         tune(&mut options);
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server::run(listener, Some(admin_listener), relay.clone(), options, async {
+        let handle = tokio::spawn(server::run(listener, Some(admin_listener), None, relay.clone(), options, async {
             let _ = stopped.await;
         }));
         Self { address, admin, pki, relay, clock, store, dir, stop: Some(stop), handle: Some(handle) }
