@@ -663,7 +663,7 @@ async fn the_fhir_door_is_off_unless_configured_and_serve_opens_it_with_a_jwks_f
             "--fhir-audience",
             "cpis-test",
         ],
-        "warn",
+        "info",
     )
     .await;
     let address: std::net::SocketAddr = with_door
@@ -687,5 +687,30 @@ async fn the_fhir_door_is_off_unless_configured_and_serve_opens_it_with_a_jwks_f
     .unwrap();
     let response = https.request(request).await.unwrap();
     assert_eq!(response.status(), 200);
+
+    // A refused request is logged at info on a span carrying its TraceID, and no NHS number.
+    let request = hyper::Request::get(format!(
+        "https://localhost:{}/cpis/FHIR/R4/CareTeam?patient:identifier={NHS_SYSTEM}|{}",
+        address.port(),
+        nhs(3)
+    ))
+    .header("TraceID", "trace-in-the-log-1")
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    assert_eq!(https.request(request).await.unwrap().status(), 401);
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(with_door.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("fhir request") {
+                return line;
+            }
+        }
+        panic!("the relay's stderr ended without the request's line");
+    })
+    .await
+    .expect("the request's log line within 10 s");
+    assert!(line.contains("trace-in-the-log-1") && line.contains("401"), "{line}");
+    assert!(!line.contains(&nhs(3)), "no NHS number at info: {line}");
     with_door.child.kill().await.unwrap();
 }
