@@ -119,9 +119,12 @@ pub async fn run(
         });
     }
 
+    let rpc_layer = crate::rpc::RpcLayer::new(options.max_concurrent_searches, draining.subscribe());
     let fhir_stop = watch::Sender::new(false);
     let fhir_server = fhir.map(|door| {
-        let router = crate::fhir::routes::router(relay.clone(), door.tokens);
+        let limits =
+            crate::fhir::routes::Limits { searches: rpc_layer.search_permits(), draining: draining.subscribe() };
+        let router = crate::fhir::routes::router(relay.clone(), door.tokens, limits);
         tokio::spawn(crate::fhir::server::serve(
             door.listener,
             Arc::clone(&options.tls),
@@ -140,7 +143,6 @@ pub async fn run(
     let local_addr = listener.local_addr()?;
     let incoming = tls::incoming(listener, Arc::clone(&options.tls), options.handshake_timeout);
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let rpc_layer = crate::rpc::RpcLayer::new(options.max_concurrent_searches, draining.subscribe());
     let mut in_flight = rpc_layer.in_flight();
     let serve = tonic::transport::Server::builder()
         .layer(rpc_layer)

@@ -714,3 +714,17 @@ async fn the_fhir_door_is_off_unless_configured_and_serve_opens_it_with_a_jwks_f
     assert!(!line.contains(&nhs(3)), "no NHS number at info: {line}");
     with_door.child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn fhir_searches_count_against_the_relays_search_limit() {
+    // No search permits at all: every search, through either door, is shed at once.
+    let relay = TestRelay::start_fhir_tuned(|options| options.max_concurrent_searches = 0).await;
+    let door = Door { relay: &relay };
+    let answer = door.search("ed-rr8", "CareTeam", &nhs(1), "u1", &[]).await;
+    assert_eq!(answer.status, 429, "{:#}", answer.body);
+    assert_eq!(answer.body["issue"][0]["code"], "throttled");
+    let status = relay.lookup().await.search(search_request(&nhs(1), "u1", "")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(door.get("ed-rr8", "/metadata", &[]).await.status, 200, "metadata is not a search");
+    assert_valid_fhir(&[&answer.body]);
+}

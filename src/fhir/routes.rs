@@ -19,6 +19,7 @@ use tracing::Instrument;
 use super::{BASE_PATH, FHIR_JSON, errors::FhirError, resources, token::TokenVerifier};
 use crate::{
     auth::{Identity, Role},
+    error::Error,
     model::CareSetting,
     relay::{Relay, SearchQuery},
     tls::PeerInfo,
@@ -35,6 +36,15 @@ const MAX_TRACE_ID_LEN: usize = 200;
 struct Door {
     relay: Relay,
     tokens: Arc<TokenVerifier>,
+    limits: Limits,
+}
+
+/// What the door shares with the gRPC edge (`rpc.rs`): the global search
+/// limit, beyond which searches are refused at once, and whether the relay is draining.
+#[derive(Clone)]
+pub struct Limits {
+    pub searches: Arc<tokio::sync::Semaphore>,
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,14 +63,14 @@ impl Search {
 }
 
 /// The door's routes over a relay.
-pub fn router(relay: Relay, tokens: Arc<TokenVerifier>) -> Router {
+pub fn router(relay: Relay, tokens: Arc<TokenVerifier>, limits: Limits) -> Router {
     Router::new()
         .route(&format!("{BASE_PATH}/CareTeam"), get(care_team))
         .route(&format!("{BASE_PATH}/AuditEvent"), get(audit_event))
         .route(&format!("{BASE_PATH}/metadata"), get(metadata))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Door { relay, tokens })
+        .with_state(Door { relay, tokens, limits })
 }
 
 async fn care_team(State(door): State<Door>, request: Request) -> Response {
@@ -159,6 +169,12 @@ impl Door {
         base: &str,
         trace_id: Option<&str>,
     ) -> Result<Value, FhirError> {
+        if *self.limits.draining.borrow() {
+            return Err(Error::Unavailable("the relay is shutting down; retry, another node will answer".into()).into());
+        }
+        let _permit = Arc::clone(&self.limits.searches)
+            .try_acquire_owned()
+            .map_err(|_| Error::ResourceExhausted("the relay is at its search limit; retry shortly".into()))?;
         let identity = identity(peer)?;
         let accessor = self.user(&request.headers)?;
         let nhs_number = patient_identifier(request.uri.query())?;
@@ -209,12 +225,11 @@ impl Door {
 
 /// The organisation, only from the connection's verified certificate.
 fn identity(peer: Option<&PeerInfo>) -> Result<Arc<Identity>, FhirError> {
-    let peer = peer.ok_or_else(|| {
-        FhirError::Domain(crate::error::Error::Unauthenticated("no verified client certificate".into()))
-    })?;
+    let peer =
+        peer.ok_or_else(|| FhirError::Domain(Error::Unauthenticated("no verified client certificate".into())))?;
     peer.identity.clone().map_err(|reason| {
         metrics::counter!("cpis_auth_denied_total", "reason" => "no_identity").increment(1);
-        FhirError::Domain(crate::error::Error::Unauthenticated(reason.to_string()))
+        FhirError::Domain(Error::Unauthenticated(reason.to_string()))
     })
 }
 

@@ -189,11 +189,16 @@ impl TestRelay {
 
     /// A relay on the embedded store with its FHIR door open too (a fresh token key).
     pub async fn start_fhir() -> Self {
+        Self::start_fhir_tuned(|_| {}).await
+    }
+
+    /// [`TestRelay::start_fhir`] with adjusted server options.
+    pub async fn start_fhir_tuned(tune: impl FnOnce(&mut ServerOptions)) -> Self {
         tls::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let clock = Arc::new(ManualClock::new(test_start()));
-        Self::serve_doors(Pki::new(), store, clock, RelaySettings::default(), dir, |_| {}, true).await
+        Self::serve_doors(Pki::new(), store, clock, RelaySettings::default(), dir, tune, true).await
     }
 
     async fn serve_doors(
