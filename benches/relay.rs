@@ -79,7 +79,7 @@ fn search_path(c: &mut Criterion) {
     let unflagged: Vec<String> =
         synth::unflagged_numbers(&records, 1_000, 11).iter().map(ToString::to_string).collect();
     assert!(unflagged.iter().all(|nhs| !flagged.contains(nhs)), "the unflagged sample holds no loaded person");
-    let request = |nhs_number: &str| cpis_relay::bench::search_request(nhs_number.to_owned(), "bench".into());
+    let request = |nhs_number: &str| cpis_relay::bench::search_query(nhs_number.to_owned(), "bench".into());
     let mut group = c.benchmark_group("search/in_process");
     let mut step = 0usize;
     group.bench_function("unflagged", |b| {
@@ -87,7 +87,7 @@ fn search_path(c: &mut Criterion) {
             step = (step + 1) % unflagged.len();
             let request = request(&unflagged[step]);
             let (relay, identity) = (relay.clone(), identity.clone());
-            async move { relay.search(&identity, &request).await.unwrap() }
+            async move { relay.search(&identity, request).await.unwrap() }
         })
     });
     group.bench_function("flagged_memory_store", |b| {
@@ -95,7 +95,7 @@ fn search_path(c: &mut Criterion) {
             step = (step + 7919) % flagged.len();
             let request = request(&flagged[step]);
             let (relay, identity) = (relay.clone(), identity.clone());
-            async move { relay.search(&identity, &request).await.unwrap() }
+            async move { relay.search(&identity, request).await.unwrap() }
         })
     });
     group.finish();
@@ -113,6 +113,7 @@ fn access_change(i: u64) -> Change {
             care_setting: CareSetting::EmergencyDepartment,
             accessor: Accessor { user_id: format!("user-{i}"), name: "Bench User".into(), role_code: String::new() },
             request_id: format!("request-{i}"),
+            scheduled: false,
         },
         drafts: vec![NotificationDraft {
             la_ods_code: "706".into(),

@@ -11,8 +11,10 @@ use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Emergency departments, out-of-hours GPs, walk-in centres, ... : search.
+    /// Emergency departments, out-of-hours GPs, walk-in centres, ... : search, and every search notifies.
     UnscheduledCare,
+    /// GP practices, health visitors, school nurses: search silently (audited, never notified).
+    ScheduledCare,
     /// A local authority's children's social care: its own plans and notifications.
     SocialCare,
     /// Information governance: reads access logs.
@@ -20,12 +22,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Self::UnscheduledCare, Self::SocialCare, Self::Auditor];
+    pub const ALL: [Role; 4] = [Self::UnscheduledCare, Self::ScheduledCare, Self::SocialCare, Self::Auditor];
 
     /// The certificate OU naming this role.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UnscheduledCare => "unscheduled-care",
+            Self::ScheduledCare => "scheduled-care",
             Self::SocialCare => "social-care",
             Self::Auditor => "auditor",
         }
@@ -82,7 +85,7 @@ impl Identity {
         let organisation_name = single(subject.iter_organization().collect(), "O (organisation name)")?;
         let role_text = single(subject.iter_organizational_unit().collect(), "OU (role)")?;
         let role = Role::parse(&role_text).ok_or_else(|| {
-            format!("client certificate OU {role_text:?} is not a role (unscheduled-care, social-care, auditor)")
+            format!("client certificate OU {role_text:?} is not a role (unscheduled-care, scheduled-care, social-care, auditor)")
         })?;
         Ok(Self { ods_code, organisation_name, role })
     }
@@ -117,12 +120,14 @@ impl Action {
         Self::ReadAccessLog,
     ];
 
-    /// The one role allowed to take this action.
-    pub fn allowed_role(self) -> Role {
+    /// The roles allowed to take this action.
+    pub fn allowed_roles(self) -> &'static [Role] {
         match self {
-            Self::Search => Role::UnscheduledCare,
-            Self::UploadPlans | Self::DeletePlans | Self::ExportPlans | Self::Subscribe | Self::Ack => Role::SocialCare,
-            Self::ReadAccessLog => Role::Auditor,
+            Self::Search => &[Role::UnscheduledCare, Role::ScheduledCare],
+            Self::UploadPlans | Self::DeletePlans | Self::ExportPlans | Self::Subscribe | Self::Ack => {
+                &[Role::SocialCare]
+            }
+            Self::ReadAccessLog => &[Role::Auditor],
         }
     }
 }
@@ -131,15 +136,37 @@ impl Action {
 /// action is scoped to the caller's own ODS code by the domain code, which
 /// takes the LA from the identity and never from the request.
 pub fn authorize(identity: &Identity, action: Action) -> Result<()> {
-    let allowed = action.allowed_role();
-    if identity.role == allowed {
+    let allowed = action.allowed_roles();
+    if allowed.contains(&identity.role) {
         return Ok(());
     }
     metrics::counter!("cpis_auth_denied_total", "reason" => "wrong_role").increment(1);
+    let allowed: Vec<&str> = allowed.iter().map(|role| role.as_str()).collect();
     Err(Error::PermissionDenied(format!(
-        "{action:?} needs the {allowed} role; this certificate's role is {}",
+        "{action:?} needs the {} role; this certificate's role is {}",
+        allowed.join(" or "),
         identity.role
     )))
+}
+
+/// Whether a search is scheduled care, which is silent (recorded for audit,
+/// never notified nor listed among previous accesses). The certificate
+/// decides: a scheduled-care organisation's searches are always scheduled.
+/// A caller asking for a scheduled access (`asked_scheduled`, the FHIR door's
+/// `IsUnscheduledAccessEvent: false`) with an unscheduled-care certificate is
+/// refused: emergency departments always notify.
+pub fn search_is_scheduled(identity: &Identity, asked_scheduled: bool) -> Result<bool> {
+    match identity.role {
+        Role::ScheduledCare => Ok(true),
+        Role::UnscheduledCare if asked_scheduled => {
+            metrics::counter!("cpis_auth_denied_total", "reason" => "wrong_role").increment(1);
+            Err(Error::PermissionDenied(
+                "a scheduled (silent) access needs a scheduled-care certificate; unscheduled care always notifies"
+                    .into(),
+            ))
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Checks that a social-care caller names its own local authority.
@@ -163,13 +190,14 @@ mod tests {
         let health = Identity { ods_code: "RR8".into(), organisation_name: "T".into(), role: Role::UnscheduledCare };
         let la = Identity { role: Role::SocialCare, ..health.clone() };
         let auditor = Identity { role: Role::Auditor, ..health.clone() };
+        let scheduled = Identity { role: Role::ScheduledCare, ..health.clone() };
         for action in Action::ALL {
-            let allowed: Vec<Role> = [&health, &la, &auditor]
+            let allowed: Vec<Role> = [&health, &scheduled, &la, &auditor]
                 .into_iter()
                 .filter(|identity| authorize(identity, action).is_ok())
                 .map(|identity| identity.role)
                 .collect();
-            assert_eq!(allowed, vec![action.allowed_role()], "{action:?}");
+            assert_eq!(allowed, action.allowed_roles(), "{action:?}");
         }
     }
 
@@ -218,5 +246,15 @@ mod tests {
                 "{cn:?} / {o:?} is refused"
             );
         }
+    }
+
+    #[test]
+    fn scheduled_care_is_always_silent_and_unscheduled_care_never() {
+        let health = Identity { ods_code: "RR8".into(), organisation_name: "T".into(), role: Role::UnscheduledCare };
+        let gp = Identity { role: Role::ScheduledCare, ..health.clone() };
+        assert!(!search_is_scheduled(&health, false).unwrap());
+        assert!(matches!(search_is_scheduled(&health, true), Err(Error::PermissionDenied(_))));
+        assert!(search_is_scheduled(&gp, false).unwrap());
+        assert!(search_is_scheduled(&gp, true).unwrap());
     }
 }

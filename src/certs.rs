@@ -1,5 +1,6 @@
 //! Development PKI: a CA, a server certificate for localhost and client
-//! identities for each role, made with rcgen. `certs init` writes them; the
+//! identities for each role, made with rcgen, and the FHIR door's
+//! development token signing key with its JWKS. `certs init` writes them; the
 //! server and clients use `certs/dev/` by default, creating it on first use.
 //! Production identities come from the organisation's own CA (certs/README.md).
 
@@ -26,7 +27,7 @@ pub struct DevIdentity {
 }
 
 /// The identities `certs init` issues.
-pub const DEV_IDENTITIES: [DevIdentity; 4] = [
+pub const DEV_IDENTITIES: [DevIdentity; 5] = [
     DevIdentity {
         name: "ed-rr8",
         ods_code: "RR8",
@@ -36,6 +37,8 @@ pub const DEV_IDENTITIES: [DevIdentity; 4] = [
     DevIdentity { name: "la-706", ods_code: "706", organisation: "LONDON BOROUGH OF ISLINGTON", role: "social-care" },
     DevIdentity { name: "la-855", ods_code: "855", organisation: "LEICESTERSHIRE COUNTY COUNCIL", role: "social-care" },
     DevIdentity { name: "auditor", ods_code: "X26", organisation: "NHS ENGLAND", role: "auditor" },
+    // Scheduled care: a made-up GP practice (practice codes are a letter and five digits).
+    DevIdentity { name: "gp-y02", ods_code: "Y02999", organisation: "CPIS TEST GP PRACTICE", role: "scheduled-care" },
 ];
 
 /// The default directory of development certificates.
@@ -47,6 +50,8 @@ pub enum CertsError {
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("the FHIR token key: {0}")]
+    TokenKey(#[from] crate::fhir::token::TokenError),
 }
 
 /// A PEM certificate and its private key.
@@ -143,7 +148,27 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
         written.push(write(dir, &format!("{}.pem", identity.name), &pair.cert_pem, false)?);
         written.push(write(dir, &format!("{}.key", identity.name), &pair.key_pem, true)?);
     }
+    written.extend(write_token_key(dir)?);
     Ok(written)
+}
+
+/// Writes a fresh development signing key for the FHIR door's bearer tokens
+/// and the JWKS that verifies them (`fhir-token.key`, `fhir-jwks.json`).
+pub fn write_token_key(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
+    use crate::fhir::token;
+    let (key_pem, jwks) = token::generate_dev_key()?;
+    create_dir(dir)?;
+    Ok(vec![write(dir, token::DEV_SIGNING_KEY, &key_pem, true)?, write(dir, token::DEV_JWKS, &jwks, false)?])
+}
+
+/// Creates the development token key in `dir` unless its JWKS already exists
+/// (a directory made before the FHIR door existed has none). Returns whether it was created.
+pub fn ensure_token_key(dir: &Path) -> Result<bool, CertsError> {
+    if dir.join(crate::fhir::token::DEV_JWKS).exists() {
+        return Ok(false);
+    }
+    write_token_key(dir)?;
+    Ok(true)
 }
 
 /// Creates the development PKI in `dir` unless its CA already exists.

@@ -9,7 +9,16 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::{certs, relay::RelaySettings};
+use crate::{certs, fhir::token, relay::RelaySettings};
+
+/// A text setting, or its default; never empty.
+fn text(key: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
+    match value {
+        Some(value) if value.trim().is_empty() => Err(error(key, "must not be empty")),
+        Some(value) => Ok(value.trim().to_owned()),
+        None => Ok(default.to_owned()),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,6 +99,27 @@ pub struct ServeSettings {
     /// Largest accepted message in bytes [default: 262144]
     #[arg(long, env = "CPIS_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// FHIR R4 door (CP-IS API, HTTPS with the same mutual TLS) listen address [default: off]
+    #[arg(long, env = "CPIS_FHIR_LISTEN")]
+    pub fhir_listen: Option<SocketAddr>,
+    /// JWKS file of the keys that sign the FHIR door's bearer tokens [default: fhir-jwks.json in the development certificates, created on first start]
+    #[arg(long, env = "CPIS_FHIR_JWKS")]
+    pub fhir_jwks: Option<PathBuf>,
+    /// Required `iss` of bearer tokens [default: cpis-relay-dev]
+    #[arg(long, env = "CPIS_FHIR_ISSUER")]
+    pub fhir_issuer: Option<String>,
+    /// Required `aud` of bearer tokens [default: cpis-relay]
+    #[arg(long, env = "CPIS_FHIR_AUDIENCE")]
+    pub fhir_audience: Option<String>,
+    /// Bearer token claim naming the user's id [default: sub]
+    #[arg(long, env = "CPIS_FHIR_USER_ID_CLAIM")]
+    pub fhir_user_id_claim: Option<String>,
+    /// Bearer token claim naming the user [default: name]
+    #[arg(long, env = "CPIS_FHIR_NAME_CLAIM")]
+    pub fhir_name_claim: Option<String>,
+    /// Bearer token claim giving the user's role code, optional in a token [default: role_code]
+    #[arg(long, env = "CPIS_FHIR_ROLE_CODE_CLAIM")]
+    pub fhir_role_code_claim: Option<String>,
 }
 
 /// A bad setting: the key and why.
@@ -129,6 +159,13 @@ pub struct ServeConfig {
     pub keepalive_timeout_secs: u64,
     pub max_connection_age_secs: u64,
     pub max_message_bytes: usize,
+    pub fhir_listen: Option<SocketAddr>,
+    pub fhir_jwks: Option<PathBuf>,
+    pub fhir_issuer: String,
+    pub fhir_audience: String,
+    pub fhir_user_id_claim: String,
+    pub fhir_name_claim: String,
+    pub fhir_role_code_claim: String,
 }
 
 impl ServeSettings {
@@ -163,6 +200,13 @@ impl ServeSettings {
             keepalive_timeout_secs: self.keepalive_timeout_secs.or(lower.keepalive_timeout_secs),
             max_connection_age_secs: self.max_connection_age_secs.or(lower.max_connection_age_secs),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            fhir_listen: self.fhir_listen.or(lower.fhir_listen),
+            fhir_jwks: self.fhir_jwks.or(lower.fhir_jwks),
+            fhir_issuer: self.fhir_issuer.or(lower.fhir_issuer),
+            fhir_audience: self.fhir_audience.or(lower.fhir_audience),
+            fhir_user_id_claim: self.fhir_user_id_claim.or(lower.fhir_user_id_claim),
+            fhir_name_claim: self.fhir_name_claim.or(lower.fhir_name_claim),
+            fhir_role_code_claim: self.fhir_role_code_claim.or(lower.fhir_role_code_claim),
         }
     }
 
@@ -209,6 +253,17 @@ impl ServeSettings {
             keepalive_timeout_secs: positive("keepalive_timeout_secs", self.keepalive_timeout_secs.unwrap_or(10))?,
             max_connection_age_secs: positive("max_connection_age_secs", self.max_connection_age_secs.unwrap_or(1800))?,
             max_message_bytes: self.max_message_bytes.unwrap_or(256 * 1024),
+            fhir_listen: self.fhir_listen,
+            fhir_jwks: self.fhir_jwks,
+            fhir_issuer: text("fhir_issuer", self.fhir_issuer, token::DEFAULT_ISSUER)?,
+            fhir_audience: text("fhir_audience", self.fhir_audience, token::DEFAULT_AUDIENCE)?,
+            fhir_user_id_claim: text("fhir_user_id_claim", self.fhir_user_id_claim, token::DEFAULT_USER_ID_CLAIM)?,
+            fhir_name_claim: text("fhir_name_claim", self.fhir_name_claim, token::DEFAULT_NAME_CLAIM)?,
+            fhir_role_code_claim: text(
+                "fhir_role_code_claim",
+                self.fhir_role_code_claim,
+                token::DEFAULT_ROLE_CODE_CLAIM,
+            )?,
         };
         if config.max_message_bytes < 4096 {
             return Err(error("max_message_bytes", "must be at least 4096"));
@@ -241,6 +296,18 @@ impl ServeConfig {
             access_retention: chrono::Duration::days(self.access_retention_days.into()),
             retention_interval: Duration::from_secs(self.retention_interval_secs),
             ..RelaySettings::default()
+        }
+    }
+
+    /// What bearer tokens of the FHIR door must say.
+    pub fn token_settings(&self) -> token::TokenSettings {
+        token::TokenSettings {
+            issuer: self.fhir_issuer.clone(),
+            audience: self.fhir_audience.clone(),
+            user_id_claim: self.fhir_user_id_claim.clone(),
+            name_claim: self.fhir_name_claim.clone(),
+            role_code_claim: self.fhir_role_code_claim.clone(),
+            ..token::TokenSettings::default()
         }
     }
 

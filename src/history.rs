@@ -71,14 +71,15 @@ pub fn is_repeat(accesses: &[AccessView], key: &RequestKey, now: DateTime<Utc>) 
     accesses.iter().any(|access| access.is_request(key) && made_within_window(Some(access.accessed_at), now))
 }
 
-/// The listing rule: walking oldest to newest, an access is listed unless
-/// the same user (organisation and user id) has a listed access less than 24
-/// hours before it; then the 25 newest listed, newest first.
+/// The listing rule: walking oldest to newest, an unscheduled access is
+/// listed unless the same user (organisation and user id) has a listed access
+/// less than 24 hours before it; then the 25 newest listed, newest first.
+/// Scheduled accesses are never listed (they stay in the audit log).
 pub fn listed_accesses<'a>(oldest_first: &[&AccessView<'a>]) -> Vec<AccessView<'a>> {
     let mut last_listed: std::collections::HashMap<(&str, &str), DateTime<Utc>> =
         std::collections::HashMap::with_capacity(oldest_first.len());
     let mut listed = Vec::with_capacity(oldest_first.len());
-    for event in oldest_first {
+    for event in oldest_first.iter().filter(|event| !event.scheduled) {
         let user = (event.organisation_ods_code, event.accessor.user_id);
         if last_listed.get(&user).is_some_and(|&at| event.accessed_at - at < SAME_USER_WINDOW) {
             continue;
@@ -107,7 +108,18 @@ mod tests {
             care_setting: CareSetting::EmergencyDepartment,
             accessor: Accessor { user_id: user.into(), name: "U".into(), role_code: String::new() },
             request_id: format!("r{minutes}"),
+            scheduled: false,
         }
+    }
+
+    #[test]
+    fn scheduled_accesses_are_never_listed_nor_hide_a_later_one() {
+        let gp_look = AccessEvent { scheduled: true, ..access(0, "RR8", "a") };
+        let events = [gp_look, access(60, "RR8", "a")];
+        let views: Vec<_> = events.iter().map(AccessEvent::view).collect();
+        let refs: Vec<_> = views.iter().collect();
+        let listed: Vec<i64> = listed_accesses(&refs).iter().map(|e| e.accessed_at.timestamp() / 60).collect();
+        assert_eq!(listed, vec![60]);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`store`]: the system of record behind one trait.
 //! - [`relay`]: the domain operations, testable without tonic.
 //! - [`service`]: thin gRPC adapters; [`error`] maps the one error type to `Status`.
+//! - [`fhir`]: the FHIR R4 door (NHS CP-IS API shapes), another adapter over the same domain.
 //! - [`auth`], [`tls`], [`certs`]: identity from certificates, rustls configs, dev PKI.
 //! - [`server`]: wires it together over a bound listener and a shutdown future.
 //! - [`client`], [`cli`]: the command-line clients and tools.
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod error;
+pub mod fhir;
 pub mod history;
 pub mod index;
 pub mod model;

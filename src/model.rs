@@ -54,6 +54,10 @@ pub enum CareSetting {
     PaediatricWard,
     AmbulanceService,
     MaternityUnit,
+    // Scheduled care (added last: the variant index is what the store encodes).
+    GeneralPractice,
+    HealthVisiting,
+    SchoolNursing,
 }
 
 /// A local authority's children's social care contact details.
@@ -177,8 +181,8 @@ pub struct Accessor {
     pub role_code: String,
 }
 
-/// One search of a flagged person by unscheduled care: the access history
-/// entry and the source of its notifications.
+/// One search of a flagged person: the access history entry and, for
+/// unscheduled care, the source of its notifications.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessEvent {
     /// Unique per access; also keys it in storage.
@@ -192,6 +196,8 @@ pub struct AccessEvent {
     pub accessor: Accessor,
     /// The client's idempotency key (or a generated one), unique per organisation.
     pub request_id: String,
+    /// Scheduled care: audited, but never notified nor listed among previous accesses.
+    pub scheduled: bool,
 }
 
 /// A stored access read in place, its text borrowed from the stored bytes
@@ -210,6 +216,7 @@ pub struct AccessView<'a> {
     #[serde(borrow)]
     pub accessor: AccessorView<'a>,
     pub request_id: &'a str,
+    pub scheduled: bool,
 }
 
 /// [`Accessor`], borrowed.
@@ -235,6 +242,7 @@ impl AccessView<'_> {
                 role_code: self.accessor.role_code.to_owned(),
             },
             request_id: self.request_id.to_owned(),
+            scheduled: self.scheduled,
         }
     }
 
@@ -263,6 +271,7 @@ impl AccessEvent {
                 role_code: &self.accessor.role_code,
             },
             request_id: &self.request_id,
+            scheduled: self.scheduled,
         }
     }
 }

@@ -43,6 +43,12 @@ impl RpcLayer {
         }
     }
 
+    /// The global search limit, shared with the FHIR door so that both doors'
+    /// searches count against one `max_concurrent_searches`.
+    pub fn search_permits(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.searches)
+    }
+
     /// Calls being handled (a server stream counts until its handler has
     /// returned the stream); shutdown waits for this to reach zero.
     pub fn in_flight(&self) -> watch::Receiver<usize> {

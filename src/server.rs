@@ -83,9 +83,11 @@ const SERVICE_NAMES: [&str; 4] = [
 ];
 
 /// Serves until `shutdown` resolves, then drains within the grace period.
+/// The FHIR door is served only when `fhir` is given.
 pub async fn run(
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
+    fhir: Option<crate::fhir::FhirDoor>,
     relay: Relay,
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
@@ -117,6 +119,22 @@ pub async fn run(
         });
     }
 
+    let rpc_layer = crate::rpc::RpcLayer::new(options.max_concurrent_searches, draining.subscribe());
+    let fhir_stop = watch::Sender::new(false);
+    let fhir_server = fhir.map(|door| {
+        let limits =
+            crate::fhir::routes::Limits { searches: rpc_layer.search_permits(), draining: draining.subscribe() };
+        let router = crate::fhir::routes::router(relay.clone(), door.tokens, limits);
+        tokio::spawn(crate::fhir::server::serve(
+            door.listener,
+            Arc::clone(&options.tls),
+            options.handshake_timeout,
+            options.grace_period,
+            router,
+            fhir_stop.subscribe(),
+        ))
+    });
+
     // Both reflection versions: grpcurl and Python's grpcio-reflection (and many
     // GUI clients) still speak only v1alpha.
     let reflection_builder = || {
@@ -130,7 +148,6 @@ pub async fn run(
     let local_addr = listener.local_addr()?;
     let incoming = tls::incoming(listener, Arc::clone(&options.tls), options.handshake_timeout);
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let rpc_layer = crate::rpc::RpcLayer::new(options.max_concurrent_searches, draining.subscribe());
     let mut in_flight = rpc_layer.in_flight();
     let serve = tonic::transport::Server::builder()
         .layer(rpc_layer)
@@ -162,6 +179,8 @@ pub async fn run(
         result = &mut serve => return result.map_err(ServerError::from),
         () = shutdown => {}
     }
+    // The FHIR door stops accepting and drains alongside gRPC.
+    fhir_stop.send_replace(true);
 
     tracing::info!(grace_period_s = options.grace_period.as_secs(), "shutting down: no longer ready, draining");
     draining.send_replace(true);
@@ -199,6 +218,9 @@ pub async fn run(
             Ok(())
         }
     };
+    if let Some(fhir_server) = fhir_server {
+        let _ = tokio::time::timeout_at(deadline, fhir_server).await;
+    }
     admin_stop.send_replace(true);
     result
 }

@@ -1,5 +1,6 @@
-//! Who may do what: the full role matrix, local authority isolation, and
-//! refusal of clients without a certificate from the relay's CA.
+//! Who may do what: the full role matrix (unscheduled and scheduled care,
+//! local authorities, auditors), local authority isolation, and refusal of
+//! clients without a certificate from the relay's CA.
 
 mod common;
 
@@ -52,7 +53,7 @@ async fn every_role_against_every_rpc() {
     let child = nhs(1);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     let matrix: [(&str, [&str; 7]); 7] = [
-        ("Lookup.Search", ["ed-rr8", "", "", "", "", "", ""]),
+        ("Lookup.Search", ["ed-rr8", "gp-y02", "", "", "", "", ""]),
         ("Plans.Upload", ["la-706", "la-855", "", "", "", "", ""]),
         ("Plans.Delete", ["la-706", "la-855", "", "", "", "", ""]),
         ("Plans.Export", ["la-706", "la-855", "", "", "", "", ""]),
@@ -61,7 +62,7 @@ async fn every_role_against_every_rpc() {
         ("Audit.AccessLog", ["auditor", "", "", "", "", "", ""]),
     ];
     for (rpc, allowed) in matrix {
-        for identity in ["ed-rr8", "la-706", "la-855", "auditor"] {
+        for identity in ["ed-rr8", "gp-y02", "la-706", "la-855", "auditor"] {
             let result = call(&relay, identity, rpc, &child).await;
             if allowed.contains(&identity) {
                 assert!(result.is_ok(), "{identity} must be allowed {rpc}: {result:?}");

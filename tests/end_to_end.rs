@@ -297,12 +297,15 @@ async fn a_cancelled_search_and_its_retry_notify_once() {
         role: cpis_relay::auth::Role::SocialCare,
     };
     let mut notifications = Box::pin(relay.relay.subscribe(&identity_706, None).unwrap());
-    let request = search_request(&child, "user-a", "cancel-id");
+    let query = |user: &str, request_id: &str| {
+        cpis_relay::service::convert::search_query(search_request(&child, user, request_id)).unwrap()
+    };
+    let request = query("user-a", "cancel-id");
 
     let faults = relay.store.faults().clone();
     faults.stall_writes(true);
     let mut held = faults.stalled_changes();
-    let mut first = Box::pin(relay.relay.search(&la, &request));
+    let mut first = Box::pin(relay.relay.search(&la, request.clone()));
     tokio::select! {
         _ = &mut first => panic!("a search cannot finish while its commit is held"),
         held = held.wait_for(|changes| *changes >= 1) => { held.unwrap(); }
@@ -310,13 +313,13 @@ async fn a_cancelled_search_and_its_retry_notify_once() {
     drop(first); // the client went away with the notification still queued
     let retry = tokio::spawn({
         let (relay, la, request) = (relay.relay.clone(), la.clone(), request.clone());
-        async move { relay.search(&la, &request).await.map(|outcome| outcome.flagged()) }
+        async move { relay.search(&la, request).await.map(|outcome| outcome.flagged()) }
     });
     faults.stall_writes(false);
     assert!(retry.await.unwrap().unwrap(), "the retry is answered");
     let first_notification = notifications.next().await.unwrap().unwrap();
     assert_eq!(first_notification.access.accessor.user_id, "user-a");
-    relay.relay.search(&la, &search_request(&child, "user-marker", "marker-id")).await.unwrap();
+    relay.relay.search(&la, query("user-marker", "marker-id")).await.unwrap();
     let following = notifications.next().await.unwrap().unwrap();
     assert_eq!(following.access.accessor.user_id, "user-marker", "the retry notified nobody a second time");
 }

@@ -57,6 +57,16 @@ pub fn search_request(nhs_number: String, user_id: String) -> proto::SearchReque
     }
 }
 
+/// [`search_request`] as the domain takes it, for in-process searches.
+pub fn search_query(nhs_number: String, user_id: String) -> crate::relay::SearchQuery {
+    crate::relay::SearchQuery {
+        nhs_number,
+        accessor: Some(crate::model::Accessor { user_id, name: "Bench User".into(), role_code: String::new() }),
+        care_setting: Some(crate::model::CareSetting::EmergencyDepartment),
+        ..Default::default()
+    }
+}
+
 /// An emergency department identity for in-process searches.
 pub fn ed_identity() -> Identity {
     Identity {
@@ -95,8 +105,8 @@ pub async fn search_many(relay: &Relay, flagged: &[String], count: usize, concur
     futures::stream::iter(0..count)
         .map(|i| {
             let (relay, identity) = (relay.clone(), Arc::clone(&identity));
-            let request = search_request(flagged[(i * 7919) % flagged.len()].clone(), format!("{tag}-{}", i % 500));
-            async move { relay.search(&identity, &request).await.is_ok() }
+            let query = search_query(flagged[(i * 7919) % flagged.len()].clone(), format!("{tag}-{}", i % 500));
+            async move { relay.search(&identity, query).await.is_ok() }
         })
         .buffer_unordered(concurrency)
         .filter(|ok| futures::future::ready(*ok))

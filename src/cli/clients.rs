@@ -62,6 +62,9 @@ pub enum CareSettingArg {
     PaediatricWard,
     AmbulanceService,
     MaternityUnit,
+    GeneralPractice,
+    HealthVisiting,
+    SchoolNursing,
 }
 
 impl CareSettingArg {
@@ -74,6 +77,9 @@ impl CareSettingArg {
             Self::PaediatricWard => proto::CareSetting::PaediatricWard,
             Self::AmbulanceService => proto::CareSetting::AmbulanceService,
             Self::MaternityUnit => proto::CareSetting::MaternityUnit,
+            Self::GeneralPractice => proto::CareSetting::GeneralPractice,
+            Self::HealthVisiting => proto::CareSetting::HealthVisiting,
+            Self::SchoolNursing => proto::CareSetting::SchoolNursing,
         }
     }
 }
@@ -150,6 +156,7 @@ pub fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
         "organisation_name": access.organisation_name,
         "care_setting": care_setting_name(access.care_setting),
         "accessor": accessor_json(access.accessor.as_ref()),
+        "scheduled": access.scheduled,
     })
 }
 

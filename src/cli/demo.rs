@@ -1,6 +1,7 @@
 //! `cpis-relay demo`: the first command a newcomer runs. Starts a relay on
 //! the embedded defaults in a temporary directory, uploads synthetic plans as
-//! two local authorities, searches as an emergency department, and shows the
+//! two local authorities, searches as an emergency department (over gRPC and
+//! once over the FHIR door, as a CP-IS API consumer would), and shows the
 //! access notifications arriving and being acknowledged.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
@@ -54,18 +55,32 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
     let admin = TcpListener::bind("127.0.0.1:0").await.map_err(failed)?;
     let address = listener.local_addr().map_err(failed)?;
     let admin_address = admin.local_addr().map_err(failed)?;
+    certs::ensure_token_key(&args.certs_dir).map_err(failed)?;
+    let tokens = crate::fhir::TokenVerifier::from_jwks_file(
+        &args.certs_dir.join(crate::fhir::token::DEV_JWKS),
+        crate::fhir::TokenSettings::default(),
+    )
+    .map_err(failed)?;
+    let fhir_listener = TcpListener::bind("127.0.0.1:0").await.map_err(failed)?;
+    let fhir_address = fhir_listener.local_addr().map_err(failed)?;
+    let fhir = crate::fhir::FhirDoor { listener: fhir_listener, tokens: Arc::new(tokens) };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let options = ServerOptions::new(tls::server_config(&server_pem).map_err(failed)?);
-    let server = tokio::spawn(server::run(listener, Some(admin), relay, options, async {
+    let server = tokio::spawn(server::run(listener, Some(admin), Some(fhir), relay, options, async {
         let _ = stopped.await;
     }));
     println!("== cpis-relay demo ==");
     println!(
-        "relay on https://{address} (mutual TLS), admin on http://{admin_address}/metrics, store in {}",
+        "relay on https://{address} (mutual TLS), FHIR door on https://{fhir_address}{}, admin on http://{admin_address}/metrics, store in {}",
+        crate::fhir::BASE_PATH,
         data_dir.display()
     );
 
-    let result = script(&args, &format!("https://localhost:{}", address.port())).await;
+    let servers = Servers {
+        grpc: format!("https://localhost:{}", address.port()),
+        fhir: format!("https://localhost:{}{}", fhir_address.port(), crate::fhir::BASE_PATH),
+    };
+    let result = script(&args, &servers).await;
     let _ = stop.send(());
     let _ = server.await;
     drop(temporary);
@@ -77,7 +92,60 @@ async fn connect(args: &DemoArgs, server: &str, identity: &str) -> Result<Channe
     client::connect(server, &pem, None).await.map_err(|error| CliError::Unavailable(error.to_string()))
 }
 
-async fn script(args: &DemoArgs, server: &str) -> Result<u8, CliError> {
+struct Servers {
+    grpc: String,
+    /// The FHIR door's base URL.
+    fhir: String,
+}
+
+/// One FHIR search as the emergency department, with a development token:
+/// the status and the Bundle.
+async fn fhir_search(args: &DemoArgs, url: &str) -> Result<(u16, serde_json::Value), CliError> {
+    use http_body_util::{BodyExt, Full};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let pem = PemFiles::in_dir(&args.certs_dir, "ed-rr8").read().map_err(failed)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pem.ca.as_bytes()) {
+        roots.add(ca.map_err(failed)?).map_err(failed)?;
+    }
+    let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(failed)?;
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).map_err(failed)?;
+    let config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(failed)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(failed)?;
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let signing_key =
+        std::fs::read_to_string(args.certs_dir.join(crate::fhir::token::DEV_SIGNING_KEY)).map_err(failed)?;
+    let token = crate::fhir::token::mint(
+        &signing_key,
+        &crate::fhir::token::DevToken {
+            issuer: crate::fhir::token::DEFAULT_ISSUER.into(),
+            audience: crate::fhir::token::DEFAULT_AUDIENCE.into(),
+            user_id: "rr8-dan".into(),
+            name: "Dr Dan Reid".into(),
+            role_code: "R8000".into(),
+            lifetime: Duration::from_secs(300),
+        },
+    )
+    .map_err(failed)?;
+    let request = http::Request::get(url)
+        .header("Authorization", format!("Bearer {token}"))
+        .header("TraceID", uuid::Uuid::new_v4().to_string())
+        .body(Full::new(bytes::Bytes::new()))
+        .map_err(failed)?;
+    let response = client.request(request).await.map_err(|error| CliError::Unavailable(error.to_string()))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(failed)?.to_bytes();
+    Ok((status, serde_json::from_slice(&body).map_err(failed)?))
+}
+
+async fn script(args: &DemoArgs, servers: &Servers) -> Result<u8, CliError> {
+    let server = servers.grpc.as_str();
     let today = chrono::Utc::now().date_naive();
     let records = synth::generate(args.people, 2026, today);
     println!(
@@ -189,9 +257,34 @@ async fn script(args: &DemoArgs, server: &str) -> Result<u8, CliError> {
         println!("{}", CliError::from(status));
     }
 
-    println!("\n-- 4. access notifications arrive at the owning authorities (3 expected) --");
+    println!("\n-- 3b. the same department's CP-IS FHIR client searches the FHIR door (a development token) --");
+    let url = format!(
+        "{}/CareTeam?patient:identifier={}|{child_855}",
+        servers.fhir,
+        crate::fhir::resources::NHS_NUMBER_SYSTEM
+    );
+    println!("> GET {url}");
+    let (status, bundle) = fhir_search(args, &url).await?;
+    println!("{status}: a {} Bundle, total {}", bundle["type"].as_str().unwrap_or("?"), bundle["total"]);
+    for entry in bundle["entry"].as_array().into_iter().flatten() {
+        let resource = &entry["resource"];
+        match resource["resourceType"].as_str() {
+            Some("CareTeam") => println!(
+                "  CareTeam: {} ({}), {}, office hours {}, out of hours {}",
+                resource["category"][0]["coding"][0]["display"].as_str().unwrap_or("?"),
+                resource["category"][0]["coding"][0]["code"].as_str().unwrap_or("?"),
+                resource["name"].as_str().unwrap_or("?"),
+                resource["telecom"][0]["value"].as_str().unwrap_or("?"),
+                resource["telecom"][1]["value"].as_str().unwrap_or("?"),
+            ),
+            Some(other) => println!("  {other} (included): {}", resource["id"].as_str().unwrap_or("?")),
+            None => {}
+        }
+    }
+
+    println!("\n-- 4. access notifications arrive at the owning authorities (4 expected) --");
     let mut by_authority: HashMap<String, u64> = HashMap::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let Ok(Some((ods_code, notification))) = tokio::time::timeout(Duration::from_secs(10), arrivals.recv()).await
         else {
             return Err(failed("expected notifications did not arrive within 10 s"));

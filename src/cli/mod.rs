@@ -8,6 +8,7 @@ mod clients;
 mod deliver;
 mod demo;
 mod serve;
+mod token;
 mod top;
 mod upload;
 
@@ -84,6 +85,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Live view of a relay's metrics for an operator's terminal.
     Top(top::TopArgs),
+    /// Mint a development bearer token for the FHIR door.
+    Token(token::TokenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,7 +113,7 @@ pub struct ClientArgs {
     /// Relay address.
     #[arg(long, env = "CPIS_SERVER", default_value = "https://localhost:50051")]
     pub server: String,
-    /// A development identity in --certs-dir: ed-rr8, la-706, la-855 or auditor.
+    /// A development identity in --certs-dir: ed-rr8, gp-y02, la-706, la-855 or auditor.
     #[arg(long = "as", env = "CPIS_IDENTITY")]
     pub identity: Option<String>,
     /// Directory of development certificates.
@@ -277,5 +280,6 @@ async fn run(command: Command) -> Result<u8, CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Top(args) => top::run(args).await,
+        Command::Token(args) => token::run(args),
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     certs,
     clock::SystemClock,
     config::{ServeConfig, ServeSettings, StoreKind},
+    fhir::{FhirDoor, TokenVerifier},
     relay::Relay,
     server::{self, ServerOptions},
     store::{Store, embedded::EmbeddedStore, memory::MemoryStore},
@@ -87,14 +88,26 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let relay = Relay::open(store, Arc::new(SystemClock), config.relay_settings())
         .await
         .map_err(|error| CliError::Failed(format!("cannot load the store: {error}")))?;
+    let tokens = match config.fhir_listen {
+        Some(_) => Some(Arc::new(token_verifier(&config)?)),
+        None => None,
+    };
     let listener = bind(config.listen, "listen").await?;
     let admin = bind(config.admin_listen, "admin_listen").await?;
     let (grpc_address, admin_address) = (local_address(&listener)?, local_address(&admin)?);
+    let fhir = match (config.fhir_listen, tokens) {
+        (Some(address), Some(tokens)) => Some(FhirDoor { listener: bind(address, "fhir_listen").await?, tokens }),
+        _ => None,
+    };
+    let fhir_text = match &fhir {
+        Some(door) => format!(" fhir={}", local_address(&door.listener)?),
+        None => String::new(),
+    };
     // One stable line on stdout for supervisors and tests that bind port 0.
-    println!("cpis-relay listening: grpc={grpc_address} admin={admin_address}");
+    println!("cpis-relay listening: grpc={grpc_address} admin={admin_address}{fhir_text}");
     tracing::info!(admin = %admin_address, "admin endpoints: /healthz /readyz /metrics");
     relay.spawn_retention();
-    server::run(listener, Some(admin), relay.clone(), server_options(&config, tls_config), shutdown_signal())
+    server::run(listener, Some(admin), fhir, relay.clone(), server_options(&config, tls_config), shutdown_signal())
         .await
         .map_err(|error| CliError::Failed(error.to_string()))?;
     let held = relay.hub().held();
@@ -102,6 +115,25 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         tracing::error!(held, "stopping with access notifications the store never accepted; they are lost");
     }
     Ok(exit::OK)
+}
+
+/// The FHIR door's token verifier: the configured JWKS, or the development
+/// one beside the development certificates (created if missing).
+fn token_verifier(config: &ServeConfig) -> Result<TokenVerifier, CliError> {
+    let path = match &config.fhir_jwks {
+        Some(path) => path.clone(),
+        None => {
+            let using_dev_certificates = config.ca.is_none();
+            if using_dev_certificates
+                && certs::ensure_token_key(&config.certs_dir).map_err(|error| CliError::Failed(error.to_string()))?
+            {
+                tracing::warn!(dir = %config.certs_dir.display(), "created a development token signing key; never use it in production");
+            }
+            config.certs_dir.join(crate::fhir::token::DEV_JWKS)
+        }
+    };
+    TokenVerifier::from_jwks_file(&path, config.token_settings())
+        .map_err(|error| CliError::Config(format!("configuration fhir_jwks: {error}")))
 }
 
 fn local_address(listener: &TcpListener) -> Result<SocketAddr, CliError> {

@@ -31,7 +31,7 @@ use crate::{
 
 pub use notify::Hub;
 pub use plans::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
-pub use search::{SearchOutcome, ShownPlan};
+pub use search::{SearchOutcome, SearchQuery, ShownPlan};
 pub use validate::{Rejection, RejectionReason};
 
 /// Retention periods and limits; see `config` for their keys.

@@ -1,19 +1,37 @@
-//! `Lookup.Search`: the flag, basic details, visible plans and previous
-//! accesses of a person, and one access notification per owning local
-//! authority for every search of a flagged person.
+//! `Lookup.Search` and the FHIR door's searches: the flag, basic details,
+//! visible plans and previous accesses of a person, and one access
+//! notification per owning local authority for every unscheduled search of a
+//! flagged person (scheduled ones are recorded for audit only). Both doors
+//! convert their requests into a [`SearchQuery`]; every rule is here.
 
 use std::sync::Arc;
 
 use super::{Relay, validate};
 use crate::{
-    auth::{Action, Identity, authorize},
+    auth::{Action, Identity, authorize, search_is_scheduled},
     error::{Error, Result},
     history,
     model::{AccessEvent, AccessView, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, RequestKey},
     nhs::NhsNumber,
-    proto,
     stored::{StoredAccess, StoredPlan},
 };
+
+/// A search as the domain takes it, whichever door it came through. Nothing
+/// in it is checked yet: [`Relay::search`] applies every rule.
+#[derive(Clone, Debug, Default)]
+pub struct SearchQuery {
+    /// As the caller gave it: spaces and dashes are accepted.
+    pub nhs_number: String,
+    /// Who is searching; `None` when the caller named no one.
+    pub accessor: Option<Accessor>,
+    /// Where; `None` when the caller did not say.
+    pub care_setting: Option<CareSetting>,
+    /// The client's idempotency key; empty for none.
+    pub request_id: String,
+    /// The caller asks for a scheduled (silent) access, as the FHIR door's
+    /// `IsUnscheduledAccessEvent: false` does; only scheduled care may.
+    pub scheduled: bool,
+}
 
 /// A plan as shown to health, with its owning authority's contact details.
 #[derive(Clone, Debug)]
@@ -71,9 +89,9 @@ fn search_metrics() -> &'static SearchMetrics {
 }
 
 impl Relay {
-    pub async fn search(&self, identity: &Identity, request: &proto::SearchRequest) -> Result<SearchOutcome> {
+    pub async fn search(&self, identity: &Identity, query: SearchQuery) -> Result<SearchOutcome> {
         let started = std::time::Instant::now();
-        let result = self.search_inner(identity, request).await;
+        let result = self.search_inner(identity, query).await;
         let outcome = match &result {
             Ok(outcome) if outcome.flagged() => SearchMetric::Flagged,
             Ok(_) => SearchMetric::Unflagged,
@@ -87,16 +105,16 @@ impl Relay {
         result
     }
 
-    async fn search_inner(&self, identity: &Identity, request: &proto::SearchRequest) -> Result<SearchOutcome> {
+    async fn search_inner(&self, identity: &Identity, query: SearchQuery) -> Result<SearchOutcome> {
         authorize(identity, Action::Search)?;
-        let nhs_number = validate::nhs_number_field(&request.nhs_number, "nhs_number")?;
-        let wire_accessor = request.accessor.as_ref().ok_or_else(|| Error::invalid("accessor", "is required"))?;
-        // Validate everything first; owned copies are made only for a flagged person.
-        let user_id = validate::check_required_text(&wire_accessor.user_id, "accessor.user_id")?;
-        let name = validate::check_required_text(&wire_accessor.name, "accessor.name")?;
-        let role_code = validate::check_optional_text(&wire_accessor.role_code, "accessor.role_code")?;
-        let care_setting = care_setting(request.care_setting)?;
-        let client_request_id = validate::check_optional_text(&request.request_id, "request_id")?;
+        let scheduled = search_is_scheduled(identity, query.scheduled)?;
+        let nhs_number = validate::nhs_number_field(&query.nhs_number, "nhs_number")?;
+        let accessor = query.accessor.ok_or_else(|| Error::invalid("accessor", "is required"))?;
+        validate::check_required_text(&accessor.user_id, "accessor.user_id")?;
+        validate::check_required_text(&accessor.name, "accessor.name")?;
+        validate::check_optional_text(&accessor.role_code, "accessor.role_code")?;
+        let care_setting = query.care_setting.ok_or_else(|| Error::invalid("care_setting", "is required"))?;
+        validate::check_optional_text(&query.request_id, "request_id")?;
 
         let shared = &self.shared;
         let now = shared.clock.now();
@@ -111,9 +129,14 @@ impl Relay {
             .iter()
             .map(|plan| plan.decode().map(Arc::new))
             .collect::<std::result::Result<Vec<Arc<Plan>>, _>>()?;
-        let accessor = Accessor { user_id: user_id.to_owned(), name: name.to_owned(), role_code: role_code.to_owned() };
+        let accessor = Accessor {
+            user_id: trimmed(accessor.user_id),
+            name: trimmed(accessor.name),
+            role_code: trimmed(accessor.role_code),
+        };
+        let client_request_id = trimmed(query.request_id);
         let generated = client_request_id.is_empty();
-        let request_id = if generated { random_id().to_string() } else { client_request_id.to_owned() };
+        let request_id = if generated { random_id().to_string() } else { client_request_id };
 
         // Only a client's own id can repeat. A copy of this request arriving while it runs finds
         // the claim taken and is answered without a notification: this search notifies.
@@ -147,8 +170,10 @@ impl Relay {
                 care_setting,
                 accessor,
                 request_id,
+                scheduled,
             };
-            let drafts = notification_drafts(&plans);
+            // A scheduled access is stored with its request id but notifies no one.
+            let drafts = if scheduled { Vec::new() } else { notification_drafts(&plans) };
             // On its own task, holding the request's claim until the commit is done:
             // a client that goes away mid-search (dropping this future) must not take
             // the notification with it, nor let a retry notify a second time meanwhile.
@@ -261,17 +286,7 @@ fn notification_drafts(sorted_plans: &[Arc<Plan>]) -> Vec<NotificationDraft> {
     drafts
 }
 
-fn care_setting(value: i32) -> Result<CareSetting> {
-    use proto::CareSetting as Wire;
-    match Wire::try_from(value) {
-        Ok(Wire::EmergencyDepartment) => Ok(CareSetting::EmergencyDepartment),
-        Ok(Wire::OutOfHoursGp) => Ok(CareSetting::OutOfHoursGp),
-        Ok(Wire::WalkInCentre) => Ok(CareSetting::WalkInCentre),
-        Ok(Wire::MinorInjuriesUnit) => Ok(CareSetting::MinorInjuriesUnit),
-        Ok(Wire::PaediatricWard) => Ok(CareSetting::PaediatricWard),
-        Ok(Wire::AmbulanceService) => Ok(CareSetting::AmbulanceService),
-        Ok(Wire::MaternityUnit) => Ok(CareSetting::MaternityUnit),
-        Ok(Wire::Unspecified) => Err(Error::invalid("care_setting", "is required")),
-        Err(_) => Err(Error::invalid("care_setting", format!("{value} is not a care setting"))),
-    }
+/// Text as validated (trimmed), copied only when it had spaces to trim.
+fn trimmed(text: String) -> String {
+    if text.trim().len() == text.len() { text } else { text.trim().to_owned() }
 }

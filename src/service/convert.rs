@@ -4,10 +4,48 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
+    error::{Error, Result},
     model::{AccessEvent, Accessor, Address, CareSetting, LocalAuthority, Notification, Plan, PlanType},
     proto,
-    relay::{SearchOutcome, UploadOutcome, UploadStatus},
+    relay::{SearchOutcome, SearchQuery, UploadOutcome, UploadStatus},
 };
+
+/// A wire search as the domain's query; only what the wire alone can get
+/// wrong (an enum value it does not know) is refused here.
+pub fn search_query(request: proto::SearchRequest) -> Result<SearchQuery> {
+    Ok(SearchQuery {
+        nhs_number: request.nhs_number,
+        accessor: request.accessor.map(|accessor| Accessor {
+            user_id: accessor.user_id,
+            name: accessor.name,
+            role_code: accessor.role_code,
+        }),
+        care_setting: care_setting_from_wire(request.care_setting)?,
+        request_id: request.request_id,
+        // The certificate's role says whether a gRPC search is scheduled.
+        scheduled: false,
+    })
+}
+
+/// `None` for UNSPECIFIED.
+pub fn care_setting_from_wire(value: i32) -> Result<Option<CareSetting>> {
+    use proto::CareSetting as Wire;
+    let setting = match Wire::try_from(value) {
+        Ok(Wire::Unspecified) => return Ok(None),
+        Ok(Wire::EmergencyDepartment) => CareSetting::EmergencyDepartment,
+        Ok(Wire::OutOfHoursGp) => CareSetting::OutOfHoursGp,
+        Ok(Wire::WalkInCentre) => CareSetting::WalkInCentre,
+        Ok(Wire::MinorInjuriesUnit) => CareSetting::MinorInjuriesUnit,
+        Ok(Wire::PaediatricWard) => CareSetting::PaediatricWard,
+        Ok(Wire::AmbulanceService) => CareSetting::AmbulanceService,
+        Ok(Wire::MaternityUnit) => CareSetting::MaternityUnit,
+        Ok(Wire::GeneralPractice) => CareSetting::GeneralPractice,
+        Ok(Wire::HealthVisiting) => CareSetting::HealthVisiting,
+        Ok(Wire::SchoolNursing) => CareSetting::SchoolNursing,
+        Err(_) => return Err(Error::invalid("care_setting", format!("{value} is not a care setting"))),
+    };
+    Ok(Some(setting))
+}
 
 pub fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: instant.timestamp(), nanos: instant.timestamp_subsec_nanos() as i32 }
@@ -38,6 +76,9 @@ pub fn care_setting(setting: CareSetting) -> proto::CareSetting {
         CareSetting::PaediatricWard => proto::CareSetting::PaediatricWard,
         CareSetting::AmbulanceService => proto::CareSetting::AmbulanceService,
         CareSetting::MaternityUnit => proto::CareSetting::MaternityUnit,
+        CareSetting::GeneralPractice => proto::CareSetting::GeneralPractice,
+        CareSetting::HealthVisiting => proto::CareSetting::HealthVisiting,
+        CareSetting::SchoolNursing => proto::CareSetting::SchoolNursing,
     }
 }
 
@@ -76,6 +117,7 @@ pub fn access_record(access: AccessEvent) -> proto::AccessRecord {
             name: access.accessor.name,
             role_code: access.accessor.role_code,
         }),
+        scheduled: access.scheduled,
     }
 }
 

@@ -22,7 +22,8 @@ impl LookupService {
 impl Lookup for LookupService {
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
         let identity = identity(&request)?;
-        let outcome = self.relay.search(&identity, request.get_ref()).await?;
+        let query = convert::search_query(request.into_inner())?;
+        let outcome = self.relay.search(&identity, query).await?;
         Ok(Response::new(convert::search_response(outcome)))
     }
 }

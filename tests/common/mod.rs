@@ -50,7 +50,7 @@ impl Pki {
         PemText { ca: self.authority.cert_pem(), cert: self.server.cert_pem.clone(), key: self.server.key_pem.clone() }
     }
 
-    /// PEM text for a dev identity by name: ed-rr8, la-706, la-855, auditor.
+    /// PEM text for a dev identity by name: ed-rr8, gp-y02, la-706, la-855, auditor.
     pub fn client_pem(&self, name: &str) -> PemText {
         let identity = DEV_IDENTITIES.iter().find(|identity| identity.name == name).expect("a dev identity");
         let pair = self.authority.issue_client(identity.ods_code, identity.organisation, Some(identity.role)).unwrap();
@@ -84,6 +84,8 @@ pub struct Running {
     pub url: String,
     pub admin: SocketAddr,
     pub stderr: Option<tokio::process::ChildStderr>,
+    /// The line `serve` printed with its bound addresses.
+    pub listening: String,
 }
 
 /// Starts `cpis-relay serve` on port 0 with `dir/certs` (see
@@ -116,7 +118,7 @@ pub async fn start(dir: &Path, extra: &[&str], log_filter: &str) -> Running {
         line.split_whitespace().find_map(|word| word.strip_prefix(name)).expect("the listening line").parse().unwrap()
     };
     let (grpc, admin) = (field("grpc="), field("admin="));
-    Running { child, url: format!("https://localhost:{}", grpc.port()), admin, stderr }
+    Running { child, url: format!("https://localhost:{}", grpc.port()), admin, stderr, listening: line }
 }
 
 pub enum StoreChoice {
@@ -127,6 +129,8 @@ pub enum StoreChoice {
 pub struct TestRelay {
     pub address: SocketAddr,
     pub admin: SocketAddr,
+    /// The FHIR door, when started with [`TestRelay::start_fhir`].
+    pub fhir: Option<FhirTest>,
     pub pki: Pki,
     pub relay: Relay,
     pub clock: Arc<ManualClock>,
@@ -180,6 +184,42 @@ impl TestRelay {
         dir: tempfile::TempDir,
         tune: impl FnOnce(&mut ServerOptions),
     ) -> Self {
+        Self::serve_doors(pki, store, clock, settings, dir, tune, false).await
+    }
+
+    /// A relay on the embedded store with its FHIR door open too (a fresh token key).
+    pub async fn start_fhir() -> Self {
+        Self::start_fhir_tuned(|_| {}).await
+    }
+
+    /// [`TestRelay::start_fhir`] with adjusted server options.
+    pub async fn start_fhir_tuned(tune: impl FnOnce(&mut ServerOptions)) -> Self {
+        tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let clock = Arc::new(ManualClock::new(test_start()));
+        Self::serve_doors(Pki::new(), store, clock, RelaySettings::default(), dir, tune, true).await
+    }
+
+    async fn serve_doors(
+        pki: Pki,
+        store: Arc<dyn Store>,
+        clock: Arc<ManualClock>,
+        settings: RelaySettings,
+        dir: tempfile::TempDir,
+        tune: impl FnOnce(&mut ServerOptions),
+        with_fhir: bool,
+    ) -> Self {
+        let (fhir_door, fhir) = if with_fhir {
+            let (signing_key, jwks) = cpis_relay::fhir::token::generate_dev_key().unwrap();
+            let tokens = cpis_relay::fhir::TokenVerifier::from_jwks(&jwks, Default::default()).unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let door = cpis_relay::fhir::FhirDoor { listener, tokens: Arc::new(tokens) };
+            (Some(door), Some(FhirTest { address, signing_key, jwks }))
+        } else {
+            (None, None)
+        };
         let relay = Relay::open(Arc::clone(&store), clock.clone(), settings).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -189,10 +229,11 @@ impl TestRelay {
         options.grace_period = Duration::from_secs(5);
         tune(&mut options);
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server::run(listener, Some(admin_listener), relay.clone(), options, async {
-            let _ = stopped.await;
-        }));
-        Self { address, admin, pki, relay, clock, store, dir, stop: Some(stop), handle: Some(handle) }
+        let handle =
+            tokio::spawn(server::run(listener, Some(admin_listener), fhir_door, relay.clone(), options, async {
+                let _ = stopped.await;
+            }));
+        Self { address, admin, fhir, pki, relay, clock, store, dir, stop: Some(stop), handle: Some(handle) }
     }
 
     pub fn url(&self) -> String {
@@ -253,6 +294,32 @@ impl TestRelay {
         if let Some(handle) = self.handle.take() {
             handle.await.unwrap().unwrap();
         }
+    }
+}
+
+/// The FHIR door of a test relay: its address and the key its tokens are signed with.
+pub struct FhirTest {
+    pub address: SocketAddr,
+    pub signing_key: String,
+    pub jwks: String,
+}
+
+impl FhirTest {
+    /// A token for `user_id` as the development CLI mints it, valid for 5 minutes.
+    pub fn token(&self, user_id: &str) -> String {
+        cpis_relay::fhir::token::mint(&self.signing_key, &dev_token(user_id)).unwrap()
+    }
+}
+
+/// What [`FhirTest::token`] says: the default issuer, audience and claim names.
+pub fn dev_token(user_id: &str) -> cpis_relay::fhir::token::DevToken {
+    cpis_relay::fhir::token::DevToken {
+        issuer: cpis_relay::fhir::token::DEFAULT_ISSUER.into(),
+        audience: cpis_relay::fhir::token::DEFAULT_AUDIENCE.into(),
+        user_id: user_id.into(),
+        name: format!("Dr {user_id}"),
+        role_code: "R8000".into(),
+        lifetime: Duration::from_secs(300),
     }
 }
 

@@ -24,6 +24,7 @@ fn access(nhs_number: NhsNumber, minute: i64, user: &str, request_id: &str) -> A
         care_setting: CareSetting::EmergencyDepartment,
         accessor: Accessor { user_id: user.into(), name: "Dr".into(), role_code: String::new() },
         request_id: request_id.into(),
+        scheduled: false,
     }
 }
 

@@ -1,0 +1,37 @@
+//! The FHIR R4 door: NHS England's CP-IS FHIR API (the CareTeam and
+//! AuditEvent searches by NHS number, and `metadata`) at
+//! [`BASE_PATH`], over the relay's own mutual TLS. Like `service/`, it is
+//! an adapter: it converts requests into the domain's [`SearchQuery`] and
+//! answers in the shapes of the published examples; it holds no domain rule.
+//!
+//! - [`routes`]: paths, parameters and headers, one handler per search;
+//! - [`token`]: the user from a bearer JWT (JWKS, issuer, audience, expiry);
+//! - [`resources`]: domain answers as FHIR JSON;
+//! - [`errors`]: every refusal as an OperationOutcome, in one place;
+//! - [`server`]: HTTPS over `tls::incoming`, with graceful shutdown.
+//!
+//! [`SearchQuery`]: crate::relay::SearchQuery
+
+pub mod errors;
+pub mod resources;
+pub mod routes;
+pub mod server;
+pub mod token;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use errors::FhirError;
+pub use token::{TokenSettings, TokenVerifier};
+
+/// Where the CP-IS API lives on the door.
+pub const BASE_PATH: &str = "/cpis/FHIR/R4";
+/// The content type of every answer.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// What `server::run` needs to open the door: a bound listener and the token verifier.
+pub struct FhirDoor {
+    pub listener: TcpListener,
+    pub tokens: Arc<TokenVerifier>,
+}
