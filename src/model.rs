@@ -60,6 +60,14 @@ pub enum CareSetting {
     SchoolNursing,
 }
 
+impl CareSetting {
+    /// Whether this is a scheduled care setting (general practice, health
+    /// visiting, school nursing), whose searches are silent.
+    pub fn is_scheduled(self) -> bool {
+        matches!(self, Self::GeneralPractice | Self::HealthVisiting | Self::SchoolNursing)
+    }
+}
+
 /// A local authority's children's social care contact details.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalAuthority {

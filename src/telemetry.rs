@@ -67,8 +67,8 @@ pub fn metrics() -> &'static PrometheusHandle {
 }
 
 /// Why a caller is refused, as `cpis_auth_denied_total{reason}` counts it.
-pub const AUTH_DENIED_REASONS: [&str; 5] =
-    ["tls_handshake", "tls_timeout", "no_identity", "wrong_role", "other_local_authority"];
+pub const AUTH_DENIED_REASONS: [&str; 6] =
+    ["tls_handshake", "tls_timeout", "no_identity", "wrong_role", "other_local_authority", "bearer_token"];
 
 /// Every contract metric whose label values are known in advance, at zero,
 /// so that alerts and `rate()` see them from start-up, before the first

@@ -22,7 +22,13 @@ async fn call(relay: &TestRelay, identity: &str, rpc: &str, child: &str) -> Resu
     // Health and auditor callers name an authority too: the role check refuses them first.
     let ods_code = if identity == "la-855" { "855" } else { "706" };
     match rpc {
-        "Lookup.Search" => LookupClient::new(channel).search(search_request(child, "u", "")).await.map(drop),
+        "Lookup.Search" => {
+            let mut request = search_request(child, "u", "");
+            if identity == "gp-y02" {
+                request.care_setting = cpis_relay::proto::CareSetting::GeneralPractice as i32;
+            }
+            LookupClient::new(channel).search(request).await.map(drop)
+        }
         "Plans.Upload" => upload(
             &mut PlansClient::new(channel),
             ods_code,

@@ -599,6 +599,42 @@ async fn bearer_tokens_are_verified_and_their_claims_required() {
             "exp",
         ),
         ("not a JWT", "not-a-token".to_owned(), "not a JWT"),
+        (
+            "a token not valid yet",
+            unsigned_claims(serde_json::json!({
+                "iss": token::DEFAULT_ISSUER, "aud": token::DEFAULT_AUDIENCE, "exp": exp + 3600, "sub": "u1",
+                "name": "Dr X", "nbf": exp + 600,
+            })),
+            "not valid yet",
+        ),
+        (
+            "an unsigned token (alg none)",
+            {
+                use base64::Engine;
+                let encode = |json: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string());
+                let claims = serde_json::json!({
+                    "iss": token::DEFAULT_ISSUER, "aud": token::DEFAULT_AUDIENCE, "exp": exp, "sub": "u1", "name": "Dr X",
+                });
+                format!("{}.{}.", encode(serde_json::json!({"alg": "none", "typ": "JWT"})), encode(claims))
+            },
+            "not a JWT",
+        ),
+        (
+            "an HS256 token keyed with the public key (algorithm confusion)",
+            {
+                use jsonwebtoken::{Algorithm, EncodingKey, Header};
+                let claims = serde_json::json!({
+                    "iss": token::DEFAULT_ISSUER, "aud": token::DEFAULT_AUDIENCE, "exp": exp, "sub": "u1", "name": "Dr X",
+                });
+                jsonwebtoken::encode(
+                    &Header::new(Algorithm::HS256),
+                    &claims,
+                    &EncodingKey::from_secret(fhir.jwks.as_bytes()),
+                )
+                .unwrap()
+            },
+            "no configured key",
+        ),
     ];
     for (what, bearer, says) in cases {
         let header = format!("Bearer {bearer}");

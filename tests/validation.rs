@@ -249,3 +249,23 @@ async fn csv_and_json_lines_files_with_bad_rows_report_each_by_line() {
     .await;
     assert_eq!(exported.len(), 2);
 }
+
+/// The care setting belongs to the caller's kind of care: an emergency search
+/// cannot be labelled general practice (it would look routine to the local
+/// authority), nor a GP's silent read an emergency.
+#[tokio::test]
+async fn the_care_setting_must_match_the_certificates_kind_of_care() {
+    use cpis_relay::proto::{CareSetting, lookup_client::LookupClient};
+    let relay = TestRelay::start().await;
+    let child = nhs(1);
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    let mut as_gp_practice = search_request(&child, "ed-user", "");
+    as_gp_practice.care_setting = CareSetting::GeneralPractice as i32;
+    let refused = relay.lookup().await.search(as_gp_practice).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(field_violation(&refused).0, "care_setting");
+    let as_emergency = search_request(&child, "gp-user", "");
+    let refused = LookupClient::new(relay.channel("gp-y02").await).search(as_emergency).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(field_violation(&refused).0, "care_setting");
+}

@@ -84,6 +84,10 @@ impl WebhookSecret {
 pub fn parse_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|error| format!("not a URL: {error}"))?;
     let host = uri.host().ok_or("has no host")?;
+    // Credentials in the URL would be written to logs and dead letters.
+    if uri.authority().is_some_and(|authority| authority.as_str().contains('@')) {
+        return Err("must not carry a user name or password; the receiver authenticates the signature".into());
+    }
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") if matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]") => Ok(uri),
@@ -346,6 +350,7 @@ mod tests {
         assert!(parse_url("http://la.example.org/hook").is_err());
         assert!(parse_url("http://127.0.0.2/hook").is_err());
         assert!(parse_url("ftp://localhost/hook").is_err());
+        assert!(parse_url("https://user:secret@la.example.org/hook").is_err(), "credentials would be logged");
         assert!(parse_url("not a url").is_err());
     }
 }

@@ -205,6 +205,13 @@ impl Door {
     }
 
     fn user(&self, headers: &HeaderMap) -> Result<crate::model::Accessor, FhirError> {
+        self.verified_user(headers).inspect_err(|_| {
+            metrics::counter!("cpis_auth_denied_total", "reason" => "bearer_token").increment(1);
+        })
+    }
+
+    /// The user a request's bearer token names; every refusal is counted by [`Self::user`].
+    fn verified_user(&self, headers: &HeaderMap) -> Result<crate::model::Accessor, FhirError> {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| FhirError::Unauthorized("an Authorization: Bearer <JWT> header is required".into()))?;
@@ -216,10 +223,7 @@ impl Door {
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or_else(|| FhirError::Unauthorized("the Authorization header must be Bearer <JWT>".into()))?;
-        self.tokens.verify(token).map_err(|error| {
-            metrics::counter!("cpis_auth_denied_total", "reason" => "bearer_token").increment(1);
-            FhirError::Unauthorized(error.to_string())
-        })
+        self.tokens.verify(token).map_err(|error| FhirError::Unauthorized(error.to_string()))
     }
 }
 

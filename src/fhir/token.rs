@@ -129,6 +129,8 @@ impl TokenVerifier {
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = settings.leeway_secs;
+        // A token not yet valid is refused too (jsonwebtoken leaves `nbf` unchecked by default).
+        validation.validate_nbf = true;
         let mut last_error = None;
         for candidate in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation) {

@@ -114,6 +114,13 @@ impl Relay {
         validate::check_required_text(&accessor.name, "accessor.name")?;
         validate::check_optional_text(&accessor.role_code, "accessor.role_code")?;
         let care_setting = query.care_setting.ok_or_else(|| Error::invalid("care_setting", "is required"))?;
+        // The setting must be one of the caller's kind of care: an emergency access
+        // labelled as general practice would look routine to the local authority, and
+        // a scheduled read labelled as an emergency would contradict its own audit row.
+        if care_setting.is_scheduled() != scheduled {
+            let kind = if scheduled { "a scheduled" } else { "an unscheduled" };
+            return Err(Error::invalid("care_setting", format!("{care_setting:?} is not {kind} care setting")));
+        }
         validate::check_optional_text(&query.request_id, "request_id")?;
 
         let shared = &self.shared;

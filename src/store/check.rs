@@ -75,7 +75,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         let (key, value) = entry.into_inner().map_err(io)?;
         let access: AccessEvent = decode(&value, "accesses")?;
         let at = access.accessed_at.timestamp_micros();
-        if key.as_ref() != keys::access(access.nhs_number, at, access.id) {
+        if key.as_ref() != keys::access(access.nhs_number, access.scheduled, at, access.id) {
             problem("accesses: a record is filed under another key".into());
         }
         if spaces.access_times.get(keys::access_time(at, access.id)).map_err(io)?.is_none() {

@@ -159,6 +159,7 @@ impl Store for MemoryStore {
                 .accesses
                 .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
                 .rev()
+                .filter(|(_, access)| access.view().is_ok_and(|view| !view.scheduled))
                 .take(newest)
                 .map(|(_, access)| access.clone())
                 .collect(),

@@ -122,8 +122,9 @@ pub trait Store: Send + Sync + 'static {
     /// left nothing behind).
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>>;
 
-    /// A person's `newest` most recent accesses and whether `request` was
-    /// already made: the bounded read of a search.
+    /// A person's `newest` most recent unscheduled accesses (scheduled reads
+    /// are never listed, so they must not use up the read) and whether
+    /// `request` was already made: the bounded read of a search.
     fn person_history(
         &self,
         nhs_number: NhsNumber,

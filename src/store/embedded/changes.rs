@@ -235,7 +235,7 @@ impl Committer for ActivityCommitter {
                         notified.push(notification);
                     }
                     let at = access.accessed_at.timestamp_micros();
-                    let access_key = keys::access(access.nhs_number, at, access.id);
+                    let access_key = keys::access(access.nhs_number, access.scheduled, at, access.id);
                     batch.insert(&spaces.accesses, access_key, encode(&access)?);
                     batch.insert(&spaces.access_times, keys::access_time(at, access.id), access_key);
                     batch.insert(&spaces.requests, keys::request(&access.request_key())?, at.to_be_bytes());

@@ -92,17 +92,29 @@ pub(in crate::store) fn plan_of_expiry(key: &[u8]) -> Result<&[u8], StoreError> 
     key.get(4..).ok_or_else(|| StoreError::Corrupt("plan_expiry: malformed key".into()))
 }
 
-/// accesses: `nhs(8) accessed at(8) id(16)`: a person's history in time order.
-pub(in crate::store) fn access(nhs: NhsNumber, at_micros: i64, id: u128) -> [u8; 32] {
-    let mut key = [0u8; 32];
+/// accesses: `nhs(8) scheduled(1) accessed at(8) id(16)`: a person's
+/// unscheduled accesses in time order, then their scheduled (silent) reads,
+/// so that routine reads never crowd the accesses a clinician is shown out of
+/// the newest a search reads.
+pub(in crate::store) fn access(nhs: NhsNumber, scheduled: bool, at_micros: i64, id: u128) -> [u8; 33] {
+    let mut key = [0u8; 33];
     key[..8].copy_from_slice(&nhs.as_u64().to_be_bytes());
-    key[8..16].copy_from_slice(&signed64(at_micros));
-    key[16..].copy_from_slice(&id.to_be_bytes());
+    key[8] = u8::from(scheduled);
+    key[9..17].copy_from_slice(&signed64(at_micros));
+    key[17..].copy_from_slice(&id.to_be_bytes());
     key
 }
 
+/// Every access of a person, both kinds.
 pub(in crate::store) fn person_prefix(nhs: NhsNumber) -> [u8; 8] {
     nhs.as_u64().to_be_bytes()
+}
+
+/// A person's unscheduled accesses: those a search lists.
+pub(in crate::store) fn unscheduled_prefix(nhs: NhsNumber) -> [u8; 9] {
+    let mut prefix = [0u8; 9];
+    prefix[..8].copy_from_slice(&nhs.as_u64().to_be_bytes());
+    prefix
 }
 
 /// access_times: `accessed at(8) id(16)` -> the access key: accesses in time order, for retention.
@@ -142,7 +154,9 @@ mod tests {
     #[test]
     fn keys_sort_as_their_parts() {
         let nhs = NhsNumber::parse("9990000026").unwrap();
-        assert!(access(nhs, -5, 0) < access(nhs, 3, 0), "times before the epoch sort first");
+        assert!(access(nhs, false, -5, 0) < access(nhs, false, 3, 0), "times before the epoch sort first");
+        assert!(access(nhs, false, i64::MAX, 0) < access(nhs, true, i64::MIN, 0), "scheduled reads after the rest");
+        assert!(access(nhs, false, 0, 0).starts_with(&unscheduled_prefix(nhs)));
         assert!(access_time(i64::MIN, 0) < access_time(0, 0));
         assert!(plan_expiry(-1, b"a") < plan_expiry(0, b"a"));
         assert!(notification("706", 9) < notification("706", 10));

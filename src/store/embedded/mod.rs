@@ -299,7 +299,7 @@ impl Store for EmbeddedStore {
     ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
         self.read(move |spaces| {
             let mut history = PersonHistory::default();
-            for entry in spaces.accesses.prefix(keys::person_prefix(nhs_number)).rev().take(newest) {
+            for entry in spaces.accesses.prefix(keys::unscheduled_prefix(nhs_number)).rev().take(newest) {
                 history.newest_first.push(StoredAccess::from_stored(&entry.value().map_err(io)?));
             }
             if let Some(request) = request
@@ -316,10 +316,12 @@ impl Store for EmbeddedStore {
 
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {
         self.read(move |spaces| {
-            let mut accesses = Vec::new();
+            let mut accesses: Vec<AccessEvent> = Vec::new();
             for entry in spaces.accesses.prefix(keys::person_prefix(nhs_number)) {
                 accesses.push(decode(&entry.value().map_err(io)?, "accesses")?);
             }
+            // Unscheduled and scheduled accesses are filed apart: merge them into time order.
+            accesses.sort_by_key(|access| (access.accessed_at, access.id));
             Ok(accesses)
         })
     }

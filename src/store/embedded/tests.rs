@@ -139,3 +139,25 @@ fn changes_committed_in_one_batch_see_each_other() {
     assert!(report.integrity_ok, "{:?}", report.problems);
     assert_eq!((count(&report, "plans"), count(&report, "plan_expiry")), (1, 0), "the delete saw the upsert before it");
 }
+
+#[tokio::test]
+async fn scheduled_reads_never_crowd_the_listed_accesses_out_of_a_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
+    let emergency = access(person, 0, "ed-user", "ed");
+    store.apply(Change::RecordAccess { access: emergency.clone(), drafts: vec![] }).await.unwrap();
+    for minute in 1..=130 {
+        let routine = AccessEvent { scheduled: true, ..access(person, minute, "gp-user", &format!("gp{minute}")) };
+        store.apply(Change::RecordAccess { access: routine, drafts: vec![] }).await.unwrap();
+    }
+    let history = store.person_history(person, None, 128).await.unwrap();
+    let read: Vec<AccessEvent> = history.newest_first.iter().map(|a| a.view().unwrap().to_event()).collect();
+    assert_eq!(read, vec![emergency], "130 later GP reads do not push the emergency access out");
+    let audited = store.accesses_of(person).await.unwrap();
+    assert_eq!(audited.len(), 131, "the auditor sees every read");
+    assert!(audited.windows(2).all(|pair| pair[0].accessed_at <= pair[1].accessed_at), "in time order");
+    drop(store);
+    let report = check::check(dir.path()).unwrap();
+    assert!(report.integrity_ok, "{:?}", report.problems);
+}
