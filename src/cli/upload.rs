@@ -141,11 +141,11 @@ pub async fn run(args: UploadArgs) -> Result<u8, CliError> {
 
     let status = proto::UploadStatus::try_from(report.status).map(|status| status.as_str_name()).unwrap_or("UNKNOWN");
     println!(
-        "{status}: received {}, loaded {}, rejected {}, removed {}",
-        report.received,
+        "{status}: loaded {}, rejected {}, removed {}; the relay received {} records",
         report.loaded,
         report.rejected + unreadable.len() as u64,
-        report.removed
+        report.removed,
+        report.received
     );
     if mode == proto::UploadMode::FullRefresh {
         println!("  the authority held {} plans before this refresh", report.current_plans);
