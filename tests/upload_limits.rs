@@ -288,3 +288,80 @@ async fn slow_upload_outlives_the_unary_deadline_within_its_own() {
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 }
+
+async fn upload_command(relay: &TestRelay, file: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let certs = relay.dir.path().join("certs");
+    relay.pki.write_dev_layout(&certs);
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["upload", file.to_str().unwrap(), "--server", &relay.url(), "--certs-dir", certs.to_str().unwrap()])
+        .args(["--as", "la-706", "--mode", "full-refresh"])
+        .args(extra)
+        .env("CPIS_LOG", "error")
+        .output()
+        .await
+        .unwrap()
+}
+
+/// `cpis-relay upload --allow-large-removal` says the removal is intended, and the CLI prints the numbers.
+#[tokio::test]
+async fn upload_command_refuses_a_large_removal_unless_allowed() {
+    let relay = TestRelay::start().await;
+    let numbers = nhs_numbers(20);
+    relay.load("706", records(&numbers)).await;
+    let file = relay.dir.path().join("half.csv");
+    let mut csv = "nhs_number,local_id,given_name,family_name,date_of_birth,plan_type,start_date\n".to_owned();
+    for number in &numbers[..10] {
+        csv.push_str(&format!("{number},L,Ann,One,2015-01-01,CPPI,2026-01-01\n"));
+    }
+    std::fs::write(&file, csv).unwrap();
+
+    let refused = upload_command(&relay, &file, &[]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_ne!(refused.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("holds 20 current plans") && stderr.contains("would remove 10"), "{stderr}");
+
+    let allowed = upload_command(&relay, &file, &["--allow-large-removal"]).await;
+    let stdout = String::from_utf8_lossy(&allowed.stdout);
+    assert_eq!(allowed.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&allowed.stderr));
+    assert!(stdout.starts_with("ALL_LOADED: loaded 10, rejected 0, removed 10"), "{stdout}");
+    assert!(stdout.contains("held 20 plans before this refresh"), "{stdout}");
+}
+
+/// The new settings are flags, `CPIS_*` variables and TOML keys; a bad value exits 64 naming its key.
+#[test]
+fn upload_settings_are_configurable_and_bad_values_exit_64() {
+    let serve = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"));
+        command.arg("serve").args(args).arg("--print-config").env("CPIS_LOG", "error");
+        command.envs(env.iter().copied());
+        command.output().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "max_refresh_removal_percent = 25\nupload_timeout_secs = 900\n").unwrap();
+    let output = serve(
+        &["--config", file.to_str().unwrap(), "--max-concurrent-uploads", "2"],
+        &[("CPIS_MAX_REFRESH_REJECTED_PERCENT", "5")],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: toml::Table = toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    for (key, value) in [
+        ("max_refresh_removal_percent", 25),
+        ("upload_timeout_secs", 900),
+        ("max_concurrent_uploads", 2),
+        ("max_refresh_rejected_percent", 5),
+    ] {
+        assert_eq!(printed[key].as_integer(), Some(value), "{key}");
+    }
+    for (flag, value, key) in [
+        ("--max-refresh-removal-percent", "101", "max_refresh_removal_percent"),
+        ("--max-refresh-rejected-percent", "200", "max_refresh_rejected_percent"),
+        ("--max-concurrent-uploads", "0", "max_concurrent_uploads"),
+        ("--upload-timeout-secs", "0", "upload_timeout_secs"),
+    ] {
+        let output = serve(&[flag, value], &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+}
