@@ -365,3 +365,59 @@ fn upload_settings_are_configurable_and_bad_values_exit_64() {
         assert!(stderr.contains(key), "{key} not named in: {stderr}");
     }
 }
+
+/// The relay's peak resident memory (VmHWM, KiB) after the worst uploads the
+/// limits allow, in a `serve` subprocess: `CPIS_WORST_UPLOAD_RECORDS` (default
+/// 20,000) records of one message each near the 256 KiB message limit, all
+/// rejected, then as many valid records with every field at its limit as one
+/// FULL_REFRESH. Run by hand (`cargo nextest run --run-ignored only worst_upload`);
+/// prints the figures for PERFORMANCE.md.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn worst_upload_peak_rss() {
+    let count: usize =
+        std::env::var("CPIS_WORST_UPLOAD_RECORDS").ok().and_then(|value| value.parse().ok()).unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::Pki::new();
+    pki.write_server_layout(&dir.path().join("certs"));
+    let server = common::start(dir.path(), &[], "error").await;
+    let pid = server.child.id().unwrap();
+    let vm_hwm_kib = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|line| line.starts_with("VmHWM:")).unwrap().to_owned();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let started_kib = vm_hwm_kib();
+    let channel = cpis_relay::client::connect(&server.url, &pki.client_pem("la-706"), None).await.unwrap();
+    let mut plans = PlansClient::new(channel).max_encoding_message_size(1 << 20);
+
+    // Each just under the 256 KiB message limit: an NHS number of 250,000 characters.
+    let huge = (0..count).map(|_| {
+        let mut record = record(&common::nhs(0), PlanType::ChildProtection);
+        record.nhs_number = "9".repeat(250_000);
+        UploadMessage { body: Some(Body::Record(record)) }
+    });
+    let rejected = std::iter::once(header(UploadMode::Incremental, false)).chain(huge);
+    let report = plans.upload(futures::stream::iter(rejected)).await.unwrap().into_inner();
+    assert_eq!((report.rejected, report.rejections.len()), (count as u64, 1_000));
+    let after_rejected_kib = vm_hwm_kib();
+
+    let max_size = |number: String| {
+        let mut record = record(&number, PlanType::ChildProtection);
+        record.given_name = "é".repeat(100);
+        record.family_name = "é".repeat(100);
+        record.local_id = "é".repeat(64);
+        record.team_code = "é".repeat(64);
+        record.address = Some(proto::Address { lines: vec!["é".repeat(100); 6], postcode: "é".repeat(16) });
+        UploadMessage { body: Some(Body::Record(record)) }
+    };
+    let numbers = (999_000_000u64..).filter_map(cpis_relay::nhs::NhsNumber::complete).map(|n| n.to_string());
+    let valid = std::iter::once(header(UploadMode::FullRefresh, true)).chain(numbers.take(count).map(max_size));
+    let report = plans.upload(futures::stream::iter(valid)).await.unwrap().into_inner();
+    assert_eq!(report.loaded, count as u64);
+    let after_valid_kib = vm_hwm_kib();
+
+    println!(
+        "worst upload, {count} records: VmHWM at start {started_kib} KiB, after 250 KB rejected records {after_rejected_kib} KiB, after as many max-size valid records {after_valid_kib} KiB"
+    );
+}
