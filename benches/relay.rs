@@ -173,6 +173,7 @@ fn full_refresh(c: &mut Criterion) {
                         mode: UploadMode::FullRefresh,
                         file_id: "bench".into(),
                         local_authority: authority.clone(),
+                        allow_large_removal: true,
                     };
                     let outcome = relay
                         .upload(&identity, header, futures::stream::iter(records.into_iter().map(Ok)))

@@ -96,6 +96,18 @@ pub struct ServeSettings {
     /// Seconds after which a connection is asked to reconnect, so clients rebalance [default: 1800]
     #[arg(long, env = "CPIS_MAX_CONNECTION_AGE_SECS")]
     pub max_connection_age_secs: Option<u64>,
+    /// Seconds an upload (a client stream) may take; other calls get request_timeout_secs [default: 600]
+    #[arg(long, env = "CPIS_UPLOAD_TIMEOUT_SECS")]
+    pub upload_timeout_secs: Option<u64>,
+    /// Uploads in progress across all connections; more are refused at once with RESOURCE_EXHAUSTED [default: 4]
+    #[arg(long, env = "CPIS_MAX_CONCURRENT_UPLOADS")]
+    pub max_concurrent_uploads: Option<usize>,
+    /// A FULL_REFRESH that would remove more than this percentage of the LA's current plans is refused unless its header allows a large removal [default: 10]
+    #[arg(long, env = "CPIS_MAX_REFRESH_REMOVAL_PERCENT")]
+    pub max_refresh_removal_percent: Option<u32>,
+    /// A FULL_REFRESH (of an LA holding plans) with more than this percentage of its records rejected is refused unless its header allows a large removal [default: 10]
+    #[arg(long, env = "CPIS_MAX_REFRESH_REJECTED_PERCENT")]
+    pub max_refresh_rejected_percent: Option<u32>,
     /// Largest accepted message in bytes [default: 262144]
     #[arg(long, env = "CPIS_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -158,6 +170,10 @@ pub struct ServeConfig {
     pub keepalive_interval_secs: u64,
     pub keepalive_timeout_secs: u64,
     pub max_connection_age_secs: u64,
+    pub upload_timeout_secs: u64,
+    pub max_concurrent_uploads: usize,
+    pub max_refresh_removal_percent: u32,
+    pub max_refresh_rejected_percent: u32,
     pub max_message_bytes: usize,
     pub fhir_listen: Option<SocketAddr>,
     pub fhir_jwks: Option<PathBuf>,
@@ -199,6 +215,10 @@ impl ServeSettings {
             keepalive_interval_secs: self.keepalive_interval_secs.or(lower.keepalive_interval_secs),
             keepalive_timeout_secs: self.keepalive_timeout_secs.or(lower.keepalive_timeout_secs),
             max_connection_age_secs: self.max_connection_age_secs.or(lower.max_connection_age_secs),
+            upload_timeout_secs: self.upload_timeout_secs.or(lower.upload_timeout_secs),
+            max_concurrent_uploads: self.max_concurrent_uploads.or(lower.max_concurrent_uploads),
+            max_refresh_removal_percent: self.max_refresh_removal_percent.or(lower.max_refresh_removal_percent),
+            max_refresh_rejected_percent: self.max_refresh_rejected_percent.or(lower.max_refresh_rejected_percent),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             fhir_listen: self.fhir_listen.or(lower.fhir_listen),
             fhir_jwks: self.fhir_jwks.or(lower.fhir_jwks),
@@ -214,6 +234,9 @@ impl ServeSettings {
     pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
         let positive =
             |key: &str, value: u64| if value == 0 { Err(error(key, "must be at least 1")) } else { Ok(value) };
+        let percent = |key: &str, value: u32| {
+            if value > 100 { Err(error(key, "must be a percentage, 0 to 100")) } else { Ok(value) }
+        };
         let config = ServeConfig {
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: self.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
@@ -252,6 +275,17 @@ impl ServeSettings {
             keepalive_interval_secs: positive("keepalive_interval_secs", self.keepalive_interval_secs.unwrap_or(30))?,
             keepalive_timeout_secs: positive("keepalive_timeout_secs", self.keepalive_timeout_secs.unwrap_or(10))?,
             max_connection_age_secs: positive("max_connection_age_secs", self.max_connection_age_secs.unwrap_or(1800))?,
+            upload_timeout_secs: positive("upload_timeout_secs", self.upload_timeout_secs.unwrap_or(600))?,
+            max_concurrent_uploads: positive("max_concurrent_uploads", self.max_concurrent_uploads.unwrap_or(4) as u64)?
+                as usize,
+            max_refresh_removal_percent: percent(
+                "max_refresh_removal_percent",
+                self.max_refresh_removal_percent.unwrap_or(10),
+            )?,
+            max_refresh_rejected_percent: percent(
+                "max_refresh_rejected_percent",
+                self.max_refresh_rejected_percent.unwrap_or(10),
+            )?,
             max_message_bytes: self.max_message_bytes.unwrap_or(256 * 1024),
             fhir_listen: self.fhir_listen,
             fhir_jwks: self.fhir_jwks,
@@ -295,6 +329,8 @@ impl ServeConfig {
             acked_notification_retention: chrono::Duration::days(self.notification_retention_days.into()),
             access_retention: chrono::Duration::days(self.access_retention_days.into()),
             retention_interval: Duration::from_secs(self.retention_interval_secs),
+            max_refresh_removal_percent: self.max_refresh_removal_percent,
+            max_refresh_rejected_percent: self.max_refresh_rejected_percent,
             ..RelaySettings::default()
         }
     }

@@ -22,6 +22,10 @@ pub enum Error {
     /// Shedding load or over a limit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request is well formed but the relay's state refuses it (a
+    /// FULL_REFRESH that would remove too much); nothing was changed.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Starting, draining, or otherwise not taking this request now.
     #[error("{0}")]
     Unavailable(String),
@@ -42,6 +46,7 @@ impl Error {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Unavailable(_) | Self::Store(_) => Code::Unavailable,
         }
     }
@@ -60,6 +65,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::ResourceExhausted(message) => Status::resource_exhausted(message),
+            Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Unavailable(message) => Status::unavailable(message),
             Error::Store(store_error) => {
                 tracing::error!(error = %store_error, "store failure reached a caller");

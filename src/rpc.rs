@@ -1,8 +1,12 @@
 //! The edge every gRPC call passes through: the access log line of each RPC
 //! (the caller's ODS code, role, RPC, outcome and latency), the RPC metrics,
-//! refusal with UNAVAILABLE once the relay is draining, and load shedding of
-//! searches beyond the global limit with an immediate RESOURCE_EXHAUSTED
-//! instead of a queue.
+//! refusal with UNAVAILABLE once the relay is draining, load shedding of
+//! searches and uploads beyond their global limits with an immediate
+//! RESOURCE_EXHAUSTED instead of a queue, and each call's deadline: an upload
+//! streams for as long as its file takes and has its own, every other call
+//! the unary one (a client's shorter `grpc-timeout` still wins, in tonic).
+//! A message over the size limit is RESOURCE_EXHAUSTED here, not tonic's
+//! OUT_OF_RANGE.
 //!
 //! The access log must not cost the clinician: a call that succeeds quickly
 //! is logged at `debug` (turn it on with `CPIS_LOG=info,cpis_relay::rpc=debug`),
@@ -24,20 +28,35 @@ use tracing::Instrument;
 use crate::tls::PeerInfo;
 
 const SEARCH_PATH: &str = "/cpis.v1.Lookup/Search";
+const UPLOAD_PATH: &str = "/cpis.v1.Plans/Upload";
+
+/// The limits the edge enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct RpcLimits {
+    pub max_concurrent_searches: usize,
+    pub max_concurrent_uploads: usize,
+    /// Deadline of every call but an upload.
+    pub request_timeout: std::time::Duration,
+    pub upload_timeout: std::time::Duration,
+}
 /// A call slower than this is logged at info whatever its outcome.
 pub const SLOW_CALL: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct RpcLayer {
     searches: Arc<Semaphore>,
+    uploads: Arc<Semaphore>,
+    limits: RpcLimits,
     draining: watch::Receiver<bool>,
     in_flight: Arc<watch::Sender<usize>>,
 }
 
 impl RpcLayer {
-    pub fn new(max_concurrent_searches: usize, draining: watch::Receiver<bool>) -> Self {
+    pub fn new(limits: RpcLimits, draining: watch::Receiver<bool>) -> Self {
         Self {
-            searches: Arc::new(Semaphore::new(max_concurrent_searches)),
+            searches: Arc::new(Semaphore::new(limits.max_concurrent_searches)),
+            uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
+            limits,
             draining,
             in_flight: Arc::new(watch::Sender::new(0)),
         }
@@ -62,6 +81,8 @@ impl<S> Layer<S> for RpcLayer {
         RpcService {
             inner,
             searches: Arc::clone(&self.searches),
+            uploads: Arc::clone(&self.uploads),
+            limits: self.limits,
             draining: self.draining.clone(),
             in_flight: Arc::clone(&self.in_flight),
         }
@@ -72,6 +93,8 @@ impl<S> Layer<S> for RpcLayer {
 pub struct RpcService<S> {
     inner: S,
     searches: Arc<Semaphore>,
+    uploads: Arc<Semaphore>,
+    limits: RpcLimits,
     draining: watch::Receiver<bool>,
     in_flight: Arc<watch::Sender<usize>>,
 }
@@ -218,6 +241,19 @@ fn access_log(rpc: usize, identity: Option<&crate::auth::Identity>, code: tonic:
     }
 }
 
+/// tonic answers a message over the size limit with OUT_OF_RANGE; the
+/// contract says RESOURCE_EXHAUSTED, and the relay sends OUT_OF_RANGE for
+/// nothing else. Only a trailers-only answer (an error) carries it here.
+fn over_size_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").is_some_and(|status| status.as_bytes() == b"11") {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
 impl<S, B> Service<http::Request<B>> for RpcService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
@@ -239,17 +275,23 @@ where
             let status = tonic::Status::unavailable("the relay is shutting down; retry, another node will answer");
             return Box::pin(std::future::ready(Ok(refuse(rpc, status))));
         }
-        let permit = if request.uri().path() == SEARCH_PATH {
-            match Arc::clone(&self.searches).try_acquire_owned() {
+        let path = request.uri().path();
+        let limited = match path {
+            SEARCH_PATH => Some((&self.searches, "the relay is at its search limit; retry shortly")),
+            UPLOAD_PATH => Some((&self.uploads, "the relay is at its limit of concurrent uploads; retry later")),
+            _ => None,
+        };
+        let permit = match limited {
+            Some((permits, refusal)) => match Arc::clone(permits).try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    let status = tonic::Status::resource_exhausted("the relay is at its search limit; retry shortly");
+                    let status = tonic::Status::resource_exhausted(refusal);
                     return Box::pin(std::future::ready(Ok(refuse(rpc, status))));
                 }
-            }
-        } else {
-            None
+            },
+            None => None,
         };
+        let deadline = if path == UPLOAD_PATH { self.limits.upload_timeout } else { self.limits.request_timeout };
         let identity = match request.extensions().get::<PeerInfo>().map(|peer| &peer.identity) {
             Some(Ok(identity)) => Some(Arc::clone(identity)),
             _ => None,
@@ -267,7 +309,14 @@ where
         let in_flight = InFlight::new(&self.in_flight);
         Box::pin(async move {
             let started = Instant::now();
-            let response = inner.call(request).instrument(span).await;
+            let response = match tokio::time::timeout(deadline, inner.call(request).instrument(span)).await {
+                Ok(response) => response.map(over_size_is_resource_exhausted),
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "the relay's deadline for this call ({} s) expired",
+                    deadline.as_secs()
+                ))
+                .into_http()),
+            };
             drop(permit);
             drop(in_flight);
             let elapsed = started.elapsed();

@@ -35,7 +35,12 @@ pub struct ServerOptions {
     pub max_concurrent_searches: usize,
     pub concurrency_per_connection: usize,
     pub max_concurrent_streams: u32,
+    /// Deadline of every call but an upload (a unary call, or the start of a server stream).
     pub request_timeout: Duration,
+    /// Deadline of an upload, which streams for as long as its file takes.
+    pub upload_timeout: Duration,
+    /// Uploads in progress across all connections; more are refused.
+    pub max_concurrent_uploads: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub max_connection_age: Duration,
@@ -53,6 +58,8 @@ impl ServerOptions {
             concurrency_per_connection: 256,
             max_concurrent_streams: 512,
             request_timeout: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(600),
+            max_concurrent_uploads: 4,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(30 * 60),
@@ -119,7 +126,15 @@ pub async fn run(
         });
     }
 
-    let rpc_layer = crate::rpc::RpcLayer::new(options.max_concurrent_searches, draining.subscribe());
+    let rpc_layer = crate::rpc::RpcLayer::new(
+        crate::rpc::RpcLimits {
+            max_concurrent_searches: options.max_concurrent_searches,
+            max_concurrent_uploads: options.max_concurrent_uploads,
+            request_timeout: options.request_timeout,
+            upload_timeout: options.upload_timeout,
+        },
+        draining.subscribe(),
+    );
     let fhir_stop = watch::Sender::new(false);
     let fhir_server = fhir.map(|door| {
         let limits =
@@ -153,7 +168,6 @@ pub async fn run(
         .layer(rpc_layer)
         .concurrency_limit_per_connection(options.concurrency_per_connection)
         .max_concurrent_streams(options.max_concurrent_streams)
-        .timeout(options.request_timeout)
         .load_shed(true)
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))

@@ -200,6 +200,7 @@ async fn sigkill_during_a_large_full_refresh_leaves_the_old_set_or_the_new_and_l
             mode: UploadMode::FullRefresh as i32,
             file_id: "big".into(),
             local_authority: Some(authority("706")),
+            ..Default::default()
         })),
     };
     let mut sent = Some(sent);

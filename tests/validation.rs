@@ -148,6 +148,7 @@ async fn malformed_upload_streams_are_invalid_argument() {
             mode: mode as i32,
             file_id: "f".into(),
             local_authority: authority,
+            ..Default::default()
         })),
     };
     let status = plans.upload(futures::stream::iter([header(None, UploadMode::Incremental)])).await.unwrap_err();

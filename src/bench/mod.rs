@@ -90,8 +90,13 @@ pub async fn load_people(
             .filter(|record| record.la_ods_code == authority.ods_code)
             .map(|record| record.record.clone())
             .collect();
-        let header =
-            UploadHeader { mode: UploadMode::FullRefresh, file_id: "bench".into(), local_authority: authority.clone() };
+        // Each load replaces whatever set the relay held: the removal is the point.
+        let header = UploadHeader {
+            mode: UploadMode::FullRefresh,
+            file_id: "bench".into(),
+            local_authority: authority.clone(),
+            allow_large_removal: true,
+        };
         relay.upload(&la_identity(&authority), header, futures::stream::iter(mine.into_iter().map(Ok))).await?;
     }
     let mut flagged: Vec<String> = records.iter().map(|record| record.record.nhs_number.clone()).collect();

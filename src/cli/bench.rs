@@ -197,7 +197,8 @@ pub(super) async fn upload_to_external(args: &BenchArgs, url: &str) -> Result<Ve
         flagged.extend(mine.iter().map(|record| record.nhs_number.clone()));
         let authority = bench::wire_authority(ods_code).ok_or_else(|| failed("no synthetic authority"))?;
         let progress = indicatif::ProgressBar::hidden();
-        super::upload::send(channel, proto::UploadMode::Incremental, "bench", authority, mine, &progress).await?;
+        super::upload::send(channel, proto::UploadMode::Incremental, false, "bench", authority, mine, &progress)
+            .await?;
     }
     Ok(flagged)
 }

@@ -116,7 +116,9 @@ fn spawn_refresher(
         let hidden = indicatif::ProgressBar::hidden();
         while !stop.load(Ordering::Acquire) {
             let mode = proto::UploadMode::FullRefresh;
-            super::upload::send(channel.clone(), mode, "bench", authority.clone(), records.clone(), &hidden).await?;
+            // Each refresh replaces the set the bench loaded before it: the removal is the point.
+            super::upload::send(channel.clone(), mode, true, "bench", authority.clone(), records.clone(), &hidden)
+                .await?;
             done.fetch_add(1, Ordering::AcqRel);
         }
         Ok(())
@@ -387,8 +389,10 @@ pub async fn refresh(args: &BenchArgs) -> Result<u8, CliError> {
     for run in ["into_a_small_set", "replacing_itself"] {
         let started = Instant::now();
         let mode = proto::UploadMode::FullRefresh;
+        // The first run replaces the small set the bench loaded: the removal is the point.
         let report =
-            super::upload::send(channel.clone(), mode, "bench", authority.clone(), records.clone(), &hidden).await?;
+            super::upload::send(channel.clone(), mode, true, "bench", authority.clone(), records.clone(), &hidden)
+                .await?;
         let seconds = started.elapsed().as_secs_f64();
         if report.loaded != records.len() as u64 {
             return Err(failed(format!("{run}: loaded {} of {} records", report.loaded, records.len())));

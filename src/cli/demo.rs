@@ -162,7 +162,8 @@ async fn script(args: &DemoArgs, servers: &Servers) -> Result<u8, CliError> {
             .collect();
         let wire = crate::service::convert::local_authority(&authority);
         let report =
-            upload::send(channel, proto::UploadMode::FullRefresh, "demo.csv", wire, mine, &ProgressBar::hidden())
+            // The demo's set replaces whatever an earlier demo (of another size) left.
+            upload::send(channel, proto::UploadMode::FullRefresh, true, "demo.csv", wire, mine, &ProgressBar::hidden())
                 .await?;
         let status = proto::UploadStatus::try_from(report.status).map(|status| status.as_str_name()).unwrap_or("?");
         println!(

@@ -64,6 +64,8 @@ pub fn server_options(config: &ServeConfig, tls: Arc<rustls::ServerConfig>) -> S
         keepalive_timeout: Duration::from_secs(config.keepalive_timeout_secs),
         max_connection_age: Duration::from_secs(config.max_connection_age_secs),
         max_message_bytes: config.max_message_bytes,
+        upload_timeout: Duration::from_secs(config.upload_timeout_secs),
+        max_concurrent_uploads: config.max_concurrent_uploads,
     }
 }
 

@@ -35,14 +35,21 @@ pub struct UploadArgs {
     /// Out-of-hours (emergency duty team) phone.
     #[arg(long, env = "CPIS_LA_EMERGENCY_PHONE")]
     pub emergency_phone: Option<String>,
+    /// FULL_REFRESH: the file is meant to remove a large share of this authority's plans. Without
+    /// it the relay refuses a refresh that would remove more than its configured share (default
+    /// 10 %) or that has more than its configured share of records rejected.
+    #[arg(long, env = "CPIS_ALLOW_LARGE_REMOVAL")]
+    pub allow_large_removal: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
-/// Streams one upload and returns the relay's report.
+/// Streams one upload and returns the relay's report. `allow_large_removal`
+/// (FULL_REFRESH only) says a large removal of the authority's plans is intended.
 pub async fn send(
     channel: Channel,
     mode: proto::UploadMode,
+    allow_large_removal: bool,
     file_id: &str,
     authority: proto::LocalAuthority,
     records: Vec<proto::PlanRecord>,
@@ -53,6 +60,7 @@ pub async fn send(
             mode: mode as i32,
             file_id: file_id.to_owned(),
             local_authority: Some(authority),
+            allow_large_removal,
         })),
     };
     let progress = progress.clone();
@@ -128,22 +136,32 @@ pub async fn run(args: UploadArgs) -> Result<u8, CliError> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let file_id = args.file.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    let report = send(channel, mode, &file_id, authority, records, &progress).await?;
+    let report = send(channel, mode, args.allow_large_removal, &file_id, authority, records, &progress).await?;
     progress.finish_and_clear();
 
     let status = proto::UploadStatus::try_from(report.status).map(|status| status.as_str_name()).unwrap_or("UNKNOWN");
     println!(
-        "{status}: loaded {}, rejected {}, removed {}",
+        "{status}: loaded {}, rejected {}, removed {}; the relay received {} records",
         report.loaded,
         report.rejected + unreadable.len() as u64,
-        report.removed
+        report.removed,
+        report.received
     );
+    if mode == proto::UploadMode::FullRefresh {
+        println!("  the authority held {} plans before this refresh", report.current_plans);
+    }
+    for count in &report.rejection_counts {
+        println!("  {} {}", count.count, count.reason);
+    }
     for (line, message) in &unreadable {
         println!("  line {line}: UNREADABLE_ROW {message}");
     }
     for rejection in &report.rejections {
         let line = lines.get(rejection.index as usize).copied().unwrap_or_default();
         println!("  line {line}: {} {} (NHS number {:?})", rejection.reason, rejection.message, rejection.nhs_number);
+    }
+    if report.rejected > report.rejections.len() as u64 {
+        println!("  ... {} more rejections, counted above", report.rejected - report.rejections.len() as u64);
     }
     let all_loaded = report.status == proto::UploadStatus::AllLoaded as i32 && unreadable.is_empty();
     Ok(if all_loaded { exit::OK } else { exit::NOT_ALL_LOADED })

@@ -85,6 +85,7 @@ impl FhirError {
                     answer(StatusCode::FORBIDDEN, "forbidden", Some(ACCESS_DENIED), message)
                 }
                 Error::ResourceExhausted(message) => answer(StatusCode::TOO_MANY_REQUESTS, "throttled", None, message),
+                Error::FailedPrecondition(message) => answer(StatusCode::CONFLICT, "conflict", None, message),
                 Error::Unavailable(message) => answer(StatusCode::SERVICE_UNAVAILABLE, "transient", None, message),
                 Error::Store(store_error) => {
                     tracing::error!(error = %store_error, "store failure reached a FHIR caller");

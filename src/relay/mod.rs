@@ -45,6 +45,12 @@ pub struct RelaySettings {
     pub max_upload_records: usize,
     /// How often retention runs.
     pub retention_interval: std::time::Duration,
+    /// A FULL_REFRESH that would remove more than this percentage of the
+    /// LA's current plans is refused unless the header allows it.
+    pub max_refresh_removal_percent: u32,
+    /// A FULL_REFRESH (of an LA that holds plans) with more than this
+    /// percentage of its records rejected is refused unless the header allows it.
+    pub max_refresh_rejected_percent: u32,
 }
 
 impl Default for RelaySettings {
@@ -54,6 +60,8 @@ impl Default for RelaySettings {
             access_retention: Duration::days(365),
             max_upload_records: 2_000_000,
             retention_interval: std::time::Duration::from_secs(3600),
+            max_refresh_removal_percent: 10,
+            max_refresh_rejected_percent: 10,
         }
     }
 }

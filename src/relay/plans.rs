@@ -31,7 +31,12 @@ pub struct UploadHeader {
     pub mode: UploadMode,
     pub file_id: String,
     pub local_authority: crate::model::LocalAuthority,
+    /// FULL_REFRESH: the uploader means to remove a large share of the LA's plans.
+    pub allow_large_removal: bool,
 }
+
+/// Rejections reported one by one; beyond these only their counts per reason.
+pub const MAX_DETAILED_REJECTIONS: usize = 1_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UploadStatus {
@@ -53,10 +58,62 @@ impl UploadStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadOutcome {
     pub status: UploadStatus,
+    /// Records received, header excluded.
+    pub received: u64,
     pub loaded: u64,
+    /// Every rejected record.
+    pub rejected: u64,
+    /// The first [`MAX_DETAILED_REJECTIONS`] rejections.
     pub rejections: Vec<Rejection>,
+    /// All rejections per reason, in the order the reasons first occurred.
+    pub rejection_counts: Vec<(RejectionReason, u64)>,
     /// FULL_REFRESH: previous plans of the authority not in the upload.
     pub removed: u64,
+    /// FULL_REFRESH: plans the authority held before it.
+    pub current_plans: u64,
+}
+
+/// What a FULL_REFRESH is checked against before it changes anything.
+#[derive(Clone, Copy, Debug)]
+struct RefreshCheck {
+    allow_large_removal: bool,
+    max_removal_percent: u32,
+    max_rejected_percent: u32,
+    received: u64,
+    rejected: u64,
+}
+
+impl RefreshCheck {
+    /// Refuses a refresh that would remove more of the LA's `current` plans,
+    /// or reject more of its records, than the settings allow. An LA's first
+    /// refresh (no current plans) can deflag no one and is never refused.
+    fn check(&self, la_ods_code: &str, current: u64, would_remove: u64) -> Result<()> {
+        if self.allow_large_removal || current == 0 {
+            return Ok(());
+        }
+        let removes_too_many = would_remove * 100 > u64::from(self.max_removal_percent) * current;
+        let rejects_too_many = self.rejected * 100 > u64::from(self.max_rejected_percent) * self.received;
+        if !(removes_too_many || rejects_too_many) {
+            return Ok(());
+        }
+        let (received, rejected) = (self.received, self.rejected);
+        let why = match (removes_too_many, rejects_too_many) {
+            (true, true) => format!(
+                "more than {}% of the current plans would be removed and more than {}% of the records were rejected",
+                self.max_removal_percent, self.max_rejected_percent
+            ),
+            (true, false) => format!("more than {}% of the current plans would be removed", self.max_removal_percent),
+            _ => format!("more than {}% of the records were rejected", self.max_rejected_percent),
+        };
+        tracing::warn!(
+            la = %la_ods_code, current, would_remove, rejected, received, "full refresh refused: {why}"
+        );
+        Err(Error::FailedPrecondition(format!(
+            "FULL_REFRESH refused, nothing was changed: local authority {la_ods_code} holds {current} current plans, \
+             this upload would remove {would_remove}, and {rejected} of {received} records were rejected ({why}); \
+             fix the file, or set allow_large_removal (cpis-relay upload --allow-large-removal) if the removal is intended"
+        )))
+    }
 }
 
 impl UploadHeader {
@@ -70,8 +127,8 @@ impl UploadHeader {
         };
         let local_authority = validate::local_authority(header.local_authority.as_ref())?;
         authorize_local_authority(identity, &local_authority.ods_code)?;
-        let file_id = validate::optional_text(&header.file_id, "header.file_id")?;
-        Ok(Self { mode, file_id, local_authority })
+        let file_id = validate::optional_text_within(&header.file_id, "header.file_id", validate::MAX_FILE_ID_LEN)?;
+        Ok(Self { mode, file_id, local_authority, allow_large_removal: header.allow_large_removal })
     }
 }
 
@@ -81,6 +138,14 @@ async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| Error::Unavailable(format!("the index update did not finish: {error}")))
+}
+
+/// What committing an upload did, and how long it took.
+struct Committed {
+    removed: u64,
+    current_plans: u64,
+    store_ms: u64,
+    index_ms: u64,
 }
 
 impl Relay {
@@ -100,6 +165,19 @@ impl Relay {
         let mut plans: Vec<StoredPlan> = Vec::new();
         let mut seen: HashSet<(crate::nhs::NhsNumber, PlanType)> = HashSet::new();
         let mut rejections = Vec::new();
+        let mut rejection_counts: Vec<(RejectionReason, u64)> = Vec::new();
+        let mut rejected: u64 = 0;
+        let mut reject = |rejection: Rejection| {
+            rejected += 1;
+            match rejection_counts.iter_mut().find(|(reason, _)| *reason == rejection.reason) {
+                Some((_, count)) => *count += 1,
+                None => rejection_counts.push((rejection.reason, 1)),
+            }
+            if rejections.len() < MAX_DETAILED_REJECTIONS {
+                rejections
+                    .push(Rejection { nhs_number: validate::echoed_nhs_number(rejection.nhs_number), ..rejection });
+            }
+        };
         let mut received: u64 = 0;
         let mut records = std::pin::pin!(records);
         while let Some(record) = records.next().await {
@@ -117,7 +195,7 @@ impl Relay {
             received += 1;
             let nhs_number = std::mem::take(&mut record.nhs_number);
             match validate::plan_record(&nhs_number, record, &la_ods_code, now) {
-                Ok(plan) if !seen.insert((plan.nhs_number, plan.plan_type)) => rejections.push(Rejection {
+                Ok(plan) if !seen.insert((plan.nhs_number, plan.plan_type)) => reject(Rejection {
                     index,
                     nhs_number,
                     reason: RejectionReason::DuplicateRecord,
@@ -127,7 +205,7 @@ impl Relay {
                     ),
                 }),
                 Ok(plan) => plans.push(StoredPlan::encode(&plan, Arc::clone(&shared_la))?),
-                Err((reason, message)) => rejections.push(Rejection { index, nhs_number, reason, message }),
+                Err((reason, message)) => reject(Rejection { index, nhs_number, reason, message }),
             }
         }
         if header.mode == UploadMode::FullRefresh && received == 0 {
@@ -137,20 +215,37 @@ impl Relay {
             ));
         }
 
+        drop(seen);
         let loaded = plans.len() as u64;
         let receive_ms = started.elapsed().as_millis() as u64;
-        let (removed, store_ms, index_ms) = if plans.is_empty() {
-            (0, 0, 0)
+        let settings = &self.shared.settings;
+        let check = RefreshCheck {
+            allow_large_removal: header.allow_large_removal,
+            max_removal_percent: settings.max_refresh_removal_percent,
+            max_rejected_percent: settings.max_refresh_rejected_percent,
+            received,
+            rejected,
+        };
+        let Committed { removed, current_plans, store_ms, index_ms } = if plans.is_empty() {
+            // Nothing is loaded, so nothing is removed; a refresh still says when its file looks broken.
+            let current_plans = match header.mode {
+                UploadMode::FullRefresh => self.shared.index.plans_of(&la_ods_code).len() as u64,
+                UploadMode::Incremental => 0,
+            };
+            if header.mode == UploadMode::FullRefresh {
+                check.check(&la_ods_code, current_plans, 0)?;
+            }
+            Committed { removed: 0, current_plans, store_ms: 0, index_ms: 0 }
         } else {
             // On its own task: a client that goes away must not stop a change half
             // way, between the store and the index.
             let relay = self.clone();
             let (mode, authority) = (header.mode, header.local_authority.clone());
-            tokio::spawn(async move { relay.commit_plans(mode, authority, plans).await })
+            tokio::spawn(async move { relay.commit_plans(mode, authority, plans, check).await })
                 .await
                 .map_err(|error| Error::Unavailable(format!("the upload did not finish: {error}")))??
         };
-        let status = match (loaded, rejections.len()) {
+        let status = match (loaded, rejected) {
             (_, 0) if loaded > 0 => UploadStatus::AllLoaded,
             (0, _) => UploadStatus::NoneLoaded,
             _ => UploadStatus::Partial,
@@ -161,9 +256,11 @@ impl Relay {
         tracing::info!(
             la = %la_ods_code,
             mode = ?header.mode,
+            received,
             loaded,
-            rejected = rejections.len(),
+            rejected,
             removed,
+            current_plans,
             receive_ms,
             store_ms,
             index_ms,
@@ -172,17 +269,18 @@ impl Relay {
         if loaded > 0 {
             self.publish_plan_gauges();
         }
-        Ok(UploadOutcome { status, loaded, rejections, removed })
+        Ok(UploadOutcome { status, received, loaded, rejected, rejections, rejection_counts, removed, current_plans })
     }
 
-    /// Stores an upload's valid plans, then shows them: (plans removed by a
-    /// refresh, store milliseconds, index milliseconds).
+    /// Stores an upload's valid plans, then shows them. A refresh is checked
+    /// first, under the write lock, against the plans it would replace.
     async fn commit_plans(
         &self,
         mode: UploadMode,
         authority: crate::model::LocalAuthority,
         plans: Vec<StoredPlan>,
-    ) -> Result<(u64, u64, u64)> {
+        check: RefreshCheck,
+    ) -> Result<Committed> {
         let started = std::time::Instant::now();
         let _writes = self.shared.plan_writes.lock().await;
         // In the store's key order (a refresh then merges with the stored set in
@@ -195,7 +293,7 @@ impl Relay {
         .await?;
         let la_ods_code = authority.ods_code.clone();
         let index = self.shared.index.clone();
-        let (removed, store_ms) = match mode {
+        let (removed, current_plans, store_ms) = match mode {
             UploadMode::Incremental => {
                 let change = Change::UpsertPlans { authority: authority.clone(), plans: Arc::clone(&plans) };
                 self.shared.store.apply(change).await?;
@@ -203,9 +301,21 @@ impl Relay {
                 self.shared.hub.know(&authority.ods_code);
                 index.set_authority(authority);
                 off_runtime(move || index.upsert(plans.iter().cloned())).await?;
-                (0, store_ms)
+                (0, 0, store_ms)
             }
             UploadMode::FullRefresh => {
+                let (counting_index, counting_plans, counting_la) =
+                    (index.clone(), Arc::clone(&plans), la_ods_code.clone());
+                let (current, would_remove) = off_runtime(move || {
+                    let current = counting_index.plans_of(&counting_la);
+                    let kept = |plan: &StoredPlan| {
+                        let key = (plan.nhs_number(), plan.plan_type());
+                        counting_plans.binary_search_by_key(&key, |new| (new.nhs_number(), new.plan_type())).is_ok()
+                    };
+                    (current.len() as u64, current.iter().filter(|plan| !kept(plan)).count() as u64)
+                })
+                .await?;
+                check.check(&la_ods_code, current, would_remove)?;
                 // The index stages the new set (invisibly) while the store commits it.
                 let change = Change::ReplacePlans { authority: authority.clone(), plans: Arc::clone(&plans) };
                 let (staging_index, staging_plans) = (index.clone(), Arc::clone(&plans));
@@ -220,10 +330,11 @@ impl Relay {
                 }
                 self.shared.hub.know(&authority.ods_code);
                 index.set_authority(authority);
-                (off_runtime(move || index.publish(staged)).await? as u64, store_ms)
+                (off_runtime(move || index.publish(staged)).await? as u64, current, store_ms)
             }
         };
-        Ok((removed, store_ms, started.elapsed().as_millis() as u64 - store_ms))
+        let index_ms = started.elapsed().as_millis() as u64 - store_ms;
+        Ok(Committed { removed, current_plans, store_ms, index_ms })
     }
 
     /// Deletes the caller's plans of a person: one type, or all if `None`.

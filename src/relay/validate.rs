@@ -12,10 +12,26 @@ use crate::{
     proto,
 };
 
-/// Longest accepted free-text field (names, identifiers, address lines).
+/// Longest accepted free-text field of a request without a tighter limit below.
 pub const MAX_TEXT_LEN: usize = 200;
+
+// Upload limits, in characters (a longer value is refused before it is kept;
+// together they bound what one valid record can hold):
+/// An NHS number as sent, before spaces and dashes are removed.
+pub const MAX_NHS_NUMBER_LEN: usize = 32;
+/// Given and family name, each.
+pub const MAX_NAME_LEN: usize = 100;
+/// One address line.
+pub const MAX_ADDRESS_LINE_LEN: usize = 100;
 /// Most address lines kept for a person.
 pub const MAX_ADDRESS_LINES: usize = 6;
+pub const MAX_POSTCODE_LEN: usize = 16;
+/// The LA's local id and team code, each.
+pub const MAX_ID_LEN: usize = 64;
+/// The header's free-text file id.
+pub const MAX_FILE_ID_LEN: usize = 128;
+/// Dates are exactly `YYYY-MM-DD`; text this long or longer is refused unread.
+const MAX_DATE_LEN: usize = 32;
 
 /// Why an upload record was not loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,25 +91,44 @@ pub fn required_text(text: &str, field: &str) -> Result<String> {
     check_required_text(text, field).map(str::to_owned)
 }
 
-/// An optional, bounded text field of a request.
-pub fn optional_text(text: &str, field: &str) -> Result<String> {
-    check_optional_text(text, field).map(str::to_owned)
+/// An optional text field of a request of at most `max` characters.
+pub fn optional_text_within(text: &str, field: &str, max: usize) -> Result<String> {
+    if text.trim().is_empty() { Ok(String::new()) } else { bounded_text(text, field, max).map(str::to_owned) }
 }
 
 /// [`required_text`] without a copy: the trimmed text.
 pub fn check_required_text<'a>(text: &'a str, field: &str) -> Result<&'a str> {
+    bounded_text(text, field, MAX_TEXT_LEN)
+}
+
+fn bounded_text<'a>(text: &'a str, field: &str, max: usize) -> Result<&'a str> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    // Bytes bound characters from above: count characters only when it could matter.
-    if trimmed.len() > MAX_TEXT_LEN && trimmed.chars().count() > MAX_TEXT_LEN {
-        return Err(Error::invalid(field, format!("is longer than {MAX_TEXT_LEN} characters")));
+    if longer_than(trimmed, max) {
+        return Err(Error::invalid(field, format!("is longer than {max} characters")));
     }
     Ok(trimmed)
 }
 
-/// [`optional_text`] without a copy: the trimmed text, empty when absent.
+/// Bytes bound characters from above: count characters only when it could matter.
+fn longer_than(text: &str, max: usize) -> bool {
+    text.len() > max && text.chars().count() > max
+}
+
+/// A rejected record's NHS number as echoed back: at most
+/// [`MAX_NHS_NUMBER_LEN`] characters of what was sent, so a report (and the
+/// memory behind it) never grows with what a client puts in the field.
+pub fn echoed_nhs_number(mut sent: String) -> String {
+    if let Some((cut, _)) = sent.char_indices().nth(MAX_NHS_NUMBER_LEN) {
+        sent.truncate(cut);
+    }
+    sent.shrink_to_fit();
+    sent
+}
+
+/// An optional, bounded text field of a request: the trimmed text, empty when absent.
 pub fn check_optional_text<'a>(text: &'a str, field: &str) -> Result<&'a str> {
     if text.trim().is_empty() { Ok("") } else { check_required_text(text, field) }
 }
@@ -122,6 +157,9 @@ pub fn plan_record(
 ) -> std::result::Result<Plan, (RejectionReason, String)> {
     use RejectionReason::*;
     let today = now.date_naive();
+    if longer_than(nhs_number, MAX_NHS_NUMBER_LEN) {
+        return Err((FieldTooLong, format!("nhs_number: is longer than {MAX_NHS_NUMBER_LEN} characters")));
+    }
     let nhs_number = NhsNumber::parse(nhs_number).map_err(|error| match error {
         NhsNumberError::Empty => (MissingField, "nhs_number: is required".to_owned()),
         other => (InvalidNhsNumber, format!("nhs_number: {other}")),
@@ -133,10 +171,12 @@ pub fn plan_record(
         Ok(proto::PlanType::Unspecified) => return Err((MissingField, "type: is required".to_owned())),
         Err(_) => return Err((InvalidPlanType, format!("type: {} is not a plan type", record.r#type))),
     };
-    let local_id = text(record.local_id, "local_id", true)?;
-    let given_name = text(record.given_name, "given_name", true)?;
-    let family_name = text(record.family_name, "family_name", true)?;
-    let team_code = text(record.team_code, "team_code", false)?;
+    // Every length first: nothing of an oversized record is kept or copied.
+    check_lengths(&record)?;
+    let local_id = text(record.local_id, "local_id", true, MAX_ID_LEN)?;
+    let given_name = text(record.given_name, "given_name", true, MAX_NAME_LEN)?;
+    let family_name = text(record.family_name, "family_name", true, MAX_NAME_LEN)?;
+    let team_code = text(record.team_code, "team_code", false, MAX_ID_LEN)?;
     let date_of_birth =
         date(&record.date_of_birth, "date_of_birth")?.ok_or((MissingField, "date_of_birth: is required".to_owned()))?;
     if date_of_birth > today {
@@ -161,17 +201,14 @@ pub fn plan_record(
     let address = match record.address {
         None => Address::default(),
         Some(address) => {
-            if address.lines.len() > MAX_ADDRESS_LINES {
-                return Err((FieldTooLong, format!("address.lines: more than {MAX_ADDRESS_LINES} lines")));
-            }
             let mut lines = Vec::with_capacity(address.lines.len());
             for line in address.lines {
-                let line = text(line, "address.lines", false)?;
+                let line = text(line, "address.lines", false, MAX_ADDRESS_LINE_LEN)?;
                 if !line.is_empty() {
                     lines.push(line);
                 }
             }
-            let mut postcode = text(address.postcode, "address.postcode", false)?;
+            let mut postcode = text(address.postcode, "address.postcode", false, MAX_POSTCODE_LEN)?;
             postcode.make_ascii_uppercase();
             Address { lines, postcode }
         }
@@ -197,14 +234,52 @@ pub fn plan_record(
     Ok(plan)
 }
 
+/// Every field of a record within its limit (trimmed, as [`text`] counts).
+fn check_lengths(record: &proto::PlanRecord) -> std::result::Result<(), (RejectionReason, String)> {
+    let too_long =
+        |field: &str, max: usize| (RejectionReason::FieldTooLong, format!("{field}: is longer than {max} characters"));
+    let fields: [(&str, &str, usize); 8] = [
+        (&record.local_id, "local_id", MAX_ID_LEN),
+        (&record.given_name, "given_name", MAX_NAME_LEN),
+        (&record.family_name, "family_name", MAX_NAME_LEN),
+        (&record.team_code, "team_code", MAX_ID_LEN),
+        (&record.date_of_birth, "date_of_birth", MAX_DATE_LEN),
+        (&record.start_date, "start_date", MAX_DATE_LEN),
+        (&record.end_date, "end_date", MAX_DATE_LEN),
+        (&record.expected_delivery_date, "expected_delivery_date", MAX_DATE_LEN),
+    ];
+    for (value, field, max) in fields {
+        if longer_than(value.trim(), max) {
+            return Err(too_long(field, max));
+        }
+    }
+    if let Some(address) = &record.address {
+        if address.lines.len() > MAX_ADDRESS_LINES {
+            return Err((RejectionReason::FieldTooLong, format!("address.lines: more than {MAX_ADDRESS_LINES} lines")));
+        }
+        if address.lines.iter().any(|line| longer_than(line.trim(), MAX_ADDRESS_LINE_LEN)) {
+            return Err(too_long("address.lines", MAX_ADDRESS_LINE_LEN));
+        }
+        if longer_than(address.postcode.trim(), MAX_POSTCODE_LEN) {
+            return Err(too_long("address.postcode", MAX_POSTCODE_LEN));
+        }
+    }
+    Ok(())
+}
+
 /// A record's text field, trimmed in place.
-fn text(value: String, field: &str, required: bool) -> std::result::Result<String, (RejectionReason, String)> {
+fn text(
+    value: String,
+    field: &str,
+    required: bool,
+    max: usize,
+) -> std::result::Result<String, (RejectionReason, String)> {
     let trimmed = value.trim();
     if trimmed.is_empty() && required {
         return Err((RejectionReason::MissingField, format!("{field}: is required")));
     }
-    if trimmed.len() > MAX_TEXT_LEN && trimmed.chars().count() > MAX_TEXT_LEN {
-        return Err((RejectionReason::FieldTooLong, format!("{field}: is longer than {MAX_TEXT_LEN} characters")));
+    if longer_than(trimmed, max) {
+        return Err((RejectionReason::FieldTooLong, format!("{field}: is longer than {max} characters")));
     }
     if trimmed.len() == value.len() { Ok(value) } else { Ok(trimmed.to_owned()) }
 }

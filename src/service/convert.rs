@@ -189,7 +189,7 @@ pub fn upload_report(outcome: UploadOutcome) -> proto::UploadReport {
             UploadStatus::NoneLoaded => proto::UploadStatus::NoneLoaded,
         } as i32,
         loaded: outcome.loaded,
-        rejected: outcome.rejections.len() as u64,
+        rejected: outcome.rejected,
         rejections: outcome
             .rejections
             .into_iter()
@@ -201,5 +201,12 @@ pub fn upload_report(outcome: UploadOutcome) -> proto::UploadReport {
             })
             .collect(),
         removed: outcome.removed,
+        received: outcome.received,
+        current_plans: outcome.current_plans,
+        rejection_counts: outcome
+            .rejection_counts
+            .into_iter()
+            .map(|(reason, count)| proto::RejectionCount { reason: reason.as_str().to_owned(), count })
+            .collect(),
     }
 }

@@ -23,6 +23,21 @@ impl PlansService {
     }
 }
 
+/// A failure reading the upload stream: the client's mistakes keep their
+/// meaning (a message that does not decode is INVALID_ARGUMENT, one over the
+/// size limit RESOURCE_EXHAUSTED); only a broken transport is UNAVAILABLE.
+fn stream_error(status: Status) -> Error {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Error::ResourceExhausted(format!("records: {}", status.message()))
+        }
+        tonic::Code::Internal | tonic::Code::InvalidArgument | tonic::Code::Unimplemented => {
+            Error::invalid("records", format!("a message could not be read: {}", status.message()))
+        }
+        _ => Error::Unavailable(format!("the upload stream broke: {}", status.message())),
+    }
+}
+
 #[tonic::async_trait]
 impl Plans for PlansService {
     type ExportStream = ResponseStream<PlanRecord>;
@@ -38,7 +53,7 @@ impl Plans for PlansService {
             Ok(Some(Body::Record(record))) => Ok(record),
             Ok(Some(Body::Header(_))) => Err(Error::invalid("header", "only the first message may be a header")),
             Ok(None) => Err(Error::invalid("body", "each message must carry a header or a record")),
-            Err(status) => Err(Error::Unavailable(format!("the upload stream broke: {}", status.message()))),
+            Err(status) => Err(stream_error(status)),
         });
         let outcome = self.relay.upload(&identity, header, records).await?;
         Ok(Response::new(convert::upload_report(outcome)))

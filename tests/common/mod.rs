@@ -371,6 +371,8 @@ pub async fn upload(
             mode: mode as i32,
             file_id: "test".into(),
             local_authority: Some(authority(ods_code)),
+            // These tests replace sets on purpose; tests/upload_limits.rs covers the refusal.
+            allow_large_removal: true,
         })),
     };
     let messages = std::iter::once(header)
