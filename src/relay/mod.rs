@@ -6,12 +6,18 @@
 //! - identity comes from the caller's certificate (`Identity`), never from a request;
 //! - every write reaches the store and is durable before memory changes, except
 //!   a search's notification when the store is failing: the clinician's answer
-//!   is never withheld, the notification is held and retried (see `notify`).
+//!   is never withheld, the notification is held (in the spill file when
+//!   there is a data directory) and retried (see `notify` and `spill`);
+//! - every store write goes through the reporting store of `health`, so
+//!   readiness follows every write, not only notifications.
 
+mod health;
+mod held;
 mod notify;
 mod plans;
 mod retention;
 mod search;
+pub mod spill;
 mod validate;
 
 use std::sync::Arc;
@@ -45,6 +51,14 @@ pub struct RelaySettings {
     pub max_upload_records: usize,
     /// How often retention runs.
     pub retention_interval: std::time::Duration,
+    /// Where held notifications are spilled (the data directory); `None`
+    /// (the memory store) holds them in memory only, lost on exit.
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Most searches held for retry while the store fails; beyond it a
+    /// search still answers but its notifications are refused, loudly.
+    pub max_held_notifications: usize,
+    /// First and longest wait between retries of held notifications.
+    pub held_retry_backoff: (std::time::Duration, std::time::Duration),
 }
 
 impl Default for RelaySettings {
@@ -54,6 +68,9 @@ impl Default for RelaySettings {
             access_retention: Duration::days(365),
             max_upload_records: 2_000_000,
             retention_interval: std::time::Duration::from_secs(3600),
+            spill_dir: None,
+            max_held_notifications: 100_000,
+            held_retry_backoff: (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5)),
         }
     }
 }
@@ -62,7 +79,7 @@ impl Default for RelaySettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreHealth {
     Ok,
-    /// Writes are failing; notifications are held in memory and retried.
+    /// The last write failed, or notifications are held and retried.
     Failing,
 }
 
@@ -82,7 +99,7 @@ struct Shared {
     /// Serialises plan writes so that the store and the index apply them in
     /// the same order.
     plan_writes: Mutex<()>,
-    store_health: watch::Sender<StoreHealth>,
+    health: Arc<health::WriteHealth>,
     /// Flipped once on shutdown: open subscriptions end so clients reconnect elsewhere.
     draining: watch::Sender<bool>,
 }
@@ -97,6 +114,8 @@ impl Relay {
     ) -> Result<Self, StoreError> {
         // Metric handles resolved from here on must reach the process's recorder.
         let _recorder = crate::telemetry::metrics();
+        let write_health = Arc::new(health::WriteHealth::new());
+        let store: Arc<dyn Store> = Arc::new(health::ReportingStore::new(store, Arc::clone(&write_health)));
         let started = std::time::Instant::now();
         let snapshot = store.load().await?;
         let loaded_in = started.elapsed();
@@ -130,11 +149,12 @@ impl Relay {
                 clock,
                 settings,
                 plan_writes: Mutex::new(()),
-                store_health: watch::Sender::new(StoreHealth::Ok),
+                health: write_health,
                 draining: watch::Sender::new(false),
             }),
         };
         relay.publish_plan_gauges();
+        relay.reload_held().await?;
         Ok(relay)
     }
 
@@ -153,7 +173,7 @@ impl Relay {
     }
 
     pub fn store_health(&self) -> watch::Receiver<StoreHealth> {
-        self.shared.store_health.subscribe()
+        self.shared.health.subscribe()
     }
 
     /// Ends open subscription streams; part of graceful shutdown.
