@@ -245,12 +245,14 @@ impl Relay {
         let mut searches = VecDeque::new();
         for search in loaded.held {
             let nhs_number = search.access.nhs_number;
-            if !stored_ids.contains_key(&nhs_number) {
-                let ids =
-                    self.shared.store.accesses_of(nhs_number).await?.into_iter().map(|access| access.id).collect();
-                stored_ids.insert(nhs_number, ids);
-            }
-            if !stored_ids.get(&nhs_number).is_some_and(|ids| ids.contains(&search.access.id)) {
+            let ids = match stored_ids.entry(nhs_number) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let stored = self.shared.store.accesses_of(nhs_number).await?;
+                    entry.insert(stored.into_iter().map(|access| access.id).collect())
+                }
+            };
+            if !ids.contains(&search.access.id) {
                 searches.push_back(search);
             }
         }
