@@ -317,3 +317,34 @@ async fn a_successful_write_does_not_make_the_relay_ready_while_notifications_ar
     assert_eq!(*relay.relay.store_health().borrow(), StoreHealth::Failing, "a notification is still held");
     assert_eq!(admin_get(relay.admin, "/readyz").await.0, 503);
 }
+
+#[test]
+fn max_held_notifications_is_a_flag_an_environment_variable_and_a_file_key_and_zero_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    let print = |contents: &str, env: &[(&str, &str)], flags: &[&str]| {
+        std::fs::write(&file, contents).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"));
+        command
+            .args(["serve", "--print-config", "--config"])
+            .arg(&file)
+            .args(flags)
+            .env_remove("CPIS_MAX_HELD_NOTIFICATIONS");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().unwrap()
+    };
+    let value = |output: std::process::Output| {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let printed: toml::Table = toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+        printed["max_held_notifications"].as_integer().unwrap()
+    };
+    assert_eq!(value(print("", &[], &[])), 100_000, "the default");
+    assert_eq!(value(print("max_held_notifications = 7\n", &[], &[])), 7);
+    assert_eq!(value(print("max_held_notifications = 7\n", &[("CPIS_MAX_HELD_NOTIFICATIONS", "8")], &[])), 8);
+    assert_eq!(value(print("", &[("CPIS_MAX_HELD_NOTIFICATIONS", "8")], &["--max-held-notifications", "9"])), 9);
+    let refused = print("max_held_notifications = 0\n", &[], &[]);
+    assert_eq!(refused.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("max_held_notifications"));
+}

@@ -31,12 +31,17 @@ use crate::{
 
 /// Wait between attempts while shutting down: the grace period is short.
 const SHUTDOWN_RETRY: Duration = Duration::from_millis(100);
+/// Stored searches left in the spill before it is rewritten with only those
+/// still held (when it is not emptied first): keeps the file near the bound.
+const COMPACT_AFTER: usize = 4096;
 
 #[derive(Default)]
 struct Queue {
     searches: VecDeque<HeldSearch>,
     /// `None` without a data directory (the memory store): memory only.
     spill: Option<Spill>,
+    /// Searches in the spill that are already stored.
+    stale: usize,
 }
 
 /// The held searches and their spill.
@@ -93,17 +98,26 @@ impl Held {
         Holding::Held(queue.searches.len())
     }
 
-    /// Drops the oldest held search, now stored; empties the spill once nothing is held. Blocks.
+    /// Drops the oldest held search, now stored; empties the spill once nothing is held, or
+    /// rewrites it with only those held once many stored ones linger in it. Blocks.
     fn pop_stored(&self) -> usize {
-        let mut queue = self.queue();
+        let mut guard = self.queue();
+        let queue = &mut *guard;
         queue.searches.pop_front();
+        queue.stale += 1;
         let left = queue.searches.len();
-        if left == 0
-            && let Some(spill) = &mut queue.spill
-            && let Err(error) = spill.clear()
-        {
+        let Some(spill) = &mut queue.spill else { return left };
+        let compacted = if left == 0 {
+            spill.clear()
+        } else if queue.stale >= COMPACT_AFTER.max(left) {
+            spill.rewrite(&queue.searches)
+        } else {
+            return left;
+        };
+        match compacted {
+            Ok(()) => queue.stale = 0,
             // Harmless: a restart skips what is already stored.
-            tracing::warn!(%error, path = %spill.path().display(), "cannot empty the spill file");
+            Err(error) => tracing::warn!(%error, path = %spill.path().display(), "cannot compact the spill file"),
         }
         left
     }
@@ -265,7 +279,7 @@ impl Relay {
         .await
         .map_err(|error| StoreError::Io(error.to_string()))?
         .map_err(io)?;
-        *self.shared.hub.held.queue() = Queue { searches, spill: Some(spill) };
+        *self.shared.hub.held.queue() = Queue { searches, spill: Some(spill), stale: 0 };
         self.held_changed(held);
         if spilled > 0 {
             tracing::warn!(
