@@ -33,7 +33,11 @@ use crate::{
 const SHUTDOWN_RETRY: Duration = Duration::from_millis(100);
 /// Stored searches left in the spill before it is rewritten with only those
 /// still held (when it is not emptied first): keeps the file near the bound.
+#[cfg(not(test))]
 const COMPACT_AFTER: usize = 4096;
+/// Small in unit tests, so that compaction is reached without thousands of syncs.
+#[cfg(test)]
+const COMPACT_AFTER: usize = 8;
 
 #[derive(Default)]
 struct Queue {
@@ -293,5 +297,57 @@ impl Relay {
             self.start_retrying();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn search(id: u128) -> HeldSearch {
+        HeldSearch {
+            access: AccessEvent {
+                id,
+                accessed_at: "2026-06-01T09:00:00Z".parse().unwrap(),
+                nhs_number: NhsNumber::parse("9434765919").unwrap(),
+                organisation_ods_code: "RR8".into(),
+                organisation_name: "Test Hospital".into(),
+                care_setting: crate::model::CareSetting::EmergencyDepartment,
+                accessor: crate::model::Accessor {
+                    user_id: "u".into(),
+                    name: "Dr U".into(),
+                    role_code: "R8000".into(),
+                },
+                request_id: format!("r{id}"),
+                scheduled: false,
+            },
+            drafts: Vec::new(),
+        }
+    }
+
+    fn spilled_ids(dir: &std::path::Path) -> Vec<u128> {
+        Spill::open(dir).unwrap().1.held.iter().map(|held| held.access.id).collect()
+    }
+
+    #[test]
+    fn the_spill_keeps_only_held_searches_once_stored_ones_linger_and_empties_when_none_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Held::default();
+        *held.queue() = Queue { spill: Some(Spill::open(dir.path()).unwrap().0), ..Queue::default() };
+        let total = COMPACT_AFTER as u128 + 3;
+        for id in 0..total {
+            assert!(matches!(held.push(search(id), usize::MAX), Holding::Held(_)));
+        }
+        assert!(matches!(held.push(search(total), total as usize), Holding::Refused(_)), "the bound");
+        for _ in 0..COMPACT_AFTER - 1 {
+            held.pop_stored();
+        }
+        assert_eq!(spilled_ids(dir.path()).len(), total as usize, "not yet compacted");
+        held.pop_stored();
+        assert_eq!(spilled_ids(dir.path()), (COMPACT_AFTER as u128..total).collect::<Vec<_>>());
+        while held.len() > 0 {
+            held.pop_stored();
+        }
+        assert!(spilled_ids(dir.path()).is_empty());
     }
 }
