@@ -97,6 +97,14 @@ fn decode_one(bytes: &[u8]) -> Option<(HeldSearch, usize)> {
     Some((held, HEADER_BYTES + len))
 }
 
+/// Options that create the file readable by its owner only, whatever the
+/// umask: it holds NHS numbers and the names of clinicians.
+fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
+}
+
 /// Syncs a directory, so that a file created or renamed in it survives a crash.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -107,7 +115,7 @@ impl Spill {
     pub fn open(dir: &Path) -> io::Result<(Self, Loaded)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(SPILL_FILE);
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let mut file = private(OpenOptions::new().read(true).append(true).create(true)).open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let loaded = decode_all(&bytes);
@@ -145,7 +153,7 @@ impl Spill {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let temporary = self.path.with_extension("spill.new");
         {
-            let mut file = File::create(&temporary)?;
+            let mut file = private(OpenOptions::new().write(true).create(true).truncate(true)).open(&temporary)?;
             file.write_all(&bytes)?;
             file.sync_all()?;
         }
@@ -216,6 +224,12 @@ mod tests {
         spill.clear().unwrap();
         drop(spill);
         assert!(Spill::open(dir.path()).unwrap().1.held.is_empty());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(SPILL_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "personal data: owner only");
+        }
     }
 
     #[test]
