@@ -69,6 +69,9 @@ pub struct ServeSettings {
     /// Seconds between retention passes [default: 3600]
     #[arg(long, env = "CPIS_RETENTION_INTERVAL_SECS")]
     pub retention_interval_secs: Option<u64>,
+    /// Searches whose notifications may be held (spilled to the data directory) while the store fails; beyond it a search still answers but its notifications are refused [default: 100000]
+    #[arg(long, env = "CPIS_MAX_HELD_NOTIFICATIONS")]
+    pub max_held_notifications: Option<usize>,
     /// Seconds in-flight calls get to finish on shutdown [default: 20]
     #[arg(long, env = "CPIS_GRACE_PERIOD_SECS")]
     pub grace_period_secs: Option<u64>,
@@ -161,6 +164,7 @@ pub struct ServeConfig {
     pub notification_retention_days: u32,
     pub access_retention_days: u32,
     pub retention_interval_secs: u64,
+    pub max_held_notifications: usize,
     pub grace_period_secs: u64,
     pub handshake_timeout_secs: u64,
     pub max_concurrent_searches: usize,
@@ -206,6 +210,7 @@ impl ServeSettings {
             notification_retention_days: self.notification_retention_days.or(lower.notification_retention_days),
             access_retention_days: self.access_retention_days.or(lower.access_retention_days),
             retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
+            max_held_notifications: self.max_held_notifications.or(lower.max_held_notifications),
             grace_period_secs: self.grace_period_secs.or(lower.grace_period_secs),
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
             max_concurrent_searches: self.max_concurrent_searches.or(lower.max_concurrent_searches),
@@ -257,6 +262,10 @@ impl ServeSettings {
             access_retention_days: positive("access_retention_days", self.access_retention_days.unwrap_or(365).into())?
                 as u32,
             retention_interval_secs: positive("retention_interval_secs", self.retention_interval_secs.unwrap_or(3600))?,
+            max_held_notifications: positive(
+                "max_held_notifications",
+                self.max_held_notifications.unwrap_or(100_000) as u64,
+            )? as usize,
             grace_period_secs: self.grace_period_secs.unwrap_or(20),
             handshake_timeout_secs: positive("handshake_timeout_secs", self.handshake_timeout_secs.unwrap_or(10))?,
             max_concurrent_searches: positive(
@@ -331,6 +340,9 @@ impl ServeConfig {
             retention_interval: Duration::from_secs(self.retention_interval_secs),
             max_refresh_removal_percent: self.max_refresh_removal_percent,
             max_refresh_rejected_percent: self.max_refresh_rejected_percent,
+            // The memory store has no data directory: held notifications stay in memory only.
+            spill_dir: (self.store == StoreKind::Embedded).then(|| self.data_dir.clone()),
+            max_held_notifications: self.max_held_notifications,
             ..RelaySettings::default()
         }
     }

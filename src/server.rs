@@ -209,6 +209,7 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + options.grace_period;
     tokio::select! {
         result = &mut serve => {
+            store_held_before(&relay, deadline).await;
             admin_stop.send_replace(true);
             return result.map_err(ServerError::from);
         }
@@ -235,11 +236,28 @@ pub async fn run(
     if let Some(fhir_server) = fhir_server {
         let _ = tokio::time::timeout_at(deadline, fhir_server).await;
     }
+    store_held_before(&relay, deadline).await;
     admin_stop.send_replace(true);
     result
 }
 
-/// Health and readiness follow the store: NOT_SERVING while its writes fail.
+/// The rest of the grace period goes to notifications the store has not
+/// taken yet: retried until they are stored or the period ends (then they
+/// stay in the spill file for the next start).
+async fn store_held_before(relay: &Relay, deadline: tokio::time::Instant) {
+    let held = relay.hub().held();
+    if held == 0 {
+        return;
+    }
+    tracing::warn!(held, "retrying held access notifications for the rest of the grace period");
+    let left = relay.store_held_until(deadline).await;
+    if left == 0 {
+        tracing::info!(stored = held, "held access notifications stored before stopping");
+    }
+}
+
+/// Health and readiness follow the store: NOT_SERVING from a failed write
+/// (of any kind) until a write succeeds and no notification is held.
 async fn follow_store_health(
     relay: Relay,
     reporter: HealthReporter,

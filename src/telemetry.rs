@@ -86,6 +86,8 @@ fn register_known_label_sets() {
     metrics::counter!("cpis_notifications_emitted_total").absolute(0);
     metrics::counter!("cpis_notifications_delivered_total").absolute(0);
     metrics::gauge!("cpis_notifications_held").set(0.0);
+    metrics::counter!("cpis_notifications_refused_total").absolute(0);
+    metrics::counter!("cpis_spill_failures_total").absolute(0);
     // Histograms appear once registered, with every bucket at zero.
     let _ = metrics::histogram!("cpis_search_duration_seconds");
     let _ = metrics::histogram!("cpis_store_sync_duration_seconds");
@@ -115,7 +117,15 @@ fn describe_metrics() {
         "Age of a local authority's oldest unacknowledged notification."
     );
     describe_gauge!("cpis_subscribers", "Open notification subscriptions of a local authority.");
-    describe_gauge!("cpis_notifications_held", "Notifications held in memory because the store is failing.");
+    describe_gauge!(
+        "cpis_notifications_held",
+        "Searches whose notifications are held (in the spill file) because the store is failing."
+    );
+    describe_counter!(
+        "cpis_notifications_refused_total",
+        "Notifications refused because max_held_notifications searches were already held."
+    );
+    describe_counter!("cpis_spill_failures_total", "Held searches that could not be written to the spill file.");
     describe_gauge!("cpis_plans", "Plans held, by type.");
     describe_counter!("cpis_uploads_total", "Uploads by status: all_loaded, partial, none_loaded.");
     describe_histogram!(

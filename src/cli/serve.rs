@@ -19,6 +19,9 @@ use crate::{
     tls::{self, PemFiles},
 };
 
+/// Debug builds only: `1` makes every store write fail from start (for tests of a failing store).
+pub const FAIL_STORE_WRITES_ENV: &str = "CPIS_TEST_FAIL_STORE_WRITES";
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML file of settings (keys as the flags, with underscores).
@@ -87,6 +90,12 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
             Arc::new(MemoryStore::new())
         }
     };
+    // A test-only switch, in debug builds only: proves in a real process that
+    // held notifications survive SIGTERM and SIGKILL while the store fails.
+    if cfg!(debug_assertions) && std::env::var_os(FAIL_STORE_WRITES_ENV).is_some_and(|value| value == "1") {
+        tracing::warn!("{FAIL_STORE_WRITES_ENV}=1: every store write fails (debug builds only, for tests)");
+        store.faults().fail_writes(true);
+    }
     let relay = Relay::open(store, Arc::new(SystemClock), config.relay_settings())
         .await
         .map_err(|error| CliError::Failed(format!("cannot load the store: {error}")))?;
@@ -114,7 +123,17 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         .map_err(|error| CliError::Failed(error.to_string()))?;
     let held = relay.hub().held();
     if held > 0 {
-        tracing::error!(held, "stopping with access notifications the store never accepted; they are lost");
+        match config.store {
+            StoreKind::Embedded => tracing::error!(
+                held,
+                spill = %config.data_dir.join(crate::relay::spill::SPILL_FILE).display(),
+                "stopping with access notifications the store has not accepted; they stay in the spill file and are retried at the next start"
+            ),
+            StoreKind::Memory => tracing::error!(
+                held,
+                "stopping with access notifications the memory store never accepted; they are lost"
+            ),
+        }
     }
     Ok(exit::OK)
 }

@@ -6,12 +6,18 @@
 //! - identity comes from the caller's certificate (`Identity`), never from a request;
 //! - every write reaches the store and is durable before memory changes, except
 //!   a search's notification when the store is failing: the clinician's answer
-//!   is never withheld, the notification is held and retried (see `notify`).
+//!   is never withheld, the notification is held (in the spill file when
+//!   there is a data directory) and retried (see `notify` and `spill`);
+//! - every store write goes through the reporting store of `health`, so
+//!   readiness follows every write, not only notifications.
 
+mod health;
+mod held;
 mod notify;
 mod plans;
 mod retention;
 mod search;
+pub mod spill;
 mod validate;
 
 use std::sync::Arc;
@@ -51,6 +57,14 @@ pub struct RelaySettings {
     /// A FULL_REFRESH (of an LA that holds plans) with more than this
     /// percentage of its records rejected is refused unless the header allows it.
     pub max_refresh_rejected_percent: u32,
+    /// Where held notifications are spilled (the data directory); `None`
+    /// (the memory store) holds them in memory only, lost on exit.
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Most searches held for retry while the store fails; beyond it a
+    /// search still answers but its notifications are refused, loudly.
+    pub max_held_notifications: usize,
+    /// First and longest wait between retries of held notifications.
+    pub held_retry_backoff: (std::time::Duration, std::time::Duration),
 }
 
 impl Default for RelaySettings {
@@ -62,6 +76,9 @@ impl Default for RelaySettings {
             retention_interval: std::time::Duration::from_secs(3600),
             max_refresh_removal_percent: 10,
             max_refresh_rejected_percent: 10,
+            spill_dir: None,
+            max_held_notifications: 100_000,
+            held_retry_backoff: (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5)),
         }
     }
 }
@@ -70,7 +87,7 @@ impl Default for RelaySettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreHealth {
     Ok,
-    /// Writes are failing; notifications are held in memory and retried.
+    /// The last write failed, or notifications are held and retried.
     Failing,
 }
 
@@ -90,7 +107,7 @@ struct Shared {
     /// Serialises plan writes so that the store and the index apply them in
     /// the same order.
     plan_writes: Mutex<()>,
-    store_health: watch::Sender<StoreHealth>,
+    health: Arc<health::WriteHealth>,
     /// Flipped once on shutdown: open subscriptions end so clients reconnect elsewhere.
     draining: watch::Sender<bool>,
 }
@@ -105,6 +122,8 @@ impl Relay {
     ) -> Result<Self, StoreError> {
         // Metric handles resolved from here on must reach the process's recorder.
         let _recorder = crate::telemetry::metrics();
+        let write_health = Arc::new(health::WriteHealth::new());
+        let store: Arc<dyn Store> = Arc::new(health::ReportingStore::new(store, Arc::clone(&write_health)));
         let started = std::time::Instant::now();
         let snapshot = store.load().await?;
         let loaded_in = started.elapsed();
@@ -138,11 +157,12 @@ impl Relay {
                 clock,
                 settings,
                 plan_writes: Mutex::new(()),
-                store_health: watch::Sender::new(StoreHealth::Ok),
+                health: write_health,
                 draining: watch::Sender::new(false),
             }),
         };
         relay.publish_plan_gauges();
+        relay.reload_held().await?;
         Ok(relay)
     }
 
@@ -161,7 +181,7 @@ impl Relay {
     }
 
     pub fn store_health(&self) -> watch::Receiver<StoreHealth> {
-        self.shared.store_health.subscribe()
+        self.shared.health.subscribe()
     }
 
     /// Ends open subscription streams; part of graceful shutdown.

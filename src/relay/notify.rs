@@ -5,25 +5,21 @@
 //! Memory per authority is a few counters: a backlog, however long, stays in
 //! the store and is read a page at a time as the subscriber drains it.
 
-use std::{
-    collections::VecDeque,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
 use dashmap::DashMap;
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
-use super::{Relay, StoreHealth};
+use super::{Relay, held::Held};
 use crate::{
     auth::{Action, Identity, authorize},
     error::{Error, Result},
-    model::{AccessEvent, Notification, NotificationDraft},
-    store::{Applied, Change, Cursor},
+    model::{AccessEvent, Notification},
+    store::{Change, Cursor},
 };
 
 /// Notifications read from the store per page of a subscription.
@@ -34,8 +30,7 @@ const PAGE_SIZE: usize = 256;
 pub struct Hub {
     authorities: DashMap<String, Arc<AuthorityChannel>>,
     /// Searches whose notifications could not be committed yet, oldest first.
-    held: Mutex<VecDeque<(AccessEvent, Vec<NotificationDraft>)>>,
-    retrying: std::sync::atomic::AtomicBool,
+    pub(super) held: Held,
 }
 
 struct AuthorityChannel {
@@ -104,7 +99,7 @@ impl Hub {
         self.authorities.insert(cursor.la_ods_code.clone(), Arc::new(channel));
     }
 
-    fn publish(&self, notifications: &[Notification]) {
+    pub(super) fn publish(&self, notifications: &[Notification]) {
         for notification in notifications {
             let la = &notification.draft.la_ods_code;
             let channel = self.channel(la);
@@ -138,13 +133,12 @@ impl Hub {
 
     /// Searches whose notifications are held for retry.
     pub fn held(&self) -> usize {
-        self.held.lock().map(|held| held.len()).unwrap_or(0)
+        self.held.len()
     }
 
     /// A person's accesses held for retry while the store fails, oldest first.
     pub fn held_accesses_of(&self, nhs_number: crate::nhs::NhsNumber) -> Vec<AccessEvent> {
-        let Ok(held) = self.held.lock() else { return Vec::new() };
-        held.iter().filter(|(access, _)| access.nhs_number == nhs_number).map(|(access, _)| access.clone()).collect()
+        self.held.accesses_of(nhs_number)
     }
 }
 
@@ -170,75 +164,6 @@ impl Drop for SubscriberGuard {
 }
 
 impl Relay {
-    /// Commits a search's access and notifications. Resolves once they are
-    /// durable; if the store fails, the search still answers and they are
-    /// held and retried until the store takes them.
-    pub(super) async fn commit_access(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) {
-        let change = Change::RecordAccess { access: access.clone(), drafts: drafts.clone() };
-        match self.shared.store.apply(change).await {
-            Ok(Applied::Notified(notifications)) => self.shared.hub.publish(&notifications),
-            Ok(other) => tracing::error!(?other, "store answered a recorded access with something else"),
-            Err(error) => {
-                tracing::error!(%error, held = self.shared.hub.held() + 1, "could not store an access notification; holding it for retry");
-                metrics::counter!("cpis_store_failures_total", "operation" => "record_access").increment(1);
-                self.hold(access, drafts);
-            }
-        }
-    }
-
-    fn hold(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) {
-        let hub = &self.shared.hub;
-        if let Ok(mut held) = hub.held.lock() {
-            held.push_back((access, drafts));
-            metrics::gauge!("cpis_notifications_held").set(held.len() as f64);
-        }
-        self.shared.store_health.send_replace(StoreHealth::Failing);
-        if !hub.retrying.swap(true, Ordering::AcqRel) {
-            let relay = self.clone();
-            tokio::spawn(async move { relay.retry_held().await });
-        }
-    }
-
-    /// Retries held notifications in order with capped backoff until all are
-    /// stored; then the store is healthy again.
-    async fn retry_held(&self) {
-        let hub = &self.shared.hub;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let next = hub.held.lock().ok().and_then(|held| held.front().cloned());
-            let Some((access, drafts)) = next else {
-                hub.retrying.store(false, Ordering::Release);
-                // A search may have held one between the check and the flag:
-                // take the work back, or leave it to the task that search started.
-                if hub.held() > 0 {
-                    if !hub.retrying.swap(true, Ordering::AcqRel) {
-                        continue;
-                    }
-                    return;
-                }
-                self.shared.store_health.send_replace(StoreHealth::Ok);
-                tracing::info!("held access notifications are all stored; store healthy again");
-                return;
-            };
-            match self.shared.store.apply(Change::RecordAccess { access, drafts }).await {
-                Ok(Applied::Notified(notifications)) => {
-                    hub.publish(&notifications);
-                    if let Ok(mut held) = hub.held.lock() {
-                        held.pop_front();
-                        metrics::gauge!("cpis_notifications_held").set(held.len() as f64);
-                    }
-                    backoff = Duration::from_millis(50);
-                }
-                Ok(_) | Err(_) => {
-                    // Re-assert: a finishing retry task may have just reported healthy.
-                    self.shared.store_health.send_replace(StoreHealth::Failing);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
     /// Retained notifications after `after_sequence` (or after the last
     /// acknowledged one), then live ones, until the client goes or the relay drains.
     pub fn subscribe(

@@ -1,0 +1,133 @@
+//! Store health in one place: every write the relay makes (upload, delete,
+//! ack, retention, notification) goes through [`ReportingStore::apply`],
+//! which reports its outcome here. The store is `Failing` while the last
+//! write failed or any search's notifications are held, so readiness never
+//! flaps to healthy while held notifications remain. Reads report nothing:
+//! readiness is about whether what callers hand the relay is kept.
+
+use std::sync::{Arc, Mutex};
+
+use futures::{FutureExt, future::BoxFuture};
+use tokio::sync::watch;
+
+use super::StoreHealth;
+use crate::{
+    model::{AccessEvent, Notification, RequestKey},
+    nhs::NhsNumber,
+    store::{Applied, Change, Faults, PersonHistory, Snapshot, Store, StoreError},
+};
+
+#[derive(Default)]
+struct State {
+    last_write_failed: bool,
+    held: usize,
+}
+
+/// The inputs of store health and its published value.
+pub(super) struct WriteHealth {
+    state: Mutex<State>,
+    published: watch::Sender<StoreHealth>,
+}
+
+impl WriteHealth {
+    pub(super) fn new() -> Self {
+        Self { state: Mutex::new(State::default()), published: watch::Sender::new(StoreHealth::Ok) }
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<StoreHealth> {
+        self.published.subscribe()
+    }
+
+    /// A write finished: `ok` says whether the store took it.
+    pub(super) fn wrote(&self, ok: bool) {
+        self.update(|state| state.last_write_failed = !ok);
+    }
+
+    /// How many searches are held for retry now.
+    pub(super) fn set_held(&self, held: usize) {
+        self.update(|state| state.held = held);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut State)) {
+        // Published under the lock, so concurrent updates publish in the order they changed the state.
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut state);
+        let health = if state.last_write_failed || state.held > 0 { StoreHealth::Failing } else { StoreHealth::Ok };
+        self.published.send_if_modified(|published| {
+            let changed = *published != health;
+            *published = health;
+            changed
+        });
+    }
+}
+
+fn operation(change: &Change) -> &'static str {
+    match change {
+        Change::UpsertPlans { .. } => "upsert_plans",
+        Change::ReplacePlans { .. } => "replace_plans",
+        Change::DeletePlans { .. } => "delete_plans",
+        Change::RecordAccess { .. } => "record_access",
+        Change::Ack { .. } => "ack",
+        Change::Expire(_) => "expire",
+    }
+}
+
+/// The relay's store: the configured one, with every write's outcome reported to [`WriteHealth`].
+pub(super) struct ReportingStore {
+    inner: Arc<dyn Store>,
+    health: Arc<WriteHealth>,
+}
+
+impl ReportingStore {
+    pub(super) fn new(inner: Arc<dyn Store>, health: Arc<WriteHealth>) -> Self {
+        Self { inner, health }
+    }
+}
+
+impl Store for ReportingStore {
+    fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>> {
+        self.inner.load()
+    }
+
+    fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
+        let operation = operation(&change);
+        let health = Arc::clone(&self.health);
+        self.inner
+            .apply(change)
+            .map(move |result| {
+                if let Err(error) = &result {
+                    tracing::error!(%error, operation, "store write failed; not ready until a write succeeds");
+                    metrics::counter!("cpis_store_failures_total", "operation" => operation).increment(1);
+                }
+                health.wrote(result.is_ok());
+                result
+            })
+            .boxed()
+    }
+
+    fn person_history(
+        &self,
+        nhs_number: NhsNumber,
+        request: Option<RequestKey>,
+        newest: usize,
+    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
+        self.inner.person_history(nhs_number, request, newest)
+    }
+
+    fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {
+        self.inner.accesses_of(nhs_number)
+    }
+
+    fn notifications_after(
+        &self,
+        la_ods_code: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        self.inner.notifications_after(la_ods_code, after, limit)
+    }
+
+    fn faults(&self) -> &Faults {
+        self.inner.faults()
+    }
+}
