@@ -102,6 +102,9 @@ pub struct ServeSettings {
     /// Seconds an upload (a client stream) may take; other calls get request_timeout_secs [default: 600]
     #[arg(long, env = "CPIS_UPLOAD_TIMEOUT_SECS")]
     pub upload_timeout_secs: Option<u64>,
+    /// Most records one upload may carry; more are refused with RESOURCE_EXHAUSTED and nothing is loaded [default: 250000]
+    #[arg(long, env = "CPIS_MAX_UPLOAD_RECORDS")]
+    pub max_upload_records: Option<usize>,
     /// Uploads in progress across all connections; more are refused at once with RESOURCE_EXHAUSTED [default: 4]
     #[arg(long, env = "CPIS_MAX_CONCURRENT_UPLOADS")]
     pub max_concurrent_uploads: Option<usize>,
@@ -175,6 +178,7 @@ pub struct ServeConfig {
     pub keepalive_timeout_secs: u64,
     pub max_connection_age_secs: u64,
     pub upload_timeout_secs: u64,
+    pub max_upload_records: usize,
     pub max_concurrent_uploads: usize,
     pub max_refresh_removal_percent: u32,
     pub max_refresh_rejected_percent: u32,
@@ -221,6 +225,7 @@ impl ServeSettings {
             keepalive_timeout_secs: self.keepalive_timeout_secs.or(lower.keepalive_timeout_secs),
             max_connection_age_secs: self.max_connection_age_secs.or(lower.max_connection_age_secs),
             upload_timeout_secs: self.upload_timeout_secs.or(lower.upload_timeout_secs),
+            max_upload_records: self.max_upload_records.or(lower.max_upload_records),
             max_concurrent_uploads: self.max_concurrent_uploads.or(lower.max_concurrent_uploads),
             max_refresh_removal_percent: self.max_refresh_removal_percent.or(lower.max_refresh_removal_percent),
             max_refresh_rejected_percent: self.max_refresh_rejected_percent.or(lower.max_refresh_rejected_percent),
@@ -285,6 +290,10 @@ impl ServeSettings {
             keepalive_timeout_secs: positive("keepalive_timeout_secs", self.keepalive_timeout_secs.unwrap_or(10))?,
             max_connection_age_secs: positive("max_connection_age_secs", self.max_connection_age_secs.unwrap_or(1800))?,
             upload_timeout_secs: positive("upload_timeout_secs", self.upload_timeout_secs.unwrap_or(600))?,
+            max_upload_records: positive(
+                "max_upload_records",
+                self.max_upload_records.unwrap_or(crate::relay::DEFAULT_MAX_UPLOAD_RECORDS) as u64,
+            )? as usize,
             max_concurrent_uploads: positive("max_concurrent_uploads", self.max_concurrent_uploads.unwrap_or(4) as u64)?
                 as usize,
             max_refresh_removal_percent: percent(
@@ -338,6 +347,7 @@ impl ServeConfig {
             acked_notification_retention: chrono::Duration::days(self.notification_retention_days.into()),
             access_retention: chrono::Duration::days(self.access_retention_days.into()),
             retention_interval: Duration::from_secs(self.retention_interval_secs),
+            max_upload_records: self.max_upload_records,
             max_refresh_removal_percent: self.max_refresh_removal_percent,
             max_refresh_rejected_percent: self.max_refresh_rejected_percent,
             // The memory store has no data directory: held notifications stay in memory only.

@@ -341,7 +341,7 @@ fn upload_settings_are_configurable_and_bad_values_exit_64() {
     std::fs::write(&file, "max_refresh_removal_percent = 25\nupload_timeout_secs = 900\n").unwrap();
     let output = serve(
         &["--config", file.to_str().unwrap(), "--max-concurrent-uploads", "2"],
-        &[("CPIS_MAX_REFRESH_REJECTED_PERCENT", "5")],
+        &[("CPIS_MAX_REFRESH_REJECTED_PERCENT", "5"), ("CPIS_MAX_UPLOAD_RECORDS", "50000")],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed: toml::Table = toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
@@ -350,6 +350,7 @@ fn upload_settings_are_configurable_and_bad_values_exit_64() {
         ("upload_timeout_secs", 900),
         ("max_concurrent_uploads", 2),
         ("max_refresh_rejected_percent", 5),
+        ("max_upload_records", 50_000),
     ] {
         assert_eq!(printed[key].as_integer(), Some(value), "{key}");
     }
@@ -358,6 +359,7 @@ fn upload_settings_are_configurable_and_bad_values_exit_64() {
         ("--max-refresh-rejected-percent", "200", "max_refresh_rejected_percent"),
         ("--max-concurrent-uploads", "0", "max_concurrent_uploads"),
         ("--upload-timeout-secs", "0", "upload_timeout_secs"),
+        ("--max-upload-records", "0", "max_upload_records"),
     ] {
         let output = serve(&[flag, value], &[]);
         let stderr = String::from_utf8_lossy(&output.stderr);

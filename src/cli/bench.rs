@@ -132,7 +132,9 @@ async fn echo(args: &BenchArgs) -> Result<u8, CliError> {
 async fn fill(args: &BenchArgs) -> Result<u8, CliError> {
     let dir = args.data_dir.clone().ok_or_else(|| CliError::Config("--data-dir is required".into()))?;
     let store = Arc::new(EmbeddedStore::open(&dir).map_err(failed)?);
-    let relay = Relay::open(store, Arc::new(SystemClock), RelaySettings::default()).await.map_err(failed)?;
+    // The fill loads up to the whole test range, one FULL_REFRESH per authority.
+    let settings = RelaySettings { max_upload_records: synth::MAX_PEOPLE * 2, ..RelaySettings::default() };
+    let relay = Relay::open(store, Arc::new(SystemClock), settings).await.map_err(failed)?;
     let today = chrono::Utc::now().date_naive();
     let started = Instant::now();
     let flagged = bench::load_people(&relay, args.people, today).await.map_err(failed)?;

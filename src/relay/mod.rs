@@ -40,6 +40,11 @@ pub use plans::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use search::{SearchOutcome, SearchQuery, ShownPlan};
 pub use validate::{Rejection, RejectionReason};
 
+/// Most records one upload may carry unless configured: room for the
+/// largest authority's plans (tens of thousands) many times over, while the
+/// worst upload the field limits allow stays within a few gigabytes.
+pub const DEFAULT_MAX_UPLOAD_RECORDS: usize = 250_000;
+
 /// Retention periods and limits; see `config` for their keys.
 #[derive(Clone, Debug)]
 pub struct RelaySettings {
@@ -72,7 +77,7 @@ impl Default for RelaySettings {
         Self {
             acked_notification_retention: Duration::days(30),
             access_retention: Duration::days(365),
-            max_upload_records: 2_000_000,
+            max_upload_records: DEFAULT_MAX_UPLOAD_RECORDS,
             retention_interval: std::time::Duration::from_secs(3600),
             max_refresh_removal_percent: 10,
             max_refresh_rejected_percent: 10,
