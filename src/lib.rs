@@ -46,4 +46,5 @@ pub mod store;
 pub mod stored;
 pub mod synth;
 pub mod telemetry;
+pub mod text;
 pub mod tls;

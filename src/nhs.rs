@@ -6,8 +6,16 @@ use std::{fmt, str::FromStr};
 
 /// A validated NHS number, stored as its ten digits in a `u64` so that index
 /// keys are small and hash fast.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `Debug` is redacted (`NhsNumber(*******919)`, the last three digits
+/// only): a `{:?}` in a log line or a panic message never carries the number.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NhsNumber(u64);
+
+impl fmt::Debug for NhsNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NhsNumber(*******{:03})", self.0 % 1000)
+    }
+}
 
 /// Why a string is not an NHS number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -144,6 +152,14 @@ impl<'de> serde::Deserialize<'de> for NhsNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_is_redacted_to_the_last_three_digits() {
+        let number = NhsNumber::parse("9434765919").unwrap();
+        assert_eq!(format!("{number:?}"), "NhsNumber(*******919)");
+        assert_eq!(format!("{:?}", Some(number)), "Some(NhsNumber(*******919))");
+        assert!(!format!("{number:#?}").contains("9434765919"));
+    }
 
     #[test]
     fn accepts_the_documented_forms() {

@@ -22,7 +22,9 @@ const HEADER: usize = 4;
 const NO_END: i32 = i32::MAX;
 
 /// One plan in its stored form, with the key fields it is filed under.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` shows the keys (the NHS number redacted) and the length of the
+/// encoded plan, never its bytes (names, date of birth, address).
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredPlan {
     la_ods_code: Arc<str>,
     nhs_number: NhsNumber,
@@ -154,8 +156,26 @@ mod tests {
 
 /// An access in its stored form (postcard bytes of an [`AccessEvent`]), as a
 /// search reads it: [`StoredAccess::view`] borrows its text instead of copying it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` shows the length of the encoding only, never its bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredAccess(Box<[u8]>);
+
+impl std::fmt::Debug for StoredAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredAccess({} bytes)", self.0.len())
+    }
+}
+
+impl std::fmt::Debug for StoredPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredPlan")
+            .field("la_ods_code", &self.la_ods_code)
+            .field("nhs_number", &self.nhs_number)
+            .field("plan_type", &self.plan_type)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
 
 impl StoredAccess {
     pub fn encode(access: &crate::model::AccessEvent) -> Result<Self, StoreError> {

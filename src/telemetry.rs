@@ -39,13 +39,58 @@ pub fn init_logging(format: LogFormat, default_filter: &str) -> WorkerGuard {
         LogFormat::Text => {
             // Colour only on a terminal: log files and journald get plain text.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            registry.with(fmt::layer().with_ansi(ansi).with_writer(writer)).try_init()
+            registry.with(fmt::layer().with_ansi(ansi).fmt_fields(EscapedFields).with_writer(writer)).try_init()
         }
         LogFormat::Json => registry
             .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_writer(writer))
             .try_init(),
     };
     guard
+}
+
+/// Text-log fields with every control character in a value escaped (see
+/// [`crate::text::escape_control`]): a newline in a client's free text (a
+/// file id, an error's message) cannot start a forged log line, and an
+/// escape sequence cannot drive the terminal. tracing-subscriber 0.3.23
+/// escapes ESC, BEL and C1 in messages but leaves newlines and carriage
+/// returns raw, and `%` fields raw altogether. Field names are written
+/// plainly (no italics), so an event's fields are always one line.
+/// The JSON format escapes on its own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EscapedFields;
+
+impl<'writer> fmt::FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = EscapingVisitor { writer: &mut writer, result: Ok(()), first: true };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'a, 'writer> {
+    writer: &'a mut fmt::format::Writer<'writer>,
+    result: std::fmt::Result,
+    first: bool,
+}
+
+impl tracing::field::Visit for EscapingVisitor<'_, '_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        let value = format!("{value:?}");
+        let value = crate::text::escape_control(&value);
+        let separator = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{separator}{value}"),
+            name => write!(self.writer, "{separator}{}={value}", name.strip_prefix("r#").unwrap_or(name)),
+        };
+    }
 }
 
 /// The process's Prometheus recorder, installed on first use.
@@ -142,4 +187,47 @@ fn describe_metrics() {
     describe_histogram!("cpis_rpc_duration_seconds", Unit::Seconds, "gRPC handler time by RPC.");
     describe_counter!("cpis_retention_removed_total", "Records removed by retention, by kind.");
     describe_gauge!("cpis_startup_rebuild_seconds", Unit::Seconds, "Time to rebuild memory from the store at start.");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::{fmt, prelude::*};
+
+    use super::EscapedFields;
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_logs_escape_control_characters_so_no_line_can_be_forged() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(fmt::layer().with_ansi(false).fmt_fields(EscapedFields).with_writer(move || writer.clone()));
+        let forged = "upload.csv\n2026-01-01T00:00:00Z ERROR cpis_relay: forged\x1b]0;evil\x07";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("upload", file = %forged);
+            let _entered = span.enter();
+            tracing::info!(file_id = %forged, debug = ?forged, "upload of {forged} done");
+        });
+        let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(logs.lines().count(), 1, "one event, one line: {logs}");
+        assert!(!logs.contains('\x1b') && !logs.contains('\x07'), "{logs}");
+        assert!(logs.contains("file_id=upload.csv\\n2026"), "{logs}");
+        assert!(logs.contains("upload of upload.csv\\n2026"), "{logs}");
+        assert!(logs.contains(" INFO upload{file=upload.csv\\n2026"), "{logs}");
+    }
 }

@@ -198,13 +198,18 @@ pub fn describe_search(response: &proto::SearchResponse) -> String {
     let Some(person) = response.person.as_ref().filter(|_| response.flagged) else {
         return "not flagged: no child protection information held\n".to_owned();
     };
+    // Every value is the relay's text: escaped, so none can drive the terminal.
+    use crate::text::escape_control as e;
     let address = person.address.clone().unwrap_or_default();
     let _ = writeln!(
         text,
         "FLAGGED  {} {}  born {}  NHS {}",
-        person.given_name, person.family_name, person.date_of_birth, person.nhs_number
+        e(&person.given_name),
+        e(&person.family_name),
+        e(&person.date_of_birth),
+        e(&person.nhs_number)
     );
-    let _ = writeln!(text, "  address: {} {}", address.lines.join(", "), address.postcode);
+    let _ = writeln!(text, "  address: {} {}", e(&address.lines.join(", ")), e(&address.postcode));
     for plan in &response.plans {
         let authority = plan.local_authority.clone().unwrap_or_default();
         let until = match (plan.end_date.as_str(), plan.expected_delivery_date.as_str()) {
@@ -212,11 +217,14 @@ pub fn describe_search(response: &proto::SearchResponse) -> String {
             ("", delivery) => format!("expected delivery {delivery}"),
             (end, _) => format!("ended {end}"),
         };
-        let _ = writeln!(text, "  plan: {} from {} ({until})", plan_type_name(plan.r#type), plan.start_date);
+        let _ = writeln!(text, "  plan: {} from {} ({})", plan_type_name(plan.r#type), e(&plan.start_date), e(&until));
         let _ = writeln!(
             text,
             "        {} ({}): office hours {}, out of hours {}",
-            authority.name, authority.ods_code, authority.office_hours_phone, authority.emergency_phone
+            e(&authority.name),
+            e(&authority.ods_code),
+            e(&authority.office_hours_phone),
+            e(&authority.emergency_phone)
         );
     }
     if response.previous_accesses.is_empty() {
@@ -229,10 +237,10 @@ pub fn describe_search(response: &proto::SearchResponse) -> String {
                 text,
                 "    {}  {} ({}) {}  by {}",
                 timestamp_text(access.accessed_at.as_ref()),
-                access.organisation_name,
-                access.organisation_ods_code,
+                e(&access.organisation_name),
+                e(&access.organisation_ods_code),
                 care_setting_name(access.care_setting),
-                accessor.name
+                e(&accessor.name)
             );
         }
     }
@@ -368,4 +376,36 @@ pub async fn audit(args: AuditArgs) -> Result<u8, CliError> {
         println!("{}", access_json(&access?));
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod privacy_tests {
+    use super::describe_search;
+    use crate::proto;
+
+    #[test]
+    fn search_output_escapes_control_characters_in_relay_text() {
+        let evil = "Zeb\x1b]0;evil\x07\nFLAGGED forged\r";
+        let response = proto::SearchResponse {
+            flagged: true,
+            person: Some(proto::Person {
+                nhs_number: "9990000018".into(),
+                given_name: evil.into(),
+                family_name: evil.into(),
+                date_of_birth: "2013-07-19".into(),
+                address: Some(proto::Address { lines: vec![evil.into()], postcode: evil.into() }),
+            }),
+            plans: vec![],
+            previous_accesses: vec![proto::AccessRecord {
+                organisation_name: evil.into(),
+                accessor: Some(proto::Accessor { name: evil.into(), ..Default::default() }),
+                ..Default::default()
+            }],
+        };
+        let text = describe_search(&response);
+        assert!(!text.contains(['\x1b', '\x07', '\r']), "{text:?}");
+        // The structure's own lines only: a person line, the address, the accesses' header and one access.
+        assert_eq!(text.lines().count(), 4, "{text:?}");
+        assert!(text.contains("Zeb\\u{1b}]0;evil\\u{7}\\nFLAGGED forged\\r"), "{text:?}");
+    }
 }

@@ -208,7 +208,8 @@ impl From<tonic::Status> for CliError {
             })
             .filter(|text| !text.is_empty())
             .unwrap_or_else(|| status.message().to_owned());
-        let message = format!("relay answered {:?}: {text}", status.code());
+        // The relay's text, escaped: it reaches the terminal.
+        let message = format!("relay answered {:?}: {}", status.code(), crate::text::escape_control(&text));
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted => {
                 Self::Unavailable(message)

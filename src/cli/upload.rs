@@ -124,7 +124,7 @@ pub async fn run(args: UploadArgs) -> Result<u8, CliError> {
     };
     if mode == proto::UploadMode::FullRefresh && !unreadable.is_empty() {
         for (line, message) in &unreadable {
-            eprintln!("line {line}: {message}");
+            eprintln!("line {line}: {}", crate::text::escape_control(message));
         }
         return Err(CliError::Data(format!(
             "{} unreadable rows: a FULL_REFRESH would remove their plans, so nothing was sent; fix the file",
@@ -151,14 +151,19 @@ pub async fn run(args: UploadArgs) -> Result<u8, CliError> {
         println!("  the authority held {} plans before this refresh", report.current_plans);
     }
     for count in &report.rejection_counts {
-        println!("  {} {}", count.count, count.reason);
+        println!("  {} {}", count.count, crate::text::escape_control(&count.reason));
     }
     for (line, message) in &unreadable {
-        println!("  line {line}: UNREADABLE_ROW {message}");
+        println!("  line {line}: UNREADABLE_ROW {}", crate::text::escape_control(message));
     }
     for rejection in &report.rejections {
         let line = lines.get(rejection.index as usize).copied().unwrap_or_default();
-        println!("  line {line}: {} {} (NHS number {:?})", rejection.reason, rejection.message, rejection.nhs_number);
+        println!(
+            "  line {line}: {} {} (NHS number {:?})",
+            crate::text::escape_control(&rejection.reason),
+            crate::text::escape_control(&rejection.message),
+            rejection.nhs_number
+        );
     }
     if report.rejected > report.rejections.len() as u64 {
         println!("  ... {} more rejections, counted above", report.rejected - report.rejections.len() as u64);

@@ -18,7 +18,8 @@ use crate::{
 
 /// A search as the domain takes it, whichever door it came through. Nothing
 /// in it is checked yet: [`Relay::search`] applies every rule.
-#[derive(Clone, Debug, Default)]
+/// `Debug` shows the care setting and whether it is scheduled only.
+#[derive(Clone, Default)]
 pub struct SearchQuery {
     /// As the caller gave it: spaces and dashes are accepted.
     pub nhs_number: String,
@@ -31,6 +32,15 @@ pub struct SearchQuery {
     /// The caller asks for a scheduled (silent) access, as the FHIR door's
     /// `IsUnscheduledAccessEvent: false` does; only scheduled care may.
     pub scheduled: bool,
+}
+
+impl std::fmt::Debug for SearchQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchQuery")
+            .field("care_setting", &self.care_setting)
+            .field("scheduled", &self.scheduled)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A plan as shown to health, with its owning authority's contact details.

@@ -64,7 +64,9 @@ impl RejectionReason {
 }
 
 /// One record that was not loaded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` leaves out the echoed NHS number and the message (which may quote
+/// the record's values).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// Zero-based position among the upload's records.
     pub index: u64,
@@ -72,6 +74,12 @@ pub struct Rejection {
     pub nhs_number: String,
     pub reason: RejectionReason,
     pub message: String,
+}
+
+impl std::fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejection").field("index", &self.index).field("reason", &self.reason).finish_non_exhaustive()
+    }
 }
 
 /// A request field's NHS number, or INVALID_ARGUMENT naming the field.

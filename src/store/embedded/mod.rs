@@ -57,6 +57,39 @@ const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// can be dropped: bounds what a start replays (about 1 s on this machine).
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Creates `dir` (and its missing parents) with mode 0700 whatever the
+/// umask, and tightens an existing one to 0700: the store holds children's
+/// names, dates of birth and addresses.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Sets every directory under `root` (itself included) to 0700 and every
+/// file to 0600. fjall creates its files with the process umask and keeps
+/// writing new table and journal files after this walk; those are private
+/// all the same, because the data directory itself is 0700 (no one but the
+/// relay's user can reach them).
+fn restrict_tree(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::symlink_metadata(root)?;
+    if metadata.is_dir() {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(root)? {
+            let entry = entry?;
+            match restrict_tree(&entry.path()) {
+                // A file the engine removed meanwhile (compaction) needs nothing.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+    } else if metadata.is_file() {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 pub(super) fn io(error: impl std::fmt::Display) -> StoreError {
     StoreError::Io(error.to_string())
 }
@@ -159,8 +192,7 @@ impl EmbeddedStore {
 
     /// [`EmbeddedStore::open`] with block caches of `cache_bytes` in all.
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
+        create_private_dir(data_dir).map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
         if data_dir.join(OLD_FILE_NAME).exists() {
             return Err(StoreError::Corrupt(format!(
                 "{} holds a schema version 2 store (one redb file); this relay reads version {SCHEMA_VERSION}: \
@@ -169,6 +201,7 @@ impl EmbeddedStore {
             )));
         }
         let spaces = Spaces::open(data_dir, cache_bytes)?;
+        restrict_tree(data_dir).map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
         check_schema(&spaces)?;
         let faults = Faults::default();
         let stats = Arc::new(CommitStats::default());
