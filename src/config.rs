@@ -60,6 +60,9 @@ pub struct ServeSettings {
     /// Development certificates used when no TLS option is set; created on first start [default: certs/dev]
     #[arg(long, env = "CPIS_CERTS_DIR")]
     pub certs_dir: Option<PathBuf>,
+    /// Allow the development certificates when a listen address is not loopback (never in production) [default: false]
+    #[arg(long, env = "CPIS_DEV_CERTS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub dev_certs: Option<bool>,
     /// Days acknowledged notifications are kept [default: 30]
     #[arg(long, env = "CPIS_NOTIFICATION_RETENTION_DAYS")]
     pub notification_retention_days: Option<u32>,
@@ -164,6 +167,7 @@ pub struct ServeConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub certs_dir: PathBuf,
+    pub dev_certs: bool,
     pub notification_retention_days: u32,
     pub access_retention_days: u32,
     pub retention_interval_secs: u64,
@@ -211,6 +215,7 @@ impl ServeSettings {
             cert: self.cert.or(lower.cert),
             key: self.key.or(lower.key),
             certs_dir: self.certs_dir.or(lower.certs_dir),
+            dev_certs: self.dev_certs.or(lower.dev_certs),
             notification_retention_days: self.notification_retention_days.or(lower.notification_retention_days),
             access_retention_days: self.access_retention_days.or(lower.access_retention_days),
             retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
@@ -260,6 +265,7 @@ impl ServeSettings {
             cert: self.cert,
             key: self.key,
             certs_dir: self.certs_dir.unwrap_or_else(|| PathBuf::from(certs::DEV_DIR)),
+            dev_certs: self.dev_certs.unwrap_or(false),
             notification_retention_days: positive(
                 "notification_retention_days",
                 self.notification_retention_days.unwrap_or(30).into(),
@@ -342,6 +348,17 @@ impl ServeSettings {
 }
 
 impl ServeConfig {
+    /// The listen addresses (gRPC, admin, FHIR door) that are not loopback
+    /// (127.0.0.0/8 or ::1), as `key=address`.
+    pub fn non_loopback_listeners(&self) -> Vec<String> {
+        [("listen", Some(self.listen)), ("admin_listen", Some(self.admin_listen)), ("fhir_listen", self.fhir_listen)]
+            .into_iter()
+            .filter_map(|(key, address)| {
+                address.filter(|address| !address.ip().is_loopback()).map(|a| format!("{key}={a}"))
+            })
+            .collect()
+    }
+
     pub fn relay_settings(&self) -> RelaySettings {
         RelaySettings {
             acked_notification_retention: chrono::Duration::days(self.notification_retention_days.into()),

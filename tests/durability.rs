@@ -57,8 +57,11 @@ async fn a_restart_keeps_plans_access_history_and_ack_cursors() {
     let users: Vec<String> =
         response.previous_accesses.iter().map(|access| access.accessor.clone().unwrap().user_id).collect();
     assert_eq!(users, ["user-b", "user-a"], "user-a's repeat within 24 hours stays folded into the first");
-    // A retry of a request from before the restart still notifies once.
-    relay.lookup().await.search(search_request(&child, "user-a", "r1")).await.unwrap();
+    // A retry of a request from before the restart still notifies once: the
+    // next notification after user-c's is the sentinel's, not user-a's again.
+    let retried = relay.lookup().await.search(search_request(&child, "user-a", "r1")).await.unwrap().into_inner();
+    assert!(retried.flagged);
+    relay.lookup().await.search(search_request(&child, "sentinel", "r5")).await.unwrap();
 
     // Nothing acknowledged is redelivered; the rest is, with the same ids.
     let mut notifications = relay.notifications("la-706").await;
@@ -68,6 +71,12 @@ async fn a_restart_keeps_plans_access_history_and_ack_cursors() {
     let after_restart = next(&mut stream).await;
     assert_eq!(after_restart.accessor.unwrap().user_id, "user-c");
     assert!(after_restart.sequence > third.sequence, "sequences keep increasing across restarts");
+    let after_retry = next(&mut stream).await;
+    assert_eq!(
+        after_retry.accessor.unwrap().user_id,
+        "sentinel",
+        "the retry of r1 from before the restart notified again"
+    );
     let mut replay = notifications.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();
     assert_eq!(next(&mut replay).await.notification_id, first.notification_id);
 }

@@ -86,14 +86,36 @@ async fn a_retry_with_the_same_request_id_notifies_once() {
         assert!(response.previous_accesses.is_empty(), "a retry does not list itself as a previous access");
     }
     lookup.search(search_request(&child, "user-b", "other-id")).await.unwrap();
-    // Copies of one request sent at once, as a client retrying before the first answer arrives.
-    let racing = futures::future::join_all((0..8).map(|_| {
+    // Copies of one request sent while the first is still in flight, as a
+    // client retrying before the first answer arrives: the first copy's commit
+    // is held (stalled before it reaches the store) until every other copy has
+    // been answered, so they overlap for certain.
+    relay.store.faults().stall_writes(true);
+    let mut stalled = relay.store.faults().stalled_changes();
+    let first_copy = {
         let mut lookup = lookup.clone();
         let request = search_request(&child, "user-c", "racing-id");
-        async move { lookup.search(request).await.map(|response| response.into_inner().flagged) }
-    }))
-    .await;
+        tokio::spawn(async move { lookup.search(request).await.map(|response| response.into_inner().flagged) })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), stalled.wait_for(|held| *held >= 1))
+        .await
+        .expect("the first copy's commit is held")
+        .unwrap();
+    let racing = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        futures::future::join_all((0..7).map(|_| {
+            let mut lookup = lookup.clone();
+            let request = search_request(&child, "user-c", "racing-id");
+            async move { lookup.search(request).await.map(|response| response.into_inner().flagged) }
+        })),
+    )
+    .await
+    .expect("the other copies are answered while the first is held, without a commit of their own");
     assert!(racing.iter().all(|answer| matches!(answer, Ok(true))), "every copy is answered: {racing:?}");
+    assert_eq!(*stalled.borrow(), 1, "only the first copy's commit is waiting");
+    assert!(!first_copy.is_finished(), "the first copy was still in flight while the others were answered");
+    relay.store.faults().stall_writes(false);
+    assert!(matches!(first_copy.await.unwrap(), Ok(true)));
     // The same id for another person is another search, not a retry.
     lookup.search(search_request(&sibling, "user-a", "same-id")).await.unwrap();
     // So is the same id from another user of the organisation, or from another care setting.

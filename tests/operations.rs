@@ -316,3 +316,88 @@ async fn bench_refresh_times_full_refresh_uploads_that_load_every_record() {
         assert!(run["records_per_second"].as_f64().unwrap() > 0.0, "{report}");
     }
 }
+
+/// `serve` with no TLS options on a non-loopback address (gRPC, admin or
+/// FHIR door) refuses the development certificates, exit 64, creating none,
+/// unless `--dev-certs` (or `CPIS_DEV_CERTS`, or `dev_certs` in the file) says so.
+#[tokio::test]
+async fn serve_refuses_development_certificates_on_a_non_loopback_address_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let data = dir.path().join("data");
+    let (certs_arg, data_arg) = (certs.to_str().unwrap(), data.to_str().unwrap());
+    let base = ["--certs-dir", certs_arg, "--data-dir", data_arg, "--store", "memory"];
+    for exposed in [
+        ["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"],
+        ["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"],
+        ["--listen", "[::]:0", "--admin-listen", "127.0.0.1:0"],
+    ]
+    .iter()
+    .map(|args| args.to_vec())
+    .chain([vec!["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--fhir-listen", "0.0.0.0:0"]])
+    {
+        for denial in [&[][..], &["--dev-certs", "false"][..]] {
+            let args: Vec<&str> =
+                base.iter().copied().chain(exposed.iter().copied()).chain(denial.iter().copied()).collect();
+            let output = serve_command(&args, &[]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+            assert!(stderr.contains("--ca/--cert/--key") && stderr.contains("--dev-certs"), "{stderr}");
+            assert!(!certs.exists(), "{args:?}: development certificates were created");
+        }
+    }
+
+    // Each layer can allow them; --print-config shows the effective value.
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "dev_certs = true\n").unwrap();
+    let print = |args: &[&str], env: &[(&str, &str)]| {
+        let output = serve_command(&[args, &["--print-config"][..]].concat(), env);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let printed: toml::Table = toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+        printed["dev_certs"].as_bool().unwrap()
+    };
+    assert!(!print(&[], &[]), "off by default");
+    assert!(print(&["--dev-certs"], &[]));
+    assert!(print(&[], &[("CPIS_DEV_CERTS", "1")]));
+    assert!(print(&["--config", file.to_str().unwrap()], &[]));
+    assert!(!print(&["--config", file.to_str().unwrap(), "--dev-certs", "false"], &[]), "a flag beats the file");
+
+    // Allowed, serve creates and uses them on 0.0.0.0.
+    use tokio::io::AsyncBufReadExt;
+    let args: Vec<&str> =
+        base.iter().copied().chain(["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"]).collect();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .arg("serve")
+        .args(&args)
+        .env("CPIS_LOG", "error")
+        .env("CPIS_DEV_CERTS", "true")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
+    assert!(line.as_deref().is_some_and(|line| line.contains("grpc=0.0.0.0:")), "{line:?}");
+    assert!(certs.join("server.pem").exists());
+    child.kill().await.unwrap();
+}
+
+/// `search` has no default accessor: the user's id and name are required.
+#[test]
+fn search_requires_the_user_id_and_name() {
+    for args in [&["--user-name", "Dr A Example"][..], &["--user-id", "u123"][..], &[][..]] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+            .args(["search", "9991234578", "--server", "https://127.0.0.1:1"])
+            .args(args)
+            .env_remove("CPIS_USER_ID")
+            .env_remove("CPIS_USER_NAME")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("required") && (stderr.contains("--user-id") || stderr.contains("--user-name")),
+            "{stderr}"
+        );
+    }
+}

@@ -89,10 +89,10 @@ pub struct SearchArgs {
     /// The NHS number to look up (spaces or dashes allowed).
     pub nhs_number: String,
     /// The searching user's identifier (for example a smartcard UUID).
-    #[arg(long, env = "CPIS_USER_ID", default_value = "demo-user-1")]
+    #[arg(long, env = "CPIS_USER_ID")]
     pub user_id: String,
     /// The searching user's name.
-    #[arg(long, env = "CPIS_USER_NAME", default_value = "Dr Demo User")]
+    #[arg(long, env = "CPIS_USER_NAME")]
     pub user_name: String,
     #[arg(long, env = "CPIS_ROLE_CODE", default_value = "")]
     pub role_code: String,
