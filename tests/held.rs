@@ -27,37 +27,9 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 
 const FAIL_WRITES: &str = "CPIS_TEST_FAIL_STORE_WRITES";
 
-/// `cpis-relay serve` on `dir` (see [`start`]) with extra environment.
+/// `cpis-relay serve` on `dir` with a short grace period and extra environment.
 async fn start_env(dir: &Path, env: &[(&str, &str)]) -> Running {
-    use tokio::io::AsyncBufReadExt;
-    let certs = dir.join("certs");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--grace-period-secs", "1"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("server.pem"))
-        .arg("--key")
-        .arg(certs.join("server.key"))
-        .env("CPIS_LOG", "warn")
-        .env_remove(FAIL_WRITES)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let field = |name: &str| -> std::net::SocketAddr {
-        line.split_whitespace().find_map(|word| word.strip_prefix(name)).expect("the listening line").parse().unwrap()
-    };
-    let (grpc, admin) = (field("grpc="), field("admin="));
-    Running { child, url: format!("https://localhost:{}", grpc.port()), admin, stderr: None, listening: line }
+    start_with_env(dir, &["--grace-period-secs", "1"], "warn", env).await
 }
 
 async fn sigterm(server: &mut Running) {

@@ -304,26 +304,7 @@ impl Relay {
 mod tests {
     use super::*;
 
-    fn search(id: u128) -> HeldSearch {
-        HeldSearch {
-            access: AccessEvent {
-                id,
-                accessed_at: "2026-06-01T09:00:00Z".parse().unwrap(),
-                nhs_number: NhsNumber::parse("9434765919").unwrap(),
-                organisation_ods_code: "RR8".into(),
-                organisation_name: "Test Hospital".into(),
-                care_setting: crate::model::CareSetting::EmergencyDepartment,
-                accessor: crate::model::Accessor {
-                    user_id: "u".into(),
-                    name: "Dr U".into(),
-                    role_code: "R8000".into(),
-                },
-                request_id: format!("r{id}"),
-                scheduled: false,
-            },
-            drafts: Vec::new(),
-        }
-    }
+    use crate::relay::spill::tests::search;
 
     fn spilled_ids(dir: &std::path::Path) -> Vec<u128> {
         Spill::open(dir).unwrap().1.held.iter().map(|held| held.access.id).collect()

@@ -177,10 +177,11 @@ impl Spill {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn search(id: u128) -> HeldSearch {
+    /// A held search of a synthetic person, for the spill's and the held queue's tests.
+    pub(in crate::relay) fn search(id: u128) -> HeldSearch {
         HeldSearch {
             access: AccessEvent {
                 id,

@@ -92,6 +92,12 @@ pub struct Running {
 /// [`Pki::write_server_layout`]) and `dir/data`; reads the bound addresses
 /// from its stdout. Stderr is captured for callers that read logs.
 pub async fn start(dir: &Path, extra: &[&str], log_filter: &str) -> Running {
+    start_with_env(dir, extra, log_filter, &[]).await
+}
+
+/// [`start`] with extra environment variables (the debug-only store fault
+/// switch is cleared unless given here).
+pub async fn start_with_env(dir: &Path, extra: &[&str], log_filter: &str, env: &[(&str, &str)]) -> Running {
     use tokio::io::AsyncBufReadExt;
     let certs = dir.join("certs");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
@@ -106,6 +112,8 @@ pub async fn start(dir: &Path, extra: &[&str], log_filter: &str) -> Running {
         .arg(certs.join("server.key"))
         .args(extra)
         .env("CPIS_LOG", log_filter)
+        .env_remove("CPIS_TEST_FAIL_STORE_WRITES")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
