@@ -6,10 +6,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::{certs, fhir::token, relay::RelaySettings};
+use crate::{certs, fhir::token, relay::RelaySettings, store::postgres::StoreUrl};
 
 /// A text setting, or its default; never empty.
 fn text(key: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
@@ -20,13 +20,52 @@ fn text(key: &str, value: Option<String>, default: &str) -> Result<String, Confi
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Where the relay keeps its data: `embedded`, `memory` or a `postgres://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreKind {
-    /// Durable: one redb file in the data directory.
+    /// Durable: the embedded store in the data directory (one machine).
     Embedded,
     /// In process memory, lost on exit: for tests and benchmarks only.
     Memory,
+    /// Durable and shared: several relay nodes on one PostgreSQL database.
+    Postgres(StoreUrl),
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "embedded" => Ok(Self::Embedded),
+            "memory" => Ok(Self::Memory),
+            url if StoreUrl::is_postgres(url) => {
+                StoreUrl::parse(url).map(Self::Postgres).map_err(|reason| format!("{}: {reason}", redact(url)))
+            }
+            _ => Err("must be embedded, memory or a postgres:// URL".into()),
+        }
+    }
+}
+
+/// A URL that failed to parse, shown without anything that may be a password.
+fn redact(url: &str) -> String {
+    StoreUrl::parse(url).map(|url| url.redacted()).unwrap_or_else(|_| "the postgres:// URL".into())
+}
+
+impl<'de> Deserialize<'de> for StoreKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for StoreKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Embedded => serializer.serialize_str("embedded"),
+            Self::Memory => serializer.serialize_str("memory"),
+            Self::Postgres(url) => serializer.serialize_str(&url.redacted()),
+        }
+    }
 }
 
 /// Every `serve` setting, optional at each layer.
@@ -42,9 +81,21 @@ pub struct ServeSettings {
     /// Directory of the embedded store [default: data]
     #[arg(long, env = "CPIS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Store [default: embedded]
-    #[arg(long, env = "CPIS_STORE", value_enum)]
+    /// Store: embedded, memory (tests only) or postgres://USER@HOST[:PORT][,HOST2[:PORT]]/DB[?sslmode=verify-full&sslrootcert=CA.pem&target_session_attrs=read-write] [default: embedded]
+    #[arg(long, env = "CPIS_STORE")]
     pub store: Option<StoreKind>,
+    /// PostgreSQL: file holding the password, read when neither the URL nor PGPASSWORD gives one
+    #[arg(long, env = "CPIS_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
+    /// PostgreSQL: connections per relay node [default: 16]
+    #[arg(long, env = "CPIS_STORE_POOL_SIZE")]
+    pub store_pool_size: Option<usize>,
+    /// PostgreSQL: longest a batch of searches may take to commit before its notifications are held and retried [default: 5000]
+    #[arg(long, env = "CPIS_STORE_WRITE_TIMEOUT_MS")]
+    pub store_write_timeout_ms: Option<u64>,
+    /// PostgreSQL: how often other nodes' changes are read even without a NOTIFY [default: 1000]
+    #[arg(long, env = "CPIS_FEED_POLL_MS")]
+    pub feed_poll_ms: Option<u64>,
     /// MiB of page cache for the embedded store, on top of the operating system's [default: 32]
     #[arg(long, env = "CPIS_STORE_CACHE_MB")]
     pub store_cache_mb: Option<u64>,
@@ -162,6 +213,10 @@ pub struct ServeConfig {
     pub admin_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub store: StoreKind,
+    pub store_password_file: Option<PathBuf>,
+    pub store_pool_size: usize,
+    pub store_write_timeout_ms: u64,
+    pub feed_poll_ms: u64,
     pub store_cache_mb: u64,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
@@ -210,6 +265,10 @@ impl ServeSettings {
             admin_listen: self.admin_listen.or(lower.admin_listen),
             data_dir: self.data_dir.or(lower.data_dir),
             store: self.store.or(lower.store),
+            store_password_file: self.store_password_file.or(lower.store_password_file),
+            store_pool_size: self.store_pool_size.or(lower.store_pool_size),
+            store_write_timeout_ms: self.store_write_timeout_ms.or(lower.store_write_timeout_ms),
+            feed_poll_ms: self.feed_poll_ms.or(lower.feed_poll_ms),
             store_cache_mb: self.store_cache_mb.or(lower.store_cache_mb),
             ca: self.ca.or(lower.ca),
             cert: self.cert.or(lower.cert),
@@ -257,6 +316,10 @@ impl ServeSettings {
             admin_listen: self.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             store: self.store.unwrap_or(StoreKind::Embedded),
+            store_password_file: self.store_password_file,
+            store_pool_size: positive("store_pool_size", self.store_pool_size.unwrap_or(16) as u64)? as usize,
+            store_write_timeout_ms: positive("store_write_timeout_ms", self.store_write_timeout_ms.unwrap_or(5000))?,
+            feed_poll_ms: positive("feed_poll_ms", self.feed_poll_ms.unwrap_or(1000))?,
             store_cache_mb: positive(
                 "store_cache_mb",
                 self.store_cache_mb.unwrap_or((crate::store::embedded::DEFAULT_CACHE_BYTES >> 20) as u64),
@@ -368,10 +431,25 @@ impl ServeConfig {
             max_refresh_removal_percent: self.max_refresh_removal_percent,
             max_refresh_rejected_percent: self.max_refresh_rejected_percent,
             // The memory store has no data directory: held notifications stay in memory only.
-            spill_dir: (self.store == StoreKind::Embedded).then(|| self.data_dir.clone()),
+            // With PostgreSQL the data directory holds only the spill.
+            spill_dir: (self.store != StoreKind::Memory).then(|| self.data_dir.clone()),
             max_held_notifications: self.max_held_notifications,
+            feed_poll_interval: Duration::from_millis(self.feed_poll_ms),
             ..RelaySettings::default()
         }
+    }
+
+    /// A PostgreSQL store's settings, if that is the store.
+    pub fn postgres_options(&self) -> Option<crate::store::postgres::PostgresOptions> {
+        let StoreKind::Postgres(url) = &self.store else { return None };
+        Some(crate::store::postgres::PostgresOptions {
+            connect: crate::store::postgres::ConnectOptions {
+                url: url.clone(),
+                password_file: self.store_password_file.clone(),
+                pool_size: self.store_pool_size,
+            },
+            write_timeout: Duration::from_millis(self.store_write_timeout_ms),
+        })
     }
 
     /// What bearer tokens of the FHIR door must say.
@@ -386,8 +464,9 @@ impl ServeConfig {
         }
     }
 
-    /// The effective configuration as TOML. No setting holds a secret (the
-    /// key is a path, never its contents); a future secret must be redacted here.
+    /// The effective configuration as TOML. No setting holds a secret in
+    /// clear: the key and the store's password file are paths, never their
+    /// contents, and a store URL is shown with its password redacted.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }

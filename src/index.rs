@@ -254,6 +254,15 @@ impl Index {
         removed
     }
 
+    /// Every local authority with details or plans here.
+    pub fn authority_codes(&self) -> Vec<String> {
+        let mut codes: Vec<String> = self.shared.authorities.iter().map(|entry| entry.key().clone()).collect();
+        codes.extend(self.shared.by_authority.iter().map(|entry| entry.key().to_string()));
+        codes.sort_unstable();
+        codes.dedup();
+        codes
+    }
+
     /// Every plan a local authority holds, in NHS number order.
     pub fn plans_of(&self, la_ods_code: &str) -> Vec<StoredPlan> {
         let mut members: Vec<NhsNumber> = self

@@ -189,6 +189,11 @@ impl StoredAccess {
         Self(bytes.into())
     }
 
+    /// What the store writes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     pub fn view(&self) -> Result<crate::model::AccessView<'_>, StoreError> {
         postcard::from_bytes(&self.0).map_err(|error| StoreError::Corrupt(format!("accesses: {error}")))
     }

@@ -30,57 +30,10 @@ async fn full_refresh_is_seen_atomically_by_concurrent_searches() {
     let ready = Arc::new(tokio::sync::Barrier::new(5));
     let mut searchers = Vec::new();
     for searcher in 0..4u64 {
-        let mut lookup = relay.lookup().await;
+        let lookup = relay.lookup().await;
         let (old_only, kept, new_only) = (old_only.to_vec(), kept.to_vec(), new_only.to_vec());
         let (refreshed, ready) = (Arc::clone(&refreshed), Arc::clone(&ready));
-        searchers.push(tokio::spawn(async move {
-            let (mut seen_old_state, mut seen_new_state, mut seen_new) = (0u32, 0u32, false);
-            let mut searches_after = 0;
-            let mut step = searcher as usize;
-            let mut waited = false;
-            while searches_after < 20 {
-                if refreshed.load(Ordering::Acquire) {
-                    searches_after += 1;
-                }
-                step = (step * 31 + 7) % 2_000;
-                let user = format!("searcher-{searcher}");
-                let flagged = |response: Result<tonic::Response<cpis_relay::proto::SearchResponse>, tonic::Status>| {
-                    response.unwrap().into_inner().flagged
-                };
-                assert!(
-                    flagged(lookup.search(search_request(&kept[step], &user, "")).await),
-                    "a kept person vanished mid-refresh"
-                );
-                // Sequential reads new, old, new. An atomic swap between any two
-                // gives (no, yes, no), (no, no, yes), (no, yes, yes) or (yes, no, yes);
-                // a refresh that adds before it removes can show the new person
-                // and then the old one, and one that removes before it adds can
-                // show neither.
-                let new_first = flagged(lookup.search(search_request(&new_only[step], &user, "")).await);
-                let old_visible = flagged(lookup.search(search_request(&old_only[step], &user, "")).await);
-                let new_then = flagged(lookup.search(search_request(&new_only[step], &user, "")).await);
-                assert!(!(new_first && old_visible), "searcher {searcher} saw the new set and then the old one");
-                assert!(old_visible || new_then, "searcher {searcher} saw neither set");
-                assert!(!new_first || new_then, "searcher {searcher}: the new person vanished");
-                if seen_new {
-                    assert!(!old_visible && new_first, "searcher {searcher} saw the old set after the new one");
-                }
-                match (new_first, old_visible, new_then) {
-                    (false, true, false) => seen_old_state += 1,
-                    (true, false, true) => seen_new_state += 1,
-                    _ => {}
-                }
-                if new_then {
-                    seen_new = true;
-                }
-                if !waited {
-                    assert!(seen_old_state > 0, "searcher {searcher}: the old set before the refresh");
-                    ready.wait().await;
-                    waited = true;
-                }
-            }
-            (seen_old_state, seen_new_state)
-        }));
+        searchers.push(tokio::spawn(refresh_searcher(lookup, searcher, old_only, kept, new_only, refreshed, ready)));
     }
     ready.wait().await;
     let report = upload(&mut plans, "706", UploadMode::FullRefresh, set(&numbers[2_000..])).await.unwrap();

@@ -66,11 +66,12 @@ pub enum ProcessError {
 
 /// Starts the relay as `cpis-relay serve` on 127.0.0.1 with a store in a
 /// fresh temporary directory and the certificates of `certs_dir`.
-pub async fn start_relay(certs_dir: &Path, store: StoreKind) -> Result<ServerProcess, ProcessError> {
+pub async fn start_relay(certs_dir: &Path, store: &StoreKind) -> Result<ServerProcess, ProcessError> {
     let dir = tempfile::tempdir().map_err(|source| ProcessError::Spawn { what: "the relay", source })?;
     let store = match store {
         StoreKind::Embedded => "embedded",
         StoreKind::Memory => "memory",
+        StoreKind::Postgres(url) => url.expose(),
     };
     let mut command = own_binary();
     command

@@ -48,7 +48,7 @@ pub struct BenchArgs {
     #[arg(long, env = "CPIS_SERVER")]
     pub server: Option<String>,
     /// Store of the relay the bench starts.
-    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    #[arg(long, default_value = "embedded")]
     pub store: StoreKind,
     #[arg(long, default_value_t = 4)]
     pub connections: usize,

@@ -44,7 +44,7 @@ async fn target(args: &BenchArgs) -> Result<Target, CliError> {
     match &args.server {
         Some(url) => Ok(Target { url: url.clone(), relay: None }),
         None => {
-            let relay = process::start_relay(&args.certs_dir, args.store).await.map_err(failed)?;
+            let relay = process::start_relay(&args.certs_dir, &args.store).await.map_err(failed)?;
             Ok(Target { url: relay.url.clone(), relay: Some(relay) })
         }
     }

@@ -15,7 +15,7 @@ use crate::{
     fhir::{FhirDoor, TokenVerifier},
     relay::Relay,
     server::{self, ServerOptions},
-    store::{Store, embedded::EmbeddedStore, memory::MemoryStore},
+    store::{Store, embedded::EmbeddedStore, memory::MemoryStore, postgres::PostgresStore},
     tls::{self, PemFiles},
 };
 
@@ -89,7 +89,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     }
     let pem = pem_files(&config)?.read().map_err(|error| CliError::Config(error.to_string()))?;
     let tls_config = tls::server_config(&pem).map_err(|error| CliError::Config(error.to_string()))?;
-    let store: Arc<dyn Store> = match config.store {
+    let store: Arc<dyn Store> = match &config.store {
         StoreKind::Embedded => Arc::new(
             EmbeddedStore::open_with_cache(&config.data_dir, (config.store_cache_mb as usize).saturating_mul(1 << 20))
                 .map_err(|error| CliError::Failed(error.to_string()))?,
@@ -97,6 +97,14 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         StoreKind::Memory => {
             tracing::warn!("the memory store loses everything on exit; never use it for real data");
             Arc::new(MemoryStore::new())
+        }
+        StoreKind::Postgres(url) => {
+            let options = config.postgres_options().expect("a postgres store has options");
+            let store = PostgresStore::open(&options)
+                .await
+                .map_err(|error| CliError::Failed(format!("cannot open the PostgreSQL store {url}: {error}")))?;
+            tracing::info!(store = %url, schema = crate::store::postgres::SCHEMA_VERSION, "PostgreSQL store open");
+            Arc::new(store)
         }
     };
     // A test-only switch, in debug builds only: proves in a real process that
@@ -132,8 +140,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         .map_err(|error| CliError::Failed(error.to_string()))?;
     let held = relay.hub().held();
     if held > 0 {
-        match config.store {
-            StoreKind::Embedded => tracing::error!(
+        match &config.store {
+            StoreKind::Embedded | StoreKind::Postgres(_) => tracing::error!(
                 held,
                 spill = %config.data_dir.join(crate::relay::spill::SPILL_FILE).display(),
                 "stopping with access notifications the store has not accepted; they stay in the spill file and are retried at the next start"

@@ -118,6 +118,10 @@ impl Store for ReportingStore {
         self.inner.accesses_of(nhs_number)
     }
 
+    fn feed(&self) -> Option<Arc<dyn crate::store::Feed>> {
+        self.inner.feed()
+    }
+
     fn notifications_after(
         &self,
         la_ods_code: &str,

@@ -11,6 +11,7 @@
 //! - every store write goes through the reporting store of `health`, so
 //!   readiness follows every write, not only notifications.
 
+mod follow;
 mod health;
 mod held;
 mod notify;
@@ -70,6 +71,9 @@ pub struct RelaySettings {
     pub max_held_notifications: usize,
     /// First and longest wait between retries of held notifications.
     pub held_retry_backoff: (std::time::Duration, std::time::Duration),
+    /// A shared store (PostgreSQL): how often other nodes' changes are read
+    /// even when no hint announced them.
+    pub feed_poll_interval: std::time::Duration,
 }
 
 impl Default for RelaySettings {
@@ -84,6 +88,7 @@ impl Default for RelaySettings {
             spill_dir: None,
             max_held_notifications: 100_000,
             held_retry_backoff: (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5)),
+            feed_poll_interval: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -112,6 +117,8 @@ struct Shared {
     /// Serialises plan writes so that the store and the index apply them in
     /// the same order.
     plan_writes: Mutex<()>,
+    /// The last plan feed version the index holds (shared stores; 0 otherwise).
+    plan_version: watch::Sender<u64>,
     health: Arc<health::WriteHealth>,
     /// Flipped once on shutdown: open subscriptions end so clients reconnect elsewhere.
     draining: watch::Sender<bool>,
@@ -162,12 +169,16 @@ impl Relay {
                 clock,
                 settings,
                 plan_writes: Mutex::new(()),
+                plan_version: watch::Sender::new(snapshot.plan_version),
                 health: write_health,
                 draining: watch::Sender::new(false),
             }),
         };
         relay.publish_plan_gauges();
         relay.reload_held().await?;
+        if let Some(feed) = relay.shared.store.feed() {
+            relay.spawn_follower(feed);
+        }
         Ok(relay)
     }
 
@@ -200,6 +211,12 @@ impl Relay {
 
     pub fn hub(&self) -> &Hub {
         &self.shared.hub
+    }
+
+    /// The last plan change of a shared store that the index holds; it
+    /// changes as this node applies its own and other nodes' plan changes.
+    pub fn plan_version(&self) -> watch::Receiver<u64> {
+        self.shared.plan_version.subscribe()
     }
 
     fn publish_plan_gauges(&self) {

@@ -115,6 +115,22 @@ impl Hub {
         metrics::counter!("cpis_notifications_emitted_total").increment(notifications.len() as u64);
     }
 
+    /// Positions committed elsewhere (another node of a shared store): never moves one back.
+    pub(super) fn observe(&self, la_ods_code: &str, last_sequence: u64, acked_through: Option<u64>) {
+        let channel = self.channel(la_ods_code);
+        channel.last_sequence.send_if_modified(|last| {
+            let newer = last_sequence > *last;
+            if newer {
+                *last = last_sequence;
+            }
+            newer
+        });
+        if let Some(acked) = acked_through {
+            channel.acked_through.fetch_max(acked, Ordering::AcqRel);
+        }
+        channel.set_backlog();
+    }
+
     /// Every authority's positions, in ODS code order.
     pub fn positions(&self) -> Vec<AuthorityPositions> {
         let mut positions: Vec<_> = self
@@ -174,14 +190,19 @@ impl Relay {
         authorize(identity, Action::Subscribe)?;
         let la_ods_code = identity.ods_code.clone();
         let channel = self.shared.hub.channel(&la_ods_code);
-        let start = after_sequence.unwrap_or_else(|| channel.acked_through.load(Ordering::Acquire));
+        let relay = self.clone();
         let store = Arc::clone(&self.shared.store);
         let mut draining = self.shared.draining.subscribe();
         let mut last_sequence = channel.last_sequence.subscribe();
         let guard = SubscriberGuard::new(la_ods_code.clone(), channel);
         let stream = async_stream::try_stream! {
             let _guard = guard;
-            let mut cursor = start;
+            // Resuming from the acknowledged position: on a shared store it may have
+            // been acknowledged through another node a moment ago.
+            let mut cursor = match after_sequence {
+                Some(after) => after,
+                None => relay.fresh_positions(&la_ods_code).await?.acked_through,
+            };
             loop {
                 if *draining.borrow() {
                     break;
@@ -232,12 +253,30 @@ impl Relay {
         }
     }
 
+    /// An authority's positions, read from the store first when other nodes share it.
+    async fn fresh_positions(&self, la_ods_code: &str) -> Result<AuthorityPositions, crate::store::StoreError> {
+        if let Some(feed) = self.shared.store.feed() {
+            self.observe_cursors(&feed).await?;
+        }
+        let channel = self.shared.hub.channel(la_ods_code);
+        Ok(AuthorityPositions {
+            la_ods_code: la_ods_code.to_owned(),
+            last_sequence: *channel.last_sequence.borrow(),
+            acked_through: channel.acked_through.load(Ordering::Acquire),
+            subscribers: channel.subscribers.load(Ordering::Acquire),
+        })
+    }
+
     /// Cumulative acknowledgement; returns the authority's acknowledged position.
     pub async fn ack(&self, identity: &Identity, sequence: u64) -> Result<u64> {
         authorize(identity, Action::Ack)?;
         let la_ods_code = identity.ods_code.clone();
         let channel = self.shared.hub.channel(&la_ods_code);
-        let last = *channel.last_sequence.borrow();
+        let mut last = *channel.last_sequence.borrow();
+        if sequence > last {
+            // Sent by another node of a shared store, perhaps, and not yet seen here.
+            last = self.fresh_positions(&la_ods_code).await?.last_sequence;
+        }
         if sequence > last {
             return Err(Error::invalid("sequence", format!("is beyond the last notification sent ({last})")));
         }

@@ -134,10 +134,14 @@ impl UploadHeader {
 
 /// Runs CPU work of a large upload (sorting, index changes) on the blocking pool, so that search
 /// threads are not held for the hundreds of milliseconds it can take.
-async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub(super) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| Error::Unavailable(format!("the index update did not finish: {error}")))
+}
+
+fn la_ods_code_of(plans: &[StoredPlan]) -> String {
+    plans.first().map(|plan| plan.la_ods_code().to_owned()).unwrap_or_default()
 }
 
 /// What committing an upload did, and how long it took.
@@ -282,7 +286,9 @@ impl Relay {
         check: RefreshCheck,
     ) -> Result<Committed> {
         let started = std::time::Instant::now();
-        let _writes = self.shared.plan_writes.lock().await;
+        let writes = self.shared.plan_writes.lock().await;
+        // A shared store: what other nodes committed first, so the refresh check counts the current set.
+        self.catch_up_before(&writes, u64::MAX).await?;
         // In the store's key order (a refresh then merges with the stored set in
         // one pass), sorted off the async workers: 150,000 plans take tens of ms.
         let plans: Arc<[StoredPlan]> = off_runtime(move || {
@@ -296,11 +302,13 @@ impl Relay {
         let (removed, current_plans, store_ms) = match mode {
             UploadMode::Incremental => {
                 let change = Change::UpsertPlans { authority: authority.clone(), plans: Arc::clone(&plans) };
-                self.shared.store.apply(change).await?;
+                let applied = self.shared.store.apply(change).await?;
                 let store_ms = started.elapsed().as_millis() as u64;
+                let version = self.before_own_change(&writes, &applied).await?;
                 self.shared.hub.know(&authority.ods_code);
                 index.set_authority(authority);
                 off_runtime(move || index.upsert(plans.iter().cloned())).await?;
+                self.applied_plan_version(&writes, version);
                 (0, 0, store_ms)
             }
             UploadMode::FullRefresh => {
@@ -324,17 +332,60 @@ impl Relay {
                 let (stored, staged) = tokio::join!(self.shared.store.apply(change), staging);
                 let store_ms = started.elapsed().as_millis() as u64;
                 let staged = staged?;
-                if let Err(error) = stored {
-                    index.abandon(staged);
-                    return Err(error.into());
-                }
+                let applied = match stored {
+                    Ok(applied) => applied,
+                    Err(error) => {
+                        index.abandon(staged);
+                        return Err(error.into());
+                    }
+                };
                 self.shared.hub.know(&authority.ods_code);
                 index.set_authority(authority);
-                (off_runtime(move || index.publish(staged)).await? as u64, current, store_ms)
+                let removed = match applied {
+                    // Another node's plan change committed just before this one: it goes
+                    // into the index first, then this refresh, staged again after it.
+                    crate::store::Applied::PlanVersion(version) if !self.holds_version_before(version) => {
+                        index.abandon(staged);
+                        self.catch_up_before(&writes, version).await?;
+                        let (la, plans) = (la_ods_code_of(&plans), Arc::clone(&plans));
+                        let replaced =
+                            off_runtime(move || index.replace_authority(&la, plans.iter().cloned())).await? as u64;
+                        self.applied_plan_version(&writes, version);
+                        replaced
+                    }
+                    applied => {
+                        let version = self.before_own_change(&writes, &applied).await?;
+                        let removed = off_runtime(move || index.publish(staged)).await? as u64;
+                        self.applied_plan_version(&writes, version);
+                        removed
+                    }
+                };
+                (removed, current, store_ms)
             }
         };
         let index_ms = started.elapsed().as_millis() as u64 - store_ms;
         Ok(Committed { removed, current_plans, store_ms, index_ms })
+    }
+
+    /// A shared store numbered this node's change: every earlier version
+    /// reaches the index first. Returns the change's version (0 when unnumbered).
+    async fn before_own_change(
+        &self,
+        writes: &tokio::sync::MutexGuard<'_, ()>,
+        applied: &crate::store::Applied,
+    ) -> Result<u64> {
+        match applied {
+            crate::store::Applied::PlanVersion(version) => {
+                self.catch_up_before(writes, *version).await?;
+                Ok(*version)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Whether the index holds every plan change before `version`.
+    fn holds_version_before(&self, version: u64) -> bool {
+        *self.shared.plan_version.borrow() + 1 >= version
     }
 
     /// Deletes the caller's plans of a person: one type, or all if `None`.
@@ -352,7 +403,8 @@ impl Relay {
         // On its own task, like an upload: store and index change together or not at all.
         let relay = self.clone();
         let deleted = tokio::spawn(async move {
-            let _writes = relay.shared.plan_writes.lock().await;
+            let writes = relay.shared.plan_writes.lock().await;
+            relay.catch_up_before(&writes, u64::MAX).await?;
             let held =
                 relay.shared.index.plans(nhs_number).iter().any(|plan| {
                     plan.la_ods_code() == la_ods_code && plan_type.is_none_or(|kind| kind == plan.plan_type())
@@ -361,8 +413,11 @@ impl Relay {
                 return Ok(0);
             }
             let change = Change::DeletePlans { la_ods_code: la_ods_code.clone(), nhs_number, plan_type };
-            relay.shared.store.apply(change).await?;
-            Ok::<_, Error>(relay.shared.index.remove(&la_ods_code, nhs_number, plan_type) as u64)
+            let applied = relay.shared.store.apply(change).await?;
+            let version = relay.before_own_change(&writes, &applied).await?;
+            let removed = relay.shared.index.remove(&la_ods_code, nhs_number, plan_type) as u64;
+            relay.applied_plan_version(&writes, version);
+            Ok::<_, Error>(removed)
         })
         .await
         .map_err(|error| Error::Unavailable(format!("the delete did not finish: {error}")))??;

@@ -139,6 +139,7 @@ impl Store for MemoryStore {
             authorities: state.authorities.values().cloned().collect(),
             plans: state.plans.values().cloned().collect(),
             cursors: state.cursors.values().cloned().collect(),
+            plan_version: 0,
         });
         async move { Ok(snapshot) }.boxed()
     }

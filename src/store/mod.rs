@@ -9,10 +9,15 @@
 //! Sequence numbers of notifications are assigned by the store, in commit
 //! order per local authority, so a subscriber that has seen sequence N has
 //! seen every committed notification of that authority up to N.
+//!
+//! A store that several relay nodes share (PostgreSQL) also offers a
+//! [`Feed`]: what the other nodes committed, so that each node's index and
+//! notification positions follow them.
 
 pub mod check;
 pub mod embedded;
 pub mod memory;
+pub mod postgres;
 
 use std::sync::{
     Arc,
@@ -76,6 +81,8 @@ pub enum Applied {
     /// The notifications of a `RecordAccess`, with their sequence numbers.
     Notified(Vec<Notification>),
     Expired(ExpiryCounts),
+    /// A plan change of a shared store, with its place in the plan feed.
+    PlanVersion(u64),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,6 +110,8 @@ pub struct Snapshot {
     pub authorities: Vec<LocalAuthority>,
     pub plans: Vec<StoredPlan>,
     pub cursors: Vec<Cursor>,
+    /// The last plan change these plans include (shared stores; 0 otherwise).
+    pub plan_version: u64,
 }
 
 /// What a search reads of a person's history.
@@ -145,6 +154,47 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes writes fail (or succeed again), to prove the failure paths.
     fn faults(&self) -> &Faults;
+
+    /// What other relay nodes commit, for a store they share; `None` when
+    /// this process is the store's only writer.
+    fn feed(&self) -> Option<Arc<dyn Feed>> {
+        None
+    }
+}
+
+/// Plan changes committed after a version, in version (= commit) order.
+#[derive(Debug)]
+pub enum PlanChanges {
+    /// Oldest first; empty when there are none.
+    Changes(Vec<(u64, Change)>),
+    /// Changes after the version asked for are no longer kept: reload everything.
+    Gap,
+}
+
+/// A hint that another node committed something; correctness never
+/// depends on hints arriving (a lost one is covered by polling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// Plan changes were committed.
+    Plans,
+    /// These authorities' notifications were committed, up to these sequences.
+    Notified(Vec<(String, u64)>),
+    /// An authority acknowledged through a sequence.
+    Acked(String, u64),
+    /// Hints may have been missed (a reconnect): read everything.
+    Resync,
+}
+
+/// What the other writers of a shared store committed.
+pub trait Feed: Send + Sync + 'static {
+    /// Plan changes after `version`, at most `limit`.
+    fn plan_changes_after(&self, version: u64, limit: usize) -> BoxFuture<'static, Result<PlanChanges, StoreError>>;
+
+    /// Every authority's committed positions.
+    fn cursors(&self) -> BoxFuture<'static, Result<Vec<Cursor>, StoreError>>;
+
+    /// Hints as they arrive.
+    fn hints(&self) -> tokio::sync::broadcast::Receiver<Hint>;
 }
 
 /// Switches that make a store's writes fail, as a full or broken disk

@@ -1,0 +1,179 @@
+//! Following the other relay nodes of a shared store (PostgreSQL): their
+//! plan changes reach this node's index, in the feed's version order, and
+//! their notification and acknowledgement positions reach its hub, so a
+//! subscriber here wakes for a search answered on another node.
+//!
+//! Hints from the store (LISTEN/NOTIFY) make this prompt; a poll every
+//! `feed_poll_interval` makes it correct without them. A node's own plan
+//! change first applies every earlier version it has not seen, then itself,
+//! all under the plan-write lock, so the index applies versions in order
+//! whichever node wrote them.
+
+use std::sync::Arc;
+
+use tokio::{
+    sync::{MutexGuard, broadcast::error::RecvError},
+    task::JoinHandle,
+};
+
+use super::Relay;
+use crate::{
+    error::{Error, Result},
+    store::{Change, Feed, Hint, PlanChanges, StoreError},
+    stored::StoredPlan,
+};
+
+/// Plan changes read from the feed at a time.
+const FEED_PAGE: usize = 64;
+
+impl Relay {
+    /// Follows the feed until the relay drains.
+    pub(super) fn spawn_follower(&self, feed: Arc<dyn Feed>) -> JoinHandle<()> {
+        let relay = self.clone();
+        let mut hints = feed.hints();
+        let mut draining = self.shared.draining.subscribe();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(relay.shared.settings.feed_poll_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => relay.resync(&feed).await,
+                    hint = hints.recv() => match hint {
+                        Ok(Hint::Notified(positions)) => {
+                            for (la, sequence) in positions {
+                                relay.shared.hub.observe(&la, sequence, None);
+                            }
+                        }
+                        Ok(Hint::Acked(la, through)) => relay.shared.hub.observe(&la, 0, Some(through)),
+                        Ok(Hint::Plans) => relay.follow_plans(&feed).await,
+                        Ok(Hint::Resync) | Err(RecvError::Lagged(_)) => relay.resync(&feed).await,
+                        Err(RecvError::Closed) => return,
+                    },
+                    () = super::until_draining(&mut draining) => return,
+                }
+            }
+        })
+    }
+
+    /// Reads everything: plan changes and every authority's positions.
+    async fn resync(&self, feed: &Arc<dyn Feed>) {
+        self.follow_plans(feed).await;
+        if let Err(error) = self.observe_cursors(feed).await {
+            tracing::warn!(%error, "cannot read notification positions from the store; retrying at the next poll");
+        }
+    }
+
+    pub(super) async fn observe_cursors(&self, feed: &Arc<dyn Feed>) -> Result<(), StoreError> {
+        for cursor in feed.cursors().await? {
+            self.shared.hub.observe(&cursor.la_ods_code, cursor.last_sequence, Some(cursor.acked_through));
+        }
+        Ok(())
+    }
+
+    async fn follow_plans(&self, feed: &Arc<dyn Feed>) {
+        let writes = self.shared.plan_writes.lock().await;
+        if let Err(error) = self.apply_feed(&writes, feed, u64::MAX).await {
+            tracing::error!(%error, "cannot follow plan changes from the store; retrying at the next poll");
+        }
+    }
+
+    /// Before a plan change of its own at `version` reaches the index: every
+    /// earlier version first. Nothing to do for a store with no feed.
+    pub(super) async fn catch_up_before(&self, writes: &MutexGuard<'_, ()>, version: u64) -> Result<()> {
+        if let Some(feed) = self.shared.store.feed() {
+            self.apply_feed(writes, &feed, version.saturating_sub(1)).await?;
+        }
+        Ok(())
+    }
+
+    /// Records that the index holds the plan change at `version`.
+    pub(super) fn applied_plan_version(&self, _writes: &MutexGuard<'_, ()>, version: u64) {
+        self.shared.plan_version.send_if_modified(|held| {
+            let newer = version > *held;
+            if newer {
+                *held = version;
+            }
+            newer
+        });
+    }
+
+    /// Applies feed changes after the index's version, up to `through`.
+    async fn apply_feed(&self, writes: &MutexGuard<'_, ()>, feed: &Arc<dyn Feed>, through: u64) -> Result<()> {
+        loop {
+            let after = *self.shared.plan_version.borrow();
+            if after >= through {
+                return Ok(());
+            }
+            match feed.plan_changes_after(after, FEED_PAGE).await? {
+                PlanChanges::Changes(changes) if changes.is_empty() => return Ok(()),
+                PlanChanges::Changes(changes) => {
+                    for (version, change) in changes {
+                        if version > through {
+                            return Ok(());
+                        }
+                        self.apply_to_index(change).await?;
+                        self.applied_plan_version(writes, version);
+                    }
+                }
+                PlanChanges::Gap => self.reload_plans(writes).await?,
+            }
+        }
+    }
+
+    async fn apply_to_index(&self, change: Change) -> Result<()> {
+        let index = self.shared.index.clone();
+        match change {
+            Change::UpsertPlans { authority, plans } => {
+                self.shared.hub.know(&authority.ods_code);
+                index.set_authority(authority);
+                super::plans::off_runtime(move || index.upsert(plans.iter().cloned())).await?;
+            }
+            Change::ReplacePlans { authority, plans } => {
+                self.shared.hub.know(&authority.ods_code);
+                let la = authority.ods_code.clone();
+                index.set_authority(authority);
+                super::plans::off_runtime(move || index.replace_authority(&la, plans.iter().cloned())).await?;
+            }
+            Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
+                index.remove(&la_ods_code, nhs_number, plan_type);
+            }
+            _ => {
+                return Err(Error::Store(StoreError::Corrupt(
+                    "the plan feed holds a change that is not a plan's".into(),
+                )));
+            }
+        }
+        self.publish_plan_gauges();
+        Ok(())
+    }
+
+    /// The feed no longer holds what this node missed: every authority's
+    /// plans are replaced by the store's, each atomically for readers.
+    async fn reload_plans(&self, writes: &MutexGuard<'_, ()>) -> Result<()> {
+        tracing::warn!("this node fell behind the plan feed's retention; reloading every plan from the store");
+        let snapshot = self.shared.store.load().await?;
+        let mut by_authority: std::collections::HashMap<String, Vec<StoredPlan>> = std::collections::HashMap::new();
+        for plan in snapshot.plans {
+            by_authority.entry(plan.la_ods_code().to_owned()).or_default().push(plan);
+        }
+        let index = self.shared.index.clone();
+        let mut codes = index.authority_codes();
+        codes.extend(by_authority.keys().cloned());
+        codes.sort_unstable();
+        codes.dedup();
+        for authority in snapshot.authorities {
+            self.shared.hub.know(&authority.ods_code);
+            index.set_authority(authority);
+        }
+        super::plans::off_runtime(move || {
+            for la in codes {
+                let plans = by_authority.remove(&la).unwrap_or_default();
+                index.replace_authority(&la, plans);
+            }
+        })
+        .await?;
+        self.applied_plan_version(writes, snapshot.plan_version);
+        self.publish_plan_gauges();
+        Ok(())
+    }
+}

@@ -1,0 +1,286 @@
+//! What the other relay nodes commit, as each node follows it.
+//!
+//! Plan changes: every committed plan change is a row of
+//! `cpis_plan_changes` under a version taken from the `cpis_plan_feed` row,
+//! whose lock is held to commit, so versions are in commit order and a node
+//! that has applied version N reads "after N" without ever skipping one.
+//!
+//! Hints: writers `NOTIFY cpis_relay` in the committing transaction; a
+//! listening connection here turns them into [`Hint`]s. A hint only wakes a
+//! node sooner: the relay also polls, so a lost hint or a dropped listening
+//! connection costs latency, never a change.
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_postgres::Pool;
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::{connect::Connector, db_error, pool_error};
+use crate::{
+    model::{LocalAuthority, PlanType},
+    nhs::NhsNumber,
+    store::{Change, Cursor, Feed, Hint, PlanChanges, StoreError},
+    stored::StoredPlan,
+};
+
+/// The notification channel writers and listeners use.
+pub const CHANNEL: &str = "cpis_relay";
+
+/// A plan change as the feed keeps it.
+#[derive(Serialize, Deserialize)]
+enum FeedChange {
+    Upsert { authority: LocalAuthority, plans: Vec<FeedPlan> },
+    Replace { authority: LocalAuthority, plans: Vec<FeedPlan> },
+    Delete { la_ods_code: String, nhs_number: u64, plan_type: Option<PlanType> },
+}
+
+#[derive(Serialize, Deserialize)]
+struct FeedPlan {
+    nhs_number: u64,
+    plan_type: PlanType,
+    bytes: Vec<u8>,
+}
+
+fn feed_plans(plans: &[StoredPlan]) -> Vec<FeedPlan> {
+    plans
+        .iter()
+        .map(|plan| FeedPlan {
+            nhs_number: plan.nhs_number().as_u64(),
+            plan_type: plan.plan_type(),
+            bytes: plan.bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// The feed row of a plan change: its kind, and its bytes.
+pub(super) fn encode(change: &Change) -> Result<(&'static str, Vec<u8>), StoreError> {
+    let (kind, record) = match change {
+        Change::UpsertPlans { authority, plans } => {
+            ("upsert", FeedChange::Upsert { authority: authority.clone(), plans: feed_plans(plans) })
+        }
+        Change::ReplacePlans { authority, plans } => {
+            ("replace", FeedChange::Replace { authority: authority.clone(), plans: feed_plans(plans) })
+        }
+        Change::DeletePlans { la_ods_code, nhs_number, plan_type } => (
+            "delete",
+            FeedChange::Delete {
+                la_ods_code: la_ods_code.clone(),
+                nhs_number: nhs_number.as_u64(),
+                plan_type: *plan_type,
+            },
+        ),
+        _ => return Err(StoreError::Corrupt("only plan changes go into the plan feed".into())),
+    };
+    let bytes = postcard::to_allocvec(&record)
+        .map_err(|error| StoreError::Corrupt(format!("encoding a plan change: {error}")))?;
+    Ok((kind, bytes))
+}
+
+fn decode(bytes: &[u8]) -> Result<Change, StoreError> {
+    let record: FeedChange =
+        postcard::from_bytes(bytes).map_err(|error| StoreError::Corrupt(format!("plan feed: {error}")))?;
+    let stored = |la: &Arc<str>, plans: Vec<FeedPlan>| -> Result<Arc<[StoredPlan]>, StoreError> {
+        plans
+            .into_iter()
+            .map(|plan| {
+                let nhs_number = NhsNumber::from_u64(plan.nhs_number)
+                    .map_err(|error| StoreError::Corrupt(format!("plan feed: {error}")))?;
+                StoredPlan::from_stored(Arc::clone(la), nhs_number, plan.plan_type, &plan.bytes)
+            })
+            .collect()
+    };
+    Ok(match record {
+        FeedChange::Upsert { authority, plans } => {
+            let la: Arc<str> = authority.ods_code.as_str().into();
+            Change::UpsertPlans { plans: stored(&la, plans)?, authority }
+        }
+        FeedChange::Replace { authority, plans } => {
+            let la: Arc<str> = authority.ods_code.as_str().into();
+            Change::ReplacePlans { plans: stored(&la, plans)?, authority }
+        }
+        FeedChange::Delete { la_ods_code, nhs_number, plan_type } => Change::DeletePlans {
+            la_ods_code,
+            nhs_number: NhsNumber::from_u64(nhs_number)
+                .map_err(|error| StoreError::Corrupt(format!("plan feed: {error}")))?,
+            plan_type,
+        },
+    })
+}
+
+/// The payload of a notification hint: `n LA=SEQ,LA=SEQ`.
+pub(super) fn notified_payload(positions: &[(String, u64)]) -> String {
+    let mut payload = String::from("n ");
+    for (index, (la, sequence)) in positions.iter().enumerate() {
+        if index > 0 {
+            payload.push(',');
+        }
+        payload.push_str(&format!("{la}={sequence}"));
+    }
+    // NOTIFY payloads must stay under 8,000 bytes: a bare "n" still wakes listeners.
+    if payload.len() > 7_000 { "n".to_owned() } else { payload }
+}
+
+fn parse_hint(payload: &str) -> Hint {
+    let position = |pair: &str| pair.split_once('=').and_then(|(la, seq)| Some((la.to_owned(), seq.parse().ok()?)));
+    match payload.split_once(' ') {
+        Some(("n", rest)) => match rest.split(',').map(position).collect::<Option<Vec<_>>>() {
+            Some(positions) => Hint::Notified(positions),
+            None => Hint::Resync,
+        },
+        Some(("a", rest)) => position(rest).map_or(Hint::Resync, |(la, through)| Hint::Acked(la, through)),
+        None if payload == "p" => Hint::Plans,
+        _ => Hint::Resync,
+    }
+}
+
+/// The feed of a PostgreSQL store.
+pub(super) struct PostgresFeed {
+    pub pool: Pool,
+    pub hints: broadcast::Sender<Hint>,
+}
+
+impl Feed for PostgresFeed {
+    fn plan_changes_after(&self, version: u64, limit: usize) -> BoxFuture<'static, Result<PlanChanges, StoreError>> {
+        let pool = self.pool.clone();
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let after = version as i64;
+            let head: i64 = client
+                .query_one("SELECT version FROM cpis_plan_feed WHERE id = 1", &[])
+                .await
+                .map_err(db_error)?
+                .get(0);
+            if head <= after {
+                return Ok(PlanChanges::Changes(Vec::new()));
+            }
+            let rows = client
+                .query(
+                    "SELECT version, change FROM cpis_plan_changes WHERE version > $1 ORDER BY version LIMIT $2",
+                    &[&after, &(limit as i64)],
+                )
+                .await
+                .map_err(db_error)?;
+            // Versions are consecutive: a missing one was pruned (the node fell too far behind).
+            if rows.first().is_none_or(|row| row.get::<_, i64>(0) != after + 1) {
+                return Ok(PlanChanges::Gap);
+            }
+            let mut changes = Vec::with_capacity(rows.len());
+            for row in rows {
+                changes.push((row.get::<_, i64>(0) as u64, decode(row.get::<_, &[u8]>(1))?));
+            }
+            Ok(PlanChanges::Changes(changes))
+        }
+        .boxed()
+    }
+
+    fn cursors(&self) -> BoxFuture<'static, Result<Vec<Cursor>, StoreError>> {
+        let pool = self.pool.clone();
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            read_cursors(&client).await
+        }
+        .boxed()
+    }
+
+    fn hints(&self) -> broadcast::Receiver<Hint> {
+        self.hints.subscribe()
+    }
+}
+
+pub(super) async fn read_cursors(client: &impl deadpool_postgres::GenericClient) -> Result<Vec<Cursor>, StoreError> {
+    let rows = client
+        .query("SELECT la_ods_code, last_sequence, acked_through FROM cpis_cursors", &[])
+        .await
+        .map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|row| Cursor {
+            la_ods_code: row.get(0),
+            last_sequence: row.get::<_, i64>(1) as u64,
+            acked_through: row.get::<_, i64>(2) as u64,
+        })
+        .collect())
+}
+
+/// Listens on [`CHANNEL`] until `alive`'s sender (the store) is dropped,
+/// reconnecting (with a [`Hint::Resync`] after each reconnect) whenever the
+/// connection drops.
+pub(super) fn spawn_listener(
+    connector: Connector,
+    hints: broadcast::Sender<Hint>,
+    mut alive: tokio::sync::watch::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                error = listen(&connector, &hints) => {
+                    tracing::warn!(%error, "the PostgreSQL listening connection dropped; polling covers it while it reconnects");
+                }
+                _ = alive.changed() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = alive.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    })
+}
+
+/// Listens until the connection fails; returns why.
+async fn listen(connector: &Connector, hints: &broadcast::Sender<Hint>) -> StoreError {
+    match listen_once(connector, hints).await {
+        Ok(()) => StoreError::Io("the listening connection closed".into()),
+        Err(error) => error,
+    }
+}
+
+async fn listen_once(connector: &Connector, hints: &broadcast::Sender<Hint>) -> Result<(), StoreError> {
+    let (client, mut connection) = connector.config.connect(connector.tls.clone()).await.map_err(db_error)?;
+    let (messages_tx, mut messages) = futures::channel::mpsc::unbounded();
+    let driver = tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(message) => {
+                    if messages_tx.unbounded_send(message).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "listening connection ended");
+                    return;
+                }
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(db_error)?;
+    // Anything committed while not listening is found by a full read.
+    let _ = hints.send(Hint::Resync);
+    while let Some(message) = messages.next().await {
+        if let tokio_postgres::AsyncMessage::Notification(notification) = message {
+            let _ = hints.send(parse_hint(notification.payload()));
+        }
+    }
+    driver.abort();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_round_trip_and_anything_unexpected_asks_for_a_full_read() {
+        let payload = notified_payload(&[("706".into(), 7), ("A1B2C".into(), 12)]);
+        assert_eq!(parse_hint(&payload), Hint::Notified(vec![("706".into(), 7), ("A1B2C".into(), 12)]));
+        assert_eq!(parse_hint("a 706=9"), Hint::Acked("706".into(), 9));
+        assert_eq!(parse_hint("p"), Hint::Plans);
+        assert_eq!(parse_hint("n"), Hint::Resync);
+        assert_eq!(parse_hint("n 706=x"), Hint::Resync);
+        assert_eq!(parse_hint("zzz"), Hint::Resync);
+    }
+}

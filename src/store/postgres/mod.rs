@@ -1,0 +1,272 @@
+//! The PostgreSQL store: several relay nodes on one database.
+//!
+//! Acknowledged means committed (written to the primary's WAL, and to a
+//! synchronous standby where the server is configured so). A FULL_REFRESH is
+//! one transaction; request ids are a unique key; every plan change is also
+//! a row of the plan feed that the other nodes follow ([`feed`]); flagged
+//! searches are written in shared transactions ([`accesses`]).
+//!
+//! Each node keeps its whole index in memory, as with the embedded store:
+//! searches never wait on the database for plans, only for the commit of
+//! their access and notifications, and when the database is down those are
+//! held by the relay and written once it is back.
+
+mod accesses;
+pub mod connect;
+mod feed;
+mod schema;
+mod writes;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use deadpool_postgres::Pool;
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+pub use connect::{ConnectOptions, StoreUrl};
+pub use schema::SCHEMA_VERSION;
+
+use super::{Applied, Change, Cursor, Faults, Feed, PersonHistory, Snapshot, Store, StoreError};
+use crate::{
+    model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType, RequestKey},
+    nhs::NhsNumber,
+    stored::{StoredAccess, StoredPlan},
+};
+
+/// Settings of a PostgreSQL store beyond how to connect.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    pub connect: ConnectOptions,
+    /// Longest a batch of searches may take to commit before it counts as failed.
+    pub write_timeout: Duration,
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    accesses: mpsc::UnboundedSender<accesses::AccessJob>,
+    feed: Arc<feed::PostgresFeed>,
+    faults: Faults,
+    /// Dropped with the store: ends the listening task.
+    _alive: watch::Sender<()>,
+}
+
+impl PostgresStore {
+    /// Connects, applies the schema's migrations and starts listening for
+    /// other nodes' commits.
+    pub async fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
+        let connector = connect::Connector::new(&options.connect)?;
+        let pool = connector.pool(options.connect.pool_size)?;
+        {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            schema::migrate(&mut client).await?;
+        }
+        let (hints, _) = broadcast::channel(1024);
+        let (alive, listening) = watch::channel(());
+        feed::spawn_listener(connector, hints.clone(), listening);
+        Ok(Self {
+            accesses: accesses::spawn_writer(pool.clone(), options.write_timeout),
+            feed: Arc::new(feed::PostgresFeed { pool: pool.clone(), hints }),
+            pool,
+            faults: Faults::default(),
+            _alive: alive,
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+/// A database error as the relay reports it: the server's code and message,
+/// never its DETAIL (which can quote a row's values, an NHS number among them).
+pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
+    match error.as_db_error() {
+        Some(db) => StoreError::Io(format!("PostgreSQL {}: {}", db.code().code(), db.message())),
+        None => StoreError::Io(format!("PostgreSQL: {error}")),
+    }
+}
+
+pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => db_error(error),
+        other => StoreError::Io(format!("PostgreSQL connection pool: {other}")),
+    }
+}
+
+fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {error}"))
+}
+
+/// A notification row back in the relay's terms.
+pub(crate) fn notification(sequence: i64, draft: &[u8], access: &[u8]) -> Result<Notification, StoreError> {
+    let draft: NotificationDraft = postcard::from_bytes(draft).map_err(|error| corrupt("notifications", error))?;
+    let access = StoredAccess::from_stored(access).view()?.to_event();
+    Ok(Notification { sequence: sequence as u64, draft, access })
+}
+
+fn plan_type_of(code: &str) -> Result<PlanType, StoreError> {
+    PlanType::parse(code).ok_or_else(|| StoreError::Corrupt(format!("plans: unknown plan type {code:?}")))
+}
+
+fn nhs_number_of(value: i64) -> Result<NhsNumber, StoreError> {
+    NhsNumber::from_u64(value as u64).map_err(|error| corrupt("plans", error))
+}
+
+fn request_care_setting(key: &RequestKey) -> String {
+    format!("{:?}", key.care_setting)
+}
+
+async fn load(pool: Pool) -> Result<Snapshot, StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    // One snapshot: the plans, positions and feed version agree with each other.
+    let transaction = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db_error)?;
+    let plan_version: i64 =
+        transaction.query_one("SELECT version FROM cpis_plan_feed WHERE id = 1", &[]).await.map_err(db_error)?.get(0);
+    let mut authorities = Vec::new();
+    let mut codes: HashMap<String, Arc<str>> = HashMap::new();
+    for row in transaction.query("SELECT record FROM cpis_authorities", &[]).await.map_err(db_error)? {
+        let authority: LocalAuthority =
+            postcard::from_bytes(row.get::<_, &[u8]>(0)).map_err(|error| corrupt("authorities", error))?;
+        codes.insert(authority.ods_code.clone(), authority.ods_code.as_str().into());
+        authorities.push(authority);
+    }
+    let cursors: Vec<Cursor> = feed::read_cursors(&transaction).await?;
+    let rows = transaction
+        .query_raw(
+            "SELECT la_ods_code, nhs_number, plan_type, record FROM cpis_plans",
+            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+        )
+        .await
+        .map_err(db_error)?;
+    let mut rows = std::pin::pin!(rows);
+    let mut plans = Vec::new();
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(db_error)?;
+        let la: &str = row.get(0);
+        let shared = match codes.get(la) {
+            Some(code) => Arc::clone(code),
+            None => Arc::clone(codes.entry(la.to_owned()).or_insert_with(|| la.into())),
+        };
+        plans.push(StoredPlan::from_stored(
+            shared,
+            nhs_number_of(row.get(1))?,
+            plan_type_of(row.get(2))?,
+            row.get::<_, &[u8]>(3),
+        )?);
+    }
+    transaction.commit().await.map_err(db_error)?;
+    Ok(Snapshot { authorities, plans, cursors, plan_version: plan_version as u64 })
+}
+
+impl Store for PostgresStore {
+    fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>> {
+        load(self.pool.clone()).boxed()
+    }
+
+    fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
+        if let Err(error) = self.faults.check() {
+            return async move { Err(error) }.boxed();
+        }
+        match change {
+            Change::RecordAccess { access, drafts } => {
+                let (reply, answer) = oneshot::channel();
+                let sent = self.accesses.send(accesses::AccessJob { access, drafts, reply });
+                async move {
+                    sent.map_err(|_| StoreError::Closed)?;
+                    answer.await.map_err(|_| StoreError::Closed)?
+                }
+                .boxed()
+            }
+            other => writes::apply(self.pool.clone(), other).boxed(),
+        }
+    }
+
+    fn person_history(
+        &self,
+        nhs_number: NhsNumber,
+        request: Option<RequestKey>,
+        newest: usize,
+    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
+        let pool = self.pool.clone();
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let person = nhs_number.as_u64() as i64;
+            let accesses = client.prepare_cached(
+                "SELECT record FROM cpis_accesses WHERE nhs_number = $1 AND NOT scheduled
+                 ORDER BY accessed_at DESC, id DESC LIMIT $2",
+            );
+            let made = client.prepare_cached(
+                "SELECT made_at FROM cpis_requests WHERE organisation_ods_code = $1 AND user_id = $2
+                 AND nhs_number = $3 AND care_setting = $4 AND request_id = $5",
+            );
+            let (accesses, made) = tokio::try_join!(accesses, made).map_err(db_error)?;
+            let limit = newest as i64;
+            let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&person, &limit];
+            let listed = client.query(&accesses, &parameters);
+            let request_made_at = async {
+                let Some(key) = &request else { return Ok(None) };
+                let setting = request_care_setting(key);
+                let row = client
+                    .query_opt(&made, &[&key.organisation_ods_code, &key.user_id, &person, &setting, &key.request_id])
+                    .await?;
+                Ok(row.map(|row| row.get::<_, chrono::DateTime<chrono::Utc>>(0)))
+            };
+            let (rows, request_made_at) = tokio::try_join!(listed, request_made_at).map_err(db_error)?;
+            let newest_first = rows.iter().map(|row| StoredAccess::from_stored(row.get::<_, &[u8]>(0))).collect();
+            Ok(PersonHistory { newest_first, request_made_at })
+        }
+        .boxed()
+    }
+
+    fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {
+        let pool = self.pool.clone();
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(
+                    "SELECT record FROM cpis_accesses WHERE nhs_number = $1 ORDER BY accessed_at, id",
+                    &[&(nhs_number.as_u64() as i64)],
+                )
+                .await
+                .map_err(db_error)?;
+            rows.iter().map(|row| Ok(StoredAccess::from_stored(row.get::<_, &[u8]>(0)).view()?.to_event())).collect()
+        }
+        .boxed()
+    }
+
+    fn notifications_after(
+        &self,
+        la_ods_code: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        let (pool, la) = (self.pool.clone(), la_ods_code.to_owned());
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT sequence, draft, access FROM cpis_notifications
+                     WHERE la_ods_code = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+                )
+                .await
+                .map_err(db_error)?;
+            let rows = client.query(&statement, &[&la, &(after as i64), &(limit as i64)]).await.map_err(db_error)?;
+            rows.iter().map(|row| notification(row.get(0), row.get(1), row.get(2))).collect()
+        }
+        .boxed()
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    fn feed(&self) -> Option<Arc<dyn Feed>> {
+        Some(Arc::clone(&self.feed) as Arc<dyn Feed>)
+    }
+}

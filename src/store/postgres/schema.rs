@@ -1,0 +1,128 @@
+//! The PostgreSQL schema, as versioned migrations embedded in the binary.
+//! They are applied at start inside one transaction holding an advisory
+//! lock, so several nodes starting together apply each once; a node refuses
+//! a database whose schema is newer than it knows.
+//!
+//! Portable SQL only (no extensions): the same statements run on managed
+//! PostgreSQL services and on PostgreSQL-compatible distributed engines.
+//! Personal data is kept in `record` columns in the relay's stored form;
+//! the columns beside them are what audit queries and retention select on.
+
+use tokio_postgres::Client;
+
+use super::db_error;
+use crate::store::StoreError;
+
+/// `pg_advisory_xact_lock` key of migrations ("cpis" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6370_6973;
+
+/// Every migration, in order; a version is never edited once released.
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+
+/// The newest schema this build knows.
+pub const SCHEMA_VERSION: i32 = 1;
+
+const V1: &str = "
+CREATE TABLE cpis_authorities (
+    ods_code text PRIMARY KEY,
+    record bytea NOT NULL
+);
+CREATE TABLE cpis_plans (
+    la_ods_code text NOT NULL,
+    nhs_number bigint NOT NULL,
+    plan_type text NOT NULL,
+    visible_until date,
+    record bytea NOT NULL,
+    PRIMARY KEY (la_ods_code, nhs_number, plan_type)
+);
+CREATE INDEX cpis_plans_by_person ON cpis_plans (nhs_number);
+CREATE INDEX cpis_plans_by_last_day ON cpis_plans (visible_until) WHERE visible_until IS NOT NULL;
+-- The plan feed: one row whose lock serialises plan writers, so versions
+-- are assigned in commit order.
+CREATE TABLE cpis_plan_feed (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    version bigint NOT NULL
+);
+INSERT INTO cpis_plan_feed (id, version) VALUES (1, 0);
+CREATE TABLE cpis_plan_changes (
+    version bigint PRIMARY KEY,
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    la_ods_code text NOT NULL,
+    kind text NOT NULL,
+    change bytea NOT NULL
+);
+-- Per authority: the last sequence assigned (its row lock orders commits)
+-- and the acknowledged position.
+CREATE TABLE cpis_cursors (
+    la_ods_code text PRIMARY KEY,
+    last_sequence bigint NOT NULL DEFAULT 0,
+    acked_through bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE cpis_accesses (
+    id uuid PRIMARY KEY,
+    nhs_number bigint NOT NULL,
+    accessed_at timestamptz NOT NULL,
+    organisation_ods_code text NOT NULL,
+    user_id text NOT NULL,
+    care_setting text NOT NULL,
+    scheduled boolean NOT NULL,
+    request_id text NOT NULL,
+    record bytea NOT NULL
+);
+CREATE INDEX cpis_accesses_by_person ON cpis_accesses (nhs_number, accessed_at DESC, id DESC);
+CREATE INDEX cpis_accesses_by_time ON cpis_accesses (accessed_at);
+CREATE TABLE cpis_requests (
+    organisation_ods_code text NOT NULL,
+    user_id text NOT NULL,
+    nhs_number bigint NOT NULL,
+    care_setting text NOT NULL,
+    request_id text NOT NULL,
+    made_at timestamptz NOT NULL,
+    access_id uuid NOT NULL,
+    PRIMARY KEY (organisation_ods_code, user_id, nhs_number, care_setting, request_id)
+);
+CREATE INDEX cpis_requests_by_time ON cpis_requests (made_at);
+CREATE TABLE cpis_notifications (
+    la_ods_code text NOT NULL,
+    sequence bigint NOT NULL,
+    access_id uuid NOT NULL,
+    accessed_at timestamptz NOT NULL,
+    draft bytea NOT NULL,
+    access bytea NOT NULL,
+    PRIMARY KEY (la_ods_code, sequence)
+);
+CREATE INDEX cpis_notifications_by_access ON cpis_notifications (access_id);
+";
+
+/// Brings the schema up to [`SCHEMA_VERSION`]; refuses a newer one.
+pub async fn migrate(client: &mut Client) -> Result<i32, StoreError> {
+    let transaction = client.transaction().await.map_err(db_error)?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_error)?;
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS cpis_schema_migrations (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(db_error)?;
+    let row = transaction.query_one("SELECT max(version) FROM cpis_schema_migrations", &[]).await.map_err(db_error)?;
+    let current: i32 = row.get::<_, Option<i32>>(0).unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Io(format!(
+            "the database's schema is version {current}, newer than this relay knows ({SCHEMA_VERSION}); \
+             run a relay at least as new as the one that migrated it"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+        transaction.batch_execute(sql).await.map_err(db_error)?;
+        transaction
+            .execute("INSERT INTO cpis_schema_migrations (version) VALUES ($1)", &[version])
+            .await
+            .map_err(db_error)?;
+        tracing::info!(version, "applied a schema migration");
+    }
+    transaction.commit().await.map_err(db_error)?;
+    Ok(SCHEMA_VERSION)
+}

@@ -1,0 +1,245 @@
+//! Several relay nodes on one real PostgreSQL (a private cluster per test,
+//! see tests/support/postgres.rs), each node in-process over real mTLS with
+//! its own index: uploads on one node reach searches on another, a
+//! notification written by one reaches a subscriber on another, request ids
+//! and acknowledgements are shared, and the store keeps the contract the
+//! embedded store keeps (sequences in commit order, none skipped).
+
+mod common;
+#[path = "support/postgres.rs"]
+mod postgres;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use common::*;
+use cpis_relay::{
+    clock::ManualClock,
+    proto::{AckRequest, PlanType, SubscribeRequest, UploadMode, UploadStatus},
+    relay::RelaySettings,
+    store::{
+        Store,
+        postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
+    },
+};
+use postgres::PgCluster;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+fn options(url: &str) -> PostgresOptions {
+    PostgresOptions {
+        connect: ConnectOptions { url: StoreUrl::parse(url).unwrap(), password_file: None, pool_size: 8 },
+        write_timeout: Duration::from_secs(5),
+    }
+}
+
+/// A relay node on the database at `url`, sharing the PKI and clock of the others.
+async fn node(pki: &Pki, clock: &Arc<ManualClock>, url: &str) -> TestRelay {
+    cpis_relay::tls::install_crypto_provider();
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&options(url)).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RelaySettings {
+        spill_dir: Some(dir.path().to_owned()),
+        held_retry_backoff: (Duration::from_millis(20), Duration::from_millis(200)),
+        ..RelaySettings::default()
+    };
+    TestRelay::serve(pki.clone(), store, Arc::clone(clock), settings, dir).await
+}
+
+/// Two nodes on a fresh database of a fresh cluster.
+async fn two_nodes() -> (PgCluster, TestRelay, TestRelay) {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let (pki, clock) = (Pki::new(), Arc::new(ManualClock::new(test_start())));
+    let a = node(&pki, &clock, &url).await;
+    let b = node(&pki, &clock, &url).await;
+    (cluster, a, b)
+}
+
+/// Waits until `follower`'s index holds every plan change `writer` has made.
+async fn caught_up(writer: &TestRelay, follower: &TestRelay) {
+    let version = *writer.relay.plan_version().borrow();
+    assert!(version > 0, "the writer's plan changes are numbered");
+    let mut seen = follower.relay.plan_version();
+    tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|held| *held >= version))
+        .await
+        .expect("the other node follows within 10 s")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_on_a_search_on_b_notifies_a_subscriber_on_a_once_per_request_id() {
+    let (_cluster, a, b) = two_nodes().await;
+    let child = nhs(10);
+    let report = a.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    assert_eq!(report.loaded, 1);
+    caught_up(&a, &b).await;
+
+    let mut on_a = a.notifications("la-706").await;
+    let mut stream = on_a.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();
+    let response = b.lookup().await.search(search_request(&child, "user-b", "req-1")).await.unwrap().into_inner();
+    assert!(response.flagged, "node B shows the plan uploaded through node A");
+    assert_eq!(response.person.unwrap().family_name, "Testchild");
+    let first = next(&mut stream).await;
+    assert_eq!((first.sequence, first.nhs_number.as_str()), (1, child.as_str()));
+    assert_eq!(first.accessor.unwrap().user_id, "user-b");
+
+    // The client retries through node A: answered the same, recognised as a retry.
+    let retry = a.lookup().await.search(search_request(&child, "user-b", "req-1")).await.unwrap().into_inner();
+    assert!(retry.flagged);
+    assert!(retry.previous_accesses.is_empty(), "a retry shows what its original showed");
+    // The next notification is a new search's, so the retry made none.
+    b.lookup().await.search(search_request(&child, "user-c", "req-2")).await.unwrap();
+    let second = next(&mut stream).await;
+    assert_eq!((second.sequence, second.accessor.unwrap().user_id.as_str()), (2, "user-c"));
+    // Both nodes list the one earlier access by user-b to the next searcher.
+    let third = a.lookup().await.search(search_request(&child, "user-d", "req-3")).await.unwrap().into_inner();
+    let mut earlier: Vec<String> =
+        third.previous_accesses.iter().map(|access| access.accessor.clone().unwrap().user_id).collect();
+    earlier.sort();
+    assert_eq!(earlier, ["user-b", "user-c"], "each earlier search once, whichever node took it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_refresh_through_a_is_atomic_for_searches_on_b() {
+    let (_cluster, a, b) = two_nodes().await;
+    let numbers = nhs_numbers(3_000);
+    let (old_only, kept, new_only) = (&numbers[..1_000], &numbers[1_000..2_000], &numbers[2_000..]);
+    let set = |people: &[String]| people.iter().map(|n| record(n, PlanType::ChildProtection)).collect::<Vec<_>>();
+    let mut plans = a.plans("la-706").await;
+    let first = upload(&mut plans, "706", UploadMode::FullRefresh, set(&numbers[..2_000])).await.unwrap();
+    assert_eq!(first.loaded, 2_000);
+    caught_up(&a, &b).await;
+
+    let refreshed = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(tokio::sync::Barrier::new(4));
+    let mut searchers = Vec::new();
+    for searcher in 0..3u64 {
+        let lookup = b.lookup().await;
+        let (old_only, kept, new_only) = (old_only.to_vec(), kept.to_vec(), new_only.to_vec());
+        let (refreshed, ready) = (Arc::clone(&refreshed), Arc::clone(&ready));
+        searchers.push(tokio::spawn(refresh_searcher(lookup, searcher, old_only, kept, new_only, refreshed, ready)));
+    }
+    ready.wait().await;
+    let report = upload(&mut plans, "706", UploadMode::FullRefresh, set(&numbers[1_000..])).await.unwrap();
+    assert_eq!(report.status, UploadStatus::AllLoaded as i32);
+    assert_eq!((report.loaded, report.removed), (2_000, 1_000));
+    caught_up(&a, &b).await;
+    refreshed.store(true, Ordering::Release);
+    for searcher in searchers {
+        let (old_states, new_states) = searcher.await.unwrap();
+        assert!(old_states > 0 && new_states > 0, "node B showed both whole sets: {old_states} old, {new_states} new");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_acknowledges_on_a_and_resumes_on_b_after_its_acknowledged_sequence() {
+    let (_cluster, a, b) = two_nodes().await;
+    let child = nhs(11);
+    a.load("706", vec![record(&child, PlanType::LookedAfter)]).await;
+    caught_up(&a, &b).await;
+    for user in ["u1", "u2", "u3"] {
+        b.lookup().await.search(search_request(&child, user, user)).await.unwrap();
+    }
+    let mut on_a = a.notifications("la-706").await;
+    let mut stream = on_a.subscribe(SubscribeRequest { after_sequence: None }).await.unwrap().into_inner();
+    let received: Vec<u64> = [next(&mut stream).await, next(&mut stream).await, next(&mut stream).await]
+        .iter()
+        .map(|notification| notification.sequence)
+        .collect();
+    assert_eq!(received, [1, 2, 3]);
+    assert_eq!(on_a.ack(AckRequest { sequence: 2 }).await.unwrap().into_inner().acked_through, 2);
+    drop(stream);
+
+    let mut on_b = b.notifications("la-706").await;
+    let mut resumed = on_b.subscribe(SubscribeRequest { after_sequence: None }).await.unwrap().into_inner();
+    let third = next(&mut resumed).await;
+    assert_eq!(third.sequence, 3, "node B resumes after the acknowledgement made on node A");
+    assert_eq!(third.accessor.unwrap().user_id, "u3");
+    // Acknowledging on B what B never sent itself (A did) is accepted.
+    assert_eq!(on_b.ack(AckRequest { sequence: 3 }).await.unwrap().into_inner().acked_through, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_searches_on_both_nodes_get_every_sequence_once_in_order() {
+    let (_cluster, a, b) = two_nodes().await;
+    let people = nhs_numbers(20);
+    a.load("706", people.iter().map(|n| record(n, PlanType::ChildProtection)).collect()).await;
+    caught_up(&a, &b).await;
+    let mut searchers = Vec::new();
+    for (node, relay) in [(0, &a), (1, &b)] {
+        for worker in 0..4 {
+            let mut lookup = relay.lookup().await;
+            let people = people.clone();
+            searchers.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let user = format!("n{node}-w{worker}-{i}");
+                    let request = search_request(&people[(worker * 7 + i) % people.len()], &user, &user);
+                    assert!(lookup.search(request).await.unwrap().into_inner().flagged);
+                }
+            }));
+        }
+    }
+    for searcher in searchers {
+        searcher.await.unwrap();
+    }
+    let mut on_b = b.notifications("la-706").await;
+    let mut stream = on_b.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();
+    let mut users = HashSet::new();
+    for expected in 1..=200u64 {
+        let notification = next(&mut stream).await;
+        assert_eq!(notification.sequence, expected, "sequences are consecutive and in order");
+        assert!(users.insert(notification.accessor.unwrap().user_id), "one notification per search");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_down_searches_answer_and_their_notifications_are_written_once_it_is_back() {
+    let (cluster, a, b) = two_nodes().await;
+    let child = nhs(12);
+    a.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    caught_up(&a, &b).await;
+
+    cluster.pg_ctl_stop("fast");
+    let response = a.lookup().await.search(search_request(&child, "while-down", "w1")).await.unwrap().into_inner();
+    assert!(response.flagged, "the clinician is answered from the index while the database is down");
+    wait_for_health(&a, ServingStatus::NotServing).await;
+    assert_eq!(a.relay.hub().held(), 1);
+    let mut plans = a.plans("la-706").await;
+    let refused = upload(&mut plans, "706", UploadMode::Incremental, vec![record(&nhs(13), PlanType::LookedAfter)])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    cluster.pg_ctl_start();
+    wait_for_health(&a, ServingStatus::Serving).await;
+    let mut on_b = b.notifications("la-706").await;
+    let mut stream = on_b.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();
+    let delivered = next(&mut stream).await;
+    assert_eq!((delivered.sequence, delivered.accessor.unwrap().user_id.as_str()), (1, "while-down"));
+    assert_eq!(a.relay.hub().held(), 0);
+    // Written once: the next search is sequence 2.
+    a.lookup().await.search(search_request(&child, "after", "w2")).await.unwrap();
+    assert_eq!(next(&mut stream).await.sequence, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_schema_newer_than_it_knows_and_nodes_starting_together_migrate_once() {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let settings = options(&url);
+    let opened = futures::future::join_all((0..4).map(|_| PostgresStore::open(&settings))).await;
+    assert!(opened.iter().all(Result::is_ok), "four nodes starting together all open the store");
+    let versions = cluster.psql("cpis", "SELECT string_agg(version::text, ',') FROM cpis_schema_migrations");
+    assert_eq!(versions, cpis_relay::store::postgres::SCHEMA_VERSION.to_string());
+    drop(opened);
+
+    cluster.psql("cpis", "INSERT INTO cpis_schema_migrations (version) VALUES (99)");
+    let refused = PostgresStore::open(&options(&url)).await.err().expect("a newer schema is refused");
+    assert!(refused.to_string().contains("version 99, newer than this relay knows"), "{refused}");
+}
