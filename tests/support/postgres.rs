@@ -160,7 +160,20 @@ impl PgCluster {
         let standby = Self { port: free_port(), dir, bin: self.bin.clone(), owner: self.owner };
         standby.run_ok(
             Command::new(self.bin.join("pg_basebackup"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "cpis", "-R", "-X", "stream", "-D"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "cpis",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                ])
+                .arg("-D")
                 .arg(standby.data()),
         );
         standby.append_conf(&format!(
