@@ -40,7 +40,7 @@ async fn node(pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
 }
 
 /// Loads `people` for la-706 through the node at `url`.
-async fn load(url: &str, la: &PemText, people: &[String]) {
+async fn load_people(url: &str, la: &PemText, people: &[String]) {
     let mut plans = cpis_relay::proto::plans_client::PlansClient::new(client::connect(url, la, None).await.unwrap());
     let records = people.iter().map(|n| record(n, PlanType::ChildProtection)).collect();
     let report = upload(&mut plans, "706", UploadMode::Incremental, records).await.unwrap();
@@ -56,10 +56,9 @@ fn searchers(
     ed: &PemText,
     people: &[String],
     tag: &str,
-    answered: &Answered,
-    count: &Count,
-    stop: &watch::Receiver<bool>,
+    load: &Load,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let Load { answered, count, stop } = load;
     (0..6)
         .map(|task| {
             let (url, ed, people, tag) = (url.to_owned(), ed.clone(), people.to_vec(), tag.to_owned());
@@ -90,6 +89,13 @@ fn searchers(
 
 /// Answered searches so far; waiters wait on it.
 type Count = Arc<watch::Sender<usize>>;
+
+/// What the searchers of a test share: what they answered, how many, and when to stop.
+struct Load {
+    answered: Answered,
+    count: Count,
+    stop: watch::Receiver<bool>,
+}
 
 /// (Never pass `*count.borrow()` here directly: the borrow would live across the wait.)
 async fn wait_for_count(count: &Count, at_least: usize) -> usize {
@@ -144,14 +150,15 @@ async fn sigkill_of_one_node_while_both_take_searches_loses_no_notification_and_
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
     let (mut a, _a_dir) = node(&pki, &url).await;
-    load(&a.url, &la, &people).await;
+    load_people(&a.url, &la, &people).await;
     let (b, _b_dir) = node(&pki, &url).await;
 
     let answered: Answered = Arc::default();
     let count: Count = Arc::new(watch::Sender::new(0));
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = searchers(true, &a.url, &ed, &people, "a", &answered, &count, &stopped);
-    tasks.extend(searchers(false, &b.url, &ed, &people, "b", &answered, &count, &stopped));
+    let load = Load { answered: Arc::clone(&answered), count: Arc::clone(&count), stop: stopped };
+    let mut tasks = searchers(true, &a.url, &ed, &people, "a", &load);
+    tasks.extend(searchers(false, &b.url, &ed, &people, "b", &load));
     wait_for_count(&count, 150).await;
     a.child.start_kill().unwrap();
     a.child.wait().await.unwrap();
@@ -178,12 +185,13 @@ async fn restarting_postgres_under_load_holds_then_writes_every_notification_onc
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
     let (a, _a_dir) = node(&pki, &url).await;
-    load(&a.url, &la, &people).await;
+    load_people(&a.url, &la, &people).await;
 
     let answered: Answered = Arc::default();
     let count: Count = Arc::new(watch::Sender::new(0));
     let (stop, stopped) = watch::channel(false);
-    let tasks = searchers(false, &a.url, &ed, &people, "a", &answered, &count, &stopped);
+    let load = Load { answered: Arc::clone(&answered), count: Arc::clone(&count), stop: stopped };
+    let tasks = searchers(false, &a.url, &ed, &people, "a", &load);
     wait_for_count(&count, 100).await;
     cluster.pg_ctl_stop("immediate");
     let at_stop = *count.borrow();
@@ -221,15 +229,16 @@ async fn failover_to_a_synchronous_standby_loses_nothing_acknowledged() {
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
     let (a, _a_dir) = node(&pki, &url).await;
-    load(&a.url, &la, &people).await;
+    load_people(&a.url, &la, &people).await;
     // Started after the upload, so its index holds it from the start.
     let (b, _b_dir) = node(&pki, &url).await;
 
     let answered: Answered = Arc::default();
     let count: Count = Arc::new(watch::Sender::new(0));
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = searchers(false, &a.url, &ed, &people, "a", &answered, &count, &stopped);
-    tasks.extend(searchers(false, &b.url, &ed, &people, "b", &answered, &count, &stopped));
+    let load = Load { answered: Arc::clone(&answered), count: Arc::clone(&count), stop: stopped };
+    let mut tasks = searchers(false, &a.url, &ed, &people, "a", &load);
+    tasks.extend(searchers(false, &b.url, &ed, &people, "b", &load));
     wait_for_count(&count, 150).await;
     primary.pg_ctl_stop("immediate");
     let at_kill = *count.borrow();
@@ -243,5 +252,5 @@ async fn failover_to_a_synchronous_standby_loses_nothing_acknowledged() {
     println!("primary killed after {at_kill} answered searches; {read} notifications read from the promoted standby");
     exactly_once(&standby);
     // And the nodes take uploads again, on the new primary.
-    load(&a.url, &la, &nhs_numbers(31)[30..]).await;
+    load_people(&a.url, &la, &nhs_numbers(31)[30..]).await;
 }
