@@ -57,6 +57,12 @@ pub struct ServeSettings {
     /// Server private key (PEM)
     #[arg(long, env = "CPIS_KEY")]
     pub key: Option<PathBuf>,
+    /// Certificate revocation list (PEM or DER) checked for client certificates; repeat for more. With any, a client certificate whose CA has no CRL among them is refused [default: none]
+    #[arg(long, env = "CPIS_CRL", value_delimiter = ',')]
+    pub crl: Option<Vec<PathBuf>>,
+    /// Seconds between checks of the certificate, key, CA and CRL files; a change is loaded for new connections (SIGHUP loads at once) [default: 5]
+    #[arg(long, env = "CPIS_TLS_RELOAD_INTERVAL_SECS")]
+    pub tls_reload_interval_secs: Option<u64>,
     /// Development certificates used when no TLS option is set; created on first start [default: certs/dev]
     #[arg(long, env = "CPIS_CERTS_DIR")]
     pub certs_dir: Option<PathBuf>,
@@ -166,6 +172,8 @@ pub struct ServeConfig {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub crl: Vec<PathBuf>,
+    pub tls_reload_interval_secs: u64,
     pub certs_dir: PathBuf,
     pub dev_certs: bool,
     pub notification_retention_days: u32,
@@ -214,6 +222,8 @@ impl ServeSettings {
             ca: self.ca.or(lower.ca),
             cert: self.cert.or(lower.cert),
             key: self.key.or(lower.key),
+            crl: self.crl.or(lower.crl),
+            tls_reload_interval_secs: self.tls_reload_interval_secs.or(lower.tls_reload_interval_secs),
             certs_dir: self.certs_dir.or(lower.certs_dir),
             dev_certs: self.dev_certs.or(lower.dev_certs),
             notification_retention_days: self.notification_retention_days.or(lower.notification_retention_days),
@@ -264,6 +274,8 @@ impl ServeSettings {
             ca: self.ca,
             cert: self.cert,
             key: self.key,
+            crl: self.crl.unwrap_or_default(),
+            tls_reload_interval_secs: positive("tls_reload_interval_secs", self.tls_reload_interval_secs.unwrap_or(5))?,
             certs_dir: self.certs_dir.unwrap_or_else(|| PathBuf::from(certs::DEV_DIR)),
             dev_certs: self.dev_certs.unwrap_or(false),
             notification_retention_days: positive(

@@ -27,7 +27,8 @@ use crate::{
 /// Network settings of the gRPC server.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The server's TLS configuration, replaceable while serving (see [`tls::ServerTls`]).
+    pub tls: tls::ServerTls,
     pub handshake_timeout: Duration,
     /// How long in-flight calls may take to finish after shutdown begins.
     pub grace_period: Duration,
@@ -51,7 +52,7 @@ pub struct ServerOptions {
 impl ServerOptions {
     pub fn new(tls: Arc<rustls::ServerConfig>) -> Self {
         Self {
-            tls,
+            tls: tls::ServerTls::fixed(tls),
             handshake_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(20),
             max_concurrent_searches: 2048,
@@ -142,7 +143,7 @@ pub async fn run(
         let router = crate::fhir::routes::router(relay.clone(), door.tokens, limits);
         tokio::spawn(crate::fhir::server::serve(
             door.listener,
-            Arc::clone(&options.tls),
+            options.tls.clone(),
             options.handshake_timeout,
             options.grace_period,
             router,
@@ -161,7 +162,7 @@ pub async fn run(
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let limit = options.max_message_bytes;
     let local_addr = listener.local_addr()?;
-    let incoming = tls::incoming(listener, Arc::clone(&options.tls), options.handshake_timeout);
+    let incoming = tls::incoming(listener, options.tls.clone(), tls::Alpn::H2, options.handshake_timeout);
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut in_flight = rpc_layer.in_flight();
     let serve = tonic::transport::Server::builder()
