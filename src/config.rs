@@ -81,6 +81,15 @@ pub struct ServeSettings {
     /// Searches whose notifications may be held (spilled to the data directory) while the store fails; beyond it a search still answers but its notifications are refused [default: 100000]
     #[arg(long, env = "CPIS_MAX_HELD_NOTIFICATIONS")]
     pub max_held_notifications: Option<usize>,
+    /// Searches per second allowed to one organisation (ODS code); over it a search is RESOURCE_EXHAUSTED with RetryInfo; 0 turns the limit off [default: 50]
+    #[arg(long, env = "CPIS_SEARCH_RATE_PER_SECOND")]
+    pub search_rate_per_second: Option<f64>,
+    /// Searches one organisation may make at once above its rate [default: 200]
+    #[arg(long, env = "CPIS_SEARCH_BURST")]
+    pub search_burst: Option<u32>,
+    /// Open notification subscriptions per local authority; one more is refused with RESOURCE_EXHAUSTED [default: 16]
+    #[arg(long, env = "CPIS_MAX_SUBSCRIPTIONS_PER_LA")]
+    pub max_subscriptions_per_la: Option<usize>,
     /// Seconds in-flight calls get to finish on shutdown [default: 20]
     #[arg(long, env = "CPIS_GRACE_PERIOD_SECS")]
     pub grace_period_secs: Option<u64>,
@@ -180,6 +189,9 @@ pub struct ServeConfig {
     pub access_retention_days: u32,
     pub retention_interval_secs: u64,
     pub max_held_notifications: usize,
+    pub max_subscriptions_per_la: usize,
+    pub search_rate_per_second: f64,
+    pub search_burst: u32,
     pub grace_period_secs: u64,
     pub handshake_timeout_secs: u64,
     pub max_concurrent_searches: usize,
@@ -230,6 +242,9 @@ impl ServeSettings {
             access_retention_days: self.access_retention_days.or(lower.access_retention_days),
             retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
             max_held_notifications: self.max_held_notifications.or(lower.max_held_notifications),
+            max_subscriptions_per_la: self.max_subscriptions_per_la.or(lower.max_subscriptions_per_la),
+            search_rate_per_second: self.search_rate_per_second.or(lower.search_rate_per_second),
+            search_burst: self.search_burst.or(lower.search_burst),
             grace_period_secs: self.grace_period_secs.or(lower.grace_period_secs),
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
             max_concurrent_searches: self.max_concurrent_searches.or(lower.max_concurrent_searches),
@@ -289,6 +304,21 @@ impl ServeSettings {
                 "max_held_notifications",
                 self.max_held_notifications.unwrap_or(100_000) as u64,
             )? as usize,
+            max_subscriptions_per_la: positive(
+                "max_subscriptions_per_la",
+                self.max_subscriptions_per_la.unwrap_or(crate::relay::DEFAULT_MAX_SUBSCRIPTIONS_PER_LA) as u64,
+            )? as usize,
+            search_rate_per_second: match self
+                .search_rate_per_second
+                .unwrap_or(crate::relay::rate::DEFAULT_SEARCH_RATE_PER_SECOND)
+            {
+                rate if rate.is_finite() && rate >= 0.0 => rate,
+                _ => return Err(error("search_rate_per_second", "must be a number of searches a second, 0 or more")),
+            },
+            search_burst: positive(
+                "search_burst",
+                self.search_burst.unwrap_or(crate::relay::rate::DEFAULT_SEARCH_BURST).into(),
+            )? as u32,
             grace_period_secs: self.grace_period_secs.unwrap_or(20),
             handshake_timeout_secs: positive("handshake_timeout_secs", self.handshake_timeout_secs.unwrap_or(10))?,
             max_concurrent_searches: positive(
@@ -382,6 +412,9 @@ impl ServeConfig {
             // The memory store has no data directory: held notifications stay in memory only.
             spill_dir: (self.store == StoreKind::Embedded).then(|| self.data_dir.clone()),
             max_held_notifications: self.max_held_notifications,
+            max_subscriptions_per_la: self.max_subscriptions_per_la,
+            search_rate_per_second: self.search_rate_per_second,
+            search_burst: self.search_burst,
             ..RelaySettings::default()
         }
     }

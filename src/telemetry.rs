@@ -190,6 +190,10 @@ fn describe_metrics() {
         "cpis_tls_reloads_total",
         "Reloads of the TLS certificate, key, CA and CRLs by outcome: success, failure (the old configuration stays)."
     );
+    describe_counter!(
+        "cpis_rate_limited_total",
+        "Searches refused because the organisation was over its search rate limit, by organisation (ODS code)."
+    );
     describe_counter!("cpis_rpc_total", "gRPC calls by RPC and status code.");
     describe_histogram!("cpis_rpc_duration_seconds", Unit::Seconds, "gRPC handler time by RPC.");
     describe_counter!("cpis_retention_removed_total", "Records removed by retention, by kind.");

@@ -84,7 +84,9 @@ impl FhirError {
                 Error::PermissionDenied(message) => {
                     answer(StatusCode::FORBIDDEN, "forbidden", Some(ACCESS_DENIED), message)
                 }
-                Error::ResourceExhausted(message) => answer(StatusCode::TOO_MANY_REQUESTS, "throttled", None, message),
+                Error::ResourceExhausted(message) | Error::RateLimited { message, .. } => {
+                    answer(StatusCode::TOO_MANY_REQUESTS, "throttled", None, message)
+                }
                 Error::FailedPrecondition(message) => answer(StatusCode::CONFLICT, "conflict", None, message),
                 Error::Unavailable(message) => answer(StatusCode::SERVICE_UNAVAILABLE, "transient", None, message),
                 Error::Store(store_error) => {
