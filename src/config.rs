@@ -96,6 +96,15 @@ pub struct ServeSettings {
     /// Seconds a TLS handshake may take [default: 10]
     #[arg(long, env = "CPIS_HANDSHAKE_TIMEOUT_SECS")]
     pub handshake_timeout_secs: Option<u64>,
+    /// Connections open at once per listener (handshaking or established); beyond it a new connection is closed at once. Keep it well under the descriptor limit [default: 4096]
+    #[arg(long, env = "CPIS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// TLS handshakes in progress at once per listener, less than max_connections; beyond it a new connection displaces the oldest handshake [default: 256]
+    #[arg(long, env = "CPIS_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
+    /// Seconds a gRPC connection may have no call in progress (including one that never speaks HTTP/2) before it is closed [default: 300]
+    #[arg(long, env = "CPIS_CONNECTION_IDLE_TIMEOUT_SECS")]
+    pub connection_idle_timeout_secs: Option<u64>,
     /// Searches in progress across all connections; more are shed with RESOURCE_EXHAUSTED [default: 2048]
     #[arg(long, env = "CPIS_MAX_CONCURRENT_SEARCHES")]
     pub max_concurrent_searches: Option<usize>,
@@ -194,6 +203,9 @@ pub struct ServeConfig {
     pub search_burst: u32,
     pub grace_period_secs: u64,
     pub handshake_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub connection_idle_timeout_secs: u64,
     pub max_concurrent_searches: usize,
     pub concurrency_per_connection: usize,
     pub max_concurrent_streams: u32,
@@ -247,6 +259,9 @@ impl ServeSettings {
             search_burst: self.search_burst.or(lower.search_burst),
             grace_period_secs: self.grace_period_secs.or(lower.grace_period_secs),
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_handshakes: self.max_handshakes.or(lower.max_handshakes),
+            connection_idle_timeout_secs: self.connection_idle_timeout_secs.or(lower.connection_idle_timeout_secs),
             max_concurrent_searches: self.max_concurrent_searches.or(lower.max_concurrent_searches),
             concurrency_per_connection: self.concurrency_per_connection.or(lower.concurrency_per_connection),
             max_concurrent_streams: self.max_concurrent_streams.or(lower.max_concurrent_streams),
@@ -321,6 +336,12 @@ impl ServeSettings {
             )? as u32,
             grace_period_secs: self.grace_period_secs.unwrap_or(20),
             handshake_timeout_secs: positive("handshake_timeout_secs", self.handshake_timeout_secs.unwrap_or(10))?,
+            max_connections: positive("max_connections", self.max_connections.unwrap_or(4096) as u64)? as usize,
+            max_handshakes: positive("max_handshakes", self.max_handshakes.unwrap_or(256) as u64)? as usize,
+            connection_idle_timeout_secs: positive(
+                "connection_idle_timeout_secs",
+                self.connection_idle_timeout_secs.unwrap_or(300),
+            )?,
             max_concurrent_searches: positive(
                 "max_concurrent_searches",
                 self.max_concurrent_searches.unwrap_or(2048) as u64,
@@ -365,6 +386,15 @@ impl ServeSettings {
                 token::DEFAULT_ROLE_CODE_CLAIM,
             )?,
         };
+        if config.max_handshakes >= config.max_connections {
+            return Err(error(
+                "max_handshakes",
+                format!(
+                    "must be less than max_connections ({}), leaving room for authenticated connections",
+                    config.max_connections
+                ),
+            ));
+        }
         if config.max_message_bytes < 4096 {
             return Err(error("max_message_bytes", "must be at least 4096"));
         }

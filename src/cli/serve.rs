@@ -67,6 +67,9 @@ pub fn server_options(config: &ServeConfig, tls: tls::ServerTls) -> ServerOption
     ServerOptions {
         tls,
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+        max_connections: config.max_connections,
+        max_handshakes: config.max_handshakes,
+        idle_timeout: Duration::from_secs(config.connection_idle_timeout_secs),
         grace_period: Duration::from_secs(config.grace_period_secs),
         max_concurrent_searches: config.max_concurrent_searches,
         concurrency_per_connection: config.concurrency_per_connection,

@@ -23,13 +23,14 @@ pub async fn serve(
     listener: TcpListener,
     tls: tls::ServerTls,
     handshake_timeout: Duration,
+    limits: tls::ConnectionLimits,
     grace_period: Duration,
     router: Router,
     mut stop: watch::Receiver<bool>,
 ) {
     // The gRPC configuration offers only h2; this door speaks HTTP/1.1.
     let local_addr = listener.local_addr().ok();
-    let mut incoming = tls::incoming(listener, tls, tls::Alpn::Http1, handshake_timeout);
+    let mut incoming = tls::incoming(listener, tls, tls::Alpn::Http1, handshake_timeout, limits);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     if let Some(local_addr) = local_addr {
         tracing::info!(%local_addr, "serving the FHIR R4 door over mutual TLS");

@@ -1,7 +1,8 @@
-//! The accept loop of a TLS listener: TCP connections accepted, TLS
-//! handshakes completed concurrently against the configuration current at
-//! each one's start, and only verified connections handed to the server,
-//! each with the caller's identity read once.
+//! The accept loop of a TLS listener: TCP connections accepted within the
+//! listener's caps (`limits`), TLS handshakes completed concurrently against
+//! the configuration current at each one's start, and only verified
+//! connections handed to the server, each with the caller's identity read
+//! once and, for gRPC, an idle timer on its reads (`activity`).
 
 use std::{
     io,
@@ -21,7 +22,11 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use super::{Alpn, ServerTls};
+use super::{
+    Alpn, ServerTls,
+    activity::{ConnectionActivity, IdleTimer},
+    limits::{ConnectionLimits, ConnectionSlot, Gate, failure_reason},
+};
 use crate::auth::Identity;
 
 /// What the relay knows of a connection, in every request's extensions.
@@ -30,12 +35,16 @@ pub struct PeerInfo {
     pub remote_addr: SocketAddr,
     /// The verified certificate's identity, or why it does not name one.
     pub identity: Result<Arc<Identity>, Arc<str>>,
+    /// The connection's calls in progress (see [`ConnectionActivity`]).
+    pub activity: Arc<ConnectionActivity>,
 }
 
 /// A TLS connection whose client certificate has been verified.
 pub struct AuthenticatedStream {
     inner: TlsStream<TcpStream>,
     peer: PeerInfo,
+    idle: Option<IdleTimer>,
+    _slot: ConnectionSlot,
 }
 
 impl Connected for AuthenticatedStream {
@@ -47,6 +56,12 @@ impl Connected for AuthenticatedStream {
 
 impl AsyncRead for AuthenticatedStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some(idle) = &mut self.idle
+            && idle.poll_expired(cx).is_ready()
+        {
+            // End of stream: the server closes the connection.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -73,16 +88,18 @@ impl AsyncWrite for AuthenticatedStream {
     }
 }
 
-/// Accepts TCP connections and completes TLS handshakes concurrently (a slow
-/// client cannot hold up others), yielding only verified connections. Ends
-/// when the consumer drops the stream.
+/// Accepts TCP connections within `limits` and completes TLS handshakes
+/// concurrently (a slow client cannot hold up others), yielding only
+/// verified connections. Ends when the consumer drops the stream.
 pub fn incoming(
     listener: TcpListener,
     tls: ServerTls,
     alpn: Alpn,
     handshake_timeout: Duration,
+    limits: ConnectionLimits,
 ) -> ReceiverStream<io::Result<AuthenticatedStream>> {
     let (sender, receiver) = mpsc::channel(64);
+    let gate = Gate::new(limits, alpn);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -98,13 +115,27 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Some(mut ticket) = gate.admit() else {
+                // Over the connection cap: closed at once, never queued.
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
+            let gate = Arc::clone(&gate);
             // The configuration current now: a reload affects new handshakes only.
             let acceptor = TlsAcceptor::from(tls.config(alpn));
             let sender = sender.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                let handshake = tokio::select! {
+                    handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => handshake,
+                    _ = &mut ticket.displaced => {
+                        gate.handshake_failed(remote_addr, "displaced", "displaced by a newer connection at max_handshakes");
+                        return;
+                    }
+                };
+                match handshake {
                     Ok(Ok(stream)) => {
+                        let slot = ticket.establish();
                         let identity = stream
                             .get_ref()
                             .1
@@ -115,16 +146,19 @@ pub fn incoming(
                         if let Err(reason) = &identity {
                             tracing::warn!(%remote_addr, %reason, "client certificate names no usable identity");
                         }
-                        let peer = PeerInfo { remote_addr, identity };
-                        let _ = sender.send(Ok(AuthenticatedStream { inner: stream, peer })).await;
+                        let activity = ConnectionActivity::new();
+                        let idle =
+                            gate.limits().idle_timeout.map(|timeout| IdleTimer::new(Arc::clone(&activity), timeout));
+                        let peer = PeerInfo { remote_addr, identity, activity };
+                        let _ = sender.send(Ok(AuthenticatedStream { inner: stream, peer, idle, _slot: slot })).await;
                     }
                     Ok(Err(error)) => {
                         metrics::counter!("cpis_auth_denied_total", "reason" => "tls_handshake").increment(1);
-                        tracing::info!(%remote_addr, %error, "TLS handshake refused");
+                        gate.handshake_failed(remote_addr, failure_reason(&error), &error.to_string());
                     }
                     Err(_) => {
                         metrics::counter!("cpis_auth_denied_total", "reason" => "tls_timeout").increment(1);
-                        tracing::info!(%remote_addr, "TLS handshake timed out");
+                        gate.handshake_failed(remote_addr, "timeout", "no handshake within handshake_timeout");
                     }
                 }
             });

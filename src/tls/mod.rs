@@ -9,9 +9,13 @@
 //! revoked one, fails the handshake and never reaches a service.
 
 mod accept;
+mod activity;
+mod limits;
 mod reload;
 
 pub use accept::{AuthenticatedStream, PeerInfo, incoming};
+pub use activity::{CallGuard, ConnectionActivity};
+pub use limits::{ConnectionLimits, HANDSHAKE_FAILURE_REASONS};
 pub use reload::{Alpn, RELOAD_OUTCOMES, ServerTls, ServerTlsFiles};
 
 use std::{
