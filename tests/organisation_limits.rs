@@ -69,3 +69,89 @@ async fn an_organisation_over_its_search_rate_gets_resource_exhausted_with_retry
         .unwrap_or_else(|| panic!("cpis_rate_limited_total for RR8 in {metrics}"));
     assert!(limited.trim().parse::<f64>().unwrap() >= 1.0, "{limited}");
 }
+
+/// The new settings are flags, `CPIS_*` variables and TOML keys; a bad value exits 64 naming its key.
+#[test]
+fn network_settings_are_configurable_and_bad_values_exit_64() {
+    let serve = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"));
+        command.arg("serve").args(args).env("CPIS_LOG", "error");
+        command.envs(env.iter().copied());
+        command.output().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "max_connections = 1000\nsearch_burst = 20\ncrl = [\"/etc/a.crl\"]\n").unwrap();
+    let output = serve(
+        &["--print-config", "--config", file.to_str().unwrap(), "--max-handshakes", "100", "--crl", "/etc/b.crl"],
+        &[
+            ("CPIS_SEARCH_RATE_PER_SECOND", "2.5"),
+            ("CPIS_MAX_SUBSCRIPTIONS_PER_LA", "4"),
+            ("CPIS_CONNECTION_IDLE_TIMEOUT_SECS", "60"),
+            ("CPIS_TLS_RELOAD_INTERVAL_SECS", "30"),
+        ],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: toml::Table = toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    for (key, value) in [
+        ("max_connections", 1000),
+        ("max_handshakes", 100),
+        ("search_burst", 20),
+        ("max_subscriptions_per_la", 4),
+        ("connection_idle_timeout_secs", 60),
+        ("tls_reload_interval_secs", 30),
+    ] {
+        assert_eq!(printed[key].as_integer(), Some(value), "{key}");
+    }
+    assert_eq!(printed["search_rate_per_second"].as_float(), Some(2.5));
+    // A flag replaces the file's list.
+    assert_eq!(printed["crl"].as_array().unwrap().len(), 1);
+    assert_eq!(printed["crl"][0].as_str(), Some("/etc/b.crl"));
+    for (flag, value, key) in [
+        ("--max-connections", "0", "max_connections"),
+        ("--max-handshakes", "5000", "max_handshakes"),
+        ("--connection-idle-timeout-secs", "0", "connection_idle_timeout_secs"),
+        ("--max-subscriptions-per-la", "0", "max_subscriptions_per_la"),
+        ("--search-rate-per-second", "-1", "search_rate_per_second"),
+        ("--search-rate-per-second", "NaN", "search_rate_per_second"),
+        ("--search-burst", "0", "search_burst"),
+        ("--tls-reload-interval-secs", "0", "tls_reload_interval_secs"),
+    ] {
+        let output = serve(&["--print-config", &format!("{flag}={value}")], &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+
+    // A CRL that cannot be read, or is not a CRL, stops serve before it listens.
+    let pki = Pki::new();
+    let certs = dir.path().join("certs");
+    pki.write_server_layout(&certs);
+    let not_a_crl = dir.path().join("not.crl");
+    std::fs::write(&not_a_crl, "hello").unwrap();
+    for crl in [dir.path().join("missing.crl"), not_a_crl] {
+        let path = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+        let output = serve(
+            &[
+                "--store",
+                "memory",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--ca",
+                &path("ca.pem"),
+                "--cert",
+                &path("server.pem"),
+                "--key",
+                &path("server.key"),
+                "--crl",
+                crl.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{}: {stderr}", crl.display());
+        assert!(stderr.contains(crl.file_name().unwrap().to_str().unwrap()), "{stderr}");
+    }
+}

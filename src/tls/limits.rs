@@ -208,3 +208,22 @@ impl ThrottledLog {
         log(suppressed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ThrottledLog;
+
+    #[test]
+    fn one_line_per_interval_and_the_rest_are_counted() {
+        let log = ThrottledLog::default();
+        let mut lines = Vec::new();
+        for _ in 0..5 {
+            log.note(|suppressed| lines.push(suppressed));
+        }
+        assert_eq!(lines, [0], "the first is logged, the next four within the interval are not");
+        // The next line, once the interval has passed, says how many were not logged.
+        log.state.lock().unwrap().0 = Some(std::time::Instant::now() - super::LOG_INTERVAL);
+        log.note(|suppressed| lines.push(suppressed));
+        assert_eq!(lines, [0, 4]);
+    }
+}
