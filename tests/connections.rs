@@ -155,9 +155,22 @@ async fn a_connection_without_calls_is_closed_after_the_idle_timeout_and_a_subsc
 
     // The subscription, open all along, still delivers.
     relay.load("706", vec![record(&nhs(7), cpis_relay::proto::PlanType::ChildProtection)]).await;
-    search_at(&relay, &nhs(7)).await;
+    let searching = relay.channel("ed-rr8").await;
+    LookupClient::new(searching.clone()).search(search_request(&nhs(7), "u", "s")).await.unwrap();
     let notification = next(&mut subscription).await;
     assert!(notification.sequence >= 1);
+
+    // HTTP/2 connections whose calls have ended (the upload's, the search's,
+    // still held by their clients) are closed too; only the subscription's stays.
+    let open =
+        || async { metric(&admin_get(relay.admin, "/metrics").await.1, "cpis_connections_open{listener=\"grpc\"}") };
+    while open().await != 1.0 {
+        tokio::task::yield_now().await;
+    }
+    drop(searching);
+    relay.load("706", vec![record(&nhs(8), cpis_relay::proto::PlanType::ChildProtection)]).await;
+    search_at(&relay, &nhs(8)).await;
+    assert!(next(&mut subscription).await.sequence > notification.sequence, "the subscription still delivers");
 }
 
 async fn search_at(relay: &TestRelay, nhs_number: &str) {
