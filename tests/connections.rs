@@ -215,3 +215,78 @@ async fn failed_handshakes_are_counted_by_reason() {
     }
     search(&relay, "after-failures").await;
 }
+
+/// The probe of issue 11 against a `serve` process under a 1,024 descriptor
+/// limit: 1,100 idle TCP connections and 100 authenticated TLS connections
+/// that never speak HTTP/2, then clinicians' searches, each on a new mTLS
+/// connection, timed. Run by hand (`cargo nextest run --run-ignored only
+/// handshake_flood`); prints the figures for PERFORMANCE.md.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn handshake_flood() {
+    use tokio::io::AsyncBufReadExt;
+    tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let certs = dir.path().join("certs");
+    pki.write_server_layout(&certs);
+    let path = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_cpis-relay")])
+        .args(["serve", "--store", "memory", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--ca", &path("ca.pem"), "--cert", &path("server.pem"), "--key", &path("server.key")])
+        .args(["--max-connections", "900", "--max-handshakes", "200"])
+        .env("CPIS_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = stdout.next_line().await.unwrap().unwrap();
+    let grpc: std::net::SocketAddr =
+        line.split_whitespace().find_map(|word| word.strip_prefix("grpc=")).unwrap().parse().unwrap();
+    let url = format!("https://localhost:{}", grpc.port());
+    let searcher = pki.client_pem("ed-rr8");
+    let timed_search = || async {
+        let started = std::time::Instant::now();
+        let channel = cpis_relay::client::connect(&url, &searcher, None).await.unwrap();
+        LookupClient::new(channel).search(search_request(&nhs(1), "u", "")).await.unwrap();
+        started.elapsed()
+    };
+    let baseline = timed_search().await;
+
+    let mut mute = Vec::new();
+    for _ in 0..1100 {
+        mute.push(TcpStream::connect(grpc).await.unwrap());
+    }
+    let connector = connector(&pki.client_pem("la-706"));
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        let tcp = TcpStream::connect(grpc).await.unwrap();
+        if let Ok(stream) = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await {
+            silent.push(stream);
+        }
+    }
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        latencies.push(timed_search().await);
+    }
+    latencies.sort();
+    child.start_kill().unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut too_many_files = 0;
+    while let Ok(Some(line)) = stderr.next_line().await {
+        too_many_files += usize::from(line.contains("Too many open files"));
+    }
+    println!(
+        "handshake flood under a 1,024 descriptor limit: 1,100 idle TCP + {} silent TLS connections; \
+         search on a new mTLS connection before {:?}, during: median {:?}, max {:?} (20 searches); \
+         \"Too many open files\" lines: {too_many_files}",
+        silent.len(),
+        baseline,
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
+    assert_eq!(too_many_files, 0);
+}
