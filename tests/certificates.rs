@@ -163,3 +163,31 @@ async fn sighup_reloads_the_crl_of_a_running_serve() {
     call_over(connect(pki.client_pem("gp-y02")).await).await.unwrap();
     running.child.kill().await.unwrap();
 }
+
+/// The poll: a changed CRL file is loaded with no signal and no call.
+#[tokio::test]
+async fn a_changed_crl_file_is_loaded_by_the_watch() {
+    tls::install_crypto_provider();
+    let pki = Pki::new();
+    let files = tempfile::tempdir().unwrap();
+    let crl_path = files.path().join("ca.crl.pem");
+    std::fs::write(&crl_path, pki.authority.revocation_list(&[], 7).unwrap().0).unwrap();
+    let server_tls = ServerTls::from_files(server_files(&pki, files.path(), vec![crl_path.clone()])).unwrap();
+    let watch = server_tls.spawn_watch(std::time::Duration::from_millis(20));
+    let relay = serve(pki, server_tls).await;
+    let leaked = relay.pki.client_pem("ed-rr8");
+    call_over(relay.channel_with(&leaked).await).await.unwrap();
+
+    // Written elsewhere and renamed over the old file, as the README advises.
+    let staged = files.path().join("ca.crl.pem.new");
+    std::fs::write(&staged, relay.pki.authority.revocation_list(&[&leaked.cert], 7).unwrap().0).unwrap();
+    std::fs::rename(&staged, &crl_path).unwrap();
+    // Each attempt is a new handshake: the first refused one is the watch's reload at work.
+    let mut attempts = 0;
+    while call_over(relay.channel_with(&leaked).await).await.is_ok() {
+        attempts += 1;
+        assert!(attempts < 10_000, "the watch never loaded the changed CRL");
+    }
+    call_over(relay.channel_with(&relay.pki.client_pem("gp-y02")).await).await.unwrap();
+    watch.abort();
+}
