@@ -50,6 +50,8 @@ pub enum CertsError {
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("reading a certificate: {0}")]
+    Certificate(String),
     #[error("the FHIR token key: {0}")]
     TokenKey(#[from] crate::fhir::token::TokenError),
 }
@@ -105,6 +107,33 @@ impl Authority {
         self.sign(params)
     }
 
+    /// A certificate revocation list of this CA (PEM and DER) revoking the
+    /// given PEM certificates, valid from yesterday for `days`.
+    pub fn revocation_list(&self, revoked_pems: &[&str], days: u64) -> Result<(String, Vec<u8>), CertsError> {
+        let today = Utc::now().date_naive();
+        let at = |date: chrono::NaiveDate| rcgen::date_time_ymd(date.year(), date.month() as u8, date.day() as u8);
+        let yesterday = at(today.checked_sub_days(Days::new(1)).unwrap_or(today));
+        let mut revoked_certs = Vec::with_capacity(revoked_pems.len());
+        for pem in revoked_pems {
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&serial_of(pem)?),
+                revocation_time: yesterday,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: yesterday,
+            next_update: at(today.checked_add_days(Days::new(days)).unwrap_or(today)),
+            crl_number: rcgen::SerialNumber::from(Utc::now().timestamp_micros() as u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer)?;
+        Ok((crl.pem()?, crl.der().to_vec()))
+    }
+
     fn sign(&self, mut params: CertificateParams) -> Result<Pair, CertsError> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         set_validity(&mut params, 825);
@@ -112,6 +141,15 @@ impl Authority {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
+}
+
+/// The serial number of a PEM certificate, as its DER encodes it.
+fn serial_of(pem: &str) -> Result<Vec<u8>, CertsError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let bad = |message: String| CertsError::Certificate(message);
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|error| bad(error.to_string()))?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(&der).map_err(|error| bad(error.to_string()))?;
+    Ok(certificate.raw_serial().to_vec())
 }
 
 fn name(common_name: &str, organisation: &str, unit: Option<&str>) -> DistinguishedName {

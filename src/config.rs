@@ -108,6 +108,12 @@ pub struct ServeSettings {
     /// Server private key (PEM)
     #[arg(long, env = "CPIS_KEY")]
     pub key: Option<PathBuf>,
+    /// Certificate revocation list (PEM or DER) checked for client certificates; repeat for more. With any, a client certificate whose CA has no CRL among them is refused [default: none]
+    #[arg(long, env = "CPIS_CRL", value_delimiter = ',')]
+    pub crl: Option<Vec<PathBuf>>,
+    /// Seconds between checks of the certificate, key, CA and CRL files; a change is loaded for new connections (SIGHUP loads at once) [default: 5]
+    #[arg(long, env = "CPIS_TLS_RELOAD_INTERVAL_SECS")]
+    pub tls_reload_interval_secs: Option<u64>,
     /// Development certificates used when no TLS option is set; created on first start [default: certs/dev]
     #[arg(long, env = "CPIS_CERTS_DIR")]
     pub certs_dir: Option<PathBuf>,
@@ -126,12 +132,30 @@ pub struct ServeSettings {
     /// Searches whose notifications may be held (spilled to the data directory) while the store fails; beyond it a search still answers but its notifications are refused [default: 100000]
     #[arg(long, env = "CPIS_MAX_HELD_NOTIFICATIONS")]
     pub max_held_notifications: Option<usize>,
+    /// Searches per second allowed to one organisation (ODS code); over it a search is RESOURCE_EXHAUSTED with RetryInfo; 0 turns the limit off [default: 50]
+    #[arg(long, env = "CPIS_SEARCH_RATE_PER_SECOND")]
+    pub search_rate_per_second: Option<f64>,
+    /// Searches one organisation may make at once above its rate [default: 200]
+    #[arg(long, env = "CPIS_SEARCH_BURST")]
+    pub search_burst: Option<u32>,
+    /// Open notification subscriptions per local authority; one more is refused with RESOURCE_EXHAUSTED [default: 16]
+    #[arg(long, env = "CPIS_MAX_SUBSCRIPTIONS_PER_LA")]
+    pub max_subscriptions_per_la: Option<usize>,
     /// Seconds in-flight calls get to finish on shutdown [default: 20]
     #[arg(long, env = "CPIS_GRACE_PERIOD_SECS")]
     pub grace_period_secs: Option<u64>,
     /// Seconds a TLS handshake may take [default: 10]
     #[arg(long, env = "CPIS_HANDSHAKE_TIMEOUT_SECS")]
     pub handshake_timeout_secs: Option<u64>,
+    /// Connections open at once per listener (handshaking or established); beyond it a new connection is closed at once. Keep it well under the descriptor limit [default: 4096]
+    #[arg(long, env = "CPIS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// TLS handshakes in progress at once per listener, less than max_connections; beyond it a new connection displaces the oldest handshake [default: 256]
+    #[arg(long, env = "CPIS_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
+    /// Seconds a gRPC connection may have no call in progress (including one that never speaks HTTP/2) before it is closed [default: 300]
+    #[arg(long, env = "CPIS_CONNECTION_IDLE_TIMEOUT_SECS")]
+    pub connection_idle_timeout_secs: Option<u64>,
     /// Searches in progress across all connections; more are shed with RESOURCE_EXHAUSTED [default: 2048]
     #[arg(long, env = "CPIS_MAX_CONCURRENT_SEARCHES")]
     pub max_concurrent_searches: Option<usize>,
@@ -221,14 +245,22 @@ pub struct ServeConfig {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub crl: Vec<PathBuf>,
+    pub tls_reload_interval_secs: u64,
     pub certs_dir: PathBuf,
     pub dev_certs: bool,
     pub notification_retention_days: u32,
     pub access_retention_days: u32,
     pub retention_interval_secs: u64,
     pub max_held_notifications: usize,
+    pub max_subscriptions_per_la: usize,
+    pub search_rate_per_second: f64,
+    pub search_burst: u32,
     pub grace_period_secs: u64,
     pub handshake_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub connection_idle_timeout_secs: u64,
     pub max_concurrent_searches: usize,
     pub concurrency_per_connection: usize,
     pub max_concurrent_streams: u32,
@@ -273,14 +305,22 @@ impl ServeSettings {
             ca: self.ca.or(lower.ca),
             cert: self.cert.or(lower.cert),
             key: self.key.or(lower.key),
+            crl: self.crl.or(lower.crl),
+            tls_reload_interval_secs: self.tls_reload_interval_secs.or(lower.tls_reload_interval_secs),
             certs_dir: self.certs_dir.or(lower.certs_dir),
             dev_certs: self.dev_certs.or(lower.dev_certs),
             notification_retention_days: self.notification_retention_days.or(lower.notification_retention_days),
             access_retention_days: self.access_retention_days.or(lower.access_retention_days),
             retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
             max_held_notifications: self.max_held_notifications.or(lower.max_held_notifications),
+            max_subscriptions_per_la: self.max_subscriptions_per_la.or(lower.max_subscriptions_per_la),
+            search_rate_per_second: self.search_rate_per_second.or(lower.search_rate_per_second),
+            search_burst: self.search_burst.or(lower.search_burst),
             grace_period_secs: self.grace_period_secs.or(lower.grace_period_secs),
             handshake_timeout_secs: self.handshake_timeout_secs.or(lower.handshake_timeout_secs),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_handshakes: self.max_handshakes.or(lower.max_handshakes),
+            connection_idle_timeout_secs: self.connection_idle_timeout_secs.or(lower.connection_idle_timeout_secs),
             max_concurrent_searches: self.max_concurrent_searches.or(lower.max_concurrent_searches),
             concurrency_per_connection: self.concurrency_per_connection.or(lower.concurrency_per_connection),
             max_concurrent_streams: self.max_concurrent_streams.or(lower.max_concurrent_streams),
@@ -327,6 +367,8 @@ impl ServeSettings {
             ca: self.ca,
             cert: self.cert,
             key: self.key,
+            crl: self.crl.unwrap_or_default(),
+            tls_reload_interval_secs: positive("tls_reload_interval_secs", self.tls_reload_interval_secs.unwrap_or(5))?,
             certs_dir: self.certs_dir.unwrap_or_else(|| PathBuf::from(certs::DEV_DIR)),
             dev_certs: self.dev_certs.unwrap_or(false),
             notification_retention_days: positive(
@@ -340,8 +382,29 @@ impl ServeSettings {
                 "max_held_notifications",
                 self.max_held_notifications.unwrap_or(100_000) as u64,
             )? as usize,
+            max_subscriptions_per_la: positive(
+                "max_subscriptions_per_la",
+                self.max_subscriptions_per_la.unwrap_or(crate::relay::DEFAULT_MAX_SUBSCRIPTIONS_PER_LA) as u64,
+            )? as usize,
+            search_rate_per_second: match self
+                .search_rate_per_second
+                .unwrap_or(crate::relay::rate::DEFAULT_SEARCH_RATE_PER_SECOND)
+            {
+                rate if rate.is_finite() && rate >= 0.0 => rate,
+                _ => return Err(error("search_rate_per_second", "must be a number of searches a second, 0 or more")),
+            },
+            search_burst: positive(
+                "search_burst",
+                self.search_burst.unwrap_or(crate::relay::rate::DEFAULT_SEARCH_BURST).into(),
+            )? as u32,
             grace_period_secs: self.grace_period_secs.unwrap_or(20),
             handshake_timeout_secs: positive("handshake_timeout_secs", self.handshake_timeout_secs.unwrap_or(10))?,
+            max_connections: positive("max_connections", self.max_connections.unwrap_or(4096) as u64)? as usize,
+            max_handshakes: positive("max_handshakes", self.max_handshakes.unwrap_or(256) as u64)? as usize,
+            connection_idle_timeout_secs: positive(
+                "connection_idle_timeout_secs",
+                self.connection_idle_timeout_secs.unwrap_or(300),
+            )?,
             max_concurrent_searches: positive(
                 "max_concurrent_searches",
                 self.max_concurrent_searches.unwrap_or(2048) as u64,
@@ -386,6 +449,15 @@ impl ServeSettings {
                 token::DEFAULT_ROLE_CODE_CLAIM,
             )?,
         };
+        if config.max_handshakes >= config.max_connections {
+            return Err(error(
+                "max_handshakes",
+                format!(
+                    "must be less than max_connections ({}), leaving room for authenticated connections",
+                    config.max_connections
+                ),
+            ));
+        }
         if config.max_message_bytes < 4096 {
             return Err(error("max_message_bytes", "must be at least 4096"));
         }
@@ -435,6 +507,9 @@ impl ServeConfig {
             spill_dir: (self.store != StoreKind::Memory).then(|| self.data_dir.clone()),
             max_held_notifications: self.max_held_notifications,
             feed_poll_interval: Duration::from_millis(self.feed_poll_ms),
+            max_subscriptions_per_la: self.max_subscriptions_per_la,
+            search_rate_per_second: self.search_rate_per_second,
+            search_burst: self.search_burst,
             ..RelaySettings::default()
         }
     }

@@ -22,6 +22,9 @@ pub enum Error {
     /// Shedding load or over a limit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller's organisation is over its rate limit; a token is there after `retry_after`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: std::time::Duration },
     /// The request is well formed but the relay's state refuses it (a
     /// FULL_REFRESH that would remove too much); nothing was changed.
     #[error("{0}")]
@@ -45,7 +48,7 @@ impl Error {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::ResourceExhausted(_) | Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Unavailable(_) | Self::Store(_) => Code::Unavailable,
         }
@@ -65,6 +68,10 @@ impl From<Error> for Status {
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::ResourceExhausted(message) => Status::resource_exhausted(message),
+            Error::RateLimited { message, retry_after } => {
+                let details = ErrorDetails::with_retry_info(Some(retry_after));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Unavailable(message) => Status::unavailable(message),
             Error::Store(store_error) => {

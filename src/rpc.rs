@@ -123,6 +123,38 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that holds its connection's call open until it ends.
+struct CallBody {
+    inner: tonic::body::Body,
+    _call: crate::tls::CallGuard,
+}
+
+impl CallBody {
+    fn wrap(inner: tonic::body::Body, call: crate::tls::CallGuard) -> tonic::body::Body {
+        tonic::body::Body::new(Self { inner, _call: call })
+    }
+}
+
+impl hyper::body::Body for CallBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// gRPC paths and their `Service.Method` label; unknown paths are grouped as "other".
 const KNOWN: [(&str, &str); 9] = [
     ("/cpis.v1.Lookup/Search", "Lookup.Search"),
@@ -292,7 +324,10 @@ where
             None => None,
         };
         let deadline = if path == UPLOAD_PATH { self.limits.upload_timeout } else { self.limits.request_timeout };
-        let identity = match request.extensions().get::<PeerInfo>().map(|peer| &peer.identity) {
+        let peer = request.extensions().get::<PeerInfo>();
+        // The connection is not idle while this call runs, its response stream included.
+        let call = peer.map(|peer| peer.activity.begin_call());
+        let identity = match peer.map(|peer| &peer.identity) {
             Some(Ok(identity)) => Some(Arc::clone(identity)),
             _ => None,
         };
@@ -334,7 +369,10 @@ where
             count_call(rpc, code);
             rpc_metrics().durations[rpc].record(elapsed.as_secs_f64());
             access_log(rpc, identity.as_deref(), code, elapsed);
-            response
+            match call {
+                Some(call) => response.map(|response| response.map(|body| CallBody::wrap(body, call))),
+                None => response,
+            }
         })
     }
 }

@@ -27,8 +27,18 @@ use crate::{
 /// Network settings of the gRPC server.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The server's TLS configuration, replaceable while serving (see [`tls::ServerTls`]).
+    pub tls: tls::ServerTls,
     pub handshake_timeout: Duration,
+    /// Connections open at once per listener (handshaking or established);
+    /// more are closed at once.
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once per listener, a share of
+    /// `max_connections`; a new connection displaces the oldest beyond it.
+    pub max_handshakes: usize,
+    /// A gRPC connection with no call in progress for this long is closed
+    /// (one that never speaks HTTP/2 included).
+    pub idle_timeout: Duration,
     /// How long in-flight calls may take to finish after shutdown begins.
     pub grace_period: Duration,
     /// Searches in progress across all connections; more are shed.
@@ -51,8 +61,11 @@ pub struct ServerOptions {
 impl ServerOptions {
     pub fn new(tls: Arc<rustls::ServerConfig>) -> Self {
         Self {
-            tls,
+            tls: tls::ServerTls::fixed(tls),
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_handshakes: 256,
+            idle_timeout: Duration::from_secs(300),
             grace_period: Duration::from_secs(20),
             max_concurrent_searches: 2048,
             concurrency_per_connection: 256,
@@ -135,6 +148,11 @@ pub async fn run(
         },
         draining.subscribe(),
     );
+    let connection_limits = tls::ConnectionLimits {
+        max_connections: options.max_connections,
+        max_handshakes: options.max_handshakes,
+        idle_timeout: Some(options.idle_timeout),
+    };
     let fhir_stop = watch::Sender::new(false);
     let fhir_server = fhir.map(|door| {
         let limits =
@@ -142,8 +160,10 @@ pub async fn run(
         let router = crate::fhir::routes::router(relay.clone(), door.tokens, limits);
         tokio::spawn(crate::fhir::server::serve(
             door.listener,
-            Arc::clone(&options.tls),
+            options.tls.clone(),
             options.handshake_timeout,
+            // HTTP/1.1 has its own header read timeout; calls are not counted there.
+            tls::ConnectionLimits { idle_timeout: None, ..connection_limits },
             options.grace_period,
             router,
             fhir_stop.subscribe(),
@@ -161,7 +181,8 @@ pub async fn run(
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let limit = options.max_message_bytes;
     let local_addr = listener.local_addr()?;
-    let incoming = tls::incoming(listener, Arc::clone(&options.tls), options.handshake_timeout);
+    let incoming =
+        tls::incoming(listener, options.tls.clone(), tls::Alpn::H2, options.handshake_timeout, connection_limits);
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut in_flight = rpc_layer.in_flight();
     let serve = tonic::transport::Server::builder()

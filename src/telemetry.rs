@@ -128,6 +128,15 @@ fn register_known_label_sets() {
     for reason in AUTH_DENIED_REASONS {
         metrics::counter!("cpis_auth_denied_total", "reason" => reason).absolute(0);
     }
+    for reason in crate::tls::HANDSHAKE_FAILURE_REASONS {
+        metrics::counter!("cpis_tls_handshake_failures_total", "reason" => reason).absolute(0);
+    }
+    for listener in ["grpc", "fhir"] {
+        metrics::counter!("cpis_connections_refused_total", "listener" => listener).absolute(0);
+    }
+    for outcome in crate::tls::RELOAD_OUTCOMES {
+        metrics::counter!("cpis_tls_reloads_total", "outcome" => outcome).absolute(0);
+    }
     metrics::counter!("cpis_notifications_emitted_total").absolute(0);
     metrics::counter!("cpis_notifications_delivered_total").absolute(0);
     metrics::gauge!("cpis_notifications_held").set(0.0);
@@ -183,6 +192,24 @@ fn describe_metrics() {
     describe_counter!("cpis_store_sync_failures_total", "Store transactions that failed.");
     describe_counter!("cpis_store_failures_total", "Operations that could not be stored, by operation.");
     describe_counter!("cpis_auth_denied_total", "Refused callers by reason.");
+    describe_counter!(
+        "cpis_tls_handshake_failures_total",
+        "Failed TLS handshakes by reason: certificate, protocol, io, timeout, displaced (at max_handshakes)."
+    );
+    describe_counter!(
+        "cpis_connections_refused_total",
+        "Connections closed at once because the listener was at max_connections."
+    );
+    describe_gauge!("cpis_connections_open", "Connections open (handshaking or established) by listener.");
+    describe_gauge!("cpis_tls_handshakes_in_progress", "TLS handshakes in progress by listener.");
+    describe_counter!(
+        "cpis_tls_reloads_total",
+        "Reloads of the TLS certificate, key, CA and CRLs by outcome: success, failure (the old configuration stays)."
+    );
+    describe_counter!(
+        "cpis_rate_limited_total",
+        "Searches refused because the organisation was over its search rate limit, by organisation (ODS code)."
+    );
     describe_counter!("cpis_rpc_total", "gRPC calls by RPC and status code.");
     describe_histogram!("cpis_rpc_duration_seconds", Unit::Seconds, "gRPC handler time by RPC.");
     describe_counter!("cpis_retention_removed_total", "Records removed by retention, by kind.");

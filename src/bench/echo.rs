@@ -66,7 +66,13 @@ pub async fn start(
 ) -> std::io::Result<EchoServer> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let incoming = tls::incoming(listener, tls_config, std::time::Duration::from_secs(10));
+    let incoming = tls::incoming(
+        listener,
+        tls::ServerTls::fixed(tls_config),
+        tls::Alpn::H2,
+        std::time::Duration::from_secs(10),
+        Default::default(),
+    );
     let (stop, stopped) = oneshot::channel::<()>();
     let service = LookupServer::new(EchoLookup { flagged_numbers, flagged, unflagged });
     tokio::spawn(async move {

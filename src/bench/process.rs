@@ -78,6 +78,8 @@ pub async fn start_relay(certs_dir: &Path, store: &StoreKind) -> Result<ServerPr
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--store", store])
         // Room for --people up to the whole test range in one authority's refresh.
         .args(["--max-upload-records", "2000000"])
+        // A load test measures capacity, from one organisation.
+        .args(["--search-rate-per-second", "0"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--certs-dir")

@@ -16,7 +16,7 @@ use crate::{
     relay::Relay,
     server::{self, ServerOptions},
     store::{Store, embedded::EmbeddedStore, memory::MemoryStore, postgres::PostgresStore},
-    tls::{self, PemFiles},
+    tls::{self, PemFiles, ServerTls, ServerTlsFiles},
 };
 
 /// Debug builds only: `1` makes every store write fail from start (for tests of a failing store).
@@ -63,10 +63,13 @@ fn pem_files(config: &ServeConfig) -> Result<PemFiles, CliError> {
     Ok(PemFiles::in_dir(&config.certs_dir, "server"))
 }
 
-pub fn server_options(config: &ServeConfig, tls: Arc<rustls::ServerConfig>) -> ServerOptions {
+pub fn server_options(config: &ServeConfig, tls: tls::ServerTls) -> ServerOptions {
     ServerOptions {
         tls,
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+        max_connections: config.max_connections,
+        max_handshakes: config.max_handshakes,
+        idle_timeout: Duration::from_secs(config.connection_idle_timeout_secs),
         grace_period: Duration::from_secs(config.grace_period_secs),
         max_concurrent_searches: config.max_concurrent_searches,
         concurrency_per_connection: config.concurrency_per_connection,
@@ -87,8 +90,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         print!("{}", config.to_toml());
         return Ok(exit::OK);
     }
-    let pem = pem_files(&config)?.read().map_err(|error| CliError::Config(error.to_string()))?;
-    let tls_config = tls::server_config(&pem).map_err(|error| CliError::Config(error.to_string()))?;
+    let tls_files = ServerTlsFiles { pem: pem_files(&config)?, crls: config.crl.clone() };
+    let server_tls = ServerTls::from_files(tls_files).map_err(|error| CliError::Config(error.to_string()))?;
     let store: Arc<dyn Store> = match &config.store {
         StoreKind::Embedded => Arc::new(
             EmbeddedStore::open_with_cache(&config.data_dir, (config.store_cache_mb as usize).saturating_mul(1 << 20))
@@ -131,13 +134,17 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         Some(door) => format!(" fhir={}", local_address(&door.listener)?),
         None => String::new(),
     };
+    let watch = server_tls.spawn_watch(Duration::from_secs(config.tls_reload_interval_secs));
+    let hangups = spawn_reload_on_hangup(server_tls.clone());
     // One stable line on stdout for supervisors and tests that bind port 0.
     println!("cpis-relay listening: grpc={grpc_address} admin={admin_address}{fhir_text}");
     tracing::info!(admin = %admin_address, "admin endpoints: /healthz /readyz /metrics");
     relay.spawn_retention();
-    server::run(listener, Some(admin), fhir, relay.clone(), server_options(&config, tls_config), shutdown_signal())
-        .await
-        .map_err(|error| CliError::Failed(error.to_string()))?;
+    let options = server_options(&config, server_tls);
+    let served = server::run(listener, Some(admin), fhir, relay.clone(), options, shutdown_signal()).await;
+    watch.abort();
+    hangups.abort();
+    served.map_err(|error| CliError::Failed(error.to_string()))?;
     let held = relay.hub().held();
     if held > 0 {
         match &config.store {
@@ -182,6 +189,32 @@ async fn bind(address: SocketAddr, key: &str) -> Result<TcpListener, CliError> {
     TcpListener::bind(address)
         .await
         .map_err(|error| CliError::Config(format!("configuration {key}: {address}: {error}")))
+}
+
+/// Reloads the TLS configuration on every SIGHUP. The handler is installed
+/// before this returns, so a SIGHUP after the listening line never kills the process.
+fn spawn_reload_on_hangup(server_tls: ServerTls) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    {
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        tokio::spawn(async move {
+            let mut hangups = match hangups {
+                Ok(hangups) => hangups,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGHUP; TLS files are still reloaded when they change");
+                    return;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the TLS configuration");
+                let reloading = server_tls.clone();
+                // A failure is logged and counted by the reload itself.
+                let _ = tokio::task::spawn_blocking(move || reloading.reload()).await;
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move { drop(server_tls) })
 }
 
 /// Resolves on SIGTERM or SIGINT.

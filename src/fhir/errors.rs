@@ -84,7 +84,9 @@ impl FhirError {
                 Error::PermissionDenied(message) => {
                     answer(StatusCode::FORBIDDEN, "forbidden", Some(ACCESS_DENIED), message)
                 }
-                Error::ResourceExhausted(message) => answer(StatusCode::TOO_MANY_REQUESTS, "throttled", None, message),
+                Error::ResourceExhausted(message) | Error::RateLimited { message, .. } => {
+                    answer(StatusCode::TOO_MANY_REQUESTS, "throttled", None, message)
+                }
                 Error::FailedPrecondition(message) => answer(StatusCode::CONFLICT, "conflict", None, message),
                 Error::Unavailable(message) => answer(StatusCode::SERVICE_UNAVAILABLE, "transient", None, message),
                 Error::Store(store_error) => {
@@ -120,6 +122,13 @@ pub fn operation_outcome(issue_code: &str, spine: Option<(&str, &str)>, diagnost
 
 impl IntoResponse for FhirError {
     fn into_response(self) -> Response {
+        // Over the organisation's rate limit: when to try again, in whole seconds, rounded up.
+        let retry_after = match &self {
+            Self::Domain(Error::RateLimited { retry_after, .. }) => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => None,
+        };
         let answer = self.answer();
         let id = uuid::Uuid::new_v4().to_string();
         let body = operation_outcome(answer.issue_code, answer.spine, &answer.diagnostics, &id);
@@ -127,6 +136,9 @@ impl IntoResponse for FhirError {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(super::FHIR_JSON));
         if answer.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -4,7 +4,7 @@
 //! requests do. On stop, no new connection is accepted and requests in flight
 //! finish within the grace period.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,17 +21,16 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Serves `router` on `listener` until `stop` turns true, then drains.
 pub async fn serve(
     listener: TcpListener,
-    tls_config: Arc<rustls::ServerConfig>,
+    tls: tls::ServerTls,
     handshake_timeout: Duration,
+    limits: tls::ConnectionLimits,
     grace_period: Duration,
     router: Router,
     mut stop: watch::Receiver<bool>,
 ) {
     // The gRPC configuration offers only h2; this door speaks HTTP/1.1.
-    let mut config = (*tls_config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let local_addr = listener.local_addr().ok();
-    let mut incoming = tls::incoming(listener, Arc::new(config), handshake_timeout);
+    let mut incoming = tls::incoming(listener, tls, tls::Alpn::Http1, handshake_timeout, limits);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     if let Some(local_addr) = local_addr {
         tracing::info!(%local_addr, "serving the FHIR R4 door over mutual TLS");

@@ -16,6 +16,7 @@ mod health;
 mod held;
 mod notify;
 mod plans;
+pub mod rate;
 mod retention;
 mod search;
 pub mod spill;
@@ -46,6 +47,10 @@ pub use validate::{Rejection, RejectionReason};
 /// worst upload the field limits allow stays within a few gigabytes.
 pub const DEFAULT_MAX_UPLOAD_RECORDS: usize = 250_000;
 
+/// Open subscriptions per local authority unless configured: a few nodes of
+/// its case system with room for reconnections, not an unbounded number.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_LA: usize = 16;
+
 /// Retention periods and limits; see `config` for their keys.
 #[derive(Clone, Debug)]
 pub struct RelaySettings {
@@ -69,6 +74,13 @@ pub struct RelaySettings {
     /// Most searches held for retry while the store fails; beyond it a
     /// search still answers but its notifications are refused, loudly.
     pub max_held_notifications: usize,
+    /// Searches a second per organisation (ODS code) and the burst above
+    /// it; a rate of 0 is no limit. Off by default here (embedded uses,
+    /// benchmarks); `serve` defaults to [`rate::DEFAULT_SEARCH_RATE_PER_SECOND`].
+    pub search_rate_per_second: f64,
+    pub search_burst: u32,
+    /// Open subscriptions per local authority; more are refused.
+    pub max_subscriptions_per_la: usize,
     /// First and longest wait between retries of held notifications.
     pub held_retry_backoff: (std::time::Duration, std::time::Duration),
     /// A shared store (PostgreSQL): how often other nodes' changes are read
@@ -87,6 +99,9 @@ impl Default for RelaySettings {
             max_refresh_rejected_percent: 10,
             spill_dir: None,
             max_held_notifications: 100_000,
+            max_subscriptions_per_la: DEFAULT_MAX_SUBSCRIPTIONS_PER_LA,
+            search_rate_per_second: 0.0,
+            search_burst: rate::DEFAULT_SEARCH_BURST,
             held_retry_backoff: (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5)),
             feed_poll_interval: std::time::Duration::from_secs(1),
         }
@@ -122,6 +137,8 @@ struct Shared {
     health: Arc<health::WriteHealth>,
     /// Flipped once on shutdown: open subscriptions end so clients reconnect elsewhere.
     draining: watch::Sender<bool>,
+    /// The per-organisation search rate limit.
+    search_rate: rate::RateLimiter,
 }
 
 impl Relay {
@@ -167,6 +184,7 @@ impl Relay {
                 hub,
                 store,
                 clock,
+                search_rate: rate::RateLimiter::new(settings.search_rate_per_second, settings.search_burst),
                 settings,
                 plan_writes: Mutex::new(()),
                 plan_version: watch::Sender::new(snapshot.plan_version),

@@ -165,10 +165,15 @@ struct SubscriberGuard {
 }
 
 impl SubscriberGuard {
-    fn new(la_ods_code: String, channel: Arc<AuthorityChannel>) -> Self {
-        let count = channel.subscribers.fetch_add(1, Ordering::AcqRel) + 1;
+    /// Counts one more subscriber, unless the authority already has `max`.
+    fn try_new(la_ods_code: String, channel: Arc<AuthorityChannel>, max: usize) -> Option<Self> {
+        let count = channel
+            .subscribers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| (count < max).then_some(count + 1))
+            .ok()?
+            + 1;
         metrics::gauge!("cpis_subscribers", "la" => la_ods_code.clone()).set(count as f64);
-        Self { la_ods_code, channel }
+        Some(Self { la_ods_code, channel })
     }
 }
 
@@ -181,7 +186,9 @@ impl Drop for SubscriberGuard {
 
 impl Relay {
     /// Retained notifications after `after_sequence` (or after the last
-    /// acknowledged one), then live ones, until the client goes or the relay drains.
+    /// acknowledged one), then live ones, until the client goes or the relay
+    /// drains. An authority has at most `max_subscriptions_per_la` open at
+    /// once; one more is RESOURCE_EXHAUSTED.
     pub fn subscribe(
         &self,
         identity: &Identity,
@@ -194,7 +201,12 @@ impl Relay {
         let store = Arc::clone(&self.shared.store);
         let mut draining = self.shared.draining.subscribe();
         let mut last_sequence = channel.last_sequence.subscribe();
-        let guard = SubscriberGuard::new(la_ods_code.clone(), channel);
+        let max = self.shared.settings.max_subscriptions_per_la;
+        let Some(guard) = SubscriberGuard::try_new(la_ods_code.clone(), channel, max) else {
+            return Err(Error::ResourceExhausted(format!(
+                "this local authority already has {max} open subscriptions (max_subscriptions_per_la); close one first"
+            )));
+        };
         let stream = async_stream::try_stream! {
             let _guard = guard;
             // Resuming from the acknowledged position: on a shared store it may have

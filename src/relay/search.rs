@@ -99,6 +99,23 @@ fn search_metrics() -> &'static SearchMetrics {
 }
 
 impl Relay {
+    /// The organisation's search rate limit: refused at once when over it.
+    fn within_rate(&self, identity: &Identity) -> Result<()> {
+        let Err(retry_after) = self.shared.search_rate.check(&identity.ods_code) else {
+            return Ok(());
+        };
+        metrics::counter!("cpis_rate_limited_total", "organisation" => identity.ods_code.clone()).increment(1);
+        tracing::debug!(organisation = %identity.ods_code, ?retry_after, "search over the organisation's rate limit");
+        Err(Error::RateLimited {
+            message: format!(
+                "organisation {} is over its search rate limit; retry in {} ms",
+                identity.ods_code,
+                retry_after.as_millis().max(1)
+            ),
+            retry_after,
+        })
+    }
+
     pub async fn search(&self, identity: &Identity, query: SearchQuery) -> Result<SearchOutcome> {
         let started = std::time::Instant::now();
         let result = self.search_inner(identity, query).await;
@@ -106,7 +123,7 @@ impl Relay {
             Ok(outcome) if outcome.flagged() => SearchMetric::Flagged,
             Ok(_) => SearchMetric::Unflagged,
             Err(Error::InvalidArgument { .. }) => SearchMetric::Invalid,
-            Err(Error::PermissionDenied(_)) => SearchMetric::Denied,
+            Err(Error::PermissionDenied(_) | Error::RateLimited { .. }) => SearchMetric::Denied,
             Err(_) => SearchMetric::Error,
         };
         let metrics = search_metrics();
@@ -117,6 +134,7 @@ impl Relay {
 
     async fn search_inner(&self, identity: &Identity, query: SearchQuery) -> Result<SearchOutcome> {
         authorize(identity, Action::Search)?;
+        self.within_rate(identity)?;
         let scheduled = search_is_scheduled(identity, query.scheduled)?;
         let nhs_number = validate::nhs_number_field(&query.nhs_number, "nhs_number")?;
         let accessor = query.accessor.ok_or_else(|| Error::invalid("accessor", "is required"))?;

@@ -211,6 +211,15 @@ impl TestRelay {
         Self::serve_doors(Pki::new(), store, clock, RelaySettings::default(), dir, tune, true).await
     }
 
+    /// A relay on the memory store with its FHIR door open and these relay settings.
+    pub async fn start_fhir_with(settings: RelaySettings) -> Self {
+        tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::new(test_start()));
+        Self::serve_doors(Pki::new(), store, clock, settings, dir, |_| {}, true).await
+    }
+
     async fn serve_doors(
         pki: Pki,
         store: Arc<dyn Store>,

@@ -1,0 +1,159 @@
+//! Mutual TLS. One rustls crypto provider (ring) chosen explicitly, server
+//! and client configurations from PEM files (with certificate revocation
+//! lists for client certificates), the reloadable server configuration
+//! (`reload`) and the accepted-connection stream (`accept`) that verifies
+//! client certificates during the handshake and reads the caller's identity
+//! once per connection.
+//!
+//! A client without a certificate, with one from another CA, or with a
+//! revoked one, fails the handshake and never reaches a service.
+
+mod accept;
+mod activity;
+mod limits;
+mod reload;
+
+pub use accept::{AuthenticatedStream, PeerInfo, incoming};
+pub use activity::{CallGuard, ConnectionActivity};
+pub use limits::{ConnectionLimits, HANDSHAKE_FAILURE_REASONS};
+pub use reload::{Alpn, RELOAD_OUTCOMES, ServerTls, ServerTlsFiles};
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The one crypto provider of the process.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process default so that no library picks another.
+/// Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// PEM material of one party: its trust anchor, certificate chain and key.
+#[derive(Clone, Debug)]
+pub struct PemFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl PemFiles {
+    /// `ca.pem`, `NAME.pem` and `NAME.key` in `dir`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        Self { ca: dir.join("ca.pem"), cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) }
+    }
+
+    pub fn read(&self) -> Result<PemText, TlsError> {
+        Ok(PemText { ca: read_text(&self.ca)?, cert: read_text(&self.cert)?, key: read_text(&self.key)? })
+    }
+}
+
+/// PEM text of one party.
+#[derive(Clone)]
+pub struct PemText {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+fn read_text(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|error| TlsError::File { path: path.to_owned(), message: error.to_string() })
+}
+
+/// The server side: client certificates required and verified against `pem.ca`.
+pub fn server_config(pem: &PemText) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_crls(pem, Vec::new())
+}
+
+/// [`server_config`] refusing client certificates that `crls` revoke. Only
+/// the client's own (end-entity) certificate is checked; when CRLs are given,
+/// a client certificate whose issuer has none among them is refused (fail
+/// closed). A CRL past its next update still counts.
+pub fn server_config_with_crls(
+    pem: &PemText,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let config_error = |error: rustls::Error| TlsError::Config(error.to_string());
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(&pem.ca, "CA")? {
+        roots.add(ca).map_err(config_error)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .build()
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes())
+        .map_err(|error| TlsError::Config(format!("server key: {error}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certificates(&pem.cert, "server certificate")?, key)
+        .map_err(config_error)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CRLs in a file: PEM (one or more `X509 CRL` blocks) or a single DER CRL.
+pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes =
+        std::fs::read(path).map_err(|error| TlsError::File { path: path.to_owned(), message: error.to_string() })?;
+    parse_crls(&bytes).map_err(|message| TlsError::File { path: path.to_owned(), message })
+}
+
+fn parse_crls(bytes: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let is_pem = bytes.trim_ascii_start().starts_with(b"-----BEGIN");
+    if !is_pem {
+        // DER: an ASN.1 SEQUENCE; the verifier checks the rest when it is built.
+        return match bytes.first() {
+            Some(0x30) => Ok(vec![CertificateRevocationListDer::from(bytes.to_vec())]),
+            _ => Err("neither a PEM nor a DER certificate revocation list".into()),
+        };
+    }
+    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("certificate revocation list: {error}"))?;
+    if crls.is_empty() {
+        return Err("no PEM `X509 CRL` block found".into());
+    }
+    Ok(crls)
+}
+
+fn certificates(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Config(format!("{what}: {error}")))?;
+    if certificates.is_empty() {
+        return Err(TlsError::Config(format!("{what}: no PEM certificate found")));
+    }
+    Ok(certificates)
+}
+
+/// The client side, for tonic channels: trusts `pem.ca`, presents `pem.cert`.
+pub fn client_config(pem: &PemText, server_name: &str) -> tonic::transport::ClientTlsConfig {
+    tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&pem.ca))
+        .identity(tonic::transport::Identity::from_pem(&pem.cert, &pem.key))
+        .domain_name(server_name)
+}
