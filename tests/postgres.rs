@@ -243,3 +243,52 @@ async fn a_node_refuses_a_schema_newer_than_it_knows_and_nodes_starting_together
     let refused = PostgresStore::open(&options(&url)).await.err().expect("a newer schema is refused");
     assert!(refused.to_string().contains("version 99, newer than this relay knows"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_export_retention_and_store_check_work_on_postgres() {
+    use cpis_relay::proto::{AccessLogRequest, ExportRequest};
+    let (cluster, a, b) = two_nodes().await;
+    let (child, ended) = (nhs(14), nhs(15));
+    let mut old = record(&ended, PlanType::LookedAfter);
+    old.end_date = "2026-02-01".into();
+    a.load("706", vec![record(&child, PlanType::ChildProtection), old]).await;
+    caught_up(&a, &b).await;
+    b.lookup().await.search(search_request(&child, "u1", "r1")).await.unwrap();
+
+    // The auditor on A sees the access made on B; the LA's export on B has A's upload.
+    let log =
+        collect(a.audit().await.access_log(AccessLogRequest { nhs_number: child.clone() }).await.unwrap().into_inner())
+            .await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].accessor.as_ref().unwrap().user_id, "u1");
+    let exported = collect(b.plans("la-706").await.export(ExportRequest {}).await.unwrap().into_inner()).await;
+    let mut exported: Vec<&str> = exported.iter().map(|plan| plan.nhs_number.as_str()).collect();
+    exported.sort();
+    assert_eq!(exported, [child.as_str(), ended.as_str()]);
+
+    let store_check = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+            .args(["store", "check", "--store", &cluster.url("cpis")])
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (status, report) = store_check();
+    assert_eq!(status, Some(0), "{report}");
+    assert!(report.contains("integrity ok") && report.contains("accesses"), "{report}");
+
+    // Retention: a year and a month on, the ended plan, the acknowledged notification and the access go.
+    a.notifications("la-706").await.ack(AckRequest { sequence: 1 }).await.unwrap();
+    a.clock.advance(chrono::Duration::days(400));
+    let counts = a.relay.expire().await.unwrap();
+    assert_eq!((counts.plans, counts.notifications, counts.accesses), (1, 1, 1));
+    assert_eq!(cluster.psql("cpis", "SELECT count(*) FROM cpis_requests"), "0");
+    assert!(b.lookup().await.search(search_request(&child, "u2", "r2")).await.unwrap().into_inner().flagged);
+
+    // A notification removed behind the relay's back is a gap the check reports.
+    cluster.psql("cpis", "DELETE FROM cpis_notifications WHERE sequence = 2");
+    b.lookup().await.search(search_request(&child, "u3", "r3")).await.unwrap();
+    let (status, report) = store_check();
+    assert_eq!(status, Some(1), "{report}");
+    assert!(report.contains("706 misses sequences 2..2"), "{report}");
+}

@@ -144,10 +144,34 @@ pub struct StartupReport {
     pub store_bytes: u64,
 }
 
-pub async fn startup(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<StartupReport, StoreError> {
+/// Opens the store a bench scenario runs on: the embedded store in
+/// `data_dir`, or the PostgreSQL database of `--store`.
+pub async fn open_store(
+    store: &crate::config::StoreKind,
+    data_dir: &Path,
+) -> Result<Arc<dyn crate::store::Store>, StoreError> {
+    use crate::{config::StoreKind, store::postgres};
+    Ok(match store {
+        StoreKind::Embedded => Arc::new(crate::store::embedded::EmbeddedStore::open(data_dir)?),
+        StoreKind::Memory => Arc::new(crate::store::memory::MemoryStore::new()),
+        StoreKind::Postgres(url) => Arc::new(
+            postgres::PostgresStore::open(&postgres::PostgresOptions {
+                connect: postgres::ConnectOptions { url: url.clone(), password_file: None, pool_size: 16 },
+                write_timeout: std::time::Duration::from_secs(30),
+            })
+            .await?,
+        ),
+    })
+}
+
+pub async fn startup(
+    kind: &crate::config::StoreKind,
+    data_dir: &Path,
+    clock: Arc<dyn Clock>,
+) -> Result<StartupReport, StoreError> {
     let resident_bytes_before = resident_bytes().unwrap_or(0);
     let started = Instant::now();
-    let store = Arc::new(crate::store::embedded::EmbeddedStore::open(data_dir)?);
+    let store = open_store(kind, data_dir).await?;
     let store_open_seconds = started.elapsed().as_secs_f64();
     let relay = Relay::open(store, clock, RelaySettings::default()).await?;
     let seconds_to_ready = started.elapsed().as_secs_f64();

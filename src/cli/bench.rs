@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// A running relay to load; default: start one in-process.
     #[arg(long, env = "CPIS_SERVER")]
     pub server: Option<String>,
+    /// delivery: subscribe through this relay instead (another node on the same PostgreSQL).
+    #[arg(long)]
+    pub subscribe_server: Option<String>,
     /// Store of the relay the bench starts.
     #[arg(long, default_value = "embedded")]
     pub store: StoreKind,
@@ -107,7 +110,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         Scenario::Fill => fill(&args).await,
         Scenario::Startup => {
             let dir = args.data_dir.clone().ok_or_else(|| CliError::Config("--data-dir is required".into()))?;
-            let report = bench::startup(&dir, Arc::new(SystemClock)).await.map_err(failed)?;
+            let report = bench::startup(&args.store, &dir, Arc::new(SystemClock)).await.map_err(failed)?;
             println!("{}", serde_json::to_string_pretty(&report).map_err(failed)?);
             Ok(exit::OK)
         }
@@ -131,7 +134,7 @@ async fn echo(args: &BenchArgs) -> Result<u8, CliError> {
 
 async fn fill(args: &BenchArgs) -> Result<u8, CliError> {
     let dir = args.data_dir.clone().ok_or_else(|| CliError::Config("--data-dir is required".into()))?;
-    let store = Arc::new(EmbeddedStore::open(&dir).map_err(failed)?);
+    let store = bench::open_store(&args.store, &dir).await.map_err(failed)?;
     // The fill loads up to the whole test range, one FULL_REFRESH per authority.
     let settings = RelaySettings { max_upload_records: synth::MAX_PEOPLE * 2, ..RelaySettings::default() };
     let relay = Relay::open(store, Arc::new(SystemClock), settings).await.map_err(failed)?;

@@ -313,8 +313,9 @@ pub async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
     let flagged: HashSet<String> = super::bench::upload_to_external(args, &target.url).await?.into_iter().collect();
     let timings = Arc::new(bench::delivery::DeliveryTimings::default());
     let mut subscribers = Vec::new();
+    let subscribe_url = args.subscribe_server.clone().unwrap_or_else(|| target.url.clone());
     for identity in ["la-706", "la-855"] {
-        let channel = client::connect(&target.url, &pem(args, identity)?, None).await.map_err(unavailable)?;
+        let channel = client::connect(&subscribe_url, &pem(args, identity)?, None).await.map_err(unavailable)?;
         let mut stream = proto::notifications_client::NotificationsClient::new(channel)
             .subscribe(proto::SubscribeRequest { after_sequence: None })
             .await?

@@ -102,10 +102,17 @@ pub enum CertsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
-    /// Verify a store no relay has open and print counts per table.
+    /// Verify a store and print counts per table: an embedded store no relay
+    /// has open, or a PostgreSQL store (in one read-only snapshot, relays may run).
     Check {
         #[arg(long, env = "CPIS_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
+        /// embedded (the data directory) or a postgres:// URL.
+        #[arg(long, env = "CPIS_STORE", default_value = "embedded")]
+        store: crate::config::StoreKind,
+        /// PostgreSQL: file holding the password, when neither the URL nor PGPASSWORD gives one.
+        #[arg(long, env = "CPIS_STORE_PASSWORD_FILE")]
+        store_password_file: Option<PathBuf>,
     },
 }
 
@@ -260,8 +267,22 @@ async fn run(command: Command) -> Result<u8, CliError> {
             }
             Ok(exit::OK)
         }
-        Command::Store { command: StoreCommand::Check { data_dir } } => {
-            let report = crate::store::check::check(&data_dir).map_err(|error| CliError::Failed(error.to_string()))?;
+        Command::Store { command: StoreCommand::Check { data_dir, store, store_password_file } } => {
+            let failed = |error: crate::store::StoreError| CliError::Failed(error.to_string());
+            let report = match store {
+                crate::config::StoreKind::Postgres(url) => {
+                    let options = crate::store::postgres::ConnectOptions {
+                        url,
+                        password_file: store_password_file,
+                        pool_size: 2,
+                    };
+                    crate::store::postgres::check::check(&options).await.map_err(failed)?
+                }
+                crate::config::StoreKind::Memory => {
+                    return Err(CliError::Config("store: the memory store has nothing to check".into()));
+                }
+                crate::config::StoreKind::Embedded => crate::store::check::check(&data_dir).map_err(failed)?,
+            };
             println!("{}: integrity {}", report.path.display(), if report.integrity_ok { "ok" } else { "FAILED" });
             for (table, count) in &report.tables {
                 println!("  {table:<14} {count:>12}");

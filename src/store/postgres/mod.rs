@@ -12,6 +12,7 @@
 //! held by the relay and written once it is back.
 
 mod accesses;
+pub mod check;
 pub mod connect;
 mod feed;
 mod schema;
