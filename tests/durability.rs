@@ -90,7 +90,7 @@ async fn a_failing_store_still_answers_clinicians_holds_notifications_and_report
         relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
     assert_eq!(admin_get(relay.admin, "/readyz").await.0, 200);
 
-    relay.store.faults().fail_writes(true);
+    relay.faults.fail_writes(true);
     let response =
         relay.lookup().await.search(search_request(&child, "during-failure", "")).await.unwrap().into_inner();
     assert!(response.flagged, "the clinician gets the answer while the store fails");
@@ -121,7 +121,7 @@ async fn a_failing_store_still_answers_clinicians_holds_notifications_and_report
     let metrics = admin_get(relay.admin, "/metrics").await.1;
     assert!(metrics.contains("cpis_store_failures_total"), "a metric says the store failed");
 
-    relay.store.faults().fail_writes(false);
+    relay.faults.fail_writes(false);
     let held = next(&mut stream).await;
     assert_eq!(
         held.accessor.unwrap().user_id,

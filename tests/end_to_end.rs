@@ -90,8 +90,8 @@ async fn a_retry_with_the_same_request_id_notifies_once() {
     // client retrying before the first answer arrives: the first copy's commit
     // is held (stalled before it reaches the store) until every other copy has
     // been answered, so they overlap for certain.
-    relay.store.faults().stall_writes(true);
-    let mut stalled = relay.store.faults().stalled_changes();
+    relay.faults.stall_writes(true);
+    let mut stalled = relay.faults.stalled_changes();
     let first_copy = {
         let mut lookup = lookup.clone();
         let request = search_request(&child, "user-c", "racing-id");
@@ -114,7 +114,7 @@ async fn a_retry_with_the_same_request_id_notifies_once() {
     assert!(racing.iter().all(|answer| matches!(answer, Ok(true))), "every copy is answered: {racing:?}");
     assert_eq!(*stalled.borrow(), 1, "only the first copy's commit is waiting");
     assert!(!first_copy.is_finished(), "the first copy was still in flight while the others were answered");
-    relay.store.faults().stall_writes(false);
+    relay.faults.stall_writes(false);
     assert!(matches!(first_copy.await.unwrap(), Ok(true)));
     // The same id for another person is another search, not a retry.
     lookup.search(search_request(&sibling, "user-a", "same-id")).await.unwrap();
@@ -324,7 +324,7 @@ async fn a_cancelled_search_and_its_retry_notify_once() {
     };
     let request = query("user-a", "cancel-id");
 
-    let faults = relay.store.faults().clone();
+    let faults = relay.faults.clone();
     faults.stall_writes(true);
     let mut held = faults.stalled_changes();
     let mut first = Box::pin(relay.relay.search(&la, request.clone()));

@@ -151,14 +151,14 @@ async fn a_restart_skips_spilled_searches_already_stored_so_none_is_notified_twi
     let relay = TestRelay::serve(Pki::new(), store, clock, spilling(dir.path()), dir).await;
     let child = nhs(3);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    relay.store.faults().fail_writes(true);
+    relay.faults.fail_writes(true);
     relay.lookup().await.search(search_request(&child, "held-once", "r1")).await.unwrap();
     assert_eq!(relay.relay.hub().held(), 1);
     // What a crash after the store took it, but before the spill was emptied, leaves behind.
     let spill = relay.dir.path().join(SPILL_FILE);
     let spilled = std::fs::read(&spill).unwrap();
     assert!(!spilled.is_empty(), "the held search is in the spill before the search answers");
-    relay.store.faults().fail_writes(false);
+    relay.faults.fail_writes(false);
     let mut stream =
         relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
     assert_eq!(next(&mut stream).await.accessor.unwrap().user_id, "held-once");
@@ -194,10 +194,10 @@ async fn shutdown_retries_held_notifications_through_the_grace_period() {
     let mut relay = TestRelay::start_with(StoreChoice::Embedded, settings).await;
     let child = nhs(5);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    relay.store.faults().fail_writes(true);
+    relay.faults.fail_writes(true);
     relay.lookup().await.search(search_request(&child, "held-at-shutdown", "")).await.unwrap();
     assert_eq!(relay.relay.hub().held(), 1);
-    relay.store.faults().fail_writes(false);
+    relay.faults.fail_writes(false);
     relay.shutdown().await;
     assert_eq!(relay.relay.hub().held(), 0, "stored during the grace period");
     let stored = relay.store.notifications_after("706", 0, 10).await.unwrap();
@@ -211,7 +211,7 @@ async fn beyond_the_bound_searches_answer_but_their_notifications_are_refused_lo
     let relay = TestRelay::start_with(StoreChoice::Embedded, settings).await;
     let child = nhs(6);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    relay.store.faults().fail_writes(true);
+    relay.faults.fail_writes(true);
     let mut lookup = relay.lookup().await;
     for user in ["held-1", "held-2", "refused-3"] {
         assert!(lookup.search(search_request(&child, user, "")).await.unwrap().into_inner().flagged);
@@ -219,7 +219,7 @@ async fn beyond_the_bound_searches_answer_but_their_notifications_are_refused_lo
     assert_eq!(relay.relay.hub().held(), 2, "the bound holds");
     let metrics = admin_get(relay.admin, "/metrics").await.1;
     assert!(metrics.contains("cpis_notifications_refused_total 1"), "{metrics}");
-    relay.store.faults().fail_writes(false);
+    relay.faults.fail_writes(false);
     let mut stream =
         relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
     assert_eq!(next(&mut stream).await.accessor.unwrap().user_id, "held-1");
@@ -232,7 +232,7 @@ async fn beyond_the_bound_searches_answer_but_their_notifications_are_refused_lo
 async fn a_failed_upload_makes_the_relay_not_ready_until_a_write_succeeds() {
     let relay = TestRelay::start().await;
     wait_for_health(&relay, ServingStatus::Serving).await;
-    relay.store.faults().fail_writes(true);
+    relay.faults.fail_writes(true);
     let failed = upload(
         &mut relay.plans("la-706").await,
         "706",
@@ -244,7 +244,7 @@ async fn a_failed_upload_makes_the_relay_not_ready_until_a_write_succeeds() {
     wait_for_health(&relay, ServingStatus::NotServing).await;
     assert_eq!(admin_get(relay.admin, "/readyz").await.0, 503);
 
-    relay.store.faults().fail_writes(false);
+    relay.faults.fail_writes(false);
     relay.load("706", vec![record(&nhs(1), PlanType::ChildProtection)]).await;
     wait_for_health(&relay, ServingStatus::Serving).await;
     assert_eq!(admin_get(relay.admin, "/readyz").await.0, 200);
@@ -261,12 +261,12 @@ async fn a_failed_ack_makes_the_relay_not_ready_until_a_write_succeeds() {
     let sequence = next(&mut stream).await.sequence;
     wait_for_health(&relay, ServingStatus::Serving).await;
 
-    relay.store.faults().fail_writes(true);
+    relay.faults.fail_writes(true);
     assert!(notifications.ack(AckRequest { sequence }).await.is_err());
     wait_for_health(&relay, ServingStatus::NotServing).await;
     assert_eq!(admin_get(relay.admin, "/readyz").await.0, 503);
 
-    relay.store.faults().fail_writes(false);
+    relay.faults.fail_writes(false);
     notifications.ack(AckRequest { sequence }).await.unwrap();
     wait_for_health(&relay, ServingStatus::Serving).await;
     assert_eq!(admin_get(relay.admin, "/readyz").await.0, 200);
@@ -281,10 +281,10 @@ async fn a_successful_write_does_not_make_the_relay_ready_while_notifications_ar
     let relay = TestRelay::start_with(StoreChoice::Embedded, settings).await;
     let child = nhs(4);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    relay.store.faults().fail_writes(true);
+    relay.faults.fail_writes(true);
     relay.lookup().await.search(search_request(&child, "held", "")).await.unwrap();
     wait_for_health(&relay, ServingStatus::NotServing).await;
-    relay.store.faults().fail_writes(false);
+    relay.faults.fail_writes(false);
     relay.load("706", vec![record(&nhs(8), PlanType::LookedAfter)]).await;
     assert_eq!(*relay.relay.store_health().borrow(), StoreHealth::Failing, "a notification is still held");
     assert_eq!(admin_get(relay.admin, "/readyz").await.0, 503);

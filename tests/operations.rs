@@ -16,7 +16,7 @@ async fn past_the_search_limit_calls_are_shed_with_resource_exhausted_not_queued
     let child = nhs(1);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     // Flagged searches wait for their notification's commit; a stalled disk holds them in flight.
-    relay.store.faults().stall_writes(true);
+    relay.faults.stall_writes(true);
     let mut held = Vec::new();
     for user in 0..4 {
         let mut lookup = relay.lookup().await;
@@ -38,7 +38,7 @@ async fn past_the_search_limit_calls_are_shed_with_resource_exhausted_not_queued
     .expect("a probe is shed once the limit is full");
     assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
 
-    relay.store.faults().stall_writes(false);
+    relay.faults.stall_writes(false);
     for search in held {
         assert!(search.await.unwrap().unwrap().into_inner().flagged);
     }
@@ -56,7 +56,7 @@ async fn shutdown_flips_readiness_ends_subscriptions_and_lets_in_flight_searches
         relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
     let mut lookup = relay.lookup().await;
 
-    let faults = relay.store.faults().clone();
+    let faults = relay.faults.clone();
     let mut stalled = faults.stalled_changes();
     faults.stall_writes(true);
     let in_flight = {

@@ -92,7 +92,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     }
     let tls_files = ServerTlsFiles { pem: pem_files(&config)?, crls: config.crl.clone() };
     let server_tls = ServerTls::from_files(tls_files).map_err(|error| CliError::Config(error.to_string()))?;
-    let store: Arc<dyn Store> = match &config.store {
+    let mut store: Arc<dyn Store> = match &config.store {
         StoreKind::Embedded => Arc::new(
             EmbeddedStore::open_with_cache(&config.data_dir, (config.store_cache_mb as usize).saturating_mul(1 << 20))
                 .map_err(|error| CliError::Failed(error.to_string()))?,
@@ -114,7 +114,9 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     // held notifications survive SIGTERM and SIGKILL while the store fails.
     if cfg!(debug_assertions) && std::env::var_os(FAIL_STORE_WRITES_ENV).is_some_and(|value| value == "1") {
         tracing::warn!("{FAIL_STORE_WRITES_ENV}=1: every store write fails (debug builds only, for tests)");
-        store.faults().fail_writes(true);
+        let faulty = crate::store::faults::FaultyStore::new(store);
+        faulty.faults().fail_writes(true);
+        store = Arc::new(faulty);
     }
     let relay = Relay::open(store, Arc::new(SystemClock), config.relay_settings())
         .await

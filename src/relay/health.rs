@@ -14,7 +14,7 @@ use super::StoreHealth;
 use crate::{
     model::{AccessEvent, Notification, RequestKey},
     nhs::NhsNumber,
-    store::{Applied, Change, Faults, PersonHistory, Snapshot, Store, StoreError},
+    store::{Applied, Change, PersonHistory, Snapshot, Store, StoreError},
 };
 
 #[derive(Default)]
@@ -129,9 +129,5 @@ impl Store for ReportingStore {
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
         self.inner.notifications_after(la_ods_code, after, limit)
-    }
-
-    fn faults(&self) -> &Faults {
-        self.inner.faults()
     }
 }

@@ -9,7 +9,7 @@ use std::{
 
 use futures::{FutureExt, future::BoxFuture};
 
-use super::{Applied, Change, Cursor, ExpiryCounts, Faults, PersonHistory, Snapshot, Store, StoreError};
+use super::{Applied, Change, Cursor, ExpiryCounts, PersonHistory, Snapshot, Store, StoreError};
 use crate::{
     model::{AccessEvent, LocalAuthority, Notification, PlanType, RequestKey},
     nhs::NhsNumber,
@@ -25,7 +25,6 @@ fn key_of(plan: &StoredPlan) -> PlanKey {
 #[derive(Default, Clone)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
-    faults: Faults,
 }
 
 #[derive(Default)]
@@ -145,7 +144,7 @@ impl Store for MemoryStore {
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
-        let result = self.faults.check().and_then(|()| self.with_state(|state| state.apply(change)));
+        let result = self.with_state(|state| state.apply(change));
         async move { result }.boxed()
     }
 
@@ -197,9 +196,5 @@ impl Store for MemoryStore {
                 .collect()
         });
         async move { Ok(page) }.boxed()
-    }
-
-    fn faults(&self) -> &Faults {
-        &self.faults
     }
 }

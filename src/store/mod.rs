@@ -16,13 +16,11 @@
 
 pub mod check;
 pub mod embedded;
+pub mod faults;
 pub mod memory;
 pub mod postgres;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::BoxFuture;
@@ -152,9 +150,6 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>>;
 
-    /// Makes writes fail (or succeed again), to prove the failure paths.
-    fn faults(&self) -> &Faults;
-
     /// What other relay nodes commit, for a store they share; `None` when
     /// this process is the store's only writer.
     fn feed(&self) -> Option<Arc<dyn Feed>> {
@@ -195,48 +190,4 @@ pub trait Feed: Send + Sync + 'static {
 
     /// Hints as they arrive.
     fn hints(&self) -> tokio::sync::broadcast::Receiver<Hint>;
-}
-
-/// Switches that make a store's writes fail, as a full or broken disk
-/// would, or stall, as a slow disk would (the embedded store's writer).
-#[derive(Debug, Default, Clone)]
-pub struct Faults {
-    failing: Arc<AtomicBool>,
-    stalled: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    /// Changes the stalled writer is holding, for tests to wait on.
-    waiting: Arc<tokio::sync::watch::Sender<usize>>,
-}
-
-impl Faults {
-    /// While stalled, the writer commits nothing and callers wait.
-    pub fn stall_writes(&self, stalled: bool) {
-        let (lock, changed) = &*self.stalled;
-        *lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = stalled;
-        changed.notify_all();
-    }
-
-    /// Blocks the calling (writer) thread, holding `changes`, while writes are stalled.
-    pub fn wait_while_stalled(&self, changes: usize) {
-        let (lock, changed) = &*self.stalled;
-        let guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !*guard {
-            return;
-        }
-        self.waiting.send_replace(changes);
-        let _guard = changed.wait_while(guard, |stalled| *stalled).unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.waiting.send_replace(0);
-    }
-
-    /// How many changes a stalled writer holds; changes when it starts or stops waiting.
-    pub fn stalled_changes(&self) -> tokio::sync::watch::Receiver<usize> {
-        self.waiting.subscribe()
-    }
-
-    pub fn fail_writes(&self, failing: bool) {
-        self.failing.store(failing, Ordering::SeqCst);
-    }
-
-    pub fn check(&self) -> Result<(), StoreError> {
-        if self.failing.load(Ordering::SeqCst) { Err(StoreError::Injected) } else { Ok(()) }
-    }
 }

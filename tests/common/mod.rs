@@ -17,7 +17,12 @@ use cpis_relay::{
     },
     relay::{Relay, RelaySettings},
     server::{self, ServerError, ServerOptions},
-    store::{Store, embedded::EmbeddedStore, memory::MemoryStore},
+    store::{
+        Store,
+        embedded::EmbeddedStore,
+        faults::{Faults, FaultyStore},
+        memory::MemoryStore,
+    },
     tls::{self, PemText},
 };
 use futures::StreamExt;
@@ -145,6 +150,8 @@ pub struct TestRelay {
     pub relay: Relay,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn Store>,
+    /// Makes the store's writes fail or stall (the store is wrapped in a `FaultyStore`).
+    pub faults: Faults,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), ServerError>>>,
@@ -239,6 +246,9 @@ impl TestRelay {
         } else {
             (None, None)
         };
+        let faulty = FaultyStore::new(store);
+        let faults = faulty.faults().clone();
+        let store: Arc<dyn Store> = Arc::new(faulty);
         let relay = Relay::open(Arc::clone(&store), clock.clone(), settings).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -252,7 +262,7 @@ impl TestRelay {
             tokio::spawn(server::run(listener, Some(admin_listener), fhir_door, relay.clone(), options, async {
                 let _ = stopped.await;
             }));
-        Self { address, admin, fhir, pki, relay, clock, store, dir, stop: Some(stop), handle: Some(handle) }
+        Self { address, admin, fhir, pki, relay, clock, store, faults, dir, stop: Some(stop), handle: Some(handle) }
     }
 
     pub fn url(&self) -> String {

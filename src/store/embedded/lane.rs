@@ -17,7 +17,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::CommitStats;
-use crate::store::{Applied, Change, Faults, StoreError};
+use crate::store::{Applied, Change, StoreError};
 
 /// Most changes committed in one batch.
 const MAX_BATCH: usize = 4096;
@@ -46,7 +46,6 @@ impl Lane {
     pub(super) fn start(
         name: &str,
         mut committer: impl Committer,
-        faults: Faults,
         stats: Arc<CommitStats>,
     ) -> Result<Self, StoreError> {
         let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE_DEPTH);
@@ -61,7 +60,7 @@ impl Lane {
                             Err(_) => break,
                         }
                     }
-                    run_batch(&mut committer, &faults, &stats, batch);
+                    run_batch(&mut committer, &stats, batch);
                 }
             })
             .map_err(|error| StoreError::Io(error.to_string()))?;
@@ -81,12 +80,11 @@ impl Lane {
     }
 }
 
-fn run_batch(committer: &mut impl Committer, faults: &Faults, stats: &CommitStats, batch: Vec<Job>) {
+fn run_batch(committer: &mut impl Committer, stats: &CommitStats, batch: Vec<Job>) {
     let (changes, replies): (Vec<Change>, Vec<_>) = batch.into_iter().map(|job| (job.change, job.reply)).unzip();
     let size = changes.len();
-    faults.wait_while_stalled(size);
     let started = Instant::now();
-    let result = faults.check().and_then(|()| committer.commit(changes));
+    let result = committer.commit(changes);
     match result {
         Ok(results) => {
             metrics::histogram!("cpis_store_sync_duration_seconds").record(started.elapsed().as_secs_f64());

@@ -33,7 +33,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde::{Serialize, de::DeserializeOwned};
 
 use self::lane::Lane;
-use super::{Applied, Change, Cursor, Faults, PersonHistory, Snapshot, Store, StoreError};
+use super::{Applied, Change, Cursor, PersonHistory, Snapshot, Store, StoreError};
 use crate::{
     model::{AccessEvent, Notification, RequestKey},
     nhs::NhsNumber,
@@ -170,7 +170,6 @@ pub struct EmbeddedStore {
     spaces: Spaces,
     plan_lane: Arc<Lane>,
     activity_lane: Arc<Lane>,
-    faults: Faults,
     path: PathBuf,
     stats: Arc<CommitStats>,
 }
@@ -203,26 +202,18 @@ impl EmbeddedStore {
         let spaces = Spaces::open(data_dir, cache_bytes)?;
         restrict_tree(data_dir).map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
         check_schema(&spaces)?;
-        let faults = Faults::default();
         let stats = Arc::new(CommitStats::default());
         let positions = spaces.cursors()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
-        let plan_lane = Lane::start(
-            "plans",
-            changes::PlanCommitter { spaces: spaces.clone() },
-            faults.clone(),
-            Arc::clone(&stats),
-        )?;
+        let plan_lane = Lane::start("plans", changes::PlanCommitter { spaces: spaces.clone() }, Arc::clone(&stats))?;
         let activity_lane = Lane::start(
             "activity",
             changes::ActivityCommitter { spaces: spaces.clone(), positions },
-            faults.clone(),
             Arc::clone(&stats),
         )?;
         Ok(Self {
             spaces,
             plan_lane: Arc::new(plan_lane),
             activity_lane: Arc::new(activity_lane),
-            faults,
             path: data_dir.to_owned(),
             stats,
         })
@@ -377,10 +368,6 @@ impl Store for EmbeddedStore {
             }
             Ok(page)
         })
-    }
-
-    fn faults(&self) -> &Faults {
-        &self.faults
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub use connect::{ConnectOptions, StoreUrl};
 pub use schema::SCHEMA_VERSION;
 
-use super::{Applied, Change, Cursor, Faults, Feed, PersonHistory, Snapshot, Store, StoreError};
+use super::{Applied, Change, Cursor, Feed, PersonHistory, Snapshot, Store, StoreError};
 use crate::{
     model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType, RequestKey},
     nhs::NhsNumber,
@@ -46,7 +46,6 @@ pub struct PostgresStore {
     pool: Pool,
     accesses: mpsc::UnboundedSender<accesses::AccessJob>,
     feed: Arc<feed::PostgresFeed>,
-    faults: Faults,
     /// Dropped with the store: ends the listening task.
     _alive: watch::Sender<()>,
 }
@@ -68,7 +67,6 @@ impl PostgresStore {
             accesses: accesses::spawn_writer(pool.clone(), options.write_timeout),
             feed: Arc::new(feed::PostgresFeed { pool: pool.clone(), hints }),
             pool,
-            faults: Faults::default(),
             _alive: alive,
         })
     }
@@ -171,9 +169,6 @@ impl Store for PostgresStore {
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
-        if let Err(error) = self.faults.check() {
-            return async move { Err(error) }.boxed();
-        }
         match change {
             Change::RecordAccess { access, drafts } => {
                 let (reply, answer) = oneshot::channel();
@@ -261,10 +256,6 @@ impl Store for PostgresStore {
             rows.iter().map(|row| notification(row.get(0), row.get(1), row.get(2))).collect()
         }
         .boxed()
-    }
-
-    fn faults(&self) -> &Faults {
-        &self.faults
     }
 
     fn feed(&self) -> Option<Arc<dyn Feed>> {

@@ -1,0 +1,124 @@
+//! Fault injection for tests, outside every real store: [`FaultyStore`]
+//! wraps a store and makes its writes fail, as a full or broken disk or an
+//! unreachable database would, or wait, as a slow disk would, holding the
+//! changes until released. Reads pass through untouched.
+//!
+//! `serve` wraps its store in one only in debug builds, when the test-only
+//! `CPIS_TEST_FAIL_STORE_WRITES=1` is set.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use futures::{FutureExt, future::BoxFuture};
+use tokio::sync::watch;
+
+use super::{Applied, Change, Feed, PersonHistory, Snapshot, Store, StoreError};
+use crate::{
+    model::{AccessEvent, Notification, RequestKey},
+    nhs::NhsNumber,
+};
+
+/// Switches shared by a [`FaultyStore`] and the test that drives it.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    failing: Arc<AtomicBool>,
+    stalled: Arc<watch::Sender<bool>>,
+    /// Changes waiting while writes are stalled, for tests to wait on.
+    waiting: Arc<watch::Sender<usize>>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            failing: Arc::default(),
+            stalled: Arc::new(watch::Sender::new(false)),
+            waiting: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
+
+impl Faults {
+    /// While stalled, writes wait (and hold their changes) instead of reaching the store.
+    pub fn stall_writes(&self, stalled: bool) {
+        self.stalled.send_replace(stalled);
+    }
+
+    /// How many changes are waiting; changes as writes start and stop waiting.
+    pub fn stalled_changes(&self) -> watch::Receiver<usize> {
+        self.waiting.subscribe()
+    }
+
+    /// While failing, every write fails before it reaches the store.
+    pub fn fail_writes(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    async fn before_write(&self) -> Result<(), StoreError> {
+        let mut stalled = self.stalled.subscribe();
+        if *stalled.borrow_and_update() {
+            self.waiting.send_modify(|waiting| *waiting += 1);
+            let _ = stalled.wait_for(|stalled| !*stalled).await;
+            self.waiting.send_modify(|waiting| *waiting -= 1);
+        }
+        if self.failing.load(Ordering::SeqCst) { Err(StoreError::Injected) } else { Ok(()) }
+    }
+}
+
+/// A store whose writes [`Faults`] can fail or stall.
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    faults: Faults,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self { inner, faults: Faults::default() }
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+}
+
+impl Store for FaultyStore {
+    fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>> {
+        self.inner.load()
+    }
+
+    fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
+        let (inner, faults) = (Arc::clone(&self.inner), self.faults.clone());
+        async move {
+            faults.before_write().await?;
+            inner.apply(change).await
+        }
+        .boxed()
+    }
+
+    fn person_history(
+        &self,
+        nhs_number: NhsNumber,
+        request: Option<RequestKey>,
+        newest: usize,
+    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
+        self.inner.person_history(nhs_number, request, newest)
+    }
+
+    fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {
+        self.inner.accesses_of(nhs_number)
+    }
+
+    fn notifications_after(
+        &self,
+        la_ods_code: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        self.inner.notifications_after(la_ods_code, after, limit)
+    }
+
+    fn feed(&self) -> Option<Arc<dyn Feed>> {
+        self.inner.feed()
+    }
+}
