@@ -32,7 +32,8 @@ type Answered = Arc<Mutex<HashSet<String>>>;
 async fn node(pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     pki.write_server_layout(&dir.path().join("certs"));
-    let mut running = start(dir.path(), &["--store", url, "--feed-poll-ms", "200"], "warn").await;
+    let mut running =
+        start(dir.path(), &["--store", url, "--feed-poll-ms", "200", "--search-rate-per-second", "0"], "warn").await;
     // Drained, or a relay logging many failed writes would block on a full pipe.
     let mut stderr = running.stderr.take().unwrap();
     tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
@@ -99,7 +100,9 @@ struct Load {
 
 /// (Never pass `*count.borrow()` here directly: the borrow would live across the wait.)
 async fn wait_for_count(count: &Count, at_least: usize) -> usize {
-    *count.subscribe().wait_for(|answered| *answered >= at_least).await.unwrap()
+    let mut answered = count.subscribe();
+    let reached = tokio::time::timeout(Duration::from_secs(60), answered.wait_for(|answered| *answered >= at_least));
+    *reached.await.unwrap_or_else(|_| panic!("fewer than {at_least} searches answered within 60 s")).unwrap()
 }
 
 /// Reads la-706's notifications from the start through `url` until every

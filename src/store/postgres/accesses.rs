@@ -18,6 +18,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -35,6 +36,9 @@ use crate::{
 /// Most searches in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// Transactions of searches in flight at once per node.
+const WRITERS: usize = 2;
+
 pub(super) struct AccessJob {
     pub access: AccessEvent,
     pub drafts: Vec<NotificationDraft>,
@@ -45,41 +49,74 @@ pub(super) struct AccessJob {
 /// a transaction: past it the batch fails (and its searches are held and
 /// retried by the relay, which the access ids make safe).
 pub(super) fn spawn_writer(pool: Pool, timeout: Duration) -> mpsc::UnboundedSender<AccessJob> {
-    let (sender, mut jobs) = mpsc::unbounded_channel::<AccessJob>();
-    tokio::spawn(async move {
-        let batch_sizes = metrics::histogram!("cpis_store_batch_size");
-        while let Some(first) = jobs.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            batch_sizes.record(batch.len() as f64);
-            let result = match tokio::time::timeout(timeout, commit(&pool, &batch)).await {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Io(format!(
-                    "PostgreSQL did not commit a batch of searches within {} ms",
-                    timeout.as_millis()
-                ))),
-            };
-            match result {
-                Ok(answers) => {
-                    for (job, answer) in batch.into_iter().zip(answers) {
-                        let _ = job.reply.send(Ok(answer));
+    let (sender, jobs) = mpsc::unbounded_channel::<AccessJob>();
+    let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
+    // Two writers: one gathers and sends its batch while the other waits for its
+    // commit. Each authority's cursor row still orders their commits.
+    for _ in 0..WRITERS {
+        let (pool, jobs) = (pool.clone(), Arc::clone(&jobs));
+        tokio::spawn(async move {
+            let batch_sizes = metrics::histogram!("cpis_store_batch_size");
+            loop {
+                let batch = {
+                    let mut jobs = jobs.lock().await;
+                    let Some(first) = jobs.recv().await else { return };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match jobs.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    batch
+                };
+                batch_sizes.record(batch.len() as f64);
+                let result = match tokio::time::timeout(timeout, commit(&pool, &batch)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(StoreError::Io(format!(
+                        "PostgreSQL did not commit a batch of searches within {} ms",
+                        timeout.as_millis()
+                    ))),
+                };
+                match result {
+                    Ok(answers) => {
+                        for (job, answer) in batch.into_iter().zip(answers) {
+                            let _ = job.reply.send(Ok(answer));
+                        }
+                    }
+                    Err(error) => {
+                        for job in batch {
+                            let _ = job.reply.send(Err(error.clone()));
+                        }
                     }
                 }
-                Err(error) => {
-                    for job in batch {
-                        let _ = job.reply.send(Err(error.clone()));
-                    }
-                }
             }
-        }
-    });
+        });
+    }
     sender
 }
+
+const CLAIM: &str = "INSERT INTO cpis_requests AS r
+        (organisation_ods_code, user_id, nhs_number, care_setting, request_id, made_at, access_id)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::uuid[])
+    ON CONFLICT (organisation_ods_code, user_id, nhs_number, care_setting, request_id)
+    DO UPDATE SET made_at = EXCLUDED.made_at, access_id = EXCLUDED.access_id
+        WHERE r.made_at <= EXCLUDED.made_at - interval '24 hours'
+    RETURNING access_id";
+
+const INSERT_ACCESSES: &str = "INSERT INTO cpis_accesses
+        (id, nhs_number, accessed_at, organisation_ods_code, user_id, care_setting, scheduled, request_id, record)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+                         $7::boolean[], $8::text[], $9::bytea[])";
+
+const NUMBER: &str = "INSERT INTO cpis_cursors AS c (la_ods_code, last_sequence)
+    SELECT * FROM unnest($1::text[], $2::bigint[])
+    ON CONFLICT (la_ods_code) DO UPDATE SET last_sequence = c.last_sequence + EXCLUDED.last_sequence
+    RETURNING la_ods_code, last_sequence";
+
+const INSERT_NOTIFICATIONS: &str = "INSERT INTO cpis_notifications
+        (la_ods_code, sequence, access_id, accessed_at, draft, access)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::timestamptz[], $5::bytea[], $6::bytea[])";
 
 fn care_setting_code(access: &AccessEvent) -> String {
     format!("{:?}", access.care_setting)
@@ -88,34 +125,18 @@ fn care_setting_code(access: &AccessEvent) -> String {
 async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let transaction = client.transaction().await.map_err(db_error)?;
-    let ids: Vec<Uuid> = batch.iter().map(|job| Uuid::from_u128(job.access.id)).collect();
+    // Prepared once per connection: each statement below is one round trip.
+    let (claim, insert_accesses, number, insert_notifications, wake) = tokio::try_join!(
+        transaction.prepare_cached(CLAIM),
+        transaction.prepare_cached(INSERT_ACCESSES),
+        transaction.prepare_cached(NUMBER),
+        transaction.prepare_cached(INSERT_NOTIFICATIONS),
+        transaction.prepare_cached("SELECT pg_notify($1, $2)"),
+    )
+    .map_err(db_error)?;
 
-    // Searches already stored: their notifications as stored.
-    let stored: HashSet<u128> = transaction
-        .query("SELECT id FROM cpis_accesses WHERE id = ANY($1)", &[&ids])
-        .await
-        .map_err(db_error)?
-        .iter()
-        .map(|row| row.get::<_, Uuid>(0).as_u128())
-        .collect();
-    let mut earlier: HashMap<u128, Vec<Notification>> = HashMap::new();
-    if !stored.is_empty() {
-        let stored_ids: Vec<Uuid> = stored.iter().map(|id| Uuid::from_u128(*id)).collect();
-        let rows = transaction
-            .query(
-                "SELECT access_id, sequence, draft, access FROM cpis_notifications WHERE access_id = ANY($1) ORDER BY la_ods_code",
-                &[&stored_ids],
-            )
-            .await
-            .map_err(db_error)?;
-        for row in rows {
-            let notification = super::notification(row.get(1), row.get(2), row.get(3))?;
-            earlier.entry(row.get::<_, Uuid>(0).as_u128()).or_default().push(notification);
-        }
-    }
-
-    // Claim the requests of the others, in key order; a key twice in one batch is a retry.
-    let mut order: Vec<usize> = (0..batch.len()).filter(|index| !stored.contains(&batch[*index].access.id)).collect();
+    // Claim every request, in key order; a key twice in one batch is a retry.
+    let mut order: Vec<usize> = (0..batch.len()).collect();
     order.sort_by_cached_key(|index| request_sort_key(&batch[*index].access));
     order.dedup_by_key(|index| request_sort_key(&batch[*index].access));
     let access = |index: &usize| &batch[*index].access;
@@ -127,21 +148,35 @@ async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreE
     let times: Vec<chrono::DateTime<chrono::Utc>> = order.iter().map(|i| access(i).accessed_at).collect();
     let claim_ids: Vec<Uuid> = order.iter().map(|i| Uuid::from_u128(access(i).id)).collect();
     let claimed: HashSet<u128> = transaction
-        .query(
-            "INSERT INTO cpis_requests AS r
-                 (organisation_ods_code, user_id, nhs_number, care_setting, request_id, made_at, access_id)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::uuid[])
-             ON CONFLICT (organisation_ods_code, user_id, nhs_number, care_setting, request_id)
-             DO UPDATE SET made_at = EXCLUDED.made_at, access_id = EXCLUDED.access_id
-                 WHERE r.made_at <= EXCLUDED.made_at - interval '24 hours'
-             RETURNING access_id",
-            &[&organisations, &users, &people, &settings, &requests, &times, &claim_ids],
-        )
+        .query(&claim, &[&organisations, &users, &people, &settings, &requests, &times, &claim_ids])
         .await
         .map_err(db_error)?
         .iter()
         .map(|row| row.get::<_, Uuid>(0).as_u128())
         .collect();
+
+    // Not claimed: a retry of a request made within 24 hours (on any node), or a held
+    // search whose first commit did happen, which is answered with what it stored.
+    let unclaimed: Vec<Uuid> = batch
+        .iter()
+        .filter(|job| !claimed.contains(&job.access.id))
+        .map(|job| Uuid::from_u128(job.access.id))
+        .collect();
+    let mut earlier: HashMap<u128, Vec<Notification>> = HashMap::new();
+    if !unclaimed.is_empty() {
+        let rows = transaction
+            .query(
+                "SELECT access_id, sequence, draft, access FROM cpis_notifications
+                 WHERE access_id = ANY($1) ORDER BY la_ods_code",
+                &[&unclaimed],
+            )
+            .await
+            .map_err(db_error)?;
+        for row in rows {
+            let notification = super::notification(row.get(1), row.get(2), row.get(3))?;
+            earlier.entry(row.get::<_, Uuid>(0).as_u128()).or_default().push(notification);
+        }
+    }
     let fresh: Vec<&AccessJob> = batch.iter().filter(|job| claimed.contains(&job.access.id)).collect();
 
     // Their accesses.
@@ -161,10 +196,7 @@ async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreE
         let bytes: Vec<&[u8]> = records.iter().map(StoredAccess::bytes).collect();
         transaction
             .execute(
-                "INSERT INTO cpis_accesses
-                     (id, nhs_number, accessed_at, organisation_ods_code, user_id, care_setting, scheduled, request_id, record)
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-                                      $7::boolean[], $8::text[], $9::bytea[])",
+                &insert_accesses,
                 &[&ids, &people, &times, &organisations, &users, &settings, &scheduled, &requests, &bytes],
             )
             .await
@@ -183,16 +215,7 @@ async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreE
     if !counts.is_empty() {
         let authorities: Vec<&str> = counts.keys().copied().collect();
         let added: Vec<i64> = counts.values().copied().collect();
-        let rows = transaction
-            .query(
-                "INSERT INTO cpis_cursors AS c (la_ods_code, last_sequence)
-                 SELECT * FROM unnest($1::text[], $2::bigint[])
-                 ON CONFLICT (la_ods_code) DO UPDATE SET last_sequence = c.last_sequence + EXCLUDED.last_sequence
-                 RETURNING la_ods_code, last_sequence",
-                &[&authorities, &added],
-            )
-            .await
-            .map_err(db_error)?;
+        let rows = transaction.query(&number, &[&authorities, &added]).await.map_err(db_error)?;
         for row in rows {
             let (la, last): (String, i64) = (row.get(0), row.get(1));
             next.insert(la.clone(), (last - counts[la.as_str()] + 1) as u64);
@@ -224,17 +247,12 @@ async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreE
         notified.insert(job.access.id, mine);
     }
     if !las.is_empty() {
-        transaction
-            .execute(
-                "INSERT INTO cpis_notifications (la_ods_code, sequence, access_id, accessed_at, draft, access)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::timestamptz[], $5::bytea[], $6::bytea[])",
-                &[&las, &sequences, &access_ids, &times, &drafts, &accesses],
-            )
-            .await
-            .map_err(db_error)?;
-        transaction
-            .execute("SELECT pg_notify($1, $2)", &[&feed::CHANNEL, &feed::notified_payload(&positions)])
-            .await
+        // Pipelined: both in one round trip.
+        let payload = feed::notified_payload(&positions);
+        let rows: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&las, &sequences, &access_ids, &times, &drafts, &accesses];
+        let hint: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&feed::CHANNEL, &payload];
+        tokio::try_join!(transaction.execute(&insert_notifications, &rows), transaction.execute(&wake, &hint))
             .map_err(db_error)?;
     }
     transaction.commit().await.map_err(db_error)?;
