@@ -14,6 +14,7 @@
 mod health;
 mod held;
 mod notify;
+mod oversight;
 mod plans;
 mod retention;
 mod search;
@@ -45,6 +46,10 @@ pub use validate::{Rejection, RejectionReason};
 /// worst upload the field limits allow stays within a few gigabytes.
 pub const DEFAULT_MAX_UPLOAD_RECORDS: usize = 250_000;
 
+/// A user searching more distinct people than this in one clock hour is
+/// unusual unless configured otherwise (`unusual_access_distinct_people_per_hour`).
+pub const DEFAULT_UNUSUAL_ACCESS_PEOPLE: usize = 100;
+
 /// Retention periods and limits; see `config` for their keys.
 #[derive(Clone, Debug)]
 pub struct RelaySettings {
@@ -70,6 +75,9 @@ pub struct RelaySettings {
     pub max_held_notifications: usize,
     /// First and longest wait between retries of held notifications.
     pub held_retry_backoff: (std::time::Duration, std::time::Duration),
+    /// A user who searches more distinct people than this within one clock
+    /// hour raises `cpis_unusual_access_total` and a warning (see `oversight`).
+    pub unusual_access_distinct_people_per_hour: usize,
 }
 
 impl Default for RelaySettings {
@@ -84,6 +92,7 @@ impl Default for RelaySettings {
             spill_dir: None,
             max_held_notifications: 100_000,
             held_retry_backoff: (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5)),
+            unusual_access_distinct_people_per_hour: DEFAULT_UNUSUAL_ACCESS_PEOPLE,
         }
     }
 }
@@ -115,6 +124,8 @@ struct Shared {
     health: Arc<health::WriteHealth>,
     /// Flipped once on shutdown: open subscriptions end so clients reconnect elsewhere.
     draining: watch::Sender<bool>,
+    /// Audit-of-audit and the unusual-access signal.
+    oversight: oversight::Oversight,
 }
 
 impl Relay {
@@ -153,6 +164,7 @@ impl Relay {
             "state rebuilt from the store"
         );
         metrics::gauge!("cpis_startup_rebuild_seconds").set(started.elapsed().as_secs_f64());
+        let oversight = oversight::Oversight::new(settings.unusual_access_distinct_people_per_hour);
         let relay = Self {
             shared: Arc::new(Shared {
                 index,
@@ -163,6 +175,7 @@ impl Relay {
                 settings,
                 plan_writes: Mutex::new(()),
                 health: write_health,
+                oversight,
                 draining: watch::Sender::new(false),
             }),
         };
@@ -172,17 +185,22 @@ impl Relay {
     }
 
     /// Every retained access of a person, oldest first (auditors only),
-    /// including any held while the store is failing.
+    /// including any held while the store is failing. The read is itself
+    /// audited (see `oversight`): who read whose trail, when, and what it held.
     pub async fn access_log(&self, identity: &Identity, nhs_number: &str) -> Result<Vec<AccessEvent>> {
         authorize(identity, Action::ReadAccessLog)?;
         let nhs_number = validate::nhs_number_field(nhs_number, "nhs_number")?;
-        let mut accesses = self.shared.store.accesses_of(nhs_number).await?;
-        let held = self.shared.hub.held_accesses_of(nhs_number);
-        if !held.is_empty() {
-            accesses.extend(held);
-            accesses.sort_by_key(|access| (access.accessed_at, access.id));
-        }
-        Ok(accesses)
+        let read: Result<Vec<AccessEvent>> = self.shared.store.accesses_of(nhs_number).await.map_err(Into::into);
+        let result = read.map(|mut accesses: Vec<AccessEvent>| {
+            let held = self.shared.hub.held_accesses_of(nhs_number);
+            if !held.is_empty() {
+                accesses.extend(held);
+                accesses.sort_by_key(|access| (access.accessed_at, access.id));
+            }
+            accesses
+        });
+        self.shared.oversight.audit_read(identity, nhs_number, self.shared.clock.now(), &result);
+        result
     }
 
     pub fn store_health(&self) -> watch::Receiver<StoreHealth> {
