@@ -118,11 +118,17 @@ pub async fn search(args: SearchArgs) -> Result<u8, CliError> {
     };
     let response = LookupClient::new(channel).search(request).await?.into_inner();
     if args.json {
-        println!("{}", search_json(&response));
+        println!("{}", json_line(&search_json(&response)));
     } else {
         print!("{}", describe_search(&response));
     }
     Ok(exit::OK)
+}
+
+/// One line of JSON for a terminal: no control character raw (see
+/// [`crate::text::escape_json_controls`]), the same value for a program.
+fn json_line(value: &serde_json::Value) -> String {
+    crate::text::escape_json_controls(&value.to_string()).into_owned()
 }
 
 fn timestamp_text(timestamp: Option<&prost_types::Timestamp>) -> String {
@@ -280,7 +286,7 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
             return Ok(exit::UNAVAILABLE);
         };
         let notification = notification?;
-        let _ = writeln!(stdout, "{}", notification_json(&notification));
+        let _ = writeln!(stdout, "{}", json_line(&notification_json(&notification)));
         let _ = stdout.flush();
         if args.ack {
             notifications.ack(AckRequest { sequence: notification.sequence }).await?;
@@ -381,7 +387,7 @@ pub async fn audit(args: AuditArgs) -> Result<u8, CliError> {
     let mut stream =
         AuditClient::new(channel).access_log(AccessLogRequest { nhs_number: args.nhs_number }).await?.into_inner();
     while let Some(access) = stream.next().await {
-        println!("{}", access_json(&access?));
+        println!("{}", json_line(&access_json(&access?)));
     }
     Ok(exit::OK)
 }
