@@ -1,6 +1,6 @@
 //! The real binary at a terminal (issue 11): `cpis-relay serve` as a
 //! subprocess at the default `info`, and `cpis-relay search` (text and
-//! `--json`) and `audit` as subprocesses, with names, an address and a user
+//! `--json`), `audit` and `export` as subprocesses, with names, an address and a user
 //! name full of ESC/OSC sequences, C1 controls and newlines. No control
 //! character reaches their stdout or stderr raw (newlines end lines only),
 //! and the relay's log at info carries no NHS number and none of the names.
@@ -62,6 +62,8 @@ async fn the_binary_writes_no_control_character_raw_and_logs_no_nhs_number_at_in
     assert!(ok, "{stderr}");
     let (ok, audit, stderr) = cli(&server, dir.path(), &["audit", &child, "--as", "auditor"]).await;
     assert!(ok, "{stderr}");
+    let (ok, export, stderr) = cli(&server, dir.path(), &["export", "--as", "la-706"]).await;
+    assert!(ok, "{stderr}");
     let invalid = ["search", "12345", "--as", "ed-rr8", "--user-id", EVIL, "--user-name", EVIL];
     let (ok, _, invalid_stderr) = cli(&server, dir.path(), &invalid).await;
     assert!(!ok);
@@ -71,6 +73,7 @@ async fn the_binary_writes_no_control_character_raw_and_logs_no_nhs_number_at_in
         ("search again", &second),
         ("search --json", &json),
         ("audit", &audit),
+        ("export", &export),
         ("invalid", &invalid_stderr),
     ] {
         assert!(raw_controls(text).is_empty(), "{what} wrote {:?} raw: {text:?}", raw_controls(text));
@@ -83,6 +86,8 @@ async fn the_binary_writes_no_control_character_raw_and_logs_no_nhs_number_at_in
     // (The relay keeps values trimmed: the trailing carriage return goes.)
     assert_eq!(value["person"]["given_name"], EVIL.trim());
     assert_eq!(value["previous_accesses"][0]["accessor"]["name"], EVIL.trim());
+    assert_eq!(export.lines().count(), 2, "the header and one row: {export}");
+    assert!(export.contains("Zeb\\u{1b}]0;pwned"), "{export}");
     assert_eq!(audit.lines().count(), 3, "one JSON line per access: {audit}");
     for line in audit.lines() {
         let access: serde_json::Value = serde_json::from_str(line).unwrap();
