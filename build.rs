@@ -19,7 +19,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/cpis/v1/notifications.proto".into(),
         "proto/cpis/v1/audit.proto".into(),
     ];
+    // Messages holding personal data get a redacted `Debug` (src/proto/redacted.rs).
+    let redacted = [
+        ".cpis.v1.AccessLogRequest",
+        ".cpis.v1.Accessor",
+        ".cpis.v1.Address",
+        ".cpis.v1.PlanRecord",
+        ".cpis.v1.SearchRequest",
+        ".cpis.v1.Person",
+        ".cpis.v1.AccessNotification",
+        ".cpis.v1.Rejection",
+        ".cpis.v1.DeleteRequest",
+    ];
     tonic_prost_build::configure()
+        .skip_debug(redacted)
         .file_descriptor_set_path(out_dir.join("cpis_v1_descriptor.bin"))
         .compile_protos(&protos, &[PathBuf::from("proto"), include])?;
     println!("cargo:rerun-if-changed=proto");

@@ -192,6 +192,9 @@ pub struct ServeSettings {
     /// A FULL_REFRESH (of an LA holding plans) with more than this percentage of its records rejected is refused unless its header allows a large removal [default: 10]
     #[arg(long, env = "CPIS_MAX_REFRESH_REJECTED_PERCENT")]
     pub max_refresh_rejected_percent: Option<u32>,
+    /// A user who searches more distinct people than this within one clock hour raises cpis_unusual_access_total and a warning [default: 100]
+    #[arg(long, env = "CPIS_UNUSUAL_ACCESS_DISTINCT_PEOPLE_PER_HOUR")]
+    pub unusual_access_distinct_people_per_hour: Option<usize>,
     /// Largest accepted message in bytes [default: 262144]
     #[arg(long, env = "CPIS_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -273,6 +276,7 @@ pub struct ServeConfig {
     pub max_concurrent_uploads: usize,
     pub max_refresh_removal_percent: u32,
     pub max_refresh_rejected_percent: u32,
+    pub unusual_access_distinct_people_per_hour: usize,
     pub max_message_bytes: usize,
     pub fhir_listen: Option<SocketAddr>,
     pub fhir_jwks: Option<PathBuf>,
@@ -333,6 +337,9 @@ impl ServeSettings {
             max_concurrent_uploads: self.max_concurrent_uploads.or(lower.max_concurrent_uploads),
             max_refresh_removal_percent: self.max_refresh_removal_percent.or(lower.max_refresh_removal_percent),
             max_refresh_rejected_percent: self.max_refresh_rejected_percent.or(lower.max_refresh_rejected_percent),
+            unusual_access_distinct_people_per_hour: self
+                .unusual_access_distinct_people_per_hour
+                .or(lower.unusual_access_distinct_people_per_hour),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             fhir_listen: self.fhir_listen.or(lower.fhir_listen),
             fhir_jwks: self.fhir_jwks.or(lower.fhir_jwks),
@@ -436,6 +443,11 @@ impl ServeSettings {
                 "max_refresh_rejected_percent",
                 self.max_refresh_rejected_percent.unwrap_or(10),
             )?,
+            unusual_access_distinct_people_per_hour: positive(
+                "unusual_access_distinct_people_per_hour",
+                self.unusual_access_distinct_people_per_hour.unwrap_or(crate::relay::DEFAULT_UNUSUAL_ACCESS_PEOPLE)
+                    as u64,
+            )? as usize,
             max_message_bytes: self.max_message_bytes.unwrap_or(256 * 1024),
             fhir_listen: self.fhir_listen,
             fhir_jwks: self.fhir_jwks,
@@ -510,6 +522,7 @@ impl ServeConfig {
             max_subscriptions_per_la: self.max_subscriptions_per_la,
             search_rate_per_second: self.search_rate_per_second,
             search_burst: self.search_burst,
+            unusual_access_distinct_people_per_hour: self.unusual_access_distinct_people_per_hour,
             ..RelaySettings::default()
         }
     }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::nhs::NhsNumber;
 
+mod redacted;
+
 /// Days a plan stays visible after its end date.
 pub const VISIBLE_DAYS_AFTER_END: u64 = 365;
 /// Days an unborn child protection plan stays visible after the expected delivery date.
@@ -77,7 +79,8 @@ pub struct LocalAuthority {
     pub emergency_phone: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A postal address. `Debug` shows how many lines it has only (see [`redacted`]).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
     pub lines: Vec<String>,
     pub postcode: String,
@@ -386,144 +389,5 @@ mod tests {
         assert_eq!(PlanType::parse("LOOKED_AFTER"), Some(PlanType::LookedAfter));
         assert_eq!(PlanType::parse(" ucpi "), Some(PlanType::UnbornChildProtection));
         assert_eq!(PlanType::parse("XYZ"), None);
-    }
-}
-
-// `Debug` of personal data is redacted: names, NHS numbers (shown as
-// `NhsNumber`'s own redacted form), dates of birth, addresses, user ids and
-// names, local ids and request ids never reach a log line or a panic message.
-// Ids, types, organisations and the dates of plans and accesses are shown.
-
-impl std::fmt::Debug for Plan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plan")
-            .field("nhs_number", &self.nhs_number)
-            .field("la_ods_code", &self.la_ods_code)
-            .field("plan_type", &self.plan_type)
-            .field("start_date", &self.start_date)
-            .field("end_date", &self.end_date)
-            .field("expected_delivery_date", &self.expected_delivery_date)
-            .field("team_code", &self.team_code)
-            .field("loaded_at", &self.loaded_at)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for Accessor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Accessor").field("role_code", &self.role_code).finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for AccessorView<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessorView").field("role_code", &self.role_code).finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for AccessEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessEvent")
-            .field("id", &self.id)
-            .field("accessed_at", &self.accessed_at)
-            .field("nhs_number", &self.nhs_number)
-            .field("organisation_ods_code", &self.organisation_ods_code)
-            .field("care_setting", &self.care_setting)
-            .field("accessor", &self.accessor)
-            .field("scheduled", &self.scheduled)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for AccessView<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessView")
-            .field("id", &self.id)
-            .field("accessed_at", &self.accessed_at)
-            .field("nhs_number", &self.nhs_number)
-            .field("organisation_ods_code", &self.organisation_ods_code)
-            .field("care_setting", &self.care_setting)
-            .field("accessor", &self.accessor)
-            .field("scheduled", &self.scheduled)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for RequestKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestKey")
-            .field("organisation_ods_code", &self.organisation_ods_code)
-            .field("nhs_number", &self.nhs_number)
-            .field("care_setting", &self.care_setting)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for NotificationDraft {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NotificationDraft")
-            .field("la_ods_code", &self.la_ods_code)
-            .field("notification_id", &self.notification_id)
-            .field("plan_type", &self.plan_type)
-            .field("team_code", &self.team_code)
-            .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod redacted_debug_tests {
-    use super::*;
-
-    #[test]
-    fn debug_of_plans_accesses_and_notifications_carries_no_personal_data() {
-        let nhs_number = NhsNumber::parse("9990000018").unwrap();
-        let mut plan = test_plan(nhs_number, PlanType::ChildProtection);
-        plan.given_name = "Zebedee".into();
-        plan.family_name = "Quixotic".into();
-        plan.local_id = "CASE-31337".into();
-        plan.date_of_birth = NaiveDate::from_ymd_opt(2013, 7, 19).unwrap();
-        plan.address.postcode = "QQ9 9QQ".into();
-        plan.address.lines = vec!["7 Xylophone Mews".into()];
-        let accessor = Accessor {
-            user_id: "smartcard-77881".into(),
-            name: "Dr Wilhelmina Ostrogoth".into(),
-            role_code: "R0260".into(),
-        };
-        let access = AccessEvent {
-            id: 7,
-            accessed_at: Utc::now(),
-            nhs_number,
-            organisation_ods_code: "RR8".into(),
-            organisation_name: "Leeds".into(),
-            care_setting: CareSetting::EmergencyDepartment,
-            accessor: accessor.clone(),
-            request_id: "req-5551212".into(),
-            scheduled: false,
-        };
-        let draft = NotificationDraft {
-            la_ods_code: "706".into(),
-            notification_id: "n-1".into(),
-            local_id: "CASE-31337".into(),
-            plan_type: PlanType::ChildProtection,
-            team_code: "T1".into(),
-        };
-        let notification = Notification { sequence: 1, draft: draft.clone(), access: access.clone() };
-        let text =
-            format!("{plan:?} {plan:#?} {accessor:?} {access:?} {:?} {draft:?} {notification:?}", access.request_key());
-        for personal in [
-            "9990000018",
-            "Zebedee",
-            "Quixotic",
-            "CASE-31337",
-            "2013-07-19",
-            "QQ9 9QQ",
-            "Xylophone",
-            "smartcard-77881",
-            "Wilhelmina",
-            "req-5551212",
-        ] {
-            assert!(!text.contains(personal), "{personal} in {text}");
-        }
-        assert!(text.contains("RR8") && text.contains("706") && text.contains("ChildProtection"), "{text}");
     }
 }

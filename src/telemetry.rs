@@ -213,6 +213,14 @@ fn describe_metrics() {
     describe_counter!("cpis_rpc_total", "gRPC calls by RPC and status code.");
     describe_histogram!("cpis_rpc_duration_seconds", Unit::Seconds, "gRPC handler time by RPC.");
     describe_counter!("cpis_retention_removed_total", "Records removed by retention, by kind.");
+    describe_counter!(
+        "cpis_audit_reads_total",
+        "Auditors' reads of a person's access trail, by the auditor's organisation (each is logged)."
+    );
+    describe_counter!(
+        "cpis_unusual_access_total",
+        "Users who searched more distinct people within a clock hour than unusual_access_distinct_people_per_hour, by organisation."
+    );
     describe_gauge!("cpis_startup_rebuild_seconds", Unit::Seconds, "Time to rebuild memory from the store at start.");
 }
 

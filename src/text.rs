@@ -21,9 +21,38 @@ pub fn escape_control(text: &str) -> Cow<'_, str> {
     Cow::Owned(escaped)
 }
 
+/// Compact JSON text with every control character still raw in it written
+/// as a `\uXXXX` escape. serde_json escapes C0 but leaves DEL and C1 (U+009B
+/// is a CSI on many terminals) raw in strings; the result is the same JSON
+/// value with nothing raw for a terminal. Compact JSON has control characters
+/// only inside strings, where `\uXXXX` is a valid escape.
+pub fn escape_json_controls(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(char::is_control) {
+        return Cow::Borrowed(json);
+    }
+    let mut escaped = String::with_capacity(json.len() + 8);
+    for ch in json.chars() {
+        if ch.is_control() {
+            escaped.push_str(&format!("\\u{:04x}", u32::from(ch)));
+        } else {
+            escaped.push(ch);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::escape_control;
+    use super::{escape_control, escape_json_controls};
+
+    #[test]
+    fn json_keeps_its_value_with_no_control_character_raw() {
+        let value = serde_json::json!({"name": "Zeb\x1b]0;evil\x07\n\u{7f}\u{9b}2J"});
+        let text = escape_json_controls(&value.to_string()).into_owned();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), value);
+        assert_eq!(escape_json_controls("{\"a\":1}"), "{\"a\":1}");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_other_text_kept() {

@@ -118,11 +118,17 @@ pub async fn search(args: SearchArgs) -> Result<u8, CliError> {
     };
     let response = LookupClient::new(channel).search(request).await?.into_inner();
     if args.json {
-        println!("{}", search_json(&response));
+        println!("{}", json_line(&search_json(&response)));
     } else {
         print!("{}", describe_search(&response));
     }
     Ok(exit::OK)
+}
+
+/// One line of JSON for a terminal: no control character raw (see
+/// [`crate::text::escape_json_controls`]), the same value for a program.
+fn json_line(value: &serde_json::Value) -> String {
+    crate::text::escape_json_controls(&value.to_string()).into_owned()
 }
 
 fn timestamp_text(timestamp: Option<&prost_types::Timestamp>) -> String {
@@ -280,7 +286,7 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
             return Ok(exit::UNAVAILABLE);
         };
         let notification = notification?;
-        let _ = writeln!(stdout, "{}", notification_json(&notification));
+        let _ = writeln!(stdout, "{}", json_line(&notification_json(&notification)));
         let _ = stdout.flush();
         if args.ack {
             notifications.ack(AckRequest { sequence: notification.sequence }).await?;
@@ -327,11 +333,19 @@ pub async fn export(args: ExportArgs) -> Result<u8, CliError> {
                 .map_err(|error| CliError::Config(format!("--out {}: {error}", path.display())))?;
             records_file::write(file, Format::of(path), &rows)
         }
-        None => records_file::write(std::io::stdout(), Format::Csv, &rows),
+        None => write_export_to_stdout(std::io::stdout(), &rows),
     };
     written.map_err(|error| CliError::Failed(error.to_string()))?;
     eprintln!("exported {} plans of local authority {}", rows.len(), identity.ods_code);
     Ok(exit::OK)
+}
+
+/// Export on standard output (most often a terminal): CSV with every control
+/// character in a value escaped, so no name can drive the terminal or start a
+/// line. `--out FILE` keeps the values exactly as held.
+fn write_export_to_stdout(out: impl Write, rows: &[records_file::FileRecord]) -> std::io::Result<()> {
+    let escaped: Vec<_> = rows.iter().map(records_file::FileRecord::escaped).collect();
+    records_file::write(out, Format::Csv, &escaped)
 }
 
 #[derive(Debug, Args)]
@@ -373,15 +387,31 @@ pub async fn audit(args: AuditArgs) -> Result<u8, CliError> {
     let mut stream =
         AuditClient::new(channel).access_log(AccessLogRequest { nhs_number: args.nhs_number }).await?.into_inner();
     while let Some(access) = stream.next().await {
-        println!("{}", access_json(&access?));
+        println!("{}", json_line(&access_json(&access?)));
     }
     Ok(exit::OK)
 }
 
 #[cfg(test)]
 mod privacy_tests {
-    use super::describe_search;
-    use crate::proto;
+    use super::{describe_search, write_export_to_stdout};
+    use crate::{proto, records_file};
+
+    #[test]
+    fn export_on_stdout_escapes_control_characters_in_every_value() {
+        let evil = "Zeb\x1b]0;evil\x07\nforged,row\r\u{9b}2J";
+        let mut record = records_file::from_wire(&proto::PlanRecord::default(), "706");
+        record.given_name = evil.into();
+        record.family_name = evil.into();
+        record.address_line_1 = evil.into();
+        record.local_id = evil.into();
+        let mut out = Vec::new();
+        write_export_to_stdout(&mut out, &[record]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.chars().any(|ch| ch.is_control() && ch != '\n'), "{text:?}");
+        assert_eq!(text.lines().count(), 2, "the header and one row: {text:?}");
+        assert!(text.contains("Zeb\\u{1b}]0;evil\\u{7}\\nforged,row\\r\\u{9b}2J"), "{text:?}");
+    }
 
     #[test]
     fn search_output_escapes_control_characters_in_relay_text() {

@@ -15,6 +15,7 @@ mod follow;
 mod health;
 mod held;
 mod notify;
+mod oversight;
 mod plans;
 pub mod rate;
 mod retention;
@@ -50,6 +51,9 @@ pub const DEFAULT_MAX_UPLOAD_RECORDS: usize = 250_000;
 /// Open subscriptions per local authority unless configured: a few nodes of
 /// its case system with room for reconnections, not an unbounded number.
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_LA: usize = 16;
+/// A user searching more distinct people than this in one clock hour is
+/// unusual unless configured otherwise (`unusual_access_distinct_people_per_hour`).
+pub const DEFAULT_UNUSUAL_ACCESS_PEOPLE: usize = 100;
 
 /// Retention periods and limits; see `config` for their keys.
 #[derive(Clone, Debug)]
@@ -86,6 +90,9 @@ pub struct RelaySettings {
     /// A shared store (PostgreSQL): how often other nodes' changes are read
     /// even when no hint announced them.
     pub feed_poll_interval: std::time::Duration,
+    /// A user who searches more distinct people than this within one clock
+    /// hour raises `cpis_unusual_access_total` and a warning (see `oversight`).
+    pub unusual_access_distinct_people_per_hour: usize,
 }
 
 impl Default for RelaySettings {
@@ -104,6 +111,7 @@ impl Default for RelaySettings {
             search_burst: rate::DEFAULT_SEARCH_BURST,
             held_retry_backoff: (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5)),
             feed_poll_interval: std::time::Duration::from_secs(1),
+            unusual_access_distinct_people_per_hour: DEFAULT_UNUSUAL_ACCESS_PEOPLE,
         }
     }
 }
@@ -139,6 +147,8 @@ struct Shared {
     draining: watch::Sender<bool>,
     /// The per-organisation search rate limit.
     search_rate: rate::RateLimiter,
+    /// Audit-of-audit and the unusual-access signal.
+    oversight: oversight::Oversight,
 }
 
 impl Relay {
@@ -177,6 +187,7 @@ impl Relay {
             "state rebuilt from the store"
         );
         metrics::gauge!("cpis_startup_rebuild_seconds").set(started.elapsed().as_secs_f64());
+        let oversight = oversight::Oversight::new(settings.unusual_access_distinct_people_per_hour);
         let relay = Self {
             shared: Arc::new(Shared {
                 index,
@@ -189,6 +200,7 @@ impl Relay {
                 plan_writes: Mutex::new(()),
                 plan_version: watch::Sender::new(snapshot.plan_version),
                 health: write_health,
+                oversight,
                 draining: watch::Sender::new(false),
             }),
         };
@@ -201,17 +213,22 @@ impl Relay {
     }
 
     /// Every retained access of a person, oldest first (auditors only),
-    /// including any held while the store is failing.
+    /// including any held while the store is failing. The read is itself
+    /// audited (see `oversight`): who read whose trail, when, and what it held.
     pub async fn access_log(&self, identity: &Identity, nhs_number: &str) -> Result<Vec<AccessEvent>> {
         authorize(identity, Action::ReadAccessLog)?;
         let nhs_number = validate::nhs_number_field(nhs_number, "nhs_number")?;
-        let mut accesses = self.shared.store.accesses_of(nhs_number).await?;
-        let held = self.shared.hub.held_accesses_of(nhs_number);
-        if !held.is_empty() {
-            accesses.extend(held);
-            accesses.sort_by_key(|access| (access.accessed_at, access.id));
-        }
-        Ok(accesses)
+        let read: Result<Vec<AccessEvent>> = self.shared.store.accesses_of(nhs_number).await.map_err(Into::into);
+        let result = read.map(|mut accesses: Vec<AccessEvent>| {
+            let held = self.shared.hub.held_accesses_of(nhs_number);
+            if !held.is_empty() {
+                accesses.extend(held);
+                accesses.sort_by_key(|access| (access.accessed_at, access.id));
+            }
+            accesses
+        });
+        self.shared.oversight.audit_read(identity, nhs_number, self.shared.clock.now(), &result);
+        result
     }
 
     pub fn store_health(&self) -> watch::Receiver<StoreHealth> {

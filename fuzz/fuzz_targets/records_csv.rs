@@ -1,0 +1,13 @@
+//! CSV plan record files: any bytes give rows or an error, never a panic.
+#![no_main]
+
+use cpis_relay::records_file::{Format, read_from};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(rows) = read_from(data, Format::Csv, "fuzz.csv") {
+        for row in rows {
+            assert!(row.line >= 2, "rows follow the header");
+        }
+    }
+});
