@@ -161,3 +161,37 @@ async fn scheduled_reads_never_crowd_the_listed_accesses_out_of_a_search() {
     let report = check::check(dir.path()).unwrap();
     assert!(report.integrity_ok, "{:?}", report.problems);
 }
+
+#[tokio::test]
+async fn a_change_failing_in_the_middle_of_a_batch_leaves_nothing_of_the_batch() {
+    use super::lane::Committer;
+    let dir = tempfile::tempdir().unwrap();
+    let authority = crate::synth::authority("706").unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (kept, damaged) = (plan(1, PlanType::ChildProtection, None), plan(2, PlanType::ChildProtection, None));
+    let upsert = |plans: Vec<StoredPlan>| Change::UpsertPlans { authority: authority.clone(), plans: plans.into() };
+    store.apply(upsert(vec![kept.clone(), damaged.clone()])).await.unwrap();
+    // A record the engine returns damaged (shorter than its header), as a bad block would.
+    let key = keys::plan("706", damaged.nhs_number(), PlanType::ChildProtection);
+    store.spaces.plans.insert(key, [1u8, 2]).unwrap();
+
+    // The real committer, one batch: a good change, one that fails reading the damaged record, another good one.
+    let mut committer = changes::PlanCommitter { spaces: store.spaces.clone() };
+    let batch = vec![
+        upsert(vec![plan(3, PlanType::LookedAfter, None)]),
+        Change::DeletePlans { la_ods_code: "706".into(), nhs_number: damaged.nhs_number(), plan_type: None },
+        upsert(vec![plan(4, PlanType::LookedAfter, None)]),
+    ];
+    let failed = committer.commit(batch);
+    assert!(matches!(failed, Err(StoreError::Corrupt(_))), "{failed:?}");
+    let stored = |n: u64| {
+        let key = keys::plan("706", plan(n, PlanType::LookedAfter, None).nhs_number(), PlanType::LookedAfter);
+        store.spaces.plans.get(key).unwrap().is_some()
+    };
+    assert!(!stored(3) && !stored(4), "nothing of the failed batch, before or after the failing change");
+    assert!(store.spaces.plans.get(keys::plan("706", kept.nhs_number(), PlanType::ChildProtection)).unwrap().is_some());
+
+    // The lane carries on: the next batch commits.
+    store.apply(upsert(vec![plan(3, PlanType::LookedAfter, None)])).await.unwrap();
+    assert!(stored(3));
+}
