@@ -119,7 +119,7 @@ const INSERT_NOTIFICATIONS: &str = "INSERT INTO cpis_notifications
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::timestamptz[], $5::bytea[], $6::bytea[])";
 
 fn care_setting_code(access: &AccessEvent) -> String {
-    format!("{:?}", access.care_setting)
+    super::care_setting_text(access.care_setting)
 }
 
 async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreError> {

@@ -111,8 +111,9 @@ fn nhs_number_of(value: i64) -> Result<NhsNumber, StoreError> {
     NhsNumber::from_u64(value as u64).map_err(|error| corrupt("plans", error))
 }
 
-fn request_care_setting(key: &RequestKey) -> String {
-    format!("{:?}", key.care_setting)
+/// A care setting as the `care_setting` columns hold it (its variant name).
+pub(crate) fn care_setting_text(setting: crate::model::CareSetting) -> String {
+    format!("{setting:?}")
 }
 
 async fn load(pool: Pool) -> Result<Snapshot, StoreError> {
@@ -207,7 +208,7 @@ impl Store for PostgresStore {
             let listed = client.query(&accesses, &parameters);
             let request_made_at = async {
                 let Some(key) = &request else { return Ok(None) };
-                let setting = request_care_setting(key);
+                let setting = care_setting_text(key.care_setting);
                 let row = client
                     .query_opt(&made, &[&key.organisation_ods_code, &key.user_id, &person, &setting, &key.request_id])
                     .await?;
