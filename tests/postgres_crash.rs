@@ -98,6 +98,14 @@ struct Load {
     stop: watch::Receiver<bool>,
 }
 
+impl Load {
+    /// A load and the switch that stops its searchers.
+    fn new() -> (Self, watch::Sender<bool>) {
+        let (stop, stopped) = watch::channel(false);
+        (Self { answered: Arc::default(), count: Arc::new(watch::Sender::new(0)), stop: stopped }, stop)
+    }
+}
+
 /// (Never pass `*count.borrow()` here directly: the borrow would live across the wait.)
 async fn wait_for_count(count: &Count, at_least: usize) -> usize {
     let mut answered = count.subscribe();
@@ -156,10 +164,8 @@ async fn sigkill_of_one_node_while_both_take_searches_loses_no_notification_and_
     load_people(&a.url, &la, &people).await;
     let (b, _b_dir) = node(&pki, &url).await;
 
-    let answered: Answered = Arc::default();
-    let count: Count = Arc::new(watch::Sender::new(0));
-    let (stop, stopped) = watch::channel(false);
-    let load = Load { answered: Arc::clone(&answered), count: Arc::clone(&count), stop: stopped };
+    let (load, stop) = Load::new();
+    let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
     let mut tasks = searchers(true, &a.url, &ed, &people, "a", &load);
     tasks.extend(searchers(false, &b.url, &ed, &people, "b", &load));
     wait_for_count(&count, 150).await;
@@ -190,10 +196,8 @@ async fn restarting_postgres_under_load_holds_then_writes_every_notification_onc
     let (a, _a_dir) = node(&pki, &url).await;
     load_people(&a.url, &la, &people).await;
 
-    let answered: Answered = Arc::default();
-    let count: Count = Arc::new(watch::Sender::new(0));
-    let (stop, stopped) = watch::channel(false);
-    let load = Load { answered: Arc::clone(&answered), count: Arc::clone(&count), stop: stopped };
+    let (load, stop) = Load::new();
+    let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
     let tasks = searchers(false, &a.url, &ed, &people, "a", &load);
     wait_for_count(&count, 100).await;
     cluster.pg_ctl_stop("immediate");
@@ -236,10 +240,8 @@ async fn failover_to_a_synchronous_standby_loses_nothing_acknowledged() {
     // Started after the upload, so its index holds it from the start.
     let (b, _b_dir) = node(&pki, &url).await;
 
-    let answered: Answered = Arc::default();
-    let count: Count = Arc::new(watch::Sender::new(0));
-    let (stop, stopped) = watch::channel(false);
-    let load = Load { answered: Arc::clone(&answered), count: Arc::clone(&count), stop: stopped };
+    let (load, stop) = Load::new();
+    let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
     let mut tasks = searchers(false, &a.url, &ed, &people, "a", &load);
     tasks.extend(searchers(false, &b.url, &ed, &people, "b", &load));
     wait_for_count(&count, 150).await;

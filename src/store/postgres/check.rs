@@ -20,13 +20,7 @@ use crate::{
 pub async fn check(options: &super::ConnectOptions) -> Result<CheckReport, StoreError> {
     let pool = Connector::new(options)?.pool(2)?;
     let mut client = pool.get().await.map_err(pool_error)?;
-    let transaction = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(db_error)?;
+    let transaction = super::snapshot(&mut client).await?;
     let mut report = CheckReport { path: PathBuf::from(options.url.redacted()), ..CheckReport::default() };
     let mut problems = Vec::new();
     let no_params = std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>;

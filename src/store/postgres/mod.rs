@@ -116,16 +116,23 @@ pub(crate) fn care_setting_text(setting: crate::model::CareSetting) -> String {
     format!("{setting:?}")
 }
 
-async fn load(pool: Pool) -> Result<Snapshot, StoreError> {
-    let mut client = pool.get().await.map_err(pool_error)?;
-    // One snapshot: the plans, positions and feed version agree with each other.
-    let transaction = client
+/// A read-only transaction that sees one snapshot of the whole database.
+pub(crate) async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)
+}
+
+async fn load(pool: Pool) -> Result<Snapshot, StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    // One snapshot: the plans, positions and feed version agree with each other.
+    let transaction = snapshot(&mut client).await?;
     let plan_version: i64 =
         transaction.query_one("SELECT version FROM cpis_plan_feed WHERE id = 1", &[]).await.map_err(db_error)?.get(0);
     let mut authorities = Vec::new();
