@@ -1,22 +1,26 @@
 //! Access histories as clinicians see them, and retried searches.
 //!
-//! A person's accesses live in the store; a search reads only the newest
-//! [`HISTORY_READ`] of them, so a person searched hundreds of times costs the
-//! same as one searched once, and memory does not grow with history. This
-//! module owns two rules: which previous accesses a search shows, and when a
-//! search is a client's retry of an earlier one (the same organisation, user,
-//! person, care setting and `request_id` within 24 hours: [`RequestKey`]),
-//! which must not notify again. Searches in flight claim their request here,
-//! so that a retry racing its still-uncommitted original is recognised too;
-//! the claim lives until the original's commit has finished, even if the
-//! original's caller went away.
+//! A person's recent accesses are held in memory ([`crate::recent`]); a
+//! search lists at most [`PREVIOUS_ACCESSES_SHOWN`] of them. This module owns
+//! two rules: which previous accesses a search shows, and when a search is a
+//! client's retry of an earlier one (the same organisation, user, person,
+//! care setting and `request_id` within 24 hours: [`RequestKey`]), which must
+//! not notify again. Searches in flight claim their request here. A copy of
+//! the request that arrives while the first is still committing waits for
+//! that commit to end, then looks again: it is answered as a retry once the
+//! first is durable, and takes over if the first failed. No copy is ever
+//! answered ahead of the durability of the notification it relies on.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use dashmap::DashSet;
+use dashmap::DashMap;
+use tokio::sync::watch;
 
-use crate::model::{AccessView, RequestKey};
+use crate::{
+    model::RequestKey,
+    recent::{RecentAccess, request_hash},
+};
 
 /// How many previous accesses a search shows.
 pub const PREVIOUS_ACCESSES_SHOWN: usize = 25;
@@ -24,26 +28,32 @@ pub const PREVIOUS_ACCESSES_SHOWN: usize = 25;
 pub const SAME_USER_WINDOW: Duration = Duration::hours(24);
 /// How long a request id identifies a retry of the same search.
 pub const REQUEST_ID_WINDOW: Duration = Duration::hours(24);
-/// The newest accesses a search reads: the 25 shown with room for the same
-/// users' repeats within 24 hours folded into them. Only a person looked up
-/// more than this many times by repeating users could list fewer than 25.
+/// The newest unscheduled accesses kept per person (beyond those of the last
+/// 24 hours): the 25 shown with room for the same users' repeats within 24
+/// hours folded into them. Only a person looked up more than this many times
+/// by repeating users could list fewer than 25.
 pub const HISTORY_READ: usize = 128;
 
 /// Requests being searched right now.
 #[derive(Default)]
 pub struct History {
-    in_flight: Arc<DashSet<RequestKey>>,
+    in_flight: Arc<DashMap<RequestKey, watch::Receiver<bool>>>,
+    /// Copies waiting for their first copy's commit.
+    waiting: watch::Sender<usize>,
 }
 
-/// A request claimed while its search and its commit run; released on drop.
+/// A request claimed while its search and its commit run; released on drop,
+/// which wakes the copies waiting for it.
 pub struct Claim {
-    in_flight: Arc<DashSet<RequestKey>>,
+    in_flight: Arc<DashMap<RequestKey, watch::Receiver<bool>>>,
     key: RequestKey,
+    done: watch::Sender<bool>,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         self.in_flight.remove(&self.key);
+        self.done.send_replace(true);
     }
 }
 
@@ -52,12 +62,47 @@ impl History {
         Self::default()
     }
 
-    /// Claims a request until the claim is dropped; `None` when the same
-    /// request is already being searched (a retry racing its original).
-    pub fn claim(&self, key: &RequestKey) -> Option<Claim> {
-        // `then`, not `then_some`: a refused claim must not build (and so drop,
-        // releasing) a `Claim` for the key the search in flight holds.
-        self.in_flight.insert(key.clone()).then(|| Claim { in_flight: Arc::clone(&self.in_flight), key: key.clone() })
+    /// Claims a request until the claim is dropped. While another search
+    /// holds it (a retry racing its original), waits for that search to end
+    /// and tries again: the caller then sees the original's access, if it
+    /// was stored, and can tell that it is a retry.
+    pub async fn claim(&self, key: &RequestKey) -> Claim {
+        loop {
+            let mut ended = match self.in_flight.entry(key.clone()) {
+                dashmap::Entry::Vacant(vacant) => {
+                    let (done, receiver) = watch::channel(false);
+                    vacant.insert(receiver);
+                    return Claim { in_flight: Arc::clone(&self.in_flight), key: key.clone(), done };
+                }
+                dashmap::Entry::Occupied(taken) => taken.get().clone(),
+            };
+            let _waiting = Waiting::new(&self.waiting);
+            // Closed or true: the first copy's search has ended either way.
+            let _ = ended.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Copies of requests waiting for their first copy's commit, as it changes.
+    pub fn waiting(&self) -> watch::Receiver<usize> {
+        self.waiting.subscribe()
+    }
+}
+
+/// Counts a copy waiting for its original, in `cpis_search_retries_waiting`.
+struct Waiting<'a>(&'a watch::Sender<usize>);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a watch::Sender<usize>) -> Self {
+        count.send_modify(|waiting| *waiting += 1);
+        metrics::gauge!("cpis_search_retries_waiting").set(*count.borrow() as f64);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|waiting| *waiting -= 1);
+        metrics::gauge!("cpis_search_retries_waiting").set(*self.0.borrow() as f64);
     }
 }
 
@@ -66,28 +111,30 @@ pub fn made_within_window(made_at: Option<DateTime<Utc>>, now: DateTime<Utc>) ->
     made_at.is_some_and(|at| now - at < REQUEST_ID_WINDOW)
 }
 
-/// Whether accesses (held in memory, say) hold this request within the window.
-pub fn is_repeat(accesses: &[AccessView], key: &RequestKey, now: DateTime<Utc>) -> bool {
-    accesses.iter().any(|access| access.is_request(key) && made_within_window(Some(access.accessed_at), now))
+/// Whether accesses hold this request within the window before `now`.
+pub fn is_repeat(accesses: &[RecentAccess], key: &RequestKey, now: DateTime<Utc>) -> bool {
+    let hash = request_hash(key);
+    accesses.iter().any(|access| access.request == hash && made_within_window(Some(access.accessed_at), now))
 }
 
 /// The listing rule: walking oldest to newest, an unscheduled access is
 /// listed unless the same user (organisation and user id) has a listed access
 /// less than 24 hours before it; then the 25 newest listed, newest first.
-/// Scheduled accesses are never listed (they stay in the audit log).
-pub fn listed_accesses<'a>(oldest_first: &[&AccessView<'a>]) -> Vec<AccessView<'a>> {
+/// Scheduled accesses are never listed (they stay in the audit log), nor is
+/// the access of the request `excluded` (a retry shows what its original showed).
+pub fn listed_accesses(oldest_first: &[RecentAccess], excluded: Option<u64>) -> Vec<RecentAccess> {
     let mut last_listed: std::collections::HashMap<(&str, &str), DateTime<Utc>> =
         std::collections::HashMap::with_capacity(oldest_first.len());
-    let mut listed = Vec::with_capacity(oldest_first.len());
-    for event in oldest_first.iter().filter(|event| !event.scheduled) {
-        let user = (event.organisation_ods_code, event.accessor.user_id);
-        if last_listed.get(&user).is_some_and(|&at| event.accessed_at - at < SAME_USER_WINDOW) {
+    let mut listed: Vec<&RecentAccess> = Vec::with_capacity(oldest_first.len());
+    for access in oldest_first.iter().filter(|access| !access.scheduled && Some(access.request) != excluded) {
+        let user = (&*access.who.organisation_ods_code, &*access.who.user_id);
+        if last_listed.get(&user).is_some_and(|&at| access.accessed_at - at < SAME_USER_WINDOW) {
             continue;
         }
-        last_listed.insert(user, event.accessed_at);
-        listed.push(**event);
+        last_listed.insert(user, access.accessed_at);
+        listed.push(access);
     }
-    listed.into_iter().rev().take(PREVIOUS_ACCESSES_SHOWN).collect()
+    listed.into_iter().rev().take(PREVIOUS_ACCESSES_SHOWN).cloned().collect()
 }
 
 #[cfg(test)]
@@ -96,6 +143,7 @@ mod tests {
     use crate::{
         model::{AccessEvent, Accessor, CareSetting},
         nhs::NhsNumber,
+        recent::Recent,
     };
 
     fn access(minutes: i64, organisation: &str, user: &str) -> AccessEvent {
@@ -112,50 +160,56 @@ mod tests {
         }
     }
 
+    /// The accesses as memory holds them, oldest first.
+    fn held(events: &[AccessEvent]) -> Vec<RecentAccess> {
+        let recent = Recent::new();
+        events.iter().for_each(|event| recent.record(event));
+        recent.with(events[0].nhs_number, <[RecentAccess]>::to_vec)
+    }
+
+    fn minutes(listed: &[RecentAccess]) -> Vec<i64> {
+        listed.iter().map(|access| access.accessed_at.timestamp() / 60).collect()
+    }
+
     #[test]
     fn scheduled_accesses_are_never_listed_nor_hide_a_later_one() {
         let gp_look = AccessEvent { scheduled: true, ..access(0, "RR8", "a") };
-        let events = [gp_look, access(60, "RR8", "a")];
-        let views: Vec<_> = events.iter().map(AccessEvent::view).collect();
-        let refs: Vec<_> = views.iter().collect();
-        let listed: Vec<i64> = listed_accesses(&refs).iter().map(|e| e.accessed_at.timestamp() / 60).collect();
-        assert_eq!(listed, vec![60]);
+        assert_eq!(minutes(&listed_accesses(&held(&[gp_look, access(60, "RR8", "a")]), None)), vec![60]);
     }
 
     #[test]
     fn same_user_within_24_hours_is_listed_once_the_first() {
         let events =
             [access(0, "RR8", "a"), access(60, "RR8", "a"), access(23 * 60, "RR8", "a"), access(25 * 60, "RR8", "a")];
-        let views: Vec<_> = events.iter().map(AccessEvent::view).collect();
-        let refs: Vec<_> = views.iter().collect();
-        let listed: Vec<i64> = listed_accesses(&refs).iter().map(|e| e.accessed_at.timestamp() / 60).collect();
-        assert_eq!(listed, vec![25 * 60, 0]);
+        assert_eq!(minutes(&listed_accesses(&held(&events), None)), vec![25 * 60, 0]);
     }
 
     #[test]
     fn same_user_id_at_another_organisation_is_another_user() {
-        let events = [access(0, "RR8", "a"), access(1, "RJ1", "a")];
-        let views: Vec<_> = events.iter().map(AccessEvent::view).collect();
-        let refs: Vec<_> = views.iter().collect();
-        assert_eq!(listed_accesses(&refs).len(), 2);
+        assert_eq!(listed_accesses(&held(&[access(0, "RR8", "a"), access(1, "RJ1", "a")]), None).len(), 2);
     }
 
     #[test]
     fn only_the_25_newest_are_shown_newest_first() {
         let events: Vec<_> = (0..40).map(|i| access(i, "RR8", &format!("user{i}"))).collect();
-        let views: Vec<_> = events.iter().map(AccessEvent::view).collect();
-        let refs: Vec<_> = views.iter().collect();
-        let listed = listed_accesses(&refs);
+        let listed = listed_accesses(&held(&events), None);
         assert_eq!(listed.len(), PREVIOUS_ACCESSES_SHOWN);
-        assert_eq!(listed[0].accessor.user_id, "user39");
-        assert_eq!(listed[24].accessor.user_id, "user15");
+        assert_eq!(&*listed[0].who.user_id, "user39");
+        assert_eq!(&*listed[24].who.user_id, "user15");
+    }
+
+    #[test]
+    fn a_retry_does_not_list_its_own_original() {
+        let events = [access(0, "RR8", "a"), access(5, "RR8", "b")];
+        let own = request_hash(&events[1].request_key());
+        assert_eq!(minutes(&listed_accesses(&held(&events), Some(own))), vec![0]);
     }
 
     #[test]
     fn a_request_repeats_only_within_the_window_and_with_every_part_equal() {
         let events = [access(0, "RR8", "a")];
         let key = events[0].request_key();
-        let made = [events[0].view()];
+        let made = held(&events);
         let start = DateTime::UNIX_EPOCH;
         assert!(is_repeat(&made, &key, start + Duration::hours(23)));
         assert!(!is_repeat(&made, &key, start + Duration::hours(25)), "the window has passed");
@@ -168,17 +222,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_request_in_flight_is_claimed_once_and_released_when_done() {
-        let history = History::new();
+    #[tokio::test]
+    async fn a_racing_copy_waits_for_the_first_claim_to_end() {
+        let history = Arc::new(History::new());
         let key = access(0, "RR8", "a").request_key();
         let for_another_person = RequestKey { nhs_number: NhsNumber::parse("9990000034").unwrap(), ..key.clone() };
-        let first = history.claim(&key);
-        assert!(first.is_some());
-        assert!(history.claim(&key).is_none(), "a racing retry");
-        assert!(history.claim(&key).is_none(), "a refused claim leaves the first one held");
-        assert!(history.claim(&for_another_person).is_some(), "the same id for another person is another search");
+        let first = history.claim(&key).await;
+        drop(history.claim(&for_another_person).await); // the same id for another person is another search
+        let racing = tokio::spawn({
+            let (history, key) = (Arc::clone(&history), key.clone());
+            async move {
+                let _claim = history.claim(&key).await;
+            }
+        });
+        history.waiting().wait_for(|waiting| *waiting == 1).await.unwrap();
+        assert!(!racing.is_finished(), "the copy waits while the first holds the claim");
         drop(first);
-        assert!(history.claim(&key).is_some(), "released when the search ends");
+        racing.await.unwrap();
+        assert_eq!(*history.waiting().borrow(), 0);
+        drop(history.claim(&key).await);
     }
 }

@@ -10,7 +10,8 @@
 //! - [`nhs`], [`model`], [`clock`]: domain values and rules with no I/O.
 //! - [`index`]: the in-memory plan index rebuilt from the store on start;
 //!   [`stored`]: the compact stored form of a plan it keeps.
-//! - [`history`]: the previous-accesses rule and retried-request detection.
+//! - [`history`]: the previous-accesses rule and retried-request detection;
+//!   [`recent`]: the recent accesses a search lists, held in memory.
 //! - [`store`]: the system of record behind one trait.
 //! - [`relay`]: the domain operations, testable without tonic.
 //! - [`service`]: thin gRPC adapters; [`error`] maps the one error type to `Status`.
@@ -37,6 +38,7 @@ pub mod index;
 pub mod model;
 pub mod nhs;
 pub mod proto;
+pub mod recent;
 pub mod records_file;
 pub mod relay;
 pub mod rpc;

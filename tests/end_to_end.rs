@@ -88,34 +88,35 @@ async fn a_retry_with_the_same_request_id_notifies_once() {
     lookup.search(search_request(&child, "user-b", "other-id")).await.unwrap();
     // Copies of one request sent while the first is still in flight, as a
     // client retrying before the first answer arrives: the first copy's commit
-    // is held (stalled before it reaches the store) until every other copy has
-    // been answered, so they overlap for certain.
+    // is held (stalled before it reaches the store). No copy may be answered
+    // before that commit is durable: if the process died meanwhile, a
+    // clinician would hold a flagged answer with no notification anywhere.
     relay.faults.stall_writes(true);
     let mut stalled = relay.faults.stalled_changes();
-    let first_copy = {
+    let search_copy = || {
         let mut lookup = lookup.clone();
         let request = search_request(&child, "user-c", "racing-id");
         tokio::spawn(async move { lookup.search(request).await.map(|response| response.into_inner().flagged) })
     };
+    let first_copy = search_copy();
     tokio::time::timeout(std::time::Duration::from_secs(30), stalled.wait_for(|held| *held >= 1))
         .await
         .expect("the first copy's commit is held")
         .unwrap();
-    let racing = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        futures::future::join_all((0..7).map(|_| {
-            let mut lookup = lookup.clone();
-            let request = search_request(&child, "user-c", "racing-id");
-            async move { lookup.search(request).await.map(|response| response.into_inner().flagged) }
-        })),
-    )
-    .await
-    .expect("the other copies are answered while the first is held, without a commit of their own");
-    assert!(racing.iter().all(|answer| matches!(answer, Ok(true))), "every copy is answered: {racing:?}");
-    assert_eq!(*stalled.borrow(), 1, "only the first copy's commit is waiting");
-    assert!(!first_copy.is_finished(), "the first copy was still in flight while the others were answered");
+    let racing: Vec<_> = (0..7).map(|_| search_copy()).collect();
+    let mut waiting = relay.relay.retries_waiting();
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting.wait_for(|copies| *copies == 7))
+        .await
+        .expect("every other copy waits for the first copy's commit")
+        .unwrap();
+    assert!(racing.iter().all(|copy| !copy.is_finished()), "no copy is answered before the first is durable");
+    assert!(!first_copy.is_finished());
+    assert_eq!(*stalled.borrow(), 1, "only the first copy's commit is waiting: the others made none");
     relay.faults.stall_writes(false);
     assert!(matches!(first_copy.await.unwrap(), Ok(true)));
+    for copy in racing {
+        assert!(matches!(copy.await.unwrap(), Ok(true)), "every copy is answered once the first is durable");
+    }
     // The same id for another person is another search, not a retry.
     lookup.search(search_request(&sibling, "user-a", "same-id")).await.unwrap();
     // So is the same id from another user of the organisation, or from another care setting.

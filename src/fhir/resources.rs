@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    model::{AccessEvent, Address, CareSetting, Plan, PlanType},
+    model::{Address, CareSetting, Plan, PlanType},
+    recent::RecentAccess,
     relay::{SearchOutcome, ShownPlan},
 };
 
@@ -198,7 +199,7 @@ fn address(address: &Address) -> Option<Value> {
 
 /// One AuditEvent per listed previous access, each pointing at an included
 /// PractitionerRole (one per user and organisation, however many accesses).
-pub fn audit_event_bundle(base: &str, self_url: &str, nhs_number: &str, accesses: &[AccessEvent]) -> Value {
+pub fn audit_event_bundle(base: &str, self_url: &str, nhs_number: &str, accesses: &[RecentAccess]) -> Value {
     let mut matches = Vec::with_capacity(accesses.len());
     let mut includes: Vec<(String, Value)> = Vec::new();
     for access in accesses {
@@ -214,12 +215,12 @@ pub fn audit_event_bundle(base: &str, self_url: &str, nhs_number: &str, accesses
     searchset(self_url, matches, includes)
 }
 
-fn audit_event(access: &AccessEvent, nhs_number: &str, role_id: &str) -> Value {
+fn audit_event(access: &RecentAccess, nhs_number: &str, role_id: &str) -> Value {
     let role_reference = format!("PractitionerRole/{role_id}");
     let role_class = |code: &str, display: &str| json!({ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": code, "display": display }] });
     json!({
         "resourceType": "AuditEvent",
-        "id": uuid::Uuid::from_u128(access.id).to_string(),
+        "id": uuid::Uuid::from_u128(access.id()).to_string(),
         "type": {
             "system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
             "code": "access",
@@ -246,27 +247,27 @@ fn audit_event(access: &AccessEvent, nhs_number: &str, role_id: &str) -> Value {
     })
 }
 
-fn practitioner_role(access: &AccessEvent) -> Value {
-    let accessor = &access.accessor;
+fn practitioner_role(access: &RecentAccess) -> Value {
+    let accessor = &*access.who;
     let id = stable_id(
         "PractitionerRole",
-        &[&access.organisation_ods_code, &accessor.user_id, &accessor.role_code, &accessor.name],
+        &[&accessor.organisation_ods_code, &accessor.user_id, &accessor.role_code, &accessor.name],
     );
-    let mut organisation = json!({ "identifier": { "system": ODS_SYSTEM, "value": access.organisation_ods_code } });
-    if !access.organisation_name.is_empty() {
-        organisation["display"] = Value::String(access.organisation_name.clone());
+    let mut organisation = json!({ "identifier": { "system": ODS_SYSTEM, "value": &*accessor.organisation_ods_code } });
+    if !accessor.organisation_name.is_empty() {
+        organisation["display"] = Value::String(accessor.organisation_name.to_string());
     }
     let mut resource = json!({
         "resourceType": "PractitionerRole",
         "id": id,
         "practitioner": {
-            "identifier": { "system": SDS_USER_SYSTEM, "value": accessor.user_id },
-            "display": accessor.name,
+            "identifier": { "system": SDS_USER_SYSTEM, "value": &*accessor.user_id },
+            "display": &*accessor.name,
         },
         "organization": organisation,
     });
     if !accessor.role_code.is_empty() {
-        resource["code"] = json!([{ "coding": [{ "system": JOB_ROLE_SYSTEM, "code": accessor.role_code }] }]);
+        resource["code"] = json!([{ "coding": [{ "system": JOB_ROLE_SYSTEM, "code": &*accessor.role_code }] }]);
     }
     resource
 }

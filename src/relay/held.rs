@@ -131,23 +131,41 @@ impl Relay {
     /// Commits a search's access and notifications. Resolves once they are
     /// durable; if the store fails, the search still answers and they are
     /// held (spilled and synced first) and retried until the store takes them.
-    pub(super) async fn commit_access(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) {
+    /// Stores a search's access and notifications, or holds them for retry;
+    /// either way the access joins the person's recent accesses. Returns
+    /// false only when neither could be done (the hold limit refused it).
+    pub(super) async fn commit_access(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) -> bool {
         let change = Change::RecordAccess { access: access.clone(), drafts: drafts.clone() };
         match self.shared.store.apply(change).await {
-            Ok(Applied::Notified(notifications)) => self.shared.hub.publish(&notifications),
-            Ok(other) => tracing::error!(?other, "store answered a recorded access with something else"),
+            Ok(Applied::Notified(notifications)) => {
+                self.remember(&access);
+                self.shared.hub.publish(&notifications);
+                true
+            }
+            Ok(other) => {
+                tracing::error!(?other, "store answered a recorded access with something else");
+                false
+            }
             Err(error) => {
                 tracing::error!(%error, held = self.shared.hub.held() + 1, "could not store an access notification; holding it for retry");
-                self.hold(HeldSearch { access, drafts }).await;
+                // Refused over the hold limit, it is not remembered: a racing copy of
+                // the request then tries again rather than counting on it.
+                let kept = self.hold(HeldSearch { access: access.clone(), drafts }).await;
+                if kept {
+                    self.remember(&access);
+                }
+                kept
             }
         }
     }
 
-    async fn hold(&self, search: HeldSearch) {
+    /// Whether the search is held (false: refused over the limit).
+    async fn hold(&self, search: HeldSearch) -> bool {
         let relay = self.clone();
         let limit = self.shared.settings.max_held_notifications;
         let notifications = search.drafts.len();
         let holding = tokio::task::spawn_blocking(move || relay.shared.hub.held.push(search, limit)).await;
+        let held = matches!(holding, Ok(Holding::Held(_)));
         match holding {
             Ok(Holding::Held(held)) => self.held_changed(held),
             Ok(Holding::Refused(held)) => {
@@ -163,6 +181,7 @@ impl Relay {
             Err(error) => tracing::error!(%error, "holding a notification did not finish"),
         }
         self.start_retrying();
+        held
     }
 
     fn held_changed(&self, held: usize) {
@@ -271,6 +290,7 @@ impl Relay {
                 }
             };
             if !ids.contains(&search.access.id) {
+                self.remember(&search.access);
                 searches.push_back(search);
             }
         }

@@ -133,6 +133,11 @@ pub struct Relay {
 struct Shared {
     index: Index,
     history: History,
+    /// Recent accesses, where this process is the store's only writer.
+    recent: crate::recent::Recent,
+    /// Whether searches list accesses from `recent` (the store's only
+    /// writer) or read them from a store that other nodes write too.
+    recent_in_memory: bool,
     hub: Hub,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -176,11 +181,14 @@ impl Relay {
             index.set_authority(authority);
         }
         let plan_count = snapshot.plans.len();
+        let recent = snapshot.recent;
+        let recent_in_memory = store.feed().is_none();
         index.upsert(snapshot.plans);
         let history = History::new();
         tracing::info!(
             plans = plan_count,
             people = index.people(),
+            recent_accesses = recent.len(),
             authorities = snapshot.cursors.len(),
             read_ms = loaded_in.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -192,6 +200,8 @@ impl Relay {
             shared: Arc::new(Shared {
                 index,
                 history,
+                recent,
+                recent_in_memory,
                 hub,
                 store,
                 clock,
@@ -229,6 +239,11 @@ impl Relay {
         });
         self.shared.oversight.audit_read(identity, nhs_number, self.shared.clock.now(), &result);
         result
+    }
+
+    /// Copies of a request waiting for their first copy's commit, as it changes.
+    pub fn retries_waiting(&self) -> watch::Receiver<usize> {
+        self.shared.history.waiting()
     }
 
     pub fn store_health(&self) -> watch::Receiver<StoreHealth> {

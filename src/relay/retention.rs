@@ -1,16 +1,18 @@
 //! Background upkeep. Retention: plans past their visibility window, acknowledged
 //! notifications past their keeping period and access history older than
-//! its period are removed from the store, then from memory. Runs on a timer
+//! its period are removed from the store in bounded chunks, then from memory. Runs on a timer
 //! and on demand (tests drive it with a manual clock). Gauges of each
 //! authority's notification state are refreshed on a short timer.
 
 use tokio::task::JoinHandle;
 
 use super::Relay;
-use crate::store::{Applied, Change, Expiry, ExpiryCounts, StoreError};
+use crate::store::{Applied, Change, EXPIRY_CHUNK, Expiry, ExpiryCounts, StoreError};
 
 impl Relay {
-    /// One retention pass as of the relay clock's now.
+    /// One retention pass as of the relay clock's now, in chunks of at most
+    /// [`EXPIRY_CHUNK`] records of each kind: searches commit between them,
+    /// and uploads wait for one chunk at most, not for the whole pass.
     pub async fn expire(&self) -> Result<ExpiryCounts, StoreError> {
         let shared = &self.shared;
         let now = shared.clock.now();
@@ -18,20 +20,34 @@ impl Relay {
             today: now.date_naive(),
             acked_notifications_before: now - shared.settings.acked_notification_retention,
             accesses_before: now - shared.settings.access_retention,
+            limit: EXPIRY_CHUNK,
         };
-        // Plan writes wait, so that store and index drop the same plans.
-        let _writes = shared.plan_writes.lock().await;
-        let counts = match shared.store.apply(Change::Expire(expiry)).await? {
-            Applied::Expired(counts) => counts,
-            other => {
-                tracing::error!(?other, "store answered an expiry with something else");
-                ExpiryCounts::default()
+        let mut counts = ExpiryCounts::default();
+        loop {
+            // Plan writes wait, so that store and index drop the same plans.
+            let _writes = shared.plan_writes.lock().await;
+            let chunk = match shared.store.apply(Change::Expire(expiry)).await? {
+                Applied::Expired(chunk) => chunk,
+                other => {
+                    tracing::error!(?other, "store answered an expiry with something else");
+                    ExpiryCounts::default()
+                }
+            };
+            counts.plans += chunk.plans;
+            counts.notifications += chunk.notifications;
+            counts.accesses += chunk.accesses;
+            if chunk == ExpiryCounts::default() {
+                break;
             }
+        }
+        let plans_in_memory = {
+            let _writes = shared.plan_writes.lock().await;
+            shared.index.remove_where(|plan| plan.is_visible_on(expiry.today))
         };
-        let plans_in_memory = shared.index.remove_where(|plan| plan.is_visible_on(expiry.today));
         if plans_in_memory > 0 {
             self.publish_plan_gauges();
         }
+        let accesses_in_memory = shared.recent.expire(expiry.accesses_before);
         metrics::counter!("cpis_retention_removed_total", "kind" => "plan").increment(counts.plans);
         metrics::counter!("cpis_retention_removed_total", "kind" => "notification").increment(counts.notifications);
         metrics::counter!("cpis_retention_removed_total", "kind" => "access").increment(counts.accesses);
@@ -40,6 +56,7 @@ impl Relay {
             notifications = counts.notifications,
             accesses = counts.accesses,
             plans_in_memory,
+            accesses_in_memory,
             "retention pass"
         );
         Ok(counts)

@@ -11,8 +11,9 @@ use crate::{
     auth::{Action, Identity, authorize, search_is_scheduled},
     error::{Error, Result},
     history,
-    model::{AccessEvent, AccessView, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, RequestKey},
+    model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, RequestKey},
     nhs::NhsNumber,
+    recent::{self, RecentAccess},
     stored::{StoredAccess, StoredPlan},
 };
 
@@ -60,7 +61,7 @@ pub struct SearchOutcome {
     /// Whose details are shown: the most recently loaded visible plan.
     pub person: Option<Arc<Plan>>,
     /// Newest first.
-    pub previous_accesses: Vec<AccessEvent>,
+    pub previous_accesses: Vec<RecentAccess>,
 }
 
 impl SearchOutcome {
@@ -174,8 +175,8 @@ impl Relay {
         let generated = client_request_id.is_empty();
         let request_id = if generated { random_id().to_string() } else { client_request_id };
 
-        // Only a client's own id can repeat. A copy of this request arriving while it runs finds
-        // the claim taken and is answered without a notification: this search notifies.
+        // Only a client's own id can repeat. A copy of this request still being committed
+        // is waited for: answered as a retry once that commit is durable, never before it.
         let request_key = (!generated).then(|| RequestKey {
             organisation_ods_code: identity.ods_code.clone(),
             user_id: accessor.user_id.clone(),
@@ -183,19 +184,23 @@ impl Relay {
             care_setting,
             request_id: request_id.clone(),
         });
-        let claim = request_key.as_ref().map(|key| shared.history.claim(key));
-        let racing_retry = matches!(claim, Some(None));
-        let (stored, request_made_at) = self.person_accesses(nhs_number, request_key.clone()).await;
-        // Read in place: only the accesses shown are copied out.
-        let accesses = stored.iter().map(StoredAccess::view).collect::<std::result::Result<Vec<_>, _>>()?;
-        let is_retry = racing_retry
-            || history::made_within_window(request_made_at, now)
-            || request_key.as_ref().is_some_and(|key| history::is_repeat(&accesses, key, now));
-        // A retry shows what its original showed: not the original's own access.
-        let earlier: Vec<&AccessView> =
-            accesses.iter().filter(|access| request_key.as_ref().is_none_or(|key| !access.is_request(key))).collect();
-        let previous_accesses: Vec<AccessEvent> =
-            history::listed_accesses(&earlier).iter().map(AccessView::to_event).collect();
+        let claim = match &request_key {
+            Some(key) => Some(shared.history.claim(key).await),
+            None => None,
+        };
+        let own_request = request_key.as_ref().map(recent::request_hash);
+        let listing = |accesses: &[RecentAccess], made_at: Option<chrono::DateTime<chrono::Utc>>| {
+            let is_retry = history::made_within_window(made_at, now)
+                || request_key.as_ref().is_some_and(|key| history::is_repeat(accesses, key, now));
+            // A retry shows what its original showed: not the original's own access.
+            (history::listed_accesses(accesses, own_request.filter(|_| is_retry)), is_retry)
+        };
+        let (previous_accesses, is_retry) = if shared.recent_in_memory {
+            shared.recent.with(nhs_number, |accesses| listing(accesses, None))
+        } else {
+            let (accesses, made_at) = self.stored_accesses(nhs_number, request_key.clone()).await?;
+            listing(&accesses, made_at)
+        };
         if !is_retry {
             let access = AccessEvent {
                 id: random_id().as_u128(),
@@ -233,31 +238,41 @@ impl Relay {
 }
 
 impl Relay {
-    /// A person's newest accesses in their stored form, oldest first (those
-    /// stored and those held while the store is failing), and when `request`
-    /// was made if it was. If the store cannot be read the clinician is still
-    /// answered, without the history, and ops are told.
-    async fn person_accesses(
+    /// Adds an access just stored (or held for retry) to the person's recent
+    /// accesses in memory, where this node is the store's only writer.
+    pub(super) fn remember(&self, access: &AccessEvent) {
+        if self.shared.recent_in_memory {
+            self.shared.recent.record(access);
+        }
+    }
+
+    /// A store that other nodes write too: the person's newest accesses read
+    /// from it, oldest first, with those held here while it fails, and when
+    /// `request` was made if it was. If the store cannot be read the clinician
+    /// is still answered, without the history, and ops are told.
+    async fn stored_accesses(
         &self,
         nhs_number: NhsNumber,
         request: Option<RequestKey>,
-    ) -> (Vec<StoredAccess>, Option<chrono::DateTime<chrono::Utc>>) {
-        let (mut accesses, made_at) =
-            match self.shared.store.person_history(nhs_number, request, history::HISTORY_READ).await {
-                Ok(history) => (history.newest_first, history.request_made_at),
-                Err(error) => {
-                    tracing::error!(%error, "cannot read an access history; answering without it");
-                    metrics::counter!("cpis_store_failures_total", "operation" => "read_accesses").increment(1);
-                    (Vec::new(), None)
-                }
-            };
-        accesses.reverse();
+    ) -> Result<(Vec<RecentAccess>, Option<chrono::DateTime<chrono::Utc>>)> {
+        let recent = &self.shared.recent;
+        let (stored, made_at) = match self.shared.store.person_history(nhs_number, request, history::HISTORY_READ).await
+        {
+            Ok(history) => (history.newest_first, history.request_made_at),
+            Err(error) => {
+                tracing::error!(%error, "cannot read an access history; answering without it");
+                metrics::counter!("cpis_store_failures_total", "operation" => "read_accesses").increment(1);
+                (Vec::new(), None)
+            }
+        };
+        let views = stored.iter().map(StoredAccess::view).collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut accesses = recent.convert(views);
         let held = self.shared.hub.held_accesses_of(nhs_number);
         if !held.is_empty() {
-            accesses.extend(held.iter().filter_map(|access| StoredAccess::encode(access).ok()));
-            accesses.sort_by_cached_key(|access| access.view().map(|view| (view.accessed_at, view.id)).ok());
+            accesses.extend(recent.convert(held.iter().map(AccessEvent::view)));
+            accesses.sort_by_key(|access| (access.accessed_at, access.id()));
         }
-        (accesses, made_at)
+        Ok((accesses, made_at))
     }
 }
 

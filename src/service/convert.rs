@@ -7,6 +7,7 @@ use crate::{
     error::{Error, Result},
     model::{AccessEvent, Accessor, Address, CareSetting, LocalAuthority, Notification, Plan, PlanType},
     proto,
+    recent::RecentAccess,
     relay::{SearchOutcome, SearchQuery, UploadOutcome, UploadStatus},
 };
 
@@ -121,6 +122,23 @@ pub fn access_record(access: AccessEvent) -> proto::AccessRecord {
     }
 }
 
+/// A previous access as a search lists it (never a scheduled one).
+fn listed_access_record(access: &RecentAccess) -> proto::AccessRecord {
+    let who = &*access.who;
+    proto::AccessRecord {
+        accessed_at: Some(timestamp(access.accessed_at)),
+        organisation_ods_code: who.organisation_ods_code.to_string(),
+        organisation_name: who.organisation_name.to_string(),
+        care_setting: care_setting(access.care_setting) as i32,
+        accessor: Some(proto::Accessor {
+            user_id: who.user_id.to_string(),
+            name: who.name.to_string(),
+            role_code: who.role_code.to_string(),
+        }),
+        scheduled: access.scheduled,
+    }
+}
+
 pub fn search_response(outcome: SearchOutcome) -> proto::SearchResponse {
     proto::SearchResponse {
         flagged: outcome.flagged(),
@@ -144,7 +162,7 @@ pub fn search_response(outcome: SearchOutcome) -> proto::SearchResponse {
                 })),
             })
             .collect(),
-        previous_accesses: outcome.previous_accesses.into_iter().map(access_record).collect(),
+        previous_accesses: outcome.previous_accesses.iter().map(listed_access_record).collect(),
     }
 }
 

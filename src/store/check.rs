@@ -1,8 +1,9 @@
 //! Offline verification of an embedded store (`cpis-relay store check`):
 //! every record is read (the engine checks each block's checksum as it
 //! reads it) and decoded, every plan-expiry entry points at a plan with that
-//! last visible day, every access is listed once in time order with its
-//! request id, and each authority's notifications stay within its cursor.
+//! last visible day, every access is listed once in time order, every
+//! notification is filed under its authority and sequence, and no authority
+//! is acknowledged beyond its last notification.
 //! Never run on a store a relay has open.
 
 use std::{
@@ -70,7 +71,6 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
     }
 
     let mut accesses = 0u64;
-    let mut requests_expected = 0u64;
     for entry in spaces.accesses.iter() {
         let (key, value) = entry.into_inner().map_err(io)?;
         let access: AccessEvent = decode(&value, "accesses")?;
@@ -81,36 +81,29 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         if spaces.access_times.get(keys::access_time(at, access.id)).map_err(io)?.is_none() {
             problem("access_times: an access is missing".into());
         }
-        if spaces.requests.get(keys::request(&access.request_key())?).map_err(io)?.is_some() {
-            requests_expected += 1;
-        } else {
-            problem("requests: an access's request id is missing".into());
-        }
         accesses += 1;
     }
     let access_times = spaces.access_times.len().map_err(io)? as u64;
     if access_times != accesses {
         problem(format!("access_times: {access_times} entries for {accesses} accesses"));
     }
-    let requests = spaces.requests.len().map_err(io)? as u64;
-    if requests < requests_expected {
-        problem(format!("requests: {requests} entries for {requests_expected} accesses"));
-    }
-
-    let cursors: HashMap<String, u64> =
-        spaces.cursors()?.into_iter().map(|cursor| (cursor.la_ods_code, cursor.last_sequence)).collect();
     let mut notifications = 0;
     for entry in spaces.notifications.iter() {
-        let (_, value) = entry.into_inner().map_err(io)?;
+        let (key, value) = entry.into_inner().map_err(io)?;
         let notification: Notification = decode(&value, "notifications")?;
-        let last = cursors.get(&notification.draft.la_ods_code).copied().unwrap_or(0);
-        if notification.sequence > last {
-            problem(format!(
-                "notifications: sequence {} is beyond its authority's cursor {last}",
-                notification.sequence
-            ));
+        if key.as_ref() != keys::notification(&notification.draft.la_ods_code, notification.sequence) {
+            problem("notifications: a record is filed under another key".into());
         }
         notifications += 1;
+    }
+    let cursors = spaces.positions()?;
+    for cursor in &cursors {
+        if cursor.acked_through > cursor.last_sequence {
+            problem(format!(
+                "cursors: acknowledged through {} beyond the last notification {}",
+                cursor.acked_through, cursor.last_sequence
+            ));
+        }
     }
 
     report.integrity_ok = report.problems.is_empty();
@@ -120,7 +113,6 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         ("plan_expiry", expiring as u64),
         ("accesses", accesses),
         ("access_times", access_times),
-        ("requests", requests),
         ("notifications", notifications),
         ("cursors", cursors.len() as u64),
     ];

@@ -37,8 +37,6 @@ struct State {
     access_times: BTreeMap<(i64, u128), NhsNumber>,
     notifications: BTreeMap<(String, u64), Notification>,
     cursors: HashMap<String, Cursor>,
-    /// When each request was made, while its access is retained.
-    requests: HashMap<RequestKey, i64>,
 }
 
 impl MemoryStore {
@@ -91,7 +89,6 @@ impl State {
                 }
                 let at = access.accessed_at.timestamp_micros();
                 self.access_times.insert((at, access.id), access.nhs_number);
-                self.requests.insert(access.request_key(), at);
                 let stored = StoredAccess::encode(&access)?;
                 self.accesses.insert((access.nhs_number, at, access.id), stored);
                 Applied::Notified(notified)
@@ -118,12 +115,7 @@ impl State {
                 counts.notifications = (notifications_before - self.notifications.len()) as u64;
                 let keep = self.access_times.split_off(&(expiry.accesses_before.timestamp_micros(), 0));
                 for ((at, id), nhs) in std::mem::replace(&mut self.access_times, keep) {
-                    if let Some(access) = self.accesses.remove(&(nhs, at, id))
-                        && let Ok(view) = access.view()
-                        && self.requests.get(&view.to_event().request_key()) == Some(&at)
-                    {
-                        self.requests.remove(&view.to_event().request_key());
-                    }
+                    self.accesses.remove(&(nhs, at, id));
                     counts.accesses += 1;
                 }
                 Applied::Expired(counts)
@@ -134,13 +126,25 @@ impl State {
 
 impl Store for MemoryStore {
     fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>> {
-        let snapshot = self.with_state(|state| Snapshot {
-            authorities: state.authorities.values().cloned().collect(),
-            plans: state.plans.values().cloned().collect(),
-            cursors: state.cursors.values().cloned().collect(),
-            plan_version: 0,
+        let snapshot = self.with_state(|state| {
+            let recent = crate::recent::Recent::new();
+            let mut people = state.accesses.iter().peekable();
+            while let Some(((nhs_number, _, _), first)) = people.next() {
+                let mut views = vec![first.view()?];
+                while let Some((_, access)) = people.next_if(|((next, _, _), _)| next == nhs_number) {
+                    views.push(access.view()?);
+                }
+                recent.load_person(*nhs_number, views);
+            }
+            Ok(Snapshot {
+                authorities: state.authorities.values().cloned().collect(),
+                plans: state.plans.values().cloned().collect(),
+                cursors: state.cursors.values().cloned().collect(),
+                plan_version: 0,
+                recent,
+            })
         });
-        async move { Ok(snapshot) }.boxed()
+        async move { snapshot }.boxed()
     }
 
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
@@ -163,9 +167,15 @@ impl Store for MemoryStore {
                 .take(newest)
                 .map(|(_, access)| access.clone())
                 .collect(),
-            request_made_at: request
-                .and_then(|request| state.requests.get(&request).copied())
-                .and_then(chrono::DateTime::from_timestamp_micros),
+            request_made_at: request.and_then(|request| {
+                state
+                    .accesses
+                    .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
+                    .rev()
+                    .filter_map(|(_, access)| access.view().ok())
+                    .find(|view| view.is_request(&request))
+                    .map(|view| view.accessed_at)
+            }),
         });
         async move { Ok(history) }.boxed()
     }

@@ -70,7 +70,14 @@ pub struct Expiry {
     pub acked_notifications_before: DateTime<Utc>,
     /// Access history before this instant is removed.
     pub accesses_before: DateTime<Utc>,
+    /// Most records of each kind one change removes, so that a pass never
+    /// holds a writer for long; the caller repeats until less is removed.
+    /// A store may remove more in one change (PostgreSQL deletes in one statement).
+    pub limit: usize,
 }
+
+/// Records of each kind one retention change removes at most.
+pub const EXPIRY_CHUNK: usize = 10_000;
 
 /// What a change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,8 +108,8 @@ pub struct Cursor {
 }
 
 /// Everything the relay rebuilds its memory from on start. Notifications
-/// and access histories stay in the store: notifications are paged to
-/// subscribers, a person's accesses are read when that person is searched.
+/// and older access histories stay in the store: notifications are paged to
+/// subscribers, accesses are read in full by auditors.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub authorities: Vec<LocalAuthority>,
@@ -110,6 +117,9 @@ pub struct Snapshot {
     pub cursors: Vec<Cursor>,
     /// The last plan change these plans include (shared stores; 0 otherwise).
     pub plan_version: u64,
+    /// Every person's recent accesses, from a store this process alone
+    /// writes; empty from a shared store, whose searches read them.
+    pub recent: crate::recent::Recent,
 }
 
 /// What a search reads of a person's history.

@@ -198,7 +198,7 @@ fn replace(
 fn expire_plans(spaces: &Spaces, batch: &mut OwnedWriteBatch, expiry: &Expiry) -> Result<ExpiryCounts, StoreError> {
     let mut counts = ExpiryCounts::default();
     let end = keys::plan_expiry_from(days::to_number(expiry.today));
-    for entry in spaces.plan_expiry.range(..end) {
+    for entry in spaces.plan_expiry.range(..end).take(expiry.limit) {
         let key = entry.key().map_err(io)?;
         let plan_key = keys::plan_of_expiry(&key)?;
         if spaces.plans.contains_key(plan_key).map_err(io)? {
@@ -231,14 +231,15 @@ impl Committer for ActivityCommitter {
                             keys::notification(la, notification.sequence),
                             encode(&notification)?,
                         );
-                        put_cursor(spaces, &mut batch, cursor)?;
                         notified.push(notification);
                     }
+                    // No cursor and no request record: an authority's last sequence is its
+                    // newest notification's, and requests are recognised from the accesses
+                    // (held in memory, rebuilt from this keyspace on start).
                     let at = access.accessed_at.timestamp_micros();
                     let access_key = keys::access(access.nhs_number, access.scheduled, at, access.id);
                     batch.insert(&spaces.accesses, access_key, encode(&access)?);
                     batch.insert(&spaces.access_times, keys::access_time(at, access.id), access_key);
-                    batch.insert(&spaces.requests, keys::request(&access.request_key())?, at.to_be_bytes());
                     Applied::Notified(notified)
                 }
                 Change::Ack { la_ods_code, through } => {
@@ -280,6 +281,9 @@ fn expire_activity(
         let la = cursor.la_ods_code.as_str();
         let (from, to) = (keys::notification(la, 0), keys::notification(la, cursor.acked_through));
         for entry in spaces.notifications.range(from..=to) {
+            if counts.notifications as usize >= expiry.limit {
+                break;
+            }
             let (key, value) = entry.into_inner().map_err(io)?;
             let notification: Notification = decode(&value, "notifications")?;
             if notification.access.accessed_at >= expiry.acked_notifications_before {
@@ -290,18 +294,8 @@ fn expire_activity(
         }
     }
     let cutoff = keys::access_time_from(expiry.accesses_before.timestamp_micros());
-    for entry in spaces.access_times.range(..cutoff) {
+    for entry in spaces.access_times.range(..cutoff).take(expiry.limit) {
         let (time_key, access_key) = entry.into_inner().map_err(io)?;
-        if let Some(value) = spaces.accesses.get(&access_key).map_err(io)? {
-            // The request id goes with its access, unless a later access (a day or
-            // more later) has taken the same key since.
-            let access: crate::model::AccessEvent = decode(&value, "accesses")?;
-            let request_key = keys::request(&access.request_key())?;
-            let made_at = access.accessed_at.timestamp_micros().to_be_bytes();
-            if spaces.requests.get(&request_key).map_err(io)?.is_some_and(|value| *value == made_at) {
-                batch.remove(&spaces.requests, request_key);
-            }
-        }
         batch.remove(&spaces.accesses, access_key);
         batch.remove(&spaces.access_times, time_key);
         counts.accesses += 1;

@@ -4,11 +4,7 @@
 //! or ends in a 0 byte that the part itself cannot contain (ODS codes are
 //! checked to be printable ASCII before they reach the store).
 
-use crate::{
-    model::{PlanType, RequestKey},
-    nhs::NhsNumber,
-    store::StoreError,
-};
+use crate::{model::PlanType, nhs::NhsNumber, store::StoreError};
 
 pub(in crate::store) fn type_byte(plan_type: PlanType) -> u8 {
     match plan_type {
@@ -105,6 +101,15 @@ pub(in crate::store) fn access(nhs: NhsNumber, scheduled: bool, at_micros: i64, 
     key
 }
 
+/// The person of an access key.
+pub(in crate::store) fn person_of_access(key: &[u8]) -> Result<NhsNumber, StoreError> {
+    let nhs: [u8; 8] = key
+        .get(..8)
+        .and_then(|nhs| nhs.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("accesses: malformed key".into()))?;
+    NhsNumber::from_u64(u64::from_be_bytes(nhs)).map_err(|error| StoreError::Corrupt(format!("accesses: {error}")))
+}
+
 /// Every access of a person, both kinds.
 pub(in crate::store) fn person_prefix(nhs: NhsNumber) -> [u8; 8] {
     nhs.as_u64().to_be_bytes()
@@ -128,16 +133,6 @@ pub(in crate::store) fn access_time(at_micros: i64, id: u128) -> [u8; 24] {
 /// The first access-time key at or after `at_micros`.
 pub(in crate::store) fn access_time_from(at_micros: i64) -> [u8; 8] {
     signed64(at_micros)
-}
-
-/// requests: `nhs(8)` then the organisation, user, care setting and request
-/// id of a search (length-prefixed): a retried request is one point read.
-pub(in crate::store) fn request(request: &RequestKey) -> Result<Vec<u8>, StoreError> {
-    let mut key = request.nhs_number.as_u64().to_be_bytes().to_vec();
-    let parts = (&request.organisation_ods_code, &request.user_id, request.care_setting, &request.request_id);
-    postcard::to_io(&parts, &mut key)
-        .map_err(|error| StoreError::Corrupt(format!("encoding a request key: {error}")))?;
-    Ok(key)
 }
 
 /// notifications: `authority 0 sequence(8)`.

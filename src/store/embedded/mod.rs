@@ -5,16 +5,21 @@
 //! - `plans/`: authorities, plans in their stored form ([`StoredPlan`]), and
 //!   plans by their last visible day (for retention);
 //! - `activity/`: a person's accesses in time order, accesses by time (for
-//!   retention), request ids (a retried search is one point read), each
-//!   authority's notifications by sequence, and each authority's cursor.
+//!   retention), each authority's notifications by sequence, and each
+//!   authority's acknowledged position.
 //!
-//! The durable part of a batch of flagged searches is one sequential append
-//! to the activity journal and one `fdatasync`: the keyspaces that answer
-//! reads are the engine's memtables, flushed and compacted by its own threads
-//! off the commit path, and rebuilt from the journal after a crash. Changes of
-//! one batch become visible to readers together, after the sync.
+//! A flagged search writes its access, its time entry and one notification
+//! per owning authority, nothing else: an authority's last sequence is its
+//! newest notification's (read on open), and a retried request is recognised
+//! from the accesses, which the relay holds in memory (see `crate::recent`).
+//! The durable part of a batch of searches is one sequential append to the
+//! activity journal and one `fdatasync`: the keyspaces that answer reads are
+//! the engine's memtables, flushed and compacted by its own threads off the
+//! commit path, and rebuilt from the journal after a crash. Changes of one
+//! batch become visible to readers together, after the sync.
 //!
-//! Start-up copies plan bytes into the index without decoding them.
+//! Start-up copies plan bytes into the index without decoding them, and
+//! reads every person's recent accesses on a second thread meanwhile.
 
 mod changes;
 pub(super) mod keys;
@@ -35,8 +40,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use self::lane::Lane;
 use super::{Applied, Change, Cursor, PersonHistory, Snapshot, Store, StoreError};
 use crate::{
-    model::{AccessEvent, Notification, RequestKey},
+    model::{AccessEvent, AccessView, Notification, RequestKey},
     nhs::NhsNumber,
+    recent::Recent,
     stored::{StoredAccess, StoredPlan},
 };
 
@@ -113,6 +119,7 @@ pub(super) struct Spaces {
     pub activity_db: Database,
     pub accesses: Keyspace,
     pub access_times: Keyspace,
+    /// Written by earlier releases only; emptied on open.
     pub requests: Keyspace,
     pub notifications: Keyspace,
     pub cursors: Keyspace,
@@ -150,8 +157,37 @@ impl Spaces {
         })
     }
 
-    /// Every authority's cursor.
-    pub(super) fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
+    /// Every authority's positions: the acknowledged position from its
+    /// cursor record, and the last sequence from its newest notification (a
+    /// search writes no cursor; an acknowledgement records the last sequence
+    /// of its time, which covers notifications retention has removed since).
+    pub(in crate::store) fn positions(&self) -> Result<Vec<Cursor>, StoreError> {
+        let corrupt = || StoreError::Corrupt("notifications: malformed key".into());
+        let mut cursors: std::collections::BTreeMap<String, Cursor> =
+            self.cursors()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(first) = self.notifications.range(from.clone()..).next() {
+            let key = first.key().map_err(io)?;
+            let split = key.iter().position(|&byte| byte == 0).ok_or_else(corrupt)?;
+            let la = std::str::from_utf8(&key[..split]).map_err(|_| corrupt())?.to_owned();
+            if let Some(last) = self.notifications.prefix(keys::authority_prefix(&la)).next_back() {
+                let last = last.key().map_err(io)?;
+                let sequence: [u8; 8] =
+                    last.get(split + 1..).and_then(|tail| tail.try_into().ok()).ok_or_else(corrupt)?;
+                let cursor = cursors
+                    .entry(la.clone())
+                    .or_insert_with(|| Cursor { la_ods_code: la.clone(), ..Cursor::default() });
+                cursor.last_sequence = cursor.last_sequence.max(u64::from_be_bytes(sequence));
+            }
+            // Past every key of this authority: its separator 0 becomes 1.
+            from = la.into_bytes();
+            from.push(1);
+        }
+        Ok(cursors.into_values().collect())
+    }
+
+    /// Every authority's cursor record.
+    fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
         let mut cursors = Vec::new();
         for entry in self.cursors.iter() {
             let (key, value) = entry.into_inner().map_err(io)?;
@@ -202,8 +238,9 @@ impl EmbeddedStore {
         let spaces = Spaces::open(data_dir, cache_bytes)?;
         restrict_tree(data_dir).map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
         check_schema(&spaces)?;
+        forget_request_records(&spaces)?;
         let stats = Arc::new(CommitStats::default());
-        let positions = spaces.cursors()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
+        let positions = spaces.positions()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
         let plan_lane = Lane::start("plans", changes::PlanCommitter { spaces: spaces.clone() }, Arc::clone(&stats))?;
         let activity_lane = Lane::start(
             "activity",
@@ -238,6 +275,24 @@ impl EmbeddedStore {
     }
 }
 
+/// Removes the request records an earlier release wrote beside each access
+/// (requests are now recognised from the accesses themselves), in bounded
+/// batches; a store without them costs one empty read.
+fn forget_request_records(spaces: &Spaces) -> Result<(), StoreError> {
+    loop {
+        let mut batch = spaces.activity_db.batch().durability(Some(fjall::PersistMode::SyncData));
+        let mut removed = 0usize;
+        for entry in spaces.requests.iter().take(100_000) {
+            batch.remove(&spaces.requests, entry.key().map_err(io)?);
+            removed += 1;
+        }
+        if removed == 0 {
+            return Ok(());
+        }
+        batch.commit().map_err(io)?;
+    }
+}
+
 /// Records the schema version in a new store, or checks it in an old one.
 fn check_schema(spaces: &Spaces) -> Result<(), StoreError> {
     match spaces.meta.get("schema_version").map_err(io)? {
@@ -269,24 +324,18 @@ fn lanes_of(change: &Change) -> (bool, bool) {
 impl Store for EmbeddedStore {
     fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>> {
         self.read(|spaces| {
-            let mut snapshot = Snapshot::default();
-            for entry in spaces.authorities.iter() {
-                let (_, value) = entry.into_inner().map_err(io)?;
-                snapshot.authorities.push(decode(&value, "authorities")?);
-            }
-            snapshot.plans.reserve(spaces.plans.approximate_len());
-            let mut la_codes: std::collections::HashMap<String, Arc<str>> = std::collections::HashMap::new();
-            for entry in spaces.plans.iter() {
-                let (key, value) = entry.into_inner().map_err(io)?;
-                let (la, nhs, plan_type) = keys::parse_plan(&key)?;
-                let la = match la_codes.get(la) {
-                    Some(shared) => Arc::clone(shared),
-                    None => Arc::clone(la_codes.entry(la.to_owned()).or_insert_with(|| la.into())),
-                };
-                snapshot.plans.push(StoredPlan::from_stored(la, nhs, plan_type, &value)?);
-            }
-            snapshot.cursors = spaces.cursors()?;
-            Ok(snapshot)
+            // Accesses on a second thread while this one reads the plans: start-up
+            // reads both in full, and they are independent.
+            std::thread::scope(|scope| {
+                let recent = std::thread::Builder::new()
+                    .name("cpis-load-accesses".into())
+                    .spawn_scoped(scope, || recent_accesses(spaces))
+                    .map_err(io)?;
+                let mut snapshot = load_plans(spaces)?;
+                snapshot.recent =
+                    recent.join().map_err(|_| StoreError::Io("reading the accesses panicked".into()))??;
+                Ok(snapshot)
+            })
         })
     }
 
@@ -326,13 +375,16 @@ impl Store for EmbeddedStore {
             for entry in spaces.accesses.prefix(keys::unscheduled_prefix(nhs_number)).rev().take(newest) {
                 history.newest_first.push(StoredAccess::from_stored(&entry.value().map_err(io)?));
             }
-            if let Some(request) = request
-                && let Some(value) = spaces.requests.get(keys::request(&request)?).map_err(io)?
-            {
-                let at = <[u8; 8]>::try_from(&value[..])
-                    .map(i64::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt("requests: value".into()))?;
-                history.request_made_at = chrono::DateTime::from_timestamp_micros(at);
+            // Requests are not indexed (the relay recognises them in memory): a person's
+            // accesses, both kinds, hold every request made within the retention period.
+            if let Some(request) = request {
+                for entry in spaces.accesses.prefix(keys::person_prefix(nhs_number)) {
+                    let stored = StoredAccess::from_stored(&entry.value().map_err(io)?);
+                    let view = stored.view()?;
+                    if view.is_request(&request) && history.request_made_at.is_none_or(|at| at < view.accessed_at) {
+                        history.request_made_at = Some(view.accessed_at);
+                    }
+                }
             }
             Ok(history)
         })
@@ -369,6 +421,60 @@ impl Store for EmbeddedStore {
             Ok(page)
         })
     }
+}
+
+/// Authorities, plans (bytes, not decoded) and positions, for the index.
+fn load_plans(spaces: &Spaces) -> Result<Snapshot, StoreError> {
+    let mut snapshot = Snapshot::default();
+    for entry in spaces.authorities.iter() {
+        let (_, value) = entry.into_inner().map_err(io)?;
+        snapshot.authorities.push(decode(&value, "authorities")?);
+    }
+    snapshot.plans.reserve(spaces.plans.approximate_len());
+    let mut la_codes: std::collections::HashMap<String, Arc<str>> = std::collections::HashMap::new();
+    for entry in spaces.plans.iter() {
+        let (key, value) = entry.into_inner().map_err(io)?;
+        let (la, nhs, plan_type) = keys::parse_plan(&key)?;
+        let la = match la_codes.get(la) {
+            Some(shared) => Arc::clone(shared),
+            None => Arc::clone(la_codes.entry(la.to_owned()).or_insert_with(|| la.into())),
+        };
+        snapshot.plans.push(StoredPlan::from_stored(la, nhs, plan_type, &value)?);
+    }
+    snapshot.cursors = spaces.positions()?;
+    Ok(snapshot)
+}
+
+/// Every person's recent accesses, read in key order (person, then kind,
+/// then time) and decoded in place, without copying their text.
+fn recent_accesses(spaces: &Spaces) -> Result<Recent, StoreError> {
+    let recent = Recent::new();
+    let mut person: Option<NhsNumber> = None;
+    let mut values: Vec<fjall::Slice> = Vec::new();
+    let flush = |person: Option<NhsNumber>, values: &mut Vec<fjall::Slice>| -> Result<(), StoreError> {
+        if let Some(nhs_number) = person {
+            let views = values
+                .iter()
+                .map(|value| {
+                    postcard::from_bytes(value).map_err(|error| StoreError::Corrupt(format!("accesses: {error}")))
+                })
+                .collect::<Result<Vec<AccessView<'_>>, _>>()?;
+            recent.load_person(nhs_number, views);
+        }
+        values.clear();
+        Ok(())
+    };
+    for entry in spaces.accesses.iter() {
+        let (key, value) = entry.into_inner().map_err(io)?;
+        let nhs = keys::person_of_access(&key)?;
+        if person != Some(nhs) {
+            flush(person, &mut values)?;
+            person = Some(nhs);
+        }
+        values.push(value);
+    }
+    flush(person, &mut values)?;
+    Ok(recent)
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ async fn load(pool: Pool) -> Result<Snapshot, StoreError> {
         )?);
     }
     transaction.commit().await.map_err(db_error)?;
-    Ok(Snapshot { authorities, plans, cursors, plan_version: plan_version as u64 })
+    Ok(Snapshot { authorities, plans, cursors, plan_version: plan_version as u64, recent: Default::default() })
 }
 
 impl Store for PostgresStore {
