@@ -11,7 +11,7 @@
 //! first is durable, and takes over if the first failed. No copy is ever
 //! answered ahead of the durability of the notification it relies on.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Duration, Utc};
 use dashmap::DashMap;
@@ -121,13 +121,21 @@ pub fn is_repeat(accesses: &[RecentAccess], key: &RequestKey, now: DateTime<Utc>
 /// listed unless the same user (organisation and user id) has a listed access
 /// less than 24 hours before it; then the 25 newest listed, newest first.
 /// Scheduled accesses are never listed (they stay in the audit log), nor is
-/// the access of the request `excluded` (a retry shows what its original showed).
+/// the access of the request `excluded` (a retry shows what its original
+/// showed). The walk covers the newest [`HISTORY_READ`] unscheduled accesses,
+/// however many more of the last 24 hours memory keeps for retries.
 pub fn listed_accesses(oldest_first: &[RecentAccess], excluded: Option<u64>) -> Vec<RecentAccess> {
-    let mut last_listed: std::collections::HashMap<(&str, &str), DateTime<Utc>> =
-        std::collections::HashMap::with_capacity(oldest_first.len());
-    let mut listed: Vec<&RecentAccess> = Vec::with_capacity(oldest_first.len());
-    for access in oldest_first.iter().filter(|access| !access.scheduled && Some(access.request) != excluded) {
-        let user = (&*access.who.organisation_ods_code, &*access.who.user_id);
+    let walked = oldest_first.iter().rev().filter(|access| !access.scheduled).take(HISTORY_READ).count();
+    let mut from = oldest_first.len();
+    let mut counted = 0;
+    while counted < walked {
+        from -= 1;
+        counted += usize::from(!oldest_first[from].scheduled);
+    }
+    let mut last_listed: HashMap<u64, DateTime<Utc>, UserKeys> = HashMap::with_capacity_and_hasher(walked, UserKeys);
+    let mut listed: Vec<&RecentAccess> = Vec::with_capacity(walked);
+    for access in oldest_first[from..].iter().filter(|access| !access.scheduled && Some(access.request) != excluded) {
+        let user = access.who.user_key;
         if last_listed.get(&user).is_some_and(|&at| access.accessed_at - at < SAME_USER_WINDOW) {
             continue;
         }
@@ -135,6 +143,36 @@ pub fn listed_accesses(oldest_first: &[RecentAccess], excluded: Option<u64>) -> 
         listed.push(access);
     }
     listed.into_iter().rev().take(PREVIOUS_ACCESSES_SHOWN).cloned().collect()
+}
+
+/// Hashes [`crate::recent::Who::user_key`]s, already keyed hashes, by taking them as they are.
+#[derive(Clone, Copy, Default)]
+struct UserKeys;
+
+impl std::hash::BuildHasher for UserKeys {
+    type Hasher = UserKeyHasher;
+
+    fn build_hasher(&self) -> UserKeyHasher {
+        UserKeyHasher(0)
+    }
+}
+
+struct UserKeyHasher(u64);
+
+impl std::hash::Hasher for UserKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,23 @@ struct Shared {
     writer: Mutex<()>,
 }
 
+/// A person's plans as one generation shows them; see [`Index::person`].
+pub struct PersonPlans {
+    slots: Option<Arc<[Slot]>>,
+    generation: u64,
+}
+
+impl PersonPlans {
+    pub fn iter(&self) -> impl Iterator<Item = &StoredPlan> {
+        let generation = self.generation;
+        self.slots
+            .iter()
+            .flat_map(|slots| slots.iter())
+            .filter(move |slot| slot.visible_at(generation))
+            .map(|slot| &slot.plan)
+    }
+}
+
 /// A FULL_REFRESH staged but not yet visible; see [`Index::stage_replacement`].
 #[must_use = "a staged refresh must be published or abandoned"]
 pub struct StagedRefresh {
@@ -104,21 +121,22 @@ impl Index {
         Self::default()
     }
 
-    /// All plans held for a person, of every local authority, as one consistent view.
-    pub fn plans(&self, nhs_number: NhsNumber) -> Vec<StoredPlan> {
+    /// All plans held for a person, of every local authority, as one
+    /// consistent view, without copying them: the view shares the entry.
+    pub fn person(&self, nhs_number: NhsNumber) -> PersonPlans {
         loop {
             let before = self.shared.generation.load(Ordering::Acquire);
             let entry = self.shared.people.get(&nhs_number).map(|entry| Arc::clone(entry.value()));
             let after = self.shared.generation.load(Ordering::Acquire);
-            if before != after {
-                continue;
+            if before == after {
+                return PersonPlans { slots: entry, generation: before };
             }
-            return entry
-                .map(|slots| {
-                    slots.iter().filter(|slot| slot.visible_at(before)).map(|slot| slot.plan.clone()).collect()
-                })
-                .unwrap_or_default();
         }
+    }
+
+    /// [`Index::person`], copied out.
+    pub fn plans(&self, nhs_number: NhsNumber) -> Vec<StoredPlan> {
+        self.person(nhs_number).iter().cloned().collect()
     }
 
     pub fn authority(&self, ods_code: &str) -> Option<Arc<LocalAuthority>> {

@@ -10,7 +10,8 @@
 //! on start and written by the same code path that commits an access, after
 //! the commit (or after the access is held for retry while the store fails).
 //!
-//! Memory: an access is 48 bytes here. Who searched (organisation, user) is
+//! Memory: an access is 48 bytes here, and a person with one access costs
+//! the map slot alone (a `SmallVec` holds one inline). Who searched (organisation, user) is
 //! interned, shared by every access that user made, and the request is kept as
 //! a 64-bit keyed hash of its [`RequestKey`]: compared only with the same
 //! person's requests of the last 24 hours, a false match is about n / 2^64
@@ -26,6 +27,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use smallvec::SmallVec;
 
 use crate::{
     history::{HISTORY_READ, REQUEST_ID_WINDOW},
@@ -47,6 +49,10 @@ pub struct Who {
     pub user_id: Box<str>,
     pub name: Box<str>,
     pub role_code: Box<str>,
+    /// A keyed hash of the organisation and user id: the user as the
+    /// same-user listing rule counts them (the name may differ between two
+    /// accesses of one user).
+    pub user_key: u64,
 }
 
 /// One access as memory keeps it.
@@ -109,6 +115,7 @@ impl Interner {
             user_id: parts[2].into(),
             name: parts[3].into(),
             role_code: parts[4].into(),
+            user_key: request_hasher().hash_one((parts[0], parts[2])),
         });
         whos.push(Arc::clone(&who));
         who
@@ -135,9 +142,13 @@ impl std::fmt::Debug for Recent {
     }
 }
 
+/// A person's accesses, oldest first; the one most people have is kept in
+/// the map's own slot, with no allocation of its own.
+type Accesses = SmallVec<[RecentAccess; 1]>;
+
 #[derive(Default)]
 struct Shared {
-    people: DashMap<NhsNumber, Vec<RecentAccess>>,
+    people: DashMap<NhsNumber, Accesses>,
     who: Interner,
 }
 
@@ -178,9 +189,11 @@ impl Recent {
         if accesses.get(at).is_some_and(|kept| kept.id() == recent.id()) {
             return; // already known (a held search reloaded after it was stored)
         }
-        // Exactly one more slot: most people have one or two accesses, and a doubled
-        // capacity would cost more than the accesses themselves.
-        accesses.reserve_exact(1);
+        // Exactly one more slot while a person has few accesses (most have one or two, and
+        // a doubled capacity would cost more than they do); amortised growth beyond.
+        if accesses.len() < 8 {
+            accesses.reserve_exact(1);
+        }
         accesses.insert(at, recent);
         let newest = accesses.last().map_or(access.accessed_at, |last| last.accessed_at);
         trim(&mut accesses, newest);
@@ -190,7 +203,7 @@ impl Recent {
     /// request window is taken back from their newest access: at worst a few
     /// more are kept than the window needs.
     pub fn load_person<'a>(&self, nhs_number: NhsNumber, views: impl IntoIterator<Item = AccessView<'a>>) {
-        let mut accesses: Vec<RecentAccess> = views.into_iter().map(|view| self.remembered(&view)).collect();
+        let mut accesses: Accesses = views.into_iter().map(|view| self.remembered(&view)).collect();
         let Some(newest) = accesses.iter().map(|access| access.accessed_at).max() else { return };
         accesses.sort_by_key(|access| (access.accessed_at, access.id()));
         accesses.dedup_by_key(|access| access.id());
@@ -250,31 +263,38 @@ impl Recent {
 /// Keeps, of accesses sorted oldest first, the newest [`HISTORY_READ`]
 /// unscheduled ones and everything within the request window before `now`,
 /// at most [`MAX_KEPT`].
-fn trim(accesses: &mut Vec<RecentAccess>, now: DateTime<Utc>) {
+fn trim(accesses: &mut Accesses, now: DateTime<Utc>) {
     let window_start = now - REQUEST_ID_WINDOW;
-    let mut unscheduled_newer = 0usize;
-    let mut keep = vec![false; accesses.len()];
+    let oldest_in_window = accesses.first().is_none_or(|oldest| oldest.accessed_at > window_start);
+    if oldest_in_window && accesses.len() <= MAX_KEPT {
+        return; // the common case: nothing is old enough to go
+    }
+    // The position of the oldest of the newest HISTORY_READ unscheduled accesses.
+    let mut unscheduled = 0;
+    let mut listed_from = 0;
     for (index, access) in accesses.iter().enumerate().rev() {
-        let in_window = access.accessed_at > window_start;
-        let listed = !access.scheduled && unscheduled_newer < HISTORY_READ;
         if !access.scheduled {
-            unscheduled_newer += 1;
+            unscheduled += 1;
+            if unscheduled == HISTORY_READ {
+                listed_from = index;
+                break;
+            }
         }
-        keep[index] = in_window || listed;
     }
-    if keep.iter().all(|kept| *kept) && accesses.len() <= MAX_KEPT {
-        return;
-    }
+    let before = accesses.len();
     let mut index = 0;
-    accesses.retain(|_| {
+    accesses.retain(|access| {
+        let keep = access.accessed_at > window_start || (!access.scheduled && index >= listed_from);
         index += 1;
-        keep[index - 1]
+        keep
     });
     if accesses.len() > MAX_KEPT {
         let excess = accesses.len() - MAX_KEPT;
         accesses.drain(..excess);
     }
-    accesses.shrink_to_fit();
+    if accesses.len() < before && accesses.capacity() > 2 * accesses.len() {
+        accesses.shrink_to_fit();
+    }
 }
 
 #[cfg(test)]

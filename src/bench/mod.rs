@@ -2,6 +2,7 @@
 //! (optionally against an echo baseline), and in-process scenarios for the
 //! store: filling it, timing start-up, and a retention soak with a fast clock.
 
+pub mod cpu;
 pub mod delivery;
 pub mod echo;
 pub mod load;

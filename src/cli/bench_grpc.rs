@@ -162,6 +162,7 @@ pub async fn load_scenario(args: &BenchArgs) -> Result<u8, CliError> {
         duration: Duration::from_secs_f64(args.duration / if args.baseline { 2.0 } else { 1.0 }),
         warmup: Duration::from_secs_f64(args.warmup),
         flagged_ratio: args.flagged_ratio,
+        server_pid: None,
     };
     let echo_dir = tempfile::tempdir().map_err(failed)?;
     let echo = if args.baseline {
@@ -179,17 +180,19 @@ pub async fn load_scenario(args: &BenchArgs) -> Result<u8, CliError> {
     });
     let refresher = refresher.transpose()?;
 
-    let run = |url: String| {
-        let (ed, flagged, unflagged, options) = (ed.clone(), flagged.clone(), unflagged.clone(), options.clone());
+    let run = |url: String, server_pid: Option<u32>| {
+        let (ed, flagged, unflagged) = (ed.clone(), flagged.clone(), unflagged.clone());
+        let options = load::LoadOptions { server_pid, ..options.clone() };
         async move { load::run(&url, &ed, &flagged, &unflagged, &options).await.map_err(unavailable) }
     };
+    let relay_pid = target.relay.as_ref().and_then(process::ServerProcess::pid);
     let commits_before = commit_counters(target.relay.as_ref()).await;
-    let mut relay_runs = vec![run(url.clone()).await?];
+    let mut relay_runs = vec![run(url.clone(), relay_pid).await?];
     let mut echo_runs = Vec::new();
     if let Some(echo) = &echo {
-        echo_runs.push(run(echo.url.clone()).await?);
-        relay_runs.push(run(url.clone()).await?);
-        echo_runs.push(run(echo.url.clone()).await?);
+        echo_runs.push(run(echo.url.clone(), echo.pid()).await?);
+        relay_runs.push(run(url.clone(), relay_pid).await?);
+        echo_runs.push(run(echo.url.clone(), echo.pid()).await?);
     }
     let commits_after = commit_counters(target.relay.as_ref()).await;
     stop_refreshing.store(true, Ordering::Release);
@@ -210,9 +213,11 @@ pub async fn load_scenario(args: &BenchArgs) -> Result<u8, CliError> {
         "relay_log_bytes": target.relay.as_ref().map(process::ServerProcess::log_bytes),
         "refresh_records": args.refresh_records, "refreshes_completed": refreshes.load(Ordering::Acquire),
     });
+    report["relay"]["cpu"]["limit"] = json!(relay.cpu.limit());
     if !echo_runs.is_empty() {
         let echo = combine(&echo_runs);
         report["echo"] = json!(echo);
+        report["echo"]["cpu"]["limit"] = json!(echo.cpu.limit());
         report["ratio"] = json!({
             "requests_per_second": relay.requests_per_second / echo.requests_per_second,
             "p99": relay.p99_us as f64 / echo.p99_us.max(1) as f64,
@@ -246,7 +251,9 @@ fn combine(runs: &[load::LoadReport]) -> load::LoadReport {
         total.p99_us = total.p99_us.max(run.p99_us);
         total.p999_us = total.p999_us.max(run.p999_us);
         total.max_us = total.max_us.max(run.max_us);
+        total.flagged += run.flagged;
     }
+    total.cpu = bench::cpu::CpuShare::mean(&runs.iter().map(|run| run.cpu).collect::<Vec<_>>());
     total.requests_per_second = total.requests as f64 / total.seconds.max(f64::EPSILON);
     total
 }
@@ -275,6 +282,27 @@ fn print_table(report: &serde_json::Value) {
             row["p99_us"],
             row["p999_us"],
             row["max_us"]
+        );
+    }
+    for name in ["relay", "echo"] {
+        let cpu = &report[name]["cpu"];
+        if cpu.is_null() {
+            continue;
+        }
+        let cores = |value: &serde_json::Value| value.as_f64().map_or("?".to_owned(), |cores| format!("{cores:.2}"));
+        let limit = cpu["limit"].as_str().unwrap_or("?");
+        println!(
+            "{name:<8} CPU: load generator {} cores, server {} cores, machine {:.0} % busy of {} cores: {}",
+            cores(&cpu["client_cores"]),
+            cores(&cpu["server_cores"]),
+            cpu["machine_busy"].as_f64().unwrap_or(0.0) * 100.0,
+            cpu["cores"],
+            match limit {
+                "client" => "the LOAD GENERATOR is the limit (it took at least as much CPU as the server)",
+                "server" => "the server is the limit",
+                "neither" => "the machine was not saturated (latency-bound)",
+                _ => "limit unknown (server process not measured)",
+            }
         );
     }
     if !report["ratio"].is_null() {

@@ -156,8 +156,8 @@ impl Relay {
         let now = shared.clock.now();
         let today = now.date_naive();
         shared.oversight.searched(&identity.ods_code, accessor.user_id.trim(), nhs_number, now);
-        let mut visible: Vec<StoredPlan> =
-            shared.index.plans(nhs_number).into_iter().filter(|plan| plan.is_visible_on(today)).collect();
+        let held = shared.index.person(nhs_number);
+        let mut visible: Vec<&StoredPlan> = held.iter().filter(|plan| plan.is_visible_on(today)).collect();
         if visible.is_empty() {
             return Ok(SearchOutcome::default());
         }
