@@ -2,7 +2,10 @@
 # Measures every row of PERFORMANCE.md's table with the release binary, one
 # run per row, and prints each result as it comes. The bench starts the relay
 # (and, with --baseline, the echo) in their own processes on 127.0.0.1; this
-# script's own process is the load generator. Runs for about 6 minutes, plus
+# script's own process is the load generator, and each row reports its CPU and
+# which side was the limit. Other work on the machine (a compiler, even at
+# nice 19) costs the echo a third of its rate: run it on a quiet machine.
+# Runs for about 7 minutes, plus
 # the 900,000-person fill (about 10 minutes) unless SKIP_FILL=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,8 @@ row() { echo; echo "== $1"; shift; "$@" | tee -a "$out/table.txt"; }
 
 row "flagged searches, 4 x 64, against the echo" \
   $R bench --baseline --flagged-ratio 1.0 --connections 4 --in-flight 64 --duration 10
+row "flagged searches, 4 x 64, memory store (no durability), against the echo" \
+  $R bench --baseline --store memory --flagged-ratio 1.0 --connections 4 --in-flight 64 --duration 10
 row "unflagged searches, 4 x 64, against the echo" \
   $R bench --baseline --flagged-ratio 0.0 --connections 4 --in-flight 64 --duration 10
 row "flagged searches, 1 x 1, against the echo" \

@@ -11,7 +11,7 @@
 //! first is durable, and takes over if the first failed. No copy is ever
 //! answered ahead of the durability of the notification it relies on.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use dashmap::DashMap;
@@ -118,61 +118,34 @@ pub fn is_repeat(accesses: &[RecentAccess], key: &RequestKey, now: DateTime<Utc>
 }
 
 /// The listing rule: walking oldest to newest, an unscheduled access is
-/// listed unless the same user (organisation and user id) has a listed access
-/// less than 24 hours before it; then the 25 newest listed, newest first.
-/// Scheduled accesses are never listed (they stay in the audit log), nor is
-/// the access of the request `excluded` (a retry shows what its original
-/// showed). The walk covers the newest [`HISTORY_READ`] unscheduled accesses,
-/// however many more of the last 24 hours memory keeps for retries.
+/// listed unless the same user (organisation and user id) has a listed
+/// access less than 24 hours before it. Decides `listed` for the accesses
+/// from `from` on, those before it being decided already.
+pub fn mark_listed(oldest_first: &mut [RecentAccess], from: usize) {
+    for index in from..oldest_first.len() {
+        let (before, rest) = oldest_first.split_at_mut(index);
+        let access = &mut rest[0];
+        access.listed = !access.scheduled
+            && !before
+                .iter()
+                .rev()
+                .take_while(|earlier| access.accessed_at - earlier.accessed_at < SAME_USER_WINDOW)
+                .any(|earlier| earlier.listed && earlier.who.user_key == access.who.user_key);
+    }
+}
+
+/// What a search shows: the 25 newest listed accesses (see [`mark_listed`]),
+/// newest first. Scheduled accesses are never listed (they stay in the audit
+/// log), nor is the access of the request `excluded` (a retry shows what its
+/// original showed).
 pub fn listed_accesses(oldest_first: &[RecentAccess], excluded: Option<u64>) -> Vec<RecentAccess> {
-    let walked = oldest_first.iter().rev().filter(|access| !access.scheduled).take(HISTORY_READ).count();
-    let mut from = oldest_first.len();
-    let mut counted = 0;
-    while counted < walked {
-        from -= 1;
-        counted += usize::from(!oldest_first[from].scheduled);
-    }
-    let mut last_listed: HashMap<u64, DateTime<Utc>, UserKeys> = HashMap::with_capacity_and_hasher(walked, UserKeys);
-    let mut listed: Vec<&RecentAccess> = Vec::with_capacity(walked);
-    for access in oldest_first[from..].iter().filter(|access| !access.scheduled && Some(access.request) != excluded) {
-        let user = access.who.user_key;
-        if last_listed.get(&user).is_some_and(|&at| access.accessed_at - at < SAME_USER_WINDOW) {
-            continue;
-        }
-        last_listed.insert(user, access.accessed_at);
-        listed.push(access);
-    }
-    listed.into_iter().rev().take(PREVIOUS_ACCESSES_SHOWN).cloned().collect()
-}
-
-/// Hashes [`crate::recent::Who::user_key`]s, already keyed hashes, by taking them as they are.
-#[derive(Clone, Copy, Default)]
-struct UserKeys;
-
-impl std::hash::BuildHasher for UserKeys {
-    type Hasher = UserKeyHasher;
-
-    fn build_hasher(&self) -> UserKeyHasher {
-        UserKeyHasher(0)
-    }
-}
-
-struct UserKeyHasher(u64);
-
-impl std::hash::Hasher for UserKeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
+    oldest_first
+        .iter()
+        .rev()
+        .filter(|access| access.listed && Some(access.request) != excluded)
+        .take(PREVIOUS_ACCESSES_SHOWN)
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -220,6 +193,16 @@ mod tests {
         let events =
             [access(0, "RR8", "a"), access(60, "RR8", "a"), access(23 * 60, "RR8", "a"), access(25 * 60, "RR8", "a")];
         assert_eq!(minutes(&listed_accesses(&held(&events), None)), vec![25 * 60, 0]);
+    }
+
+    #[test]
+    fn an_access_arriving_out_of_order_is_listed_as_its_time_says() {
+        // Another node's access can be older than one already held.
+        let recent = Recent::new();
+        recent.record(&access(60, "RR8", "a"));
+        recent.record(&access(0, "RR8", "a"));
+        let held = recent.with(access(0, "RR8", "a").nhs_number, <[RecentAccess]>::to_vec);
+        assert_eq!(minutes(&listed_accesses(&held, None)), vec![0], "the later one is the same user within 24 hours");
     }
 
     #[test]

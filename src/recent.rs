@@ -30,7 +30,7 @@ use dashmap::DashMap;
 use smallvec::SmallVec;
 
 use crate::{
-    history::{HISTORY_READ, REQUEST_ID_WINDOW},
+    history::{self, HISTORY_READ, REQUEST_ID_WINDOW},
     model::{AccessEvent, AccessView, CareSetting, RequestKey},
     nhs::NhsNumber,
 };
@@ -66,6 +66,9 @@ pub struct RecentAccess {
     id: [u64; 2],
     pub care_setting: CareSetting,
     pub scheduled: bool,
+    /// Listed among previous accesses (see [`crate::history::listed_accesses`]),
+    /// decided when the access joins the list, from the accesses before it.
+    pub listed: bool,
 }
 
 impl RecentAccess {
@@ -178,6 +181,7 @@ impl Recent {
             id: [(view.id >> 64) as u64, view.id as u64],
             care_setting: view.care_setting,
             scheduled: view.scheduled,
+            listed: false,
         }
     }
 
@@ -195,6 +199,7 @@ impl Recent {
             accesses.reserve_exact(1);
         }
         accesses.insert(at, recent);
+        history::mark_listed(&mut accesses, at);
         let newest = accesses.last().map_or(access.accessed_at, |last| last.accessed_at);
         trim(&mut accesses, newest);
     }
@@ -207,6 +212,7 @@ impl Recent {
         let Some(newest) = accesses.iter().map(|access| access.accessed_at).max() else { return };
         accesses.sort_by_key(|access| (access.accessed_at, access.id()));
         accesses.dedup_by_key(|access| access.id());
+        history::mark_listed(&mut accesses, 0);
         trim(&mut accesses, newest);
         if !accesses.is_empty() {
             self.shared.people.insert(nhs_number, accesses);
@@ -226,6 +232,7 @@ impl Recent {
     pub fn convert<'a>(&self, newest_first: impl IntoIterator<Item = AccessView<'a>>) -> Vec<RecentAccess> {
         let mut accesses: Vec<RecentAccess> = newest_first.into_iter().map(|view| self.remembered(&view)).collect();
         accesses.reverse();
+        history::mark_listed(&mut accesses, 0);
         accesses
     }
 

@@ -346,3 +346,51 @@ async fn a_cancelled_search_and_its_retry_notify_once() {
     let following = notifications.next().await.unwrap().unwrap();
     assert_eq!(following.access.accessor.user_id, "user-marker", "the retry notified nobody a second time");
 }
+
+/// A copy of a request waits for the first copy's commit; when that commit
+/// failed and left nothing behind (its notification could not even be held),
+/// the copy is searched in its place: the local authority is notified once,
+/// by the copy, rather than not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_racing_copy_takes_over_when_the_first_copy_left_nothing() {
+    use futures::StreamExt;
+    let settings = cpis_relay::relay::RelaySettings { max_held_notifications: 0, ..Default::default() };
+    let relay = TestRelay::start_with(common::StoreChoice::Embedded, settings).await;
+    let child = nhs(6);
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    let ed = cpis_relay::bench::ed_identity();
+    let identity_706 = cpis_relay::auth::Identity {
+        ods_code: "706".into(),
+        organisation_name: "ISLINGTON".into(),
+        role: cpis_relay::auth::Role::SocialCare,
+    };
+    let mut notifications = Box::pin(relay.relay.subscribe(&identity_706, None).unwrap());
+    let query = |user: &str, request_id: &str| {
+        cpis_relay::service::convert::search_query(search_request(&child, user, request_id)).unwrap()
+    };
+    let search = |request: cpis_relay::relay::SearchQuery| {
+        let (relay, ed) = (relay.relay.clone(), ed.clone());
+        tokio::spawn(async move { relay.search(&ed, request).await.map(|outcome| outcome.flagged()) })
+    };
+
+    relay.faults.stall_writes(true);
+    let mut stalled = relay.faults.stalled_changes();
+    let first = search(query("user-a", "take-over-id"));
+    stalled.wait_for(|changes| *changes == 1).await.unwrap();
+    let copy = search(query("user-a", "take-over-id"));
+    relay.relay.retries_waiting().wait_for(|copies| *copies == 1).await.unwrap();
+    // The first copy's write fails, and holding it is refused (no room): it leaves nothing.
+    relay.faults.fail_next_writes(1);
+    relay.faults.stall_writes(false);
+    assert!(first.await.unwrap().unwrap(), "the clinician is answered all the same");
+    assert!(copy.await.unwrap().unwrap());
+    let notified = tokio::time::timeout(std::time::Duration::from_secs(30), notifications.next())
+        .await
+        .expect("the local authority is notified by the copy")
+        .unwrap()
+        .unwrap();
+    assert_eq!(notified.access.accessor.user_id, "user-a", "the copy notified in the first copy's place");
+    relay.relay.search(&ed, query("user-marker", "marker-id")).await.unwrap();
+    let following = notifications.next().await.unwrap().unwrap();
+    assert_eq!(following.access.accessor.user_id, "user-marker", "and only once");
+}

@@ -8,7 +8,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use futures::{FutureExt, future::BoxFuture};
@@ -24,6 +24,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Faults {
     failing: Arc<AtomicBool>,
+    /// Writes still to fail, one each, before writes pass again.
+    fail_next: Arc<AtomicUsize>,
     stalled: Arc<watch::Sender<bool>>,
     /// Changes waiting while writes are stalled, for tests to wait on.
     waiting: Arc<watch::Sender<usize>>,
@@ -33,6 +35,7 @@ impl Default for Faults {
     fn default() -> Self {
         Self {
             failing: Arc::default(),
+            fail_next: Arc::default(),
             stalled: Arc::new(watch::Sender::new(false)),
             waiting: Arc::new(watch::Sender::new(0)),
         }
@@ -55,6 +58,11 @@ impl Faults {
         self.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// The next `count` writes fail, then writes pass again.
+    pub fn fail_next_writes(&self, count: usize) {
+        self.fail_next.store(count, Ordering::SeqCst);
+    }
+
     async fn before_write(&self) -> Result<(), StoreError> {
         let mut stalled = self.stalled.subscribe();
         if *stalled.borrow_and_update() {
@@ -62,7 +70,9 @@ impl Faults {
             let _ = stalled.wait_for(|stalled| !*stalled).await;
             self.waiting.send_modify(|waiting| *waiting -= 1);
         }
-        if self.failing.load(Ordering::SeqCst) { Err(StoreError::Injected) } else { Ok(()) }
+        let one_of_the_next =
+            self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok();
+        if one_of_the_next || self.failing.load(Ordering::SeqCst) { Err(StoreError::Injected) } else { Ok(()) }
     }
 }
 
