@@ -140,6 +140,7 @@ fn register_known_label_sets() {
     metrics::counter!("cpis_notifications_emitted_total").absolute(0);
     metrics::counter!("cpis_notifications_delivered_total").absolute(0);
     metrics::gauge!("cpis_notifications_held").set(0.0);
+    metrics::gauge!("cpis_search_retries_waiting").set(0.0);
     metrics::counter!("cpis_notifications_refused_total").absolute(0);
     metrics::counter!("cpis_spill_failures_total").absolute(0);
     // Histograms appear once registered, with every bucket at zero.
@@ -171,6 +172,10 @@ fn describe_metrics() {
         "Age of a local authority's oldest unacknowledged notification."
     );
     describe_gauge!("cpis_subscribers", "Open notification subscriptions of a local authority.");
+    describe_gauge!(
+        "cpis_search_retries_waiting",
+        "Copies of a search request waiting for the first copy's commit before they are answered."
+    );
     describe_gauge!(
         "cpis_notifications_held",
         "Searches whose notifications are held (in the spill file) because the store is failing."

@@ -185,7 +185,6 @@ impl Relay {
         let recent_in_memory = store.feed().is_none();
         index.upsert(snapshot.plans);
         let history = History::new();
-        metrics::gauge!("cpis_search_retries_waiting").set(0.0);
         tracing::info!(
             plans = plan_count,
             people = index.people(),
