@@ -23,6 +23,11 @@ pub async fn stylesheet() -> Response {
     asset(STYLESHEET, "text/css; charset=utf-8")
 }
 
+/// Browsers ask for it on every site; there is none.
+pub async fn favicon() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
+}
+
 pub async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
 }
@@ -37,7 +42,9 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// The headers of every answer: pages hold personal data, so nothing is
-/// cached, framed, sniffed or sent on as a referrer, and HTTPS is pinned.
+/// cached, framed or sniffed, no address leaves as a referrer (same-origin
+/// only, which keeps the `Origin` header on the relay's own forms), and
+/// HTTPS is pinned.
 pub fn secure(response: &mut Response) {
     let headers = response.headers_mut();
     let set = [
@@ -45,7 +52,7 @@ pub fn secure(response: &mut Response) {
         (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
     ];
     for (name, value) in set {
         headers.insert(name, HeaderValue::from_static(value));

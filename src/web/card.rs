@@ -27,6 +27,9 @@ use crate::{
     relay::{SearchOutcome, SearchQuery},
 };
 
+const FLAGGED_TITLE: &str = "Child protection information is held";
+const NOT_FLAGGED_TITLE: &str = "No child protection information";
+
 /// The search form as posted.
 #[derive(Debug, Default, Deserialize)]
 pub struct SearchForm {
@@ -69,7 +72,7 @@ fn parse_setting(text: &str) -> Option<CareSetting> {
 /// GET /card: the empty search form.
 pub async fn form(viewer: Viewer) -> Result<Response, WebError> {
     crate::auth::authorize(&viewer.identity, crate::auth::Action::Search)?;
-    Ok(card_page(&viewer, "", None, None, html! {}).into_response())
+    Ok(card_page(&viewer, "", None, None, None).into_response())
 }
 
 /// POST /card: the search.
@@ -99,8 +102,9 @@ pub async fn search(
             let shown = crate::nhs::NhsNumber::parse(&sent.nhs_number)
                 .map(layout::nhs_number)
                 .unwrap_or_else(|_| sent.nhs_number.clone());
+            let title = if outcome.flagged() { FLAGGED_TITLE } else { NOT_FLAGGED_TITLE };
             let result = result(&viewer, &shown, &outcome);
-            Ok(card_page(&viewer, "", None, Some(&sent.care_setting), result).into_response())
+            Ok(card_page(&viewer, "", None, Some(&sent.care_setting), Some((title, result))).into_response())
         }
         Err(Error::InvalidArgument { field, description }) => {
             let message = match field.as_str() {
@@ -110,8 +114,7 @@ pub async fn search(
                 ),
                 _ => format!("{field}: {description}"),
             };
-            let page =
-                card_page(&viewer, &sent.nhs_number, Some((&field, &message)), Some(&sent.care_setting), html! {});
+            let page = card_page(&viewer, &sent.nhs_number, Some((&field, &message)), Some(&sent.care_setting), None);
             Ok((axum::http::StatusCode::BAD_REQUEST, page).into_response())
         }
         Err(error) => Err(error.into()),
@@ -123,13 +126,15 @@ fn card_page(
     typed: &str,
     error: Option<(&str, &str)>,
     chosen_setting: Option<&str>,
-    result: Markup,
+    result: Option<(&str, Markup)>,
 ) -> Markup {
+    let answered = result.is_some();
+    let (result_title, result) = result.unwrap_or(("Search by NHS number", html! {}));
     let settings = settings_of(viewer.identity.role);
     let chosen =
         chosen_setting.and_then(parse_setting).filter(|setting| settings.contains(setting)).unwrap_or(settings[0]);
     let number_error = error.filter(|(field, _)| *field == "nhs_number").map(|(_, message)| message);
-    let title = if error.is_some() { "Error: Search by NHS number" } else { "Search by NHS number" };
+    let title = if error.is_some() { "Error: Search by NHS number" } else { result_title };
     layout::page(
         title,
         Some(viewer),
@@ -143,14 +148,18 @@ fn card_page(
             (result)
             form class="search" method="post" action="/card" autocomplete="off" novalidate {
                 input type="hidden" name=(CSRF_FIELD) value=(viewer.csrf);
-                h1 { label for="nhs_number" { "Search by NHS number" } }
+                @if answered {
+                    h2 { label for="nhs_number" { "Search again by NHS number" } }
+                } @else {
+                    h1 { label for="nhs_number" { "Search by NHS number" } }
+                }
                 div class={ "field" @if number_error.is_some() { " field-error" } } {
                     p class="hint" id="nhs_number-hint" { "10 digits, for example 999 000 0018. Spaces and dashes are fine." }
                     @if let Some(message) = number_error {
                         p class="error-message" id="nhs_number-error" { span class="visually-hidden" { "Error: " } (message) }
                     }
                     input id="nhs_number" name="nhs_number" type="text" inputmode="numeric" spellcheck="false"
-                        class="input-nhs" value=(typed) autofocus
+                        class="input-nhs" value=(typed) autofocus[!answered]
                         aria-describedby={ "nhs_number-hint" @if number_error.is_some() { " nhs_number-error" } }
                         aria-invalid=(if number_error.is_some() { "true" } else { "false" });
                 }
@@ -175,7 +184,7 @@ fn result(viewer: &Viewer, nhs_number: &str, outcome: &SearchOutcome) -> Markup 
         section class="result" aria-labelledby="result-title" {
             @if outcome.flagged() {
                 div class="flag" id="cpis-flag" {
-                    h2 id="result-title" { span class="flag-mark" aria-hidden="true" { "!" } "Child protection information is held" }
+                    h1 id="result-title" { span class="flag-mark" aria-hidden="true" { "!" } (FLAGGED_TITLE) }
                     p { "NHS number " strong { (nhs_number) } " is on " (outcome.plans.len()) " plan" @if outcome.plans.len() != 1 { "s" } ". The owning local authority's contact details are below." }
                     @if scheduled {
                         p class="note" { "Scheduled care: this search is audited but the local authority is not notified." }
@@ -185,7 +194,7 @@ fn result(viewer: &Viewer, nhs_number: &str, outcome: &SearchOutcome) -> Markup 
                 }
                 @for shown in &outcome.plans {
                     div class="plan" {
-                        h3 { (layout::plan_name(shown.plan.plan_type)) }
+                        h2 { (layout::plan_name(shown.plan.plan_type)) }
                         dl class="summary" {
                             div { dt { "Start date" } dd { (layout::date(shown.plan.start_date)) } }
                             @if let Some(end) = shown.plan.end_date { div { dt { "End date" } dd { (layout::date(end)) } } }
@@ -233,7 +242,7 @@ fn result(viewer: &Viewer, nhs_number: &str, outcome: &SearchOutcome) -> Markup 
                 }
             } @else {
                 div class="no-flag" {
-                    h2 id="result-title" { "No child protection information" }
+                    h1 id="result-title" { (NOT_FLAGGED_TITLE) }
                     p { "No current plan is held for NHS number " strong { (nhs_number) } ". This does not mean there are no concerns: follow your safeguarding procedures." }
                 }
             }

@@ -142,7 +142,7 @@ fn render(viewer: &Viewer, inbox: &Inbox, team: Option<&str>) -> Markup {
             div class="stats" {
                 p class="stat" { span class="stat-value" id="backlog" { (inbox.backlog) } " " span class="stat-label" { "unacknowledged" } }
                 p class="stat" {
-                    span class="stat-value" {
+                    span class="stat-value" id="oldest" data-none=(inbox.oldest_unacked_at.is_none()) {
                         @match inbox.oldest_unacked_at {
                             Some(at) => { (layout::age((inbox.read_at - at).num_seconds())) }
                             None => { "none" }

@@ -25,7 +25,7 @@ pub fn page(title: &str, viewer: Option<&Viewer>, content: Markup) -> Markup {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
+                meta name="referrer" content="same-origin";
                 title { (title) " – " (SERVICE_NAME) }
                 link rel="stylesheet" href=(assets::STYLESHEET_PATH);
                 script src=(assets::SCRIPT_PATH) defer {}

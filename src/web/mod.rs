@@ -99,6 +99,7 @@ pub fn router(relay: Relay, settings: WebSettings) -> Router {
         .route("/ops", get(ops::page))
         .route(assets::STYLESHEET_PATH, get(assets::stylesheet))
         .route(assets::SCRIPT_PATH, get(assets::script))
+        .route("/favicon.ico", get(assets::favicon))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(web.clone(), log_and_secure))

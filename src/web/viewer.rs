@@ -106,7 +106,8 @@ impl Viewer {
         {
             return Err(WebError::Csrf("the form was sent from another site"));
         }
-        if let Some(origin) = headers.get(header::ORIGIN) {
+        // `null` says nothing (a browser may send it for privacy); the token still decides.
+        if let Some(origin) = headers.get(header::ORIGIN).filter(|origin| origin.as_bytes() != b"null") {
             let host = headers.get(header::HOST).and_then(|value| value.to_str().ok());
             let same = origin
                 .to_str()

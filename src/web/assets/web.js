@@ -15,6 +15,7 @@ document.addEventListener("DOMContentLoaded", function () {
   }
   var status = document.getElementById("live-status");
   var backlog = document.getElementById("backlog");
+  var oldest = document.getElementById("oldest");
   var source = new EventSource(list.getAttribute("data-events"));
   source.addEventListener("notification", function (event) {
     // Server-rendered, escaped markup of one notification.
@@ -31,6 +32,10 @@ document.addEventListener("DOMContentLoaded", function () {
     }
     if (backlog) {
       backlog.textContent = String(Number(backlog.textContent) + 1);
+    }
+    if (oldest && oldest.getAttribute("data-none") === "true") {
+      oldest.textContent = "just now";
+      oldest.setAttribute("data-none", "false");
     }
     if (status) {
       status.textContent = "New access notification received.";
