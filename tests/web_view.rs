@@ -350,3 +350,19 @@ async fn every_answer_carries_the_security_headers() {
     let _ = test_start();
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn markup_in_uploaded_text_is_shown_as_text() {
+    let relay = WebRelay::start(RelaySettings::default()).await;
+    let number = nhs(1);
+    let mut record = common::record(&number, cpis_relay::proto::PlanType::ChildProtection);
+    record.given_name = "<script>alert(1)</script>".into();
+    record.family_name = "O'Brien & \"Co\" <b>".into();
+    relay.load_records("706", vec![record]).await;
+    let page = search(&relay.user("user-ed-rr8"), &number).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains("<script>alert") && !page.body.contains("<b>"), "{}", page.body);
+    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{}", page.body);
+    assert!(page.body.contains("O'Brien &amp; &quot;Co&quot; &lt;b&gt;"), "{}", page.body);
+    relay.stop().await;
+}

@@ -94,9 +94,17 @@ try {
   if ((await text(la.page, "#backlog")) !== "0") throw new Error("the inbox starts empty");
   await check(la.page, "inbox-empty");
 
-  // The clinician searches the flagged child.
+  // The clinician mistypes the NHS number first: the error summary takes focus.
   await go(ed.page, `${base}/card`);
   await check(ed.page, "card-form");
+  await ed.page.type("#nhs_number", "943 476 5918");
+  const mistyped = await submit(ed.page, "form.search button[type=submit]");
+  if (mistyped.status() !== 400) throw new Error(`a wrong check digit answered ${mistyped.status()}`);
+  await ed.page.waitForFunction(() => document.activeElement && document.activeElement.classList.contains("error-summary"));
+  await check(ed.page, "card-error");
+
+  // Then searches the flagged child.
+  await ed.page.$eval("#nhs_number", (input) => { input.value = ""; });
   await ed.page.type("#nhs_number", nhsNumber);
   await ed.page.select("#care_setting", "EmergencyDepartment");
   const answer = await submit(ed.page, "form.search button[type=submit]");

@@ -85,6 +85,15 @@ impl WebRelay {
 
     /// Loads current plans for these people as local authority `ods_code` over gRPC.
     pub async fn load(&self, ods_code: &str, nhs_numbers: &[&str]) {
+        let records = nhs_numbers
+            .iter()
+            .map(|number| crate::common::record(number, cpis_relay::proto::PlanType::ChildProtection))
+            .collect();
+        self.load_records(ods_code, records).await;
+    }
+
+    /// Loads these records as local authority `ods_code` over gRPC.
+    pub async fn load_records(&self, ods_code: &str, records: Vec<cpis_relay::proto::PlanRecord>) {
         let channel = cpis_relay::client::connect(
             &format!("https://localhost:{}", self.grpc.port()),
             &self.pki.client_pem(&format!("la-{ods_code}")),
@@ -93,10 +102,6 @@ impl WebRelay {
         .await
         .unwrap();
         let mut plans = cpis_relay::proto::plans_client::PlansClient::new(channel);
-        let records = nhs_numbers
-            .iter()
-            .map(|number| crate::common::record(number, cpis_relay::proto::PlanType::ChildProtection))
-            .collect();
         crate::common::upload(&mut plans, ods_code, cpis_relay::proto::UploadMode::Incremental, records).await.unwrap();
     }
 
