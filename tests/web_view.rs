@@ -240,6 +240,11 @@ async fn the_inbox_streams_new_notifications_and_acknowledges_with_the_ack_curso
     let inbox = la.get("/inbox").await;
     assert!(!inbox.body.contains(r#"id="n1""#) && inbox.body.contains(r#"id="n2""#), "{}", inbox.body);
     assert_eq!(backlog_706(&relay).await, 1);
+    // The team filter (the only thing a URL here carries).
+    assert!(la.get("/inbox?team=TEAM-A").await.body.contains(r#"id="n2""#));
+    let other = la.get("/inbox?team=TEAM-B").await;
+    assert!(!other.body.contains(r#"id="n2""#), "{}", other.body);
+    assert!(other.body.contains("/inbox/events?after=2&amp;team=TEAM%2DB"), "{}", other.body);
     let beyond = la.post("/inbox/ack", &[("sequence", "9"), ("csrf", &inbox.csrf())]).await;
     assert_eq!(beyond.status, 400, "the domain's check of the sequence: {}", beyond.body);
     relay.stop().await;

@@ -4,7 +4,6 @@
 //! message and the detail in the log), and a CSRF refusal is 403.
 
 use axum::{
-    extract::Request,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -100,8 +99,7 @@ pub async fn not_found() -> Response {
     WebError::NotFound.into_response()
 }
 
-pub async fn method_not_allowed(request: Request) -> Response {
-    let _ = request;
+pub async fn method_not_allowed() -> Response {
     let mut response = WebError::BadForm("This page does not accept that kind of request.".into()).into_response();
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     response

@@ -131,7 +131,10 @@ fn render(viewer: &Viewer, inbox: &Inbox, team: Option<&str>) -> Markup {
         inbox.notifications.iter().filter(|n| team.is_none_or(|team| n.draft.team_code == team)).collect();
     let newest_shown = inbox.notifications.first().map_or(inbox.acked_through, |n| n.sequence.max(inbox.acked_through));
     let live = match team {
-        Some(team) => format!("/inbox/events?after={newest_shown}&team={team}"),
+        Some(team) => format!(
+            "/inbox/events?after={newest_shown}&team={}",
+            percent_encoding::utf8_percent_encode(team, percent_encoding::NON_ALPHANUMERIC)
+        ),
         None => format!("/inbox/events?after={newest_shown}"),
     };
     layout::page(

@@ -4,11 +4,11 @@
 //! settings, plan types, telephone links). Markup comes from maud, which
 //! escapes every interpolated value.
 
-use axum::{extract::State, response::IntoResponse};
+use axum::response::IntoResponse;
 use chrono::{DateTime, NaiveDate, Utc};
 use maud::{DOCTYPE, Markup, html};
 
-use super::{Viewer, Web, WebError, assets};
+use super::{Viewer, WebError, assets};
 use crate::{
     auth::Role,
     model::{CareSetting, PlanType},
@@ -71,7 +71,7 @@ pub fn pages_for(role: Role) -> &'static [(&'static str, &'static str)] {
 }
 
 /// The start page: who the relay takes the viewer to be, and their pages.
-pub async fn home(State(_web): State<Web>, viewer: Result<Viewer, WebError>) -> axum::response::Response {
+pub async fn home(viewer: Result<Viewer, WebError>) -> axum::response::Response {
     let viewer = match viewer {
         Ok(viewer) => viewer,
         Err(error) => return error.into_response(),

@@ -32,7 +32,7 @@ use std::{sync::Arc, time::Instant};
 
 use axum::{
     Router,
-    extract::{MatchedPath, Request, State},
+    extract::{MatchedPath, Request},
     middleware::Next,
     response::Response,
     routing::{get, post},
@@ -102,13 +102,13 @@ pub fn router(relay: Relay, settings: WebSettings) -> Router {
         .route("/favicon.ico", get(assets::favicon))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(web.clone(), log_and_secure))
+        .layer(axum::middleware::from_fn(log_and_secure))
         .with_state(web)
 }
 
 /// Adds the security headers to every answer and logs it by route, never
 /// by the path a browser sent (which could hold anything typed into it).
-async fn log_and_secure(State(_web): State<Web>, request: Request, next: Next) -> Response {
+async fn log_and_secure(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request.extensions().get::<MatchedPath>().map_or("(unknown)", |path| path.as_str()).to_owned();
     let method = request.method().clone();
