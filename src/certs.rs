@@ -331,3 +331,37 @@ fn write_bytes(dir: &Path, file: &str, contents: &[u8], private: bool) -> Result
     handle.write_all(contents).map_err(io)?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_each_users_certificate_naming_the_user_and_a_pkcs12_of_it_with_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        for user in DEV_USERS {
+            let pem = fs::read_to_string(dir.path().join(format!("{}.pem", user.name))).unwrap();
+            let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+                .map(|der: rustls::pki_types::CertificateDer| der.to_vec())
+                .unwrap();
+            let named = crate::auth::user_from_certificate(&der).unwrap().unwrap();
+            assert_eq!((named.user_id.as_str(), named.name.as_str()), (user.user_id, user.user_name));
+            assert!(crate::auth::Identity::from_certificate(&der).is_ok(), "{}", user.name);
+
+            let p12 = fs::read(dir.path().join(format!("{}.p12", user.name))).unwrap();
+            assert!(
+                p12_keystore::KeyStore::from_pkcs12(&p12, "wrong", Default::default()).is_err(),
+                "the password protects it"
+            );
+            let store = p12_keystore::KeyStore::from_pkcs12(&p12, DEV_P12_PASSWORD, Default::default()).unwrap();
+            let (_, chain) = store.private_key_chain().expect("a key with its chain");
+            assert_eq!(chain.certs()[0].as_der(), der.as_slice(), "the user's certificate first");
+            assert_eq!(chain.certs().len(), 2, "then the CA");
+            let key = fs::read_to_string(dir.path().join(format!("{}.key", user.name))).unwrap();
+            let key: rustls::pki_types::PrivatePkcs8KeyDer =
+                rustls::pki_types::pem::PemObject::from_pem_slice(key.as_bytes()).unwrap();
+            assert_eq!(chain.key().as_der(), key.secret_pkcs8_der(), "the user's key");
+        }
+    }
+}

@@ -371,3 +371,41 @@ async fn markup_in_uploaded_text_is_shown_as_text() {
     assert!(page.body.contains("O'Brien &amp; &quot;Co&quot; &lt;b&gt;"), "{}", page.body);
     relay.stop().await;
 }
+
+/// `serve --web-listen` (a flag, `CPIS_WEB_LISTEN`, `web_listen` in TOML) opens
+/// the browser view beside gRPC, named on the listening line; with the
+/// organisation's own CA and no JWKS, users come from certificates only.
+#[tokio::test]
+async fn serve_opens_the_browser_view_from_a_flag_an_environment_variable_or_the_file() {
+    let pki = common::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    pki.write_server_layout(&dir.path().join("certs"));
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "web_listen = \"127.0.0.1:0\"\n").unwrap();
+    for (extra, env) in [
+        (vec!["--web-listen", "127.0.0.1:0"], vec![]),
+        (vec![], vec![("CPIS_WEB_LISTEN", "127.0.0.1:0")]),
+        (vec!["--config", file.to_str().unwrap()], vec![]),
+    ] {
+        let mut running = common::start_with_env(dir.path(), &extra, "error", &env).await;
+        let web: std::net::SocketAddr = running
+            .listening
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("web="))
+            .unwrap_or_else(|| panic!("{extra:?} {env:?}: {}", running.listening))
+            .parse()
+            .unwrap();
+        let ed = web_relay::Browser::at(
+            format!("https://localhost:{}", web.port()),
+            &web_relay::user_pem(&pki.authority, "user-ed-rr8"),
+        );
+        let card = ed.get("/card").await;
+        assert_eq!(card.status, 200, "{}", card.body);
+        assert!(card.body.contains("Dr Alex Example (development)"), "{}", card.body);
+        running.child.kill().await.unwrap();
+    }
+    // Off unless set.
+    let mut running = common::start(dir.path(), &[], "error").await;
+    assert!(!running.listening.contains("web="), "{}", running.listening);
+    running.child.kill().await.unwrap();
+}

@@ -122,9 +122,10 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let relay = Relay::open(store, Arc::new(SystemClock), config.relay_settings())
         .await
         .map_err(|error| CliError::Failed(format!("cannot load the store: {error}")))?;
-    let tokens = match (config.fhir_listen, config.web_listen) {
-        (None, None) => None,
-        _ => Some(Arc::new(token_verifier(&config)?)),
+    let tokens = if config.fhir_listen.is_some() || crate::web::takes_bearer_tokens(&config) {
+        Some(Arc::new(token_verifier(&config)?))
+    } else {
+        None
     };
     let listener = bind(config.listen, "listen").await?;
     let admin = bind(config.admin_listen, "admin_listen").await?;

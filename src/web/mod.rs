@@ -75,6 +75,14 @@ pub struct WebSettings {
     pub metrics_url: Option<String>,
 }
 
+/// Whether `serve` gives the browser view a bearer-token verifier: when it
+/// is on and the FHIR door's JWKS is configured, or the development
+/// certificates (and so the development JWKS) are in use. Otherwise users are
+/// named by their certificates only, and a bearer token is refused.
+pub fn takes_bearer_tokens(config: &crate::config::ServeConfig) -> bool {
+    config.web_listen.is_some() && (config.fhir_jwks.is_some() || config.ca.is_none())
+}
+
 /// The browser view's routes over a relay.
 pub fn router(relay: Relay, settings: WebSettings) -> Router {
     let mut csrf_key = [0u8; 64];

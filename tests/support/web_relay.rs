@@ -154,6 +154,11 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// A browser for the view at `base`, presenting `pem`.
+    pub fn at(base: String, pem: &PemText) -> Self {
+        Self::new(base, pem)
+    }
+
     fn new(base: String, pem: &PemText) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(pem.ca.as_bytes()) {
