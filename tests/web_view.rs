@@ -409,3 +409,42 @@ async fn serve_opens_the_browser_view_from_a_flag_an_environment_variable_or_the
     assert!(!running.listening.contains("web="), "{}", running.listening);
     running.child.kill().await.unwrap();
 }
+
+/// Every page, including refusals and a path holding an NHS number, logs at
+/// debug level without the NHS number, the person's name or the user.
+#[tokio::test]
+async fn the_browser_views_logs_hold_no_personal_data_even_at_debug() {
+    use tokio::io::AsyncReadExt;
+    let pki = common::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    pki.write_server_layout(&dir.path().join("certs"));
+    let mut running = common::start(dir.path(), &["--web-listen", "127.0.0.1:0"], "debug").await;
+    let web = running.listening.split_whitespace().find_map(|word| word.strip_prefix("web=")).unwrap().to_owned();
+    let base = format!("https://localhost:{}", web.parse::<std::net::SocketAddr>().unwrap().port());
+    let number = nhs(3);
+    let channel = cpis_relay::client::connect(&running.url, &pki.client_pem("la-706"), None).await.unwrap();
+    let mut plans = cpis_relay::proto::plans_client::PlansClient::new(channel);
+    let mut record = common::record(&number, cpis_relay::proto::PlanType::ChildProtection);
+    record.family_name = "Zanzibarson".into();
+    common::upload(&mut plans, "706", cpis_relay::proto::UploadMode::Incremental, vec![record]).await.unwrap();
+
+    let ed = web_relay::Browser::at(base.clone(), &web_relay::user_pem(&pki.authority, "user-ed-rr8"));
+    assert_eq!(search(&ed, &number).await.status, 200);
+    assert_eq!(search(&ed, "999 000 00").await.status, 400);
+    assert_eq!(ed.get(&format!("/card/{number}?nhs_number={number}")).await.status, 404);
+    let la = web_relay::Browser::at(base.clone(), &web_relay::user_pem(&pki.authority, "user-la-706"));
+    let inbox = la.get("/inbox").await;
+    assert!(inbox.body.contains("Dr Alex Example (development)"));
+    let auditor = web_relay::Browser::at(base, &web_relay::user_pem(&pki.authority, "user-auditor"));
+    let csrf = auditor.get("/audit").await.csrf();
+    assert_eq!(auditor.post("/audit", &[("nhs_number", &number), ("csrf", &csrf)]).await.status, 200);
+
+    running.child.kill().await.unwrap();
+    let mut logs = String::new();
+    running.stderr.take().unwrap().read_to_string(&mut logs).await.unwrap();
+    assert!(logs.contains("web request"), "the requests were logged: {logs}");
+    let spaced = cpis_relay::web::layout::nhs_number(cpis_relay::nhs::NhsNumber::parse(&number).unwrap());
+    for personal in [number.as_str(), spaced.as_str(), "Zanzibarson", "Dr Alex Example", "555000000001"] {
+        assert!(!logs.contains(personal), "{personal:?} in the logs:\n{logs}");
+    }
+}
