@@ -91,6 +91,41 @@ impl Identity {
     }
 }
 
+/// The user a personal certificate names besides its organisation (the
+/// browser view's smartcard-like identity): UID = user id, name (2.5.4.41)
+/// = the person's name, title (2.5.4.12) = their role code. An organisation's
+/// certificate has none of them (`Ok(None)`); one with some but not all, or
+/// with any twice, empty or holding a control character, names no user (`Err`).
+pub fn user_from_certificate(der: &[u8]) -> Result<Option<crate::model::Accessor>, String> {
+    use x509_parser::oid_registry::{OID_USERID, OID_X509_NAME, OID_X509_TITLE};
+    let (_, certificate) =
+        X509Certificate::from_der(der).map_err(|error| format!("client certificate cannot be parsed: {error}"))?;
+    let subject = certificate.subject();
+    let attribute = |oid, what: &str| -> Result<Option<String>, String> {
+        let values: Vec<_> = subject.iter_by_oid(oid).collect();
+        match values.as_slice() {
+            [] => Ok(None),
+            [value] => {
+                let text = value.as_str().map_err(|_| format!("client certificate {what} is not a string"))?;
+                if text.trim().is_empty() || text.chars().any(char::is_control) {
+                    return Err(format!("client certificate {what} is empty or holds a control character"));
+                }
+                Ok(Some(text.to_owned()))
+            }
+            _ => Err(format!("client certificate subject has more than one {what}")),
+        }
+    };
+    let (user_id_oid, name_oid, title_oid) = (OID_USERID, OID_X509_NAME, OID_X509_TITLE);
+    let user_id = attribute(&user_id_oid, "UID (user id)")?;
+    let name = attribute(&name_oid, "name (the user's name)")?;
+    let role_code = attribute(&title_oid, "title (the user's role code)")?;
+    match (user_id, name, role_code) {
+        (None, None, None) => Ok(None),
+        (Some(user_id), Some(name), Some(role_code)) => Ok(Some(crate::model::Accessor { user_id, name, role_code })),
+        _ => Err("client certificate names a user only in part: UID, name and title go together".into()),
+    }
+}
+
 /// An organisation code as NHS ODS issues them: 3 to 10 capital letters and
 /// digits (trusts `RR8`, local authorities `706`, GP practices `Y02345`).
 pub fn is_ods_code(text: &str) -> bool {
@@ -246,6 +281,22 @@ mod tests {
                 "{cn:?} / {o:?} is refused"
             );
         }
+    }
+
+    #[test]
+    fn a_personal_certificate_names_its_user_and_an_organisations_none() {
+        let mut name = subject("RR8", "LEEDS", "unscheduled-care");
+        assert_eq!(user_from_certificate(&certificate(name.clone())).unwrap(), None);
+        name.push(rcgen::DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 1]), "555021935107");
+        name.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 41]), "Dr Ada Example");
+        let partial = user_from_certificate(&certificate(name.clone())).unwrap_err();
+        assert!(partial.contains("only in part"), "{partial}");
+        name.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 12]), "R8000");
+        let user = user_from_certificate(&certificate(name)).unwrap().unwrap();
+        assert_eq!(
+            (user.user_id.as_str(), user.name.as_str(), user.role_code.as_str()),
+            ("555021935107", "Dr Ada Example", "R8000")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Development PKI: a CA, a server certificate for localhost and client
-//! identities for each role, made with rcgen, and the FHIR door's
-//! development token signing key with its JWKS. `certs init` writes them; the
+//! identities for each role, made with rcgen, personal certificates (and
+//! PKCS#12 files for browsers) for the browser view's development users, and
+//! the FHIR door's development token signing key with its JWKS. `certs init` writes them; the
 //! server and clients use `certs/dev/` by default, creating it on first use.
 //! Production identities come from the organisation's own CA (certs/README.md).
 
@@ -40,6 +41,55 @@ pub const DEV_IDENTITIES: [DevIdentity; 5] = [
     // Scheduled care: a made-up GP practice (practice codes are a letter and five digits).
     DevIdentity { name: "gp-y02", ods_code: "Y02999", organisation: "CPIS TEST GP PRACTICE", role: "scheduled-care" },
 ];
+
+/// A person's development certificate for the browser view: an organisation
+/// identity of [`DEV_IDENTITIES`] whose subject also names the user (UID =
+/// user id, name, title = role code; see [`crate::auth::user_from_certificate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevUser {
+    /// File stem: `NAME.pem`, `NAME.key` and `NAME.p12` (for browsers).
+    pub name: &'static str,
+    /// The organisation, by its [`DevIdentity::name`].
+    pub organisation: &'static str,
+    pub user_id: &'static str,
+    pub user_name: &'static str,
+    pub role_code: &'static str,
+}
+
+/// The users `certs init` issues, one per page of the browser view.
+pub const DEV_USERS: [DevUser; 4] = [
+    DevUser {
+        name: "user-ed-rr8",
+        organisation: "ed-rr8",
+        user_id: "555000000001",
+        user_name: "Dr Alex Example (development)",
+        role_code: "R8000",
+    },
+    DevUser {
+        name: "user-gp-y02",
+        organisation: "gp-y02",
+        user_id: "555000000002",
+        user_name: "Dr Jo Sample (development)",
+        role_code: "R8000",
+    },
+    DevUser {
+        name: "user-la-706",
+        organisation: "la-706",
+        user_id: "706-DUTY-01",
+        user_name: "Sam Duty (development)",
+        role_code: "SW-DUTY",
+    },
+    DevUser {
+        name: "user-auditor",
+        organisation: "auditor",
+        user_id: "555000000004",
+        user_name: "Robin Governance (development)",
+        role_code: "R8015",
+    },
+];
+
+/// The password of every development PKCS#12 file (browsers refuse to import one without).
+pub const DEV_P12_PASSWORD: &str = "cpis-dev";
 
 /// The default directory of development certificates.
 pub const DEV_DIR: &str = "certs/dev";
@@ -99,6 +149,19 @@ impl Authority {
         self.issue_client_named(name(ods_code, organisation, role))
     }
 
+    /// A personal client certificate: the organisation's subject plus the user.
+    pub fn issue_user(&self, user: &DevUser) -> Result<Pair, CertsError> {
+        let organisation = DEV_IDENTITIES
+            .iter()
+            .find(|identity| identity.name == user.organisation)
+            .ok_or_else(|| CertsError::Certificate(format!("no development identity {}", user.organisation)))?;
+        let mut subject = name(organisation.ods_code, organisation.organisation, Some(organisation.role));
+        subject.push(DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 1]), user.user_id);
+        subject.push(DnType::CustomDnType(vec![2, 5, 4, 41]), user.user_name);
+        subject.push(DnType::CustomDnType(vec![2, 5, 4, 12]), user.role_code);
+        self.issue_client_named(subject)
+    }
+
     /// A client certificate with exactly this subject (tests of identity parsing).
     pub fn issue_client_named(&self, name: DistinguishedName) -> Result<Pair, CertsError> {
         let mut params = CertificateParams::default();
@@ -141,6 +204,24 @@ impl Authority {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
+}
+
+/// A PKCS#12 file (what browsers import) of a key, its certificate and the
+/// CA, encrypted with `password` (PBES2 with AES-256 and an HMAC-SHA256 MAC).
+pub fn pkcs12(pair: &Pair, ca_pem: &str, alias: &str, password: &str) -> Result<Vec<u8>, CertsError> {
+    use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, pem::PemObject};
+    let bad = |message: String| CertsError::Certificate(message);
+    let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|error| bad(error.to_string()));
+    let certificate = |der: CertificateDer| Certificate::from_der(&der).map_err(|error| bad(error.to_string()));
+    let key = PrivatePkcs8KeyDer::from_pem_slice(pair.key_pem.as_bytes()).map_err(|error| bad(error.to_string()))?;
+    let key = PrivateKey::from_der(key.secret_pkcs8_der()).map_err(|error| bad(error.to_string()))?;
+    let leaf = der(&pair.cert_pem)?;
+    let key_id = <sha2::Sha256 as sha2::Digest>::digest(&leaf).to_vec();
+    let chain = PrivateKeyChain::new(key_id, key, [certificate(leaf)?, certificate(der(ca_pem)?)?]);
+    let mut store = KeyStore::new();
+    store.add_entry(alias, KeyStoreEntry::PrivateKeyChain(chain));
+    store.writer(password).write().map_err(|error| bad(format!("writing a PKCS#12 file: {error}")))
 }
 
 /// The serial number of a PEM certificate, as its DER encodes it.
@@ -186,6 +267,13 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
         written.push(write(dir, &format!("{}.pem", identity.name), &pair.cert_pem, false)?);
         written.push(write(dir, &format!("{}.key", identity.name), &pair.key_pem, true)?);
     }
+    for user in DEV_USERS {
+        let pair = authority.issue_user(&user)?;
+        written.push(write(dir, &format!("{}.pem", user.name), &pair.cert_pem, false)?);
+        written.push(write(dir, &format!("{}.key", user.name), &pair.key_pem, true)?);
+        let p12 = pkcs12(&pair, &authority.cert_pem(), user.name, DEV_P12_PASSWORD)?;
+        written.push(write_bytes(dir, &format!("{}.p12", user.name), &p12, true)?);
+    }
     written.extend(write_token_key(dir)?);
     Ok(written)
 }
@@ -224,6 +312,10 @@ fn create_dir(dir: &Path) -> Result<(), CertsError> {
 }
 
 fn write(dir: &Path, file: &str, contents: &str, private: bool) -> Result<PathBuf, CertsError> {
+    write_bytes(dir, file, contents.as_bytes(), private)
+}
+
+fn write_bytes(dir: &Path, file: &str, contents: &[u8], private: bool) -> Result<PathBuf, CertsError> {
     let path = dir.join(file);
     let io = |source| CertsError::Io { path: path.clone(), source };
     let mut options = fs::OpenOptions::new();
@@ -236,6 +328,40 @@ fn write(dir: &Path, file: &str, contents: &str, private: bool) -> Result<PathBu
     #[cfg(not(unix))]
     let _ = private;
     let mut handle = options.open(&path).map_err(io)?;
-    handle.write_all(contents.as_bytes()).map_err(io)?;
+    handle.write_all(contents).map_err(io)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_each_users_certificate_naming_the_user_and_a_pkcs12_of_it_with_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        for user in DEV_USERS {
+            let pem = fs::read_to_string(dir.path().join(format!("{}.pem", user.name))).unwrap();
+            let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+                .map(|der: rustls::pki_types::CertificateDer| der.to_vec())
+                .unwrap();
+            let named = crate::auth::user_from_certificate(&der).unwrap().unwrap();
+            assert_eq!((named.user_id.as_str(), named.name.as_str()), (user.user_id, user.user_name));
+            assert!(crate::auth::Identity::from_certificate(&der).is_ok(), "{}", user.name);
+
+            let p12 = fs::read(dir.path().join(format!("{}.p12", user.name))).unwrap();
+            assert!(
+                p12_keystore::KeyStore::from_pkcs12(&p12, "wrong", Default::default()).is_err(),
+                "the password protects it"
+            );
+            let store = p12_keystore::KeyStore::from_pkcs12(&p12, DEV_P12_PASSWORD, Default::default()).unwrap();
+            let (_, chain) = store.private_key_chain().expect("a key with its chain");
+            assert_eq!(chain.certs()[0].as_der(), der.as_slice(), "the user's certificate first");
+            assert_eq!(chain.certs().len(), 2, "then the CA");
+            let key = fs::read_to_string(dir.path().join(format!("{}.key", user.name))).unwrap();
+            let key: rustls::pki_types::PrivatePkcs8KeyDer =
+                rustls::pki_types::pem::PemObject::from_pem_slice(key.as_bytes()).unwrap();
+            assert_eq!(chain.key().as_der(), key.secret_pkcs8_der(), "the user's key");
+        }
+    }
 }

@@ -16,6 +16,7 @@
 //! - [`relay`]: the domain operations, testable without tonic.
 //! - [`service`]: thin gRPC adapters; [`error`] maps the one error type to `Status`.
 //! - [`fhir`]: the FHIR R4 door (NHS CP-IS API shapes), another adapter over the same domain.
+//! - [`web`]: the browser view (clinician's card, LA inbox, access log, ops), a third adapter.
 //! - [`auth`], [`tls`], [`certs`]: identity from certificates, rustls configs, dev PKI.
 //! - [`server`]: wires it together over a bound listener and a shutdown future.
 //! - [`client`], [`cli`]: the command-line clients and tools.
@@ -50,3 +51,4 @@ pub mod synth;
 pub mod telemetry;
 pub mod text;
 pub mod tls;
+pub mod web;

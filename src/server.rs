@@ -1,6 +1,7 @@
 //! Wires the relay to the network: the gRPC services over mutual TLS on a
-//! bound listener, gRPC health and reflection, and the admin HTTP endpoints
-//! (`/healthz`, `/readyz`, `/metrics`). [`run`] takes listeners, never
+//! bound listener, gRPC health and reflection, the admin HTTP endpoints
+//! (`/healthz`, `/readyz`, `/metrics`), and, when given, the FHIR door and
+//! the browser view over the same mutual TLS. [`run`] takes listeners, never
 //! addresses, and a shutdown future, so tests run it on `127.0.0.1:0`.
 //!
 //! Shutdown: readiness and health flip to NOT_SERVING first, subscription
@@ -102,18 +103,32 @@ const SERVICE_NAMES: [&str; 4] = [
     <AuditServer<AuditService> as NamedService>::NAME,
 ];
 
+/// The HTTPS doors besides gRPC, each served only when given.
+#[derive(Default)]
+pub struct Doors {
+    pub fhir: Option<crate::fhir::FhirDoor>,
+    pub web: Option<crate::web::WebDoor>,
+}
+
+impl From<Option<crate::fhir::FhirDoor>> for Doors {
+    fn from(fhir: Option<crate::fhir::FhirDoor>) -> Self {
+        Self { fhir, web: None }
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains within the grace period.
-/// The FHIR door is served only when `fhir` is given.
+/// The FHIR door and the browser view are served only when `doors` holds them.
 pub async fn run(
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
-    fhir: Option<crate::fhir::FhirDoor>,
+    doors: impl Into<Doors>,
     relay: Relay,
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     // Install the recorder before anything records.
     let _ = telemetry::metrics();
+    let Doors { fhir, web } = doors.into();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let draining = watch::Sender::new(false);
     let ready = watch::Sender::new(true);
@@ -121,6 +136,10 @@ pub async fn run(
     tokio::spawn(follow_store_health(relay.clone(), reporter.clone(), draining.subscribe(), ready.clone()));
     relay.spawn_gauges(Duration::from_secs(5));
 
+    let metrics_url = admin_listener
+        .as_ref()
+        .and_then(|admin| admin.local_addr().ok())
+        .map(|address| format!("http://{address}/metrics"));
     if let Some(admin_listener) = admin_listener {
         let admin = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
@@ -159,6 +178,7 @@ pub async fn run(
             crate::fhir::routes::Limits { searches: rpc_layer.search_permits(), draining: draining.subscribe() };
         let router = crate::fhir::routes::router(relay.clone(), door.tokens, limits);
         tokio::spawn(crate::fhir::server::serve(
+            "fhir",
             door.listener,
             options.tls.clone(),
             options.handshake_timeout,
@@ -166,6 +186,28 @@ pub async fn run(
             tls::ConnectionLimits { idle_timeout: None, ..connection_limits },
             options.grace_period,
             router,
+            fhir_stop.subscribe(),
+        ))
+    });
+
+    let web_server = web.map(|door| {
+        let settings = crate::web::WebSettings {
+            tokens: door.tokens,
+            limits: crate::fhir::routes::Limits {
+                searches: rpc_layer.search_permits(),
+                draining: draining.subscribe(),
+            },
+            ready: ready.subscribe(),
+            metrics_url,
+        };
+        tokio::spawn(crate::fhir::server::serve(
+            "web",
+            door.listener,
+            options.tls.clone(),
+            options.handshake_timeout,
+            tls::ConnectionLimits { idle_timeout: None, ..connection_limits },
+            options.grace_period,
+            crate::web::router(relay.clone(), settings),
             fhir_stop.subscribe(),
         ))
     });
@@ -214,7 +256,7 @@ pub async fn run(
         result = &mut serve => return result.map_err(ServerError::from),
         () = shutdown => {}
     }
-    // The FHIR door stops accepting and drains alongside gRPC.
+    // The FHIR door and the browser view stop accepting and drain alongside gRPC.
     fhir_stop.send_replace(true);
 
     tracing::info!(grace_period_s = options.grace_period.as_secs(), "shutting down: no longer ready, draining");
@@ -254,8 +296,8 @@ pub async fn run(
             Ok(())
         }
     };
-    if let Some(fhir_server) = fhir_server {
-        let _ = tokio::time::timeout_at(deadline, fhir_server).await;
+    for door in [fhir_server, web_server].into_iter().flatten() {
+        let _ = tokio::time::timeout_at(deadline, door).await;
     }
     store_held_before(&relay, deadline).await;
     admin_stop.send_replace(true);

@@ -2,7 +2,9 @@
 //! the embedded defaults in a temporary directory, uploads synthetic plans as
 //! two local authorities, searches as an emergency department (over gRPC and
 //! once over the FHIR door, as a CP-IS API consumer would), and shows the
-//! access notifications arriving and being acknowledged.
+//! access notifications arriving and being acknowledged. The browser view is
+//! open too: the demo prints its address and the development certificate to
+//! import, and `--stay` keeps the relay running after the script for it.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -38,6 +40,12 @@ pub struct DemoArgs {
     /// Keep the store here instead of a temporary directory.
     #[arg(long, env = "CPIS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep the relay (and its browser view) running after the script, until Ctrl-C.
+    #[arg(long, env = "CPIS_DEMO_STAY")]
+    pub stay: bool,
+    /// The browser view's address (a fixed port is easier to bookmark).
+    #[arg(long, env = "CPIS_DEMO_WEB_LISTEN", default_value = "127.0.0.1:0")]
+    pub web_listen: std::net::SocketAddr,
 }
 
 fn failed(error: impl std::fmt::Display) -> CliError {
@@ -63,10 +71,15 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
     .map_err(failed)?;
     let fhir_listener = TcpListener::bind("127.0.0.1:0").await.map_err(failed)?;
     let fhir_address = fhir_listener.local_addr().map_err(failed)?;
-    let fhir = crate::fhir::FhirDoor { listener: fhir_listener, tokens: Arc::new(tokens) };
+    let tokens = Arc::new(tokens);
+    let fhir = crate::fhir::FhirDoor { listener: fhir_listener, tokens: Arc::clone(&tokens) };
+    let web_listener = TcpListener::bind(args.web_listen).await.map_err(failed)?;
+    let web_address = web_listener.local_addr().map_err(failed)?;
+    let web = crate::web::WebDoor { listener: web_listener, tokens: Some(tokens) };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let options = ServerOptions::new(tls::server_config(&server_pem).map_err(failed)?);
-    let server = tokio::spawn(server::run(listener, Some(admin), Some(fhir), relay, options, async {
+    let doors = server::Doors { fhir: Some(fhir), web: Some(web) };
+    let server = tokio::spawn(server::run(listener, Some(admin), doors, relay, options, async {
         let _ = stopped.await;
     }));
     println!("== cpis-relay demo ==");
@@ -76,15 +89,44 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
         data_dir.display()
     );
 
+    print_browser_view(&args, web_address.port());
+
     let servers = Servers {
         grpc: format!("https://localhost:{}", address.port()),
         fhir: format!("https://localhost:{}{}", fhir_address.port(), crate::fhir::BASE_PATH),
     };
     let result = script(&args, &servers).await;
+    if args.stay && result.is_ok() {
+        println!(
+            "\nthe relay keeps running for the browser view at https://localhost:{}/ (Ctrl-C to stop)",
+            web_address.port()
+        );
+        super::serve::shutdown_signal().await;
+    }
     let _ = stop.send(());
     let _ = server.await;
     drop(temporary);
     result
+}
+
+/// Where the browser view is and which certificate a browser needs for it.
+fn print_browser_view(args: &DemoArgs, port: u16) {
+    let dir = args.certs_dir.display();
+    println!("browser view on https://localhost:{port}/ (see README \"The browser view\"):");
+    if !args.certs_dir.join("user-ed-rr8.p12").exists() {
+        println!(
+            "  {dir} has no personal certificates yet: run `cpis-relay certs init --out {dir}` once, then import them"
+        );
+        return;
+    }
+    println!("  trust {dir}/ca.pem as a certificate authority, then import a person's certificate");
+    println!("  (password {:?}) and pick it when the browser asks:", certs::DEV_P12_PASSWORD);
+    for user in certs::DEV_USERS {
+        println!("    {dir}/{}.p12  {} at {}", user.name, user.user_name, user.organisation);
+    }
+    if !args.stay {
+        println!("  the demo stops when its script ends: run `cpis-relay demo --stay` to keep it open");
+    }
 }
 
 async fn connect(args: &DemoArgs, server: &str, identity: &str) -> Result<Channel, CliError> {

@@ -17,6 +17,7 @@ use crate::{
     server::{self, ServerOptions},
     store::{Store, embedded::EmbeddedStore, memory::MemoryStore, postgres::PostgresStore},
     tls::{self, PemFiles, ServerTls, ServerTlsFiles},
+    web::WebDoor,
 };
 
 /// Debug builds only: `1` makes every store write fail from start (for tests of a failing store).
@@ -121,21 +122,29 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let relay = Relay::open(store, Arc::new(SystemClock), config.relay_settings())
         .await
         .map_err(|error| CliError::Failed(format!("cannot load the store: {error}")))?;
-    let tokens = match config.fhir_listen {
-        Some(_) => Some(Arc::new(token_verifier(&config)?)),
-        None => None,
+    let tokens = if config.fhir_listen.is_some() || crate::web::takes_bearer_tokens(&config) {
+        Some(Arc::new(token_verifier(&config)?))
+    } else {
+        None
     };
     let listener = bind(config.listen, "listen").await?;
     let admin = bind(config.admin_listen, "admin_listen").await?;
     let (grpc_address, admin_address) = (local_address(&listener)?, local_address(&admin)?);
+    let web = match config.web_listen {
+        Some(address) => Some(WebDoor { listener: bind(address, "web_listen").await?, tokens: tokens.clone() }),
+        None => None,
+    };
     let fhir = match (config.fhir_listen, tokens) {
         (Some(address), Some(tokens)) => Some(FhirDoor { listener: bind(address, "fhir_listen").await?, tokens }),
         _ => None,
     };
-    let fhir_text = match &fhir {
+    let mut fhir_text = match &fhir {
         Some(door) => format!(" fhir={}", local_address(&door.listener)?),
         None => String::new(),
     };
+    if let Some(door) = &web {
+        fhir_text.push_str(&format!(" web={}", local_address(&door.listener)?));
+    }
     let watch = server_tls.spawn_watch(Duration::from_secs(config.tls_reload_interval_secs));
     let hangups = spawn_reload_on_hangup(server_tls.clone());
     // One stable line on stdout for supervisors and tests that bind port 0.
@@ -143,7 +152,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     tracing::info!(admin = %admin_address, "admin endpoints: /healthz /readyz /metrics");
     relay.spawn_retention();
     let options = server_options(&config, server_tls);
-    let served = server::run(listener, Some(admin), fhir, relay.clone(), options, shutdown_signal()).await;
+    let doors = server::Doors { fhir, web };
+    let served = server::run(listener, Some(admin), doors, relay.clone(), options, shutdown_signal()).await;
     watch.abort();
     hangups.abort();
     served.map_err(|error| CliError::Failed(error.to_string()))?;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{certs, fhir::token, relay::RelaySettings};
 
+mod listeners;
 mod store_kind;
 pub use store_kind::StoreKind;
 
@@ -156,6 +157,9 @@ pub struct ServeSettings {
     /// FHIR R4 door (CP-IS API, HTTPS with the same mutual TLS) listen address [default: off]
     #[arg(long, env = "CPIS_FHIR_LISTEN")]
     pub fhir_listen: Option<SocketAddr>,
+    /// Browser view (HTTPS with the same mutual TLS; see README "The browser view") listen address [default: off]
+    #[arg(long, env = "CPIS_WEB_LISTEN")]
+    pub web_listen: Option<SocketAddr>,
     /// JWKS file of the keys that sign the FHIR door's bearer tokens [default: fhir-jwks.json in the development certificates, created on first start]
     #[arg(long, env = "CPIS_FHIR_JWKS")]
     pub fhir_jwks: Option<PathBuf>,
@@ -234,6 +238,7 @@ pub struct ServeConfig {
     pub unusual_access_distinct_people_per_hour: usize,
     pub max_message_bytes: usize,
     pub fhir_listen: Option<SocketAddr>,
+    pub web_listen: Option<SocketAddr>,
     pub fhir_jwks: Option<PathBuf>,
     pub fhir_issuer: String,
     pub fhir_audience: String,
@@ -297,6 +302,7 @@ impl ServeSettings {
                 .or(lower.unusual_access_distinct_people_per_hour),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             fhir_listen: self.fhir_listen.or(lower.fhir_listen),
+            web_listen: self.web_listen.or(lower.web_listen),
             fhir_jwks: self.fhir_jwks.or(lower.fhir_jwks),
             fhir_issuer: self.fhir_issuer.or(lower.fhir_issuer),
             fhir_audience: self.fhir_audience.or(lower.fhir_audience),
@@ -405,6 +411,7 @@ impl ServeSettings {
             )? as usize,
             max_message_bytes: self.max_message_bytes.unwrap_or(256 * 1024),
             fhir_listen: self.fhir_listen,
+            web_listen: self.web_listen,
             fhir_jwks: self.fhir_jwks,
             fhir_issuer: text("fhir_issuer", self.fhir_issuer, token::DEFAULT_ISSUER)?,
             fhir_audience: text("fhir_audience", self.fhir_audience, token::DEFAULT_AUDIENCE)?,
@@ -450,10 +457,10 @@ impl ServeSettings {
 }
 
 impl ServeConfig {
-    /// The listen addresses (gRPC, admin, FHIR door) that are not loopback
+    /// The listen addresses (gRPC, admin, FHIR door, browser view) that are not loopback
     /// (127.0.0.0/8 or ::1), as `key=address`.
     pub fn non_loopback_listeners(&self) -> Vec<String> {
-        [("listen", Some(self.listen)), ("admin_listen", Some(self.admin_listen)), ("fhir_listen", self.fhir_listen)]
+        self.listeners()
             .into_iter()
             .filter_map(|(key, address)| {
                 address.filter(|address| !address.ip().is_loopback()).map(|a| format!("{key}={a}"))

@@ -1,4 +1,4 @@
-//! HTTPS for the FHIR door over the relay's own TLS: the same server
+//! HTTPS for the FHIR door (and the browser view, `web`) over the relay's own TLS: the same server
 //! certificate and client-certificate verification as gRPC (`tls::incoming`),
 //! HTTP/1.1 only, each request carrying its connection's [`PeerInfo`] as gRPC
 //! requests do. On stop, no new connection is accepted and requests in flight
@@ -18,8 +18,11 @@ use crate::tls::{self, PeerInfo};
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `router` on `listener` until `stop` turns true, then drains.
+/// Serves `router` on `listener` until `stop` turns true, then drains;
+/// `door` names it in logs.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
+    door: &'static str,
     listener: TcpListener,
     tls: tls::ServerTls,
     handshake_timeout: Duration,
@@ -33,14 +36,14 @@ pub async fn serve(
     let mut incoming = tls::incoming(listener, tls, tls::Alpn::Http1, handshake_timeout, limits);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     if let Some(local_addr) = local_addr {
-        tracing::info!(%local_addr, "serving the FHIR R4 door over mutual TLS");
+        tracing::info!(%local_addr, door, "serving over mutual TLS");
     }
     loop {
         let connection = tokio::select! {
             next = incoming.next() => match next {
                 Some(Ok(connection)) => connection,
                 Some(Err(error)) => {
-                    tracing::warn!(%error, "accepting a FHIR connection failed");
+                    tracing::warn!(%error, door, "accepting a connection failed");
                     continue;
                 }
                 None => break,
@@ -59,7 +62,7 @@ pub async fn serve(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(%error, "FHIR connection ended with an error");
+                tracing::debug!(%error, door, "connection ended with an error");
             }
         });
     }
@@ -67,7 +70,8 @@ pub async fn serve(
     if tokio::time::timeout(grace_period, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             grace_period_s = grace_period.as_secs(),
-            "FHIR requests still open at the end of the grace period"
+            door,
+            "requests still open at the end of the grace period"
         );
     }
 }

@@ -14,6 +14,7 @@
 mod follow;
 mod health;
 mod held;
+mod inbox;
 mod notify;
 mod oversight;
 mod plans;
@@ -38,6 +39,7 @@ use crate::{
     store::{Store, StoreError},
 };
 
+pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::Hub;
 pub use plans::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use search::{SearchOutcome, SearchQuery, ShownPlan};

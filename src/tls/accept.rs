@@ -27,7 +27,7 @@ use super::{
     activity::{ConnectionActivity, IdleTimer},
     limits::{ConnectionLimits, ConnectionSlot, Gate, failure_reason},
 };
-use crate::auth::Identity;
+use crate::{auth::Identity, model::Accessor};
 
 /// What the relay knows of a connection, in every request's extensions.
 #[derive(Clone, Debug)]
@@ -35,6 +35,9 @@ pub struct PeerInfo {
     pub remote_addr: SocketAddr,
     /// The verified certificate's identity, or why it does not name one.
     pub identity: Result<Arc<Identity>, Arc<str>>,
+    /// The person the certificate names, when it is a user's certificate
+    /// (see [`crate::auth::user_from_certificate`]); `None` for an organisation's.
+    pub user: Option<Arc<Accessor>>,
     /// The connection's calls in progress (see [`ConnectionActivity`]).
     pub activity: Arc<ConnectionActivity>,
 }
@@ -136,20 +139,25 @@ pub fn incoming(
                 match handshake {
                     Ok(Ok(stream)) => {
                         let slot = ticket.establish();
-                        let identity = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
+                        let leaf = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+                        let identity = leaf
                             .ok_or_else(|| Arc::<str>::from("no client certificate"))
                             .and_then(|leaf| Identity::from_certificate(leaf).map(Arc::new).map_err(Arc::from));
                         if let Err(reason) = &identity {
                             tracing::warn!(%remote_addr, %reason, "client certificate names no usable identity");
                         }
+                        let user = match leaf.map(|leaf| crate::auth::user_from_certificate(leaf)) {
+                            Some(Ok(user)) => user.map(Arc::new),
+                            Some(Err(reason)) => {
+                                tracing::warn!(%remote_addr, %reason, "client certificate names no usable user");
+                                None
+                            }
+                            None => None,
+                        };
                         let activity = ConnectionActivity::new();
                         let idle =
                             gate.limits().idle_timeout.map(|timeout| IdleTimer::new(Arc::clone(&activity), timeout));
-                        let peer = PeerInfo { remote_addr, identity, activity };
+                        let peer = PeerInfo { remote_addr, identity, user, activity };
                         let _ = sender.send(Ok(AuthenticatedStream { inner: stream, peer, idle, _slot: slot })).await;
                     }
                     Ok(Err(error)) => {
