@@ -25,6 +25,15 @@ use crate::{
 /// Notifications read from the store per page of a subscription.
 const PAGE_SIZE: usize = 256;
 
+/// `cpis_notifications_emitted_total`, resolved once: counted on every flagged search.
+fn emitted() -> &'static metrics::Counter {
+    static EMITTED: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    EMITTED.get_or_init(|| {
+        let _recorder = crate::telemetry::metrics();
+        metrics::counter!("cpis_notifications_emitted_total")
+    })
+}
+
 /// Per-authority notification positions.
 #[derive(Default)]
 pub struct Hub {
@@ -112,7 +121,7 @@ impl Hub {
             });
             channel.set_backlog();
         }
-        metrics::counter!("cpis_notifications_emitted_total").increment(notifications.len() as u64);
+        emitted().increment(notifications.len() as u64);
     }
 
     /// Positions committed elsewhere (another node of a shared store): never moves one back.
