@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nhs::NhsNumber;
 
+mod codes;
 mod redacted;
 
 /// Days a plan stays visible after its end date.
@@ -14,7 +15,10 @@ pub const VISIBLE_DAYS_AFTER_END: u64 = 365;
 /// Days an unborn child protection plan stays visible after the expected delivery date.
 pub const VISIBLE_DAYS_AFTER_DELIVERY: u64 = 28;
 
+/// Stored by its [`PlanType::stored_code`], never by the variant's place in
+/// this list: reordering the variants cannot change what stores hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
 pub enum PlanType {
     /// CPPI: child protection plan.
     ChildProtection,
@@ -47,7 +51,11 @@ impl PlanType {
     }
 }
 
+/// Stored by its [`CareSetting::stored_code`] (embedded records) and
+/// [`CareSetting::stored_name`] (PostgreSQL columns and request keys), never by
+/// the variant's place or Rust name: neither can change what stores hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
 pub enum CareSetting {
     EmergencyDepartment,
     OutOfHoursGp,
@@ -56,7 +64,7 @@ pub enum CareSetting {
     PaediatricWard,
     AmbulanceService,
     MaternityUnit,
-    // Scheduled care (added last: the variant index is what the store encodes).
+    // Scheduled care (stores keep each setting by its code: see `codes`).
     GeneralPractice,
     HealthVisiting,
     SchoolNursing,

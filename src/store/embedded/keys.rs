@@ -7,20 +7,11 @@
 use crate::{model::PlanType, nhs::NhsNumber, store::StoreError};
 
 pub(in crate::store) fn type_byte(plan_type: PlanType) -> u8 {
-    match plan_type {
-        PlanType::ChildProtection => 0,
-        PlanType::LookedAfter => 1,
-        PlanType::UnbornChildProtection => 2,
-    }
+    plan_type.stored_code()
 }
 
 pub(in crate::store) fn plan_type_of(byte: u8) -> Result<PlanType, StoreError> {
-    match byte {
-        0 => Ok(PlanType::ChildProtection),
-        1 => Ok(PlanType::LookedAfter),
-        2 => Ok(PlanType::UnbornChildProtection),
-        other => Err(StoreError::Corrupt(format!("plans: plan type key {other}"))),
-    }
+    PlanType::from_stored_code(byte).ok_or_else(|| StoreError::Corrupt(format!("plans: plan type key {byte}")))
 }
 
 fn signed64(value: i64) -> [u8; 8] {

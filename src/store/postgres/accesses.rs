@@ -101,7 +101,7 @@ const CLAIM: &str = "INSERT INTO cpis_requests AS r
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::uuid[])
     ON CONFLICT (organisation_ods_code, user_id, nhs_number, care_setting, request_id)
     DO UPDATE SET made_at = EXCLUDED.made_at, access_id = EXCLUDED.access_id
-        WHERE r.made_at <= EXCLUDED.made_at - interval '24 hours'
+        WHERE r.made_at <= EXCLUDED.made_at - make_interval(secs => $8::float8)
     RETURNING access_id";
 
 const INSERT_ACCESSES: &str = "INSERT INTO cpis_accesses
@@ -118,7 +118,7 @@ const INSERT_NOTIFICATIONS: &str = "INSERT INTO cpis_notifications
         (la_ods_code, sequence, access_id, accessed_at, draft, access)
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::timestamptz[], $5::bytea[], $6::bytea[])";
 
-fn care_setting_code(access: &AccessEvent) -> String {
+fn care_setting_code(access: &AccessEvent) -> &'static str {
     super::care_setting_text(access.care_setting)
 }
 
@@ -143,12 +143,14 @@ async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreE
     let organisations: Vec<&str> = order.iter().map(|i| access(i).organisation_ods_code.as_str()).collect();
     let users: Vec<&str> = order.iter().map(|i| access(i).accessor.user_id.as_str()).collect();
     let people: Vec<i64> = order.iter().map(|i| access(i).nhs_number.as_u64() as i64).collect();
-    let settings: Vec<String> = order.iter().map(|i| care_setting_code(access(i))).collect();
+    let settings: Vec<&str> = order.iter().map(|i| care_setting_code(access(i))).collect();
     let requests: Vec<&str> = order.iter().map(|i| access(i).request_id.as_str()).collect();
     let times: Vec<chrono::DateTime<chrono::Utc>> = order.iter().map(|i| access(i).accessed_at).collect();
     let claim_ids: Vec<Uuid> = order.iter().map(|i| Uuid::from_u128(access(i).id)).collect();
+    // The window the relay applies in memory too: one constant, not a second copy in SQL.
+    let window_seconds = crate::history::REQUEST_ID_WINDOW.num_seconds() as f64;
     let claimed: HashSet<u128> = transaction
-        .query(&claim, &[&organisations, &users, &people, &settings, &requests, &times, &claim_ids])
+        .query(&claim, &[&organisations, &users, &people, &settings, &requests, &times, &claim_ids, &window_seconds])
         .await
         .map_err(db_error)?
         .iter()
@@ -190,7 +192,7 @@ async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreE
         let times: Vec<chrono::DateTime<chrono::Utc>> = fresh.iter().map(|job| job.access.accessed_at).collect();
         let organisations: Vec<&str> = fresh.iter().map(|job| job.access.organisation_ods_code.as_str()).collect();
         let users: Vec<&str> = fresh.iter().map(|job| job.access.accessor.user_id.as_str()).collect();
-        let settings: Vec<String> = fresh.iter().map(|job| care_setting_code(&job.access)).collect();
+        let settings: Vec<&str> = fresh.iter().map(|job| care_setting_code(&job.access)).collect();
         let scheduled: Vec<bool> = fresh.iter().map(|job| job.access.scheduled).collect();
         let requests: Vec<&str> = fresh.iter().map(|job| job.access.request_id.as_str()).collect();
         let bytes: Vec<&[u8]> = records.iter().map(StoredAccess::bytes).collect();
@@ -265,7 +267,7 @@ async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreE
     Ok(answers)
 }
 
-fn request_sort_key(access: &AccessEvent) -> (String, String, u64, String, String) {
+fn request_sort_key(access: &AccessEvent) -> (String, String, u64, &'static str, String) {
     (
         access.organisation_ods_code.clone(),
         access.accessor.user_id.clone(),

@@ -112,8 +112,8 @@ fn nhs_number_of(value: i64) -> Result<NhsNumber, StoreError> {
 }
 
 /// A care setting as the `care_setting` columns hold it (its variant name).
-pub(crate) fn care_setting_text(setting: crate::model::CareSetting) -> String {
-    format!("{setting:?}")
+pub(crate) fn care_setting_text(setting: crate::model::CareSetting) -> &'static str {
+    setting.stored_name()
 }
 
 /// A read-only transaction that sees one snapshot of the whole database.
