@@ -698,6 +698,8 @@ async fn the_fhir_door_is_off_unless_configured_and_serve_opens_it_with_a_jwks_f
             jwks_path.to_str().unwrap(),
             "--fhir-audience",
             "cpis-test",
+            "--fhir-issuer",
+            "https://idp.test",
         ],
         "info",
     )
@@ -712,6 +714,7 @@ async fn the_fhir_door_is_off_unless_configured_and_serve_opens_it_with_a_jwks_f
     let https = client(&pki.client_pem("ed-rr8"));
     let mut claims = dev_token("u1");
     claims.audience = "cpis-test".into();
+    claims.issuer = "https://idp.test".into();
     let bearer = format!("Bearer {}", token::mint(&signing_key, &claims).unwrap());
     let request = hyper::Request::get(format!(
         "https://localhost:{}/cpis/FHIR/R4/CareTeam?patient:identifier={NHS_SYSTEM}|{}",

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{certs, fhir::token, relay::RelaySettings};
 
+mod development;
 mod store_kind;
 pub use store_kind::StoreKind;
 
@@ -42,6 +43,9 @@ pub struct ServeSettings {
     /// PostgreSQL: file holding the password, read when neither the URL nor PGPASSWORD gives one
     #[arg(long, env = "CPIS_STORE_PASSWORD_FILE")]
     pub store_password_file: Option<PathBuf>,
+    /// PostgreSQL: allow sslmode=disable to a host other than this machine (plaintext on a network; never in production) [default: false]
+    #[arg(long, env = "CPIS_STORE_ALLOW_PLAINTEXT", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub store_allow_plaintext: Option<bool>,
     /// PostgreSQL: connections per relay node [default: 16]
     #[arg(long, env = "CPIS_STORE_POOL_SIZE")]
     pub store_pool_size: Option<usize>,
@@ -72,7 +76,7 @@ pub struct ServeSettings {
     /// Development certificates used when no TLS option is set; created on first start [default: certs/dev]
     #[arg(long, env = "CPIS_CERTS_DIR")]
     pub certs_dir: Option<PathBuf>,
-    /// Allow the development certificates when a listen address is not loopback (never in production) [default: false]
+    /// Development mode off loopback (never in production): allow the development certificates, the development FHIR token key and the memory store when a listen address is not loopback [default: false]
     #[arg(long, env = "CPIS_DEV_CERTS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub dev_certs: Option<bool>,
     /// Days acknowledged notifications are kept [default: 30]
@@ -196,6 +200,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub store_password_file: Option<PathBuf>,
+    pub store_allow_plaintext: bool,
     pub store_pool_size: usize,
     pub store_write_timeout_ms: u64,
     pub feed_poll_ms: u64,
@@ -257,6 +262,7 @@ impl ServeSettings {
             data_dir: self.data_dir.or(lower.data_dir),
             store: self.store.or(lower.store),
             store_password_file: self.store_password_file.or(lower.store_password_file),
+            store_allow_plaintext: self.store_allow_plaintext.or(lower.store_allow_plaintext),
             store_pool_size: self.store_pool_size.or(lower.store_pool_size),
             store_write_timeout_ms: self.store_write_timeout_ms.or(lower.store_write_timeout_ms),
             feed_poll_ms: self.feed_poll_ms.or(lower.feed_poll_ms),
@@ -308,17 +314,19 @@ impl ServeSettings {
 
     /// Applies defaults and checks every value.
     pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let issuer_given = self.fhir_issuer.is_some();
         let positive =
             |key: &str, value: u64| if value == 0 { Err(error(key, "must be at least 1")) } else { Ok(value) };
         let percent = |key: &str, value: u32| {
             if value > 100 { Err(error(key, "must be a percentage, 0 to 100")) } else { Ok(value) }
         };
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: self.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             store: self.store.unwrap_or(StoreKind::Embedded),
             store_password_file: self.store_password_file,
+            store_allow_plaintext: self.store_allow_plaintext.unwrap_or(false),
             store_pool_size: positive("store_pool_size", self.store_pool_size.unwrap_or(16) as u64)? as usize,
             store_write_timeout_ms: positive("store_write_timeout_ms", self.store_write_timeout_ms.unwrap_or(5000))?,
             feed_poll_ms: positive("feed_poll_ms", self.feed_poll_ms.unwrap_or(1000))?,
@@ -444,6 +452,12 @@ impl ServeSettings {
                     format!("ca, cert and key go together (missing {})", missing.join(", ")),
                 ));
             }
+        }
+        config.check_development_settings(issuer_given)?;
+        if let StoreKind::Postgres(url) = &config.store {
+            let url = if config.store_allow_plaintext { url.clone().allowing_plaintext() } else { url.clone() };
+            url.check_plaintext().map_err(|reason| error("store", reason))?;
+            config.store = StoreKind::Postgres(url);
         }
         Ok(config)
     }
