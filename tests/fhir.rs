@@ -700,6 +700,8 @@ async fn the_fhir_door_is_off_unless_configured_and_serve_opens_it_with_a_jwks_f
             "cpis-test",
             "--fhir-issuer",
             "https://idp.test",
+            "--fhir-care-settings",
+            "RR8=EMERGENCY_DEPARTMENT,Y02999=GENERAL_PRACTICE",
         ],
         "info",
     )

@@ -410,6 +410,11 @@ fn serve_refuses_development_only_settings_in_production_with_exit_64() {
         "fhir_issuer",
     );
     refused(&["--listen", "127.0.0.1:0", "--store", "postgres://relay@db.example/cpis?sslmode=disable"], &[], "store");
+    refused(
+        &["--listen", "127.0.0.1:0", "--fhir-care-settings", "RR8=EMERGENCY_DEPARTMENT,RX9=AMBULANCE"],
+        &[],
+        "fhir_care_settings",
+    );
 }
 
 /// `search` has no default accessor: the user's id and name are required.

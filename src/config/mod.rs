@@ -178,6 +178,12 @@ pub struct ServeSettings {
     /// Bearer token claim giving the user's role code, optional in a token [default: role_code]
     #[arg(long, env = "CPIS_FHIR_ROLE_CODE_CLAIM")]
     pub fhir_role_code_claim: Option<String>,
+    /// Bearer token claim giving the user's care setting (EMERGENCY_DEPARTMENT, OUT_OF_HOURS_GP, ...), optional in a token [default: care_setting]
+    #[arg(long, env = "CPIS_FHIR_CARE_SETTING_CLAIM")]
+    pub fhir_care_setting_claim: Option<String>,
+    /// Care setting of each organisation's FHIR searches when the token names none, as ODS=SETTING (RR8=EMERGENCY_DEPARTMENT); a search with neither is refused [default: none]
+    #[arg(long, env = "CPIS_FHIR_CARE_SETTINGS", value_delimiter = ',')]
+    pub fhir_care_settings: Option<Vec<String>>,
 }
 
 /// A bad setting: the key and why.
@@ -245,6 +251,9 @@ pub struct ServeConfig {
     pub fhir_user_id_claim: String,
     pub fhir_name_claim: String,
     pub fhir_role_code_claim: String,
+    pub fhir_care_setting_claim: String,
+    /// `ODS=SETTING` entries, each checked by `resolve`.
+    pub fhir_care_settings: Vec<String>,
 }
 
 impl ServeSettings {
@@ -309,6 +318,8 @@ impl ServeSettings {
             fhir_user_id_claim: self.fhir_user_id_claim.or(lower.fhir_user_id_claim),
             fhir_name_claim: self.fhir_name_claim.or(lower.fhir_name_claim),
             fhir_role_code_claim: self.fhir_role_code_claim.or(lower.fhir_role_code_claim),
+            fhir_care_setting_claim: self.fhir_care_setting_claim.or(lower.fhir_care_setting_claim),
+            fhir_care_settings: self.fhir_care_settings.or(lower.fhir_care_settings),
         }
     }
 
@@ -423,7 +434,16 @@ impl ServeSettings {
                 self.fhir_role_code_claim,
                 token::DEFAULT_ROLE_CODE_CLAIM,
             )?,
+            fhir_care_setting_claim: text(
+                "fhir_care_setting_claim",
+                self.fhir_care_setting_claim,
+                crate::fhir::care_setting::DEFAULT_CLAIM,
+            )?,
+            fhir_care_settings: self.fhir_care_settings.unwrap_or_default(),
         };
+        for entry in &config.fhir_care_settings {
+            crate::fhir::care_setting::parse_entry(entry).map_err(|reason| error("fhir_care_settings", reason))?;
+        }
         if config.max_handshakes >= config.max_connections {
             return Err(error(
                 "max_handshakes",
@@ -517,6 +537,14 @@ impl ServeConfig {
             user_id_claim: self.fhir_user_id_claim.clone(),
             name_claim: self.fhir_name_claim.clone(),
             role_code_claim: self.fhir_role_code_claim.clone(),
+            care_settings: crate::fhir::care_setting::CareSettings {
+                claim: self.fhir_care_setting_claim.clone(),
+                by_organisation: self
+                    .fhir_care_settings
+                    .iter()
+                    .filter_map(|entry| crate::fhir::care_setting::parse_entry(entry).ok())
+                    .collect(),
+            },
             ..token::TokenSettings::default()
         }
     }
