@@ -258,6 +258,7 @@ pub async fn run(
         let _ = tokio::time::timeout_at(deadline, fhir_server).await;
     }
     store_held_before(&relay, deadline).await;
+    relay.close_spill().await;
     admin_stop.send_replace(true);
     result
 }
