@@ -142,6 +142,7 @@ fn register_known_label_sets() {
     metrics::gauge!("cpis_notifications_held").set(0.0);
     metrics::counter!("cpis_notifications_refused_total").absolute(0);
     metrics::counter!("cpis_spill_failures_total").absolute(0);
+    metrics::counter!("cpis_fhir_trace_id_reused_total").absolute(0);
     // Histograms appear once registered, with every bucket at zero.
     let _ = metrics::histogram!("cpis_search_duration_seconds");
     let _ = metrics::histogram!("cpis_store_sync_duration_seconds");
@@ -222,6 +223,10 @@ fn describe_metrics() {
         "Users who searched more distinct people within a clock hour than unusual_access_distinct_people_per_hour, by organisation."
     );
     describe_gauge!("cpis_startup_rebuild_seconds", Unit::Seconds, "Time to rebuild memory from the store at start.");
+    describe_counter!(
+        "cpis_fhir_trace_id_reused_total",
+        "FHIR searches whose TraceID a recent search by another user, of another person or resource already used."
+    );
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ struct Door {
     relay: Relay,
     tokens: Arc<TokenVerifier>,
     limits: Limits,
+    trace_ids: Arc<super::trace_ids::TraceIds>,
 }
 
 /// What the door shares with the gRPC edge (`rpc.rs`): the global search
@@ -76,7 +77,7 @@ pub fn router(relay: Relay, tokens: Arc<TokenVerifier>, limits: Limits) -> Route
         .route(&format!("{BASE_PATH}/metadata"), get(metadata))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Door { relay, tokens, limits })
+        .with_state(Door { relay, tokens, limits, trace_ids: Arc::default() })
 }
 
 async fn care_team(State(door): State<Door>, request: Request) -> Response {
@@ -186,13 +187,22 @@ impl Door {
         let care_setting = self.tokens.settings().care_settings.resolve(user.care_setting, &identity.ods_code)?;
         let nhs_number = patient_identifier(request.uri.query())?;
         let scheduled = !unscheduled_access(&request.headers)?;
+        let resource = search.resource_type();
+        if let Some(trace_id) = trace_id {
+            let searched = [identity.ods_code.as_str(), user.accessor.user_id.as_str(), nhs_number.as_str(), resource];
+            if self.trace_ids.note(trace_id, &searched) {
+                tracing::warn!(trace_id, organisation = %identity.ods_code, resource, "a TraceID was reused for another search; each search is still notified");
+            }
+        }
         let query = SearchQuery {
             nhs_number: nhs_number.clone(),
             accessor: Some(user.accessor),
             care_setting: Some(care_setting),
-            // One TraceID is one access: a CareTeam and an AuditEvent search
-            // sent with the same TraceID notify once, as a retry would.
-            request_id: trace_id.unwrap_or_default().to_owned(),
+            // The idempotency key is the TraceID with the resource searched;
+            // the store's request key adds the organisation, user, person and
+            // care setting. So only a retry of the same search notifies once:
+            // a reused TraceID never suppresses another search's notification.
+            request_id: trace_id.map(|trace_id| format!("{resource}:{trace_id}")).unwrap_or_default(),
             scheduled,
         };
         let outcome = self.relay.search(&identity, query).await?;

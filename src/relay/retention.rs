@@ -28,7 +28,7 @@ impl Relay {
                 ExpiryCounts::default()
             }
         };
-        let plans_in_memory = shared.index.remove_where(|plan| plan.is_visible_on(expiry.today));
+        let plans_in_memory = shared.index.remove_where(|plan| plan.is_retained_on(expiry.today));
         if plans_in_memory > 0 {
             self.publish_plan_gauges();
         }
