@@ -100,7 +100,7 @@ fi
 
 cargo build -q
 RELAY=$PWD/target/debug/cpis-relay
-STORE="postgres://cpis@127.0.0.1:$PG_PORT,127.0.0.1:$STANDBY_PORT/cpis?target_session_attrs=read-write"
+STORE="postgres://cpis@127.0.0.1:$PG_PORT,127.0.0.1:$STANDBY_PORT/cpis?target_session_attrs=read-write&sslmode=disable"
 : > "$STATE/relays.pid"
 for node in 1 2 3; do
   mkdir -p "$STATE/node$node"

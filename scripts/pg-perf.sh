@@ -28,7 +28,7 @@ printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s
   "$PORT" "$PGDIR" >> "$PGDIR/data/postgresql.conf"
 as_pg "$BIN/pg_ctl" -w -D "$PGDIR/data" -l "$PGDIR/log" start >/dev/null
 db() { as_pg "$BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U cpis -d postgres -c "$1" >/dev/null; }
-url() { echo "postgres://cpis@127.0.0.1:$PORT/$1"; }
+url() { echo "postgres://cpis@127.0.0.1:$PORT/$1?sslmode=disable"; }
 
 row() { echo; echo "== $1"; shift; "$@" | tee -a "$out/table.txt"; }
 

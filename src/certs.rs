@@ -170,6 +170,24 @@ impl Authority {
         self.sign(params)
     }
 
+    /// A client certificate (CN = ODS code, O, OU = role) that expires
+    /// `lifetime` from now (tests of expiry while connected).
+    pub fn issue_client_expiring(
+        &self,
+        ods_code: &str,
+        organisation: &str,
+        role: Option<&str>,
+        lifetime: std::time::Duration,
+    ) -> Result<Pair, CertsError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(ods_code, organisation, role);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - std::time::Duration::from_secs(60)).into();
+        params.not_after = (now + lifetime).into();
+        self.sign_as_is(params)
+    }
+
     /// A certificate revocation list of this CA (PEM and DER) revoking the
     /// given PEM certificates, valid from yesterday for `days`.
     pub fn revocation_list(&self, revoked_pems: &[&str], days: u64) -> Result<(String, Vec<u8>), CertsError> {
@@ -198,8 +216,13 @@ impl Authority {
     }
 
     fn sign(&self, mut params: CertificateParams) -> Result<Pair, CertsError> {
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         set_validity(&mut params, 825);
+        self.sign_as_is(params)
+    }
+
+    /// Signs `params` with the validity they carry.
+    fn sign_as_is(&self, mut params: CertificateParams) -> Result<Pair, CertsError> {
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })

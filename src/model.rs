@@ -136,9 +136,19 @@ impl Plan {
         }
     }
 
-    /// Whether health sees this plan on `today`.
+    /// Whether the plan is within its visibility window on `today`: not
+    /// past its last visible day. A plan not started yet is within it (it is
+    /// kept, and may be uploaded) but not shown: health sees a plan only once
+    /// it has started too ([`Plan::has_started_on`]).
     pub fn is_visible_on(&self, today: NaiveDate) -> bool {
         self.visible_until().is_none_or(|last_day| today <= last_day)
+    }
+
+    /// Whether the plan has started on `today`. Domain rule: a plan starts on
+    /// its start date; before it, it is neither shown nor notified (an LA may
+    /// upload a plan agreed at a conference that starts next week).
+    pub fn has_started_on(&self, today: NaiveDate) -> bool {
+        self.start_date <= today
     }
 }
 

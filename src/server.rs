@@ -300,6 +300,7 @@ pub async fn run(
         let _ = tokio::time::timeout_at(deadline, door).await;
     }
     store_held_before(&relay, deadline).await;
+    relay.close_spill().await;
     admin_stop.send_replace(true);
     result
 }

@@ -85,7 +85,18 @@ impl StoredPlan {
         visible_until_of(&self.bytes).ok().flatten()
     }
 
+    /// Whether health sees this plan on `today` (shown and notified): it has
+    /// started ([`Plan::has_started_on`]) and is not past its last visible
+    /// day. The start date is read from the encoded plan, so only for a plan
+    /// still in its window; one that cannot be decoded counts as started,
+    /// never hiding a flag (showing it then reports the corruption).
     pub fn is_visible_on(&self, today: NaiveDate) -> bool {
+        self.is_retained_on(today) && self.decode().map_or(true, |plan| plan.has_started_on(today))
+    }
+
+    /// Whether retention keeps this plan on `today`: not past its last
+    /// visible day, started or not.
+    pub fn is_retained_on(&self, today: NaiveDate) -> bool {
         self.visible_until().is_none_or(|last_day| today <= last_day)
     }
 
@@ -133,6 +144,16 @@ mod tests {
         assert!(stored.is_visible_on("2026-03-01".parse().unwrap()));
         assert!(!stored.is_visible_on("2026-03-02".parse().unwrap()));
         assert_eq!(stored.decode().unwrap(), plan);
+
+        // A plan starts on its start date: before it, kept by retention but not shown.
+        plan.start_date = "2026-06-10".parse().unwrap();
+        plan.end_date = None;
+        let starting = StoredPlan::encode(&plan, "706".into()).unwrap();
+        assert!(starting.is_retained_on("2026-06-09".parse().unwrap()));
+        assert!(!starting.is_visible_on("2026-06-09".parse().unwrap()));
+        assert!(starting.is_visible_on("2026-06-10".parse().unwrap()));
+        plan.start_date = "2024-01-01".parse().unwrap();
+        plan.end_date = Some("2025-03-01".parse().unwrap());
 
         let read = StoredPlan::from_stored("706".into(), nhs_number, PlanType::LookedAfter, stored.bytes()).unwrap();
         assert_eq!(read, stored);

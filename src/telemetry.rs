@@ -134,6 +134,9 @@ fn register_known_label_sets() {
     for listener in ["grpc", "fhir"] {
         metrics::counter!("cpis_connections_refused_total", "listener" => listener).absolute(0);
     }
+    for reason in crate::tls::PEER_ENDED_REASONS {
+        metrics::counter!("cpis_tls_peers_ended_total", "reason" => reason).absolute(0);
+    }
     for outcome in crate::tls::RELOAD_OUTCOMES {
         metrics::counter!("cpis_tls_reloads_total", "outcome" => outcome).absolute(0);
     }
@@ -143,6 +146,7 @@ fn register_known_label_sets() {
     metrics::gauge!("cpis_search_retries_waiting").set(0.0);
     metrics::counter!("cpis_notifications_refused_total").absolute(0);
     metrics::counter!("cpis_spill_failures_total").absolute(0);
+    metrics::counter!("cpis_fhir_trace_id_reused_total").absolute(0);
     // Histograms appear once registered, with every bucket at zero.
     let _ = metrics::histogram!("cpis_search_duration_seconds");
     let _ = metrics::histogram!("cpis_store_sync_duration_seconds");
@@ -227,6 +231,14 @@ fn describe_metrics() {
         "Users who searched more distinct people within a clock hour than unusual_access_distinct_people_per_hour, by organisation."
     );
     describe_gauge!("cpis_startup_rebuild_seconds", Unit::Seconds, "Time to rebuild memory from the store at start.");
+    describe_counter!(
+        "cpis_tls_peers_ended_total",
+        "Connections closed because the peer's client certificate was revoked (a reloaded CRL) or expired, by reason."
+    );
+    describe_counter!(
+        "cpis_fhir_trace_id_reused_total",
+        "FHIR searches whose TraceID a recent search by another user, of another person or resource already used."
+    );
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Certificate revocation and reloading over real mutual TLS: a client
 //! certificate a CRL revokes is refused and others are not; the server's
 //! certificate, key, CA and CRLs reload (on request, on SIGHUP in a real
-//! `serve` process) for new handshakes without dropping established
-//! connections; a reload of broken files keeps the old configuration.
+//! `serve` process) for new handshakes, and a reloaded CRL also closes the
+//! revoked peer's established connections (others are untouched); a reload
+//! of broken files keeps the old configuration.
 
 mod common;
 
@@ -73,7 +74,7 @@ async fn a_revoked_client_certificate_is_refused_and_an_unrevoked_one_works() {
 }
 
 #[tokio::test]
-async fn a_reloaded_crl_refuses_new_handshakes_and_established_connections_keep_working() {
+async fn a_reloaded_crl_refuses_new_handshakes_and_ends_the_revoked_peers_established_connection() {
     tls::install_crypto_provider();
     let pki = Pki::new();
     let files = tempfile::tempdir().unwrap();
@@ -92,7 +93,8 @@ async fn a_reloaded_crl_refuses_new_handshakes_and_established_connections_keep_
 
     let refused = call_over(relay.channel_with(&leaked).await).await;
     assert!(refused.is_err(), "a new handshake with the revoked certificate must be refused");
-    call_over(Ok(established)).await.expect("the established connection keeps working");
+    let ended = call_over(Ok(established)).await;
+    assert!(ended.is_err(), "the revoked peer's established connection is closed (and cannot be made again)");
     call_over(relay.channel_with(&relay.pki.client_pem("gp-y02")).await).await.unwrap();
     assert!(!server_tls.reload_if_changed().unwrap(), "nothing changed since");
 }
@@ -192,4 +194,67 @@ async fn a_changed_crl_file_is_loaded_by_the_watch() {
     }
     call_over(relay.channel_with(&relay.pki.client_pem("gp-y02")).await).await.unwrap();
     watch.abort();
+}
+
+/// A reloaded CRL reaches live peers, not only new handshakes: the revoked
+/// authority's open subscription ends (its connection is closed) and
+/// `cpis_tls_peers_ended_total{reason="revoked"}` counts it, while another
+/// peer's established connection keeps working.
+#[tokio::test]
+async fn a_reloaded_crl_ends_the_revoked_peers_open_subscription() {
+    tls::install_crypto_provider();
+    let pki = Pki::new();
+    let files = tempfile::tempdir().unwrap();
+    let crl_path = files.path().join("ca.crl.pem");
+    std::fs::write(&crl_path, pki.authority.revocation_list(&[], 7).unwrap().0).unwrap();
+    let server_tls = ServerTls::from_files(server_files(&pki, files.path(), vec![crl_path.clone()])).unwrap();
+    let relay = serve(pki, server_tls.clone()).await;
+    let revoked = relay.pki.client_pem("la-706");
+    let mut subscription =
+        cpis_relay::proto::notifications_client::NotificationsClient::new(relay.channel_with(&revoked).await.unwrap())
+            .subscribe(cpis_relay::proto::SubscribeRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+    let other = relay.channel_with(&relay.pki.client_pem("gp-y02")).await;
+    let other = other.unwrap();
+    call_over(Ok(other.clone())).await.unwrap();
+    let before = metric(&cpis_relay::telemetry::metrics().render(), "cpis_tls_peers_ended_total{reason=\"revoked\"}");
+
+    std::fs::write(&crl_path, relay.pki.authority.revocation_list(&[&revoked.cert], 7).unwrap().0).unwrap();
+    server_tls.reload().unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), subscription.message())
+        .await
+        .expect("the revoked peer's subscription ends within 10 s");
+    assert!(!matches!(ended, Ok(Some(_))), "no notification, the stream ended: {ended:?}");
+    let after = metric(&cpis_relay::telemetry::metrics().render(), "cpis_tls_peers_ended_total{reason=\"revoked\"}");
+    assert!(after > before, "counted: {before} -> {after}");
+    call_over(Ok(other)).await.expect("an unrevoked peer's established connection is untouched");
+}
+
+/// A client certificate that expires while connected: its open
+/// subscription ends at expiry, not at the next handshake, and
+/// `cpis_tls_peers_ended_total{reason="expired"}` counts it.
+#[tokio::test]
+async fn a_client_certificate_that_expires_ends_its_open_subscription() {
+    tls::install_crypto_provider();
+    let pki = Pki::new();
+    let relay = serve(pki.clone(), ServerTls::fixed(tls::server_config(&pki.server_pem()).unwrap())).await;
+    let pair = pki
+        .authority
+        .issue_client_expiring("706", "CPIS TEST LA", Some("social-care"), std::time::Duration::from_secs(3))
+        .unwrap();
+    let expiring = PemText { ca: pki.authority.cert_pem(), cert: pair.cert_pem, key: pair.key_pem };
+    let mut subscription =
+        cpis_relay::proto::notifications_client::NotificationsClient::new(relay.channel_with(&expiring).await.unwrap())
+            .subscribe(cpis_relay::proto::SubscribeRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), subscription.message())
+        .await
+        .expect("the subscription ends once the certificate expires");
+    assert!(!matches!(ended, Ok(Some(_))), "no notification, the stream ended: {ended:?}");
+    let expired = metric(&cpis_relay::telemetry::metrics().render(), "cpis_tls_peers_ended_total{reason=\"expired\"}");
+    assert!(expired >= 1.0, "counted: {expired}");
 }

@@ -320,3 +320,27 @@ fn max_held_notifications_is_a_flag_an_environment_variable_and_a_file_key_and_z
     assert_eq!(refused.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("max_held_notifications"));
 }
+
+/// One relay per data directory: a second relay on a directory another
+/// holds (the spill's lock) is refused with a clear error, so two relays can
+/// never rewrite each other's spill of held notifications. (A PostgreSQL
+/// node's data directory holds only the spill; the embedded store's own
+/// files are locked by fjall too.)
+#[tokio::test]
+async fn a_second_relay_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = || RelaySettings { spill_dir: Some(dir.path().to_owned()), ..RelaySettings::default() };
+    let open = || async {
+        let store: std::sync::Arc<dyn cpis_relay::store::Store> =
+            std::sync::Arc::new(cpis_relay::store::memory::MemoryStore::new());
+        let clock = std::sync::Arc::new(cpis_relay::clock::ManualClock::new(test_start()));
+        cpis_relay::relay::Relay::open(store, clock, settings()).await
+    };
+    let first = open().await.unwrap();
+    let refused = open().await.err().expect("the second relay is refused").to_string();
+    assert!(
+        refused.contains("one relay per data directory") && refused.contains("held-notifications.lock"),
+        "{refused}"
+    );
+    drop(first);
+}

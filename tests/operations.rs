@@ -174,9 +174,18 @@ async fn metrics_exposition_has_the_contract_names_and_no_personal_data() {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+    } else if running_in_ci() {
+        panic!("promtool is required in CI (CI=true) to check the exposition format: scripts/setup.sh installs it");
     } else {
-        eprintln!("promtool not installed: exposition format not checked by promtool here (.ci/run installs it)");
+        eprintln!(
+            "promtool not installed: exposition format not checked by promtool here (scripts/setup.sh installs it)"
+        );
     }
+}
+
+/// Whether this is CI (`CI=true`, as .ci/run and most CI services set it), where no check may be skipped.
+fn running_in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| matches!(value.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
 }
 
 fn which_promtool() -> Result<std::path::PathBuf, ()> {
@@ -326,7 +335,7 @@ async fn serve_refuses_development_certificates_on_a_non_loopback_address_unless
     let certs = dir.path().join("certs");
     let data = dir.path().join("data");
     let (certs_arg, data_arg) = (certs.to_str().unwrap(), data.to_str().unwrap());
-    let base = ["--certs-dir", certs_arg, "--data-dir", data_arg, "--store", "memory"];
+    let base = ["--certs-dir", certs_arg, "--data-dir", data_arg, "--store", "embedded"];
     for exposed in [
         ["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"],
         ["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"],
@@ -380,6 +389,41 @@ async fn serve_refuses_development_certificates_on_a_non_loopback_address_unless
     assert!(line.as_deref().is_some_and(|line| line.contains("grpc=0.0.0.0:")), "{line:?}");
     assert!(certs.join("server.pem").exists());
     child.kill().await.unwrap();
+}
+
+/// Settings safe only on a development machine are refused at start (exit
+/// 64, naming the setting) outside one: the memory store with a listener off
+/// loopback (`CPIS_STORE=memory` too), a FHIR door without its own token keys
+/// and issuer beside production certificates, and plaintext to a remote PostgreSQL.
+#[test]
+fn serve_refuses_development_only_settings_in_production_with_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let certs = dir.path().join("certs");
+    pki.write_server_layout(&certs);
+    let file = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let (ca, cert, key) = (file("ca.pem"), file("server.pem"), file("server.key"));
+    let production = ["--ca", &ca, "--cert", &cert, "--key", &key, "--admin-listen", "127.0.0.1:0"];
+    let refused = |args: &[&str], env: &[(&str, &str)], setting: &str| {
+        let output = serve_command(&[&production[..], args].concat(), env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(&format!("configuration {setting}:")), "{args:?}: {stderr}");
+    };
+    refused(&["--listen", "0.0.0.0:0", "--store", "memory"], &[], "store");
+    refused(&["--listen", "0.0.0.0:0"], &[("CPIS_STORE", "memory")], "store");
+    refused(&["--listen", "127.0.0.1:0", "--fhir-listen", "127.0.0.1:0"], &[], "fhir_jwks");
+    refused(
+        &["--listen", "127.0.0.1:0", "--fhir-listen", "127.0.0.1:0", "--fhir-jwks", "jwks.json"],
+        &[],
+        "fhir_issuer",
+    );
+    refused(&["--listen", "127.0.0.1:0", "--store", "postgres://relay@db.example/cpis?sslmode=disable"], &[], "store");
+    refused(
+        &["--listen", "127.0.0.1:0", "--fhir-care-settings", "RR8=EMERGENCY_DEPARTMENT,RX9=AMBULANCE"],
+        &[],
+        "fhir_care_settings",
+    );
 }
 
 /// `search` has no default accessor: the user's id and name are required.

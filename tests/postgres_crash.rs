@@ -229,7 +229,7 @@ async fn failover_to_a_synchronous_standby_loses_nothing_acknowledged() {
     primary.psql("cpis", "CREATE TABLE sync_probe (x int); DROP TABLE sync_probe");
     assert_eq!(primary.psql("postgres", "SELECT sync_state FROM pg_stat_replication"), "sync");
     let url = format!(
-        "postgres://cpis@127.0.0.1:{},127.0.0.1:{}/cpis?target_session_attrs=read-write&connect_timeout=2",
+        "postgres://cpis@127.0.0.1:{},127.0.0.1:{}/cpis?target_session_attrs=read-write&connect_timeout=2&sslmode=disable",
         primary.port, standby.port
     );
     let pki = Pki::new();

@@ -167,7 +167,9 @@ proptest! {
     fn the_stored_header_agrees_with_the_plan(plan in plan(), today in day()) {
         let stored = StoredPlan::encode(&plan, "706".into()).unwrap();
         prop_assert_eq!(stored.visible_until(), plan.visible_until());
-        prop_assert_eq!(stored.is_visible_on(today), plan.is_visible_on(today));
+        prop_assert_eq!(stored.is_retained_on(today), plan.is_visible_on(today));
+        // Shown once started (a plan starts on its start date) and while in its window.
+        prop_assert_eq!(stored.is_visible_on(today), plan.is_visible_on(today) && plan.has_started_on(today));
         prop_assert_eq!(stored.decode().unwrap(), plan);
     }
 }

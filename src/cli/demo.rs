@@ -171,6 +171,7 @@ async fn fhir_search(args: &DemoArgs, url: &str) -> Result<(u16, serde_json::Val
             user_id: "rr8-dan".into(),
             name: "Dr Dan Reid".into(),
             role_code: "R8000".into(),
+            care_setting: Some(crate::model::CareSetting::EmergencyDepartment),
             lifetime: Duration::from_secs(300),
         },
     )

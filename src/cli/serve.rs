@@ -44,19 +44,12 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, CliError> {
     args.settings.clone().over(file).resolve().map_err(|error| CliError::Config(error.to_string()))
 }
 
-/// The server's PEM files: the configured ones, or the dev certificates,
-/// which are neither created nor used on a non-loopback address unless
-/// `dev_certs` says so.
+/// The server's PEM files: the configured ones, or the dev certificates
+/// (which the configuration refuses on a non-loopback address unless
+/// `dev_certs` says so: see `config::development`).
 fn pem_files(config: &ServeConfig) -> Result<PemFiles, CliError> {
     if let (Some(ca), Some(cert), Some(key)) = (&config.ca, &config.cert, &config.key) {
         return Ok(PemFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() });
-    }
-    let exposed = config.non_loopback_listeners();
-    if !exposed.is_empty() && !config.dev_certs {
-        return Err(CliError::Config(format!(
-            "refusing the development certificates on a non-loopback address ({}): pass --ca/--cert/--key, or --dev-certs to use them anyway",
-            exposed.join(", ")
-        )));
     }
     if certs::ensure_dev(&config.certs_dir).map_err(|error| CliError::Failed(error.to_string()))? {
         tracing::warn!(dir = %config.certs_dir.display(), "created development certificates; never use them in production");

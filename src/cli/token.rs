@@ -23,6 +23,9 @@ pub struct TokenArgs {
     /// The user's job role code (the `role_code` claim), for example R8000.
     #[arg(long, env = "CPIS_ROLE_CODE", default_value = "")]
     pub role_code: String,
+    /// The user's care setting (the `care_setting` claim), for example EMERGENCY_DEPARTMENT or OUT_OF_HOURS_GP; without it the relay needs one configured for the organisation (fhir_care_settings)
+    #[arg(long, env = "CPIS_CARE_SETTING")]
+    pub care_setting: Option<String>,
     /// The `iss` claim; the relay's `fhir_issuer` must match.
     #[arg(long, env = "CPIS_FHIR_ISSUER", default_value = token::DEFAULT_ISSUER)]
     pub issuer: String,
@@ -49,6 +52,12 @@ pub fn run(args: TokenArgs) -> Result<u8, CliError> {
             args.certs_dir.join(token::DEV_SIGNING_KEY)
         }
     };
+    let care_setting = args
+        .care_setting
+        .as_deref()
+        .map(crate::fhir::care_setting::parse)
+        .transpose()
+        .map_err(|reason| CliError::Config(format!("--care-setting: {reason}")))?;
     let key =
         std::fs::read_to_string(&path).map_err(|error| CliError::Config(format!("{}: {error}", path.display())))?;
     let minted = token::mint(
@@ -59,6 +68,7 @@ pub fn run(args: TokenArgs) -> Result<u8, CliError> {
             user_id: args.user_id,
             name: args.name,
             role_code: args.role_code,
+            care_setting,
             lifetime: Duration::from_secs(args.lifetime_secs),
         },
     )

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{certs, fhir::token, relay::RelaySettings};
 
+mod development;
 mod listeners;
 mod store_kind;
 pub use store_kind::StoreKind;
@@ -43,6 +44,9 @@ pub struct ServeSettings {
     /// PostgreSQL: file holding the password, read when neither the URL nor PGPASSWORD gives one
     #[arg(long, env = "CPIS_STORE_PASSWORD_FILE")]
     pub store_password_file: Option<PathBuf>,
+    /// PostgreSQL: allow sslmode=disable to a host other than this machine (plaintext on a network; never in production) [default: false]
+    #[arg(long, env = "CPIS_STORE_ALLOW_PLAINTEXT", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub store_allow_plaintext: Option<bool>,
     /// PostgreSQL: connections per relay node [default: 16]
     #[arg(long, env = "CPIS_STORE_POOL_SIZE")]
     pub store_pool_size: Option<usize>,
@@ -73,7 +77,7 @@ pub struct ServeSettings {
     /// Development certificates used when no TLS option is set; created on first start [default: certs/dev]
     #[arg(long, env = "CPIS_CERTS_DIR")]
     pub certs_dir: Option<PathBuf>,
-    /// Allow the development certificates when a listen address is not loopback (never in production) [default: false]
+    /// Development mode off loopback (never in production): allow the development certificates, the development FHIR token key and the memory store when a listen address is not loopback [default: false]
     #[arg(long, env = "CPIS_DEV_CERTS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub dev_certs: Option<bool>,
     /// Days acknowledged notifications are kept [default: 30]
@@ -178,6 +182,12 @@ pub struct ServeSettings {
     /// Bearer token claim giving the user's role code, optional in a token [default: role_code]
     #[arg(long, env = "CPIS_FHIR_ROLE_CODE_CLAIM")]
     pub fhir_role_code_claim: Option<String>,
+    /// Bearer token claim giving the user's care setting (EMERGENCY_DEPARTMENT, OUT_OF_HOURS_GP, ...), optional in a token [default: care_setting]
+    #[arg(long, env = "CPIS_FHIR_CARE_SETTING_CLAIM")]
+    pub fhir_care_setting_claim: Option<String>,
+    /// Care setting of each organisation's FHIR searches when the token names none, as ODS=SETTING (RR8=EMERGENCY_DEPARTMENT); a search with neither is refused [default: none]
+    #[arg(long, env = "CPIS_FHIR_CARE_SETTINGS", value_delimiter = ',')]
+    pub fhir_care_settings: Option<Vec<String>>,
 }
 
 /// A bad setting: the key and why.
@@ -200,6 +210,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub store_password_file: Option<PathBuf>,
+    pub store_allow_plaintext: bool,
     pub store_pool_size: usize,
     pub store_write_timeout_ms: u64,
     pub feed_poll_ms: u64,
@@ -245,6 +256,9 @@ pub struct ServeConfig {
     pub fhir_user_id_claim: String,
     pub fhir_name_claim: String,
     pub fhir_role_code_claim: String,
+    pub fhir_care_setting_claim: String,
+    /// `ODS=SETTING` entries, each checked by `resolve`.
+    pub fhir_care_settings: Vec<String>,
 }
 
 impl ServeSettings {
@@ -262,6 +276,7 @@ impl ServeSettings {
             data_dir: self.data_dir.or(lower.data_dir),
             store: self.store.or(lower.store),
             store_password_file: self.store_password_file.or(lower.store_password_file),
+            store_allow_plaintext: self.store_allow_plaintext.or(lower.store_allow_plaintext),
             store_pool_size: self.store_pool_size.or(lower.store_pool_size),
             store_write_timeout_ms: self.store_write_timeout_ms.or(lower.store_write_timeout_ms),
             feed_poll_ms: self.feed_poll_ms.or(lower.feed_poll_ms),
@@ -309,22 +324,26 @@ impl ServeSettings {
             fhir_user_id_claim: self.fhir_user_id_claim.or(lower.fhir_user_id_claim),
             fhir_name_claim: self.fhir_name_claim.or(lower.fhir_name_claim),
             fhir_role_code_claim: self.fhir_role_code_claim.or(lower.fhir_role_code_claim),
+            fhir_care_setting_claim: self.fhir_care_setting_claim.or(lower.fhir_care_setting_claim),
+            fhir_care_settings: self.fhir_care_settings.or(lower.fhir_care_settings),
         }
     }
 
     /// Applies defaults and checks every value.
     pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let issuer_given = self.fhir_issuer.is_some();
         let positive =
             |key: &str, value: u64| if value == 0 { Err(error(key, "must be at least 1")) } else { Ok(value) };
         let percent = |key: &str, value: u32| {
             if value > 100 { Err(error(key, "must be a percentage, 0 to 100")) } else { Ok(value) }
         };
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: self.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             store: self.store.unwrap_or(StoreKind::Embedded),
             store_password_file: self.store_password_file,
+            store_allow_plaintext: self.store_allow_plaintext.unwrap_or(false),
             store_pool_size: positive("store_pool_size", self.store_pool_size.unwrap_or(16) as u64)? as usize,
             store_write_timeout_ms: positive("store_write_timeout_ms", self.store_write_timeout_ms.unwrap_or(5000))?,
             feed_poll_ms: positive("feed_poll_ms", self.feed_poll_ms.unwrap_or(1000))?,
@@ -422,7 +441,16 @@ impl ServeSettings {
                 self.fhir_role_code_claim,
                 token::DEFAULT_ROLE_CODE_CLAIM,
             )?,
+            fhir_care_setting_claim: text(
+                "fhir_care_setting_claim",
+                self.fhir_care_setting_claim,
+                crate::fhir::care_setting::DEFAULT_CLAIM,
+            )?,
+            fhir_care_settings: self.fhir_care_settings.unwrap_or_default(),
         };
+        for entry in &config.fhir_care_settings {
+            crate::fhir::care_setting::parse_entry(entry).map_err(|reason| error("fhir_care_settings", reason))?;
+        }
         if config.max_handshakes >= config.max_connections {
             return Err(error(
                 "max_handshakes",
@@ -451,6 +479,12 @@ impl ServeSettings {
                     format!("ca, cert and key go together (missing {})", missing.join(", ")),
                 ));
             }
+        }
+        config.check_development_settings(issuer_given)?;
+        if let StoreKind::Postgres(url) = &config.store {
+            let url = if config.store_allow_plaintext { url.clone().allowing_plaintext() } else { url.clone() };
+            url.check_plaintext().map_err(|reason| error("store", reason))?;
+            config.store = StoreKind::Postgres(url);
         }
         Ok(config)
     }
@@ -510,6 +544,14 @@ impl ServeConfig {
             user_id_claim: self.fhir_user_id_claim.clone(),
             name_claim: self.fhir_name_claim.clone(),
             role_code_claim: self.fhir_role_code_claim.clone(),
+            care_settings: crate::fhir::care_setting::CareSettings {
+                claim: self.fhir_care_setting_claim.clone(),
+                by_organisation: self
+                    .fhir_care_settings
+                    .iter()
+                    .filter_map(|entry| crate::fhir::care_setting::parse_entry(entry).ok())
+                    .collect(),
+            },
             ..token::TokenSettings::default()
         }
     }

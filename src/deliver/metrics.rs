@@ -17,6 +17,9 @@
 //!   so this is the oldest one the agent holds.
 //! - `cpis_deliver_acked_sequence`, `cpis_deliver_connected` (0 or 1) and
 //!   `cpis_deliver_reconnects_total`.
+//! - `cpis_deliver_receiver_misconfigured{sink}`: 1 while the receiver's last
+//!   answer says it is misconfigured (3xx, 401, 403, 404, 410, ...): delivery
+//!   is retried, nothing is acknowledged, and `/healthz` fails until it takes one.
 //!
 //! Labels carry only the sink kind: never personal data.
 
@@ -92,6 +95,13 @@ pub fn init() {
         }
     }
     metrics::counter!("cpis_deliver_reconnects_total").increment(0);
+    describe_gauge!(
+        "cpis_deliver_receiver_misconfigured",
+        "1 while the receiver's last answer says it is misconfigured (3xx, 401, 403, 404, 410): retried, not acknowledged."
+    );
+    for sink in SinkKind::ALL {
+        metrics::gauge!("cpis_deliver_receiver_misconfigured", "sink" => sink.as_str()).set(0.0);
+    }
     for name in [
         "cpis_deliver_backlog",
         "cpis_deliver_oldest_undelivered_seconds",
@@ -118,6 +128,9 @@ struct Shared {
     /// notification and read per scrape, never held across an await.
     in_flight: Mutex<Option<InFlight>>,
     unhealthy_after: Duration,
+    /// Why each sink's receiver looks misconfigured, while it does. A mutex:
+    /// written once per attempt, read per health check, never held across an await.
+    misconfigured: Mutex<Vec<(SinkKind, String)>>,
 }
 
 #[derive(Clone, Copy)]
@@ -137,6 +150,7 @@ impl Status {
                 acked: watch::Sender::new(0),
                 in_flight: Mutex::new(None),
                 unhealthy_after,
+                misconfigured: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -193,6 +207,19 @@ impl Status {
         metrics::gauge!("cpis_deliver_oldest_undelivered_seconds").set(0.0);
     }
 
+    /// The receiver of `sink` answered as a misconfigured one would
+    /// (`Some(why)`), or took a delivery (`None`).
+    pub fn receiver_misconfigured(&self, sink: SinkKind, reason: Option<String>) {
+        if let Ok(mut misconfigured) = self.shared.misconfigured.lock() {
+            misconfigured.retain(|(kind, _)| *kind != sink);
+            if let Some(reason) = &reason {
+                misconfigured.push((sink, reason.clone()));
+            }
+        }
+        let value = if reason.is_some() { 1.0 } else { 0.0 };
+        metrics::gauge!("cpis_deliver_receiver_misconfigured", "sink" => sink.as_str()).set(value);
+    }
+
     fn in_flight(&self) -> Option<InFlight> {
         self.shared.in_flight.lock().ok().and_then(|in_flight| *in_flight)
     }
@@ -207,11 +234,15 @@ impl Status {
         metrics::gauge!("cpis_deliver_oldest_undelivered_seconds").set(age);
     }
 
-    /// Healthy while subscribed to a relay and no notification has waited
-    /// for its sinks longer than `unhealthy_after`; otherwise why not.
+    /// Healthy while subscribed to a relay, no receiver looks misconfigured
+    /// and no notification has waited for its sinks longer than
+    /// `unhealthy_after`; otherwise why not.
     pub fn health(&self) -> Result<(), String> {
         if !self.connected() {
             return Err("not subscribed to a relay".into());
+        }
+        if let Some((sink, reason)) = self.shared.misconfigured.lock().ok().and_then(|list| list.first().cloned()) {
+            return Err(format!("the {} receiver looks misconfigured ({reason}); retrying", sink.as_str()));
         }
         if let Some(in_flight) = self.in_flight() {
             let waited = in_flight.since.elapsed();

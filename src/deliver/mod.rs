@@ -73,9 +73,9 @@ impl Sink {
         }
     }
 
-    async fn deliver(&self, delivery: &Delivery, mut shutdown: watch::Receiver<bool>) -> Outcome {
+    async fn deliver(&self, delivery: &Delivery, mut shutdown: watch::Receiver<bool>, status: &Status) -> Outcome {
         match self {
-            Self::Webhook(sink) => sink.deliver(delivery, &mut shutdown).await,
+            Self::Webhook(sink) => sink.deliver(delivery, &mut shutdown, status).await,
             Self::Outbox(sink) => sink.deliver(delivery, &mut shutdown).await,
         }
     }
@@ -270,8 +270,10 @@ impl Agent {
     /// Hands `delivery` to every sink at once; true when all are done with it.
     async fn deliver_everywhere(&self, delivery: &Delivery, stopping: &watch::Receiver<bool>) -> bool {
         self.status.delivering(delivery.accessed_at);
-        let outcomes =
-            futures::future::join_all(self.sinks.iter().map(|sink| sink.deliver(delivery, stopping.clone()))).await;
+        let outcomes = futures::future::join_all(
+            self.sinks.iter().map(|sink| sink.deliver(delivery, stopping.clone(), &self.status)),
+        )
+        .await;
         self.status.idle();
         let interrupted = outcomes.contains(&Outcome::Interrupted);
         if interrupted {

@@ -12,10 +12,16 @@
 //! Answers: 2xx is delivered; 408, 429, 5xx, timeouts and connection or TLS
 //! errors are retried in order with exponential backoff and jitter, never
 //! sooner than a `Retry-After` (seconds or HTTP date), forever unless
-//! `max_attempts` is set; any other answer (4xx, and 3xx since redirects are
-//! not followed) is a refusal: the notification is parked in the dead-letter
-//! directory and delivery goes on. Logs carry the sequence, notification id
-//! and status, never the body or the receiver's answer.
+//! `max_attempts` is set. Only 400 and 422, a refusal of this one message,
+//! park the notification in the dead-letter directory so delivery goes on.
+//! Any other answer (3xx since redirects are not followed, 401, 403, 404,
+//! 410, ...) says the receiver is misconfigured (a rotated secret, a wrong
+//! URL), not that the message is bad: dead-lettering would drain the whole
+//! backlog, so it is retried with backoff, forever whatever `max_attempts`
+//! says, nothing is acknowledged, and the agent turns unhealthy (and
+//! `cpis_deliver_receiver_misconfigured` alerts) until the receiver takes
+//! one. Logs carry the sequence, notification id and status, never the body
+//! or the receiver's answer.
 
 use std::time::{Duration, SystemTime};
 
@@ -32,7 +38,7 @@ use tokio::sync::watch;
 use super::{
     Outcome,
     files::{DeadLetters, Rejection},
-    metrics::{self, SinkKind},
+    metrics::{self, SinkKind, Status},
     payload::Delivery,
     retry::{self, Backoff},
 };
@@ -157,8 +163,16 @@ pub struct WebhookSink {
 /// What one attempt came to.
 enum Attempt {
     Delivered,
-    Refused { status: Option<u16>, excerpt: String },
-    Retry { reason: String, retry_after: Option<Duration> },
+    Refused {
+        status: Option<u16>,
+        excerpt: String,
+    },
+    /// `misconfigured`: the answer says the receiver is set up wrong, not that it is busy.
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+        misconfigured: bool,
+    },
 }
 
 impl WebhookSink {
@@ -191,12 +205,13 @@ impl WebhookSink {
     /// Delivers one notification: retries until the receiver takes or
     /// refuses it, attempts run out, or shutdown is asked for (an attempt
     /// already sent finishes first).
-    pub async fn deliver(&self, delivery: &Delivery, shutdown: &mut watch::Receiver<bool>) -> Outcome {
+    pub async fn deliver(&self, delivery: &Delivery, shutdown: &mut watch::Receiver<bool>, status: &Status) -> Outcome {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (reason, retry_after) = match self.attempt(delivery).await {
+            let (reason, retry_after, misconfigured) = match self.attempt(delivery).await {
                 Attempt::Delivered => {
+                    status.receiver_misconfigured(SinkKind::Webhook, None);
                     metrics::delivered(SinkKind::Webhook);
                     tracing::debug!(sequence = delivery.sequence, attempts, "webhook delivered");
                     return Outcome::Delivered;
@@ -213,9 +228,10 @@ impl WebhookSink {
                     };
                     return self.park(delivery, &rejection, shutdown).await;
                 }
-                Attempt::Retry { reason, retry_after } => (reason, retry_after),
+                Attempt::Retry { reason, retry_after, misconfigured } => (reason, retry_after, misconfigured),
             };
-            if self.options.max_attempts.is_some_and(|max| attempts >= max) {
+            status.receiver_misconfigured(SinkKind::Webhook, misconfigured.then(|| reason.clone()));
+            if !misconfigured && self.options.max_attempts.is_some_and(|max| attempts >= max) {
                 let rejection = Rejection {
                     status: None,
                     response_excerpt: String::new(),
@@ -227,15 +243,27 @@ impl WebhookSink {
             metrics::retried(SinkKind::Webhook);
             let backoff = self.options.backoff.delay(attempts);
             let delay = retry_after.map_or(backoff, |after| after.min(MAX_RETRY_AFTER).max(backoff));
-            tracing::warn!(
+            if misconfigured {
+                tracing::error!(
+                    sequence = delivery.sequence,
+                    notification_id = %delivery.notification_id,
+                    destination = %self.destination,
+                    attempts,
+                    %reason,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "the webhook receiver looks misconfigured (secret, URL or access); not acknowledging, retrying"
+                );
+            } else {
+                tracing::warn!(
                 sequence = delivery.sequence,
                 notification_id = %delivery.notification_id,
                 destination = %self.destination,
                 attempts,
                 %reason,
-                retry_in_ms = delay.as_millis() as u64,
-                "webhook delivery failed; retrying"
-            );
+                    retry_in_ms = delay.as_millis() as u64,
+                    "webhook delivery failed; retrying"
+                );
+            }
             if !retry::wait(delay, shutdown).await {
                 return Outcome::Interrupted;
             }
@@ -283,19 +311,23 @@ impl WebhookSink {
             Err(_) => Attempt::Retry {
                 reason: format!("no answer within {} ms", self.options.timeout.as_millis()),
                 retry_after: None,
+                misconfigured: false,
             },
-            Ok(Err(reason)) => Attempt::Retry { reason, retry_after: None },
-            Ok(Ok((status, retry_after, excerpt))) => {
-                let code = status.as_u16();
-                if status.is_success() {
-                    Attempt::Delivered
-                } else if status.is_server_error() || code == 408 || code == 429 {
-                    Attempt::Retry { reason: format!("HTTP {code}"), retry_after }
-                } else {
-                    Attempt::Refused { status: Some(code), excerpt }
-                }
-            }
+            Ok(Err(reason)) => Attempt::Retry { reason, retry_after: None, misconfigured: false },
+            Ok(Ok((status, retry_after, excerpt))) => classify(status, retry_after, excerpt),
         }
+    }
+}
+
+/// What an HTTP answer means for the notification it answered.
+fn classify(status: http::StatusCode, retry_after: Option<Duration>, excerpt: String) -> Attempt {
+    let code = status.as_u16();
+    match code {
+        _ if status.is_success() => Attempt::Delivered,
+        // This message is refused: park it and go on.
+        400 | 422 => Attempt::Refused { status: Some(code), excerpt },
+        408 | 429 | 500..=599 => Attempt::Retry { reason: format!("HTTP {code}"), retry_after, misconfigured: false },
+        _ => Attempt::Retry { reason: format!("HTTP {code}"), retry_after, misconfigured: true },
     }
 }
 

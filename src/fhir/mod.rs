@@ -6,17 +6,21 @@
 //!
 //! - [`routes`]: paths, parameters and headers, one handler per search;
 //! - [`token`]: the user from a bearer JWT (JWKS, issuer, audience, expiry);
+//! - [`care_setting`]: a search's care setting, from the token or the organisation;
+//! - [`trace_ids`]: TraceIDs a client reuses, counted;
 //! - [`resources`]: domain answers as FHIR JSON;
 //! - [`errors`]: every refusal as an OperationOutcome, in one place;
 //! - [`server`]: HTTPS over `tls::incoming`, with graceful shutdown.
 //!
 //! [`SearchQuery`]: crate::relay::SearchQuery
 
+pub mod care_setting;
 pub mod errors;
 pub mod resources;
 pub mod routes;
 pub mod server;
 pub mod token;
+pub mod trace_ids;
 
 use std::sync::Arc;
 

@@ -1,8 +1,10 @@
 //! The door's HTTP surface: `GET {BASE}/CareTeam`, `GET {BASE}/AuditEvent`
 //! and `GET {BASE}/metadata`; everything else is a 404 or 405
 //! OperationOutcome. Each search reads the caller's organisation from the
-//! connection's certificate, the user from the bearer token and the person
-//! from `patient:identifier`, then calls [`Relay::search`] like the gRPC door.
+//! connection's certificate, the user from the bearer token, the care
+//! setting from the token or the organisation's configuration
+//! ([`super::care_setting`]) and the person from `patient:identifier`, then
+//! calls [`Relay::search`] like the gRPC door.
 
 use std::sync::Arc;
 
@@ -16,11 +18,15 @@ use axum::{
 use serde_json::Value;
 use tracing::Instrument;
 
-use super::{BASE_PATH, FHIR_JSON, errors::FhirError, resources, token::TokenVerifier};
+use super::{
+    BASE_PATH, FHIR_JSON,
+    errors::FhirError,
+    resources,
+    token::{TokenUser, TokenVerifier},
+};
 use crate::{
-    auth::{Identity, Role},
+    auth::Identity,
     error::Error,
-    model::CareSetting,
     relay::{Relay, SearchQuery},
     tls::PeerInfo,
 };
@@ -37,6 +43,7 @@ struct Door {
     relay: Relay,
     tokens: Arc<TokenVerifier>,
     limits: Limits,
+    trace_ids: Arc<super::trace_ids::TraceIds>,
 }
 
 /// What the door shares with the gRPC edge (`rpc.rs`): the global search
@@ -70,7 +77,7 @@ pub fn router(relay: Relay, tokens: Arc<TokenVerifier>, limits: Limits) -> Route
         .route(&format!("{BASE_PATH}/metadata"), get(metadata))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Door { relay, tokens, limits })
+        .with_state(Door { relay, tokens, limits, trace_ids: Arc::default() })
 }
 
 async fn care_team(State(door): State<Door>, request: Request) -> Response {
@@ -176,16 +183,26 @@ impl Door {
             .try_acquire_owned()
             .map_err(|_| Error::ResourceExhausted("the relay is at its search limit; retry shortly".into()))?;
         let identity = identity(peer)?;
-        let accessor = self.user(&request.headers)?;
+        let user = self.user(&request.headers)?;
+        let care_setting = self.tokens.settings().care_settings.resolve(user.care_setting, &identity.ods_code)?;
         let nhs_number = patient_identifier(request.uri.query())?;
         let scheduled = !unscheduled_access(&request.headers)?;
+        let resource = search.resource_type();
+        if let Some(trace_id) = trace_id {
+            let searched = [identity.ods_code.as_str(), user.accessor.user_id.as_str(), nhs_number.as_str(), resource];
+            if self.trace_ids.note(trace_id, &searched) {
+                tracing::warn!(trace_id, organisation = %identity.ods_code, resource, "a TraceID was reused for another search; each search is still notified");
+            }
+        }
         let query = SearchQuery {
             nhs_number: nhs_number.clone(),
-            accessor: Some(accessor),
-            care_setting: Some(care_setting(identity.role)),
-            // One TraceID is one access: a CareTeam and an AuditEvent search
-            // sent with the same TraceID notify once, as a retry would.
-            request_id: trace_id.unwrap_or_default().to_owned(),
+            accessor: Some(user.accessor),
+            care_setting: Some(care_setting),
+            // The idempotency key is the TraceID with the resource searched;
+            // the store's request key adds the organisation, user, person and
+            // care setting. So only a retry of the same search notifies once:
+            // a reused TraceID never suppresses another search's notification.
+            request_id: trace_id.map(|trace_id| format!("{resource}:{trace_id}")).unwrap_or_default(),
             scheduled,
         };
         let outcome = self.relay.search(&identity, query).await?;
@@ -204,14 +221,14 @@ impl Door {
         })
     }
 
-    fn user(&self, headers: &HeaderMap) -> Result<crate::model::Accessor, FhirError> {
+    fn user(&self, headers: &HeaderMap) -> Result<TokenUser, FhirError> {
         self.verified_user(headers).inspect_err(|_| {
             metrics::counter!("cpis_auth_denied_total", "reason" => "bearer_token").increment(1);
         })
     }
 
     /// The user a request's bearer token names; every refusal is counted by [`Self::user`].
-    fn verified_user(&self, headers: &HeaderMap) -> Result<crate::model::Accessor, FhirError> {
+    fn verified_user(&self, headers: &HeaderMap) -> Result<TokenUser, FhirError> {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| FhirError::Unauthorized("an Authorization: Bearer <JWT> header is required".into()))?;
@@ -235,15 +252,6 @@ fn identity(peer: Option<&PeerInfo>) -> Result<Arc<Identity>, FhirError> {
         metrics::counter!("cpis_auth_denied_total", "reason" => "no_identity").increment(1);
         FhirError::Domain(Error::Unauthenticated(reason.to_string()))
     })
-}
-
-/// The CP-IS API carries no care setting: searches record the usual one of
-/// the certificate's role. Other roles are refused by the domain's role check.
-fn care_setting(role: Role) -> CareSetting {
-    match role {
-        Role::ScheduledCare => CareSetting::GeneralPractice,
-        _ => CareSetting::EmergencyDepartment,
-    }
 }
 
 /// `TraceID`, if sent: printable ASCII without spaces, at most 200 characters.

@@ -1,6 +1,6 @@
 //! The FHIR door's user: a bearer JWT verified against the keys of a JWKS
 //! file, with its issuer, audience and expiry checked, and the user's id,
-//! name and role code read from claims whose names are settings. Also the
+//! name, role code and care setting read from claims whose names are settings. Also the
 //! development signing key `certs init` writes and the tokens `cpis-relay
 //! token` mints with it. Signatures use jsonwebtoken over ring (no aws-lc).
 //! The organisation never comes from a token: only from the client certificate.
@@ -14,7 +14,8 @@ use jsonwebtoken::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::model::Accessor;
+use super::care_setting::{self, CareSettings};
+use crate::model::{Accessor, CareSetting};
 
 /// Defaults of [`TokenSettings`], as documented in the README.
 pub const DEFAULT_ISSUER: &str = "cpis-relay-dev";
@@ -35,6 +36,8 @@ pub struct TokenSettings {
     pub name_claim: String,
     /// Optional in a token: a user may have no role code.
     pub role_code_claim: String,
+    /// The care setting's claim (optional in a token) and each organisation's setting.
+    pub care_settings: CareSettings,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
 }
@@ -47,6 +50,7 @@ impl Default for TokenSettings {
             user_id_claim: DEFAULT_USER_ID_CLAIM.into(),
             name_claim: DEFAULT_NAME_CLAIM.into(),
             role_code_claim: DEFAULT_ROLE_CODE_CLAIM.into(),
+            care_settings: CareSettings::default(),
             leeway_secs: 30,
         }
     }
@@ -60,6 +64,14 @@ pub enum TokenError {
     /// The caller's token is refused; the message says why, never the token.
     #[error("{0}")]
     Refused(String),
+}
+
+/// Who a verified token names, and where they work if it says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenUser {
+    pub accessor: Accessor,
+    /// The care setting claim, when the token carries one.
+    pub care_setting: Option<CareSetting>,
 }
 
 struct VerifyingKey {
@@ -107,7 +119,7 @@ impl TokenVerifier {
     }
 
     /// The user a token names, if its signature, issuer, audience and expiry hold.
-    pub fn verify(&self, token: &str) -> Result<Accessor, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<TokenUser, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| TokenError::Refused(format!("the bearer token is not a JWT: {}", refusal(&error))))?;
         let candidates: Vec<&VerifyingKey> = self
@@ -134,14 +146,14 @@ impl TokenVerifier {
         let mut last_error = None;
         for candidate in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation) {
-                Ok(data) => return self.accessor(&data.claims),
+                Ok(data) => return self.user(&data.claims),
                 Err(error) => last_error = Some(error),
             }
         }
         Err(TokenError::Refused(last_error.map(|error| refusal(&error)).unwrap_or_default()))
     }
 
-    fn accessor(&self, claims: &Map<String, Value>) -> Result<Accessor, TokenError> {
+    fn user(&self, claims: &Map<String, Value>) -> Result<TokenUser, TokenError> {
         let settings = &self.settings;
         let text = |name: &str| -> Option<String> {
             match claims.get(name) {
@@ -153,10 +165,20 @@ impl TokenVerifier {
         let required = |name: &str, what: &str| {
             text(name).ok_or_else(|| TokenError::Refused(format!("the bearer token has no {name} claim ({what})")))
         };
-        Ok(Accessor {
-            user_id: required(&settings.user_id_claim, "the user's id")?,
-            name: required(&settings.name_claim, "the user's name")?,
-            role_code: text(&settings.role_code_claim).unwrap_or_default(),
+        let claim = &settings.care_settings.claim;
+        let care_setting = text(claim)
+            .map(|value| {
+                care_setting::parse(&value)
+                    .map_err(|reason| TokenError::Refused(format!("the bearer token's {claim} claim: {reason}")))
+            })
+            .transpose()?;
+        Ok(TokenUser {
+            accessor: Accessor {
+                user_id: required(&settings.user_id_claim, "the user's id")?,
+                name: required(&settings.name_claim, "the user's name")?,
+                role_code: text(&settings.role_code_claim).unwrap_or_default(),
+            },
+            care_setting,
         })
     }
 }
@@ -261,6 +283,8 @@ pub struct DevToken {
     pub user_id: String,
     pub name: String,
     pub role_code: String,
+    /// Written under the default claim name when given.
+    pub care_setting: Option<CareSetting>,
     pub lifetime: std::time::Duration,
 }
 
@@ -285,6 +309,9 @@ pub fn mint(signing_key_pem: &str, token: &DevToken) -> Result<String, TokenErro
     if !token.role_code.is_empty() {
         claims[DEFAULT_ROLE_CODE_CLAIM] = Value::String(token.role_code.clone());
     }
+    if let Some(setting) = token.care_setting {
+        claims[care_setting::DEFAULT_CLAIM] = Value::String(care_setting::name(setting).into());
+    }
     jsonwebtoken::encode(&header, &claims, &key).map_err(|error| TokenError::Keys(format!("signing: {error}")))
 }
 
@@ -299,6 +326,7 @@ mod tests {
             user_id: "555012345678".into(),
             name: "Dr Test".into(),
             role_code: "R8000".into(),
+            care_setting: Some(CareSetting::OutOfHoursGp),
             lifetime: std::time::Duration::from_secs(300),
         }
     }
@@ -307,11 +335,14 @@ mod tests {
     fn a_minted_token_verifies_against_its_jwks_and_names_the_user() {
         let (key, jwks) = generate_dev_key().unwrap();
         let verifier = TokenVerifier::from_jwks(&jwks, TokenSettings::default()).unwrap();
-        let accessor = verifier.verify(&mint(&key, &dev_token()).unwrap()).unwrap();
+        let user = verifier.verify(&mint(&key, &dev_token()).unwrap()).unwrap();
         assert_eq!(
-            accessor,
+            user.accessor,
             Accessor { user_id: "555012345678".into(), name: "Dr Test".into(), role_code: "R8000".into() }
         );
+        assert_eq!(user.care_setting, Some(CareSetting::OutOfHoursGp));
+        let without = verifier.verify(&mint(&key, &DevToken { care_setting: None, ..dev_token() }).unwrap()).unwrap();
+        assert_eq!(without.care_setting, None);
     }
 
     #[test]

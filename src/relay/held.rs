@@ -9,11 +9,18 @@
 //!
 //! Only one attempt at the oldest held search runs at a time (`retry_turn`),
 //! so the background retry and the shutdown retry never store one twice.
+//!
+//! Locks: the queue's mutex guards memory only and is never held across
+//! file I/O, so a search reading held accesses never waits for a disk.
+//! Spilling is group-committed: a search adds its record to a pending batch
+//! and the first one to find no sync in progress writes the whole batch with
+//! one sync (under the spill's own mutex) while the others wait for it, so a
+//! burst of failing writes costs one fsync per batch, not one per search.
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Mutex,
+        Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -21,7 +28,7 @@ use std::{
 
 use super::{
     Relay,
-    spill::{HeldSearch, Spill},
+    spill::{self, HeldSearch, Spill},
 };
 use crate::{
     model::{AccessEvent, NotificationDraft},
@@ -42,17 +49,30 @@ const COMPACT_AFTER: usize = 8;
 #[derive(Default)]
 struct Queue {
     searches: VecDeque<HeldSearch>,
-    /// `None` without a data directory (the memory store): memory only.
-    spill: Option<Spill>,
+    /// False without a data directory (the memory store): memory only.
+    spilled: bool,
     /// Searches in the spill that are already stored.
     stale: usize,
+    /// Encoded records of the newest searches, not yet written.
+    pending: Vec<u8>,
+    /// How many searches `pending` holds (the newest of `searches`, unless stored meanwhile).
+    pending_count: usize,
+    /// Tickets: each spilled search's number, and the highest one written (or failed).
+    issued: u64,
+    written_through: u64,
+    /// Someone is writing the spill: wait for them rather than start another sync.
+    writing: bool,
 }
 
 /// The held searches and their spill.
 #[derive(Default)]
 pub struct Held {
-    /// A std mutex: held briefly, and across spill I/O only on the blocking pool.
+    /// A std mutex guarding memory only: never held across file I/O.
     queue: Mutex<Queue>,
+    /// Signalled when a write of the spill ends.
+    written: Condvar,
+    /// The file: held only by the one writer, across its I/O, on the blocking pool.
+    spill: Mutex<Option<Spill>>,
     retrying: AtomicBool,
     retry_turn: tokio::sync::Mutex<()>,
 }
@@ -63,12 +83,41 @@ enum Holding {
 }
 
 impl Held {
-    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn spill(&self) -> MutexGuard<'_, Option<Spill>> {
+        self.spill.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wait<'a>(&self, queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        self.written.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets the spill (at start, once it is reloaded) and what it holds.
+    fn install(&self, spill: Spill, searches: VecDeque<HeldSearch>) {
+        *self.spill() = Some(spill);
+        *self.queue() = Queue { searches, spilled: true, ..Queue::default() };
     }
 
     pub(super) fn len(&self) -> usize {
         self.queue().searches.len()
+    }
+
+    /// Writes what is pending, then closes the spill (releasing the data
+    /// directory's lock); searches held later stay in memory only. Blocks.
+    fn close(&self) {
+        let mut queue = self.queue();
+        while queue.writing || !queue.pending.is_empty() {
+            queue = if queue.writing { self.wait(queue) } else { self.write_pending(queue) };
+        }
+        queue.spilled = false;
+        queue.writing = true;
+        drop(queue);
+        *self.spill() = None;
+        self.queue().writing = false;
+        self.written.notify_all();
     }
 
     pub(super) fn accesses_of(&self, nhs_number: NhsNumber) -> Vec<AccessEvent> {
@@ -85,44 +134,100 @@ impl Held {
         self.queue().searches.front().cloned()
     }
 
-    /// Spills (synced) and holds one search, unless `limit` are held. Blocks.
+    /// Holds one search, unless `limit` are held, and returns once it is
+    /// spilled (synced), with the others pending then. Blocks.
     fn push(&self, search: HeldSearch, limit: usize) -> Holding {
+        let record = spill::encode(&search);
         let mut queue = self.queue();
         if queue.searches.len() >= limit {
             return Holding::Refused(queue.searches.len());
         }
-        if let Some(spill) = &mut queue.spill
-            && let Err(error) = spill.append(&search)
-        {
-            // Still held in memory: lost only if the process stops before the store recovers.
-            tracing::error!(%error, path = %spill.path().display(), "cannot write a held notification to the spill file; holding it in memory only");
-            metrics::counter!("cpis_spill_failures_total").increment(1);
-        }
         queue.searches.push_back(search);
-        Holding::Held(queue.searches.len())
+        let held = queue.searches.len();
+        if !queue.spilled {
+            return Holding::Held(held);
+        }
+        match record {
+            Ok(record) => queue.pending.extend_from_slice(&record),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a held notification for the spill file; holding it in memory only");
+                metrics::counter!("cpis_spill_failures_total").increment(1);
+                return Holding::Held(held);
+            }
+        }
+        queue.pending_count += 1;
+        queue.issued += 1;
+        let ticket = queue.issued;
+        while queue.written_through < ticket {
+            if queue.writing {
+                queue = self.wait(queue);
+            } else {
+                queue = self.write_pending(queue);
+            }
+        }
+        Holding::Held(held)
+    }
+
+    /// Writes every pending record with one sync, the queue unlocked meanwhile.
+    fn write_pending<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        queue.writing = true;
+        drop(queue);
+        let mut spill = self.spill();
+        // Taken once the file is ours: records pending meanwhile join this sync.
+        let (records, count, through) = {
+            let mut queue = self.queue();
+            let taken = (std::mem::take(&mut queue.pending), queue.pending_count, queue.issued);
+            queue.pending_count = 0;
+            taken
+        };
+        let result = match spill.as_mut() {
+            Some(spill) => spill.append_records(&records),
+            None => Ok(()),
+        };
+        if let (Err(error), Some(spill)) = (&result, spill.as_ref()) {
+            // Still held in memory: lost only if the process stops before the store recovers.
+            tracing::error!(%error, count, path = %spill.path().display(), "cannot write held notifications to the spill file; holding them in memory only");
+            metrics::counter!("cpis_spill_failures_total").increment(count as u64);
+        }
+        drop(spill);
+        let mut queue = self.queue();
+        queue.writing = false;
+        queue.written_through = queue.written_through.max(through);
+        self.written.notify_all();
+        queue
     }
 
     /// Drops the oldest held search, now stored; empties the spill once nothing is held, or
     /// rewrites it with only those held once many stored ones linger in it. Blocks.
     fn pop_stored(&self) -> usize {
-        let mut guard = self.queue();
-        let queue = &mut *guard;
+        let mut queue = self.queue();
         queue.searches.pop_front();
         queue.stale += 1;
         let left = queue.searches.len();
-        let Some(spill) = &mut queue.spill else { return left };
-        let compacted = if left == 0 {
-            spill.clear()
-        } else if queue.stale >= COMPACT_AFTER.max(left) {
-            spill.rewrite(&queue.searches)
-        } else {
+        if !queue.spilled || (left > 0 && queue.stale < COMPACT_AFTER.max(left)) {
             return left;
-        };
-        match compacted {
-            Ok(()) => queue.stale = 0,
-            // Harmless: a restart skips what is already stored.
-            Err(error) => tracing::warn!(%error, path = %spill.path().display(), "cannot compact the spill file"),
         }
+        while queue.writing {
+            queue = self.wait(queue);
+        }
+        queue.writing = true;
+        // Pending records (the newest searches) are not in the file yet: their writer appends them after.
+        let written = queue.searches.len().saturating_sub(queue.pending_count);
+        let keep: Vec<HeldSearch> = queue.searches.iter().take(written).cloned().collect();
+        drop(queue);
+        let compacted = match self.spill().as_mut() {
+            Some(spill) if keep.is_empty() => spill.clear().map(|()| spill.path().to_owned()),
+            Some(spill) => spill.rewrite(&keep).map(|()| spill.path().to_owned()),
+            None => Ok(Default::default()),
+        };
+        let mut queue = self.queue();
+        queue.writing = false;
+        match compacted {
+            Ok(_) => queue.stale = 0,
+            // Harmless: a restart skips what is already stored.
+            Err(error) => tracing::warn!(%error, "cannot compact the spill file"),
+        }
+        self.written.notify_all();
         left
     }
 }
@@ -263,6 +368,16 @@ impl Relay {
         self.shared.hub.held()
     }
 
+    /// Shutdown, once the grace period's retries are over: closes the spill
+    /// (what is held stays in it for the next start) and releases the data
+    /// directory, so that a relay started next (in this process too) may open it.
+    pub async fn close_spill(&self) {
+        let relay = self.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || relay.shared.hub.held.close()).await {
+            tracing::error!(%error, "closing the spill file did not finish");
+        }
+    }
+
     /// Start: reads the spill, skips every search whose access the store
     /// already has (stored before a crash emptied the spill), rewrites the
     /// spill with the rest, holds them again and starts retrying.
@@ -275,7 +390,13 @@ impl Relay {
             .map_err(|error| StoreError::Io(error.to_string()))?
             .map_err(io)?;
         if loaded.unreadable_bytes > 0 {
-            tracing::error!(bytes = loaded.unreadable_bytes, path = %spill.path().display(), "the spill file ends in a torn or corrupt record; it is dropped");
+            tracing::error!(
+                bytes = loaded.unreadable_bytes,
+                path = %spill.path().display(),
+                preserved = %loaded.preserved.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                kept = loaded.held.len(),
+                "the spill file has torn or corrupt records; they are skipped, the records around them kept, and the file as found preserved"
+            );
         }
         let spilled = loaded.held.len();
         let mut stored_ids: HashMap<NhsNumber, Vec<u128>> = HashMap::new();
@@ -303,7 +424,7 @@ impl Relay {
         .await
         .map_err(|error| StoreError::Io(error.to_string()))?
         .map_err(io)?;
-        *self.shared.hub.held.queue() = Queue { searches, spill: Some(spill), stale: 0 };
+        self.shared.hub.held.install(spill, searches);
         self.held_changed(held);
         if spilled > 0 {
             tracing::warn!(
@@ -326,15 +447,25 @@ mod tests {
 
     use crate::relay::spill::tests::search;
 
+    /// The ids in the spill file of `dir`, read beside the (locked) open spill.
     fn spilled_ids(dir: &std::path::Path) -> Vec<u128> {
-        Spill::open(dir).unwrap().1.held.iter().map(|held| held.access.id).collect()
+        let bytes = std::fs::read(dir.join(crate::relay::spill::SPILL_FILE)).unwrap();
+        let mut ids = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let held: HeldSearch = postcard::from_bytes(&rest[12..12 + len]).unwrap();
+            ids.push(held.access.id);
+            rest = &rest[12 + len..];
+        }
+        ids
     }
 
     #[test]
     fn the_spill_keeps_only_held_searches_once_stored_ones_linger_and_empties_when_none_is_held() {
         let dir = tempfile::tempdir().unwrap();
         let held = Held::default();
-        *held.queue() = Queue { spill: Some(Spill::open(dir.path()).unwrap().0), ..Queue::default() };
+        held.install(Spill::open(dir.path()).unwrap().0, VecDeque::new());
         let total = COMPACT_AFTER as u128 + 3;
         for id in 0..total {
             assert!(matches!(held.push(search(id), usize::MAX), Holding::Held(_)));
@@ -350,5 +481,36 @@ mod tests {
             held.pop_stored();
         }
         assert!(spilled_ids(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn searches_held_during_a_spill_sync_share_the_next_one_and_reads_never_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = std::sync::Arc::new(Held::default());
+        held.install(Spill::open(dir.path()).unwrap().0, VecDeque::new());
+        const SEARCHES: u128 = 6;
+        // The file is busy, as during a slow sync: every search's record waits.
+        let busy = held.spill();
+        let pushers: Vec<_> = (0..SEARCHES)
+            .map(|id| {
+                let held = std::sync::Arc::clone(&held);
+                std::thread::spawn(move || matches!(held.push(search(id), usize::MAX), Holding::Held(_)))
+            })
+            .collect();
+        // Each search is held in memory at once, and read without waiting for the file.
+        while held.len() < SEARCHES as usize {
+            std::thread::yield_now();
+        }
+        let nhs_number = search(0).access.nhs_number;
+        assert_eq!(held.accesses_of(nhs_number).len(), SEARCHES as usize);
+        assert!(pushers.iter().all(|pusher| !pusher.is_finished()), "nobody answers before the sync");
+        drop(busy);
+        for pusher in pushers {
+            assert!(pusher.join().unwrap());
+        }
+        assert_eq!(held.spill().as_ref().unwrap().syncs(), 1, "one sync for the whole batch");
+        let mut spilled = spilled_ids(dir.path());
+        spilled.sort();
+        assert_eq!(spilled, (0..SEARCHES).collect::<Vec<_>>());
     }
 }

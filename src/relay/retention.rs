@@ -42,7 +42,7 @@ impl Relay {
         }
         let plans_in_memory = {
             let _writes = shared.plan_writes.lock().await;
-            shared.index.remove_where(|plan| plan.is_visible_on(expiry.today))
+            shared.index.remove_where(|plan| plan.is_retained_on(expiry.today))
         };
         if plans_in_memory > 0 {
             self.publish_plan_gauges();

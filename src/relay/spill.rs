@@ -7,10 +7,20 @@
 //!
 //! Format: records one after another, each `len: u32` (little-endian),
 //! `checksum: [u8; 8]` (the first 8 bytes of the payload's SHA-256), then
-//! `len` bytes of postcard-encoded [`HeldSearch`]. A torn or corrupt record
-//! ends the read (a crash can only tear the last one: every append is synced
-//! before the next). This module does file I/O only and blocks: call it off
-//! the async workers.
+//! `len` bytes of postcard-encoded [`HeldSearch`]. A crash can only tear the
+//! last record (every append is synced before the next); a corrupt record
+//! elsewhere (a bad sector, a stray write) is skipped and the read goes on at
+//! the next record that checks out, so one bad record never costs the held
+//! searches after it; the file as found is kept beside it
+//! (`held-notifications.spill.corrupt-<unix seconds>`) for an operator.
+//!
+//! One relay per data directory: [`Spill::open`] takes an exclusive lock on
+//! `held-notifications.lock` for as long as the spill is open, and a second
+//! relay on the same directory is refused (two would rewrite each other's
+//! spill). A data directory must therefore be persistent and not shared. The
+//! spill file's creation is made durable by syncing the directory.
+//!
+//! This module does file I/O only and blocks: call it off the async workers.
 
 use std::{
     fs::{File, OpenOptions},
@@ -25,9 +35,13 @@ use crate::model::{AccessEvent, NotificationDraft};
 
 /// The spill file inside the data directory.
 pub const SPILL_FILE: &str = "held-notifications.spill";
+/// Locked while a relay has the data directory's spill open.
+pub const LOCK_FILE: &str = "held-notifications.lock";
 const HEADER_BYTES: usize = 4 + 8;
-/// A record larger than this is corrupt (a held search is a few hundred bytes).
-const MAX_RECORD_BYTES: usize = 1 << 20;
+/// A record larger than this is corrupt (a held search is a few hundred
+/// bytes); small, so that looking for the next record past a corrupt one
+/// rarely hashes noise.
+const MAX_RECORD_BYTES: usize = 64 << 10;
 
 /// One held search: its access history entry and its notification drafts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,8 +54,10 @@ pub struct HeldSearch {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub held: Vec<HeldSearch>,
-    /// Bytes after a torn or corrupt record, not read.
+    /// Bytes of torn or corrupt records, skipped.
     pub unreadable_bytes: u64,
+    /// Where the file as found was kept, when it had unreadable bytes.
+    pub preserved: Option<PathBuf>,
 }
 
 /// The open spill file, positioned at its end.
@@ -49,6 +65,10 @@ pub struct Spill {
     path: PathBuf,
     file: File,
     len: u64,
+    /// Holds the data directory's lock until the spill is dropped.
+    _lock: File,
+    /// Syncs done, for tests of how appends share them.
+    syncs: u64,
 }
 
 fn checksum(payload: &[u8]) -> [u8; 8] {
@@ -58,7 +78,8 @@ fn checksum(payload: &[u8]) -> [u8; 8] {
     sum
 }
 
-fn encode(held: &HeldSearch) -> io::Result<Vec<u8>> {
+/// One record: header and payload.
+pub(super) fn encode(held: &HeldSearch) -> io::Result<Vec<u8>> {
     let payload = postcard::to_allocvec(held).map_err(io::Error::other)?;
     let len = u32::try_from(payload.len()).map_err(io::Error::other)?;
     let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
@@ -68,17 +89,25 @@ fn encode(held: &HeldSearch) -> io::Result<Vec<u8>> {
     Ok(record)
 }
 
+/// Every record that checks out; past a torn or corrupt one, the read
+/// resumes at the next offset where a whole record checks out (its length,
+/// 8 bytes of SHA-256 and its decoding all agree, which noise does not do).
 fn decode_all(bytes: &[u8]) -> Loaded {
     let mut loaded = Loaded::default();
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let Some(record) = decode_one(rest) else {
-            loaded.unreadable_bytes = rest.len() as u64;
-            break;
-        };
-        let (held, used) = record;
-        loaded.held.push(held);
-        rest = &rest[used..];
+    let mut at = 0;
+    while at < bytes.len() {
+        match decode_one(&bytes[at..]) {
+            Some((held, used)) => {
+                loaded.held.push(held);
+                at += used;
+            }
+            None => {
+                let next = (at + 1..bytes.len()).find(|&start| decode_one(&bytes[start..]).is_some());
+                let resume = next.unwrap_or(bytes.len());
+                loaded.unreadable_bytes += (resume - at) as u64;
+                at = resume;
+            }
+        }
     }
     loaded
 }
@@ -110,31 +139,74 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Takes the data directory's lock, or says which directory another relay holds.
+fn lock(dir: &Path) -> io::Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = private(OpenOptions::new().read(true).write(true).create(true).truncate(false)).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "another cpis-relay is using the data directory {} ({} is locked): one relay per data directory",
+                dir.display(),
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(error)) => Err(error),
+    }
+}
+
 impl Spill {
-    /// Opens (or creates) the spill in `dir` and reads what it holds.
+    /// Locks the data directory `dir`, opens (or creates) its spill and reads what it holds.
     pub fn open(dir: &Path) -> io::Result<(Self, Loaded)> {
         std::fs::create_dir_all(dir)?;
+        let lock = lock(dir)?;
         let path = dir.join(SPILL_FILE);
+        let existed = path.exists();
         let mut file = private(OpenOptions::new().read(true).append(true).create(true)).open(&path)?;
+        if !existed {
+            // The new file's directory entry must survive a power loss, or appends synced to it could vanish.
+            sync_dir(dir)?;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let loaded = decode_all(&bytes);
+        let mut loaded = decode_all(&bytes);
+        if loaded.unreadable_bytes > 0 {
+            let seconds = std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            let preserved = path.with_extension(format!("spill.corrupt-{seconds}"));
+            std::fs::copy(&path, &preserved)?;
+            sync_dir(dir)?;
+            loaded.preserved = Some(preserved);
+        }
         let len = bytes.len() as u64;
-        Ok((Self { path, file, len }, loaded))
+        Ok((Self { path, file, len, _lock: lock, syncs: 0 }, loaded))
+    }
+
+    /// Syncs done since it was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends one held search and syncs it. On failure the file is cut
-    /// back to where it was, so that a torn record never hides later ones.
+    /// Appends one held search and syncs it.
     pub fn append(&mut self, held: &HeldSearch) -> io::Result<()> {
-        let record = encode(held)?;
-        let written = self.file.write_all(&record).and_then(|()| self.file.sync_data());
+        self.append_records(&encode(held)?)
+    }
+
+    /// Appends encoded records ([`encode`]) with one sync. On failure the
+    /// file is cut back to where it was, so that a torn record never hides later ones.
+    pub(super) fn append_records(&mut self, records: &[u8]) -> io::Result<()> {
+        self.syncs += 1;
+        let written = self.file.write_all(records).and_then(|()| self.file.sync_data());
         match written {
             Ok(()) => {
-                self.len += record.len() as u64;
+                self.len += records.len() as u64;
                 Ok(())
             }
             Err(error) => {
@@ -150,6 +222,7 @@ impl Spill {
         for search in held {
             bytes.extend_from_slice(&encode(search)?);
         }
+        self.syncs += 1;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let temporary = self.path.with_extension("spill.new");
         {
@@ -169,6 +242,7 @@ impl Spill {
         if self.len == 0 {
             return Ok(());
         }
+        self.syncs += 1;
         self.file.set_len(0)?;
         self.file.sync_all()?;
         self.len = 0;
@@ -234,14 +308,48 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_corrupt_record_ends_the_read() {
+    fn a_corrupt_record_is_skipped_and_the_records_after_it_kept() {
         let mut bytes = encode(&search(1)).unwrap();
         let second = encode(&search(2)).unwrap();
         let start = bytes.len();
         bytes.extend_from_slice(&second);
+        bytes.extend_from_slice(&encode(&search(3)).unwrap());
+        bytes.extend_from_slice(&encode(&search(4)).unwrap());
         bytes[start + HEADER_BYTES + 3] ^= 0xff;
         let loaded = decode_all(&bytes);
-        assert_eq!(loaded.held, vec![search(1)]);
+        assert_eq!(loaded.held, vec![search(1), search(3), search(4)]);
         assert_eq!(loaded.unreadable_bytes, second.len() as u64);
+    }
+
+    #[test]
+    fn a_corrupt_spill_keeps_its_tail_across_a_restart_and_the_file_as_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spill, _) = Spill::open(dir.path()).unwrap();
+        for id in 1..=3 {
+            spill.append(&search(id)).unwrap();
+        }
+        drop(spill);
+        let path = dir.path().join(SPILL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_BYTES + 2] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut spill, loaded) = Spill::open(dir.path()).unwrap();
+        assert_eq!(loaded.held, vec![search(2), search(3)]);
+        let preserved = loaded.preserved.expect("the file as found is kept");
+        assert_eq!(std::fs::read(&preserved).unwrap(), bytes);
+        spill.rewrite(&loaded.held).unwrap();
+        drop(spill);
+        assert_eq!(Spill::open(dir.path()).unwrap().1.held, vec![search(2), search(3)]);
+    }
+
+    #[test]
+    fn one_relay_per_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Spill::open(dir.path()).unwrap();
+        let refused = Spill::open(dir.path()).err().expect("the second is refused");
+        assert_eq!(refused.kind(), io::ErrorKind::WouldBlock);
+        assert!(refused.to_string().contains("one relay per data directory"), "{refused}");
+        drop(first);
+        Spill::open(dir.path()).unwrap();
     }
 }

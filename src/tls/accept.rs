@@ -26,6 +26,7 @@ use super::{
     Alpn, ServerTls,
     activity::{ConnectionActivity, IdleTimer},
     limits::{ConnectionLimits, ConnectionSlot, Gate, failure_reason},
+    standing::Standing,
 };
 use crate::{auth::Identity, model::Accessor};
 
@@ -47,6 +48,8 @@ pub struct AuthenticatedStream {
     inner: TlsStream<TcpStream>,
     peer: PeerInfo,
     idle: Option<IdleTimer>,
+    /// Ends the connection once its peer is revoked or expired.
+    standing: Standing,
     _slot: ConnectionSlot,
 }
 
@@ -59,6 +62,10 @@ impl Connected for AuthenticatedStream {
 
 impl AsyncRead for AuthenticatedStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.standing.poll_ended(cx).is_ready() {
+            // End of stream: the server closes the connection, ending its calls and subscriptions.
+            return Poll::Ready(Ok(()));
+        }
         if let Some(idle) = &mut self.idle
             && idle.poll_expired(cx).is_ready()
         {
@@ -128,6 +135,7 @@ pub fn incoming(
             // The configuration current now: a reload affects new handshakes only.
             let acceptor = TlsAcceptor::from(tls.config(alpn));
             let sender = sender.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let handshake = tokio::select! {
                     handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => handshake,
@@ -139,6 +147,11 @@ pub fn incoming(
                 match handshake {
                     Ok(Ok(stream)) => {
                         let slot = ticket.establish();
+                        let standing = Standing::new(
+                            &tls,
+                            stream.get_ref().1.peer_certificates().unwrap_or_default(),
+                            remote_addr,
+                        );
                         let leaf = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
                         let identity = leaf
                             .ok_or_else(|| Arc::<str>::from("no client certificate"))
@@ -158,7 +171,9 @@ pub fn incoming(
                         let idle =
                             gate.limits().idle_timeout.map(|timeout| IdleTimer::new(Arc::clone(&activity), timeout));
                         let peer = PeerInfo { remote_addr, identity, user, activity };
-                        let _ = sender.send(Ok(AuthenticatedStream { inner: stream, peer, idle, _slot: slot })).await;
+                        let _ = sender
+                            .send(Ok(AuthenticatedStream { inner: stream, peer, idle, standing, _slot: slot }))
+                            .await;
                     }
                     Ok(Err(error)) => {
                         metrics::counter!("cpis_auth_denied_total", "reason" => "tls_handshake").increment(1);

@@ -6,17 +6,21 @@
 //! once per connection.
 //!
 //! A client without a certificate, with one from another CA, or with a
-//! revoked one, fails the handshake and never reaches a service.
+//! revoked one, fails the handshake and never reaches a service; a peer whose
+//! certificate expires, or that a reloaded CRL revokes, loses its open
+//! connections (and so its calls and subscriptions) too (`accept`).
 
 mod accept;
 mod activity;
 mod limits;
 mod reload;
+mod standing;
 
 pub use accept::{AuthenticatedStream, PeerInfo, incoming};
 pub use activity::{CallGuard, ConnectionActivity};
 pub use limits::{ConnectionLimits, HANDSHAKE_FAILURE_REASONS};
 pub use reload::{Alpn, RELOAD_OUTCOMES, ServerTls, ServerTlsFiles};
+pub use standing::PEER_ENDED_REASONS;
 
 use std::{
     path::{Path, PathBuf},
@@ -27,7 +31,7 @@ use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -93,16 +97,31 @@ pub fn server_config_with_crls(
     pem: &PemText,
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_verifier(pem, client_verifier(pem, crls)?)
+}
+
+/// The verifier of client certificates: the CA of `pem`, and `crls` (see [`server_config_with_crls`]).
+fn client_verifier(
+    pem: &PemText,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let config_error = |error: rustls::Error| TlsError::Config(error.to_string());
     let mut roots = RootCertStore::empty();
     for ca in certificates(&pem.ca, "CA")? {
         roots.add(ca).map_err(config_error)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .with_crls(crls)
         .only_check_end_entity_revocation()
         .build()
-        .map_err(|error| TlsError::Config(error.to_string()))?;
+        .map_err(|error| TlsError::Config(error.to_string()))
+}
+
+fn server_config_with_verifier(
+    pem: &PemText,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let config_error = |error: rustls::Error| TlsError::Config(error.to_string());
     let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes())
         .map_err(|error| TlsError::Config(format!("server key: {error}")))?;
     let mut config = ServerConfig::builder_with_provider(provider())

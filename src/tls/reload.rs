@@ -5,7 +5,9 @@
 //! they were made with, so a reload never drops a connection. A reload that
 //! fails (a file missing, bad PEM, a key that does not match) keeps the old
 //! configuration, says why in a warning and counts
-//! `cpis_tls_reloads_total{outcome="failure"}`.
+//! `cpis_tls_reloads_total{outcome="failure"}`. Each successful reload is
+//! announced ([`ServerTls::reloads`]) so that established connections check
+//! their peer against it and end if it is now revoked.
 
 use std::{
     path::PathBuf,
@@ -13,10 +15,15 @@ use std::{
     time::Duration,
 };
 
-use rustls::ServerConfig;
+use rustls::{
+    ServerConfig,
+    pki_types::{CertificateDer, UnixTime},
+    server::danger::ClientCertVerifier,
+};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
-use super::{PemFiles, PemText, TlsError, parse_crls, server_config_with_crls};
+use super::{PemFiles, PemText, TlsError, client_verifier, parse_crls, server_config_with_verifier};
 
 /// Outcomes of `cpis_tls_reloads_total{outcome}`.
 pub const RELOAD_OUTCOMES: [&str; 2] = ["success", "failure"];
@@ -42,13 +49,15 @@ pub enum Alpn {
 struct Loaded {
     h2: Arc<ServerConfig>,
     http1: Arc<ServerConfig>,
+    /// Its client certificate verifier, when built here (not for a fixed configuration).
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl Loaded {
-    fn new(h2: Arc<ServerConfig>) -> Self {
+    fn new(h2: Arc<ServerConfig>, verifier: Option<Arc<dyn ClientCertVerifier>>) -> Self {
         let mut http1 = (*h2).clone();
         http1.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self { h2, http1: Arc::new(http1) }
+        Self { h2, http1: Arc::new(http1), verifier }
     }
 }
 
@@ -64,6 +73,8 @@ struct Shared {
     /// What the last reload attempt saw (a digest of the files' contents, or
     /// why they could not be read), so that polling acts once per change.
     last_seen: Mutex<Option<Seen>>,
+    /// Counts successful reloads, for established connections to re-check their peer.
+    reloads: watch::Sender<u64>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -81,7 +92,7 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// A configuration that never reloads (nothing to read it from).
     pub fn fixed(config: Arc<ServerConfig>) -> Self {
-        Self::with(Loaded::new(config), None, None)
+        Self::with(Loaded::new(config, None), None, None)
     }
 
     /// Reads `files` now (an error here is a configuration error at start);
@@ -93,7 +104,32 @@ impl ServerTls {
     }
 
     fn with(loaded: Loaded, files: Option<ServerTlsFiles>, seen: Option<Seen>) -> Self {
-        Self { shared: Arc::new(Shared { current: RwLock::new(Arc::new(loaded)), files, last_seen: Mutex::new(seen) }) }
+        Self {
+            shared: Arc::new(Shared {
+                current: RwLock::new(Arc::new(loaded)),
+                files,
+                last_seen: Mutex::new(seen),
+                reloads: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// Changes with every successful reload.
+    pub(super) fn reloads(&self) -> watch::Receiver<u64> {
+        self.shared.reloads.subscribe()
+    }
+
+    /// Whether a peer's certificate chain, verified at its handshake, passes
+    /// the current configuration now (a reloaded CRL, its expiry); why not otherwise.
+    pub(super) fn still_trusted(&self, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let loaded = Arc::clone(&self.shared.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let (Some(verifier), Some((end_entity, intermediates))) = (&loaded.verifier, chain.split_first()) else {
+            return Ok(());
+        };
+        verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(drop)
+            .map_err(|error| error.to_string())
     }
 
     /// The configuration for a handshake starting now.
@@ -137,6 +173,7 @@ impl ServerTls {
         match read.and_then(|(_, contents)| contents.build()) {
             Ok(loaded) => {
                 *self.shared.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(loaded);
+                self.shared.reloads.send_modify(|count| *count += 1);
                 metrics::counter!("cpis_tls_reloads_total", "outcome" => "success").increment(1);
                 tracing::info!(crls = files.crls.len(), "TLS configuration reloaded; new connections use it");
                 Ok(true)
@@ -179,7 +216,8 @@ impl Contents {
         for (path, bytes) in self.crls {
             crls.extend(parse_crls(&bytes).map_err(|message| TlsError::File { path, message })?);
         }
-        Ok(Loaded::new(server_config_with_crls(&self.pem, crls)?))
+        let verifier = client_verifier(&self.pem, crls)?;
+        Ok(Loaded::new(server_config_with_verifier(&self.pem, Arc::clone(&verifier))?, Some(verifier)))
     }
 }
 

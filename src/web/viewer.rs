@@ -74,7 +74,7 @@ fn bearer_user(web: &Web, headers: &HeaderMap) -> Result<Option<Accessor>, WebEr
         .map(str::trim)
         .filter(|token| !token.is_empty())
         .ok_or_else(|| refuse("the Authorization header must be Bearer <JWT>".into()))?;
-    tokens.verify(token).map(Some).map_err(|error| refuse(error.to_string()))
+    tokens.verify(token).map(|user| Some(user.accessor)).map_err(|error| refuse(error.to_string()))
 }
 
 fn csrf_token(key: &[u8; 64], identity: &Identity, user: Option<&Accessor>) -> String {

@@ -242,7 +242,7 @@ impl TestRelay {
     ) -> Self {
         let (fhir_door, fhir) = if with_fhir {
             let (signing_key, jwks) = cpis_relay::fhir::token::generate_dev_key().unwrap();
-            let tokens = cpis_relay::fhir::TokenVerifier::from_jwks(&jwks, Default::default()).unwrap();
+            let tokens = cpis_relay::fhir::TokenVerifier::from_jwks(&jwks, fhir_token_settings()).unwrap();
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap();
             let door = cpis_relay::fhir::FhirDoor { listener, tokens: Arc::new(tokens) };
@@ -352,8 +352,21 @@ pub fn dev_token(user_id: &str) -> cpis_relay::fhir::token::DevToken {
         user_id: user_id.into(),
         name: format!("Dr {user_id}"),
         role_code: "R8000".into(),
+        care_setting: None,
         lifetime: Duration::from_secs(300),
     }
+}
+
+/// The test door's token settings: the defaults, with the care settings of
+/// the emergency department (RR8) and the GP practice (Y02999) configured,
+/// as a deployment would, so tokens need no care setting claim.
+pub fn fhir_token_settings() -> cpis_relay::fhir::TokenSettings {
+    use cpis_relay::model::CareSetting;
+    let mut settings = cpis_relay::fhir::TokenSettings::default();
+    settings.care_settings.by_organisation =
+        [("RR8".to_owned(), CareSetting::EmergencyDepartment), ("Y02999".to_owned(), CareSetting::GeneralPractice)]
+            .into();
+    settings
 }
 
 /// Synthetic LA contact details for the header of an upload by `ods_code`.

@@ -116,7 +116,7 @@ impl PgCluster {
 
     /// A URL of `database` for user `cpis`.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://cpis@127.0.0.1:{}/{database}", self.port)
+        format!("postgres://cpis@127.0.0.1:{}/{database}?sslmode=disable", self.port)
     }
 
     /// Creates a database and returns its URL.

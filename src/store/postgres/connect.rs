@@ -4,11 +4,20 @@
 //! prints itself redacted), TLS with rustls and the ring provider, and the
 //! connection pool.
 //!
-//! `sslmode` takes libpq's values. Certificates are always verified against
-//! `sslrootcert` (or the system's roots): `prefer` and `require` check the
-//! chain, `verify-ca` too, and `verify-full` also checks the host name. This
-//! is stricter than libpq, whose `require` accepts any certificate: a relay
-//! carrying children's details never talks to a server it cannot verify.
+//! `sslmode` takes libpq's values, safer than libpq's defaults. Without one
+//! the relay uses `verify-full` (libpq's default, `prefer`, falls back to
+//! plaintext when the server or anyone between declines TLS). Certificates are
+//! always verified against `sslrootcert` (or the system's roots): `prefer`
+//! means `require`, which like `verify-ca` checks the chain, and `verify-full`
+//! also checks the host name. This is stricter than libpq, whose `require`
+//! accepts any certificate: a relay carrying children's details never talks to
+//! a server it cannot verify. `disable` is refused unless every host is this
+//! machine (loopback or a Unix socket) or the operator allows plaintext
+//! explicitly (`store_allow_plaintext`).
+//!
+//! Every session carries server-side limits ([`SESSION_LIMITS`]) and TCP
+//! keepalives, so a batch whose client gave up (a timeout, a dead node, a
+//! network partition) cannot leave an LA's sequence row locked on the server.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -23,10 +32,31 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::StoreError;
 
+/// Server-side limits set on every session (as libpq's `options=-c ...`),
+/// unless the URL's own `options` sets the same one:
+/// - `idle_in_transaction_session_timeout`: a session that opened a
+///   transaction and went quiet (its client timed out, hung or died) is ended
+///   and its locks released;
+/// - `lock_timeout`: a statement waiting for a row lock (an LA's sequence row)
+///   fails instead of queueing behind a stuck writer;
+/// - `statement_timeout`: bounds any one statement; generous, since loading
+///   every plan at start-up is one statement.
+pub const SESSION_LIMITS: [(&str, &str); 3] =
+    [("idle_in_transaction_session_timeout", "30s"), ("lock_timeout", "10s"), ("statement_timeout", "5min")];
+/// TCP keepalives on every connection: a peer that vanished (a failed-over
+/// primary, a cut network) is noticed in about a minute, not hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
 /// A `postgres://` store URL as the operator wrote it. `Display` and `Debug`
 /// hide the password.
 #[derive(Clone, PartialEq, Eq)]
-pub struct StoreUrl(String);
+pub struct StoreUrl {
+    text: String,
+    /// `sslmode=disable` to another machine is allowed (`store_allow_plaintext`).
+    allow_plaintext: bool,
+}
 
 impl StoreUrl {
     /// Whether `text` names a PostgreSQL store.
@@ -39,20 +69,53 @@ impl StoreUrl {
         if !Self::is_postgres(text) {
             return Err("must start with postgres:// or postgresql://".into());
         }
-        let url = Self(text.to_owned());
+        let url = Self { text: text.to_owned(), allow_plaintext: false };
         url.split()?;
         Ok(url)
+    }
+
+    /// The same URL, allowed to talk plaintext (`sslmode=disable`) to
+    /// another machine: the operator's explicit choice, never a default.
+    pub fn allowing_plaintext(mut self) -> Self {
+        self.allow_plaintext = true;
+        self
+    }
+
+    /// Refuses `sslmode=disable` to a host other than this machine, unless
+    /// plaintext was allowed explicitly.
+    pub fn check_plaintext(&self) -> Result<(), String> {
+        let (config, tls) = self.split()?;
+        if tls.mode != TlsMode::Disable || self.allow_plaintext {
+            return Ok(());
+        }
+        let remote: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .filter_map(|host| match host {
+                tokio_postgres::config::Host::Tcp(name) if !is_loopback_name(name) => Some(name.clone()),
+                _ => None,
+            })
+            .chain(config.get_hostaddrs().iter().filter(|address| !address.is_loopback()).map(|a| a.to_string()))
+            .collect();
+        if remote.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "sslmode=disable sends children's details unencrypted to {}: use sslmode=verify-full (the default), \
+             or allow plaintext explicitly with store_allow_plaintext (--store-allow-plaintext)",
+            remote.join(", ")
+        ))
     }
 
     /// The URL as written, password included: only for handing it to a
     /// process the operator starts (never for a log or an error).
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     /// The URL with its password replaced by `***`.
     pub fn redacted(&self) -> String {
-        let text = &self.0;
+        let text = &self.text;
         let Some(scheme_end) = text.find("://").map(|at| at + 3) else { return text.clone() };
         let authority_end = text[scheme_end..].find(['/', '?']).map_or(text.len(), |at| scheme_end + at);
         let mut out = text[..scheme_end].to_owned();
@@ -88,12 +151,12 @@ impl StoreUrl {
     /// The URL as tokio-postgres takes it (without the TLS options it does
     /// not know), and the TLS settings taken out of it.
     fn split(&self) -> Result<(tokio_postgres::Config, TlsSettings), String> {
-        let (base, query) = match self.0.split_once('?') {
+        let (base, query) = match self.text.split_once('?') {
             Some((base, query)) => (base, query),
-            None => (self.0.as_str(), ""),
+            None => (self.text.as_str(), ""),
         };
         let mut kept = Vec::new();
-        let mut tls = TlsSettings { mode: TlsMode::Prefer, root_cert: None };
+        let mut tls = TlsSettings { mode: TlsMode::VerifyFull, root_cert: None };
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned();
@@ -101,8 +164,8 @@ impl StoreUrl {
                 "sslmode" => {
                     tls.mode = match value.as_str() {
                         "disable" => TlsMode::Disable,
-                        "prefer" => TlsMode::Prefer,
-                        "require" => TlsMode::Require,
+                        // Never a fallback to plaintext: `prefer` is `require`.
+                        "prefer" | "require" => TlsMode::Require,
                         "verify-ca" => TlsMode::VerifyCa,
                         "verify-full" => TlsMode::VerifyFull,
                         other => {
@@ -120,7 +183,6 @@ impl StoreUrl {
         let mut config: tokio_postgres::Config = text.parse().map_err(|error| format!("{error}"))?;
         config.ssl_mode(match tls.mode {
             TlsMode::Disable => SslMode::Disable,
-            TlsMode::Prefer => SslMode::Prefer,
             TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
         });
         if config.get_hosts().is_empty() {
@@ -132,6 +194,17 @@ impl StoreUrl {
         if config.get_application_name().is_none() {
             config.application_name("cpis-relay");
         }
+        let mut options = config.get_options().unwrap_or_default().to_owned();
+        for (name, value) in SESSION_LIMITS {
+            if !options.contains(name) {
+                options = format!("{options} -c {name}={value}").trim_start().to_owned();
+            }
+        }
+        config.options(&options);
+        config.keepalives(true);
+        config.keepalives_idle(KEEPALIVE_IDLE);
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+        config.keepalives_retries(KEEPALIVE_RETRIES);
         Ok((config, tls))
     }
 }
@@ -148,10 +221,19 @@ impl std::fmt::Debug for StoreUrl {
     }
 }
 
+/// `localhost` or a loopback address (127.0.0.0/8, ::1).
+fn is_loopback_name(name: &str) -> bool {
+    name == "localhost"
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TlsMode {
     Disable,
-    Prefer,
     Require,
     VerifyCa,
     VerifyFull,
@@ -181,6 +263,7 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(options: &ConnectOptions) -> Result<Self, StoreError> {
+        options.url.check_plaintext().map_err(|error| StoreError::Io(format!("store URL: {error}")))?;
         let (mut config, tls) = options.url.split().map_err(|error| StoreError::Io(format!("store URL: {error}")))?;
         if config.get_password().is_none() {
             if let Some(password) = std::env::var_os("PGPASSWORD") {
@@ -315,5 +398,50 @@ mod tests {
         assert!(StoreUrl::parse("postgres://relay@db/cpis?sslmode=sometimes").unwrap_err().contains("sslmode"));
         assert!(StoreUrl::parse("mysql://db/cpis").is_err());
         assert!(StoreUrl::parse("postgres://db/cpis?no_such_option=1").is_err());
+    }
+
+    #[test]
+    fn tls_is_verified_by_default_and_prefer_never_falls_back_to_plaintext() {
+        let (config, tls) = StoreUrl::parse("postgres://relay@db/cpis").unwrap().split().unwrap();
+        assert_eq!((tls.mode, config.get_ssl_mode()), (TlsMode::VerifyFull, SslMode::Require));
+        let (config, tls) = StoreUrl::parse("postgres://relay@db/cpis?sslmode=prefer").unwrap().split().unwrap();
+        assert_eq!((tls.mode, config.get_ssl_mode()), (TlsMode::Require, SslMode::Require));
+    }
+
+    #[test]
+    fn plaintext_only_to_this_machine_unless_allowed() {
+        let plaintext = |url: &str| StoreUrl::parse(url).unwrap().check_plaintext();
+        for local in [
+            "postgres://relay@127.0.0.1:5432/cpis?sslmode=disable",
+            "postgres://relay@localhost,[::1]:5433/cpis?sslmode=disable",
+            "postgres://relay@%2Frun%2Fpostgresql/cpis?sslmode=disable",
+            "postgres://relay@db.example/cpis?sslmode=verify-full",
+        ] {
+            assert_eq!(plaintext(local), Ok(()), "{local}");
+        }
+        for remote in [
+            "postgres://relay@db.example/cpis?sslmode=disable",
+            "postgres://relay@127.0.0.1,10.0.0.2/cpis?sslmode=disable",
+            "postgres://relay@localhost/cpis?sslmode=disable&hostaddr=10.0.0.2",
+        ] {
+            let refused = plaintext(remote).unwrap_err();
+            assert!(refused.contains("store_allow_plaintext"), "{remote}: {refused}");
+        }
+        let allowed = StoreUrl::parse("postgres://relay@db.example/cpis?sslmode=disable").unwrap().allowing_plaintext();
+        assert_eq!(allowed.check_plaintext(), Ok(()));
+    }
+
+    #[test]
+    fn every_session_carries_its_limits_and_keepalives_unless_the_url_sets_them() {
+        let (config, _) = StoreUrl::parse("postgres://relay@db/cpis").unwrap().split().unwrap();
+        let options = config.get_options().unwrap();
+        for (name, value) in SESSION_LIMITS {
+            assert!(options.contains(&format!("-c {name}={value}")), "{options}");
+        }
+        assert!(config.get_keepalives());
+        let (config, _) =
+            StoreUrl::parse("postgres://relay@db/cpis?options=-c%20lock_timeout%3D1s").unwrap().split().unwrap();
+        let options = config.get_options().unwrap();
+        assert!(options.contains("lock_timeout=1s") && !options.contains("lock_timeout=10s"), "{options}");
     }
 }

