@@ -21,6 +21,7 @@
 //! - [`server`]: wires it together over a bound listener and a shutdown future.
 //! - [`client`], [`cli`]: the command-line clients and tools.
 //! - [`deliver`]: a local authority's delivery agent (webhook, outbox), a client of the relay.
+//! - [`transparency`]: the tamper-evident access log (RFC 6962 tree, signed checkpoints, proofs).
 
 #![forbid(unsafe_code)]
 
@@ -51,4 +52,5 @@ pub mod synth;
 pub mod telemetry;
 pub mod text;
 pub mod tls;
+pub mod transparency;
 pub mod web;
