@@ -71,6 +71,23 @@ pub enum CareSetting {
 }
 
 impl CareSetting {
+    /// The setting as people read it ("Emergency department"): the browser
+    /// view and the FHIR door's AuditEvent site show the same words.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Self::EmergencyDepartment => "Emergency department",
+            Self::OutOfHoursGp => "Out-of-hours GP",
+            Self::WalkInCentre => "Walk-in centre",
+            Self::MinorInjuriesUnit => "Minor injuries unit",
+            Self::PaediatricWard => "Paediatric ward",
+            Self::AmbulanceService => "Ambulance service",
+            Self::MaternityUnit => "Maternity unit",
+            Self::GeneralPractice => "General practice",
+            Self::HealthVisiting => "Health visiting",
+            Self::SchoolNursing => "School nursing",
+        }
+    }
+
     /// Whether this is a scheduled care setting (general practice, health
     /// visiting, school nursing), whose searches are silent.
     pub fn is_scheduled(self) -> bool {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    model::{Address, CareSetting, Plan, PlanType},
+    model::{Address, Plan, PlanType},
     recent::RecentAccess,
     relay::{SearchOutcome, ShownPlan},
 };
@@ -29,21 +29,6 @@ pub fn plan_category(plan_type: PlanType) -> (&'static str, &'static str) {
         PlanType::ChildProtection => ("342191000000101", "Subject to child protection plan"),
         PlanType::LookedAfter => ("764841000000100", "Looked after child"),
         PlanType::UnbornChildProtection => ("818901000000100", "Unborn child subject to child protection plan"),
-    }
-}
-
-fn care_setting_text(setting: CareSetting) -> &'static str {
-    match setting {
-        CareSetting::EmergencyDepartment => "Emergency department",
-        CareSetting::OutOfHoursGp => "Out-of-hours GP",
-        CareSetting::WalkInCentre => "Walk-in centre",
-        CareSetting::MinorInjuriesUnit => "Minor injuries unit",
-        CareSetting::PaediatricWard => "Paediatric ward",
-        CareSetting::AmbulanceService => "Ambulance service",
-        CareSetting::MaternityUnit => "Maternity unit",
-        CareSetting::GeneralPractice => "General practice",
-        CareSetting::HealthVisiting => "Health visiting",
-        CareSetting::SchoolNursing => "School nursing",
     }
 }
 
@@ -241,7 +226,7 @@ fn audit_event(access: &RecentAccess, nhs_number: &str, role_id: &str) -> Value 
             },
         ],
         "source": {
-            "site": care_setting_text(access.care_setting),
+            "site": access.care_setting.display_name(),
             "observer": { "reference": role_reference },
         },
     })

@@ -118,18 +118,7 @@ pub fn plan_name(plan_type: PlanType) -> &'static str {
 }
 
 pub fn care_setting_name(setting: CareSetting) -> &'static str {
-    match setting {
-        CareSetting::EmergencyDepartment => "Emergency department",
-        CareSetting::OutOfHoursGp => "Out-of-hours GP",
-        CareSetting::WalkInCentre => "Walk-in centre",
-        CareSetting::MinorInjuriesUnit => "Minor injuries unit",
-        CareSetting::PaediatricWard => "Paediatric ward",
-        CareSetting::AmbulanceService => "Ambulance service",
-        CareSetting::MaternityUnit => "Maternity unit",
-        CareSetting::GeneralPractice => "General practice",
-        CareSetting::HealthVisiting => "Health visiting",
-        CareSetting::SchoolNursing => "School nursing",
-    }
+    setting.display_name()
 }
 
 /// An NHS number as people read it: 999 684 2177.
