@@ -187,7 +187,12 @@ impl Recent {
 
     /// Adds an access just committed (or held for retry).
     pub fn record(&self, access: &AccessEvent) {
-        let recent = self.remembered(&access.view());
+        self.record_view(&access.view());
+    }
+
+    /// Adds an access just committed, as stored; one already known is ignored.
+    pub fn record_view(&self, access: &AccessView<'_>) {
+        let recent = self.remembered(access);
         let mut accesses = self.shared.people.entry(access.nhs_number).or_default();
         let at = accesses.partition_point(|kept| (kept.accessed_at, kept.id()) < (recent.accessed_at, recent.id()));
         if accesses.get(at).is_some_and(|kept| kept.id() == recent.id()) {
@@ -202,6 +207,16 @@ impl Recent {
         history::mark_listed(&mut accesses, at);
         let newest = accesses.last().map_or(access.accessed_at, |last| last.accessed_at);
         trim(&mut accesses, newest);
+    }
+
+    /// Forgets one access (held, then found to repeat a request another node stored).
+    pub fn forget(&self, nhs_number: NhsNumber, id: u128) {
+        let id = [(id >> 64) as u64, id as u64];
+        self.shared.people.remove_if_mut(&nhs_number, |_, accesses| {
+            accesses.retain(|access| access.id != id);
+            history::mark_listed(accesses, 0);
+            accesses.is_empty()
+        });
     }
 
     /// Builds a person's accesses from their stored ones, any order. The

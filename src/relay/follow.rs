@@ -1,7 +1,9 @@
 //! Following the other relay nodes of a shared store (PostgreSQL): their
-//! plan changes reach this node's index, in the feed's version order, and
-//! their notification and acknowledgement positions reach its hub, so a
-//! subscriber here wakes for a search answered on another node.
+//! plan changes reach this node's index, in the feed's version order; their
+//! accesses reach its recent accesses in memory, in the access log's order,
+//! so a search here lists them (and knows their requests) without reading the
+//! store; and their notification and acknowledgement positions reach its
+//! hub, so a subscriber here wakes for a search answered on another node.
 //!
 //! Hints from the store (LISTEN/NOTIFY) make this prompt; a poll every
 //! `feed_poll_interval` makes it correct without them. A node's own plan
@@ -12,7 +14,7 @@
 use std::sync::Arc;
 
 use tokio::{
-    sync::{MutexGuard, broadcast::error::RecvError},
+    sync::{MutexGuard, broadcast::error::RecvError, watch},
     task::JoinHandle,
 };
 
@@ -25,6 +27,9 @@ use crate::{
 
 /// Plan changes read from the feed at a time.
 const FEED_PAGE: usize = 64;
+
+/// Accesses read from the log at a time.
+const ACCESS_PAGE: usize = 2_048;
 
 impl Relay {
     /// Follows the feed until the relay drains.
@@ -40,6 +45,9 @@ impl Relay {
                     _ = ticks.tick() => relay.resync(&feed).await,
                     hint = hints.recv() => match hint {
                         Ok(Hint::Notified(positions)) => {
+                            // Accesses first: a subscriber woken here for another node's
+                            // search finds that search listed here too.
+                            relay.follow_accesses(&feed).await;
                             for (la, sequence) in positions {
                                 relay.shared.hub.observe(&la, sequence, None);
                             }
@@ -55,9 +63,10 @@ impl Relay {
         })
     }
 
-    /// Reads everything: plan changes and every authority's positions.
+    /// Reads everything: plan changes, accesses and every authority's positions.
     async fn resync(&self, feed: &Arc<dyn Feed>) {
         self.follow_plans(feed).await;
+        self.follow_accesses(feed).await;
         if let Err(error) = self.observe_cursors(feed).await {
             tracing::warn!(%error, "cannot read notification positions from the store; retrying at the next poll");
         }
@@ -68,6 +77,41 @@ impl Relay {
             self.shared.hub.observe(&cursor.la_ods_code, cursor.last_sequence, Some(cursor.acked_through));
         }
         Ok(())
+    }
+
+    /// Reads the accesses committed since the last read (this node's own
+    /// among them, already known) into the recent accesses.
+    async fn follow_accesses(&self, feed: &Arc<dyn Feed>) {
+        loop {
+            let from = *self.shared.access_position.borrow();
+            match feed.accesses_from(from, ACCESS_PAGE).await {
+                Ok(page) => {
+                    for access in &page.accesses {
+                        match access.view() {
+                            Ok(view) => self.shared.recent.record_view(&view),
+                            Err(error) => tracing::error!(%error, "an access in the store cannot be read; skipped"),
+                        }
+                    }
+                    self.shared.access_position.send_if_modified(|held| {
+                        let newer = page.next > *held;
+                        *held = (*held).max(page.next);
+                        newer
+                    });
+                    if page.accesses.len() < ACCESS_PAGE {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read other nodes' accesses from the store; retrying at the next poll");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The access log position this node's recent accesses include everything before.
+    pub fn access_position(&self) -> watch::Receiver<u64> {
+        self.shared.access_position.subscribe()
     }
 
     async fn follow_plans(&self, feed: &Arc<dyn Feed>) {

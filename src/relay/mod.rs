@@ -135,11 +135,12 @@ pub struct Relay {
 struct Shared {
     index: Index,
     history: History,
-    /// Recent accesses, where this process is the store's only writer.
+    /// Every person's recent accesses: what searches list, and what the
+    /// request window needs.
     recent: crate::recent::Recent,
-    /// Whether searches list accesses from `recent` (the store's only
-    /// writer) or read them from a store that other nodes write too.
-    recent_in_memory: bool,
+    /// The access log position `recent` holds every access before (a store
+    /// that other nodes write too, whose accesses are followed; 0 otherwise).
+    access_position: watch::Sender<u64>,
     hub: Hub,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -184,7 +185,6 @@ impl Relay {
         }
         let plan_count = snapshot.plans.len();
         let recent = snapshot.recent;
-        let recent_in_memory = store.feed().is_none();
         index.upsert(snapshot.plans);
         let history = History::new();
         tracing::info!(
@@ -203,7 +203,7 @@ impl Relay {
                 index,
                 history,
                 recent,
-                recent_in_memory,
+                access_position: watch::Sender::new(snapshot.access_position),
                 hub,
                 store,
                 clock,

@@ -9,9 +9,9 @@ use std::{
 
 use futures::{FutureExt, future::BoxFuture};
 
-use super::{Applied, Change, Cursor, ExpiryCounts, PersonHistory, Snapshot, Store, StoreError};
+use super::{Applied, Change, Cursor, ExpiryCounts, Snapshot, Store, StoreError};
 use crate::{
-    model::{AccessEvent, LocalAuthority, Notification, PlanType, RequestKey},
+    model::{AccessEvent, LocalAuthority, Notification, PlanType},
     nhs::NhsNumber,
     stored::{StoredAccess, StoredPlan},
 };
@@ -142,6 +142,7 @@ impl Store for MemoryStore {
                 cursors: state.cursors.values().cloned().collect(),
                 plan_version: 0,
                 recent,
+                access_position: 0,
             })
         });
         async move { snapshot }.boxed()
@@ -150,34 +151,6 @@ impl Store for MemoryStore {
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
         let result = self.with_state(|state| state.apply(change));
         async move { result }.boxed()
-    }
-
-    fn person_history(
-        &self,
-        nhs_number: NhsNumber,
-        request: Option<RequestKey>,
-        newest: usize,
-    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
-        let history = self.with_state(|state| PersonHistory {
-            newest_first: state
-                .accesses
-                .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
-                .rev()
-                .filter(|(_, access)| access.view().is_ok_and(|view| !view.scheduled))
-                .take(newest)
-                .map(|(_, access)| access.clone())
-                .collect(),
-            request_made_at: request.and_then(|request| {
-                state
-                    .accesses
-                    .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
-                    .rev()
-                    .filter_map(|(_, access)| access.view().ok())
-                    .find(|view| view.is_request(&request))
-                    .map(|view| view.accessed_at)
-            }),
-        });
-        async move { Ok(history) }.boxed()
     }
 
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {
