@@ -371,12 +371,17 @@ async fn accesses_take_gapless_log_positions_a_held_retry_gets_its_own_answer_an
     let positions = cluster.psql("cpis", "SELECT string_agg(position::text, ',' ORDER BY position) FROM cpis_accesses");
     assert_eq!(positions, "0,1,2,3", "four accesses stored, positions gapless from 0");
     assert_eq!(cluster.psql("cpis", "SELECT size FROM cpis_log"), "4");
-    let feed = one.feed().expect("a shared store has a feed");
-    let page = feed.accesses_from(1, 2).await.unwrap();
-    assert_eq!(page.next, 3);
-    let users: Vec<String> =
-        page.accesses.iter().map(|access| access.view().unwrap().accessor.user_id.to_owned()).collect();
-    assert_eq!(users[0], "u2");
-    assert!(["u3", "u4"].contains(&users[1].as_str()), "{users:?}");
-    assert_eq!(feed.accesses_from(4, 10).await.unwrap().accesses.len(), 0, "nothing past the log's end");
+    // A third node reads every access in position order; a writer reads only the others'.
+    let users = |page: &cpis_relay::store::AccessPage| -> Vec<String> {
+        page.accesses.iter().map(|access| access.view().unwrap().accessor.user_id.to_owned()).collect()
+    };
+    let third = PostgresStore::open(&options(&url)).await.unwrap();
+    let every = third.feed().unwrap().accesses_from(0, 2).await.unwrap();
+    assert_eq!((users(&every)[..1].to_vec(), every.next), (vec!["u1".to_owned()], 2), "a full page: read on from 2");
+    let rest = third.feed().unwrap().accesses_from(every.next, 10).await.unwrap();
+    assert_eq!((rest.accesses.len(), rest.next), (2, 4), "the rest, and the log's end");
+    let others = two.feed().unwrap().accesses_from(0, 10).await.unwrap();
+    assert_eq!((users(&others), others.next), (vec!["u1".to_owned(), "u3".to_owned()], 4), "node two skips its own");
+    let nothing = third.feed().unwrap().accesses_from(4, 10).await.unwrap();
+    assert_eq!((nothing.accesses.len(), nothing.next), (0, 4), "nothing past the log's end");
 }

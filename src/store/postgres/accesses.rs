@@ -51,7 +51,7 @@ pub(super) struct AccessJob {
 /// Starts the writer; it ends when every sender is dropped. `timeout` bounds
 /// a transaction: past it the batch fails (and its searches are held and
 /// retried by the relay, which the access ids make safe).
-pub(super) fn spawn_writer(pool: Pool, timeout: Duration) -> mpsc::UnboundedSender<AccessJob> {
+pub(super) fn spawn_writer(pool: Pool, timeout: Duration, node: i64) -> mpsc::UnboundedSender<AccessJob> {
     let (sender, jobs) = mpsc::unbounded_channel::<AccessJob>();
     let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
     // Two writers: one gathers and sends its batch while the other waits for its
@@ -74,7 +74,7 @@ pub(super) fn spawn_writer(pool: Pool, timeout: Duration) -> mpsc::UnboundedSend
                     batch
                 };
                 batch_sizes.record(batch.len() as f64);
-                let result = match tokio::time::timeout(timeout, commit(&pool, &batch)).await {
+                let result = match tokio::time::timeout(timeout, commit(&pool, &batch, node)).await {
                     Ok(result) => result,
                     Err(_) => Err(StoreError::Io(format!(
                         "PostgreSQL did not commit a batch of searches within {} ms",
@@ -102,7 +102,7 @@ pub(super) fn spawn_writer(pool: Pool, timeout: Duration) -> mpsc::UnboundedSend
 /// One batch of searches. Parameters: the searches' columns (1-9), whether
 /// each claims its request (10: a copy of a key earlier in the batch does
 /// not), the request window in seconds (11), and the notification drafts:
-/// their access (12), authority (13) and encoding (14).
+/// their access (12), authority (13) and encoding (14); and this node (15).
 ///
 /// Rows out: `kind` 0, a notification numbered now (access, authority,
 /// sequence); 1, a notification stored before for an access of the batch
@@ -135,9 +135,9 @@ log AS (
 ),
 stored AS (
     INSERT INTO cpis_accesses (id, nhs_number, accessed_at, organisation_ods_code, user_id, care_setting,
-                               scheduled, request_id, record, position)
+                               scheduled, request_id, record, position, written_by)
     SELECT f.id, f.nhs_number, f.accessed_at, f.organisation_ods_code, f.user_id, f.care_setting,
-           f.scheduled, f.request_id, f.record, log.base + f.n
+           f.scheduled, f.request_id, f.record, log.base + f.n, $15::bigint
         FROM fresh f CROSS JOIN log
     RETURNING id, position
 ),
@@ -186,7 +186,7 @@ fn care_setting_code(access: &AccessEvent) -> &'static str {
     super::care_setting_text(access.care_setting)
 }
 
-async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreError> {
+async fn commit(pool: &Pool, batch: &[AccessJob], node: i64) -> Result<Vec<Applied>, StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
     // Prepared once per connection: the batch is then one round trip.
     let statement = client.prepare_cached(RECORD).await.map_err(db_error)?;
@@ -228,7 +228,7 @@ async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreE
             );
         }
     }
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
         &ids,
         &people,
         &times,
@@ -243,6 +243,7 @@ async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreE
         &draft_accesses,
         &draft_authorities,
         &drafts,
+        &node,
     ];
     let rows = client.query(&statement, &parameters).await.map_err(db_error)?;
 

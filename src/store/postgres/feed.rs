@@ -129,6 +129,8 @@ fn parse_hint(payload: &str) -> Hint {
 /// The feed of a PostgreSQL store.
 pub(super) struct PostgresFeed {
     pub pool: Pool,
+    /// This node process, as `cpis_accesses.written_by` names it.
+    pub node: i64,
     pub hints: broadcast::Sender<Hint>,
 }
 
@@ -176,18 +178,37 @@ impl Feed for PostgresFeed {
     }
 
     fn accesses_from(&self, position: u64, limit: usize) -> BoxFuture<'static, Result<AccessPage, StoreError>> {
-        let pool = self.pool.clone();
+        let (pool, node) = (self.pool.clone(), self.node);
         async move {
             let client = pool.get().await.map_err(pool_error)?;
+            // Other nodes' accesses (this node knows its own), and in the same snapshot
+            // the log's size: with a page not full, everything below it has been read.
             let statement = client
                 .prepare_cached(
-                    "SELECT position, record FROM cpis_accesses WHERE position >= $1 ORDER BY position LIMIT $2",
+                    "SELECT position, record FROM (
+                         SELECT position, record FROM cpis_accesses WHERE position >= $1 AND written_by <> $3
+                         ORDER BY position LIMIT $2) AS page
+                     UNION ALL SELECT size, NULL FROM cpis_log WHERE id = 1",
                 )
                 .await
                 .map_err(db_error)?;
-            let rows = client.query(&statement, &[&(position as i64), &(limit as i64)]).await.map_err(db_error)?;
-            let next = rows.last().map_or(position, |row| row.get::<_, i64>(0) as u64 + 1);
-            let accesses = rows.iter().map(|row| StoredAccess::from_stored(row.get::<_, &[u8]>(1))).collect();
+            let rows =
+                client.query(&statement, &[&(position as i64), &(limit as i64), &node]).await.map_err(db_error)?;
+            let mut accesses = Vec::with_capacity(rows.len());
+            let (mut last, mut size) = (None, position);
+            for row in &rows {
+                match row.get::<_, Option<&[u8]>>(1) {
+                    Some(record) => {
+                        accesses.push(StoredAccess::from_stored(record));
+                        last = Some(row.get::<_, i64>(0) as u64);
+                    }
+                    None => size = row.get::<_, i64>(0) as u64,
+                }
+            }
+            let next = match last {
+                Some(last) if accesses.len() == limit => last + 1,
+                _ => size.max(position),
+            };
             Ok(AccessPage { accesses, next })
         }
         .boxed()

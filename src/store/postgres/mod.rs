@@ -64,9 +64,11 @@ impl PostgresStore {
         let (hints, _) = broadcast::channel(1024);
         let (alive, listening) = watch::channel(());
         feed::spawn_listener(connector, hints.clone(), listening);
+        // Random per process: a restarted node reads its own earlier accesses back like any other's.
+        let node = rand::random::<i64>() | 1;
         Ok(Self {
-            accesses: accesses::spawn_writer(pool.clone(), options.write_timeout),
-            feed: Arc::new(feed::PostgresFeed { pool: pool.clone(), hints }),
+            accesses: accesses::spawn_writer(pool.clone(), options.write_timeout, node),
+            feed: Arc::new(feed::PostgresFeed { pool: pool.clone(), hints, node }),
             pool,
             _alive: alive,
         })

@@ -106,6 +106,8 @@ CREATE TABLE cpis_log (
     size bigint NOT NULL
 );
 ALTER TABLE cpis_accesses ADD COLUMN position bigint;
+-- Which node process wrote the access (random per process): a node skips its own when it follows the log.
+ALTER TABLE cpis_accesses ADD COLUMN written_by bigint NOT NULL DEFAULT 0;
 UPDATE cpis_accesses AS a SET position = numbered.position
     FROM (SELECT id, row_number() OVER (ORDER BY accessed_at, id) - 1 AS position FROM cpis_accesses) AS numbered
     WHERE a.id = numbered.id;
