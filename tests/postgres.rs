@@ -221,6 +221,7 @@ async fn while_postgres_is_down_searches_answer_and_their_notifications_are_writ
     caught_up(&a, &b).await;
 
     cluster.pg_ctl_stop("fast");
+    let stopped = std::time::Instant::now();
     let response = a.lookup().await.search(search_request(&child, "while-down", "w1")).await.unwrap().into_inner();
     assert!(response.flagged, "the clinician is answered from the index while the database is down");
     wait_for_health(&a, ServingStatus::NotServing).await;
@@ -231,7 +232,18 @@ async fn while_postgres_is_down_searches_answer_and_their_notifications_are_writ
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
 
+    // How far behind A may be counts from before the database went away, and keeps counting.
+    assert!(a.relay.index_lag() >= stopped.elapsed(), "no complete read can have started since the stop");
+    assert!(*a.relay.caught_up().borrow() < stopped);
+
     cluster.pg_ctl_start();
+    let restarted = std::time::Instant::now();
+    let mut caught_up = b.relay.caught_up();
+    tokio::time::timeout(Duration::from_secs(10), caught_up.wait_for(|at| *at > restarted))
+        .await
+        .expect("B reads everything again within 10 s of the database's return")
+        .unwrap();
+    assert!(b.relay.index_lag() < restarted.elapsed() + Duration::from_millis(1));
     wait_for_health(&a, ServingStatus::Serving).await;
     let mut on_b = b.notifications("la-706").await;
     let mut stream = on_b.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();

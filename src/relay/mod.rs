@@ -141,6 +141,9 @@ struct Shared {
     /// The access log position `recent` holds every access before (a store
     /// that other nodes write too, whose accesses are followed; 0 otherwise).
     access_position: watch::Sender<u64>,
+    /// When the last complete read of the other nodes' commits started
+    /// (shared stores; see `follow`).
+    caught_up: watch::Sender<std::time::Instant>,
     hub: Hub,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -171,6 +174,7 @@ impl Relay {
         let _recorder = crate::telemetry::metrics();
         let write_health = Arc::new(health::WriteHealth::new());
         let store: Arc<dyn Store> = Arc::new(health::ReportingStore::new(store, Arc::clone(&write_health)));
+        // What the snapshot holds was committed after this (the index's lag counts from here).
         let started = std::time::Instant::now();
         let snapshot = store.load().await?;
         let loaded_in = started.elapsed();
@@ -204,6 +208,7 @@ impl Relay {
                 history,
                 recent,
                 access_position: watch::Sender::new(snapshot.access_position),
+                caught_up: watch::Sender::new(started),
                 hub,
                 store,
                 clock,
