@@ -21,6 +21,7 @@ mod plans;
 pub mod rate;
 mod retention;
 mod search;
+mod sent;
 pub mod spill;
 mod validate;
 
@@ -43,6 +44,7 @@ pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::Hub;
 pub use plans::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use search::{SearchOutcome, SearchQuery, ShownPlan};
+pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
 pub use validate::{Rejection, RejectionReason};
 
 /// Most records one upload may carry unless configured: room for the

@@ -8,13 +8,13 @@ use futures::{Stream, StreamExt};
 
 use super::{
     Relay,
+    sent::{SentPlanRecord, SentPlanType, SentUploadHeader},
     validate::{self, Rejection, RejectionReason},
 };
 use crate::{
     auth::{Action, Identity, authorize, authorize_local_authority},
     error::{Error, Result},
     model::PlanType,
-    proto,
     store::Change,
     stored::StoredPlan,
 };
@@ -117,13 +117,11 @@ impl RefreshCheck {
 }
 
 impl UploadHeader {
-    /// Validates the wire header against the caller's certificate.
-    pub fn from_wire(identity: &Identity, header: &proto::UploadHeader) -> Result<Self> {
+    /// Validates the header as sent against the caller's certificate.
+    pub fn validate(identity: &Identity, header: &SentUploadHeader) -> Result<Self> {
         authorize(identity, Action::UploadPlans)?;
-        let mode = match proto::UploadMode::try_from(header.mode) {
-            Ok(proto::UploadMode::Incremental) => UploadMode::Incremental,
-            Ok(proto::UploadMode::FullRefresh) => UploadMode::FullRefresh,
-            _ => return Err(Error::invalid("header.mode", "must be INCREMENTAL or FULL_REFRESH")),
+        let Some(mode) = header.mode else {
+            return Err(Error::invalid("header.mode", "must be INCREMENTAL or FULL_REFRESH"));
         };
         let local_authority = validate::local_authority(header.local_authority.as_ref())?;
         authorize_local_authority(identity, &local_authority.ods_code)?;
@@ -158,7 +156,7 @@ impl Relay {
         &self,
         identity: &Identity,
         header: UploadHeader,
-        records: impl Stream<Item = Result<proto::PlanRecord>>,
+        records: impl Stream<Item = Result<SentPlanRecord>>,
     ) -> Result<UploadOutcome> {
         authorize(identity, Action::UploadPlans)?;
         let started = std::time::Instant::now();
@@ -389,16 +387,10 @@ impl Relay {
     }
 
     /// Deletes the caller's plans of a person: one type, or all if `None`.
-    pub async fn delete(&self, identity: &Identity, nhs_number: &str, plan_type: i32) -> Result<u64> {
+    pub async fn delete(&self, identity: &Identity, nhs_number: &str, plan_type: SentPlanType) -> Result<u64> {
         authorize(identity, Action::DeletePlans)?;
         let nhs_number = validate::nhs_number_field(nhs_number, "nhs_number")?;
-        let plan_type = match proto::PlanType::try_from(plan_type) {
-            Ok(proto::PlanType::Unspecified) => None,
-            Ok(proto::PlanType::ChildProtection) => Some(PlanType::ChildProtection),
-            Ok(proto::PlanType::LookedAfter) => Some(PlanType::LookedAfter),
-            Ok(proto::PlanType::UnbornChildProtection) => Some(PlanType::UnbornChildProtection),
-            Err(_) => return Err(Error::invalid("type", format!("{plan_type} is not a plan type"))),
-        };
+        let plan_type = validate::plan_type_filter(plan_type)?;
         let la_ods_code = identity.ods_code.clone();
         // On its own task, like an upload: store and index change together or not at all.
         let relay = self.clone();
