@@ -131,10 +131,12 @@ pub enum StoreHealth {
 /// A cheap handle to the relay.
 #[derive(Clone)]
 pub struct Relay {
-    shared: Arc<Shared>,
+    shared: Arc<RelayState>,
 }
 
-struct Shared {
+/// Everything the relay's operations share: the index, the store, the
+/// notification hub, the limits and the locks that order plan writes.
+struct RelayState {
     index: Index,
     history: History,
     /// Recent accesses, where this process is the store's only writer.
@@ -181,7 +183,7 @@ impl Relay {
             hub.restore(cursor);
         }
         for authority in snapshot.authorities {
-            hub.know(&authority.ods_code);
+            hub.register_authority(&authority.ods_code);
             index.set_authority(authority);
         }
         let plan_count = snapshot.plans.len();
@@ -201,7 +203,7 @@ impl Relay {
         metrics::gauge!("cpis_startup_rebuild_seconds").set(started.elapsed().as_secs_f64());
         let oversight = oversight::Oversight::new(settings.unusual_access_distinct_people_per_hour);
         let relay = Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(RelayState {
                 index,
                 history,
                 recent,

@@ -303,7 +303,7 @@ impl Relay {
                 let applied = self.shared.store.apply(change).await?;
                 let store_ms = started.elapsed().as_millis() as u64;
                 let version = self.before_own_change(&writes, &applied).await?;
-                self.shared.hub.know(&authority.ods_code);
+                self.shared.hub.register_authority(&authority.ods_code);
                 index.set_authority(authority);
                 off_runtime(move || index.upsert(plans.iter().cloned())).await?;
                 self.applied_plan_version(&writes, version);
@@ -337,7 +337,7 @@ impl Relay {
                         return Err(error.into());
                     }
                 };
-                self.shared.hub.know(&authority.ods_code);
+                self.shared.hub.register_authority(&authority.ods_code);
                 index.set_authority(authority);
                 let removed = match applied {
                     // Another node's plan change committed just before this one: it goes
