@@ -12,39 +12,14 @@ use bytes::Bytes;
 use common::*;
 use cpis_relay::{
     fhir::token,
-    proto::{AccessLogRequest, PlanType, SubscribeRequest, audit_client::AuditClient, lookup_client::LookupClient},
-    tls::PemText,
+    proto::{AccessLogRequest, PlanType, audit_client::AuditClient, lookup_client::LookupClient},
 };
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde_json::Value;
 
 const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 const SPINE: &str = "https://fhir.nhs.uk/CodeSystem/England-SpineErrorOrWarningCode";
-
-type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// An HTTPS client presenting a dev identity's certificate.
-fn client(pem: &PemText) -> Https {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(pem.ca.as_bytes()) {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pem.cert.as_bytes()).map(Result::unwrap).collect();
-    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(cpis_relay::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    let connector =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
-    Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
-}
 
 /// One answer of the door.
 #[derive(Debug)]
@@ -74,7 +49,7 @@ impl Door<'_> {
     }
 
     async fn request(&self, method: &str, identity: &str, path_and_query: &str, headers: &[(&str, &str)]) -> Answer {
-        let client = client(&self.relay.pki.client_pem(identity));
+        let client = https_client(&self.relay.pki.client_pem(identity));
         let mut request = hyper::Request::builder().method(method).uri(format!("{}{path_and_query}", self.base()));
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -443,8 +418,7 @@ async fn a_fhir_search_notifies_like_a_grpc_search_and_is_listed_in_grpc_previou
     let door = Door { relay: &relay };
     let child = nhs(1);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    let mut notifications =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut notifications = relay.subscribe("la-706").await;
 
     let answer = door.search("ed-rr8", "CareTeam", &child, "fhir-user", &[("TraceID", "t-1")]).await;
     assert_eq!(answer.status, 200);
@@ -477,8 +451,7 @@ async fn scheduled_reads_notify_nobody_and_the_auditor_sees_them_marked_schedule
     let door = Door { relay: &relay };
     let child = nhs(1);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    let mut notifications =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut notifications = relay.subscribe("la-706").await;
 
     // A GP practice over FHIR, saying so; over FHIR without the header; and over gRPC.
     let scheduled =
@@ -713,7 +686,7 @@ async fn the_fhir_door_is_off_unless_configured_and_serve_opens_it_with_a_jwks_f
         .expect("a fhir= address")
         .parse()
         .unwrap();
-    let https = client(&pki.client_pem("ed-rr8"));
+    let https = https_client(&pki.client_pem("ed-rr8"));
     let mut claims = dev_token("u1");
     claims.audience = "cpis-test".into();
     claims.issuer = "https://idp.test".into();

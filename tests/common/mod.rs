@@ -299,6 +299,12 @@ impl TestRelay {
         upload(&mut plans, ods_code, proto::UploadMode::Incremental, records).await.unwrap()
     }
 
+    /// `identity`'s notifications from after its last acknowledged one, as a plain `Subscribe` streams them.
+    pub async fn subscribe(&self, identity: &str) -> tonic::Streaming<proto::AccessNotification> {
+        let mut notifications = self.notifications(identity).await;
+        notifications.subscribe(proto::SubscribeRequest::default()).await.unwrap().into_inner()
+    }
+
     pub async fn audit(&self) -> AuditClient<Channel> {
         AuditClient::new(self.channel("auditor").await)
     }
@@ -367,6 +373,50 @@ pub fn fhir_token_settings() -> cpis_relay::fhir::TokenSettings {
         [("RR8".to_owned(), CareSetting::EmergencyDepartment), ("Y02999".to_owned(), CareSetting::GeneralPractice)]
             .into();
     settings
+}
+
+impl FhirTest {
+    /// The URL of a `resource` search (CareTeam, AuditEvent) by `patient:identifier`, unencoded.
+    pub fn search_url(&self, resource: &str, nhs_number: &str) -> String {
+        format!(
+            "https://localhost:{}/cpis/FHIR/R4/{resource}?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs_number}",
+            self.address.port()
+        )
+    }
+}
+
+/// A client TLS configuration presenting `pem`'s certificate and trusting
+/// every CA certificate in `pem.ca`, as a caller of the relay has.
+pub fn client_tls_config(pem: &PemText) -> rustls::ClientConfig {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pem.ca.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pem.cert.as_bytes()).map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
+    rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap()
+}
+
+/// An HTTPS client over HTTP/1.1 (the FHIR door's and the browser view's) presenting `pem`.
+pub type Https = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+pub fn https_client(pem: &PemText) -> Https {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls_config(pem))
+        .https_only()
+        .enable_http1()
+        .build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
 }
 
 /// Synthetic LA contact details for the header of an upload by `ods_code`.
