@@ -23,6 +23,7 @@ mod retention;
 mod search;
 mod sent;
 pub mod spill;
+mod upload;
 mod validate;
 
 use std::sync::Arc;
@@ -42,9 +43,9 @@ use crate::{
 
 pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::Hub;
-pub use plans::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use search::{SearchOutcome, SearchQuery, ShownPlan};
 pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
+pub use upload::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use validate::{Rejection, RejectionReason};
 
 /// Most records one upload may carry unless configured: room for the

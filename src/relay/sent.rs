@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::plans::UploadMode;
+use super::upload::UploadMode;
 use crate::model::{Address, LocalAuthority, PlanType};
 
 /// A plan type as sent: none, one the relay knows, or a code it does not.
