@@ -136,7 +136,7 @@ impl Interner {
 /// Every person's recent accesses; a cheap handle.
 #[derive(Clone, Default)]
 pub struct Recent {
-    shared: Arc<Shared>,
+    shared: Arc<AccessesByPerson>,
 }
 
 impl std::fmt::Debug for Recent {
@@ -149,8 +149,9 @@ impl std::fmt::Debug for Recent {
 /// the map's own slot, with no allocation of its own.
 type Accesses = SmallVec<[RecentAccess; 1]>;
 
+/// Each person's recent accesses, and the interned text of who made them.
 #[derive(Default)]
-struct Shared {
+struct AccessesByPerson {
     people: DashMap<NhsNumber, Accesses>,
     who: Interner,
 }

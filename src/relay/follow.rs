@@ -227,12 +227,12 @@ impl Relay {
         let index = self.shared.index.clone();
         match change {
             Change::UpsertPlans { authority, plans } => {
-                self.shared.hub.know(&authority.ods_code);
+                self.shared.hub.register_authority(&authority.ods_code);
                 index.set_authority(authority);
                 super::plans::off_runtime(move || index.upsert(plans.iter().cloned())).await?;
             }
             Change::ReplacePlans { authority, plans } => {
-                self.shared.hub.know(&authority.ods_code);
+                self.shared.hub.register_authority(&authority.ods_code);
                 let la = authority.ods_code.clone();
                 index.set_authority(authority);
                 super::plans::off_runtime(move || index.replace_authority(&la, plans.iter().cloned())).await?;
@@ -265,7 +265,7 @@ impl Relay {
         codes.sort_unstable();
         codes.dedup();
         for authority in snapshot.authorities {
-            self.shared.hub.know(&authority.ods_code);
+            self.shared.hub.register_authority(&authority.ods_code);
             index.set_authority(authority);
         }
         super::plans::off_runtime(move || {

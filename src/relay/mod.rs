@@ -21,7 +21,9 @@ mod plans;
 pub mod rate;
 mod retention;
 mod search;
+mod sent;
 pub mod spill;
+mod upload;
 mod validate;
 
 use std::sync::Arc;
@@ -41,8 +43,9 @@ use crate::{
 
 pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::Hub;
-pub use plans::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use search::{SearchOutcome, SearchQuery, ShownPlan};
+pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
+pub use upload::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use validate::{Rejection, RejectionReason};
 
 /// Most records one upload may carry unless configured: room for the
@@ -129,10 +132,12 @@ pub enum StoreHealth {
 /// A cheap handle to the relay.
 #[derive(Clone)]
 pub struct Relay {
-    shared: Arc<Shared>,
+    shared: Arc<RelayState>,
 }
 
-struct Shared {
+/// Everything the relay's operations share: the index, the store, the
+/// notification hub, the limits and the locks that order plan writes.
+struct RelayState {
     index: Index,
     history: History,
     /// Every person's recent accesses: what searches list, and what the
@@ -184,7 +189,7 @@ impl Relay {
             hub.restore(cursor);
         }
         for authority in snapshot.authorities {
-            hub.know(&authority.ods_code);
+            hub.register_authority(&authority.ods_code);
             index.set_authority(authority);
         }
         let plan_count = snapshot.plans.len();
@@ -203,7 +208,7 @@ impl Relay {
         metrics::gauge!("cpis_startup_rebuild_seconds").set(started.elapsed().as_secs_f64());
         let oversight = oversight::Oversight::new(settings.unusual_access_distinct_people_per_hour);
         let relay = Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(RelayState {
                 index,
                 history,
                 recent,

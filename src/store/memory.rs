@@ -58,7 +58,7 @@ impl State {
                 for plan in plans.iter() {
                     self.plans.insert(key_of(plan), plan.clone());
                 }
-                Applied::Done
+                Applied::Committed
             }
             Change::ReplacePlans { authority, plans } => {
                 self.plans.retain(|(la, _, _), _| *la != authority.ods_code);
@@ -66,13 +66,13 @@ impl State {
                 for plan in plans.iter() {
                     self.plans.insert(key_of(plan), plan.clone());
                 }
-                Applied::Done
+                Applied::Committed
             }
             Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
                 self.plans.retain(|(la, nhs, kind), _| {
                     !(*la == la_ods_code && *nhs == nhs_number && plan_type.is_none_or(|wanted| wanted == *kind))
                 });
-                Applied::Done
+                Applied::Committed
             }
             Change::RecordAccess { access, drafts } => {
                 let mut notified = Vec::with_capacity(drafts.len());
@@ -99,7 +99,7 @@ impl State {
                     .entry(la_ods_code.clone())
                     .or_insert_with(|| Cursor { la_ods_code: la_ods_code.clone(), ..Cursor::default() });
                 cursor.acked_through = cursor.acked_through.max(through.min(cursor.last_sequence));
-                Applied::Done
+                Applied::Committed
             }
             Change::Expire(expiry) => {
                 let mut counts = ExpiryCounts::default();

@@ -82,7 +82,8 @@ pub const EXPIRY_CHUNK: usize = 10_000;
 /// What a change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    Done,
+    /// The change is durable and has nothing else to report.
+    Committed,
     /// The notifications of a `RecordAccess`, with their sequence numbers.
     Notified(Vec<Notification>),
     /// A `RecordAccess` that repeats a request another node stored within

@@ -148,7 +148,7 @@ fn changes_committed_in_one_batch_see_each_other() {
             Change::DeletePlans { la_ods_code: "706".into(), nhs_number: doomed.nhs_number(), plan_type: None };
         // What the lane does when both were queued together: one batch, in order.
         let applied = committer.commit(vec![upsert, delete]).unwrap();
-        assert_eq!(applied, vec![Applied::Done, Applied::Done]);
+        assert_eq!(applied, vec![Applied::Committed, Applied::Committed]);
     }
     let report = check::check(dir.path()).unwrap();
     assert!(report.integrity_ok, "{:?}", report.problems);
