@@ -9,6 +9,9 @@
 #   promtool           checks deploy/prometheus/alerts.yml and the /metrics
 #                      exposition (required when CI=true)
 #                                                   apt-get install prometheus
+#   ip, iptables       test hosts in network namespaces for the network-fault
+#                      tests (root only; they skip elsewhere, and fail under CI)
+#                                                   apt-get install iproute2 iptables
 #   npm, python3 with jsonschema
 #                      the published FHIR R4 JSON schema the FHIR door's answers
 #                      are validated against        scripts/fhir-schema.sh
@@ -66,6 +69,18 @@ if command -v promtool >/dev/null 2>&1 || { apt_install prometheus && command -v
   say "promtool: $(command -v promtool)"
 else
   need "promtool" "apt-get install prometheus"
+fi
+
+# ip and iptables, for the network-fault tests (as root)
+if [ "$(id -u)" = 0 ]; then
+  if { command -v ip >/dev/null 2>&1 && command -v iptables >/dev/null 2>&1; } \
+    || { apt_install iproute2 iptables && command -v ip >/dev/null 2>&1 && command -v iptables >/dev/null 2>&1; }; then
+    say "ip and iptables: $(command -v ip), $(command -v iptables)"
+  else
+    need "ip and iptables" "apt-get install iproute2 iptables"
+  fi
+else
+  say "ip and iptables: not checked (not root: the network-fault tests skip)"
 fi
 
 # The FHIR R4 schema (npm) and Python's jsonschema

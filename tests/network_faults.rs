@@ -1,0 +1,206 @@
+//! Relay nodes and their database on test hosts in network namespaces made by
+//! the test (tests/support/netns.rs), with the network failing on purpose
+//! while searches run on both nodes: a node cut off from the database, and a
+//! lossy link between a node and the database. Afterwards every answered
+//! search is notified exactly once, in sequence, and the SQL holds one access
+//! and one notification per request; a plan change made during the fault
+//! reaches the cut-off node once the link is back.
+//!
+//! Needs root (CI runs as root); elsewhere each test says it is skipped.
+
+mod common;
+#[path = "support/netns.rs"]
+mod netns;
+#[path = "support/pg_load.rs"]
+mod pg_load;
+#[path = "support/postgres.rs"]
+mod postgres;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use cpis_relay::{client, proto::lookup_client::LookupClient, tls::PemText};
+use netns::{Host, Net};
+use pg_load::*;
+use postgres::PgCluster;
+
+/// The name the nodes' certificates carry.
+const SERVER_NAME: Option<&str> = Some("localhost");
+
+/// The network, or why it cannot be made here (a failure under CI, where it must run).
+fn network() -> Option<Net> {
+    match Net::new() {
+        Ok(net) => Some(net),
+        Err(why) if std::env::var_os("CI").is_some() => panic!("network namespaces are needed under CI: {why}"),
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
+/// A relay node on test host `host`, on the database at `url`.
+async fn node(net: &Net, host: &Host, pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    pki.write_server_layout(&certs);
+    let mut child = net
+        .command(host, env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--admin-listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("server.pem"))
+        .arg("--key")
+        .arg(certs.join("server.key"))
+        .args(["--store", url, "--store-allow-plaintext", "--feed-poll-ms", "200", "--search-rate-per-second", "0"])
+        .args(["--store-write-timeout-ms", "2000"])
+        .env("CPIS_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let port = |name: &str| -> u16 {
+        let address = line.split_whitespace().find_map(|word| word.strip_prefix(name)).expect("the listening line");
+        address.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let (grpc, admin) = (port("grpc="), port("admin="));
+    let running = Running {
+        child,
+        url: format!("https://{}:{grpc}", host.ip),
+        admin: format!("{}:{admin}", host.ip).parse().unwrap(),
+        stderr: None,
+        listening: line,
+    };
+    (running, dir)
+}
+
+/// A gauge of a node's metrics, 0 when absent.
+async fn gauge(node: &Running, name: &str) -> f64 {
+    let (_, body) = admin_get(node.admin, "/metrics").await;
+    body.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Polls `check` every 100 ms until it holds; panics after `within`.
+async fn until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether `person` is flagged through `node` (a search of its own user).
+async fn flagged(node: &Running, ed: &PemText, person: &str, user: &str) -> bool {
+    let mut lookup = LookupClient::new(client::connect(&node.url, ed, SERVER_NAME).await.unwrap());
+    lookup.search(search_request(person, user, user)).await.unwrap().into_inner().flagged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_database_answers_holds_and_catches_up_when_the_link_heals() {
+    let Some(mut net) = network() else { return };
+    let (db, h1, h2) = (net.host("db", 2), net.host("n1", 10), net.host("n2", 11));
+    let cluster = PgCluster::start_in(&db.ns, &db.ip, &net.subnet());
+    let url = cluster.create_database("cpis");
+    let pki = Pki::new();
+    let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
+    let people = nhs_numbers(31);
+    let (people, later) = (&people[..30], &people[30..]);
+    let (n2, _n2_dir) = node(&net, &h2, &pki, &url).await;
+    load_people(&n2.url, SERVER_NAME, &la, people).await;
+    let (n1, _n1_dir) = node(&net, &h1, &pki, &url).await;
+
+    let (load, stop) = Load::new();
+    let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
+    let mut tasks = searchers(false, &n1.url, SERVER_NAME, &ed, people, "n1", &load);
+    tasks.extend(searchers(false, &n2.url, SERVER_NAME, &ed, people, "n2", &load));
+    wait_for_count(&count, 100).await;
+
+    net.cut(&h1, &db.ip);
+    let cut_at = Instant::now();
+    let at_cut = *count.borrow();
+    // Node 1 keeps answering from its index; its notifications are held, it is not ready,
+    // and it says how far behind it may be.
+    wait_for_count(&count, at_cut + 200).await;
+    until(Duration::from_secs(60), "node 1 holds notifications", || async {
+        gauge(&n1, "cpis_notifications_held").await > 0.0
+    })
+    .await;
+    assert_eq!(admin_get(n1.admin, "/readyz").await.0, 503, "not ready while it cannot write");
+    // A plan change through node 2 while node 1 cannot hear it.
+    load_people(&n2.url, SERVER_NAME, &la, later).await;
+    until(Duration::from_secs(60), "node 1's index lag passes 3 s", || async {
+        gauge(&n1, "cpis_index_lag_seconds").await >= 3.0
+    })
+    .await;
+    assert!(!flagged(&n1, &ed, &later[0], "probe-cut").await, "node 1 cannot know the new plan yet");
+    let cut_for = cut_at.elapsed();
+
+    net.heal(&h1);
+    let healed = Instant::now();
+    until(Duration::from_secs(60), "node 1 has the plan change made during the cut", || async {
+        flagged(&n1, &ed, &later[0], "probe-healed").await
+    })
+    .await;
+    let plan_caught_up = healed.elapsed();
+    until(Duration::from_secs(60), "node 1 writes what it held", || async {
+        gauge(&n1, "cpis_notifications_held").await == 0.0 && admin_get(n1.admin, "/readyz").await.0 == 200
+    })
+    .await;
+    let held_written = healed.elapsed();
+    let so_far = *count.borrow();
+    wait_for_count(&count, so_far + 100).await;
+    stop.send_replace(true);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // The two probes of the new person after the heal and during the cut are searches too.
+    answered.lock().unwrap().extend(["probe-healed".to_owned()]);
+    let read = every_answered_search_notified(&n2.url, SERVER_NAME, &la, &answered).await;
+    println!(
+        "cut for {cut_for:?} after {at_cut} answered; after the heal the plan change reached node 1 in \
+         {plan_caught_up:?} and its held notifications were written in {held_written:?}; {read} notifications read"
+    );
+    exactly_once(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_link_to_the_database_loses_no_notification_and_duplicates_none() {
+    let Some(mut net) = network() else { return };
+    let (db, h1) = (net.host("db", 2), net.host("n1", 10));
+    let cluster = PgCluster::start_in(&db.ns, &db.ip, &net.subnet());
+    let url = cluster.create_database("cpis");
+    let pki = Pki::new();
+    let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
+    let people = nhs_numbers(30);
+    let (n1, _n1_dir) = node(&net, &h1, &pki, &url).await;
+    load_people(&n1.url, SERVER_NAME, &la, &people).await;
+
+    net.lossy(&h1, &db.ip, 0.02);
+    let (load, stop) = Load::new();
+    let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
+    let tasks = searchers(false, &n1.url, SERVER_NAME, &ed, &people, "n1", &load);
+    wait_for_count(&count, 400).await;
+    stop.send_replace(true);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    net.heal(&h1);
+    let read = every_answered_search_notified(&n1.url, SERVER_NAME, &la, &answered).await;
+    println!("2 % of packets between the node and the database dropped: {read} notifications read");
+    exactly_once(&cluster);
+}
