@@ -38,7 +38,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde::{Serialize, de::DeserializeOwned};
 
 use self::lane::Lane;
-use super::{Applied, Change, Cursor, PersonHistory, Snapshot, Store, StoreError};
+use super::{Applied, Broken, Change, Cursor, PersonHistory, Snapshot, Store, StoreError};
 use crate::{
     model::{AccessEvent, AccessView, Notification, RequestKey},
     nhs::NhsNumber,
@@ -208,6 +208,7 @@ pub struct EmbeddedStore {
     activity_lane: Arc<Lane>,
     path: PathBuf,
     stats: Arc<CommitStats>,
+    broken: Broken,
 }
 
 /// Group-commit counters since the store was opened (both lanes).
@@ -241,11 +242,18 @@ impl EmbeddedStore {
         forget_request_records(&spaces)?;
         let stats = Arc::new(CommitStats::default());
         let positions = spaces.positions()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
-        let plan_lane = Lane::start("plans", changes::PlanCommitter { spaces: spaces.clone() }, Arc::clone(&stats))?;
+        let broken = Broken::default();
+        let plan_lane = Lane::start(
+            "plans",
+            changes::PlanCommitter { spaces: spaces.clone() },
+            Arc::clone(&stats),
+            broken.clone(),
+        )?;
         let activity_lane = Lane::start(
             "activity",
             changes::ActivityCommitter { spaces: spaces.clone(), positions },
             Arc::clone(&stats),
+            broken.clone(),
         )?;
         Ok(Self {
             spaces,
@@ -253,6 +261,7 @@ impl EmbeddedStore {
             activity_lane: Arc::new(activity_lane),
             path: data_dir.to_owned(),
             stats,
+            broken,
         })
     }
 
@@ -420,6 +429,10 @@ impl Store for EmbeddedStore {
             }
             Ok(page)
         })
+    }
+
+    fn broken(&self) -> Option<Broken> {
+        Some(self.broken.clone())
     }
 }
 
