@@ -77,6 +77,11 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// writing new table and journal files after this walk; those are private
 /// all the same, because the data directory itself is 0700 (no one but the
 /// relay's user can reach them).
+///
+/// Each directory is also synced, once its entries are walked: fjall syncs a
+/// new keyspace's own directory but not the `keyspaces/` directory that
+/// names it, so without this a power loss after a store is created could
+/// leave a journal whose keyspaces are gone (`tests/power_loss.rs` found it).
 fn restrict_tree(root: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let metadata = std::fs::symlink_metadata(root)?;
@@ -90,6 +95,7 @@ fn restrict_tree(root: &Path) -> std::io::Result<()> {
                 other => other?,
             }
         }
+        std::fs::File::open(root)?.sync_all()?;
     } else if metadata.is_file() {
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o600))?;
     }
