@@ -67,29 +67,6 @@ async fn replace_keeps_exactly_the_new_set_and_a_consistent_expiry_keyspace() {
 }
 
 #[tokio::test]
-async fn a_person_history_is_bounded_newest_first_and_finds_a_request_by_every_part() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
-    let other = plan(2, PlanType::ChildProtection, None).nhs_number();
-    for minute in 0..40 {
-        let change =
-            Change::RecordAccess { access: access(person, minute, "u", &format!("r{minute}")), drafts: vec![] };
-        store.apply(change).await.unwrap();
-    }
-    store.apply(Change::RecordAccess { access: access(other, 0, "u", "x"), drafts: vec![] }).await.unwrap();
-    let asked = access(person, 7, "u", "r7").request_key();
-    let history = store.person_history(person, Some(asked.clone()), 10).await.unwrap();
-    let minutes: Vec<i64> =
-        history.newest_first.iter().map(|a| a.view().unwrap().accessed_at.timestamp() / 60).collect();
-    assert_eq!(minutes, (30..40).rev().collect::<Vec<_>>());
-    assert_eq!(history.request_made_at, Some(chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(7)));
-    let another_user = crate::model::RequestKey { user_id: "v".into(), ..asked };
-    assert_eq!(store.person_history(person, Some(another_user), 1).await.unwrap().request_made_at, None);
-    assert_eq!(store.accesses_of(person).await.unwrap().len(), 40);
-}
-
-#[tokio::test]
 async fn sequences_survive_a_reopen_and_retention_removes_what_expired_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let person = plan(1, PlanType::ChildProtection, None).nhs_number();
