@@ -162,6 +162,18 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     watch.abort();
     hangups.abort();
     served.map_err(|error| CliError::Failed(error.to_string()))?;
+    if let Some(reason) = relay.store_broken() {
+        tracing::error!(
+            %reason,
+            status = exit::STORE_BROKEN,
+            held = relay.hub().held(),
+            data_dir = %config.data_dir.display(),
+            "stopped because the store's journal could not be written or synced: free space or replace the disk, \
+             then start the relay again (its supervisor does): the journal is replayed and held notifications reloaded \
+             from the spill file (searches whose notification could not be spilled either were answered UNAVAILABLE)"
+        );
+        return Ok(exit::STORE_BROKEN);
+    }
     let held = relay.hub().held();
     if held > 0 {
         match &config.store {
@@ -175,16 +187,6 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
                 "stopping with access notifications the memory store never accepted; they are lost"
             ),
         }
-    }
-    if let Some(reason) = relay.store_broken() {
-        tracing::error!(
-            %reason,
-            status = exit::STORE_BROKEN,
-            data_dir = %config.data_dir.display(),
-            "stopped because the store's journal could not be written or synced: free space or replace the disk, \
-             then start the relay again (its supervisor does): the journal is replayed and held notifications reloaded from the spill file"
-        );
-        return Ok(exit::STORE_BROKEN);
     }
     Ok(exit::OK)
 }
