@@ -20,7 +20,7 @@ use common::*;
 use cpis_relay::{
     client,
     proto::{
-        PlanType, SubscribeRequest, UploadMode, UploadStatus, lookup_client::LookupClient,
+        AckRequest, PlanType, SubscribeRequest, UploadMode, UploadStatus, lookup_client::LookupClient,
         notifications_client::NotificationsClient, plans_client::PlansClient,
     },
     relay::spill::SPILL_FILE,
@@ -95,12 +95,18 @@ async fn every_answered_search_survives_a_power_cut_in_the_embedded_store() {
     disk.cut();
     let mut server = start(dir.path(), &[], "warn").await;
     let answered = search_all(&server.url, &ed, &people, "stored").await;
+    let mut notifications = NotificationsClient::new(client::connect(&server.url, &la, None).await.unwrap());
+    notifications.ack(AckRequest { sequence: 4 }).await.unwrap();
     kill(&mut server).await;
     disk.cut();
 
     let mut server = start(dir.path(), &[], "warn").await;
     // The upload survived the first cut (each search found its person flagged); the searches the second.
     assert_notified(&server.url, &la, answered).await;
+    // And the acknowledgement: a subscription resumes after it.
+    let mut notifications = NotificationsClient::new(client::connect(&server.url, &la, None).await.unwrap());
+    let mut resumed = notifications.subscribe(SubscribeRequest { after_sequence: None }).await.unwrap().into_inner();
+    assert_eq!(next(&mut resumed).await.sequence, 5);
     kill(&mut server).await;
 }
 
