@@ -12,6 +12,11 @@
 #   ip, iptables       test hosts in network namespaces for the network-fault
 #                      tests (root only; they skip elsewhere, and fail under CI)
 #                                                   apt-get install iproute2 iptables
+#   root, mount, /dev/fuse
+#                      tests/store_broken.rs fills a small tmpfs (mount), and
+#                      tests/power_loss.rs mounts an in-memory FUSE filesystem
+#                      (the fuser crate, no libfuse); both skip without root,
+#                      and fail when CI=true     modprobe fuse (kernel module)
 #   npm, python3 with jsonschema
 #                      the published FHIR R4 JSON schema the FHIR door's answers
 #                      are validated against        scripts/fhir-schema.sh
@@ -81,6 +86,18 @@ if [ "$(id -u)" = 0 ]; then
   fi
 else
   say "ip and iptables: not checked (not root: the network-fault tests skip)"
+fi
+
+# Real disk faults: a full tmpfs and a power-cut FUSE filesystem need root, mount(8) and /dev/fuse
+if [ "$(id -u)" = 0 ] && command -v mount >/dev/null 2>&1; then
+  [ -e /dev/fuse ] || { $check_only || { say "modprobe fuse"; modprobe fuse 2>/dev/null || true; }; }
+  if [ -e /dev/fuse ]; then
+    say "disk fault tests: root, mount and /dev/fuse present"
+  else
+    need "/dev/fuse for tests/power_loss.rs" "modprobe fuse, or a container started with --device /dev/fuse"
+  fi
+else
+  say "disk fault tests: not root (or no mount); tests/store_broken.rs and tests/power_loss.rs will skip (they fail when CI=true)"
 fi
 
 # The FHIR R4 schema (npm) and Python's jsonschema

@@ -147,6 +147,9 @@ fn register_known_label_sets() {
     metrics::gauge!("cpis_index_lag_seconds").set(0.0);
     metrics::counter!("cpis_notifications_refused_total").absolute(0);
     metrics::counter!("cpis_spill_failures_total").absolute(0);
+    metrics::gauge!("cpis_store_broken").set(0.0);
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    metrics::gauge!("cpis_start_time_seconds").set(started.as_secs_f64());
     metrics::counter!("cpis_fhir_trace_id_reused_total").absolute(0);
     // Histograms appear once registered, with every bucket at zero.
     let _ = metrics::histogram!("cpis_search_duration_seconds");
@@ -201,6 +204,15 @@ fn describe_metrics() {
     describe_counter!("cpis_store_changes_total", "Changes carried by committed store transactions.");
     describe_counter!("cpis_store_sync_failures_total", "Store transactions that failed.");
     describe_counter!("cpis_store_failures_total", "Operations that could not be stored, by operation.");
+    describe_gauge!(
+        "cpis_store_broken",
+        "1 once the embedded store's journal could not be written or synced: the relay is stopping (exit status 74) to replay it."
+    );
+    describe_gauge!(
+        "cpis_start_time_seconds",
+        Unit::Seconds,
+        "When this relay process started (Unix time): changes() of it counts restarts."
+    );
     describe_counter!("cpis_auth_denied_total", "Refused callers by reason.");
     describe_counter!(
         "cpis_tls_handshake_failures_total",

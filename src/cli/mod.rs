@@ -35,6 +35,9 @@ pub mod exit {
     pub const DATA: u8 = 65;
     /// EX_UNAVAILABLE: the relay could not be reached or refused the call.
     pub const UNAVAILABLE: u8 = 69;
+    /// EX_IOERR: `serve` stopped because the embedded store's journal could
+    /// not be written or synced; restarting replays it.
+    pub const STORE_BROKEN: u8 = 74;
 }
 
 #[derive(Debug, Parser)]

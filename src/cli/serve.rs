@@ -1,6 +1,7 @@
 //! `cpis-relay serve`: resolves the configuration (file < environment <
 //! flags), opens the store, rebuilds the relay's memory from it, binds the
-//! listeners and serves until SIGTERM or SIGINT.
+//! listeners and serves until SIGTERM or SIGINT, or until the store breaks
+//! for good (exit status 74, see `store::Broken`).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -146,10 +147,33 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     relay.spawn_retention();
     let options = server_options(&config, server_tls);
     let doors = server::Doors { fhir, web };
-    let served = server::run(listener, Some(admin), doors, relay.clone(), options, shutdown_signal()).await;
+    // A broken store stops the relay as SIGTERM does (in-flight calls are answered), then exits 74.
+    let broken = relay.broken_store();
+    let stop = async {
+        match &broken {
+            Some(broken) => tokio::select! {
+                () = shutdown_signal() => {}
+                reason = broken.wait() => tracing::error!(%reason, "the store is broken: stopping so that a restart replays its journal"),
+            },
+            None => shutdown_signal().await,
+        }
+    };
+    let served = server::run(listener, Some(admin), doors, relay.clone(), options, stop).await;
     watch.abort();
     hangups.abort();
     served.map_err(|error| CliError::Failed(error.to_string()))?;
+    if let Some(reason) = relay.store_broken() {
+        tracing::error!(
+            %reason,
+            status = exit::STORE_BROKEN,
+            held = relay.hub().held(),
+            data_dir = %config.data_dir.display(),
+            "stopped because the store's journal could not be written or synced: free space or replace the disk, \
+             then start the relay again (its supervisor does): the journal is replayed and held notifications reloaded \
+             from the spill file (searches whose notification could not be spilled either were answered UNAVAILABLE)"
+        );
+        return Ok(exit::STORE_BROKEN);
+    }
     let held = relay.hub().held();
     if held > 0 {
         match &config.store {

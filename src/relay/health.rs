@@ -113,6 +113,10 @@ impl Store for ReportingStore {
         self.inner.feed()
     }
 
+    fn broken(&self) -> Option<crate::store::Broken> {
+        self.inner.broken()
+    }
+
     fn notifications_after(
         &self,
         la_ods_code: &str,

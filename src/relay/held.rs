@@ -20,7 +20,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Condvar, Mutex, MutexGuard,
+        Arc, Condvar, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -31,6 +31,7 @@ use super::{
     spill::{self, HeldSearch, Spill},
 };
 use crate::{
+    error::{Error, Result},
     model::{AccessEvent, NotificationDraft},
     nhs::NhsNumber,
     store::{Applied, Change, StoreError},
@@ -57,6 +58,8 @@ struct Queue {
     pending: Vec<u8>,
     /// How many searches `pending` holds (the newest of `searches`, unless stored meanwhile).
     pending_count: usize,
+    /// Whether the write of `pending` succeeded, once it is done.
+    pending_written: Arc<OnceLock<bool>>,
     /// Tickets: each spilled search's number, and the highest one written (or failed).
     issued: u64,
     written_through: u64,
@@ -78,7 +81,11 @@ pub struct Held {
 }
 
 enum Holding {
-    Held(usize),
+    /// Held, one of `held`; `spilled` once its record is synced to the spill file.
+    Held {
+        held: usize,
+        spilled: bool,
+    },
     Refused(usize),
 }
 
@@ -145,16 +152,17 @@ impl Held {
         queue.searches.push_back(search);
         let held = queue.searches.len();
         if !queue.spilled {
-            return Holding::Held(held);
+            return Holding::Held { held, spilled: false };
         }
         match record {
             Ok(record) => queue.pending.extend_from_slice(&record),
             Err(error) => {
                 tracing::error!(%error, "cannot encode a held notification for the spill file; holding it in memory only");
                 metrics::counter!("cpis_spill_failures_total").increment(1);
-                return Holding::Held(held);
+                return Holding::Held { held, spilled: false };
             }
         }
+        let written = Arc::clone(&queue.pending_written);
         queue.pending_count += 1;
         queue.issued += 1;
         let ticket = queue.issued;
@@ -165,7 +173,7 @@ impl Held {
                 queue = self.write_pending(queue);
             }
         }
-        Holding::Held(held)
+        Holding::Held { held, spilled: written.get() == Some(&true) }
     }
 
     /// Writes every pending record with one sync, the queue unlocked meanwhile.
@@ -174,9 +182,10 @@ impl Held {
         drop(queue);
         let mut spill = self.spill();
         // Taken once the file is ours: records pending meanwhile join this sync.
-        let (records, count, through) = {
+        let (records, count, through, written) = {
             let mut queue = self.queue();
-            let taken = (std::mem::take(&mut queue.pending), queue.pending_count, queue.issued);
+            let written = std::mem::take(&mut queue.pending_written);
+            let taken = (std::mem::take(&mut queue.pending), queue.pending_count, queue.issued, written);
             queue.pending_count = 0;
             taken
         };
@@ -189,6 +198,7 @@ impl Held {
             tracing::error!(%error, count, path = %spill.path().display(), "cannot write held notifications to the spill file; holding them in memory only");
             metrics::counter!("cpis_spill_failures_total").increment(count as u64);
         }
+        let _ = written.set(result.is_ok());
         drop(spill);
         let mut queue = self.queue();
         queue.writing = false;
@@ -233,48 +243,63 @@ impl Held {
 }
 
 impl Relay {
-    /// Commits a search's access and notifications. Resolves once they are
-    /// durable; if the store fails, the search still answers and they are
-    /// held (spilled and synced first) and retried until the store takes them.
-    /// Stores a search's access and notifications, or holds them for retry;
-    /// either way the access joins the person's recent accesses. Returns
-    /// false only when neither could be done (the hold limit refused it).
-    pub(super) async fn commit_access(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) -> bool {
+    /// Stores a search's access and notifications, resolving once they are
+    /// durable; if the store fails they are held (spilled and synced first)
+    /// and retried until the store takes it. Either way the access joins the
+    /// person's recent accesses and the search is answered. The one error:
+    /// the store is broken for good (the process is stopping to replay its
+    /// journal) and the spill could not be written either, so the
+    /// notification would not survive the restart: the caller is told to
+    /// retry rather than be answered as if it were kept.
+    pub(super) async fn commit_access(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) -> Result<()> {
         let change = Change::RecordAccess { access: access.clone(), drafts: drafts.clone() };
-        match self.shared.store.apply(change).await {
+        let error = match self.shared.store.apply(change).await {
             Ok(Applied::Notified(notifications)) => {
                 self.remember(&access);
                 self.shared.hub.publish(&notifications);
-                true
+                return Ok(());
             }
             // Another node stored this request within the window: this search is its retry.
-            Ok(Applied::Repeated) => true,
+            Ok(Applied::Repeated) => return Ok(()),
             Ok(other) => {
                 tracing::error!(?other, "store answered a recorded access with something else");
-                false
+                return Ok(());
             }
-            Err(error) => {
-                tracing::error!(%error, held = self.shared.hub.held() + 1, "could not store an access notification; holding it for retry");
-                // Refused over the hold limit, it is not remembered: a racing copy of
-                // the request then tries again rather than counting on it.
-                let kept = self.hold(HeldSearch { access: access.clone(), drafts }).await;
-                if kept {
-                    self.remember(&access);
-                }
-                kept
+            Err(error) => error,
+        };
+        tracing::error!(%error, held = self.shared.hub.held() + 1, "could not store an access notification; holding it for retry");
+        let broken = matches!(error, StoreError::Broken(_));
+        match self.hold(HeldSearch { access: access.clone(), drafts }).await {
+            Some(spilled) if spilled || !broken => {
+                self.remember(&access);
+                Ok(())
+            }
+            // Refused over the hold limit, it is not remembered: a racing copy of
+            // the request then tries again rather than counting on it.
+            None if !broken => Ok(()),
+            _ => {
+                tracing::error!(
+                    "the store is broken and the spill file could not be written: this search is answered UNAVAILABLE so that the client retries"
+                );
+                Err(Error::Unavailable(
+                    "the relay's store failed and the relay is restarting; this search's notification could not be kept: retry the search".into(),
+                ))
             }
         }
     }
 
-    /// Whether the search is held (false: refused over the limit).
-    async fn hold(&self, search: HeldSearch) -> bool {
+    /// Holds a search: `Some(spilled)` once held (spilled: synced to the
+    /// spill file), `None` when refused over the limit.
+    async fn hold(&self, search: HeldSearch) -> Option<bool> {
         let relay = self.clone();
         let limit = self.shared.settings.max_held_notifications;
         let notifications = search.drafts.len();
         let holding = tokio::task::spawn_blocking(move || relay.shared.hub.held.push(search, limit)).await;
-        let held = matches!(holding, Ok(Holding::Held(_)));
-        match holding {
-            Ok(Holding::Held(held)) => self.held_changed(held),
+        let kept = match holding {
+            Ok(Holding::Held { held, spilled }) => {
+                self.held_changed(held);
+                Some(spilled)
+            }
             Ok(Holding::Refused(held)) => {
                 tracing::error!(
                     held,
@@ -284,11 +309,15 @@ impl Relay {
                 );
                 metrics::counter!("cpis_notifications_refused_total").increment(notifications as u64);
                 self.held_changed(held);
+                None
             }
-            Err(error) => tracing::error!(%error, "holding a notification did not finish"),
-        }
+            Err(error) => {
+                tracing::error!(%error, "holding a notification did not finish");
+                None
+            }
+        };
         self.start_retrying();
-        held
+        kept
     }
 
     fn held_changed(&self, held: usize) {
@@ -362,7 +391,11 @@ impl Relay {
 
     /// Shutdown: keeps retrying held notifications until none is held or
     /// `deadline` passes; returns how many are still held (they stay in the spill).
+    /// A broken store takes nothing before the restart: no attempt is made.
     pub async fn store_held_until(&self, deadline: tokio::time::Instant) -> usize {
+        if self.store_broken().is_some() {
+            return self.shared.hub.held();
+        }
         let attempts = async {
             loop {
                 match self.retry_oldest().await {
@@ -476,7 +509,7 @@ mod tests {
         held.install(Spill::open(dir.path()).unwrap().0, VecDeque::new());
         let total = COMPACT_AFTER as u128 + 3;
         for id in 0..total {
-            assert!(matches!(held.push(search(id), usize::MAX), Holding::Held(_)));
+            assert!(matches!(held.push(search(id), usize::MAX), Holding::Held { .. }));
         }
         assert!(matches!(held.push(search(total), total as usize), Holding::Refused(_)), "the bound");
         for _ in 0..COMPACT_AFTER - 1 {
@@ -502,7 +535,7 @@ mod tests {
         let pushers: Vec<_> = (0..SEARCHES)
             .map(|id| {
                 let held = std::sync::Arc::clone(&held);
-                std::thread::spawn(move || matches!(held.push(search(id), usize::MAX), Holding::Held(_)))
+                std::thread::spawn(move || matches!(held.push(search(id), usize::MAX), Holding::Held { .. }))
             })
             .collect();
         // Each search is held in memory at once, and read without waiting for the file.

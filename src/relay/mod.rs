@@ -262,6 +262,16 @@ impl Relay {
         self.shared.health.subscribe()
     }
 
+    /// The store's signal that it takes no more writes until a restart, for a store that can break so.
+    pub fn broken_store(&self) -> Option<crate::store::Broken> {
+        self.shared.store.broken()
+    }
+
+    /// Why the store is broken, once it is.
+    pub fn store_broken(&self) -> Option<String> {
+        self.broken_store().and_then(|broken| broken.reason())
+    }
+
     /// Ends open subscription streams; part of graceful shutdown.
     pub fn begin_draining(&self) {
         self.shared.draining.send_replace(true);

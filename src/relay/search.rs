@@ -210,12 +210,15 @@ impl Relay {
             // On its own task, holding the request's claim until the commit is done:
             // a client that goes away mid-search (dropping this future) must not take
             // the notification with it, nor let a retry notify a second time meanwhile.
+            // Answered as kept unless it is not, and cannot be after the restart that follows
+            // (a broken store): then the client retries rather than count on a lost notification.
             let relay = self.clone();
             FinishOnDrop::new(async move {
-                relay.commit_access(access, drafts).await;
+                let kept = relay.commit_access(access, drafts).await;
                 drop(claim);
+                kept
             })
-            .await;
+            .await?;
         } else {
             tracing::debug!(organisation = %identity.ods_code, "repeated request: answered without a second notification");
         }
@@ -245,21 +248,22 @@ fn random_id() -> uuid::Uuid {
 /// Runs a future to its end even if the caller stops waiting: awaited, it is
 /// polled in place (no task, no thread hop); dropped before it finished (the
 /// client went away, a deadline passed), what is left runs as its own task.
-struct FinishOnDrop {
-    future: Option<futures::future::BoxFuture<'static, ()>>,
+struct FinishOnDrop<T: Send + 'static> {
+    future: Option<futures::future::BoxFuture<'static, T>>,
 }
 
-impl FinishOnDrop {
-    fn new(future: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+impl<T: Send + 'static> FinishOnDrop<T> {
+    fn new(future: impl std::future::Future<Output = T> + Send + 'static) -> Self {
         Self { future: Some(Box::pin(future)) }
     }
 }
 
-impl std::future::Future for FinishOnDrop {
-    type Output = ();
+impl<T: Send + 'static> std::future::Future for FinishOnDrop<T> {
+    type Output = T;
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let Some(future) = self.future.as_mut() else { return std::task::Poll::Ready(()) };
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        // Never polled again once ready (it is awaited once).
+        let Some(future) = self.future.as_mut() else { return std::task::Poll::Pending };
         let poll = future.as_mut().poll(cx);
         if poll.is_ready() {
             self.future = None;
@@ -268,12 +272,14 @@ impl std::future::Future for FinishOnDrop {
     }
 }
 
-impl Drop for FinishOnDrop {
+impl<T: Send + 'static> Drop for FinishOnDrop<T> {
     fn drop(&mut self) {
         if let Some(future) = self.future.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(future);
+            runtime.spawn(async move {
+                future.await;
+            });
         }
     }
 }

@@ -122,4 +122,8 @@ impl Store for FaultyStore {
     fn feed(&self) -> Option<Arc<dyn Feed>> {
         self.inner.feed()
     }
+
+    fn broken(&self) -> Option<super::Broken> {
+        self.inner.broken()
+    }
 }

@@ -41,6 +41,53 @@ pub enum StoreError {
     Closed,
     #[error("storage failure injected for a test")]
     Injected,
+    /// The store takes no more writes until the process restarts: an
+    /// embedded store's journal write or sync failed (see [`Broken`]).
+    #[error("the store's journal failed and it takes no more writes until the relay restarts: {0}")]
+    Broken(String),
+}
+
+/// Set once a store can take no more writes until the process restarts. An
+/// embedded (fjall) store whose journal append or sync failed refuses every
+/// later commit ("poisoned": what reached the disk is unknown, and only the
+/// replay of a restart recovers it), so the relay stops instead of holding
+/// every search until its limit. Clones share the signal.
+#[derive(Clone, Debug)]
+pub struct Broken(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for Broken {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(None)))
+    }
+}
+
+impl Broken {
+    /// Marks the store broken, with why; true the first time.
+    pub fn set(&self, reason: &str) -> bool {
+        self.0.send_if_modified(|state| {
+            let first = state.is_none();
+            if first {
+                *state = Some(reason.to_owned());
+            }
+            first
+        })
+    }
+
+    /// Why the store is broken, once it is.
+    pub fn reason(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Resolves (with why) once the store is broken.
+    pub async fn wait(&self) -> String {
+        let mut state = self.0.subscribe();
+        let reason = state.wait_for(Option::is_some).await.map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            // The sender lives in `self`: never closed while this waits.
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 /// One change to the system of record, applied atomically.
@@ -150,6 +197,12 @@ pub trait Store: Send + Sync + 'static {
     /// What other relay nodes commit, for a store they share; `None` when
     /// this process is the store's only writer.
     fn feed(&self) -> Option<Arc<dyn Feed>> {
+        None
+    }
+
+    /// The signal of a store that can break for good (until a restart);
+    /// `None` for one that recovers on its own once its disk or database does.
+    fn broken(&self) -> Option<Broken> {
         None
     }
 }

@@ -3,7 +3,8 @@
 //! append, one `fdatasync`), or the batch fails whole. Reads a change needs
 //! (the plan a new version replaces, an authority's current set for a
 //! refresh, what retention removes) see everything committed before it,
-//! because each lane is the only writer of its keyspaces.
+//! because each lane is the only writer of its keyspaces. A failed commit is
+//! [`StoreError::Broken`]: the engine takes no more writes after it.
 
 use std::collections::HashMap;
 
@@ -73,9 +74,15 @@ impl Committer for PlanCommitter {
                 }
             });
         }
-        batch.commit().map_err(io)?;
+        batch.commit().map_err(journal_failed)?;
         Ok(results)
     }
+}
+
+/// A failed commit: fjall fails one only when its journal append or sync
+/// failed, and from then on refuses every commit of that database.
+fn journal_failed(error: fjall::Error) -> StoreError {
+    StoreError::Broken(error.to_string())
 }
 
 fn put_authority(spaces: &Spaces, batch: &mut OwnedWriteBatch, authority: &LocalAuthority) -> Result<(), StoreError> {
@@ -254,7 +261,7 @@ impl Committer for ActivityCommitter {
                 }
             });
         }
-        batch.commit().map_err(io)?;
+        batch.commit().map_err(journal_failed)?;
         self.positions = positions;
         Ok(results)
     }

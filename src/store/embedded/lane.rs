@@ -8,6 +8,13 @@
 //! and notifications, acknowledgements, activity retention). A 150,000-record
 //! FULL_REFRESH therefore never sits between a search and its notification's
 //! commit.
+//!
+//! A commit that fails with [`StoreError::Broken`] (the journal append or
+//! sync failed: fjall refuses every later commit of that database) marks the
+//! store [`Broken`], with an error log and `cpis_store_broken` at 1; the lane
+//! then fails every change at once with the same error, never answering one
+//! as committed, and `serve` stops the process (exit status 74) so that the
+//! supervisor restarts it and the engine replays its journal.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -17,7 +24,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::CommitStats;
-use crate::store::{Applied, Change, StoreError};
+use crate::store::{Applied, Broken, Change, StoreError};
 
 /// Most changes committed in one batch.
 const MAX_BATCH: usize = 4096;
@@ -47,7 +54,9 @@ impl Lane {
         name: &str,
         mut committer: impl Committer,
         stats: Arc<CommitStats>,
+        broken: Broken,
     ) -> Result<Self, StoreError> {
+        let lane = name.to_owned();
         let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name(format!("cpis-store-{name}"))
@@ -60,7 +69,14 @@ impl Lane {
                             Err(_) => break,
                         }
                     }
-                    run_batch(&mut committer, &stats, batch);
+                    match broken.reason() {
+                        None => run_batch(&mut committer, &stats, &broken, &lane, batch),
+                        Some(reason) => {
+                            for job in batch {
+                                let _ = job.reply.send(Err(StoreError::Broken(reason.clone())));
+                            }
+                        }
+                    }
                 }
             })
             .map_err(|error| StoreError::Io(error.to_string()))?;
@@ -80,7 +96,7 @@ impl Lane {
     }
 }
 
-fn run_batch(committer: &mut impl Committer, stats: &CommitStats, batch: Vec<Job>) {
+fn run_batch(committer: &mut impl Committer, stats: &CommitStats, broken: &Broken, lane: &str, batch: Vec<Job>) {
     let (changes, replies): (Vec<Change>, Vec<_>) = batch.into_iter().map(|job| (job.change, job.reply)).unzip();
     let size = changes.len();
     let started = Instant::now();
@@ -98,6 +114,18 @@ fn run_batch(committer: &mut impl Committer, stats: &CommitStats, batch: Vec<Job
         }
         Err(error) => {
             metrics::counter!("cpis_store_sync_failures_total").increment(1);
+            if let StoreError::Broken(reason) = &error
+                && broken.set(reason)
+            {
+                metrics::gauge!("cpis_store_broken").set(1.0);
+                tracing::error!(
+                    lane,
+                    %reason,
+                    "the store's journal could not be written or synced: the engine takes no more writes, so the relay \
+                     stops (exit status 74) and its supervisor should restart it, which replays the journal; check the \
+                     data directory's disk first (free space, I/O errors in the kernel log)"
+                );
+            }
             tracing::error!(%error, changes = size, "store commit failed; nothing of the batch was applied");
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));

@@ -38,7 +38,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde::{Serialize, de::DeserializeOwned};
 
 use self::lane::Lane;
-use super::{Applied, Change, Cursor, Snapshot, Store, StoreError};
+use super::{Applied, Broken, Change, Cursor, Snapshot, Store, StoreError};
 use crate::{
     model::{AccessEvent, AccessView, Notification},
     nhs::NhsNumber,
@@ -77,6 +77,11 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// writing new table and journal files after this walk; those are private
 /// all the same, because the data directory itself is 0700 (no one but the
 /// relay's user can reach them).
+///
+/// Each directory is also synced, once its entries are walked: fjall syncs a
+/// new keyspace's own directory but not the `keyspaces/` directory that
+/// names it, so without this a power loss after a store is created could
+/// leave a journal whose keyspaces are gone (`tests/power_loss.rs` found it).
 fn restrict_tree(root: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let metadata = std::fs::symlink_metadata(root)?;
@@ -90,6 +95,7 @@ fn restrict_tree(root: &Path) -> std::io::Result<()> {
                 other => other?,
             }
         }
+        std::fs::File::open(root)?.sync_all()?;
     } else if metadata.is_file() {
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o600))?;
     }
@@ -208,6 +214,7 @@ pub struct EmbeddedStore {
     activity_lane: Arc<Lane>,
     path: PathBuf,
     stats: Arc<CommitStats>,
+    broken: Broken,
 }
 
 /// Group-commit counters since the store was opened (both lanes).
@@ -241,11 +248,18 @@ impl EmbeddedStore {
         forget_request_records(&spaces)?;
         let stats = Arc::new(CommitStats::default());
         let positions = spaces.positions()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
-        let plan_lane = Lane::start("plans", changes::PlanCommitter { spaces: spaces.clone() }, Arc::clone(&stats))?;
+        let broken = Broken::default();
+        let plan_lane = Lane::start(
+            "plans",
+            changes::PlanCommitter { spaces: spaces.clone() },
+            Arc::clone(&stats),
+            broken.clone(),
+        )?;
         let activity_lane = Lane::start(
             "activity",
             changes::ActivityCommitter { spaces: spaces.clone(), positions },
             Arc::clone(&stats),
+            broken.clone(),
         )?;
         Ok(Self {
             spaces,
@@ -253,6 +267,7 @@ impl EmbeddedStore {
             activity_lane: Arc::new(activity_lane),
             path: data_dir.to_owned(),
             stats,
+            broken,
         })
     }
 
@@ -394,6 +409,10 @@ impl Store for EmbeddedStore {
             }
             Ok(page)
         })
+    }
+
+    fn broken(&self) -> Option<Broken> {
+        Some(self.broken.clone())
     }
 }
 

@@ -67,28 +67,6 @@ async fn replace_keeps_exactly_the_new_set_and_a_consistent_expiry_keyspace() {
 }
 
 #[tokio::test]
-async fn a_persons_accesses_are_all_kept_for_auditors_and_load_into_memory_for_searches() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
-    let other = plan(2, PlanType::ChildProtection, None).nhs_number();
-    for minute in 0..40 {
-        let change =
-            Change::RecordAccess { access: access(person, minute, "u", &format!("r{minute}")), drafts: vec![] };
-        store.apply(change).await.unwrap();
-    }
-    store.apply(Change::RecordAccess { access: access(other, 0, "u", "x"), drafts: vec![] }).await.unwrap();
-    assert_eq!(store.accesses_of(person).await.unwrap().len(), 40);
-    let recent = store.load().await.unwrap().recent;
-    assert_eq!((recent.people(), recent.len()), (2, 41), "every access within the day is held");
-    let asked = access(person, 7, "u", "r7").request_key();
-    let now = chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(40);
-    assert!(recent.with(person, |held| crate::history::is_repeat(held, &asked, now)));
-    let another_user = crate::model::RequestKey { user_id: "v".into(), ..asked };
-    assert!(!recent.with(person, |held| crate::history::is_repeat(held, &another_user, now)));
-}
-
-#[tokio::test]
 async fn sequences_survive_a_reopen_and_retention_removes_what_expired_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let person = plan(1, PlanType::ChildProtection, None).nhs_number();

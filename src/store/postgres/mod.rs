@@ -270,7 +270,10 @@ impl Store for PostgresStore {
                 )
                 .await
                 .map_err(db_error)?;
-            let rows = client.query(&statement, &[&la, &(after as i64), &(limit as i64)]).await.map_err(db_error)?;
+            // Sequences are BIGINT: past i64::MAX there is none (`as` would wrap to -1 and list them all).
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = client.query(&statement, &[&la, &after, &limit]).await.map_err(db_error)?;
             rows.iter().map(|row| notification(row.get(0), row.get(1), row.get(2))).collect()
         }
         .boxed()

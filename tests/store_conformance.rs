@@ -1,0 +1,409 @@
+//! One behavioural contract, three stores: every test here runs against the
+//! embedded (fjall) store, the memory store and a real PostgreSQL (a private
+//! cluster per test, see tests/support/postgres.rs), through the `Store`
+//! trait only. Sequences per authority in commit order (continued after a
+//! reopen), paging of notifications, cumulative acknowledgements, a
+//! person's bounded history and its requests, the audit trail, full refresh
+//! (exactly the new set, never half of it) and retention.
+//!
+//! Where the stores differ on purpose the test says so: the memory store has
+//! no restart (its "reopen" is the same store), and PostgreSQL recognises a
+//! request made within 24 hours at the store (other nodes make them too), so
+//! every access here carries its own request id.
+
+mod common;
+#[path = "support/postgres.rs"]
+mod postgres;
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use cpis_relay::{
+    model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, PlanType, RequestKey},
+    nhs::NhsNumber,
+    store::{
+        Applied, Change, Cursor, EXPIRY_CHUNK, Expiry, Store,
+        embedded::EmbeddedStore,
+        memory::MemoryStore,
+        postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
+    },
+    stored::StoredPlan,
+};
+
+/// A store under test, and how to open it again.
+struct Subject {
+    store: Option<Arc<dyn Store>>,
+    kind: Kind,
+}
+
+enum Kind {
+    Embedded(tempfile::TempDir),
+    Memory,
+    /// The cluster lives (and is stopped when dropped) with the store.
+    Postgres {
+        _cluster: postgres::PgCluster,
+        url: String,
+    },
+}
+
+impl Subject {
+    async fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        Self { store: Some(store), kind: Kind::Embedded(dir) }
+    }
+
+    async fn memory() -> Self {
+        Self { store: Some(Arc::new(MemoryStore::new())), kind: Kind::Memory }
+    }
+
+    async fn postgres() -> Self {
+        let cluster = postgres::PgCluster::start();
+        let url = cluster.create_database("cpis");
+        let store = open_postgres(&url).await;
+        Self { store: Some(store), kind: Kind::Postgres { _cluster: cluster, url } }
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_deref().expect("open")
+    }
+
+    /// Closes the store and opens it again, as a restart does (the memory store has no restart).
+    async fn reopen(&mut self) {
+        let store = match &self.kind {
+            Kind::Memory => return,
+            Kind::Embedded(dir) => {
+                // The lanes commit what is queued and stop when the last handle goes.
+                drop(self.store.take());
+                Arc::new(EmbeddedStore::open(dir.path()).unwrap()) as Arc<dyn Store>
+            }
+            Kind::Postgres { url, .. } => {
+                drop(self.store.take());
+                open_postgres(url).await
+            }
+        };
+        self.store = Some(store);
+    }
+
+    async fn apply(&self, change: Change) -> Applied {
+        self.store().apply(change).await.unwrap()
+    }
+
+    /// Records a search of `person` at `minute`, notifying `authorities`; returns the sequences.
+    async fn search(&self, person: NhsNumber, minute: i64, user: &str, authorities: &[&str]) -> Vec<(String, u64)> {
+        let id = next_id();
+        let access = access(id, person, minute, user);
+        let drafts = authorities.iter().map(|la| draft(la, id)).collect();
+        match self.apply(Change::RecordAccess { access, drafts }).await {
+            Applied::Notified(notified) => {
+                notified.into_iter().map(|n| (n.draft.la_ods_code.clone(), n.sequence)).collect()
+            }
+            other => panic!("a recorded access answered {other:?}"),
+        }
+    }
+
+    async fn cursor(&self, la: &str) -> Cursor {
+        let cursors = self.store().load().await.unwrap().cursors;
+        cursors.into_iter().find(|cursor| cursor.la_ods_code == la).unwrap_or_default()
+    }
+
+    async fn plans(&self) -> BTreeSet<(String, NhsNumber, PlanType)> {
+        let plans = self.store().load().await.unwrap().plans;
+        plans.iter().map(|plan| (plan.la_ods_code().to_owned(), plan.nhs_number(), plan.plan_type())).collect()
+    }
+
+    async fn upsert(&self, la: &str, plans: Vec<StoredPlan>) {
+        self.apply(Change::UpsertPlans { authority: authority(la), plans: plans.into() }).await;
+    }
+}
+
+async fn open_postgres(url: &str) -> Arc<dyn Store> {
+    cpis_relay::tls::install_crypto_provider();
+    let options = PostgresOptions {
+        connect: ConnectOptions { url: StoreUrl::parse(url).unwrap(), password_file: None, pool_size: 4 },
+        write_timeout: Duration::from_secs(10),
+    };
+    Arc::new(PostgresStore::open(&options).await.unwrap())
+}
+
+fn next_id() -> u128 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    u128::from(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+fn base() -> DateTime<Utc> {
+    "2026-06-01T09:00:00Z".parse().unwrap()
+}
+
+fn at(minute: i64) -> DateTime<Utc> {
+    base() + chrono::Duration::minutes(minute)
+}
+
+fn person(n: u64) -> NhsNumber {
+    NhsNumber::complete(999_000_000 + n).or_else(|| NhsNumber::complete(999_100_000 + n)).unwrap()
+}
+
+fn authority(la: &str) -> LocalAuthority {
+    cpis_relay::synth::authority(la).unwrap_or_else(|| LocalAuthority {
+        ods_code: la.into(),
+        name: format!("Authority {la}"),
+        office_hours_phone: "0100 000 0000".into(),
+        emergency_phone: "0100 000 0001".into(),
+    })
+}
+
+fn plan(la: &str, n: u64, plan_type: PlanType, end: Option<&str>) -> StoredPlan {
+    let plan = Plan {
+        nhs_number: person(n),
+        la_ods_code: la.into(),
+        local_id: format!("L{n}"),
+        given_name: "Test".into(),
+        family_name: "Child".into(),
+        date_of_birth: "2015-01-01".parse().unwrap(),
+        address: Default::default(),
+        plan_type,
+        start_date: "2019-01-01".parse().unwrap(),
+        end_date: end.map(|end| end.parse().unwrap()),
+        expected_delivery_date: None,
+        team_code: "T".into(),
+        loaded_at: base(),
+    };
+    StoredPlan::encode(&plan, la.into()).unwrap()
+}
+
+fn access(id: u128, person: NhsNumber, minute: i64, user: &str) -> AccessEvent {
+    AccessEvent {
+        id,
+        accessed_at: at(minute),
+        nhs_number: person,
+        organisation_ods_code: "RR8".into(),
+        organisation_name: "Leeds Teaching Hospitals".into(),
+        care_setting: CareSetting::EmergencyDepartment,
+        accessor: Accessor { user_id: user.into(), name: format!("Dr {user}"), role_code: "R8000".into() },
+        request_id: format!("request-{id}"),
+        scheduled: false,
+    }
+}
+
+fn draft(la: &str, id: u128) -> NotificationDraft {
+    NotificationDraft {
+        la_ods_code: la.into(),
+        notification_id: format!("n-{la}-{id}"),
+        local_id: "L".into(),
+        plan_type: PlanType::ChildProtection,
+        team_code: "T".into(),
+    }
+}
+
+/// Instantiates each behavioural test once per store.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(super::Subject::embedded().await).await;
+            })*
+        }
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(super::Subject::memory().await).await;
+            })*
+        }
+        mod postgres_store {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(super::Subject::postgres().await).await;
+            })*
+        }
+    };
+}
+
+conformance!(
+    sequences_are_per_authority_in_commit_order_and_go_on_after_a_reopen,
+    notifications_page_in_sequence_order,
+    acknowledgements_are_cumulative_and_never_beyond_the_last_sequence,
+    a_persons_recent_accesses_load_in_time_order_and_the_trail_keeps_every_access,
+    a_request_is_found_only_by_its_whole_key,
+    a_full_refresh_makes_the_set_exactly_the_new_one_and_never_half_of_it,
+    retention_removes_only_what_is_past_its_keeping_period,
+);
+
+async fn sequences_are_per_authority_in_commit_order_and_go_on_after_a_reopen(mut subject: Subject) {
+    subject.upsert("706", vec![plan("706", 1, PlanType::ChildProtection, None)]).await;
+    subject.upsert("707", vec![plan("707", 1, PlanType::LookedAfter, None)]).await;
+    let child = person(1);
+    for round in 1..=3 {
+        let mut notified = subject.search(child, round, "u", &["706", "707"]).await;
+        notified.sort();
+        assert_eq!(notified, [("706".to_owned(), round as u64), ("707".to_owned(), round as u64)]);
+    }
+    assert_eq!(subject.search(child, 4, "u", &["706"]).await, [("706".to_owned(), 4)]);
+    subject.apply(Change::Ack { la_ods_code: "706".into(), through: 2 }).await;
+
+    subject.reopen().await;
+    let cursor = subject.cursor("706").await;
+    assert_eq!((cursor.last_sequence, cursor.acked_through), (4, 2));
+    assert_eq!(subject.cursor("707").await.last_sequence, 3);
+    assert_eq!(subject.search(child, 5, "u", &["706"]).await, [("706".to_owned(), 5)], "numbering goes on");
+    assert_eq!(subject.search(child, 6, "u", &["707"]).await, [("707".to_owned(), 4)], "per authority");
+}
+
+async fn notifications_page_in_sequence_order(subject: Subject) {
+    subject.upsert("706", vec![plan("706", 1, PlanType::ChildProtection, None)]).await;
+    for minute in 0..7 {
+        subject.search(person(1), minute, &format!("user-{minute}"), &["706"]).await;
+    }
+    let store = subject.store();
+    let page = |after, limit| async move {
+        let page = store.notifications_after("706", after, limit).await.unwrap();
+        page.iter().map(|n| (n.sequence, n.access.accessor.user_id.clone())).collect::<Vec<_>>()
+    };
+    let users = |range: std::ops::RangeInclusive<u64>| -> Vec<(u64, String)> {
+        range.map(|sequence| (sequence, format!("user-{}", sequence - 1))).collect()
+    };
+    assert_eq!(page(0, 3).await, users(1..=3));
+    assert_eq!(page(3, 3).await, users(4..=6));
+    assert_eq!(page(6, 3).await, users(7..=7));
+    assert!(page(7, 3).await.is_empty());
+    assert!(page(u64::MAX, 3).await.is_empty());
+    assert!(store.notifications_after("707", 0, 3).await.unwrap().is_empty(), "another authority's are not listed");
+}
+
+async fn acknowledgements_are_cumulative_and_never_beyond_the_last_sequence(mut subject: Subject) {
+    subject.upsert("706", vec![plan("706", 1, PlanType::ChildProtection, None)]).await;
+    for minute in 0..3 {
+        subject.search(person(1), minute, "u", &["706"]).await;
+    }
+    let ack = |through| Change::Ack { la_ods_code: "706".into(), through };
+    subject.apply(ack(2)).await;
+    subject.apply(ack(1)).await;
+    assert_eq!(subject.cursor("706").await.acked_through, 2, "an older acknowledgement moves nothing back");
+    subject.apply(ack(99)).await;
+    assert_eq!(subject.cursor("706").await.acked_through, 3, "never beyond the last sequence");
+    subject.reopen().await;
+    assert_eq!(subject.cursor("706").await.acked_through, 3);
+    // Acknowledged notifications stay readable until retention removes them.
+    assert_eq!(subject.store().notifications_after("706", 0, 10).await.unwrap().len(), 3);
+}
+
+async fn a_persons_recent_accesses_load_in_time_order_and_the_trail_keeps_every_access(subject: Subject) {
+    let (child, other) = (person(1), person(2));
+    for minute in 0..30 {
+        subject.search(child, minute * 2, "ed", &[]).await;
+        let routine = AccessEvent { scheduled: true, ..access(next_id(), child, minute * 2 + 1, "gp") };
+        subject.apply(Change::RecordAccess { access: routine, drafts: vec![] }).await;
+    }
+    subject.search(other, 100, "ed", &[]).await;
+    // What a search lists and checks requests against is rebuilt from the store on start.
+    let recent = subject.store().load().await.unwrap().recent;
+    let held: Vec<(DateTime<Utc>, bool)> =
+        recent.with(child, |held| held.iter().map(|access| (access.accessed_at, access.scheduled)).collect());
+    let expected: Vec<(DateTime<Utc>, bool)> = (0..60).map(|minute| (at(minute), minute % 2 == 1)).collect();
+    assert_eq!(held, expected, "every access of the day, oldest first, scheduled ones marked");
+    let listed = recent.with(child, |held| cpis_relay::history::listed_accesses(held, None));
+    assert!(listed.iter().all(|access| !access.scheduled), "scheduled reads are never listed");
+    assert_eq!(recent.with(other, <[_]>::len), 1);
+    let trail = subject.store().accesses_of(child).await.unwrap();
+    assert_eq!(trail.len(), 60, "the auditor sees every access, scheduled ones too");
+    assert!(trail.windows(2).all(|pair| pair[0].accessed_at < pair[1].accessed_at), "oldest first");
+    assert!(trail.iter().all(|access| access.nhs_number == child));
+}
+
+async fn a_request_is_found_only_by_its_whole_key(subject: Subject) {
+    let child = person(1);
+    let made = access(next_id(), child, 5, "u");
+    subject.apply(Change::RecordAccess { access: made.clone(), drafts: vec![] }).await;
+    subject.search(child, 6, "u", &[]).await;
+    let key = made.request_key();
+    let recent = subject.store().load().await.unwrap().recent;
+    let repeats =
+        |key: &RequestKey| recent.with(key.nhs_number, |held| cpis_relay::history::is_repeat(held, key, at(7)));
+    assert!(repeats(&key), "the request made at minute 5 is known after a reload");
+    for other in [
+        RequestKey { user_id: "v".into(), ..key.clone() },
+        RequestKey { organisation_ods_code: "RR9".into(), ..key.clone() },
+        RequestKey { care_setting: CareSetting::OutOfHoursGp, ..key.clone() },
+        RequestKey { request_id: "another".into(), ..key.clone() },
+        RequestKey { nhs_number: person(2), ..key.clone() },
+    ] {
+        assert!(!repeats(&other), "{other:?} was never made");
+    }
+}
+
+async fn a_full_refresh_makes_the_set_exactly_the_new_one_and_never_half_of_it(mut subject: Subject) {
+    const PEOPLE: u64 = 300;
+    let set = |from: u64| -> Vec<StoredPlan> {
+        (from..from + PEOPLE).map(|n| plan("706", n, PlanType::ChildProtection, None)).collect()
+    };
+    let keys = |plans: &[StoredPlan]| -> BTreeSet<(String, NhsNumber, PlanType)> {
+        plans.iter().map(|plan| ("706".to_owned(), plan.nhs_number(), plan.plan_type())).collect()
+    };
+    subject.upsert("706", set(0)).await;
+    subject.upsert("707", vec![plan("707", 5, PlanType::LookedAfter, None)]).await;
+    let other = BTreeSet::from([("707".to_owned(), person(5), PlanType::LookedAfter)]);
+    let (old, new) = (keys(&set(0)), keys(&set(PEOPLE / 2)));
+
+    // Reads while the refresh commits see the old set or the new one, whole.
+    let store = Arc::clone(subject.store.as_ref().unwrap());
+    let refresh = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.apply(Change::ReplacePlans { authority: authority("706"), plans: set(PEOPLE / 2).into() }).await }
+    });
+    while !refresh.is_finished() {
+        let seen = subject.plans().await;
+        let (seen_706, seen_707): (BTreeSet<_>, BTreeSet<_>) = seen.into_iter().partition(|(la, _, _)| la == "706");
+        assert!(seen_706 == old || seen_706 == new, "a read saw half a refresh: {} plans", seen_706.len());
+        assert_eq!(seen_707, other, "another authority's plans are untouched");
+    }
+    refresh.await.unwrap().unwrap();
+    drop(store);
+    let expected: BTreeSet<_> = new.union(&other).cloned().collect();
+    assert_eq!(subject.plans().await, expected);
+
+    let doomed = person(PEOPLE / 2);
+    subject.apply(Change::DeletePlans { la_ods_code: "706".into(), nhs_number: doomed, plan_type: None }).await;
+    subject.reopen().await;
+    let after = subject.plans().await;
+    assert_eq!(after.len(), expected.len() - 1);
+    assert!(after.iter().all(|(_, nhs_number, _)| *nhs_number != doomed), "the deleted plan is gone");
+}
+
+async fn retention_removes_only_what_is_past_its_keeping_period(subject: Subject) {
+    // Ended in 2020: invisible since 2021 (a year after its end). The others are current.
+    subject
+        .upsert(
+            "706",
+            vec![
+                plan("706", 1, PlanType::ChildProtection, Some("2020-01-01")),
+                plan("706", 2, PlanType::ChildProtection, None),
+            ],
+        )
+        .await;
+    let child = person(2);
+    for minute in 0..4 {
+        subject.search(child, minute * 60, "u", &["706"]).await;
+    }
+    subject.apply(Change::Ack { la_ods_code: "706".into(), through: 3 }).await;
+    let expiry = Expiry {
+        today: "2026-06-01".parse().unwrap(),
+        // Notifications 1 and 2 are acknowledged and older; 3 is acknowledged but newer; 4 is not acknowledged.
+        acked_notifications_before: at(100),
+        // Accesses 1 and 2 (minutes 0 and 60) are older.
+        accesses_before: at(90),
+        limit: EXPIRY_CHUNK,
+    };
+    let Applied::Expired(counts) = subject.apply(Change::Expire(expiry)).await else { panic!("expired") };
+    assert_eq!((counts.plans, counts.notifications, counts.accesses), (1, 2, 2));
+    let left: Vec<u64> =
+        subject.store().notifications_after("706", 0, 10).await.unwrap().iter().map(|n| n.sequence).collect();
+    assert_eq!(left, [3, 4]);
+    let trail: Vec<DateTime<Utc>> =
+        subject.store().accesses_of(child).await.unwrap().iter().map(|a| a.accessed_at).collect();
+    assert_eq!(trail, [at(120), at(180)]);
+    assert_eq!(subject.plans().await, BTreeSet::from([("706".to_owned(), child, PlanType::ChildProtection)]));
+    // Nothing more is due: a second pass removes nothing, and numbering goes on.
+    let Applied::Expired(again) = subject.apply(Change::Expire(expiry)).await else { panic!("expired") };
+    assert_eq!((again.plans, again.notifications, again.accesses), (0, 0, 0));
+    assert_eq!(subject.search(child, 300, "u", &["706"]).await, [("706".to_owned(), 5)]);
+}
