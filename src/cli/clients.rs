@@ -375,17 +375,10 @@ pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-#[derive(Debug, Args)]
-pub struct AuditArgs {
-    pub nhs_number: String,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-pub async fn audit(args: AuditArgs) -> Result<u8, CliError> {
-    let (channel, _) = args.client.channel("auditor").await?;
-    let mut stream =
-        AuditClient::new(channel).access_log(AccessLogRequest { nhs_number: args.nhs_number }).await?.into_inner();
+/// `audit NHS_NUMBER`: the person's accesses as JSON lines (see `super::audit`).
+pub async fn audit(nhs_number: String, client: ClientArgs) -> Result<u8, CliError> {
+    let (channel, _) = client.channel("auditor").await?;
+    let mut stream = AuditClient::new(channel).access_log(AccessLogRequest { nhs_number }).await?.into_inner();
     while let Some(access) = stream.next().await {
         println!("{}", json_line(&access_json(&access?)));
     }

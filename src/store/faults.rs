@@ -131,4 +131,8 @@ impl Store for FaultyStore {
     fn feed(&self) -> Option<Arc<dyn Feed>> {
         self.inner.feed()
     }
+
+    fn access_log(&self) -> Option<Arc<dyn crate::store::log::AccessLog>> {
+        self.inner.access_log()
+    }
 }

@@ -24,6 +24,22 @@ pub trait HashStore {
     fn append(&mut self, hashes: &[Hash], tree_size: u64) -> Result<(), Self::Error>;
 }
 
+impl<S: HashStore + ?Sized> HashStore for Box<S> {
+    type Error = S::Error;
+
+    fn tree_size(&self) -> Result<u64, Self::Error> {
+        (**self).tree_size()
+    }
+
+    fn hash_at(&self, position: u64) -> Result<Hash, Self::Error> {
+        (**self).hash_at(position)
+    }
+
+    fn append(&mut self, hashes: &[Hash], tree_size: u64) -> Result<(), Self::Error> {
+        (**self).append(hashes, tree_size)
+    }
+}
+
 /// A [`HashStore`] in a vector: for tests, benches and verifiers that rebuild
 /// a tree from its leaves.
 #[derive(Clone, Debug, Default)]

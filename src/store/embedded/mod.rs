@@ -24,6 +24,7 @@
 mod changes;
 pub(super) mod keys;
 mod lane;
+mod log;
 
 use std::{
     path::{Path, PathBuf},
@@ -123,6 +124,13 @@ pub(super) struct Spaces {
     pub requests: Keyspace,
     pub notifications: Keyspace,
     pub cursors: Keyspace,
+    /// The access log (see [`log`]).
+    pub log: Keyspace,
+    pub log_ids: Keyspace,
+    pub audit_reads: Keyspace,
+    pub log_meta: Keyspace,
+    pub log_tree: Keyspace,
+    pub log_notes: Keyspace,
 }
 
 impl Spaces {
@@ -152,6 +160,12 @@ impl Spaces {
             requests: keyspace(&activity_db, "requests")?,
             notifications: keyspace(&activity_db, "notifications")?,
             cursors: keyspace(&activity_db, "cursors")?,
+            log: keyspace(&activity_db, "log")?,
+            log_ids: keyspace(&activity_db, "log_ids")?,
+            audit_reads: keyspace(&activity_db, "audit_reads")?,
+            log_meta: keyspace(&activity_db, "log_meta")?,
+            log_tree: keyspace(&activity_db, "log_tree")?,
+            log_notes: keyspace(&activity_db, "log_notes")?,
             plans_db,
             activity_db,
         })
@@ -239,12 +253,14 @@ impl EmbeddedStore {
         restrict_tree(data_dir).map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
         check_schema(&spaces)?;
         forget_request_records(&spaces)?;
+        log::assign_positions(&spaces)?;
+        let log_bounds = log::bounds(&spaces)?;
         let stats = Arc::new(CommitStats::default());
         let positions = spaces.positions()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
         let plan_lane = Lane::start("plans", changes::PlanCommitter { spaces: spaces.clone() }, Arc::clone(&stats))?;
         let activity_lane = Lane::start(
             "activity",
-            changes::ActivityCommitter { spaces: spaces.clone(), positions },
+            changes::ActivityCommitter { spaces: spaces.clone(), positions, log: log_bounds },
             Arc::clone(&stats),
         )?;
         Ok(Self {
@@ -316,7 +332,7 @@ fn check_schema(spaces: &Spaces) -> Result<(), StoreError> {
 fn lanes_of(change: &Change) -> (bool, bool) {
     match change {
         Change::UpsertPlans { .. } | Change::ReplacePlans { .. } | Change::DeletePlans { .. } => (true, false),
-        Change::RecordAccess { .. } | Change::Ack { .. } => (false, true),
+        Change::RecordAccess { .. } | Change::RecordAudit(_) | Change::Ack { .. } => (false, true),
         Change::Expire(_) => (true, true),
     }
 }
@@ -420,6 +436,10 @@ impl Store for EmbeddedStore {
             }
             Ok(page)
         })
+    }
+
+    fn access_log(&self) -> Option<Arc<dyn crate::store::log::AccessLog>> {
+        Some(Arc::new(log::EmbeddedLog { spaces: self.spaces.clone() }))
     }
 }
 

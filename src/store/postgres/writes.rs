@@ -44,6 +44,10 @@ pub(super) async fn apply(pool: Pool, change: Change) -> Result<Applied, StoreEr
         Change::RecordAccess { .. } => {
             return Err(StoreError::Corrupt("searches are written by the access writer".into()));
         }
+        // The relay records auditors' reads only in a store that keeps an access log.
+        Change::RecordAudit(_) => {
+            return Err(StoreError::Corrupt("this store keeps no access log for auditors' reads".into()));
+        }
     };
     transaction.commit().await.map_err(db_error)?;
     Ok(applied)
