@@ -1,7 +1,7 @@
 //! `cpis-relay audit`: an auditor's commands. `audit NHS_NUMBER` lists a
 //! person's accesses (through the relay); `audit verify` recomputes the
 //! access log of a store no relay has open and checks it against every
-//! signed checkpoint.
+//! signed checkpoint; `audit proof` fetches, checks and prints proofs.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,8 @@ pub enum AuditCommand {
     /// Recompute the access log from an embedded store no relay has open and
     /// check it against every signed checkpoint; exit 1 on any finding.
     Verify(VerifyArgs),
+    /// Fetch the latest checkpoint, an inclusion proof or a consistency proof from a relay, check it and print it.
+    Proof(super::audit_proof::ProofArgs),
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +47,7 @@ pub struct VerifyArgs {
 pub async fn run(args: AuditArgs) -> Result<u8, CliError> {
     match args.command {
         Some(AuditCommand::Verify(verify)) => run_verify(verify).await,
+        Some(AuditCommand::Proof(proof)) => super::audit_proof::run(proof).await,
         None => {
             let nhs_number = args.nhs_number.unwrap_or_default();
             super::clients::audit(nhs_number, args.client).await

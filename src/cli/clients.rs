@@ -156,14 +156,19 @@ fn accessor_json(accessor: Option<&proto::Accessor>) -> serde_json::Value {
 }
 
 pub fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
-    json!({
+    let mut value = json!({
         "accessed_at": timestamp_text(access.accessed_at.as_ref()),
         "organisation_ods_code": access.organisation_ods_code,
         "organisation_name": access.organisation_name,
         "care_setting": care_setting_name(access.care_setting),
         "accessor": accessor_json(access.accessor.as_ref()),
         "scheduled": access.scheduled,
-    })
+    });
+    // The audit log names each access (for `audit proof inclusion`); a search's list does not.
+    if !access.access_id.is_empty() {
+        value["access_id"] = json!(access.access_id);
+    }
+    value
 }
 
 pub fn search_json(response: &proto::SearchResponse) -> serde_json::Value {

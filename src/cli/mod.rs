@@ -3,6 +3,7 @@
 //! verb's work lives in a submodule; `main.rs` only calls [`main`].
 
 mod audit;
+mod audit_proof;
 mod bench;
 mod bench_grpc;
 mod clients;

@@ -18,6 +18,7 @@ mod inbox;
 mod notify;
 mod oversight;
 mod plans;
+mod proofs;
 pub mod rate;
 mod retention;
 mod search;
