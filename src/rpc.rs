@@ -156,7 +156,7 @@ impl hyper::body::Body for CallBody {
 }
 
 /// gRPC paths and their `Service.Method` label; unknown paths are grouped as "other".
-const KNOWN: [(&str, &str); 12] = [
+const KNOWN: [(&str, &str); 13] = [
     ("/cpis.v1.Lookup/Search", "Lookup.Search"),
     ("/cpis.v1.Plans/Upload", "Plans.Upload"),
     ("/cpis.v1.Plans/Delete", "Plans.Delete"),
@@ -167,6 +167,7 @@ const KNOWN: [(&str, &str); 12] = [
     ("/cpis.v1.Audit/LatestCheckpoint", "Audit.LatestCheckpoint"),
     ("/cpis.v1.Audit/InclusionProof", "Audit.InclusionProof"),
     ("/cpis.v1.Audit/ConsistencyProof", "Audit.ConsistencyProof"),
+    ("/cpis.v1.Audit/SubjectAccess", "Audit.SubjectAccess"),
     ("/grpc.health.v1.Health/Check", "Health.Check"),
     ("/grpc.health.v1.Health/Watch", "Health.Watch"),
 ];

@@ -197,3 +197,98 @@ async fn proofs_are_for_auditors_only_and_bad_arguments_name_their_field() {
     let bad = audit.consistency_proof(ConsistencyProofRequest { old_size: 0, new_size: 99 }).await.unwrap_err();
     assert_eq!(field_violation(&bad).0, "new_size");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_access_report_round_trips_and_its_proofs_verify_independently() {
+    let relay = TestRelay::start().await;
+    let child = nhs(2003);
+    let mut plan = record(&child, PlanType::ChildProtection);
+    plan.given_name = "Sam <b>& Co</b>".into();
+    let loaded = relay.load("706", vec![plan]).await;
+    assert_eq!(loaded.loaded, 1, "{loaded:?}");
+    relay.lookup().await.search(search_request(&child, "u-ed", "req-ed")).await.unwrap();
+    let mut gp = LookupClient::new(relay.channel("gp-y02").await);
+    let mut scheduled = search_request(&child, "u-gp", "req-gp");
+    scheduled.care_setting = CareSetting::GeneralPractice as i32;
+    gp.search(scheduled).await.unwrap();
+    relay.notifications("la-706").await.ack(cpis_relay::proto::AckRequest { sequence: 1 }).await.unwrap();
+
+    let certs = relay.dir.path().join("client-certs");
+    relay.pki.write_dev_layout(&certs);
+    let out = relay.dir.path().join("sar");
+    let child_arg = child.clone();
+    let (url, certs_arg, out_arg) = (relay.url(), certs.clone(), out.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+            .args(["sar", &child_arg, "--server", &url])
+            .arg("--certs-dir")
+            .arg(&certs_arg)
+            .arg("--out")
+            .arg(&out_arg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("3 accesses (every proof verified"), "{said}");
+
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o700);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("subject-access.json")).unwrap()).unwrap();
+    assert_eq!(std::fs::metadata(out.join("subject-access.json")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(report["nhs_number"], json!(child));
+    let plans = report["plans"].as_array().unwrap();
+    assert_eq!(plans.len(), 1);
+    assert_eq!(plans[0]["record"]["given_name"], json!("Sam <b>& Co</b>"));
+    assert_eq!(plans[0]["local_authority"]["ods_code"], json!("706"));
+    let accesses = report["accesses"].as_array().unwrap();
+    let kinds: Vec<&str> = accesses.iter().map(|access| access["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["unscheduled care search", "scheduled care search", "auditor's read"], "in log order");
+    assert_eq!(accesses[2]["organisation_ods_code"], json!("X26"), "the request itself is in the report");
+    let notifications = report["notifications"].as_array().unwrap();
+    assert_eq!(notifications.len(), 1, "the scheduled search notified no one");
+    assert_eq!((&notifications[0]["la_ods_code"], &notifications[0]["acknowledged"]), (&json!("706"), &json!(true)));
+
+    // Every access's proof, checked by the independent verifier from the JSON alone.
+    let checkpoint = &report["checkpoint"];
+    for access in accesses {
+        let audit = access["kind"] == json!("auditor's read");
+        let fields = json!({
+            "kind": if audit { 2 } else if access["scheduled"] == json!(true) { 1 } else { 0 },
+            "access_id": access["access_id"],
+            "accessed_at_micros": access["accessed_at_micros"],
+            "nhs_number": child,
+            "organisation_ods_code": access["organisation_ods_code"],
+            "organisation_name": access["organisation_name"],
+            "care_setting": if audit { json!("") } else { access["care_setting"].clone() },
+            "user_id": access["accessor"]["user_id"],
+            "name": access["accessor"]["name"],
+            "role_code": access["accessor"]["role_code"],
+            "request_id": access["request_id"],
+        });
+        let request = json!({
+            "verifier_key": checkpoint["verifier_key"],
+            "checkpoint": checkpoint["note"],
+            "inclusion": {
+                "leaf_index": access["leaf_index"],
+                "leaf": access["leaf"],
+                "audit_path": access["audit_path"],
+                "access": fields,
+            },
+        });
+        let (verified, said) = python_verifies(&request);
+        assert!(verified, "{}: {said}", access["kind"]);
+    }
+
+    let html = std::fs::read_to_string(out.join("subject-access.html")).unwrap();
+    assert!(html.contains("Sam &lt;b&gt;&amp; Co&lt;/b&gt;"), "escaped: {html}");
+    assert!(!html.contains("<b>"), "a value became markup");
+    assert!(
+        !html.contains("<script") && !html.contains(" src=") && !html.contains("href="),
+        "no scripts or external assets"
+    );
+    assert!(html.contains("auditor&#39;s read") || html.contains("auditor's read"));
+}

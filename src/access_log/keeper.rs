@@ -149,6 +149,19 @@ impl LogKeeper {
         Ok(Some(Inclusion { position, entry, proof, checkpoint }))
     }
 
+    /// Inclusion proofs of `positions`, all in one checkpoint (the latest,
+    /// signed now if the log grew). Blocks.
+    pub fn proofs(&self, positions: &[u64]) -> Result<(SignedCheckpoint, Vec<Vec<Hash>>), StoreError> {
+        let mut state = self.state();
+        let checkpoint = self.checkpoint_locked(&mut state)?;
+        let size = checkpoint.checkpoint.size;
+        let proofs = positions
+            .iter()
+            .map(|position| state.tree.inclusion_proof(*position, size).map_err(tree_error))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((checkpoint, proofs))
+    }
+
     /// The consistency proof from tree size `old` to `new`. Blocks.
     pub fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, TreeError<StoreError>> {
         let state = self.state();

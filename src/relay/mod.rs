@@ -23,6 +23,7 @@ pub mod rate;
 mod retention;
 mod search;
 pub mod spill;
+mod subject;
 mod validate;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::Hub;
 pub use plans::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use search::{SearchOutcome, SearchQuery, ShownPlan};
+pub use subject::{LoggedAccess, SubjectAccess};
 pub use validate::{Rejection, RejectionReason};
 
 /// Most records one upload may carry unless configured: room for the
@@ -270,6 +272,25 @@ impl Relay {
         accessor: Option<crate::model::Accessor>,
         request_id: &str,
     ) -> Result<Vec<AccessEvent>> {
+        self.record_audit_read(identity, nhs_number, accessor, request_id).await?;
+        let mut accesses = self.shared.store.accesses_of(nhs_number).await?;
+        let held = self.shared.hub.held_accesses_of(nhs_number);
+        if !held.is_empty() {
+            accesses.extend(held);
+            accesses.sort_by_key(|access| (access.accessed_at, access.id));
+        }
+        Ok(accesses)
+    }
+
+    /// Stores an auditor's read of `nhs_number`'s records as an access of the
+    /// log (where the store keeps one); an error when it cannot be stored.
+    async fn record_audit_read(
+        &self,
+        identity: &Identity,
+        nhs_number: crate::nhs::NhsNumber,
+        accessor: Option<crate::model::Accessor>,
+        request_id: &str,
+    ) -> Result<()> {
         if self.shared.log_keeper.is_some() {
             let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
             let read = crate::model::AuditRead {
@@ -287,13 +308,7 @@ impl Relay {
             };
             self.shared.store.apply(crate::store::Change::RecordAudit(read)).await?;
         }
-        let mut accesses = self.shared.store.accesses_of(nhs_number).await?;
-        let held = self.shared.hub.held_accesses_of(nhs_number);
-        if !held.is_empty() {
-            accesses.extend(held);
-            accesses.sort_by_key(|access| (access.accessed_at, access.id));
-        }
-        Ok(accesses)
+        Ok(())
     }
 
     /// The access log keeper, where the store keeps a log.
