@@ -13,8 +13,8 @@ use cpis_relay::{
     index::Index,
     model::{AccessEvent, Accessor, Address, CareSetting, NotificationDraft, Plan, PlanType},
     nhs::NhsNumber,
-    proto,
     relay::{Relay, RelaySettings, UploadHeader, UploadMode},
+    service,
     store::{Change, Store, embedded::EmbeddedStore, memory::MemoryStore},
     stored::StoredPlan,
     synth,
@@ -149,8 +149,11 @@ fn store_commits(c: &mut Criterion) {
 fn full_refresh(c: &mut Criterion) {
     let runtime = runtime();
     let today = chrono::Utc::now().date_naive();
-    let records: Vec<proto::PlanRecord> =
-        synth::generate(150_000, 7, today).into_iter().map(|record| record.record).take(150_000).collect();
+    let records: Vec<_> = synth::generate(150_000, 7, today)
+        .into_iter()
+        .map(|record| service::convert::plan_record_from_wire(record.record))
+        .take(150_000)
+        .collect();
     let authority = synth::authority("706").unwrap();
     let identity =
         Identity { ods_code: "706".into(), organisation_name: authority.name.clone(), role: Role::SocialCare };

@@ -35,11 +35,12 @@ use crate::{
 /// A cheap handle to the shared index.
 #[derive(Clone, Default)]
 pub struct Index {
-    shared: Arc<Shared>,
+    shared: Arc<IndexTables>,
 }
 
+/// The index's maps (people, authorities) and its refresh generation.
 #[derive(Default)]
-struct Shared {
+struct IndexTables {
     /// One allocation per person: the slots themselves.
     people: DashMap<NhsNumber, Arc<[Slot]>>,
     /// Each local authority's people, for refresh, export and counts.

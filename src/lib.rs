@@ -14,6 +14,8 @@
 //!   [`recent`]: the recent accesses a search lists, held in memory.
 //! - [`store`]: the system of record behind one trait.
 //! - [`relay`]: the domain operations, testable without tonic.
+//! - [`edge`]: what every door checks first (identity, draining, the global search permit);
+//!   [`rpc`]: the gRPC edge layer (access log, metrics, deadlines).
 //! - [`service`]: thin gRPC adapters; [`error`] maps the one error type to `Status`.
 //! - [`fhir`]: the FHIR R4 door (NHS CP-IS API shapes), another adapter over the same domain.
 //! - [`web`]: the browser view (clinician's card, LA inbox, access log, ops), a third adapter.
@@ -35,6 +37,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod deliver;
+pub mod edge;
 pub mod error;
 pub mod fhir;
 pub mod history;

@@ -136,7 +136,7 @@ impl Interner {
 /// Every person's recent accesses; a cheap handle.
 #[derive(Clone, Default)]
 pub struct Recent {
-    shared: Arc<Shared>,
+    shared: Arc<AccessesByPerson>,
 }
 
 impl std::fmt::Debug for Recent {
@@ -149,8 +149,9 @@ impl std::fmt::Debug for Recent {
 /// the map's own slot, with no allocation of its own.
 type Accesses = SmallVec<[RecentAccess; 1]>;
 
+/// Each person's recent accesses, and the interned text of who made them.
 #[derive(Default)]
-struct Shared {
+struct AccessesByPerson {
     people: DashMap<NhsNumber, Accesses>,
     who: Interner,
 }
@@ -187,7 +188,12 @@ impl Recent {
 
     /// Adds an access just committed (or held for retry).
     pub fn record(&self, access: &AccessEvent) {
-        let recent = self.remembered(&access.view());
+        self.record_view(&access.view());
+    }
+
+    /// Adds an access just committed, as stored; one already known is ignored.
+    pub fn record_view(&self, access: &AccessView<'_>) {
+        let recent = self.remembered(access);
         let mut accesses = self.shared.people.entry(access.nhs_number).or_default();
         let at = accesses.partition_point(|kept| (kept.accessed_at, kept.id()) < (recent.accessed_at, recent.id()));
         if accesses.get(at).is_some_and(|kept| kept.id() == recent.id()) {
@@ -202,6 +208,16 @@ impl Recent {
         history::mark_listed(&mut accesses, at);
         let newest = accesses.last().map_or(access.accessed_at, |last| last.accessed_at);
         trim(&mut accesses, newest);
+    }
+
+    /// Forgets one access (held, then found to repeat a request another node stored).
+    pub fn forget(&self, nhs_number: NhsNumber, id: u128) {
+        let id = [(id >> 64) as u64, id as u64];
+        self.shared.people.remove_if_mut(&nhs_number, |_, accesses| {
+            accesses.retain(|access| access.id != id);
+            history::mark_listed(accesses, 0);
+            accesses.is_empty()
+        });
     }
 
     /// Builds a person's accesses from their stored ones, any order. The

@@ -1,8 +1,8 @@
 //! The edge every gRPC call passes through: the access log line of each RPC
 //! (the caller's ODS code, role, RPC, outcome and latency), the RPC metrics,
-//! refusal with UNAVAILABLE once the relay is draining, load shedding of
-//! searches and uploads beyond their global limits with an immediate
-//! RESOURCE_EXHAUSTED instead of a queue, and each call's deadline: an upload
+//! the [`Edge`]'s checks (refusal with UNAVAILABLE once the relay is draining,
+//! load shedding of searches and uploads beyond their global limits with an
+//! immediate RESOURCE_EXHAUSTED instead of a queue), and each call's deadline: an upload
 //! streams for as long as its file takes and has its own, every other call
 //! the unary one (a client's shorter `grpc-timeout` still wins, in tonic).
 //! A message over the size limit is RESOURCE_EXHAUSTED here, not tonic's
@@ -21,20 +21,21 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::tls::PeerInfo;
+use crate::{
+    edge::{Door, Edge},
+    tls::PeerInfo,
+};
 
 const SEARCH_PATH: &str = "/cpis.v1.Lookup/Search";
 const UPLOAD_PATH: &str = "/cpis.v1.Plans/Upload";
 
-/// The limits the edge enforces.
+/// The deadlines of gRPC calls (the global limits are the [`Edge`]'s).
 #[derive(Clone, Copy, Debug)]
 pub struct RpcLimits {
-    pub max_concurrent_searches: usize,
-    pub max_concurrent_uploads: usize,
     /// Deadline of every call but an upload.
     pub request_timeout: std::time::Duration,
     pub upload_timeout: std::time::Duration,
@@ -44,28 +45,14 @@ pub const SLOW_CALL: std::time::Duration = std::time::Duration::from_millis(500)
 
 #[derive(Clone)]
 pub struct RpcLayer {
-    searches: Arc<Semaphore>,
-    uploads: Arc<Semaphore>,
+    edge: Edge,
     limits: RpcLimits,
-    draining: watch::Receiver<bool>,
     in_flight: Arc<watch::Sender<usize>>,
 }
 
 impl RpcLayer {
-    pub fn new(limits: RpcLimits, draining: watch::Receiver<bool>) -> Self {
-        Self {
-            searches: Arc::new(Semaphore::new(limits.max_concurrent_searches)),
-            uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
-            limits,
-            draining,
-            in_flight: Arc::new(watch::Sender::new(0)),
-        }
-    }
-
-    /// The global search limit, shared with the FHIR door so that both doors'
-    /// searches count against one `max_concurrent_searches`.
-    pub fn search_permits(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.searches)
+    pub fn new(limits: RpcLimits, edge: Edge) -> Self {
+        Self { edge, limits, in_flight: Arc::new(watch::Sender::new(0)) }
     }
 
     /// Calls being handled (a server stream counts until its handler has
@@ -78,24 +65,15 @@ impl RpcLayer {
 impl<S> Layer<S> for RpcLayer {
     type Service = RpcService<S>;
     fn layer(&self, inner: S) -> RpcService<S> {
-        RpcService {
-            inner,
-            searches: Arc::clone(&self.searches),
-            uploads: Arc::clone(&self.uploads),
-            limits: self.limits,
-            draining: self.draining.clone(),
-            in_flight: Arc::clone(&self.in_flight),
-        }
+        RpcService { inner, edge: self.edge.clone(), limits: self.limits, in_flight: Arc::clone(&self.in_flight) }
     }
 }
 
 #[derive(Clone)]
 pub struct RpcService<S> {
     inner: S,
-    searches: Arc<Semaphore>,
-    uploads: Arc<Semaphore>,
+    edge: Edge,
     limits: RpcLimits,
-    draining: watch::Receiver<bool>,
     in_flight: Arc<watch::Sender<usize>>,
 }
 
@@ -307,25 +285,18 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let rpc = rpc_index(request.uri().path());
-        if *self.draining.borrow() {
-            let status = tonic::Status::unavailable("the relay is shutting down; retry, another node will answer");
-            return Box::pin(std::future::ready(Ok(refuse(rpc, status))));
+        if let Err(refusal) = self.edge.refuse_if_draining(Door::Grpc) {
+            return Box::pin(std::future::ready(Ok(refuse(rpc, refusal.into()))));
         }
         let path = request.uri().path();
-        let limited = match path {
-            SEARCH_PATH => Some((&self.searches, "the relay is at its search limit; retry shortly")),
-            UPLOAD_PATH => Some((&self.uploads, "the relay is at its limit of concurrent uploads; retry later")),
+        let permit = match path {
+            SEARCH_PATH => Some(self.edge.search_permit(Door::Grpc)),
+            UPLOAD_PATH => Some(self.edge.upload_permit()),
             _ => None,
         };
-        let permit = match limited {
-            Some((permits, refusal)) => match Arc::clone(permits).try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    let status = tonic::Status::resource_exhausted(refusal);
-                    return Box::pin(std::future::ready(Ok(refuse(rpc, status))));
-                }
-            },
-            None => None,
+        let permit = match permit.transpose() {
+            Ok(permit) => permit,
+            Err(refusal) => return Box::pin(std::future::ready(Ok(refuse(rpc, refusal.into())))),
         };
         let deadline = if path == UPLOAD_PATH { self.limits.upload_timeout } else { self.limits.request_timeout };
         let peer = request.extensions().get::<PeerInfo>();

@@ -158,14 +158,17 @@ pub async fn run(
         });
     }
 
-    let rpc_layer = crate::rpc::RpcLayer::new(
-        crate::rpc::RpcLimits {
+    // One edge for every door: their searches count against one limit, and they drain together.
+    let edge = crate::edge::Edge::new(
+        crate::edge::EdgeLimits {
             max_concurrent_searches: options.max_concurrent_searches,
             max_concurrent_uploads: options.max_concurrent_uploads,
-            request_timeout: options.request_timeout,
-            upload_timeout: options.upload_timeout,
         },
         draining.subscribe(),
+    );
+    let rpc_layer = crate::rpc::RpcLayer::new(
+        crate::rpc::RpcLimits { request_timeout: options.request_timeout, upload_timeout: options.upload_timeout },
+        edge.clone(),
     );
     let connection_limits = tls::ConnectionLimits {
         max_connections: options.max_connections,
@@ -174,9 +177,7 @@ pub async fn run(
     };
     let fhir_stop = watch::Sender::new(false);
     let fhir_server = fhir.map(|door| {
-        let limits =
-            crate::fhir::routes::Limits { searches: rpc_layer.search_permits(), draining: draining.subscribe() };
-        let router = crate::fhir::routes::router(relay.clone(), door.tokens, limits);
+        let router = crate::fhir::routes::router(relay.clone(), door.tokens, edge.clone());
         tokio::spawn(crate::fhir::server::serve(
             "fhir",
             door.listener,
@@ -191,15 +192,8 @@ pub async fn run(
     });
 
     let web_server = web.map(|door| {
-        let settings = crate::web::WebSettings {
-            tokens: door.tokens,
-            limits: crate::fhir::routes::Limits {
-                searches: rpc_layer.search_permits(),
-                draining: draining.subscribe(),
-            },
-            ready: ready.subscribe(),
-            metrics_url,
-        };
+        let settings =
+            crate::web::WebSettings { tokens: door.tokens, edge: edge.clone(), ready: ready.subscribe(), metrics_url };
         tokio::spawn(crate::fhir::server::serve(
             "web",
             door.listener,

@@ -144,6 +144,7 @@ fn register_known_label_sets() {
     metrics::counter!("cpis_notifications_delivered_total").absolute(0);
     metrics::gauge!("cpis_notifications_held").set(0.0);
     metrics::gauge!("cpis_search_retries_waiting").set(0.0);
+    metrics::gauge!("cpis_index_lag_seconds").set(0.0);
     metrics::counter!("cpis_notifications_refused_total").absolute(0);
     metrics::counter!("cpis_spill_failures_total").absolute(0);
     metrics::counter!("cpis_fhir_trace_id_reused_total").absolute(0);
@@ -231,6 +232,11 @@ fn describe_metrics() {
         "Users who searched more distinct people within a clock hour than unusual_access_distinct_people_per_hour, by organisation."
     );
     describe_gauge!("cpis_startup_rebuild_seconds", Unit::Seconds, "Time to rebuild memory from the store at start.");
+    describe_gauge!(
+        "cpis_index_lag_seconds",
+        Unit::Seconds,
+        "How far behind the other nodes' commits this node's index may be: time since its last complete read of the shared store (0 with a store this node alone writes)."
+    );
     describe_counter!(
         "cpis_tls_peers_ended_total",
         "Connections closed because the peer's client certificate was revoked (a reloaded CRL) or expired, by reason."

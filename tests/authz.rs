@@ -115,8 +115,7 @@ async fn an_authority_never_sees_another_authoritys_plans_or_notifications() {
     assert!(lookup.search(search_request(&leicestershire_child, "u1", "")).await.unwrap().into_inner().flagged);
 
     // 706's subscription carries only 706's notifications.
-    let mut stream =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut stream = relay.subscribe("la-706").await;
     lookup.search(search_request(&leicestershire_child, "u2", "")).await.unwrap();
     lookup.search(search_request(&islington_child, "u3", "")).await.unwrap();
     let first = next(&mut stream).await;
@@ -136,8 +135,7 @@ async fn an_authority_never_sees_another_authoritys_plans_or_notifications() {
     let theirs = next(&mut stream_855).await;
     assert_eq!(theirs.nhs_number, leicestershire_child);
     notifications_855.ack(AckRequest { sequence: theirs.sequence + 1 }).await.unwrap();
-    let mut again_706 =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut again_706 = relay.subscribe("la-706").await;
     assert_eq!(next(&mut again_706).await.notification_id, first.notification_id, "706's cursor did not move");
 }
 

@@ -15,7 +15,7 @@ use cpis_relay::{
     proto::{SubscribeRequest, lookup_client::LookupClient},
     tls::{self, PemText},
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -23,16 +23,7 @@ use tokio::{
 
 /// A rustls connector presenting `pem`'s certificate, offering h2.
 fn connector(pem: &PemText) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(pem.ca.as_bytes()).unwrap()).unwrap();
-    let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+    let mut config = client_tls_config(pem);
     config.alpn_protocols = vec![b"h2".to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }

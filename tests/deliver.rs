@@ -28,17 +28,11 @@ use webhook_receiver::{Receiver, Reply, WAIT, https_receiver_tls, secret};
 
 #[tokio::test]
 async fn every_notification_arrives_in_order_with_a_valid_signature() {
-    let relay = TestRelay::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, secret_file) = secret(dir.path());
-    notify(&relay, 0, 4, 12).await;
-    let expected = relay_notifications(&relay, 12).await;
-    let mut receiver = Receiver::start(&relay, &secret, None).await;
+    let delivery = Delivery::start(4, 12).await;
+    let (relay, expected) = (&delivery.relay, &delivery.expected);
+    let mut receiver = delivery.receiver().await;
 
-    let agent = RunningAgent::start(
-        &relay,
-        webhook(settings(&relay, dir.path()), receiver.url("http", "127.0.0.1"), &secret_file),
-    );
+    let agent = RunningAgent::start(relay, delivery.webhook_settings(receiver.url("http", "127.0.0.1")));
     let mut arrived = Vec::new();
     for _ in 0..12 {
         arrived.push(receiver.next().await);
@@ -46,7 +40,7 @@ async fn every_notification_arrives_in_order_with_a_valid_signature() {
     agent.acked_through(expected[11].0).await;
 
     let seen: Vec<(u64, String)> = arrived.iter().map(|a| (a.body.sequence, a.body.notification_id.clone())).collect();
-    assert_eq!(seen, expected, "every notification, once, in order");
+    assert_eq!(&seen, expected, "every notification, once, in order");
     for arrival in &arrived {
         assert!(arrival.signature_valid, "signature of {}", arrival.webhook_id);
         assert_eq!(arrival.webhook_id, arrival.body.notification_id);
@@ -54,7 +48,7 @@ async fn every_notification_arrives_in_order_with_a_valid_signature() {
         assert_eq!(arrival.body.organisation_ods_code, "RR8");
         assert_eq!(arrival.body.plan_type, "CHILD_PROTECTION");
     }
-    assert_eq!(relay_acked(&relay), expected[11].0);
+    assert_eq!(relay_acked(relay), expected[11].0);
     assert_eq!(metric("cpis_deliver_delivered_total{sink=\"webhook\"}"), 12.0);
     assert_eq!(metric("cpis_deliver_dead_lettered_total{sink=\"webhook\"}"), 0.0);
     assert_eq!(metric("cpis_deliver_backlog"), 0.0);
@@ -64,18 +58,12 @@ async fn every_notification_arrives_in_order_with_a_valid_signature() {
 
 #[tokio::test]
 async fn a_500_is_retried_and_acknowledged_only_after_the_200() {
-    let relay = TestRelay::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, secret_file) = secret(dir.path());
-    notify(&relay, 0, 1, 1).await;
-    let expected = relay_notifications(&relay, 1).await;
-    let mut receiver = Receiver::start(&relay, &secret, None).await;
+    let delivery = Delivery::start(1, 1).await;
+    let (relay, expected) = (&delivery.relay, &delivery.expected);
+    let mut receiver = delivery.receiver().await;
     receiver.script([Reply::Status { status: 500, retry_after: None, body: "try later" }]);
 
-    let agent = RunningAgent::start(
-        &relay,
-        webhook(settings(&relay, dir.path()), receiver.url("http", "localhost"), &secret_file),
-    );
+    let agent = RunningAgent::start(relay, delivery.webhook_settings(receiver.url("http", "localhost")));
     let failed = receiver.next().await;
     let delivered = receiver.next().await;
     agent.acked_through(expected[0].0).await;
@@ -87,7 +75,7 @@ async fn a_500_is_retried_and_acknowledged_only_after_the_200() {
         assert!(arrival.signature_valid);
         assert_eq!(arrival.acked_at_arrival, 0, "no acknowledgement before the receiver took it");
     }
-    assert_eq!(relay_acked(&relay), expected[0].0);
+    assert_eq!(relay_acked(relay), expected[0].0);
     assert_eq!(metric("cpis_deliver_retries_total{sink=\"webhook\"}"), 1.0);
     assert_eq!(metric("cpis_deliver_delivered_total{sink=\"webhook\"}"), 1.0);
     assert!(receiver.arrivals.try_recv().is_err(), "one delivered copy");
@@ -96,17 +84,12 @@ async fn a_500_is_retried_and_acknowledged_only_after_the_200() {
 
 #[tokio::test]
 async fn a_429_retry_after_is_honoured() {
-    let relay = TestRelay::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, secret_file) = secret(dir.path());
-    notify(&relay, 0, 1, 1).await;
-    let mut receiver = Receiver::start(&relay, &secret, None).await;
+    let delivery = Delivery::start(1, 1).await;
+    let relay = &delivery.relay;
+    let mut receiver = delivery.receiver().await;
     receiver.script([Reply::Status { status: 429, retry_after: Some("1"), body: "" }]);
 
-    let agent = RunningAgent::start(
-        &relay,
-        webhook(settings(&relay, dir.path()), receiver.url("http", "127.0.0.1"), &secret_file),
-    );
+    let agent = RunningAgent::start(relay, delivery.webhook_settings(receiver.url("http", "127.0.0.1")));
     let throttled = receiver.next().await;
     let delivered = receiver.next().await;
     assert_eq!((throttled.answered, delivered.answered), (429, 200));
@@ -119,18 +102,12 @@ async fn a_429_retry_after_is_honoured() {
 
 #[tokio::test]
 async fn a_400_is_dead_lettered_and_delivery_continues() {
-    let relay = TestRelay::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, secret_file) = secret(dir.path());
-    notify(&relay, 0, 3, 3).await;
-    let expected = relay_notifications(&relay, 3).await;
-    let mut receiver = Receiver::start(&relay, &secret, None).await;
+    let delivery = Delivery::start(3, 3).await;
+    let (relay, dir, expected) = (&delivery.relay, &delivery.dir, &delivery.expected);
+    let mut receiver = delivery.receiver().await;
     receiver.script([Reply::Status { status: 400, retry_after: None, body: "{\"error\":\"unknown team\"}" }]);
 
-    let agent = RunningAgent::start(
-        &relay,
-        webhook(settings(&relay, dir.path()), receiver.url("http", "127.0.0.1"), &secret_file),
-    );
+    let agent = RunningAgent::start(relay, delivery.webhook_settings(receiver.url("http", "127.0.0.1")));
     let refused = receiver.next().await;
     let (second, third) = (receiver.next().await, receiver.next().await);
     agent.acked_through(expected[2].0).await;
@@ -345,34 +322,31 @@ async fn the_outbox_never_exposes_a_partial_file() {
 
 #[tokio::test]
 async fn webhook_tls_is_verified_against_the_configured_ca() {
-    let relay = TestRelay::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, secret_file) = secret(dir.path());
-    notify(&relay, 0, 1, 1).await;
-    let expected = relay_notifications(&relay, 1).await;
+    let delivery = Delivery::start(1, 1).await;
+    let (relay, dir, expected) = (&delivery.relay, &delivery.dir, &delivery.expected);
     let webhook_ca = cpis_relay::certs::Authority::generate("LA webhook CA").unwrap();
-    let mut receiver = Receiver::start(&relay, &secret, Some(https_receiver_tls(&webhook_ca))).await;
+    let mut receiver = Receiver::start(relay, &delivery.secret, Some(https_receiver_tls(&webhook_ca))).await;
     let (right_ca, wrong_ca) = (dir.path().join("webhook-ca.pem"), dir.path().join("other-ca.pem"));
     std::fs::write(&right_ca, webhook_ca.cert_pem()).unwrap();
     std::fs::write(&wrong_ca, cpis_relay::certs::Authority::generate("another CA").unwrap().cert_pem()).unwrap();
     let url = receiver.url("https", "localhost");
     let https_settings = |ca: &Path| {
-        let mut settings = webhook(settings(&relay, dir.path()), url.clone(), &secret_file);
+        let mut settings = delivery.webhook_settings(url.clone());
         settings.webhook_ca = Some(ca.to_owned());
         settings
     };
 
     // A receiver whose certificate the configured CA did not issue is never sent the notification.
-    let untrusting = RunningAgent::start(&relay, https_settings(&wrong_ca));
+    let untrusting = RunningAgent::start(relay, https_settings(&wrong_ca));
     for _ in 0..2 {
         tokio::time::timeout(WAIT, receiver.handshake_failures.recv()).await.expect("a refused handshake").unwrap();
     }
     untrusting.stop().await;
     assert!(receiver.arrivals.try_recv().is_err(), "nothing sent over an unverified connection");
-    assert_eq!(relay_acked(&relay), 0);
+    assert_eq!(relay_acked(relay), 0);
     assert!(metric("cpis_deliver_retries_total{sink=\"webhook\"}") >= 1.0);
 
-    let trusting = RunningAgent::start(&relay, https_settings(&right_ca));
+    let trusting = RunningAgent::start(relay, https_settings(&right_ca));
     let arrival = receiver.next().await;
     assert!(arrival.signature_valid);
     assert_eq!(arrival.webhook_id, expected[0].1);
@@ -413,18 +387,15 @@ fn bad_configuration_exits_64_and_names_the_key() {
 
 #[tokio::test]
 async fn with_max_attempts_a_failing_notification_is_parked_and_delivery_goes_on() {
-    let relay = TestRelay::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, secret_file) = secret(dir.path());
-    notify(&relay, 0, 2, 2).await;
-    let expected = relay_notifications(&relay, 2).await;
-    let mut receiver = Receiver::start(&relay, &secret, None).await;
+    let delivery = Delivery::start(2, 2).await;
+    let (relay, dir, expected) = (&delivery.relay, &delivery.dir, &delivery.expected);
+    let mut receiver = delivery.receiver().await;
     let unavailable = || Reply::Status { status: 503, retry_after: None, body: "down" };
     receiver.script([unavailable(), unavailable()]);
-    let mut settings = webhook(settings(&relay, dir.path()), receiver.url("http", "127.0.0.1"), &secret_file);
+    let mut settings = delivery.webhook_settings(receiver.url("http", "127.0.0.1"));
     settings.max_attempts = Some(2);
 
-    let agent = RunningAgent::start(&relay, settings);
+    let agent = RunningAgent::start(relay, settings);
     let attempts = [receiver.next().await, receiver.next().await, receiver.next().await];
     agent.acked_through(expected[1].0).await;
     assert_eq!(
@@ -440,10 +411,8 @@ async fn with_max_attempts_a_failing_notification_is_parked_and_delivery_goes_on
 
 #[tokio::test]
 async fn a_server_that_fails_is_left_for_the_next() {
-    let relay = TestRelay::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, secret_file) = secret(dir.path());
-    notify(&relay, 0, 1, 1).await;
+    let delivery = Delivery::start(1, 1).await;
+    let relay = &delivery.relay;
     // A "relay" that accepts connections and closes them at once.
     let broken = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let broken_url = format!("https://localhost:{}", broken.local_addr().unwrap().port());
@@ -454,11 +423,11 @@ async fn a_server_that_fails_is_left_for_the_next() {
             let _ = refused.send(());
         }
     });
-    let mut receiver = Receiver::start(&relay, &secret, None).await;
-    let mut settings = webhook(settings(&relay, dir.path()), receiver.url("http", "127.0.0.1"), &secret_file);
+    let mut receiver = delivery.receiver().await;
+    let mut settings = delivery.webhook_settings(receiver.url("http", "127.0.0.1"));
     settings.server = vec![broken_url, relay.url()];
 
-    let agent = RunningAgent::start(&relay, settings);
+    let agent = RunningAgent::start(relay, settings);
     tokio::time::timeout(WAIT, refusals.recv()).await.expect("the first server is tried").unwrap();
     let arrival = receiver.next().await;
     agent.acked_through(arrival.body.sequence).await;

@@ -4,39 +4,32 @@
 //! nothing, turns unhealthy and raises `cpis_deliver_receiver_misconfigured`
 //! until the receiver takes the notification. Real relay, real receiver.
 
-// Shared with tests/deliver.rs, which uses all of them.
-#[allow(dead_code)]
 #[path = "support/agent.rs"]
 mod agent;
 mod common;
-#[allow(dead_code)]
 #[path = "support/webhook_receiver.rs"]
 mod webhook_receiver;
 
 use std::sync::Arc;
 
 use agent::*;
-use common::*;
 use tokio::sync::Notify;
-use webhook_receiver::{Receiver, Reply, secret};
+use webhook_receiver::Reply;
 
 #[tokio::test]
 async fn a_misconfigured_receiver_is_retried_unacknowledged_and_unhealthy_never_dead_lettered() {
-    let relay = TestRelay::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, secret_file) = secret(dir.path());
-    notify(&relay, 0, 2, 2).await;
-    let expected = relay_notifications(&relay, 2).await;
-    let mut receiver = Receiver::start(&relay, &secret, None).await;
+    let delivery = Delivery::start(2, 2).await;
+    let (relay, dir, expected) = (&delivery.relay, &delivery.dir, &delivery.expected);
+    let mut receiver = delivery.receiver().await;
     let misconfigured = [302, 401, 403, 404, 410];
     receiver.script(misconfigured.map(|status| Reply::Status { status, retry_after: None, body: "" }));
     let release = Arc::new(Notify::new());
     receiver.script([Reply::Hold(Arc::clone(&release))]);
 
     // Two attempts would park a notification that a busy receiver refused; not this one.
-    let mut settings = webhook(settings(&relay, dir.path()), receiver.url("http", "127.0.0.1"), &secret_file);
+    let mut settings = delivery.webhook_settings(receiver.url("http", "127.0.0.1"));
     settings.max_attempts = Some(2);
-    let agent = RunningAgent::start(&relay, settings);
+    let agent = RunningAgent::start(relay, settings);
     for status in misconfigured {
         let arrival = receiver.next().await;
         assert_eq!((arrival.answered, arrival.body.sequence), (status, expected[0].0));
@@ -54,7 +47,7 @@ async fn a_misconfigured_receiver_is_retried_unacknowledged_and_unhealthy_never_
         !dir.path().join("dead-letter").exists()
             || std::fs::read_dir(dir.path().join("dead-letter")).unwrap().next().is_none()
     );
-    assert_eq!(relay_acked(&relay), 0);
+    assert_eq!(relay_acked(relay), 0);
 
     // The receiver is fixed: delivery and acknowledgement resume, and health with them.
     release.notify_one();

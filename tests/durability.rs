@@ -86,8 +86,7 @@ async fn a_failing_store_still_answers_clinicians_holds_notifications_and_report
     let relay = TestRelay::start().await;
     let child = nhs(1);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    let mut stream =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut stream = relay.subscribe("la-706").await;
     assert_eq!(admin_get(relay.admin, "/readyz").await.0, 200);
 
     relay.faults.fail_writes(true);
@@ -199,8 +198,7 @@ async fn a_long_backlog_is_delivered_in_full_from_the_store() {
             lookup.search(search_request(person, &format!("user-{round}"), "")).await.unwrap();
         }
     }
-    let mut stream =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut stream = relay.subscribe("la-706").await;
     let mut ids = std::collections::HashSet::new();
     let mut last = 0;
     for _ in 0..600 {

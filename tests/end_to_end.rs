@@ -156,10 +156,8 @@ async fn a_person_on_plans_of_two_authorities_notifies_each_once() {
     let child = nhs(3);
     relay.load("706", vec![record(&child, PlanType::ChildProtection), record(&child, PlanType::LookedAfter)]).await;
     relay.load("855", vec![record(&child, PlanType::LookedAfter)]).await;
-    let mut stream_706 =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
-    let mut stream_855 =
-        relay.notifications("la-855").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut stream_706 = relay.subscribe("la-706").await;
+    let mut stream_855 = relay.subscribe("la-855").await;
 
     let response = relay.lookup().await.search(search_request(&child, "user-a", "r1")).await.unwrap().into_inner();
     assert_eq!(response.plans.len(), 3);
@@ -186,8 +184,7 @@ async fn unflagged_searches_store_nothing_and_notify_no_one() {
     let flagged = nhs(4);
     let unflagged = nhs(5);
     relay.load("706", vec![record(&flagged, PlanType::ChildProtection)]).await;
-    let mut stream =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut stream = relay.subscribe("la-706").await;
     let mut lookup = relay.lookup().await;
     let response = lookup.search(search_request(&unflagged, "user-a", "")).await.unwrap().into_inner();
     assert!(!response.flagged);

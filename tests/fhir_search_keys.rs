@@ -15,11 +15,10 @@ use common::*;
 use cpis_relay::{
     fhir::token,
     model::CareSetting,
-    proto::{self, PlanType, SubscribeRequest},
+    proto::{self, PlanType},
     tls::PemText,
 };
 use http_body_util::{BodyExt, Full};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 /// An ambulance service: unscheduled care, with no care setting configured in the test door.
 fn ambulance(pki: &Pki) -> PemText {
@@ -51,23 +50,8 @@ async fn search_as(
     let fhir = relay.fhir.as_ref().unwrap();
     let claims = token::DevToken { care_setting, ..dev_token(user_id) };
     let bearer = format!("Bearer {}", token::mint(&fhir.signing_key, &claims).unwrap());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(pem.ca.as_bytes()).unwrap()).unwrap();
-    let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes()).map(Result::unwrap).collect();
-    let config = rustls::ClientConfig::builder_with_provider(cpis_relay::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap())
-        .unwrap();
-    let connector =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    let mut request = hyper::Request::get(format!(
-        "https://localhost:{}/cpis/FHIR/R4/{resource}?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs_number}",
-        fhir.address.port()
-    ))
-    .header("Authorization", bearer);
+    let client = https_client(pem);
+    let mut request = hyper::Request::get(fhir.search_url(resource, nhs_number)).header("Authorization", bearer);
     if let Some(trace_id) = trace_id {
         request = request.header("TraceID", trace_id);
     }
@@ -83,8 +67,7 @@ async fn the_care_setting_comes_from_the_token_or_the_organisation_and_an_unknow
     let relay = TestRelay::start_fhir().await;
     let child = nhs(1);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    let mut notifications =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut notifications = relay.subscribe("la-706").await;
     let crew = ambulance(&relay.pki);
 
     // No claim and nothing configured for RX9: refused, recorded nowhere, notifying nobody.
@@ -120,8 +103,7 @@ async fn a_reused_trace_id_suppresses_only_a_retry_of_the_same_search_and_is_cou
     relay
         .load("706", vec![record(&child, PlanType::ChildProtection), record(&sibling, PlanType::ChildProtection)])
         .await;
-    let mut notifications =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut notifications = relay.subscribe("la-706").await;
     let ed = relay.pki.client_pem("ed-rr8");
     let reused = |metrics: &str| -> f64 {
         metrics

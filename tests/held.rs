@@ -159,8 +159,7 @@ async fn a_restart_skips_spilled_searches_already_stored_so_none_is_notified_twi
     let spilled = std::fs::read(&spill).unwrap();
     assert!(!spilled.is_empty(), "the held search is in the spill before the search answers");
     relay.faults.fail_writes(false);
-    let mut stream =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut stream = relay.subscribe("la-706").await;
     assert_eq!(next(&mut stream).await.accessor.unwrap().user_id, "held-once");
     drop(stream);
     let (pki, store, clock, dir) = relay.stop().await;
@@ -220,8 +219,7 @@ async fn beyond_the_bound_searches_answer_but_their_notifications_are_refused_lo
     let metrics = admin_get(relay.admin, "/metrics").await.1;
     assert!(metrics.contains("cpis_notifications_refused_total 1"), "{metrics}");
     relay.faults.fail_writes(false);
-    let mut stream =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut stream = relay.subscribe("la-706").await;
     assert_eq!(next(&mut stream).await.accessor.unwrap().user_id, "held-1");
     assert_eq!(next(&mut stream).await.accessor.unwrap().user_id, "held-2");
     lookup.search(search_request(&child, "after", "")).await.unwrap();

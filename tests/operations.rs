@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use cpis_relay::proto::{PlanType, SubscribeRequest, UploadMode};
+use cpis_relay::proto::{PlanType, UploadMode};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -52,8 +52,7 @@ async fn shutdown_flips_readiness_ends_subscriptions_and_lets_in_flight_searches
     let mut relay = TestRelay::start().await;
     let child = nhs(1);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    let mut subscription =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut subscription = relay.subscribe("la-706").await;
     let mut lookup = relay.lookup().await;
 
     let faults = relay.faults.clone();
@@ -135,8 +134,7 @@ async fn metrics_exposition_has_the_contract_names_and_no_personal_data() {
     let relay = TestRelay::start().await;
     let child = nhs(1);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    let mut stream =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut stream = relay.subscribe("la-706").await;
     relay.lookup().await.search(search_request(&child, "metrics-user", "")).await.unwrap();
     relay.lookup().await.search(search_request(&nhs(2), "metrics-user", "")).await.unwrap();
     next(&mut stream).await;

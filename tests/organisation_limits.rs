@@ -75,34 +75,17 @@ async fn an_organisation_over_its_search_rate_gets_resource_exhausted_with_retry
 #[tokio::test]
 async fn the_fhir_door_counts_against_the_same_rate_limit_and_says_when_to_retry() {
     use http_body_util::{BodyExt, Full};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
     let settings = RelaySettings { search_rate_per_second: 0.001, search_burst: 1, ..RelaySettings::default() };
     let relay = TestRelay::start_fhir_with(settings).await;
     relay.lookup().await.search(search_request(&nhs(1), "u", "grpc")).await.unwrap();
 
-    let pem = relay.pki.client_pem("ed-rr8");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(pem.ca.as_bytes()).unwrap()).unwrap();
-    let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(cpis_relay::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap())
-        .unwrap();
-    let connector =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let client = https_client(&relay.pki.client_pem("ed-rr8"));
     let fhir = relay.fhir.as_ref().unwrap();
-    let request = hyper::Request::get(format!(
-        "https://localhost:{}/cpis/FHIR/R4/CareTeam?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{}",
-        fhir.address.port(),
-        nhs(1)
-    ))
-    .header("Authorization", format!("Bearer {}", fhir.token("u")))
-    .body(Full::new(bytes::Bytes::new()))
-    .unwrap();
+    let request = hyper::Request::get(fhir.search_url("CareTeam", &nhs(1)))
+        .header("Authorization", format!("Bearer {}", fhir.token("u")))
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status().as_u16(), 429);
     let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use cpis_relay::proto::{PlanType, SubscribeRequest};
+use cpis_relay::proto::PlanType;
 
 #[tokio::test]
 async fn a_plan_is_neither_shown_nor_notified_before_its_start_date() {
@@ -15,8 +15,7 @@ async fn a_plan_is_neither_shown_nor_notified_before_its_start_date() {
     let mut starting = record(&child, PlanType::ChildProtection);
     starting.start_date = "2026-06-10".into(); // the clock starts on 2026-06-01
     assert_eq!(relay.load("706", vec![starting]).await.loaded, 1, "a future start date is accepted");
-    let mut notifications =
-        relay.notifications("la-706").await.subscribe(SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut notifications = relay.subscribe("la-706").await;
 
     let before = relay.lookup().await.search(search_request(&child, "too-early", "")).await.unwrap().into_inner();
     assert!(!before.flagged && before.plans.is_empty(), "not shown before it starts");

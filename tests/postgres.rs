@@ -72,9 +72,20 @@ async fn caught_up(writer: &TestRelay, follower: &TestRelay) {
         .unwrap();
 }
 
+/// Waits until `node` holds in memory every access the database has stored.
+async fn accesses_followed(cluster: &PgCluster, node: &TestRelay) -> u64 {
+    let stored: u64 = cluster.psql("cpis", "SELECT size FROM cpis_log").parse().unwrap();
+    let mut followed = node.relay.access_position();
+    tokio::time::timeout(Duration::from_secs(10), followed.wait_for(|held| *held >= stored))
+        .await
+        .expect("the node follows the other nodes' accesses within 10 s")
+        .unwrap();
+    stored
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_on_a_search_on_b_notifies_a_subscriber_on_a_once_per_request_id() {
-    let (_cluster, a, b) = two_nodes().await;
+    let (cluster, a, b) = two_nodes().await;
     let child = nhs(10);
     let report = a.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     assert_eq!(report.loaded, 1);
@@ -89,7 +100,9 @@ async fn upload_on_a_search_on_b_notifies_a_subscriber_on_a_once_per_request_id(
     assert_eq!((first.sequence, first.nhs_number.as_str()), (1, child.as_str()));
     assert_eq!(first.accessor.unwrap().user_id, "user-b");
 
-    // The client retries through node A: answered the same, recognised as a retry.
+    // The client retries through node A: answered the same, recognised as a retry (from
+    // memory once A has followed B's access; by the database's request key before that).
+    accesses_followed(&cluster, &a).await;
     let retry = a.lookup().await.search(search_request(&child, "user-b", "req-1")).await.unwrap().into_inner();
     assert!(retry.flagged);
     assert!(retry.previous_accesses.is_empty(), "a retry shows what its original showed");
@@ -97,7 +110,9 @@ async fn upload_on_a_search_on_b_notifies_a_subscriber_on_a_once_per_request_id(
     b.lookup().await.search(search_request(&child, "user-c", "req-2")).await.unwrap();
     let second = next(&mut stream).await;
     assert_eq!((second.sequence, second.accessor.unwrap().user_id.as_str()), (2, "user-c"));
-    // Both nodes list the one earlier access by user-b to the next searcher.
+    // Both nodes list the one earlier access by user-b to the next searcher, from memory:
+    // node A holds node B's accesses once it has followed the access log.
+    assert_eq!(accesses_followed(&cluster, &a).await, 2, "two accesses stored: the retry stored none");
     let third = a.lookup().await.search(search_request(&child, "user-d", "req-3")).await.unwrap().into_inner();
     let mut earlier: Vec<String> =
         third.previous_accesses.iter().map(|access| access.accessor.clone().unwrap().user_id).collect();
@@ -206,6 +221,7 @@ async fn while_postgres_is_down_searches_answer_and_their_notifications_are_writ
     caught_up(&a, &b).await;
 
     cluster.pg_ctl_stop("fast");
+    let stopped = std::time::Instant::now();
     let response = a.lookup().await.search(search_request(&child, "while-down", "w1")).await.unwrap().into_inner();
     assert!(response.flagged, "the clinician is answered from the index while the database is down");
     wait_for_health(&a, ServingStatus::NotServing).await;
@@ -216,7 +232,18 @@ async fn while_postgres_is_down_searches_answer_and_their_notifications_are_writ
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
 
+    // How far behind A may be counts from before the database went away, and keeps counting.
+    assert!(a.relay.index_lag() >= stopped.elapsed(), "no complete read can have started since the stop");
+    assert!(*a.relay.caught_up().borrow() < stopped);
+
     cluster.pg_ctl_start();
+    let restarted = std::time::Instant::now();
+    let mut caught_up = b.relay.caught_up();
+    tokio::time::timeout(Duration::from_secs(10), caught_up.wait_for(|at| *at > restarted))
+        .await
+        .expect("B reads everything again within 10 s of the database's return")
+        .unwrap();
+    assert!(b.relay.index_lag() < restarted.elapsed() + Duration::from_millis(1));
     wait_for_health(&a, ServingStatus::Serving).await;
     let mut on_b = b.notifications("la-706").await;
     let mut stream = on_b.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();
@@ -236,7 +263,8 @@ async fn a_node_refuses_a_schema_newer_than_it_knows_and_nodes_starting_together
     let opened = futures::future::join_all((0..4).map(|_| PostgresStore::open(&settings))).await;
     assert!(opened.iter().all(Result::is_ok), "four nodes starting together all open the store");
     let versions = cluster.psql("cpis", "SELECT string_agg(version::text, ',') FROM cpis_schema_migrations");
-    assert_eq!(versions, cpis_relay::store::postgres::SCHEMA_VERSION.to_string());
+    let every_version: Vec<String> = (1..=cpis_relay::store::postgres::SCHEMA_VERSION).map(|v| v.to_string()).collect();
+    assert_eq!(versions, every_version.join(","), "each migration applied once");
     drop(opened);
 
     cluster.psql("cpis", "INSERT INTO cpis_schema_migrations (version) VALUES (99)");
@@ -291,4 +319,81 @@ async fn audit_export_retention_and_store_check_work_on_postgres() {
     let (status, report) = store_check();
     assert_eq!(status, Some(1), "{report}");
     assert!(report.contains("706 misses sequences 2..2"), "{report}");
+}
+
+/// A flagged search as the relay records it: an access by `user` with one draft per authority.
+fn recorded(id: u128, user: &str, request: &str, authorities: &[&str]) -> cpis_relay::store::Change {
+    use cpis_relay::model::{AccessEvent, Accessor, CareSetting, NotificationDraft, PlanType as Type};
+    let access = AccessEvent {
+        id,
+        accessed_at: test_start(),
+        nhs_number: cpis_relay::nhs::NhsNumber::parse(&nhs(20)).unwrap(),
+        organisation_ods_code: "RR8".into(),
+        organisation_name: "Leeds Teaching Hospitals".into(),
+        care_setting: CareSetting::EmergencyDepartment,
+        accessor: Accessor { user_id: user.into(), name: "Dr Test".into(), role_code: "R8000".into() },
+        request_id: request.into(),
+        scheduled: authorities.is_empty(),
+    };
+    let drafts = authorities
+        .iter()
+        .map(|la| NotificationDraft {
+            la_ods_code: (*la).into(),
+            notification_id: format!("n-{id}-{la}"),
+            local_id: "L1".into(),
+            plan_type: Type::ChildProtection,
+            team_code: "T1".into(),
+        })
+        .collect();
+    cpis_relay::store::Change::RecordAccess { access, drafts }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accesses_take_gapless_log_positions_a_held_retry_gets_its_own_answer_and_a_repeat_stores_nothing() {
+    use cpis_relay::store::Applied;
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let (one, two) =
+        (PostgresStore::open(&options(&url)).await.unwrap(), PostgresStore::open(&options(&url)).await.unwrap());
+    let sequences = |applied: Applied| match applied {
+        Applied::Notified(notifications) => {
+            notifications.iter().map(|n| (n.draft.la_ods_code.clone(), n.sequence)).collect::<Vec<_>>()
+        }
+        other => panic!("expected notifications, got {other:?}"),
+    };
+
+    let first = one.apply(recorded(1, "u1", "r1", &["706", "A1B2C"])).await.unwrap();
+    assert_eq!(sequences(first), [("706".to_owned(), 1), ("A1B2C".to_owned(), 1)]);
+    // The same access again through the other node (a held search whose answer was lost):
+    // answered with what it stored, nothing stored twice.
+    let again = two.apply(recorded(1, "u1", "r1", &["706", "A1B2C"])).await.unwrap();
+    assert_eq!(sequences(again), [("706".to_owned(), 1), ("A1B2C".to_owned(), 1)]);
+    // The same request as a new search on the other node: a repeat, stored nowhere.
+    assert_eq!(two.apply(recorded(2, "u1", "r1", &["706"])).await.unwrap(), Applied::Repeated);
+    // A scheduled read is stored and notifies no one, and so does its retry.
+    assert_eq!(sequences(two.apply(recorded(3, "u2", "r2", &[])).await.unwrap()), []);
+    assert_eq!(sequences(one.apply(recorded(3, "u2", "r2", &[])).await.unwrap()), []);
+    // Two searches in flight together on both nodes share batches and still number in order.
+    let (x, y) =
+        tokio::join!(one.apply(recorded(4, "u3", "r3", &["706"])), two.apply(recorded(5, "u4", "r4", &["706"])));
+    let mut numbered: Vec<u64> = [x.unwrap(), y.unwrap()].into_iter().flat_map(sequences).map(|(_, s)| s).collect();
+    numbered.sort_unstable();
+    assert_eq!(numbered, [2, 3]);
+
+    let positions = cluster.psql("cpis", "SELECT string_agg(position::text, ',' ORDER BY position) FROM cpis_accesses");
+    assert_eq!(positions, "0,1,2,3", "four accesses stored, positions gapless from 0");
+    assert_eq!(cluster.psql("cpis", "SELECT size FROM cpis_log"), "4");
+    // A third node reads every access in position order; a writer reads only the others'.
+    let users = |page: &cpis_relay::store::AccessPage| -> Vec<String> {
+        page.accesses.iter().map(|access| access.view().unwrap().accessor.user_id.to_owned()).collect()
+    };
+    let third = PostgresStore::open(&options(&url)).await.unwrap();
+    let every = third.feed().unwrap().accesses_from(0, 2).await.unwrap();
+    assert_eq!((users(&every)[..1].to_vec(), every.next), (vec!["u1".to_owned()], 2), "a full page: read on from 2");
+    let rest = third.feed().unwrap().accesses_from(every.next, 10).await.unwrap();
+    assert_eq!((rest.accesses.len(), rest.next), (2, 4), "the rest, and the log's end");
+    let others = two.feed().unwrap().accesses_from(0, 10).await.unwrap();
+    assert_eq!((users(&others), others.next), (vec!["u1".to_owned(), "u3".to_owned()], 4), "node two skips its own");
+    let nothing = third.feed().unwrap().accesses_from(4, 10).await.unwrap();
+    assert_eq!((nothing.accesses.len(), nothing.next), (0, 4), "nothing past the log's end");
 }

@@ -7,26 +7,16 @@
 //! every answered search's notification.
 
 mod common;
+#[path = "support/pg_load.rs"]
+mod pg_load;
 #[path = "support/postgres.rs"]
 mod postgres;
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::sync::Arc;
 
 use common::*;
-use cpis_relay::{
-    client,
-    proto::{PlanType, SubscribeRequest, UploadMode, UploadStatus, lookup_client::LookupClient},
-    tls::PemText,
-};
+use pg_load::*;
 use postgres::PgCluster;
-use tokio::sync::watch;
-
-/// Answered searches, by user (each search has its own user and request id).
-type Answered = Arc<Mutex<HashSet<String>>>;
 
 /// A relay node as a subprocess on `url`, with its own data directory (the spill).
 async fn node(pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
@@ -40,119 +30,6 @@ async fn node(pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
     (running, dir)
 }
 
-/// Loads `people` for la-706 through the node at `url`.
-async fn load_people(url: &str, la: &PemText, people: &[String]) {
-    let mut plans = cpis_relay::proto::plans_client::PlansClient::new(client::connect(url, la, None).await.unwrap());
-    let records = people.iter().map(|n| record(n, PlanType::ChildProtection)).collect();
-    let report = upload(&mut plans, "706", UploadMode::Incremental, records).await.unwrap();
-    assert_eq!(report.status, UploadStatus::AllLoaded as i32);
-}
-
-/// Searchers against `url` until `stop`; each answered search is recorded
-/// and counted. A failed search fails the test, unless the node `may_die`
-/// (then its searchers stop at the first failure).
-fn searchers(
-    may_die: bool,
-    url: &str,
-    ed: &PemText,
-    people: &[String],
-    tag: &str,
-    load: &Load,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let Load { answered, count, stop } = load;
-    (0..6)
-        .map(|task| {
-            let (url, ed, people, tag) = (url.to_owned(), ed.clone(), people.to_vec(), tag.to_owned());
-            let (answered, count, stop) = (Arc::clone(answered), Arc::clone(count), stop.clone());
-            tokio::spawn(async move {
-                let Ok(channel) = client::connect(&url, &ed, None).await else { return };
-                let mut lookup = LookupClient::new(channel);
-                for i in 0.. {
-                    if *stop.borrow() {
-                        return;
-                    }
-                    let user = format!("{tag}-t{task}-{i}");
-                    let person = &people[(task * 7 + i * 13) % people.len()];
-                    match lookup.search(search_request(person, &user, &user)).await {
-                        Ok(response) => {
-                            assert!(response.into_inner().flagged);
-                            answered.lock().unwrap().insert(user);
-                            count.send_modify(|answered| *answered += 1);
-                        }
-                        Err(_) if may_die => return,
-                        Err(status) => panic!("search failed: {status:?}"),
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
-/// Answered searches so far; waiters wait on it.
-type Count = Arc<watch::Sender<usize>>;
-
-/// What the searchers of a test share: what they answered, how many, and when to stop.
-struct Load {
-    answered: Answered,
-    count: Count,
-    stop: watch::Receiver<bool>,
-}
-
-impl Load {
-    /// A load and the switch that stops its searchers.
-    fn new() -> (Self, watch::Sender<bool>) {
-        let (stop, stopped) = watch::channel(false);
-        (Self { answered: Arc::default(), count: Arc::new(watch::Sender::new(0)), stop: stopped }, stop)
-    }
-}
-
-/// (Never pass `*count.borrow()` here directly: the borrow would live across the wait.)
-async fn wait_for_count(count: &Count, at_least: usize) -> usize {
-    let mut answered = count.subscribe();
-    let reached = tokio::time::timeout(Duration::from_secs(60), answered.wait_for(|answered| *answered >= at_least));
-    *reached.await.unwrap_or_else(|_| panic!("fewer than {at_least} searches answered within 60 s")).unwrap()
-}
-
-/// Reads la-706's notifications from the start through `url` until every
-/// answered search's has come; returns how many were read.
-async fn every_answered_search_notified(url: &str, la: &PemText, answered: &Answered) -> usize {
-    let mut notifications = cpis_relay::proto::notifications_client::NotificationsClient::new(
-        client::connect(url, la, None).await.unwrap(),
-    );
-    let mut stream = notifications.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();
-    let mut missing = answered.lock().unwrap().clone();
-    let (mut read, mut seen) = (0, HashSet::new());
-    while !missing.is_empty() {
-        let notification = tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut stream))
-            .await
-            .unwrap_or_else(|_| panic!("{} answered searches were never notified", missing.len()))
-            .unwrap()
-            .unwrap();
-        read += 1;
-        assert_eq!(notification.sequence, read as u64, "sequences are consecutive from 1");
-        let user = notification.accessor.unwrap().user_id;
-        assert!(seen.insert(user.clone()), "{user} was notified twice");
-        missing.remove(&user);
-    }
-    read
-}
-
-/// In SQL: one access per request, one notification per access (each person has one plan).
-fn exactly_once(cluster: &PgCluster) {
-    let duplicates = cluster.psql(
-        "cpis",
-        "SELECT count(*) - count(DISTINCT (organisation_ods_code, user_id, request_id)) FROM cpis_accesses",
-    );
-    assert_eq!(duplicates, "0", "no request stored twice");
-    let counts = cluster.psql(
-        "cpis",
-        "SELECT (SELECT count(*) FROM cpis_accesses) || ' ' || (SELECT count(*) FROM cpis_notifications) || ' ' || \
-         (SELECT count(DISTINCT access_id) FROM cpis_notifications) || ' ' || (SELECT max(sequence) FROM cpis_notifications)",
-    );
-    let counts: Vec<&str> = counts.split(' ').collect();
-    assert!(counts.iter().all(|count| *count == counts[0]), "accesses, notifications, distinct, last: {counts:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_one_node_while_both_take_searches_loses_no_notification_and_duplicates_none() {
     let cluster = PgCluster::start();
@@ -161,13 +38,13 @@ async fn sigkill_of_one_node_while_both_take_searches_loses_no_notification_and_
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
     let (mut a, _a_dir) = node(&pki, &url).await;
-    load_people(&a.url, &la, &people).await;
+    load_people(&a.url, None, &la, &people).await;
     let (b, _b_dir) = node(&pki, &url).await;
 
     let (load, stop) = Load::new();
     let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
-    let mut tasks = searchers(true, &a.url, &ed, &people, "a", &load);
-    tasks.extend(searchers(false, &b.url, &ed, &people, "b", &load));
+    let mut tasks = searchers(true, &a.url, None, &ed, &people, "a", &load);
+    tasks.extend(searchers(false, &b.url, None, &ed, &people, "b", &load));
     wait_for_count(&count, 150).await;
     a.child.start_kill().unwrap();
     a.child.wait().await.unwrap();
@@ -178,7 +55,7 @@ async fn sigkill_of_one_node_while_both_take_searches_loses_no_notification_and_
     for task in tasks {
         task.await.unwrap();
     }
-    let read = every_answered_search_notified(&b.url, &la, &answered).await;
+    let read = every_answered_search_notified(&b.url, None, &la, &answered).await;
     println!(
         "node A killed after {at_kill} answered searches; {} answered, {read} notifications read",
         *count.borrow()
@@ -194,11 +71,11 @@ async fn restarting_postgres_under_load_holds_then_writes_every_notification_onc
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
     let (a, _a_dir) = node(&pki, &url).await;
-    load_people(&a.url, &la, &people).await;
+    load_people(&a.url, None, &la, &people).await;
 
     let (load, stop) = Load::new();
     let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
-    let tasks = searchers(false, &a.url, &ed, &people, "a", &load);
+    let tasks = searchers(false, &a.url, None, &ed, &people, "a", &load);
     wait_for_count(&count, 100).await;
     cluster.pg_ctl_stop("immediate");
     let at_stop = *count.borrow();
@@ -213,7 +90,7 @@ async fn restarting_postgres_under_load_holds_then_writes_every_notification_onc
     for task in tasks {
         task.await.unwrap();
     }
-    let read = every_answered_search_notified(&a.url, &la, &answered).await;
+    let read = every_answered_search_notified(&a.url, None, &la, &answered).await;
     println!("database down after {at_stop} answered searches; {read} notifications read");
     exactly_once(&cluster);
 }
@@ -236,14 +113,14 @@ async fn failover_to_a_synchronous_standby_loses_nothing_acknowledged() {
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
     let (a, _a_dir) = node(&pki, &url).await;
-    load_people(&a.url, &la, &people).await;
+    load_people(&a.url, None, &la, &people).await;
     // Started after the upload, so its index holds it from the start.
     let (b, _b_dir) = node(&pki, &url).await;
 
     let (load, stop) = Load::new();
     let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
-    let mut tasks = searchers(false, &a.url, &ed, &people, "a", &load);
-    tasks.extend(searchers(false, &b.url, &ed, &people, "b", &load));
+    let mut tasks = searchers(false, &a.url, None, &ed, &people, "a", &load);
+    tasks.extend(searchers(false, &b.url, None, &ed, &people, "b", &load));
     wait_for_count(&count, 150).await;
     primary.pg_ctl_stop("immediate");
     let at_kill = *count.borrow();
@@ -253,9 +130,9 @@ async fn failover_to_a_synchronous_standby_loses_nothing_acknowledged() {
     for task in tasks {
         task.await.unwrap();
     }
-    let read = every_answered_search_notified(&b.url, &la, &answered).await;
+    let read = every_answered_search_notified(&b.url, None, &la, &answered).await;
     println!("primary killed after {at_kill} answered searches; {read} notifications read from the promoted standby");
     exactly_once(&standby);
     // And the nodes take uploads again, on the new primary.
-    load_people(&a.url, &la, &nhs_numbers(31)[30..]).await;
+    load_people(&a.url, None, &la, &nhs_numbers(31)[30..]).await;
 }

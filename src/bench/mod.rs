@@ -86,10 +86,10 @@ pub async fn load_people(
 ) -> Result<Vec<String>, crate::error::Error> {
     let records = synth::generate(people, 2026, today);
     for authority in synth::authorities() {
-        let mine: Vec<proto::PlanRecord> = records
+        let mine: Vec<_> = records
             .iter()
             .filter(|record| record.la_ods_code == authority.ods_code)
-            .map(|record| record.record.clone())
+            .map(|record| crate::service::convert::plan_record_from_wire(record.record.clone()))
             .collect();
         // Each load replaces whatever set the relay held: the removal is the point.
         let header = UploadHeader {

@@ -116,10 +116,11 @@ pub fn init() {
 /// subscription reader and the admin endpoints. A cheap handle.
 #[derive(Clone)]
 pub struct Status {
-    shared: Arc<Shared>,
+    shared: Arc<AgentState>,
 }
 
-struct Shared {
+/// The agent's position (connected, last seen, acknowledged, in flight) and its health inputs.
+struct AgentState {
     connected: AtomicBool,
     last_seen: AtomicU64,
     /// A watch so that tests and callers can wait for a position.
@@ -144,7 +145,7 @@ impl Status {
     /// before `/healthz` reports the agent stuck.
     pub fn new(unhealthy_after: Duration) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(AgentState {
                 connected: AtomicBool::new(false),
                 last_seen: AtomicU64::new(0),
                 acked: watch::Sender::new(0),

@@ -25,8 +25,7 @@ use super::{
     token::{TokenUser, TokenVerifier},
 };
 use crate::{
-    auth::Identity,
-    error::Error,
+    edge::{self, Door, Edge},
     relay::{Relay, SearchQuery},
     tls::PeerInfo,
 };
@@ -39,19 +38,12 @@ const UNSCHEDULED: &str = "isunscheduledaccessevent";
 const MAX_TRACE_ID_LEN: usize = 200;
 
 #[derive(Clone)]
-struct Door {
+struct FhirDoor {
     relay: Relay,
     tokens: Arc<TokenVerifier>,
-    limits: Limits,
+    /// Shared with the other doors: the global search limit and draining.
+    edge: Edge,
     trace_ids: Arc<super::trace_ids::TraceIds>,
-}
-
-/// What the door shares with the gRPC edge (`rpc.rs`): the global search
-/// limit, beyond which searches are refused at once, and whether the relay is draining.
-#[derive(Clone)]
-pub struct Limits {
-    pub searches: Arc<tokio::sync::Semaphore>,
-    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,25 +62,25 @@ impl Search {
 }
 
 /// The door's routes over a relay.
-pub fn router(relay: Relay, tokens: Arc<TokenVerifier>, limits: Limits) -> Router {
+pub fn router(relay: Relay, tokens: Arc<TokenVerifier>, edge: Edge) -> Router {
     Router::new()
         .route(&format!("{BASE_PATH}/CareTeam"), get(care_team))
         .route(&format!("{BASE_PATH}/AuditEvent"), get(audit_event))
         .route(&format!("{BASE_PATH}/metadata"), get(metadata))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Door { relay, tokens, limits, trace_ids: Arc::default() })
+        .with_state(FhirDoor { relay, tokens, edge, trace_ids: Arc::default() })
 }
 
-async fn care_team(State(door): State<Door>, request: Request) -> Response {
+async fn care_team(State(door): State<FhirDoor>, request: Request) -> Response {
     answer(&door, request, Some(Search::CareTeam)).await
 }
 
-async fn audit_event(State(door): State<Door>, request: Request) -> Response {
+async fn audit_event(State(door): State<FhirDoor>, request: Request) -> Response {
     answer(&door, request, Some(Search::AuditEvent)).await
 }
 
-async fn metadata(State(door): State<Door>, request: Request) -> Response {
+async fn metadata(State(door): State<FhirDoor>, request: Request) -> Response {
     answer(&door, request, None).await
 }
 
@@ -107,12 +99,15 @@ async fn method_not_allowed(request: Request) -> Response {
 }
 
 /// Runs one request on a span carrying its TraceID, and logs it as the gRPC access log does.
-async fn answer(door: &Door, request: Request, search: Option<Search>) -> Response {
+async fn answer(door: &FhirDoor, request: Request, search: Option<Search>) -> Response {
     let started = std::time::Instant::now();
     // A search has no body: only the head is read (and it is Sync, so it can be held across awaits).
     let (request, _body) = request.into_parts();
-    let peer = request.extensions.get::<PeerInfo>().cloned();
-    let organisation = peer.as_ref().and_then(|peer| peer.identity.as_ref().ok()).map(|id| id.ods_code.clone());
+    let organisation = request
+        .extensions
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.identity.as_ref().ok())
+        .map(|identity| identity.ods_code.clone());
     let resource = search.map_or("metadata", Search::resource_type);
     let trace_id = trace_id(&request.headers);
     let echoed = trace_id.as_ref().ok().cloned().flatten();
@@ -130,7 +125,7 @@ async fn answer(door: &Door, request: Request, search: Option<Search>) -> Respon
                 expect_no_parameters(request.uri.query())?;
                 Ok(resources::capability_statement(&base))
             }
-            Some(search) => door.search(&request, peer.as_ref(), search, &base, trace_id.as_deref()).await,
+            Some(search) => door.search(&request, search, &base, trace_id.as_deref()).await,
         }
     }
     .instrument(span.clone())
@@ -167,22 +162,16 @@ fn finish(result: Result<Value, FhirError>, trace_id: Option<&str>) -> Response 
     response
 }
 
-impl Door {
+impl FhirDoor {
     async fn search(
         &self,
         request: &Parts,
-        peer: Option<&PeerInfo>,
         search: Search,
         base: &str,
         trace_id: Option<&str>,
     ) -> Result<Value, FhirError> {
-        if *self.limits.draining.borrow() {
-            return Err(Error::Unavailable("the relay is shutting down; retry, another node will answer".into()).into());
-        }
-        let _permit = Arc::clone(&self.limits.searches)
-            .try_acquire_owned()
-            .map_err(|_| Error::ResourceExhausted("the relay is at its search limit; retry shortly".into()))?;
-        let identity = identity(peer)?;
+        let _permit = self.edge.admit_search(Door::Fhir)?;
+        let identity = edge::identity(&request.extensions, Door::Fhir)?;
         let user = self.user(&request.headers)?;
         let care_setting = self.tokens.settings().care_settings.resolve(user.care_setting, &identity.ods_code)?;
         let nhs_number = patient_identifier(request.uri.query())?;
@@ -221,37 +210,10 @@ impl Door {
         })
     }
 
+    /// The user a request's bearer token names (required here).
     fn user(&self, headers: &HeaderMap) -> Result<TokenUser, FhirError> {
-        self.verified_user(headers).inspect_err(|_| {
-            metrics::counter!("cpis_auth_denied_total", "reason" => "bearer_token").increment(1);
-        })
+        edge::required_bearer_user(headers, &self.tokens, Door::Fhir).map_err(FhirError::Unauthorized)
     }
-
-    /// The user a request's bearer token names; every refusal is counted by [`Self::user`].
-    fn verified_user(&self, headers: &HeaderMap) -> Result<TokenUser, FhirError> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| FhirError::Unauthorized("an Authorization: Bearer <JWT> header is required".into()))?;
-        let text =
-            value.to_str().map_err(|_| FhirError::Unauthorized("the Authorization header is not text".into()))?;
-        let token = text
-            .strip_prefix("Bearer ")
-            .or_else(|| text.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| FhirError::Unauthorized("the Authorization header must be Bearer <JWT>".into()))?;
-        self.tokens.verify(token).map_err(|error| FhirError::Unauthorized(error.to_string()))
-    }
-}
-
-/// The organisation, only from the connection's verified certificate.
-fn identity(peer: Option<&PeerInfo>) -> Result<Arc<Identity>, FhirError> {
-    let peer =
-        peer.ok_or_else(|| FhirError::Domain(Error::Unauthenticated("no verified client certificate".into())))?;
-    peer.identity.clone().map_err(|reason| {
-        metrics::counter!("cpis_auth_denied_total", "reason" => "no_identity").increment(1);
-        FhirError::Domain(Error::Unauthenticated(reason.to_string()))
-    })
 }
 
 /// `TraceID`, if sent: printable ASCII without spaces, at most 200 characters.

@@ -1,18 +1,31 @@
 //! Following the other relay nodes of a shared store (PostgreSQL): their
-//! plan changes reach this node's index, in the feed's version order, and
-//! their notification and acknowledgement positions reach its hub, so a
-//! subscriber here wakes for a search answered on another node.
+//! plan changes reach this node's index, in the feed's version order; their
+//! accesses reach its recent accesses in memory, in the access log's order,
+//! so a search here lists them (and knows their requests) without reading the
+//! store; and their notification and acknowledgement positions reach its
+//! hub, so a subscriber here wakes for a search answered on another node.
 //!
 //! Hints from the store (LISTEN/NOTIFY) make this prompt; a poll every
-//! `feed_poll_interval` makes it correct without them. A node's own plan
+//! `feed_poll_interval` makes it correct without them.
+//!
+//! How far behind the index may be is `cpis_index_lag_seconds`: the time
+//! since the start of the last poll that read everything (plans, accesses,
+//! positions) without an error. A node that cannot hear the database keeps
+//! answering searches from its index (a flag shown from a slightly old index
+//! is safer than none), holds their notifications, and reports NOT_SERVING
+//! once a write fails, so load balancers send clinicians elsewhere; the gauge
+//! and its alert say how old what it answers from may be. A node's own plan
 //! change first applies every earlier version it has not seen, then itself,
 //! all under the plan-write lock, so the index applies versions in order
 //! whichever node wrote them.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::{
-    sync::{MutexGuard, broadcast::error::RecvError},
+    sync::{MutexGuard, broadcast::error::RecvError, watch},
     task::JoinHandle,
 };
 
@@ -26,12 +39,16 @@ use crate::{
 /// Plan changes read from the feed at a time.
 const FEED_PAGE: usize = 64;
 
+/// Accesses read from the log at a time.
+const ACCESS_PAGE: usize = 2_048;
+
 impl Relay {
     /// Follows the feed until the relay drains.
     pub(super) fn spawn_follower(&self, feed: Arc<dyn Feed>) -> JoinHandle<()> {
         let relay = self.clone();
         let mut hints = feed.hints();
         let mut draining = self.shared.draining.subscribe();
+        self.spawn_lag_gauge();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(relay.shared.settings.feed_poll_interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -40,12 +57,17 @@ impl Relay {
                     _ = ticks.tick() => relay.resync(&feed).await,
                     hint = hints.recv() => match hint {
                         Ok(Hint::Notified(positions)) => {
+                            // Accesses first: a subscriber woken here for another node's
+                            // search finds that search listed here too.
+                            relay.follow_accesses(&feed).await;
                             for (la, sequence) in positions {
                                 relay.shared.hub.observe(&la, sequence, None);
                             }
                         }
                         Ok(Hint::Acked(la, through)) => relay.shared.hub.observe(&la, 0, Some(through)),
-                        Ok(Hint::Plans) => relay.follow_plans(&feed).await,
+                        Ok(Hint::Plans) => {
+                            relay.follow_plans(&feed).await;
+                        }
                         Ok(Hint::Resync) | Err(RecvError::Lagged(_)) => relay.resync(&feed).await,
                         Err(RecvError::Closed) => return,
                     },
@@ -55,12 +77,54 @@ impl Relay {
         })
     }
 
-    /// Reads everything: plan changes and every authority's positions.
+    /// Reads everything: plan changes, accesses and every authority's positions.
     async fn resync(&self, feed: &Arc<dyn Feed>) {
-        self.follow_plans(feed).await;
-        if let Err(error) = self.observe_cursors(feed).await {
+        let started = Instant::now();
+        let plans = self.follow_plans(feed).await;
+        let accesses = self.follow_accesses(feed).await;
+        let positions = self.observe_cursors(feed).await;
+        if let Err(error) = &positions {
             tracing::warn!(%error, "cannot read notification positions from the store; retrying at the next poll");
         }
+        if plans && accesses && positions.is_ok() {
+            self.shared.caught_up.send_if_modified(|at| {
+                let newer = started > *at;
+                *at = (*at).max(started);
+                newer
+            });
+        }
+    }
+
+    /// Publishes `cpis_index_lag_seconds` every second until the relay drains,
+    /// on its own task: a poll stuck on a dead connection must not freeze it.
+    fn spawn_lag_gauge(&self) {
+        let relay = self.clone();
+        let mut draining = self.shared.draining.subscribe();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        metrics::gauge!("cpis_index_lag_seconds").set(relay.index_lag().as_secs_f64());
+                    }
+                    () = super::until_draining(&mut draining) => return,
+                }
+            }
+        });
+    }
+
+    /// How far behind the other nodes' commits this node's index and recent
+    /// accesses may be: zero for a store this process alone writes.
+    pub fn index_lag(&self) -> Duration {
+        if self.shared.store.feed().is_none() {
+            return Duration::ZERO;
+        }
+        self.shared.caught_up.borrow().elapsed()
+    }
+
+    /// When the last complete read of the other nodes' commits started.
+    pub fn caught_up(&self) -> watch::Receiver<Instant> {
+        self.shared.caught_up.subscribe()
     }
 
     pub(super) async fn observe_cursors(&self, feed: &Arc<dyn Feed>) -> Result<(), StoreError> {
@@ -70,10 +134,49 @@ impl Relay {
         Ok(())
     }
 
-    async fn follow_plans(&self, feed: &Arc<dyn Feed>) {
+    /// Reads the accesses committed since the last read (this node's own
+    /// among them, already known) into the recent accesses.
+    async fn follow_accesses(&self, feed: &Arc<dyn Feed>) -> bool {
+        loop {
+            let from = *self.shared.access_position.borrow();
+            match feed.accesses_from(from, ACCESS_PAGE).await {
+                Ok(page) => {
+                    for access in &page.accesses {
+                        match access.view() {
+                            Ok(view) => self.shared.recent.record_view(&view),
+                            Err(error) => tracing::error!(%error, "an access in the store cannot be read; skipped"),
+                        }
+                    }
+                    self.shared.access_position.send_if_modified(|held| {
+                        let newer = page.next > *held;
+                        *held = (*held).max(page.next);
+                        newer
+                    });
+                    if page.accesses.len() < ACCESS_PAGE {
+                        return true;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read other nodes' accesses from the store; retrying at the next poll");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The access log position this node's recent accesses include everything before.
+    pub fn access_position(&self) -> watch::Receiver<u64> {
+        self.shared.access_position.subscribe()
+    }
+
+    async fn follow_plans(&self, feed: &Arc<dyn Feed>) -> bool {
         let writes = self.shared.plan_writes.lock().await;
-        if let Err(error) = self.apply_feed(&writes, feed, u64::MAX).await {
-            tracing::error!(%error, "cannot follow plan changes from the store; retrying at the next poll");
+        match self.apply_feed(&writes, feed, u64::MAX).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, "cannot follow plan changes from the store; retrying at the next poll");
+                false
+            }
         }
     }
 
@@ -124,12 +227,12 @@ impl Relay {
         let index = self.shared.index.clone();
         match change {
             Change::UpsertPlans { authority, plans } => {
-                self.shared.hub.know(&authority.ods_code);
+                self.shared.hub.register_authority(&authority.ods_code);
                 index.set_authority(authority);
                 super::plans::off_runtime(move || index.upsert(plans.iter().cloned())).await?;
             }
             Change::ReplacePlans { authority, plans } => {
-                self.shared.hub.know(&authority.ods_code);
+                self.shared.hub.register_authority(&authority.ods_code);
                 let la = authority.ods_code.clone();
                 index.set_authority(authority);
                 super::plans::off_runtime(move || index.replace_authority(&la, plans.iter().cloned())).await?;
@@ -162,7 +265,7 @@ impl Relay {
         codes.sort_unstable();
         codes.dedup();
         for authority in snapshot.authorities {
-            self.shared.hub.know(&authority.ods_code);
+            self.shared.hub.register_authority(&authority.ods_code);
             index.set_authority(authority);
         }
         super::plans::off_runtime(move || {

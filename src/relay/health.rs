@@ -12,9 +12,9 @@ use tokio::sync::watch;
 
 use super::StoreHealth;
 use crate::{
-    model::{AccessEvent, Notification, RequestKey},
+    model::{AccessEvent, Notification},
     nhs::NhsNumber,
-    store::{Applied, Change, PersonHistory, Snapshot, Store, StoreError},
+    store::{Applied, Change, Snapshot, Store, StoreError},
 };
 
 #[derive(Default)]
@@ -104,15 +104,6 @@ impl Store for ReportingStore {
                 result
             })
             .boxed()
-    }
-
-    fn person_history(
-        &self,
-        nhs_number: NhsNumber,
-        request: Option<RequestKey>,
-        newest: usize,
-    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
-        self.inner.person_history(nhs_number, request, newest)
     }
 
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {

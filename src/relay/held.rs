@@ -247,6 +247,8 @@ impl Relay {
                 self.shared.hub.publish(&notifications);
                 true
             }
+            // Another node stored this request within the window: this search is its retry.
+            Ok(Applied::Repeated) => true,
             Ok(other) => {
                 tracing::error!(?other, "store answered a recorded access with something else");
                 false
@@ -307,9 +309,15 @@ impl Relay {
         let held = &self.shared.hub.held;
         let _turn = held.retry_turn.lock().await;
         let HeldSearch { access, drafts } = held.front()?;
+        let (person, id) = (access.nhs_number, access.id);
         match self.shared.store.apply(Change::RecordAccess { access, drafts }).await {
-            Ok(Applied::Notified(notifications)) => {
-                self.shared.hub.publish(&notifications);
+            applied @ Ok(Applied::Notified(_) | Applied::Repeated) => {
+                match applied {
+                    Ok(Applied::Notified(notifications)) => self.shared.hub.publish(&notifications),
+                    // Another node stored the same request while this one was held:
+                    // it was a retry after all, and is no longer one of the person's accesses.
+                    _ => self.shared.recent.forget(person, id),
+                }
                 let relay = self.clone();
                 match tokio::task::spawn_blocking(move || relay.shared.hub.held.pop_stored()).await {
                     Ok(left) => self.held_changed(left),

@@ -22,8 +22,10 @@ mod proofs;
 pub mod rate;
 mod retention;
 mod search;
+mod sent;
 pub mod spill;
 mod subject;
+mod upload;
 mod validate;
 
 use std::sync::Arc;
@@ -43,9 +45,10 @@ use crate::{
 
 pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::Hub;
-pub use plans::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use search::{SearchOutcome, SearchQuery, ShownPlan};
+pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
 pub use subject::{LoggedAccess, SubjectAccess};
+pub use upload::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use validate::{Rejection, RejectionReason};
 
 /// Most records one upload may carry unless configured: room for the
@@ -139,17 +142,23 @@ pub enum StoreHealth {
 /// A cheap handle to the relay.
 #[derive(Clone)]
 pub struct Relay {
-    shared: Arc<Shared>,
+    shared: Arc<RelayState>,
 }
 
-struct Shared {
+/// Everything the relay's operations share: the index, the store, the
+/// notification hub, the limits and the locks that order plan writes.
+struct RelayState {
     index: Index,
     history: History,
-    /// Recent accesses, where this process is the store's only writer.
+    /// Every person's recent accesses: what searches list, and what the
+    /// request window needs.
     recent: crate::recent::Recent,
-    /// Whether searches list accesses from `recent` (the store's only
-    /// writer) or read them from a store that other nodes write too.
-    recent_in_memory: bool,
+    /// The access log position `recent` holds every access before (a store
+    /// that other nodes write too, whose accesses are followed; 0 otherwise).
+    access_position: watch::Sender<u64>,
+    /// When the last complete read of the other nodes' commits started
+    /// (shared stores; see `follow`).
+    caught_up: watch::Sender<std::time::Instant>,
     hub: Hub,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -182,6 +191,7 @@ impl Relay {
         let _recorder = crate::telemetry::metrics();
         let write_health = Arc::new(health::WriteHealth::new());
         let store: Arc<dyn Store> = Arc::new(health::ReportingStore::new(store, Arc::clone(&write_health)));
+        // What the snapshot holds was committed after this (the index's lag counts from here).
         let started = std::time::Instant::now();
         let snapshot = store.load().await?;
         let loaded_in = started.elapsed();
@@ -191,12 +201,11 @@ impl Relay {
             hub.restore(cursor);
         }
         for authority in snapshot.authorities {
-            hub.know(&authority.ods_code);
+            hub.register_authority(&authority.ods_code);
             index.set_authority(authority);
         }
         let plan_count = snapshot.plans.len();
         let recent = snapshot.recent;
-        let recent_in_memory = store.feed().is_none();
         index.upsert(snapshot.plans);
         let history = History::new();
         tracing::info!(
@@ -215,11 +224,12 @@ impl Relay {
             None => None,
         };
         let relay = Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(RelayState {
                 index,
                 history,
                 recent,
-                recent_in_memory,
+                access_position: watch::Sender::new(snapshot.access_position),
+                caught_up: watch::Sender::new(started),
                 hub,
                 store,
                 clock,

@@ -98,7 +98,7 @@ impl Hub {
     }
 
     /// Makes an authority known (its gauges exposed) before its first notification.
-    pub(super) fn know(&self, la_ods_code: &str) {
+    pub(super) fn register_authority(&self, la_ods_code: &str) {
         self.channel(la_ods_code);
     }
 

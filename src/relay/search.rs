@@ -12,9 +12,8 @@ use crate::{
     error::{Error, Result},
     history,
     model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, RequestKey},
-    nhs::NhsNumber,
     recent::{self, RecentAccess},
-    stored::{StoredAccess, StoredPlan},
+    stored::StoredPlan,
 };
 
 /// A search as the domain takes it, whichever door it came through. Nothing
@@ -189,18 +188,11 @@ impl Relay {
             None => None,
         };
         let own_request = request_key.as_ref().map(recent::request_hash);
-        let listing = |accesses: &[RecentAccess], made_at: Option<chrono::DateTime<chrono::Utc>>| {
-            let is_retry = history::made_within_window(made_at, now)
-                || request_key.as_ref().is_some_and(|key| history::is_repeat(accesses, key, now));
+        let (previous_accesses, is_retry) = shared.recent.with(nhs_number, |accesses| {
+            let is_retry = request_key.as_ref().is_some_and(|key| history::is_repeat(accesses, key, now));
             // A retry shows what its original showed: not the original's own access.
             (history::listed_accesses(accesses, own_request.filter(|_| is_retry)), is_retry)
-        };
-        let (previous_accesses, is_retry) = if shared.recent_in_memory {
-            shared.recent.with(nhs_number, |accesses| listing(accesses, None))
-        } else {
-            let (accesses, made_at) = self.stored_accesses(nhs_number, request_key.clone()).await?;
-            listing(&accesses, made_at)
-        };
+        });
         if !is_retry {
             let access = AccessEvent {
                 id: random_id().as_u128(),
@@ -238,41 +230,9 @@ impl Relay {
 }
 
 impl Relay {
-    /// Adds an access just stored (or held for retry) to the person's recent
-    /// accesses in memory, where this node is the store's only writer.
+    /// Adds an access just stored (or held for retry) to the person's recent accesses.
     pub(super) fn remember(&self, access: &AccessEvent) {
-        if self.shared.recent_in_memory {
-            self.shared.recent.record(access);
-        }
-    }
-
-    /// A store that other nodes write too: the person's newest accesses read
-    /// from it, oldest first, with those held here while it fails, and when
-    /// `request` was made if it was. If the store cannot be read the clinician
-    /// is still answered, without the history, and ops are told.
-    async fn stored_accesses(
-        &self,
-        nhs_number: NhsNumber,
-        request: Option<RequestKey>,
-    ) -> Result<(Vec<RecentAccess>, Option<chrono::DateTime<chrono::Utc>>)> {
-        let recent = &self.shared.recent;
-        let (stored, made_at) = match self.shared.store.person_history(nhs_number, request, history::HISTORY_READ).await
-        {
-            Ok(history) => (history.newest_first, history.request_made_at),
-            Err(error) => {
-                tracing::error!(%error, "cannot read an access history; answering without it");
-                metrics::counter!("cpis_store_failures_total", "operation" => "read_accesses").increment(1);
-                (Vec::new(), None)
-            }
-        };
-        let views = stored.iter().map(StoredAccess::view).collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut accesses = recent.convert(views);
-        let held = self.shared.hub.held_accesses_of(nhs_number);
-        if !held.is_empty() {
-            accesses.extend(recent.convert(held.iter().map(AccessEvent::view)));
-            accesses.sort_by_key(|access| (access.accessed_at, access.id()));
-        }
-        Ok((accesses, made_at))
+        self.shared.recent.record(access);
     }
 }
 

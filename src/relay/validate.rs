@@ -5,11 +5,11 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
+use super::sent::{SentPlanRecord, SentPlanType};
 use crate::{
     error::{Error, Result},
     model::{Address, LocalAuthority, Plan, PlanType},
     nhs::{NhsNumber, NhsNumberError},
-    proto,
 };
 
 /// Longest accepted free-text field of a request without a tighter limit below.
@@ -82,6 +82,15 @@ impl std::fmt::Debug for Rejection {
     }
 }
 
+/// A delete's plan type: `None` (every type) when unspecified.
+pub fn plan_type_filter(plan_type: SentPlanType) -> Result<Option<PlanType>> {
+    match plan_type {
+        SentPlanType::Unspecified => Ok(None),
+        SentPlanType::Known(plan_type) => Ok(Some(plan_type)),
+        SentPlanType::Unknown(code) => Err(Error::invalid("type", format!("{code} is not a plan type"))),
+    }
+}
+
 /// A request field's NHS number, or INVALID_ARGUMENT naming the field.
 pub fn nhs_number_field(text: &str, field: &str) -> Result<NhsNumber> {
     NhsNumber::parse(text).map_err(|error| Error::invalid(field, nhs_error_text(error)))
@@ -142,7 +151,7 @@ pub fn check_optional_text<'a>(text: &'a str, field: &str) -> Result<&'a str> {
 }
 
 /// The local authority details of an upload header, all required.
-pub fn local_authority(authority: Option<&proto::LocalAuthority>) -> Result<LocalAuthority> {
+pub fn local_authority(authority: Option<&LocalAuthority>) -> Result<LocalAuthority> {
     let Some(authority) = authority else {
         return Err(Error::invalid("header.local_authority", "is required"));
     };
@@ -159,7 +168,7 @@ pub fn local_authority(authority: Option<&proto::LocalAuthority>) -> Result<Loca
 /// `nhs_number` is the record's, taken out so the caller can report it.
 pub fn plan_record(
     nhs_number: &str,
-    record: proto::PlanRecord,
+    record: SentPlanRecord,
     la_ods_code: &str,
     now: DateTime<Utc>,
 ) -> std::result::Result<Plan, (RejectionReason, String)> {
@@ -172,12 +181,10 @@ pub fn plan_record(
         NhsNumberError::Empty => (MissingField, "nhs_number: is required".to_owned()),
         other => (InvalidNhsNumber, format!("nhs_number: {other}")),
     })?;
-    let plan_type = match proto::PlanType::try_from(record.r#type) {
-        Ok(proto::PlanType::ChildProtection) => PlanType::ChildProtection,
-        Ok(proto::PlanType::LookedAfter) => PlanType::LookedAfter,
-        Ok(proto::PlanType::UnbornChildProtection) => PlanType::UnbornChildProtection,
-        Ok(proto::PlanType::Unspecified) => return Err((MissingField, "type: is required".to_owned())),
-        Err(_) => return Err((InvalidPlanType, format!("type: {} is not a plan type", record.r#type))),
+    let plan_type = match record.plan_type {
+        SentPlanType::Known(plan_type) => plan_type,
+        SentPlanType::Unspecified => return Err((MissingField, "type: is required".to_owned())),
+        SentPlanType::Unknown(code) => return Err((InvalidPlanType, format!("type: {code} is not a plan type"))),
     };
     // Every length first: nothing of an oversized record is kept or copied.
     check_lengths(&record)?;
@@ -243,7 +250,7 @@ pub fn plan_record(
 }
 
 /// Every field of a record within its limit (trimmed, as [`text`] counts).
-fn check_lengths(record: &proto::PlanRecord) -> std::result::Result<(), (RejectionReason, String)> {
+fn check_lengths(record: &SentPlanRecord) -> std::result::Result<(), (RejectionReason, String)> {
     let too_long =
         |field: &str, max: usize| (RejectionReason::FieldTooLong, format!("{field}: is longer than {max} characters"));
     let fields: [(&str, &str, usize); 8] = [
@@ -319,7 +326,7 @@ fn iso_date(text: &str) -> Option<NaiveDate> {
 
 #[cfg(test)]
 mod tests {
-    use super::iso_date;
+    use super::*;
 
     #[test]
     fn dates_are_exactly_year_month_day_and_real() {
@@ -329,5 +336,34 @@ mod tests {
         {
             assert_eq!(iso_date(bad), None, "{bad:?}");
         }
+    }
+
+    fn record(plan_type: SentPlanType) -> SentPlanRecord {
+        SentPlanRecord {
+            nhs_number: "999 000 0018".into(),
+            local_id: "L1".into(),
+            given_name: " Ada ".into(),
+            family_name: "Example".into(),
+            date_of_birth: "2020-01-02".into(),
+            plan_type,
+            start_date: "2025-01-01".into(),
+            ..SentPlanRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_record_as_sent_is_checked_without_the_wire() {
+        let now = "2026-01-01T00:00:00Z".parse().unwrap();
+        let rejected = |plan_type| plan_record("9990000018", record(plan_type), "706", now).unwrap_err();
+        assert_eq!(rejected(SentPlanType::Unspecified), (RejectionReason::MissingField, "type: is required".into()));
+        assert_eq!(
+            rejected(SentPlanType::Unknown(9)),
+            (RejectionReason::InvalidPlanType, "type: 9 is not a plan type".into())
+        );
+        let plan = plan_record("9990000018", record(SentPlanType::Known(PlanType::LookedAfter)), "706", now).unwrap();
+        assert_eq!((plan.given_name.as_str(), plan.plan_type), ("Ada", PlanType::LookedAfter));
+        assert_eq!(plan_type_filter(SentPlanType::Unspecified).unwrap(), None);
+        let refused = plan_type_filter(SentPlanType::Unknown(9)).unwrap_err();
+        assert!(matches!(refused, Error::InvalidArgument { ref field, .. } if field == "type"), "{refused}");
     }
 }

@@ -1,5 +1,6 @@
-//! Domain values to wire messages. One function per message; no logic
-//! beyond the mapping.
+//! Wire messages to the domain's input types (what a caller sent, not yet
+//! validated), and domain values to wire messages. One function per
+//! message; no logic beyond the mapping.
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -8,7 +9,10 @@ use crate::{
     model::{AccessEvent, Accessor, Address, CareSetting, LocalAuthority, Notification, Plan, PlanType},
     proto,
     recent::RecentAccess,
-    relay::{SearchOutcome, SearchQuery, UploadOutcome, UploadStatus},
+    relay::{
+        SearchOutcome, SearchQuery, SentPlanRecord, SentPlanType, SentUploadHeader, UploadMode, UploadOutcome,
+        UploadStatus,
+    },
 };
 
 /// A wire search as the domain's query; only what the wire alone can get
@@ -46,6 +50,55 @@ pub fn care_setting_from_wire(value: i32) -> Result<Option<CareSetting>> {
         Err(_) => return Err(Error::invalid("care_setting", format!("{value} is not a care setting"))),
     };
     Ok(Some(setting))
+}
+
+/// A wire plan type as sent: an unknown number is kept for the domain to refuse.
+pub fn plan_type_from_wire(value: i32) -> SentPlanType {
+    use proto::PlanType as Wire;
+    match Wire::try_from(value) {
+        Ok(Wire::Unspecified) => SentPlanType::Unspecified,
+        Ok(Wire::ChildProtection) => SentPlanType::Known(PlanType::ChildProtection),
+        Ok(Wire::LookedAfter) => SentPlanType::Known(PlanType::LookedAfter),
+        Ok(Wire::UnbornChildProtection) => SentPlanType::Known(PlanType::UnbornChildProtection),
+        Err(_) => SentPlanType::Unknown(value),
+    }
+}
+
+/// The header of a wire upload as sent; a mode it does not name is `None`.
+pub fn upload_header_from_wire(header: proto::UploadHeader) -> SentUploadHeader {
+    let mode = match proto::UploadMode::try_from(header.mode) {
+        Ok(proto::UploadMode::Incremental) => Some(UploadMode::Incremental),
+        Ok(proto::UploadMode::FullRefresh) => Some(UploadMode::FullRefresh),
+        _ => None,
+    };
+    SentUploadHeader {
+        mode,
+        file_id: header.file_id,
+        local_authority: header.local_authority.map(|authority| LocalAuthority {
+            ods_code: authority.ods_code,
+            name: authority.name,
+            office_hours_phone: authority.office_hours_phone,
+            emergency_phone: authority.emergency_phone,
+        }),
+        allow_large_removal: header.allow_large_removal,
+    }
+}
+
+/// A wire upload record as sent. Its text is moved, not copied (an upload can carry a million).
+pub fn plan_record_from_wire(record: proto::PlanRecord) -> SentPlanRecord {
+    SentPlanRecord {
+        nhs_number: record.nhs_number,
+        local_id: record.local_id,
+        given_name: record.given_name,
+        family_name: record.family_name,
+        date_of_birth: record.date_of_birth,
+        address: record.address.map(|address| Address { lines: address.lines, postcode: address.postcode }),
+        plan_type: plan_type_from_wire(record.r#type),
+        start_date: record.start_date,
+        end_date: record.end_date,
+        expected_delivery_date: record.expected_delivery_date,
+        team_code: record.team_code,
+    }
 }
 
 pub fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {

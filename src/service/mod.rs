@@ -19,19 +19,16 @@ pub use lookup::LookupService;
 pub use notifications::NotificationsService;
 pub use plans::PlansService;
 
-use crate::{auth::Identity, error::Error, tls::PeerInfo};
+use crate::{
+    auth::Identity,
+    edge::{self, Door},
+    error::Error,
+};
 
 /// A boxed server stream, as tonic's generated traits expect.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The caller's identity, read once per connection from its verified certificate.
+/// The caller's identity, read once per connection from its verified certificate (see [`edge::identity`]).
 pub fn identity<T>(request: &Request<T>) -> Result<Arc<Identity>, Error> {
-    let peer = request
-        .extensions()
-        .get::<PeerInfo>()
-        .ok_or_else(|| Error::Unauthenticated("no verified client certificate on this connection".into()))?;
-    peer.identity.clone().map_err(|reason| {
-        metrics::counter!("cpis_auth_denied_total", "reason" => "no_identity").increment(1);
-        Error::Unauthenticated(reason.to_string())
-    })
+    edge::identity(request.extensions(), Door::Grpc)
 }

@@ -46,11 +46,11 @@ impl Plans for PlansService {
         let identity = identity(&request)?;
         let mut messages = request.into_inner();
         let header = match messages.message().await?.and_then(|message| message.body) {
-            Some(Body::Header(header)) => UploadHeader::from_wire(&identity, &header)?,
+            Some(Body::Header(header)) => UploadHeader::validate(&identity, &convert::upload_header_from_wire(header))?,
             _ => return Err(Error::invalid("header", "the first message of an upload must be the header").into()),
         };
         let records = messages.map(|message| match message.map(|message| message.body) {
-            Ok(Some(Body::Record(record))) => Ok(record),
+            Ok(Some(Body::Record(record))) => Ok(convert::plan_record_from_wire(record)),
             Ok(Some(Body::Header(_))) => Err(Error::invalid("header", "only the first message may be a header")),
             Ok(None) => Err(Error::invalid("body", "each message must carry a header or a record")),
             Err(status) => Err(stream_error(status)),
@@ -62,7 +62,7 @@ impl Plans for PlansService {
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let identity = identity(&request)?;
         let DeleteRequest { nhs_number, r#type } = request.get_ref();
-        let deleted = self.relay.delete(&identity, nhs_number, *r#type).await?;
+        let deleted = self.relay.delete(&identity, nhs_number, convert::plan_type_from_wire(*r#type)).await?;
         Ok(Response::new(DeleteResponse { deleted }))
     }
 

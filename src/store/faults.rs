@@ -14,9 +14,9 @@ use std::sync::{
 use futures::{FutureExt, future::BoxFuture};
 use tokio::sync::watch;
 
-use super::{Applied, Change, Feed, PersonHistory, Snapshot, Store, StoreError};
+use super::{Applied, Change, Feed, Snapshot, Store, StoreError};
 use crate::{
-    model::{AccessEvent, Notification, RequestKey},
+    model::{AccessEvent, Notification},
     nhs::NhsNumber,
 };
 
@@ -104,15 +104,6 @@ impl Store for FaultyStore {
             inner.apply(change).await
         }
         .boxed()
-    }
-
-    fn person_history(
-        &self,
-        nhs_number: NhsNumber,
-        request: Option<RequestKey>,
-        newest: usize,
-    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
-        self.inner.person_history(nhs_number, request, newest)
     }
 
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {

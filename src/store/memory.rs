@@ -11,11 +11,11 @@ use std::{
 use futures::{FutureExt, future::BoxFuture};
 
 use super::{
-    Applied, Change, Cursor, ExpiryCounts, PersonHistory, Snapshot, Store, StoreError,
+    Applied, Change, Cursor, ExpiryCounts, Snapshot, Store, StoreError,
     log::{AccessLog, LeafProblem, LogBounds, LogEntry, NoteKind, StoredNote, TreeStore},
 };
 use crate::{
-    model::{AccessEvent, AuditRead, LocalAuthority, Notification, PlanType, RequestKey},
+    model::{AccessEvent, AuditRead, LocalAuthority, Notification, PlanType},
     nhs::NhsNumber,
     stored::{StoredAccess, StoredPlan},
     transparency::{Hash, HashStore, MemoryHashStore},
@@ -69,7 +69,7 @@ impl State {
                 for plan in plans.iter() {
                     self.plans.insert(key_of(plan), plan.clone());
                 }
-                Applied::Done
+                Applied::Committed
             }
             Change::ReplacePlans { authority, plans } => {
                 self.plans.retain(|(la, _, _), _| *la != authority.ods_code);
@@ -77,13 +77,13 @@ impl State {
                 for plan in plans.iter() {
                     self.plans.insert(key_of(plan), plan.clone());
                 }
-                Applied::Done
+                Applied::Committed
             }
             Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
                 self.plans.retain(|(la, nhs, kind), _| {
                     !(*la == la_ods_code && *nhs == nhs_number && plan_type.is_none_or(|wanted| wanted == *kind))
                 });
-                Applied::Done
+                Applied::Committed
             }
             Change::RecordAccess { access, drafts } => {
                 let mut notified = Vec::with_capacity(drafts.len());
@@ -107,7 +107,7 @@ impl State {
             }
             Change::RecordAudit(read) => {
                 self.append_to_log(LogEntry::Audit(read));
-                Applied::Done
+                Applied::Committed
             }
             Change::Ack { la_ods_code, through } => {
                 let cursor = self
@@ -115,7 +115,7 @@ impl State {
                     .entry(la_ods_code.clone())
                     .or_insert_with(|| Cursor { la_ods_code: la_ods_code.clone(), ..Cursor::default() });
                 cursor.acked_through = cursor.acked_through.max(through.min(cursor.last_sequence));
-                Applied::Done
+                Applied::Committed
             }
             Change::Expire(expiry) => {
                 let mut counts = ExpiryCounts::default();
@@ -184,6 +184,7 @@ impl Store for MemoryStore {
                 cursors: state.cursors.values().cloned().collect(),
                 plan_version: 0,
                 recent,
+                access_position: 0,
             })
         });
         async move { snapshot }.boxed()
@@ -192,34 +193,6 @@ impl Store for MemoryStore {
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
         let result = self.with_state(|state| state.apply(change));
         async move { result }.boxed()
-    }
-
-    fn person_history(
-        &self,
-        nhs_number: NhsNumber,
-        request: Option<RequestKey>,
-        newest: usize,
-    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
-        let history = self.with_state(|state| PersonHistory {
-            newest_first: state
-                .accesses
-                .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
-                .rev()
-                .filter(|(_, access)| access.view().is_ok_and(|view| !view.scheduled))
-                .take(newest)
-                .map(|(_, access)| access.clone())
-                .collect(),
-            request_made_at: request.and_then(|request| {
-                state
-                    .accesses
-                    .range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
-                    .rev()
-                    .filter_map(|(_, access)| access.view().ok())
-                    .find(|view| view.is_request(&request))
-                    .map(|view| view.accessed_at)
-            }),
-        });
-        async move { Ok(history) }.boxed()
     }
 
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {

@@ -27,7 +27,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::BoxFuture;
 
 use crate::{
-    model::{AccessEvent, AuditRead, LocalAuthority, Notification, NotificationDraft, PlanType, RequestKey},
+    model::{AccessEvent, AuditRead, LocalAuthority, Notification, NotificationDraft, PlanType},
     nhs::NhsNumber,
     stored::{StoredAccess, StoredPlan},
 };
@@ -91,9 +91,13 @@ pub const EXPIRY_CHUNK: usize = 10_000;
 /// What a change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    Done,
+    /// The change is durable and has nothing else to report.
+    Committed,
     /// The notifications of a `RecordAccess`, with their sequence numbers.
     Notified(Vec<Notification>),
+    /// A `RecordAccess` that repeats a request another node stored within
+    /// the request window: nothing was stored and no one is notified.
+    Repeated,
     Expired(ExpiryCounts),
     /// A plan change of a shared store, with its place in the plan feed.
     PlanVersion(u64),
@@ -126,18 +130,11 @@ pub struct Snapshot {
     pub cursors: Vec<Cursor>,
     /// The last plan change these plans include (shared stores; 0 otherwise).
     pub plan_version: u64,
-    /// Every person's recent accesses, from a store this process alone
-    /// writes; empty from a shared store, whose searches read them.
+    /// Every person's recent accesses.
     pub recent: crate::recent::Recent,
-}
-
-/// What a search reads of a person's history.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PersonHistory {
-    /// The newest retained accesses, newest first, as many as asked for.
-    pub newest_first: Vec<StoredAccess>,
-    /// When the asked-for request was made, if it was.
-    pub request_made_at: Option<DateTime<Utc>>,
+    /// The access log position `recent` includes everything before (shared
+    /// stores, whose other nodes' accesses are followed from there; 0 otherwise).
+    pub access_position: u64,
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -147,16 +144,6 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a change; resolves once it is durable (or has failed and
     /// left nothing behind).
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>>;
-
-    /// A person's `newest` most recent unscheduled accesses (scheduled reads
-    /// are never listed, so they must not use up the read) and whether
-    /// `request` was already made: the bounded read of a search.
-    fn person_history(
-        &self,
-        nhs_number: NhsNumber,
-        request: Option<RequestKey>,
-        newest: usize,
-    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>>;
 
     /// Every retained access of one person, oldest first (for auditors).
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>>;
@@ -197,7 +184,8 @@ pub enum PlanChanges {
 pub enum Hint {
     /// Plan changes were committed.
     Plans,
-    /// These authorities' notifications were committed, up to these sequences.
+    /// Accesses were committed, and these authorities' notifications up to
+    /// these sequences (none for scheduled reads).
     Notified(Vec<(String, u64)>),
     /// An authority acknowledged through a sequence.
     Acked(String, u64),
@@ -213,6 +201,19 @@ pub trait Feed: Send + Sync + 'static {
     /// Every authority's committed positions.
     fn cursors(&self) -> BoxFuture<'static, Result<Vec<Cursor>, StoreError>>;
 
+    /// Accesses committed at log positions from `position` on, at most `limit`,
+    /// in position (= commit) order.
+    fn accesses_from(&self, position: u64, limit: usize) -> BoxFuture<'static, Result<AccessPage, StoreError>>;
+
     /// Hints as they arrive.
     fn hints(&self) -> tokio::sync::broadcast::Receiver<Hint>;
+}
+
+/// Accesses read from a shared store's log.
+#[derive(Debug, Default)]
+pub struct AccessPage {
+    /// In position order.
+    pub accesses: Vec<StoredAccess>,
+    /// The position after the last one read: where the next page starts.
+    pub next: u64,
 }

@@ -64,10 +64,11 @@ impl Loaded {
 /// A cheap handle to the current server TLS configuration.
 #[derive(Clone)]
 pub struct ServerTls {
-    shared: Arc<Shared>,
+    shared: Arc<ReloadState>,
 }
 
-struct Shared {
+/// The configuration in use, and the files and last reload it was read from.
+struct ReloadState {
     current: RwLock<Arc<Loaded>>,
     files: Option<ServerTlsFiles>,
     /// What the last reload attempt saw (a digest of the files' contents, or
@@ -105,7 +106,7 @@ impl ServerTls {
 
     fn with(loaded: Loaded, files: Option<ServerTlsFiles>, seen: Option<Seen>) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ReloadState {
                 current: RwLock::new(Arc::new(loaded)),
                 files,
                 last_seen: Mutex::new(seen),

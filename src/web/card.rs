@@ -8,8 +8,6 @@
 //!
 //! [`Relay::search`]: crate::relay::Relay::search
 
-use std::sync::Arc;
-
 use axum::{
     Form,
     extract::State,
@@ -83,12 +81,7 @@ pub async fn search(
     Form(sent): Form<SearchForm>,
 ) -> Result<Response, WebError> {
     viewer.check_form(&web, &headers, Some(&sent.csrf))?;
-    if *web.limits.draining.borrow() {
-        return Err(Error::Unavailable("the relay is shutting down; try again in a moment".into()).into());
-    }
-    let _permit = Arc::clone(&web.limits.searches)
-        .try_acquire_owned()
-        .map_err(|_| Error::ResourceExhausted("the relay is at its search limit; try again shortly".into()))?;
+    let _permit = web.edge.admit_search(crate::edge::Door::Browser)?;
     let query = SearchQuery {
         nhs_number: sent.nhs_number.clone(),
         accessor: viewer.accessor(),

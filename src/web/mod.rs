@@ -42,7 +42,7 @@ use tokio::{net::TcpListener, sync::watch};
 pub use errors::WebError;
 pub use viewer::Viewer;
 
-use crate::{fhir::TokenVerifier, fhir::routes::Limits, relay::Relay};
+use crate::{edge::Edge, fhir::TokenVerifier, relay::Relay};
 
 /// What `server::run` needs to open the browser view: a bound listener and,
 /// optionally, the FHIR door's token verifier (for a user named by a bearer
@@ -59,7 +59,8 @@ pub struct Web {
     pub(crate) tokens: Option<Arc<TokenVerifier>>,
     /// Signs CSRF tokens; fresh per process (a form outlives no restart).
     pub(crate) csrf_key: Arc<[u8; 64]>,
-    pub(crate) limits: Limits,
+    /// Shared with the other doors: the global search limit and draining.
+    pub(crate) edge: Edge,
     /// The admin port's readiness (`/readyz`).
     pub(crate) ready: watch::Receiver<bool>,
     /// Where `/metrics` is, if the admin port is served.
@@ -70,7 +71,7 @@ pub struct Web {
 /// What the server gives the browser view besides the relay.
 pub struct WebSettings {
     pub tokens: Option<Arc<TokenVerifier>>,
-    pub limits: Limits,
+    pub edge: Edge,
     pub ready: watch::Receiver<bool>,
     pub metrics_url: Option<String>,
 }
@@ -91,7 +92,7 @@ pub fn router(relay: Relay, settings: WebSettings) -> Router {
         relay,
         tokens: settings.tokens,
         csrf_key: Arc::new(csrf_key),
-        limits: settings.limits,
+        edge: settings.edge,
         ready: settings.ready,
         metrics_url: settings.metrics_url,
         errors: Arc::new(ops::ErrorCounts::new()),

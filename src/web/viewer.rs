@@ -22,7 +22,13 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{Web, WebError};
-use crate::{auth::Identity, error::Error, model::Accessor, tls::PeerInfo};
+use crate::{
+    auth::Identity,
+    edge::{self, Door},
+    error::Error,
+    model::Accessor,
+    tls::PeerInfo,
+};
 
 /// The name of every form's CSRF field.
 pub const CSRF_FIELD: &str = "csrf";
@@ -41,40 +47,16 @@ impl FromRequestParts<Web> for Viewer {
     type Rejection = WebError;
 
     async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, WebError> {
-        let peer = parts
-            .extensions
-            .get::<PeerInfo>()
-            .ok_or_else(|| WebError::Domain(Error::Unauthenticated("no verified client certificate".into())))?;
-        let identity = peer.identity.clone().map_err(|reason| {
-            metrics::counter!("cpis_auth_denied_total", "reason" => "no_identity").increment(1);
-            WebError::Domain(Error::Unauthenticated(reason.to_string()))
-        })?;
-        let user = match &peer.user {
+        let identity = edge::identity(&parts.extensions, Door::Browser)?;
+        let user = match parts.extensions.get::<PeerInfo>().and_then(|peer| peer.user.as_ref()) {
             Some(user) => Some(Arc::clone(user)),
-            None => bearer_user(web, &parts.headers)?.map(Arc::new),
+            None => edge::bearer_user(&parts.headers, web.tokens.as_deref(), Door::Browser)
+                .map_err(|reason| WebError::Domain(Error::Unauthenticated(reason)))?
+                .map(|user| Arc::new(user.accessor)),
         };
         let csrf = csrf_token(&web.csrf_key, &identity, user.as_deref());
         Ok(Self { identity, user, csrf })
     }
-}
-
-/// The user of a bearer token, if one is sent and the FHIR door's tokens are configured.
-fn bearer_user(web: &Web, headers: &HeaderMap) -> Result<Option<Accessor>, WebError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let refuse = |reason: String| {
-        metrics::counter!("cpis_auth_denied_total", "reason" => "bearer_token").increment(1);
-        WebError::Domain(Error::Unauthenticated(reason))
-    };
-    let Some(tokens) = &web.tokens else {
-        return Err(refuse("bearer tokens are not accepted here (the FHIR door's JWKS is not configured)".into()));
-    };
-    let text = value.to_str().map_err(|_| refuse("the Authorization header is not text".into()))?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| refuse("the Authorization header must be Bearer <JWT>".into()))?;
-    tokens.verify(token).map(|user| Some(user.accessor)).map_err(|error| refuse(error.to_string()))
 }
 
 fn csrf_token(key: &[u8; 64], identity: &Identity, user: Option<&Accessor>) -> String {

@@ -27,7 +27,9 @@ use cpis_relay::{
 };
 use futures::StreamExt;
 
+mod https;
 mod refresh;
+pub use https::*;
 #[allow(unused_imports)] // Used by the refresh tests only.
 pub use refresh::refresh_searcher;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -299,6 +301,12 @@ impl TestRelay {
         upload(&mut plans, ods_code, proto::UploadMode::Incremental, records).await.unwrap()
     }
 
+    /// `identity`'s notifications from after its last acknowledged one, as a plain `Subscribe` streams them.
+    pub async fn subscribe(&self, identity: &str) -> tonic::Streaming<proto::AccessNotification> {
+        let mut notifications = self.notifications(identity).await;
+        notifications.subscribe(proto::SubscribeRequest::default()).await.unwrap().into_inner()
+    }
+
     pub async fn audit(&self) -> AuditClient<Channel> {
         AuditClient::new(self.channel("auditor").await)
     }
@@ -328,45 +336,6 @@ impl TestRelay {
             handle.await.unwrap().unwrap();
         }
     }
-}
-
-/// The FHIR door of a test relay: its address and the key its tokens are signed with.
-pub struct FhirTest {
-    pub address: SocketAddr,
-    pub signing_key: String,
-    pub jwks: String,
-}
-
-impl FhirTest {
-    /// A token for `user_id` as the development CLI mints it, valid for 5 minutes.
-    pub fn token(&self, user_id: &str) -> String {
-        cpis_relay::fhir::token::mint(&self.signing_key, &dev_token(user_id)).unwrap()
-    }
-}
-
-/// What [`FhirTest::token`] says: the default issuer, audience and claim names.
-pub fn dev_token(user_id: &str) -> cpis_relay::fhir::token::DevToken {
-    cpis_relay::fhir::token::DevToken {
-        issuer: cpis_relay::fhir::token::DEFAULT_ISSUER.into(),
-        audience: cpis_relay::fhir::token::DEFAULT_AUDIENCE.into(),
-        user_id: user_id.into(),
-        name: format!("Dr {user_id}"),
-        role_code: "R8000".into(),
-        care_setting: None,
-        lifetime: Duration::from_secs(300),
-    }
-}
-
-/// The test door's token settings: the defaults, with the care settings of
-/// the emergency department (RR8) and the GP practice (Y02999) configured,
-/// as a deployment would, so tokens need no care setting claim.
-pub fn fhir_token_settings() -> cpis_relay::fhir::TokenSettings {
-    use cpis_relay::model::CareSetting;
-    let mut settings = cpis_relay::fhir::TokenSettings::default();
-    settings.care_settings.by_organisation =
-        [("RR8".to_owned(), CareSetting::EmergencyDepartment), ("Y02999".to_owned(), CareSetting::GeneralPractice)]
-            .into();
-    settings
 }
 
 /// Synthetic LA contact details for the header of an upload by `ods_code`.

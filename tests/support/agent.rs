@@ -2,7 +2,13 @@
 //! relay, agents run in-process (with fast retries) or as `cpis-relay
 //! deliver` subprocesses, and the relay's acknowledged position.
 
-use std::{net::SocketAddr, path::Path};
+// Each test binary that includes this uses only part of it.
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use cpis_relay::{
     deliver::{config::DeliverSettings, metrics::Status},
@@ -10,7 +16,44 @@ use cpis_relay::{
 };
 use tokio::{io::AsyncBufReadExt, sync::oneshot, task::JoinHandle};
 
-use crate::{common::*, webhook_receiver::WAIT};
+use crate::{
+    common::*,
+    webhook_receiver::{Receiver, WAIT, secret},
+};
+
+/// What most delivery tests start from: a relay on which la-706 has been
+/// notified `searches` times (of `people` people in turn), a directory for
+/// the agent with a webhook secret in it, and those notifications as the
+/// relay holds them.
+pub struct Delivery {
+    pub relay: TestRelay,
+    pub dir: tempfile::TempDir,
+    pub secret: String,
+    pub secret_file: PathBuf,
+    /// (sequence, notification id) of each notification, oldest first.
+    pub expected: Vec<(u64, String)>,
+}
+
+impl Delivery {
+    pub async fn start(people: u64, searches: usize) -> Self {
+        let relay = TestRelay::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, secret_file) = secret(dir.path());
+        notify(&relay, 0, people, searches).await;
+        let expected = relay_notifications(&relay, searches).await;
+        Self { relay, dir, secret, secret_file, expected }
+    }
+
+    /// A plain-HTTP webhook receiver that verifies this secret.
+    pub async fn receiver(&self) -> Receiver {
+        Receiver::start(&self.relay, &self.secret, None).await
+    }
+
+    /// Agent settings (fast retries) delivering to the webhook at `url` with this secret.
+    pub fn webhook_settings(&self, url: String) -> DeliverSettings {
+        webhook(settings(&self.relay, self.dir.path()), url, &self.secret_file)
+    }
+}
 
 /// Uploads `people` for la-706 and searches each `searches` times in turn
 /// as the emergency department; every search notifies la-706.

@@ -4,6 +4,9 @@
 //! under root the cluster runs as the package's `postgres` user). It never
 //! touches a system cluster, and is stopped (immediately) when dropped.
 //!
+//! A cluster can also run on a test host in a network namespace
+//! (tests/support/netns.rs), listening on that host's address as well.
+//!
 //! Without PostgreSQL the tests fail, saying how to install it.
 
 #![allow(dead_code)]
@@ -19,6 +22,8 @@ pub struct PgCluster {
     pub port: u16,
     bin: PathBuf,
     owner: Option<(u32, u32)>,
+    /// The network namespace it runs in and its address there; none: 127.0.0.1.
+    host: Option<(String, String)>,
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`.
@@ -70,25 +75,45 @@ impl PgCluster {
 
     /// As [`PgCluster::start`], with extra `postgresql.conf` lines.
     pub fn start_with(settings: &[&str]) -> Self {
+        Self::start_on(None, settings)
+    }
+
+    /// A cluster on the test host `ip` in network namespace `ns`, reachable
+    /// from the hosts of `subnet` (CIDR) without a password.
+    pub fn start_in(ns: &str, ip: &str, subnet: &str) -> Self {
+        let line = format!("SUBNET {subnet}");
+        Self::start_on(Some((ns.to_owned(), ip.to_owned())), &[&line])
+    }
+
+    fn start_on(host: Option<(String, String)>, settings: &[&str]) -> Self {
         let bin = bin_dir();
         let owner = unprivileged_owner();
         let dir = tempfile::tempdir().unwrap();
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
         }
-        let cluster = Self { port: free_port(), dir, bin, owner };
+        let cluster = Self { port: free_port(), dir, bin, owner, host };
         cluster.run_ok(
-            Command::new(cluster.bin.join("initdb"))
+            cluster
+                .command("initdb")
                 .args(["-U", "cpis", "--auth=trust", "-E", "UTF8", "--no-locale", "-D"])
                 .arg(cluster.data()),
         );
+        let listen = match &cluster.host {
+            Some((_, ip)) => format!("127.0.0.1,{ip}"),
+            None => "127.0.0.1".to_owned(),
+        };
         let mut conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nmax_connections = 200\n\
+            "listen_addresses = '{listen}'\nport = {}\nunix_socket_directories = '{}'\nmax_connections = 200\n\
              shared_buffers = 32MB\nwal_level = replica\nmax_wal_senders = 4\nlog_min_messages = warning\n",
             cluster.port,
             cluster.dir.path().display()
         );
         for line in settings {
+            if let Some(subnet) = line.strip_prefix("SUBNET ") {
+                cluster.append_hba(&format!("host all cpis {subnet} trust\n"));
+                continue;
+            }
             conf.push_str(line);
             conf.push('\n');
         }
@@ -116,7 +141,27 @@ impl PgCluster {
 
     /// A URL of `database` for user `cpis`.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://cpis@127.0.0.1:{}/{database}?sslmode=disable", self.port)
+        let host = self.host.as_ref().map_or("127.0.0.1", |(_, ip)| ip.as_str());
+        format!("postgres://cpis@{host}:{}/{database}?sslmode=disable", self.port)
+    }
+
+    /// A PostgreSQL program as the cluster's owner, in its namespace if it has one.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let Some((ns, _)) = &self.host else {
+            let mut command = Command::new(path);
+            if let Some((uid, gid)) = self.owner {
+                command.uid(uid).gid(gid);
+            }
+            return command;
+        };
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]);
+        if let Some((uid, gid)) = self.owner {
+            command.args(["setpriv", &format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups"]);
+        }
+        command.arg(path);
+        command
     }
 
     /// Creates a database and returns its URL.
@@ -128,7 +173,7 @@ impl PgCluster {
     /// Runs SQL with psql and returns its unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let output = self.run_ok(
-            Command::new(self.bin.join("psql"))
+            self.command("psql")
                 .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "cpis"])
                 .args(["-p", &self.port.to_string(), "-d", database, "-c", sql]),
         );
@@ -137,7 +182,7 @@ impl PgCluster {
 
     pub fn pg_ctl_start(&self) {
         self.run_ok(
-            Command::new(self.bin.join("pg_ctl"))
+            self.command("pg_ctl")
                 .args(["-w", "-t", "60", "-D"])
                 .arg(self.data())
                 .arg("-l")
@@ -148,7 +193,7 @@ impl PgCluster {
 
     /// Stops the server: `fast` (clients disconnected, clean) or `immediate` (as a crash).
     pub fn pg_ctl_stop(&self, mode: &str) {
-        self.run_ok(Command::new(self.bin.join("pg_ctl")).args(["-w", "-m", mode, "-D"]).arg(self.data()).arg("stop"));
+        self.run_ok(self.command("pg_ctl").args(["-w", "-m", mode, "-D"]).arg(self.data()).arg("stop"));
     }
 
     /// Makes a standby of this (primary) cluster with `pg_basebackup -R`.
@@ -157,9 +202,11 @@ impl PgCluster {
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
         }
-        let standby = Self { port: free_port(), dir, bin: self.bin.clone(), owner: self.owner };
+        let standby =
+            Self { port: free_port(), dir, bin: self.bin.clone(), owner: self.owner, host: self.host.clone() };
         standby.run_ok(
-            Command::new(self.bin.join("pg_basebackup"))
+            standby
+                .command("pg_basebackup")
                 .args([
                     "-h",
                     "127.0.0.1",
@@ -187,13 +234,10 @@ impl PgCluster {
     }
 
     pub fn promote(&self) {
-        self.run_ok(Command::new(self.bin.join("pg_ctl")).args(["-w", "-D"]).arg(self.data()).arg("promote"));
+        self.run_ok(self.command("pg_ctl").args(["-w", "-D"]).arg(self.data()).arg("promote"));
     }
 
     fn run_ok(&self, command: &mut Command) -> Output {
-        if let Some((uid, gid)) = self.owner {
-            command.uid(uid).gid(gid);
-        }
         let output = command.env_remove("PGPASSWORD").current_dir(self.dir.path()).output().unwrap();
         if !output.status.success() {
             let log = std::fs::read_to_string(self.log()).unwrap_or_default();
@@ -216,11 +260,8 @@ fn append(path: &Path, text: &str) {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let mut command = Command::new(self.bin.join("pg_ctl"));
+        let mut command = self.command("pg_ctl");
         command.args(["-w", "-m", "immediate", "-D"]).arg(self.data()).arg("stop");
-        if let Some((uid, gid)) = self.owner {
-            command.uid(uid).gid(gid);
-        }
         let _ = command.current_dir(self.dir.path()).output();
     }
 }

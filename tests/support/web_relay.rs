@@ -17,13 +17,9 @@ use cpis_relay::{
     web::WebDoor,
 };
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
-use crate::common::{Pki, test_start};
-
-pub type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+use crate::common::{Https, Pki, https_client, test_start};
 
 pub struct WebRelay {
     pub pki: Pki,
@@ -160,26 +156,7 @@ impl Browser {
     }
 
     fn new(base: String, pem: &PemText) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(pem.ca.as_bytes()) {
-            roots.add(ca.unwrap()).unwrap();
-        }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(pem.cert.as_bytes()).map(Result::unwrap).collect();
-        let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(cpis_relay::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
-        Self {
-            base,
-            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
-            authorization: None,
-        }
+        Self { base, client: https_client(pem), authorization: None }
     }
 
     pub async fn get(&self, path: &str) -> Page {

@@ -4,6 +4,9 @@
 //! hmac-sha256, not on the agent's hmac/sha2 code), answers as scripted and
 //! reports each request, as it arrives, on a channel.
 
+// Each test binary that includes this uses only part of it.
+#![allow(dead_code)]
+
 use std::{
     collections::VecDeque,
     net::SocketAddr,

@@ -42,12 +42,12 @@ impl Committer for PlanCommitter {
                 Change::UpsertPlans { authority, plans } => {
                     put_authority(spaces, &mut batch, &authority)?;
                     upsert(spaces, &mut batch, &mut pending, plans.iter())?;
-                    Applied::Done
+                    Applied::Committed
                 }
                 Change::ReplacePlans { authority, plans } => {
                     put_authority(spaces, &mut batch, &authority)?;
                     replace(spaces, &mut batch, &mut pending, &authority.ods_code, &plans)?;
-                    Applied::Done
+                    Applied::Committed
                 }
                 Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
                     let mut prefix = keys::authority_prefix(&la_ods_code);
@@ -67,7 +67,7 @@ impl Committer for PlanCommitter {
                             remove_plan(&mut batch, spaces, &mut pending, &key, until);
                         }
                     }
-                    Applied::Done
+                    Applied::Committed
                 }
                 Change::Expire(expiry) => Applied::Expired(expire_plans(spaces, &mut batch, &expiry)?),
                 Change::RecordAccess { .. } | Change::RecordAudit(_) | Change::Ack { .. } => {
@@ -251,13 +251,13 @@ impl Committer for ActivityCommitter {
                     let key = keys::audit_read(read.nhs_number, read.read_at.timestamp_micros(), read.id);
                     batch.insert(&spaces.audit_reads, key, encode(&read)?);
                     append_to_log(spaces, &mut batch, &mut log_bounds, log::AUDIT_READ, &key, read.id);
-                    Applied::Done
+                    Applied::Committed
                 }
                 Change::Ack { la_ods_code, through } => {
                     let cursor = position(&mut positions, &la_ods_code);
                     cursor.acked_through = cursor.acked_through.max(through.min(cursor.last_sequence));
                     put_cursor(spaces, &mut batch, cursor)?;
-                    Applied::Done
+                    Applied::Committed
                 }
                 Change::Expire(expiry) => {
                     Applied::Expired(expire_activity(spaces, &mut batch, &positions, &mut log_bounds, &expiry)?)

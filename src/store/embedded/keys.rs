@@ -106,13 +106,6 @@ pub(in crate::store) fn person_prefix(nhs: NhsNumber) -> [u8; 8] {
     nhs.as_u64().to_be_bytes()
 }
 
-/// A person's unscheduled accesses: those a search lists.
-pub(in crate::store) fn unscheduled_prefix(nhs: NhsNumber) -> [u8; 9] {
-    let mut prefix = [0u8; 9];
-    prefix[..8].copy_from_slice(&nhs.as_u64().to_be_bytes());
-    prefix
-}
-
 /// access_times: `accessed at(8) id(16)` -> the access key: accesses in time order (how an earlier release's accesses get log positions).
 pub(in crate::store) fn access_time(at_micros: i64, id: u128) -> [u8; 24] {
     let mut key = [0u8; 24];
@@ -178,7 +171,7 @@ mod tests {
         let nhs = NhsNumber::parse("9990000026").unwrap();
         assert!(access(nhs, false, -5, 0) < access(nhs, false, 3, 0), "times before the epoch sort first");
         assert!(access(nhs, false, i64::MAX, 0) < access(nhs, true, i64::MIN, 0), "scheduled reads after the rest");
-        assert!(access(nhs, false, 0, 0).starts_with(&unscheduled_prefix(nhs)));
+        assert!(access(nhs, true, 0, 0).starts_with(&person_prefix(nhs)));
         assert!(access_time(i64::MIN, 0) < access_time(0, 0));
         assert!(plan_expiry(-1, b"a") < plan_expiry(0, b"a"));
         assert!(notification("706", 9) < notification("706", 10));

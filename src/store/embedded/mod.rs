@@ -39,12 +39,12 @@ use futures::{FutureExt, future::BoxFuture};
 use serde::{Serialize, de::DeserializeOwned};
 
 use self::lane::Lane;
-use super::{Applied, Change, Cursor, PersonHistory, Snapshot, Store, StoreError};
+use super::{Applied, Change, Cursor, Snapshot, Store, StoreError};
 use crate::{
-    model::{AccessEvent, AccessView, Notification, RequestKey},
+    model::{AccessEvent, AccessView, Notification},
     nhs::NhsNumber,
     recent::Recent,
-    stored::{StoredAccess, StoredPlan},
+    stored::StoredPlan,
 };
 
 /// The plans database inside the data directory.
@@ -378,32 +378,6 @@ impl Store for EmbeddedStore {
                 .boxed()
             }
         }
-    }
-
-    fn person_history(
-        &self,
-        nhs_number: NhsNumber,
-        request: Option<RequestKey>,
-        newest: usize,
-    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
-        self.read(move |spaces| {
-            let mut history = PersonHistory::default();
-            for entry in spaces.accesses.prefix(keys::unscheduled_prefix(nhs_number)).rev().take(newest) {
-                history.newest_first.push(StoredAccess::from_stored(&entry.value().map_err(io)?));
-            }
-            // Requests are not indexed (the relay recognises them in memory): a person's
-            // accesses, both kinds, hold every request made within the retention period.
-            if let Some(request) = request {
-                for entry in spaces.accesses.prefix(keys::person_prefix(nhs_number)) {
-                    let stored = StoredAccess::from_stored(&entry.value().map_err(io)?);
-                    let view = stored.view()?;
-                    if view.is_request(&request) && history.request_made_at.is_none_or(|at| at < view.accessed_at) {
-                        history.request_made_at = Some(view.accessed_at);
-                    }
-                }
-            }
-            Ok(history)
-        })
     }
 
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {

@@ -67,7 +67,7 @@ async fn replace_keeps_exactly_the_new_set_and_a_consistent_expiry_keyspace() {
 }
 
 #[tokio::test]
-async fn a_person_history_is_bounded_newest_first_and_finds_a_request_by_every_part() {
+async fn a_persons_accesses_are_all_kept_for_auditors_and_load_into_memory_for_searches() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let person = plan(1, PlanType::ChildProtection, None).nhs_number();
@@ -78,15 +78,14 @@ async fn a_person_history_is_bounded_newest_first_and_finds_a_request_by_every_p
         store.apply(change).await.unwrap();
     }
     store.apply(Change::RecordAccess { access: access(other, 0, "u", "x"), drafts: vec![] }).await.unwrap();
-    let asked = access(person, 7, "u", "r7").request_key();
-    let history = store.person_history(person, Some(asked.clone()), 10).await.unwrap();
-    let minutes: Vec<i64> =
-        history.newest_first.iter().map(|a| a.view().unwrap().accessed_at.timestamp() / 60).collect();
-    assert_eq!(minutes, (30..40).rev().collect::<Vec<_>>());
-    assert_eq!(history.request_made_at, Some(chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(7)));
-    let another_user = crate::model::RequestKey { user_id: "v".into(), ..asked };
-    assert_eq!(store.person_history(person, Some(another_user), 1).await.unwrap().request_made_at, None);
     assert_eq!(store.accesses_of(person).await.unwrap().len(), 40);
+    let recent = store.load().await.unwrap().recent;
+    assert_eq!((recent.people(), recent.len()), (2, 41), "every access within the day is held");
+    let asked = access(person, 7, "u", "r7").request_key();
+    let now = chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(40);
+    assert!(recent.with(person, |held| crate::history::is_repeat(held, &asked, now)));
+    let another_user = crate::model::RequestKey { user_id: "v".into(), ..asked };
+    assert!(!recent.with(person, |held| crate::history::is_repeat(held, &another_user, now)));
 }
 
 #[tokio::test]
@@ -150,7 +149,7 @@ fn changes_committed_in_one_batch_see_each_other() {
             Change::DeletePlans { la_ods_code: "706".into(), nhs_number: doomed.nhs_number(), plan_type: None };
         // What the lane does when both were queued together: one batch, in order.
         let applied = committer.commit(vec![upsert, delete]).unwrap();
-        assert_eq!(applied, vec![Applied::Done, Applied::Done]);
+        assert_eq!(applied, vec![Applied::Committed, Applied::Committed]);
     }
     let report = check::check(dir.path()).unwrap();
     assert!(report.integrity_ok, "{:?}", report.problems);
@@ -168,9 +167,10 @@ async fn scheduled_reads_never_crowd_the_listed_accesses_out_of_a_search() {
         let routine = AccessEvent { scheduled: true, ..access(person, minute, "gp-user", &format!("gp{minute}")) };
         store.apply(Change::RecordAccess { access: routine, drafts: vec![] }).await.unwrap();
     }
-    let history = store.person_history(person, None, 128).await.unwrap();
-    let read: Vec<AccessEvent> = history.newest_first.iter().map(|a| a.view().unwrap().to_event()).collect();
-    assert_eq!(read, vec![emergency], "130 later GP reads do not push the emergency access out");
+    let recent = store.load().await.unwrap().recent;
+    let listed = recent.with(person, |held| crate::history::listed_accesses(held, None));
+    let listed: Vec<u128> = listed.iter().map(|access| access.id()).collect();
+    assert_eq!(listed, vec![emergency.id], "130 later GP reads do not push the emergency access out");
     let audited = store.accesses_of(person).await.unwrap();
     assert_eq!(audited.len(), 131, "the auditor sees every read");
     assert!(audited.windows(2).all(|pair| pair[0].accessed_at <= pair[1].accessed_at), "in time order");

@@ -1,23 +1,26 @@
-//! Flagged searches on PostgreSQL: the searches waiting when a transaction
-//! ends share the next one (one WAL flush for the batch), and each resolves
-//! when that transaction has committed.
-//!
-//! In the transaction, for each search:
-//! - an access already stored under its id (a held search retried after the
-//!   answer to its commit was lost) is not stored again: its stored
-//!   notifications are the answer;
-//! - its request is claimed in `cpis_requests` (a unique key); if another
-//!   node made the same request within 24 hours, the search is that
-//!   request's retry and notifies no one;
-//! - otherwise its access and notifications are inserted. Each authority's
-//!   sequences come from its `cpis_cursors` row, whose lock is held to
-//!   commit: the next transaction numbering for that authority waits, so
-//!   sequences are committed in order and a subscriber never skips one.
-//!   Rows are locked in a fixed order (by ODS code, by request key), so
-//!   batches on several nodes never deadlock.
+//! Flagged searches on PostgreSQL: the searches waiting when a statement
+//! ends share the next one, and each resolves when it has committed. A batch
+//! is one statement (one round trip, one WAL flush), run outside any explicit
+//! transaction, so it commits as it ends; its parts, in the order their
+//! locks are taken:
+//! 1. each search's request is claimed in `cpis_requests` (a unique key),
+//!    in key order; if another node made the same request within 24 hours,
+//!    the search is that request's retry, is not stored and notifies no one;
+//!    an access already stored under its id (a held search retried after the
+//!    answer to its commit was lost) is answered with what it stored;
+//! 2. the `cpis_log` row is updated: the new accesses take the next
+//!    positions of the access log. Its lock is held to commit, so positions
+//!    are gapless and in commit order across every node: the other nodes
+//!    follow accesses by position, and the access log's tree takes its
+//!    leaves in that order;
+//! 3. each authority's `cpis_cursors` row numbers its notifications, locked
+//!    in ODS code order and only after the log row: sequences are committed in
+//!    order (a subscriber never skips one) and batches never deadlock;
+//! 4. the accesses and notifications are inserted, and the other nodes are
+//!    woken with the authorities' new positions.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -26,7 +29,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{db_error, feed, pool_error};
+use super::{db_error, pool_error};
 use crate::{
     model::{AccessEvent, Notification, NotificationDraft},
     store::{Applied, StoreError},
@@ -48,7 +51,7 @@ pub(super) struct AccessJob {
 /// Starts the writer; it ends when every sender is dropped. `timeout` bounds
 /// a transaction: past it the batch fails (and its searches are held and
 /// retried by the relay, which the access ids make safe).
-pub(super) fn spawn_writer(pool: Pool, timeout: Duration) -> mpsc::UnboundedSender<AccessJob> {
+pub(super) fn spawn_writer(pool: Pool, timeout: Duration, node: i64) -> mpsc::UnboundedSender<AccessJob> {
     let (sender, jobs) = mpsc::unbounded_channel::<AccessJob>();
     let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
     // Two writers: one gathers and sends its batch while the other waits for its
@@ -71,7 +74,7 @@ pub(super) fn spawn_writer(pool: Pool, timeout: Duration) -> mpsc::UnboundedSend
                     batch
                 };
                 batch_sizes.record(batch.len() as f64);
-                let result = match tokio::time::timeout(timeout, commit(&pool, &batch)).await {
+                let result = match tokio::time::timeout(timeout, commit(&pool, &batch, node)).await {
                     Ok(result) => result,
                     Err(_) => Err(StoreError::Io(format!(
                         "PostgreSQL did not commit a batch of searches within {} ms",
@@ -96,173 +99,201 @@ pub(super) fn spawn_writer(pool: Pool, timeout: Duration) -> mpsc::UnboundedSend
     sender
 }
 
-const CLAIM: &str = "INSERT INTO cpis_requests AS r
+/// One batch of searches. Parameters: the searches' columns (1-9), whether
+/// each claims its request (10: a copy of a key earlier in the batch does
+/// not), the request window in seconds (11), and the notification drafts:
+/// their access (12), authority (13) and encoding (14); and this node (15).
+///
+/// Rows out: `kind` 0, a notification numbered now (access, authority,
+/// sequence); 1, a notification stored before for an access of the batch
+/// (with its draft and access); 2, an access stored now (id, position);
+/// 3, an access of the batch stored before (id).
+const RECORD: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+                         $7::boolean[], $8::text[], $9::bytea[], $10::boolean[])
+        WITH ORDINALITY AS i(id, nhs_number, accessed_at, organisation_ods_code, user_id, care_setting,
+                             scheduled, request_id, record, claims, ord)
+),
+claimed AS (
+    INSERT INTO cpis_requests AS r
         (organisation_ods_code, user_id, nhs_number, care_setting, request_id, made_at, access_id)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::uuid[])
+    SELECT organisation_ods_code, user_id, nhs_number, care_setting, request_id, accessed_at, id
+        FROM input WHERE claims ORDER BY ord
     ON CONFLICT (organisation_ods_code, user_id, nhs_number, care_setting, request_id)
     DO UPDATE SET made_at = EXCLUDED.made_at, access_id = EXCLUDED.access_id
-        WHERE r.made_at <= EXCLUDED.made_at - make_interval(secs => $8::float8)
-    RETURNING access_id";
-
-const INSERT_ACCESSES: &str = "INSERT INTO cpis_accesses
-        (id, nhs_number, accessed_at, organisation_ods_code, user_id, care_setting, scheduled, request_id, record)
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-                         $7::boolean[], $8::text[], $9::bytea[])";
-
-const NUMBER: &str = "INSERT INTO cpis_cursors AS c (la_ods_code, last_sequence)
-    SELECT * FROM unnest($1::text[], $2::bigint[])
+        WHERE r.made_at <= EXCLUDED.made_at - make_interval(secs => $11::float8)
+    RETURNING access_id
+),
+fresh AS (
+    SELECT input.*, row_number() OVER (ORDER BY ord) - 1 AS n
+        FROM input WHERE id IN (SELECT access_id FROM claimed)
+),
+log AS (
+    UPDATE cpis_log SET size = size + (SELECT count(*) FROM fresh) WHERE id = 1
+    RETURNING size - (SELECT count(*) FROM fresh) AS base
+),
+stored AS (
+    INSERT INTO cpis_accesses (id, nhs_number, accessed_at, organisation_ods_code, user_id, care_setting,
+                               scheduled, request_id, record, position, written_by)
+    SELECT f.id, f.nhs_number, f.accessed_at, f.organisation_ods_code, f.user_id, f.care_setting,
+           f.scheduled, f.request_id, f.record, log.base + f.n, $15::bigint
+        FROM fresh f CROSS JOIN log
+    RETURNING id, position
+),
+drafts AS (
+    SELECT d.access_id, d.la_ods_code, d.draft, f.accessed_at, f.record,
+           row_number() OVER (PARTITION BY d.la_ods_code ORDER BY f.ord, d.dk) AS k
+        FROM unnest($12::uuid[], $13::text[], $14::bytea[]) WITH ORDINALITY AS d(access_id, la_ods_code, draft, dk)
+        JOIN fresh f ON f.id = d.access_id
+),
+counts AS (
+    SELECT la_ods_code, count(*) AS added FROM drafts GROUP BY la_ods_code
+),
+numbered AS (
+    INSERT INTO cpis_cursors AS c (la_ods_code, last_sequence)
+    SELECT counts.la_ods_code, counts.added FROM counts CROSS JOIN log ORDER BY counts.la_ods_code
     ON CONFLICT (la_ods_code) DO UPDATE SET last_sequence = c.last_sequence + EXCLUDED.last_sequence
-    RETURNING la_ods_code, last_sequence";
-
-const INSERT_NOTIFICATIONS: &str = "INSERT INTO cpis_notifications
-        (la_ods_code, sequence, access_id, accessed_at, draft, access)
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::timestamptz[], $5::bytea[], $6::bytea[])";
+    RETURNING la_ods_code, last_sequence
+),
+notified AS (
+    INSERT INTO cpis_notifications (la_ods_code, sequence, access_id, accessed_at, draft, access)
+    SELECT d.la_ods_code, numbered.last_sequence - counts.added + d.k, d.access_id, d.accessed_at, d.draft, d.record
+        FROM drafts d JOIN counts USING (la_ods_code) JOIN numbered USING (la_ods_code)
+    RETURNING access_id, la_ods_code, sequence
+),
+unclaimed AS (
+    SELECT id FROM input WHERE id NOT IN (SELECT access_id FROM claimed)
+),
+woken AS (
+    SELECT pg_notify('cpis_relay', CASE WHEN length(payload) > 7000 THEN 'n' ELSE payload END)
+    FROM (SELECT 'n ' || coalesce(string_agg(la_ods_code || '=' || last_sequence, ',' ORDER BY la_ods_code), '')
+              AS payload FROM numbered) AS hint
+    WHERE EXISTS (SELECT 1 FROM stored)
+)
+SELECT 0 AS kind, access_id, la_ods_code, sequence, NULL::bytea AS draft, NULL::bytea AS access FROM notified
+UNION ALL
+SELECT 1, n.access_id, n.la_ods_code, n.sequence, n.draft, n.access
+    FROM cpis_notifications n WHERE n.access_id IN (SELECT id FROM unclaimed)
+UNION ALL
+SELECT 2, id, NULL, position, NULL, NULL FROM stored
+UNION ALL
+SELECT 3, a.id, NULL, a.position, NULL, NULL FROM cpis_accesses a WHERE a.id IN (SELECT id FROM unclaimed)
+UNION ALL
+SELECT 4, NULL, NULL, NULL, NULL, NULL FROM woken";
 
 fn care_setting_code(access: &AccessEvent) -> &'static str {
     super::care_setting_text(access.care_setting)
 }
 
-async fn commit(pool: &Pool, batch: &[AccessJob]) -> Result<Vec<Applied>, StoreError> {
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let transaction = client.transaction().await.map_err(db_error)?;
-    // Prepared once per connection: each statement below is one round trip.
-    let (claim, insert_accesses, number, insert_notifications, wake) = tokio::try_join!(
-        transaction.prepare_cached(CLAIM),
-        transaction.prepare_cached(INSERT_ACCESSES),
-        transaction.prepare_cached(NUMBER),
-        transaction.prepare_cached(INSERT_NOTIFICATIONS),
-        transaction.prepare_cached("SELECT pg_notify($1, $2)"),
-    )
-    .map_err(db_error)?;
+async fn commit(pool: &Pool, batch: &[AccessJob], node: i64) -> Result<Vec<Applied>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    // Prepared once per connection: the batch is then one round trip.
+    let statement = client.prepare_cached(RECORD).await.map_err(db_error)?;
 
-    // Claim every request, in key order; a key twice in one batch is a retry.
+    // Requests in key order (the order their rows are locked); a key twice in
+    // one batch claims once, and its copy is that request's retry.
     let mut order: Vec<usize> = (0..batch.len()).collect();
     order.sort_by_cached_key(|index| request_sort_key(&batch[*index].access));
-    order.dedup_by_key(|index| request_sort_key(&batch[*index].access));
+    let mut claims = Vec::with_capacity(order.len());
+    for (at, index) in order.iter().enumerate() {
+        let repeats =
+            at > 0 && request_sort_key(&batch[order[at - 1]].access) == request_sort_key(&batch[*index].access);
+        claims.push(!repeats);
+    }
     let access = |index: &usize| &batch[*index].access;
+    let mut records = Vec::with_capacity(order.len());
+    for index in &order {
+        records.push(StoredAccess::encode(access(index))?);
+    }
+    let ids: Vec<Uuid> = order.iter().map(|i| Uuid::from_u128(access(i).id)).collect();
+    let people: Vec<i64> = order.iter().map(|i| access(i).nhs_number.as_u64() as i64).collect();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = order.iter().map(|i| access(i).accessed_at).collect();
     let organisations: Vec<&str> = order.iter().map(|i| access(i).organisation_ods_code.as_str()).collect();
     let users: Vec<&str> = order.iter().map(|i| access(i).accessor.user_id.as_str()).collect();
-    let people: Vec<i64> = order.iter().map(|i| access(i).nhs_number.as_u64() as i64).collect();
     let settings: Vec<&str> = order.iter().map(|i| care_setting_code(access(i))).collect();
+    let scheduled: Vec<bool> = order.iter().map(|i| access(i).scheduled).collect();
     let requests: Vec<&str> = order.iter().map(|i| access(i).request_id.as_str()).collect();
-    let times: Vec<chrono::DateTime<chrono::Utc>> = order.iter().map(|i| access(i).accessed_at).collect();
-    let claim_ids: Vec<Uuid> = order.iter().map(|i| Uuid::from_u128(access(i).id)).collect();
+    let bytes: Vec<&[u8]> = records.iter().map(StoredAccess::bytes).collect();
     // The window the relay applies in memory too: one constant, not a second copy in SQL.
     let window_seconds = crate::history::REQUEST_ID_WINDOW.num_seconds() as f64;
-    let claimed: HashSet<u128> = transaction
-        .query(&claim, &[&organisations, &users, &people, &settings, &requests, &times, &claim_ids, &window_seconds])
-        .await
-        .map_err(db_error)?
-        .iter()
-        .map(|row| row.get::<_, Uuid>(0).as_u128())
-        .collect();
-
-    // Not claimed: a retry of a request made within 24 hours (on any node), or a held
-    // search whose first commit did happen, which is answered with what it stored.
-    let unclaimed: Vec<Uuid> = batch
-        .iter()
-        .filter(|job| !claimed.contains(&job.access.id))
-        .map(|job| Uuid::from_u128(job.access.id))
-        .collect();
-    let mut earlier: HashMap<u128, Vec<Notification>> = HashMap::new();
-    if !unclaimed.is_empty() {
-        let rows = transaction
-            .query(
-                "SELECT access_id, sequence, draft, access FROM cpis_notifications
-                 WHERE access_id = ANY($1) ORDER BY la_ods_code",
-                &[&unclaimed],
-            )
-            .await
-            .map_err(db_error)?;
-        for row in rows {
-            let notification = super::notification(row.get(1), row.get(2), row.get(3))?;
-            earlier.entry(row.get::<_, Uuid>(0).as_u128()).or_default().push(notification);
-        }
-    }
-    let fresh: Vec<&AccessJob> = batch.iter().filter(|job| claimed.contains(&job.access.id)).collect();
-
-    // Their accesses.
-    let mut records = Vec::with_capacity(fresh.len());
-    for job in &fresh {
-        records.push(StoredAccess::encode(&job.access)?);
-    }
-    if !fresh.is_empty() {
-        let ids: Vec<Uuid> = fresh.iter().map(|job| Uuid::from_u128(job.access.id)).collect();
-        let people: Vec<i64> = fresh.iter().map(|job| job.access.nhs_number.as_u64() as i64).collect();
-        let times: Vec<chrono::DateTime<chrono::Utc>> = fresh.iter().map(|job| job.access.accessed_at).collect();
-        let organisations: Vec<&str> = fresh.iter().map(|job| job.access.organisation_ods_code.as_str()).collect();
-        let users: Vec<&str> = fresh.iter().map(|job| job.access.accessor.user_id.as_str()).collect();
-        let settings: Vec<&str> = fresh.iter().map(|job| care_setting_code(&job.access)).collect();
-        let scheduled: Vec<bool> = fresh.iter().map(|job| job.access.scheduled).collect();
-        let requests: Vec<&str> = fresh.iter().map(|job| job.access.request_id.as_str()).collect();
-        let bytes: Vec<&[u8]> = records.iter().map(StoredAccess::bytes).collect();
-        transaction
-            .execute(
-                &insert_accesses,
-                &[&ids, &people, &times, &organisations, &users, &settings, &scheduled, &requests, &bytes],
-            )
-            .await
-            .map_err(db_error)?;
-    }
-
-    // Sequences: each authority's count, its row locked in ODS code order.
-    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-    for job in &fresh {
-        for draft in &job.drafts {
-            *counts.entry(draft.la_ods_code.as_str()).or_default() += 1;
-        }
-    }
-    let mut next: HashMap<String, u64> = HashMap::new();
-    let mut positions = Vec::new();
-    if !counts.is_empty() {
-        let authorities: Vec<&str> = counts.keys().copied().collect();
-        let added: Vec<i64> = counts.values().copied().collect();
-        let rows = transaction.query(&number, &[&authorities, &added]).await.map_err(db_error)?;
-        for row in rows {
-            let (la, last): (String, i64) = (row.get(0), row.get(1));
-            next.insert(la.clone(), (last - counts[la.as_str()] + 1) as u64);
-            positions.push((la, last as u64));
-        }
-    }
-
-    // The notifications, numbered in batch order.
-    let mut answers = Vec::with_capacity(batch.len());
-    let mut notified: HashMap<u128, Vec<Notification>> = HashMap::new();
-    let (mut las, mut sequences, mut access_ids, mut times, mut drafts, mut accesses) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (job, record) in fresh.iter().zip(&records) {
-        let mut mine = Vec::with_capacity(job.drafts.len());
-        for draft in &job.drafts {
-            let sequence = next.get_mut(&draft.la_ods_code).expect("counted above");
-            mine.push(Notification { sequence: *sequence, draft: draft.clone(), access: job.access.clone() });
-            las.push(draft.la_ods_code.as_str());
-            sequences.push(*sequence as i64);
-            access_ids.push(Uuid::from_u128(job.access.id));
-            times.push(job.access.accessed_at);
+    let (mut draft_accesses, mut draft_authorities, mut drafts) = (Vec::new(), Vec::new(), Vec::new());
+    for index in &order {
+        for draft in &batch[*index].drafts {
+            draft_accesses.push(Uuid::from_u128(access(index).id));
+            draft_authorities.push(draft.la_ods_code.as_str());
             drafts.push(
                 postcard::to_allocvec(draft)
                     .map_err(|error| StoreError::Corrupt(format!("encoding a notification: {error}")))?,
             );
-            accesses.push(record.bytes());
-            *sequence += 1;
         }
-        notified.insert(job.access.id, mine);
     }
-    if !las.is_empty() {
-        // Pipelined: both in one round trip.
-        let payload = feed::notified_payload(&positions);
-        let rows: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-            [&las, &sequences, &access_ids, &times, &drafts, &accesses];
-        let hint: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&feed::CHANNEL, &payload];
-        tokio::try_join!(transaction.execute(&insert_notifications, &rows), transaction.execute(&wake, &hint))
-            .map_err(db_error)?;
-    }
-    transaction.commit().await.map_err(db_error)?;
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+        &ids,
+        &people,
+        &times,
+        &organisations,
+        &users,
+        &settings,
+        &scheduled,
+        &requests,
+        &bytes,
+        &claims,
+        &window_seconds,
+        &draft_accesses,
+        &draft_authorities,
+        &drafts,
+        &node,
+    ];
+    let rows = client.query(&statement, &parameters).await.map_err(db_error)?;
 
+    // Each search's answer from the rows.
+    let (mut stored_now, mut stored_before): (HashSet<u128>, HashSet<u128>) = Default::default();
+    let mut sequences: HashMap<(u128, &str), u64> = HashMap::new();
+    let mut earlier: HashMap<u128, Vec<Notification>> = HashMap::new();
+    let mut owned_authorities: Vec<(u128, String, u64)> = Vec::new();
+    for row in &rows {
+        let kind: i32 = row.get(0);
+        let id = row.get::<_, Option<Uuid>>(1).map(|id| id.as_u128());
+        match (kind, id) {
+            (0, Some(id)) => owned_authorities.push((id, row.get(2), row.get::<_, i64>(3) as u64)),
+            (1, Some(id)) => {
+                let notification = super::notification(row.get(3), row.get(4), row.get(5))?;
+                earlier.entry(id).or_default().push(notification);
+            }
+            (2, Some(id)) => {
+                stored_now.insert(id);
+            }
+            (3, Some(id)) => {
+                stored_before.insert(id);
+            }
+            _ => {}
+        }
+    }
+    for (id, la, sequence) in &owned_authorities {
+        sequences.insert((*id, la.as_str()), *sequence);
+    }
+    let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
         let id = job.access.id;
-        let notifications = notified.remove(&id).or_else(|| earlier.remove(&id)).unwrap_or_default();
-        answers.push(Applied::Notified(notifications));
+        if let Some(mut notifications) = earlier.remove(&id) {
+            notifications.sort_by(|a, b| a.draft.la_ods_code.cmp(&b.draft.la_ods_code));
+            answers.push(Applied::Notified(notifications));
+        } else if stored_now.contains(&id) {
+            let mut notifications = Vec::with_capacity(job.drafts.len());
+            for draft in &job.drafts {
+                let sequence = *sequences
+                    .get(&(id, draft.la_ods_code.as_str()))
+                    .ok_or_else(|| StoreError::Corrupt("a stored access's notification was not numbered".into()))?;
+                notifications.push(Notification { sequence, draft: draft.clone(), access: job.access.clone() });
+            }
+            answers.push(Applied::Notified(notifications));
+        } else if stored_before.contains(&id) {
+            // Stored before with no notification: a scheduled read.
+            answers.push(Applied::Notified(Vec::new()));
+        } else {
+            answers.push(Applied::Repeated);
+        }
     }
     Ok(answers)
 }

@@ -21,8 +21,8 @@ use super::{connect::Connector, db_error, pool_error};
 use crate::{
     model::{LocalAuthority, PlanType},
     nhs::NhsNumber,
-    store::{Change, Cursor, Feed, Hint, PlanChanges, StoreError},
-    stored::StoredPlan,
+    store::{AccessPage, Change, Cursor, Feed, Hint, PlanChanges, StoreError},
+    stored::{StoredAccess, StoredPlan},
 };
 
 /// The notification channel writers and listeners use.
@@ -109,22 +109,13 @@ fn decode(bytes: &[u8]) -> Result<Change, StoreError> {
     })
 }
 
-/// The payload of a notification hint: `n LA=SEQ,LA=SEQ`.
-pub(super) fn notified_payload(positions: &[(String, u64)]) -> String {
-    let mut payload = String::from("n ");
-    for (index, (la, sequence)) in positions.iter().enumerate() {
-        if index > 0 {
-            payload.push(',');
-        }
-        payload.push_str(&format!("{la}={sequence}"));
-    }
-    // NOTIFY payloads must stay under 8,000 bytes: a bare "n" still wakes listeners.
-    if payload.len() > 7_000 { "n".to_owned() } else { payload }
-}
-
+/// A hint's payload: `n LA=SEQ,LA=SEQ` (accesses were stored, with these
+/// authorities' positions; the list may be empty), `a LA=SEQ` (acknowledged),
+/// `p` (plans changed). Writers build it in SQL (see `accesses`).
 fn parse_hint(payload: &str) -> Hint {
     let position = |pair: &str| pair.split_once('=').and_then(|(la, seq)| Some((la.to_owned(), seq.parse().ok()?)));
     match payload.split_once(' ') {
+        Some(("n", "")) => Hint::Notified(Vec::new()),
         Some(("n", rest)) => match rest.split(',').map(position).collect::<Option<Vec<_>>>() {
             Some(positions) => Hint::Notified(positions),
             None => Hint::Resync,
@@ -138,6 +129,8 @@ fn parse_hint(payload: &str) -> Hint {
 /// The feed of a PostgreSQL store.
 pub(super) struct PostgresFeed {
     pub pool: Pool,
+    /// This node process, as `cpis_accesses.written_by` names it.
+    pub node: i64,
     pub hints: broadcast::Sender<Hint>,
 }
 
@@ -180,6 +173,43 @@ impl Feed for PostgresFeed {
         async move {
             let client = pool.get().await.map_err(pool_error)?;
             read_cursors(&client).await
+        }
+        .boxed()
+    }
+
+    fn accesses_from(&self, position: u64, limit: usize) -> BoxFuture<'static, Result<AccessPage, StoreError>> {
+        let (pool, node) = (self.pool.clone(), self.node);
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            // Other nodes' accesses (this node knows its own), and in the same snapshot
+            // the log's size: with a page not full, everything below it has been read.
+            let statement = client
+                .prepare_cached(
+                    "SELECT position, record FROM (
+                         SELECT position, record FROM cpis_accesses WHERE position >= $1 AND written_by <> $3
+                         ORDER BY position LIMIT $2) AS page
+                     UNION ALL SELECT size, NULL FROM cpis_log WHERE id = 1",
+                )
+                .await
+                .map_err(db_error)?;
+            let rows =
+                client.query(&statement, &[&(position as i64), &(limit as i64), &node]).await.map_err(db_error)?;
+            let mut accesses = Vec::with_capacity(rows.len());
+            let (mut last, mut size) = (None, position);
+            for row in &rows {
+                match row.get::<_, Option<&[u8]>>(1) {
+                    Some(record) => {
+                        accesses.push(StoredAccess::from_stored(record));
+                        last = Some(row.get::<_, i64>(0) as u64);
+                    }
+                    None => size = row.get::<_, i64>(0) as u64,
+                }
+            }
+            let next = match last {
+                Some(last) if accesses.len() == limit => last + 1,
+                _ => size.max(position),
+            };
+            Ok(AccessPage { accesses, next })
         }
         .boxed()
     }
@@ -275,8 +305,8 @@ mod tests {
 
     #[test]
     fn hints_round_trip_and_anything_unexpected_asks_for_a_full_read() {
-        let payload = notified_payload(&[("706".into(), 7), ("A1B2C".into(), 12)]);
-        assert_eq!(parse_hint(&payload), Hint::Notified(vec![("706".into(), 7), ("A1B2C".into(), 12)]));
+        assert_eq!(parse_hint("n 706=7,A1B2C=12"), Hint::Notified(vec![("706".into(), 7), ("A1B2C".into(), 12)]));
+        assert_eq!(parse_hint("n "), Hint::Notified(Vec::new()));
         assert_eq!(parse_hint("a 706=9"), Hint::Acked("706".into(), 9));
         assert_eq!(parse_hint("p"), Hint::Plans);
         assert_eq!(parse_hint("n"), Hint::Resync);

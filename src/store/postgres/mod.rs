@@ -27,10 +27,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub use connect::{ConnectOptions, StoreUrl};
 pub use schema::SCHEMA_VERSION;
 
-use super::{Applied, Change, Cursor, Feed, PersonHistory, Snapshot, Store, StoreError};
+use super::{Applied, Change, Cursor, Feed, Snapshot, Store, StoreError};
 use crate::{
-    model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType, RequestKey},
+    model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType},
     nhs::NhsNumber,
+    recent::Recent,
     stored::{StoredAccess, StoredPlan},
 };
 
@@ -63,9 +64,11 @@ impl PostgresStore {
         let (hints, _) = broadcast::channel(1024);
         let (alive, listening) = watch::channel(());
         feed::spawn_listener(connector, hints.clone(), listening);
+        // Random per process: a restarted node reads its own earlier accesses back like any other's.
+        let node = rand::random::<i64>() | 1;
         Ok(Self {
-            accesses: accesses::spawn_writer(pool.clone(), options.write_timeout),
-            feed: Arc::new(feed::PostgresFeed { pool: pool.clone(), hints }),
+            accesses: accesses::spawn_writer(pool.clone(), options.write_timeout, node),
+            feed: Arc::new(feed::PostgresFeed { pool: pool.clone(), hints, node }),
             pool,
             _alive: alive,
         })
@@ -167,8 +170,52 @@ async fn load(pool: Pool) -> Result<Snapshot, StoreError> {
             row.get::<_, &[u8]>(3),
         )?);
     }
+    let access_position: i64 =
+        transaction.query_one("SELECT size FROM cpis_log WHERE id = 1", &[]).await.map_err(db_error)?.get(0);
+    let recent = recent_accesses(&transaction).await?;
     transaction.commit().await.map_err(db_error)?;
-    Ok(Snapshot { authorities, plans, cursors, plan_version: plan_version as u64, recent: Default::default() })
+    Ok(Snapshot {
+        authorities,
+        plans,
+        cursors,
+        plan_version: plan_version as u64,
+        recent,
+        access_position: access_position as u64,
+    })
+}
+
+/// Every person's recent accesses, read person by person.
+async fn recent_accesses(transaction: &deadpool_postgres::Transaction<'_>) -> Result<Recent, StoreError> {
+    let recent = Recent::new();
+    let rows = transaction
+        .query_raw(
+            "SELECT nhs_number, record FROM cpis_accesses ORDER BY nhs_number",
+            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+        )
+        .await
+        .map_err(db_error)?;
+    let mut rows = std::pin::pin!(rows);
+    let mut person: Option<i64> = None;
+    let mut records: Vec<StoredAccess> = Vec::new();
+    let flush = |person: Option<i64>, records: &mut Vec<StoredAccess>| -> Result<(), StoreError> {
+        if let Some(person) = person {
+            let views = records.iter().map(StoredAccess::view).collect::<Result<Vec<_>, _>>()?;
+            recent.load_person(nhs_number_of(person)?, views);
+        }
+        records.clear();
+        Ok(())
+    };
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(db_error)?;
+        let nhs: i64 = row.get(0);
+        if person != Some(nhs) {
+            flush(person, &mut records)?;
+            person = Some(nhs);
+        }
+        records.push(StoredAccess::from_stored(row.get::<_, &[u8]>(1)));
+    }
+    flush(person, &mut records)?;
+    Ok(recent)
 }
 
 impl Store for PostgresStore {
@@ -189,43 +236,6 @@ impl Store for PostgresStore {
             }
             other => writes::apply(self.pool.clone(), other).boxed(),
         }
-    }
-
-    fn person_history(
-        &self,
-        nhs_number: NhsNumber,
-        request: Option<RequestKey>,
-        newest: usize,
-    ) -> BoxFuture<'static, Result<PersonHistory, StoreError>> {
-        let pool = self.pool.clone();
-        async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let person = nhs_number.as_u64() as i64;
-            let accesses = client.prepare_cached(
-                "SELECT record FROM cpis_accesses WHERE nhs_number = $1 AND NOT scheduled
-                 ORDER BY accessed_at DESC, id DESC LIMIT $2",
-            );
-            let made = client.prepare_cached(
-                "SELECT made_at FROM cpis_requests WHERE organisation_ods_code = $1 AND user_id = $2
-                 AND nhs_number = $3 AND care_setting = $4 AND request_id = $5",
-            );
-            let (accesses, made) = tokio::try_join!(accesses, made).map_err(db_error)?;
-            let limit = newest as i64;
-            let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&person, &limit];
-            let listed = client.query(&accesses, &parameters);
-            let request_made_at = async {
-                let Some(key) = &request else { return Ok(None) };
-                let setting = care_setting_text(key.care_setting);
-                let row = client
-                    .query_opt(&made, &[&key.organisation_ods_code, &key.user_id, &person, &setting, &key.request_id])
-                    .await?;
-                Ok(row.map(|row| row.get::<_, chrono::DateTime<chrono::Utc>>(0)))
-            };
-            let (rows, request_made_at) = tokio::try_join!(listed, request_made_at).map_err(db_error)?;
-            let newest_first = rows.iter().map(|row| StoredAccess::from_stored(row.get::<_, &[u8]>(0))).collect();
-            Ok(PersonHistory { newest_first, request_made_at })
-        }
-        .boxed()
     }
 
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {

@@ -17,10 +17,10 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x6370_6973;
 
 /// Every migration, in order; a version is never edited once released.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 const V1: &str = "
 CREATE TABLE cpis_authorities (
@@ -92,6 +92,28 @@ CREATE TABLE cpis_notifications (
     PRIMARY KEY (la_ods_code, sequence)
 );
 CREATE INDEX cpis_notifications_by_access ON cpis_notifications (access_id);
+";
+
+/// Access positions: every stored access takes the next position of one
+/// log, under the lock of the `cpis_log` row held to commit, so positions are
+/// gapless and in commit order across every node. Other nodes follow
+/// accesses by position (their recent accesses in memory), and the access
+/// log's tree takes its leaves in this order. Accesses stored before this
+/// version take positions in time order.
+const V2: &str = "
+CREATE TABLE cpis_log (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    size bigint NOT NULL
+);
+ALTER TABLE cpis_accesses ADD COLUMN position bigint;
+-- Which node process wrote the access (random per process): a node skips its own when it follows the log.
+ALTER TABLE cpis_accesses ADD COLUMN written_by bigint NOT NULL DEFAULT 0;
+UPDATE cpis_accesses AS a SET position = numbered.position
+    FROM (SELECT id, row_number() OVER (ORDER BY accessed_at, id) - 1 AS position FROM cpis_accesses) AS numbered
+    WHERE a.id = numbered.id;
+INSERT INTO cpis_log (id, size) VALUES (1, (SELECT count(*) FROM cpis_accesses));
+ALTER TABLE cpis_accesses ALTER COLUMN position SET NOT NULL;
+CREATE UNIQUE INDEX cpis_accesses_by_position ON cpis_accesses (position);
 ";
 
 /// Brings the schema up to [`SCHEMA_VERSION`]; refuses a newer one.

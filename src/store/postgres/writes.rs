@@ -38,7 +38,7 @@ pub(super) async fn apply(pool: Pool, change: Change) -> Result<Applied, StoreEr
                 .execute("SELECT pg_notify($1, $2)", &[&feed::CHANNEL, &format!("a {la_ods_code}={through}")])
                 .await
                 .map_err(db_error)?;
-            Applied::Done
+            Applied::Committed
         }
         Change::Expire(expiry) => Applied::Expired(expire(&transaction, expiry).await?),
         Change::RecordAccess { .. } => {
