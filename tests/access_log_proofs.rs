@@ -292,3 +292,49 @@ async fn a_subject_access_report_round_trips_and_its_proofs_verify_independently
     );
     assert!(html.contains("auditor&#39;s read") || html.contains("auditor's read"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_makes_a_private_key_and_signs_a_last_checkpoint_at_shutdown() {
+    cpis_relay::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    pki.write_server_layout(&dir.path().join("certs"));
+    // One checkpoint at start (the empty log), then none until shutdown.
+    let mut server = common::start(dir.path(), &["--checkpoint-interval-secs", "3600"], "warn").await;
+    let child = nhs(2004);
+    let (la, ed) = (pki.client_pem("la-706"), pki.client_pem("ed-rr8"));
+    let channel = |pem| cpis_relay::client::connect(&server.url, pem, None);
+    let mut plans = cpis_relay::proto::plans_client::PlansClient::new(channel(&la).await.unwrap());
+    upload(
+        &mut plans,
+        "706",
+        cpis_relay::proto::UploadMode::Incremental,
+        vec![record(&child, PlanType::ChildProtection)],
+    )
+    .await
+    .unwrap();
+    let mut lookup = LookupClient::new(channel(&ed).await.unwrap());
+    assert!(lookup.search(search_request(&child, "u1", "")).await.unwrap().into_inner().flagged);
+    let pid = server.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), server.child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    use std::os::unix::fs::PermissionsExt;
+    let data = dir.path().join("data");
+    let key = std::fs::metadata(data.join("access-log.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600, "the signing key is private");
+    let public = std::fs::read_to_string(data.join("access-log.pub")).unwrap();
+    assert!(public.starts_with("cpis-relay/access-log+"), "{public}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        text.contains("(1 records), tree of 1; 2 of 2 signed checkpoints recomputed"),
+        "the last one at shutdown: {text}"
+    );
+}
