@@ -26,6 +26,9 @@ pub mod keeper;
 pub mod notes;
 pub mod verify;
 
+#[cfg(test)]
+mod tests;
+
 pub use keeper::{Inclusion, LogKeeper, SignedCheckpoint};
 pub use notes::RetentionNote;
 pub use verify::{LogFinding, LogReport, verify_log};
