@@ -2,9 +2,9 @@
 //! implementation. A store holds one append-only sequence of 32-byte hashes
 //! (the layout [`super::tree`] defines: each appended leaf's hash followed by
 //! the perfect subtrees it completes) and the tree size they cover, written
-//! together. An embedded store keeps them as consecutive keys (position as a
-//! big-endian u64) in one keyspace, appended in the same atomic batch as the
-//! accesses whose leaves they are; it must not hold anything else.
+//! together. The embedded store keeps them as consecutive keys (position as a
+//! big-endian u64) in one keyspace (`log_tree`), written by the log keeper
+//! after the accesses commit; it must not hold anything else.
 
 use super::hash::Hash;
 
