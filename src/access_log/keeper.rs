@@ -18,7 +18,7 @@ use crate::{
     clock::Clock,
     store::{
         StoreError,
-        log::{AccessLog, LeafProblem, LogEntry, NoteKind, TreeStore},
+        log::{AccessLog, LeafProblem, LogEntry, NoteKind, TREE_MOVED, TreeStore},
     },
     transparency::{Checkpoint, Hash, LogSigner, MerkleLog, VerifierKey, tree::TreeError},
 };
@@ -253,7 +253,15 @@ fn catch_up(log: &Arc<dyn AccessLog>, tree: &mut MerkleLog<TreeStore>) -> Result
             }
         })?;
         if !leaves.is_empty() {
-            tree.append(&leaves).map_err(tree_error)?;
+            match tree.append(&leaves) {
+                Ok(_) => {}
+                // A shared store: another node's keeper appended first; continue from its tree.
+                Err(TreeError::Store(StoreError::Io(message))) if message == TREE_MOVED => {
+                    *tree = MerkleLog::open(log.tree()).map_err(tree_error)?;
+                    continue;
+                }
+                Err(error) => return Err(tree_error(error)),
+            }
         }
         if let Some((position, error)) = problem {
             let what = match error {

@@ -28,8 +28,8 @@ pub struct AuditArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the access log from an embedded store no relay has open and
-    /// check it against every signed checkpoint; exit 1 on any finding.
+    /// Recompute the access log from an embedded store no relay has open (or a
+    /// PostgreSQL store) and check it against every signed checkpoint; exit 1 on any finding.
     Verify(VerifyArgs),
     /// Fetch the latest checkpoint, an inclusion proof or a consistency proof from a relay, check it and print it.
     Proof(super::audit_proof::ProofArgs),
@@ -39,6 +39,12 @@ pub enum AuditCommand {
 pub struct VerifyArgs {
     #[arg(long, env = "CPIS_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// embedded (the data directory, no relay running) or a postgres:// URL (relays may run).
+    #[arg(long, env = "CPIS_STORE", default_value = "embedded")]
+    pub store: crate::config::StoreKind,
+    /// PostgreSQL: file holding the password, when neither the URL nor PGPASSWORD gives one.
+    #[arg(long, env = "CPIS_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
     /// The verifier key (`name+id+key`), or a file holding it [default: DATA_DIR/access-log.pub].
     #[arg(long, env = "CPIS_LOG_VERIFIER_KEY")]
     pub verifier_key: Option<String>,
@@ -74,13 +80,38 @@ pub fn verifier_key(given: Option<&str>, data_dir: &Path) -> Result<VerifierKey,
 
 async fn run_verify(args: VerifyArgs) -> Result<u8, CliError> {
     let verifier = verifier_key(args.verifier_key.as_deref(), &args.data_dir)?;
-    if !args.data_dir.is_dir() {
-        return Err(CliError::Config(format!("data_dir: {} is not a directory", args.data_dir.display())));
-    }
     let started = std::time::Instant::now();
-    let report = tokio::task::spawn_blocking(move || verify_embedded(&args.data_dir, &verifier))
-        .await
-        .map_err(|error| CliError::Failed(error.to_string()))??;
+    let report = match args.store {
+        crate::config::StoreKind::Embedded => {
+            if !args.data_dir.is_dir() {
+                return Err(CliError::Config(format!("data_dir: {} is not a directory", args.data_dir.display())));
+            }
+            tokio::task::spawn_blocking(move || verify_embedded(&args.data_dir, &verifier))
+                .await
+                .map_err(|error| CliError::Failed(error.to_string()))??
+        }
+        crate::config::StoreKind::Postgres(url) => {
+            let options = crate::store::postgres::PostgresOptions {
+                connect: crate::store::postgres::ConnectOptions {
+                    url,
+                    password_file: args.store_password_file,
+                    pool_size: 2,
+                },
+                write_timeout: std::time::Duration::from_secs(5),
+            };
+            let store = crate::store::postgres::PostgresStore::open(&options)
+                .await
+                .map_err(|error| CliError::Failed(error.to_string()))?;
+            let log = store.access_log().ok_or_else(|| CliError::Failed("this store keeps no access log".into()))?;
+            tokio::task::spawn_blocking(move || access_log::verify_log(log.as_ref(), &verifier))
+                .await
+                .map_err(|error| CliError::Failed(error.to_string()))?
+                .map_err(|error| CliError::Failed(error.to_string()))?
+        }
+        crate::config::StoreKind::Memory => {
+            return Err(CliError::Config("store: the memory store has nothing to verify".into()));
+        }
+    };
     print!("{}", describe(&report));
     println!("checked in {:.2} s", started.elapsed().as_secs_f64());
     Ok(if report.is_clean() { exit::OK } else { exit::FAILURE })

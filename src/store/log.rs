@@ -109,6 +109,10 @@ pub struct StoredNote {
     pub text: String,
 }
 
+/// What a shared store's tree answers (as `StoreError::Io`) when another
+/// node's keeper appended first: the keeper reopens the tree and continues.
+pub const TREE_MOVED: &str = "another node appended to the access log's tree";
+
 /// The tree's hashes as a store keeps them.
 pub type TreeStore = Box<dyn HashStore<Error = StoreError> + Send + Sync>;
 
