@@ -101,8 +101,8 @@ pub fn report_json(report: &proto::SubjectAccessReport, checkpoint: &Checkpoint,
         .iter()
         .map(|plan| {
             let record = plan.record.clone().unwrap_or_default();
-            let file = crate::records_file::from_wire(&record, "");
             let authority = plan.local_authority.clone().unwrap_or_default();
+            let file = crate::records_file::from_wire(&record, &authority.ods_code);
             json!({
                 "local_authority": {
                     "ods_code": authority.ods_code,
@@ -122,6 +122,10 @@ pub fn report_json(report: &proto::SubjectAccessReport, checkpoint: &Checkpoint,
             let access = logged.access.clone().unwrap_or_default();
             let mut value = clients::access_json(&access);
             value["kind"] = json!(kind_name(logged.kind));
+            if logged.kind == proto::AccessKind::Audit as i32 {
+                // An auditor's read has no care setting (the leaf holds an empty one).
+                value["care_setting"] = json!("");
+            }
             value["accessed_at"] = json!(text_time(access.accessed_at.as_ref()));
             value["accessed_at_micros"] = json!(micros(access.accessed_at.as_ref()));
             value["request_id"] = json!(logged.request_id);
