@@ -323,3 +323,52 @@ async fn audit_verify_exits_non_zero_on_tampering() {
     assert_eq!(tampered.status.code(), Some(1), "{text}");
     assert!(text.contains("FINDING position 9: the record is missing"), "{text}");
 }
+
+/// The access log settings are flags, `CPIS_` variables and TOML keys; bad values exit 64 naming them.
+#[test]
+fn access_log_settings_are_configurable_and_bad_values_exit_64() {
+    let serve = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"));
+        command.arg("serve").args(args).arg("--print-config").env("CPIS_LOG", "error");
+        for variable in ["CPIS_LOG_KEY", "CPIS_LOG_NAME", "CPIS_CHECKPOINT_INTERVAL_SECS", "CPIS_DATA_DIR"] {
+            command.env_remove(variable);
+        }
+        command.envs(env.iter().copied()).output().unwrap()
+    };
+    let printed = |output: std::process::Output| {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        toml::from_str::<toml::Table>(&String::from_utf8_lossy(&output.stdout)).unwrap()
+    };
+    let defaults = printed(serve(&["--data-dir", "/srv/cpis"], &[]));
+    assert_eq!(defaults["log_key"].as_str(), Some("/srv/cpis/access-log.key"), "beside the data");
+    assert_eq!(defaults["log_name"].as_str(), Some("cpis-relay/access-log"));
+    assert_eq!(defaults["checkpoint_interval_secs"].as_integer(), Some(5));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        "log_key = \"/etc/cpis/log.key\"\nlog_name = \"relay.example/log\"\ncheckpoint_interval_secs = 30\n",
+    )
+    .unwrap();
+    let config = ["--config", file.to_str().unwrap()];
+    let from_file = printed(serve(&config, &[]));
+    assert_eq!(from_file["log_key"].as_str(), Some("/etc/cpis/log.key"), "TOML");
+    assert_eq!(from_file["log_name"].as_str(), Some("relay.example/log"));
+    assert_eq!(from_file["checkpoint_interval_secs"].as_integer(), Some(30));
+    let env = [("CPIS_CHECKPOINT_INTERVAL_SECS", "40"), ("CPIS_LOG_NAME", "env.example/log")];
+    let from_env = printed(serve(&config, &env));
+    assert_eq!(from_env["checkpoint_interval_secs"].as_integer(), Some(40), "the environment over TOML");
+    assert_eq!(from_env["log_name"].as_str(), Some("env.example/log"));
+    let flag = printed(serve(&[&config[..], &["--checkpoint-interval-secs", "50"]].concat(), &env));
+    assert_eq!(flag["checkpoint_interval_secs"].as_integer(), Some(50), "the flag over both");
+    for (args, key) in [
+        (vec!["--checkpoint-interval-secs", "0"], "checkpoint_interval_secs"),
+        (vec!["--log-name", "two words"], "log_name"),
+        (vec!["--log-name", "a+b"], "log_name"),
+    ] {
+        let output = serve(&args, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+    }
+}
