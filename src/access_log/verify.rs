@@ -2,7 +2,8 @@
 //! against every signed checkpoint and retention note the store holds, with
 //! nothing but the verifier key trusted. One pass over the records in
 //! position order, leaf hashes computed from the stored bytes in place (no
-//! per-record allocation), O(log n) memory besides the notes.
+//! per-record allocation), read by a few threads a chunk of positions each
+//! and folded in order: memory is those chunks and O(log n) for the tree.
 
 use std::ops::ControlFlow;
 
@@ -13,10 +14,10 @@ use crate::{
         log::{AccessLog, LeafProblem, NoteKind},
     },
     transparency::{
-        Checkpoint, MerkleLog, VerifierKey,
+        Checkpoint, HashStore, MerkleLog, VerifierKey,
         audit::{Finding, SignedRoot, Verification},
         hash::Frontier,
-        tree::TreeError,
+        tree::{TreeError, stored_hash_position},
     },
 };
 
@@ -94,6 +95,32 @@ impl LogReport {
     }
 }
 
+/// Positions one thread reads at a time.
+const CHUNK: u64 = 32_768;
+
+/// One position as read: the record's leaf hash (or why not) and the tree's leaf there.
+type ReadLeaf = (u64, Result<crate::transparency::Hash, LeafProblem>, Option<crate::transparency::Hash>);
+
+/// The records' leaf hashes of positions `start..end`, with the stored
+/// tree's leaf at each position below `tree_size`.
+fn read_chunk(log: &dyn AccessLog, start: u64, end: u64, tree_size: u64) -> Result<Vec<ReadLeaf>, StoreError> {
+    let mut read: Vec<ReadLeaf> = Vec::with_capacity((end - start) as usize);
+    log.leaf_hashes(start, end, &mut |position, leaf| {
+        read.push((position, leaf, None));
+        ControlFlow::Continue(())
+    })?;
+    let in_tree: Vec<u64> = read
+        .iter()
+        .filter(|(position, _, _)| *position < tree_size)
+        .map(|(position, _, _)| stored_hash_position(0, *position))
+        .collect();
+    let stored = log.tree().hashes_at(&in_tree)?;
+    for ((_, _, slot), hash) in read.iter_mut().zip(stored) {
+        *slot = Some(hash);
+    }
+    Ok(read)
+}
+
 fn tree_error(error: TreeError<StoreError>) -> StoreError {
     match error {
         TreeError::Store(error) => error,
@@ -103,6 +130,15 @@ fn tree_error(error: TreeError<StoreError>) -> StoreError {
 
 /// Verifies `log` with `verifier`. Blocks.
 pub fn verify_log(log: &dyn AccessLog, verifier: &VerifierKey) -> Result<LogReport, StoreError> {
+    verify_in_chunks(log, verifier, CHUNK)
+}
+
+/// [`verify_log`] reading `chunk` positions a thread.
+pub(super) fn verify_in_chunks(
+    log: &dyn AccessLog,
+    verifier: &VerifierKey,
+    chunk: u64,
+) -> Result<LogReport, StoreError> {
     let mut report = LogReport::default();
     let mut signed = Vec::new();
     let mut signed_boundary = 0u64;
@@ -140,29 +176,44 @@ pub fn verify_log(log: &dyn AccessLog, verifier: &VerifierKey) -> Result<LogRepo
         Frontier::new()
     };
     let mut verification = Verification::new(start, &signed, Some(&tree)).map_err(tree_error)?;
-    let mut failure: Option<StoreError> = None;
     let mut unreadable = Vec::new();
-    log.leaf_hashes(verification.position(), bounds.next_position, &mut |position, leaf| {
-        let leaf = match leaf {
-            Ok(hash) => Some(hash),
-            Err(LeafProblem::Missing) => None,
-            Err(LeafProblem::Unreadable(error)) => {
-                if unreadable.len() < 100 {
-                    unreadable.push(LogFinding::Unreadable { position, error });
-                }
-                None
-            }
-        };
-        match verification.push(leaf) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(error) => {
-                failure = Some(tree_error(error));
-                ControlFlow::Break(())
+    // Records and the tree's leaves are read in parallel, a chunk of positions
+    // per thread; the chunks are then folded in order. Memory: a chunk a thread.
+    let threads = std::thread::available_parallelism().map_or(2, |count| count.get()).clamp(1, 8) as u64;
+    let tree_size = tree.size();
+    let mut from = verification.position();
+    while from < bounds.next_position {
+        let chunks: Vec<(u64, u64)> = (0..threads)
+            .map(|index| from + index * chunk)
+            .take_while(|start| *start < bounds.next_position)
+            .map(|start| (start, (start + chunk).min(bounds.next_position)))
+            .collect();
+        let read = std::thread::scope(|scope| {
+            let workers: Vec<_> = chunks
+                .iter()
+                .map(|&(start, end)| scope.spawn(move || read_chunk(log, start, end, tree_size)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().map_err(|_| StoreError::Io("a verifying thread panicked".into()))?)
+                .collect::<Result<Vec<_>, StoreError>>()
+        })?;
+        for chunk in read {
+            for (position, leaf, stored) in chunk {
+                let leaf = match leaf {
+                    Ok(hash) => Some(hash),
+                    Err(LeafProblem::Missing) => None,
+                    Err(LeafProblem::Unreadable(error)) => {
+                        if unreadable.len() < 100 {
+                            unreadable.push(LogFinding::Unreadable { position, error });
+                        }
+                        None
+                    }
+                };
+                verification.push_with_stored(leaf, stored).map_err(tree_error)?;
             }
         }
-    })?;
-    if let Some(error) = failure {
-        return Err(error);
+        from = chunks.last().map_or(bounds.next_position, |(_, end)| *end);
     }
     let tree_report = verification.finish();
     report.checkpoints_matched = tree_report.checkpoints_matched;

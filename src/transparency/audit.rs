@@ -125,12 +125,22 @@ impl<'t, S: HashStore> Verification<'t, S> {
 
     /// The next record's leaf hash, or `None` when its position has no record.
     pub fn push(&mut self, leaf: Option<Hash>) -> Result<(), TreeError<S::Error>> {
+        self.push_with_stored(leaf, None)
+    }
+
+    /// [`Self::push`] with the stored tree's leaf at this position when the
+    /// caller already read it (a reader that fetches leaves in parallel).
+    pub fn push_with_stored(&mut self, leaf: Option<Hash>, stored: Option<Hash>) -> Result<(), TreeError<S::Error>> {
         let position = self.frontier.size();
         let leaf = match leaf {
             Some(leaf) => {
                 if let Some(tree) = self.tree {
                     if position < self.tree_size {
-                        if tree.leaf_hash(position)? != leaf {
+                        let stored = match stored {
+                            Some(stored) => stored,
+                            None => tree.leaf_hash(position)?,
+                        };
+                        if stored != leaf {
                             self.leaf_finding(Finding::LeafDiffers { position });
                         }
                     } else if position == self.tree_size {

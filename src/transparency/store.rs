@@ -22,6 +22,12 @@ pub trait HashStore {
     /// Appends `hashes` at the end of the sequence and records `tree_size`,
     /// both or neither.
     fn append(&mut self, hashes: &[Hash], tree_size: u64) -> Result<(), Self::Error>;
+
+    /// The hashes at `positions`, in their order: one read where a store can
+    /// (a verifier reads a leaf per record).
+    fn hashes_at(&self, positions: &[u64]) -> Result<Vec<Hash>, Self::Error> {
+        positions.iter().map(|position| self.hash_at(*position)).collect()
+    }
 }
 
 impl<S: HashStore + ?Sized> HashStore for Box<S> {
@@ -37,6 +43,10 @@ impl<S: HashStore + ?Sized> HashStore for Box<S> {
 
     fn append(&mut self, hashes: &[Hash], tree_size: u64) -> Result<(), Self::Error> {
         (**self).append(hashes, tree_size)
+    }
+
+    fn hashes_at(&self, positions: &[u64]) -> Result<Vec<Hash>, Self::Error> {
+        (**self).hashes_at(positions)
     }
 }
 

@@ -257,6 +257,32 @@ impl HashStore for PostgresTree {
         })
     }
 
+    fn hashes_at(&self, positions: &[u64]) -> Result<Vec<Hash>, StoreError> {
+        let wanted: Vec<i64> = positions.iter().map(|position| *position as i64).collect();
+        let rows = self.runtime.block_on(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client
+                .query("SELECT position, hash FROM cpis_log_tree WHERE position = ANY($1)", &[&wanted])
+                .await
+                .map_err(db_error)
+        })?;
+        let mut found: std::collections::HashMap<i64, Hash> = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let hash = <[u8; 32]>::try_from(row.get::<_, &[u8]>(1))
+                .map_err(|_| StoreError::Corrupt("cpis_log_tree: a hash is not 32 bytes".into()))?;
+            found.insert(row.get(0), hash);
+        }
+        wanted
+            .iter()
+            .map(|position| {
+                found
+                    .get(position)
+                    .copied()
+                    .ok_or_else(|| StoreError::Corrupt(format!("cpis_log_tree: no hash at {position}")))
+            })
+            .collect()
+    }
+
     fn append(&mut self, hashes: &[Hash], tree_size: u64) -> Result<(), StoreError> {
         let old = match self.size.load(Ordering::Acquire) {
             UNKNOWN => self.tree_size()?,
