@@ -60,6 +60,22 @@ struct Shared {
 struct State {
     tree: MerkleLog<TreeStore>,
     latest: Option<SignedCheckpoint>,
+    /// Whether `latest` is stored, and when the last stored one was made.
+    latest_stored: bool,
+    last_stored_at: Option<DateTime<Utc>>,
+}
+
+/// Checkpoints are signed every `checkpoint_interval` (and on demand) and
+/// served; one is stored at most this often unless asked for (shutdown,
+/// retention, `checkpoint`), so the stored notes, which `audit verify`
+/// checks one by one, stay a few thousand a year.
+pub const STORED_CHECKPOINT_SPACING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// Whether a signed checkpoint must be stored now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    Always,
+    IfDue,
 }
 
 fn tree_error(error: TreeError<StoreError>) -> StoreError {
@@ -78,7 +94,8 @@ impl LogKeeper {
                 .ok()
                 .map(|checkpoint| SignedCheckpoint { checkpoint, note: note.text })
         });
-        let state = Mutex::new(State { tree, latest });
+        let last_stored_at = latest.as_ref().map(|latest| latest.checkpoint.time);
+        let state = Mutex::new(State { tree, latest_stored: latest.is_some(), latest, last_stored_at });
         Ok(Self { shared: Arc::new(Shared { log, signer, clock, state }) })
     }
 
@@ -102,24 +119,39 @@ impl LogKeeper {
     }
 
     /// The latest signed checkpoint, signing a new one first if the tree has
-    /// grown (or none was signed yet). Blocks.
+    /// grown (or none was signed yet), and stored. Blocks.
     pub fn checkpoint(&self) -> Result<SignedCheckpoint, StoreError> {
         let mut state = self.state();
-        self.checkpoint_locked(&mut state)
+        self.checkpoint_locked(&mut state, Keep::Always)
     }
 
-    fn checkpoint_locked(&self, state: &mut State) -> Result<SignedCheckpoint, StoreError> {
+    /// [`Self::checkpoint`], stored only if none was for
+    /// [`STORED_CHECKPOINT_SPACING`]: the periodic one and the ones proofs use. Blocks.
+    pub fn checkpoint_if_due(&self) -> Result<SignedCheckpoint, StoreError> {
+        let mut state = self.state();
+        self.checkpoint_locked(&mut state, Keep::IfDue)
+    }
+
+    fn checkpoint_locked(&self, state: &mut State, keep: Keep) -> Result<SignedCheckpoint, StoreError> {
         let size = catch_up(&self.shared.log, &mut state.tree)?;
-        if let Some(latest) = &state.latest
-            && latest.checkpoint.size == size
-        {
-            return Ok(latest.clone());
+        let now = self.shared.clock.now();
+        let signed = match &state.latest {
+            Some(latest) if latest.checkpoint.size == size => latest.clone(),
+            _ => {
+                let signed = self.sign(size, state.tree.root(), now)?;
+                metrics::gauge!("cpis_access_log_size").set(size as f64);
+                tracing::debug!(size, "access log checkpoint signed");
+                state.latest = Some(signed.clone());
+                state.latest_stored = false;
+                signed
+            }
+        };
+        let due = keep == Keep::Always || state.last_stored_at.is_none_or(|at| now - at >= STORED_CHECKPOINT_SPACING);
+        if !state.latest_stored && due {
+            self.shared.log.add_note(NoteKind::Checkpoint, &signed.note)?;
+            state.latest_stored = true;
+            state.last_stored_at = Some(now);
         }
-        let signed = self.sign(size, state.tree.root(), self.shared.clock.now())?;
-        self.shared.log.add_note(NoteKind::Checkpoint, &signed.note)?;
-        metrics::gauge!("cpis_access_log_size").set(size as f64);
-        tracing::debug!(size, "access log checkpoint signed");
-        state.latest = Some(signed.clone());
         Ok(signed)
     }
 
@@ -143,7 +175,7 @@ impl LogKeeper {
         let mut state = self.state();
         let checkpoint = match &state.latest {
             Some(latest) if latest.checkpoint.size > position => latest.clone(),
-            _ => self.checkpoint_locked(&mut state)?,
+            _ => self.checkpoint_locked(&mut state, Keep::IfDue)?,
         };
         let proof = state.tree.inclusion_proof(position, checkpoint.checkpoint.size).map_err(tree_error)?;
         Ok(Some(Inclusion { position, entry, proof, checkpoint }))
@@ -153,7 +185,7 @@ impl LogKeeper {
     /// signed now if the log grew). Blocks.
     pub fn proofs(&self, positions: &[u64]) -> Result<(SignedCheckpoint, Vec<Vec<Hash>>), StoreError> {
         let mut state = self.state();
-        let checkpoint = self.checkpoint_locked(&mut state)?;
+        let checkpoint = self.checkpoint_locked(&mut state, Keep::IfDue)?;
         let size = checkpoint.checkpoint.size;
         let proofs = positions
             .iter()
@@ -216,7 +248,12 @@ impl LogKeeper {
                     _ = ticks.tick() => false,
                     _ = draining.wait_for(|draining| *draining) => true,
                 };
-                if let Err(error) = keeper.run(|keeper| keeper.checkpoint()).await {
+                let signed = if last {
+                    keeper.run(|keeper| keeper.checkpoint()).await
+                } else {
+                    keeper.run(|keeper| keeper.checkpoint_if_due()).await
+                };
+                if let Err(error) = signed {
                     metrics::counter!("cpis_access_log_failures_total").increment(1);
                     tracing::error!(%error, "access log checkpoint failed; will retry");
                 }

@@ -87,3 +87,28 @@ async fn the_memory_store_logs_searches_and_reads_retains_a_prefix_and_verifies(
         assert_eq!(verify::verify_in_chunks(log.as_ref(), signer.verifier(), chunk).unwrap(), report, "chunk {chunk}");
     }
 }
+
+#[tokio::test]
+async fn periodic_checkpoints_are_stored_at_most_hourly_but_served_fresh() {
+    let store = MemoryStore::new();
+    let signer = Arc::new(LogSigner::generate_ephemeral("test/log").unwrap());
+    let clock = Arc::new(ManualClock::new(start()));
+    let log = store.access_log().unwrap();
+    let keeper = LogKeeper::open(Arc::clone(&log), signer, clock.clone()).unwrap();
+    let stored = || log.notes().unwrap().len();
+    store.apply(Change::RecordAccess { access: search(0), drafts: vec![] }).await.unwrap();
+    assert_eq!(keeper.checkpoint_if_due().unwrap().checkpoint.size, 1);
+    assert_eq!(stored(), 1, "the first is stored");
+    for n in 1..5 {
+        store.apply(Change::RecordAccess { access: search(n), drafts: vec![] }).await.unwrap();
+        clock.advance(Duration::seconds(5));
+        assert_eq!(keeper.checkpoint_if_due().unwrap().checkpoint.size, n + 1, "served signed and fresh");
+    }
+    assert_eq!(stored(), 1, "not stored again within the hour");
+    clock.advance(Duration::hours(1));
+    keeper.checkpoint_if_due().unwrap();
+    assert_eq!(stored(), 2, "the latest is stored once an hour has passed");
+    store.apply(Change::RecordAccess { access: search(9), drafts: vec![] }).await.unwrap();
+    assert_eq!(keeper.checkpoint().unwrap().checkpoint.size, 6);
+    assert_eq!(stored(), 3, "asked for (shutdown, retention): stored at once");
+}
