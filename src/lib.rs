@@ -23,10 +23,12 @@
 //! - [`server`]: wires it together over a bound listener and a shutdown future.
 //! - [`client`], [`cli`]: the command-line clients and tools.
 //! - [`deliver`]: a local authority's delivery agent (webhook, outbox), a client of the relay.
-//! - [`transparency`]: the tamper-evident access log (RFC 6962 tree, signed checkpoints, proofs).
+//! - [`transparency`]: the tamper-evident access log (RFC 6962 tree, signed checkpoints, proofs);
+//!   [`access_log`]: its keeper (tree, checkpoints, retention notes) and `audit verify`.
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod auth;
 pub mod bench;
 pub mod certs;

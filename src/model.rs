@@ -246,6 +246,24 @@ pub struct AccessEvent {
     pub scheduled: bool,
 }
 
+/// An auditor's read of a person's access trail: itself an access of the
+/// log (kind audit), never notified and never listed to a clinician.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRead {
+    /// Unique per read; also keys it in storage.
+    pub id: u128,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub read_at: DateTime<Utc>,
+    /// Whose trail was read.
+    pub nhs_number: NhsNumber,
+    /// The auditor's organisation, from its certificate.
+    pub organisation_ods_code: String,
+    pub organisation_name: String,
+    /// The person the auditor's request named (empty when it named none).
+    pub accessor: Accessor,
+    pub request_id: String,
+}
+
 /// A stored access read in place, its text borrowed from the stored bytes
 /// (the encoding is [`AccessEvent`]'s): what a search needs to list previous
 /// accesses and recognise a retry, without copying the text of accesses it

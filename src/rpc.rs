@@ -134,7 +134,7 @@ impl hyper::body::Body for CallBody {
 }
 
 /// gRPC paths and their `Service.Method` label; unknown paths are grouped as "other".
-const KNOWN: [(&str, &str); 9] = [
+const KNOWN: [(&str, &str); 13] = [
     ("/cpis.v1.Lookup/Search", "Lookup.Search"),
     ("/cpis.v1.Plans/Upload", "Plans.Upload"),
     ("/cpis.v1.Plans/Delete", "Plans.Delete"),
@@ -142,6 +142,10 @@ const KNOWN: [(&str, &str); 9] = [
     ("/cpis.v1.Notifications/Subscribe", "Notifications.Subscribe"),
     ("/cpis.v1.Notifications/Ack", "Notifications.Ack"),
     ("/cpis.v1.Audit/AccessLog", "Audit.AccessLog"),
+    ("/cpis.v1.Audit/LatestCheckpoint", "Audit.LatestCheckpoint"),
+    ("/cpis.v1.Audit/InclusionProof", "Audit.InclusionProof"),
+    ("/cpis.v1.Audit/ConsistencyProof", "Audit.ConsistencyProof"),
+    ("/cpis.v1.Audit/SubjectAccess", "Audit.SubjectAccess"),
     ("/grpc.health.v1.Health/Check", "Health.Check"),
     ("/grpc.health.v1.Health/Watch", "Health.Watch"),
 ];

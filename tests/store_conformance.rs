@@ -391,6 +391,8 @@ async fn retention_removes_only_what_is_past_its_keeping_period(subject: Subject
         acked_notifications_before: at(100),
         // Accesses 1 and 2 (minutes 0 and 60) are older.
         accesses_before: at(90),
+        // No log keeper runs here: nothing bounds retention by the tree.
+        log_positions_below: u64::MAX,
         limit: EXPIRY_CHUNK,
     };
     let Applied::Expired(counts) = subject.apply(Change::Expire(expiry)).await else { panic!("expired") };

@@ -156,14 +156,19 @@ fn accessor_json(accessor: Option<&proto::Accessor>) -> serde_json::Value {
 }
 
 pub fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
-    json!({
+    let mut value = json!({
         "accessed_at": timestamp_text(access.accessed_at.as_ref()),
         "organisation_ods_code": access.organisation_ods_code,
         "organisation_name": access.organisation_name,
         "care_setting": care_setting_name(access.care_setting),
         "accessor": accessor_json(access.accessor.as_ref()),
         "scheduled": access.scheduled,
-    })
+    });
+    // The audit log names each access (for `audit proof inclusion`); a search's list does not.
+    if !access.access_id.is_empty() {
+        value["access_id"] = json!(access.access_id);
+    }
+    value
 }
 
 pub fn search_json(response: &proto::SearchResponse) -> serde_json::Value {
@@ -375,17 +380,10 @@ pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-#[derive(Debug, Args)]
-pub struct AuditArgs {
-    pub nhs_number: String,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-pub async fn audit(args: AuditArgs) -> Result<u8, CliError> {
-    let (channel, _) = args.client.channel("auditor").await?;
-    let mut stream =
-        AuditClient::new(channel).access_log(AccessLogRequest { nhs_number: args.nhs_number }).await?.into_inner();
+/// `audit NHS_NUMBER`: the person's accesses as JSON lines (see `super::audit`).
+pub async fn audit(nhs_number: String, client: ClientArgs) -> Result<u8, CliError> {
+    let (channel, _) = client.channel("auditor").await?;
+    let mut stream = AuditClient::new(channel).access_log(AccessLogRequest { nhs_number }).await?.into_inner();
     while let Some(access) = stream.next().await {
         println!("{}", json_line(&access_json(&access?)));
     }

@@ -2,11 +2,14 @@
 //! option also an environment variable), dispatch, and exit statuses. Each
 //! verb's work lives in a submodule; `main.rs` only calls [`main`].
 
+mod audit;
+mod audit_proof;
 mod bench;
 mod bench_grpc;
 mod clients;
 mod deliver;
 mod demo;
+mod sar;
 mod serve;
 mod token;
 mod top;
@@ -82,8 +85,10 @@ pub enum Command {
     Export(clients::ExportArgs),
     /// Delete a local authority's plans of a person.
     Delete(clients::DeleteArgs),
-    /// List every retained access of a person, as an auditor.
-    Audit(clients::AuditArgs),
+    /// List every retained access of a person, as an auditor; `audit verify` checks the tamper-evident access log.
+    Audit(audit::AuditArgs),
+    /// Write everything the relay holds about one person (subject access request), as an auditor: JSON and HTML with proofs.
+    Sar(sar::SarArgs),
     /// Start a relay on the embedded defaults, load synthetic data, search and watch notifications arrive.
     Demo(demo::DemoArgs),
     /// Load generator and store scenarios (see PERFORMANCE.md).
@@ -303,7 +308,8 @@ async fn run(command: Command) -> Result<u8, CliError> {
         Command::Deliver(args) => deliver::run(args).await,
         Command::Export(args) => clients::export(args).await,
         Command::Delete(args) => clients::delete(args).await,
-        Command::Audit(args) => clients::audit(args).await,
+        Command::Audit(args) => audit::run(args).await,
+        Command::Sar(args) => sar::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Top(args) => top::run(args).await,

@@ -113,7 +113,9 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         faulty.faults().fail_writes(true);
         store = Arc::new(faulty);
     }
-    let relay = Relay::open(store, Arc::new(SystemClock), config.relay_settings())
+    let mut settings = config.relay_settings();
+    settings.log_signer = log_signer(&config)?;
+    let relay = Relay::open(store, Arc::new(SystemClock), settings)
         .await
         .map_err(|error| CliError::Failed(format!("cannot load the store: {error}")))?;
     let tokens = if config.fhir_listen.is_some() || crate::web::takes_bearer_tokens(&config) {
@@ -145,6 +147,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     println!("cpis-relay listening: grpc={grpc_address} admin={admin_address}{fhir_text}");
     tracing::info!(admin = %admin_address, "admin endpoints: /healthz /readyz /metrics");
     relay.spawn_retention();
+    let log_keeper = relay.spawn_log_keeper();
     let options = server_options(&config, server_tls);
     let doors = server::Doors { fhir, web };
     // A broken store stops the relay as SIGTERM does (in-flight calls are answered), then exits 74.
@@ -161,6 +164,10 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let served = server::run(listener, Some(admin), doors, relay.clone(), options, stop).await;
     watch.abort();
     hangups.abort();
+    // The keeper signs a last checkpoint once the relay drains.
+    if let Some(log_keeper) = log_keeper {
+        let _ = log_keeper.await;
+    }
     served.map_err(|error| CliError::Failed(error.to_string()))?;
     if let Some(reason) = relay.store_broken() {
         tracing::error!(
@@ -189,6 +196,31 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
         }
     }
     Ok(exit::OK)
+}
+
+/// The access log's signing key: the configured file, created with its
+/// public key beside it when missing; none for the memory store (the relay
+/// then signs with a key of this process only: nothing it logs outlives it).
+fn log_signer(config: &ServeConfig) -> Result<Option<Arc<crate::transparency::LogSigner>>, CliError> {
+    if config.store == StoreKind::Memory {
+        return Ok(None);
+    }
+    if let Some(parent) = config.log_key.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|error| CliError::Config(format!("configuration log_key: {}: {error}", parent.display())))?;
+    }
+    let (signer, created) = crate::access_log::load_or_create_signer(&config.log_name, &config.log_key)
+        .map_err(|error| CliError::Config(format!("configuration log_key: {error}")))?;
+    if created {
+        tracing::warn!(
+            key = %config.log_key.display(),
+            verifier = %signer.verifier(),
+            "created the access log's signing key; back it up, keep it private, and give auditors the verifier key"
+        );
+    } else {
+        tracing::info!(verifier = %signer.verifier(), "access log signing key loaded");
+    }
+    Ok(Some(Arc::new(signer)))
 }
 
 /// The FHIR door's token verifier: the configured JWKS, or the development

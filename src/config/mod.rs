@@ -63,6 +63,9 @@ pub struct ServeConfig {
     pub notification_retention_days: u32,
     pub access_retention_days: u32,
     pub retention_interval_secs: u64,
+    pub log_key: PathBuf,
+    pub log_name: String,
+    pub checkpoint_interval_secs: u64,
     pub max_held_notifications: usize,
     pub max_subscriptions_per_la: usize,
     pub search_rate_per_second: f64,
@@ -108,10 +111,11 @@ impl ServeSettings {
         let percent = |key: &str, value: u32| {
             if value > 100 { Err(error(key, "must be a percentage, 0 to 100")) } else { Ok(value) }
         };
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("data"));
         let mut config = ServeConfig {
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: self.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            data_dir: data_dir.clone(),
             store: self.store.unwrap_or(StoreKind::Embedded),
             store_password_file: self.store_password_file,
             store_allow_plaintext: self.store_allow_plaintext.unwrap_or(false),
@@ -136,6 +140,18 @@ impl ServeSettings {
             access_retention_days: positive("access_retention_days", self.access_retention_days.unwrap_or(365).into())?
                 as u32,
             retention_interval_secs: positive("retention_interval_secs", self.retention_interval_secs.unwrap_or(3600))?,
+            log_key: self.log_key.unwrap_or_else(|| data_dir.join(crate::access_log::DEFAULT_KEY_FILE)),
+            log_name: match self.log_name {
+                Some(name) if !crate::transparency::key::is_valid_key_name(&name) => {
+                    return Err(error("log_name", "must be non-empty, without spaces, control characters or '+'"));
+                }
+                Some(name) => name,
+                None => crate::access_log::DEFAULT_LOG_NAME.to_owned(),
+            },
+            checkpoint_interval_secs: positive(
+                "checkpoint_interval_secs",
+                self.checkpoint_interval_secs.unwrap_or(crate::access_log::DEFAULT_CHECKPOINT_INTERVAL_SECS),
+            )?,
             max_held_notifications: positive(
                 "max_held_notifications",
                 self.max_held_notifications.unwrap_or(100_000) as u64,
@@ -290,6 +306,7 @@ impl ServeConfig {
             search_rate_per_second: self.search_rate_per_second,
             search_burst: self.search_burst,
             unusual_access_distinct_people_per_hour: self.unusual_access_distinct_people_per_hour,
+            checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs),
             ..RelaySettings::default()
         }
     }

@@ -74,6 +74,15 @@ pub struct ServeSettings {
     /// Seconds between retention passes [default: 3600]
     #[arg(long, env = "CPIS_RETENTION_INTERVAL_SECS")]
     pub retention_interval_secs: Option<u64>,
+    /// Ed25519 key (PKCS#8) the access log's checkpoints are signed with; created (mode 0600, public key beside it as access-log.pub) if missing [default: DATA_DIR/access-log.key]
+    #[arg(long, env = "CPIS_LOG_KEY")]
+    pub log_key: Option<PathBuf>,
+    /// Name (origin) the access log's checkpoints are signed under: no spaces or '+' [default: cpis-relay/access-log]
+    #[arg(long, env = "CPIS_LOG_NAME")]
+    pub log_name: Option<String>,
+    /// Seconds between signed checkpoints of the access log (when it grew) [default: 5]
+    #[arg(long, env = "CPIS_CHECKPOINT_INTERVAL_SECS")]
+    pub checkpoint_interval_secs: Option<u64>,
     /// Searches whose notifications may be held (spilled to the data directory) while the store fails; beyond it a search still answers but its notifications are refused [default: 100000]
     #[arg(long, env = "CPIS_MAX_HELD_NOTIFICATIONS")]
     pub max_held_notifications: Option<usize>,
@@ -205,6 +214,9 @@ impl ServeSettings {
             notification_retention_days: self.notification_retention_days.or(lower.notification_retention_days),
             access_retention_days: self.access_retention_days.or(lower.access_retention_days),
             retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
+            log_key: self.log_key.or(lower.log_key),
+            log_name: self.log_name.or(lower.log_name),
+            checkpoint_interval_secs: self.checkpoint_interval_secs.or(lower.checkpoint_interval_secs),
             max_held_notifications: self.max_held_notifications.or(lower.max_held_notifications),
             max_subscriptions_per_la: self.max_subscriptions_per_la.or(lower.max_subscriptions_per_la),
             search_rate_per_second: self.search_rate_per_second.or(lower.search_rate_per_second),

@@ -39,6 +39,17 @@ impl std::fmt::Debug for AccessorView<'_> {
     }
 }
 
+impl std::fmt::Debug for AuditRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditRead")
+            .field("id", &self.id)
+            .field("read_at", &self.read_at)
+            .field("nhs_number", &self.nhs_number)
+            .field("organisation_ods_code", &self.organisation_ods_code)
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for AccessEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessEvent")

@@ -9,9 +9,48 @@
 use std::fmt;
 
 use super::{
-    AccessLogRequest, AccessNotification, Accessor, Address, CareSetting, DeleteRequest, Person, PlanRecord, PlanType,
-    Rejection, SearchRequest,
+    AccessLogRequest, AccessNotification, Accessor, Address, CareSetting, DeleteRequest, InclusionProofResponse,
+    LoggedAccess, Person, PlanRecord, PlanType, Rejection, SearchRequest, SubjectAccessReport, SubjectAccessRequest,
 };
+
+// The leaf of an access is its encoding (NHS number, names): shown by length only.
+impl fmt::Debug for InclusionProofResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InclusionProofResponse")
+            .field("leaf_index", &self.leaf_index)
+            .field("leaf", &self.leaf.len())
+            .field("audit_path", &self.audit_path.len())
+            .field("checkpoint", &self.checkpoint)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SubjectAccessRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubjectAccessRequest").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SubjectAccessReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubjectAccessReport")
+            .field("plans", &self.plans.len())
+            .field("accesses", &self.accesses.len())
+            .field("notifications", &self.notifications.len())
+            .field("checkpoint", &self.checkpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for LoggedAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoggedAccess")
+            .field("access", &self.access)
+            .field("kind", &self.kind)
+            .field("leaf_index", &self.leaf_index)
+            .finish_non_exhaustive()
+    }
+}
 
 fn plan_type(value: i32) -> &'static str {
     PlanType::try_from(value).map_or("UNKNOWN", |kind| kind.as_str_name())

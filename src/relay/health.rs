@@ -67,6 +67,7 @@ fn operation(change: &Change) -> &'static str {
         Change::ReplacePlans { .. } => "replace_plans",
         Change::DeletePlans { .. } => "delete_plans",
         Change::RecordAccess { .. } => "record_access",
+        Change::RecordAudit(_) => "record_audit",
         Change::Ack { .. } => "ack",
         Change::Expire(_) => "expire",
     }
@@ -115,6 +116,10 @@ impl Store for ReportingStore {
 
     fn broken(&self) -> Option<crate::store::Broken> {
         self.inner.broken()
+    }
+
+    fn access_log(&self) -> Option<Arc<dyn crate::store::log::AccessLog>> {
+        self.inner.access_log()
     }
 
     fn notifications_after(

@@ -18,11 +18,13 @@ mod inbox;
 mod notify;
 mod oversight;
 mod plans;
+mod proofs;
 pub mod rate;
 mod retention;
 mod search;
 mod sent;
 pub mod spill;
+mod subject;
 mod upload;
 mod validate;
 
@@ -45,6 +47,7 @@ pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::Hub;
 pub use search::{SearchOutcome, SearchQuery, ShownPlan};
 pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
+pub use subject::{LoggedAccess, SubjectAccess};
 pub use upload::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
 pub use validate::{Rejection, RejectionReason};
 
@@ -98,6 +101,11 @@ pub struct RelaySettings {
     /// A user who searches more distinct people than this within one clock
     /// hour raises `cpis_unusual_access_total` and a warning (see `oversight`).
     pub unusual_access_distinct_people_per_hour: usize,
+    /// The key the access log's checkpoints are signed with; `None` signs
+    /// with a key made for this process only (tests, the memory store).
+    pub log_signer: Option<Arc<crate::transparency::LogSigner>>,
+    /// How often the access log keeper signs a checkpoint of a grown log.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl Default for RelaySettings {
@@ -117,6 +125,8 @@ impl Default for RelaySettings {
             held_retry_backoff: (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5)),
             feed_poll_interval: std::time::Duration::from_secs(1),
             unusual_access_distinct_people_per_hour: DEFAULT_UNUSUAL_ACCESS_PEOPLE,
+            log_signer: None,
+            checkpoint_interval: std::time::Duration::from_secs(crate::access_log::DEFAULT_CHECKPOINT_INTERVAL_SECS),
         }
     }
 }
@@ -165,6 +175,8 @@ struct RelayState {
     search_rate: rate::RateLimiter,
     /// Audit-of-audit and the unusual-access signal.
     oversight: oversight::Oversight,
+    /// The access log's tree and checkpoints, for a store that keeps a log.
+    log_keeper: Option<crate::access_log::LogKeeper>,
 }
 
 impl Relay {
@@ -207,6 +219,10 @@ impl Relay {
         );
         metrics::gauge!("cpis_startup_rebuild_seconds").set(started.elapsed().as_secs_f64());
         let oversight = oversight::Oversight::new(settings.unusual_access_distinct_people_per_hour);
+        let log_keeper = match store.access_log() {
+            Some(log) => Some(open_log_keeper(log, settings.log_signer.clone(), Arc::clone(&clock)).await?),
+            None => None,
+        };
         let relay = Self {
             shared: Arc::new(RelayState {
                 index,
@@ -223,6 +239,7 @@ impl Relay {
                 plan_version: watch::Sender::new(snapshot.plan_version),
                 health: write_health,
                 oversight,
+                log_keeper,
                 draining: watch::Sender::new(false),
             }),
         };
@@ -236,21 +253,77 @@ impl Relay {
 
     /// Every retained access of a person, oldest first (auditors only),
     /// including any held while the store is failing. The read is itself
-    /// audited (see `oversight`): who read whose trail, when, and what it held.
+    /// audited (see `oversight`) and, where the store keeps the access log,
+    /// stored first as an access of kind audit: refused if that fails.
     pub async fn access_log(&self, identity: &Identity, nhs_number: &str) -> Result<Vec<AccessEvent>> {
+        self.access_log_by(identity, nhs_number, None, "").await
+    }
+
+    /// [`Relay::access_log`] naming the person who reads (from the request)
+    /// and the request's id (one is generated when empty).
+    pub async fn access_log_by(
+        &self,
+        identity: &Identity,
+        nhs_number: &str,
+        accessor: Option<crate::model::Accessor>,
+        request_id: &str,
+    ) -> Result<Vec<AccessEvent>> {
         authorize(identity, Action::ReadAccessLog)?;
         let nhs_number = validate::nhs_number_field(nhs_number, "nhs_number")?;
-        let read: Result<Vec<AccessEvent>> = self.shared.store.accesses_of(nhs_number).await.map_err(Into::into);
-        let result = read.map(|mut accesses: Vec<AccessEvent>| {
-            let held = self.shared.hub.held_accesses_of(nhs_number);
-            if !held.is_empty() {
-                accesses.extend(held);
-                accesses.sort_by_key(|access| (access.accessed_at, access.id));
-            }
-            accesses
-        });
+        let result = self.read_access_log(identity, nhs_number, accessor, request_id).await;
         self.shared.oversight.audit_read(identity, nhs_number, self.shared.clock.now(), &result);
         result
+    }
+
+    async fn read_access_log(
+        &self,
+        identity: &Identity,
+        nhs_number: crate::nhs::NhsNumber,
+        accessor: Option<crate::model::Accessor>,
+        request_id: &str,
+    ) -> Result<Vec<AccessEvent>> {
+        self.record_audit_read(identity, nhs_number, accessor, request_id).await?;
+        let mut accesses = self.shared.store.accesses_of(nhs_number).await?;
+        let held = self.shared.hub.held_accesses_of(nhs_number);
+        if !held.is_empty() {
+            accesses.extend(held);
+            accesses.sort_by_key(|access| (access.accessed_at, access.id));
+        }
+        Ok(accesses)
+    }
+
+    /// Stores an auditor's read of `nhs_number`'s records as an access of the
+    /// log (where the store keeps one); an error when it cannot be stored.
+    async fn record_audit_read(
+        &self,
+        identity: &Identity,
+        nhs_number: crate::nhs::NhsNumber,
+        accessor: Option<crate::model::Accessor>,
+        request_id: &str,
+    ) -> Result<()> {
+        if self.shared.log_keeper.is_some() {
+            let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+            let read = crate::model::AuditRead {
+                id: id.as_u128(),
+                read_at: self.shared.clock.now(),
+                nhs_number,
+                organisation_ods_code: identity.ods_code.clone(),
+                organisation_name: identity.organisation_name.clone(),
+                accessor: accessor.unwrap_or(crate::model::Accessor {
+                    user_id: String::new(),
+                    name: String::new(),
+                    role_code: String::new(),
+                }),
+                request_id: if request_id.is_empty() { id.to_string() } else { request_id.to_owned() },
+            };
+            self.shared.store.apply(crate::store::Change::RecordAudit(read)).await?;
+        }
+        Ok(())
+    }
+
+    /// The access log keeper, where the store keeps a log.
+    pub fn log_keeper(&self) -> Option<&crate::access_log::LogKeeper> {
+        self.shared.log_keeper.as_ref()
     }
 
     /// Copies of a request waiting for their first copy's commit, as it changes.
@@ -298,6 +371,25 @@ impl Relay {
             metrics::gauge!("cpis_plans", "type" => plan_type.code()).set(count as f64);
         }
     }
+}
+
+/// Opens the access log keeper on the blocking pool; without a configured
+/// key it signs with one made for this process.
+async fn open_log_keeper(
+    log: Arc<dyn crate::store::log::AccessLog>,
+    signer: Option<Arc<crate::transparency::LogSigner>>,
+    clock: Arc<dyn Clock>,
+) -> Result<crate::access_log::LogKeeper, StoreError> {
+    let signer = match signer {
+        Some(signer) => signer,
+        None => Arc::new(
+            crate::transparency::LogSigner::generate_ephemeral(crate::access_log::DEFAULT_LOG_NAME)
+                .map_err(|error| StoreError::Io(error.to_string()))?,
+        ),
+    };
+    tokio::task::spawn_blocking(move || crate::access_log::LogKeeper::open(log, signer, clock))
+        .await
+        .map_err(|error| StoreError::Io(error.to_string()))?
 }
 
 /// Resolves once the relay drains (or can no longer tell).

@@ -9,9 +9,11 @@
 //! run can be linked, but nobody without the key can test a guessed NHS
 //! number against them (the number space is small enough to enumerate, so an
 //! unkeyed hash would not do). An audit read also names the ids of the
-//! accesses it returned, which the store keeps with the person. The record
-//! is a log line (`cpis_relay::audit` target, info), not yet a store row:
-//! a durable audit-of-audit needs its own table in the store.
+//! accesses it returned, which the store keeps with the person. The line
+//! (`cpis_relay::audit` target, info) is for operators; the durable record is
+//! the read itself, stored as an access of kind audit in the tamper-evident
+//! access log before anything is returned (see `Relay::access_log`), where the
+//! store keeps that log.
 //!
 //! Memory is bounded: windows are fixed clock hours and a new window drops
 //! the last one's users; a user's distinct people are remembered only until

@@ -1,7 +1,9 @@
 //! Background upkeep. Retention: plans past their visibility window, acknowledged
 //! notifications past their keeping period and access history older than
 //! its period are removed from the store in bounded chunks, then from memory. Runs on a timer
-//! and on demand (tests drive it with a manual clock). Gauges of each
+//! and on demand (tests drive it with a manual clock). Accesses go as a prefix of the
+//! access log, only once the log keeper holds their leaves, and the keeper signs a
+//! retention note naming the first position kept (see `crate::access_log`). Gauges of each
 //! authority's notification state are refreshed on a short timer.
 
 use tokio::task::JoinHandle;
@@ -16,7 +18,13 @@ impl Relay {
     pub async fn expire(&self) -> Result<ExpiryCounts, StoreError> {
         let shared = &self.shared;
         let now = shared.clock.now();
+        // Only leaves the tree holds may go: catch the keeper up first.
+        let log_positions_below = match &shared.log_keeper {
+            Some(keeper) => keeper.run(|keeper| keeper.catch_up()).await?,
+            None => u64::MAX,
+        };
         let expiry = Expiry {
+            log_positions_below,
             today: now.date_naive(),
             acked_notifications_before: now - shared.settings.acked_notification_retention,
             accesses_before: now - shared.settings.access_retention,
@@ -47,6 +55,12 @@ impl Relay {
         if plans_in_memory > 0 {
             self.publish_plan_gauges();
         }
+        if counts.accesses > 0
+            && let Some(keeper) = &shared.log_keeper
+        {
+            let removed_before = expiry.accesses_before;
+            keeper.run(move |keeper| keeper.record_retention(removed_before)).await?;
+        }
         let accesses_in_memory = shared.recent.expire(expiry.accesses_before);
         metrics::counter!("cpis_retention_removed_total", "kind" => "plan").increment(counts.plans);
         metrics::counter!("cpis_retention_removed_total", "kind" => "notification").increment(counts.notifications);
@@ -76,6 +90,13 @@ impl Relay {
                 }
             }
         })
+    }
+
+    /// Signs access log checkpoints every `checkpoint_interval`, and a last
+    /// one once the relay drains (await the handle after the server stops).
+    pub fn spawn_log_keeper(&self) -> Option<JoinHandle<()>> {
+        let keeper = self.shared.log_keeper.as_ref()?;
+        Some(keeper.spawn(self.shared.settings.checkpoint_interval, self.shared.draining.subscribe()))
     }
 
     /// Runs [`Relay::expire`] now and then every `retention_interval` until the relay drains.

@@ -172,6 +172,7 @@ pub fn access_record(access: AccessEvent) -> proto::AccessRecord {
             role_code: access.accessor.role_code,
         }),
         scheduled: access.scheduled,
+        access_id: uuid::Uuid::from_u128(access.id).to_string(),
     }
 }
 
@@ -189,6 +190,7 @@ fn listed_access_record(access: &RecentAccess) -> proto::AccessRecord {
             role_code: who.role_code.to_string(),
         }),
         scheduled: access.scheduled,
+        access_id: String::new(),
     }
 }
 

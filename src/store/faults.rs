@@ -126,4 +126,8 @@ impl Store for FaultyStore {
     fn broken(&self) -> Option<super::Broken> {
         self.inner.broken()
     }
+
+    fn access_log(&self) -> Option<Arc<dyn crate::store::log::AccessLog>> {
+        self.inner.access_log()
+    }
 }

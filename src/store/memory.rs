@@ -4,16 +4,21 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    ops::ControlFlow,
     sync::{Arc, Mutex},
 };
 
 use futures::{FutureExt, future::BoxFuture};
 
-use super::{Applied, Change, Cursor, ExpiryCounts, Snapshot, Store, StoreError};
+use super::{
+    Applied, Change, Cursor, ExpiryCounts, Snapshot, Store, StoreError,
+    log::{AccessLog, LeafProblem, LogBounds, LogEntry, NoteKind, StoredNote, TreeStore},
+};
 use crate::{
-    model::{AccessEvent, LocalAuthority, Notification, PlanType},
+    model::{AccessEvent, AuditRead, LocalAuthority, Notification, PlanType},
     nhs::NhsNumber,
     stored::{StoredAccess, StoredPlan},
+    transparency::{Hash, HashStore, MemoryHashStore},
 };
 
 type PlanKey = (String, NhsNumber, PlanType);
@@ -37,6 +42,12 @@ struct State {
     access_times: BTreeMap<(i64, u128), NhsNumber>,
     notifications: BTreeMap<(String, u64), Notification>,
     cursors: HashMap<String, Cursor>,
+    /// The access log: every access and auditor's read by position.
+    log: BTreeMap<u64, LogEntry>,
+    log_ids: HashMap<u128, u64>,
+    log_bounds: LogBounds,
+    tree: MemoryHashStore,
+    notes: Vec<StoredNote>,
 }
 
 impl MemoryStore {
@@ -91,7 +102,12 @@ impl State {
                 self.access_times.insert((at, access.id), access.nhs_number);
                 let stored = StoredAccess::encode(&access)?;
                 self.accesses.insert((access.nhs_number, at, access.id), stored);
+                self.append_to_log(LogEntry::Search(access));
                 Applied::Notified(notified)
+            }
+            Change::RecordAudit(read) => {
+                self.append_to_log(LogEntry::Audit(read));
+                Applied::Committed
             }
             Change::Ack { la_ods_code, through } => {
                 let cursor = self
@@ -113,14 +129,40 @@ impl State {
                     !(acked && notification.access.accessed_at < expiry.acked_notifications_before)
                 });
                 counts.notifications = (notifications_before - self.notifications.len()) as u64;
-                let keep = self.access_times.split_off(&(expiry.accesses_before.timestamp_micros(), 0));
-                for ((at, id), nhs) in std::mem::replace(&mut self.access_times, keep) {
-                    self.accesses.remove(&(nhs, at, id));
+                // A prefix of the log, oldest position first (see `store::log`).
+                let cutoff = expiry.accesses_before;
+                let below = expiry.log_positions_below.min(self.log_bounds.next_position);
+                while let Some(entry) = self.log.first_entry() {
+                    let position = *entry.key();
+                    let at = match entry.get() {
+                        LogEntry::Search(access) => access.accessed_at,
+                        LogEntry::Audit(read) => read.read_at,
+                    };
+                    if position >= below || at >= cutoff || counts.accesses as usize >= expiry.limit {
+                        break;
+                    }
+                    let removed = entry.remove();
+                    self.log_ids.remove(&removed.id());
+                    if let LogEntry::Search(access) = removed {
+                        let at = access.accessed_at.timestamp_micros();
+                        self.access_times.remove(&(at, access.id));
+                        self.accesses.remove(&(access.nhs_number, at, access.id));
+                    }
+                    self.log_bounds.retained_from = position + 1;
                     counts.accesses += 1;
                 }
                 Applied::Expired(counts)
             }
         })
+    }
+}
+
+impl State {
+    fn append_to_log(&mut self, entry: LogEntry) {
+        let position = self.log_bounds.next_position;
+        self.log_bounds.next_position += 1;
+        self.log_ids.insert(entry.id(), position);
+        self.log.insert(position, entry);
     }
 }
 
@@ -179,5 +221,96 @@ impl Store for MemoryStore {
                 .collect()
         });
         async move { Ok(page) }.boxed()
+    }
+
+    fn access_log(&self) -> Option<Arc<dyn AccessLog>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+impl AccessLog for MemoryStore {
+    fn bounds(&self) -> Result<LogBounds, StoreError> {
+        Ok(self.with_state(|state| state.log_bounds))
+    }
+
+    fn leaf_hashes(
+        &self,
+        from: u64,
+        to: u64,
+        visit: &mut dyn FnMut(u64, Result<Hash, LeafProblem>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let to = to.min(self.with_state(|state| state.log_bounds.next_position));
+        for position in from..to {
+            let leaf = self.with_state(|state| match state.log.get(&position) {
+                None => Err(LeafProblem::Missing),
+                Some(entry) => entry.leaf_hash().map_err(|error| LeafProblem::Unreadable(error.to_string())),
+            });
+            if visit(position, leaf).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn entry_at(&self, position: u64) -> Result<Option<LogEntry>, StoreError> {
+        Ok(self.with_state(|state| state.log.get(&position).cloned()))
+    }
+
+    fn position_of(&self, id: u128) -> Result<Option<u64>, StoreError> {
+        Ok(self.with_state(|state| state.log_ids.get(&id).copied()))
+    }
+
+    fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError> {
+        Ok(self.with_state(|state| {
+            state
+                .log
+                .iter()
+                .filter_map(|(position, entry)| match entry {
+                    LogEntry::Audit(read) if read.nhs_number == nhs_number => Some((*position, read.clone())),
+                    _ => None,
+                })
+                .collect()
+        }))
+    }
+
+    fn tree(&self) -> TreeStore {
+        Box::new(MemoryTree { state: Arc::clone(&self.state) })
+    }
+
+    fn add_note(&self, kind: NoteKind, text: &str) -> Result<(), StoreError> {
+        self.with_state(|state| state.notes.push(StoredNote { kind, text: text.to_owned() }));
+        Ok(())
+    }
+
+    fn notes(&self) -> Result<Vec<StoredNote>, StoreError> {
+        Ok(self.with_state(|state| state.notes.clone()))
+    }
+}
+
+/// The memory store's tree, inside its state.
+struct MemoryTree {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryTree {
+    fn with_tree<T>(&self, work: impl FnOnce(&mut MemoryHashStore) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut state.tree)
+    }
+}
+
+impl HashStore for MemoryTree {
+    type Error = StoreError;
+
+    fn tree_size(&self) -> Result<u64, StoreError> {
+        self.with_tree(|tree| tree.tree_size()).map_err(|error| StoreError::Corrupt(error.to_string()))
+    }
+
+    fn hash_at(&self, position: u64) -> Result<Hash, StoreError> {
+        self.with_tree(|tree| tree.hash_at(position)).map_err(|error| StoreError::Corrupt(error.to_string()))
+    }
+
+    fn append(&mut self, hashes: &[Hash], tree_size: u64) -> Result<(), StoreError> {
+        self.with_tree(|tree| tree.append(hashes, tree_size)).map_err(|error| StoreError::Corrupt(error.to_string()))
     }
 }

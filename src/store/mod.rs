@@ -17,6 +17,7 @@
 pub mod check;
 pub mod embedded;
 pub mod faults;
+pub mod log;
 pub mod memory;
 pub mod postgres;
 
@@ -26,7 +27,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::BoxFuture;
 
 use crate::{
-    model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType},
+    model::{AccessEvent, AuditRead, LocalAuthority, Notification, NotificationDraft, PlanType},
     nhs::NhsNumber,
     stored::{StoredAccess, StoredPlan},
 };
@@ -102,6 +103,9 @@ pub enum Change {
     /// A search of a flagged person: its access history entry and one
     /// notification per owning authority, which the store numbers.
     RecordAccess { access: AccessEvent, drafts: Vec<NotificationDraft> },
+    /// An auditor's read of a person's access trail: an access of the log
+    /// (kind audit) that notifies no one and is never listed to a clinician.
+    RecordAudit(AuditRead),
     /// A cumulative acknowledgement.
     Ack { la_ods_code: String, through: u64 },
     /// Retention: removes what is past its keeping period.
@@ -117,6 +121,11 @@ pub struct Expiry {
     pub acked_notifications_before: DateTime<Utc>,
     /// Access history before this instant is removed.
     pub accesses_before: DateTime<Utc>,
+    /// Accesses are removed oldest log position first, only below this
+    /// position (the leaves the log keeper has put in the tree), and only
+    /// while they are older than `accesses_before`: retention removes a
+    /// prefix of the log.
+    pub log_positions_below: u64,
     /// Most records of each kind one change removes, so that a pass never
     /// holds a writer for long; the caller repeats until less is removed.
     /// A store may remove more in one change (PostgreSQL deletes in one statement).
@@ -203,6 +212,12 @@ pub trait Store: Send + Sync + 'static {
     /// The signal of a store that can break for good (until a restart);
     /// `None` for one that recovers on its own once its disk or database does.
     fn broken(&self) -> Option<Broken> {
+        None
+    }
+
+    /// The tamper-evident access log, for a store that keeps one
+    /// (`None`: the store keeps no log positions yet).
+    fn access_log(&self) -> Option<Arc<dyn log::AccessLog>> {
         None
     }
 }

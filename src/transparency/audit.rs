@@ -5,6 +5,12 @@
 //! is compared with the leaf hash the stored tree holds at its position, so an
 //! altered, removed or reordered record is reported where it is. Reads no
 //! store itself: callers stream the records in log order.
+//!
+//! After retention the records start at a boundary: [`Verification::new`]
+//! then starts from the stored tree's frontier at that size. Checkpoints
+//! below the boundary are checked against the stored tree only; every later
+//! one is recomputed from that frontier and the remaining records, so a
+//! changed frontier shows as a checkpoint mismatch.
 
 use super::hash::{Frontier, Hash};
 use super::store::HashStore;
@@ -23,9 +29,12 @@ pub enum Finding {
     /// The record at `position` does not hash to the leaf the tree holds there:
     /// it was altered, or records were removed or moved from here on.
     LeafDiffers { position: u64 },
+    /// No record is stored at `position` (removed, or its entry names nothing).
+    RecordMissing { position: u64 },
     /// The tree has leaves from `position` on that no record was read for.
     RecordsMissing { position: u64, tree_size: u64 },
-    /// Records from `position` on have no leaf in the tree.
+    /// Records from `position` on have no leaf in the tree (the keeper had
+    /// not appended them yet: not evidence of tampering by itself).
     RecordsNotInTree { position: u64 },
     /// The records' root at `size` is not the signed one: something before
     /// `size` changed since it was signed.
@@ -43,7 +52,7 @@ pub struct Report {
     pub records: u64,
     pub checkpoints_matched: usize,
     pub findings: Vec<Finding>,
-    /// Leaf differences beyond [`MAX_LEAF_FINDINGS`], counted only.
+    /// Leaf differences and missing records beyond [`MAX_LEAF_FINDINGS`], counted only.
     pub more_leaf_differences: u64,
 }
 
@@ -56,61 +65,136 @@ impl Report {
 /// How many differing leaves are listed one by one.
 pub const MAX_LEAF_FINDINGS: usize = 100;
 
-/// Verifies the records' leaf hashes, in log order, against the signed roots
-/// and (when given) the stored tree.
+/// A verification in progress: push each record's leaf hash in log order
+/// (`None` for a position with no record), then [`Verification::finish`].
+pub struct Verification<'t, S: HashStore> {
+    signed: Vec<SignedRoot>,
+    next_checkpoint: usize,
+    tree: Option<&'t MerkleLog<S>>,
+    tree_size: u64,
+    frontier: Frontier,
+    report: Report,
+    leaf_findings: usize,
+}
+
+impl<'t, S: HashStore> Verification<'t, S> {
+    /// Starts at `start` (the empty frontier, or the tree's frontier at the
+    /// retention boundary); checks the stored tree against every signed root.
+    pub fn new(
+        start: Frontier,
+        signed: &[SignedRoot],
+        tree: Option<&'t MerkleLog<S>>,
+    ) -> Result<Self, TreeError<S::Error>> {
+        let mut signed: Vec<SignedRoot> = signed.to_vec();
+        signed.sort_by_key(|root| root.size);
+        let mut report = Report::default();
+        let tree_size = tree.map_or(0, MerkleLog::size);
+        if let Some(tree) = tree {
+            for checkpoint in signed.iter().filter(|checkpoint| checkpoint.size <= tree_size) {
+                if tree.root_at(checkpoint.size)? != checkpoint.root {
+                    report.findings.push(Finding::TreeMismatch { size: checkpoint.size });
+                }
+            }
+        }
+        // Checkpoints below the start were checked against the tree above.
+        let mut next_checkpoint = signed.partition_point(|checkpoint| checkpoint.size < start.size());
+        while let Some(checkpoint) = signed.get(next_checkpoint).filter(|checkpoint| checkpoint.size == start.size()) {
+            if start.root() == checkpoint.root {
+                report.checkpoints_matched += 1;
+            } else {
+                report.findings.push(Finding::CheckpointMismatch { size: checkpoint.size });
+            }
+            next_checkpoint += 1;
+        }
+        Ok(Self { signed, next_checkpoint, tree, tree_size, frontier: start, report, leaf_findings: 0 })
+    }
+
+    /// The position the next pushed leaf is at.
+    pub fn position(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    fn leaf_finding(&mut self, finding: Finding) {
+        if self.leaf_findings < MAX_LEAF_FINDINGS {
+            self.report.findings.push(finding);
+            self.leaf_findings += 1;
+        } else {
+            self.report.more_leaf_differences += 1;
+        }
+    }
+
+    /// The next record's leaf hash, or `None` when its position has no record.
+    pub fn push(&mut self, leaf: Option<Hash>) -> Result<(), TreeError<S::Error>> {
+        self.push_with_stored(leaf, None)
+    }
+
+    /// [`Self::push`] with the stored tree's leaf at this position when the
+    /// caller already read it (a reader that fetches leaves in parallel).
+    pub fn push_with_stored(&mut self, leaf: Option<Hash>, stored: Option<Hash>) -> Result<(), TreeError<S::Error>> {
+        let position = self.frontier.size();
+        let leaf = match leaf {
+            Some(leaf) => {
+                if let Some(tree) = self.tree {
+                    if position < self.tree_size {
+                        let stored = match stored {
+                            Some(stored) => stored,
+                            None => tree.leaf_hash(position)?,
+                        };
+                        if stored != leaf {
+                            self.leaf_finding(Finding::LeafDiffers { position });
+                        }
+                    } else if position == self.tree_size {
+                        self.report.findings.push(Finding::RecordsNotInTree { position });
+                    }
+                }
+                leaf
+            }
+            None => {
+                self.leaf_finding(Finding::RecordMissing { position });
+                // Nothing to hash: every later root differs anyway.
+                [0; 32]
+            }
+        };
+        self.frontier.push_leaf(leaf);
+        while let Some(checkpoint) =
+            self.signed.get(self.next_checkpoint).filter(|checkpoint| checkpoint.size == self.frontier.size())
+        {
+            if self.frontier.root() == checkpoint.root {
+                self.report.checkpoints_matched += 1;
+            } else {
+                self.report.findings.push(Finding::CheckpointMismatch { size: checkpoint.size });
+            }
+            self.next_checkpoint += 1;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Report {
+        self.report.records = self.frontier.size();
+        if self.tree.is_some() && self.report.records < self.tree_size {
+            self.report
+                .findings
+                .push(Finding::RecordsMissing { position: self.report.records, tree_size: self.tree_size });
+        }
+        for checkpoint in &self.signed[self.next_checkpoint..] {
+            self.report
+                .findings
+                .push(Finding::CheckpointBeyondRecords { size: checkpoint.size, records: self.report.records });
+        }
+        self.report
+    }
+}
+
+/// Verifies the records' leaf hashes, in log order from position 0, against
+/// the signed roots and (when given) the stored tree.
 pub fn verify_records<S: HashStore>(
     leaves: impl IntoIterator<Item = Hash>,
     signed: &[SignedRoot],
     tree: Option<&MerkleLog<S>>,
 ) -> Result<Report, TreeError<S::Error>> {
-    let mut signed: Vec<SignedRoot> = signed.to_vec();
-    signed.sort_by_key(|root| root.size);
-    let mut report = Report::default();
-    let mut leaf_findings = 0usize;
-    let tree_size = tree.map_or(0, MerkleLog::size);
-    if let Some(tree) = tree {
-        for checkpoint in signed.iter().filter(|checkpoint| checkpoint.size <= tree_size) {
-            if tree.root_at(checkpoint.size)? != checkpoint.root {
-                report.findings.push(Finding::TreeMismatch { size: checkpoint.size });
-            }
-        }
-    }
-    let mut frontier = Frontier::new();
-    let mut next_checkpoint = signed.iter().peekable();
-    while next_checkpoint.next_if(|checkpoint| checkpoint.size == 0).is_some() {
-        report.checkpoints_matched += 1;
-    }
+    let mut verification = Verification::new(Frontier::new(), signed, tree)?;
     for leaf in leaves {
-        let position = frontier.size();
-        if let Some(tree) = tree {
-            if position < tree_size {
-                if tree.leaf_hash(position)? != leaf {
-                    if leaf_findings < MAX_LEAF_FINDINGS {
-                        report.findings.push(Finding::LeafDiffers { position });
-                        leaf_findings += 1;
-                    } else {
-                        report.more_leaf_differences += 1;
-                    }
-                }
-            } else if position == tree_size {
-                report.findings.push(Finding::RecordsNotInTree { position });
-            }
-        }
-        frontier.push_leaf(leaf);
-        while let Some(checkpoint) = next_checkpoint.next_if(|checkpoint| checkpoint.size == frontier.size()) {
-            if frontier.root() == checkpoint.root {
-                report.checkpoints_matched += 1;
-            } else {
-                report.findings.push(Finding::CheckpointMismatch { size: checkpoint.size });
-            }
-        }
+        verification.push(Some(leaf))?;
     }
-    report.records = frontier.size();
-    if tree.is_some() && report.records < tree_size {
-        report.findings.push(Finding::RecordsMissing { position: report.records, tree_size });
-    }
-    for checkpoint in next_checkpoint {
-        report.findings.push(Finding::CheckpointBeyondRecords { size: checkpoint.size, records: report.records });
-    }
-    Ok(report)
+    Ok(verification.finish())
 }

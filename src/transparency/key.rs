@@ -85,6 +85,13 @@ impl LogSigner {
         })
     }
 
+    /// A new key held in memory only: checkpoints it signs cannot be
+    /// verified once the process ends (a relay with no configured key).
+    pub fn generate_ephemeral(name: &str) -> Result<Self, KeyError> {
+        let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Random)?;
+        Self::from_pkcs8(name, document.as_ref())
+    }
+
     /// A signer from a PKCS#8 document (v1 or v2).
     pub fn from_pkcs8(name: &str, der: &[u8]) -> Result<Self, KeyError> {
         if !is_valid_key_name(name) {

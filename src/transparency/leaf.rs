@@ -16,18 +16,24 @@
 //! | NHS number | u64, the ten digits as a number |
 //! | organisation ODS code | string |
 //! | organisation name | string |
-//! | care setting | string, the contract's enum name (`EMERGENCY_DEPARTMENT`, ..., `SCHOOL_NURSING`) |
+//! | care setting | string, the contract's enum name (`EMERGENCY_DEPARTMENT`, ..., `SCHOOL_NURSING`); empty for an auditor's read |
 //! | accessor user id | string |
 //! | accessor name | string |
 //! | accessor role code | string |
 //! | request id | string |
 //!
+//! An auditor's read (kind `0x02`) has no care setting (the empty string);
+//! its organisation is the auditor's, its accessor the one the auditor's
+//! request named (empty strings when it named none).
+//!
 //! A later version changes the version byte; a verifier hashes each record
 //! with the version it was logged under.
 
-use crate::model::{AccessEvent, CareSetting};
+use sha2::{Digest, Sha256};
 
-use super::hash::{Hash, leaf_hash};
+use crate::model::{AccessEvent, AccessView, AuditRead, CareSetting};
+
+use super::hash::Hash;
 
 /// The encoding version [`encode_access`] writes.
 pub const ACCESS_LEAF_VERSION: u8 = 1;
@@ -82,35 +88,127 @@ pub struct FieldTooLong {
     pub length: usize,
 }
 
+/// The fields of one leaf, borrowed from an access, a stored access read in
+/// place or an auditor's read: hashing them allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafFields<'a> {
+    pub kind: AccessKind,
+    pub id: u128,
+    pub at_micros: i64,
+    pub nhs_number: u64,
+    pub organisation_ods_code: &'a str,
+    pub organisation_name: &'a str,
+    /// The contract's name; empty for an auditor's read.
+    pub care_setting: &'a str,
+    pub user_id: &'a str,
+    pub name: &'a str,
+    pub role_code: &'a str,
+    pub request_id: &'a str,
+}
+
+impl<'a> LeafFields<'a> {
+    /// A search, its kind from its `scheduled` mark.
+    pub fn of_search(event: &'a AccessEvent) -> Self {
+        Self {
+            kind: AccessKind::of_search(event),
+            id: event.id,
+            at_micros: event.accessed_at.timestamp_micros(),
+            nhs_number: event.nhs_number.as_u64(),
+            organisation_ods_code: &event.organisation_ods_code,
+            organisation_name: &event.organisation_name,
+            care_setting: care_setting_code(event.care_setting),
+            user_id: &event.accessor.user_id,
+            name: &event.accessor.name,
+            role_code: &event.accessor.role_code,
+            request_id: &event.request_id,
+        }
+    }
+
+    /// A stored search read in place.
+    pub fn of_view(view: &AccessView<'a>) -> Self {
+        Self {
+            kind: if view.scheduled { AccessKind::Scheduled } else { AccessKind::Unscheduled },
+            id: view.id,
+            at_micros: view.accessed_at.timestamp_micros(),
+            nhs_number: view.nhs_number.as_u64(),
+            organisation_ods_code: view.organisation_ods_code,
+            organisation_name: view.organisation_name,
+            care_setting: care_setting_code(view.care_setting),
+            user_id: view.accessor.user_id,
+            name: view.accessor.name,
+            role_code: view.accessor.role_code,
+            request_id: view.request_id,
+        }
+    }
+
+    /// An auditor's read.
+    pub fn of_audit(read: &'a AuditRead) -> Self {
+        Self {
+            kind: AccessKind::Audit,
+            id: read.id,
+            at_micros: read.read_at.timestamp_micros(),
+            nhs_number: read.nhs_number.as_u64(),
+            organisation_ods_code: &read.organisation_ods_code,
+            organisation_name: &read.organisation_name,
+            care_setting: "",
+            user_id: &read.accessor.user_id,
+            name: &read.accessor.name,
+            role_code: &read.accessor.role_code,
+            request_id: &read.request_id,
+        }
+    }
+
+    fn texts(&self) -> [(&'static str, &'a str); 7] {
+        [
+            ("organisation_ods_code", self.organisation_ods_code),
+            ("organisation_name", self.organisation_name),
+            ("care_setting", self.care_setting),
+            ("accessor.user_id", self.user_id),
+            ("accessor.name", self.name),
+            ("accessor.role_code", self.role_code),
+            ("request_id", self.request_id),
+        ]
+    }
+
+    /// Feeds the version 1 encoding to `sink`, piece by piece.
+    fn write(&self, mut sink: impl FnMut(&[u8])) -> Result<(), FieldTooLong> {
+        sink(&[ACCESS_LEAF_VERSION, self.kind.code()]);
+        sink(&self.id.to_be_bytes());
+        sink(&self.at_micros.to_be_bytes());
+        sink(&self.nhs_number.to_be_bytes());
+        for (field, text) in self.texts() {
+            let length = u32::try_from(text.len()).map_err(|_| FieldTooLong { field, length: text.len() })?;
+            sink(&length.to_be_bytes());
+            sink(text.as_bytes());
+        }
+        Ok(())
+    }
+
+    /// The version 1 encoding.
+    pub fn encode(&self) -> Result<Vec<u8>, FieldTooLong> {
+        let capacity = 2 + 16 + 8 + 8 + self.texts().iter().map(|(_, text)| 4 + text.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(capacity);
+        self.write(|bytes| out.extend_from_slice(bytes))?;
+        Ok(out)
+    }
+
+    /// The RFC 6962 leaf hash, SHA-256(0x00 || encoding), without building the encoding.
+    pub fn leaf_hash(&self) -> Result<Hash, FieldTooLong> {
+        let mut hasher = Sha256::new();
+        hasher.update([0x00]);
+        self.write(|bytes| hasher.update(bytes))?;
+        Ok(hasher.finalize().into())
+    }
+}
+
 /// The version 1 encoding of `event` as an access of `kind`.
 pub fn encode_access(event: &AccessEvent, kind: AccessKind) -> Result<Vec<u8>, FieldTooLong> {
-    let texts: [(&'static str, &str); 7] = [
-        ("organisation_ods_code", &event.organisation_ods_code),
-        ("organisation_name", &event.organisation_name),
-        ("care_setting", care_setting_code(event.care_setting)),
-        ("accessor.user_id", &event.accessor.user_id),
-        ("accessor.name", &event.accessor.name),
-        ("accessor.role_code", &event.accessor.role_code),
-        ("request_id", &event.request_id),
-    ];
-    let capacity = 2 + 16 + 8 + 8 + texts.iter().map(|(_, text)| 4 + text.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(capacity);
-    out.push(ACCESS_LEAF_VERSION);
-    out.push(kind.code());
-    out.extend_from_slice(&event.id.to_be_bytes());
-    out.extend_from_slice(&event.accessed_at.timestamp_micros().to_be_bytes());
-    out.extend_from_slice(&event.nhs_number.as_u64().to_be_bytes());
-    for (field, text) in texts {
-        let length = u32::try_from(text.len()).map_err(|_| FieldTooLong { field, length: text.len() })?;
-        out.extend_from_slice(&length.to_be_bytes());
-        out.extend_from_slice(text.as_bytes());
-    }
-    Ok(out)
+    LeafFields { kind, ..LeafFields::of_search(event) }.encode()
 }
 
 /// The RFC 6962 leaf hash of `event` as an access of `kind`.
 pub fn access_leaf_hash(event: &AccessEvent, kind: AccessKind) -> Result<Hash, FieldTooLong> {
-    Ok(leaf_hash(&encode_access(event, kind)?))
+    LeafFields { kind, ..LeafFields::of_search(event) }.leaf_hash()
 }
 
 #[cfg(test)]
@@ -190,5 +288,33 @@ mod tests {
         assert_eq!(AccessKind::of_search(&event), AccessKind::Unscheduled);
         event.scheduled = true;
         assert_eq!(AccessKind::of_search(&event), AccessKind::Scheduled);
+    }
+
+    #[test]
+    fn the_streamed_hash_is_the_hash_of_the_encoding() {
+        let event = access();
+        let fields = LeafFields::of_search(&event);
+        assert_eq!(fields.leaf_hash().unwrap(), super::super::hash::leaf_hash(&fields.encode().unwrap()));
+        let stored = postcard::to_allocvec(&event).unwrap();
+        let view: AccessView<'_> = postcard::from_bytes(&stored).unwrap();
+        assert_eq!(LeafFields::of_view(&view), fields, "a stored access hashes as the access");
+    }
+
+    #[test]
+    fn an_auditors_read_has_kind_two_and_no_care_setting() {
+        let event = access();
+        let read = AuditRead {
+            id: event.id,
+            read_at: event.accessed_at,
+            nhs_number: event.nhs_number,
+            organisation_ods_code: "X26".into(),
+            organisation_name: "Audit".into(),
+            accessor: event.accessor.clone(),
+            request_id: "a-1".into(),
+        };
+        let encoded = LeafFields::of_audit(&read).encode().unwrap();
+        assert_eq!(&encoded[..2], &[0x01, 0x02]);
+        let care_setting_at = 2 + 16 + 8 + 8 + 4 + 3 + 4 + 5;
+        assert_eq!(&encoded[care_setting_at..care_setting_at + 4], &[0, 0, 0, 0], "an empty care setting");
     }
 }

@@ -7,8 +7,9 @@
 //!
 //! This module owns the construction and nothing else: it never reads an
 //! access store, a clock or the network, and it knows no gRPC. The stores
-//! append each access's leaf in the same batch as the access (the next step);
-//! `audit verify` streams the records into [`audit::verify_records`].
+//! give each access a log position in the same batch as the access; the log
+//! keeper (`crate::access_log`) appends the leaves and signs checkpoints, and
+//! `audit verify` streams the records into an [`audit::Verification`].
 //!
 //! - [`hash`]: RFC 6962 leaf and node hashing, the split rule, the compact range.
 //! - [`leaf`]: the canonical byte encoding of an access (documented there, so a
@@ -28,8 +29,8 @@
 //!    encoding in [`leaf`].
 //! 3. Run the inclusion proof from the leaf to the checkpoint's root
 //!    (RFC 9162 section 2.1.3.2), and consistency proofs between checkpoints
-//!    (section 2.1.4.2). An independent verifier in Python (a test fixture)
-//!    is still to be written.
+//!    (section 2.1.4.2). `tests/transparency/verify_proof.py` does all three
+//!    independently, in Python with `cryptography`.
 
 pub mod audit;
 pub mod checkpoint;

@@ -2,9 +2,9 @@
 //! implementation. A store holds one append-only sequence of 32-byte hashes
 //! (the layout [`super::tree`] defines: each appended leaf's hash followed by
 //! the perfect subtrees it completes) and the tree size they cover, written
-//! together. An embedded store keeps them as consecutive keys (position as a
-//! big-endian u64) in one keyspace, appended in the same atomic batch as the
-//! accesses whose leaves they are; it must not hold anything else.
+//! together. The embedded store keeps them as consecutive keys (position as a
+//! big-endian u64) in one keyspace (`log_tree`), written by the log keeper
+//! after the accesses commit; it must not hold anything else.
 
 use super::hash::Hash;
 
@@ -22,6 +22,32 @@ pub trait HashStore {
     /// Appends `hashes` at the end of the sequence and records `tree_size`,
     /// both or neither.
     fn append(&mut self, hashes: &[Hash], tree_size: u64) -> Result<(), Self::Error>;
+
+    /// The hashes at `positions`, in their order: one read where a store can
+    /// (a verifier reads a leaf per record).
+    fn hashes_at(&self, positions: &[u64]) -> Result<Vec<Hash>, Self::Error> {
+        positions.iter().map(|position| self.hash_at(*position)).collect()
+    }
+}
+
+impl<S: HashStore + ?Sized> HashStore for Box<S> {
+    type Error = S::Error;
+
+    fn tree_size(&self) -> Result<u64, Self::Error> {
+        (**self).tree_size()
+    }
+
+    fn hash_at(&self, position: u64) -> Result<Hash, Self::Error> {
+        (**self).hash_at(position)
+    }
+
+    fn append(&mut self, hashes: &[Hash], tree_size: u64) -> Result<(), Self::Error> {
+        (**self).append(hashes, tree_size)
+    }
+
+    fn hashes_at(&self, positions: &[u64]) -> Result<Vec<Hash>, Self::Error> {
+        (**self).hashes_at(positions)
+    }
 }
 
 /// A [`HashStore`] in a vector: for tests, benches and verifiers that rebuild

@@ -125,6 +125,17 @@ impl<S: HashStore> MerkleLog<S> {
         self.subtree_hash(0, size)
     }
 
+    /// The frontier of the tree when it held `size` leaves: where a verifier
+    /// that no longer has the leaves below `size` (retention) starts from.
+    pub fn frontier_at(&self, size: u64) -> Result<Frontier, S> {
+        self.check_size(size)?;
+        let peaks = perfect_subtrees(0, size)
+            .map(|(level, index)| self.store.hash_at(stored_hash_position(level, index)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(TreeError::Store)?;
+        Ok(Frontier::from_parts(size, peaks).expect("one peak per set bit of the size"))
+    }
+
     /// PATH(index, D[0:size]): the audit path of leaf `index` in the tree of
     /// `size` leaves, nearest the leaf first.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, S> {

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 
 use fjall::{OwnedWriteBatch, PersistMode};
 
-use super::{Spaces, decode, encode, io, keys, lane::Committer};
+use super::{Spaces, decode, encode, io, keys, lane::Committer, log};
 use crate::{
     model::{LocalAuthority, Notification, days},
-    store::{Applied, Change, Cursor, Expiry, ExpiryCounts, StoreError},
+    store::{Applied, Change, Cursor, Expiry, ExpiryCounts, StoreError, log::LogBounds},
     stored::{self, StoredPlan},
 };
 
@@ -23,10 +23,12 @@ pub(super) struct PlanCommitter {
 }
 
 /// Writes activity: flagged searches, acknowledgements and their retention.
-/// Owns each authority's sequence positions, assigned in commit order.
+/// Owns each authority's sequence positions and the access log's positions,
+/// both assigned in commit order.
 pub(super) struct ActivityCommitter {
     pub spaces: Spaces,
     pub positions: HashMap<String, Cursor>,
+    pub log: LogBounds,
 }
 
 impl Committer for PlanCommitter {
@@ -69,7 +71,7 @@ impl Committer for PlanCommitter {
                     Applied::Committed
                 }
                 Change::Expire(expiry) => Applied::Expired(expire_plans(spaces, &mut batch, &expiry)?),
-                Change::RecordAccess { .. } | Change::Ack { .. } => {
+                Change::RecordAccess { .. } | Change::RecordAudit(_) | Change::Ack { .. } => {
                     return Err(StoreError::Corrupt("an activity change reached the plan lane".into()));
                 }
             });
@@ -221,6 +223,7 @@ impl Committer for ActivityCommitter {
     fn commit(&mut self, changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
         let spaces = &self.spaces;
         let mut positions = self.positions.clone();
+        let mut log_bounds = self.log;
         let mut batch = spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
         let mut results = Vec::with_capacity(changes.len());
         for change in changes {
@@ -247,7 +250,15 @@ impl Committer for ActivityCommitter {
                     let access_key = keys::access(access.nhs_number, access.scheduled, at, access.id);
                     batch.insert(&spaces.accesses, access_key, encode(&access)?);
                     batch.insert(&spaces.access_times, keys::access_time(at, access.id), access_key);
+                    let kind = if access.scheduled { log::SEARCH_SCHEDULED } else { log::SEARCH_UNSCHEDULED };
+                    append_to_log(spaces, &mut batch, &mut log_bounds, kind, &access_key, access.id);
                     Applied::Notified(notified)
+                }
+                Change::RecordAudit(read) => {
+                    let key = keys::audit_read(read.nhs_number, read.read_at.timestamp_micros(), read.id);
+                    batch.insert(&spaces.audit_reads, key, encode(&read)?);
+                    append_to_log(spaces, &mut batch, &mut log_bounds, log::AUDIT_READ, &key, read.id);
+                    Applied::Committed
                 }
                 Change::Ack { la_ods_code, through } => {
                     let cursor = position(&mut positions, &la_ods_code);
@@ -255,7 +266,9 @@ impl Committer for ActivityCommitter {
                     put_cursor(spaces, &mut batch, cursor)?;
                     Applied::Committed
                 }
-                Change::Expire(expiry) => Applied::Expired(expire_activity(spaces, &mut batch, &positions, &expiry)?),
+                Change::Expire(expiry) => {
+                    Applied::Expired(expire_activity(spaces, &mut batch, &positions, &mut log_bounds, &expiry)?)
+                }
                 Change::UpsertPlans { .. } | Change::ReplacePlans { .. } | Change::DeletePlans { .. } => {
                     return Err(StoreError::Corrupt("a plan change reached the activity lane".into()));
                 }
@@ -263,8 +276,24 @@ impl Committer for ActivityCommitter {
         }
         batch.commit().map_err(journal_failed)?;
         self.positions = positions;
+        self.log = log_bounds;
         Ok(results)
     }
+}
+
+/// Gives a stored access the next log position, in the same batch.
+fn append_to_log(
+    spaces: &Spaces,
+    batch: &mut OwnedWriteBatch,
+    bounds: &mut LogBounds,
+    kind: u8,
+    record_key: &[u8],
+    id: u128,
+) {
+    let position = bounds.next_position;
+    bounds.next_position += 1;
+    batch.insert(&spaces.log, keys::log_position(position), log::entry_value(kind, record_key));
+    batch.insert(&spaces.log_ids, id.to_be_bytes(), position.to_be_bytes());
 }
 
 fn position<'a>(positions: &'a mut HashMap<String, Cursor>, la: &str) -> &'a mut Cursor {
@@ -281,6 +310,7 @@ fn expire_activity(
     spaces: &Spaces,
     batch: &mut OwnedWriteBatch,
     positions: &HashMap<String, Cursor>,
+    log_bounds: &mut LogBounds,
     expiry: &Expiry,
 ) -> Result<ExpiryCounts, StoreError> {
     let mut counts = ExpiryCounts::default();
@@ -300,12 +330,36 @@ fn expire_activity(
             counts.notifications += 1;
         }
     }
-    let cutoff = keys::access_time_from(expiry.accesses_before.timestamp_micros());
-    for entry in spaces.access_times.range(..cutoff).take(expiry.limit) {
-        let (time_key, access_key) = entry.into_inner().map_err(io)?;
-        batch.remove(&spaces.accesses, access_key);
-        batch.remove(&spaces.access_times, time_key);
-        counts.accesses += 1;
+    // Accesses: a prefix of the log, oldest position first, stopping at the
+    // first one still kept or not yet in the tree.
+    let cutoff = expiry.accesses_before.timestamp_micros();
+    let (from, to) = (log_bounds.retained_from, expiry.log_positions_below.min(log_bounds.next_position));
+    let mut retained_from = from;
+    if from < to {
+        for entry in spaces.log.range(keys::log_position(from)..keys::log_position(to)).take(expiry.limit) {
+            let (key, value) = entry.into_inner().map_err(io)?;
+            let position = keys::position_of_key(&key, "log")?;
+            let (&kind, record_key) =
+                value.split_first().ok_or_else(|| StoreError::Corrupt("log: empty entry".into()))?;
+            let at = keys::time_of_record_key(record_key)?;
+            if at >= cutoff {
+                break;
+            }
+            if kind == log::AUDIT_READ {
+                batch.remove(&spaces.audit_reads, record_key.to_vec());
+            } else {
+                batch.remove(&spaces.accesses, record_key.to_vec());
+                batch.remove(&spaces.access_times, keys::access_time(at, keys::id_of_record_key(record_key)?));
+            }
+            batch.remove(&spaces.log_ids, keys::id_of_record_key(record_key)?.to_be_bytes());
+            batch.remove(&spaces.log, key);
+            counts.accesses += 1;
+            retained_from = position + 1;
+        }
+    }
+    if retained_from != log_bounds.retained_from {
+        log::set_retained_from(spaces, batch, retained_from);
+        log_bounds.retained_from = retained_from;
     }
     Ok(counts)
 }

@@ -106,7 +106,7 @@ pub(in crate::store) fn person_prefix(nhs: NhsNumber) -> [u8; 8] {
     nhs.as_u64().to_be_bytes()
 }
 
-/// access_times: `accessed at(8) id(16)` -> the access key: accesses in time order, for retention.
+/// access_times: `accessed at(8) id(16)` -> the access key: accesses in time order (how an earlier release's accesses get log positions).
 pub(in crate::store) fn access_time(at_micros: i64, id: u128) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..8].copy_from_slice(&signed64(at_micros));
@@ -114,16 +114,52 @@ pub(in crate::store) fn access_time(at_micros: i64, id: u128) -> [u8; 24] {
     key
 }
 
-/// The first access-time key at or after `at_micros`.
-pub(in crate::store) fn access_time_from(at_micros: i64) -> [u8; 8] {
-    signed64(at_micros)
-}
-
 /// notifications: `authority 0 sequence(8)`.
 pub(in crate::store) fn notification(la: &str, sequence: u64) -> Vec<u8> {
     let mut key = authority_prefix(la);
     key.extend_from_slice(&sequence.to_be_bytes());
     key
+}
+
+/// log: `position(8)` -> `kind(1) record key`; log_ids: `id(16)` -> `position(8)`;
+/// log_tree: `position(8)` -> hash; log_notes: `sequence(8)` -> `kind(1) text`.
+pub(in crate::store) fn log_position(position: u64) -> [u8; 8] {
+    position.to_be_bytes()
+}
+
+/// The position of a log, log_tree or log_notes key.
+pub(in crate::store) fn position_of_key(key: &[u8], keyspace: &str) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt(format!("{keyspace}: malformed key")))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// audit_reads: `nhs(8) read at(8) id(16)`: a person's reads by auditors in time order.
+pub(in crate::store) fn audit_read(nhs: NhsNumber, at_micros: i64, id: u128) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&nhs.as_u64().to_be_bytes());
+    key[8..16].copy_from_slice(&signed64(at_micros));
+    key[16..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The time of an access key (33 bytes) or an audit read key (32 bytes).
+pub(in crate::store) fn time_of_record_key(key: &[u8]) -> Result<i64, StoreError> {
+    let at = match key.len() {
+        33 => &key[9..17],
+        32 => &key[8..16],
+        _ => return Err(StoreError::Corrupt("log: malformed record key".into())),
+    };
+    let at: [u8; 8] = at.try_into().map_err(|_| StoreError::Corrupt("log: malformed record key".into()))?;
+    Ok((u64::from_be_bytes(at) ^ (1 << 63)) as i64)
+}
+
+/// The id at the end of an access key or an audit read key.
+pub(in crate::store) fn id_of_record_key(key: &[u8]) -> Result<u128, StoreError> {
+    let id: [u8; 16] = key
+        .get(key.len().saturating_sub(16)..)
+        .and_then(|id| id.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("log: malformed record key".into()))?;
+    Ok(u128::from_be_bytes(id))
 }
 
 #[cfg(test)]
@@ -143,5 +179,9 @@ mod tests {
         let key = plan("706", nhs, PlanType::LookedAfter);
         assert_eq!(parse_plan(&key).unwrap(), ("706", nhs, PlanType::LookedAfter));
         assert_eq!(plan_of_expiry(&plan_expiry(7, &key)).unwrap(), key.as_slice());
+        assert_eq!(time_of_record_key(&access(nhs, true, -7, 3)).unwrap(), -7);
+        assert_eq!(time_of_record_key(&audit_read(nhs, 9, 3)).unwrap(), 9);
+        assert_eq!(id_of_record_key(&audit_read(nhs, 9, 3)).unwrap(), 3);
+        assert_eq!(id_of_record_key(&access(nhs, false, 9, u128::MAX)).unwrap(), u128::MAX);
     }
 }

@@ -24,6 +24,7 @@
 mod changes;
 pub(super) mod keys;
 mod lane;
+mod log;
 
 use std::{
     path::{Path, PathBuf},
@@ -129,6 +130,13 @@ pub(super) struct Spaces {
     pub requests: Keyspace,
     pub notifications: Keyspace,
     pub cursors: Keyspace,
+    /// The access log (see [`log`]).
+    pub log: Keyspace,
+    pub log_ids: Keyspace,
+    pub audit_reads: Keyspace,
+    pub log_meta: Keyspace,
+    pub log_tree: Keyspace,
+    pub log_notes: Keyspace,
 }
 
 impl Spaces {
@@ -158,6 +166,12 @@ impl Spaces {
             requests: keyspace(&activity_db, "requests")?,
             notifications: keyspace(&activity_db, "notifications")?,
             cursors: keyspace(&activity_db, "cursors")?,
+            log: keyspace(&activity_db, "log")?,
+            log_ids: keyspace(&activity_db, "log_ids")?,
+            audit_reads: keyspace(&activity_db, "audit_reads")?,
+            log_meta: keyspace(&activity_db, "log_meta")?,
+            log_tree: keyspace(&activity_db, "log_tree")?,
+            log_notes: keyspace(&activity_db, "log_notes")?,
             plans_db,
             activity_db,
         })
@@ -246,6 +260,8 @@ impl EmbeddedStore {
         restrict_tree(data_dir).map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
         check_schema(&spaces)?;
         forget_request_records(&spaces)?;
+        log::assign_positions(&spaces)?;
+        let log_bounds = log::bounds(&spaces)?;
         let stats = Arc::new(CommitStats::default());
         let positions = spaces.positions()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
         let broken = Broken::default();
@@ -257,7 +273,7 @@ impl EmbeddedStore {
         )?;
         let activity_lane = Lane::start(
             "activity",
-            changes::ActivityCommitter { spaces: spaces.clone(), positions },
+            changes::ActivityCommitter { spaces: spaces.clone(), positions, log: log_bounds },
             Arc::clone(&stats),
             broken.clone(),
         )?;
@@ -331,7 +347,7 @@ fn check_schema(spaces: &Spaces) -> Result<(), StoreError> {
 fn lanes_of(change: &Change) -> (bool, bool) {
     match change {
         Change::UpsertPlans { .. } | Change::ReplacePlans { .. } | Change::DeletePlans { .. } => (true, false),
-        Change::RecordAccess { .. } | Change::Ack { .. } => (false, true),
+        Change::RecordAccess { .. } | Change::RecordAudit(_) | Change::Ack { .. } => (false, true),
         Change::Expire(_) => (true, true),
     }
 }
@@ -413,6 +429,10 @@ impl Store for EmbeddedStore {
 
     fn broken(&self) -> Option<Broken> {
         Some(self.broken.clone())
+    }
+
+    fn access_log(&self) -> Option<Arc<dyn crate::store::log::AccessLog>> {
+        Some(Arc::new(log::EmbeddedLog { spaces: self.spaces.clone() }))
     }
 }
 

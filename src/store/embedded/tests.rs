@@ -86,6 +86,7 @@ async fn sequences_survive_a_reopen_and_retention_removes_what_expired_everywher
         today: "2026-01-01".parse().unwrap(),
         acked_notifications_before: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(5),
         accesses_before: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(2),
+        log_positions_below: u64::MAX,
         limit: crate::store::EXPIRY_CHUNK,
     };
     let Applied::Expired(counts) = store.apply(Change::Expire(expiry)).await.unwrap() else { panic!("expired") };

@@ -15,6 +15,7 @@ mod accesses;
 pub mod check;
 pub mod connect;
 mod feed;
+mod log;
 mod schema;
 mod writes;
 
@@ -47,6 +48,8 @@ pub struct PostgresStore {
     pool: Pool,
     accesses: mpsc::UnboundedSender<accesses::AccessJob>,
     feed: Arc<feed::PostgresFeed>,
+    /// The access log, whose blocking methods run their queries on this runtime.
+    log: Arc<log::PostgresLog>,
     /// Dropped with the store: ends the listening task.
     _alive: watch::Sender<()>,
 }
@@ -69,6 +72,7 @@ impl PostgresStore {
         Ok(Self {
             accesses: accesses::spawn_writer(pool.clone(), options.write_timeout, node),
             feed: Arc::new(feed::PostgresFeed { pool: pool.clone(), hints, node }),
+            log: Arc::new(log::PostgresLog { pool: pool.clone(), runtime: tokio::runtime::Handle::current() }),
             pool,
             _alive: alive,
         })
@@ -281,5 +285,9 @@ impl Store for PostgresStore {
 
     fn feed(&self) -> Option<Arc<dyn Feed>> {
         Some(Arc::clone(&self.feed) as Arc<dyn Feed>)
+    }
+
+    fn access_log(&self) -> Option<Arc<dyn crate::store::log::AccessLog>> {
+        Some(Arc::clone(&self.log) as Arc<dyn crate::store::log::AccessLog>)
     }
 }

@@ -17,10 +17,10 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x6370_6973;
 
 /// Every migration, in order; a version is never edited once released.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 const V1: &str = "
 CREATE TABLE cpis_authorities (
@@ -114,6 +114,35 @@ UPDATE cpis_accesses AS a SET position = numbered.position
 INSERT INTO cpis_log (id, size) VALUES (1, (SELECT count(*) FROM cpis_accesses));
 ALTER TABLE cpis_accesses ALTER COLUMN position SET NOT NULL;
 CREATE UNIQUE INDEX cpis_accesses_by_position ON cpis_accesses (position);
+";
+
+/// Version 3, the access log (issue 20): auditors' reads as accesses of the
+/// log (positions from the same `cpis_log` row, never listed to clinicians),
+/// the tree's hashes and the signed notes the log keeper writes, and the
+/// tree's size and the first position retention kept, on the log's row.
+const V3: &str = "
+CREATE TABLE cpis_audit_reads (
+    id uuid PRIMARY KEY,
+    nhs_number bigint NOT NULL,
+    read_at timestamptz NOT NULL,
+    organisation_ods_code text NOT NULL,
+    record bytea NOT NULL,
+    position bigint NOT NULL
+);
+CREATE UNIQUE INDEX cpis_audit_reads_by_position ON cpis_audit_reads (position);
+CREATE INDEX cpis_audit_reads_by_person ON cpis_audit_reads (nhs_number, position);
+CREATE TABLE cpis_log_tree (
+    position bigint PRIMARY KEY,
+    hash bytea NOT NULL
+);
+CREATE TABLE cpis_log_notes (
+    sequence bigserial PRIMARY KEY,
+    kind smallint NOT NULL,
+    note text NOT NULL,
+    stored_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE cpis_log ADD COLUMN tree_size bigint NOT NULL DEFAULT 0;
+ALTER TABLE cpis_log ADD COLUMN retained_from bigint NOT NULL DEFAULT 0;
 ";
 
 /// Brings the schema up to [`SCHEMA_VERSION`]; refuses a newer one.

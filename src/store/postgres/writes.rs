@@ -44,6 +44,26 @@ pub(super) async fn apply(pool: Pool, change: Change) -> Result<Applied, StoreEr
         Change::RecordAccess { .. } => {
             return Err(StoreError::Corrupt("searches are written by the access writer".into()));
         }
+        Change::RecordAudit(read) => {
+            // The next log position, under the log row's lock like a batch of searches.
+            let record = postcard::to_allocvec(read).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            transaction
+                .execute(
+                    "WITH next AS (UPDATE cpis_log SET size = size + 1 WHERE id = 1 RETURNING size - 1 AS position)
+                     INSERT INTO cpis_audit_reads (id, nhs_number, read_at, organisation_ods_code, record, position)
+                     SELECT $1, $2, $3, $4, $5, position FROM next",
+                    &[
+                        &uuid::Uuid::from_u128(read.id),
+                        &(read.nhs_number.as_u64() as i64),
+                        &read.read_at,
+                        &read.organisation_ods_code,
+                        &record,
+                    ],
+                )
+                .await
+                .map_err(db_error)?;
+            Applied::Committed
+        }
     };
     transaction.commit().await.map_err(db_error)?;
     Ok(applied)
@@ -147,10 +167,7 @@ async fn expire(transaction: &Transaction<'_>, expiry: &Expiry) -> Result<Expiry
         )
         .await
         .map_err(db_error)?;
-    let accesses = transaction
-        .execute("DELETE FROM cpis_accesses WHERE accessed_at < $1", &[&expiry.accesses_before])
-        .await
-        .map_err(db_error)?;
+    let accesses = expire_log_prefix(transaction, expiry).await?;
     transaction
         .execute("DELETE FROM cpis_requests WHERE made_at < $1", &[&expiry.accesses_before])
         .await
@@ -160,4 +177,45 @@ async fn expire(transaction: &Transaction<'_>, expiry: &Expiry) -> Result<Expiry
         .await
         .map_err(db_error)?;
     Ok(ExpiryCounts { plans, notifications, accesses })
+}
+
+/// Accesses and auditors' reads as a prefix of the access log (see
+/// `crate::store::log`): from the first retained position, in position
+/// order, up to the first one still kept or not yet in the tree, at most
+/// `expiry.limit` positions a call; records the new first retained position.
+async fn expire_log_prefix(transaction: &Transaction<'_>, expiry: &Expiry) -> Result<u64, StoreError> {
+    let log = transaction
+        .query_one("SELECT size, retained_from FROM cpis_log WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .map_err(db_error)?;
+    let (size, from): (i64, i64) = (log.get(0), log.get(1));
+    let below = (expiry.log_positions_below.min(size as u64) as i64).min(from.saturating_add(expiry.limit as i64));
+    if below <= from {
+        return Ok(0);
+    }
+    // The first position in the window still within its keeping period.
+    let kept = transaction
+        .query_one(
+            "SELECT min(position) FROM (
+                 SELECT position FROM cpis_accesses WHERE position >= $1 AND position < $2 AND accessed_at >= $3
+                 UNION ALL
+                 SELECT position FROM cpis_audit_reads WHERE position >= $1 AND position < $2 AND read_at >= $3
+             ) AS kept",
+            &[&from, &below, &expiry.accesses_before],
+        )
+        .await
+        .map_err(db_error)?;
+    let boundary = kept.get::<_, Option<i64>>(0).unwrap_or(below);
+    if boundary <= from {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for table in ["cpis_accesses", "cpis_audit_reads"] {
+        removed += transaction
+            .execute(&format!("DELETE FROM {table} WHERE position >= $1 AND position < $2"), &[&from, &boundary])
+            .await
+            .map_err(db_error)?;
+    }
+    transaction.execute("UPDATE cpis_log SET retained_from = $1 WHERE id = 1", &[&boundary]).await.map_err(db_error)?;
+    Ok(removed)
 }

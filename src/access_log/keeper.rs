@@ -1,0 +1,318 @@
+//! The log keeper: the one task that builds the Merkle tree from the access
+//! log after the accesses commit (never on a search's commit path), signs
+//! checkpoints of it with the relay's key every `checkpoint_interval` and at
+//! shutdown, records retention under a signed note, and answers proofs.
+//!
+//! The tree lives in the store ([`crate::store::log::AccessLog::tree`]) and
+//! is derived data: `audit verify` recomputes it from the records. The keeper
+//! is its only writer; its methods block on storage, so the async ones run
+//! them on the blocking pool.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+
+use super::notes::RetentionNote;
+use crate::{
+    clock::Clock,
+    store::{
+        StoreError,
+        log::{AccessLog, LeafProblem, LogEntry, NoteKind, TREE_MOVED, TreeStore},
+    },
+    transparency::{Checkpoint, Hash, LogSigner, MerkleLog, VerifierKey, tree::TreeError},
+};
+
+/// Leaves appended per write of the tree.
+const APPEND_CHUNK: u64 = 65_536;
+
+/// A checkpoint and its signed note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub checkpoint: Checkpoint,
+    pub note: String,
+}
+
+/// An access's place in the log and the proof that a checkpoint includes it.
+#[derive(Clone, Debug)]
+pub struct Inclusion {
+    pub position: u64,
+    pub entry: LogEntry,
+    pub proof: Vec<Hash>,
+    pub checkpoint: SignedCheckpoint,
+}
+
+/// A cheap handle to the keeper.
+#[derive(Clone)]
+pub struct LogKeeper {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    log: Arc<dyn AccessLog>,
+    signer: Arc<LogSigner>,
+    clock: Arc<dyn Clock>,
+    /// The tree and the latest checkpoint, under one lock: the keeper's
+    /// task, retention and proofs take it briefly and never across an await.
+    state: Mutex<State>,
+}
+
+struct State {
+    tree: MerkleLog<TreeStore>,
+    latest: Option<SignedCheckpoint>,
+    /// Whether `latest` is stored, and when the last stored one was made.
+    latest_stored: bool,
+    last_stored_at: Option<DateTime<Utc>>,
+}
+
+/// Checkpoints are signed every `checkpoint_interval` (and on demand) and
+/// served; one is stored at most this often unless asked for (shutdown,
+/// retention, `checkpoint`), so the stored notes, which `audit verify`
+/// checks one by one, stay a few thousand a year.
+pub const STORED_CHECKPOINT_SPACING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// Whether a signed checkpoint must be stored now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    Always,
+    IfDue,
+}
+
+fn tree_error(error: TreeError<StoreError>) -> StoreError {
+    match error {
+        TreeError::Store(error) => error,
+        other => StoreError::Corrupt(format!("access log tree: {other}")),
+    }
+}
+
+impl LogKeeper {
+    /// Opens the tree the store holds and finds the latest checkpoint this key signed. Blocks.
+    pub fn open(log: Arc<dyn AccessLog>, signer: Arc<LogSigner>, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let tree = MerkleLog::open(log.tree()).map_err(tree_error)?;
+        let latest = log.notes()?.into_iter().rev().filter(|note| note.kind == NoteKind::Checkpoint).find_map(|note| {
+            Checkpoint::verify(&note.text, signer.verifier())
+                .ok()
+                .map(|checkpoint| SignedCheckpoint { checkpoint, note: note.text })
+        });
+        let last_stored_at = latest.as_ref().map(|latest| latest.checkpoint.time);
+        let state = Mutex::new(State { tree, latest_stored: latest.is_some(), latest, last_stored_at });
+        Ok(Self { shared: Arc::new(Shared { log, signer, clock, state }) })
+    }
+
+    pub fn verifier(&self) -> &VerifierKey {
+        self.shared.signer.verifier()
+    }
+
+    pub fn log(&self) -> &Arc<dyn AccessLog> {
+        &self.shared.log
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends the leaves of every access committed since the last call;
+    /// returns the tree size. Blocks.
+    pub fn catch_up(&self) -> Result<u64, StoreError> {
+        let mut state = self.state();
+        catch_up(&self.shared.log, &mut state.tree)
+    }
+
+    /// The latest signed checkpoint, signing a new one first if the tree has
+    /// grown (or none was signed yet), and stored. Blocks.
+    pub fn checkpoint(&self) -> Result<SignedCheckpoint, StoreError> {
+        let mut state = self.state();
+        self.checkpoint_locked(&mut state, Keep::Always)
+    }
+
+    /// [`Self::checkpoint`], stored only if none was for
+    /// [`STORED_CHECKPOINT_SPACING`]: the periodic one and the ones proofs use. Blocks.
+    pub fn checkpoint_if_due(&self) -> Result<SignedCheckpoint, StoreError> {
+        let mut state = self.state();
+        self.checkpoint_locked(&mut state, Keep::IfDue)
+    }
+
+    fn checkpoint_locked(&self, state: &mut State, keep: Keep) -> Result<SignedCheckpoint, StoreError> {
+        let size = catch_up(&self.shared.log, &mut state.tree)?;
+        let now = self.shared.clock.now();
+        let signed = match &state.latest {
+            Some(latest) if latest.checkpoint.size == size => latest.clone(),
+            _ => {
+                let signed = self.sign(size, state.tree.root(), now)?;
+                metrics::gauge!("cpis_access_log_size").set(size as f64);
+                tracing::debug!(size, "access log checkpoint signed");
+                state.latest = Some(signed.clone());
+                state.latest_stored = false;
+                signed
+            }
+        };
+        let due = keep == Keep::Always || state.last_stored_at.is_none_or(|at| now - at >= STORED_CHECKPOINT_SPACING);
+        if !state.latest_stored && due {
+            self.shared.log.add_note(NoteKind::Checkpoint, &signed.note)?;
+            state.latest_stored = true;
+            state.last_stored_at = Some(now);
+        }
+        Ok(signed)
+    }
+
+    fn sign(&self, size: u64, root: Hash, time: DateTime<Utc>) -> Result<SignedCheckpoint, StoreError> {
+        let checkpoint = Checkpoint { origin: self.shared.signer.name().to_owned(), size, root, time };
+        let note = checkpoint.sign(&self.shared.signer).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        Ok(SignedCheckpoint { checkpoint, note })
+    }
+
+    /// The latest checkpoint signed, without signing.
+    pub fn latest(&self) -> Option<SignedCheckpoint> {
+        self.state().latest.clone()
+    }
+
+    /// The inclusion proof of the access (or auditor's read) `id` in the
+    /// latest checkpoint (signed now if it does not cover the access yet);
+    /// `None` when no retained access has that id. Blocks.
+    pub fn inclusion(&self, id: u128) -> Result<Option<Inclusion>, StoreError> {
+        let Some(position) = self.shared.log.position_of(id)? else { return Ok(None) };
+        let Some(entry) = self.shared.log.entry_at(position)? else { return Ok(None) };
+        let mut state = self.state();
+        let checkpoint = match &state.latest {
+            Some(latest) if latest.checkpoint.size > position => latest.clone(),
+            _ => self.checkpoint_locked(&mut state, Keep::IfDue)?,
+        };
+        let proof = state.tree.inclusion_proof(position, checkpoint.checkpoint.size).map_err(tree_error)?;
+        Ok(Some(Inclusion { position, entry, proof, checkpoint }))
+    }
+
+    /// Inclusion proofs of `positions`, all in one checkpoint (the latest,
+    /// signed now if the log grew). Blocks.
+    pub fn proofs(&self, positions: &[u64]) -> Result<(SignedCheckpoint, Vec<Vec<Hash>>), StoreError> {
+        let mut state = self.state();
+        let checkpoint = self.checkpoint_locked(&mut state, Keep::IfDue)?;
+        let size = checkpoint.checkpoint.size;
+        let proofs = positions
+            .iter()
+            .map(|position| state.tree.inclusion_proof(*position, size).map_err(tree_error))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((checkpoint, proofs))
+    }
+
+    /// The consistency proof from tree size `old` to `new`. Blocks.
+    pub fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, TreeError<StoreError>> {
+        let state = self.state();
+        state.tree.consistency_proof(old, new)
+    }
+
+    /// The tree's size now.
+    pub fn tree_size(&self) -> u64 {
+        self.state().tree.size()
+    }
+
+    /// After retention moved the first retained position: signs and stores a
+    /// retention note, then a checkpoint. Blocks.
+    pub fn record_retention(&self, removed_before: DateTime<Utc>) -> Result<RetentionNote, StoreError> {
+        let boundary = self.shared.log.bounds()?.retained_from;
+        let note = RetentionNote {
+            origin: self.shared.signer.name().to_owned(),
+            boundary,
+            removed_before,
+            time: self.shared.clock.now(),
+        };
+        self.shared.log.add_note(NoteKind::Retention, &note.sign(&self.shared.signer))?;
+        tracing::info!(boundary, "access log retention recorded under a signed note");
+        self.checkpoint()?;
+        Ok(note)
+    }
+
+    /// Runs `work` on the blocking pool.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&LogKeeper) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let keeper = self.clone();
+        tokio::task::spawn_blocking(move || work(&keeper))
+            .await
+            .map_err(|error| StoreError::Io(format!("access log keeper: {error}")))?
+    }
+
+    /// Signs a checkpoint every `interval` (when the log grew), and a last one
+    /// when `draining` flips; the task then ends.
+    pub fn spawn(
+        &self,
+        interval: std::time::Duration,
+        mut draining: tokio::sync::watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        let keeper = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let last = tokio::select! {
+                    _ = ticks.tick() => false,
+                    _ = draining.wait_for(|draining| *draining) => true,
+                };
+                let signed = if last {
+                    keeper.run(|keeper| keeper.checkpoint()).await
+                } else {
+                    keeper.run(|keeper| keeper.checkpoint_if_due()).await
+                };
+                if let Err(error) = signed {
+                    metrics::counter!("cpis_access_log_failures_total").increment(1);
+                    tracing::error!(%error, "access log checkpoint failed; will retry");
+                }
+                if last {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+fn catch_up(log: &Arc<dyn AccessLog>, tree: &mut MerkleLog<TreeStore>) -> Result<u64, StoreError> {
+    let bounds = log.bounds()?;
+    if tree.size() < bounds.retained_from {
+        return Err(StoreError::Corrupt(format!(
+            "access log: records below position {} were removed before the tree held them (tree size {})",
+            bounds.retained_from,
+            tree.size()
+        )));
+    }
+    while tree.size() < bounds.next_position {
+        let from = tree.size();
+        let to = bounds.next_position.min(from + APPEND_CHUNK);
+        let mut leaves = Vec::with_capacity((to - from) as usize);
+        let mut problem = None;
+        log.leaf_hashes(from, to, &mut |position, leaf| match leaf {
+            Ok(hash) => {
+                leaves.push(hash);
+                std::ops::ControlFlow::Continue(())
+            }
+            Err(error) => {
+                problem = Some((position, error));
+                std::ops::ControlFlow::Break(())
+            }
+        })?;
+        if !leaves.is_empty() {
+            match tree.append(&leaves) {
+                Ok(_) => {}
+                // A shared store: another node's keeper appended first; continue from its tree.
+                Err(TreeError::Store(StoreError::Io(message))) if message == TREE_MOVED => {
+                    *tree = MerkleLog::open(log.tree()).map_err(tree_error)?;
+                    continue;
+                }
+                Err(error) => return Err(tree_error(error)),
+            }
+        }
+        if let Some((position, error)) = problem {
+            let what = match error {
+                LeafProblem::Missing => "no record".to_owned(),
+                LeafProblem::Unreadable(error) => format!("an unreadable record ({error})"),
+            };
+            return Err(StoreError::Corrupt(format!(
+                "access log: {what} at position {position}; the tree stops before it (run `cpis-relay audit verify`)"
+            )));
+        }
+        if (leaves.len() as u64) < to - from {
+            // The log ended early: a position is not visible yet.
+            break;
+        }
+    }
+    Ok(tree.size())
+}

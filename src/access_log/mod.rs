@@ -1,0 +1,64 @@
+//! The tamper-evident access log wired to the relay (issue 20): the stores
+//! give every access a log position in commit order (`crate::store::log`);
+//! this module builds and signs the tree over them ([`keeper`]), records
+//! retention under a signed note ([`notes`]) and verifies a store's log
+//! against its signed notes ([`verify`]). The construction itself (hashing,
+//! proofs, checkpoints) is `crate::transparency`, which reads no store.
+//!
+//! # What verification trusts
+//! Only the verifier key. The tree's hashes are derived data kept for fast
+//! proofs; `audit verify` recomputes every root from the records and checks
+//! it against each signed checkpoint, and checks the stored tree too (so a
+//! difference is reported at its position, not only at a checkpoint).
+//!
+//! # Retention
+//! Retention removes a prefix of the log (see `crate::store::log`) and the
+//! keeper signs a retention note naming the first position kept and the
+//! rule. The tree's hashes are kept whole (32 bytes per access and about as
+//! much again for interior nodes; no personal data: a leaf hash covers a
+//! random 128-bit access id, so it cannot be tested against guesses), so
+//! verification starts from the tree's frontier at the boundary: every
+//! checkpoint after it is recomputed from that frontier and the records
+//! kept, every checkpoint before it is checked against the stored tree, and
+//! records missing below the boundary without a signed note are a finding.
+
+pub mod keeper;
+pub mod notes;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
+
+pub use keeper::{Inclusion, LogKeeper, SignedCheckpoint};
+pub use notes::RetentionNote;
+pub use verify::{LogFinding, LogReport, verify_log};
+
+/// The key file's name inside the data directory unless configured.
+pub const DEFAULT_KEY_FILE: &str = "access-log.key";
+/// The public verifier key written beside it, for auditors.
+pub const VERIFIER_KEY_FILE: &str = "access-log.pub";
+/// The name the relay signs its checkpoints under unless configured.
+pub const DEFAULT_LOG_NAME: &str = "cpis-relay/access-log";
+/// Seconds between checkpoints unless configured.
+pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 5;
+
+/// Loads the log's signing key from `path`, generating it (mode 0600) and
+/// writing its public verifier key beside it when it does not exist yet.
+pub fn load_or_create_signer(
+    name: &str,
+    path: &std::path::Path,
+) -> Result<(crate::transparency::LogSigner, bool), crate::transparency::key::KeyError> {
+    let created = if path.exists() {
+        false
+    } else {
+        crate::transparency::key::generate_key_file(path)?;
+        true
+    };
+    let signer = crate::transparency::LogSigner::from_key_file(name, path)?;
+    let public = path.with_file_name(VERIFIER_KEY_FILE);
+    if created || !public.exists() {
+        std::fs::write(&public, format!("{}\n", signer.verifier()))
+            .map_err(|source| crate::transparency::key::KeyError::Io { path: public.clone(), source })?;
+    }
+    Ok((signer, created))
+}

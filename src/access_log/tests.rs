@@ -1,0 +1,114 @@
+//! The keeper and `audit verify` over the memory store: positions in commit
+//! order (searches and auditors' reads), retention of a prefix under a
+//! signed note, proofs that verify, and a removed record found.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::*;
+use crate::{
+    clock::{Clock, ManualClock},
+    model::{AccessEvent, Accessor, AuditRead, CareSetting},
+    nhs::NhsNumber,
+    store::{Change, EXPIRY_CHUNK, Expiry, Store, log::LogEntry, memory::MemoryStore},
+    transparency::{LogSigner, hash::leaf_hash, proof::verify_inclusion},
+};
+
+fn start() -> DateTime<Utc> {
+    "2026-06-01T09:00:00Z".parse().unwrap()
+}
+
+fn person() -> NhsNumber {
+    NhsNumber::parse("9990000018").unwrap()
+}
+
+fn search(n: u64) -> AccessEvent {
+    AccessEvent {
+        id: u128::from(n) + 1,
+        accessed_at: start() + Duration::minutes(n as i64),
+        nhs_number: person(),
+        organisation_ods_code: "RR8".into(),
+        organisation_name: "Leeds ED".into(),
+        care_setting: CareSetting::EmergencyDepartment,
+        accessor: Accessor { user_id: format!("u{n}"), name: "Dr".into(), role_code: String::new() },
+        request_id: format!("r{n}"),
+        scheduled: false,
+    }
+}
+
+#[tokio::test]
+async fn the_memory_store_logs_searches_and_reads_retains_a_prefix_and_verifies() {
+    let store = MemoryStore::new();
+    let signer = Arc::new(LogSigner::generate_ephemeral("test/log").unwrap());
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(start()));
+    let log = store.access_log().unwrap();
+    let keeper = LogKeeper::open(Arc::clone(&log), Arc::clone(&signer), clock).unwrap();
+    for n in 0..10 {
+        store.apply(Change::RecordAccess { access: search(n), drafts: vec![] }).await.unwrap();
+        if n == 4 {
+            let read = AuditRead {
+                id: 1000,
+                read_at: start() + Duration::minutes(4),
+                nhs_number: person(),
+                organisation_ods_code: "X26".into(),
+                organisation_name: "Audit".into(),
+                accessor: Accessor { user_id: String::new(), name: String::new(), role_code: String::new() },
+                request_id: "a1".into(),
+            };
+            store.apply(Change::RecordAudit(read)).await.unwrap();
+            keeper.checkpoint().unwrap();
+        }
+    }
+    assert_eq!(log.position_of(1000).unwrap(), Some(5), "the read between the fifth and sixth search");
+    assert!(matches!(log.entry_at(5).unwrap(), Some(LogEntry::Audit(_))));
+    let inclusion = keeper.inclusion(1000).unwrap().unwrap();
+    let leaf = leaf_hash(&inclusion.entry.leaf_fields().encode().unwrap());
+    let checkpoint = &inclusion.checkpoint.checkpoint;
+    verify_inclusion(5, checkpoint.size, &leaf, &inclusion.proof, &checkpoint.root).unwrap();
+
+    let below = keeper.catch_up().unwrap();
+    let expiry = Expiry {
+        today: start().date_naive(),
+        acked_notifications_before: start(),
+        accesses_before: start() + Duration::minutes(3),
+        log_positions_below: below,
+        limit: EXPIRY_CHUNK,
+    };
+    store.apply(Change::Expire(expiry)).await.unwrap();
+    assert_eq!(log.bounds().unwrap().retained_from, 3);
+    assert_eq!(store.accesses_of(person()).await.unwrap().len(), 7, "searches 3 to 9");
+    keeper.record_retention(expiry.accesses_before).unwrap();
+    let report = verify_log(log.as_ref(), signer.verifier()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.findings);
+    assert_eq!((report.retained_from, report.next_position, report.retention_notes), (3, 11, 1));
+    for chunk in [1, 2, 3, 7] {
+        // Chunks read by several threads fold in order whatever their size.
+        assert_eq!(verify::verify_in_chunks(log.as_ref(), signer.verifier(), chunk).unwrap(), report, "chunk {chunk}");
+    }
+}
+
+#[tokio::test]
+async fn periodic_checkpoints_are_stored_at_most_hourly_but_served_fresh() {
+    let store = MemoryStore::new();
+    let signer = Arc::new(LogSigner::generate_ephemeral("test/log").unwrap());
+    let clock = Arc::new(ManualClock::new(start()));
+    let log = store.access_log().unwrap();
+    let keeper = LogKeeper::open(Arc::clone(&log), signer, clock.clone()).unwrap();
+    let stored = || log.notes().unwrap().len();
+    store.apply(Change::RecordAccess { access: search(0), drafts: vec![] }).await.unwrap();
+    assert_eq!(keeper.checkpoint_if_due().unwrap().checkpoint.size, 1);
+    assert_eq!(stored(), 1, "the first is stored");
+    for n in 1..5 {
+        store.apply(Change::RecordAccess { access: search(n), drafts: vec![] }).await.unwrap();
+        clock.advance(Duration::seconds(5));
+        assert_eq!(keeper.checkpoint_if_due().unwrap().checkpoint.size, n + 1, "served signed and fresh");
+    }
+    assert_eq!(stored(), 1, "not stored again within the hour");
+    clock.advance(Duration::hours(1));
+    keeper.checkpoint_if_due().unwrap();
+    assert_eq!(stored(), 2, "the latest is stored once an hour has passed");
+    store.apply(Change::RecordAccess { access: search(9), drafts: vec![] }).await.unwrap();
+    assert_eq!(keeper.checkpoint().unwrap().checkpoint.size, 6);
+    assert_eq!(stored(), 3, "asked for (shutdown, retention): stored at once");
+}

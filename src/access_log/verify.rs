@@ -1,0 +1,224 @@
+//! `audit verify`: recomputes the tree from a store's records and checks it
+//! against every signed checkpoint and retention note the store holds, with
+//! nothing but the verifier key trusted. One pass over the records in
+//! position order, leaf hashes computed from the stored bytes in place (no
+//! per-record allocation), read by a few threads a chunk of positions each
+//! and folded in order: memory is those chunks and O(log n) for the tree.
+
+use std::ops::ControlFlow;
+
+use super::notes::RetentionNote;
+use crate::{
+    store::{
+        StoreError,
+        log::{AccessLog, LeafProblem, NoteKind},
+    },
+    transparency::{
+        Checkpoint, HashStore, MerkleLog, VerifierKey,
+        audit::{Finding, SignedRoot, Verification},
+        hash::Frontier,
+        tree::{TreeError, stored_hash_position},
+    },
+};
+
+/// A problem `audit verify` reports besides the tree's own findings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogFinding {
+    /// A finding of the recomputation (position or size inside).
+    Tree(Finding),
+    /// A record at `position` is there but cannot be read.
+    Unreadable { position: u64, error: String },
+    /// Stored note number `index` does not verify with the key.
+    NoteUnverified { index: usize, error: String },
+    /// Records below `retained_from` are gone, but the latest signed
+    /// retention note only removed those below `signed_boundary`.
+    PrefixMissing { signed_boundary: u64, retained_from: u64 },
+}
+
+impl std::fmt::Display for LogFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tree(Finding::LeafDiffers { position }) => {
+                write!(
+                    f,
+                    "position {position}: the record differs from the leaf logged there (altered, or records moved)"
+                )
+            }
+            Self::Tree(Finding::RecordMissing { position }) => write!(f, "position {position}: the record is missing"),
+            Self::Tree(Finding::RecordsMissing { position, tree_size }) => {
+                write!(f, "positions {position} to {}: records missing at the end of the log", tree_size - 1)
+            }
+            Self::Tree(Finding::RecordsNotInTree { position }) => {
+                write!(f, "position {position} on: records not yet in the tree (the relay stopped before logging them)")
+            }
+            Self::Tree(Finding::CheckpointMismatch { size }) => {
+                write!(f, "checkpoint of size {size}: the records do not give its signed root")
+            }
+            Self::Tree(Finding::TreeMismatch { size }) => {
+                write!(f, "checkpoint of size {size}: the stored tree does not give its signed root")
+            }
+            Self::Tree(Finding::CheckpointBeyondRecords { size, records }) => {
+                write!(f, "checkpoint of size {size}: only {records} positions are held")
+            }
+            Self::Unreadable { position, error } => {
+                write!(f, "position {position}: the record cannot be read: {error}")
+            }
+            Self::NoteUnverified { index, error } => write!(f, "signed note {index}: {error}"),
+            Self::PrefixMissing { signed_boundary, retained_from } => write!(
+                f,
+                "positions {signed_boundary} to {}: removed without a signed retention note",
+                retained_from - 1
+            ),
+        }
+    }
+}
+
+/// What `audit verify` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogReport {
+    /// The first position held and the log's length.
+    pub retained_from: u64,
+    pub next_position: u64,
+    pub tree_size: u64,
+    pub checkpoints: usize,
+    pub checkpoints_matched: usize,
+    pub retention_notes: usize,
+    pub findings: Vec<LogFinding>,
+    pub more_findings: u64,
+}
+
+impl LogReport {
+    /// No evidence of tampering: records not yet in the tree (a relay that
+    /// stopped before its keeper caught up) are reported but are not a failure.
+    pub fn is_clean(&self) -> bool {
+        self.findings.iter().all(|finding| matches!(finding, LogFinding::Tree(Finding::RecordsNotInTree { .. })))
+    }
+}
+
+/// Positions one thread reads at a time.
+const CHUNK: u64 = 32_768;
+
+/// One position as read: the record's leaf hash (or why not) and the tree's leaf there.
+type ReadLeaf = (u64, Result<crate::transparency::Hash, LeafProblem>, Option<crate::transparency::Hash>);
+
+/// The records' leaf hashes of positions `start..end`, with the stored
+/// tree's leaf at each position below `tree_size`.
+fn read_chunk(log: &dyn AccessLog, start: u64, end: u64, tree_size: u64) -> Result<Vec<ReadLeaf>, StoreError> {
+    let mut read: Vec<ReadLeaf> = Vec::with_capacity((end - start) as usize);
+    log.leaf_hashes(start, end, &mut |position, leaf| {
+        read.push((position, leaf, None));
+        ControlFlow::Continue(())
+    })?;
+    let in_tree: Vec<u64> = read
+        .iter()
+        .filter(|(position, _, _)| *position < tree_size)
+        .map(|(position, _, _)| stored_hash_position(0, *position))
+        .collect();
+    let stored = log.tree().hashes_at(&in_tree)?;
+    for ((_, _, slot), hash) in read.iter_mut().zip(stored) {
+        *slot = Some(hash);
+    }
+    Ok(read)
+}
+
+fn tree_error(error: TreeError<StoreError>) -> StoreError {
+    match error {
+        TreeError::Store(error) => error,
+        other => StoreError::Corrupt(format!("access log tree: {other}")),
+    }
+}
+
+/// Verifies `log` with `verifier`. Blocks.
+pub fn verify_log(log: &dyn AccessLog, verifier: &VerifierKey) -> Result<LogReport, StoreError> {
+    verify_in_chunks(log, verifier, CHUNK)
+}
+
+/// [`verify_log`] reading `chunk` positions a thread.
+pub(super) fn verify_in_chunks(
+    log: &dyn AccessLog,
+    verifier: &VerifierKey,
+    chunk: u64,
+) -> Result<LogReport, StoreError> {
+    let mut report = LogReport::default();
+    let mut signed = Vec::new();
+    let mut signed_boundary = 0u64;
+    for (index, note) in log.notes()?.into_iter().enumerate() {
+        match note.kind {
+            NoteKind::Checkpoint => match Checkpoint::verify(&note.text, verifier) {
+                Ok(checkpoint) => signed.push(SignedRoot { size: checkpoint.size, root: checkpoint.root }),
+                Err(error) => report.findings.push(LogFinding::NoteUnverified { index, error: error.to_string() }),
+            },
+            NoteKind::Retention => match RetentionNote::verify(&note.text, verifier) {
+                Ok(retention) => {
+                    signed_boundary = signed_boundary.max(retention.boundary);
+                    report.retention_notes += 1;
+                }
+                Err(error) => report.findings.push(LogFinding::NoteUnverified { index, error: error.to_string() }),
+            },
+        }
+    }
+    report.checkpoints = signed.len();
+    let bounds = log.bounds()?;
+    report.retained_from = bounds.retained_from;
+    report.next_position = bounds.next_position;
+    if bounds.retained_from > signed_boundary {
+        report.findings.push(LogFinding::PrefixMissing { signed_boundary, retained_from: bounds.retained_from });
+    }
+    let tree = MerkleLog::open(log.tree()).map_err(tree_error)?;
+    report.tree_size = tree.size();
+    let start = if bounds.retained_from <= tree.size() {
+        tree.frontier_at(bounds.retained_from).map_err(tree_error)?
+    } else {
+        // Records removed beyond the tree: nothing to start from but nothing.
+        report
+            .findings
+            .push(LogFinding::Tree(Finding::RecordsMissing { position: 0, tree_size: bounds.retained_from }));
+        Frontier::new()
+    };
+    let mut verification = Verification::new(start, &signed, Some(&tree)).map_err(tree_error)?;
+    let mut unreadable = Vec::new();
+    // Records and the tree's leaves are read in parallel, a chunk of positions
+    // per thread; the chunks are then folded in order. Memory: a chunk a thread.
+    let threads = std::thread::available_parallelism().map_or(2, |count| count.get()).clamp(1, 8) as u64;
+    let tree_size = tree.size();
+    let mut from = verification.position();
+    while from < bounds.next_position {
+        let chunks: Vec<(u64, u64)> = (0..threads)
+            .map(|index| from + index * chunk)
+            .take_while(|start| *start < bounds.next_position)
+            .map(|start| (start, (start + chunk).min(bounds.next_position)))
+            .collect();
+        let read = std::thread::scope(|scope| {
+            let workers: Vec<_> = chunks
+                .iter()
+                .map(|&(start, end)| scope.spawn(move || read_chunk(log, start, end, tree_size)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().map_err(|_| StoreError::Io("a verifying thread panicked".into()))?)
+                .collect::<Result<Vec<_>, StoreError>>()
+        })?;
+        for chunk in read {
+            for (position, leaf, stored) in chunk {
+                let leaf = match leaf {
+                    Ok(hash) => Some(hash),
+                    Err(LeafProblem::Missing) => None,
+                    Err(LeafProblem::Unreadable(error)) => {
+                        if unreadable.len() < 100 {
+                            unreadable.push(LogFinding::Unreadable { position, error });
+                        }
+                        None
+                    }
+                };
+                verification.push_with_stored(leaf, stored).map_err(tree_error)?;
+            }
+        }
+        from = chunks.last().map_or(bounds.next_position, |(_, end)| *end);
+    }
+    let tree_report = verification.finish();
+    report.checkpoints_matched = tree_report.checkpoints_matched;
+    report.more_findings = tree_report.more_leaf_differences;
+    report.findings.extend(unreadable);
+    report.findings.extend(tree_report.findings.into_iter().map(LogFinding::Tree));
+    Ok(report)
+}

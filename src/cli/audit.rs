@@ -1,0 +1,151 @@
+//! `cpis-relay audit`: an auditor's commands. `audit NHS_NUMBER` lists a
+//! person's accesses (through the relay); `audit verify` recomputes the
+//! access log of a store no relay has open and checks it against every
+//! signed checkpoint; `audit proof` fetches, checks and prints proofs.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use super::{CliError, ClientArgs, exit};
+use crate::{
+    access_log::{self, LogReport},
+    store::{Store, embedded::EmbeddedStore},
+    transparency::VerifierKey,
+};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// List every retained access of this person (NHS number), as JSON lines.
+    #[arg(required = true)]
+    pub nhs_number: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the access log from an embedded store no relay has open (or a
+    /// PostgreSQL store) and check it against every signed checkpoint; exit 1 on any finding.
+    Verify(VerifyArgs),
+    /// Fetch the latest checkpoint, an inclusion proof or a consistency proof from a relay, check it and print it.
+    Proof(super::audit_proof::ProofArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[arg(long, env = "CPIS_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// embedded (the data directory, no relay running) or a postgres:// URL (relays may run).
+    #[arg(long, env = "CPIS_STORE", default_value = "embedded")]
+    pub store: crate::config::StoreKind,
+    /// PostgreSQL: file holding the password, when neither the URL nor PGPASSWORD gives one.
+    #[arg(long, env = "CPIS_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
+    /// The verifier key (`name+id+key`), or a file holding it [default: DATA_DIR/access-log.pub].
+    #[arg(long, env = "CPIS_LOG_VERIFIER_KEY")]
+    pub verifier_key: Option<String>,
+}
+
+pub async fn run(args: AuditArgs) -> Result<u8, CliError> {
+    match args.command {
+        Some(AuditCommand::Verify(verify)) => run_verify(verify).await,
+        Some(AuditCommand::Proof(proof)) => super::audit_proof::run(proof).await,
+        None => {
+            let nhs_number = args.nhs_number.unwrap_or_default();
+            super::clients::audit(nhs_number, args.client).await
+        }
+    }
+}
+
+/// The verifier key from `--verifier-key` (text or a file) or beside the data.
+pub fn verifier_key(given: Option<&str>, data_dir: &Path) -> Result<VerifierKey, CliError> {
+    let text = match given {
+        Some(text) if Path::new(text).is_file() => {
+            std::fs::read_to_string(text).map_err(|error| CliError::Config(format!("verifier_key: {text}: {error}")))?
+        }
+        Some(text) => text.to_owned(),
+        None => {
+            let path = data_dir.join(access_log::VERIFIER_KEY_FILE);
+            std::fs::read_to_string(&path).map_err(|error| {
+                CliError::Config(format!("verifier_key: {}: {error} (pass --verifier-key)", path.display()))
+            })?
+        }
+    };
+    VerifierKey::parse(&text).map_err(|error| CliError::Config(format!("verifier_key: {error}")))
+}
+
+async fn run_verify(args: VerifyArgs) -> Result<u8, CliError> {
+    let verifier = verifier_key(args.verifier_key.as_deref(), &args.data_dir)?;
+    let started = std::time::Instant::now();
+    let report = match args.store {
+        crate::config::StoreKind::Embedded => {
+            if !args.data_dir.is_dir() {
+                return Err(CliError::Config(format!("data_dir: {} is not a directory", args.data_dir.display())));
+            }
+            tokio::task::spawn_blocking(move || verify_embedded(&args.data_dir, &verifier))
+                .await
+                .map_err(|error| CliError::Failed(error.to_string()))??
+        }
+        crate::config::StoreKind::Postgres(url) => {
+            let options = crate::store::postgres::PostgresOptions {
+                connect: crate::store::postgres::ConnectOptions {
+                    url,
+                    password_file: args.store_password_file,
+                    pool_size: 2,
+                },
+                write_timeout: std::time::Duration::from_secs(5),
+            };
+            let store = crate::store::postgres::PostgresStore::open(&options)
+                .await
+                .map_err(|error| CliError::Failed(error.to_string()))?;
+            let log = store.access_log().ok_or_else(|| CliError::Failed("this store keeps no access log".into()))?;
+            tokio::task::spawn_blocking(move || access_log::verify_log(log.as_ref(), &verifier))
+                .await
+                .map_err(|error| CliError::Failed(error.to_string()))?
+                .map_err(|error| CliError::Failed(error.to_string()))?
+        }
+        crate::config::StoreKind::Memory => {
+            return Err(CliError::Config("store: the memory store has nothing to verify".into()));
+        }
+    };
+    print!("{}", describe(&report));
+    println!("checked in {:.2} s", started.elapsed().as_secs_f64());
+    Ok(if report.is_clean() { exit::OK } else { exit::FAILURE })
+}
+
+/// Verifies the access log of the embedded store in `data_dir`. Blocks.
+pub fn verify_embedded(data_dir: &Path, verifier: &VerifierKey) -> Result<LogReport, CliError> {
+    let store = EmbeddedStore::open(data_dir).map_err(|error| CliError::Failed(error.to_string()))?;
+    let log = store.access_log().ok_or_else(|| CliError::Failed("this store keeps no access log".into()))?;
+    access_log::verify_log(log.as_ref(), verifier).map_err(|error| CliError::Failed(error.to_string()))
+}
+
+/// The report as an auditor reads it.
+pub fn describe(report: &LogReport) -> String {
+    let mut text = format!(
+        "access log: positions {} to {} held ({} records), tree of {}; {} of {} signed checkpoints recomputed, {} retention notes\n",
+        report.retained_from,
+        report.next_position.saturating_sub(1),
+        report.next_position - report.retained_from,
+        report.tree_size,
+        report.checkpoints_matched,
+        report.checkpoints,
+        report.retention_notes,
+    );
+    for finding in &report.findings {
+        text.push_str(&format!("  FINDING {finding}\n"));
+    }
+    if report.more_findings > 0 {
+        text.push_str(&format!("  and {} more records that differ or are missing\n", report.more_findings));
+    }
+    text.push_str(if report.is_clean() {
+        "verified: no record deleted, altered or reordered\n"
+    } else {
+        "NOT VERIFIED\n"
+    });
+    text
+}

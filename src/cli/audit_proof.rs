@@ -1,0 +1,157 @@
+//! `cpis-relay audit proof`: fetches the access log's latest checkpoint, an
+//! inclusion proof or a consistency proof from a relay (auditor role),
+//! checks it here with the verifier key and prints it as JSON (hashes in
+//! hexadecimal), so that a third party can check it again.
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{CliError, ClientArgs, exit};
+use crate::{
+    proto::{self, ConsistencyProofRequest, InclusionProofRequest, LatestCheckpointRequest, audit_client::AuditClient},
+    transparency::{
+        Checkpoint, Hash, VerifierKey,
+        hash::{leaf_hash, to_hex},
+        proof::{verify_consistency, verify_inclusion},
+    },
+};
+
+#[derive(Debug, Args)]
+pub struct ProofArgs {
+    #[command(subcommand)]
+    pub command: ProofCommand,
+    /// The verifier key you were given (`name+id+key`, or a file holding it);
+    /// without it the relay's own is used, which proves nothing against a dishonest relay.
+    #[arg(long, env = "CPIS_LOG_VERIFIER_KEY", global = true)]
+    pub verifier_key: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProofCommand {
+    /// The latest signed checkpoint.
+    Checkpoint,
+    /// The proof that one access (its `access_id` in `audit NHS_NUMBER`) is in the log.
+    Inclusion { access_id: String },
+    /// The proof that the log of OLD accesses is a prefix of the log of NEW (default: the latest checkpoint).
+    Consistency {
+        old_size: u64,
+        new_size: Option<u64>,
+        /// The root hash (hexadecimal) of the checkpoint of OLD you kept: the proof is then checked against it.
+        #[arg(long)]
+        old_root: Option<String>,
+    },
+}
+
+fn hashes(list: &[Vec<u8>], field: &str) -> Result<Vec<Hash>, CliError> {
+    list.iter()
+        .map(|bytes| {
+            Hash::try_from(bytes.as_slice())
+                .map_err(|_| CliError::Failed(format!("the relay sent a {field} hash of {} bytes", bytes.len())))
+        })
+        .collect()
+}
+
+/// Verifies the signed note of a checkpoint the relay sent.
+fn checked_checkpoint(
+    sent: Option<&proto::SignedCheckpoint>,
+    given: Option<&VerifierKey>,
+) -> Result<(Checkpoint, VerifierKey), CliError> {
+    let sent = sent.ok_or_else(|| CliError::Failed("the relay sent no checkpoint".into()))?;
+    let verifier = match given {
+        Some(key) => key.clone(),
+        None => {
+            eprintln!(
+                "warning: checking with the relay's own verifier key; pass --verifier-key to check against yours"
+            );
+            VerifierKey::parse(&sent.verifier_key)
+                .map_err(|error| CliError::Failed(format!("the relay's verifier key: {error}")))?
+        }
+    };
+    let checkpoint = Checkpoint::verify(&sent.note, &verifier)
+        .map_err(|error| CliError::Failed(format!("the checkpoint does not verify: {error}")))?;
+    Ok((checkpoint, verifier))
+}
+
+fn checkpoint_json(checkpoint: &Checkpoint, note: &str, verifier: &VerifierKey) -> serde_json::Value {
+    json!({
+        "tree_size": checkpoint.size,
+        "root_hash": to_hex(&checkpoint.root),
+        "time": checkpoint.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "note": note,
+        "verifier_key": verifier.to_string(),
+    })
+}
+
+pub async fn run(args: ProofArgs) -> Result<u8, CliError> {
+    let given = match &args.verifier_key {
+        Some(text) => Some(super::audit::verifier_key(Some(text), std::path::Path::new("."))?),
+        None => None,
+    };
+    let (channel, _) = args.client.channel("auditor").await?;
+    let mut client = AuditClient::new(channel);
+    let output = match args.command {
+        ProofCommand::Checkpoint => {
+            let sent = client.latest_checkpoint(LatestCheckpointRequest {}).await?.into_inner();
+            let (checkpoint, verifier) = checked_checkpoint(Some(&sent), given.as_ref())?;
+            json!({ "checkpoint": checkpoint_json(&checkpoint, &sent.note, &verifier), "verified": true })
+        }
+        ProofCommand::Inclusion { access_id } => {
+            let sent =
+                client.inclusion_proof(InclusionProofRequest { access_id: access_id.clone() }).await?.into_inner();
+            let (checkpoint, verifier) = checked_checkpoint(sent.checkpoint.as_ref(), given.as_ref())?;
+            let path = hashes(&sent.audit_path, "audit path")?;
+            let leaf = leaf_hash(&sent.leaf);
+            verify_inclusion(sent.leaf_index, checkpoint.size, &leaf, &path, &checkpoint.root)
+                .map_err(|error| CliError::Failed(format!("the inclusion proof does not verify: {error}")))?;
+            let note = sent.checkpoint.as_ref().map(|sent| sent.note.as_str()).unwrap_or_default();
+            json!({
+                "access_id": access_id,
+                "leaf_index": sent.leaf_index,
+                "leaf": to_hex(&sent.leaf),
+                "leaf_hash": to_hex(&leaf),
+                "audit_path": path.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>(),
+                "checkpoint": checkpoint_json(&checkpoint, note, &verifier),
+                "verified": true,
+            })
+        }
+        ProofCommand::Consistency { old_size, new_size, old_root } => {
+            let old_root = match old_root {
+                Some(text) => Some(
+                    crate::transparency::hash::from_hex(text.trim())
+                        .ok_or_else(|| CliError::Config("old_root: must be 64 hexadecimal digits".into()))?,
+                ),
+                None => (old_size == 0).then(crate::transparency::hash::empty_root),
+            };
+            let latest = client.latest_checkpoint(LatestCheckpointRequest {}).await?.into_inner();
+            let (new_checkpoint, verifier) = checked_checkpoint(Some(&latest), given.as_ref())?;
+            let new_size = new_size.unwrap_or(new_checkpoint.size);
+            let sent = client.consistency_proof(ConsistencyProofRequest { old_size, new_size }).await?.into_inner();
+            let proof = hashes(&sent.hashes, "consistency")?;
+            // Checked when both roots are known: the old one kept by the caller, the new one just verified.
+            let verified = if new_size == new_checkpoint.size {
+                match old_root {
+                    Some(old_root) => {
+                        verify_consistency(old_size, new_size, &old_root, &new_checkpoint.root, &proof).map_err(
+                            |error| CliError::Failed(format!("the consistency proof does not verify: {error}")),
+                        )?;
+                        true
+                    }
+                    None => false,
+                }
+            } else {
+                false
+            };
+            json!({
+                "old_size": sent.old_size,
+                "new_size": sent.new_size,
+                "hashes": proof.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>(),
+                "new_checkpoint": checkpoint_json(&new_checkpoint, &latest.note, &verifier),
+                "verified": verified,
+            })
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&output).unwrap_or_default());
+    Ok(exit::OK)
+}

@@ -1,0 +1,281 @@
+//! `cpis-relay sar NHS_NUMBER --out DIR`: a subject access request, as an
+//! auditor, through the relay (Audit.SubjectAccess). Checks the checkpoint's
+//! signature and every access's inclusion proof here, then writes
+//! `DIR/subject-access.json` (everything, with the proofs, for a program or a
+//! third-party verifier) and `DIR/subject-access.html` (the same for a
+//! person to read: one self-contained page, every value escaped, no scripts
+//! or external assets). The directory is made private (0700, files 0600):
+//! it holds the person's details.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use maud::{DOCTYPE, Markup, html};
+use serde_json::{Value, json};
+
+use super::{CliError, ClientArgs, clients, exit};
+use crate::{
+    proto::{self, SubjectAccessRequest, audit_client::AuditClient},
+    transparency::{
+        Checkpoint, Hash, VerifierKey,
+        hash::{leaf_hash, to_hex},
+        proof::verify_inclusion,
+    },
+};
+
+pub const JSON_FILE: &str = "subject-access.json";
+pub const HTML_FILE: &str = "subject-access.html";
+
+#[derive(Debug, Args)]
+pub struct SarArgs {
+    /// The person's NHS number.
+    pub nhs_number: String,
+    /// Directory to write the report into (created, private).
+    #[arg(long, env = "CPIS_SAR_OUT")]
+    pub out: PathBuf,
+    /// The verifier key you were given (`name+id+key`, or a file holding it);
+    /// without it the relay's own is used, which proves nothing against a dishonest relay.
+    #[arg(long, env = "CPIS_LOG_VERIFIER_KEY")]
+    pub verifier_key: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn micros(timestamp: Option<&prost_types::Timestamp>) -> i64 {
+    timestamp.map_or(0, |at| at.seconds * 1_000_000 + i64::from(at.nanos / 1000))
+}
+
+fn text_time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .and_then(|at| chrono::DateTime::from_timestamp(at.seconds, at.nanos.max(0) as u32))
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default()
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match proto::AccessKind::try_from(kind) {
+        Ok(proto::AccessKind::Unscheduled) => "unscheduled care search",
+        Ok(proto::AccessKind::Scheduled) => "scheduled care search",
+        Ok(proto::AccessKind::Audit) => "auditor's read",
+        _ => "unknown",
+    }
+}
+
+/// Checks the report's proofs; the verified checkpoint and verifier key.
+fn verify(
+    report: &proto::SubjectAccessReport,
+    given: Option<&VerifierKey>,
+) -> Result<(Checkpoint, VerifierKey), CliError> {
+    let sent = report.checkpoint.as_ref().ok_or_else(|| CliError::Failed("the relay sent no checkpoint".into()))?;
+    let verifier = match given {
+        Some(key) => key.clone(),
+        None => {
+            eprintln!(
+                "warning: checking with the relay's own verifier key; pass --verifier-key to check against yours"
+            );
+            VerifierKey::parse(&sent.verifier_key)
+                .map_err(|error| CliError::Failed(format!("the relay's verifier key: {error}")))?
+        }
+    };
+    let checkpoint = Checkpoint::verify(&sent.note, &verifier)
+        .map_err(|error| CliError::Failed(format!("the checkpoint does not verify: {error}")))?;
+    for access in &report.accesses {
+        let path = access
+            .audit_path
+            .iter()
+            .map(|hash| Hash::try_from(hash.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| CliError::Failed(format!("position {}: a malformed proof", access.leaf_index)))?;
+        verify_inclusion(access.leaf_index, checkpoint.size, &leaf_hash(&access.leaf), &path, &checkpoint.root)
+            .map_err(|error| {
+                CliError::Failed(format!("position {}: the proof does not verify: {error}", access.leaf_index))
+            })?;
+    }
+    Ok((checkpoint, verifier))
+}
+
+/// The report as JSON, with the proofs.
+pub fn report_json(report: &proto::SubjectAccessReport, checkpoint: &Checkpoint, verifier: &VerifierKey) -> Value {
+    let plans: Vec<Value> = report
+        .plans
+        .iter()
+        .map(|plan| {
+            let record = plan.record.clone().unwrap_or_default();
+            let authority = plan.local_authority.clone().unwrap_or_default();
+            let file = crate::records_file::from_wire(&record, &authority.ods_code);
+            json!({
+                "local_authority": {
+                    "ods_code": authority.ods_code,
+                    "name": authority.name,
+                    "office_hours_phone": authority.office_hours_phone,
+                    "emergency_phone": authority.emergency_phone,
+                },
+                "record": serde_json::to_value(&file).unwrap_or_default(),
+                "loaded_at": text_time(plan.loaded_at.as_ref()),
+            })
+        })
+        .collect();
+    let accesses: Vec<Value> = report
+        .accesses
+        .iter()
+        .map(|logged| {
+            let access = logged.access.clone().unwrap_or_default();
+            let mut value = clients::access_json(&access);
+            value["kind"] = json!(kind_name(logged.kind));
+            if logged.kind == proto::AccessKind::Audit as i32 {
+                // An auditor's read has no care setting (the leaf holds an empty one).
+                value["care_setting"] = json!("");
+            }
+            value["accessed_at"] = json!(text_time(access.accessed_at.as_ref()));
+            value["accessed_at_micros"] = json!(micros(access.accessed_at.as_ref()));
+            value["request_id"] = json!(logged.request_id);
+            value["leaf_index"] = json!(logged.leaf_index);
+            value["leaf"] = json!(to_hex(&logged.leaf));
+            value["leaf_hash"] = json!(to_hex(&leaf_hash(&logged.leaf)));
+            value["audit_path"] = json!(logged.audit_path.iter().map(|hash| to_hex(hash)).collect::<Vec<_>>());
+            value
+        })
+        .collect();
+    let notifications: Vec<Value> = report
+        .notifications
+        .iter()
+        .map(|subject| {
+            let mut value = clients::notification_json(&subject.notification.clone().unwrap_or_default());
+            value["acknowledged"] = json!(subject.acknowledged);
+            value["la_ods_code"] = json!(subject.la_ods_code);
+            value
+        })
+        .collect();
+    json!({
+        "nhs_number": report.nhs_number,
+        "generated_at": text_time(report.generated_at.as_ref()),
+        "plans": plans,
+        "plan_history": "the relay keeps each plan's current version only (loaded_at); earlier versions and deleted plans are not held",
+        "accesses": accesses,
+        "notifications": notifications,
+        "checkpoint": {
+            "tree_size": checkpoint.size,
+            "root_hash": to_hex(&checkpoint.root),
+            "time": checkpoint.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "note": report.checkpoint.as_ref().map(|sent| sent.note.clone()).unwrap_or_default(),
+            "verifier_key": verifier.to_string(),
+        },
+        "verified": true,
+    })
+}
+
+fn field<'a>(value: &'a Value, path: &[&str]) -> &'a str {
+    path.iter().try_fold(value, |value, key| value.get(key)).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The report as one self-contained HTML page; maud escapes every value.
+pub fn report_html(report: &Value) -> Markup {
+    let empty = Vec::new();
+    let list = |key: &str| report.get(key).and_then(Value::as_array).unwrap_or(&empty).clone();
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Subject access report" }
+                style { "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;width:100%;margin-bottom:2em}th,td{border:1px solid #999;padding:.3em;text-align:left;vertical-align:top}code{word-break:break-all;font-size:.8em}" }
+            }
+            body {
+                h1 { "Subject access report" }
+                p { "NHS number " strong { (field(report, &["nhs_number"])) } ", made " (field(report, &["generated_at"])) "." }
+                h2 { "Plans held" }
+                p { (field(report, &["plan_history"])) "." }
+                table {
+                    tr { th { "Local authority" } th { "Plan" } th { "Start" } th { "End" } th { "Name" } th { "Date of birth" } th { "Address" } th { "Loaded" } }
+                    @for plan in list("plans") {
+                        tr {
+                            td { (field(&plan, &["local_authority", "name"])) " (" (field(&plan, &["local_authority", "ods_code"])) ")" }
+                            td { (field(&plan, &["record", "plan_type"])) }
+                            td { (field(&plan, &["record", "start_date"])) }
+                            td { (field(&plan, &["record", "end_date"])) }
+                            td { (field(&plan, &["record", "given_name"])) " " (field(&plan, &["record", "family_name"])) }
+                            td { (field(&plan, &["record", "date_of_birth"])) }
+                            td { (field(&plan, &["record", "address_line_1"])) " " (field(&plan, &["record", "postcode"])) }
+                            td { (field(&plan, &["loaded_at"])) }
+                        }
+                    }
+                }
+                h2 { "Every access" }
+                p { "Each access is in the relay's tamper-evident log at the position shown; the proof in the JSON file shows it is in the signed checkpoint below." }
+                table {
+                    tr { th { "When" } th { "What" } th { "Organisation" } th { "Care setting" } th { "Who" } th { "Log position" } }
+                    @for access in list("accesses") {
+                        tr {
+                            td { (field(&access, &["accessed_at"])) }
+                            td { (field(&access, &["kind"])) }
+                            td { (field(&access, &["organisation_name"])) " (" (field(&access, &["organisation_ods_code"])) ")" }
+                            td { (field(&access, &["care_setting"])) }
+                            td { (field(&access, &["accessor", "name"])) " " (field(&access, &["accessor", "user_id"])) }
+                            td { (access.get("leaf_index").and_then(Value::as_u64).unwrap_or_default()) }
+                        }
+                    }
+                }
+                h2 { "Notifications to local authorities" }
+                table {
+                    tr { th { "Sequence" } th { "Local authority" } th { "Access at" } th { "Organisation" } th { "Acknowledged" } }
+                    @for notification in list("notifications") {
+                        tr {
+                            td { (notification.get("sequence").and_then(Value::as_u64).unwrap_or_default()) }
+                            td { (field(&notification, &["la_ods_code"])) }
+                            td { (field(&notification, &["accessed_at"])) }
+                            td { (field(&notification, &["organisation_name"])) }
+                            td { @if notification.get("acknowledged").and_then(Value::as_bool).unwrap_or(false) { "yes" } @else { "not yet" } }
+                        }
+                    }
+                }
+                h2 { "Signed checkpoint" }
+                p { "Tree size " (report["checkpoint"]["tree_size"].as_u64().unwrap_or_default()) ", root " code { (field(report, &["checkpoint", "root_hash"])) } ", signed " (field(report, &["checkpoint", "time"])) "." }
+                p { "Verifier key: " code { (field(report, &["checkpoint", "verifier_key"])) } }
+                pre { code { (field(report, &["checkpoint", "note"])) } }
+            }
+        }
+    }
+}
+
+/// Creates `dir` private (0700) and writes `name` in it (0600).
+fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CliError> {
+    use std::{
+        io::Write,
+        os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    };
+    let failed = |error: std::io::Error| CliError::Failed(format!("{}: {error}", dir.display()));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(failed)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    let path = dir.join(name);
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).map_err(failed)?;
+    file.write_all(bytes).map_err(failed)?;
+    file.sync_all().map_err(failed)
+}
+
+pub async fn run(args: SarArgs) -> Result<u8, CliError> {
+    let given = match &args.verifier_key {
+        Some(text) => Some(super::audit::verifier_key(Some(text), Path::new("."))?),
+        None => None,
+    };
+    let (channel, _) = args.client.channel("auditor").await?;
+    let report = AuditClient::new(channel)
+        .subject_access(SubjectAccessRequest { nhs_number: args.nhs_number.clone() })
+        .await?
+        .into_inner();
+    let (checkpoint, verifier) = verify(&report, given.as_ref())?;
+    let json = report_json(&report, &checkpoint, &verifier);
+    let text = serde_json::to_string_pretty(&json).map_err(|error| CliError::Failed(error.to_string()))?;
+    write_private(&args.out, JSON_FILE, text.as_bytes())?;
+    write_private(&args.out, HTML_FILE, report_html(&json).into_string().as_bytes())?;
+    println!(
+        "{}: {} plans, {} accesses (every proof verified against the checkpoint of size {}), {} notifications",
+        args.out.display(),
+        report.plans.len(),
+        report.accesses.len(),
+        checkpoint.size,
+        report.notifications.len()
+    );
+    Ok(exit::OK)
+}

@@ -1,0 +1,119 @@
+//! A subject access request: everything the relay holds about one person,
+//! for an auditor to hand to them. Plans held now, every retained access of
+//! the log (searches of both kinds and auditors' reads) with its inclusion
+//! proof in one signed checkpoint, and the retained notifications about the
+//! person with whether the owning authority acknowledged them. The request is
+//! itself an auditor's read, stored before anything is gathered (so it is in
+//! the report), and refused if it cannot be stored.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::Relay;
+use crate::{
+    access_log::SignedCheckpoint,
+    auth::{Action, Identity, authorize},
+    error::{Error, Result},
+    model::{LocalAuthority, Notification, Plan},
+    nhs::NhsNumber,
+    store::log::LogEntry,
+    transparency::Hash,
+};
+
+/// Notifications read per page while looking for the person's.
+const NOTIFICATION_PAGE: usize = 1024;
+
+/// One access of the report with its place in the log and its proof.
+#[derive(Debug, Clone)]
+pub struct LoggedAccess {
+    pub position: u64,
+    pub entry: LogEntry,
+    pub proof: Vec<Hash>,
+}
+
+/// What a subject access request gathers.
+#[derive(Debug, Clone)]
+pub struct SubjectAccess {
+    pub nhs_number: NhsNumber,
+    pub generated_at: DateTime<Utc>,
+    pub plans: Vec<(Plan, Option<Arc<LocalAuthority>>)>,
+    /// In log order.
+    pub accesses: Vec<LoggedAccess>,
+    /// With whether the owning authority acknowledged each.
+    pub notifications: Vec<(Notification, bool)>,
+    pub checkpoint: SignedCheckpoint,
+}
+
+impl Relay {
+    /// Everything held about `nhs_number` (auditors only).
+    pub async fn subject_access(&self, identity: &Identity, nhs_number: &str) -> Result<SubjectAccess> {
+        authorize(identity, Action::ReadAccessLog)?;
+        let nhs_number = super::validate::nhs_number_field(nhs_number, "nhs_number")?;
+        let keeper = self
+            .shared
+            .log_keeper
+            .clone()
+            .ok_or_else(|| Error::FailedPrecondition("this relay's store keeps no access log yet".into()))?;
+        self.record_audit_read(identity, nhs_number, None, "").await?;
+        let generated_at = self.shared.clock.now();
+        let plans = self
+            .shared
+            .index
+            .plans(nhs_number)
+            .iter()
+            .map(|stored| {
+                let plan = stored.decode()?;
+                Ok((plan, self.shared.index.authority(stored.la_ods_code())))
+            })
+            .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
+        let searches = self.shared.store.accesses_of(nhs_number).await?;
+        let (checkpoint, accesses) = keeper
+            .run(move |keeper| {
+                let log = keeper.log();
+                let mut entries: Vec<(u64, LogEntry)> = Vec::new();
+                for access in searches {
+                    // An access whose record is held but has no position (not yet committed) is skipped.
+                    if let Some(position) = log.position_of(access.id)? {
+                        entries.push((position, LogEntry::Search(access)));
+                    }
+                }
+                for (position, read) in log.audit_reads_of(nhs_number)? {
+                    entries.push((position, LogEntry::Audit(read)));
+                }
+                entries.sort_by_key(|(position, _)| *position);
+                let positions: Vec<u64> = entries.iter().map(|(position, _)| *position).collect();
+                let (checkpoint, proofs) = keeper.proofs(&positions)?;
+                let accesses = entries
+                    .into_iter()
+                    .zip(proofs)
+                    .map(|((position, entry), proof)| LoggedAccess { position, entry, proof })
+                    .collect();
+                Ok((checkpoint, accesses))
+            })
+            .await?;
+        let mut notifications = Vec::new();
+        for authority in self.shared.hub.positions() {
+            let mut after = 0;
+            loop {
+                let page =
+                    self.shared.store.notifications_after(&authority.la_ods_code, after, NOTIFICATION_PAGE).await?;
+                let Some(last) = page.last() else { break };
+                after = last.sequence;
+                let full = page.len() == NOTIFICATION_PAGE;
+                notifications.extend(
+                    page.into_iter().filter(|notification| notification.access.nhs_number == nhs_number).map(
+                        |notification| {
+                            let acked = notification.sequence <= authority.acked_through;
+                            (notification, acked)
+                        },
+                    ),
+                );
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(SubjectAccess { nhs_number, generated_at, plans, accesses, notifications, checkpoint })
+    }
+}

@@ -1,0 +1,264 @@
+//! The embedded store's access log (see `crate::store::log`), in the
+//! activity database:
+//!
+//! - `log`: position -> the kind of the access and its key in `accesses`
+//!   (searches) or `audit_reads` (auditors' reads), written by the activity
+//!   lane in the same batch as the access;
+//! - `log_ids`: access id -> position, for proofs by access id;
+//! - `log_meta`: the first retained position (written by retention, in the
+//!   lane) and the tree size (written by the keeper with the tree's hashes);
+//! - `log_tree`: the tree's hashes by stored position (the keeper's);
+//! - `log_notes`: signed checkpoints and retention notes, oldest first.
+//!
+//! A store written before the log existed has accesses without positions:
+//! [`assign_positions`] gives them positions in time order once, on open.
+
+use std::ops::ControlFlow;
+
+use fjall::PersistMode;
+
+use super::{Spaces, decode, io, keys};
+use crate::{
+    model::{AccessView, AuditRead},
+    nhs::NhsNumber,
+    store::{
+        StoreError,
+        log::{AccessLog, LeafProblem, LogBounds, LogEntry, NoteKind, StoredNote, TreeStore},
+    },
+    transparency::{Hash, HashStore, leaf::LeafFields},
+};
+
+const RETAINED_FROM: &str = "retained_from";
+const TREE_SIZE: &str = "tree_size";
+/// Set once every access written before the log has a position.
+const POSITIONS_ASSIGNED: &str = "positions_assigned";
+
+/// The kind byte of a log entry: the leaf encoding's.
+pub(super) const SEARCH_UNSCHEDULED: u8 = 0;
+pub(super) const SEARCH_SCHEDULED: u8 = 1;
+pub(super) const AUDIT_READ: u8 = 2;
+
+/// A log entry's value: its kind and its record's key.
+pub(super) fn entry_value(kind: u8, record_key: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(1 + record_key.len());
+    value.push(kind);
+    value.extend_from_slice(record_key);
+    value
+}
+
+fn meta_u64(spaces: &Spaces, key: &str) -> Result<u64, StoreError> {
+    match spaces.log_meta.get(key).map_err(io)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(&bytes[..])
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt(format!("log_meta: {key}"))),
+    }
+}
+
+/// The first retained position and the next position to assign, as stored.
+pub(super) fn bounds(spaces: &Spaces) -> Result<LogBounds, StoreError> {
+    let retained_from = meta_u64(spaces, RETAINED_FROM)?;
+    let next_position = match spaces.log.last_key_value() {
+        Some(entry) => keys::position_of_key(&entry.key().map_err(io)?, "log")? + 1,
+        None => 0,
+    };
+    Ok(LogBounds { retained_from, next_position: next_position.max(retained_from) })
+}
+
+/// Writes the first retained position into a lane's batch.
+pub(super) fn set_retained_from(spaces: &Spaces, batch: &mut fjall::OwnedWriteBatch, position: u64) {
+    batch.insert(&spaces.log_meta, RETAINED_FROM, position.to_be_bytes());
+}
+
+/// Gives every access an earlier release stored a log position, in time
+/// order, once: the log then starts with them.
+pub(super) fn assign_positions(spaces: &Spaces) -> Result<(), StoreError> {
+    if spaces.log_meta.contains_key(POSITIONS_ASSIGNED).map_err(io)? {
+        return Ok(());
+    }
+    let mut position = bounds(spaces)?.next_position;
+    if position == 0 {
+        let mut batch = spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
+        let mut pending = 0usize;
+        for entry in spaces.access_times.iter() {
+            let access_key = entry.value().map_err(io)?;
+            let scheduled = access_key.get(8).copied().ok_or_else(|| StoreError::Corrupt("access_times".into()))?;
+            let kind = if scheduled == 0 { SEARCH_UNSCHEDULED } else { SEARCH_SCHEDULED };
+            batch.insert(&spaces.log, keys::log_position(position), entry_value(kind, &access_key));
+            batch.insert(&spaces.log_ids, keys::id_of_record_key(&access_key)?.to_be_bytes(), position.to_be_bytes());
+            position += 1;
+            pending += 1;
+            if pending == 100_000 {
+                batch.commit().map_err(io)?;
+                batch = spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
+                pending = 0;
+            }
+        }
+        batch.commit().map_err(io)?;
+        if position > 0 {
+            tracing::info!(accesses = position, "gave the accesses of an earlier release their access log positions");
+        }
+    }
+    spaces.log_meta.insert(POSITIONS_ASSIGNED, []).map_err(io)?;
+    spaces.activity_db.persist(PersistMode::SyncAll).map_err(io)
+}
+
+/// The embedded store's [`AccessLog`].
+pub(super) struct EmbeddedLog {
+    pub spaces: Spaces,
+}
+
+impl EmbeddedLog {
+    /// The leaf hash of the record a log value names.
+    fn leaf_of(&self, value: &[u8]) -> Result<Hash, LeafProblem> {
+        let unreadable = |error: String| LeafProblem::Unreadable(error);
+        let (&kind, record_key) = value.split_first().ok_or_else(|| unreadable("empty log entry".into()))?;
+        let keyspace = if kind == AUDIT_READ { &self.spaces.audit_reads } else { &self.spaces.accesses };
+        let record = keyspace.get(record_key).map_err(|error| unreadable(error.to_string()))?;
+        let record = record.ok_or(LeafProblem::Missing)?;
+        let hash = if kind == AUDIT_READ {
+            let read: AuditRead = postcard::from_bytes(&record).map_err(|error| unreadable(error.to_string()))?;
+            LeafFields::of_audit(&read).leaf_hash()
+        } else {
+            let view: AccessView<'_> = postcard::from_bytes(&record).map_err(|error| unreadable(error.to_string()))?;
+            LeafFields::of_view(&view).leaf_hash()
+        };
+        hash.map_err(|error| unreadable(error.to_string()))
+    }
+}
+
+impl AccessLog for EmbeddedLog {
+    fn bounds(&self) -> Result<LogBounds, StoreError> {
+        bounds(&self.spaces)
+    }
+
+    fn leaf_hashes(
+        &self,
+        from: u64,
+        to: u64,
+        visit: &mut dyn FnMut(u64, Result<Hash, LeafProblem>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut expected = from;
+        for entry in self.spaces.log.range(keys::log_position(from)..keys::log_position(to)) {
+            let (key, value) = entry.into_inner().map_err(io)?;
+            let position = keys::position_of_key(&key, "log")?;
+            while expected < position {
+                if visit(expected, Err(LeafProblem::Missing)).is_break() {
+                    return Ok(());
+                }
+                expected += 1;
+            }
+            if visit(position, self.leaf_of(&value)).is_break() {
+                return Ok(());
+            }
+            expected = position + 1;
+        }
+        let end = to.min(bounds(&self.spaces)?.next_position);
+        while expected < end {
+            if visit(expected, Err(LeafProblem::Missing)).is_break() {
+                return Ok(());
+            }
+            expected += 1;
+        }
+        Ok(())
+    }
+
+    fn entry_at(&self, position: u64) -> Result<Option<LogEntry>, StoreError> {
+        let Some(value) = self.spaces.log.get(keys::log_position(position)).map_err(io)? else { return Ok(None) };
+        let Some((&kind, record_key)) = value.split_first() else {
+            return Err(StoreError::Corrupt("log: empty entry".into()));
+        };
+        if kind == AUDIT_READ {
+            let record = self.spaces.audit_reads.get(record_key).map_err(io)?;
+            record.map(|bytes| decode(&bytes, "audit_reads").map(LogEntry::Audit)).transpose()
+        } else {
+            let record = self.spaces.accesses.get(record_key).map_err(io)?;
+            record.map(|bytes| decode(&bytes, "accesses").map(LogEntry::Search)).transpose()
+        }
+    }
+
+    fn position_of(&self, id: u128) -> Result<Option<u64>, StoreError> {
+        match self.spaces.log_ids.get(id.to_be_bytes()).map_err(io)? {
+            None => Ok(None),
+            Some(bytes) => keys::position_of_key(&bytes, "log_ids").map(Some),
+        }
+    }
+
+    fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError> {
+        let mut reads = Vec::new();
+        for entry in self.spaces.audit_reads.prefix(keys::person_prefix(nhs_number)) {
+            let read: AuditRead = decode(&entry.value().map_err(io)?, "audit_reads")?;
+            let position = self
+                .position_of(read.id)?
+                .ok_or_else(|| StoreError::Corrupt("audit_reads: a read without a log position".into()))?;
+            reads.push((position, read));
+        }
+        Ok(reads)
+    }
+
+    fn tree(&self) -> TreeStore {
+        Box::new(EmbeddedTree { spaces: self.spaces.clone() })
+    }
+
+    fn add_note(&self, kind: NoteKind, text: &str) -> Result<(), StoreError> {
+        let sequence = match self.spaces.log_notes.last_key_value() {
+            Some(entry) => keys::position_of_key(&entry.key().map_err(io)?, "log_notes")? + 1,
+            None => 0,
+        };
+        let mut value = Vec::with_capacity(1 + text.len());
+        value.push(kind.code());
+        value.extend_from_slice(text.as_bytes());
+        let mut batch = self.spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.spaces.log_notes, keys::log_position(sequence), value);
+        batch.commit().map_err(io)
+    }
+
+    fn notes(&self) -> Result<Vec<StoredNote>, StoreError> {
+        let mut notes = Vec::new();
+        for entry in self.spaces.log_notes.iter() {
+            let value = entry.value().map_err(io)?;
+            let corrupt = || StoreError::Corrupt("log_notes: malformed note".into());
+            let (&kind, text) = value.split_first().ok_or_else(corrupt)?;
+            let kind = NoteKind::from_code(kind).ok_or_else(corrupt)?;
+            let text = std::str::from_utf8(text).map_err(|_| corrupt())?.to_owned();
+            notes.push(StoredNote { kind, text });
+        }
+        Ok(notes)
+    }
+}
+
+/// The tree's hashes in `log_tree`, its size in `log_meta`, written together.
+struct EmbeddedTree {
+    spaces: Spaces,
+}
+
+impl HashStore for EmbeddedTree {
+    type Error = StoreError;
+
+    fn tree_size(&self) -> Result<u64, StoreError> {
+        meta_u64(&self.spaces, TREE_SIZE)
+    }
+
+    fn hash_at(&self, position: u64) -> Result<Hash, StoreError> {
+        let bytes = self
+            .spaces
+            .log_tree
+            .get(keys::log_position(position))
+            .map_err(io)?
+            .ok_or_else(|| StoreError::Corrupt(format!("log_tree: no hash at {position}")))?;
+        <[u8; 32]>::try_from(&bytes[..]).map_err(|_| StoreError::Corrupt(format!("log_tree: hash {position}")))
+    }
+
+    fn append(&mut self, hashes: &[Hash], tree_size: u64) -> Result<(), StoreError> {
+        let first = match self.spaces.log_tree.last_key_value() {
+            Some(entry) => keys::position_of_key(&entry.key().map_err(io)?, "log_tree")? + 1,
+            None => 0,
+        };
+        let mut batch = self.spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
+        for (offset, hash) in hashes.iter().enumerate() {
+            batch.insert(&self.spaces.log_tree, keys::log_position(first + offset as u64), hash.as_slice());
+        }
+        batch.insert(&self.spaces.log_meta, TREE_SIZE, tree_size.to_be_bytes());
+        batch.commit().map_err(io)
+    }
+}

@@ -1,0 +1,150 @@
+//! The access log as a store keeps it (issue 20): every stored access (a
+//! search, either kind, or an auditor's read) has a log position, assigned
+//! gaplessly in commit order by the store's single writer in the same atomic
+//! write as the access. The leaves of the Merkle tree are the accesses in
+//! position order (their encoding is `transparency::leaf`); the tree's hashes
+//! and the signed notes (checkpoints, retention) are derived data the log
+//! keeper (`crate::access_log`) writes after the commit, never on a search's
+//! commit path.
+//!
+//! Retention removes a prefix of the log: the oldest positions, while they
+//! are past their keeping period, never past the tree the keeper has built
+//! (so every removed record's leaf is in the tree). The first position still
+//! held is recorded with the removal.
+//!
+//! What this module must not do: hash a tree, sign, or read a clock.
+
+use std::ops::ControlFlow;
+
+use crate::{
+    model::{AccessEvent, AuditRead},
+    nhs::NhsNumber,
+    store::StoreError,
+    transparency::{Hash, HashStore, leaf::LeafFields},
+};
+
+/// One entry of the log, as it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEntry {
+    Search(AccessEvent),
+    Audit(AuditRead),
+}
+
+impl LogEntry {
+    pub fn leaf_fields(&self) -> LeafFields<'_> {
+        match self {
+            Self::Search(event) => LeafFields::of_search(event),
+            Self::Audit(read) => LeafFields::of_audit(read),
+        }
+    }
+
+    pub fn id(&self) -> u128 {
+        match self {
+            Self::Search(event) => event.id,
+            Self::Audit(read) => read.id,
+        }
+    }
+
+    pub fn nhs_number(&self) -> NhsNumber {
+        match self {
+            Self::Search(event) => event.nhs_number,
+            Self::Audit(read) => read.nhs_number,
+        }
+    }
+
+    /// Its RFC 6962 leaf hash.
+    pub fn leaf_hash(&self) -> Result<Hash, StoreError> {
+        self.leaf_fields().leaf_hash().map_err(|error| StoreError::Corrupt(format!("access log: {error}")))
+    }
+}
+
+/// Which positions a log holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogBounds {
+    /// The first position retention has not removed.
+    pub retained_from: u64,
+    /// The position the next access will take: the log's length.
+    pub next_position: u64,
+}
+
+/// Why no leaf hash could be read at a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeafProblem {
+    /// No record is stored at the position (or the record it names is gone).
+    Missing,
+    /// A record is there but does not decode.
+    Unreadable(String),
+}
+
+/// What a signed note the keeper stores says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteKind {
+    /// A signed checkpoint (`transparency::checkpoint`).
+    Checkpoint,
+    /// A signed retention note: positions below a boundary were removed under a rule.
+    Retention,
+}
+
+impl NoteKind {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Checkpoint => 1,
+            Self::Retention => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Checkpoint),
+            2 => Some(Self::Retention),
+            _ => None,
+        }
+    }
+}
+
+/// A signed note as stored, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNote {
+    pub kind: NoteKind,
+    pub text: String,
+}
+
+/// What a shared store's tree answers (as `StoreError::Io`) when another
+/// node's keeper appended first: the keeper reopens the tree and continues.
+pub const TREE_MOVED: &str = "another node appended to the access log's tree";
+
+/// The tree's hashes as a store keeps them.
+pub type TreeStore = Box<dyn HashStore<Error = StoreError> + Send + Sync>;
+
+/// The access log of a store this process alone writes. Every method
+/// blocks on storage: callers run them on a blocking thread.
+pub trait AccessLog: Send + Sync + 'static {
+    fn bounds(&self) -> Result<LogBounds, StoreError>;
+
+    /// Visits the leaf hash of every position from `from` to `to` (exclusive),
+    /// in order, until `visit` breaks; positions past the log are not visited.
+    fn leaf_hashes(
+        &self,
+        from: u64,
+        to: u64,
+        visit: &mut dyn FnMut(u64, Result<Hash, LeafProblem>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// The entry at `position`, if it is still held.
+    fn entry_at(&self, position: u64) -> Result<Option<LogEntry>, StoreError>;
+
+    /// The position of the access (or auditor's read) with this id, if it is still held.
+    fn position_of(&self, id: u128) -> Result<Option<u64>, StoreError>;
+
+    /// Every retained auditor's read of one person, oldest first, with its position.
+    fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError>;
+
+    /// The tree's hash store.
+    fn tree(&self) -> TreeStore;
+
+    /// Stores a signed note durably, after every note stored before it.
+    fn add_note(&self, kind: NoteKind, text: &str) -> Result<(), StoreError>;
+
+    /// Every stored note, oldest first.
+    fn notes(&self) -> Result<Vec<StoredNote>, StoreError>;
+}

@@ -1,0 +1,161 @@
+//! The tamper-evident access log on PostgreSQL (issue 20): searches and an
+//! auditor's read take positions from `cpis_log` across two nodes, the
+//! keepers build one tree, and `audit verify` finds a deleted, altered or
+//! swapped row at its position after tampering with the rows by hand (psql);
+//! retention removes a signed prefix and the rest still verifies.
+
+mod common;
+#[path = "support/postgres.rs"]
+mod postgres;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use cpis_relay::{
+    access_log::{LogFinding, LogReport, verify_log},
+    clock::ManualClock,
+    proto::{AccessLogRequest, PlanType},
+    relay::RelaySettings,
+    store::{
+        Store,
+        postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
+    },
+    transparency::{LogSigner, audit::Finding},
+};
+use postgres::PgCluster;
+
+fn options(url: &str) -> PostgresOptions {
+    PostgresOptions {
+        connect: ConnectOptions { url: StoreUrl::parse(url).unwrap(), password_file: None, pool_size: 4 },
+        write_timeout: Duration::from_secs(5),
+    }
+}
+
+/// A node on `url` whose access log is signed with `signer` (every node shares the key).
+async fn node(pki: &Pki, clock: &Arc<ManualClock>, url: &str, signer: &Arc<LogSigner>) -> TestRelay {
+    cpis_relay::tls::install_crypto_provider();
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&options(url)).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RelaySettings {
+        spill_dir: Some(dir.path().to_owned()),
+        log_signer: Some(Arc::clone(signer)),
+        ..RelaySettings::default()
+    };
+    TestRelay::serve(pki.clone(), store, Arc::clone(clock), settings, dir).await
+}
+
+async fn verify(url: &str, signer: &Arc<LogSigner>) -> LogReport {
+    let store = PostgresStore::open(&options(url)).await.unwrap();
+    let log = store.access_log().unwrap();
+    let verifier = signer.verifier().clone();
+    tokio::task::spawn_blocking(move || verify_log(log.as_ref(), &verifier)).await.unwrap().unwrap()
+}
+
+fn leaf_positions(report: &LogReport) -> Vec<u64> {
+    let mut positions: Vec<u64> = report
+        .findings
+        .iter()
+        .filter_map(|finding| match finding {
+            LogFinding::Tree(Finding::LeafDiffers { position } | Finding::RecordMissing { position }) => {
+                Some(*position)
+            }
+            _ => None,
+        })
+        .collect();
+    positions.sort_unstable();
+    positions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_rows_are_found_at_their_positions() {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let signer = Arc::new(LogSigner::generate_ephemeral("test.example/log").unwrap());
+    let (pki, clock) = (Pki::new(), Arc::new(ManualClock::new(test_start())));
+    let a = node(&pki, &clock, &url, &signer).await;
+    let b = node(&pki, &clock, &url, &signer).await;
+    let child = nhs(3001);
+    a.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    for n in 0..12 {
+        let relay = if n % 2 == 0 { &a } else { &b };
+        relay.lookup().await.search(search_request(&child, &format!("u{n}"), &format!("r{n}"))).await.unwrap();
+        if n == 5 {
+            collect(
+                relay
+                    .audit()
+                    .await
+                    .access_log(AccessLogRequest { nhs_number: child.clone() })
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            )
+            .await;
+        }
+        if n % 4 == 3 {
+            // Both nodes' keepers append to the one tree; each signs what it sees.
+            let keeper = relay.relay.log_keeper().unwrap().clone();
+            keeper.run(|keeper| keeper.checkpoint()).await.unwrap();
+        }
+    }
+    let keeper = a.relay.log_keeper().unwrap().clone();
+    let latest = keeper.run(|keeper| keeper.checkpoint()).await.unwrap();
+    assert_eq!(latest.checkpoint.size, 13, "twelve searches and the auditor's read");
+    assert_eq!(cluster.psql("cpis", "SELECT position FROM cpis_audit_reads"), "6");
+    let clean = verify(&url, &signer).await;
+    assert!(clean.is_clean(), "{:?}", clean.findings);
+    assert_eq!((clean.next_position, clean.tree_size), (13, 13));
+
+    // Delete one, alter one field (the last byte of its request id), swap two.
+    cluster.psql("cpis", "DELETE FROM cpis_accesses WHERE position = 4");
+    cluster.psql(
+        "cpis",
+        "UPDATE cpis_accesses SET record = overlay(record PLACING '\\x5a'::bytea FROM length(record) FOR 1) WHERE position = 7",
+    );
+    cluster.psql("cpis", "UPDATE cpis_accesses SET position = -1 WHERE position = 2");
+    cluster.psql("cpis", "UPDATE cpis_accesses SET position = 2 WHERE position = 10");
+    cluster.psql("cpis", "UPDATE cpis_accesses SET position = 10 WHERE position = -1");
+    let report = verify(&url, &signer).await;
+    assert!(!report.is_clean());
+    assert_eq!(leaf_positions(&report), vec![2, 4, 7, 10], "{:?}", report.findings);
+
+    // The CLI says the same and exits 1.
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), signer.verifier().to_string()).unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+            .args(["audit", "verify", "--store", &url, "--verifier-key"])
+            .arg(key.path())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(output.status.code(), Some(1), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("FINDING position 4: the record is missing"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_a_signed_prefix_of_the_shared_log() {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let signer = Arc::new(LogSigner::generate_ephemeral("test.example/log").unwrap());
+    let (pki, clock) = (Pki::new(), Arc::new(ManualClock::new(test_start())));
+    let a = node(&pki, &clock, &url, &signer).await;
+    let child = nhs(3002);
+    a.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    for n in 0..3 {
+        a.lookup().await.search(search_request(&child, &format!("old{n}"), "")).await.unwrap();
+    }
+    clock.advance(chrono::Duration::days(300));
+    for n in 0..2 {
+        a.lookup().await.search(search_request(&child, &format!("new{n}"), "")).await.unwrap();
+    }
+    clock.advance(chrono::Duration::days(100));
+    let counts = a.relay.expire().await.unwrap();
+    assert_eq!(counts.accesses, 3, "the three searches older than 365 days");
+    assert_eq!(cluster.psql("cpis", "SELECT retained_from FROM cpis_log"), "3");
+    let report = verify(&url, &signer).await;
+    assert!(report.is_clean(), "{:?}", report.findings);
+    assert_eq!((report.retained_from, report.next_position, report.retention_notes), (3, 5, 1));
+}
