@@ -53,8 +53,9 @@ fn hashes(list: &[Vec<u8>], field: &str) -> Result<Vec<Hash>, CliError> {
         .collect()
 }
 
-/// Verifies the signed note of a checkpoint the relay sent.
-fn checked_checkpoint(
+/// Verifies the signed note of a checkpoint the relay sent, with the
+/// verifier key given or else (with a warning) the relay's own.
+pub(super) fn checked_checkpoint(
     sent: Option<&proto::SignedCheckpoint>,
     given: Option<&VerifierKey>,
 ) -> Result<(Checkpoint, VerifierKey), CliError> {

@@ -66,19 +66,7 @@ fn verify(
     report: &proto::SubjectAccessReport,
     given: Option<&VerifierKey>,
 ) -> Result<(Checkpoint, VerifierKey), CliError> {
-    let sent = report.checkpoint.as_ref().ok_or_else(|| CliError::Failed("the relay sent no checkpoint".into()))?;
-    let verifier = match given {
-        Some(key) => key.clone(),
-        None => {
-            eprintln!(
-                "warning: checking with the relay's own verifier key; pass --verifier-key to check against yours"
-            );
-            VerifierKey::parse(&sent.verifier_key)
-                .map_err(|error| CliError::Failed(format!("the relay's verifier key: {error}")))?
-        }
-    };
-    let checkpoint = Checkpoint::verify(&sent.note, &verifier)
-        .map_err(|error| CliError::Failed(format!("the checkpoint does not verify: {error}")))?;
+    let (checkpoint, verifier) = super::audit_proof::checked_checkpoint(report.checkpoint.as_ref(), given)?;
     for access in &report.accesses {
         let path = access
             .audit_path
