@@ -103,6 +103,9 @@ const SERVICE_NAMES: [&str; 4] = [
     <AuditServer<AuditService> as NamedService>::NAME,
 ];
 
+/// How long shutdown waits for the relay's own tasks when the grace period is spent.
+const TASKS_GRACE: Duration = Duration::from_secs(10);
+
 /// The HTTPS doors besides gRPC, each served only when given.
 #[derive(Default)]
 pub struct Doors {
@@ -133,7 +136,7 @@ pub async fn run(
     let draining = watch::Sender::new(false);
     let ready = watch::Sender::new(true);
     let admin_stop = watch::Sender::new(false);
-    tokio::spawn(follow_store_health(relay.clone(), reporter.clone(), draining.subscribe(), ready.clone()));
+    relay.spawn_task(follow_store_health(relay.clone(), reporter.clone(), draining.subscribe(), ready.clone()));
     relay.spawn_gauges(Duration::from_secs(5));
 
     let metrics_url = admin_listener
@@ -267,6 +270,7 @@ pub async fn run(
     tokio::select! {
         result = &mut serve => {
             store_held_before(&relay, deadline).await;
+            finish(&relay, deadline).await;
             admin_stop.send_replace(true);
             return result.map_err(ServerError::from);
         }
@@ -294,9 +298,18 @@ pub async fn run(
         let _ = tokio::time::timeout_at(deadline, door).await;
     }
     store_held_before(&relay, deadline).await;
-    relay.close_spill().await;
+    finish(&relay, deadline).await;
     admin_stop.send_replace(true);
     result
+}
+
+/// Lets the relay's background tasks end (the access log keeper signs its
+/// last checkpoint) and closes the spill, so that the store and the data
+/// directory are free for whatever runs next, in this process too.
+async fn finish(relay: &Relay, deadline: tokio::time::Instant) {
+    // A last checkpoint is owed even when the grace period is spent.
+    relay.finish_tasks(deadline.max(tokio::time::Instant::now() + TASKS_GRACE)).await;
+    relay.close_spill().await;
 }
 
 /// The rest of the grace period goes to notifications the store has not

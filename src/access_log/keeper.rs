@@ -11,7 +11,6 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use tokio::task::JoinHandle;
 
 use super::notes::RetentionNote;
 use crate::{
@@ -233,35 +232,29 @@ impl LogKeeper {
     }
 
     /// Signs a checkpoint every `interval` (when the log grew), and a last one
-    /// when `draining` flips; the task then ends.
-    pub fn spawn(
-        &self,
-        interval: std::time::Duration,
-        mut draining: tokio::sync::watch::Receiver<bool>,
-    ) -> JoinHandle<()> {
-        let keeper = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let last = tokio::select! {
-                    _ = ticks.tick() => false,
-                    _ = draining.wait_for(|draining| *draining) => true,
-                };
-                let signed = if last {
-                    keeper.run(|keeper| keeper.checkpoint()).await
-                } else {
-                    keeper.run(|keeper| keeper.checkpoint_if_due()).await
-                };
-                if let Err(error) = signed {
-                    metrics::counter!("cpis_access_log_failures_total").increment(1);
-                    tracing::error!(%error, "access log checkpoint failed; will retry");
-                }
-                if last {
-                    return;
-                }
+    /// when `draining` flips; then ends. Run it on its own task.
+    pub async fn keep(self, interval: std::time::Duration, mut draining: tokio::sync::watch::Receiver<bool>) {
+        let keeper = self;
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let last = tokio::select! {
+                _ = ticks.tick() => false,
+                _ = draining.wait_for(|draining| *draining) => true,
+            };
+            let signed = if last {
+                keeper.run(|keeper| keeper.checkpoint()).await
+            } else {
+                keeper.run(|keeper| keeper.checkpoint_if_due()).await
+            };
+            if let Err(error) = signed {
+                metrics::counter!("cpis_access_log_failures_total").increment(1);
+                tracing::error!(%error, "access log checkpoint failed; will retry");
             }
-        })
+            if last {
+                return;
+            }
+        }
     }
 }
 

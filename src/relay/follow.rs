@@ -49,7 +49,7 @@ impl Relay {
         let mut hints = feed.hints();
         let mut draining = self.shared.draining.subscribe();
         self.spawn_lag_gauge();
-        tokio::spawn(async move {
+        self.spawn_task(async move {
             let mut ticks = tokio::time::interval(relay.shared.settings.feed_poll_interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -100,7 +100,7 @@ impl Relay {
     fn spawn_lag_gauge(&self) {
         let relay = self.clone();
         let mut draining = self.shared.draining.subscribe();
-        tokio::spawn(async move {
+        self.spawn_task(async move {
             let mut ticks = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {

@@ -328,7 +328,7 @@ impl Relay {
     fn start_retrying(&self) {
         if !self.shared.hub.held.retrying.swap(true, Ordering::AcqRel) {
             let relay = self.clone();
-            tokio::spawn(async move { relay.retry_held().await });
+            self.spawn_task(async move { relay.retry_held().await });
         }
     }
 
@@ -364,14 +364,28 @@ impl Relay {
         let held = &self.shared.hub.held;
         let (first, longest) = self.shared.settings.held_retry_backoff;
         let mut backoff = first;
+        let mut draining = self.shared.draining.subscribe();
+        // Shutdown retries what is still held itself, for the rest of the grace period.
+        let mut wait = async |backoff| {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => true,
+                () = super::until_draining(&mut draining) => false,
+            }
+        };
         // The store has just failed: wait before the first attempt too.
-        tokio::time::sleep(backoff).await;
+        if !wait(backoff).await {
+            held.retrying.store(false, Ordering::Release);
+            return;
+        }
         loop {
             match self.retry_oldest().await {
                 Some(true) => backoff = first,
                 Some(false) => {
                     backoff = (backoff * 2).min(longest);
-                    tokio::time::sleep(backoff).await;
+                    if !wait(backoff).await {
+                        held.retrying.store(false, Ordering::Release);
+                        return;
+                    }
                 }
                 None => {
                     held.retrying.store(false, Ordering::Release);

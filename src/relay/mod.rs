@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
 
 use crate::{
     auth::{Action, Identity, authorize},
@@ -177,6 +178,9 @@ struct RelayState {
     oversight: oversight::Oversight,
     /// The access log's tree and checkpoints, for a store that keeps a log.
     log_keeper: Option<crate::access_log::LogKeeper>,
+    /// Every task the relay starts in the background, waited for at shutdown
+    /// (see [`Relay::finish_tasks`]) so that none outlives it holding the store.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Relay {
@@ -241,6 +245,7 @@ impl Relay {
                 oversight,
                 log_keeper,
                 draining: watch::Sender::new(false),
+                tasks: tokio_util::task::TaskTracker::new(),
             }),
         };
         relay.publish_plan_gauges();
@@ -346,6 +351,28 @@ impl Relay {
     }
 
     /// Ends open subscription streams; part of graceful shutdown.
+    /// Starts `work` on its own task, one [`Relay::finish_tasks`] waits for.
+    pub fn spawn_task<F>(&self, work: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.shared.tasks.spawn(work)
+    }
+
+    /// Shutdown, once the relay drains: waits until `deadline` for every task
+    /// it started to end (each ends when it sees the relay draining, after
+    /// its last write), so that none holds the store open after this returns.
+    /// Returns whether they all ended.
+    pub async fn finish_tasks(&self, deadline: tokio::time::Instant) -> bool {
+        self.shared.tasks.close();
+        let ended = tokio::time::timeout_at(deadline, self.shared.tasks.wait()).await.is_ok();
+        if !ended {
+            tracing::warn!(running = self.shared.tasks.len(), "background tasks still running at shutdown");
+        }
+        ended
+    }
+
     pub fn begin_draining(&self) {
         self.shared.draining.send_replace(true);
     }

@@ -154,25 +154,25 @@ impl Relay {
         let la_ods_code = identity.ods_code.clone();
         // On its own task, like an upload: store and index change together or not at all.
         let relay = self.clone();
-        let deleted = tokio::spawn(async move {
-            let writes = relay.shared.plan_writes.lock().await;
-            relay.catch_up_before(&writes, u64::MAX).await?;
-            let held =
-                relay.shared.index.plans(nhs_number).iter().any(|plan| {
+        let deleted = self
+            .spawn_task(async move {
+                let writes = relay.shared.plan_writes.lock().await;
+                relay.catch_up_before(&writes, u64::MAX).await?;
+                let held = relay.shared.index.plans(nhs_number).iter().any(|plan| {
                     plan.la_ods_code() == la_ods_code && plan_type.is_none_or(|kind| kind == plan.plan_type())
                 });
-            if !held {
-                return Ok(0);
-            }
-            let change = Change::DeletePlans { la_ods_code: la_ods_code.clone(), nhs_number, plan_type };
-            let applied = relay.shared.store.apply(change).await?;
-            let version = relay.before_own_change(&writes, &applied).await?;
-            let removed = relay.shared.index.remove(&la_ods_code, nhs_number, plan_type) as u64;
-            relay.applied_plan_version(&writes, version);
-            Ok::<_, Error>(removed)
-        })
-        .await
-        .map_err(|error| Error::Unavailable(format!("the delete did not finish: {error}")))??;
+                if !held {
+                    return Ok(0);
+                }
+                let change = Change::DeletePlans { la_ods_code: la_ods_code.clone(), nhs_number, plan_type };
+                let applied = relay.shared.store.apply(change).await?;
+                let version = relay.before_own_change(&writes, &applied).await?;
+                let removed = relay.shared.index.remove(&la_ods_code, nhs_number, plan_type) as u64;
+                relay.applied_plan_version(&writes, version);
+                Ok::<_, Error>(removed)
+            })
+            .await
+            .map_err(|error| Error::Unavailable(format!("the delete did not finish: {error}")))??;
         if deleted > 0 {
             self.publish_plan_gauges();
         }

@@ -80,7 +80,7 @@ impl Relay {
     pub fn spawn_gauges(&self, interval: std::time::Duration) -> JoinHandle<()> {
         let relay = self.clone();
         let mut draining = self.shared.draining.subscribe();
-        tokio::spawn(async move {
+        self.spawn_task(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -96,14 +96,16 @@ impl Relay {
     /// one once the relay drains (await the handle after the server stops).
     pub fn spawn_log_keeper(&self) -> Option<JoinHandle<()>> {
         let keeper = self.shared.log_keeper.as_ref()?;
-        Some(keeper.spawn(self.shared.settings.checkpoint_interval, self.shared.draining.subscribe()))
+        Some(self.spawn_task(
+            keeper.clone().keep(self.shared.settings.checkpoint_interval, self.shared.draining.subscribe()),
+        ))
     }
 
     /// Runs [`Relay::expire`] now and then every `retention_interval` until the relay drains.
     pub fn spawn_retention(&self) -> JoinHandle<()> {
         let relay = self.clone();
         let mut draining = self.shared.draining.subscribe();
-        tokio::spawn(async move {
+        self.spawn_task(async move {
             let mut ticks = tokio::time::interval(relay.shared.settings.retention_interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -225,7 +225,7 @@ impl Relay {
             // way, between the store and the index.
             let relay = self.clone();
             let (mode, authority) = (header.mode, header.local_authority.clone());
-            tokio::spawn(async move { relay.commit_plans(mode, authority, plans, check).await })
+            self.spawn_task(async move { relay.commit_plans(mode, authority, plans, check).await })
                 .await
                 .map_err(|error| Error::Unavailable(format!("the upload did not finish: {error}")))??
         };

@@ -314,7 +314,10 @@ impl TestRelay {
     /// Stops the server and waits for it, returning the parts for a restart.
     pub async fn stop(mut self) -> (Pki, Arc<dyn Store>, Arc<ManualClock>, tempfile::TempDir) {
         self.shutdown().await;
-        let Self { pki, store, clock, dir, .. } = self;
+        let Self { pki, store, clock, dir, relay, .. } = self;
+        drop(relay);
+        // Nothing the relay started may outlive it: a restart on the same files needs them free.
+        assert_eq!(Arc::strong_count(&store), 1, "a task of the stopped relay still holds its store");
         (pki, store, clock, dir)
     }
 
