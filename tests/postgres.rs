@@ -26,6 +26,7 @@ use cpis_relay::{
     store::{
         Store,
         postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
+        writes::Recorded,
     },
 };
 use postgres::PgCluster;
@@ -323,7 +324,8 @@ async fn audit_export_retention_and_store_check_work_on_postgres() {
 }
 
 /// A flagged search as the relay records it: an access by `user` with one draft per authority.
-fn recorded(id: u128, user: &str, request: &str, authorities: &[&str]) -> cpis_relay::store::Change {
+/// A search of person 20 by `user`, notifying `authorities`, as the relay records it.
+async fn recorded(store: &dyn Store, id: u128, user: &str, request: &str, authorities: &[&str]) -> Recorded {
     use cpis_relay::model::{AccessEvent, Accessor, CareSetting, NotificationDraft, PlanType as Type};
     let access = AccessEvent {
         id,
@@ -346,38 +348,36 @@ fn recorded(id: u128, user: &str, request: &str, authorities: &[&str]) -> cpis_r
             team_code: "T1".into(),
         })
         .collect();
-    cpis_relay::store::Change::RecordAccess { access, drafts }
+    store.record_access(access, drafts).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accesses_take_gapless_log_positions_a_held_retry_gets_its_own_answer_and_a_repeat_stores_nothing() {
-    use cpis_relay::store::Applied;
     let cluster = PgCluster::start();
     let url = cluster.create_database("cpis");
-    let (one, two) =
-        (PostgresStore::open(&options(&url)).await.unwrap(), PostgresStore::open(&options(&url)).await.unwrap());
-    let sequences = |applied: Applied| match applied {
-        Applied::Notified(notifications) => {
+    let open = async || Arc::new(PostgresStore::open(&options(&url)).await.unwrap()) as Arc<dyn Store>;
+    let (one, two) = (open().await, open().await);
+    let sequences = |recorded: Recorded| match recorded {
+        Recorded::Notified(notifications) => {
             notifications.iter().map(|n| (n.draft.la_ods_code.clone(), n.sequence)).collect::<Vec<_>>()
         }
-        other => panic!("expected notifications, got {other:?}"),
+        Recorded::Repeated => panic!("expected notifications, got a repeat"),
     };
 
-    let first = one.apply(recorded(1, "u1", "r1", &["706", "A1B2C"])).await.unwrap();
+    let first = recorded(&*one, 1, "u1", "r1", &["706", "A1B2C"]).await;
     assert_eq!(sequences(first), [("706".to_owned(), 1), ("A1B2C".to_owned(), 1)]);
     // The same access again through the other node (a held search whose answer was lost):
     // answered with what it stored, nothing stored twice.
-    let again = two.apply(recorded(1, "u1", "r1", &["706", "A1B2C"])).await.unwrap();
+    let again = recorded(&*two, 1, "u1", "r1", &["706", "A1B2C"]).await;
     assert_eq!(sequences(again), [("706".to_owned(), 1), ("A1B2C".to_owned(), 1)]);
     // The same request as a new search on the other node: a repeat, stored nowhere.
-    assert_eq!(two.apply(recorded(2, "u1", "r1", &["706"])).await.unwrap(), Applied::Repeated);
+    assert_eq!(recorded(&*two, 2, "u1", "r1", &["706"]).await, Recorded::Repeated);
     // A scheduled read is stored and notifies no one, and so does its retry.
-    assert_eq!(sequences(two.apply(recorded(3, "u2", "r2", &[])).await.unwrap()), []);
-    assert_eq!(sequences(one.apply(recorded(3, "u2", "r2", &[])).await.unwrap()), []);
+    assert_eq!(sequences(recorded(&*two, 3, "u2", "r2", &[]).await), []);
+    assert_eq!(sequences(recorded(&*one, 3, "u2", "r2", &[]).await), []);
     // Two searches in flight together on both nodes share batches and still number in order.
-    let (x, y) =
-        tokio::join!(one.apply(recorded(4, "u3", "r3", &["706"])), two.apply(recorded(5, "u4", "r4", &["706"])));
-    let mut numbered: Vec<u64> = [x.unwrap(), y.unwrap()].into_iter().flat_map(sequences).map(|(_, s)| s).collect();
+    let (x, y) = tokio::join!(recorded(&*one, 4, "u3", "r3", &["706"]), recorded(&*two, 5, "u4", "r4", &["706"]));
+    let mut numbered: Vec<u64> = [x, y].into_iter().flat_map(sequences).map(|(_, s)| s).collect();
     numbered.sort_unstable();
     assert_eq!(numbered, [2, 3]);
 

@@ -22,10 +22,11 @@ use cpis_relay::{
     model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, PlanType, RequestKey},
     nhs::NhsNumber,
     store::{
-        Applied, Change, Cursor, EXPIRY_CHUNK, Expiry, Store,
+        Cursor, EXPIRY_CHUNK, Expiry, Store,
         embedded::EmbeddedStore,
         memory::MemoryStore,
         postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
+        writes::Recorded,
     },
     stored::StoredPlan,
 };
@@ -85,20 +86,16 @@ impl Subject {
         self.store = Some(store);
     }
 
-    async fn apply(&self, change: Change) -> Applied {
-        self.store().apply(change).await.unwrap()
-    }
-
     /// Records a search of `person` at `minute`, notifying `authorities`; returns the sequences.
     async fn search(&self, person: NhsNumber, minute: i64, user: &str, authorities: &[&str]) -> Vec<(String, u64)> {
         let id = next_id();
         let access = access(id, person, minute, user);
         let drafts = authorities.iter().map(|la| draft(la, id)).collect();
-        match self.apply(Change::RecordAccess { access, drafts }).await {
-            Applied::Notified(notified) => {
+        match self.store().record_access(access, drafts).await.unwrap() {
+            Recorded::Notified(notified) => {
                 notified.into_iter().map(|n| (n.draft.la_ods_code.clone(), n.sequence)).collect()
             }
-            other => panic!("a recorded access answered {other:?}"),
+            Recorded::Repeated => panic!("a new request was taken for a repeat"),
         }
     }
 
@@ -113,7 +110,7 @@ impl Subject {
     }
 
     async fn upsert(&self, la: &str, plans: Vec<StoredPlan>) {
-        self.apply(Change::UpsertPlans { authority: authority(la), plans: plans.into() }).await;
+        self.store().upsert_plans(authority(la), plans.into()).await.unwrap();
     }
 }
 
@@ -239,7 +236,7 @@ async fn sequences_are_per_authority_in_commit_order_and_go_on_after_a_reopen(mu
         assert_eq!(notified, [("706".to_owned(), round as u64), ("707".to_owned(), round as u64)]);
     }
     assert_eq!(subject.search(child, 4, "u", &["706"]).await, [("706".to_owned(), 4)]);
-    subject.apply(Change::Ack { la_ods_code: "706".into(), through: 2 }).await;
+    subject.store().ack("706".into(), 2).await.unwrap();
 
     subject.reopen().await;
     let cursor = subject.cursor("706").await;
@@ -275,11 +272,11 @@ async fn acknowledgements_are_cumulative_and_never_beyond_the_last_sequence(mut 
     for minute in 0..3 {
         subject.search(person(1), minute, "u", &["706"]).await;
     }
-    let ack = |through| Change::Ack { la_ods_code: "706".into(), through };
-    subject.apply(ack(2)).await;
-    subject.apply(ack(1)).await;
+    let ack = |through| subject.store().ack("706".into(), through);
+    ack(2).await.unwrap();
+    ack(1).await.unwrap();
     assert_eq!(subject.cursor("706").await.acked_through, 2, "an older acknowledgement moves nothing back");
-    subject.apply(ack(99)).await;
+    ack(99).await.unwrap();
     assert_eq!(subject.cursor("706").await.acked_through, 3, "never beyond the last sequence");
     subject.reopen().await;
     assert_eq!(subject.cursor("706").await.acked_through, 3);
@@ -292,7 +289,7 @@ async fn a_persons_recent_accesses_load_in_time_order_and_the_trail_keeps_every_
     for minute in 0..30 {
         subject.search(child, minute * 2, "ed", &[]).await;
         let routine = AccessEvent { scheduled: true, ..access(next_id(), child, minute * 2 + 1, "gp") };
-        subject.apply(Change::RecordAccess { access: routine, drafts: vec![] }).await;
+        subject.store().record_access(routine, vec![]).await.unwrap();
     }
     subject.search(other, 100, "ed", &[]).await;
     // What a search lists and checks requests against is rebuilt from the store on start.
@@ -313,7 +310,7 @@ async fn a_persons_recent_accesses_load_in_time_order_and_the_trail_keeps_every_
 async fn a_request_is_found_only_by_its_whole_key(subject: Subject) {
     let child = person(1);
     let made = access(next_id(), child, 5, "u");
-    subject.apply(Change::RecordAccess { access: made.clone(), drafts: vec![] }).await;
+    subject.store().record_access(made.clone(), vec![]).await.unwrap();
     subject.search(child, 6, "u", &[]).await;
     let key = made.request_key();
     let recent = subject.store().load().await.unwrap().recent;
@@ -348,7 +345,7 @@ async fn a_full_refresh_makes_the_set_exactly_the_new_one_and_never_half_of_it(m
     let store = Arc::clone(subject.store.as_ref().unwrap());
     let refresh = tokio::spawn({
         let store = Arc::clone(&store);
-        async move { store.apply(Change::ReplacePlans { authority: authority("706"), plans: set(PEOPLE / 2).into() }).await }
+        async move { store.replace_plans(authority("706"), set(PEOPLE / 2).into()).await }
     });
     while !refresh.is_finished() {
         let seen = subject.plans().await;
@@ -362,7 +359,7 @@ async fn a_full_refresh_makes_the_set_exactly_the_new_one_and_never_half_of_it(m
     assert_eq!(subject.plans().await, expected);
 
     let doomed = person(PEOPLE / 2);
-    subject.apply(Change::DeletePlans { la_ods_code: "706".into(), nhs_number: doomed, plan_type: None }).await;
+    subject.store().delete_plans("706".into(), doomed, None).await.unwrap();
     subject.reopen().await;
     let after = subject.plans().await;
     assert_eq!(after.len(), expected.len() - 1);
@@ -384,7 +381,7 @@ async fn retention_removes_only_what_is_past_its_keeping_period(subject: Subject
     for minute in 0..4 {
         subject.search(child, minute * 60, "u", &["706"]).await;
     }
-    subject.apply(Change::Ack { la_ods_code: "706".into(), through: 3 }).await;
+    subject.store().ack("706".into(), 3).await.unwrap();
     let expiry = Expiry {
         today: "2026-06-01".parse().unwrap(),
         // Notifications 1 and 2 are acknowledged and older; 3 is acknowledged but newer; 4 is not acknowledged.
@@ -395,7 +392,7 @@ async fn retention_removes_only_what_is_past_its_keeping_period(subject: Subject
         log_positions_below: u64::MAX,
         limit: EXPIRY_CHUNK,
     };
-    let Applied::Expired(counts) = subject.apply(Change::Expire(expiry)).await else { panic!("expired") };
+    let counts = subject.store().expire(expiry).await.unwrap();
     assert_eq!((counts.plans, counts.notifications, counts.accesses), (1, 2, 2));
     let left: Vec<u64> =
         subject.store().notifications_after("706", 0, 10).await.unwrap().iter().map(|n| n.sequence).collect();
@@ -405,7 +402,7 @@ async fn retention_removes_only_what_is_past_its_keeping_period(subject: Subject
     assert_eq!(trail, [at(120), at(180)]);
     assert_eq!(subject.plans().await, BTreeSet::from([("706".to_owned(), child, PlanType::ChildProtection)]));
     // Nothing more is due: a second pass removes nothing, and numbering goes on.
-    let Applied::Expired(again) = subject.apply(Change::Expire(expiry)).await else { panic!("expired") };
+    let again = subject.store().expire(expiry).await.unwrap();
     assert_eq!((again.plans, again.notifications, again.accesses), (0, 0, 0));
     assert_eq!(subject.search(child, 300, "u", &["706"]).await, [("706".to_owned(), 5)]);
 }

@@ -34,7 +34,7 @@ use crate::{
     error::{Error, Result},
     model::{AccessEvent, NotificationDraft},
     nhs::NhsNumber,
-    store::{Applied, Change, StoreError},
+    store::{StoreError, writes::Recorded},
 };
 
 /// Wait between attempts while shutting down: the grace period is short.
@@ -252,19 +252,14 @@ impl Relay {
     /// notification would not survive the restart: the caller is told to
     /// retry rather than be answered as if it were kept.
     pub(super) async fn commit_access(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) -> Result<()> {
-        let change = Change::RecordAccess { access: access.clone(), drafts: drafts.clone() };
-        let error = match self.shared.store.apply(change).await {
-            Ok(Applied::Notified(notifications)) => {
+        let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
+            Ok(Recorded::Notified(notifications)) => {
                 self.remember(&access);
                 self.shared.hub.publish(&notifications);
                 return Ok(());
             }
             // Another node stored this request within the window: this search is its retry.
-            Ok(Applied::Repeated) => return Ok(()),
-            Ok(other) => {
-                tracing::error!(?other, "store answered a recorded access with something else");
-                return Ok(());
-            }
+            Ok(Recorded::Repeated) => return Ok(()),
             Err(error) => error,
         };
         tracing::error!(%error, held = self.shared.hub.held() + 1, "could not store an access notification; holding it for retry");
@@ -339,13 +334,13 @@ impl Relay {
         let _turn = held.retry_turn.lock().await;
         let HeldSearch { access, drafts } = held.front()?;
         let (person, id) = (access.nhs_number, access.id);
-        match self.shared.store.apply(Change::RecordAccess { access, drafts }).await {
-            applied @ Ok(Applied::Notified(_) | Applied::Repeated) => {
-                match applied {
-                    Ok(Applied::Notified(notifications)) => self.shared.hub.publish(&notifications),
+        match self.shared.store.record_access(access, drafts).await {
+            Ok(recorded) => {
+                match recorded {
+                    Recorded::Notified(notifications) => self.shared.hub.publish(&notifications),
                     // Another node stored the same request while this one was held:
                     // it was a retry after all, and is no longer one of the person's accesses.
-                    _ => self.shared.recent.forget(person, id),
+                    Recorded::Repeated => self.shared.recent.forget(person, id),
                 }
                 let relay = self.clone();
                 match tokio::task::spawn_blocking(move || relay.shared.hub.held.pop_stored()).await {
@@ -354,7 +349,7 @@ impl Relay {
                 }
                 Some(true)
             }
-            Ok(_) | Err(_) => Some(false),
+            Err(_) => Some(false),
         }
     }
 

@@ -321,7 +321,7 @@ impl Relay {
                 }),
                 request_id: if request_id.is_empty() { id.to_string() } else { request_id.to_owned() },
             };
-            self.shared.store.apply(crate::store::Change::RecordAudit(read)).await?;
+            self.shared.store.record_audit(read).await?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use crate::{
     auth::{Action, Identity, authorize},
     error::{Error, Result},
     model::{AccessEvent, Notification},
-    store::{Change, Cursor},
+    store::Cursor,
 };
 
 /// Notifications read from the store per page of a subscription.
@@ -305,7 +305,7 @@ impl Relay {
         if sequence <= acked {
             return Ok(acked);
         }
-        self.shared.store.apply(Change::Ack { la_ods_code: la_ods_code.clone(), through: sequence }).await?;
+        self.shared.store.ack(la_ods_code.clone(), sequence).await?;
         let acked = channel.acked_through.fetch_max(sequence, Ordering::AcqRel).max(sequence);
         channel.set_backlog();
         Ok(acked)

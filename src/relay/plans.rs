@@ -9,7 +9,7 @@ use super::{Relay, sent::SentPlanType, upload::RefreshCheck, upload::UploadMode,
 use crate::{
     auth::{Action, Identity, authorize},
     error::{Error, Result},
-    store::Change,
+    store::writes::PlanVersion,
     stored::StoredPlan,
 };
 
@@ -59,10 +59,9 @@ impl Relay {
         let index = self.shared.index.clone();
         let (removed, current_plans, store_ms) = match mode {
             UploadMode::Incremental => {
-                let change = Change::UpsertPlans { authority: authority.clone(), plans: Arc::clone(&plans) };
-                let applied = self.shared.store.apply(change).await?;
+                let applied = self.shared.store.upsert_plans(authority.clone(), Arc::clone(&plans)).await?;
                 let store_ms = started.elapsed().as_millis() as u64;
-                let version = self.before_own_change(&writes, &applied).await?;
+                let version = self.before_own_change(&writes, applied).await?;
                 self.shared.hub.register_authority(&authority.ods_code);
                 index.set_authority(authority);
                 off_runtime(move || index.upsert(plans.iter().cloned())).await?;
@@ -83,11 +82,11 @@ impl Relay {
                 .await?;
                 check.check(&la_ods_code, current, would_remove)?;
                 // The index stages the new set (invisibly) while the store commits it.
-                let change = Change::ReplacePlans { authority: authority.clone(), plans: Arc::clone(&plans) };
+                let replacing = self.shared.store.replace_plans(authority.clone(), Arc::clone(&plans));
                 let (staging_index, staging_plans) = (index.clone(), Arc::clone(&plans));
                 let staging =
                     off_runtime(move || staging_index.stage_replacement(&la_ods_code, staging_plans.iter().cloned()));
-                let (stored, staged) = tokio::join!(self.shared.store.apply(change), staging);
+                let (stored, staged) = tokio::join!(replacing, staging);
                 let store_ms = started.elapsed().as_millis() as u64;
                 let staged = staged?;
                 let applied = match stored {
@@ -102,7 +101,7 @@ impl Relay {
                 let removed = match applied {
                     // Another node's plan change committed just before this one: it goes
                     // into the index first, then this refresh, staged again after it.
-                    crate::store::Applied::PlanVersion(version) if !self.holds_version_before(version) => {
+                    Some(version) if !self.holds_version_before(version) => {
                         index.abandon(staged);
                         self.catch_up_before(&writes, version).await?;
                         let (la, plans) = (la_ods_code_of(&plans), Arc::clone(&plans));
@@ -112,7 +111,7 @@ impl Relay {
                         replaced
                     }
                     applied => {
-                        let version = self.before_own_change(&writes, &applied).await?;
+                        let version = self.before_own_change(&writes, applied).await?;
                         let removed = off_runtime(move || index.publish(staged)).await? as u64;
                         self.applied_plan_version(&writes, version);
                         removed
@@ -127,17 +126,13 @@ impl Relay {
 
     /// A shared store numbered this node's change: every earlier version
     /// reaches the index first. Returns the change's version (0 when unnumbered).
-    async fn before_own_change(
-        &self,
-        writes: &tokio::sync::MutexGuard<'_, ()>,
-        applied: &crate::store::Applied,
-    ) -> Result<u64> {
-        match applied {
-            crate::store::Applied::PlanVersion(version) => {
-                self.catch_up_before(writes, *version).await?;
-                Ok(*version)
+    async fn before_own_change(&self, writes: &tokio::sync::MutexGuard<'_, ()>, version: PlanVersion) -> Result<u64> {
+        match version {
+            Some(version) => {
+                self.catch_up_before(writes, version).await?;
+                Ok(version)
             }
-            _ => Ok(0),
+            None => Ok(0),
         }
     }
 
@@ -164,9 +159,8 @@ impl Relay {
                 if !held {
                     return Ok(0);
                 }
-                let change = Change::DeletePlans { la_ods_code: la_ods_code.clone(), nhs_number, plan_type };
-                let applied = relay.shared.store.apply(change).await?;
-                let version = relay.before_own_change(&writes, &applied).await?;
+                let applied = relay.shared.store.delete_plans(la_ods_code.clone(), nhs_number, plan_type).await?;
+                let version = relay.before_own_change(&writes, applied).await?;
                 let removed = relay.shared.index.remove(&la_ods_code, nhs_number, plan_type) as u64;
                 relay.applied_plan_version(&writes, version);
                 Ok::<_, Error>(removed)

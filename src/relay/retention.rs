@@ -9,7 +9,7 @@
 use tokio::task::JoinHandle;
 
 use super::Relay;
-use crate::store::{Applied, Change, EXPIRY_CHUNK, Expiry, ExpiryCounts, StoreError};
+use crate::store::{EXPIRY_CHUNK, Expiry, ExpiryCounts, StoreError};
 
 impl Relay {
     /// One retention pass as of the relay clock's now, in chunks of at most
@@ -34,13 +34,7 @@ impl Relay {
         loop {
             // Plan writes wait, so that store and index drop the same plans.
             let _writes = shared.plan_writes.lock().await;
-            let chunk = match shared.store.apply(Change::Expire(expiry)).await? {
-                Applied::Expired(chunk) => chunk,
-                other => {
-                    tracing::error!(?other, "store answered an expiry with something else");
-                    ExpiryCounts::default()
-                }
-            };
+            let chunk = shared.store.expire(expiry).await?;
             counts.plans += chunk.plans;
             counts.notifications += chunk.notifications;
             counts.accesses += chunk.accesses;

@@ -1,5 +1,6 @@
 //! The system of record. The [`Store`] trait is what the relay needs from
-//! durable storage: apply a change and resolve only once it is durable,
+//! durable storage: apply a change and resolve only once it is durable
+//! (callers use the typed writes of [`writes`]),
 //! replay everything on start, read what a search needs of a person's
 //! history (bounded, whatever its length), and page through a local
 //! authority's notifications. The relay never touches storage any other way,
@@ -20,6 +21,7 @@ pub mod faults;
 pub mod log;
 pub mod memory;
 pub mod postgres;
+pub mod writes;
 
 use std::sync::Arc;
 
@@ -189,7 +191,8 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>>;
 
     /// Applies a change; resolves once it is durable (or has failed and
-    /// left nothing behind).
+    /// left nothing behind). What stores implement; the relay calls the
+    /// typed writes of [`writes`] (`record_access`, `upsert_plans`, ...).
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>>;
 
     /// Every retained access of one person, oldest first (for auditors).
