@@ -9,9 +9,11 @@ use std::{path::Path, sync::Arc};
 use chrono::{DateTime, Duration, Utc};
 use cpis_relay::{
     access_log::{LogFinding, LogKeeper, load_or_create_signer, verify_log},
+    auth::{Identity, Role},
     clock::{Clock, ManualClock},
     model::{AccessEvent, Accessor, CareSetting},
     nhs::NhsNumber,
+    relay::{Relay, RelaySettings},
     store::{Change, EXPIRY_CHUNK, Expiry, Store, embedded::EmbeddedStore},
     transparency::{LogSigner, audit::Finding},
 };
@@ -170,21 +172,53 @@ async fn a_deleted_log_entry_is_found_at_its_position() {
     assert_eq!(leaf_positions(&report), vec![23], "{:?}", report.findings);
 }
 
+/// Changes the organisation name of the access at `position`, as someone with the files could.
+fn alter_organisation(dir: &Path, position: u64) {
+    let raw = Raw::open(dir);
+    let accesses = raw.keyspace("accesses");
+    let key = raw.record_key(position);
+    let mut event: AccessEvent = postcard::from_bytes(&accesses.get(&key).unwrap().unwrap()).unwrap();
+    event.organisation_name = "Somewhere else".into();
+    accesses.insert(&key, postcard::to_allocvec(&event).unwrap()).unwrap();
+    raw.persist();
+}
+
 #[tokio::test]
 async fn an_altered_field_is_found_at_its_position() {
     let (dir, signer) = logged_store().await;
-    {
-        let raw = Raw::open(dir.path());
-        let accesses = raw.keyspace("accesses");
-        let key = raw.record_key(5);
-        let mut event: AccessEvent = postcard::from_bytes(&accesses.get(&key).unwrap().unwrap()).unwrap();
-        event.organisation_name = "Somewhere else".into();
-        accesses.insert(&key, postcard::to_allocvec(&event).unwrap()).unwrap();
-        raw.persist();
-    }
+    alter_organisation(dir.path(), 5);
     let report = verify(dir.path(), &signer);
     assert_eq!(leaf_positions(&report), vec![5], "{:?}", report.findings);
     assert!(report.findings.contains(&LogFinding::Tree(Finding::CheckpointMismatch { size: 7 })));
+}
+
+#[tokio::test]
+async fn the_auditors_view_marks_an_altered_access_not_verified_and_the_rest_verified() {
+    let (dir, signer) = logged_store().await;
+    let auditor = Identity { ods_code: "X26".into(), organisation_name: "NHS ENGLAND".into(), role: Role::Auditor };
+    let open = async |dir: &Path| {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).unwrap());
+        let clock = Arc::new(ManualClock::new(start() + Duration::hours(1)));
+        let settings = RelaySettings { log_signer: Some(Arc::clone(&signer)), ..RelaySettings::default() };
+        Relay::open(store, clock, settings).await.unwrap()
+    };
+    // Person 2 was accessed by 2, 5, 8, ... 38: thirteen accesses.
+    let person = person(2).to_string();
+    {
+        let relay = open(dir.path()).await;
+        let accesses = relay.access_log(&auditor, &person).await.unwrap();
+        let status = relay.log_status(&auditor, &accesses).await.unwrap().expect("the store keeps a log");
+        assert_eq!((status.verified, status.not_logged, status.differing.len()), (13, 0, 0));
+        assert!(status.all_verified());
+        assert!(status.checkpoint.size >= 40, "{:?}", status.checkpoint);
+    }
+    alter_organisation(dir.path(), 5);
+    let relay = open(dir.path()).await;
+    let accesses = relay.access_log(&auditor, &person).await.unwrap();
+    assert!(accesses.iter().any(|access| access.organisation_name == "Somewhere else"));
+    let status = relay.log_status(&auditor, &accesses).await.unwrap().unwrap();
+    assert_eq!((status.verified, &status.differing[..]), (12, &[5][..]));
+    assert!(!status.all_verified());
 }
 
 #[tokio::test]

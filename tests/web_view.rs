@@ -266,6 +266,24 @@ async fn the_access_log_lists_and_exports_every_access_with_scheduled_reads_mark
     assert_eq!(log.status, 200, "{}", log.body);
     assert!(log.body.contains("Dr Alex Example (development)") && log.body.contains("Dr Jo Sample (development)"));
     assert!(log.body.contains("Scheduled (silent)") && log.body.contains("Unscheduled (notified)"), "{}", log.body);
+    assert!(log.body.contains("<h3>Verified</h3>"), "{}", log.body);
+    assert!(log.body.contains("Each of these 2 accesses is in the signed access log exactly as shown here."));
+    // The auditor's read through the browser is itself in the log, naming the person at the browser.
+    let auditors = cpis_relay::auth::Identity {
+        ods_code: "X26".into(),
+        organisation_name: "NHS ENGLAND".into(),
+        role: cpis_relay::auth::Role::Auditor,
+    };
+    let subject = relay.relay.subject_access(&auditors, &number).await.unwrap();
+    let browser_reads = subject
+        .accesses
+        .iter()
+        .filter(|logged| match &logged.entry {
+            cpis_relay::store::log::LogEntry::Audit(read) => read.accessor.user_id == "555000000004",
+            cpis_relay::store::log::LogEntry::Search(_) => false,
+        })
+        .count();
+    assert_eq!(browser_reads, 1, "{:?}", subject.accesses.iter().map(|logged| logged.position).collect::<Vec<_>>());
 
     let csv = auditor.post("/audit/access-log.csv", &[("nhs_number", &number), ("csrf", &csrf)]).await;
     assert_eq!(csv.status, 200);

@@ -46,6 +46,7 @@ use crate::{
 
 pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::Hub;
+pub use proofs::LogStatus;
 pub use search::{SearchOutcome, SearchQuery, ShownPlan};
 pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
 pub use subject::{LoggedAccess, SubjectAccess};

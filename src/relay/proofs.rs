@@ -1,6 +1,7 @@
 //! Auditors' questions to the tamper-evident access log: the latest signed
-//! checkpoint, the inclusion proof of one access, and the consistency proof
-//! between two tree sizes. Auditor role only, like the access log itself;
+//! checkpoint, the inclusion proof of one access, the consistency proof
+//! between two tree sizes, and how the accesses an auditor was shown stand
+//! against the signed log. Auditor role only, like the access log itself;
 //! the keeper (`crate::access_log`) does the work on the blocking pool.
 
 use super::Relay;
@@ -8,8 +9,31 @@ use crate::{
     access_log::{Inclusion, LogKeeper, SignedCheckpoint},
     auth::{Action, Identity, authorize},
     error::{Error, Result},
-    transparency::{Hash, tree::TreeError},
+    model::AccessEvent,
+    store::{StoreError, log::LogEntry},
+    transparency::{Checkpoint, Hash, proof::verify_inclusion, tree::TreeError},
 };
+
+/// How the accesses an auditor was shown stand against the signed access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogStatus {
+    /// The checkpoint the proofs were checked against; its signature verified
+    /// with the relay's own key, `verifier`.
+    pub checkpoint: Checkpoint,
+    pub verifier: String,
+    /// Accesses whose inclusion proof verifies, for the record as shown.
+    pub verified: usize,
+    /// Accesses not in the log yet: held while the store was failing.
+    pub not_logged: usize,
+    /// Log positions of accesses shown otherwise than the signed log holds them.
+    pub differing: Vec<u64>,
+}
+
+impl LogStatus {
+    pub fn all_verified(&self) -> bool {
+        self.not_logged == 0 && self.differing.is_empty()
+    }
+}
 
 impl Relay {
     fn keeper_for(&self, identity: &Identity) -> Result<&LogKeeper> {
@@ -55,5 +79,43 @@ impl Relay {
             }
             Err(other) => Err(Error::invalid("old_size", other.to_string())),
         }
+    }
+
+    /// Checks `accesses` (as [`Relay::access_log`] returned them) against the
+    /// latest signed checkpoint: each one's position, its leaf hash computed
+    /// from the record as shown, and its inclusion proof. `None` when the
+    /// store keeps no access log. This is the relay checking itself: proof
+    /// that does not rest on the relay is `cpis-relay sar` or `audit proof`
+    /// checked with the verifier key the auditor was given.
+    pub async fn log_status(&self, identity: &Identity, accesses: &[AccessEvent]) -> Result<Option<LogStatus>> {
+        authorize(identity, Action::ReadAccessLog)?;
+        let Some(keeper) = self.shared.log_keeper.clone() else { return Ok(None) };
+        let accesses = accesses.to_vec();
+        let status = keeper
+            .run(move |keeper| {
+                let log = keeper.log();
+                let (mut shown, mut not_logged) = (Vec::new(), 0);
+                for access in accesses {
+                    match log.position_of(access.id)? {
+                        Some(position) => shown.push((position, LogEntry::Search(access).leaf_hash()?)),
+                        None => not_logged += 1,
+                    }
+                }
+                let positions: Vec<u64> = shown.iter().map(|(position, _)| *position).collect();
+                let (signed, proofs) = keeper.proofs(&positions)?;
+                let checkpoint = Checkpoint::verify(&signed.note, keeper.verifier()).map_err(|error| {
+                    StoreError::Corrupt(format!("access log: the latest checkpoint does not verify: {error}"))
+                })?;
+                let (mut verified, mut differing) = (0, Vec::new());
+                for ((position, leaf), proof) in shown.iter().zip(&proofs) {
+                    match verify_inclusion(*position, checkpoint.size, leaf, proof, &checkpoint.root) {
+                        Ok(()) => verified += 1,
+                        Err(_) => differing.push(*position),
+                    }
+                }
+                Ok(LogStatus { checkpoint, verifier: keeper.verifier().to_string(), verified, not_logged, differing })
+            })
+            .await?;
+        Ok(Some(status))
     }
 }

@@ -1,10 +1,12 @@
 //! The auditor's access log: who looked at a person, when and from where,
-//! scheduled (silent) reads marked, and the same log as CSV. Both read
+//! scheduled (silent) reads marked, how those accesses stand against the
+//! signed access log ([`Relay::log_status`]), and the same log as CSV. Both read
 //! [`Relay::access_log`], which checks the auditor role, validates the NHS
 //! number and audits the read itself; the NHS number is POSTed, never put in
 //! a URL or a file name.
 //!
 //! [`Relay::access_log`]: crate::relay::Relay::access_log
+//! [`Relay::log_status`]: crate::relay::Relay::log_status
 
 use axum::{
     Form,
@@ -20,6 +22,8 @@ use crate::{
     auth::{Action, authorize},
     error::Error,
     model::AccessEvent,
+    relay::LogStatus,
+    transparency::hash::to_hex,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,10 +48,18 @@ pub async fn log(
     Form(sent): Form<LogForm>,
 ) -> Result<Response, WebError> {
     viewer.check_form(&web, &headers, Some(&sent.csrf))?;
-    match web.relay.access_log(&viewer.identity, &sent.nhs_number).await {
+    match read_log(&web, &viewer, &sent.nhs_number).await {
         Ok(accesses) => {
             let shown = crate::nhs::NhsNumber::parse(&sent.nhs_number).map(layout::nhs_number).unwrap_or_default();
-            Ok(audit_page(&viewer, &shown, None, table(&viewer, &shown, &accesses)).into_response())
+            let status = match web.relay.log_status(&viewer.identity, &accesses).await {
+                Ok(status) => status.map(Ok),
+                Err(error) => {
+                    tracing::error!(%error, "cannot check the shown accesses against the access log");
+                    Some(Err(()))
+                }
+            };
+            let verified = verification(status.as_ref(), accesses.len());
+            Ok(audit_page(&viewer, &shown, None, table(&viewer, &shown, &accesses, verified)).into_response())
         }
         Err(Error::InvalidArgument { description, .. }) => {
             let message = format!("NHS number {description}");
@@ -66,13 +78,20 @@ pub async fn csv(
     Form(sent): Form<LogForm>,
 ) -> Result<Response, WebError> {
     viewer.check_form(&web, &headers, Some(&sent.csrf))?;
-    let accesses = web.relay.access_log(&viewer.identity, &sent.nhs_number).await?;
+    let accesses = read_log(&web, &viewer, &sent.nhs_number).await?;
     let body = to_csv(&accesses).map_err(|error| WebError::BadForm(format!("cannot write the CSV: {error}")))?;
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
     headers.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"access-log.csv\""));
     Ok(response)
+}
+
+/// The person's accesses, the read itself logged as this viewer's (their
+/// certificate or token names the person at the browser).
+async fn read_log(web: &Web, viewer: &Viewer, nhs_number: &str) -> Result<Vec<AccessEvent>, Error> {
+    let user = viewer.user.as_deref().cloned();
+    web.relay.access_log_by(&viewer.identity, nhs_number, user, "").await
 }
 
 /// The columns of the CSV, one access a row, oldest first.
@@ -146,11 +165,74 @@ fn audit_page(viewer: &Viewer, typed: &str, error: Option<&str>, result: Markup)
     )
 }
 
-fn table(viewer: &Viewer, nhs_number: &str, accesses: &[AccessEvent]) -> Markup {
+/// How the accesses shown stand against the signed access log; nothing
+/// for a store that keeps no log. `Err` when the check itself failed.
+fn verification(status: Option<&Result<LogStatus, ()>>, shown: usize) -> Markup {
+    let plural = |count: usize| if count == 1 { "access" } else { "accesses" };
+    match status {
+        None => html! {},
+        Some(Err(())) => html! {
+            div class="log-status log-unverified" role="status" {
+                h3 { "Not checked" }
+                p { "The relay could not check these accesses against its signed access log just now. Try again, or run " code { "cpis-relay audit verify" } "." }
+            }
+        },
+        Some(Ok(status)) => {
+            let checkpoint = &status.checkpoint;
+            let signed = html! {
+                p class="secondary-text" {
+                    "Checked against the checkpoint of " (checkpoint.size) " log entries signed at "
+                    time datetime=(layout::instant_iso(checkpoint.time)) { (layout::instant(checkpoint.time)) }
+                    " (root " span class="fingerprint" { (to_hex(&checkpoint.root)) } ", key " span class="fingerprint" { (status.verifier) } "). "
+                    "This is the relay checking itself: for proof that does not rest on it, export with "
+                    code { "cpis-relay sar" } " and check it with the verifier key you were given."
+                }
+            };
+            if !status.differing.is_empty() {
+                html! {
+                    div class="log-status log-unverified" role="alert" {
+                        h3 { "Not verified: the stored log differs from the signed one" }
+                        p { (status.differing.len()) " " (plural(status.differing.len())) " shown here "
+                            @if status.differing.len() == 1 { "is" } @else { "are" }
+                            " not what the signed access log holds, at log position"
+                            @if status.differing.len() != 1 { "s" } " "
+                            (status.differing.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))
+                            ". The stored history may have been altered: report this to the relay's operators, who run "
+                            code { "cpis-relay audit verify" } "." }
+                        (signed)
+                    }
+                }
+            } else if shown == 0 {
+                html! {}
+            } else {
+                html! {
+                    div class={ "log-status" @if status.all_verified() { " log-verified" } } role="status" {
+                        h3 { @if status.all_verified() { "Verified" } @else { "Partly verified" } }
+                        @if status.all_verified() {
+                            p { @if shown == 1 { "This access is" } @else { "Each of these " (shown) " accesses is" }
+                                " in the signed access log exactly as shown here." }
+                        } @else if status.verified > 0 {
+                            p { (status.verified) " of the " (shown) " accesses shown "
+                                @if status.verified == 1 { "is" } @else { "are" }
+                                " in the signed access log exactly as shown here." }
+                        }
+                        @if status.not_logged > 0 {
+                            p { (status.not_logged) " " (plural(status.not_logged)) " not in the log yet: held while the store was failing, and logged once it takes them." }
+                        }
+                        (signed)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn table(viewer: &Viewer, nhs_number: &str, accesses: &[AccessEvent], verified: Markup) -> Markup {
     html! {
         section aria-labelledby="log-title" {
             h2 id="log-title" { "Accesses of NHS number " (nhs_number) }
             p { (accesses.len()) " access" @if accesses.len() != 1 { "es" } " retained, oldest first. Scheduled reads are silent: the local authority was not notified of them." }
+            (verified)
             @if !accesses.is_empty() {
                 table class="table" {
                     caption class="visually-hidden" { "Accesses, oldest first" }
@@ -183,6 +265,39 @@ fn table(viewer: &Viewer, nhs_number: &str, accesses: &[AccessEvent]) -> Markup 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(verified: usize, not_logged: usize, differing: Vec<u64>) -> LogStatus {
+        let checkpoint = crate::transparency::Checkpoint {
+            origin: "relay.example/log".into(),
+            size: 40,
+            root: [7; 32],
+            time: chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap(),
+        };
+        LogStatus { checkpoint, verifier: "relay.example/log+0a0b0c0d+AAAA".into(), verified, not_logged, differing }
+    }
+
+    #[test]
+    fn the_verification_status_says_verified_only_when_every_access_shown_is() {
+        let one = verification(Some(&Ok(status(1, 0, vec![]))), 1).into_string();
+        assert!(one.contains("This access is in the signed access log exactly as shown here."), "{one}");
+        let all = verification(Some(&Ok(status(2, 0, vec![]))), 2).into_string();
+        assert!(all.contains("log-verified") && all.contains("<h3>Verified</h3>"), "{all}");
+        assert!(all.contains("Each of these 2 accesses is in the signed access log exactly as shown here."));
+        assert!(all.contains("relay.example/log+0a0b0c0d+AAAA") && all.contains(&"07".repeat(32)));
+
+        let held = verification(Some(&Ok(status(1, 1, vec![]))), 2).into_string();
+        assert!(held.contains("Partly verified") && !held.contains("log-verified"), "{held}");
+        assert!(held.contains("1 of the 2 accesses shown is in the signed access log"));
+        assert!(held.contains("1 access not in the log yet"));
+
+        let altered = verification(Some(&Ok(status(11, 0, vec![5, 9]))), 13).into_string();
+        assert!(altered.contains("log-unverified") && altered.contains("role=\"alert\""), "{altered}");
+        assert!(altered.contains("Not verified") && altered.contains("at log positions 5, 9"), "{altered}");
+
+        let failed = verification(Some(&Err(())), 2).into_string();
+        assert!(failed.contains("Not checked"), "{failed}");
+        assert_eq!(verification(None, 2).into_string(), "");
+    }
 
     #[test]
     fn a_cell_that_a_spreadsheet_would_run_is_quoted() {

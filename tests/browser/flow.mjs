@@ -145,6 +145,8 @@ try {
   await submit(auditor.page, "form.search button[type=submit]");
   const log = await text(auditor.page, "table.table tbody");
   if (!log.includes("Dr Alex Example (development)")) throw new Error(`the access log misses the search: ${log}`);
+  const verified = await text(auditor.page, ".log-status h3");
+  if (verified !== "Verified") throw new Error(`the access log's verification status is "${verified}", not "Verified"`);
   await check(auditor.page, "access-log");
 
   await go(ed.page, `${base}/ops`);
