@@ -1,9 +1,11 @@
 //! Offline verification of an embedded store (`cpis-relay store check`):
 //! every record is read (the engine checks each block's checksum as it
 //! reads it) and decoded, every plan-expiry entry points at a plan with that
-//! last visible day, every access is listed once in time order, every
-//! notification is filed under its authority and sequence, and no authority
-//! is acknowledged beyond its last notification.
+//! last visible day, every access and auditor's read has a log position
+//! whose entry names it (the log gapless, with no entry naming nothing),
+//! every notification is filed under its authority and sequence, and no
+//! authority is acknowledged beyond its last notification. Whether the
+//! records match the log's signed tree is `cpis-relay audit verify`.
 //! Never run on a store a relay has open.
 
 use std::{
@@ -16,7 +18,7 @@ use super::{
     embedded::{ACTIVITY_DIR, PLANS_DIR, Spaces, decode, io, keys},
 };
 use crate::{
-    model::{AccessEvent, LocalAuthority, Notification, days},
+    model::{AccessEvent, AuditRead, LocalAuthority, Notification, days},
     stored::{self, StoredPlan},
 };
 
@@ -78,14 +80,39 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         if key.as_ref() != keys::access(access.nhs_number, access.scheduled, at, access.id) {
             problem("accesses: a record is filed under another key".into());
         }
-        if spaces.access_times.get(keys::access_time(at, access.id)).map_err(io)?.is_none() {
-            problem("access_times: an access is missing".into());
+        if let Some(missing) = logged(&spaces, &key, access.id)? {
+            problem(format!("accesses: {missing}"));
         }
         accesses += 1;
     }
-    let access_times = spaces.access_times.len().map_err(io)? as u64;
-    if access_times != accesses {
-        problem(format!("access_times: {access_times} entries for {accesses} accesses"));
+    let mut audit_reads = 0u64;
+    for entry in spaces.audit_reads.iter() {
+        let (key, value) = entry.into_inner().map_err(io)?;
+        let read: AuditRead = decode(&value, "audit_reads")?;
+        if key.as_ref() != keys::audit_read(read.nhs_number, read.read_at.timestamp_micros(), read.id) {
+            problem("audit_reads: a record is filed under another key".into());
+        }
+        if let Some(missing) = logged(&spaces, &key, read.id)? {
+            problem(format!("audit_reads: {missing}"));
+        }
+        audit_reads += 1;
+    }
+    let bounds = super::embedded::log_bounds(&spaces)?;
+    let mut log_entries = 0u64;
+    for (expected, entry) in (bounds.retained_from..).zip(spaces.log.iter()) {
+        let position = keys::position_of_key(&entry.key().map_err(io)?, "log")?;
+        if position != expected {
+            problem(format!("log: position {expected} is missing (the next is {position})"));
+            break;
+        }
+        log_entries += 1;
+    }
+    if log_entries != accesses + audit_reads {
+        problem(format!("log: {log_entries} entries for {accesses} accesses and {audit_reads} auditors' reads"));
+    }
+    let log_ids = spaces.log_ids.len().map_err(io)? as u64;
+    if log_ids != log_entries {
+        problem(format!("log_ids: {log_ids} entries for {log_entries} log positions"));
     }
     let mut notifications = 0;
     for entry in spaces.notifications.iter() {
@@ -112,9 +139,23 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         ("plans", until_of.len() as u64),
         ("plan_expiry", expiring as u64),
         ("accesses", accesses),
-        ("access_times", access_times),
+        ("audit_reads", audit_reads),
+        ("log", log_entries),
         ("notifications", notifications),
         ("cursors", cursors.len() as u64),
     ];
     Ok(report)
+}
+
+/// Why the record under `key` with this id is not properly in the log, if it is not.
+fn logged(spaces: &Spaces, key: &[u8], id: u128) -> Result<Option<String>, StoreError> {
+    let Some(position) = spaces.log_ids.get(id.to_be_bytes()).map_err(io)? else {
+        return Ok(Some("a record has no log position".into()));
+    };
+    let position = keys::position_of_key(&position, "log_ids")?;
+    Ok(match spaces.log.get(keys::log_position(position)).map_err(io)? {
+        Some(entry) if entry.get(1..) == Some(key) => None,
+        Some(_) => Some(format!("log position {position} names another record")),
+        None => Some(format!("log position {position} is not in the log")),
+    })
 }

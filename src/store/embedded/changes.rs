@@ -249,7 +249,6 @@ impl Committer for ActivityCommitter {
                     let at = access.accessed_at.timestamp_micros();
                     let access_key = keys::access(access.nhs_number, access.scheduled, at, access.id);
                     batch.insert(&spaces.accesses, access_key, encode(&access)?);
-                    batch.insert(&spaces.access_times, keys::access_time(at, access.id), access_key);
                     let kind = if access.scheduled { log::SEARCH_SCHEDULED } else { log::SEARCH_UNSCHEDULED };
                     append_to_log(spaces, &mut batch, &mut log_bounds, kind, &access_key, access.id);
                     Applied::Notified(notified)
@@ -349,7 +348,6 @@ fn expire_activity(
                 batch.remove(&spaces.audit_reads, record_key.to_vec());
             } else {
                 batch.remove(&spaces.accesses, record_key.to_vec());
-                batch.remove(&spaces.access_times, keys::access_time(at, keys::id_of_record_key(record_key)?));
             }
             batch.remove(&spaces.log_ids, keys::id_of_record_key(record_key)?.to_be_bytes());
             batch.remove(&spaces.log, key);

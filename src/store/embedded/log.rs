@@ -10,8 +10,11 @@
 //! - `log_tree`: the tree's hashes by stored position (the keeper's);
 //! - `log_notes`: signed checkpoints and retention notes, oldest first.
 //!
+//! The log is also the accesses' order: retention removes a prefix of it.
 //! A store written before the log existed has accesses without positions:
-//! [`assign_positions`] gives them positions in time order once, on open.
+//! [`assign_positions`] gives them positions in time order (from the
+//! `access_times` index those releases kept) once, on open; the index is
+//! then emptied.
 
 use std::ops::ControlFlow;
 
@@ -56,7 +59,7 @@ fn meta_u64(spaces: &Spaces, key: &str) -> Result<u64, StoreError> {
 }
 
 /// The first retained position and the next position to assign, as stored.
-pub(super) fn bounds(spaces: &Spaces) -> Result<LogBounds, StoreError> {
+pub(in crate::store) fn bounds(spaces: &Spaces) -> Result<LogBounds, StoreError> {
     let retained_from = meta_u64(spaces, RETAINED_FROM)?;
     let next_position = match spaces.log.last_key_value() {
         Some(entry) => keys::position_of_key(&entry.key().map_err(io)?, "log")? + 1,

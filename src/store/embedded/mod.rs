@@ -25,6 +25,7 @@ mod changes;
 pub(super) mod keys;
 mod lane;
 mod log;
+pub(in crate::store) use log::bounds as log_bounds;
 
 use std::{
     path::{Path, PathBuf},
@@ -125,8 +126,8 @@ pub(super) struct Spaces {
     pub plan_expiry: Keyspace,
     pub activity_db: Database,
     pub accesses: Keyspace,
-    pub access_times: Keyspace,
     /// Written by earlier releases only; emptied on open.
+    pub access_times: Keyspace,
     pub requests: Keyspace,
     pub notifications: Keyspace,
     pub cursors: Keyspace,
@@ -259,8 +260,9 @@ impl EmbeddedStore {
         let spaces = Spaces::open(data_dir, cache_bytes)?;
         restrict_tree(data_dir).map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
         check_schema(&spaces)?;
-        forget_request_records(&spaces)?;
+        empty_keyspace(&spaces, &spaces.requests)?;
         log::assign_positions(&spaces)?;
+        empty_keyspace(&spaces, &spaces.access_times)?;
         let log_bounds = log::bounds(&spaces)?;
         let stats = Arc::new(CommitStats::default());
         let positions = spaces.positions()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
@@ -306,15 +308,16 @@ impl EmbeddedStore {
     }
 }
 
-/// Removes the request records an earlier release wrote beside each access
-/// (requests are now recognised from the accesses themselves), in bounded
-/// batches; a store without them costs one empty read.
-fn forget_request_records(spaces: &Spaces) -> Result<(), StoreError> {
+/// Empties a keyspace only an earlier release wrote, in bounded batches; an
+/// empty one costs one read. `requests`: requests are recognised from the
+/// accesses themselves. `access_times`: the access log orders the accesses
+/// (and retention follows it), once [`log::assign_positions`] has read it.
+fn empty_keyspace(spaces: &Spaces, keyspace: &Keyspace) -> Result<(), StoreError> {
     loop {
         let mut batch = spaces.activity_db.batch().durability(Some(fjall::PersistMode::SyncData));
         let mut removed = 0usize;
-        for entry in spaces.requests.iter().take(100_000) {
-            batch.remove(&spaces.requests, entry.key().map_err(io)?);
+        for entry in keyspace.iter().take(100_000) {
+            batch.remove(keyspace, entry.key().map_err(io)?);
             removed += 1;
         }
         if removed == 0 {

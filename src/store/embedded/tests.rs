@@ -190,3 +190,84 @@ async fn a_change_failing_in_the_middle_of_a_batch_leaves_nothing_of_the_batch()
     store.apply(upsert(vec![plan(3, PlanType::LookedAfter, None)])).await.unwrap();
     assert!(stored(3));
 }
+
+fn audit_read(nhs_number: NhsNumber, minute: i64) -> crate::model::AuditRead {
+    crate::model::AuditRead {
+        id: 9_000 + minute as u128,
+        read_at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(minute),
+        nhs_number,
+        organisation_ods_code: "X26".into(),
+        organisation_name: "Audit".into(),
+        accessor: Accessor { user_id: "a".into(), name: "A".into(), role_code: String::new() },
+        request_id: format!("a{minute}"),
+    }
+}
+
+#[tokio::test]
+async fn check_finds_an_access_missing_from_the_log_and_a_gap_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for minute in 0..3 {
+            let change = Change::RecordAccess { access: access(person, minute, "u", "r"), drafts: vec![draft("706")] };
+            store.apply(change).await.unwrap();
+        }
+        store.apply(Change::RecordAudit(audit_read(person, 4))).await.unwrap();
+    }
+    let report = check::check(dir.path()).unwrap();
+    assert!(report.integrity_ok, "{:?}", report.problems);
+    let counts = ["accesses", "audit_reads", "log"].map(|table| count(&report, table));
+    assert_eq!(counts, [3, 1, 4]);
+
+    let spaces = Spaces::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    // The second access (id 2) loses its position; then position 1 goes from the log.
+    spaces.log_ids.remove(2u128.to_be_bytes()).unwrap();
+    spaces.activity_db.persist(fjall::PersistMode::SyncAll).unwrap();
+    drop(spaces);
+    let report = check::check(dir.path()).unwrap();
+    assert!(!report.integrity_ok);
+    assert!(report.problems.contains(&"accesses: a record has no log position".to_owned()), "{:?}", report.problems);
+    assert!(report.problems.contains(&"log_ids: 3 entries for 4 log positions".to_owned()), "{:?}", report.problems);
+
+    let spaces = Spaces::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    spaces.log.remove(keys::log_position(1)).unwrap();
+    spaces.activity_db.persist(fjall::PersistMode::SyncAll).unwrap();
+    drop(spaces);
+    let report = check::check(dir.path()).unwrap();
+    assert!(
+        report.problems.contains(&"log: position 1 is missing (the next is 2)".to_owned()),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[tokio::test]
+async fn accesses_of_a_release_before_the_log_get_positions_in_time_order_and_their_old_index_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
+    {
+        // What such a release wrote for three accesses: the record and its time index, no log.
+        let spaces = Spaces::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        for minute in [7, 3, 5] {
+            let access = access(person, minute, "u", &format!("r{minute}"));
+            let at = access.accessed_at.timestamp_micros();
+            let key = keys::access(person, false, at, access.id);
+            spaces.accesses.insert(key, postcard::to_allocvec(&access).unwrap()).unwrap();
+            spaces.access_times.insert(keys::access_time(at, access.id), key).unwrap();
+        }
+        spaces.activity_db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let log = store.access_log().unwrap();
+    let ids: Vec<u128> = (0..3).map(|position| log.entry_at(position).unwrap().unwrap().id()).collect();
+    assert_eq!(ids, [4, 6, 8], "minutes 3, 5 and 7: positions in time order");
+    assert!(store.spaces.access_times.is_empty().unwrap(), "the old index is emptied once it was read");
+    let change = Change::RecordAccess { access: access(person, 9, "u", "r9"), drafts: vec![] };
+    store.apply(change).await.unwrap();
+    assert_eq!(log.position_of(10).unwrap(), Some(3), "new accesses follow");
+    drop((log, store));
+    let report = check::check(dir.path()).unwrap();
+    assert!(report.integrity_ok, "{:?}", report.problems);
+    assert_eq!(count(&report, "log"), 4);
+}
