@@ -271,17 +271,22 @@ fn catch_up(log: &Arc<dyn AccessLog>, tree: &mut MerkleLog<TreeStore>) -> Result
         let from = tree.size();
         let to = bounds.next_position.min(from + APPEND_CHUNK);
         let mut leaves = Vec::with_capacity((to - from) as usize);
+        // What the store hashed as it wrote the records, without reading them back.
+        log.take_appended(from, to, &mut leaves);
         let mut problem = None;
-        log.leaf_hashes(from, to, &mut |position, leaf| match leaf {
-            Ok(hash) => {
-                leaves.push(hash);
-                std::ops::ControlFlow::Continue(())
-            }
-            Err(error) => {
-                problem = Some((position, error));
-                std::ops::ControlFlow::Break(())
-            }
-        })?;
+        let read_from = from + leaves.len() as u64;
+        if read_from < to {
+            log.leaf_hashes(read_from, to, &mut |position, leaf| match leaf {
+                Ok(hash) => {
+                    leaves.push(hash);
+                    std::ops::ControlFlow::Continue(())
+                }
+                Err(error) => {
+                    problem = Some((position, error));
+                    std::ops::ControlFlow::Break(())
+                }
+            })?;
+        }
         if !leaves.is_empty() {
             match tree.append(&leaves) {
                 Ok(_) => {}

@@ -308,10 +308,11 @@ impl Relay {
         request_id: &str,
     ) -> Result<()> {
         if self.shared.log_keeper.is_some() {
-            let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+            let read_at = self.shared.clock.now();
+            let id = search::access_id(read_at);
             let read = crate::model::AuditRead {
-                id: id.as_u128(),
-                read_at: self.shared.clock.now(),
+                id,
+                read_at,
                 nhs_number,
                 organisation_ods_code: identity.ods_code.clone(),
                 organisation_name: identity.organisation_name.clone(),
@@ -320,7 +321,11 @@ impl Relay {
                     name: String::new(),
                     role_code: String::new(),
                 }),
-                request_id: if request_id.is_empty() { id.to_string() } else { request_id.to_owned() },
+                request_id: if request_id.is_empty() {
+                    uuid::Uuid::from_u128(id).to_string()
+                } else {
+                    request_id.to_owned()
+                },
             };
             self.shared.store.record_audit(read).await?;
         }

@@ -130,6 +130,15 @@ pub trait AccessLog: Send + Sync + 'static {
         visit: &mut dyn FnMut(u64, Result<Hash, LeafProblem>) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
 
+    /// Appends to `leaves` the leaf hashes from position `from` on (below
+    /// `to`) that this process computed as it stored the records and still
+    /// holds in memory, stopping at the first it does not hold: the keeper
+    /// reads the rest with [`AccessLog::leaf_hashes`]. `audit verify` never
+    /// uses these: it recomputes every leaf from the records. None by default.
+    fn take_appended(&self, from: u64, to: u64, leaves: &mut Vec<Hash>) {
+        let _ = (from, to, leaves);
+    }
+
     /// The entry at `position`, if it is still held.
     fn entry_at(&self, position: u64) -> Result<Option<LogEntry>, StoreError>;
 

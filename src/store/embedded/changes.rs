@@ -15,6 +15,7 @@ use crate::{
     model::{LocalAuthority, Notification, days},
     store::{Applied, Change, Cursor, Expiry, ExpiryCounts, StoreError, log::LogBounds},
     stored::{self, StoredPlan},
+    transparency::leaf::LeafFields,
 };
 
 /// Writes plan changes: uploads, deletes and plan retention.
@@ -226,6 +227,8 @@ impl Committer for ActivityCommitter {
         let mut log_bounds = self.log;
         let mut batch = spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
         let mut results = Vec::with_capacity(changes.len());
+        // The leaf hashes of what this batch appends to the log, for the keeper once it commits.
+        let mut appended = Vec::new();
         for change in changes {
             results.push(match change {
                 Change::RecordAccess { access, drafts } => {
@@ -250,13 +253,19 @@ impl Committer for ActivityCommitter {
                     let access_key = keys::access(access.nhs_number, access.scheduled, at, access.id);
                     batch.insert(&spaces.accesses, access_key, encode(&access)?);
                     let kind = if access.scheduled { log::SEARCH_SCHEDULED } else { log::SEARCH_UNSCHEDULED };
-                    append_to_log(spaces, &mut batch, &mut log_bounds, kind, &access_key, access.id);
+                    let position = append_to_log(spaces, &mut batch, &mut log_bounds, kind, &access_key, access.id);
+                    if let Ok(leaf) = LeafFields::of_search(&access).leaf_hash() {
+                        appended.push((position, leaf));
+                    }
                     Applied::Notified(notified)
                 }
                 Change::RecordAudit(read) => {
                     let key = keys::audit_read(read.nhs_number, read.read_at.timestamp_micros(), read.id);
                     batch.insert(&spaces.audit_reads, key, encode(&read)?);
-                    append_to_log(spaces, &mut batch, &mut log_bounds, log::AUDIT_READ, &key, read.id);
+                    let position = append_to_log(spaces, &mut batch, &mut log_bounds, log::AUDIT_READ, &key, read.id);
+                    if let Ok(leaf) = LeafFields::of_audit(&read).leaf_hash() {
+                        appended.push((position, leaf));
+                    }
                     Applied::Committed
                 }
                 Change::Ack { la_ods_code, through } => {
@@ -276,11 +285,12 @@ impl Committer for ActivityCommitter {
         batch.commit().map_err(journal_failed)?;
         self.positions = positions;
         self.log = log_bounds;
+        spaces.appended.push(&appended);
         Ok(results)
     }
 }
 
-/// Gives a stored access the next log position, in the same batch.
+/// Gives a stored access the next log position, in the same batch; returns it.
 fn append_to_log(
     spaces: &Spaces,
     batch: &mut OwnedWriteBatch,
@@ -288,11 +298,12 @@ fn append_to_log(
     kind: u8,
     record_key: &[u8],
     id: u128,
-) {
+) -> u64 {
     let position = bounds.next_position;
     bounds.next_position += 1;
     batch.insert(&spaces.log, keys::log_position(position), log::entry_value(kind, record_key));
     batch.insert(&spaces.log_ids, id.to_be_bytes(), position.to_be_bytes());
+    position
 }
 
 fn position<'a>(positions: &'a mut HashMap<String, Cursor>, la: &str) -> &'a mut Cursor {

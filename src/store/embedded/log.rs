@@ -16,7 +16,11 @@
 //! `access_times` index those releases kept) once, on open; the index is
 //! then emptied.
 
-use std::ops::ControlFlow;
+use std::{
+    collections::VecDeque,
+    ops::ControlFlow,
+    sync::{Mutex, MutexGuard},
+};
 
 use fjall::PersistMode;
 
@@ -106,6 +110,54 @@ pub(super) fn assign_positions(spaces: &Spaces) -> Result<(), StoreError> {
     spaces.activity_db.persist(PersistMode::SyncAll).map_err(io)
 }
 
+/// Leaf hashes the activity lane computed as it committed their records, for
+/// the keeper to take instead of reading the records back. Bounded: past
+/// [`APPENDED_LIMIT`] the oldest go, and the keeper reads what it missed.
+#[derive(Default)]
+pub(in crate::store) struct Appended {
+    leaves: Mutex<VecDeque<(u64, Hash)>>,
+}
+
+/// About ten seconds of searches at full speed (40 bytes each).
+const APPENDED_LIMIT: usize = 1 << 18;
+
+impl Appended {
+    fn leaves(&self) -> MutexGuard<'_, VecDeque<(u64, Hash)>> {
+        self.leaves.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// After a commit: its positions and leaf hashes, in position order.
+    pub fn push(&self, appended: &[(u64, Hash)]) {
+        let Some(&(first, _)) = appended.first() else { return };
+        let mut leaves = self.leaves();
+        // Only a run without gaps is of use: one leaf that could not be hashed ends it.
+        if leaves.back().is_some_and(|(last, _)| last + 1 != first) {
+            leaves.clear();
+        }
+        leaves.extend(appended.iter().copied());
+        let excess = leaves.len().saturating_sub(APPENDED_LIMIT);
+        leaves.drain(..excess);
+    }
+
+    fn take(&self, from: u64, to: u64, out: &mut Vec<Hash>) {
+        let mut leaves = self.leaves();
+        while leaves.front().is_some_and(|(position, _)| *position < from) {
+            leaves.pop_front();
+        }
+        let mut next = from;
+        while next < to {
+            match leaves.front() {
+                Some(&(position, leaf)) if position == next => {
+                    out.push(leaf);
+                    leaves.pop_front();
+                    next += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
 /// The embedded store's [`AccessLog`].
 pub(super) struct EmbeddedLog {
     pub spaces: Spaces,
@@ -164,6 +216,10 @@ impl AccessLog for EmbeddedLog {
             expected += 1;
         }
         Ok(())
+    }
+
+    fn take_appended(&self, from: u64, to: u64, leaves: &mut Vec<Hash>) {
+        self.spaces.appended.take(from, to, leaves);
     }
 
     fn entry_at(&self, position: u64) -> Result<Option<LogEntry>, StoreError> {
@@ -263,5 +319,46 @@ impl HashStore for EmbeddedTree {
         }
         batch.insert(&self.spaces.log_meta, TREE_SIZE, tree_size.to_be_bytes());
         batch.commit().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(from: u64, to: u64) -> Vec<(u64, Hash)> {
+        (from..to).map(|position| (position, [position as u8; 32])).collect()
+    }
+
+    fn take(appended: &Appended, from: u64, to: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        appended.take(from, to, &mut out);
+        out.iter().map(|leaf| leaf[0]).collect()
+    }
+
+    #[test]
+    fn the_keeper_takes_a_gapless_run_from_its_tree_size_and_reads_the_rest() {
+        let appended = Appended::default();
+        appended.push(&run(0, 3));
+        appended.push(&run(3, 5));
+        // Positions the keeper already read from the store are dropped; it takes up to `to`.
+        assert_eq!(take(&appended, 1, 3), [1, 2]);
+        assert_eq!(take(&appended, 3, 10), [3, 4]);
+        assert!(take(&appended, 5, 10).is_empty());
+        // A commit whose leaf could not be hashed leaves a gap: what came before is of no use.
+        appended.push(&run(6, 8));
+        appended.push(&run(9, 10));
+        assert!(take(&appended, 5, 10).is_empty(), "5 is not held: the keeper reads from the store");
+        assert_eq!(take(&appended, 9, 10), [9]);
+    }
+
+    #[test]
+    fn only_the_newest_leaves_are_kept_past_the_limit() {
+        let appended = Appended::default();
+        let total = APPENDED_LIMIT as u64 + 10;
+        appended.push(&run(0, total));
+        assert!(take(&appended, 0, total).is_empty(), "the oldest went");
+        assert_eq!(take(&appended, 10, 12), [10, 11]);
+        assert_eq!(appended.leaves().len(), APPENDED_LIMIT - 2);
     }
 }

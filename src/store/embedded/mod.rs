@@ -138,6 +138,8 @@ pub(super) struct Spaces {
     pub log_meta: Keyspace,
     pub log_tree: Keyspace,
     pub log_notes: Keyspace,
+    /// What the activity lane appended to the log, hashed, for the keeper.
+    pub appended: Arc<log::Appended>,
 }
 
 impl Spaces {
@@ -173,6 +175,7 @@ impl Spaces {
             log_meta: keyspace(&activity_db, "log_meta")?,
             log_tree: keyspace(&activity_db, "log_tree")?,
             log_notes: keyspace(&activity_db, "log_notes")?,
+            appended: Arc::default(),
             plans_db,
             activity_db,
         })
