@@ -25,6 +25,11 @@ pub async fn connect(server: &str, pem: &PemText, server_name: Option<&str>) -> 
         .map_err(|source| ClientError::Connect { address: server.to_owned(), source })
 }
 
+/// How often a client pings the relay, and how long it waits for the answer
+/// before it drops the connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The endpoint [`connect`] uses, for callers that build several channels.
 pub fn endpoint(server: &str, pem: &PemText, server_name: Option<&str>) -> Result<Endpoint, ClientError> {
     tls::install_crypto_provider();
@@ -41,7 +46,10 @@ pub fn endpoint(server: &str, pem: &PemText, server_name: Option<&str>) -> Resul
             endpoint
                 .connect_timeout(Duration::from_secs(10))
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
+                // A relay that stops answering without closing the connection (a cut
+                // link) is noticed within 20 s: a subscriber then moves to another node.
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
         })
 }

@@ -1,13 +1,16 @@
 //! Relay nodes and their database on test hosts in network namespaces made by
 //! the test (tests/support/netns.rs), with the network failing on purpose
-//! while searches run on both nodes: a node cut off from the database, and a
-//! lossy link between a node and the database. Afterwards every answered
-//! search is notified exactly once, in sequence, and the SQL holds one access
-//! and one notification per request; a plan change made during the fault
-//! reaches the cut-off node once the link is back.
+//! while searches run on both nodes: a node cut off from the database, a node
+//! cut off from its clients (its local authority's `deliver` agent moves to
+//! the other node), and a lossy link between a node and the database.
+//! Afterwards every answered search is notified exactly once, in sequence,
+//! and the SQL holds one access and one notification per request; a plan
+//! change made during the fault reaches the cut-off node once the link is back.
 //!
 //! Needs root (CI runs as root); elsewhere each test says it is skipped.
 
+#[path = "support/agent.rs"]
+mod agent;
 mod common;
 #[path = "support/netns.rs"]
 mod netns;
@@ -15,6 +18,8 @@ mod netns;
 mod pg_load;
 #[path = "support/postgres.rs"]
 mod postgres;
+#[path = "support/webhook_receiver.rs"]
+mod webhook_receiver;
 
 use std::{
     sync::Arc,
@@ -202,5 +207,92 @@ async fn a_lossy_link_to_the_database_loses_no_notification_and_duplicates_none(
     net.heal(&h1);
     let read = every_answered_search_notified(&n1.url, SERVER_NAME, &la, &answered).await;
     println!("2 % of packets between the node and the database dropped: {read} notifications read");
+    exactly_once(&cluster);
+}
+
+/// Who searched, per notification the agent wrote to `outbox` (file name: its sequence).
+fn outbox_users(outbox: &std::path::Path) -> Vec<(String, String)> {
+    let mut users = Vec::new();
+    for entry in std::fs::read_dir(outbox).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|extension| extension == "json") {
+            let body: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let id = body["notification_id"].as_str().unwrap().to_owned();
+            users.push((body["accessor"]["user_id"].as_str().unwrap().to_owned(), id));
+        }
+    }
+    users
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_its_clients_loses_its_subscriber_to_the_other_node_which_misses_nothing() {
+    let Some(mut net) = network() else { return };
+    let (db, h1, h2) = (net.host("db", 2), net.host("n1", 10), net.host("n2", 11));
+    let cluster = PgCluster::start_in(&db.ns, &db.ip, &net.subnet());
+    let url = cluster.create_database("cpis");
+    // Certificates naming the nodes' addresses, as a deployment's would: the agent checks them as given.
+    let pki = Pki::for_names(&["localhost", &h1.ip, &h2.ip]);
+    let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
+    let people = nhs_numbers(30);
+    let (n1, _n1_dir) = node(&net, &h1, &pki, &url).await;
+    let (n2, _n2_dir) = node(&net, &h2, &pki, &url).await;
+    load_people(&n2.url, SERVER_NAME, &la, &people).await;
+
+    // The authority's delivery agent (outside the namespaces, like the clinicians): node 1 first.
+    let dir = tempfile::tempdir().unwrap();
+    let (certs, outbox) = (dir.path().join("certs"), dir.path().join("outbox"));
+    pki.write_dev_layout(&certs);
+    std::fs::create_dir_all(&outbox).unwrap();
+    let args: Vec<String> = ["--server", &n1.url, "--server", &n2.url, "--as", "la-706", "--certs-dir"]
+        .iter()
+        .map(|arg| arg.to_string())
+        .chain([certs.display().to_string(), "--outbox".into(), outbox.display().to_string()])
+        .chain(
+            ["--admin-listen", "127.0.0.1:0", "--reconnect-initial-ms", "100", "--reconnect-max-secs", "1"]
+                .map(String::from),
+        )
+        .collect();
+    let agent = agent::spawn_deliver(&args).await;
+
+    let (load, stop) = Load::new();
+    let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
+    // Node 1's searchers stop at their first failure: the cut leaves them unanswered.
+    let mut tasks = searchers(true, &n1.url, SERVER_NAME, &ed, &people, "n1", &load);
+    tasks.extend(searchers(false, &n2.url, SERVER_NAME, &ed, &people, "n2", &load));
+    wait_for_count(&count, 100).await;
+    until(Duration::from_secs(60), "the agent delivers from node 1", || async { !outbox_users(&outbox).is_empty() })
+        .await;
+
+    net.cut(&h1, &net.gateway());
+    let cut_at = Instant::now();
+    let at_cut = *count.borrow();
+    wait_for_count(&count, at_cut + 300).await;
+    stop.send_replace(true);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let answered: std::collections::HashSet<String> = answered.lock().unwrap().clone();
+    until(Duration::from_secs(90), "the agent has every answered search's notification", || async {
+        let delivered: std::collections::HashSet<String> =
+            outbox_users(&outbox).into_iter().map(|(user, _)| user).collect();
+        answered.is_subset(&delivered)
+    })
+    .await;
+    let complete_after = cut_at.elapsed();
+    net.heal(&h1);
+    // At least once, and a repeat is always the same notification.
+    let mut ids: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let delivered = outbox_users(&outbox);
+    for (user, id) in &delivered {
+        let first = ids.entry(user.clone()).or_insert_with(|| id.clone());
+        assert_eq!(first, id, "{user} was notified under two ids");
+    }
+    println!(
+        "node 1 cut off from its clients after {at_cut} answered; the agent had all {} answered searches' \
+         notifications {complete_after:?} after the cut ({} in its outbox)",
+        answered.len(),
+        delivered.len()
+    );
+    drop(agent);
     exactly_once(&cluster);
 }

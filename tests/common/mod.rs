@@ -54,8 +54,13 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
+        Self::for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A CA whose server certificate names these hosts and addresses.
+    pub fn for_names(names: &[&str]) -> Self {
         let authority = Authority::generate("test CA").unwrap();
-        let server = authority.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+        let server = authority.issue_server(names).unwrap();
         Self { authority: Arc::new(authority), server }
     }
 
