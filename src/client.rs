@@ -27,8 +27,8 @@ pub async fn connect(server: &str, pem: &PemText, server_name: Option<&str>) -> 
 
 /// How often a client pings the relay, and how long it waits for the answer
 /// before it drops the connection.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The endpoint [`connect`] uses, for callers that build several channels.
 pub fn endpoint(server: &str, pem: &PemText, server_name: Option<&str>) -> Result<Endpoint, ClientError> {

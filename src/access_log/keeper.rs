@@ -234,7 +234,6 @@ impl LogKeeper {
     /// Signs a checkpoint every `interval` (when the log grew), and a last one
     /// when `draining` flips; then ends. Run it on its own task.
     pub async fn keep(self, interval: std::time::Duration, mut draining: tokio::sync::watch::Receiver<bool>) {
-        let keeper = self;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -243,9 +242,9 @@ impl LogKeeper {
                 _ = draining.wait_for(|draining| *draining) => true,
             };
             let signed = if last {
-                keeper.run(|keeper| keeper.checkpoint()).await
+                self.run(|keeper| keeper.checkpoint()).await
             } else {
-                keeper.run(|keeper| keeper.checkpoint_if_due()).await
+                self.run(|keeper| keeper.checkpoint_if_due()).await
             };
             if let Err(error) = signed {
                 metrics::counter!("cpis_access_log_failures_total").increment(1);

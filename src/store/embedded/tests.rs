@@ -38,6 +38,14 @@ fn draft(la: &str) -> NotificationDraft {
     }
 }
 
+/// Three searches of `person` at minutes 0, 1 and 2 (ids 1, 2, 3), each notifying 706.
+async fn record_three(store: &EmbeddedStore, person: NhsNumber) {
+    for minute in 0..3 {
+        let change = Change::RecordAccess { access: access(person, minute, "u", "r"), drafts: vec![draft("706")] };
+        store.apply(change).await.unwrap();
+    }
+}
+
 fn count(report: &check::CheckReport, table: &str) -> u64 {
     report.tables.iter().find(|(name, _)| *name == table).unwrap().1
 }
@@ -72,10 +80,7 @@ async fn sequences_survive_a_reopen_and_retention_removes_what_expired_everywher
     let person = plan(1, PlanType::ChildProtection, None).nhs_number();
     {
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        for minute in 0..3 {
-            let change = Change::RecordAccess { access: access(person, minute, "u", "r"), drafts: vec![draft("706")] };
-            store.apply(change).await.unwrap();
-        }
+        record_three(&store, person).await;
         store.apply(Change::Ack { la_ods_code: "706".into(), through: 2 }).await.unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
@@ -209,10 +214,7 @@ async fn check_finds_an_access_missing_from_the_log_and_a_gap_in_it() {
     let person = plan(1, PlanType::ChildProtection, None).nhs_number();
     {
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        for minute in 0..3 {
-            let change = Change::RecordAccess { access: access(person, minute, "u", "r"), drafts: vec![draft("706")] };
-            store.apply(change).await.unwrap();
-        }
+        record_three(&store, person).await;
         store.apply(Change::RecordAudit(audit_read(person, 4))).await.unwrap();
     }
     let report = check::check(dir.path()).unwrap();
