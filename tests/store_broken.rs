@@ -90,10 +90,11 @@ async fn a_full_disk_stops_the_relay_with_status_74_and_the_restart_has_every_an
                     }
                     Err(status) => {
                         // UNAVAILABLE, or no answer at all: the relay exited while this
-                        // search was on its way (the connection closed under it).
-                        let closed = status.code() == tonic::Code::Unknown
-                            && std::error::Error::source(&status)
-                                .is_some_and(|source| source.is::<tonic::transport::Error>());
+                        // search was on its way (the connection closed under it, or its
+                        // GOAWAY said the stream was not processed). Such a status comes
+                        // from the client's transport, never from the relay.
+                        let closed = std::error::Error::source(&status)
+                            .is_some_and(|source| source.is::<tonic::transport::Error>());
                         assert!(status.code() == tonic::Code::Unavailable || closed, "{status:?}");
                         outcomes.lock().unwrap().refused.insert(user);
                         return;
