@@ -9,7 +9,7 @@
 //! # Layout
 //! - [`nhs`], [`model`], [`clock`]: domain values and rules with no I/O.
 //! - [`index`]: the in-memory plan index rebuilt from the store on start;
-//!   [`stored`]: the compact stored form of a plan it keeps.
+//!   [`stored`]: the compact stored form of a plan it keeps; [`plan_history`]: what changed in a plan, and when.
 //! - [`history`]: the previous-accesses rule and retried-request detection;
 //!   [`recent`]: the recent accesses a search lists, held in memory.
 //! - [`store`]: the system of record behind one trait.
@@ -44,6 +44,7 @@ pub mod history;
 pub mod index;
 pub mod model;
 pub mod nhs;
+pub mod plan_history;
 pub mod proto;
 pub mod recent;
 pub mod records_file;

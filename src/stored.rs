@@ -102,13 +102,18 @@ impl StoredPlan {
 
     /// The whole plan, for showing it.
     pub fn decode(&self) -> Result<Plan, StoreError> {
-        let plan: Plan = postcard::from_bytes(&self.bytes[HEADER..])
-            .map_err(|error| StoreError::Corrupt(format!("plans: {error}")))?;
+        let plan = decode_plan(&self.bytes)?;
         if plan.nhs_number != self.nhs_number || plan.plan_type != self.plan_type {
             return Err(StoreError::Corrupt("plans: a record is filed under another key".into()));
         }
         Ok(plan)
     }
+}
+
+/// The plan in stored plan bytes.
+pub fn decode_plan(bytes: &[u8]) -> Result<Plan, StoreError> {
+    header(bytes)?;
+    postcard::from_bytes(&bytes[HEADER..]).map_err(|error| StoreError::Corrupt(format!("plans: {error}")))
 }
 
 /// The last visible day recorded in stored plan bytes.

@@ -283,6 +283,7 @@ async fn retention_removes_a_signed_prefix_and_the_rest_still_verifies() {
         let tree_size = keeper.catch_up().unwrap();
         // Accesses before minute 12 go: positions 0 to 11.
         let expiry = Expiry {
+            now: start() + Duration::days(1),
             today: start().date_naive(),
             acked_notifications_before: start(),
             accesses_before: start() + Duration::minutes(12),
@@ -322,6 +323,7 @@ async fn retention_never_removes_what_the_tree_does_not_hold() {
         store.apply(Change::RecordAccess { access: access(n, n as i64), drafts: vec![] }).await.unwrap();
     }
     let expiry = Expiry {
+        now: start() + Duration::days(1),
         today: start().date_naive(),
         acked_notifications_before: start(),
         accesses_before: start() + Duration::days(1),

@@ -204,8 +204,26 @@ async fn a_subject_access_report_round_trips_and_its_proofs_verify_independently
     let child = nhs(2003);
     let mut plan = record(&child, PlanType::ChildProtection);
     plan.given_name = "Sam <b>& Co</b>".into();
-    let loaded = relay.load("706", vec![plan]).await;
+    let loaded = relay.load("706", vec![plan.clone()]).await;
     assert_eq!(loaded.loaded, 1, "{loaded:?}");
+    // The same plan again is no change; a new address is one; a second plan, loaded then deleted.
+    let minute_later = || relay.clock.advance(chrono::Duration::minutes(1));
+    minute_later();
+    relay.load("706", vec![plan.clone()]).await;
+    plan.address = Some(cpis_relay::proto::Address { lines: vec!["2 New Road".into()], postcode: "LS2 2BB".into() });
+    let looked_after = record(&child, PlanType::LookedAfter);
+    minute_later();
+    let loaded = relay.load("706", vec![plan, looked_after]).await;
+    assert_eq!(loaded.loaded, 2, "{loaded:?}");
+    minute_later();
+    let deleted = relay
+        .plans("la-706")
+        .await
+        .delete(cpis_relay::proto::DeleteRequest { nhs_number: child.clone(), r#type: PlanType::LookedAfter as i32 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted, 1);
     relay.lookup().await.search(search_request(&child, "u-ed", "req-ed")).await.unwrap();
     let mut gp = LookupClient::new(relay.channel("gp-y02").await);
     let mut scheduled = search_request(&child, "u-gp", "req-gp");
@@ -232,7 +250,7 @@ async fn a_subject_access_report_round_trips_and_its_proofs_verify_independently
     .unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{said}");
-    assert!(said.contains("3 accesses (every proof verified"), "{said}");
+    assert!(said.contains("4 plan changes, 3 accesses (every proof verified"), "{said}");
 
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o700);
@@ -244,6 +262,25 @@ async fn a_subject_access_report_round_trips_and_its_proofs_verify_independently
     assert_eq!(plans.len(), 1);
     assert_eq!(plans[0]["record"]["given_name"], json!("Sam <b>& Co</b>"));
     assert_eq!(plans[0]["local_authority"]["ods_code"], json!("706"));
+    let history = report["plan_history"].as_array().unwrap();
+    let changes: Vec<(&str, &str)> = history
+        .iter()
+        .map(|change| (change["plan_type"].as_str().unwrap(), change["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("CPPI", "loaded"),
+            ("CPPI", "changed (a new version)"),
+            ("LACI", "loaded"),
+            ("LACI", "deleted by the local authority")
+        ],
+        "oldest first; loading the same plan again is not a change"
+    );
+    assert_eq!(history[0]["record"]["postcode"], json!("ZZ1 1ZZ"), "the first version loaded");
+    assert_eq!(plans[0]["record"]["postcode"], json!("LS2 2BB"), "the plan held now");
+    assert_eq!(history[1]["record"]["address_line_1"], json!("2 New Road"), "the version loaded");
+    assert_eq!(history[3]["record"], Value::Null, "a removal names the plan only");
     let accesses = report["accesses"].as_array().unwrap();
     let kinds: Vec<&str> = accesses.iter().map(|access| access["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["unscheduled care search", "scheduled care search", "auditor's read"], "in log order");
@@ -291,6 +328,7 @@ async fn a_subject_access_report_round_trips_and_its_proofs_verify_independently
         "no scripts or external assets"
     );
     assert!(html.contains("auditor&#39;s read") || html.contains("auditor's read"));
+    assert!(html.contains("History of the plans") && html.contains("2 New Road"), "the history is in the page");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

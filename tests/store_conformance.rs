@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use cpis_relay::{
     model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, PlanType, RequestKey},
     nhs::NhsNumber,
+    plan_history::PlanEventKind,
     store::{
         Cursor, EXPIRY_CHUNK, Expiry, Store,
         embedded::EmbeddedStore,
@@ -110,7 +111,24 @@ impl Subject {
     }
 
     async fn upsert(&self, la: &str, plans: Vec<StoredPlan>) {
-        self.store().upsert_plans(authority(la), plans.into()).await.unwrap();
+        self.upsert_at(la, plans, base()).await;
+    }
+
+    async fn upsert_at(&self, la: &str, plans: Vec<StoredPlan>, at: DateTime<Utc>) {
+        self.store().upsert_plans(authority(la), plans.into(), at).await.unwrap();
+    }
+
+    /// A person's plan history as (minute, authority, type, what, first address line of the version loaded).
+    async fn history(&self, person: NhsNumber) -> Vec<(i64, String, PlanType, PlanEventKind, Option<String>)> {
+        let events = self.store().plan_history_of(person).await.unwrap();
+        events
+            .into_iter()
+            .map(|event| {
+                let line = event.plan().unwrap().map(|plan| plan.address.lines.first().cloned().unwrap_or_default());
+                assert_eq!(event.nhs_number, person);
+                ((event.at - base()).num_minutes(), event.la_ods_code, event.plan_type, event.kind, line)
+            })
+            .collect()
     }
 }
 
@@ -224,6 +242,7 @@ conformance!(
     a_request_is_found_only_by_its_whole_key,
     a_full_refresh_makes_the_set_exactly_the_new_one_and_never_half_of_it,
     retention_removes_only_what_is_past_its_keeping_period,
+    a_plans_history_holds_each_change_once_and_retention_removes_the_old,
 );
 
 async fn sequences_are_per_authority_in_commit_order_and_go_on_after_a_reopen(mut subject: Subject) {
@@ -345,7 +364,7 @@ async fn a_full_refresh_makes_the_set_exactly_the_new_one_and_never_half_of_it(m
     let store = Arc::clone(subject.store.as_ref().unwrap());
     let refresh = tokio::spawn({
         let store = Arc::clone(&store);
-        async move { store.replace_plans(authority("706"), set(PEOPLE / 2).into()).await }
+        async move { store.replace_plans(authority("706"), set(PEOPLE / 2).into(), at(1)).await }
     });
     while !refresh.is_finished() {
         let seen = subject.plans().await;
@@ -359,11 +378,62 @@ async fn a_full_refresh_makes_the_set_exactly_the_new_one_and_never_half_of_it(m
     assert_eq!(subject.plans().await, expected);
 
     let doomed = person(PEOPLE / 2);
-    subject.store().delete_plans("706".into(), doomed, None).await.unwrap();
+    subject.store().delete_plans("706".into(), doomed, None, at(2)).await.unwrap();
     subject.reopen().await;
     let after = subject.plans().await;
     assert_eq!(after.len(), expected.len() - 1);
     assert!(after.iter().all(|(_, nhs_number, _)| *nhs_number != doomed), "the deleted plan is gone");
+}
+
+async fn a_plans_history_holds_each_change_once_and_retention_removes_the_old(mut subject: Subject) {
+    use PlanEventKind::*;
+    use PlanType::{ChildProtection as Cp, LookedAfter as La};
+    let child = person(7);
+    let version = |la: &str, plan_type, end: Option<&str>, line: &str, minute| {
+        let mut plan = plan(la, 7, plan_type, end).decode().unwrap();
+        plan.address.lines = vec![line.into()];
+        plan.loaded_at = at(minute);
+        StoredPlan::encode(&plan, la.into()).unwrap()
+    };
+    let other = plan("706", 8, Cp, None);
+    subject.upsert_at("706", vec![version("706", Cp, None, "1 Street", 0)], at(0)).await;
+    // The same plan loaded again (another time) is no change.
+    subject.upsert_at("706", vec![version("706", Cp, None, "1 Street", 1)], at(1)).await;
+    let refresh = vec![version("706", Cp, None, "2 Road", 2), other.clone()];
+    subject.store().replace_plans(authority("706"), refresh.into(), at(2)).await.unwrap();
+    subject.upsert_at("707", vec![version("707", La, Some("2020-01-01"), "1 Street", 3)], at(3)).await;
+    subject.store().replace_plans(authority("706"), vec![other].into(), at(4)).await.unwrap();
+    subject.upsert_at("706", vec![version("706", Cp, None, "3 Lane", 5)], at(5)).await;
+    subject.store().delete_plans("706".into(), child, None, at(6)).await.unwrap();
+    subject.reopen().await;
+    let line = |text: &str| Some(text.to_owned());
+    let whole = vec![
+        (0, "706".to_owned(), Cp, Loaded, line("1 Street")),
+        (2, "706".to_owned(), Cp, Changed, line("2 Road")),
+        (3, "707".to_owned(), La, Loaded, line("1 Street")),
+        (4, "706".to_owned(), Cp, Withdrawn, None),
+        (5, "706".to_owned(), Cp, Loaded, line("3 Lane")),
+        (6, "706".to_owned(), Cp, Deleted, None),
+    ];
+    assert_eq!(subject.history(child).await, whole);
+    assert_eq!(subject.history(person(8)).await, [(2, "706".to_owned(), Cp, Loaded, line(""))]);
+
+    // Retention: the 707 plan ended in 2020 (expired, one more change); changes before minute 2 go.
+    let expiry = Expiry {
+        now: at(10),
+        today: "2026-06-01".parse().unwrap(),
+        acked_notifications_before: at(0),
+        accesses_before: at(2),
+        log_positions_below: u64::MAX,
+        limit: EXPIRY_CHUNK,
+    };
+    let counts = subject.store().expire(expiry).await.unwrap();
+    assert_eq!((counts.plans, counts.plan_changes), (1, 1));
+    let mut kept = whole[1..].to_vec();
+    kept.push((10, "707".to_owned(), La, Expired, None));
+    assert_eq!(subject.history(child).await, kept);
+    let again = subject.store().expire(expiry).await.unwrap();
+    assert_eq!((again.plans, again.plan_changes), (0, 0), "nothing more is due");
 }
 
 async fn retention_removes_only_what_is_past_its_keeping_period(subject: Subject) {
@@ -383,6 +453,7 @@ async fn retention_removes_only_what_is_past_its_keeping_period(subject: Subject
     }
     subject.store().ack("706".into(), 3).await.unwrap();
     let expiry = Expiry {
+        now: at(300),
         today: "2026-06-01".parse().unwrap(),
         // Notifications 1 and 2 are acknowledged and older; 3 is acknowledged but newer; 4 is not acknowledged.
         acked_notifications_before: at(100),

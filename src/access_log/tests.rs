@@ -69,6 +69,7 @@ async fn the_memory_store_logs_searches_and_reads_retains_a_prefix_and_verifies(
 
     let below = keeper.catch_up().unwrap();
     let expiry = Expiry {
+        now: start() + Duration::minutes(10),
         today: start().date_naive(),
         acked_notifications_before: start(),
         accesses_before: start() + Duration::minutes(3),

@@ -61,6 +61,24 @@ fn kind_name(kind: i32) -> &'static str {
     }
 }
 
+fn change_name(kind: i32) -> &'static str {
+    match proto::PlanChangeKind::try_from(kind) {
+        Ok(proto::PlanChangeKind::Loaded) => "loaded",
+        Ok(proto::PlanChangeKind::Changed) => "changed (a new version)",
+        Ok(proto::PlanChangeKind::Deleted) => "deleted by the local authority",
+        Ok(proto::PlanChangeKind::Withdrawn) => "left out of the local authority's full refresh",
+        Ok(proto::PlanChangeKind::Expired) => "removed by retention (its visible period was over)",
+        _ => "unknown",
+    }
+}
+
+fn plan_type_code(wire: i32) -> &'static str {
+    match crate::service::convert::plan_type_from_wire(wire) {
+        crate::relay::SentPlanType::Known(plan_type) => plan_type.code(),
+        _ => "",
+    }
+}
+
 /// Checks the report's proofs; the verified checkpoint and verifier key.
 fn verify(
     report: &proto::SubjectAccessReport,
@@ -103,6 +121,22 @@ pub fn report_json(report: &proto::SubjectAccessReport, checkpoint: &Checkpoint,
             })
         })
         .collect();
+    let plan_history: Vec<Value> = report
+        .plan_history
+        .iter()
+        .map(|change| {
+            let record = change.record.as_ref().map(|record| {
+                serde_json::to_value(crate::records_file::from_wire(record, &change.la_ods_code)).unwrap_or_default()
+            });
+            json!({
+                "at": text_time(change.at.as_ref()),
+                "kind": change_name(change.kind),
+                "la_ods_code": change.la_ods_code,
+                "plan_type": plan_type_code(change.plan_type),
+                "record": record,
+            })
+        })
+        .collect();
     let accesses: Vec<Value> = report
         .accesses
         .iter()
@@ -138,7 +172,7 @@ pub fn report_json(report: &proto::SubjectAccessReport, checkpoint: &Checkpoint,
         "nhs_number": report.nhs_number,
         "generated_at": text_time(report.generated_at.as_ref()),
         "plans": plans,
-        "plan_history": "the relay keeps each plan's current version only (loaded_at); earlier versions and deleted plans are not held",
+        "plan_history": plan_history,
         "accesses": accesses,
         "notifications": notifications,
         "checkpoint": {
@@ -173,7 +207,6 @@ pub fn report_html(report: &Value) -> Markup {
                 h1 { "Subject access report" }
                 p { "NHS number " strong { (field(report, &["nhs_number"])) } ", made " (field(report, &["generated_at"])) "." }
                 h2 { "Plans held" }
-                p { (field(report, &["plan_history"])) "." }
                 table {
                     tr { th { "Local authority" } th { "Plan" } th { "Start" } th { "End" } th { "Name" } th { "Date of birth" } th { "Address" } th { "Loaded" } }
                     @for plan in list("plans") {
@@ -186,6 +219,29 @@ pub fn report_html(report: &Value) -> Markup {
                             td { (field(&plan, &["record", "date_of_birth"])) }
                             td { (field(&plan, &["record", "address_line_1"])) " " (field(&plan, &["record", "postcode"])) }
                             td { (field(&plan, &["loaded_at"])) }
+                        }
+                    }
+                }
+                h2 { "History of the plans" }
+                p { "Every change of these plans the relay still keeps (as long as it keeps accesses), oldest first. Loading the same plan again is not a change." }
+                table {
+                    tr { th { "When" } th { "What" } th { "Local authority" } th { "Plan" } th { "The version loaded" } }
+                    @for change in list("plan_history") {
+                        tr {
+                            td { (field(&change, &["at"])) }
+                            td { (field(&change, &["kind"])) }
+                            td { (field(&change, &["la_ods_code"])) }
+                            td { (field(&change, &["plan_type"])) }
+                            td {
+                                @if change.get("record").is_some_and(Value::is_object) {
+                                    (field(&change, &["record", "given_name"])) " " (field(&change, &["record", "family_name"]))
+                                    ", born " (field(&change, &["record", "date_of_birth"]))
+                                    ", " (field(&change, &["record", "address_line_1"])) " " (field(&change, &["record", "postcode"]))
+                                    "; plan from " (field(&change, &["record", "start_date"]))
+                                    @if !field(&change, &["record", "end_date"]).is_empty() { " to " (field(&change, &["record", "end_date"])) }
+                                    "; team " (field(&change, &["record", "team_code"]))
+                                }
+                            }
                         }
                     }
                 }
@@ -258,9 +314,10 @@ pub async fn run(args: SarArgs) -> Result<u8, CliError> {
     write_private(&args.out, JSON_FILE, text.as_bytes())?;
     write_private(&args.out, HTML_FILE, report_html(&json).into_string().as_bytes())?;
     println!(
-        "{}: {} plans, {} accesses (every proof verified against the checkpoint of size {}), {} notifications",
+        "{}: {} plans, {} plan changes, {} accesses (every proof verified against the checkpoint of size {}), {} notifications",
         args.out.display(),
         report.plans.len(),
+        report.plan_history.len(),
         report.accesses.len(),
         checkpoint.size,
         report.notifications.len()

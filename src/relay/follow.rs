@@ -226,18 +226,18 @@ impl Relay {
     async fn apply_to_index(&self, change: Change) -> Result<()> {
         let index = self.shared.index.clone();
         match change {
-            Change::UpsertPlans { authority, plans } => {
+            Change::UpsertPlans { authority, plans, .. } => {
                 self.shared.hub.register_authority(&authority.ods_code);
                 index.set_authority(authority);
                 super::plans::off_runtime(move || index.upsert(plans.iter().cloned())).await?;
             }
-            Change::ReplacePlans { authority, plans } => {
+            Change::ReplacePlans { authority, plans, .. } => {
                 self.shared.hub.register_authority(&authority.ods_code);
                 let la = authority.ods_code.clone();
                 index.set_authority(authority);
                 super::plans::off_runtime(move || index.replace_authority(&la, plans.iter().cloned())).await?;
             }
-            Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
+            Change::DeletePlans { la_ods_code, nhs_number, plan_type, .. } => {
                 index.remove(&la_ods_code, nhs_number, plan_type);
             }
             _ => {

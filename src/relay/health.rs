@@ -110,6 +110,13 @@ impl Store for ReportingStore {
         self.inner.accesses_of(nhs_number)
     }
 
+    fn plan_history_of(
+        &self,
+        nhs_number: NhsNumber,
+    ) -> BoxFuture<'static, Result<Vec<crate::plan_history::PlanEvent>, StoreError>> {
+        self.inner.plan_history_of(nhs_number)
+    }
+
     fn feed(&self) -> Option<Arc<dyn crate::store::Feed>> {
         self.inner.feed()
     }

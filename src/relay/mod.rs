@@ -309,7 +309,7 @@ impl Relay {
     ) -> Result<()> {
         if self.shared.log_keeper.is_some() {
             let read_at = self.shared.clock.now();
-            let id = search::access_id(read_at);
+            let id = crate::model::time_ordered_id(read_at);
             let read = crate::model::AuditRead {
                 id,
                 read_at,

@@ -57,9 +57,10 @@ impl Relay {
         .await?;
         let la_ods_code = authority.ods_code.clone();
         let index = self.shared.index.clone();
+        let at = self.shared.clock.now();
         let (removed, current_plans, store_ms) = match mode {
             UploadMode::Incremental => {
-                let applied = self.shared.store.upsert_plans(authority.clone(), Arc::clone(&plans)).await?;
+                let applied = self.shared.store.upsert_plans(authority.clone(), Arc::clone(&plans), at).await?;
                 let store_ms = started.elapsed().as_millis() as u64;
                 let version = self.before_own_change(&writes, applied).await?;
                 self.shared.hub.register_authority(&authority.ods_code);
@@ -82,7 +83,7 @@ impl Relay {
                 .await?;
                 check.check(&la_ods_code, current, would_remove)?;
                 // The index stages the new set (invisibly) while the store commits it.
-                let replacing = self.shared.store.replace_plans(authority.clone(), Arc::clone(&plans));
+                let replacing = self.shared.store.replace_plans(authority.clone(), Arc::clone(&plans), at);
                 let (staging_index, staging_plans) = (index.clone(), Arc::clone(&plans));
                 let staging =
                     off_runtime(move || staging_index.stage_replacement(&la_ods_code, staging_plans.iter().cloned()));
@@ -159,7 +160,8 @@ impl Relay {
                 if !held {
                     return Ok(0);
                 }
-                let applied = relay.shared.store.delete_plans(la_ods_code.clone(), nhs_number, plan_type).await?;
+                let at = relay.shared.clock.now();
+                let applied = relay.shared.store.delete_plans(la_ods_code.clone(), nhs_number, plan_type, at).await?;
                 let version = relay.before_own_change(&writes, applied).await?;
                 let removed = relay.shared.index.remove(&la_ods_code, nhs_number, plan_type) as u64;
                 relay.applied_plan_version(&writes, version);

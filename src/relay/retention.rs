@@ -24,6 +24,7 @@ impl Relay {
             None => u64::MAX,
         };
         let expiry = Expiry {
+            now,
             log_positions_below,
             today: now.date_naive(),
             acked_notifications_before: now - shared.settings.acked_notification_retention,
@@ -36,6 +37,7 @@ impl Relay {
             let _writes = shared.plan_writes.lock().await;
             let chunk = shared.store.expire(expiry).await?;
             counts.plans += chunk.plans;
+            counts.plan_changes += chunk.plan_changes;
             counts.notifications += chunk.notifications;
             counts.accesses += chunk.accesses;
             if chunk == ExpiryCounts::default() {
@@ -57,10 +59,12 @@ impl Relay {
         }
         let accesses_in_memory = shared.recent.expire(expiry.accesses_before);
         metrics::counter!("cpis_retention_removed_total", "kind" => "plan").increment(counts.plans);
+        metrics::counter!("cpis_retention_removed_total", "kind" => "plan_change").increment(counts.plan_changes);
         metrics::counter!("cpis_retention_removed_total", "kind" => "notification").increment(counts.notifications);
         metrics::counter!("cpis_retention_removed_total", "kind" => "access").increment(counts.accesses);
         tracing::info!(
             plans = counts.plans,
+            plan_changes = counts.plan_changes,
             notifications = counts.notifications,
             accesses = counts.accesses,
             plans_in_memory,

@@ -195,7 +195,7 @@ impl Relay {
         });
         if !is_retry {
             let access = AccessEvent {
-                id: access_id(now),
+                id: crate::model::time_ordered_id(now),
                 accessed_at: now,
                 nhs_number,
                 organisation_ods_code: identity.ods_code.clone(),
@@ -243,15 +243,6 @@ impl Relay {
 /// operating system: no system call per id, as `Uuid::new_v4` makes.
 fn random_id() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid()
-}
-
-/// A new access's id: a time-ordered (version 7) UUID of `at`, its 74 other
-/// bits from the thread's CSPRNG, seeded by the operating system (no system
-/// call per id). Time-ordered, the store's index of ids by position grows at
-/// its end rather than everywhere, which an LSM tree writes and compacts for less.
-pub(super) fn access_id(at: chrono::DateTime<chrono::Utc>) -> u128 {
-    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid().as_u128()
 }
 
 /// Runs a future to its end even if the caller stops waiting: awaited, it is

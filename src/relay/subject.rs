@@ -1,5 +1,6 @@
 //! A subject access request: everything the relay holds about one person,
-//! for an auditor to hand to them. Plans held now, every retained access of
+//! for an auditor to hand to them. Plans held now and the retained history
+//! of changes of the person's plans ([`crate::plan_history`]), every retained access of
 //! the log (searches of both kinds and auditors' reads) with its inclusion
 //! proof in one signed checkpoint, and the retained notifications about the
 //! person with whether the owning authority acknowledged them. The request is
@@ -17,6 +18,7 @@ use crate::{
     error::{Error, Result},
     model::{LocalAuthority, Notification, Plan},
     nhs::NhsNumber,
+    plan_history::PlanEvent,
     store::log::LogEntry,
     transparency::Hash,
 };
@@ -38,6 +40,8 @@ pub struct SubjectAccess {
     pub nhs_number: NhsNumber,
     pub generated_at: DateTime<Utc>,
     pub plans: Vec<(Plan, Option<Arc<LocalAuthority>>)>,
+    /// Oldest first.
+    pub plan_history: Vec<PlanEvent>,
     /// In log order.
     pub accesses: Vec<LoggedAccess>,
     /// With whether the owning authority acknowledged each.
@@ -67,6 +71,9 @@ impl Relay {
                 Ok((plan, self.shared.index.authority(stored.la_ods_code())))
             })
             .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
+        let mut plan_history = self.shared.store.plan_history_of(nhs_number).await?;
+        // One change of several plans shares its time: those read by authority and plan type.
+        plan_history.sort_by(|a, b| (a.at, &a.la_ods_code, a.plan_type).cmp(&(b.at, &b.la_ods_code, b.plan_type)));
         let searches = self.shared.store.accesses_of(nhs_number).await?;
         let (checkpoint, accesses) = keeper
             .run(move |keeper| {
@@ -114,6 +121,6 @@ impl Relay {
                 }
             }
         }
-        Ok(SubjectAccess { nhs_number, generated_at, plans, accesses, notifications, checkpoint })
+        Ok(SubjectAccess { nhs_number, generated_at, plans, plan_history, accesses, notifications, checkpoint })
     }
 }

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use super::{ResponseStream, convert, identity};
 use crate::{
     access_log::SignedCheckpoint,
+    plan_history::{PlanEvent, PlanEventKind},
     proto::{
         self, AccessLogRequest, AccessRecord, ConsistencyProofRequest, InclusionProofRequest, LatestCheckpointRequest,
         SubjectAccessRequest, audit_server::Audit,
@@ -109,6 +110,24 @@ fn subject_access_report(
             })
             .collect(),
         checkpoint: Some(signed_checkpoint(report.checkpoint, verifier)),
+        plan_history: report.plan_history.iter().map(plan_change).collect::<Result<_, _>>()?,
+    })
+}
+
+fn plan_change(event: &PlanEvent) -> Result<proto::PlanChange, Status> {
+    let kind = match event.kind {
+        PlanEventKind::Loaded => proto::PlanChangeKind::Loaded,
+        PlanEventKind::Changed => proto::PlanChangeKind::Changed,
+        PlanEventKind::Deleted => proto::PlanChangeKind::Deleted,
+        PlanEventKind::Withdrawn => proto::PlanChangeKind::Withdrawn,
+        PlanEventKind::Expired => proto::PlanChangeKind::Expired,
+    };
+    Ok(proto::PlanChange {
+        at: Some(convert::timestamp(event.at)),
+        la_ods_code: event.la_ods_code.clone(),
+        plan_type: convert::plan_type(event.plan_type) as i32,
+        kind: kind as i32,
+        record: event.plan().map_err(crate::error::Error::from)?.as_ref().map(convert::plan_record),
     })
 }
 

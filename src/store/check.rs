@@ -1,7 +1,8 @@
 //! Offline verification of an embedded store (`cpis-relay store check`):
 //! every record is read (the engine checks each block's checksum as it
 //! reads it) and decoded, every plan-expiry entry points at a plan with that
-//! last visible day, every access and auditor's read has a log position
+//! last visible day, every plan change is indexed by time (for retention),
+//! every access and auditor's read has a log position
 //! whose entry names it (the log gapless, with no entry naming nothing),
 //! every notification is filed under its authority and sequence, and no
 //! authority is acknowledged beyond its last notification. Whether the
@@ -19,6 +20,7 @@ use super::{
 };
 use crate::{
     model::{AccessEvent, AuditRead, LocalAuthority, Notification, days},
+    plan_history::PlanEvent,
     stored::{self, StoredPlan},
 };
 
@@ -70,6 +72,28 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
     }
     if expiring != until_of.values().filter(|until| until.is_some()).count() {
         problem("plan_expiry: does not list every plan that ends".into());
+    }
+
+    let mut plan_changes = 0u64;
+    for entry in spaces.plan_history.iter() {
+        let (key, value) = entry.into_inner().map_err(io)?;
+        let event = PlanEvent::decode(&value)?;
+        let at = event.at.timestamp_micros();
+        if key.as_ref() != keys::plan_change(event.nhs_number, at, event.id) {
+            problem("plan_history: a record is filed under another key".into());
+        }
+        if !spaces
+            .plan_history_times
+            .contains_key(keys::plan_change_time(event.nhs_number, at, event.id))
+            .map_err(io)?
+        {
+            problem("plan_history_times: a plan change is missing (retention would never remove it)".into());
+        }
+        plan_changes += 1;
+    }
+    let timed = spaces.plan_history_times.len().map_err(io)? as u64;
+    if timed != plan_changes {
+        problem(format!("plan_history_times: {timed} entries for {plan_changes} plan changes"));
     }
 
     let mut accesses = 0u64;
@@ -138,6 +162,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         ("authorities", authorities),
         ("plans", until_of.len() as u64),
         ("plan_expiry", expiring as u64),
+        ("plan_history", plan_changes),
         ("accesses", accesses),
         ("audit_reads", audit_reads),
         ("log", log_entries),

@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use chrono::{DateTime, Utc};
 use futures::{FutureExt, future::BoxFuture};
 
 use super::{
@@ -17,6 +18,7 @@ use super::{
 use crate::{
     model::{AccessEvent, AuditRead, LocalAuthority, Notification, PlanType},
     nhs::NhsNumber,
+    plan_history::{PlanEvent, PlanEventKind},
     stored::{StoredAccess, StoredPlan},
     transparency::{Hash, HashStore, MemoryHashStore},
 };
@@ -36,6 +38,8 @@ pub struct MemoryStore {
 struct State {
     authorities: HashMap<String, LocalAuthority>,
     plans: BTreeMap<PlanKey, StoredPlan>,
+    /// Plans' changes by person, then time.
+    plan_history: BTreeMap<(NhsNumber, i64, u128), PlanEvent>,
     /// By person, then time, in their stored form, as the embedded store reads them.
     accesses: BTreeMap<(NhsNumber, i64, u128), StoredAccess>,
     /// Time order, for retention.
@@ -64,25 +68,31 @@ impl MemoryStore {
 impl State {
     fn apply(&mut self, change: Change) -> Result<Applied, StoreError> {
         Ok(match change {
-            Change::UpsertPlans { authority, plans } => {
+            Change::UpsertPlans { authority, plans, at } => {
                 self.authorities.insert(authority.ods_code.clone(), authority);
                 for plan in plans.iter() {
-                    self.plans.insert(key_of(plan), plan.clone());
+                    self.write_plan(plan, at)?;
                 }
                 Applied::Committed
             }
-            Change::ReplacePlans { authority, plans } => {
-                self.plans.retain(|(la, _, _), _| *la != authority.ods_code);
+            Change::ReplacePlans { authority, plans, at } => {
+                let la = authority.ods_code.clone();
                 self.authorities.insert(authority.ods_code.clone(), authority);
+                let kept: std::collections::HashSet<PlanKey> = plans.iter().map(key_of).collect();
+                self.remove_plans(|key| key.0 == la && !kept.contains(key), at, PlanEventKind::Withdrawn);
                 for plan in plans.iter() {
-                    self.plans.insert(key_of(plan), plan.clone());
+                    self.write_plan(plan, at)?;
                 }
                 Applied::Committed
             }
-            Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
-                self.plans.retain(|(la, nhs, kind), _| {
-                    !(*la == la_ods_code && *nhs == nhs_number && plan_type.is_none_or(|wanted| wanted == *kind))
-                });
+            Change::DeletePlans { la_ods_code, nhs_number, plan_type, at } => {
+                self.remove_plans(
+                    |(la, nhs, kind)| {
+                        *la == la_ods_code && *nhs == nhs_number && plan_type.is_none_or(|wanted| wanted == *kind)
+                    },
+                    at,
+                    PlanEventKind::Deleted,
+                );
                 Applied::Committed
             }
             Change::RecordAccess { access, drafts } => {
@@ -119,9 +129,15 @@ impl State {
             }
             Change::Expire(expiry) => {
                 let mut counts = ExpiryCounts::default();
-                let plans_before = self.plans.len();
-                self.plans.retain(|_, plan| plan.is_visible_on(expiry.today));
-                counts.plans = (plans_before - self.plans.len()) as u64;
+                let over: std::collections::HashSet<PlanKey> = (self.plans.iter())
+                    .filter(|(_, plan)| !plan.is_retained_on(expiry.today))
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                counts.plans = self.remove_plans(|key| over.contains(key), expiry.now, PlanEventKind::Expired) as u64;
+                let cutoff = expiry.accesses_before.timestamp_micros();
+                let changes_before = self.plan_history.len();
+                self.plan_history.retain(|(_, at, _), _| *at >= cutoff);
+                counts.plan_changes = (changes_before - self.plan_history.len()) as u64;
                 let cursors = &self.cursors;
                 let notifications_before = self.notifications.len();
                 self.notifications.retain(|(la, sequence), notification| {
@@ -158,6 +174,29 @@ impl State {
 }
 
 impl State {
+    /// Writes one plan and its change, if it is one.
+    fn write_plan(&mut self, plan: &StoredPlan, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let old = self.plans.insert(key_of(plan), plan.clone());
+        if let Some(event) = PlanEvent::of_write(old.as_ref().map(StoredPlan::bytes), plan, at)? {
+            self.add_event(event);
+        }
+        Ok(())
+    }
+
+    /// Removes the plans whose keys match, each with its event; returns how many.
+    fn remove_plans(&mut self, doomed: impl Fn(&PlanKey) -> bool, at: DateTime<Utc>, kind: PlanEventKind) -> usize {
+        let keys: Vec<PlanKey> = self.plans.keys().filter(|key| doomed(key)).cloned().collect();
+        for (la, nhs_number, plan_type) in &keys {
+            self.plans.remove(&(la.clone(), *nhs_number, *plan_type));
+            self.add_event(PlanEvent::removal(at, la, *nhs_number, *plan_type, kind));
+        }
+        keys.len()
+    }
+
+    fn add_event(&mut self, event: PlanEvent) {
+        self.plan_history.insert((event.nhs_number, event.at.timestamp_micros(), event.id), event);
+    }
+
     fn append_to_log(&mut self, entry: LogEntry) {
         let position = self.log_bounds.next_position;
         self.log_bounds.next_position += 1;
@@ -193,6 +232,14 @@ impl Store for MemoryStore {
     fn apply(&self, change: Change) -> BoxFuture<'static, Result<Applied, StoreError>> {
         let result = self.with_state(|state| state.apply(change));
         async move { result }.boxed()
+    }
+
+    fn plan_history_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<PlanEvent>, StoreError>> {
+        let events = self.with_state(|state| {
+            let person = (nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX);
+            state.plan_history.range(person).map(|(_, event)| event.clone()).collect()
+        });
+        async move { Ok(events) }.boxed()
     }
 
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {

@@ -31,6 +31,7 @@ use futures::future::BoxFuture;
 use crate::{
     model::{AccessEvent, AuditRead, LocalAuthority, Notification, NotificationDraft, PlanType},
     nhs::NhsNumber,
+    plan_history::PlanEvent,
     stored::{StoredAccess, StoredPlan},
 };
 
@@ -96,12 +97,14 @@ impl Broken {
 /// One change to the system of record, applied atomically.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// Adds or replaces these plans of one local authority and records its details.
-    UpsertPlans { authority: LocalAuthority, plans: Arc<[StoredPlan]> },
+    /// Adds or replaces these plans of one local authority and records its
+    /// details. Each plan change is made `at` the relay's time: the time its
+    /// events in the plan history ([`crate::plan_history`]) carry.
+    UpsertPlans { authority: LocalAuthority, plans: Arc<[StoredPlan]>, at: DateTime<Utc> },
     /// Makes the authority's plans exactly these (FULL_REFRESH).
-    ReplacePlans { authority: LocalAuthority, plans: Arc<[StoredPlan]> },
+    ReplacePlans { authority: LocalAuthority, plans: Arc<[StoredPlan]>, at: DateTime<Utc> },
     /// Deletes one authority's plans of a person: one type, or all.
-    DeletePlans { la_ods_code: String, nhs_number: NhsNumber, plan_type: Option<PlanType> },
+    DeletePlans { la_ods_code: String, nhs_number: NhsNumber, plan_type: Option<PlanType>, at: DateTime<Utc> },
     /// A search of a flagged person: its access history entry and one
     /// notification per owning authority, which the store numbers.
     RecordAccess { access: AccessEvent, drafts: Vec<NotificationDraft> },
@@ -117,11 +120,13 @@ pub enum Change {
 /// Cut-offs for retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
+    /// When the pass runs: the time of the plan history's "expired" events.
+    pub now: DateTime<Utc>,
     /// Plans no longer visible on this day are removed.
     pub today: NaiveDate,
     /// Acknowledged notifications of accesses before this instant are removed.
     pub acked_notifications_before: DateTime<Utc>,
-    /// Access history before this instant is removed.
+    /// Access history, and plans' history of changes, before this instant is removed.
     pub accesses_before: DateTime<Utc>,
     /// Accesses are removed oldest log position first, only below this
     /// position (the leaves the log keeper has put in the tree), and only
@@ -155,6 +160,8 @@ pub enum Applied {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExpiryCounts {
     pub plans: u64,
+    /// Events of the plans' history of changes.
+    pub plan_changes: u64,
     pub notifications: u64,
     pub accesses: u64,
 }
@@ -197,6 +204,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every retained access of one person, oldest first (for auditors).
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>>;
+
+    /// The retained history of changes of one person's plans, oldest first
+    /// (for a subject access request).
+    fn plan_history_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<PlanEvent>, StoreError>>;
 
     /// Up to `limit` notifications of one authority with sequence above `after`, in order.
     fn notifications_after(

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use super::{Applied, Change, Expiry, ExpiryCounts, Store, StoreError};
 use crate::{
     model::{AccessEvent, AuditRead, LocalAuthority, Notification, NotificationDraft, PlanType},
@@ -54,8 +56,9 @@ impl dyn Store {
         &self,
         authority: LocalAuthority,
         plans: Arc<[StoredPlan]>,
+        at: DateTime<Utc>,
     ) -> Result<PlanVersion, StoreError> {
-        plan_version("an upsert", self.apply(Change::UpsertPlans { authority, plans }).await?)
+        plan_version("an upsert", self.apply(Change::UpsertPlans { authority, plans, at }).await?)
     }
 
     /// Makes the authority's plans exactly these (FULL_REFRESH), atomically.
@@ -63,8 +66,9 @@ impl dyn Store {
         &self,
         authority: LocalAuthority,
         plans: Arc<[StoredPlan]>,
+        at: DateTime<Utc>,
     ) -> Result<PlanVersion, StoreError> {
-        plan_version("a full refresh", self.apply(Change::ReplacePlans { authority, plans }).await?)
+        plan_version("a full refresh", self.apply(Change::ReplacePlans { authority, plans, at }).await?)
     }
 
     /// Deletes one authority's plans of a person: one type, or all.
@@ -73,8 +77,10 @@ impl dyn Store {
         la_ods_code: String,
         nhs_number: NhsNumber,
         plan_type: Option<PlanType>,
+        at: DateTime<Utc>,
     ) -> Result<PlanVersion, StoreError> {
-        plan_version("a delete", self.apply(Change::DeletePlans { la_ods_code, nhs_number, plan_type }).await?)
+        let change = Change::DeletePlans { la_ods_code, nhs_number, plan_type, at };
+        plan_version("a delete", self.apply(change).await?)
     }
 
     /// Acknowledges an authority's notifications through `through`.

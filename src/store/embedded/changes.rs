@@ -1,9 +1,9 @@
-//! What each lane writes for a batch of changes: every change of the batch
-//! goes into one fjall write batch, committed with `SyncData` (one journal
-//! append, one `fdatasync`), or the batch fails whole. Reads a change needs
-//! (the plan a new version replaces, an authority's current set for a
-//! refresh, what retention removes) see everything committed before it,
-//! because each lane is the only writer of its keyspaces. A failed commit is
+//! What the activity lane writes for a batch of changes (the plan lane's
+//! are in `plan_changes`): every change of the batch goes into one fjall
+//! write batch, committed with `SyncData` (one journal append, one
+//! `fdatasync`), or the batch fails whole. Reads a change needs (what
+//! retention removes) see everything committed before it, because each lane
+//! is the only writer of its keyspaces. A failed commit is
 //! [`StoreError::Broken`]: the engine takes no more writes after it.
 
 use std::collections::HashMap;
@@ -12,16 +12,10 @@ use fjall::{OwnedWriteBatch, PersistMode};
 
 use super::{Spaces, decode, encode, io, keys, lane::Committer, log};
 use crate::{
-    model::{LocalAuthority, Notification, days},
+    model::Notification,
     store::{Applied, Change, Cursor, Expiry, ExpiryCounts, StoreError, log::LogBounds},
-    stored::{self, StoredPlan},
     transparency::leaf::LeafFields,
 };
-
-/// Writes plan changes: uploads, deletes and plan retention.
-pub(super) struct PlanCommitter {
-    pub spaces: Spaces,
-}
 
 /// Writes activity: flagged searches, acknowledgements and their retention.
 /// Owns each authority's sequence positions and the access log's positions,
@@ -32,192 +26,10 @@ pub(super) struct ActivityCommitter {
     pub log: LogBounds,
 }
 
-impl Committer for PlanCommitter {
-    fn commit(&mut self, changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
-        let spaces = &self.spaces;
-        let mut batch = spaces.plans_db.batch().durability(Some(PersistMode::SyncData));
-        // Plans written earlier in this batch, which reads of the keyspace do not see yet.
-        let mut pending: HashMap<Vec<u8>, Option<i32>> = HashMap::new();
-        let mut results = Vec::with_capacity(changes.len());
-        for change in changes {
-            results.push(match change {
-                Change::UpsertPlans { authority, plans } => {
-                    put_authority(spaces, &mut batch, &authority)?;
-                    upsert(spaces, &mut batch, &mut pending, plans.iter())?;
-                    Applied::Committed
-                }
-                Change::ReplacePlans { authority, plans } => {
-                    put_authority(spaces, &mut batch, &authority)?;
-                    replace(spaces, &mut batch, &mut pending, &authority.ods_code, &plans)?;
-                    Applied::Committed
-                }
-                Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
-                    let mut prefix = keys::authority_prefix(&la_ods_code);
-                    prefix.extend_from_slice(&nhs_number.as_u64().to_be_bytes());
-                    // The stored plans of the person, and any this batch wrote before.
-                    let mut doomed: HashMap<Vec<u8>, Option<i32>> = HashMap::new();
-                    for entry in spaces.plans.prefix(&prefix) {
-                        let (key, value) = entry.into_inner().map_err(io)?;
-                        doomed.insert(key.to_vec(), stored::visible_until_of(&value)?.map(days::to_number));
-                    }
-                    doomed.extend(
-                        pending.iter().filter(|(key, _)| key.starts_with(&prefix)).map(|(k, v)| (k.clone(), *v)),
-                    );
-                    for (key, until) in doomed {
-                        let (_, _, kind) = keys::parse_plan(&key)?;
-                        if plan_type.is_none_or(|wanted| wanted == kind) {
-                            remove_plan(&mut batch, spaces, &mut pending, &key, until);
-                        }
-                    }
-                    Applied::Committed
-                }
-                Change::Expire(expiry) => Applied::Expired(expire_plans(spaces, &mut batch, &expiry)?),
-                Change::RecordAccess { .. } | Change::RecordAudit(_) | Change::Ack { .. } => {
-                    return Err(StoreError::Corrupt("an activity change reached the plan lane".into()));
-                }
-            });
-        }
-        batch.commit().map_err(journal_failed)?;
-        Ok(results)
-    }
-}
-
 /// A failed commit: fjall fails one only when its journal append or sync
 /// failed, and from then on refuses every commit of that database.
-fn journal_failed(error: fjall::Error) -> StoreError {
+pub(super) fn journal_failed(error: fjall::Error) -> StoreError {
     StoreError::Broken(error.to_string())
-}
-
-fn put_authority(spaces: &Spaces, batch: &mut OwnedWriteBatch, authority: &LocalAuthority) -> Result<(), StoreError> {
-    batch.insert(&spaces.authorities, authority.ods_code.as_str(), encode(authority)?);
-    Ok(())
-}
-
-/// The last visible day of the stored version of a plan, reading this
-/// batch's own writes first.
-fn current_until(
-    spaces: &Spaces,
-    pending: &HashMap<Vec<u8>, Option<i32>>,
-    key: &[u8],
-) -> Result<Option<Option<i32>>, StoreError> {
-    if let Some(until) = pending.get(key) {
-        return Ok(Some(*until));
-    }
-    match spaces.plans.get(key).map_err(io)? {
-        Some(value) => Ok(Some(stored::visible_until_of(&value)?.map(days::to_number))),
-        None => Ok(None),
-    }
-}
-
-/// Writes one plan and moves its expiry entry if its last visible day changed.
-fn write_plan(
-    spaces: &Spaces,
-    batch: &mut OwnedWriteBatch,
-    pending: &mut HashMap<Vec<u8>, Option<i32>>,
-    plan: &StoredPlan,
-    replaced: Option<Option<i32>>,
-) {
-    let key = keys::plan(plan.la_ods_code(), plan.nhs_number(), plan.plan_type());
-    let until = plan.visible_until().map(days::to_number);
-    let before = replaced.flatten();
-    if before != until {
-        if let Some(day) = before {
-            batch.remove(&spaces.plan_expiry, keys::plan_expiry(day, &key));
-        }
-        if let Some(day) = until {
-            batch.insert(&spaces.plan_expiry, keys::plan_expiry(day, &key), []);
-        }
-    }
-    batch.insert(&spaces.plans, key.clone(), plan.bytes());
-    pending.insert(key, until);
-}
-
-fn remove_plan(
-    batch: &mut OwnedWriteBatch,
-    spaces: &Spaces,
-    pending: &mut HashMap<Vec<u8>, Option<i32>>,
-    key: &[u8],
-    until: Option<i32>,
-) {
-    if let Some(day) = until {
-        batch.remove(&spaces.plan_expiry, keys::plan_expiry(day, key));
-    }
-    batch.remove(&spaces.plans, key.to_vec());
-    pending.remove(key);
-}
-
-fn upsert<'a>(
-    spaces: &Spaces,
-    batch: &mut OwnedWriteBatch,
-    pending: &mut HashMap<Vec<u8>, Option<i32>>,
-    plans: impl Iterator<Item = &'a StoredPlan>,
-) -> Result<(), StoreError> {
-    for plan in plans {
-        let key = keys::plan(plan.la_ods_code(), plan.nhs_number(), plan.plan_type());
-        let replaced = current_until(spaces, pending, &key)?;
-        write_plan(spaces, batch, pending, plan, replaced);
-    }
-    Ok(())
-}
-
-/// Makes an authority's plans exactly `plans` (sorted by NHS number and
-/// type, which is their key order): one pass over the current set merged
-/// with the new one removes what the new set lacks and moves expiry entries.
-fn replace(
-    spaces: &Spaces,
-    batch: &mut OwnedWriteBatch,
-    pending: &mut HashMap<Vec<u8>, Option<i32>>,
-    la: &str,
-    plans: &[StoredPlan],
-) -> Result<(), StoreError> {
-    let mut current: Vec<(Vec<u8>, Option<i32>)> = Vec::new();
-    for entry in spaces.plans.prefix(keys::authority_prefix(la)) {
-        let (key, value) = entry.into_inner().map_err(io)?;
-        let until = stored::visible_until_of(&value)?.map(days::to_number);
-        current.push((key.to_vec(), until));
-    }
-    // A refresh after an upsert in the same batch: the batch's own writes win.
-    for (key, until) in pending.iter() {
-        if key.starts_with(&keys::authority_prefix(la)) {
-            match current.binary_search_by(|(existing, _)| existing.as_slice().cmp(key)) {
-                Ok(found) => current[found].1 = *until,
-                Err(at) => current.insert(at, (key.clone(), *until)),
-            }
-        }
-    }
-    let mut sorted: Vec<&StoredPlan> = plans.iter().collect();
-    if !sorted.is_sorted_by_key(|plan| (plan.nhs_number(), plan.plan_type())) {
-        sorted.sort_by_key(|plan| (plan.nhs_number(), plan.plan_type()));
-    }
-    let mut old = current.into_iter().peekable();
-    for plan in sorted {
-        let key = keys::plan(la, plan.nhs_number(), plan.plan_type());
-        while let Some((gone, until)) = old.next_if(|(existing, _)| existing.as_slice() < key.as_slice()) {
-            remove_plan(batch, spaces, pending, &gone, until);
-        }
-        let replaced = old.next_if(|(existing, _)| existing.as_slice() == key.as_slice()).map(|(_, until)| until);
-        write_plan(spaces, batch, pending, plan, replaced);
-    }
-    for (gone, until) in old {
-        remove_plan(batch, spaces, pending, &gone, until);
-    }
-    Ok(())
-}
-
-/// Plans whose last visible day is before today.
-fn expire_plans(spaces: &Spaces, batch: &mut OwnedWriteBatch, expiry: &Expiry) -> Result<ExpiryCounts, StoreError> {
-    let mut counts = ExpiryCounts::default();
-    let end = keys::plan_expiry_from(days::to_number(expiry.today));
-    for entry in spaces.plan_expiry.range(..end).take(expiry.limit) {
-        let key = entry.key().map_err(io)?;
-        let plan_key = keys::plan_of_expiry(&key)?;
-        if spaces.plans.contains_key(plan_key).map_err(io)? {
-            batch.remove(&spaces.plans, plan_key.to_vec());
-            counts.plans += 1;
-        }
-        batch.remove(&spaces.plan_expiry, key.to_vec());
-    }
-    Ok(counts)
 }
 
 impl Committer for ActivityCommitter {

@@ -138,11 +138,40 @@ pub(in crate::store) fn position_of_key(key: &[u8], keyspace: &str) -> Result<u6
 
 /// audit_reads: `nhs(8) read at(8) id(16)`: a person's reads by auditors in time order.
 pub(in crate::store) fn audit_read(nhs: NhsNumber, at_micros: i64, id: u128) -> [u8; 32] {
+    person_in_time(nhs, at_micros, id)
+}
+
+/// plan_history: `nhs(8) at(8) id(16)`: the changes of a person's plans in time order.
+pub(in crate::store) fn plan_change(nhs: NhsNumber, at_micros: i64, id: u128) -> [u8; 32] {
+    person_in_time(nhs, at_micros, id)
+}
+
+fn person_in_time(nhs: NhsNumber, at_micros: i64, id: u128) -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&nhs.as_u64().to_be_bytes());
     key[8..16].copy_from_slice(&signed64(at_micros));
     key[16..].copy_from_slice(&id.to_be_bytes());
     key
+}
+
+/// plan_history_times: `at(8) nhs(8) id(16)`: every plan change in time order (for retention).
+pub(in crate::store) fn plan_change_time(nhs: NhsNumber, at_micros: i64, id: u128) -> [u8; 32] {
+    let mut key = person_in_time(nhs, at_micros, id);
+    key[..16].rotate_left(8);
+    key
+}
+
+/// The first plan_history_times key at or after `at`.
+pub(in crate::store) fn plan_changes_from(at_micros: i64) -> [u8; 8] {
+    signed64(at_micros)
+}
+
+/// The plan_history key a plan_history_times key indexes.
+pub(in crate::store) fn plan_change_of_time(key: &[u8]) -> Result<[u8; 32], StoreError> {
+    let mut key: [u8; 32] =
+        key.try_into().map_err(|_| StoreError::Corrupt("plan_history_times: malformed key".into()))?;
+    key[..16].rotate_left(8);
+    Ok(key)
 }
 
 /// The time of an access key (33 bytes) or an audit read key (32 bytes).
@@ -185,5 +214,9 @@ mod tests {
         assert_eq!(time_of_record_key(&audit_read(nhs, 9, 3)).unwrap(), 9);
         assert_eq!(id_of_record_key(&audit_read(nhs, 9, 3)).unwrap(), 3);
         assert_eq!(id_of_record_key(&access(nhs, false, 9, u128::MAX)).unwrap(), u128::MAX);
+        let change = plan_change(nhs, -3, 7);
+        assert_eq!(plan_change_of_time(&plan_change_time(nhs, -3, 7)).unwrap(), change);
+        assert!(plan_change_time(nhs, -3, 7) < plan_change_time(NhsNumber::complete(999_000_001).unwrap(), 4, 0));
+        assert!(plan_change_time(nhs, -3, 7).as_slice() < plan_changes_from(-2).as_slice());
     }
 }

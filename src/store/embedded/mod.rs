@@ -2,8 +2,9 @@
 //! the data directory, as two databases, each with its own journal and its
 //! own write lane (see [`lane`]):
 //!
-//! - `plans/`: authorities, plans in their stored form ([`StoredPlan`]), and
-//!   plans by their last visible day (for retention);
+//! - `plans/`: authorities, plans in their stored form ([`StoredPlan`]),
+//!   plans by their last visible day (for retention), and the plans' history
+//!   of changes by person and by time ([`crate::plan_history`]);
 //! - `activity/`: a person's accesses in time order, accesses by time (for
 //!   retention), each authority's notifications by sequence, and each
 //!   authority's acknowledged position.
@@ -25,6 +26,7 @@ mod changes;
 pub(super) mod keys;
 mod lane;
 mod log;
+mod plan_changes;
 pub(in crate::store) use log::bounds as log_bounds;
 
 use std::{
@@ -44,6 +46,7 @@ use super::{Applied, Broken, Change, Cursor, Snapshot, Store, StoreError};
 use crate::{
     model::{AccessEvent, AccessView, Notification},
     nhs::NhsNumber,
+    plan_history::PlanEvent,
     recent::Recent,
     stored::StoredPlan,
 };
@@ -124,6 +127,9 @@ pub(super) struct Spaces {
     pub authorities: Keyspace,
     pub plans: Keyspace,
     pub plan_expiry: Keyspace,
+    /// Plans' changes by person and by time (see [`crate::plan_history`]).
+    pub plan_history: Keyspace,
+    pub plan_history_times: Keyspace,
     pub activity_db: Database,
     pub accesses: Keyspace,
     /// Written by earlier releases only; emptied on open.
@@ -164,6 +170,8 @@ impl Spaces {
             authorities: keyspace(&plans_db, "authorities")?,
             plans: keyspace(&plans_db, "plans")?,
             plan_expiry: keyspace(&plans_db, "plan_expiry")?,
+            plan_history: keyspace(&plans_db, "plan_history")?,
+            plan_history_times: keyspace(&plans_db, "plan_history_times")?,
             accesses: keyspace(&activity_db, "accesses")?,
             access_times: keyspace(&activity_db, "access_times")?,
             requests: keyspace(&activity_db, "requests")?,
@@ -272,7 +280,7 @@ impl EmbeddedStore {
         let broken = Broken::default();
         let plan_lane = Lane::start(
             "plans",
-            changes::PlanCommitter { spaces: spaces.clone() },
+            plan_changes::PlanCommitter { spaces: spaces.clone() },
             Arc::clone(&stats),
             broken.clone(),
         )?;
@@ -389,6 +397,7 @@ impl Store for EmbeddedStore {
                         (Applied::Expired(plans), Applied::Expired(activity)) => {
                             Applied::Expired(super::ExpiryCounts {
                                 plans: plans.plans,
+                                plan_changes: plans.plan_changes,
                                 notifications: activity.notifications,
                                 accesses: activity.accesses,
                             })
@@ -399,6 +408,16 @@ impl Store for EmbeddedStore {
                 .boxed()
             }
         }
+    }
+
+    fn plan_history_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<PlanEvent>, StoreError>> {
+        self.read(move |spaces| {
+            let mut events = Vec::new();
+            for entry in spaces.plan_history.prefix(keys::person_prefix(nhs_number)) {
+                events.push(PlanEvent::decode(&entry.value().map_err(io)?)?);
+            }
+            Ok(events)
+        })
     }
 
     fn accesses_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<AccessEvent>, StoreError>> {

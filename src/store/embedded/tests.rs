@@ -4,6 +4,9 @@ use crate::{
     store::{ExpiryCounts, check},
 };
 
+/// When the tests' plan changes are made.
+const T0: chrono::DateTime<chrono::Utc> = chrono::DateTime::UNIX_EPOCH;
+
 fn plan(n: u64, plan_type: PlanType, end: Option<&str>) -> StoredPlan {
     let nhs_number = NhsNumber::complete(999_000_000 + n).or_else(|| NhsNumber::complete(999_100_000 + n)).unwrap();
     let plan = crate::model::Plan {
@@ -61,9 +64,9 @@ async fn replace_keeps_exactly_the_new_set_and_a_consistent_expiry_keyspace() {
             plan(2, PlanType::LookedAfter, None),
             plan(3, PlanType::ChildProtection, Some("2026-02-01")),
         ];
-        store.apply(Change::UpsertPlans { authority: authority.clone(), plans: first.into() }).await.unwrap();
+        store.apply(Change::UpsertPlans { authority: authority.clone(), plans: first.into(), at: T0 }).await.unwrap();
         let second = vec![plan(2, PlanType::LookedAfter, Some("2026-03-01")), plan(4, PlanType::ChildProtection, None)];
-        let change = Change::ReplacePlans { authority: authority.clone(), plans: second.clone().into() };
+        let change = Change::ReplacePlans { authority: authority.clone(), plans: second.clone().into(), at: T0 };
         store.apply(change).await.unwrap();
         let mut loaded = store.load().await.unwrap().plans;
         loaded.sort_by_key(|plan| plan.nhs_number());
@@ -88,6 +91,7 @@ async fn sequences_survive_a_reopen_and_retention_removes_what_expired_everywher
     let Applied::Notified(notified) = store.apply(change).await.unwrap() else { panic!("notified") };
     assert_eq!(notified[0].sequence, 4, "numbering goes on after a reopen");
     let expiry = crate::store::Expiry {
+        now: T0,
         today: "2026-01-01".parse().unwrap(),
         acked_notifications_before: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(5),
         accesses_before: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(2),
@@ -95,7 +99,7 @@ async fn sequences_survive_a_reopen_and_retention_removes_what_expired_everywher
         limit: crate::store::EXPIRY_CHUNK,
     };
     let Applied::Expired(counts) = store.apply(Change::Expire(expiry)).await.unwrap() else { panic!("expired") };
-    assert_eq!(counts, ExpiryCounts { plans: 0, notifications: 2, accesses: 2 });
+    assert_eq!(counts, ExpiryCounts { plans: 0, plan_changes: 0, notifications: 2, accesses: 2 });
     assert_eq!(store.notifications_after("706", 0, 10).await.unwrap().len(), 2, "3 unacked, 4 new");
     drop(store);
     let report = check::check(dir.path()).unwrap();
@@ -126,10 +130,11 @@ fn changes_committed_in_one_batch_see_each_other() {
     let doomed = plan(1, PlanType::ChildProtection, Some("2026-01-01"));
     let kept = plan(2, PlanType::LookedAfter, None);
     {
-        let mut committer = changes::PlanCommitter { spaces: Spaces::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap() };
-        let upsert = Change::UpsertPlans { authority, plans: vec![doomed.clone(), kept].into() };
+        let mut committer =
+            plan_changes::PlanCommitter { spaces: Spaces::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap() };
+        let upsert = Change::UpsertPlans { authority, plans: vec![doomed.clone(), kept].into(), at: T0 };
         let delete =
-            Change::DeletePlans { la_ods_code: "706".into(), nhs_number: doomed.nhs_number(), plan_type: None };
+            Change::DeletePlans { la_ods_code: "706".into(), nhs_number: doomed.nhs_number(), plan_type: None, at: T0 };
         // What the lane does when both were queued together: one batch, in order.
         let applied = committer.commit(vec![upsert, delete]).unwrap();
         assert_eq!(applied, vec![Applied::Committed, Applied::Committed]);
@@ -169,17 +174,18 @@ async fn a_change_failing_in_the_middle_of_a_batch_leaves_nothing_of_the_batch()
     let authority = crate::synth::authority("706").unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let (kept, damaged) = (plan(1, PlanType::ChildProtection, None), plan(2, PlanType::ChildProtection, None));
-    let upsert = |plans: Vec<StoredPlan>| Change::UpsertPlans { authority: authority.clone(), plans: plans.into() };
+    let upsert =
+        |plans: Vec<StoredPlan>| Change::UpsertPlans { authority: authority.clone(), plans: plans.into(), at: T0 };
     store.apply(upsert(vec![kept.clone(), damaged.clone()])).await.unwrap();
     // A record the engine returns damaged (shorter than its header), as a bad block would.
     let key = keys::plan("706", damaged.nhs_number(), PlanType::ChildProtection);
     store.spaces.plans.insert(key, [1u8, 2]).unwrap();
 
     // The real committer, one batch: a good change, one that fails reading the damaged record, another good one.
-    let mut committer = changes::PlanCommitter { spaces: store.spaces.clone() };
+    let mut committer = plan_changes::PlanCommitter { spaces: store.spaces.clone() };
     let batch = vec![
         upsert(vec![plan(3, PlanType::LookedAfter, None)]),
-        Change::DeletePlans { la_ods_code: "706".into(), nhs_number: damaged.nhs_number(), plan_type: None },
+        Change::DeletePlans { la_ods_code: "706".into(), nhs_number: damaged.nhs_number(), plan_type: None, at: T0 },
         upsert(vec![plan(4, PlanType::LookedAfter, None)]),
     ];
     let failed = committer.commit(batch);

@@ -57,13 +57,13 @@ fn feed_plans(plans: &[StoredPlan]) -> Vec<FeedPlan> {
 /// The feed row of a plan change: its kind, and its bytes.
 pub(super) fn encode(change: &Change) -> Result<(&'static str, Vec<u8>), StoreError> {
     let (kind, record) = match change {
-        Change::UpsertPlans { authority, plans } => {
+        Change::UpsertPlans { authority, plans, .. } => {
             ("upsert", FeedChange::Upsert { authority: authority.clone(), plans: feed_plans(plans) })
         }
-        Change::ReplacePlans { authority, plans } => {
+        Change::ReplacePlans { authority, plans, .. } => {
             ("replace", FeedChange::Replace { authority: authority.clone(), plans: feed_plans(plans) })
         }
-        Change::DeletePlans { la_ods_code, nhs_number, plan_type } => (
+        Change::DeletePlans { la_ods_code, nhs_number, plan_type, .. } => (
             "delete",
             FeedChange::Delete {
                 la_ods_code: la_ods_code.clone(),
@@ -78,7 +78,8 @@ pub(super) fn encode(change: &Change) -> Result<(&'static str, Vec<u8>), StoreEr
     Ok((kind, bytes))
 }
 
-fn decode(bytes: &[u8]) -> Result<Change, StoreError> {
+/// A feed row as a change; `at` is when it committed (followers apply plans, not history).
+fn decode(bytes: &[u8], at: chrono::DateTime<chrono::Utc>) -> Result<Change, StoreError> {
     let record: FeedChange =
         postcard::from_bytes(bytes).map_err(|error| StoreError::Corrupt(format!("plan feed: {error}")))?;
     let stored = |la: &Arc<str>, plans: Vec<FeedPlan>| -> Result<Arc<[StoredPlan]>, StoreError> {
@@ -94,17 +95,18 @@ fn decode(bytes: &[u8]) -> Result<Change, StoreError> {
     Ok(match record {
         FeedChange::Upsert { authority, plans } => {
             let la: Arc<str> = authority.ods_code.as_str().into();
-            Change::UpsertPlans { plans: stored(&la, plans)?, authority }
+            Change::UpsertPlans { plans: stored(&la, plans)?, authority, at }
         }
         FeedChange::Replace { authority, plans } => {
             let la: Arc<str> = authority.ods_code.as_str().into();
-            Change::ReplacePlans { plans: stored(&la, plans)?, authority }
+            Change::ReplacePlans { plans: stored(&la, plans)?, authority, at }
         }
         FeedChange::Delete { la_ods_code, nhs_number, plan_type } => Change::DeletePlans {
             la_ods_code,
             nhs_number: NhsNumber::from_u64(nhs_number)
                 .map_err(|error| StoreError::Corrupt(format!("plan feed: {error}")))?,
             plan_type,
+            at,
         },
     })
 }
@@ -150,7 +152,7 @@ impl Feed for PostgresFeed {
             }
             let rows = client
                 .query(
-                    "SELECT version, change FROM cpis_plan_changes WHERE version > $1 ORDER BY version LIMIT $2",
+                    "SELECT version, change, committed_at FROM cpis_plan_changes WHERE version > $1 ORDER BY version LIMIT $2",
                     &[&after, &(limit as i64)],
                 )
                 .await
@@ -161,7 +163,7 @@ impl Feed for PostgresFeed {
             }
             let mut changes = Vec::with_capacity(rows.len());
             for row in rows {
-                changes.push((row.get::<_, i64>(0) as u64, decode(row.get::<_, &[u8]>(1))?));
+                changes.push((row.get::<_, i64>(0) as u64, decode(row.get::<_, &[u8]>(1), row.get(2))?));
             }
             Ok(PlanChanges::Changes(changes))
         }

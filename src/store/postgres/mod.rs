@@ -32,6 +32,7 @@ use super::{Applied, Change, Cursor, Feed, Snapshot, Store, StoreError};
 use crate::{
     model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType},
     nhs::NhsNumber,
+    plan_history::PlanEvent,
     recent::Recent,
     stored::{StoredAccess, StoredPlan},
 };
@@ -254,6 +255,22 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db_error)?;
             rows.iter().map(|row| Ok(StoredAccess::from_stored(row.get::<_, &[u8]>(0)).view()?.to_event())).collect()
+        }
+        .boxed()
+    }
+
+    fn plan_history_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<PlanEvent>, StoreError>> {
+        let pool = self.pool.clone();
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(
+                    "SELECT record FROM cpis_plan_history WHERE nhs_number = $1 ORDER BY at, id",
+                    &[&(nhs_number.as_u64() as i64)],
+                )
+                .await
+                .map_err(db_error)?;
+            rows.iter().map(|row| PlanEvent::decode(row.get(0))).collect()
         }
         .boxed()
     }

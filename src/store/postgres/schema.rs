@@ -17,10 +17,10 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x6370_6973;
 
 /// Every migration, in order; a version is never edited once released.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 const V1: &str = "
 CREATE TABLE cpis_authorities (
@@ -143,6 +143,20 @@ CREATE TABLE cpis_log_notes (
 );
 ALTER TABLE cpis_log ADD COLUMN tree_size bigint NOT NULL DEFAULT 0;
 ALTER TABLE cpis_log ADD COLUMN retained_from bigint NOT NULL DEFAULT 0;
+";
+
+/// Version 4, the plans' history of changes (see `crate::plan_history`):
+/// one row per change, written in the plan change's transaction, read by
+/// person for a subject access request and removed by time with accesses.
+const V4: &str = "
+CREATE TABLE cpis_plan_history (
+    id uuid PRIMARY KEY,
+    nhs_number bigint NOT NULL,
+    at timestamptz NOT NULL,
+    record bytea NOT NULL
+);
+CREATE INDEX cpis_plan_history_by_person ON cpis_plan_history (nhs_number, at, id);
+CREATE INDEX cpis_plan_history_by_time ON cpis_plan_history (at);
 ";
 
 /// Brings the schema up to [`SCHEMA_VERSION`]; refuses a newer one.

@@ -2,11 +2,16 @@
 //! (which also take the next plan feed version, in commit order, and wake
 //! the other nodes), acknowledgements and retention.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::{Pool, Transaction};
+use tokio_postgres::Row;
 
 use super::{db_error, feed, pool_error};
 use crate::{
-    model::LocalAuthority,
+    model::{LocalAuthority, PlanType},
+    nhs::NhsNumber,
+    plan_history::{PlanEvent, PlanEventKind},
     store::{Applied, Change, Expiry, ExpiryCounts, StoreError},
     stored::StoredPlan,
 };
@@ -78,30 +83,67 @@ async fn plan_change(transaction: &Transaction<'_>, change: &Change) -> Result<A
         .map_err(db_error)?
         .get(0);
     let la_ods_code = match change {
-        Change::UpsertPlans { authority, plans } => {
+        Change::UpsertPlans { authority, plans, at } => {
             put_authority(transaction, authority).await?;
-            insert_plans(transaction, plans, true).await?;
-            &authority.ods_code
-        }
-        Change::ReplacePlans { authority, plans } => {
-            put_authority(transaction, authority).await?;
-            transaction
-                .execute("DELETE FROM cpis_plans WHERE la_ods_code = $1", &[&authority.ods_code])
-                .await
-                .map_err(db_error)?;
-            insert_plans(transaction, plans, false).await?;
-            &authority.ods_code
-        }
-        Change::DeletePlans { la_ods_code, nhs_number, plan_type } => {
-            let plan_type = plan_type.map(|kind| kind.code());
-            transaction
-                .execute(
-                    "DELETE FROM cpis_plans WHERE la_ods_code = $1 AND nhs_number = $2
-                     AND ($3::text IS NULL OR plan_type = $3)",
-                    &[la_ods_code, &(nhs_number.as_u64() as i64), &plan_type],
+            let people: Vec<i64> = plans.iter().map(|plan| plan.nhs_number().as_u64() as i64).collect();
+            let rows = transaction
+                .query(
+                    "SELECT nhs_number, plan_type, record FROM cpis_plans
+                     WHERE la_ods_code = $1 AND nhs_number = ANY($2)",
+                    &[&authority.ods_code, &people],
                 )
                 .await
                 .map_err(db_error)?;
+            let held = held_plans(&rows)?;
+            let events = plans
+                .iter()
+                .map(|plan| PlanEvent::of_write(held.get(&plan_key(plan)).map(Vec::as_slice), plan, *at))
+                .filter_map(Result::transpose)
+                .collect::<Result<Vec<_>, _>>()?;
+            insert_plans(transaction, plans, true).await?;
+            insert_events(transaction, &events).await?;
+            &authority.ods_code
+        }
+        Change::ReplacePlans { authority, plans, at } => {
+            put_authority(transaction, authority).await?;
+            let rows = transaction
+                .query(
+                    "DELETE FROM cpis_plans WHERE la_ods_code = $1 RETURNING nhs_number, plan_type, record",
+                    &[&authority.ods_code],
+                )
+                .await
+                .map_err(db_error)?;
+            let mut held = held_plans(&rows)?;
+            let mut events = Vec::new();
+            for plan in plans.iter() {
+                events.extend(PlanEvent::of_write(held.remove(&plan_key(plan)).as_deref(), plan, *at)?);
+            }
+            for (nhs_number, plan_type) in held.into_keys() {
+                let kind = PlanEventKind::Withdrawn;
+                events.push(PlanEvent::removal(*at, &authority.ods_code, nhs_number, plan_type, kind));
+            }
+            insert_plans(transaction, plans, false).await?;
+            insert_events(transaction, &events).await?;
+            &authority.ods_code
+        }
+        Change::DeletePlans { la_ods_code, nhs_number, plan_type, at } => {
+            let code = plan_type.map(|kind| kind.code());
+            let rows = transaction
+                .query(
+                    "DELETE FROM cpis_plans WHERE la_ods_code = $1 AND nhs_number = $2
+                     AND ($3::text IS NULL OR plan_type = $3) RETURNING plan_type",
+                    &[la_ods_code, &(nhs_number.as_u64() as i64), &code],
+                )
+                .await
+                .map_err(db_error)?;
+            let events = rows
+                .iter()
+                .map(|row| {
+                    let plan_type = plan_type_of(row.get(0))?;
+                    Ok(PlanEvent::removal(*at, la_ods_code, *nhs_number, plan_type, PlanEventKind::Deleted))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            insert_events(transaction, &events).await?;
             la_ods_code
         }
         _ => return Err(StoreError::Corrupt("not a plan change".into())),
@@ -154,11 +196,66 @@ async fn insert_plans(transaction: &Transaction<'_>, plans: &[StoredPlan], upser
     Ok(())
 }
 
-async fn expire(transaction: &Transaction<'_>, expiry: &Expiry) -> Result<ExpiryCounts, StoreError> {
-    let plans = transaction
-        .execute("DELETE FROM cpis_plans WHERE visible_until < $1", &[&expiry.today])
+/// A plan as the history keys it within one authority.
+fn plan_key(plan: &StoredPlan) -> (NhsNumber, PlanType) {
+    (plan.nhs_number(), plan.plan_type())
+}
+
+fn nhs_number_of(value: i64) -> Result<NhsNumber, StoreError> {
+    NhsNumber::from_u64(value as u64).map_err(|error| StoreError::Corrupt(format!("cpis_plans: {error}")))
+}
+
+fn plan_type_of(code: &str) -> Result<PlanType, StoreError> {
+    PlanType::parse(code).ok_or_else(|| StoreError::Corrupt(format!("cpis_plans: plan type {code:?}")))
+}
+
+/// Rows of `nhs_number, plan_type, record`, by plan.
+fn held_plans(rows: &[Row]) -> Result<HashMap<(NhsNumber, PlanType), Vec<u8>>, StoreError> {
+    rows.iter()
+        .map(|row| Ok(((nhs_number_of(row.get(0))?, plan_type_of(row.get(1))?), row.get::<_, Vec<u8>>(2))))
+        .collect()
+}
+
+/// Writes plan history events in the current transaction.
+async fn insert_events(transaction: &Transaction<'_>, events: &[PlanEvent]) -> Result<(), StoreError> {
+    let statement = transaction
+        .prepare_cached(
+            "INSERT INTO cpis_plan_history (id, nhs_number, at, record)
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::bytea[])",
+        )
         .await
         .map_err(db_error)?;
+    for chunk in events.chunks(PLANS_PER_STATEMENT) {
+        let ids: Vec<uuid::Uuid> = chunk.iter().map(|event| uuid::Uuid::from_u128(event.id)).collect();
+        let people: Vec<i64> = chunk.iter().map(|event| event.nhs_number.as_u64() as i64).collect();
+        let times: Vec<chrono::DateTime<chrono::Utc>> = chunk.iter().map(|event| event.at).collect();
+        let records = chunk.iter().map(PlanEvent::encode).collect::<Result<Vec<_>, _>>()?;
+        transaction.execute(&statement, &[&ids, &people, &times, &records]).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
+async fn expire(transaction: &Transaction<'_>, expiry: &Expiry) -> Result<ExpiryCounts, StoreError> {
+    let expired = transaction
+        .query(
+            "DELETE FROM cpis_plans WHERE visible_until < $1 RETURNING la_ods_code, nhs_number, plan_type",
+            &[&expiry.today],
+        )
+        .await
+        .map_err(db_error)?;
+    let events = expired
+        .iter()
+        .map(|row| {
+            let (nhs_number, plan_type) = (nhs_number_of(row.get(1))?, plan_type_of(row.get(2))?);
+            Ok(PlanEvent::removal(expiry.now, row.get(0), nhs_number, plan_type, PlanEventKind::Expired))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let plan_changes = transaction
+        .execute("DELETE FROM cpis_plan_history WHERE at < $1", &[&expiry.accesses_before])
+        .await
+        .map_err(db_error)?;
+    insert_events(transaction, &events).await?;
+    let plans = events.len() as u64;
     let notifications = transaction
         .execute(
             "DELETE FROM cpis_notifications n USING cpis_cursors c
@@ -176,7 +273,7 @@ async fn expire(transaction: &Transaction<'_>, expiry: &Expiry) -> Result<Expiry
         .execute(&format!("DELETE FROM cpis_plan_changes WHERE committed_at < now() - interval '{FEED_KEPT}'"), &[])
         .await
         .map_err(db_error)?;
-    Ok(ExpiryCounts { plans, notifications, accesses })
+    Ok(ExpiryCounts { plans, plan_changes, notifications, accesses })
 }
 
 /// Accesses and auditors' reads as a prefix of the access log (see
