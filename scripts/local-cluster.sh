@@ -10,13 +10,16 @@
 #   scripts/local-cluster.sh --stop   stop exactly what it started
 #
 # Environment: CPIS_CLUSTER_DIR (state directory), CPIS_PG_BIN (directory of
-# initdb/pg_ctl), CPIS_CLUSTER_PG_PORT (primary; the standby takes the next).
+# initdb/pg_ctl), CPIS_CLUSTER_PG_PORT (primary; the standby takes the next),
+# CPIS_CLUSTER_NODES (relay nodes, default 3; 0 starts the database only, as
+# scripts/national-day.sh does, whose bench starts its own nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STATE=${CPIS_CLUSTER_DIR:-$PWD/target/local-cluster}
 PG_PORT=${CPIS_CLUSTER_PG_PORT:-55432}
 STANDBY_PORT=$((PG_PORT + 1))
+NODES=${CPIS_CLUSTER_NODES:-3}
 
 pg_bin() {
   if [ -n "${CPIS_PG_BIN:-}" ]; then echo "$CPIS_PG_BIN"; return; fi
@@ -98,11 +101,16 @@ else
   as_pg "$BIN/pg_ctl" -w -D "$STATE/standby" -l "$STATE/standby.log" start >/dev/null
 fi
 
-cargo build -q
-RELAY=$PWD/target/debug/cpis-relay
 STORE="postgres://cpis@127.0.0.1:$PG_PORT,127.0.0.1:$STANDBY_PORT/cpis?target_session_attrs=read-write&sslmode=disable"
 : > "$STATE/relays.pid"
-for node in 1 2 3; do
+if [ "$NODES" = 0 ]; then
+  echo "Running: PostgreSQL primary 127.0.0.1:$PG_PORT with synchronous standby 127.0.0.1:$STANDBY_PORT"
+  echo "  --store '$STORE'"
+  exit 0
+fi
+cargo build -q
+RELAY=$PWD/target/debug/cpis-relay
+for node in $(seq 1 "$NODES"); do
   mkdir -p "$STATE/node$node"
   "$RELAY" serve --listen "127.0.0.1:5005$node" --admin-listen "127.0.0.1:909$node" \
     --store "$STORE" --data-dir "$STATE/node$node" --certs-dir "$STATE/certs" \

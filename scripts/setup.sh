@@ -12,6 +12,9 @@
 #   ip, iptables       test hosts in network namespaces for the network-fault
 #                      tests (root only; they skip elsewhere, and fail under CI)
 #                                                   apt-get install iproute2 iptables
+#   libfaketime        tests/clock_skew.rs runs a relay node with its clock
+#                      five minutes off (skips without it, fails when CI=true)
+#                                                   apt-get install faketime
 #   root, mount, /dev/fuse
 #                      tests/store_broken.rs fills a small tmpfs (mount), and
 #                      tests/power_loss.rs mounts an in-memory FUSE filesystem
@@ -90,6 +93,14 @@ if [ "$(id -u)" = 0 ]; then
   fi
 else
   say "ip and iptables: not checked (not root: the network-fault tests skip)"
+fi
+
+# libfaketime, for a relay node whose clock is off (tests/clock_skew.rs)
+FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
+if [ -e "$FAKETIME_LIB" ] || { apt_install faketime && [ -e "$FAKETIME_LIB" ]; }; then
+  say "libfaketime: $FAKETIME_LIB"
+else
+  need "libfaketime" "apt-get install faketime"
 fi
 
 # Real disk faults: a full tmpfs and a power-cut FUSE filesystem need root, mount(8) and /dev/fuse

@@ -277,6 +277,12 @@ fn set_validity(params: &mut CertificateParams, days: u64) {
 /// Writes a fresh development PKI into `dir`: `ca.pem`/`ca.key`,
 /// `server.pem`/`server.key` and `NAME.pem`/`NAME.key` per [`DEV_IDENTITIES`].
 pub fn init(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
+    Ok(init_keeping_ca(dir)?.1)
+}
+
+/// [`init`], also returning the CA to issue more certificates with (the
+/// national-day bench issues one per local authority and organisation).
+pub fn init_keeping_ca(dir: &Path) -> Result<(Authority, Vec<PathBuf>), CertsError> {
     let authority = Authority::generate("cpis-relay development CA")?;
     let server = authority.issue_server(&["localhost", "127.0.0.1"])?;
     let mut written = Vec::new();
@@ -298,7 +304,14 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
         written.push(write_bytes(dir, &format!("{}.p12", user.name), &p12, true)?);
     }
     written.extend(write_token_key(dir)?);
-    Ok(written)
+    Ok((authority, written))
+}
+
+/// Writes `NAME.pem` and `NAME.key` (private) into `dir`.
+pub fn write_pair(dir: &Path, name: &str, pair: &Pair) -> Result<(), CertsError> {
+    write(dir, &format!("{name}.pem"), &pair.cert_pem, false)?;
+    write(dir, &format!("{name}.key"), &pair.key_pem, true)?;
+    Ok(())
 }
 
 /// Writes a fresh development signing key for the FHIR door's bearer tokens

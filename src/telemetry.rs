@@ -145,6 +145,7 @@ fn register_known_label_sets() {
     metrics::gauge!("cpis_notifications_held").set(0.0);
     metrics::gauge!("cpis_search_retries_waiting").set(0.0);
     metrics::gauge!("cpis_index_lag_seconds").set(0.0);
+    metrics::gauge!("cpis_clock_offset_seconds").set(0.0);
     metrics::counter!("cpis_notifications_refused_total").absolute(0);
     metrics::counter!("cpis_spill_failures_total").absolute(0);
     metrics::gauge!("cpis_store_broken").set(0.0);
@@ -248,6 +249,11 @@ fn describe_metrics() {
         "cpis_index_lag_seconds",
         Unit::Seconds,
         "How far behind the other nodes' commits this node's index may be: time since its last complete read of the shared store (0 with a store this node alone writes)."
+    );
+    describe_gauge!(
+        "cpis_clock_offset_seconds",
+        Unit::Seconds,
+        "How far this node's wall clock is ahead of the shared store's (negative: behind), measured at each poll of the store; the times it stamps on accesses and plans are off by as much. 0 with a store this node alone writes."
     );
     describe_counter!(
         "cpis_tls_peers_ended_total",

@@ -6,7 +6,9 @@ pub mod cpu;
 pub mod delivery;
 pub mod echo;
 pub mod load;
+pub mod national_day;
 pub mod process;
+pub mod receiver;
 
 use std::{path::Path, sync::Arc, time::Instant};
 

@@ -67,6 +67,16 @@ pub enum ProcessError {
 /// Starts the relay as `cpis-relay serve` on 127.0.0.1 with a store in a
 /// fresh temporary directory and the certificates of `certs_dir`.
 pub async fn start_relay(certs_dir: &Path, store: &StoreKind) -> Result<ServerProcess, ProcessError> {
+    start_relay_with(certs_dir, store, &[]).await
+}
+
+/// [`start_relay`] with these variables added to its environment (the
+/// national-day bench runs one node under libfaketime, its clock off).
+pub async fn start_relay_with(
+    certs_dir: &Path,
+    store: &StoreKind,
+    environment: &[(&str, String)],
+) -> Result<ServerProcess, ProcessError> {
     let dir = tempfile::tempdir().map_err(|source| ProcessError::Spawn { what: "the relay", source })?;
     let store = match store {
         StoreKind::Embedded => "embedded",
@@ -83,7 +93,8 @@ pub async fn start_relay(certs_dir: &Path, store: &StoreKind) -> Result<ServerPr
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--certs-dir")
-        .arg(certs_dir);
+        .arg(certs_dir)
+        .envs(environment.iter().map(|(name, value)| (name, value)));
     spawn(command, "the relay", dir).await
 }
 

@@ -38,6 +38,8 @@ pub enum Scenario {
     Refresh,
     /// Serve the echo baseline from the responses in --data-dir (what --baseline starts in its own process).
     Echo,
+    /// A day of England replayed against --nodes relay nodes on --store postgres://... (scripts/national-day.sh).
+    NationalDay,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -97,6 +99,34 @@ pub struct BenchArgs {
     /// Load scenario: FULL_REFRESHes of this many records run back to back (as 706) while searches are measured.
     #[arg(long, default_value_t = 0)]
     pub refresh_records: usize,
+    /// national-day: relay nodes started on the --store.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// national-day: local authorities.
+    #[arg(long, default_value_t = crate::bench::national_day::ENGLAND_AUTHORITIES)]
+    pub authorities: usize,
+    /// national-day: flagged people across the authorities.
+    #[arg(long, default_value_t = 135_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::synth::MAX_PEOPLE as u64 * 8 / 10))]
+    pub flagged: usize,
+    /// national-day: authorities whose notifications a `deliver` agent posts to the bench's webhook receiver.
+    #[arg(long, default_value_t = 12)]
+    pub agents: usize,
+    /// national-day: unscheduled-care organisations searching, each with its own certificate and connection.
+    #[arg(long, default_value_t = 300)]
+    pub organisations: usize,
+    /// national-day: searches in the whole day.
+    #[arg(long, default_value_t = 200_000)]
+    pub day_searches: usize,
+    /// national-day: real seconds the day lasts (the speed-up is 86,400 / this).
+    #[arg(long, default_value_t = 600.0)]
+    pub day_seconds: f64,
+    /// national-day: share of searches that find a flagged person.
+    #[arg(long, default_value_t = 0.1)]
+    pub flagged_share: f64,
+    /// national-day: run the last node with its clock this many seconds ahead
+    /// (negative: behind), under libfaketime (`apt-get install faketime`).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub skew_last_node_secs: i64,
 }
 
 fn failed(error: impl std::fmt::Display) -> CliError {
@@ -118,6 +148,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         Scenario::Delivery => super::bench_grpc::delivery(&args).await,
         Scenario::Refresh => super::bench_grpc::refresh(&args).await,
         Scenario::Echo => echo(&args).await,
+        Scenario::NationalDay => super::bench_day::national_day(&args).await,
     }
 }
 

@@ -5,6 +5,7 @@
 mod audit;
 mod audit_proof;
 mod bench;
+mod bench_day;
 mod bench_grpc;
 mod clients;
 mod deliver;

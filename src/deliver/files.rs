@@ -72,7 +72,9 @@ pub fn write_atomically(dir: &Path, name: &str, content: &[u8], mode: u32) -> st
 /// Creates `dir` if needed and checks that files can be created in it.
 pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let probe = write_atomically(dir, ".cpis-relay-deliver-probe", b"", DEAD_LETTER_MODE)?;
+    // Named for this process: agents of several authorities may share a directory and start together.
+    let probe = format!(".cpis-relay-deliver-probe-{}", std::process::id());
+    let probe = write_atomically(dir, &probe, b"", DEAD_LETTER_MODE)?;
     std::fs::remove_file(probe)
 }
 

@@ -42,6 +42,25 @@ const FEED_PAGE: usize = 64;
 /// Accesses read from the log at a time.
 const ACCESS_PAGE: usize = 2_048;
 
+/// Publishes `cpis_clock_offset_seconds`: how far this machine's wall
+/// clock is ahead of the database's (negative: behind), halfway through the
+/// round trip. Every node stamps the accesses it stores, and the plans it
+/// loads, with its own clock: a node whose clock is off shows clinicians and
+/// local authorities access times off by as much, and its alert says so.
+async fn measure_clock_offset(feed: &Arc<dyn Feed>) {
+    let before = chrono::Utc::now();
+    let database = feed.database_time().await;
+    let after = chrono::Utc::now();
+    match database {
+        Ok(database) => {
+            let here = before + (after - before) / 2;
+            let offset = (here - database).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+            metrics::gauge!("cpis_clock_offset_seconds").set(offset);
+        }
+        Err(error) => tracing::debug!(%error, "cannot read the database's clock; the clock offset is not updated"),
+    }
+}
+
 impl Relay {
     /// Follows the feed until the relay drains.
     pub(super) fn spawn_follower(&self, feed: Arc<dyn Feed>) -> JoinHandle<()> {
@@ -83,6 +102,7 @@ impl Relay {
         let plans = self.follow_plans(feed).await;
         let accesses = self.follow_accesses(feed).await;
         let positions = self.observe_cursors(feed).await;
+        measure_clock_offset(feed).await;
         if let Err(error) = &positions {
             tracing::warn!(%error, "cannot read notification positions from the store; retrying at the next poll");
         }

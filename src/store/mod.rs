@@ -274,6 +274,9 @@ pub trait Feed: Send + Sync + 'static {
 
     /// Hints as they arrive.
     fn hints(&self) -> tokio::sync::broadcast::Receiver<Hint>;
+
+    /// The shared store's clock now, to measure how far this node's clock is off.
+    fn database_time(&self) -> BoxFuture<'static, Result<DateTime<Utc>, StoreError>>;
 }
 
 /// Accesses read from a shared store's log.

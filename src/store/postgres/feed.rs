@@ -170,6 +170,15 @@ impl Feed for PostgresFeed {
         .boxed()
     }
 
+    fn database_time(&self) -> BoxFuture<'static, Result<chrono::DateTime<chrono::Utc>, StoreError>> {
+        let pool = self.pool.clone();
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            Ok(client.query_one("SELECT clock_timestamp()", &[]).await.map_err(db_error)?.get(0))
+        }
+        .boxed()
+    }
+
     fn cursors(&self) -> BoxFuture<'static, Result<Vec<Cursor>, StoreError>> {
         let pool = self.pool.clone();
         async move {
