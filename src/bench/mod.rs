@@ -3,6 +3,7 @@
 //! store: filling it, timing start-up, and a retention soak with a fast clock.
 
 pub mod cpu;
+pub mod delay;
 pub mod delivery;
 pub mod echo;
 pub mod load;

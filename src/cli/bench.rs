@@ -127,6 +127,13 @@ pub struct BenchArgs {
     /// (negative: behind), under libfaketime (`apt-get install faketime`).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub skew_last_node_secs: i64,
+    /// national-day: hold every chunk between the nodes and the database this
+    /// long, in each direction (a delaying proxy: this kernel has no netem).
+    #[arg(long, default_value_t = 0)]
+    pub db_delay_ms: u64,
+    /// national-day: plus or minus this much, drawn per chunk.
+    #[arg(long, default_value_t = 0)]
+    pub db_jitter_ms: u64,
 }
 
 fn failed(error: impl std::fmt::Display) -> CliError {

@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 use super::{CliError, bench::BenchArgs, exit};
 use crate::{
     bench::{
-        cpu,
+        cpu, delay,
         national_day::{Answered, Population, Tally, delivery_report, due_by, summary},
         process::{self, ServerProcess},
         receiver,
@@ -100,11 +100,12 @@ pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
         population.flagged.len(),
         args.nodes
     );
+    let store = if args.db_delay_ms > 0 { through_slow_links(&args.store, args).await? } else { args.store.clone() };
     let mut nodes: Vec<ServerProcess> = Vec::new();
     for node in 0..args.nodes.max(1) {
         let skewed = args.skew_last_node_secs != 0 && node + 1 == args.nodes.max(1);
         let environment = if skewed { skewed_clock(args.skew_last_node_secs)? } else { Vec::new() };
-        nodes.push(process::start_relay_with(&certs_dir, &args.store, &environment).await.map_err(failed)?);
+        nodes.push(process::start_relay_with(&certs_dir, &store, &environment).await.map_err(failed)?);
     }
     let cluster = Cluster { ca, ca_pem, urls: nodes.iter().map(|node| node.url.clone()).collect() };
     let result = run_day(args, &cluster, &population, &nodes, &certs_dir).await;
@@ -121,6 +122,32 @@ pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
     let kept = work.keep();
     eprintln!("notifications were lost: the nodes' and agents' logs are kept in {}", kept.display());
     Ok(exit::FAILURE)
+}
+
+/// The store URL with each database host replaced by a delaying proxy to it.
+async fn through_slow_links(store: &StoreKind, args: &BenchArgs) -> Result<StoreKind, CliError> {
+    let StoreKind::Postgres(url) = store else { return Ok(store.clone()) };
+    let url = url.expose();
+    let delay = delay::Delay {
+        delay: Duration::from_millis(args.db_delay_ms),
+        jitter: Duration::from_millis(args.db_jitter_ms),
+    };
+    let scheme = "postgres://";
+    let rest = url.strip_prefix(scheme).or_else(|| url.strip_prefix("postgresql://")).unwrap_or(url);
+    let hosts_start = url.len() - rest.len() + rest.find('@').map_or(0, |at| at + 1);
+    let hosts_end = url[hosts_start..].find(['/', '?']).map_or(url.len(), |end| hosts_start + end);
+    let mut proxies = Vec::new();
+    for host in url[hosts_start..hosts_end].split(',') {
+        let upstream = tokio::net::lookup_host(host)
+            .await
+            .map_err(|error| CliError::Config(format!("--db-delay-ms: {host}: {error}")))?
+            .next()
+            .ok_or_else(|| CliError::Config(format!("--db-delay-ms: {host} has no address (give host:port)")))?;
+        proxies.push(delay::start(upstream, delay).await.map_err(failed)?.to_string());
+    }
+    eprintln!("the nodes reach the database through {} ms +- {} ms each way", args.db_delay_ms, args.db_jitter_ms);
+    let delayed = format!("{}{}{}", &url[..hosts_start], proxies.join(","), &url[hosts_end..]);
+    delayed.parse().map_err(CliError::Config)
 }
 
 /// libfaketime's variables for a node whose wall clock is `seconds` off
