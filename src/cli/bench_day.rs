@@ -6,7 +6,8 @@
 //! daily curve ([`national_day::due_by`]), the nightly FULL_REFRESHes at 2
 //! am, daytime incremental uploads changing addresses (each change timed
 //! until every other node shows it), and `deliver` agents (real processes,
-//! subscribed through every node) posting to a webhook receiver here.
+//! subscribed through every node) posting to a webhook receiver here
+//! (the uploads are in `bench_day_uploads`).
 //! The report: searches answered, notifications expected and delivered,
 //! end-to-end latency (search answered -> receiver has it), duplicates,
 //! losses (every answered flagged search's notification, at the receiver for
@@ -14,7 +15,7 @@
 //! and peak memory per node.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -25,7 +26,12 @@ use serde_json::{Value, json};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tonic::transport::Channel;
 
-use super::{CliError, bench::BenchArgs, exit};
+use super::{
+    CliError,
+    bench::BenchArgs,
+    bench_day_uploads::{Uploads, change_some, incremental, nightly, plans_owned, refresh_all},
+    exit,
+};
 use crate::{
     bench::{
         cpu, delay,
@@ -38,7 +44,6 @@ use crate::{
     config::StoreKind,
     model::LocalAuthority,
     proto::{self, lookup_client::LookupClient, notifications_client::NotificationsClient},
-    service::convert,
     tls::PemText,
 };
 
@@ -50,17 +55,6 @@ fn failed(error: impl std::fmt::Display) -> CliError {
 const MAX_IN_FLIGHT: usize = 2048;
 /// How long the end of the day waits for the last notifications.
 const DRAIN: Duration = Duration::from_secs(90);
-
-/// What the plan uploads of the day measured.
-#[derive(Default)]
-struct Uploads {
-    nightly_seconds: f64,
-    incremental: u64,
-    changed_records: u64,
-    /// Milliseconds from an upload's answer until another node showed the change.
-    propagation: Vec<f64>,
-    failures: Vec<String>,
-}
 
 struct Cluster {
     ca: Authority,
@@ -108,7 +102,11 @@ pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
         nodes.push(process::start_relay_with(&certs_dir, &store, &environment).await.map_err(failed)?);
     }
     let cluster = Cluster { ca, ca_pem, urls: nodes.iter().map(|node| node.url.clone()).collect() };
-    let result = run_day(args, &cluster, &population, &nodes, &certs_dir).await;
+    // Interrupted (Ctrl-C, SIGTERM), the day stops and every process it started is ended.
+    let result = tokio::select! {
+        result = run_day(args, &cluster, &population, &nodes, &certs_dir) => result,
+        signal = interrupted() => Err(failed(format!("interrupted by {signal}: stopping the nodes and agents"))),
+    };
     for (i, node) in nodes.into_iter().enumerate() {
         let _ = std::fs::copy(&node.log, work.path().join(format!("node{}.log", i + 1)));
         node.stop(Duration::from_secs(30)).await;
@@ -122,6 +120,21 @@ pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
     let kept = work.keep();
     eprintln!("notifications were lost: the nodes' and agents' logs are kept in {}", kept.display());
     Ok(exit::FAILURE)
+}
+
+/// Resolves at SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }
 
 /// The store URL with each database host replaced by a delaying proxy to it.
@@ -353,138 +366,6 @@ async fn gauges(node: &ServerProcess, names: &[&str]) -> Value {
         }
     }
     Value::Object(found)
-}
-
-fn plans_owned(plans: &HashMap<&str, Vec<proto::PlanRecord>>) -> HashMap<String, Vec<proto::PlanRecord>> {
-    plans.iter().map(|(la, records)| ((*la).to_owned(), records.clone())).collect()
-}
-
-async fn upload(
-    channel: Channel,
-    mode: proto::UploadMode,
-    authority: &LocalAuthority,
-    records: Vec<proto::PlanRecord>,
-) -> Result<(), CliError> {
-    let count = records.len() as u64;
-    let hidden = indicatif::ProgressBar::hidden();
-    let wire = convert::local_authority(authority);
-    let report = super::upload::send(channel, mode, true, "national-day", wire, records, &hidden).await?;
-    if report.loaded != count {
-        return Err(failed(format!("{}: loaded {} of {count} records", authority.ods_code, report.loaded)));
-    }
-    Ok(())
-}
-
-/// Every authority's FULL_REFRESH, four at a time.
-async fn refresh_all(
-    channels: &HashMap<String, Channel>,
-    authorities: &HashMap<&str, &LocalAuthority>,
-    plans: &HashMap<&str, Vec<proto::PlanRecord>>,
-) -> Result<(), CliError> {
-    use futures::StreamExt;
-    let uploads = plans.iter().map(|(la, records)| {
-        let (channel, authority) = (channels[*la].clone(), authorities[*la]);
-        upload(channel, proto::UploadMode::FullRefresh, authority, records.clone())
-    });
-    let results: Vec<Result<(), CliError>> = futures::stream::iter(uploads).buffer_unordered(4).collect().await;
-    results.into_iter().collect()
-}
-
-/// The nightly FULL_REFRESH of every authority, one after another, while searches go on.
-async fn nightly(
-    channels: HashMap<String, Channel>,
-    authorities: Vec<LocalAuthority>,
-    plans: HashMap<String, Vec<proto::PlanRecord>>,
-    uploads: Arc<tokio::sync::Mutex<Uploads>>,
-) {
-    let started = Instant::now();
-    for authority in &authorities {
-        let Some(records) = plans.get(&authority.ods_code) else { continue };
-        let channel = channels[&authority.ods_code].clone();
-        if let Err(error) = upload(channel, proto::UploadMode::FullRefresh, authority, records.clone()).await {
-            uploads.lock().await.failures.push(format!("nightly {}: {error}", authority.ods_code));
-        }
-    }
-    uploads.lock().await.nightly_seconds = started.elapsed().as_secs_f64();
-}
-
-/// One hour's changes: ten authorities each move 1 % of their people (new address line).
-fn change_some(
-    plans: &[crate::synth::SynthRecord],
-    hour: usize,
-    rng: &mut StdRng,
-) -> Vec<(String, Vec<proto::PlanRecord>)> {
-    let mut by: BTreeMap<&str, Vec<&proto::PlanRecord>> = BTreeMap::new();
-    for plan in plans {
-        by.entry(plan.la_ods_code.as_str()).or_default().push(&plan.record);
-    }
-    let las: Vec<&str> = by.keys().copied().collect();
-    (0..10)
-        .map(|_| {
-            let la = las[rng.random_range(0..las.len())];
-            let records = &by[la];
-            let count = (records.len() / 100).max(1);
-            let from = rng.random_range(0..records.len());
-            let changed = (0..count)
-                .map(|k| {
-                    let mut record = records[(from + k) % records.len()].clone();
-                    if let Some(address) = record.address.as_mut() {
-                        // One new address per person, whichever of their plans carries it.
-                        let house = record.nhs_number.bytes().fold(0u32, |sum, digit| sum * 7 + u32::from(digit)) % 500;
-                        address.lines = vec![format!("{} Moved Street (h{hour})", house + 1)];
-                    }
-                    record
-                })
-                .collect();
-            (la.to_owned(), changed)
-        })
-        .collect()
-}
-
-/// Uploads one hour's changes; times each until every node shows it (searched as scheduled care: silent).
-async fn incremental(
-    channels: HashMap<String, Channel>,
-    authorities: Vec<LocalAuthority>,
-    changes: Vec<(String, Vec<proto::PlanRecord>)>,
-    probes: Vec<LookupClient<Channel>>,
-    uploads: Arc<tokio::sync::Mutex<Uploads>>,
-) {
-    for (la, records) in changes {
-        let Some(authority) = authorities.iter().find(|authority| authority.ods_code == la) else { continue };
-        let probe_record = records[0].clone();
-        let count = records.len() as u64;
-        if let Err(error) = upload(channels[&la].clone(), proto::UploadMode::Incremental, authority, records).await {
-            uploads.lock().await.failures.push(format!("incremental {la}: {error}"));
-            continue;
-        }
-        let uploaded = Instant::now();
-        let wanted = probe_record.address.clone().unwrap_or_default().lines;
-        for probe in &probes {
-            let mut probe = probe.clone();
-            let mut request = crate::bench::search_request(probe_record.nhs_number.clone(), "nd-probe".into());
-            request.care_setting = proto::CareSetting::GeneralPractice as i32;
-            let seen = tokio::time::timeout(Duration::from_secs(30), async {
-                loop {
-                    if let Ok(response) = probe.search(request.clone()).await
-                        && response.into_inner().person.and_then(|person| person.address).map(|a| a.lines)
-                            == Some(wanted.clone())
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-            .await;
-            let mut uploads = uploads.lock().await;
-            match seen {
-                Ok(()) => uploads.propagation.push(uploaded.elapsed().as_secs_f64() * 1000.0),
-                Err(_) => uploads.failures.push(format!("{la}: a change not seen on a node within 30 s")),
-            }
-        }
-        let mut uploads = uploads.lock().await;
-        uploads.incremental += 1;
-        uploads.changed_records += count;
-    }
 }
 
 /// For authorities without an agent: every answered flagged search's
