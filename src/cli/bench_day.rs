@@ -81,12 +81,23 @@ pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
                 .into(),
         ));
     }
+    if !(args.day_seconds > 0.0 && args.day_seconds.is_finite()) {
+        return Err(CliError::Config(format!("--day-seconds must be a positive number, not {}", args.day_seconds)));
+    }
+    if !(0.0..=1.0).contains(&args.flagged_share) {
+        return Err(CliError::Config(format!("--flagged-share must be from 0 to 1, not {}", args.flagged_share)));
+    }
     let work = tempfile::tempdir().map_err(failed)?;
     let certs_dir = work.path().join("certs");
     let (ca, _) = certs::init_keeping_ca(&certs_dir).map_err(failed)?;
     let ca_pem = ca.cert_pem();
-    let population =
-        Population::generate(args.authorities, args.flagged, args.flagged / 2, 2026, chrono::Utc::now().date_naive());
+    let population = Population::generate(
+        args.authorities,
+        args.flagged,
+        (args.flagged / 2).max(1),
+        2026,
+        chrono::Utc::now().date_naive(),
+    );
     let (cp, la, unborn) = population.mix();
     eprintln!(
         "national day: {} authorities, {} flagged people ({cp} CPPI, {la} LACI, {unborn} UCPI plans), {} nodes",
