@@ -289,17 +289,14 @@ pub fn init_keeping_ca(dir: &Path) -> Result<(Authority, Vec<PathBuf>), CertsErr
     create_dir(dir)?;
     written.push(write(dir, "ca.pem", &authority.cert_pem(), false)?);
     written.push(write(dir, "ca.key", &authority.key_pem, true)?);
-    written.push(write(dir, "server.pem", &server.cert_pem, false)?);
-    written.push(write(dir, "server.key", &server.key_pem, true)?);
+    written.extend(write_pair(dir, "server", &server)?);
     for identity in DEV_IDENTITIES {
         let pair = authority.issue_client(identity.ods_code, identity.organisation, Some(identity.role))?;
-        written.push(write(dir, &format!("{}.pem", identity.name), &pair.cert_pem, false)?);
-        written.push(write(dir, &format!("{}.key", identity.name), &pair.key_pem, true)?);
+        written.extend(write_pair(dir, identity.name, &pair)?);
     }
     for user in DEV_USERS {
         let pair = authority.issue_user(&user)?;
-        written.push(write(dir, &format!("{}.pem", user.name), &pair.cert_pem, false)?);
-        written.push(write(dir, &format!("{}.key", user.name), &pair.key_pem, true)?);
+        written.extend(write_pair(dir, user.name, &pair)?);
         let p12 = pkcs12(&pair, &authority.cert_pem(), user.name, DEV_P12_PASSWORD)?;
         written.push(write_bytes(dir, &format!("{}.p12", user.name), &p12, true)?);
     }
@@ -307,11 +304,12 @@ pub fn init_keeping_ca(dir: &Path) -> Result<(Authority, Vec<PathBuf>), CertsErr
     Ok((authority, written))
 }
 
-/// Writes `NAME.pem` and `NAME.key` (private) into `dir`.
-pub fn write_pair(dir: &Path, name: &str, pair: &Pair) -> Result<(), CertsError> {
-    write(dir, &format!("{name}.pem"), &pair.cert_pem, false)?;
-    write(dir, &format!("{name}.key"), &pair.key_pem, true)?;
-    Ok(())
+/// Writes `NAME.pem` and `NAME.key` (private) into `dir`; returns their paths.
+pub fn write_pair(dir: &Path, name: &str, pair: &Pair) -> Result<[PathBuf; 2], CertsError> {
+    Ok([
+        write(dir, &format!("{name}.pem"), &pair.cert_pem, false)?,
+        write(dir, &format!("{name}.key"), &pair.key_pem, true)?,
+    ])
 }
 
 /// Writes a fresh development signing key for the FHIR door's bearer tokens

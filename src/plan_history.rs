@@ -37,19 +37,6 @@ pub enum PlanEventKind {
     Expired,
 }
 
-impl PlanEventKind {
-    /// How reports and logs name it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Loaded => "loaded",
-            Self::Changed => "changed",
-            Self::Deleted => "deleted",
-            Self::Withdrawn => "withdrawn",
-            Self::Expired => "expired",
-        }
-    }
-}
-
 /// One change of one plan. `Debug` shows the kind, time and authority only.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanEvent {

@@ -36,16 +36,11 @@ async fn node(pki: &Pki, url: &str, env: &[(&str, &str)]) -> (Running, tempfile:
     (running, dir)
 }
 
-async fn clock_offset(node: &Running) -> Option<f64> {
-    let (_, body) = admin_get(node.admin, "/metrics").await;
-    body.lines().find_map(|line| line.strip_prefix("cpis_clock_offset_seconds ").and_then(|v| v.trim().parse().ok()))
-}
-
 /// Polls the node's gauge until it is within `tolerance` of `expected`.
 async fn offset_reaches(node: &Running, expected: f64, tolerance: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let offset = clock_offset(node).await;
+        let offset = relay_metric(node.admin, "cpis_clock_offset_seconds").await;
         if let Some(offset) = offset
             && (offset - expected).abs() <= tolerance
         {

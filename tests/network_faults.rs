@@ -92,8 +92,7 @@ async fn node(net: &Net, host: &Host, pki: &Pki, url: &str) -> (Running, tempfil
 
 /// A gauge of a node's metrics, 0 when absent.
 async fn gauge(node: &Running, name: &str) -> f64 {
-    let (_, body) = admin_get(node.admin, "/metrics").await;
-    body.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+    relay_metric(node.admin, name).await.unwrap_or(0.0)
 }
 
 /// Polls `check` every 100 ms until it holds; panics after `within`.

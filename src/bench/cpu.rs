@@ -38,14 +38,6 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     process_ticks(&pid.to_string()).map(|ticks| ticks as f64 / TICKS_PER_SECOND)
 }
 
-/// A process's peak resident set size so far (`VmHWM`), in bytes.
-pub fn peak_resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kilobytes * 1024)
-}
-
 fn process_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.

@@ -29,8 +29,14 @@ use crate::{
 
 /// Resident set size of this process in bytes (Linux), for memory figures.
 pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    memory_bytes("self", "VmRSS:")
+}
+
+/// A memory figure of `/proc/PROCESS/status` (`VmRSS:` now, `VmHWM:` its
+/// peak), in bytes; `process` is a PID or `self`.
+pub fn memory_bytes(process: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
     let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kilobytes * 1024)
 }

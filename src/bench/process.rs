@@ -34,10 +34,12 @@ impl ServerProcess {
 
     /// Resident set size of the server process, in bytes (Linux).
     pub fn resident_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-        let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kilobytes * 1024)
+        super::memory_bytes(&self.pid()?.to_string(), "VmRSS:")
+    }
+
+    /// Peak resident set size of the server process so far, in bytes (Linux).
+    pub fn peak_resident_bytes(&self) -> Option<u64> {
+        super::memory_bytes(&self.pid()?.to_string(), "VmHWM:")
     }
 
     /// Bytes the process has logged so far.

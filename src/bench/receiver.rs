@@ -40,14 +40,6 @@ impl Received {
     pub fn snapshot(&self) -> Vec<Arrival> {
         self.0.lock().map(|arrivals| arrivals.clone()).unwrap_or_default()
     }
-
-    pub fn len(&self) -> usize {
-        self.0.lock().map(|arrivals| arrivals.len()).unwrap_or_default()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 async fn receive(

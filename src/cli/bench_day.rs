@@ -340,7 +340,7 @@ async fn run_day(
         let gauges = gauges(node, &["cpis_clock_offset_seconds", "cpis_index_lag_seconds"]).await;
         node_reports.push(
             json!({"node": i + 1, "cpu_seconds": cpu, "cpu_cores_mean": cpu.map(|cpu| cpu / day_seconds),
-               "peak_rss_mib": node.pid().and_then(cpu::peak_resident_bytes).map(|bytes| bytes / (1024 * 1024)),
+               "peak_rss_mib": node.peak_resident_bytes().map(|bytes| bytes / (1024 * 1024)),
                "log_bytes": node.log_bytes(), "gauges_at_the_end": gauges}),
         );
     }

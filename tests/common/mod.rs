@@ -440,6 +440,12 @@ pub async fn collect<T>(stream: tonic::Streaming<T>) -> Vec<T> {
 }
 
 /// The HTTP status of a GET on the admin port.
+/// A metric's value in a relay's `/metrics`, if it is there.
+pub async fn relay_metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = admin_get(admin, "/metrics").await;
+    body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
