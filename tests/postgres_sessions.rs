@@ -41,7 +41,7 @@ async fn every_session_has_its_limits_and_a_stuck_lock_holder_cannot_block_it() 
     cpis_relay::tls::install_crypto_provider();
     let cluster = PgCluster::start();
     let url = cluster.create_database("cpis");
-    let pool = Connector::new(&connect_options(&url)).unwrap().pool(2).unwrap();
+    let pool = Connector::new(&connect_options(&url)).unwrap().pool(2, &Default::default()).unwrap();
     let client = pool.get().await.unwrap();
     for (name, value) in SESSION_LIMITS {
         let shown: String = client.query_one(&format!("SHOW {name}"), &[]).await.unwrap().get(0);

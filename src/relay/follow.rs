@@ -99,19 +99,25 @@ impl Relay {
     /// Reads everything: plan changes, accesses and every authority's positions.
     async fn resync(&self, feed: &Arc<dyn Feed>) {
         let started = Instant::now();
-        let plans = self.follow_plans(feed).await;
-        let accesses = self.follow_accesses(feed).await;
-        let positions = self.observe_cursors(feed).await;
-        measure_clock_offset(feed).await;
-        if let Err(error) = &positions {
-            tracing::warn!(%error, "cannot read notification positions from the store; retrying at the next poll");
-        }
-        if plans && accesses && positions.is_ok() {
+        // Plans beside accesses-then-positions: a read that stalls (a cut link)
+        // costs the time of one, not of each in turn.
+        let (plans, others) = tokio::join!(self.follow_plans(feed), async {
+            self.follow_accesses(feed).await
+                && {
+                    let positions = self.observe_cursors(feed).await;
+                    if let Err(error) = &positions {
+                        tracing::warn!(%error, "cannot read notification positions from the store; retrying at the next poll");
+                    }
+                    positions.is_ok()
+                }
+        });
+        if plans && others {
             self.shared.caught_up.send_if_modified(|at| {
                 let newer = started > *at;
                 *at = (*at).max(started);
                 newer
             });
+            measure_clock_offset(feed).await;
         }
     }
 

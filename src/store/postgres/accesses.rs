@@ -29,7 +29,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{db_error, pool_error};
+use super::{connect::Abandon, db_error, pool_error};
 use crate::{
     model::{AccessEvent, Notification, NotificationDraft},
     store::{Applied, StoreError},
@@ -50,14 +50,21 @@ pub(super) struct AccessJob {
 
 /// Starts the writer; it ends when every sender is dropped. `timeout` bounds
 /// a transaction: past it the batch fails (and its searches are held and
-/// retried by the relay, which the access ids make safe).
-pub(super) fn spawn_writer(pool: Pool, timeout: Duration, node: i64) -> mpsc::UnboundedSender<AccessJob> {
+/// retried by the relay, which the access ids make safe), and the connections
+/// opened before it started are abandoned: one of them holds the batch, and
+/// after a partition it would answer only when TCP next retransmits.
+pub(super) fn spawn_writer(
+    pool: Pool,
+    timeout: Duration,
+    node: i64,
+    abandon: Abandon,
+) -> mpsc::UnboundedSender<AccessJob> {
     let (sender, jobs) = mpsc::unbounded_channel::<AccessJob>();
     let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
     // Two writers: one gathers and sends its batch while the other waits for its
     // commit. Each authority's cursor row still orders their commits.
     for _ in 0..WRITERS {
-        let (pool, jobs) = (pool.clone(), Arc::clone(&jobs));
+        let (pool, jobs, abandon) = (pool.clone(), Arc::clone(&jobs), abandon.clone());
         tokio::spawn(async move {
             let batch_sizes = metrics::histogram!("cpis_store_batch_size");
             loop {
@@ -74,12 +81,16 @@ pub(super) fn spawn_writer(pool: Pool, timeout: Duration, node: i64) -> mpsc::Un
                     batch
                 };
                 batch_sizes.record(batch.len() as f64);
+                let started = std::time::Instant::now();
                 let result = match tokio::time::timeout(timeout, commit(&pool, &batch, node)).await {
                     Ok(result) => result,
-                    Err(_) => Err(StoreError::Io(format!(
-                        "PostgreSQL did not commit a batch of searches within {} ms",
-                        timeout.as_millis()
-                    ))),
+                    Err(_) => Err({
+                        abandon.opened_before(started);
+                        StoreError::Io(format!(
+                            "PostgreSQL did not commit a batch of searches within {} ms",
+                            timeout.as_millis()
+                        ))
+                    }),
                 };
                 match result {
                     Ok(answers) => {

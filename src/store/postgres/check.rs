@@ -18,7 +18,7 @@ use crate::{
 
 /// Checks the database of `options`; its report names the URL, password redacted.
 pub async fn check(options: &super::ConnectOptions) -> Result<CheckReport, StoreError> {
-    let pool = Connector::new(options)?.pool(2)?;
+    let pool = Connector::new(options)?.pool(2, &Default::default())?;
     let mut client = pool.get().await.map_err(pool_error)?;
     let transaction = super::snapshot(&mut client).await?;
     let mut report = CheckReport { path: PathBuf::from(options.url.redacted()), ..CheckReport::default() };

@@ -18,6 +18,12 @@
 //! Every session carries server-side limits ([`SESSION_LIMITS`]) and TCP
 //! keepalives, so a batch whose client gave up (a timeout, a dead node, a
 //! network partition) cannot leave an LA's sequence row locked on the server.
+//!
+//! A connection that stopped answering is abandoned, not waited on
+//! ([`Abandon`]): after a partition heals, TCP resends what it holds only when
+//! its retransmission timer (doubled at each loss, to minutes) fires, so a
+//! query left on a connection from before the cut can wait far longer than
+//! the cut lasted, while a new connection answers at once.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -48,6 +54,29 @@ pub const SESSION_LIMITS: [(&str, &str); 3] =
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
+/// A connection whose sent data stays unacknowledged this long (a peer gone
+/// mid-query, which keepalives do not cover) is closed by the kernel.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// When the database last stopped answering: the pool hands out no
+/// connection opened before then (its pre-recycle hook drops them), so
+/// queries after a timeout go over new connections instead of queueing
+/// behind one that TCP is still retrying.
+#[derive(Clone, Debug, Default)]
+pub struct Abandon(Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+
+impl Abandon {
+    /// Abandons every connection opened before `at`.
+    pub fn opened_before(&self, at: std::time::Instant) {
+        let mut cutoff = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *cutoff = Some(cutoff.map_or(at, |held| held.max(at)));
+    }
+
+    /// Whether a connection opened at `opened` may still be used.
+    fn keeps(&self, opened: std::time::Instant) -> bool {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_none_or(|cutoff| opened > cutoff)
+    }
+}
 
 /// A `postgres://` store URL as the operator wrote it. `Display` and `Debug`
 /// hide the password.
@@ -205,6 +234,7 @@ impl StoreUrl {
         config.keepalives_idle(KEEPALIVE_IDLE);
         config.keepalives_interval(KEEPALIVE_INTERVAL);
         config.keepalives_retries(KEEPALIVE_RETRIES);
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
         Ok((config, tls))
     }
 }
@@ -278,7 +308,9 @@ impl Connector {
         Ok(Self { config, tls: MakeRustlsConnect::new(client_tls(&tls)?) })
     }
 
-    pub fn pool(&self, size: usize) -> Result<Pool, StoreError> {
+    /// A pool of `size` connections; none opened before `abandon`'s cutoff is handed out.
+    pub fn pool(&self, size: usize, abandon: &Abandon) -> Result<Pool, StoreError> {
+        let abandon = abandon.clone();
         let manager = Manager::from_config(
             self.config.clone(),
             self.tls.clone(),
@@ -289,6 +321,13 @@ impl Connector {
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(10)))
+            .pre_recycle(deadpool_postgres::Hook::sync_fn(move |_, metrics| {
+                if abandon.keeps(metrics.created) {
+                    Ok(())
+                } else {
+                    Err(deadpool_postgres::HookError::message("opened before the database stopped answering"))
+                }
+            }))
             .build()
             .map_err(|error| StoreError::Io(format!("connection pool: {error}")))
     }

@@ -9,15 +9,30 @@
 //! listening connection here turns them into [`Hint`]s. A hint only wakes a
 //! node sooner: the relay also polls, so a lost hint or a dropped listening
 //! connection costs latency, never a change.
+//!
+//! Stalled reads: a read that has not finished after [`STALLED_AFTER`] is
+//! checked by connecting to the database's hosts (one round trip). If none
+//! accepts, the read fails, every connection opened before is abandoned
+//! ([`Abandon`]), and later reads start only once a host accepts again. So
+//! a healed partition is caught up within about a second, not whenever TCP
+//! next retransmits on a connection from before (its interval doubling at
+//! each loss). A read that is only slow (a large page over a distant link) is
+//! left to finish while the database answers.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use deadpool_postgres::Pool;
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::{connect::Connector, db_error, pool_error};
+use super::{
+    connect::{Abandon, Connector},
+    db_error, pool_error,
+};
 use crate::{
     model::{LocalAuthority, PlanType},
     nhs::NhsNumber,
@@ -128,18 +143,115 @@ fn parse_hint(payload: &str) -> Hint {
     }
 }
 
+/// How long a read of the feed runs before the database is checked afresh.
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+/// How long a new connection may take to answer that check.
+const PROBE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Watches reads for the database having stopped answering.
+#[derive(Clone)]
+pub(super) struct Stalls {
+    /// The database's hosts and ports, as the store URL names them.
+    pub hosts: Arc<[(tokio_postgres::config::Host, u16)]>,
+    pub abandon: Abandon,
+    /// Set when a check found no host answering, cleared when one does.
+    unreachable: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Stalls {
+    pub fn of(connector: &Connector, abandon: Abandon) -> Self {
+        let config = &connector.config;
+        let ports = config.get_ports();
+        let hosts = config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(n, host)| (host.clone(), ports.get(n).or(ports.first()).copied().unwrap_or(5432)))
+            .collect();
+        Self { hosts, abandon, unreachable: Arc::default() }
+    }
+
+    /// `read`'s result, or an error once it has stalled and the database's
+    /// hosts cannot be reached either (every connection opened before is then
+    /// abandoned).
+    async fn guard<T>(self, read: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        // Once the database could not be reached, a read starts only when it can
+        // be again: a connection attempted while it cannot is retried by TCP
+        // with a growing interval, and would answer long after the link heals.
+        if self.unreachable.load(Ordering::Relaxed) {
+            if !self.probe().await {
+                return Err(self.unreachable_error());
+            }
+            self.unreachable.store(false, Ordering::Relaxed);
+        }
+        tokio::pin!(read);
+        loop {
+            tokio::select! {
+                result = &mut read => return result,
+                () = tokio::time::sleep(STALLED_AFTER) => {}
+            }
+            tokio::select! {
+                result = &mut read => return result,
+                answers = self.probe() => if answers {
+                    tracing::debug!("a read of the other nodes' changes is slow, but the database answers: waiting for it");
+                } else {
+                    self.unreachable.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.abandon.opened_before(Instant::now());
+                    return Err(self.unreachable_error());
+                },
+            }
+        }
+    }
+
+    fn unreachable_error(&self) -> StoreError {
+        StoreError::Io(format!(
+            "no database host accepted a connection within {} ms (a read of the other nodes' changes \
+             stalled for over {} ms); connections opened before are abandoned",
+            PROBE_WITHIN.as_millis(),
+            STALLED_AFTER.as_millis()
+        ))
+    }
+
+    /// Whether any of the database's hosts accepts a connection within
+    /// [`PROBE_WITHIN`]: one round trip, so a distant database still answers,
+    /// while a partition does not.
+    async fn probe(&self) -> bool {
+        use tokio_postgres::config::Host;
+        let attempts = self.hosts.iter().map(|(host, port)| {
+            let (host, port) = (host.clone(), *port);
+            async move {
+                match host {
+                    Host::Tcp(name) => tokio::net::TcpStream::connect((name.as_str(), port)).await.map(drop),
+                    #[cfg(unix)]
+                    Host::Unix(dir) => {
+                        tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await.map(drop)
+                    }
+                }
+            }
+            .boxed()
+        });
+        if self.hosts.is_empty() {
+            return true;
+        }
+        let any = futures::future::select_ok(attempts);
+        matches!(tokio::time::timeout(PROBE_WITHIN, any).await, Ok(Ok(_)))
+    }
+}
+
 /// The feed of a PostgreSQL store.
 pub(super) struct PostgresFeed {
     pub pool: Pool,
     /// This node process, as `cpis_accesses.written_by` names it.
     pub node: i64,
     pub hints: broadcast::Sender<Hint>,
+    pub stalls: Stalls,
 }
 
 impl Feed for PostgresFeed {
     fn plan_changes_after(&self, version: u64, limit: usize) -> BoxFuture<'static, Result<PlanChanges, StoreError>> {
         let pool = self.pool.clone();
-        async move {
+        self.stalls.clone().guard(async move {
             let client = pool.get().await.map_err(pool_error)?;
             let after = version as i64;
             let head: i64 = client
@@ -166,63 +278,69 @@ impl Feed for PostgresFeed {
                 changes.push((row.get::<_, i64>(0) as u64, decode(row.get::<_, &[u8]>(1), row.get(2))?));
             }
             Ok(PlanChanges::Changes(changes))
-        }
+        })
         .boxed()
     }
 
     fn database_time(&self) -> BoxFuture<'static, Result<chrono::DateTime<chrono::Utc>, StoreError>> {
         let pool = self.pool.clone();
-        async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            Ok(client.query_one("SELECT clock_timestamp()", &[]).await.map_err(db_error)?.get(0))
-        }
-        .boxed()
+        self.stalls
+            .clone()
+            .guard(async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                Ok(client.query_one("SELECT clock_timestamp()", &[]).await.map_err(db_error)?.get(0))
+            })
+            .boxed()
     }
 
     fn cursors(&self) -> BoxFuture<'static, Result<Vec<Cursor>, StoreError>> {
         let pool = self.pool.clone();
-        async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            read_cursors(&client).await
-        }
-        .boxed()
+        self.stalls
+            .clone()
+            .guard(async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                read_cursors(&client).await
+            })
+            .boxed()
     }
 
     fn accesses_from(&self, position: u64, limit: usize) -> BoxFuture<'static, Result<AccessPage, StoreError>> {
         let (pool, node) = (self.pool.clone(), self.node);
-        async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            // Other nodes' accesses (this node knows its own), and in the same snapshot
-            // the log's size: with a page not full, everything below it has been read.
-            let statement = client
-                .prepare_cached(
-                    "SELECT position, record FROM (
+        self.stalls
+            .clone()
+            .guard(async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                // Other nodes' accesses (this node knows its own), and in the same snapshot
+                // the log's size: with a page not full, everything below it has been read.
+                let statement = client
+                    .prepare_cached(
+                        "SELECT position, record FROM (
                          SELECT position, record FROM cpis_accesses WHERE position >= $1 AND written_by <> $3
                          ORDER BY position LIMIT $2) AS page
                      UNION ALL SELECT size, NULL FROM cpis_log WHERE id = 1",
-                )
-                .await
-                .map_err(db_error)?;
-            let rows =
-                client.query(&statement, &[&(position as i64), &(limit as i64), &node]).await.map_err(db_error)?;
-            let mut accesses = Vec::with_capacity(rows.len());
-            let (mut last, mut size) = (None, position);
-            for row in &rows {
-                match row.get::<_, Option<&[u8]>>(1) {
-                    Some(record) => {
-                        accesses.push(StoredAccess::from_stored(record));
-                        last = Some(row.get::<_, i64>(0) as u64);
+                    )
+                    .await
+                    .map_err(db_error)?;
+                let rows =
+                    client.query(&statement, &[&(position as i64), &(limit as i64), &node]).await.map_err(db_error)?;
+                let mut accesses = Vec::with_capacity(rows.len());
+                let (mut last, mut size) = (None, position);
+                for row in &rows {
+                    match row.get::<_, Option<&[u8]>>(1) {
+                        Some(record) => {
+                            accesses.push(StoredAccess::from_stored(record));
+                            last = Some(row.get::<_, i64>(0) as u64);
+                        }
+                        None => size = row.get::<_, i64>(0) as u64,
                     }
-                    None => size = row.get::<_, i64>(0) as u64,
                 }
-            }
-            let next = match last {
-                Some(last) if accesses.len() == limit => last + 1,
-                _ => size.max(position),
-            };
-            Ok(AccessPage { accesses, next })
-        }
-        .boxed()
+                let next = match last {
+                    Some(last) if accesses.len() == limit => last + 1,
+                    _ => size.max(position),
+                };
+                Ok(AccessPage { accesses, next })
+            })
+            .boxed()
     }
 
     fn hints(&self) -> broadcast::Receiver<Hint> {

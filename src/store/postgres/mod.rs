@@ -55,24 +55,37 @@ pub struct PostgresStore {
     _alive: watch::Sender<()>,
 }
 
+/// Connections the feed reads over (plans beside accesses, the clock, and a
+/// node's own catch-up before a plan change), apart from the pool's.
+const FEED_CONNECTIONS: usize = 4;
+
 impl PostgresStore {
     /// Connects, applies the schema's migrations and starts listening for
     /// other nodes' commits.
     pub async fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
         let connector = connect::Connector::new(&options.connect)?;
-        let pool = connector.pool(options.connect.pool_size)?;
+        let abandon = connect::Abandon::default();
+        let pool = connector.pool(options.connect.pool_size, &abandon)?;
         {
             let mut client = pool.get().await.map_err(pool_error)?;
             schema::migrate(&mut client).await?;
         }
         let (hints, _) = broadcast::channel(1024);
         let (alive, listening) = watch::channel(());
-        feed::spawn_listener(connector, hints.clone(), listening);
+        let stalls = feed::Stalls::of(&connector, abandon.clone());
+        feed::spawn_listener(connector.clone(), hints.clone(), listening);
         // Random per process: a restarted node reads its own earlier accesses back like any other's.
         let node = rand::random::<i64>() | 1;
         Ok(Self {
-            accesses: accesses::spawn_writer(pool.clone(), options.write_timeout, node),
-            feed: Arc::new(feed::PostgresFeed { pool: pool.clone(), hints, node }),
+            accesses: accesses::spawn_writer(pool.clone(), options.write_timeout, node, abandon.clone()),
+            feed: Arc::new(feed::PostgresFeed {
+                // Its own connections: following never waits for a slot behind
+                // writers whose connections are stuck in a cut.
+                pool: connector.pool(FEED_CONNECTIONS, &abandon)?,
+                hints,
+                node,
+                stalls,
+            }),
             log: Arc::new(log::PostgresLog { pool: pool.clone(), runtime: tokio::runtime::Handle::current() }),
             pool,
             _alive: alive,
