@@ -4,9 +4,17 @@
 //! `sch_netem`, so the relay nodes reach the database through this instead.
 //! A TCP stream cannot be reordered from user space: a chunk never overtakes
 //! the one before it (its release is at least the previous one's), so jitter
-//! shows as extra delay, not as reordering.
+//! shows as extra delay, not as reordering. The delay can be changed while
+//! the proxy runs (a slow spell in a scripted day).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use rand::Rng;
 use tokio::{
@@ -16,34 +24,45 @@ use tokio::{
     time::Instant,
 };
 
-/// How long each chunk is held.
-#[derive(Clone, Copy, Debug)]
-pub struct Delay {
-    pub delay: Duration,
-    pub jitter: Duration,
-}
+/// How long each chunk is held: `delay ± jitter`, changeable while the
+/// proxy runs (clones share it).
+#[derive(Clone, Debug, Default)]
+pub struct Link(Arc<[AtomicU64; 2]>);
 
-impl Delay {
+impl Link {
+    pub fn new(delay: Duration, jitter: Duration) -> Self {
+        let link = Self::default();
+        link.set(delay, jitter);
+        link
+    }
+
+    /// From now on, chunks are held `delay ± jitter`.
+    pub fn set(&self, delay: Duration, jitter: Duration) {
+        self.0[0].store(delay.as_micros() as u64, Ordering::Relaxed);
+        self.0[1].store(jitter.as_micros() as u64, Ordering::Relaxed);
+    }
+
     fn draw(&self) -> Duration {
-        let jitter = self.jitter.as_secs_f64();
+        let (delay, jitter) = (self.0[0].load(Ordering::Relaxed) as f64, self.0[1].load(Ordering::Relaxed) as f64);
         let offset = if jitter > 0.0 { rand::rng().random_range(-jitter..=jitter) } else { 0.0 };
-        Duration::from_secs_f64((self.delay.as_secs_f64() + offset).max(0.0))
+        Duration::from_micros((delay + offset).max(0.0) as u64)
     }
 }
 
 /// Starts a proxy to `upstream`; returns the address to connect to instead.
 /// It runs until the process ends.
-pub async fn start(upstream: SocketAddr, delay: Delay) -> std::io::Result<SocketAddr> {
+pub async fn start(upstream: SocketAddr, delay: Link) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            let delay = delay.clone();
             tokio::spawn(async move {
                 let Ok(server) = TcpStream::connect(upstream).await else { return };
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                tokio::spawn(pipe(client_read, server_write, delay));
+                tokio::spawn(pipe(client_read, server_write, delay.clone()));
                 tokio::spawn(pipe(server_read, client_write, delay));
             });
         }
@@ -52,7 +71,7 @@ pub async fn start(upstream: SocketAddr, delay: Delay) -> std::io::Result<Socket
 }
 
 /// Copies one direction, each chunk released no earlier than its delay after it was read.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Delay) {
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Link) {
     let (chunks, mut held) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let writer = tokio::spawn(async move {
         while let Some((release, chunk)) = held.recv().await {
@@ -93,7 +112,7 @@ mod tests {
             let (mut read, mut write) = stream.into_split();
             tokio::io::copy(&mut read, &mut write).await.unwrap();
         });
-        let delay = Delay { delay: Duration::from_millis(2), jitter: Duration::from_millis(2) };
+        let delay = Link::new(Duration::from_millis(2), Duration::from_millis(2));
         let proxy = start(upstream, delay).await.unwrap();
         let (mut read, mut write) = TcpStream::connect(proxy).await.unwrap().into_split();
         let sent: Vec<u8> = (0..200u32).flat_map(|i| i.to_be_bytes()).collect();

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod delay;
 pub mod delivery;
 pub mod echo;
+pub mod faults;
 pub mod load;
 pub mod national_day;
 pub mod process;

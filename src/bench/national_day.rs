@@ -162,6 +162,8 @@ pub struct Tally {
     pub wrong: u64,
     /// Failed searches by status code.
     pub errors: BTreeMap<String, u64>,
+    /// Searches answered by another node after the first failed or did not answer in time.
+    pub retried: u64,
     /// Microseconds from sending each search to its answer (or failure).
     pub latencies: Histogram<u64>,
 }
@@ -170,6 +172,7 @@ impl Default for Tally {
     fn default() -> Self {
         Self {
             answered: 0,
+            retried: 0,
             flagged: HashMap::new(),
             wrong: 0,
             errors: BTreeMap::new(),

@@ -28,6 +28,11 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// The port its gRPC listens on.
+    pub fn grpc_port(&self) -> Option<u16> {
+        self.url.rsplit(':').next()?.parse().ok()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }

@@ -134,6 +134,12 @@ pub struct BenchArgs {
     /// national-day: plus or minus this much, drawn per chunk.
     #[arg(long, default_value_t = 0)]
     pub db_jitter_ms: u64,
+    /// national-day: break the network at set hours (node 1 cut off from the
+    /// database at 05:00, node 2 from its clients at 10:00, slow and lossy
+    /// links 12:00-14:00). Needs root, inside a network namespace of its own:
+    /// `scripts/national-day.sh --faults` makes one.
+    #[arg(long)]
+    pub network_faults: bool,
 }
 
 fn failed(error: impl std::fmt::Display) -> CliError {

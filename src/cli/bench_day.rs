@@ -29,12 +29,13 @@ use tonic::transport::Channel;
 use super::{
     CliError,
     bench::BenchArgs,
+    bench_day_faults::{CutProbe, Faults, NodeLink, node_links},
     bench_day_uploads::{Uploads, change_some, incremental, nightly, plans_owned, refresh_all},
     exit,
 };
 use crate::{
     bench::{
-        cpu, delay,
+        cpu,
         national_day::{Answered, Population, Tally, delivery_report, due_by, summary},
         process::{self, ServerProcess},
         receiver,
@@ -71,6 +72,41 @@ impl Cluster {
     async fn channel(&self, node: usize, pem: &PemText) -> Result<Channel, CliError> {
         client::connect(&self.urls[node % self.urls.len()], pem, None).await.map_err(failed)
     }
+
+    /// A channel that connects at its first call.
+    fn lazy_channel(&self, node: usize, pem: &PemText) -> Result<Channel, CliError> {
+        Ok(client::endpoint(&self.urls[node % self.urls.len()], pem, None).map_err(failed)?.connect_lazy())
+    }
+}
+
+/// How long a search may take on one node before the next is tried: longer
+/// than a node takes to answer while it cannot write (its store write
+/// timeout), so only a node that cannot be reached is left.
+const SEARCH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A search through the first of `lookups` that answers; how many were tried.
+async fn search_failing_over(
+    lookups: Vec<LookupClient<Channel>>,
+    request: proto::SearchRequest,
+) -> (Result<tonic::Response<proto::SearchResponse>, tonic::Status>, usize) {
+    let (mut result, count) = (Err(tonic::Status::unavailable("no node to search")), lookups.len());
+    for (tried, mut lookup) in lookups.into_iter().enumerate() {
+        let mut call = tonic::Request::new(request.clone());
+        call.set_timeout(SEARCH_DEADLINE);
+        result = lookup.search(call).await;
+        match &result {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                ) => {}
+            _ => return (result, tried + 1),
+        }
+    }
+    (result, count)
 }
 
 pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
@@ -86,6 +122,12 @@ pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
     }
     if !(0.0..=1.0).contains(&args.flagged_share) {
         return Err(CliError::Config(format!("--flagged-share must be from 0 to 1, not {}", args.flagged_share)));
+    }
+    if args.network_faults && args.day_seconds < 120.0 {
+        return Err(CliError::Config(format!(
+            "--network-faults needs --day-seconds of at least 120 (its 30 s cuts must end before the next fault), not {}",
+            args.day_seconds
+        )));
     }
     let work = tempfile::tempdir().map_err(failed)?;
     let certs_dir = work.path().join("certs");
@@ -105,17 +147,17 @@ pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
         population.flagged.len(),
         args.nodes
     );
-    let store = if args.db_delay_ms > 0 { through_slow_links(&args.store, args).await? } else { args.store.clone() };
+    let links = node_links(&args.store, args).await?;
     let mut nodes: Vec<ServerProcess> = Vec::new();
-    for node in 0..args.nodes.max(1) {
-        let skewed = args.skew_last_node_secs != 0 && node + 1 == args.nodes.max(1);
+    for (node, link) in links.iter().enumerate() {
+        let skewed = args.skew_last_node_secs != 0 && node + 1 == links.len();
         let environment = if skewed { skewed_clock(args.skew_last_node_secs)? } else { Vec::new() };
-        nodes.push(process::start_relay_with(&certs_dir, &store, &environment).await.map_err(failed)?);
+        nodes.push(process::start_relay_with(&certs_dir, &link.store, &environment).await.map_err(failed)?);
     }
     let cluster = Cluster { ca, ca_pem, urls: nodes.iter().map(|node| node.url.clone()).collect() };
     // Interrupted (Ctrl-C, SIGTERM), the day stops and every process it started is ended.
     let result = tokio::select! {
-        result = run_day(args, &cluster, &population, &nodes, &certs_dir) => result,
+        result = run_day(args, &cluster, &population, (&nodes, &links), &certs_dir) => result,
         signal = interrupted() => Err(failed(format!("interrupted by {signal}: stopping the nodes and agents"))),
     };
     for (i, node) in nodes.into_iter().enumerate() {
@@ -148,32 +190,6 @@ async fn interrupted() -> &'static str {
     }
 }
 
-/// The store URL with each database host replaced by a delaying proxy to it.
-async fn through_slow_links(store: &StoreKind, args: &BenchArgs) -> Result<StoreKind, CliError> {
-    let StoreKind::Postgres(url) = store else { return Ok(store.clone()) };
-    let url = url.expose();
-    let delay = delay::Delay {
-        delay: Duration::from_millis(args.db_delay_ms),
-        jitter: Duration::from_millis(args.db_jitter_ms),
-    };
-    let scheme = "postgres://";
-    let rest = url.strip_prefix(scheme).or_else(|| url.strip_prefix("postgresql://")).unwrap_or(url);
-    let hosts_start = url.len() - rest.len() + rest.find('@').map_or(0, |at| at + 1);
-    let hosts_end = url[hosts_start..].find(['/', '?']).map_or(url.len(), |end| hosts_start + end);
-    let mut proxies = Vec::new();
-    for host in url[hosts_start..hosts_end].split(',') {
-        let upstream = tokio::net::lookup_host(host)
-            .await
-            .map_err(|error| CliError::Config(format!("--db-delay-ms: {host}: {error}")))?
-            .next()
-            .ok_or_else(|| CliError::Config(format!("--db-delay-ms: {host} has no address (give host:port)")))?;
-        proxies.push(delay::start(upstream, delay).await.map_err(failed)?.to_string());
-    }
-    eprintln!("the nodes reach the database through {} ms +- {} ms each way", args.db_delay_ms, args.db_jitter_ms);
-    let delayed = format!("{}{}{}", &url[..hosts_start], proxies.join(","), &url[hosts_end..]);
-    delayed.parse().map_err(CliError::Config)
-}
-
 /// libfaketime's variables for a node whose wall clock is `seconds` off
 /// (its monotonic clock, which timers and deadlines use, left alone).
 fn skewed_clock(seconds: i64) -> Result<Vec<(&'static str, String)>, CliError> {
@@ -194,7 +210,7 @@ async fn run_day(
     args: &BenchArgs,
     cluster: &Cluster,
     population: &Population,
-    nodes: &[ServerProcess],
+    (nodes, links): (&[ServerProcess], &[NodeLink]),
     certs_dir: &Path,
 ) -> Result<Value, CliError> {
     let authorities: HashMap<&str, &LocalAuthority> =
@@ -225,16 +241,37 @@ async fn run_day(
     }
     let agent_set: HashSet<&str> = agent_las.iter().map(|authority| authority.ods_code.as_str()).collect();
 
+    // Each organisation searches through one node, and through the next ones
+    // when it fails or does not answer in time (as behind a load balancer).
     let mut searchers = Vec::new();
     for i in 0..args.organisations.max(1) {
         let pem = cluster.identity(&format!("RZ{i:03}"), &format!("SYNTHETIC TRUST {i}"), "unscheduled-care")?;
-        searchers.push(LookupClient::new(cluster.channel(i, &pem).await?));
+        let mut by_node = vec![LookupClient::new(cluster.channel(i, &pem).await?)];
+        for next in 1..cluster.urls.len() {
+            by_node.push(LookupClient::new(cluster.lazy_channel(i + next, &pem)?));
+        }
+        searchers.push(by_node);
     }
     let gp = cluster.identity("Y09999", "SYNTHETIC GP PRACTICE", "scheduled-care")?;
     let mut probes = Vec::new();
     for node in 0..cluster.urls.len() {
         probes.push(LookupClient::new(cluster.channel(node, &gp).await?));
     }
+    let faults = if args.network_faults {
+        let (la, records) = plans.iter().next().ok_or_else(|| failed("no authority holds a plan"))?;
+        let authority = authorities[la];
+        let pem = cluster.identity(&authority.ods_code, &authority.name, "social-care")?;
+        let probe = CutProbe {
+            upload_to_node2: cluster.channel(1, &pem).await?,
+            authority: authority.clone(),
+            record: records[0].clone(),
+            node1: probes[0].clone(),
+        };
+        let grpc_ports = nodes.iter().map(ServerProcess::grpc_port).collect::<Option<Vec<u16>>>();
+        Some(Faults::new(links, grpc_ports.ok_or_else(|| failed("a node's port is unknown"))?, probe, args)?)
+    } else {
+        None
+    };
 
     let cpu_before: Vec<Option<f64>> = nodes.iter().map(|node| node.pid().and_then(cpu::process_cpu_seconds)).collect();
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -255,6 +292,9 @@ async fn run_day(
             let seen =
                 tally.lock().map(|tally| (tally.answered, tally.errors.values().sum::<u64>())).unwrap_or_default();
             eprintln!("{hour:02}:00  {launched} searches sent, {} answered, {} failed", seen.0, seen.1);
+            if let Some(faults) = &faults {
+                faults.at_hour(hour, Duration::from_secs_f64(args.day_seconds / 24.0), &mut chores);
+            }
             if hour == 2 {
                 let (channels, plans, uploads) = (la_channels.clone(), plans_owned(&plans), Arc::clone(&uploads));
                 let authorities = population.authorities.clone();
@@ -276,16 +316,19 @@ async fn run_day(
             } else {
                 (population.unflagged[rng.random_range(0..population.unflagged.len())].clone(), None)
             };
-            let mut lookup = searchers[launched % searchers.len()].clone();
+            let lookups = searchers[launched % searchers.len()].clone();
             let tally = Arc::clone(&tally);
             let user = format!("nd-{launched}");
             searches.spawn(async move {
-                let request = crate::bench::search_request(target.0, user.clone());
+                let mut request = crate::bench::search_request(target.0, user.clone());
+                // The same request on every node tried: the relay records it once.
+                request.request_id = user.clone();
                 let sent = Instant::now();
-                let result = lookup.search(request).await;
+                let (result, tries) = search_failing_over(lookups, request).await;
                 let at = Instant::now();
                 drop(permit);
                 let Ok(mut tally) = tally.lock() else { return };
+                tally.retried += u64::from(tries > 1 && result.is_ok());
                 tally.latencies.saturating_record((at - sent).as_micros() as u64);
                 match result {
                     Ok(response) => {
@@ -356,6 +399,7 @@ async fn run_day(
         "initial_load_seconds": initial_load_seconds,
         "searches": {"sent": launched, "answered": tally.answered, "flagged_answered": tally.flagged.len(),
                      "answered_wrongly": tally.wrong, "failed": tally.errors,
+                     "answered_by_another_node": tally.retried,
                      "latency_ms": {"p50": ms(tally.latencies.value_at_quantile(0.5)),
                                     "p99": ms(tally.latencies.value_at_quantile(0.99)), "max": ms(tally.latencies.max())}},
         "notifications": {"expected": tally.flagged.len(), "at_agents": delivery, "in_backlogs": backlog, "lost": lost},
@@ -363,6 +407,7 @@ async fn run_day(
                          "records_changed": uploads.changed_records, "seen_on_every_node_ms": propagation,
                          "failures": uploads.failures},
         "nodes_use": node_reports,
+        "faults": faults.map(|faults| faults.report()),
     }))
 }
 

@@ -34,7 +34,7 @@ pub(super) fn plans_owned(plans: &HashMap<&str, Vec<proto::PlanRecord>>) -> Hash
     plans.iter().map(|(la, records)| ((*la).to_owned(), records.clone())).collect()
 }
 
-async fn upload(
+pub(super) async fn upload(
     channel: Channel,
     mode: proto::UploadMode,
     authority: &LocalAuthority,
@@ -142,29 +142,41 @@ pub(super) async fn incremental(
         let uploaded = Instant::now();
         let wanted = probe_record.address.clone().unwrap_or_default().lines;
         for probe in &probes {
-            let mut probe = probe.clone();
-            let mut request = crate::bench::search_request(probe_record.nhs_number.clone(), "nd-probe".into());
-            request.care_setting = proto::CareSetting::GeneralPractice as i32;
-            let seen = tokio::time::timeout(Duration::from_secs(30), async {
-                loop {
-                    if let Ok(response) = probe.search(request.clone()).await
-                        && response.into_inner().person.and_then(|person| person.address).map(|a| a.lines)
-                            == Some(wanted.clone())
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-            .await;
+            let seen = shows(probe, &probe_record.nhs_number, &wanted, Duration::from_secs(30)).await;
             let mut uploads = uploads.lock().await;
-            match seen {
-                Ok(()) => uploads.propagation.push(uploaded.elapsed().as_secs_f64() * 1000.0),
-                Err(_) => uploads.failures.push(format!("{la}: a change not seen on a node within 30 s")),
+            if seen {
+                uploads.propagation.push(uploaded.elapsed().as_secs_f64() * 1000.0);
+            } else {
+                uploads.failures.push(format!("{la}: a change not seen on a node within 30 s"));
             }
         }
         let mut uploads = uploads.lock().await;
         uploads.incremental += 1;
         uploads.changed_records += count;
     }
+}
+
+/// Whether `probe`'s node shows `nhs_number` at the address `wanted` within
+/// `within` (searched as scheduled care, which notifies no one).
+pub(super) async fn shows(
+    probe: &LookupClient<Channel>,
+    nhs_number: &str,
+    wanted: &[String],
+    within: Duration,
+) -> bool {
+    let mut probe = probe.clone();
+    let mut request = crate::bench::search_request(nhs_number.to_owned(), "nd-probe".into());
+    request.care_setting = proto::CareSetting::GeneralPractice as i32;
+    tokio::time::timeout(within, async {
+        loop {
+            if let Ok(response) = probe.search(request.clone()).await
+                && response.into_inner().person.and_then(|person| person.address).is_some_and(|a| a.lines == wanted)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok()
 }

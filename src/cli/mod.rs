@@ -6,6 +6,7 @@ mod audit;
 mod audit_proof;
 mod bench;
 mod bench_day;
+mod bench_day_faults;
 mod bench_day_uploads;
 mod bench_grpc;
 mod clients;
