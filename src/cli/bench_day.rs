@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 use super::{
     CliError,
     bench::BenchArgs,
-    bench_day_faults::{CutProbe, Faults, NodeLink, node_links},
+    bench_day_faults::{CutProbe, Faults, NodeLink, node_links, search_failing_over},
     bench_day_uploads::{Uploads, change_some, incremental, nightly, plans_owned, refresh_all},
     exit,
 };
@@ -77,36 +77,6 @@ impl Cluster {
     fn lazy_channel(&self, node: usize, pem: &PemText) -> Result<Channel, CliError> {
         Ok(client::endpoint(&self.urls[node % self.urls.len()], pem, None).map_err(failed)?.connect_lazy())
     }
-}
-
-/// How long a search may take on one node before the next is tried: longer
-/// than a node takes to answer while it cannot write (its store write
-/// timeout), so only a node that cannot be reached is left.
-const SEARCH_DEADLINE: Duration = Duration::from_secs(10);
-
-/// A search through the first of `lookups` that answers; how many were tried.
-async fn search_failing_over(
-    lookups: Vec<LookupClient<Channel>>,
-    request: proto::SearchRequest,
-) -> (Result<tonic::Response<proto::SearchResponse>, tonic::Status>, usize) {
-    let (mut result, count) = (Err(tonic::Status::unavailable("no node to search")), lookups.len());
-    for (tried, mut lookup) in lookups.into_iter().enumerate() {
-        let mut call = tonic::Request::new(request.clone());
-        call.set_timeout(SEARCH_DEADLINE);
-        result = lookup.search(call).await;
-        match &result {
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Cancelled
-                        | tonic::Code::Unknown
-                ) => {}
-            _ => return (result, tried + 1),
-        }
-    }
-    (result, count)
 }
 
 pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {

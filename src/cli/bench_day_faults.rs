@@ -1,4 +1,6 @@
-//! The national day's links and network faults (see `bench_day`). With
+//! The national day's links, network faults, and its clients' failing over
+//! (see `bench_day`): an organisation's search that fails or gets no answer
+//! in time goes to the next node, with the same `request_id`. With
 //! `--db-delay-ms` or `--network-faults`, each node reaches the database
 //! through proxies of its own (`bench::delay`), one per database host, so its
 //! link can be slowed, made lossy or cut alone. `--network-faults` (root, in a
@@ -239,4 +241,34 @@ impl Faults {
     pub(super) fn report(&self) -> Value {
         Value::Array(self.events.lock().map(|events| events.clone()).unwrap_or_default())
     }
+}
+
+/// How long a search may take on one node before the next is tried: longer
+/// than a node takes to answer while it cannot write (its store write
+/// timeout), so only a node that cannot be reached is left.
+const SEARCH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A search through the first of `lookups` that answers; how many were tried.
+pub(super) async fn search_failing_over(
+    lookups: Vec<LookupClient<Channel>>,
+    request: proto::SearchRequest,
+) -> (Result<tonic::Response<proto::SearchResponse>, tonic::Status>, usize) {
+    let (mut result, count) = (Err(tonic::Status::unavailable("no node to search")), lookups.len());
+    for (tried, mut lookup) in lookups.into_iter().enumerate() {
+        let mut call = tonic::Request::new(request.clone());
+        call.set_timeout(SEARCH_DEADLINE);
+        result = lookup.search(call).await;
+        match &result {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                ) => {}
+            _ => return (result, tried + 1),
+        }
+    }
+    (result, count)
 }
