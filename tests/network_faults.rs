@@ -317,18 +317,8 @@ async fn a_slow_link_to_the_database_loses_no_notification_and_brings_every_plan
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(31);
     let (people, later) = (&people[..30], &people[30..]);
-    let mut nodes = Vec::new();
-    for url in [&slow_url, &url] {
-        let dir = tempfile::tempdir().unwrap();
-        pki.write_server_layout(&dir.path().join("certs"));
-        let mut running =
-            start(dir.path(), &["--store", url, "--feed-poll-ms", "200", "--search-rate-per-second", "0"], "warn")
-                .await;
-        let mut stderr = running.stderr.take().unwrap();
-        tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
-        nodes.push((running, dir));
-    }
-    let (n1, n2) = (&nodes[0].0, &nodes[1].0);
+    let (n1, _n1_dir) = pg_node(&pki, &slow_url).await;
+    let (n2, _n2_dir) = pg_node(&pki, &url).await;
     load_people(&n1.url, None, &la, people).await;
 
     let (load, stop) = Load::new();

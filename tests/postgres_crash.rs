@@ -18,18 +18,6 @@ use common::*;
 use pg_load::*;
 use postgres::PgCluster;
 
-/// A relay node as a subprocess on `url`, with its own data directory (the spill).
-async fn node(pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    pki.write_server_layout(&dir.path().join("certs"));
-    let mut running =
-        start(dir.path(), &["--store", url, "--feed-poll-ms", "200", "--search-rate-per-second", "0"], "warn").await;
-    // Drained, or a relay logging many failed writes would block on a full pipe.
-    let mut stderr = running.stderr.take().unwrap();
-    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
-    (running, dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_one_node_while_both_take_searches_loses_no_notification_and_duplicates_none() {
     let cluster = PgCluster::start();
@@ -37,9 +25,9 @@ async fn sigkill_of_one_node_while_both_take_searches_loses_no_notification_and_
     let pki = Pki::new();
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
-    let (mut a, _a_dir) = node(&pki, &url).await;
+    let (mut a, _a_dir) = pg_node(&pki, &url).await;
     load_people(&a.url, None, &la, &people).await;
-    let (b, _b_dir) = node(&pki, &url).await;
+    let (b, _b_dir) = pg_node(&pki, &url).await;
 
     let (load, stop) = Load::new();
     let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
@@ -70,7 +58,7 @@ async fn restarting_postgres_under_load_holds_then_writes_every_notification_onc
     let pki = Pki::new();
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
-    let (a, _a_dir) = node(&pki, &url).await;
+    let (a, _a_dir) = pg_node(&pki, &url).await;
     load_people(&a.url, None, &la, &people).await;
 
     let (load, stop) = Load::new();
@@ -118,9 +106,9 @@ async fn the_synchronous_standby_away_holds_notifications_and_writes_each_once_w
     let pki = Pki::new();
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
-    let (a, _a_dir) = node(&pki, &url).await;
+    let (a, _a_dir) = pg_node(&pki, &url).await;
     load_people(&a.url, None, &la, &people).await;
-    let (b, _b_dir) = node(&pki, &url).await;
+    let (b, _b_dir) = pg_node(&pki, &url).await;
 
     let (load, stop) = Load::new();
     let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));
@@ -160,10 +148,10 @@ async fn failover_to_a_synchronous_standby_loses_nothing_acknowledged() {
     let pki = Pki::new();
     let (ed, la) = (pki.client_pem("ed-rr8"), pki.client_pem("la-706"));
     let people = nhs_numbers(30);
-    let (a, _a_dir) = node(&pki, &url).await;
+    let (a, _a_dir) = pg_node(&pki, &url).await;
     load_people(&a.url, None, &la, &people).await;
     // Started after the upload, so its index holds it from the start.
-    let (b, _b_dir) = node(&pki, &url).await;
+    let (b, _b_dir) = pg_node(&pki, &url).await;
 
     let (load, stop) = Load::new();
     let (answered, count) = (Arc::clone(&load.answered), Arc::clone(&load.count));

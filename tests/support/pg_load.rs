@@ -21,6 +21,19 @@ use tokio::sync::watch;
 use super::common::*;
 use super::postgres::PgCluster;
 
+/// A relay node as a subprocess on the database at `url` (polling it every
+/// 200 ms, no search rate limit), with its own data directory (the spill).
+pub async fn pg_node(pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    pki.write_server_layout(&dir.path().join("certs"));
+    let mut running =
+        start(dir.path(), &["--store", url, "--feed-poll-ms", "200", "--search-rate-per-second", "0"], "warn").await;
+    // Drained, or a relay logging many failed writes would block on a full pipe.
+    let mut stderr = running.stderr.take().unwrap();
+    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
+    (running, dir)
+}
+
 /// Answered searches, by user (each search has its own user and request id).
 pub type Answered = Arc<Mutex<HashSet<String>>>;
 
