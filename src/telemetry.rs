@@ -143,6 +143,7 @@ fn register_known_label_sets() {
     metrics::counter!("cpis_notifications_emitted_total").absolute(0);
     metrics::counter!("cpis_notifications_delivered_total").absolute(0);
     metrics::gauge!("cpis_notifications_held").set(0.0);
+    metrics::gauge!("cpis_notifications_quarantined").set(0.0);
     metrics::gauge!("cpis_search_retries_waiting").set(0.0);
     metrics::gauge!("cpis_index_lag_seconds").set(0.0);
     metrics::gauge!("cpis_clock_offset_seconds").set(0.0);
@@ -194,6 +195,10 @@ fn describe_metrics() {
         "Notifications refused because max_held_notifications searches were already held."
     );
     describe_counter!("cpis_spill_failures_total", "Held searches that could not be written to the spill file.");
+    describe_gauge!(
+        "cpis_notifications_quarantined",
+        "Searches set aside in the quarantine: the store refused their record every time it was tried alone. Their local authorities are not notified until an operator replays or exports them."
+    );
     describe_gauge!("cpis_plans", "Plans held, by type.");
     describe_counter!("cpis_uploads_total", "Uploads by status: all_loaded, partial, none_loaded.");
     describe_histogram!(
@@ -205,6 +210,10 @@ fn describe_metrics() {
     describe_counter!("cpis_store_changes_total", "Changes carried by committed store transactions.");
     describe_counter!("cpis_store_sync_failures_total", "Store transactions that failed.");
     describe_counter!("cpis_store_failures_total", "Operations that could not be stored, by operation.");
+    describe_counter!(
+        "cpis_store_refusals_total",
+        "Writes the store refused for the record's sake (it is working), by operation."
+    );
     describe_gauge!(
         "cpis_store_broken",
         "1 once the embedded store's journal could not be written or synced: the relay is stopping (exit status 74) to replay it."

@@ -342,3 +342,137 @@ async fn a_second_relay_on_the_same_data_directory_is_refused() {
     );
     drop(first);
 }
+
+/// Settings that retry held searches quickly, spilling to `dir` when given.
+fn quick_retries(dir: Option<&Path>) -> RelaySettings {
+    RelaySettings {
+        spill_dir: dir.map(Path::to_owned),
+        held_retry_backoff: (Duration::from_millis(10), Duration::from_millis(100)),
+        ..RelaySettings::default()
+    }
+}
+
+/// Users of the notifications of la-706 stored in `relay`'s store, in sequence order.
+async fn stored_users(store: &std::sync::Arc<dyn cpis_relay::store::Store>) -> Vec<String> {
+    let stored = store.notifications_after("706", 0, 1000).await.unwrap();
+    stored.into_iter().map(|notification| notification.access.accessor.user_id).collect()
+}
+
+/// The store refuses one search's record every time it is tried (as
+/// PostgreSQL refuses a value it cannot keep), while it takes the others.
+/// Before the quarantine that search stayed at the front of the held queue
+/// for ever: the node never became ready again and every retry behind it failed.
+async fn a_refused_search_is_quarantined(relay: &TestRelay) {
+    let child = nhs(11);
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    relay.faults.refuse_searches_by(Some("poison"));
+    let mut lookup = relay.lookup().await;
+    let answer = lookup.search(search_request(&child, "poison", "p1")).await.unwrap().into_inner();
+    assert!(answer.flagged, "the clinician is answered whatever the store does");
+    assert_eq!(*relay.relay.store_health().borrow(), StoreHealth::Failing, "held: not ready");
+    for user in ["good-1", "good-2", "good-3"] {
+        assert!(lookup.search(search_request(&child, user, user)).await.unwrap().into_inner().flagged);
+    }
+    // A guard against a hang, not a timed assertion: without the quarantine it never comes.
+    tokio::time::timeout(Duration::from_secs(60), wait_for_health(relay, ServingStatus::Serving))
+        .await
+        .expect("ready again once the refused search is set aside");
+    assert_eq!(admin_get(relay.admin, "/readyz").await.0, 200, "ready again once the search is set aside");
+    assert_eq!((relay.relay.hub().held(), relay.relay.quarantined()), (0, 1));
+    assert_eq!(relay_metric(relay.admin, "cpis_notifications_quarantined").await, Some(1.0));
+    let mut users = stored_users(&relay.store).await;
+    users.sort();
+    assert_eq!(users, ["good-1", "good-2", "good-3"], "the others stored once each, the refused one set aside");
+}
+
+#[tokio::test]
+async fn a_search_the_memory_store_always_refuses_is_quarantined_and_the_node_is_ready_again() {
+    let relay = TestRelay::start_with(StoreChoice::Memory, quick_retries(None)).await;
+    a_refused_search_is_quarantined(&relay).await;
+}
+
+#[tokio::test]
+async fn a_quarantined_search_survives_a_restart_and_is_listed_exported_and_replayed_by_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let clock = std::sync::Arc::new(cpis_relay::clock::ManualClock::new(test_start()));
+    let relay = TestRelay::serve(Pki::new(), store, clock, quick_retries(Some(dir.path())), dir).await;
+    a_refused_search_is_quarantined(&relay).await;
+
+    // A restart: still quarantined (not held again from the spill), and the node ready.
+    let (pki, store, clock, dir) = relay.stop().await;
+    drop(store);
+    let reopened = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let relay = TestRelay::serve(pki, reopened, clock, quick_retries(Some(dir.path())), dir).await;
+    assert_eq!((relay.relay.hub().held(), relay.relay.quarantined()), (0, 1));
+    assert_eq!(relay_metric(relay.admin, "cpis_notifications_quarantined").await, Some(1.0));
+    assert_eq!(*relay.relay.store_health().borrow(), StoreHealth::Ok);
+
+    let cli = |args: &[&str], data_dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+            .args(["quarantine"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .output()
+            .unwrap()
+    };
+    let listed = cli(&["list"], relay.dir.path());
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(text.contains("1 searches quarantined") && text.contains("notifies 706"), "{text}");
+    assert!(!text.contains(&nhs(11)) && !text.contains("poison"), "no personal data in the list: {text}");
+    let export = relay.dir.path().join("quarantined.jsonl");
+    let exported = cli(&["export", "--out", export.to_str().unwrap()], relay.dir.path());
+    assert!(exported.status.success(), "{exported:?}");
+    let lines = std::fs::read_to_string(&export).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["search"]["access"]["accessor"]["user_id"], "poison", "the export is whole: {entry}");
+    assert_eq!(entry["search"]["drafts"][0]["la_ods_code"], "706");
+
+    // Replay needs the data directory: refused while the relay runs.
+    let refused = cli(&["replay"], relay.dir.path());
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop the relay first"), "{refused:?}");
+    let (_pki, store, _clock, dir) = relay.stop().await;
+    drop(store);
+    let replayed = cli(&["replay"], dir.path());
+    assert!(replayed.status.success(), "{replayed:?}");
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains("1 quarantined searches stored"), "{replayed:?}");
+    let reopened: std::sync::Arc<dyn cpis_relay::store::Store> =
+        std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let users = stored_users(&reopened).await;
+    assert_eq!(users.iter().filter(|user| *user == "poison").count(), 1, "replayed and notified once: {users:?}");
+    drop(reopened);
+    let listed = cli(&["list"], dir.path());
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("0 searches quarantined"), "{listed:?}");
+}
+
+/// Once searches are held the node knows its store is failing: a new search
+/// is held at once, never waiting on the store. Before, each new search
+/// waited for its own write first (on PostgreSQL, the whole write timeout).
+#[tokio::test]
+async fn once_searches_are_held_a_new_search_is_held_without_waiting_for_the_store() {
+    let settings = RelaySettings {
+        held_retry_backoff: (Duration::from_secs(3600), Duration::from_secs(3600)),
+        ..RelaySettings::default()
+    };
+    let relay = TestRelay::start_with(StoreChoice::Embedded, settings).await;
+    let child = nhs(12);
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    relay.faults.fail_writes(true);
+    let mut lookup = relay.lookup().await;
+    lookup.search(search_request(&child, "first", "r1")).await.unwrap();
+    assert_eq!(relay.relay.hub().held(), 1);
+    // Writes now wait for ever: a search that tried the store would never answer.
+    relay.faults.fail_writes(false);
+    relay.faults.stall_writes(true);
+    let answer = tokio::time::timeout(Duration::from_secs(30), lookup.search(search_request(&child, "second", "r2")))
+        .await
+        .expect("answered without waiting on the stalled store")
+        .unwrap();
+    assert!(answer.into_inner().flagged);
+    assert_eq!(relay.relay.hub().held(), 2);
+    assert_eq!(*relay.faults.stalled_changes().borrow(), 0, "nothing reached the store");
+    relay.faults.stall_writes(false);
+}

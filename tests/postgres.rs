@@ -323,9 +323,19 @@ async fn audit_export_retention_and_store_check_work_on_postgres() {
     assert!(report.contains("706 misses sequences 2..2"), "{report}");
 }
 
-/// A flagged search as the relay records it: an access by `user` with one draft per authority.
 /// A search of person 20 by `user`, notifying `authorities`, as the relay records it.
 async fn recorded(store: &dyn Store, id: u128, user: &str, request: &str, authorities: &[&str]) -> Recorded {
+    try_recorded(store, id, user, request, authorities).await.unwrap()
+}
+
+/// [`recorded`], with the store's error.
+async fn try_recorded(
+    store: &dyn Store,
+    id: u128,
+    user: &str,
+    request: &str,
+    authorities: &[&str],
+) -> Result<Recorded, cpis_relay::store::StoreError> {
     use cpis_relay::model::{AccessEvent, Accessor, CareSetting, NotificationDraft, PlanType as Type};
     let access = AccessEvent {
         id,
@@ -348,7 +358,7 @@ async fn recorded(store: &dyn Store, id: u128, user: &str, request: &str, author
             team_code: "T1".into(),
         })
         .collect();
-    store.record_access(access, drafts).await.unwrap()
+    store.record_access(access, drafts).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,4 +407,80 @@ async fn accesses_take_gapless_log_positions_a_held_retry_gets_its_own_answer_an
     assert_eq!((users(&others), others.next), (vec!["u1".to_owned(), "u3".to_owned()], 4), "node two skips its own");
     let nothing = third.feed().unwrap().accesses_from(4, 10).await.unwrap();
     assert_eq!((nothing.accesses.len(), nothing.next), (0, 4), "nothing past the log's end");
+}
+
+/// A batch of searches PostgreSQL refuses for one record's sake (here a
+/// CHECK constraint; in the field, a value it cannot keep) is split until
+/// that record is alone: the searches batched with it are stored, and only
+/// it gets the refusal, as `Rejected` (about the record, not the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refused_record_fails_alone_and_the_searches_batched_with_it_are_stored() {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&options(&url)).await.unwrap());
+    recorded(&*store, 100, "warm-up", "w", &["706"]).await;
+    cluster.psql("cpis", "ALTER TABLE cpis_accesses ADD CONSTRAINT test_refuses CHECK (user_id <> 'poison')");
+    let users: Vec<String> = (0..40).map(|i| if i == 17 { "poison".to_owned() } else { format!("good-{i}") }).collect();
+    let results = futures::future::join_all(
+        users.iter().enumerate().map(|(i, user)| try_recorded(&*store, 200 + i as u128, user, user, &["706"])),
+    )
+    .await;
+    for (user, result) in users.iter().zip(&results) {
+        match (user.as_str(), result) {
+            ("poison", Err(error)) => assert!(error.is_about_the_record(), "{error}"),
+            ("poison", Ok(answer)) => panic!("the refused record was stored: {answer:?}"),
+            (_, Ok(Recorded::Notified(notifications))) => assert_eq!(notifications.len(), 1),
+            (user, other) => panic!("{user}: {other:?}"),
+        }
+    }
+    let stored = cluster.psql("cpis", "SELECT count(*) FROM cpis_notifications WHERE la_ods_code = '706'");
+    assert_eq!(stored, "40", "the warm-up and the 39 batched with the refused one");
+}
+
+/// A search PostgreSQL always refuses no longer takes the node out of
+/// service: it is quarantined, the node is ready again, and once the cause
+/// is gone the operator replays it with the node stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_postgres_always_refuses_is_quarantined_and_replayed_once_the_cause_is_gone() {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let (pki, clock) = (Pki::new(), Arc::new(ManualClock::new(test_start())));
+    let node = node(&pki, &clock, &url).await;
+    let child = nhs(21);
+    node.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    cluster.psql("cpis", "ALTER TABLE cpis_accesses ADD CONSTRAINT test_refuses CHECK (user_id <> 'poison')");
+    let searches = ["poison", "good-1", "good-2", "good-3", "good-4"].map(|user| {
+        let (url, pem) = (node.url(), node.pki.client_pem("ed-rr8"));
+        let child = child.clone();
+        tokio::spawn(async move {
+            let mut lookup = cpis_relay::proto::lookup_client::LookupClient::new(
+                cpis_relay::client::connect(&url, &pem, None).await.unwrap(),
+            );
+            lookup.search(search_request(&child, user, user)).await.unwrap().into_inner().flagged
+        })
+    });
+    for search in searches {
+        assert!(search.await.unwrap(), "every clinician is answered");
+    }
+    tokio::time::timeout(Duration::from_secs(60), wait_for_health(&node, ServingStatus::Serving))
+        .await
+        .expect("ready again once the refused search is quarantined");
+    assert_eq!((node.relay.hub().held(), node.relay.quarantined()), (0, 1));
+    let users = cluster.psql("cpis", "SELECT string_agg(user_id, ',' ORDER BY user_id) FROM cpis_accesses");
+    assert_eq!(users, "good-1,good-2,good-3,good-4");
+
+    cluster.psql("cpis", "ALTER TABLE cpis_accesses DROP CONSTRAINT test_refuses");
+    let (_, store, _, dir) = node.stop().await;
+    drop(store);
+    let replayed = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["quarantine", "replay", "--store", &url, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(replayed.status.success(), "{replayed:?}");
+    let notified = cluster.psql(
+        "cpis",
+        "SELECT count(*) FROM cpis_notifications n JOIN cpis_accesses a ON a.id = n.access_id WHERE a.user_id = 'poison'",
+    );
+    assert_eq!(notified, "1", "replayed: stored and notified once");
 }

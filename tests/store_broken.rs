@@ -14,7 +14,7 @@ mod common;
 mod tmpfs;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -39,8 +39,9 @@ const MAX_SEARCHES: usize = 20_000;
 struct Outcomes {
     /// Users (one per search) whose search was answered.
     answered: HashSet<String>,
-    /// Users whose search was refused with UNAVAILABLE or left unanswered (to be retried).
-    refused: HashSet<String>,
+    /// Users whose search was refused with UNAVAILABLE or left unanswered (to be
+    /// retried), with the person each searched.
+    refused: HashMap<String, String>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +84,8 @@ async fn a_full_disk_stops_the_relay_with_status_74_and_the_restart_has_every_an
             let mut lookup = LookupClient::new(client::connect(&url, &ed, None).await.unwrap());
             for i in 0..MAX_SEARCHES {
                 let user = format!("full-{driver}-{i}");
-                match lookup.search(search_request(&people[i % people.len()], &user, &user)).await {
+                let person = &people[i % people.len()];
+                match lookup.search(search_request(person, &user, &user)).await {
                     Ok(answer) => {
                         assert!(answer.into_inner().flagged);
                         outcomes.lock().unwrap().answered.insert(user);
@@ -96,7 +98,7 @@ async fn a_full_disk_stops_the_relay_with_status_74_and_the_restart_has_every_an
                         let closed = std::error::Error::source(&status)
                             .is_some_and(|source| source.is::<tonic::transport::Error>());
                         assert!(status.code() == tonic::Code::Unavailable || closed, "{status:?}");
-                        outcomes.lock().unwrap().refused.insert(user);
+                        outcomes.lock().unwrap().refused.insert(user, person.clone());
                         return;
                     }
                 }
@@ -128,34 +130,47 @@ async fn a_full_disk_stops_the_relay_with_status_74_and_the_restart_has_every_an
     let mut server = start(dir.path(), &[], "warn").await;
     let mut notifications = NotificationsClient::new(client::connect(&server.url, &la, None).await.unwrap());
     let mut stream = notifications.subscribe(SubscribeRequest { after_sequence: Some(0) }).await.unwrap().into_inner();
-    let mut ids = HashSet::new();
-    let answered = outcomes.lock().unwrap().answered.clone();
-    notified(&mut stream, answered, &mut ids, "answered before the store broke").await;
-    // The refused searches are retried by their clients: now stored and notified once.
+    // The refused searches are retried by their clients as clients retry: the same
+    // person, user and request id. One the relay committed before it stopped (left
+    // unanswered) is recognised as that request's retry and not notified again.
     let mut lookup = LookupClient::new(client::connect(&server.url, &ed, None).await.unwrap());
-    let retried: Vec<String> = outcomes.lock().unwrap().refused.iter().cloned().collect();
-    for user in &retried {
-        assert!(lookup.search(search_request(&people[0], user, user)).await.unwrap().into_inner().flagged);
+    let retried: Vec<(String, String)> =
+        outcomes.lock().unwrap().refused.iter().map(|(user, person)| (user.clone(), person.clone())).collect();
+    for (user, person) in &retried {
+        assert!(lookup.search(search_request(person, user, user)).await.unwrap().into_inner().flagged);
     }
-    notified(&mut stream, retried.into_iter().collect(), &mut ids, "retried after the restart").await;
+    // A last search: committed after every retry, so any second notification of
+    // a search comes before its own.
+    assert!(lookup.search(search_request(&people[0], "marker", "marker")).await.unwrap().into_inner().flagged);
+    let counts = notifications_until(&mut stream, "marker").await;
+    let mut expected: HashSet<String> = outcomes.lock().unwrap().answered.clone();
+    expected.extend(retried.iter().map(|(user, _)| user.clone()));
+    for user in &expected {
+        assert_eq!(counts.get(user), Some(&1), "user {user}: every answered or retried search notified exactly once");
+    }
+    let unexpected: Vec<_> = counts.keys().filter(|user| !expected.contains(*user) && *user != "marker").collect();
+    assert!(unexpected.is_empty(), "notifications of searches never answered nor retried: {unexpected:?}");
     server.child.start_kill().unwrap();
     server.child.wait().await.unwrap();
 }
 
-/// Reads notifications until every one of `users` has one; fails naming
-/// those still missing once none comes for 10 s. Ids are unique across calls.
-async fn notified(
+/// Reads notifications until `last_user`'s arrives, counting them per user;
+/// fails once none comes for 10 s. Notification ids must be unique.
+async fn notifications_until(
     stream: &mut tonic::Streaming<cpis_relay::proto::AccessNotification>,
-    mut users: HashSet<String>,
-    ids: &mut HashSet<String>,
-    which: &str,
-) {
-    while !users.is_empty() {
+    last_user: &str,
+) -> HashMap<String, usize> {
+    let (mut counts, mut ids) = (HashMap::<String, usize>::new(), HashSet::new());
+    loop {
         let Ok(notification) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await else {
-            panic!("searches {which} have no notification after the restart: {users:?}");
+            panic!("no notification for 10 s before {last_user}'s; seen so far: {counts:?}");
         };
         let notification = notification.unwrap().expect("the stream to continue");
         assert!(ids.insert(notification.notification_id.clone()), "notification ids are unique");
-        users.remove(&notification.accessor.unwrap().user_id);
+        let user = notification.accessor.unwrap().user_id;
+        *counts.entry(user.clone()).or_default() += 1;
+        if user == last_user {
+            return counts;
+        }
     }
 }

@@ -12,6 +12,7 @@ mod bench_grpc;
 mod clients;
 mod deliver;
 mod demo;
+mod quarantine;
 mod sar;
 mod serve;
 mod token;
@@ -90,6 +91,8 @@ pub enum Command {
     Delete(clients::DeleteArgs),
     /// List every retained access of a person, as an auditor; `audit verify` checks the tamper-evident access log.
     Audit(audit::AuditArgs),
+    /// Searches set aside because the store refused their record every time: list, export, replay.
+    Quarantine(quarantine::QuarantineArgs),
     /// Write everything the relay holds about one person (subject access request), as an auditor: JSON and HTML with proofs.
     Sar(sar::SarArgs),
     /// Start a relay on the embedded defaults, load synthetic data, search and watch notifications arrive.
@@ -301,6 +304,18 @@ async fn run(command: Command) -> Result<u8, CliError> {
             for problem in &report.problems {
                 println!("  problem: {problem}");
             }
+            // The node's quarantine lives in its data directory, beside an embedded store.
+            if data_dir.is_dir() {
+                let quarantined = crate::relay::quarantine::read(&data_dir)
+                    .map_err(|error| CliError::Failed(format!("quarantine in {}: {error}", data_dir.display())))?;
+                println!("  {:<14} {:>12}", "quarantined", quarantined.quarantined.len());
+                if !quarantined.quarantined.is_empty() {
+                    println!(
+                        "  warning: searches are quarantined in {}: their local authorities are not notified (cpis-relay quarantine list)",
+                        data_dir.display()
+                    );
+                }
+            }
             Ok(if report.integrity_ok { exit::OK } else { exit::FAILURE })
         }
         Command::Synth(args) => clients::synth(args),
@@ -312,6 +327,7 @@ async fn run(command: Command) -> Result<u8, CliError> {
         Command::Export(args) => clients::export(args).await,
         Command::Delete(args) => clients::delete(args).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Quarantine(args) => quarantine::run(args).await,
         Command::Sar(args) => sar::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -191,7 +191,7 @@ impl FhirDoor {
             // the store's request key adds the organisation, user, person and
             // care setting. So only a retry of the same search notifies once:
             // a reused TraceID never suppresses another search's notification.
-            request_id: trace_id.map(|trace_id| format!("{resource}:{trace_id}")).unwrap_or_default(),
+            request_id: trace_id.map(|trace_id| request_id(resource, trace_id)).unwrap_or_default(),
             scheduled,
         };
         let outcome = self.relay.search(&identity, query).await?;
@@ -214,6 +214,21 @@ impl FhirDoor {
     fn user(&self, headers: &HeaderMap) -> Result<TokenUser, FhirError> {
         edge::required_bearer_user(headers, &self.tokens, Door::Fhir).map_err(FhirError::Unauthorized)
     }
+}
+
+/// The search's idempotency key: the resource and the TraceID as sent, or,
+/// when the two would be longer than a request id may be, the resource and
+/// the TraceID's SHA-256 (so every accepted TraceID works, and two TraceIDs
+/// never share a key).
+fn request_id(resource: &str, trace_id: &str) -> String {
+    let plain = format!("{resource}:{trace_id}");
+    if plain.len() <= crate::relay::MAX_TEXT_LEN {
+        return plain;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(trace_id.as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{resource}:sha256:{hex}")
 }
 
 /// `TraceID`, if sent: printable ASCII without spaces, at most 200 characters.

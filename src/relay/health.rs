@@ -2,7 +2,9 @@
 //! ack, retention, notification) goes through [`ReportingStore::apply`],
 //! which reports its outcome here. The store is `Failing` while the last
 //! write failed or any search's notifications are held, so readiness never
-//! flaps to healthy while held notifications remain. Reads report nothing:
+//! flaps to healthy while held notifications remain. A write the store
+//! refused for the record's sake ([`StoreError::is_about_the_record`]) is
+//! not a failing store: the held queue sets such a record aside. Reads report nothing:
 //! readiness is about whether what callers hand the relay is kept.
 
 use std::sync::{Arc, Mutex};
@@ -96,11 +98,21 @@ impl Store for ReportingStore {
         self.inner
             .apply(change)
             .map(move |result| {
-                if let Err(error) = &result {
-                    tracing::error!(%error, operation, "store write failed; not ready until a write succeeds");
-                    metrics::counter!("cpis_store_failures_total", "operation" => operation).increment(1);
-                }
-                health.wrote(result.is_ok());
+                let taking_writes = match &result {
+                    Ok(_) => true,
+                    // The store answered, refusing one record: it is not failing.
+                    Err(error) if error.is_about_the_record() => {
+                        tracing::error!(%error, operation, "the store refused a record");
+                        metrics::counter!("cpis_store_refusals_total", "operation" => operation).increment(1);
+                        true
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, operation, "store write failed; not ready until a write succeeds");
+                        metrics::counter!("cpis_store_failures_total", "operation" => operation).increment(1);
+                        false
+                    }
+                };
+                health.wrote(taking_writes);
                 result
             })
             .boxed()

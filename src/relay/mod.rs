@@ -19,8 +19,10 @@ mod notify;
 mod oversight;
 mod plans;
 mod proofs;
+pub mod quarantine;
 pub mod rate;
 mod retention;
+mod retry;
 mod search;
 mod sent;
 pub mod spill;
@@ -51,7 +53,7 @@ pub use search::{SearchOutcome, SearchQuery, ShownPlan};
 pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
 pub use subject::{LoggedAccess, SubjectAccess};
 pub use upload::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
-pub use validate::{Rejection, RejectionReason};
+pub use validate::{MAX_TEXT_LEN, Rejection, RejectionReason};
 
 /// Most records one upload may carry unless configured: room for the
 /// largest authority's plans (tens of thousands) many times over, while the

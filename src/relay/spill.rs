@@ -28,7 +28,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
 use crate::model::{AccessEvent, NotificationDraft};
@@ -80,7 +80,12 @@ fn checksum(payload: &[u8]) -> [u8; 8] {
 
 /// One record: header and payload.
 pub(super) fn encode(held: &HeldSearch) -> io::Result<Vec<u8>> {
-    let payload = postcard::to_allocvec(held).map_err(io::Error::other)?;
+    encode_record(held)
+}
+
+/// One record of any kind in the spill's framing (the quarantine file uses it too).
+pub(super) fn encode_record<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let payload = postcard::to_allocvec(value).map_err(io::Error::other)?;
     let len = u32::try_from(payload.len()).map_err(io::Error::other)?;
     let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
     record.extend_from_slice(&len.to_le_bytes());
@@ -93,26 +98,32 @@ pub(super) fn encode(held: &HeldSearch) -> io::Result<Vec<u8>> {
 /// resumes at the next offset where a whole record checks out (its length,
 /// 8 bytes of SHA-256 and its decoding all agree, which noise does not do).
 fn decode_all(bytes: &[u8]) -> Loaded {
-    let mut loaded = Loaded::default();
+    let (held, unreadable_bytes) = decode_records(bytes);
+    Loaded { held, unreadable_bytes, preserved: None }
+}
+
+/// Every record of kind `T` that checks out, and the bytes skipped.
+pub(super) fn decode_records<T: DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, u64) {
+    let (mut records, mut unreadable) = (Vec::new(), 0);
     let mut at = 0;
     while at < bytes.len() {
         match decode_one(&bytes[at..]) {
-            Some((held, used)) => {
-                loaded.held.push(held);
+            Some((record, used)) => {
+                records.push(record);
                 at += used;
             }
             None => {
-                let next = (at + 1..bytes.len()).find(|&start| decode_one(&bytes[start..]).is_some());
+                let next = (at + 1..bytes.len()).find(|&start| decode_one::<T>(&bytes[start..]).is_some());
                 let resume = next.unwrap_or(bytes.len());
-                loaded.unreadable_bytes += (resume - at) as u64;
+                unreadable += (resume - at) as u64;
                 at = resume;
             }
         }
     }
-    loaded
+    (records, unreadable)
 }
 
-fn decode_one(bytes: &[u8]) -> Option<(HeldSearch, usize)> {
+fn decode_one<T: DeserializeOwned>(bytes: &[u8]) -> Option<(T, usize)> {
     let header = bytes.get(..HEADER_BYTES)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     if len > MAX_RECORD_BYTES {
@@ -128,14 +139,14 @@ fn decode_one(bytes: &[u8]) -> Option<(HeldSearch, usize)> {
 
 /// Options that create the file readable by its owner only, whatever the
 /// umask: it holds NHS numbers and the names of clinicians.
-fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+pub(super) fn private(options: &mut OpenOptions) -> &mut OpenOptions {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
     options
 }
 
 /// Syncs a directory, so that a file created or renamed in it survives a crash.
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -2,6 +2,15 @@
 //! errors naming the field, and upload records become per-record
 //! [`Rejection`]s with a machine-readable reason. Messages never repeat the
 //! rejected value, so they are safe to log.
+//!
+//! Every text field is checked for content here, once, for every door (gRPC,
+//! FHIR, browser, upload files): a value no store can keep (PostgreSQL
+//! refuses NUL in text) or no screen should show (control characters, line
+//! separators, bidirectional overrides that make a name read as another,
+//! Unicode noncharacters) is refused naming the field, so the stores never
+//! see a value they cannot store. Lengths are in characters; every limit is
+//! small enough that its bytes (at most four per character) fit any store's
+//! key or index (PostgreSQL's B-tree entries take up to about 2,700 bytes).
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -44,6 +53,7 @@ pub enum RejectionReason {
     InvalidPlanType,
     UnexpectedField,
     FieldTooLong,
+    InvalidCharacter,
     Expired,
 }
 
@@ -58,6 +68,7 @@ impl RejectionReason {
             Self::InvalidPlanType => "INVALID_PLAN_TYPE",
             Self::UnexpectedField => "UNEXPECTED_FIELD",
             Self::FieldTooLong => "FIELD_TOO_LONG",
+            Self::InvalidCharacter => "INVALID_CHARACTER",
             Self::Expired => "EXPIRED",
         }
     }
@@ -126,7 +137,36 @@ fn bounded_text<'a>(text: &'a str, field: &str, max: usize) -> Result<&'a str> {
     if longer_than(trimmed, max) {
         return Err(Error::invalid(field, format!("is longer than {max} characters")));
     }
+    if let Some(problem) = unacceptable_character(trimmed) {
+        return Err(Error::invalid(field, problem));
+    }
     Ok(trimmed)
+}
+
+/// Why `text` cannot be kept, if it cannot: the first character that no
+/// store keeps or no screen should show, named by its code point (never the
+/// text around it, so the message is safe to log).
+pub fn unacceptable_character(text: &str) -> Option<String> {
+    text.chars().find_map(|character| {
+        let what = if character.is_control() {
+            "a control character"
+        } else if matches!(character, '\u{2028}' | '\u{2029}') {
+            "a line or paragraph separator"
+        } else if matches!(character, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') {
+            "a bidirectional override or isolate"
+        } else if is_noncharacter(character) {
+            "a Unicode noncharacter"
+        } else {
+            return None;
+        };
+        Some(format!("contains {what} (U+{:04X}), which is not accepted in text", u32::from(character)))
+    })
+}
+
+/// The 66 code points Unicode reserves never to be characters.
+fn is_noncharacter(character: char) -> bool {
+    let code = u32::from(character);
+    (0xFDD0..=0xFDEF).contains(&code) || code & 0xFFFE == 0xFFFE
 }
 
 /// Bytes bound characters from above: count characters only when it could matter.
@@ -295,6 +335,9 @@ fn text(
     }
     if longer_than(trimmed, max) {
         return Err((RejectionReason::FieldTooLong, format!("{field}: is longer than {max} characters")));
+    }
+    if let Some(problem) = unacceptable_character(trimmed) {
+        return Err((RejectionReason::InvalidCharacter, format!("{field}: {problem}")));
     }
     if trimmed.len() == value.len() { Ok(value) } else { Ok(trimmed.to_owned()) }
 }

@@ -1,7 +1,8 @@
 //! Fault injection for tests, outside every real store: [`FaultyStore`]
 //! wraps a store and makes its writes fail, as a full or broken disk or an
 //! unreachable database would, or wait, as a slow disk would, holding the
-//! changes until released. Reads pass through untouched.
+//! changes until released, or refuses one user's searches as a database
+//! refuses a value it cannot keep. Reads pass through untouched.
 //!
 //! `serve` wraps its store in one only in debug builds, when the test-only
 //! `CPIS_TEST_FAIL_STORE_WRITES=1` is set.
@@ -29,6 +30,8 @@ pub struct Faults {
     stalled: Arc<watch::Sender<bool>>,
     /// Changes waiting while writes are stalled, for tests to wait on.
     waiting: Arc<watch::Sender<usize>>,
+    /// Searches by this user are refused ([`StoreError::Rejected`]).
+    refused_user: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Default for Faults {
@@ -38,6 +41,7 @@ impl Default for Faults {
             fail_next: Arc::default(),
             stalled: Arc::new(watch::Sender::new(false)),
             waiting: Arc::new(watch::Sender::new(0)),
+            refused_user: Arc::default(),
         }
     }
 }
@@ -61,6 +65,18 @@ impl Faults {
     /// The next `count` writes fail, then writes pass again.
     pub fn fail_next_writes(&self, count: usize) {
         self.fail_next.store(count, Ordering::SeqCst);
+    }
+
+    /// Every search by `user_id` (while set) is refused for the record's sake,
+    /// as PostgreSQL refuses a value it cannot keep, whatever it is batched with.
+    pub fn refuse_searches_by(&self, user_id: Option<&str>) {
+        *self.refused_user.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = user_id.map(str::to_owned);
+    }
+
+    fn refuses(&self, change: &Change) -> bool {
+        let Change::RecordAccess { access, .. } = change else { return false };
+        let refused = self.refused_user.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        refused.as_deref() == Some(access.accessor.user_id.as_str())
     }
 
     async fn before_write(&self) -> Result<(), StoreError> {
@@ -101,6 +117,9 @@ impl Store for FaultyStore {
         let (inner, faults) = (Arc::clone(&self.inner), self.faults.clone());
         async move {
             faults.before_write().await?;
+            if faults.refuses(&change) {
+                return Err(StoreError::Rejected("refused by the test's fault switch".into()));
+            }
             inner.apply(change).await
         }
         .boxed()

@@ -178,3 +178,28 @@ async fn the_fhir_door_is_off_unless_configured_and_serve_opens_it_with_a_jwks_f
     assert!(!line.contains(&nhs(3)), "no NHS number at info: {line}");
     with_door.child.kill().await.unwrap();
 }
+
+/// A TraceID of the longest accepted length: with the resource in front it
+/// was longer than a request id may be, and the emergency search was refused.
+/// Now the key is the TraceID's hash, so the search answers, notifies, and a
+/// retry with the same TraceID is still recognised (no second notification).
+#[tokio::test]
+async fn the_longest_accepted_trace_id_works_and_its_retry_notifies_once() {
+    let relay = TestRelay::start_fhir().await;
+    let door = Door { relay: &relay };
+    let child = nhs(1);
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    let mut notifications = relay.subscribe("la-706").await;
+    let (long, other) = ("t".repeat(200), format!("{}u", "t".repeat(199)));
+    for trace_id in [&long, &long, &other] {
+        let answer = door.search("ed-rr8", "CareTeam", &child, "fhir-user", &[("TraceID", trace_id)]).await;
+        assert_eq!(answer.status, 200, "{:#}", answer.body);
+        assert_eq!(answer.trace_id.as_deref(), Some(trace_id.as_str()), "the TraceID is kept and echoed");
+    }
+    let first = next(&mut notifications).await;
+    let second = next(&mut notifications).await;
+    relay.lookup().await.search(search_request(&child, "grpc-user", "")).await.unwrap();
+    let third = next(&mut notifications).await;
+    let users = [first, second, third].map(|notification| notification.accessor.unwrap().user_id);
+    assert_eq!(users, ["fhir-user", "fhir-user", "grpc-user"], "the two TraceIDs once each: the retry not again");
+}

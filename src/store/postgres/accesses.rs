@@ -18,14 +18,23 @@
 //!    order (a subscriber never skips one) and batches never deadlock;
 //! 4. the accesses and notifications are inserted, and the other nodes are
 //!    woken with the authorities' new positions.
+//!
+//! No search waits longer than the write timeout for its answer, counting
+//! the time it queued behind a batch still in flight: a search whose time is
+//! up before a writer reaches it is answered with an error unsent (the relay
+//! holds it), and a batch gets only the time its oldest search has left.
+//! A batch the database refuses for one record's sake (SQLSTATE classes 22,
+//! 23, 54: [`StoreError::Rejected`]) is split in halves until that record is
+//! alone, so one bad record never fails the searches batched with it.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use deadpool_postgres::Pool;
+use futures::{FutureExt, future::BoxFuture};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -46,6 +55,8 @@ pub(super) struct AccessJob {
     pub access: AccessEvent,
     pub drafts: Vec<NotificationDraft>,
     pub reply: oneshot::Sender<Result<Applied, StoreError>>,
+    /// When the search handed it over: its answer is due a write timeout later.
+    pub queued_at: Instant,
 }
 
 /// Starts the writer; it ends when every sender is dropped. `timeout` bounds
@@ -80,9 +91,21 @@ pub(super) fn spawn_writer(
                     }
                     batch
                 };
+                // Searches whose time ran out while they queued are answered unsent
+                // (the relay holds them), so none waits past the write timeout.
+                let (batch, late): (Vec<AccessJob>, Vec<AccessJob>) =
+                    batch.into_iter().partition(|job| job.queued_at.elapsed() < timeout);
+                for job in late {
+                    let _ = job.reply.send(Err(StoreError::Io(format!(
+                        "no PostgreSQL writer was free within {} ms; not sent",
+                        timeout.as_millis()
+                    ))));
+                }
+                let Some(oldest) = batch.iter().map(|job| job.queued_at).min() else { continue };
                 batch_sizes.record(batch.len() as f64);
-                let started = std::time::Instant::now();
-                let result = match tokio::time::timeout(timeout, commit(&pool, &batch, node)).await {
+                let started = Instant::now();
+                let due = tokio::time::Instant::from_std(oldest + timeout);
+                let result = match tokio::time::timeout_at(due, commit_isolating(&pool, &batch, node)).await {
                     Ok(result) => result,
                     Err(_) => Err({
                         abandon.opened_before(started);
@@ -95,7 +118,7 @@ pub(super) fn spawn_writer(
                 match result {
                     Ok(answers) => {
                         for (job, answer) in batch.into_iter().zip(answers) {
-                            let _ = job.reply.send(Ok(answer));
+                            let _ = job.reply.send(answer);
                         }
                     }
                     Err(error) => {
@@ -192,6 +215,33 @@ UNION ALL
 SELECT 3, a.id, NULL, a.position, NULL, NULL FROM cpis_accesses a WHERE a.id IN (SELECT id FROM unclaimed)
 UNION ALL
 SELECT 4, NULL, NULL, NULL, NULL, NULL FROM woken";
+
+/// Commits a batch; if the database refuses it for a record's sake, commits
+/// each half on its own, down to the refused record alone, which alone gets
+/// the error. `Err` only when the store itself failed.
+fn commit_isolating<'a>(
+    pool: &'a Pool,
+    batch: &'a [AccessJob],
+    node: i64,
+) -> BoxFuture<'a, Result<Vec<Result<Applied, StoreError>>, StoreError>> {
+    async move {
+        match commit(pool, batch, node).await {
+            Ok(answers) => Ok(answers.into_iter().map(Ok).collect()),
+            Err(error) if error.is_about_the_record() && batch.len() > 1 => {
+                let (first, second) = batch.split_at(batch.len() / 2);
+                let mut answers = commit_isolating(pool, first, node).await?;
+                answers.extend(commit_isolating(pool, second, node).await?);
+                Ok(answers)
+            }
+            Err(error) if error.is_about_the_record() => {
+                tracing::warn!(%error, "PostgreSQL refused one search's record; the relay holds it and sets it aside if it keeps failing");
+                Ok(vec![Err(error)])
+            }
+            Err(error) => Err(error),
+        }
+    }
+    .boxed()
+}
 
 fn care_setting_code(access: &AccessEvent) -> &'static str {
     super::care_setting_text(access.care_setting)

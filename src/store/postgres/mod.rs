@@ -99,9 +99,22 @@ impl PostgresStore {
 
 /// A database error as the relay reports it: the server's code and message,
 /// never its DETAIL (which can quote a row's values, an NHS number among them).
+/// The server refusing what it was sent (SQLSTATE class 22, data exception
+/// such as NUL in text; 23, integrity constraint violation; 54, program
+/// limit exceeded such as an index row too large) is [`StoreError::Rejected`]:
+/// the same statement fails however often it is retried. Everything else
+/// (connections, timeouts, the server shutting down) is the store failing.
 pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
     match error.as_db_error() {
-        Some(db) => StoreError::Io(format!("PostgreSQL {}: {}", db.code().code(), db.message())),
+        Some(db) => {
+            let code = db.code().code();
+            let text = format!("PostgreSQL {code}: {}", db.message());
+            if ["22", "23", "54"].iter().any(|class| code.starts_with(class)) {
+                StoreError::Rejected(text)
+            } else {
+                StoreError::Io(text)
+            }
+        }
         None => StoreError::Io(format!("PostgreSQL: {error}")),
     }
 }
@@ -245,7 +258,8 @@ impl Store for PostgresStore {
         match change {
             Change::RecordAccess { access, drafts } => {
                 let (reply, answer) = oneshot::channel();
-                let sent = self.accesses.send(accesses::AccessJob { access, drafts, reply });
+                let queued_at = std::time::Instant::now();
+                let sent = self.accesses.send(accesses::AccessJob { access, drafts, reply, queued_at });
                 async move {
                     sent.map_err(|_| StoreError::Closed)?;
                     answer.await.map_err(|_| StoreError::Closed)?
