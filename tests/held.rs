@@ -476,3 +476,41 @@ async fn once_searches_are_held_a_new_search_is_held_without_waiting_for_the_sto
     assert_eq!(*relay.faults.stalled_changes().borrow(), 0, "nothing reached the store");
     relay.faults.stall_writes(false);
 }
+
+/// A client that goes away while its search is being stored leaves the
+/// commit running on its own: as a task of the relay's, which shutdown waits
+/// for, so the notification is not cut off by the process exiting. Before,
+/// it ran on an untracked task that shutdown never saw.
+#[tokio::test]
+async fn a_search_whose_client_went_away_finishes_its_commit_as_a_task_shutdown_waits_for() {
+    let relay = TestRelay::start().await;
+    let child = nhs(13);
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    let tasks_before = relay.relay.background_tasks();
+    relay.faults.stall_writes(true);
+    let mut stalled = relay.faults.stalled_changes();
+    let mut lookup = relay.lookup().await;
+    let search = tokio::spawn(async move { lookup.search(search_request(&child, "gone", "gone-1")).await });
+    stalled.wait_for(|waiting| *waiting == 1).await.unwrap();
+    // The client goes away mid-commit.
+    search.abort();
+    let _ = search.await;
+    // The commit goes on as one more of the relay's tasks (a guard against a hang: before, it never was one).
+    let tasks = relay.relay.clone();
+    let counted = async move {
+        while tasks.background_tasks() != tasks_before + 1 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), counted).await.expect("the commit is a task of the relay's");
+    relay.faults.stall_writes(false);
+    let tasks = relay.relay.clone();
+    let finished = async move {
+        while tasks.background_tasks() != tasks_before {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), finished).await.expect("the commit ends once the store takes it");
+    let stored = relay.store.notifications_after("706", 0, 10).await.unwrap();
+    assert_eq!(stored.len(), 1, "the search whose client went away is notified");
+}

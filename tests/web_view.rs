@@ -244,7 +244,7 @@ async fn the_inbox_streams_new_notifications_and_acknowledges_with_the_ack_curso
     assert!(la.get("/inbox?team=TEAM-A").await.body.contains(r#"id="n2""#));
     let other = la.get("/inbox?team=TEAM-B").await;
     assert!(!other.body.contains(r#"id="n2""#), "{}", other.body);
-    assert!(other.body.contains("/inbox/events?after=2&amp;team=TEAM%2DB"), "{}", other.body);
+    assert!(other.body.contains("/inbox/events?after=2&amp;others=1&amp;team=TEAM%2DB"), "{}", other.body);
     let beyond = la.post("/inbox/ack", &[("sequence", "9"), ("csrf", &inbox.csrf())]).await;
     assert_eq!(beyond.status, 400, "the domain's check of the sequence: {}", beyond.body);
     relay.stop().await;
@@ -465,4 +465,84 @@ async fn the_browser_views_logs_hold_no_personal_data_even_at_debug() {
     for personal in [number.as_str(), spaced.as_str(), "Zanzibarson", "Dr Alex Example", "555000000001"] {
         assert!(!logs.contains(personal), "{personal:?} in the logs:\n{logs}");
     }
+}
+
+/// Each rendered form is one search: sending it again (a reload, a second
+/// click) is that search's retry, notified once, and the card says so; and
+/// it never says "notified" of a notification that is only held.
+#[tokio::test]
+async fn a_resent_card_form_is_one_search_and_the_card_says_what_became_of_the_notification() {
+    let relay = WebRelay::start(RelaySettings::default()).await;
+    let flagged = nhs(1);
+    relay.load("706", &[&flagged]).await;
+    let ed = relay.user("user-ed-rr8");
+    let form = ed.get("/card").await;
+    let sent = [
+        ("nhs_number", flagged.as_str()),
+        ("care_setting", "EmergencyDepartment"),
+        ("csrf", &form.csrf()),
+        ("request_id", &form.field("request_id")),
+    ];
+    let first = ed.post("/card", &sent).await;
+    assert!(first.body.contains("The local authority has been notified"), "{}", first.body);
+    let again = ed.post("/card", &sent).await;
+    assert_eq!(again.status, 200);
+    assert!(again.body.contains(r#"id="cpis-flag""#), "the flag is shown again: {}", again.body);
+    assert!(again.body.contains(r#"id="notification-repeat""#), "{}", again.body);
+    assert!(!again.body.contains("has been notified"), "{}", again.body);
+    assert_eq!(backlog_706(&relay).await, 1, "one notification for the form sent twice");
+    assert_ne!(again.field("request_id"), form.field("request_id"), "the next search is a new form");
+
+    // The store fails: the notification is held, and the card says that, not "notified".
+    relay.faults.fail_writes(true);
+    let held = search(&ed, &flagged).await;
+    assert!(held.body.contains(r#"id="notification-held""#), "{}", held.body);
+    assert!(!held.body.contains("has been notified"), "{}", held.body);
+    relay.faults.fail_writes(false);
+}
+
+/// Browser inboxes have a budget of their own: tabs left open never take
+/// the subscriptions an authority's `deliver` agents need. And on a page
+/// filtered by team, a button that acknowledges other teams' notifications
+/// too (the cursor is cumulative) says how many.
+#[tokio::test]
+async fn open_inboxes_take_no_agent_subscription_and_a_filtered_button_says_what_else_it_acknowledges() {
+    let settings = RelaySettings { max_subscriptions_per_la: 1, ..RelaySettings::default() };
+    let relay = WebRelay::start(settings).await;
+    let (first, second) = (nhs(1), nhs(2));
+    let mut other_team = common::record(&second, cpis_relay::proto::PlanType::ChildProtection);
+    other_team.team_code = "TEAM-B".into();
+    relay.load("706", &[&first]).await;
+    relay.load_records("706", vec![other_team]).await;
+    let (ed, la) = (relay.user("user-ed-rr8"), relay.user("user-la-706"));
+    search(&ed, &first).await;
+    search(&ed, &second).await;
+
+    let tabs = [la.open("/inbox/events").await, la.open("/inbox/events").await];
+    assert!(tabs.iter().all(|tab| tab.status() == 200));
+    let channel = cpis_relay::client::connect(
+        &format!("https://localhost:{}", relay.grpc.port()),
+        &relay.pki.client_pem("la-706"),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut agent = cpis_relay::proto::notifications_client::NotificationsClient::new(channel);
+    let request = cpis_relay::proto::SubscribeRequest { after_sequence: Some(0) };
+    let mut stream = agent.subscribe(request).await.expect("the agent subscribes beside open inboxes").into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    let second_agent = agent.subscribe(request).await.map(|_| ()).expect_err("the agents' bound still holds");
+    assert_eq!(second_agent.code(), tonic::Code::ResourceExhausted);
+
+    let filtered = la.get("/inbox?team=TEAM-B").await;
+    assert!(filtered.body.contains(r#"id="n2""#) && !filtered.body.contains(r#"id="n1""#), "{}", filtered.body);
+    assert!(
+        filtered.body.contains("Acknowledge #2 and earlier, with 1 notification of other teams not shown here"),
+        "{}",
+        filtered.body
+    );
+    let unfiltered = la.get("/inbox").await;
+    assert!(!unfiltered.body.contains("other teams not shown"), "{}", unfiltered.body);
+    drop(tabs);
+    relay.stop().await;
 }

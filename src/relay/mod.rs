@@ -47,9 +47,9 @@ use crate::{
 };
 
 pub use inbox::{AuthorityBacklog, Inbox};
-pub use notify::Hub;
+pub use notify::{Follower, Hub, MAX_INBOX_VIEWS_PER_LA};
 pub use proofs::LogStatus;
-pub use search::{SearchOutcome, SearchQuery, ShownPlan};
+pub use search::{NotificationState, SearchOutcome, SearchQuery, ShownPlan};
 pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
 pub use subject::{LoggedAccess, SubjectAccess};
 pub use upload::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
@@ -366,6 +366,11 @@ impl Relay {
         F::Output: Send + 'static,
     {
         self.shared.tasks.spawn(work)
+    }
+
+    /// Tasks the relay started that are still running (shutdown waits for them).
+    pub fn background_tasks(&self) -> usize {
+        self.shared.tasks.len()
     }
 
     /// Shutdown, once the relay drains: waits until `deadline` for every task

@@ -46,7 +46,11 @@ struct AuthorityChannel {
     /// Highest committed sequence; subscribers wait on it.
     last_sequence: watch::Sender<u64>,
     acked_through: AtomicU64,
+    /// Case systems' and `deliver` agents' subscriptions (`cpis_subscribers`).
     subscribers: AtomicUsize,
+    /// Open browser inboxes: a budget of their own, so that tabs left open
+    /// never take the subscriptions the authority's agents need.
+    inbox_views: AtomicUsize,
     /// `cpis_notification_backlog{la}`, resolved once.
     backlog: metrics::Gauge,
 }
@@ -60,6 +64,7 @@ impl AuthorityChannel {
             last_sequence: watch::Sender::new(last_sequence),
             acked_through: AtomicU64::new(acked_through),
             subscribers: AtomicUsize::new(0),
+            inbox_views: AtomicUsize::new(0),
             backlog: metrics::gauge!("cpis_notification_backlog", "la" => la_ods_code.to_owned()),
         }
     }
@@ -167,29 +172,53 @@ impl Hub {
     }
 }
 
-/// Counts a subscriber for as long as its stream lives.
+/// Open browser inboxes one authority may have at once, besides its
+/// `max_subscriptions_per_la` subscriptions.
+pub const MAX_INBOX_VIEWS_PER_LA: usize = 32;
+
+/// Who follows an authority's notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follower {
+    /// A case system or `deliver` agent: `Notifications.Subscribe`.
+    Subscriber,
+    /// A browser's open inbox.
+    InboxView,
+}
+
+/// Counts a follower for as long as its stream lives.
 struct SubscriberGuard {
     la_ods_code: String,
     channel: Arc<AuthorityChannel>,
+    follower: Follower,
 }
 
 impl SubscriberGuard {
-    /// Counts one more subscriber, unless the authority already has `max`.
-    fn try_new(la_ods_code: String, channel: Arc<AuthorityChannel>, max: usize) -> Option<Self> {
-        let count = channel
-            .subscribers
+    /// Counts one more follower of its kind, unless the authority already has `max`.
+    fn try_new(la_ods_code: String, channel: Arc<AuthorityChannel>, follower: Follower, max: usize) -> Option<Self> {
+        let count = Self::counter(&channel, follower)
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| (count < max).then_some(count + 1))
             .ok()?
             + 1;
-        metrics::gauge!("cpis_subscribers", "la" => la_ods_code.clone()).set(count as f64);
-        Some(Self { la_ods_code, channel })
+        if follower == Follower::Subscriber {
+            metrics::gauge!("cpis_subscribers", "la" => la_ods_code.clone()).set(count as f64);
+        }
+        Some(Self { la_ods_code, channel, follower })
+    }
+
+    fn counter(channel: &AuthorityChannel, follower: Follower) -> &AtomicUsize {
+        match follower {
+            Follower::Subscriber => &channel.subscribers,
+            Follower::InboxView => &channel.inbox_views,
+        }
     }
 }
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        let count = self.channel.subscribers.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::gauge!("cpis_subscribers", "la" => self.la_ods_code.clone()).set(count as f64);
+        let count = Self::counter(&self.channel, self.follower).fetch_sub(1, Ordering::AcqRel) - 1;
+        if self.follower == Follower::Subscriber {
+            metrics::gauge!("cpis_subscribers", "la" => self.la_ods_code.clone()).set(count as f64);
+        }
     }
 }
 
@@ -203,6 +232,17 @@ impl Relay {
         identity: &Identity,
         after_sequence: Option<u64>,
     ) -> Result<impl Stream<Item = Result<Notification>> + Send + 'static> {
+        self.follow_notifications(identity, after_sequence, Follower::Subscriber)
+    }
+
+    /// [`Relay::subscribe`] for whoever follows: an open browser inbox has a
+    /// budget of its own ([`MAX_INBOX_VIEWS_PER_LA`]) and is no subscriber.
+    pub fn follow_notifications(
+        &self,
+        identity: &Identity,
+        after_sequence: Option<u64>,
+        follower: Follower,
+    ) -> Result<impl Stream<Item = Result<Notification>> + Send + 'static> {
         authorize(identity, Action::Subscribe)?;
         let la_ods_code = identity.ods_code.clone();
         let channel = self.shared.hub.channel(&la_ods_code);
@@ -210,10 +250,15 @@ impl Relay {
         let store = Arc::clone(&self.shared.store);
         let mut draining = self.shared.draining.subscribe();
         let mut last_sequence = channel.last_sequence.subscribe();
-        let max = self.shared.settings.max_subscriptions_per_la;
-        let Some(guard) = SubscriberGuard::try_new(la_ods_code.clone(), channel, max) else {
+        let (max, what) = match follower {
+            Follower::Subscriber => {
+                (self.shared.settings.max_subscriptions_per_la, "open subscriptions (max_subscriptions_per_la)")
+            }
+            Follower::InboxView => (MAX_INBOX_VIEWS_PER_LA, "inbox pages open in browsers"),
+        };
+        let Some(guard) = SubscriberGuard::try_new(la_ods_code.clone(), channel, follower, max) else {
             return Err(Error::ResourceExhausted(format!(
-                "this local authority already has {max} open subscriptions (max_subscriptions_per_la); close one first"
+                "this local authority already has {max} {what}; close one first"
             )));
         };
         let stream = async_stream::try_stream! {

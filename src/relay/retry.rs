@@ -22,7 +22,7 @@
 use std::{collections::HashSet, sync::atomic::Ordering, time::Duration};
 
 use super::{
-    Relay,
+    NotificationState, Relay,
     held::Holding,
     quarantine::{QUARANTINE_AFTER, Quarantine, Quarantined},
     spill::{HeldSearch, Spill},
@@ -61,7 +61,11 @@ impl Relay {
     /// and the spill could not be written either, so the notification would
     /// not survive the restart: the caller is told to retry rather than be
     /// answered as if it were kept.
-    pub(super) async fn commit_access(&self, access: AccessEvent, drafts: Vec<NotificationDraft>) -> Result<()> {
+    pub(super) async fn commit_access(
+        &self,
+        access: AccessEvent,
+        drafts: Vec<NotificationDraft>,
+    ) -> Result<NotificationState> {
         let held = self.shared.hub.held();
         let broken = if held > 0 {
             // The retries store it in turn; a write now would wait on a store known to fail.
@@ -72,10 +76,10 @@ impl Relay {
                 Ok(Recorded::Notified(notifications)) => {
                     self.remember(&access);
                     self.shared.hub.publish(&notifications);
-                    return Ok(());
+                    return Ok(NotificationState::Stored);
                 }
                 // Another node stored this request within the window: this search is its retry.
-                Ok(Recorded::Repeated) => return Ok(()),
+                Ok(Recorded::Repeated) => return Ok(NotificationState::Repeat),
                 Err(error) => error,
             };
             tracing::error!(%error, held = held + 1, "could not store an access notification; holding it for retry");
@@ -84,11 +88,11 @@ impl Relay {
         match self.hold(HeldSearch { access: access.clone(), drafts }).await {
             Some(spilled) if spilled || !broken => {
                 self.remember(&access);
-                Ok(())
+                Ok(NotificationState::Held)
             }
             // Refused over the hold limit, it is not remembered: a racing copy of
             // the request then tries again rather than counting on it.
-            None if !broken => Ok(()),
+            None if !broken => Ok(NotificationState::Refused),
             _ => {
                 tracing::error!(
                     "the store is broken and the spill file could not be written: this search is answered UNAVAILABLE so that the client retries"

@@ -52,6 +52,22 @@ pub struct ShownPlan {
     pub authority: Option<Arc<LocalAuthority>>,
 }
 
+/// What became of a search's notifications, so a door can say it truthfully.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NotificationState {
+    /// Nothing to notify: the person is not flagged, or the search is scheduled.
+    #[default]
+    None,
+    /// Stored: the owning authorities have them.
+    Stored,
+    /// Held while the store fails: kept (spilled) and sent once it is back.
+    Held,
+    /// Refused: too many held already; an error log and a metric say so.
+    Refused,
+    /// A repeat of an earlier search (the same request id): not notified again.
+    Repeat,
+}
+
 /// What a clinician sees.
 #[derive(Clone, Debug, Default)]
 pub struct SearchOutcome {
@@ -61,6 +77,8 @@ pub struct SearchOutcome {
     pub person: Option<Arc<Plan>>,
     /// Newest first.
     pub previous_accesses: Vec<RecentAccess>,
+    /// What became of the notifications of this search.
+    pub notification: NotificationState,
 }
 
 impl SearchOutcome {
@@ -193,7 +211,7 @@ impl Relay {
             // A retry shows what its original showed: not the original's own access.
             (history::listed_accesses(accesses, own_request.filter(|_| is_retry)), is_retry)
         });
-        if !is_retry {
+        let notification = if !is_retry {
             let access = AccessEvent {
                 id: crate::model::time_ordered_id(now),
                 accessed_at: now,
@@ -213,22 +231,24 @@ impl Relay {
             // Answered as kept unless it is not, and cannot be after the restart that follows
             // (a broken store): then the client retries rather than count on a lost notification.
             let relay = self.clone();
-            FinishOnDrop::new(async move {
+            let kept = FinishOnDrop::new(self.shared.tasks.clone(), async move {
                 let kept = relay.commit_access(access, drafts).await;
                 drop(claim);
                 kept
             })
             .await?;
+            if scheduled { NotificationState::None } else { kept }
         } else {
             tracing::debug!(organisation = %identity.ods_code, "repeated request: answered without a second notification");
-        }
+            NotificationState::Repeat
+        };
 
         let person = plans.iter().max_by_key(|plan| plan.loaded_at).cloned();
         let plans = plans
             .into_iter()
             .map(|plan| ShownPlan { authority: shared.index.authority(&plan.la_ods_code), plan })
             .collect();
-        Ok(SearchOutcome { plans, person, previous_accesses })
+        Ok(SearchOutcome { plans, person, previous_accesses, notification })
     }
 }
 
@@ -247,14 +267,20 @@ fn random_id() -> uuid::Uuid {
 
 /// Runs a future to its end even if the caller stops waiting: awaited, it is
 /// polled in place (no task, no thread hop); dropped before it finished (the
-/// client went away, a deadline passed), what is left runs as its own task.
+/// client went away, a deadline passed), what is left runs as a task of the
+/// relay's tracker, which shutdown waits for like its other tasks (so a
+/// dropped search's commit is never cut off by the process exiting).
 struct FinishOnDrop<T: Send + 'static> {
     future: Option<futures::future::BoxFuture<'static, T>>,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl<T: Send + 'static> FinishOnDrop<T> {
-    fn new(future: impl std::future::Future<Output = T> + Send + 'static) -> Self {
-        Self { future: Some(Box::pin(future)) }
+    fn new(
+        tasks: tokio_util::task::TaskTracker,
+        future: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Self {
+        Self { future: Some(Box::pin(future)), tasks }
     }
 }
 
@@ -277,9 +303,13 @@ impl<T: Send + 'static> Drop for FinishOnDrop<T> {
         if let Some(future) = self.future.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(async move {
-                future.await;
-            });
+            // Tracked even once shutdown closed the tracker: it still waits for it.
+            self.tasks.spawn_on(
+                async move {
+                    future.await;
+                },
+                &runtime,
+            );
         }
     }
 }

@@ -6,6 +6,11 @@
 //! same validation messages, notification, audit and rate limit; scheduled
 //! care is silent because the certificate says so.
 //!
+//! Each rendered form carries its own request id, so a reload or a second
+//! click of the same form is that search's retry (one notification), and
+//! the card says truthfully what became of the notification: stored, held
+//! while the store fails, refused (phone the authority), or not sent again.
+//!
 //! [`Relay::search`]: crate::relay::Relay::search
 
 use axum::{
@@ -22,8 +27,18 @@ use crate::{
     auth::Role,
     error::Error,
     model::CareSetting,
-    relay::{SearchOutcome, SearchQuery},
+    relay::{NotificationState, SearchOutcome, SearchQuery},
 };
+
+/// The form field carrying the rendered form's request id.
+const REQUEST_ID_FIELD: &str = "request_id";
+
+/// The search's request id from the form's: `browser:` and the UUID the
+/// form was rendered with; anything else (an old or altered form) is none,
+/// so that send is a search of its own.
+fn request_id(sent: &str) -> String {
+    uuid::Uuid::parse_str(sent.trim()).map(|id| format!("browser:{}", id.hyphenated())).unwrap_or_default()
+}
 
 const FLAGGED_TITLE: &str = "Child protection information is held";
 const NOT_FLAGGED_TITLE: &str = "No child protection information";
@@ -37,6 +52,9 @@ pub struct SearchForm {
     care_setting: String,
     #[serde(default)]
     csrf: String,
+    /// The rendered form's own id: the same form sent twice is one search.
+    #[serde(default)]
+    request_id: String,
 }
 
 /// The care settings a role searches from, the usual one first.
@@ -86,8 +104,8 @@ pub async fn search(
         nhs_number: sent.nhs_number.clone(),
         accessor: viewer.accessor(),
         care_setting: parse_setting(&sent.care_setting),
-        // Each form sent is one search, notified as such.
-        request_id: String::new(),
+        // The rendered form's id: sending the same form again (a reload) is a retry.
+        request_id: request_id(&sent.request_id),
         scheduled: false,
     };
     match web.relay.search(&viewer.identity, query).await {
@@ -141,6 +159,7 @@ fn card_page(
             (result)
             form class="search" method="post" action="/card" autocomplete="off" novalidate {
                 input type="hidden" name=(CSRF_FIELD) value=(viewer.csrf);
+                input type="hidden" name=(REQUEST_ID_FIELD) value=(uuid::Uuid::new_v4().hyphenated().to_string());
                 @if answered {
                     h2 { label for="nhs_number" { "Search again by NHS number" } }
                 } @else {
@@ -170,6 +189,32 @@ fn card_page(
     )
 }
 
+/// What became of the notification, as it is: never "notified" unless stored.
+fn notification_note(state: NotificationState) -> Markup {
+    match state {
+        NotificationState::Stored => {
+            html! { p class="note" { "The local authority has been notified of this access." } }
+        }
+        NotificationState::Held => html! {
+            p class="note" id="notification-held" {
+                "The local authority will be notified of this access: the relay has kept the notification and sends it as soon as its store recovers."
+            }
+        },
+        NotificationState::Refused => html! {
+            p class="warning" id="notification-refused" role="alert" {
+                strong { "The local authority could not be notified of this access" }
+                " (the relay's store is failing). Phone the local authority on the numbers below to tell them."
+            }
+        },
+        NotificationState::Repeat => html! {
+            p class="note" id="notification-repeat" {
+                "This repeats a search already sent from this page: the local authority is not notified again."
+            }
+        },
+        NotificationState::None => html! {},
+    }
+}
+
 /// What the search found, flag first.
 fn result(viewer: &Viewer, nhs_number: &str, outcome: &SearchOutcome) -> Markup {
     let scheduled = viewer.identity.role == Role::ScheduledCare;
@@ -182,7 +227,7 @@ fn result(viewer: &Viewer, nhs_number: &str, outcome: &SearchOutcome) -> Markup 
                     @if scheduled {
                         p class="note" { "Scheduled care: this search is audited but the local authority is not notified." }
                     } @else {
-                        p class="note" { "The local authority has been notified of this access." }
+                        (notification_note(outcome.notification))
                     }
                 }
                 @for shown in &outcome.plans {

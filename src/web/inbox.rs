@@ -2,13 +2,16 @@
 //! newest first, filterable by team, with the backlog and the age of the
 //! oldest; "acknowledge" moves the same cumulative cursor as
 //! `Notifications.Ack` ([`Relay::ack`]); new notifications arrive without a
-//! reload over server-sent events fed by [`Relay::subscribe`] (so an open
-//! inbox counts as one of the authority's subscriptions).
+//! reload over server-sent events fed by [`Relay::follow_notifications`],
+//! from a budget of open inboxes of its own: tabs left open never take the
+//! subscriptions the authority's `deliver` agents need. Acknowledging is
+//! cumulative; on a page filtered by team each button says how many other
+//! teams' notifications it acknowledges too.
 //!
 //! The team filter is the only thing in a URL here: a team code, not personal data.
 //!
 //! [`Relay::ack`]: crate::relay::Relay::ack
-//! [`Relay::subscribe`]: crate::relay::Relay::subscribe
+//! [`Relay::follow_notifications`]: crate::relay::Relay::follow_notifications
 
 use std::{convert::Infallible, time::Duration};
 
@@ -38,6 +41,10 @@ pub struct TeamFilter {
     /// Where the live stream starts (the last sequence the page shows).
     #[serde(default)]
     after: Option<u64>,
+    /// The live stream of a page filtered by team: how many other teams'
+    /// unacknowledged notifications the page had (its buttons count on from there).
+    #[serde(default)]
+    others: usize,
 }
 
 impl TeamFilter {
@@ -101,20 +108,24 @@ pub async fn events(
     auth::authorize(&viewer.identity, auth::Action::Subscribe)?;
     let resumed = headers.get("last-event-id").and_then(|value| value.to_str().ok()).and_then(|id| id.parse().ok());
     let after = resumed.or(filter.after);
-    let stream = web.relay.subscribe(&viewer.identity, after)?;
+    let stream = web.relay.follow_notifications(&viewer.identity, after, crate::relay::Follower::InboxView)?;
     let team = filter.team().map(str::to_owned);
+    let mut others = filter.others;
     let events = stream.take_while(|item| std::future::ready(item.is_ok())).filter_map(move |item| {
-        let event = item
-            .ok()
-            .filter(|notification| team.as_deref().is_none_or(|team| notification.draft.team_code == team))
-            .map(|notification| {
-                Ok::<Event, Infallible>(
-                    Event::default()
-                        .event("notification")
-                        .id(notification.sequence.to_string())
-                        .data(row(&viewer, &notification, None).into_string()),
-                )
-            });
+        let event = item.ok().and_then(|notification| {
+            if team.as_deref().is_some_and(|team| notification.draft.team_code != team) {
+                // Not shown here, but the next button acknowledges it too.
+                others += 1;
+                return None;
+            }
+            let acknowledges = team.as_ref().map(|_| others);
+            Some(Ok::<Event, Infallible>(
+                Event::default()
+                    .event("notification")
+                    .id(notification.sequence.to_string())
+                    .data(row(&viewer, &notification, team.as_deref(), acknowledges).into_string()),
+            ))
+        });
         std::future::ready(event)
     });
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response();
@@ -129,10 +140,21 @@ fn render(viewer: &Viewer, inbox: &Inbox, team: Option<&str>) -> Markup {
     teams.dedup();
     let shown: Vec<&Notification> =
         inbox.notifications.iter().filter(|n| team.is_none_or(|team| n.draft.team_code == team)).collect();
+    // Per shown notification, the other teams' unacknowledged ones before it
+    // (the page holds every unacknowledged one before what it shows).
+    let mut others: Vec<u64> = inbox
+        .notifications
+        .iter()
+        .filter(|n| team.is_some_and(|team| n.draft.team_code != team))
+        .map(|n| n.sequence)
+        .collect();
+    others.sort_unstable();
+    let others_before = |sequence: u64| others.partition_point(|other| *other < sequence);
+    let others_on_page = others.len();
     let newest_shown = inbox.notifications.first().map_or(inbox.acked_through, |n| n.sequence.max(inbox.acked_through));
     let live = match team {
         Some(team) => format!(
-            "/inbox/events?after={newest_shown}&team={}",
+            "/inbox/events?after={newest_shown}&others={others_on_page}&team={}",
             percent_encoding::utf8_percent_encode(team, percent_encoding::NON_ALPHANUMERIC)
         ),
         None => format!("/inbox/events?after={newest_shown}"),
@@ -171,15 +193,19 @@ fn render(viewer: &Viewer, inbox: &Inbox, team: Option<&str>) -> Markup {
             @if inbox.truncated { p class="warning" { "Showing the oldest " (inbox.notifications.len()) " unacknowledged notifications; acknowledge them to see newer ones." } }
             p id="live-status" class="visually-hidden" aria-live="polite" {}
             ol class="notifications" id="notifications" data-events=(live) {
-                @for notification in &shown { (row(viewer, notification, team)) }
+                @for notification in &shown {
+                    (row(viewer, notification, team, team.map(|_| others_before(notification.sequence))))
+                }
             }
             @if shown.is_empty() { p id="empty" { "No unacknowledged notifications." } }
         },
     )
 }
 
-/// One notification, as listed and as sent live.
-fn row(viewer: &Viewer, notification: &Notification, team: Option<&str>) -> Markup {
+/// One notification, as listed and as sent live. On a page filtered by team,
+/// `others` counts the other teams' unacknowledged notifications before it,
+/// which its button acknowledges too (the cursor is cumulative), and says so.
+fn row(viewer: &Viewer, notification: &Notification, team: Option<&str>, others: Option<usize>) -> Markup {
     let access = &notification.access;
     html! {
         li class="notification" id={ "n" (notification.sequence) } {
@@ -197,7 +223,14 @@ fn row(viewer: &Viewer, notification: &Notification, team: Option<&str>) -> Mark
                 input type="hidden" name=(CSRF_FIELD) value=(viewer.csrf);
                 input type="hidden" name="sequence" value=(notification.sequence);
                 input type="hidden" name="team" value=(team.unwrap_or(""));
-                button class="button" type="submit" { "Acknowledge #" (notification.sequence) " and earlier" }
+                button class="button" type="submit" {
+                    "Acknowledge #" (notification.sequence) " and earlier"
+                    @match others {
+                        Some(0) | None => {}
+                        Some(1) => { ", with 1 notification of other teams not shown here" }
+                        Some(count) => { ", with " (count) " notifications of other teams not shown here" }
+                    }
+                }
             }
         }
     }

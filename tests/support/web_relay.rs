@@ -27,6 +27,8 @@ pub struct WebRelay {
     pub grpc: SocketAddr,
     pub web: SocketAddr,
     pub clock: Arc<ManualClock>,
+    /// Makes the store's writes fail or stall (the store is wrapped in a `FaultyStore`).
+    pub faults: cpis_relay::store::faults::Faults,
     /// The FHIR door's token key, when the view accepts bearer tokens.
     pub signing_key: Option<String>,
     stop: Option<oneshot::Sender<()>>,
@@ -41,7 +43,9 @@ impl WebRelay {
     /// `bearer`: the view also takes the user from a FHIR door token.
     pub async fn start_with(pki: Pki, settings: RelaySettings, bearer: bool) -> Self {
         tls::install_crypto_provider();
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let faulty = cpis_relay::store::faults::FaultyStore::new(Arc::new(MemoryStore::new()));
+        let faults = faulty.faults().clone();
+        let store: Arc<dyn Store> = Arc::new(faulty);
         let clock = Arc::new(ManualClock::new(test_start()));
         let relay = Relay::open(store, clock.clone(), settings).await.unwrap();
         let (tokens, signing_key) = if bearer {
@@ -62,7 +66,7 @@ impl WebRelay {
         let handle = tokio::spawn(server::run(listener, Some(admin), doors, relay.clone(), options, async {
             let _ = stopped.await;
         }));
-        Self { pki, relay, grpc, web, clock, signing_key, stop: Some(stop), handle: Some(handle) }
+        Self { pki, relay, grpc, web, clock, faults, signing_key, stop: Some(stop), handle: Some(handle) }
     }
 
     pub fn base(&self) -> String {
@@ -135,8 +139,14 @@ impl Page {
 
     /// The CSRF token of the page's first form.
     pub fn csrf(&self) -> String {
-        let at = self.body.find(r#"name="csrf" value=""#).unwrap_or_else(|| panic!("a CSRF field in {}", self.body));
-        let rest = &self.body[at + r#"name="csrf" value=""#.len()..];
+        self.field("csrf")
+    }
+
+    /// The value of the page's first hidden field `name`.
+    pub fn field(&self, name: &str) -> String {
+        let marker = format!(r#"name="{name}" value=""#);
+        let at = self.body.find(&marker).unwrap_or_else(|| panic!("a {name} field in {}", self.body));
+        let rest = &self.body[at + marker.len()..];
         rest[..rest.find('"').unwrap()].to_owned()
     }
 }

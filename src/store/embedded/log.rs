@@ -77,34 +77,62 @@ pub(super) fn set_retained_from(spaces: &Spaces, batch: &mut fjall::OwnedWriteBa
     batch.insert(&spaces.log_meta, RETAINED_FROM, position.to_be_bytes());
 }
 
+/// Accesses given positions per commit of [`assign_positions`].
+const MIGRATION_BATCH: usize = 100_000;
+
 /// Gives every access an earlier release stored a log position, in time
-/// order, once: the log then starts with them.
+/// order, once: the log then starts with them. Each batch commits on its
+/// own, so a crash part-way leaves the first accesses logged: the next start
+/// resumes after them (those whose id the log already holds are skipped,
+/// and nothing else writes before this ends), and only the last batch marks
+/// the migration done.
 pub(super) fn assign_positions(spaces: &Spaces) -> Result<(), StoreError> {
+    assign_positions_in(spaces, MIGRATION_BATCH, usize::MAX)
+}
+
+/// [`assign_positions`] in batches of `batch_size`, stopping (as a crash
+/// would, unmarked) after `batches_before_stopping` commits: for the test
+/// of a migration resumed.
+pub(super) fn assign_positions_in(
+    spaces: &Spaces,
+    batch_size: usize,
+    batches_before_stopping: usize,
+) -> Result<(), StoreError> {
     if spaces.log_meta.contains_key(POSITIONS_ASSIGNED).map_err(io)? {
         return Ok(());
     }
-    let mut position = bounds(spaces)?.next_position;
-    if position == 0 {
-        let mut batch = spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
-        let mut pending = 0usize;
-        for entry in spaces.access_times.iter() {
-            let access_key = entry.value().map_err(io)?;
-            let scheduled = access_key.get(8).copied().ok_or_else(|| StoreError::Corrupt("access_times".into()))?;
-            let kind = if scheduled == 0 { SEARCH_UNSCHEDULED } else { SEARCH_SCHEDULED };
-            batch.insert(&spaces.log, keys::log_position(position), entry_value(kind, &access_key));
-            batch.insert(&spaces.log_ids, keys::id_of_record_key(&access_key)?.to_be_bytes(), position.to_be_bytes());
-            position += 1;
-            pending += 1;
-            if pending == 100_000 {
-                batch.commit().map_err(io)?;
-                batch = spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
-                pending = 0;
+    let first = bounds(spaces)?.next_position;
+    let mut position = first;
+    let mut batch = spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
+    let (mut pending, mut committed) = (0usize, 0usize);
+    for entry in spaces.access_times.iter() {
+        let access_key = entry.value().map_err(io)?;
+        let id = keys::id_of_record_key(&access_key)?;
+        if spaces.log_ids.contains_key(id.to_be_bytes()).map_err(io)? {
+            continue; // logged by the run that stopped part-way
+        }
+        let scheduled = access_key.get(8).copied().ok_or_else(|| StoreError::Corrupt("access_times".into()))?;
+        let kind = if scheduled == 0 { SEARCH_UNSCHEDULED } else { SEARCH_SCHEDULED };
+        batch.insert(&spaces.log, keys::log_position(position), entry_value(kind, &access_key));
+        batch.insert(&spaces.log_ids, id.to_be_bytes(), position.to_be_bytes());
+        position += 1;
+        pending += 1;
+        if pending == batch_size {
+            batch.commit().map_err(io)?;
+            committed += 1;
+            if committed == batches_before_stopping {
+                return Ok(());
             }
+            batch = spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
+            pending = 0;
         }
-        batch.commit().map_err(io)?;
-        if position > 0 {
-            tracing::info!(accesses = position, "gave the accesses of an earlier release their access log positions");
-        }
+    }
+    batch.commit().map_err(io)?;
+    if position > first {
+        tracing::info!(
+            accesses = position - first,
+            "gave the accesses of an earlier release their access log positions"
+        );
     }
     spaces.log_meta.insert(POSITIONS_ASSIGNED, []).map_err(io)?;
     spaces.activity_db.persist(PersistMode::SyncAll).map_err(io)

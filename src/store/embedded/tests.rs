@@ -250,22 +250,25 @@ async fn check_finds_an_access_missing_from_the_log_and_a_gap_in_it() {
     );
 }
 
+/// What a release before the access log wrote for accesses at these minutes:
+/// the record and its time index, no log.
+fn write_accesses_of_a_release_before_the_log(dir: &std::path::Path, person: NhsNumber, minutes: &[i64]) {
+    let spaces = Spaces::open(dir, DEFAULT_CACHE_BYTES).unwrap();
+    for minute in minutes {
+        let access = access(person, *minute, "u", &format!("r{minute}"));
+        let at = access.accessed_at.timestamp_micros();
+        let key = keys::access(person, false, at, access.id);
+        spaces.accesses.insert(key, postcard::to_allocvec(&access).unwrap()).unwrap();
+        spaces.access_times.insert(keys::access_time(at, access.id), key).unwrap();
+    }
+    spaces.activity_db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
 #[tokio::test]
 async fn accesses_of_a_release_before_the_log_get_positions_in_time_order_and_their_old_index_goes() {
     let dir = tempfile::tempdir().unwrap();
     let person = plan(1, PlanType::ChildProtection, None).nhs_number();
-    {
-        // What such a release wrote for three accesses: the record and its time index, no log.
-        let spaces = Spaces::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
-        for minute in [7, 3, 5] {
-            let access = access(person, minute, "u", &format!("r{minute}"));
-            let at = access.accessed_at.timestamp_micros();
-            let key = keys::access(person, false, at, access.id);
-            spaces.accesses.insert(key, postcard::to_allocvec(&access).unwrap()).unwrap();
-            spaces.access_times.insert(keys::access_time(at, access.id), key).unwrap();
-        }
-        spaces.activity_db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
+    write_accesses_of_a_release_before_the_log(dir.path(), person, &[7, 3, 5]);
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let log = store.access_log().unwrap();
     let ids: Vec<u128> = (0..3).map(|position| log.entry_at(position).unwrap().unwrap().id()).collect();
@@ -278,4 +281,29 @@ async fn accesses_of_a_release_before_the_log_get_positions_in_time_order_and_th
     let report = check::check(dir.path()).unwrap();
     assert!(report.integrity_ok, "{:?}", report.problems);
     assert_eq!(count(&report, "log"), 4);
+}
+
+/// The migration stopped after its first batch (a crash part-way): the next
+/// start resumes after what it logged. Before, it saw a log that was not
+/// empty, marked the migration done, and the rest of the accesses never got
+/// positions (never verified, never expired).
+#[test]
+fn a_position_migration_stopped_after_its_first_batch_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
+    write_accesses_of_a_release_before_the_log(dir.path(), person, &[7, 3, 5, 9, 1]);
+    {
+        let spaces = Spaces::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        log::assign_positions_in(&spaces, 2, 1).unwrap();
+        assert_eq!(log::bounds(&spaces).unwrap().next_position, 2, "the first batch is committed");
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let log = store.access_log().unwrap();
+    let ids: Vec<u128> = (0..5).map(|position| log.entry_at(position).unwrap().unwrap().id()).collect();
+    assert_eq!(ids, [2, 4, 6, 8, 10], "every access, once, in time order");
+    assert_eq!(log.entry_at(5).unwrap(), None);
+    drop((log, store));
+    let report = check::check(dir.path()).unwrap();
+    assert!(report.integrity_ok, "{:?}", report.problems);
+    assert_eq!(count(&report, "log"), 5);
 }
