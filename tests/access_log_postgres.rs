@@ -159,3 +159,61 @@ async fn retention_removes_a_signed_prefix_of_the_shared_log() {
     assert!(report.is_clean(), "{:?}", report.findings);
     assert_eq!((report.retained_from, report.next_position, report.retention_notes), (3, 5, 1));
 }
+
+/// Keepers on three nodes appending to the one tree at the same moment
+/// while searches commit on all of them: each append is a compare-and-set
+/// on the tree's size, so one wins each round and the others reopen the tree
+/// and go on. Afterwards the tree holds every access once, in position
+/// order, and verifies. (The other tests run keepers one after another, so
+/// the race was never exercised.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepers_on_several_nodes_appending_at_once_build_one_tree_that_verifies() {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let signer = Arc::new(LogSigner::generate_ephemeral("test.example/log").unwrap());
+    let (pki, clock) = (Pki::new(), Arc::new(ManualClock::new(test_start())));
+    let nodes = [
+        node(&pki, &clock, &url, &signer).await,
+        node(&pki, &clock, &url, &signer).await,
+        node(&pki, &clock, &url, &signer).await,
+    ];
+    let child = nhs(3002);
+    nodes[0].load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    // Every node follows the upload before it searches.
+    let version = *nodes[0].relay.plan_version().borrow();
+    for node in &nodes[1..] {
+        let mut seen = node.relay.plan_version();
+        tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|held| *held >= version)).await.unwrap().unwrap();
+    }
+    const ROUNDS: usize = 20;
+    let mut work = Vec::new();
+    for (n, relay) in nodes.iter().enumerate() {
+        let mut lookup = relay.lookup().await;
+        let keeper = relay.relay.log_keeper().unwrap().clone();
+        let child = child.clone();
+        work.push(tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            for round in 0..ROUNDS {
+                let user = format!("n{n}-{round}");
+                assert!(lookup.search(search_request(&child, &user, &user)).await.unwrap().into_inner().flagged);
+                // Each keeper appends what it finds, racing the others' appends.
+                sizes.push(keeper.run(|keeper| keeper.checkpoint()).await.unwrap().checkpoint.size);
+            }
+            sizes
+        }));
+    }
+    for task in work {
+        let sizes = task.await.unwrap();
+        assert!(sizes.windows(2).all(|pair| pair[0] <= pair[1]), "a keeper's checkpoints only grow: {sizes:?}");
+    }
+    // A search held (its write slower than the timeout on a busy machine) is stored by its retry.
+    for node in &nodes {
+        wait_for_health(node, tonic_health::pb::health_check_response::ServingStatus::Serving).await;
+    }
+    let keeper = nodes[1].relay.log_keeper().unwrap().clone();
+    let latest = keeper.run(|keeper| keeper.checkpoint()).await.unwrap();
+    assert_eq!(latest.checkpoint.size, (3 * ROUNDS) as u64, "every search once in the tree");
+    let report = verify(&url, &signer).await;
+    assert!(report.is_clean(), "{:?}", report.findings);
+    assert_eq!((report.next_position, report.tree_size), (3 * ROUNDS as u64, 3 * ROUNDS as u64));
+}

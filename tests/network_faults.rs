@@ -14,6 +14,8 @@
 #[path = "support/agent.rs"]
 mod agent;
 mod common;
+#[path = "support/fault_run.rs"]
+mod fault_run;
 #[path = "support/netns.rs"]
 mod netns;
 #[path = "support/pg_load.rs"]
@@ -30,15 +32,13 @@ use std::{
 
 use common::*;
 use cpis_relay::{bench::delay, client, proto::lookup_client::LookupClient, tls::PemText};
+use fault_run::{SERVER_NAME, gauge, node_in, until};
 use netns::{Host, Net};
 use pg_load::*;
 use postgres::PgCluster;
 
 /// How long a node is cut off from the database (the national day cuts for 30 s).
 const CUT_FOR: Duration = Duration::from_secs(12);
-
-/// The name the nodes' certificates carry.
-const SERVER_NAME: Option<&str> = Some("localhost");
 
 /// The network, or why it cannot be made here (a failure under CI, where it must run).
 fn network() -> Option<Net> {
@@ -52,65 +52,10 @@ fn network() -> Option<Net> {
     }
 }
 
-/// A relay node on test host `host`, on the database at `url`.
+/// A relay node on test host `host`, on the database at `url`, with a data directory of its own.
 async fn node(net: &Net, host: &Host, pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    pki.write_server_layout(&certs);
-    let mut child = net
-        .command(host, env!("CARGO_BIN_EXE_cpis-relay"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--admin-listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("server.pem"))
-        .arg("--key")
-        .arg(certs.join("server.key"))
-        .args(["--store", url, "--store-allow-plaintext", "--feed-poll-ms", "200", "--search-rate-per-second", "0"])
-        .args(["--store-write-timeout-ms", "2000"])
-        .env("CPIS_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let port = |name: &str| -> u16 {
-        let address = line.split_whitespace().find_map(|word| word.strip_prefix(name)).expect("the listening line");
-        address.rsplit(':').next().unwrap().parse().unwrap()
-    };
-    let (grpc, admin) = (port("grpc="), port("admin="));
-    let running = Running {
-        child,
-        url: format!("https://{}:{grpc}", host.ip),
-        admin: format!("{}:{admin}", host.ip).parse().unwrap(),
-        stderr: None,
-        listening: line,
-    };
-    (running, dir)
-}
-
-/// A gauge of a node's metrics, 0 when absent.
-async fn gauge(node: &Running, name: &str) -> f64 {
-    relay_metric(node.admin, name).await.unwrap_or(0.0)
-}
-
-/// Polls `check` every 100 ms until it holds; panics after `within`.
-async fn until<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    (node_in(net, host, pki, url, dir.path(), &[]).await, dir)
 }
 
 /// Whether `person` is flagged through `node` (a search of its own user).
@@ -157,7 +102,9 @@ async fn a_node_cut_off_from_the_database_answers_holds_and_catches_up_when_the_
     for i in 0..40 {
         let user = format!("probe-during-cut-{i}");
         let started = Instant::now();
-        assert!(lookup.search(search_request(&people[i % people.len()], &user, &user)).await.unwrap().into_inner().flagged);
+        assert!(
+            lookup.search(search_request(&people[i % people.len()], &user, &user)).await.unwrap().into_inner().flagged
+        );
         latencies.push(started.elapsed());
         answered.lock().unwrap().insert(user);
     }
@@ -366,4 +313,15 @@ async fn a_slow_link_to_the_database_loses_no_notification_and_brings_every_plan
          {read} notifications read"
     );
     exactly_once(&cluster);
+}
+
+/// A seeded run of faults interleaved on two nodes under load (see
+/// tests/support/fault_run.rs): kills, cuts, a database restart, text no
+/// store keeps and a record the database refuses. `CPIS_FAULT_SEED` replays a
+/// run; `scripts/fault-run.sh` runs a longer one by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_run_of_kills_cuts_restarts_and_poison_requests_loses_and_duplicates_nothing() {
+    let Some(net) = network() else { return };
+    let steps = std::env::var("CPIS_FAULT_STEPS").ok().and_then(|steps| steps.parse().ok()).unwrap_or(6);
+    fault_run::run(net, fault_run::seed(), steps).await;
 }

@@ -3,7 +3,7 @@
 //! access log of a store no relay has open and checks it against every
 //! signed checkpoint; `audit proof` fetches, checks and prints proofs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{Args, Subcommand};
 
@@ -37,14 +37,8 @@ pub enum AuditCommand {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    #[arg(long, env = "CPIS_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
-    /// embedded (the data directory, no relay running) or a postgres:// URL (relays may run).
-    #[arg(long, env = "CPIS_STORE", default_value = "embedded")]
-    pub store: crate::config::StoreKind,
-    /// PostgreSQL: file holding the password, when neither the URL nor PGPASSWORD gives one.
-    #[arg(long, env = "CPIS_STORE_PASSWORD_FILE")]
-    pub store_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: super::store_args::StoreArgs,
     /// The verifier key (`name+id+key`), or a file holding it [default: DATA_DIR/access-log.pub].
     #[arg(long, env = "CPIS_LOG_VERIFIER_KEY")]
     pub verifier_key: Option<String>,
@@ -79,29 +73,20 @@ pub fn verifier_key(given: Option<&str>, data_dir: &Path) -> Result<VerifierKey,
 }
 
 async fn run_verify(args: VerifyArgs) -> Result<u8, CliError> {
-    let verifier = verifier_key(args.verifier_key.as_deref(), &args.data_dir)?;
+    let data_dir = args.store.data_dir.clone();
+    let verifier = verifier_key(args.verifier_key.as_deref(), &data_dir)?;
     let started = std::time::Instant::now();
-    let report = match args.store {
+    let report = match &args.store.store {
         crate::config::StoreKind::Embedded => {
-            if !args.data_dir.is_dir() {
-                return Err(CliError::Config(format!("data_dir: {} is not a directory", args.data_dir.display())));
+            if !data_dir.is_dir() {
+                return Err(CliError::Config(format!("data_dir: {} is not a directory", data_dir.display())));
             }
-            tokio::task::spawn_blocking(move || verify_embedded(&args.data_dir, &verifier))
+            tokio::task::spawn_blocking(move || verify_embedded(&data_dir, &verifier))
                 .await
                 .map_err(|error| CliError::Failed(error.to_string()))??
         }
-        crate::config::StoreKind::Postgres(url) => {
-            let options = crate::store::postgres::PostgresOptions {
-                connect: crate::store::postgres::ConnectOptions {
-                    url,
-                    password_file: args.store_password_file,
-                    pool_size: 2,
-                },
-                write_timeout: std::time::Duration::from_secs(5),
-            };
-            let store = crate::store::postgres::PostgresStore::open(&options)
-                .await
-                .map_err(|error| CliError::Failed(error.to_string()))?;
+        crate::config::StoreKind::Postgres(_) => {
+            let store = args.store.open().await?;
             let log = store.access_log().ok_or_else(|| CliError::Failed("this store keeps no access log".into()))?;
             tokio::task::spawn_blocking(move || access_log::verify_log(log.as_ref(), &verifier))
                 .await

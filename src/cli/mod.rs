@@ -15,6 +15,7 @@ mod demo;
 mod quarantine;
 mod sar;
 mod serve;
+mod store_args;
 mod token;
 mod top;
 mod upload;
@@ -118,16 +119,7 @@ pub enum CertsCommand {
 pub enum StoreCommand {
     /// Verify a store and print counts per table: an embedded store no relay
     /// has open, or a PostgreSQL store (in one read-only snapshot, relays may run).
-    Check {
-        #[arg(long, env = "CPIS_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
-        /// embedded (the data directory) or a postgres:// URL.
-        #[arg(long, env = "CPIS_STORE", default_value = "embedded")]
-        store: crate::config::StoreKind,
-        /// PostgreSQL: file holding the password, when neither the URL nor PGPASSWORD gives one.
-        #[arg(long, env = "CPIS_STORE_PASSWORD_FILE")]
-        store_password_file: Option<PathBuf>,
-    },
+    Check(store_args::StoreArgs),
 }
 
 /// How a client reaches the relay and who it is.
@@ -281,16 +273,12 @@ async fn run(command: Command) -> Result<u8, CliError> {
             }
             Ok(exit::OK)
         }
-        Command::Store { command: StoreCommand::Check { data_dir, store, store_password_file } } => {
+        Command::Store { command: StoreCommand::Check(store) } => {
             let failed = |error: crate::store::StoreError| CliError::Failed(error.to_string());
-            let report = match store {
+            let data_dir = store.data_dir.clone();
+            let report = match &store.store {
                 crate::config::StoreKind::Postgres(url) => {
-                    let options = crate::store::postgres::ConnectOptions {
-                        url,
-                        password_file: store_password_file,
-                        pool_size: 2,
-                    };
-                    crate::store::postgres::check::check(&options).await.map_err(failed)?
+                    crate::store::postgres::check::check(&store.connect_options(url)).await.map_err(failed)?
                 }
                 crate::config::StoreKind::Memory => {
                     return Err(CliError::Config("store: the memory store has nothing to check".into()));

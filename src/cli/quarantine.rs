@@ -10,13 +10,9 @@ use std::{io::Write, path::PathBuf};
 use clap::{Args, Subcommand};
 
 use super::{CliError, exit};
-use crate::{
-    config::StoreKind,
-    relay::{
-        quarantine::{self, Quarantined},
-        spill::Spill,
-    },
-    store::{Store, postgres},
+use crate::relay::{
+    quarantine::{self, Quarantined},
+    spill::Spill,
 };
 
 #[derive(Debug, Args)]
@@ -42,16 +38,7 @@ enum QuarantineCommand {
     },
     /// Store the quarantined searches (stop the relay on this data directory first);
     /// those the store still refuses stay quarantined with its new reason.
-    Replay {
-        #[arg(long, env = "CPIS_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
-        /// embedded (the data directory) or a postgres:// URL: the relay's store.
-        #[arg(long, env = "CPIS_STORE", default_value = "embedded")]
-        store: StoreKind,
-        /// PostgreSQL: file holding the password, when neither the URL nor PGPASSWORD gives one.
-        #[arg(long, env = "CPIS_STORE_PASSWORD_FILE")]
-        store_password_file: Option<PathBuf>,
-    },
+    Replay(super::store_args::StoreArgs),
 }
 
 pub async fn run(args: QuarantineArgs) -> Result<u8, CliError> {
@@ -70,9 +57,7 @@ pub async fn run(args: QuarantineArgs) -> Result<u8, CliError> {
             println!("{} quarantined searches written to {}", contents.len(), out.display());
             Ok(exit::OK)
         }
-        QuarantineCommand::Replay { data_dir, store, store_password_file } => {
-            replay(data_dir, store, store_password_file).await
-        }
+        QuarantineCommand::Replay(store) => replay(store).await,
     }
 }
 
@@ -123,7 +108,8 @@ fn export(contents: &[Quarantined], out: &std::path::Path) -> Result<(), CliErro
     file.sync_all().map_err(failed)
 }
 
-async fn replay(data_dir: PathBuf, store: StoreKind, store_password_file: Option<PathBuf>) -> Result<u8, CliError> {
+async fn replay(store: super::store_args::StoreArgs) -> Result<u8, CliError> {
+    let data_dir = store.data_dir.clone();
     let contents = read(&data_dir)?;
     // The data directory's lock: no relay may append meanwhile.
     let locking = data_dir.clone();
@@ -131,20 +117,7 @@ async fn replay(data_dir: PathBuf, store: StoreKind, store_password_file: Option
         .await
         .map_err(|error| CliError::Failed(error.to_string()))?
         .map_err(|error| CliError::Failed(format!("{error} (stop the relay first)")))?;
-    let failed = |error: crate::store::StoreError| CliError::Failed(error.to_string());
-    let store: std::sync::Arc<dyn Store> = match store {
-        StoreKind::Embedded => {
-            std::sync::Arc::new(crate::store::embedded::EmbeddedStore::open(&data_dir).map_err(failed)?)
-        }
-        StoreKind::Postgres(url) => {
-            let options = postgres::PostgresOptions {
-                connect: postgres::ConnectOptions { url, password_file: store_password_file, pool_size: 2 },
-                write_timeout: std::time::Duration::from_secs(30),
-            };
-            std::sync::Arc::new(postgres::PostgresStore::open(&options).await.map_err(failed)?)
-        }
-        StoreKind::Memory => return Err(CliError::Config("store: the memory store keeps no quarantine".into())),
-    };
+    let store = store.open().await?;
     let (mut stored, mut kept) = (0, Vec::new());
     for mut entry in contents {
         let search = &entry.search;
