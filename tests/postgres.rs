@@ -466,7 +466,10 @@ async fn a_search_postgres_always_refuses_is_quarantined_and_replayed_once_the_c
     tokio::time::timeout(Duration::from_secs(60), wait_for_health(&node, ServingStatus::Serving))
         .await
         .expect("ready again once the refused search is quarantined");
-    println!("ready again {:?} after the refused search was answered (held retry backoff 20-200 ms)", answered.elapsed());
+    println!(
+        "ready again {:?} after the refused search was answered (held retry backoff 20-200 ms)",
+        answered.elapsed()
+    );
     assert_eq!((node.relay.hub().held(), node.relay.quarantined()), (0, 1));
     let users = cluster.psql("cpis", "SELECT string_agg(user_id, ',' ORDER BY user_id) FROM cpis_accesses");
     assert_eq!(users, "good-1,good-2,good-3,good-4");

@@ -12,6 +12,7 @@ use crate::{
     transparency::{
         Checkpoint, Hash, VerifierKey,
         hash::{leaf_hash, to_hex},
+        leaf::{AccessKind, LeafFields},
         proof::{verify_consistency, verify_inclusion},
     },
 };
@@ -85,6 +86,47 @@ fn checkpoint_json(checkpoint: &Checkpoint, note: &str, verifier: &VerifierKey) 
     })
 }
 
+/// The fields a proven leaf holds, or why its bytes are not a leaf.
+pub(super) fn decoded_leaf(leaf: &[u8], position: u64) -> Result<LeafFields<'_>, CliError> {
+    LeafFields::decode(leaf).map_err(|error| CliError::Failed(format!("position {position}: {error}")))
+}
+
+/// The proven leaf's fields, once they are of the access `asked` for (a
+/// relay could otherwise prove another access and have it shown as this one).
+fn proven_access(leaf: &[u8], position: u64, asked: u128) -> Result<LeafFields<'_>, CliError> {
+    let fields = decoded_leaf(leaf, position)?;
+    if fields.id != asked {
+        return Err(CliError::Failed(format!(
+            "the proof is of another access: asked for {}, the proven leaf is access {}",
+            uuid::Uuid::from_u128(asked),
+            uuid::Uuid::from_u128(fields.id)
+        )));
+    }
+    Ok(fields)
+}
+
+/// An access as its leaf holds it: what a verifier shows is what was proven.
+pub(super) fn leaf_access_json(fields: &LeafFields<'_>) -> serde_json::Value {
+    let accessed_at = chrono::DateTime::from_timestamp_micros(fields.at_micros)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default();
+    let nhs_number = crate::nhs::NhsNumber::from_u64(fields.nhs_number)
+        .map_or_else(|_| fields.nhs_number.to_string(), |number| number.to_string());
+    json!({
+        "access_id": uuid::Uuid::from_u128(fields.id).to_string(),
+        "kind": fields.kind.describe(),
+        "accessed_at": accessed_at,
+        "accessed_at_micros": fields.at_micros,
+        "nhs_number": nhs_number,
+        "organisation_ods_code": fields.organisation_ods_code,
+        "organisation_name": fields.organisation_name,
+        "care_setting": fields.care_setting,
+        "accessor": { "user_id": fields.user_id, "name": fields.name, "role_code": fields.role_code },
+        "scheduled": fields.kind == AccessKind::Scheduled,
+        "request_id": fields.request_id,
+    })
+}
+
 pub async fn run(args: ProofArgs) -> Result<u8, CliError> {
     let given = match &args.verifier_key {
         Some(text) => Some(super::audit::verifier_key(Some(text), std::path::Path::new("."))?),
@@ -99,6 +141,8 @@ pub async fn run(args: ProofArgs) -> Result<u8, CliError> {
             json!({ "checkpoint": checkpoint_json(&checkpoint, &sent.note, &verifier), "verified": true })
         }
         ProofCommand::Inclusion { access_id } => {
+            let asked = uuid::Uuid::parse_str(access_id.trim())
+                .map_err(|_| CliError::Config("access_id: must be an access id (a UUID) from `audit`".into()))?;
             let sent =
                 client.inclusion_proof(InclusionProofRequest { access_id: access_id.clone() }).await?.into_inner();
             let (checkpoint, verifier) = checked_checkpoint(sent.checkpoint.as_ref(), given.as_ref())?;
@@ -106,9 +150,12 @@ pub async fn run(args: ProofArgs) -> Result<u8, CliError> {
             let leaf = leaf_hash(&sent.leaf);
             verify_inclusion(sent.leaf_index, checkpoint.size, &leaf, &path, &checkpoint.root)
                 .map_err(|error| CliError::Failed(format!("the inclusion proof does not verify: {error}")))?;
+            // What is shown is what the proven leaf holds, and it must be the access asked for.
+            let fields = proven_access(&sent.leaf, sent.leaf_index, asked.as_u128())?;
             let note = sent.checkpoint.as_ref().map(|sent| sent.note.as_str()).unwrap_or_default();
             json!({
                 "access_id": access_id,
+                "access": leaf_access_json(&fields),
                 "leaf_index": sent.leaf_index,
                 "leaf": to_hex(&sent.leaf),
                 "leaf_hash": to_hex(&leaf),
@@ -155,4 +202,33 @@ pub async fn run(args: ProofArgs) -> Result<u8, CliError> {
     };
     println!("{}", serde_json::to_string_pretty(&output).unwrap_or_default());
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proof_of_another_access_than_the_one_asked_for_is_refused() {
+        let access = crate::model::AccessEvent {
+            id: 7,
+            accessed_at: "2026-06-01T09:00:00Z".parse().unwrap(),
+            nhs_number: crate::nhs::NhsNumber::parse("9990000018").unwrap(),
+            organisation_ods_code: "RR8".into(),
+            organisation_name: "Test Hospital".into(),
+            care_setting: crate::model::CareSetting::EmergencyDepartment,
+            accessor: crate::model::Accessor { user_id: "u".into(), name: "Dr U".into(), role_code: "R8000".into() },
+            request_id: "r".into(),
+            scheduled: false,
+        };
+        let leaf = crate::transparency::leaf::encode_access(&access, AccessKind::Unscheduled).unwrap();
+        let shown = leaf_access_json(&proven_access(&leaf, 3, 7).unwrap());
+        assert_eq!(
+            (shown["accessor"]["user_id"].as_str(), shown["nhs_number"].as_str()),
+            (Some("u"), Some("9990000018"))
+        );
+        let refused = proven_access(&leaf, 3, 8).err().expect("another access");
+        assert!(refused.to_string().contains("the proof is of another access"), "{refused}");
+        assert!(proven_access(&leaf[..10], 3, 7).is_err(), "not a leaf");
+    }
 }

@@ -19,6 +19,7 @@ use crate::{
     transparency::{
         Checkpoint, Hash, VerifierKey,
         hash::{leaf_hash, to_hex},
+        leaf::LeafFields,
         proof::verify_inclusion,
     },
 };
@@ -39,10 +40,6 @@ pub struct SarArgs {
     pub verifier_key: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
-}
-
-fn micros(timestamp: Option<&prost_types::Timestamp>) -> i64 {
-    timestamp.map_or(0, |at| at.seconds * 1_000_000 + i64::from(at.nanos / 1000))
 }
 
 fn text_time(timestamp: Option<&prost_types::Timestamp>) -> String {
@@ -85,7 +82,16 @@ fn verify(
     given: Option<&VerifierKey>,
 ) -> Result<(Checkpoint, VerifierKey), CliError> {
     let (checkpoint, verifier) = super::audit_proof::checked_checkpoint(report.checkpoint.as_ref(), given)?;
+    let person = crate::nhs::NhsNumber::parse(&report.nhs_number)
+        .map_err(|_| CliError::Failed("the report names no valid NHS number".into()))?;
     for access in &report.accesses {
+        let fields = super::audit_proof::decoded_leaf(&access.leaf, access.leaf_index)?;
+        if fields.nhs_number != person.as_u64() {
+            return Err(CliError::Failed(format!(
+                "position {}: the proven leaf is of another person",
+                access.leaf_index
+            )));
+        }
         let path = access
             .audit_path
             .iter()
@@ -141,16 +147,11 @@ pub fn report_json(report: &proto::SubjectAccessReport, checkpoint: &Checkpoint,
         .accesses
         .iter()
         .map(|logged| {
-            let access = logged.access.clone().unwrap_or_default();
-            let mut value = clients::access_json(&access);
-            value["kind"] = json!(kind_name(logged.kind));
-            if logged.kind == proto::AccessKind::Audit as i32 {
-                // An auditor's read has no care setting (the leaf holds an empty one).
-                value["care_setting"] = json!("");
-            }
-            value["accessed_at"] = json!(text_time(access.accessed_at.as_ref()));
-            value["accessed_at_micros"] = json!(micros(access.accessed_at.as_ref()));
-            value["request_id"] = json!(logged.request_id);
+            // Shown from the proven leaf itself (checked in `verify`), not from the message beside it.
+            let mut value = match LeafFields::decode(&logged.leaf) {
+                Ok(fields) => super::audit_proof::leaf_access_json(&fields),
+                Err(_) => json!({ "kind": kind_name(logged.kind) }),
+            };
             value["leaf_index"] = json!(logged.leaf_index);
             value["leaf"] = json!(to_hex(&logged.leaf));
             value["leaf_hash"] = json!(to_hex(&leaf_hash(&logged.leaf)));

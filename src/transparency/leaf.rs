@@ -62,7 +62,31 @@ impl AccessKind {
             Self::Audit => 0x02,
         }
     }
+
+    /// The kind a leaf's code names.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0x00 => Some(Self::Unscheduled),
+            0x01 => Some(Self::Scheduled),
+            0x02 => Some(Self::Audit),
+            _ => None,
+        }
+    }
+
+    /// As a person reads it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Unscheduled => "unscheduled care search",
+            Self::Scheduled => "scheduled care search",
+            Self::Audit => "auditor's read",
+        }
+    }
 }
+
+/// Why bytes are not a version 1 leaf.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not an access leaf of version {ACCESS_LEAF_VERSION}: {0}")]
+pub struct LeafDecodeError(&'static str);
 
 /// The contract's name of a care setting, as the encoding writes it.
 pub fn care_setting_code(setting: CareSetting) -> &'static str {
@@ -192,6 +216,50 @@ impl<'a> LeafFields<'a> {
         Ok(out)
     }
 
+    /// Reads a version 1 encoding back, strictly: every byte accounted for,
+    /// each text valid UTF-8, the kind known, so that what a verifier shows
+    /// is exactly what the hashed leaf holds (re-encoding gives the same bytes).
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, LeafDecodeError> {
+        let mut rest = bytes;
+        let mut take = |count: usize| -> Result<&'a [u8], LeafDecodeError> {
+            if rest.len() < count {
+                return Err(LeafDecodeError("it ends early"));
+            }
+            let (taken, left) = rest.split_at(count);
+            rest = left;
+            Ok(taken)
+        };
+        let header = take(2)?;
+        if header[0] != ACCESS_LEAF_VERSION {
+            return Err(LeafDecodeError("another version"));
+        }
+        let kind = AccessKind::from_code(header[1]).ok_or(LeafDecodeError("an unknown kind"))?;
+        let id = u128::from_be_bytes(take(16)?.try_into().map_err(|_| LeafDecodeError("the id"))?);
+        let at_micros = i64::from_be_bytes(take(8)?.try_into().map_err(|_| LeafDecodeError("the time"))?);
+        let nhs_number = u64::from_be_bytes(take(8)?.try_into().map_err(|_| LeafDecodeError("the NHS number"))?);
+        let mut text = || -> Result<&'a str, LeafDecodeError> {
+            let length = u32::from_be_bytes(take(4)?.try_into().map_err(|_| LeafDecodeError("a length"))?);
+            std::str::from_utf8(take(length as usize)?).map_err(|_| LeafDecodeError("a text is not UTF-8"))
+        };
+        let fields = Self {
+            kind,
+            id,
+            at_micros,
+            nhs_number,
+            organisation_ods_code: text()?,
+            organisation_name: text()?,
+            care_setting: text()?,
+            user_id: text()?,
+            name: text()?,
+            role_code: text()?,
+            request_id: text()?,
+        };
+        if !rest.is_empty() {
+            return Err(LeafDecodeError("bytes follow the last field"));
+        }
+        Ok(fields)
+    }
+
     /// The RFC 6962 leaf hash, SHA-256(0x00 || encoding), without building the encoding.
     pub fn leaf_hash(&self) -> Result<Hash, FieldTooLong> {
         let mut hasher = Sha256::new();
@@ -216,6 +284,25 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
+
+    #[test]
+    fn a_leaf_decodes_to_the_fields_it_was_encoded_from_and_nothing_else_decodes() {
+        let event = access();
+        let encoded = encode_access(&event, AccessKind::Scheduled).expect("encodes");
+        let decoded = LeafFields::decode(&encoded).expect("decodes");
+        assert_eq!(decoded, LeafFields { kind: AccessKind::Scheduled, ..LeafFields::of_search(&event) });
+        assert_eq!(decoded.encode().expect("encodes"), encoded);
+        assert!(LeafFields::decode(&encoded[..encoded.len() - 1]).is_err(), "cut short");
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert!(LeafFields::decode(&longer).is_err(), "a byte too many");
+        let mut other_kind = encoded.clone();
+        other_kind[1] = 9;
+        assert!(LeafFields::decode(&other_kind).is_err(), "an unknown kind");
+        let mut other_version = encoded;
+        other_version[0] = 2;
+        assert!(LeafFields::decode(&other_version).is_err(), "another version");
+    }
     use crate::model::Accessor;
     use crate::nhs::NhsNumber;
 
