@@ -191,6 +191,7 @@ async fn shutdown_retries_held_notifications_through_the_grace_period() {
         ..RelaySettings::default()
     };
     let mut relay = TestRelay::start_with(StoreChoice::Embedded, settings).await;
+    relay.relay.spawn_log_keeper().expect("the embedded store keeps an access log");
     let child = nhs(5);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
     relay.faults.fail_writes(true);
@@ -202,6 +203,10 @@ async fn shutdown_retries_held_notifications_through_the_grace_period() {
     let stored = relay.store.notifications_after("706", 0, 10).await.unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].access.accessor.user_id, "held-at-shutdown");
+    // The last checkpoint is signed after the grace period's last commit, so it covers it
+    // (before, it was signed as draining began, and this access was left outside it).
+    let last = relay.relay.log_keeper().unwrap().latest().expect("a last checkpoint");
+    assert_eq!(last.checkpoint.size, 1, "the access stored during the grace period is in the last checkpoint");
 }
 
 #[tokio::test]

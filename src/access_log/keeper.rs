@@ -233,13 +233,13 @@ impl LogKeeper {
 
     /// Signs a checkpoint every `interval` (when the log grew), and a last one
     /// when `draining` flips; then ends. Run it on its own task.
-    pub async fn keep(self, interval: std::time::Duration, mut draining: tokio::sync::watch::Receiver<bool>) {
+    pub async fn keep(self, interval: std::time::Duration, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let last = tokio::select! {
                 _ = ticks.tick() => false,
-                _ = draining.wait_for(|draining| *draining) => true,
+                _ = stopped.wait_for(|stopped| *stopped) => true,
             };
             let signed = if last {
                 self.run(|keeper| keeper.checkpoint()).await

@@ -227,7 +227,7 @@ mod tests {
             (shown["accessor"]["user_id"].as_str(), shown["nhs_number"].as_str()),
             (Some("u"), Some("9990000018"))
         );
-        let refused = proven_access(&leaf, 3, 8).err().expect("another access");
+        let refused = proven_access(&leaf, 3, 8).expect_err("another access");
         assert!(refused.to_string().contains("the proof is of another access"), "{refused}");
         assert!(proven_access(&leaf[..10], 3, 7).is_err(), "not a leaf");
     }

@@ -175,6 +175,9 @@ struct RelayState {
     health: Arc<health::WriteHealth>,
     /// Flipped once on shutdown: open subscriptions end so clients reconnect elsewhere.
     draining: watch::Sender<bool>,
+    /// Flipped once the drain's last writes are done (in-flight calls, held
+    /// retries): the access log keeper then signs its last checkpoint.
+    writes_over: watch::Sender<bool>,
     /// The per-organisation search rate limit.
     search_rate: rate::RateLimiter,
     /// Audit-of-audit and the unusual-access signal.
@@ -248,6 +251,7 @@ impl Relay {
                 oversight,
                 log_keeper,
                 draining: watch::Sender::new(false),
+                writes_over: watch::Sender::new(false),
                 tasks: tokio_util::task::TaskTracker::new(),
             }),
         };
@@ -377,6 +381,8 @@ impl Relay {
     /// it started to end (each ends when it sees the relay draining, after
     /// its last write), so that none holds the store open after this returns.
     pub async fn finish_tasks(&self, deadline: tokio::time::Instant) {
+        // The grace period's calls and held retries are over: the keeper's last checkpoint covers them.
+        self.shared.writes_over.send_replace(true);
         self.shared.tasks.close();
         if tokio::time::timeout_at(deadline, self.shared.tasks.wait()).await.is_err() {
             tracing::warn!(running = self.shared.tasks.len(), "background tasks still running at shutdown");

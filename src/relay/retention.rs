@@ -90,12 +90,14 @@ impl Relay {
         })
     }
 
-    /// Signs access log checkpoints every `checkpoint_interval`, and a last
-    /// one once the relay drains (await the handle after the server stops).
+    /// Signs access log checkpoints every `checkpoint_interval`, through the
+    /// drain too, and a last one once the relay's writes are over
+    /// ([`Relay::finish_tasks`]: after the grace period's last commits and
+    /// held retries), so that the last checkpoint covers them.
     pub fn spawn_log_keeper(&self) -> Option<JoinHandle<()>> {
         let keeper = self.shared.log_keeper.as_ref()?;
         Some(self.spawn_task(
-            keeper.clone().keep(self.shared.settings.checkpoint_interval, self.shared.draining.subscribe()),
+            keeper.clone().keep(self.shared.settings.checkpoint_interval, self.shared.writes_over.subscribe()),
         ))
     }
 

@@ -288,6 +288,8 @@ impl AccessLog for EmbeddedLog {
     }
 
     fn add_note(&self, kind: NoteKind, text: &str) -> Result<(), StoreError> {
+        // From reading the last number to committing the next: one note at a time.
+        let _numbering = self.spaces.notes_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let sequence = match self.spaces.log_notes.last_key_value() {
             Some(entry) => keys::position_of_key(&entry.key().map_err(io)?, "log_notes")? + 1,
             None => 0,

@@ -146,6 +146,9 @@ pub(super) struct Spaces {
     pub log_notes: Keyspace,
     /// What the activity lane appended to the log, hashed, for the keeper.
     pub appended: Arc<log::Appended>,
+    /// Held while a note takes the next note number: the keeper's checkpoint
+    /// and a retention note stored at one moment must not take the same one.
+    pub notes_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl Spaces {
@@ -184,6 +187,7 @@ impl Spaces {
             log_tree: keyspace(&activity_db, "log_tree")?,
             log_notes: keyspace(&activity_db, "log_notes")?,
             appended: Arc::default(),
+            notes_lock: Arc::default(),
             plans_db,
             activity_db,
         })

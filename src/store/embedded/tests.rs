@@ -307,3 +307,24 @@ fn a_position_migration_stopped_after_its_first_batch_resumes_where_it_stopped()
     assert!(report.integrity_ok, "{:?}", report.problems);
     assert_eq!(count(&report, "log"), 5);
 }
+
+/// Notes stored at the same moment (the keeper's checkpoint and a retention
+/// note) each take a number of their own: before, both read the same last
+/// number and one overwrote the other.
+#[test]
+fn notes_stored_at_once_each_take_their_own_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let log = store.access_log().unwrap();
+    std::thread::scope(|scope| {
+        for writer in 0..8 {
+            let log = &log;
+            scope.spawn(move || {
+                for n in 0..25 {
+                    log.add_note(crate::store::log::NoteKind::Checkpoint, &format!("note {writer}-{n}\n")).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(log.notes().unwrap().len(), 200, "none overwritten");
+}
