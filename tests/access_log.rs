@@ -338,13 +338,26 @@ async fn retention_never_removes_what_the_tree_does_not_hold() {
 #[tokio::test]
 async fn audit_verify_exits_non_zero_on_tampering() {
     let (dir, _signer) = logged_store().await;
+    // The key the auditor was given, kept apart from the store (verify never reads one from there).
+    let given = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy(dir.path().join(cpis_relay::access_log::VERIFIER_KEY_FILE), given.path()).unwrap();
     let run = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
             .args(["audit", "verify", "--data-dir"])
             .arg(dir.path())
+            .arg("--verifier-key")
+            .arg(given.path())
             .output()
             .unwrap()
     };
+    let without_key = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("CPIS_LOG_VERIFIER_KEY")
+        .output()
+        .unwrap();
+    assert!(!without_key.status.success(), "a key from the checked directory vouches for nothing");
+    assert!(String::from_utf8_lossy(&without_key.stderr).contains("--verifier-key"), "{without_key:?}");
     let clean = run();
     let text = String::from_utf8_lossy(&clean.stdout).to_string();
     assert!(clean.status.success(), "{text}{}", String::from_utf8_lossy(&clean.stderr));

@@ -367,6 +367,8 @@ async fn serve_makes_a_private_key_and_signs_a_last_checkpoint_at_shutdown() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
         .args(["audit", "verify", "--data-dir"])
         .arg(&data)
+        .arg("--verifier-key")
+        .arg(public.trim())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout).to_string();

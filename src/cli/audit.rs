@@ -39,9 +39,10 @@ pub enum AuditCommand {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub store: super::store_args::StoreArgs,
-    /// The verifier key (`name+id+key`), or a file holding it [default: DATA_DIR/access-log.pub].
+    /// The verifier key you were given (`name+id+key`), or a file holding it. Required: a key
+    /// read from the store being checked would vouch for whoever rewrote that store.
     #[arg(long, env = "CPIS_LOG_VERIFIER_KEY")]
-    pub verifier_key: Option<String>,
+    pub verifier_key: String,
 }
 
 pub async fn run(args: AuditArgs) -> Result<u8, CliError> {
@@ -55,26 +56,19 @@ pub async fn run(args: AuditArgs) -> Result<u8, CliError> {
     }
 }
 
-/// The verifier key from `--verifier-key` (text or a file) or beside the data.
-pub fn verifier_key(given: Option<&str>, data_dir: &Path) -> Result<VerifierKey, CliError> {
-    let text = match given {
-        Some(text) if Path::new(text).is_file() => {
-            std::fs::read_to_string(text).map_err(|error| CliError::Config(format!("verifier_key: {text}: {error}")))?
-        }
-        Some(text) => text.to_owned(),
-        None => {
-            let path = data_dir.join(access_log::VERIFIER_KEY_FILE);
-            std::fs::read_to_string(&path).map_err(|error| {
-                CliError::Config(format!("verifier_key: {}: {error} (pass --verifier-key)", path.display()))
-            })?
-        }
+/// The verifier key from `--verifier-key`: the key itself, or a file holding it.
+pub fn verifier_key(given: &str) -> Result<VerifierKey, CliError> {
+    let text = if Path::new(given).is_file() {
+        std::fs::read_to_string(given).map_err(|error| CliError::Config(format!("verifier_key: {given}: {error}")))?
+    } else {
+        given.to_owned()
     };
     VerifierKey::parse(&text).map_err(|error| CliError::Config(format!("verifier_key: {error}")))
 }
 
 async fn run_verify(args: VerifyArgs) -> Result<u8, CliError> {
     let data_dir = args.store.data_dir.clone();
-    let verifier = verifier_key(args.verifier_key.as_deref(), &data_dir)?;
+    let verifier = verifier_key(&args.verifier_key)?;
     let started = std::time::Instant::now();
     let report = match &args.store.store {
         crate::config::StoreKind::Embedded => {
