@@ -118,6 +118,30 @@ async fn tampered_rows_are_found_at_their_positions() {
     assert!(!report.is_clean());
     assert_eq!(leaf_positions(&report), vec![2, 4, 7, 10], "{:?}", report.findings);
 
+    // A row filed at another record's position (across the two tables), and one past the log's end:
+    // each kept outside the log, each a finding (verify once walked the positions only).
+    cluster.psql("cpis", "UPDATE cpis_audit_reads SET position = 3 WHERE position = 6");
+    cluster.psql("cpis", "UPDATE cpis_accesses SET position = 1000 WHERE position = 11");
+    let report = verify(&url, &signer).await;
+    let outside: Vec<String> = report
+        .findings
+        .iter()
+        .filter_map(|finding| match finding {
+            LogFinding::Outside(outside) => Some(outside.describe()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        outside,
+        [
+            "log position 3 does not hold this record",
+            "log position 3 does not hold this record",
+            "log position 1000 does not hold this record"
+        ],
+        "{:?}",
+        report.findings
+    );
+
     // The CLI says the same and exits 1.
     let key = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(key.path(), signer.verifier().to_string()).unwrap();

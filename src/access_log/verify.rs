@@ -11,7 +11,7 @@ use super::notes::RetentionNote;
 use crate::{
     store::{
         StoreError,
-        log::{AccessLog, LeafProblem, NoteKind},
+        log::{AccessLog, LeafProblem, NoteKind, OutsideRecord},
     },
     transparency::{
         Checkpoint, HashStore, MerkleLog, VerifierKey,
@@ -33,6 +33,8 @@ pub enum LogFinding {
     /// Records below `retained_from` are gone, but the latest signed
     /// retention note only removed those below `signed_boundary`.
     PrefixMissing { signed_boundary: u64, retained_from: u64 },
+    /// A record kept beside the log, not in it: no checkpoint vouches for it.
+    Outside(OutsideRecord),
 }
 
 impl std::fmt::Display for LogFinding {
@@ -64,6 +66,12 @@ impl std::fmt::Display for LogFinding {
                 write!(f, "position {position}: the record cannot be read: {error}")
             }
             Self::NoteUnverified { index, error } => write!(f, "signed note {index}: {error}"),
+            Self::Outside(outside) => write!(
+                f,
+                "access {}: kept outside the log ({}), so no checkpoint covers it",
+                uuid::Uuid::from_u128(outside.id()),
+                outside.describe()
+            ),
             Self::PrefixMissing { signed_boundary, retained_from } => write!(
                 f,
                 "positions {signed_boundary} to {}: removed without a signed retention note",
@@ -94,6 +102,9 @@ impl LogReport {
         self.findings.iter().all(|finding| matches!(finding, LogFinding::Tree(Finding::RecordsNotInTree { .. })))
     }
 }
+
+/// Records outside the log named in one report at most.
+const OUTSIDE_SHOWN: usize = 100;
 
 /// Positions one thread reads at a time.
 const CHUNK: u64 = 32_768;
@@ -220,5 +231,6 @@ pub(super) fn verify_in_chunks(
     report.more_findings = tree_report.more_leaf_differences;
     report.findings.extend(unreadable);
     report.findings.extend(tree_report.findings.into_iter().map(LogFinding::Tree));
+    report.findings.extend(log.records_outside(OUTSIDE_SHOWN)?.into_iter().map(LogFinding::Outside));
     Ok(report)
 }

@@ -104,7 +104,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         if key.as_ref() != keys::access(access.nhs_number, access.scheduled, at, access.id) {
             problem("accesses: a record is filed under another key".into());
         }
-        if let Some(missing) = logged(&spaces, &key, access.id)? {
+        if let Some(missing) = super::embedded::logged(&spaces, &key, access.id)?.map(|outside| outside.describe()) {
             problem(format!("accesses: {missing}"));
         }
         accesses += 1;
@@ -116,7 +116,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         if key.as_ref() != keys::audit_read(read.nhs_number, read.read_at.timestamp_micros(), read.id) {
             problem("audit_reads: a record is filed under another key".into());
         }
-        if let Some(missing) = logged(&spaces, &key, read.id)? {
+        if let Some(missing) = super::embedded::logged(&spaces, &key, read.id)?.map(|outside| outside.describe()) {
             problem(format!("audit_reads: {missing}"));
         }
         audit_reads += 1;
@@ -170,17 +170,4 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
         ("cursors", cursors.len() as u64),
     ];
     Ok(report)
-}
-
-/// Why the record under `key` with this id is not properly in the log, if it is not.
-fn logged(spaces: &Spaces, key: &[u8], id: u128) -> Result<Option<String>, StoreError> {
-    let Some(position) = spaces.log_ids.get(id.to_be_bytes()).map_err(io)? else {
-        return Ok(Some("a record has no log position".into()));
-    };
-    let position = keys::position_of_key(&position, "log_ids")?;
-    Ok(match spaces.log.get(keys::log_position(position)).map_err(io)? {
-        Some(entry) if entry.get(1..) == Some(key) => None,
-        Some(_) => Some(format!("log position {position} names another record")),
-        None => Some(format!("log position {position} is not in the log")),
-    })
 }

@@ -102,6 +102,35 @@ impl NoteKind {
     }
 }
 
+/// A record kept beside the log rather than in it: never verified against a
+/// checkpoint, and so left out of what auditors are shown as logged. `audit
+/// verify` reports each one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutsideRecord {
+    /// An access or auditor's read with no log position.
+    NoPosition { id: u128 },
+    /// A record filed at a position the log does not hold for it: beyond
+    /// the log's end, below what it retains, or where another record is.
+    NotAt { id: u128, position: u64 },
+}
+
+impl OutsideRecord {
+    /// What is wrong, without the record's id (as `store check` words it).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::NoPosition { .. } => "a record has no log position".into(),
+            Self::NotAt { position, .. } => format!("log position {position} does not hold this record"),
+        }
+    }
+
+    /// The record's id.
+    pub fn id(&self) -> u128 {
+        match self {
+            Self::NoPosition { id } | Self::NotAt { id, .. } => *id,
+        }
+    }
+}
+
 /// A signed note as stored, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredNote {
@@ -156,4 +185,7 @@ pub trait AccessLog: Send + Sync + 'static {
 
     /// Every stored note, oldest first.
     fn notes(&self) -> Result<Vec<StoredNote>, StoreError>;
+
+    /// Up to `limit` records kept outside the log (see [`OutsideRecord`]).
+    fn records_outside(&self, limit: usize) -> Result<Vec<OutsideRecord>, StoreError>;
 }

@@ -276,6 +276,24 @@ impl Store for MemoryStore {
 }
 
 impl AccessLog for MemoryStore {
+    fn records_outside(&self, limit: usize) -> Result<Vec<crate::store::log::OutsideRecord>, StoreError> {
+        use crate::store::log::OutsideRecord;
+        Ok(self.with_state(|state| {
+            let mut outside = Vec::new();
+            for (_, _, id) in state.accesses.keys() {
+                match state.log_ids.get(id) {
+                    None => outside.push(OutsideRecord::NoPosition { id: *id }),
+                    Some(position) if state.log.get(position).is_none_or(|entry| entry.id() != *id) => {
+                        outside.push(OutsideRecord::NotAt { id: *id, position: *position });
+                    }
+                    Some(_) => {}
+                }
+            }
+            outside.truncate(limit);
+            outside
+        }))
+    }
+
     fn bounds(&self) -> Result<LogBounds, StoreError> {
         Ok(self.with_state(|state| state.log_bounds))
     }

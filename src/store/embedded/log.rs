@@ -30,7 +30,7 @@ use crate::{
     nhs::NhsNumber,
     store::{
         StoreError,
-        log::{AccessLog, LeafProblem, LogBounds, LogEntry, NoteKind, StoredNote, TreeStore},
+        log::{AccessLog, LeafProblem, LogBounds, LogEntry, NoteKind, OutsideRecord, StoredNote, TreeStore},
     },
     transparency::{Hash, HashStore, leaf::LeafFields},
 };
@@ -75,6 +75,20 @@ pub(in crate::store) fn bounds(spaces: &Spaces) -> Result<LogBounds, StoreError>
 /// Writes the first retained position into a lane's batch.
 pub(super) fn set_retained_from(spaces: &Spaces, batch: &mut fjall::OwnedWriteBatch, position: u64) {
     batch.insert(&spaces.log_meta, RETAINED_FROM, position.to_be_bytes());
+}
+
+/// Whether the record under `key` with this id is in the log: `None`, or
+/// how it is kept outside it (no position, or a position whose entry names
+/// another record or is not held).
+pub(in crate::store) fn logged(spaces: &Spaces, key: &[u8], id: u128) -> Result<Option<OutsideRecord>, StoreError> {
+    let Some(position) = spaces.log_ids.get(id.to_be_bytes()).map_err(io)? else {
+        return Ok(Some(OutsideRecord::NoPosition { id }));
+    };
+    let position = keys::position_of_key(&position, "log_ids")?;
+    Ok(match spaces.log.get(keys::log_position(position)).map_err(io)? {
+        Some(entry) if entry.get(1..) == Some(key) => None,
+        _ => Some(OutsideRecord::NotAt { id, position }),
+    })
 }
 
 /// Accesses given positions per commit of [`assign_positions`].
@@ -285,6 +299,24 @@ impl AccessLog for EmbeddedLog {
 
     fn tree(&self) -> TreeStore {
         Box::new(EmbeddedTree { spaces: self.spaces.clone() })
+    }
+
+    fn records_outside(&self, limit: usize) -> Result<Vec<OutsideRecord>, StoreError> {
+        let mut outside = Vec::new();
+        for (keyspace, what) in [(&self.spaces.accesses, "accesses"), (&self.spaces.audit_reads, "audit_reads")] {
+            for entry in keyspace.iter() {
+                let key = entry.key().map_err(io)?;
+                let id =
+                    keys::id_of_record_key(&key).map_err(|error| StoreError::Corrupt(format!("{what}: {error}")))?;
+                if let Some(record) = logged(&self.spaces, &key, id)? {
+                    outside.push(record);
+                    if outside.len() >= limit {
+                        return Ok(outside);
+                    }
+                }
+            }
+        }
+        Ok(outside)
     }
 
     fn add_note(&self, kind: NoteKind, text: &str) -> Result<(), StoreError> {

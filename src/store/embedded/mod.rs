@@ -27,7 +27,7 @@ pub(super) mod keys;
 mod lane;
 mod log;
 mod plan_changes;
-pub(in crate::store) use log::bounds as log_bounds;
+pub(in crate::store) use log::{bounds as log_bounds, logged};
 
 use std::{
     path::{Path, PathBuf},

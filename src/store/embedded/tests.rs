@@ -328,3 +328,28 @@ fn notes_stored_at_once_each_take_their_own_number() {
     });
     assert_eq!(log.notes().unwrap().len(), 200, "none overwritten");
 }
+
+/// A record kept beside the log (its position gone) is a finding of `audit
+/// verify`: before, verify walked the log's positions only and never saw it,
+/// while auditors were shown it as "not logged yet".
+#[tokio::test]
+async fn verify_names_a_record_kept_outside_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    record_three(&store, person).await;
+    let verifier = crate::transparency::LogSigner::generate_ephemeral("test.example/log").unwrap().verifier().clone();
+    let log = store.access_log().unwrap();
+    let clean = crate::access_log::verify_log(log.as_ref(), &verifier).unwrap();
+    assert!(clean.findings.iter().all(|finding| !matches!(finding, crate::access_log::LogFinding::Outside(_))));
+    store.spaces.log_ids.remove(2u128.to_be_bytes()).unwrap();
+    let report = crate::access_log::verify_log(log.as_ref(), &verifier).unwrap();
+    assert!(
+        report
+            .findings
+            .contains(&crate::access_log::LogFinding::Outside(crate::store::log::OutsideRecord::NoPosition { id: 2 })),
+        "{:?}",
+        report.findings
+    );
+    assert!(!report.is_clean());
+}

@@ -26,7 +26,9 @@ use crate::{
     nhs::NhsNumber,
     store::{
         StoreError,
-        log::{AccessLog, LeafProblem, LogBounds, LogEntry, NoteKind, StoredNote, TREE_MOVED, TreeStore},
+        log::{
+            AccessLog, LeafProblem, LogBounds, LogEntry, NoteKind, OutsideRecord, StoredNote, TREE_MOVED, TreeStore,
+        },
     },
     transparency::{Hash, HashStore, leaf::LeafFields, tree::stored_hash_count},
 };
@@ -201,6 +203,39 @@ impl AccessLog for PostgresLog {
                 .map_err(db_error)?;
             Ok(())
         })
+    }
+
+    /// Rows with no position, at a position outside what `cpis_log` holds,
+    /// or sharing a position with another row (across both tables): one scan.
+    fn records_outside(&self, limit: usize) -> Result<Vec<OutsideRecord>, StoreError> {
+        let rows = self.block(async {
+            self.client()
+                .await?
+                .query(
+                    "WITH logged AS (
+                         SELECT id, position FROM cpis_accesses UNION ALL SELECT id, position FROM cpis_audit_reads
+                     ), counted AS (
+                         SELECT id, position, count(*) OVER (PARTITION BY position) AS sharing FROM logged
+                     )
+                     SELECT c.id, c.position FROM counted c CROSS JOIN cpis_log l
+                     WHERE l.id = 1 AND (c.position IS NULL OR c.position >= l.size OR c.position < l.retained_from
+                                         OR (c.position IS NOT NULL AND c.sharing > 1))
+                     ORDER BY c.position NULLS FIRST, c.id LIMIT $1",
+                    &[&(limit as i64)],
+                )
+                .await
+                .map_err(db_error)
+        })?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let id = row.get::<_, uuid::Uuid>(0).as_u128();
+                match row.get::<_, Option<i64>>(1) {
+                    None => OutsideRecord::NoPosition { id },
+                    Some(position) => OutsideRecord::NotAt { id, position: position as u64 },
+                }
+            })
+            .collect())
     }
 
     fn notes(&self) -> Result<Vec<StoredNote>, StoreError> {
