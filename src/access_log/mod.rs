@@ -42,8 +42,11 @@ pub const DEFAULT_LOG_NAME: &str = "cpis-relay/access-log";
 /// Seconds between checkpoints unless configured.
 pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 5;
 
-/// Loads the log's signing key from `path`, generating it (mode 0600) and
-/// writing its public verifier key beside it when it does not exist yet.
+/// Loads the log's signing key from `path`, generating it (mode 0600, its
+/// directory synced) when it does not exist yet, and keeps the public
+/// verifier key beside it (`access-log.pub`) the key's own: written when
+/// missing, rewritten when it names another key (a stale copy would have
+/// auditors check against the wrong key).
 pub fn load_or_create_signer(
     name: &str,
     path: &std::path::Path,
@@ -56,8 +59,13 @@ pub fn load_or_create_signer(
     };
     let signer = crate::transparency::LogSigner::from_key_file(name, path)?;
     let public = path.with_file_name(VERIFIER_KEY_FILE);
-    if created || !public.exists() {
-        std::fs::write(&public, format!("{}\n", signer.verifier()))
+    let verifier = signer.verifier().to_string();
+    let current = std::fs::read_to_string(&public).ok();
+    if current.as_deref().map(str::trim) != Some(verifier.as_str()) {
+        if current.is_some() {
+            tracing::warn!(path = %public.display(), verifier = %verifier, "the verifier key file named another key; rewritten to match the signing key");
+        }
+        std::fs::write(&public, format!("{verifier}\n"))
             .map_err(|source| crate::transparency::key::KeyError::Io { path: public.clone(), source })?;
     }
     Ok((signer, created))

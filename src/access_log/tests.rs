@@ -113,3 +113,26 @@ async fn periodic_checkpoints_are_stored_at_most_hourly_but_served_fresh() {
     assert_eq!(keeper.checkpoint().unwrap().checkpoint.size, 6);
     assert_eq!(stored(), 3, "asked for (shutdown, retention): stored at once");
 }
+
+/// The key file must be the owner's only, and the verifier key beside it is
+/// always the signing key's own: a stale copy of another key is rewritten.
+#[test]
+fn a_shared_key_file_is_refused_and_a_stale_verifier_key_is_rewritten() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(super::DEFAULT_KEY_FILE);
+    let (signer, created) = super::load_or_create_signer("test.example/log", &path).unwrap();
+    assert!(created);
+    let public = dir.path().join(super::VERIFIER_KEY_FILE);
+    assert_eq!(std::fs::read_to_string(&public).unwrap().trim(), signer.verifier().to_string());
+
+    let other = crate::transparency::LogSigner::generate_ephemeral("test.example/log").unwrap();
+    std::fs::write(&public, format!("{}\n", other.verifier())).unwrap();
+    let (again, created) = super::load_or_create_signer("test.example/log", &path).unwrap();
+    assert!(!created);
+    assert_eq!(std::fs::read_to_string(&public).unwrap().trim(), again.verifier().to_string(), "rewritten");
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = super::load_or_create_signer("test.example/log", &path).unwrap_err();
+    assert!(refused.to_string().contains("chmod 600"), "{refused}");
+}

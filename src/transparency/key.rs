@@ -31,6 +31,8 @@ pub enum KeyError {
     BadVerifierKey(&'static str),
     #[error("the system random generator failed")]
     Random,
+    #[error("{}: the signing key is readable or writable by others (mode {mode:o}); it must be the owner's only: chmod 600 it", path.display())]
+    NotPrivate { path: PathBuf, mode: u32 },
 }
 
 /// Whether `name` may name a signed-note key (and so a checkpoint's origin).
@@ -59,7 +61,12 @@ pub fn generate_key_file(path: &Path) -> Result<(), KeyError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(io_error)?;
     file.write_all(document.as_ref()).map_err(io_error)?;
-    file.sync_all().map_err(io_error)
+    file.sync_all().map_err(io_error)?;
+    // The new file's directory entry must survive a power loss too.
+    let dir = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| KeyError::Io { path: dir.to_owned(), source })
 }
 
 /// The log's signing key and the name it signs under.
@@ -76,8 +83,18 @@ impl std::fmt::Debug for LogSigner {
 }
 
 impl LogSigner {
-    /// Loads the PKCS#8 key at `path` to sign as `name`.
+    /// Loads the PKCS#8 key at `path` to sign as `name`; refuses a key file
+    /// others may read or write.
     pub fn from_key_file(name: &str, path: &Path) -> Result<Self, KeyError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let metadata = std::fs::metadata(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyError::NotPrivate { path: path.to_owned(), mode });
+            }
+        }
         let der = std::fs::read(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
         Self::from_pkcs8(name, &der).map_err(|error| match error {
             KeyError::NotEd25519 { reason, .. } => KeyError::NotEd25519 { path: path.to_owned(), reason },
