@@ -144,6 +144,7 @@ fn register_known_label_sets() {
     metrics::counter!("cpis_notifications_delivered_total").absolute(0);
     metrics::gauge!("cpis_notifications_held").set(0.0);
     metrics::gauge!("cpis_notifications_quarantined").set(0.0);
+    metrics::gauge!("cpis_access_log_forked").set(0.0);
     metrics::gauge!("cpis_search_retries_waiting").set(0.0);
     metrics::gauge!("cpis_index_lag_seconds").set(0.0);
     metrics::gauge!("cpis_clock_offset_seconds").set(0.0);
@@ -198,6 +199,10 @@ fn describe_metrics() {
     describe_gauge!(
         "cpis_notifications_quarantined",
         "Searches set aside in the quarantine: the store refused their record every time it was tried alone. Their local authorities are not notified until an operator replays or exports them."
+    );
+    describe_gauge!(
+        "cpis_access_log_forked",
+        "1 once the access log's tree no longer extends the last checkpoint this key signed: the keeper signs nothing more and the relay is not ready."
     );
     describe_gauge!("cpis_plans", "Plans held, by type.");
     describe_counter!("cpis_uploads_total", "Uploads by status: all_loaded, partial, none_loaded.");

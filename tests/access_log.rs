@@ -236,25 +236,29 @@ async fn two_swapped_records_are_found_at_both_positions() {
     assert_eq!(leaf_positions(&report), vec![30, 33], "{:?}", report.findings);
 }
 
+/// Offline tampering: record 2 altered and the tree emptied, to be rebuilt
+/// from the altered records (the signed notes are kept).
+fn alter_record_2_and_empty_the_tree(dir: &Path) {
+    let raw = Raw::open(dir);
+    let accesses = raw.keyspace("accesses");
+    let key = raw.record_key(2);
+    let mut event: AccessEvent = postcard::from_bytes(&accesses.get(&key).unwrap().unwrap()).unwrap();
+    event.accessor.user_id = "someone-else".into();
+    accesses.insert(&key, postcard::to_allocvec(&event).unwrap()).unwrap();
+    let tree = raw.keyspace("log_tree");
+    for entry in tree.iter() {
+        tree.remove(entry.key().unwrap()).unwrap();
+    }
+    raw.keyspace("log_meta").insert("tree_size", 0u64.to_be_bytes()).unwrap();
+    raw.persist();
+}
+
 #[tokio::test]
 async fn a_rewritten_tree_does_not_hide_an_altered_record() {
     let (dir, signer) = logged_store().await;
     // Alter record 2 and rebuild the tree from the altered records: the tree
     // now agrees with the records, but not with the signed roots.
-    {
-        let raw = Raw::open(dir.path());
-        let accesses = raw.keyspace("accesses");
-        let key = raw.record_key(2);
-        let mut event: AccessEvent = postcard::from_bytes(&accesses.get(&key).unwrap().unwrap()).unwrap();
-        event.accessor.user_id = "someone-else".into();
-        accesses.insert(&key, postcard::to_allocvec(&event).unwrap()).unwrap();
-        let tree = raw.keyspace("log_tree");
-        for entry in tree.iter() {
-            tree.remove(entry.key().unwrap()).unwrap();
-        }
-        raw.keyspace("log_meta").insert("tree_size", 0u64.to_be_bytes()).unwrap();
-        raw.persist();
-    }
+    alter_record_2_and_empty_the_tree(dir.path());
     {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         // A keeper with the right key rebuilds the tree; it cannot re-sign old checkpoints' roots.
@@ -420,4 +424,33 @@ fn access_log_settings_are_configurable_and_bad_values_exit_64() {
         assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
         assert!(stderr.contains(key), "{stderr}");
     }
+}
+
+/// A relay started on a log rewritten offline (a record altered, the tree
+/// rebuilt from it, the signed notes kept) refuses to sign a checkpoint of
+/// that history and is not ready. Before, its keeper signed whatever it found.
+#[tokio::test]
+async fn a_relay_on_a_rewritten_log_refuses_to_sign_it_and_is_not_ready() {
+    let (dir, signer) = logged_store().await;
+    alter_record_2_and_empty_the_tree(dir.path());
+    let store: Arc<dyn cpis_relay::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(start()));
+    let settings = cpis_relay::relay::RelaySettings { log_signer: Some(Arc::clone(&signer)), ..Default::default() };
+    let relay = cpis_relay::relay::Relay::open(store, clock, settings).await.unwrap();
+    let auditor = cpis_relay::auth::Identity {
+        ods_code: "X26".into(),
+        organisation_name: "AUDIT".into(),
+        role: cpis_relay::auth::Role::Auditor,
+    };
+    let refused = relay.latest_checkpoint(&auditor).await.unwrap_err();
+    assert!(refused.to_string().contains("refusing to sign"), "{refused}");
+    let mut health = relay.store_health();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        health.wait_for(|health| *health == cpis_relay::relay::StoreHealth::Failing),
+    )
+    .await
+    .expect("not ready once the keeper refuses")
+    .unwrap();
+    assert!(relay.latest_checkpoint(&auditor).await.is_err(), "and it goes on refusing");
 }

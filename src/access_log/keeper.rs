@@ -51,6 +51,9 @@ struct Shared {
     log: Arc<dyn AccessLog>,
     signer: Arc<LogSigner>,
     clock: Arc<dyn Clock>,
+    /// Why the tree no longer extends the last checkpoint this key signed,
+    /// once it does not: the keeper then signs nothing, and the relay is not ready.
+    forked: tokio::sync::watch::Sender<Option<String>>,
     /// The tree and the latest checkpoint, under one lock: the keeper's
     /// task, retention and proofs take it briefly and never across an await.
     state: Mutex<State>,
@@ -94,8 +97,45 @@ impl LogKeeper {
                 .map(|checkpoint| SignedCheckpoint { checkpoint, note: note.text })
         });
         let last_stored_at = latest.as_ref().map(|latest| latest.checkpoint.time);
-        let state = Mutex::new(State { tree, latest_stored: latest.is_some(), latest, last_stored_at });
-        Ok(Self { shared: Arc::new(Shared { log, signer, clock, state }) })
+        // A tree already as long as the last checkpoint signed must give its root now (a shorter
+        // one is caught up from the records first, at the first checkpoint).
+        let forked = match &latest {
+            Some(latest) if tree.size() >= latest.checkpoint.size => fork_of(&tree, &latest.checkpoint)?,
+            _ => None,
+        };
+        let keeper = Self {
+            shared: Arc::new(Shared {
+                log,
+                signer,
+                clock,
+                forked: tokio::sync::watch::Sender::new(None),
+                state: Mutex::new(State { tree, latest_stored: latest.is_some(), latest, last_stored_at }),
+            }),
+        };
+        if let Some(reason) = forked {
+            keeper.mark_forked(reason);
+        }
+        Ok(keeper)
+    }
+
+    /// Why the keeper refuses to sign, once it does (see [`fork_of`]).
+    pub fn forked(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.shared.forked.subscribe()
+    }
+
+    fn mark_forked(&self, reason: String) {
+        metrics::gauge!("cpis_access_log_forked").set(1.0);
+        tracing::error!(%reason, "the access log's tree does not extend the last checkpoint this key signed: signing nothing more; run `cpis-relay audit verify`");
+        self.shared.forked.send_replace(Some(reason));
+    }
+
+    fn refuse_if_forked(&self) -> Result<(), StoreError> {
+        match self.shared.forked.borrow().as_ref() {
+            Some(reason) => Err(StoreError::Corrupt(format!(
+                "access log: refusing to sign a checkpoint: {reason} (run `cpis-relay audit verify`)"
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub fn verifier(&self) -> &VerifierKey {
@@ -132,7 +172,16 @@ impl LogKeeper {
     }
 
     fn checkpoint_locked(&self, state: &mut State, keep: Keep) -> Result<SignedCheckpoint, StoreError> {
+        self.refuse_if_forked()?;
         let size = catch_up(&self.shared.log, &mut state.tree)?;
+        // Before each signature: the tree (perhaps reopened after another node's
+        // append, or rebuilt at start) still extends what this key signed last.
+        if let Some(latest) = &state.latest
+            && let Some(reason) = fork_of(&state.tree, &latest.checkpoint)?
+        {
+            self.mark_forked(reason);
+            self.refuse_if_forked()?;
+        }
         let now = self.shared.clock.now();
         let signed = match &state.latest {
             Some(latest) if latest.checkpoint.size == size => latest.clone(),
@@ -255,6 +304,27 @@ impl LogKeeper {
             }
         }
     }
+}
+
+/// Why `tree` does not extend `signed` (a checkpoint this key signed), if it
+/// does not: it holds fewer leaves (the log was cut), or its first
+/// `signed.size` leaves give another root (the log was rewritten). A
+/// store that fails to answer is an error, not a fork.
+fn fork_of(tree: &MerkleLog<TreeStore>, signed: &Checkpoint) -> Result<Option<String>, StoreError> {
+    if tree.size() < signed.size {
+        return Ok(Some(format!(
+            "the log holds {} accesses, fewer than the {} of the last checkpoint this key signed",
+            tree.size(),
+            signed.size
+        )));
+    }
+    let root = tree.root_at(signed.size).map_err(tree_error)?;
+    Ok((root != signed.root).then(|| {
+        format!(
+            "the first {} accesses of the log no longer give the root this key signed for them: the log was rewritten",
+            signed.size
+        )
+    }))
 }
 
 fn catch_up(log: &Arc<dyn AccessLog>, tree: &mut MerkleLog<TreeStore>) -> Result<u64, StoreError> {

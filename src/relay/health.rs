@@ -4,7 +4,9 @@
 //! write failed or any search's notifications are held, so readiness never
 //! flaps to healthy while held notifications remain. A write the store
 //! refused for the record's sake ([`StoreError::is_about_the_record`]) is
-//! not a failing store: the held queue sets such a record aside. Reads report nothing:
+//! not a failing store: the held queue sets such a record aside. An access
+//! log whose keeper refuses to sign (its tree no longer extends what it
+//! signed) keeps the relay not ready too: what it stores could not be vouched for. Reads report nothing:
 //! readiness is about whether what callers hand the relay is kept.
 
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,8 @@ use crate::{
 struct State {
     last_write_failed: bool,
     held: usize,
+    /// The access log keeper refuses to sign: its tree no longer extends what it signed.
+    log_forked: bool,
 }
 
 /// The inputs of store health and its published value.
@@ -50,11 +54,17 @@ impl WriteHealth {
         self.update(|state| state.held = held);
     }
 
+    /// Whether the access log's keeper refuses to sign (a forked log).
+    pub(super) fn set_log_forked(&self, forked: bool) {
+        self.update(|state| state.log_forked = forked);
+    }
+
     fn update(&self, change: impl FnOnce(&mut State)) {
         // Published under the lock, so concurrent updates publish in the order they changed the state.
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         change(&mut state);
-        let health = if state.last_write_failed || state.held > 0 { StoreHealth::Failing } else { StoreHealth::Ok };
+        let failing = state.last_write_failed || state.held > 0 || state.log_forked;
+        let health = if failing { StoreHealth::Failing } else { StoreHealth::Ok };
         self.published.send_if_modified(|published| {
             let changed = *published != health;
             *published = health;

@@ -256,6 +256,7 @@ impl Relay {
             }),
         };
         relay.publish_plan_gauges();
+        relay.follow_log_fork();
         relay.reload_held().await?;
         if let Some(feed) = relay.shared.store.feed() {
             relay.spawn_follower(feed);
@@ -370,6 +371,23 @@ impl Relay {
         F::Output: Send + 'static,
     {
         self.shared.tasks.spawn(work)
+    }
+
+    /// Readiness follows the access log keeper's refusal to sign a forked log.
+    fn follow_log_fork(&self) {
+        let Some(keeper) = &self.shared.log_keeper else { return };
+        let mut forked = keeper.forked();
+        let health = Arc::clone(&self.shared.health);
+        let mut draining = self.shared.draining.subscribe();
+        self.spawn_task(async move {
+            loop {
+                health.set_log_forked(forked.borrow_and_update().is_some());
+                tokio::select! {
+                    changed = forked.changed() => if changed.is_err() { return },
+                    () = until_draining(&mut draining) => return,
+                }
+            }
+        });
     }
 
     /// Tasks the relay started that are still running (shutdown waits for them).
