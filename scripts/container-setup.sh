@@ -58,13 +58,13 @@ else
 fi
 
 if $compose; then
-  # 1.0.6 is the newest that drives Debian bookworm's podman 4.3 (later ones need podman 4.4+).
+  # The version tried with Debian bookworm's podman 4.3.
   if have podman-compose \
-    || { ! $check_only && say "pip install podman-compose==1.0.6" \
-         && { python3 -m pip install --quiet podman-compose==1.0.6 2>/dev/null \
-              || python3 -m pip install --quiet --break-system-packages podman-compose==1.0.6; } \
+    || { ! $check_only && say "pip install podman-compose==1.6.0" \
+         && { python3 -m pip install --quiet podman-compose==1.6.0 2>/dev/null \
+              || python3 -m pip install --quiet --break-system-packages podman-compose==1.6.0; } \
          && have podman-compose; }; then
-    say "podman-compose: $(podman-compose --version 2>/dev/null | tail -n1)"
+    say "podman-compose: $(podman-compose --version 2>/dev/null | head -n1)"
   else
     say "MISSING: podman-compose (pip install podman-compose)"
     missing=1
