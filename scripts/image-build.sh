@@ -20,7 +20,11 @@ if [ -z "$CPIS_ENGINE" ]; then
   exit 69
 fi
 
-args=(--build-arg "VERSION=$CPIS_VERSION" --build-arg "REVISION=$CPIS_REVISION")
+# The labels also as --label: podman 4.3's buildah reuses a cached LABEL step
+# even when the ARG it names changed, which would label a new build with an
+# old commit (the image test caught it).
+args=(--build-arg "VERSION=$CPIS_VERSION" --build-arg "REVISION=$CPIS_REVISION"
+  --label "org.opencontainers.image.version=$CPIS_VERSION" --label "org.opencontainers.image.revision=$CPIS_REVISION")
 if $local_build; then
   local_debian_base
   echo "image-build: cargo build --release --locked"
