@@ -12,6 +12,7 @@ mod bench_grpc;
 mod clients;
 mod deliver;
 mod demo;
+mod probe;
 mod quarantine;
 mod sar;
 mod serve;
@@ -104,6 +105,8 @@ pub enum Command {
     Top(top::TopArgs),
     /// Mint a development bearer token for the FHIR door.
     Token(token::TokenArgs),
+    /// Ask an admin endpoint (/healthz, /readyz): exit 0 on 2xx (the container image's health check).
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,5 +324,6 @@ async fn run(command: Command) -> Result<u8, CliError> {
         Command::Bench(args) => bench::run(args).await,
         Command::Top(args) => top::run(args).await,
         Command::Token(args) => token::run(args),
+        Command::Probe(args) => probe::run(args).await,
     }
 }
