@@ -291,28 +291,29 @@ impl HashStore for PostgresTree {
         let first = stored_hash_count(old) as i64;
         let positions: Vec<i64> = (0..hashes.len() as i64).map(|offset| first + offset).collect();
         let values: Vec<&[u8]> = hashes.iter().map(|hash| hash.as_slice()).collect();
-        self.runtime.block_on(async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
-            let transaction = client.transaction().await.map_err(db_error)?;
-            let moved = transaction
-                .execute(
-                    "UPDATE cpis_log SET tree_size = $2 WHERE id = 1 AND tree_size = $1",
-                    &[&(old as i64), &(tree_size as i64)],
+        // One autocommit statement: the `cpis_log` row every search batch
+        // locks is held only while it runs, never across a round trip to this
+        // node (a node cut off mid-append would otherwise hold it until the
+        // server gave up on the session). The hashes go in only if the size
+        // moved from the one this keeper knows.
+        let moved: bool = self.runtime.block_on(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_one(
+                    "WITH moved AS (UPDATE cpis_log SET tree_size = $2 WHERE id = 1 AND tree_size = $1 RETURNING 1),
+                     stored AS (INSERT INTO cpis_log_tree (position, hash)
+                                SELECT position, hash FROM unnest($3::bigint[], $4::bytea[]) AS new (position, hash)
+                                WHERE EXISTS (SELECT 1 FROM moved))
+                     SELECT EXISTS (SELECT 1 FROM moved)",
+                    &[&(old as i64), &(tree_size as i64), &positions, &values],
                 )
                 .await
                 .map_err(db_error)?;
-            if moved != 1 {
-                return Err(StoreError::Io(TREE_MOVED.into()));
-            }
-            transaction
-                .execute(
-                    "INSERT INTO cpis_log_tree (position, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                    &[&positions, &values],
-                )
-                .await
-                .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)
+            Ok::<_, StoreError>(row.get(0))
         })?;
+        if !moved {
+            return Err(StoreError::Io(TREE_MOVED.into()));
+        }
         self.size.store(tree_size, Ordering::Release);
         Ok(())
     }

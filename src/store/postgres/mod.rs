@@ -16,6 +16,7 @@ pub mod check;
 pub mod connect;
 mod feed;
 mod log;
+mod retention;
 mod schema;
 mod writes;
 
