@@ -94,9 +94,11 @@ impl Relay {
         let status = keeper
             .run(move |keeper| {
                 let log = keeper.log();
+                let ids: Vec<u128> = accesses.iter().map(|access| access.id).collect();
+                let held = log.positions_of(&ids)?;
                 let (mut shown, mut not_logged) = (Vec::new(), 0);
                 for access in accesses {
-                    match log.position_of(access.id)? {
+                    match held.get(&access.id).copied() {
                         Some(position) => shown.push((position, LogEntry::Search(access).leaf_hash()?)),
                         None => not_logged += 1,
                     }

@@ -78,10 +78,12 @@ impl Relay {
         let (checkpoint, accesses) = keeper
             .run(move |keeper| {
                 let log = keeper.log();
+                let ids: Vec<u128> = searches.iter().map(|access| access.id).collect();
+                let held = log.positions_of(&ids)?;
                 let mut entries: Vec<(u64, LogEntry)> = Vec::new();
                 for access in searches {
                     // An access whose record is held but has no position (not yet committed) is skipped.
-                    if let Some(position) = log.position_of(access.id)? {
+                    if let Some(position) = held.get(&access.id).copied() {
                         entries.push((position, LogEntry::Search(access)));
                     }
                 }

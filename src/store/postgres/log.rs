@@ -174,6 +174,28 @@ impl AccessLog for PostgresLog {
         Ok(row.map(|row| row.get::<_, i64>(0) as u64))
     }
 
+    fn positions_of(&self, ids: &[u128]) -> Result<std::collections::HashMap<u128, u64>, StoreError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(PAGE as usize) {
+            let wanted: Vec<uuid::Uuid> = chunk.iter().map(|id| uuid::Uuid::from_u128(*id)).collect();
+            let rows = self.block(async {
+                self.client()
+                    .await?
+                    .query(
+                        "SELECT id, position FROM cpis_accesses WHERE id = ANY($1)
+                         UNION ALL SELECT id, position FROM cpis_audit_reads WHERE id = ANY($1)",
+                        &[&wanted],
+                    )
+                    .await
+                    .map_err(db_error)
+            })?;
+            for row in &rows {
+                found.entry(row.get::<_, uuid::Uuid>(0).as_u128()).or_insert(row.get::<_, i64>(1) as u64);
+            }
+        }
+        Ok(found)
+    }
+
     fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError> {
         let rows = self.block(async {
             self.client()
@@ -259,13 +281,16 @@ impl HashStore for PostgresTree {
 
     fn hashes_at(&self, positions: &[u64]) -> Result<Vec<Hash>, StoreError> {
         let wanted: Vec<i64> = positions.iter().map(|position| *position as i64).collect();
-        let rows = self.runtime.block_on(async {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            client
-                .query("SELECT position, hash FROM cpis_log_tree WHERE position = ANY($1)", &[&wanted])
-                .await
-                .map_err(db_error)
-        })?;
+        let mut rows = Vec::new();
+        for chunk in wanted.chunks(PAGE as usize) {
+            rows.extend(self.runtime.block_on(async {
+                let client = self.pool.get().await.map_err(pool_error)?;
+                client
+                    .query("SELECT position, hash FROM cpis_log_tree WHERE position = ANY($1)", &[&chunk])
+                    .await
+                    .map_err(db_error)
+            })?);
+        }
         let mut found: std::collections::HashMap<i64, Hash> = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
             let hash = <[u8; 32]>::try_from(row.get::<_, &[u8]>(1))
