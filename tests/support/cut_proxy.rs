@@ -10,10 +10,18 @@
 //!
 //! It reads the server's messages (type byte, length, body) to find the
 //! CommandComplete; it expects `sslmode=disable` (no SSL negotiation byte).
+//! It also counts, on every connection, the statements the server completed
+//! and the rows it sent: how much work a request of the node's took.
 
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -34,6 +42,29 @@ pub struct CutProxy {
     pub address: SocketAddr,
     marker: Arc<Mutex<Option<Vec<u8>>>>,
     phase: watch::Sender<Phase>,
+    counts: Arc<Counts>,
+}
+
+/// What the server sent the node's connections.
+#[derive(Default)]
+struct Counts {
+    statements: AtomicU64,
+    rows: AtomicU64,
+}
+
+/// The statements completed and rows sent so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Work {
+    pub statements: u64,
+    pub rows: u64,
+}
+
+impl std::ops::Sub for Work {
+    type Output = Work;
+
+    fn sub(self, earlier: Work) -> Work {
+        Work { statements: self.statements - earlier.statements, rows: self.rows - earlier.rows }
+    }
 }
 
 impl CutProxy {
@@ -43,7 +74,8 @@ impl CutProxy {
         let address = listener.local_addr().unwrap();
         let marker: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
         let phase = watch::Sender::new(Phase::Open);
-        let (accept_marker, accept_phase) = (Arc::clone(&marker), phase.clone());
+        let counts: Arc<Counts> = Arc::default();
+        let (accept_marker, accept_phase, accept_counts) = (Arc::clone(&marker), phase.clone(), Arc::clone(&counts));
         tokio::spawn(async move {
             while let Ok((node, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(upstream).await else { continue };
@@ -51,10 +83,19 @@ impl CutProxy {
                     Phase::Healed(heals) => heals,
                     _ => 0,
                 };
-                tokio::spawn(connection(node, server, Arc::clone(&accept_marker), accept_phase.clone(), heals));
+                let counts = Arc::clone(&accept_counts);
+                tokio::spawn(connection(node, server, Arc::clone(&accept_marker), accept_phase.clone(), counts, heals));
             }
         });
-        Self { address, marker, phase }
+        Self { address, marker, phase, counts }
+    }
+
+    /// The statements the server completed for the node and the rows it sent, so far.
+    pub fn work(&self) -> Work {
+        Work {
+            statements: self.counts.statements.load(Ordering::SeqCst),
+            rows: self.counts.rows.load(Ordering::SeqCst),
+        }
     }
 
     /// `url` (a test cluster's) with this proxy in place of the server.
@@ -112,6 +153,7 @@ async fn connection(
     server: TcpStream,
     marker: Arc<Mutex<Option<Vec<u8>>>>,
     phase: watch::Sender<Phase>,
+    counts: Arc<Counts>,
     heals: u64,
 ) {
     let (mut node_read, mut node_write) = node.into_split();
@@ -175,6 +217,11 @@ async fn connection(
                     });
                     break;
                 }
+                match buffer[passed] {
+                    b'C' => counts.statements.fetch_add(1, Ordering::SeqCst),
+                    b'D' => counts.rows.fetch_add(1, Ordering::SeqCst),
+                    _ => 0,
+                };
                 passed += 1 + length;
             }
             if stopped(*watching.borrow(), heals) {
