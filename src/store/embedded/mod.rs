@@ -22,6 +22,7 @@
 //! Start-up copies plan bytes into the index without decoding them, and
 //! reads every person's recent accesses on a second thread meanwhile.
 
+mod by_person;
 mod changes;
 pub(super) mod keys;
 mod lane;
@@ -277,7 +278,7 @@ impl EmbeddedStore {
         empty_keyspace(&spaces, &spaces.requests)?;
         log::assign_positions(&spaces)?;
         empty_keyspace(&spaces, &spaces.access_times)?;
-        index_notifications_by_person(&spaces)?;
+        by_person::index_on_open(&spaces)?;
         let log_bounds = log::bounds(&spaces)?;
         let stats = Arc::new(CommitStats::default());
         let positions = spaces.positions()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
@@ -321,36 +322,6 @@ impl EmbeddedStore {
         let spaces = self.spaces.clone();
         async move { tokio::task::spawn_blocking(move || work(&spaces)).await.map_err(io)? }.boxed()
     }
-}
-
-/// Marks in `log_meta` that every notification is in `notifications_by_person`.
-const NOTIFICATIONS_BY_PERSON: &str = "notifications_by_person";
-
-/// Indexes the notifications an earlier release wrote by person, once, in
-/// bounded batches (a crash meanwhile starts it again: entries are keys only).
-fn index_notifications_by_person(spaces: &Spaces) -> Result<(), StoreError> {
-    if spaces.log_meta.contains_key(NOTIFICATIONS_BY_PERSON).map_err(io)? {
-        return Ok(());
-    }
-    let mut batch = spaces.activity_db.batch().durability(Some(fjall::PersistMode::SyncData));
-    let mut pending = 0usize;
-    for entry in spaces.notifications.iter() {
-        let notification: Notification = decode(&entry.value().map_err(io)?, "notifications")?;
-        let (la, sequence) = (notification.draft.la_ods_code.as_str(), notification.sequence);
-        batch.insert(
-            &spaces.notifications_by_person,
-            keys::person_notification(notification.access.nhs_number, la, sequence),
-            [],
-        );
-        pending += 1;
-        if pending == 100_000 {
-            batch.commit().map_err(io)?;
-            batch = spaces.activity_db.batch().durability(Some(fjall::PersistMode::SyncData));
-            pending = 0;
-        }
-    }
-    batch.insert(&spaces.log_meta, NOTIFICATIONS_BY_PERSON, []);
-    batch.commit().map_err(io)
 }
 
 /// Empties a keyspace only an earlier release wrote, in bounded batches; an
@@ -487,18 +458,7 @@ impl Store for EmbeddedStore {
     }
 
     fn notifications_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
-        self.read(move |spaces| {
-            let prefix = keys::person_prefix(nhs_number);
-            let mut found = Vec::new();
-            for entry in spaces.notifications_by_person.prefix(prefix) {
-                let key = entry.key().map_err(io)?;
-                // Gone when retention removed the notification in the same batch as this entry.
-                if let Some(value) = spaces.notifications.get(&key[prefix.len()..]).map_err(io)? {
-                    found.push(decode(&value, "notifications")?);
-                }
-            }
-            Ok(found)
-        })
+        self.read(move |spaces| by_person::notifications_of(spaces, nhs_number))
     }
 
     fn broken(&self) -> Option<Broken> {

@@ -296,11 +296,11 @@ async fn notifications_a_release_before_the_person_index_wrote_are_indexed_once_
         for key in keys {
             spaces.notifications_by_person.remove(key).unwrap();
         }
-        spaces.log_meta.remove(NOTIFICATIONS_BY_PERSON).unwrap();
+        spaces.log_meta.remove(by_person::NOTIFICATIONS_BY_PERSON).unwrap();
         spaces.activity_db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let sequences: Vec<u64> = store.notifications_of(person).await.unwrap().iter().map(|n| n.sequence).collect();
     assert_eq!(sequences, [1, 2, 3]);
-    assert!(store.spaces.log_meta.contains_key(NOTIFICATIONS_BY_PERSON).unwrap(), "indexed once");
+    assert!(store.spaces.log_meta.contains_key(by_person::NOTIFICATIONS_BY_PERSON).unwrap(), "indexed once");
 }
