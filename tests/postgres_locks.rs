@@ -2,12 +2,13 @@
 //! item 3). Node A reaches PostgreSQL through a proxy that cuts it off right
 //! after the server ran one chosen statement of A's, withholding the answer
 //! (tests/support/cut_proxy.rs): in the middle of its log keeper's append, of
-//! an auditor's read, and of a retention pass. Node B, on the same database,
-//! then takes searches while A stays cut off: each must commit within B's
-//! write timeout (none held for retry), and B stays SERVING. Against a
-//! statement sequence in an explicit transaction the `cpis_log` row stays
-//! locked until the server drops A's session (30 s), and B's searches are
-//! held. B's search latencies during the cut are printed.
+//! an auditor's read, of a retention pass, and of an authority's
+//! acknowledgement (whose cursor row numbers that authority's notifications).
+//! Node B, on the same database, then takes searches while A stays cut off:
+//! each must commit within B's write timeout (none held for retry). Against a
+//! statement sequence in an explicit transaction the `cpis_log` row (or the
+//! cursor row) stays locked until the server drops A's session (30 s), and
+//! B's searches are held. B's search latencies during the cut are printed.
 
 mod common;
 #[path = "support/cut_proxy.rs"]
@@ -172,4 +173,16 @@ async fn searches_on_b_commit_while_a_is_cut_off_in_the_middle_of_retention() {
     let took = scene.searches_on_b_while_a_is_cut("SET retained_from", async move { relay.expire().await }).await;
     report("retention", &took);
     assert_eq!(scene.cluster.psql("cpis", "SELECT retained_from FROM cpis_log"), "3", "A's retention statement ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_on_b_commit_while_a_is_cut_off_in_the_middle_of_an_acknowledgement() {
+    let scene = Scene::new().await;
+    let mut notifications = scene.a.notifications("la-706").await;
+    let took = scene
+        .searches_on_b_while_a_is_cut("SET acked_through", async move {
+            notifications.ack(cpis_relay::proto::AckRequest { sequence: 2 }).await
+        })
+        .await;
+    report("an acknowledgement", &took);
 }
