@@ -3,7 +3,8 @@
 //! cluster per test, see tests/support/postgres.rs), through the `Store`
 //! trait only. Sequences per authority in commit order (continued after a
 //! reopen), paging of notifications, cumulative acknowledgements, a
-//! person's bounded history and its requests, the audit trail, full refresh
+//! person's bounded history and its requests, the audit trail, one person's
+//! notifications (a subject access report), full refresh
 //! (exactly the new set, never half of it) and retention.
 //!
 //! Where the stores differ on purpose the test says so: the memory store has
@@ -243,6 +244,7 @@ conformance!(
     a_full_refresh_makes_the_set_exactly_the_new_one_and_never_half_of_it,
     retention_removes_only_what_is_past_its_keeping_period,
     a_plans_history_holds_each_change_once_and_retention_removes_the_old,
+    a_persons_notifications_are_read_alone_by_authority_and_sequence,
 );
 
 async fn sequences_are_per_authority_in_commit_order_and_go_on_after_a_reopen(mut subject: Subject) {
@@ -476,4 +478,49 @@ async fn retention_removes_only_what_is_past_its_keeping_period(subject: Subject
     let again = subject.store().expire(expiry).await.unwrap();
     assert_eq!((again.plans, again.notifications, again.accesses), (0, 0, 0));
     assert_eq!(subject.search(child, 300, "u", &["706"]).await, [("706".to_owned(), 5)]);
+}
+
+async fn a_persons_notifications_are_read_alone_by_authority_and_sequence(mut subject: Subject) {
+    subject.upsert("706", vec![plan("706", 1, PlanType::ChildProtection, None)]).await;
+    subject.upsert("707", vec![plan("707", 1, PlanType::LookedAfter, None)]).await;
+    subject.upsert("706", vec![plan("706", 2, PlanType::ChildProtection, None)]).await;
+    let (child, other) = (person(1), person(2));
+    subject.search(child, 0, "u0", &["706", "707"]).await;
+    subject.search(other, 1, "u1", &["706"]).await;
+    subject.search(child, 2, "u2", &["707"]).await;
+    subject.search(other, 3, "u3", &["706"]).await;
+    subject.search(child, 4, "u4", &["706"]).await;
+    let theirs = |rows: &[(&str, u64, &str)]| -> Vec<(String, u64, String)> {
+        rows.iter().map(|(la, sequence, user)| ((*la).to_owned(), *sequence, (*user).to_owned())).collect()
+    };
+    let child_expected = theirs(&[("706", 1, "u0"), ("706", 4, "u4"), ("707", 1, "u0"), ("707", 2, "u2")]);
+    assert_eq!(notifications_of(subject.store(), child).await, child_expected);
+    assert_eq!(notifications_of(subject.store(), other).await, theirs(&[("706", 2, "u1"), ("706", 3, "u3")]));
+    assert!(notifications_of(subject.store(), person(3)).await.is_empty(), "no one else's");
+
+    subject.reopen().await;
+    assert_eq!(notifications_of(subject.store(), child).await, child_expected, "the same after a reopen");
+    // Retention removes the acknowledged old ones from the person's too.
+    subject.store().ack("706".into(), 2).await.unwrap();
+    let expiry = Expiry {
+        now: at(10),
+        today: "2026-06-01".parse().unwrap(),
+        acked_notifications_before: at(10),
+        accesses_before: at(-1),
+        log_positions_below: u64::MAX,
+        limit: EXPIRY_CHUNK,
+    };
+    assert_eq!(subject.store().expire(expiry).await.unwrap().notifications, 2);
+    assert_eq!(
+        notifications_of(subject.store(), child).await,
+        theirs(&[("706", 4, "u4"), ("707", 1, "u0"), ("707", 2, "u2")])
+    );
+    assert_eq!(notifications_of(subject.store(), other).await, theirs(&[("706", 3, "u3")]));
+}
+
+/// (authority, sequence, user) of each of a person's notifications, as the store lists them.
+async fn notifications_of(store: &dyn Store, person: NhsNumber) -> Vec<(String, u64, String)> {
+    let found = store.notifications_of(person).await.unwrap();
+    assert!(found.iter().all(|n| n.access.nhs_number == person), "only that person's");
+    found.iter().map(|n| (n.draft.la_ods_code.clone(), n.sequence, n.access.accessor.user_id.clone())).collect()
 }

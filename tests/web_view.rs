@@ -546,3 +546,30 @@ async fn open_inboxes_take_no_agent_subscription_and_a_filtered_button_says_what
     drop(tabs);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn ops_shows_backlogs_to_auditors_and_an_authority_its_own_never_to_clinicians_and_is_rate_limited() {
+    let relay = WebRelay::start(RelaySettings::default()).await;
+    relay.load("706", &[&nhs(1)]).await;
+    relay.load("855", &[&nhs(2)]).await;
+    let (ed, la, auditor) = (relay.user("user-ed-rr8"), relay.user("user-la-706"), relay.user("user-auditor"));
+    assert_eq!(search(&ed, &nhs(1)).await.status, 200);
+    assert_eq!(search(&ed, &nhs(2)).await.status, 200);
+    let row = |ods_code: &str| format!("<td>{ods_code}</td>");
+    let seen = auditor.get("/ops").await;
+    assert!(seen.body.contains(&row("706")) && seen.body.contains(&row("855")), "{}", seen.body);
+    let own = la.get("/ops").await;
+    assert!(own.body.contains(&row("706")) && !own.body.contains(&row("855")), "{}", own.body);
+    let clinician = ed.get("/ops").await;
+    assert_eq!(clinician.status, 200);
+    assert!(!clinician.body.contains("backlog") && !clinician.body.contains(&row("706")), "{}", clinician.body);
+    // A glance, not something to poll: at most a burst, then one a second.
+    let refused = futures::future::join_all((0..100).map(|_| ed.get("/ops"))).await;
+    assert!(
+        refused.iter().any(|page| page.body.contains(r#"id="quarantined"><span class="stat-value">0</span>"#)),
+        "the quarantine's count is shown"
+    );
+    assert!(refused.iter().any(|page| page.status == 429), "100 pages at once are not all served");
+    assert_eq!(auditor.get("/ops").await.status, 200, "per organisation");
+    relay.stop().await;
+}

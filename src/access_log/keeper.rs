@@ -6,7 +6,8 @@
 //! The tree lives in the store ([`crate::store::log::AccessLog::tree`]) and
 //! is derived data: `audit verify` recomputes it from the records. The keeper
 //! is its only writer; its methods block on storage, so the async ones run
-//! them on the blocking pool.
+//! them on the blocking pool. Proofs read every hash they need in one read,
+//! after the lock (which checkpoints need) is released.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,7 +20,10 @@ use crate::{
         StoreError,
         log::{AccessLog, LeafProblem, LogEntry, NoteKind, TREE_MOVED, TreeStore},
     },
-    transparency::{Checkpoint, Hash, LogSigner, MerkleLog, VerifierKey, tree::TreeError},
+    transparency::{
+        Checkpoint, Hash, LogSigner, MerkleLog, VerifierKey,
+        tree::{ProofPlan, TreeError},
+    },
 };
 
 /// Leaves appended per write of the tree.
@@ -56,7 +60,11 @@ struct Shared {
     forked: tokio::sync::watch::Sender<Option<String>>,
     /// The tree and the latest checkpoint, under one lock: the keeper's
     /// task, retention and proofs take it briefly and never across an await.
+    /// Proofs take it only to learn the checkpoint, never while they read.
     state: Mutex<State>,
+    /// A second handle on the tree's hashes, for proofs: stored hashes never
+    /// change, so they are read without the lock checkpoints need.
+    reader: TreeStore,
 }
 
 struct State {
@@ -103,6 +111,7 @@ impl LogKeeper {
             Some(latest) if tree.size() >= latest.checkpoint.size => fork_of(&tree, &latest.checkpoint)?,
             _ => None,
         };
+        let reader = log.tree();
         let keeper = Self {
             shared: Arc::new(Shared {
                 log,
@@ -110,6 +119,7 @@ impl LogKeeper {
                 clock,
                 forked: tokio::sync::watch::Sender::new(None),
                 state: Mutex::new(State { tree, latest_stored: latest.is_some(), latest, last_stored_at }),
+                reader,
             }),
         };
         if let Some(reason) = forked {
@@ -220,32 +230,48 @@ impl LogKeeper {
     pub fn inclusion(&self, id: u128) -> Result<Option<Inclusion>, StoreError> {
         let Some(position) = self.shared.log.position_of(id)? else { return Ok(None) };
         let Some(entry) = self.shared.log.entry_at(position)? else { return Ok(None) };
-        let mut state = self.state();
-        let checkpoint = match &state.latest {
-            Some(latest) if latest.checkpoint.size > position => latest.clone(),
-            _ => self.checkpoint_locked(&mut state, Keep::IfDue)?,
+        let checkpoint = {
+            let mut state = self.state();
+            match &state.latest {
+                Some(latest) if latest.checkpoint.size > position => latest.clone(),
+                _ => self.checkpoint_locked(&mut state, Keep::IfDue)?,
+            }
         };
-        let proof = state.tree.inclusion_proof(position, checkpoint.checkpoint.size).map_err(tree_error)?;
+        let proof = self.inclusion_proofs(&[position], checkpoint.checkpoint.size)?.pop().unwrap_or_default();
         Ok(Some(Inclusion { position, entry, proof, checkpoint }))
     }
 
     /// Inclusion proofs of `positions`, all in one checkpoint (the latest,
-    /// signed now if the log grew). Blocks.
+    /// signed now if the log grew), read together once the checkpoint is
+    /// known. Blocks.
     pub fn proofs(&self, positions: &[u64]) -> Result<(SignedCheckpoint, Vec<Vec<Hash>>), StoreError> {
-        let mut state = self.state();
-        let checkpoint = self.checkpoint_locked(&mut state, Keep::IfDue)?;
-        let size = checkpoint.checkpoint.size;
-        let proofs = positions
-            .iter()
-            .map(|position| state.tree.inclusion_proof(*position, size).map_err(tree_error))
-            .collect::<Result<Vec<_>, _>>()?;
+        let checkpoint = {
+            let mut state = self.state();
+            self.checkpoint_locked(&mut state, Keep::IfDue)?
+        };
+        let proofs = self.inclusion_proofs(positions, checkpoint.checkpoint.size)?;
         Ok((checkpoint, proofs))
     }
 
-    /// The consistency proof from tree size `old` to `new`. Blocks.
+    /// The inclusion proofs of `positions` in the tree of `size` leaves (one
+    /// the keeper has stored), in one read of the hashes, without the lock.
+    fn inclusion_proofs(&self, positions: &[u64], size: u64) -> Result<Vec<Vec<Hash>>, StoreError> {
+        let mut plan = ProofPlan::default();
+        for position in positions {
+            plan.add_inclusion(*position, size).map_err(tree_error)?;
+        }
+        plan.read(&self.shared.reader)
+    }
+
+    /// The consistency proof from tree size `old` to `new`, read without the lock. Blocks.
     pub fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, TreeError<StoreError>> {
-        let state = self.state();
-        state.tree.consistency_proof(old, new)
+        let tree_size = self.tree_size();
+        if new > tree_size {
+            return Err(TreeError::SizeOutOfRange { size: new, tree_size });
+        }
+        let mut plan = ProofPlan::default();
+        plan.add_consistency(old, new)?;
+        Ok(plan.read(&self.shared.reader).map_err(TreeError::Store)?.pop().unwrap_or_default())
     }
 
     /// The tree's size now.

@@ -151,6 +151,10 @@ impl Store for ReportingStore {
         self.inner.access_log()
     }
 
+    fn notifications_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        self.inner.notifications_of(nhs_number)
+    }
+
     fn notifications_after(
         &self,
         la_ods_code: &str,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::Relay;
 use crate::{
-    auth::{Action, Identity, authorize},
+    auth::{Action, Identity, Role, authorize},
     error::Result,
     model::Notification,
 };
@@ -81,27 +81,32 @@ impl Relay {
         })
     }
 
-    /// Every known authority's backlog and oldest unacknowledged access, in
-    /// ODS code order. Holds no personal data: open to any authenticated caller.
-    pub async fn backlogs(&self) -> Result<Vec<AuthorityBacklog>> {
-        let mut backlogs = Vec::new();
-        for position in self.shared.hub.positions() {
-            let backlog = position.last_sequence.saturating_sub(position.acked_through);
-            let oldest_unacked_at = if backlog > 0 {
-                let page =
-                    self.shared.store.notifications_after(&position.la_ods_code, position.acked_through, 1).await?;
-                page.first().map(|oldest| oldest.access.accessed_at)
-            } else {
-                None
-            };
-            backlogs.push(AuthorityBacklog {
-                la_ods_code: position.la_ods_code,
-                backlog,
-                subscribers: position.subscribers,
-                oldest_unacked_at,
-            });
-        }
-        Ok(backlogs)
+    /// Each authority's backlog, from memory (positions, and the oldest
+    /// unacknowledged access as the gauge refresh last read it): never a
+    /// store read, whoever asks how often. An auditor sees every authority,
+    /// a local authority its own; health roles see none (an authority's
+    /// backlog is not a clinician's business).
+    pub fn backlogs(&self, identity: &Identity) -> Vec<AuthorityBacklog> {
+        let shown = |la_ods_code: &str| match identity.role {
+            Role::Auditor => true,
+            Role::SocialCare => la_ods_code == identity.ods_code,
+            Role::UnscheduledCare | Role::ScheduledCare => false,
+        };
+        self.shared
+            .hub
+            .positions()
+            .into_iter()
+            .filter(|position| shown(&position.la_ods_code))
+            .map(|position| {
+                let backlog = position.last_sequence.saturating_sub(position.acked_through);
+                AuthorityBacklog {
+                    la_ods_code: position.la_ods_code,
+                    backlog,
+                    subscribers: position.subscribers,
+                    oldest_unacked_at: if backlog > 0 { position.oldest_unacked_at } else { None },
+                }
+            })
+            .collect()
     }
 
     /// The relay's clock, for ages shown next to what it read.

@@ -53,6 +53,9 @@ struct AuthorityChannel {
     inbox_views: AtomicUsize,
     /// `cpis_notification_backlog{la}`, resolved once.
     backlog: metrics::Gauge,
+    /// When the oldest unacknowledged notification's access was, as the
+    /// gauge refresh last read it: what `/ops` shows, without a store read.
+    oldest_unacked_at: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl AuthorityChannel {
@@ -66,6 +69,7 @@ impl AuthorityChannel {
             subscribers: AtomicUsize::new(0),
             inbox_views: AtomicUsize::new(0),
             backlog: metrics::gauge!("cpis_notification_backlog", "la" => la_ods_code.to_owned()),
+            oldest_unacked_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -83,6 +87,18 @@ pub struct AuthorityPositions {
     pub last_sequence: u64,
     pub acked_through: u64,
     pub subscribers: usize,
+    /// As the last gauge refresh read it (`None` before, or with nothing unacknowledged).
+    pub oldest_unacked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl AuthorityChannel {
+    fn oldest_unacked_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        *self.oldest_unacked_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_oldest_unacked_at(&self, at: Option<chrono::DateTime<chrono::Utc>>) {
+        *self.oldest_unacked_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = at;
+    }
 }
 
 impl Hub {
@@ -155,6 +171,7 @@ impl Hub {
                 last_sequence: *entry.last_sequence.borrow(),
                 acked_through: entry.acked_through.load(Ordering::Acquire),
                 subscribers: entry.subscribers.load(Ordering::Acquire),
+                oldest_unacked_at: entry.oldest_unacked_at(),
             })
             .collect();
         positions.sort_by(|a, b| a.la_ods_code.cmp(&b.la_ods_code));
@@ -302,19 +319,22 @@ impl Relay {
             let la = position.la_ods_code.clone();
             self.shared.hub.channel(&la).set_backlog();
             metrics::gauge!("cpis_subscribers", "la" => la.clone()).set(position.subscribers as f64);
-            let mut age = 0.0;
+            let (mut age, mut oldest_at) = (0.0, None);
             if position.last_sequence > position.acked_through {
                 match self.shared.store.notifications_after(&la, position.acked_through, 1).await {
                     Ok(page) => {
                         if let Some(oldest) = page.first() {
                             age = (now - oldest.access.accessed_at).num_milliseconds().max(0) as f64 / 1000.0;
+                            oldest_at = Some(oldest.access.accessed_at);
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(%error, la = %la, "cannot read the oldest unacknowledged notification")
+                        tracing::warn!(%error, la = %la, "cannot read the oldest unacknowledged notification");
+                        oldest_at = position.oldest_unacked_at;
                     }
                 }
             }
+            self.shared.hub.channel(&la).set_oldest_unacked_at(oldest_at);
             metrics::gauge!("cpis_notification_oldest_unacked_seconds", "la" => la).set(age);
         }
     }
@@ -330,6 +350,7 @@ impl Relay {
             last_sequence: *channel.last_sequence.borrow(),
             acked_through: channel.acked_through.load(Ordering::Acquire),
             subscribers: channel.subscribers.load(Ordering::Acquire),
+            oldest_unacked_at: channel.oldest_unacked_at(),
         })
     }
 

@@ -25,13 +25,16 @@ pub struct LogStatus {
     pub verified: usize,
     /// Accesses not in the log yet: held while the store was failing.
     pub not_logged: usize,
+    /// Accesses the store keeps with no log position although they are not
+    /// held: outside the log, which no checkpoint covers (a sign of tampering).
+    pub outside: usize,
     /// Log positions of accesses shown otherwise than the signed log holds them.
     pub differing: Vec<u64>,
 }
 
 impl LogStatus {
     pub fn all_verified(&self) -> bool {
-        self.not_logged == 0 && self.differing.is_empty()
+        self.not_logged == 0 && self.outside == 0 && self.differing.is_empty()
     }
 }
 
@@ -90,15 +93,28 @@ impl Relay {
     pub async fn log_status(&self, identity: &Identity, accesses: &[AccessEvent]) -> Result<Option<LogStatus>> {
         authorize(identity, Action::ReadAccessLog)?;
         let Some(keeper) = self.shared.log_keeper.clone() else { return Ok(None) };
+        // Only a search held while the store fails may be "not logged yet"; a
+        // stored record with no position is kept outside the log.
+        let mut people: Vec<_> = accesses.iter().map(|access| access.nhs_number).collect();
+        people.sort_unstable();
+        people.dedup();
+        let held_ids: std::collections::HashSet<u128> = people
+            .into_iter()
+            .flat_map(|person| self.shared.hub.held_accesses_of(person))
+            .map(|access| access.id)
+            .collect();
         let accesses = accesses.to_vec();
         let status = keeper
             .run(move |keeper| {
                 let log = keeper.log();
-                let (mut shown, mut not_logged) = (Vec::new(), 0);
+                let ids: Vec<u128> = accesses.iter().map(|access| access.id).collect();
+                let held = log.positions_of(&ids)?;
+                let (mut shown, mut not_logged, mut outside) = (Vec::new(), 0, 0);
                 for access in accesses {
-                    match log.position_of(access.id)? {
+                    match held.get(&access.id).copied() {
                         Some(position) => shown.push((position, LogEntry::Search(access).leaf_hash()?)),
-                        None => not_logged += 1,
+                        None if held_ids.contains(&access.id) => not_logged += 1,
+                        None => outside += 1,
                     }
                 }
                 let positions: Vec<u64> = shown.iter().map(|(position, _)| *position).collect();
@@ -113,7 +129,14 @@ impl Relay {
                         Err(_) => differing.push(*position),
                     }
                 }
-                Ok(LogStatus { checkpoint, verifier: keeper.verifier().to_string(), verified, not_logged, differing })
+                Ok(LogStatus {
+                    checkpoint,
+                    verifier: keeper.verifier().to_string(),
+                    verified,
+                    not_logged,
+                    outside,
+                    differing,
+                })
             })
             .await?;
         Ok(Some(status))

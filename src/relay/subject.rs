@@ -23,9 +23,6 @@ use crate::{
     transparency::Hash,
 };
 
-/// Notifications read per page while looking for the person's.
-const NOTIFICATION_PAGE: usize = 1024;
-
 /// One access of the report with its place in the log and its proof.
 #[derive(Debug, Clone)]
 pub struct LoggedAccess {
@@ -78,10 +75,12 @@ impl Relay {
         let (checkpoint, accesses) = keeper
             .run(move |keeper| {
                 let log = keeper.log();
+                let ids: Vec<u128> = searches.iter().map(|access| access.id).collect();
+                let held = log.positions_of(&ids)?;
                 let mut entries: Vec<(u64, LogEntry)> = Vec::new();
                 for access in searches {
                     // An access whose record is held but has no position (not yet committed) is skipped.
-                    if let Some(position) = log.position_of(access.id)? {
+                    if let Some(position) = held.get(&access.id).copied() {
                         entries.push((position, LogEntry::Search(access)));
                     }
                 }
@@ -99,28 +98,25 @@ impl Relay {
                 Ok((checkpoint, accesses))
             })
             .await?;
-        let mut notifications = Vec::new();
-        for authority in self.shared.hub.positions() {
-            let mut after = 0;
-            loop {
-                let page =
-                    self.shared.store.notifications_after(&authority.la_ods_code, after, NOTIFICATION_PAGE).await?;
-                let Some(last) = page.last() else { break };
-                after = last.sequence;
-                let full = page.len() == NOTIFICATION_PAGE;
-                notifications.extend(
-                    page.into_iter().filter(|notification| notification.access.nhs_number == nhs_number).map(
-                        |notification| {
-                            let acked = notification.sequence <= authority.acked_through;
-                            (notification, acked)
-                        },
-                    ),
-                );
-                if !full {
-                    break;
-                }
-            }
-        }
+        let acked: std::collections::HashMap<String, u64> = self
+            .shared
+            .hub
+            .positions()
+            .into_iter()
+            .map(|authority| (authority.la_ods_code, authority.acked_through))
+            .collect();
+        let notifications = self
+            .shared
+            .store
+            .notifications_of(nhs_number)
+            .await?
+            .into_iter()
+            .map(|notification| {
+                let through = acked.get(&notification.draft.la_ods_code).copied().unwrap_or(0);
+                let acknowledged = notification.sequence <= through;
+                (notification, acknowledged)
+            })
+            .collect();
         Ok(SubjectAccess { nhs_number, generated_at, plans, plan_history, accesses, notifications, checkpoint })
     }
 }

@@ -136,6 +136,10 @@ impl Store for FaultyStore {
         self.inner.plan_history_of(nhs_number)
     }
 
+    fn notifications_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        self.inner.notifications_of(nhs_number)
+    }
+
     fn notifications_after(
         &self,
         la_ods_code: &str,

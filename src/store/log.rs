@@ -174,6 +174,18 @@ pub trait AccessLog: Send + Sync + 'static {
     /// The position of the access (or auditor's read) with this id, if it is still held.
     fn position_of(&self, id: u128) -> Result<Option<u64>, StoreError>;
 
+    /// The positions of those of `ids` (accesses or auditors' reads) still
+    /// held: one read where a store can (an auditor's page checks thousands).
+    fn positions_of(&self, ids: &[u128]) -> Result<std::collections::HashMap<u128, u64>, StoreError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(position) = self.position_of(*id)? {
+                found.insert(*id, position);
+            }
+        }
+        Ok(found)
+    }
+
     /// Every retained auditor's read of one person, oldest first, with its position.
     fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError>;
 

@@ -253,6 +253,18 @@ impl Store for MemoryStore {
         async move { accesses }.boxed()
     }
 
+    fn notifications_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        let found = self.with_state(|state| {
+            state
+                .notifications
+                .values()
+                .filter(|notification| notification.access.nhs_number == nhs_number)
+                .cloned()
+                .collect()
+        });
+        async move { Ok(found) }.boxed()
+    }
+
     fn notifications_after(
         &self,
         la_ods_code: &str,

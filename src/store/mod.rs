@@ -223,6 +223,11 @@ pub trait Store: Send + Sync + 'static {
     /// (for a subject access request).
     fn plan_history_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<PlanEvent>, StoreError>>;
 
+    /// Every retained notification about one person, of every authority, by
+    /// authority and sequence: read through an index by person, never by
+    /// reading other people's (a subject access report).
+    fn notifications_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>>;
+
     /// Up to `limit` notifications of one authority with sequence above `after`, in order.
     fn notifications_after(
         &self,

@@ -15,9 +15,11 @@
 //! memory) and writes 1 + (trailing ones of n) hashes. The hash of any subtree
 //! the RFC's recursion visits is a fold of at most log2(n) stored hashes, and a
 //! proof needs at most one such fold besides perfect-subtree reads, so a root,
-//! an inclusion proof or a consistency proof reads O(log n) hashes.
+//! an inclusion proof or a consistency proof needs O(log n) hashes. Which ones
+//! follows from the sizes alone ([`ProofPlan`]), so they are read together,
+//! in one [`HashStore::hashes_at`], for one proof or many.
 
-use super::hash::{Frontier, Hash, empty_root, fold_peaks, split_point};
+use super::hash::{Frontier, Hash, fold_peaks, split_point};
 use super::store::HashStore;
 
 /// Why a tree operation failed.
@@ -57,10 +59,7 @@ impl<S: HashStore> MerkleLog<S> {
     /// Opens the tree `store` holds, reading the popcount(size) hashes of its frontier.
     pub fn open(store: S) -> Result<Self, S> {
         let size = store.tree_size().map_err(TreeError::Store)?;
-        let peaks = perfect_subtrees(0, size)
-            .map(|(level, index)| store.hash_at(stored_hash_position(level, index)))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(TreeError::Store)?;
+        let peaks = store.hashes_at(&subtree_positions(0, size)).map_err(TreeError::Store)?;
         let frontier = Frontier::from_parts(size, peaks).expect("one peak per set bit of the size");
         Ok(Self { store, frontier })
     }
@@ -122,17 +121,15 @@ impl<S: HashStore> MerkleLog<S> {
         if size == self.size() {
             return Ok(self.root());
         }
-        self.subtree_hash(0, size)
+        let peaks = self.store.hashes_at(&subtree_positions(0, size)).map_err(TreeError::Store)?;
+        Ok(fold_peaks(&peaks))
     }
 
     /// The frontier of the tree when it held `size` leaves: where a verifier
     /// that no longer has the leaves below `size` (retention) starts from.
     pub fn frontier_at(&self, size: u64) -> Result<Frontier, S> {
         self.check_size(size)?;
-        let peaks = perfect_subtrees(0, size)
-            .map(|(level, index)| self.store.hash_at(stored_hash_position(level, index)))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(TreeError::Store)?;
+        let peaks = self.store.hashes_at(&subtree_positions(0, size)).map_err(TreeError::Store)?;
         Ok(Frontier::from_parts(size, peaks).expect("one peak per set bit of the size"))
     }
 
@@ -140,61 +137,18 @@ impl<S: HashStore> MerkleLog<S> {
     /// `size` leaves, nearest the leaf first.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, S> {
         self.check_size(size)?;
-        if index >= size {
-            return Err(TreeError::LeafOutOfRange { index, size });
-        }
-        let mut path = Vec::new();
-        let (mut start, mut width, mut offset) = (0, size, index);
-        while width > 1 {
-            let k = split_point(width);
-            if offset < k {
-                path.push(self.subtree_hash(start + k, width - k)?);
-                width = k;
-            } else {
-                path.push(self.subtree_hash(start, k)?);
-                start += k;
-                offset -= k;
-                width -= k;
-            }
-        }
-        path.reverse();
-        Ok(path)
+        let mut plan = ProofPlan::default();
+        plan.add_inclusion(index, size)?;
+        Ok(plan.read(&self.store).map_err(TreeError::Store)?.pop().unwrap_or_default())
     }
 
     /// PROOF(old, D[0:new]): the consistency proof that the tree of `old`
     /// leaves is a prefix of the tree of `new`. Empty when `old` is 0 or `new`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, S> {
         self.check_size(new)?;
-        if old > new {
-            return Err(TreeError::SizesReversed { old, new });
-        }
-        let mut path = Vec::new();
-        if old == 0 || old == new {
-            return Ok(path);
-        }
-        // SUBPROOF(m, D[start:start+width], whole_old_tree), unrolled.
-        let (mut start, mut width, mut m, mut whole_old_tree) = (0, new, old, true);
-        loop {
-            if m == width {
-                if !whole_old_tree {
-                    path.push(self.subtree_hash(start, width)?);
-                }
-                break;
-            }
-            let k = split_point(width);
-            if m <= k {
-                path.push(self.subtree_hash(start + k, width - k)?);
-                width = k;
-            } else {
-                path.push(self.subtree_hash(start, k)?);
-                start += k;
-                m -= k;
-                width -= k;
-                whole_old_tree = false;
-            }
-        }
-        path.reverse();
-        Ok(path)
+        let mut plan = ProofPlan::default();
+        plan.add_consistency(old, new)?;
+        Ok(plan.read(&self.store).map_err(TreeError::Store)?.pop().unwrap_or_default())
     }
 
     fn check_size(&self, size: u64) -> Result<(), S> {
@@ -203,20 +157,117 @@ impl<S: HashStore> MerkleLog<S> {
         }
         Ok(())
     }
+}
 
-    /// MTH(D[start:start+width]) for a subtree the RFC's recursion visits
-    /// (`start` a multiple of the power of two at or above `width`), from the
-    /// stored perfect subtrees it decomposes into.
-    fn subtree_hash(&self, start: u64, width: u64) -> Result<Hash, S> {
-        if width == 0 {
-            return Ok(empty_root());
+/// Proofs as the stored hashes they fold, worked out from the sizes alone
+/// (no I/O) and then read with one [`HashStore::hashes_at`] for all of them:
+/// a proof costs one read, and many proofs one read, however many hashes
+/// they need. Each element of a proof is MTH(D[start:start+width]) for a
+/// subtree the RFC's recursion visits (`start` a multiple of the power of two
+/// at or above `width`), the fold of the stored perfect subtrees it
+/// decomposes into.
+#[derive(Debug, Clone, Default)]
+pub struct ProofPlan {
+    /// Per element of every proof: the positions of the hashes it folds.
+    elements: Vec<Vec<u64>>,
+    /// Per proof: how many of `elements` it has, in order.
+    lengths: Vec<usize>,
+}
+
+impl ProofPlan {
+    /// Adds PATH(index, D[0:size]), nearest the leaf first.
+    pub fn add_inclusion<E: std::error::Error + 'static>(
+        &mut self,
+        index: u64,
+        size: u64,
+    ) -> std::result::Result<(), TreeError<E>> {
+        if index >= size {
+            return Err(TreeError::LeafOutOfRange { index, size });
         }
-        let peaks = perfect_subtrees(start, width)
-            .map(|(level, index)| self.store.hash_at(stored_hash_position(level, index)))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(TreeError::Store)?;
-        Ok(fold_peaks(&peaks))
+        let first = self.elements.len();
+        let (mut start, mut width, mut offset) = (0, size, index);
+        while width > 1 {
+            let k = split_point(width);
+            if offset < k {
+                self.elements.push(subtree_positions(start + k, width - k));
+                width = k;
+            } else {
+                self.elements.push(subtree_positions(start, k));
+                start += k;
+                offset -= k;
+                width -= k;
+            }
+        }
+        self.elements[first..].reverse();
+        self.lengths.push(self.elements.len() - first);
+        Ok(())
     }
+
+    /// Adds PROOF(old, D[0:new]); empty when `old` is 0 or `new`.
+    pub fn add_consistency<E: std::error::Error + 'static>(
+        &mut self,
+        old: u64,
+        new: u64,
+    ) -> std::result::Result<(), TreeError<E>> {
+        if old > new {
+            return Err(TreeError::SizesReversed { old, new });
+        }
+        let first = self.elements.len();
+        if old != 0 && old != new {
+            // SUBPROOF(m, D[start:start+width], whole_old_tree), unrolled.
+            let (mut start, mut width, mut m, mut whole_old_tree) = (0, new, old, true);
+            loop {
+                if m == width {
+                    if !whole_old_tree {
+                        self.elements.push(subtree_positions(start, width));
+                    }
+                    break;
+                }
+                let k = split_point(width);
+                if m <= k {
+                    self.elements.push(subtree_positions(start + k, width - k));
+                    width = k;
+                } else {
+                    self.elements.push(subtree_positions(start, k));
+                    start += k;
+                    m -= k;
+                    width -= k;
+                    whole_old_tree = false;
+                }
+            }
+        }
+        self.elements[first..].reverse();
+        self.lengths.push(self.elements.len() - first);
+        Ok(())
+    }
+
+    /// Every stored position the proofs need, once each, in order.
+    pub fn positions(&self) -> Vec<u64> {
+        let mut positions: Vec<u64> = self.elements.iter().flatten().copied().collect();
+        positions.sort_unstable();
+        positions.dedup();
+        positions
+    }
+
+    /// The proofs, in the order they were added, from one read of `store`.
+    /// Stored hashes never change, so any handle on the store will do, and
+    /// nothing needs to be locked while it reads.
+    pub fn read<S: HashStore + ?Sized>(&self, store: &S) -> std::result::Result<Vec<Vec<Hash>>, S::Error> {
+        let positions = self.positions();
+        let hashes = store.hashes_at(&positions)?;
+        let hash_at = |position: &u64| hashes[positions.binary_search(position).expect("every position was read")];
+        let mut elements = self.elements.iter().map(|element| {
+            let peaks: Vec<Hash> = element.iter().map(hash_at).collect();
+            fold_peaks(&peaks)
+        });
+        Ok(self.lengths.iter().map(|length| elements.by_ref().take(*length).collect()).collect())
+    }
+}
+
+/// Where the layout keeps the perfect subtrees covering `width` leaves from
+/// `start`, largest first (an empty list for none: its fold is the empty root).
+fn subtree_positions(start: u64, width: u64) -> Vec<u64> {
+    perfect_subtrees(start, width).map(|(level, index)| stored_hash_position(level, index)).collect()
 }
 
 /// The perfect subtrees (level, index) that cover `width` leaves from

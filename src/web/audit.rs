@@ -188,10 +188,11 @@ fn verification(status: Option<&Result<LogStatus, ()>>, shown: usize) -> Markup 
                     code { "cpis-relay sar" } " and check it with the verifier key you were given."
                 }
             };
-            if !status.differing.is_empty() {
+            if !status.differing.is_empty() || status.outside > 0 {
                 html! {
                     div class="log-status log-unverified" role="alert" {
                         h3 { "Not verified: the stored log differs from the signed one" }
+                        @if !status.differing.is_empty() {
                         p { (status.differing.len()) " " (plural(status.differing.len())) " shown here "
                             @if status.differing.len() == 1 { "is" } @else { "are" }
                             " not what the signed access log holds, at log position"
@@ -199,6 +200,14 @@ fn verification(status: Option<&Result<LogStatus, ()>>, shown: usize) -> Markup 
                             (status.differing.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))
                             ". The stored history may have been altered: report this to the relay's operators, who run "
                             code { "cpis-relay audit verify" } "." }
+                        }
+                        @if status.outside > 0 {
+                        p id="outside-log" { (status.outside) " " (plural(status.outside)) " shown here "
+                            @if status.outside == 1 { "is" } @else { "are" }
+                            " stored outside the signed access log (with no place in it), so nothing vouches for "
+                            @if status.outside == 1 { "it" } @else { "them" }
+                            ": report this to the relay's operators, who run " code { "cpis-relay audit verify" } "." }
+                        }
                         (signed)
                     }
                 }
@@ -273,7 +282,14 @@ mod tests {
             root: [7; 32],
             time: chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap(),
         };
-        LogStatus { checkpoint, verifier: "relay.example/log+0a0b0c0d+AAAA".into(), verified, not_logged, differing }
+        LogStatus {
+            checkpoint,
+            verifier: "relay.example/log+0a0b0c0d+AAAA".into(),
+            verified,
+            not_logged,
+            outside: 0,
+            differing,
+        }
     }
 
     #[test]
@@ -293,6 +309,12 @@ mod tests {
         let altered = verification(Some(&Ok(status(11, 0, vec![5, 9]))), 13).into_string();
         assert!(altered.contains("log-unverified") && altered.contains("role=\"alert\""), "{altered}");
         assert!(altered.contains("Not verified") && altered.contains("at log positions 5, 9"), "{altered}");
+
+        // Stored with no log position, yet not held: outside the log, never "not logged yet".
+        let outside = verification(Some(&Ok(LogStatus { outside: 1, ..status(1, 0, vec![]) })), 2).into_string();
+        assert!(outside.contains("log-unverified") && outside.contains("id=\"outside-log\""), "{outside}");
+        assert!(outside.contains("1 access shown here is stored outside the signed access log"), "{outside}");
+        assert!(!outside.contains("not in the log yet"), "{outside}");
 
         let failed = verification(Some(&Err(())), 2).into_string();
         assert!(failed.contains("Not checked"), "{failed}");

@@ -66,6 +66,8 @@ pub struct Web {
     /// Where `/metrics` is, if the admin port is served.
     pub(crate) metrics_url: Option<String>,
     pub(crate) errors: Arc<ops::ErrorCounts>,
+    /// `/ops` per organisation: a glance, not something to poll fast.
+    pub(crate) ops_rate: Arc<crate::relay::rate::RateLimiter>,
 }
 
 /// What the server gives the browser view besides the relay.
@@ -96,6 +98,7 @@ pub fn router(relay: Relay, settings: WebSettings) -> Router {
         ready: settings.ready,
         metrics_url: settings.metrics_url,
         errors: Arc::new(ops::ErrorCounts::new()),
+        ops_rate: Arc::new(crate::relay::rate::RateLimiter::new(ops::RATE_PER_SECOND, ops::BURST)),
     };
     Router::new()
         .route("/", get(layout::home))

@@ -1,8 +1,11 @@
-//! The ops overview: readiness, held notifications, each authority's
-//! backlog and oldest unacknowledged access, and error counts since start
-//! and over the last few minutes, read from the process's own metrics. A
-//! glance, linking to `/metrics` for the rest. It holds no personal data,
-//! so any authenticated certificate may read it.
+//! The ops overview: readiness, held and quarantined notifications, authorities' backlogs
+//! and oldest unacknowledged accesses, and error counts since start and
+//! over the last few minutes, read from the process's own metrics. A glance,
+//! linking to `/metrics` for the rest. Everything comes from what the relay
+//! holds in memory (never a store read), at most [`RATE_PER_SECOND`] pages a
+//! second per organisation. It holds no personal data, so any authenticated
+//! certificate may read it, but backlogs are shown only to auditors (every
+//! authority) and to a local authority (its own): not to clinicians.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -18,6 +21,7 @@ use maud::html;
 use prometheus_parse::{Scrape, Value};
 
 use super::{Viewer, Web, WebError, layout};
+use crate::auth::Role;
 
 /// The error counters shown, as (metric, label to split by, what a person reads).
 const ERROR_METRICS: [(&str, &str, &str); 6] = [
@@ -31,6 +35,10 @@ const ERROR_METRICS: [(&str, &str, &str); 6] = [
 
 /// Search outcomes that are not errors.
 const FINE_OUTCOMES: [&str; 2] = ["flagged", "unflagged"];
+
+/// Pages a second, and the burst, per organisation.
+pub const RATE_PER_SECOND: f64 = 1.0;
+pub const BURST: u32 = 10;
 
 /// How far back "recent" looks.
 const RECENT: Duration = Duration::from_secs(5 * 60);
@@ -96,9 +104,15 @@ fn error_counters() -> BTreeMap<String, f64> {
 
 /// GET /ops
 pub async fn page(State(web): State<Web>, viewer: Viewer) -> Result<Response, WebError> {
+    if let Err(retry_after) = web.ops_rate.check(&viewer.identity.ods_code) {
+        let message = format!("too many status pages; try again in {} s", retry_after.as_secs().max(1));
+        return Err(crate::error::Error::RateLimited { message, retry_after }.into());
+    }
     let ready = *web.ready.borrow();
     let held = web.relay.hub().held();
-    let backlogs = web.relay.backlogs().await?;
+    let quarantined = web.relay.quarantined();
+    let shows_backlogs = matches!(viewer.identity.role, Role::Auditor | Role::SocialCare);
+    let backlogs = web.relay.backlogs(&viewer.identity);
     let now = web.relay.now();
     let counters = error_counters();
     let (baseline, window) = web.errors.observe(counters.clone());
@@ -116,7 +130,11 @@ pub async fn page(State(web): State<Web>, viewer: Viewer) -> Result<Response, We
                 p class={ "stat " (if held == 0 { "stat-ok" } else { "stat-bad" }) } {
                     span class="stat-value" { (held) } " " span class="stat-label" { "searches with notifications held for retry" }
                 }
+                p class={ "stat " (if quarantined == 0 { "stat-ok" } else { "stat-bad" }) } id="quarantined" {
+                    span class="stat-value" { (quarantined) } " " span class="stat-label" { "searches quarantined: their authorities not notified (cpis-relay quarantine list)" }
+                }
             }
+            @if !shows_backlogs {} @else {
             h2 { "Notification backlog by local authority" }
             @if backlogs.is_empty() { p { "No local authority is known yet." } } @else {
                 table class="table" {
@@ -132,6 +150,7 @@ pub async fn page(State(web): State<Web>, viewer: Viewer) -> Result<Response, We
                         }
                     }
                 }
+            }
             }
             h2 { "Errors" }
             @if counters.values().all(|value| *value == 0.0) { p { "No errors counted since the relay started." } } @else {

@@ -56,6 +56,8 @@ impl Committer for ActivityCommitter {
                             keys::notification(la, notification.sequence),
                             encode(&notification)?,
                         );
+                        let by_person = keys::person_notification(access.nhs_number, la, notification.sequence);
+                        batch.insert(&spaces.notifications_by_person, by_person, []);
                         notified.push(notification);
                     }
                     // No cursor and no request record: an authority's last sequence is its
@@ -149,6 +151,8 @@ fn expire_activity(
                 break;
             }
             batch.remove(&spaces.notifications, key);
+            let by_person = keys::person_notification(notification.access.nhs_number, la, notification.sequence);
+            batch.remove(&spaces.notifications_by_person, by_person);
             counts.notifications += 1;
         }
     }

@@ -124,6 +124,14 @@ pub(in crate::store) fn notification(la: &str, sequence: u64) -> Vec<u8> {
     key
 }
 
+/// notifications_by_person: `nhs number(8) authority 0 sequence(8)` -> nothing:
+/// a person's notifications, for a subject access report.
+pub(in crate::store) fn person_notification(nhs: NhsNumber, la: &str, sequence: u64) -> Vec<u8> {
+    let mut key = person_prefix(nhs).to_vec();
+    key.extend_from_slice(&notification(la, sequence));
+    key
+}
+
 /// log: `position(8)` -> `kind(1) record key`; log_ids: `id(16)` -> `position(8)`;
 /// log_tree: `position(8)` -> hash; log_notes: `sequence(8)` -> `kind(1) text`.
 pub(in crate::store) fn log_position(position: u64) -> [u8; 8] {

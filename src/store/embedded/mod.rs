@@ -22,6 +22,7 @@
 //! Start-up copies plan bytes into the index without decoding them, and
 //! reads every person's recent accesses on a second thread meanwhile.
 
+mod by_person;
 mod changes;
 pub(super) mod keys;
 mod lane;
@@ -136,6 +137,8 @@ pub(super) struct Spaces {
     pub access_times: Keyspace,
     pub requests: Keyspace,
     pub notifications: Keyspace,
+    /// Each notification's key under its person's NHS number (see [`keys::person_notification`]).
+    pub notifications_by_person: Keyspace,
     pub cursors: Keyspace,
     /// The access log (see [`log`]).
     pub log: Keyspace,
@@ -179,6 +182,7 @@ impl Spaces {
             access_times: keyspace(&activity_db, "access_times")?,
             requests: keyspace(&activity_db, "requests")?,
             notifications: keyspace(&activity_db, "notifications")?,
+            notifications_by_person: keyspace(&activity_db, "notifications_by_person")?,
             cursors: keyspace(&activity_db, "cursors")?,
             log: keyspace(&activity_db, "log")?,
             log_ids: keyspace(&activity_db, "log_ids")?,
@@ -278,6 +282,7 @@ impl EmbeddedStore {
         empty_keyspace(&spaces, &spaces.requests)?;
         log::assign_positions(&spaces)?;
         empty_keyspace(&spaces, &spaces.access_times)?;
+        by_person::index_on_open(&spaces)?;
         let log_bounds = log::bounds(&spaces)?;
         let stats = Arc::new(CommitStats::default());
         let positions = spaces.positions()?.into_iter().map(|cursor| (cursor.la_ods_code.clone(), cursor)).collect();
@@ -454,6 +459,10 @@ impl Store for EmbeddedStore {
             }
             Ok(page)
         })
+    }
+
+    fn notifications_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        self.read(move |spaces| by_person::notifications_of(spaces, nhs_number))
     }
 
     fn broken(&self) -> Option<Broken> {

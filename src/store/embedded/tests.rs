@@ -353,3 +353,28 @@ async fn verify_names_a_record_kept_outside_the_log() {
     );
     assert!(!report.is_clean());
 }
+
+#[tokio::test]
+async fn notifications_a_release_before_the_person_index_wrote_are_indexed_once_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let person = plan(1, PlanType::ChildProtection, None).nhs_number();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        record_three(&store, person).await;
+    }
+    {
+        // As such a release left it: the notifications, no index, no mark.
+        let spaces = Spaces::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let keys: Vec<_> = spaces.notifications_by_person.iter().map(|entry| entry.key().unwrap()).collect();
+        assert_eq!(keys.len(), 3);
+        for key in keys {
+            spaces.notifications_by_person.remove(key).unwrap();
+        }
+        spaces.log_meta.remove(by_person::NOTIFICATIONS_BY_PERSON).unwrap();
+        spaces.activity_db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let sequences: Vec<u64> = store.notifications_of(person).await.unwrap().iter().map(|n| n.sequence).collect();
+    assert_eq!(sequences, [1, 2, 3]);
+    assert!(store.spaces.log_meta.contains_key(by_person::NOTIFICATIONS_BY_PERSON).unwrap(), "indexed once");
+}

@@ -176,6 +176,28 @@ impl AccessLog for PostgresLog {
         Ok(row.map(|row| row.get::<_, i64>(0) as u64))
     }
 
+    fn positions_of(&self, ids: &[u128]) -> Result<std::collections::HashMap<u128, u64>, StoreError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(PAGE as usize) {
+            let wanted: Vec<uuid::Uuid> = chunk.iter().map(|id| uuid::Uuid::from_u128(*id)).collect();
+            let rows = self.block(async {
+                self.client()
+                    .await?
+                    .query(
+                        "SELECT id, position FROM cpis_accesses WHERE id = ANY($1)
+                         UNION ALL SELECT id, position FROM cpis_audit_reads WHERE id = ANY($1)",
+                        &[&wanted],
+                    )
+                    .await
+                    .map_err(db_error)
+            })?;
+            for row in &rows {
+                found.entry(row.get::<_, uuid::Uuid>(0).as_u128()).or_insert(row.get::<_, i64>(1) as u64);
+            }
+        }
+        Ok(found)
+    }
+
     fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError> {
         let rows = self.block(async {
             self.client()
@@ -294,13 +316,16 @@ impl HashStore for PostgresTree {
 
     fn hashes_at(&self, positions: &[u64]) -> Result<Vec<Hash>, StoreError> {
         let wanted: Vec<i64> = positions.iter().map(|position| *position as i64).collect();
-        let rows = self.runtime.block_on(async {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            client
-                .query("SELECT position, hash FROM cpis_log_tree WHERE position = ANY($1)", &[&wanted])
-                .await
-                .map_err(db_error)
-        })?;
+        let mut rows = Vec::new();
+        for chunk in wanted.chunks(PAGE as usize) {
+            rows.extend(self.runtime.block_on(async {
+                let client = self.pool.get().await.map_err(pool_error)?;
+                client
+                    .query("SELECT position, hash FROM cpis_log_tree WHERE position = ANY($1)", &[&chunk])
+                    .await
+                    .map_err(db_error)
+            })?);
+        }
         let mut found: std::collections::HashMap<i64, Hash> = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
             let hash = <[u8; 32]>::try_from(row.get::<_, &[u8]>(1))
@@ -326,28 +351,29 @@ impl HashStore for PostgresTree {
         let first = stored_hash_count(old) as i64;
         let positions: Vec<i64> = (0..hashes.len() as i64).map(|offset| first + offset).collect();
         let values: Vec<&[u8]> = hashes.iter().map(|hash| hash.as_slice()).collect();
-        self.runtime.block_on(async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
-            let transaction = client.transaction().await.map_err(db_error)?;
-            let moved = transaction
-                .execute(
-                    "UPDATE cpis_log SET tree_size = $2 WHERE id = 1 AND tree_size = $1",
-                    &[&(old as i64), &(tree_size as i64)],
+        // One autocommit statement: the `cpis_log` row every search batch
+        // locks is held only while it runs, never across a round trip to this
+        // node (a node cut off mid-append would otherwise hold it until the
+        // server gave up on the session). The hashes go in only if the size
+        // moved from the one this keeper knows.
+        let moved: bool = self.runtime.block_on(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_one(
+                    "WITH moved AS (UPDATE cpis_log SET tree_size = $2 WHERE id = 1 AND tree_size = $1 RETURNING 1),
+                     stored AS (INSERT INTO cpis_log_tree (position, hash)
+                                SELECT position, hash FROM unnest($3::bigint[], $4::bytea[]) AS new (position, hash)
+                                WHERE EXISTS (SELECT 1 FROM moved))
+                     SELECT EXISTS (SELECT 1 FROM moved)",
+                    &[&(old as i64), &(tree_size as i64), &positions, &values],
                 )
                 .await
                 .map_err(db_error)?;
-            if moved != 1 {
-                return Err(StoreError::Io(TREE_MOVED.into()));
-            }
-            transaction
-                .execute(
-                    "INSERT INTO cpis_log_tree (position, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                    &[&positions, &values],
-                )
-                .await
-                .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)
+            Ok::<_, StoreError>(row.get(0))
         })?;
+        if !moved {
+            return Err(StoreError::Io(TREE_MOVED.into()));
+        }
         self.size.store(tree_size, Ordering::Release);
         Ok(())
     }

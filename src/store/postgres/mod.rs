@@ -16,6 +16,7 @@ pub mod check;
 pub mod connect;
 mod feed;
 mod log;
+mod retention;
 mod schema;
 mod writes;
 
@@ -298,6 +299,25 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db_error)?;
             rows.iter().map(|row| PlanEvent::decode(row.get(0))).collect()
+        }
+        .boxed()
+    }
+
+    fn notifications_of(&self, nhs_number: NhsNumber) -> BoxFuture<'static, Result<Vec<Notification>, StoreError>> {
+        let pool = self.pool.clone();
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            // Through the person's accesses (by person) and each one's notifications (by access).
+            let rows = client
+                .query(
+                    "SELECT n.sequence, n.draft, n.access FROM cpis_accesses a
+                     JOIN cpis_notifications n ON n.access_id = a.id
+                     WHERE a.nhs_number = $1 ORDER BY n.la_ods_code, n.sequence",
+                    &[&(nhs_number.as_u64() as i64)],
+                )
+                .await
+                .map_err(db_error)?;
+            rows.iter().map(|row| notification(row.get(0), row.get(1), row.get(2))).collect()
         }
         .boxed()
     }

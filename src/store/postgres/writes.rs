@@ -1,6 +1,9 @@
-//! Every write but a flagged search, each its own transaction: plan changes
-//! (which also take the next plan feed version, in commit order, and wake
-//! the other nodes), acknowledgements and retention.
+//! Every write but a flagged search: plan changes, each a transaction (which
+//! also takes the next plan feed version, in commit order, and wakes the
+//! other nodes), and acknowledgements and auditors' reads, each one
+//! statement; retention is `super::retention`. No lock a search batch takes
+//! (the `cpis_log` row, an authority's cursor row) is held across a round
+//! trip to this node.
 
 use std::collections::HashMap;
 
@@ -12,7 +15,7 @@ use crate::{
     model::{LocalAuthority, PlanType},
     nhs::NhsNumber,
     plan_history::{PlanEvent, PlanEventKind},
-    store::{Applied, Change, Expiry, ExpiryCounts, StoreError},
+    store::{Applied, Change, StoreError},
     stored::StoredPlan,
 };
 
@@ -23,40 +26,41 @@ const PLANS_PER_STATEMENT: usize = 5_000;
 /// a key space apart from the migrations' single-key lock): "CPIS" in ASCII.
 const AUTHORITY_LOCK: i32 = 0x4350_4953;
 
-/// How long the plan feed is kept: a node behind by more reloads everything.
-const FEED_KEPT: &str = "7 days";
-
 pub(super) async fn apply(pool: Pool, change: Change) -> Result<Applied, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
-    let transaction = client.transaction().await.map_err(db_error)?;
-    let applied = match &change {
+    match &change {
         Change::UpsertPlans { .. } | Change::ReplacePlans { .. } | Change::DeletePlans { .. } => {
-            plan_change(&transaction, &change).await?
+            // Plan changes lock only plan rows, their authority's lock and
+            // the feed row, none of which a search batch takes.
+            let transaction = client.transaction().await.map_err(db_error)?;
+            let applied = plan_change(&transaction, &change).await?;
+            transaction.commit().await.map_err(db_error)?;
+            Ok(applied)
         }
         Change::Ack { la_ods_code, through } => {
+            // One statement: the cursor row, which numbers this authority's
+            // notifications in every search batch, is never held across a round trip.
             let through = *through as i64;
-            transaction
+            client
                 .execute(
-                    "UPDATE cpis_cursors SET acked_through = GREATEST(acked_through, LEAST($2, last_sequence))
-                     WHERE la_ods_code = $1",
-                    &[la_ods_code, &through],
+                    "WITH acked AS (UPDATE cpis_cursors SET acked_through = GREATEST(acked_through, LEAST($2, last_sequence))
+                                    WHERE la_ods_code = $1 RETURNING 1)
+                     SELECT pg_notify($3, $4) FROM (SELECT count(*) FROM acked) AS done",
+                    &[la_ods_code, &through, &feed::CHANNEL, &format!("a {la_ods_code}={through}")],
                 )
                 .await
                 .map_err(db_error)?;
-            transaction
-                .execute("SELECT pg_notify($1, $2)", &[&feed::CHANNEL, &format!("a {la_ods_code}={through}")])
-                .await
-                .map_err(db_error)?;
-            Applied::Committed
+            Ok(Applied::Committed)
         }
-        Change::Expire(expiry) => Applied::Expired(expire(&transaction, expiry).await?),
-        Change::RecordAccess { .. } => {
-            return Err(StoreError::Corrupt("searches are written by the access writer".into()));
-        }
+        Change::Expire(expiry) => Ok(Applied::Expired(super::retention::expire(&mut client, expiry).await?)),
+        Change::RecordAccess { .. } => Err(StoreError::Corrupt("searches are written by the access writer".into())),
         Change::RecordAudit(read) => {
-            // The next log position, under the log row's lock like a batch of searches.
+            // The next log position under the log row's lock, like a batch of
+            // searches, in one autocommit statement: the lock every search
+            // needs is released as the statement commits, whatever becomes of
+            // this node's connection afterwards.
             let record = postcard::to_allocvec(read).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-            transaction
+            client
                 .execute(
                     "WITH next AS (UPDATE cpis_log SET size = size + 1 WHERE id = 1 RETURNING size - 1 AS position)
                      INSERT INTO cpis_audit_reads (id, nhs_number, read_at, organisation_ods_code, record, position)
@@ -71,11 +75,9 @@ pub(super) async fn apply(pool: Pool, change: Change) -> Result<Applied, StoreEr
                 )
                 .await
                 .map_err(db_error)?;
-            Applied::Committed
+            Ok(Applied::Committed)
         }
-    };
-    transaction.commit().await.map_err(db_error)?;
-    Ok(applied)
+    }
 }
 
 /// A plan change under the next feed version. Plan writers of one authority
@@ -219,11 +221,11 @@ fn plan_key(plan: &StoredPlan) -> (NhsNumber, PlanType) {
     (plan.nhs_number(), plan.plan_type())
 }
 
-fn nhs_number_of(value: i64) -> Result<NhsNumber, StoreError> {
+pub(super) fn nhs_number_of(value: i64) -> Result<NhsNumber, StoreError> {
     NhsNumber::from_u64(value as u64).map_err(|error| StoreError::Corrupt(format!("cpis_plans: {error}")))
 }
 
-fn plan_type_of(code: &str) -> Result<PlanType, StoreError> {
+pub(super) fn plan_type_of(code: &str) -> Result<PlanType, StoreError> {
     PlanType::parse(code).ok_or_else(|| StoreError::Corrupt(format!("cpis_plans: plan type {code:?}")))
 }
 
@@ -235,7 +237,7 @@ fn held_plans(rows: &[Row]) -> Result<HashMap<(NhsNumber, PlanType), Vec<u8>>, S
 }
 
 /// Writes plan history events in the current transaction.
-async fn insert_events(transaction: &Transaction<'_>, events: &[PlanEvent]) -> Result<(), StoreError> {
+pub(super) async fn insert_events(transaction: &Transaction<'_>, events: &[PlanEvent]) -> Result<(), StoreError> {
     let statement = transaction
         .prepare_cached(
             "INSERT INTO cpis_plan_history (id, nhs_number, at, record)
@@ -251,86 +253,4 @@ async fn insert_events(transaction: &Transaction<'_>, events: &[PlanEvent]) -> R
         transaction.execute(&statement, &[&ids, &people, &times, &records]).await.map_err(db_error)?;
     }
     Ok(())
-}
-
-async fn expire(transaction: &Transaction<'_>, expiry: &Expiry) -> Result<ExpiryCounts, StoreError> {
-    let expired = transaction
-        .query(
-            "DELETE FROM cpis_plans WHERE visible_until < $1 RETURNING la_ods_code, nhs_number, plan_type",
-            &[&expiry.today],
-        )
-        .await
-        .map_err(db_error)?;
-    let events = expired
-        .iter()
-        .map(|row| {
-            let (nhs_number, plan_type) = (nhs_number_of(row.get(1))?, plan_type_of(row.get(2))?);
-            Ok(PlanEvent::removal(expiry.now, row.get(0), nhs_number, plan_type, PlanEventKind::Expired))
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let plan_changes = transaction
-        .execute("DELETE FROM cpis_plan_history WHERE at < $1", &[&expiry.accesses_before])
-        .await
-        .map_err(db_error)?;
-    insert_events(transaction, &events).await?;
-    let plans = events.len() as u64;
-    let notifications = transaction
-        .execute(
-            "DELETE FROM cpis_notifications n USING cpis_cursors c
-             WHERE n.la_ods_code = c.la_ods_code AND n.sequence <= c.acked_through AND n.accessed_at < $1",
-            &[&expiry.acked_notifications_before],
-        )
-        .await
-        .map_err(db_error)?;
-    let accesses = expire_log_prefix(transaction, expiry).await?;
-    transaction
-        .execute("DELETE FROM cpis_requests WHERE made_at < $1", &[&expiry.accesses_before])
-        .await
-        .map_err(db_error)?;
-    transaction
-        .execute(&format!("DELETE FROM cpis_plan_changes WHERE committed_at < now() - interval '{FEED_KEPT}'"), &[])
-        .await
-        .map_err(db_error)?;
-    Ok(ExpiryCounts { plans, plan_changes, notifications, accesses })
-}
-
-/// Accesses and auditors' reads as a prefix of the access log (see
-/// `crate::store::log`): from the first retained position, in position
-/// order, up to the first one still kept or not yet in the tree, at most
-/// `expiry.limit` positions a call; records the new first retained position.
-async fn expire_log_prefix(transaction: &Transaction<'_>, expiry: &Expiry) -> Result<u64, StoreError> {
-    let log = transaction
-        .query_one("SELECT size, retained_from FROM cpis_log WHERE id = 1 FOR UPDATE", &[])
-        .await
-        .map_err(db_error)?;
-    let (size, from): (i64, i64) = (log.get(0), log.get(1));
-    let below = (expiry.log_positions_below.min(size as u64) as i64).min(from.saturating_add(expiry.limit as i64));
-    if below <= from {
-        return Ok(0);
-    }
-    // The first position in the window still within its keeping period.
-    let kept = transaction
-        .query_one(
-            "SELECT min(position) FROM (
-                 SELECT position FROM cpis_accesses WHERE position >= $1 AND position < $2 AND accessed_at >= $3
-                 UNION ALL
-                 SELECT position FROM cpis_audit_reads WHERE position >= $1 AND position < $2 AND read_at >= $3
-             ) AS kept",
-            &[&from, &below, &expiry.accesses_before],
-        )
-        .await
-        .map_err(db_error)?;
-    let boundary = kept.get::<_, Option<i64>>(0).unwrap_or(below);
-    if boundary <= from {
-        return Ok(0);
-    }
-    let mut removed = 0;
-    for table in ["cpis_accesses", "cpis_audit_reads"] {
-        removed += transaction
-            .execute(&format!("DELETE FROM {table} WHERE position >= $1 AND position < $2"), &[&from, &boundary])
-            .await
-            .map_err(db_error)?;
-    }
-    transaction.execute("UPDATE cpis_log SET retained_from = $1 WHERE id = 1", &[&boundary]).await.map_err(db_error)?;
-    Ok(removed)
 }
