@@ -106,6 +106,18 @@ pub struct Running {
     pub listening: String,
 }
 
+/// `serve`'s data directory and certificates in `dir`: `dir/data` and the
+/// server layout of `dir/certs` (see [`Pki::write_server_layout`]).
+pub fn serve_layout(dir: &Path) -> Vec<std::ffi::OsString> {
+    let certs = dir.join("certs");
+    let mut args: Vec<std::ffi::OsString> = vec!["--data-dir".into(), dir.join("data").into()];
+    for (flag, file) in [("--ca", "ca.pem"), ("--cert", "server.pem"), ("--key", "server.key")] {
+        args.push(flag.into());
+        args.push(certs.join(file).into());
+    }
+    args
+}
+
 /// Starts `cpis-relay serve` on port 0 with `dir/certs` (see
 /// [`Pki::write_server_layout`]) and `dir/data`; reads the bound addresses
 /// from its stdout. Stderr is captured for callers that read logs.
@@ -117,17 +129,9 @@ pub async fn start(dir: &Path, extra: &[&str], log_filter: &str) -> Running {
 /// switch is cleared unless given here).
 pub async fn start_with_env(dir: &Path, extra: &[&str], log_filter: &str, env: &[(&str, &str)]) -> Running {
     use tokio::io::AsyncBufReadExt;
-    let certs = dir.join("certs");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("server.pem"))
-        .arg("--key")
-        .arg(certs.join("server.key"))
+        .args(serve_layout(dir))
         .args(extra)
         .env("CPIS_LOG", log_filter)
         .env_remove("CPIS_TEST_FAIL_STORE_WRITES")

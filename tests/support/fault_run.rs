@@ -39,18 +39,11 @@ pub const SERVER_NAME: Option<&str> = Some("localhost");
 /// in `dir` (kept across restarts: the spill and the quarantine live there).
 pub async fn node_in(net: &Net, host: &Host, pki: &Pki, url: &str, dir: &Path, extra: &[&str]) -> Running {
     use tokio::io::AsyncBufReadExt;
-    let certs = dir.join("certs");
-    pki.write_server_layout(&certs);
+    pki.write_server_layout(&dir.join("certs"));
     let mut child = net
         .command(host, env!("CARGO_BIN_EXE_cpis-relay"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--admin-listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("server.pem"))
-        .arg("--key")
-        .arg(certs.join("server.key"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--admin-listen", "0.0.0.0:0"])
+        .args(serve_layout(dir))
         .args(["--store", url, "--store-allow-plaintext", "--feed-poll-ms", "200", "--search-rate-per-second", "0"])
         .args(["--store-write-timeout-ms", "2000", "--grace-period-secs", "2"])
         .args(extra)
