@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use cpis_relay::proto::{self, PlanType, UploadMode, plans_client::PlansClient};
+use cpis_relay::proto::{PlanType, UploadMode, plans_client::PlansClient};
 use tokio::io::AsyncReadExt;
 
 /// A title-setting OSC, a screen clear, a C1 CSI, DEL and a forged log line.
