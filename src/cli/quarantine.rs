@@ -111,6 +111,10 @@ fn export(contents: &[Quarantined], out: &std::path::Path) -> Result<(), CliErro
 async fn replay(store: super::store_args::StoreArgs) -> Result<u8, CliError> {
     let data_dir = store.data_dir.clone();
     let contents = read(&data_dir)?;
+    if contents.is_empty() {
+        println!("nothing is quarantined in {}", data_dir.display());
+        return Ok(exit::OK);
+    }
     // The data directory's lock: no relay may append meanwhile.
     let locking = data_dir.clone();
     let _lock = tokio::task::spawn_blocking(move || Spill::open(&locking))
