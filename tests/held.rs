@@ -453,35 +453,6 @@ async fn a_quarantined_search_survives_a_restart_and_is_listed_exported_and_repl
     assert!(String::from_utf8_lossy(&listed.stdout).contains("0 searches quarantined"), "{listed:?}");
 }
 
-/// Once searches are held the node knows its store is failing: a new search
-/// is held at once, never waiting on the store. Before, each new search
-/// waited for its own write first (on PostgreSQL, the whole write timeout).
-#[tokio::test]
-async fn once_searches_are_held_a_new_search_is_held_without_waiting_for_the_store() {
-    let settings = RelaySettings {
-        held_retry_backoff: (Duration::from_secs(3600), Duration::from_secs(3600)),
-        ..RelaySettings::default()
-    };
-    let relay = TestRelay::start_with(StoreChoice::Embedded, settings).await;
-    let child = nhs(12);
-    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    relay.faults.fail_writes(true);
-    let mut lookup = relay.lookup().await;
-    lookup.search(search_request(&child, "first", "r1")).await.unwrap();
-    assert_eq!(relay.relay.hub().held(), 1);
-    // Writes now wait for ever: a search that tried the store would never answer.
-    relay.faults.fail_writes(false);
-    relay.faults.stall_writes(true);
-    let answer = tokio::time::timeout(Duration::from_secs(30), lookup.search(search_request(&child, "second", "r2")))
-        .await
-        .expect("answered without waiting on the stalled store")
-        .unwrap();
-    assert!(answer.into_inner().flagged);
-    assert_eq!(relay.relay.hub().held(), 2);
-    assert_eq!(*relay.faults.stalled_changes().borrow(), 0, "nothing reached the store");
-    relay.faults.stall_writes(false);
-}
-
 /// A client that goes away while its search is being stored leaves the
 /// commit running on its own: as a task of the relay's, which shutdown waits
 /// for, so the notification is not cut off by the process exiting. Before,

@@ -100,8 +100,13 @@ impl Relay {
     async fn resync(&self, feed: &Arc<dyn Feed>) {
         let started = Instant::now();
         // Plans beside accesses-then-positions: a read that stalls (a cut link)
-        // costs the time of one, not of each in turn.
-        let (plans, others) = tokio::join!(self.follow_plans(feed), async {
+        // costs the time of one, not of each in turn. The plans on a task of
+        // their own: following thousands of accesses after a partition is
+        // CPU work that must not hold a plan change back (a clinician would
+        // not see a child flagged meanwhile).
+        let (relay, plan_feed) = (self.clone(), Arc::clone(feed));
+        let plans = tokio::spawn(async move { relay.follow_plans(&plan_feed).await });
+        let (plans, others) = tokio::join!(async { plans.await.unwrap_or(false) }, async {
             self.follow_accesses(feed).await
                 && {
                     let positions = self.observe_cursors(feed).await;

@@ -7,9 +7,8 @@
 //! `cpis_notifications_refused_total`: never dropped silently.
 //!
 //! Three rules keep one fault from stalling the node:
-//! - Once searches are held, the node knows its store is failing: a new
-//!   search is held at once (milliseconds: one spill sync) instead of waiting
-//!   for a write the store will not take, and is stored by the retries.
+//! - A search waits for its write at most the store's write timeout (on
+//!   PostgreSQL counted from when it queued), then is held.
 //! - Retries take the oldest held searches together (one round trip of the
 //!   store's batch writer), so the queue drains at the store's pace once it
 //!   is back, not one search per round trip.
@@ -53,9 +52,8 @@ enum Round {
 
 impl Relay {
     /// Stores a search's access and notifications, resolving once they are
-    /// durable; if the store fails, or searches are held already (the store
-    /// is failing), they are held (spilled and synced first) and retried
-    /// until the store takes it. Either way the access joins the person's
+    /// durable; if the store fails they are held (spilled and synced first)
+    /// and retried until the store takes it. Either way the access joins the person's
     /// recent accesses and the search is answered. The one error: the store
     /// is broken for good (the process is stopping to replay its journal)
     /// and the spill could not be written either, so the notification would
@@ -66,25 +64,19 @@ impl Relay {
         access: AccessEvent,
         drafts: Vec<NotificationDraft>,
     ) -> Result<NotificationState> {
-        let held = self.shared.hub.held();
-        let broken = if held > 0 {
-            // The retries store it in turn; a write now would wait on a store known to fail.
-            tracing::debug!(held, "searches are held: this one is held too, not written");
-            self.store_broken().is_some()
-        } else {
-            let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
-                Ok(Recorded::Notified(notifications)) => {
-                    self.remember(&access);
-                    self.shared.hub.publish(&notifications);
-                    return Ok(NotificationState::Stored);
-                }
-                // Another node stored this request within the window: this search is its retry.
-                Ok(Recorded::Repeated) => return Ok(NotificationState::Repeat),
-                Err(error) => error,
-            };
-            tracing::error!(%error, held = held + 1, "could not store an access notification; holding it for retry");
-            matches!(error, StoreError::Broken(_))
+        let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
+            Ok(Recorded::Notified(notifications)) => {
+                self.remember(&access);
+                self.shared.hub.publish(&notifications);
+                return Ok(NotificationState::Stored);
+            }
+            // Another node stored this request within the window: this search is its retry.
+            Ok(Recorded::Repeated) => return Ok(NotificationState::Repeat),
+            Err(error) => error,
         };
+        let held = self.shared.hub.held();
+        tracing::error!(%error, held = held + 1, "could not store an access notification; holding it for retry");
+        let broken = matches!(error, StoreError::Broken(_));
         match self.hold(HeldSearch { access: access.clone(), drafts }).await {
             Some(spilled) if spilled || !broken => {
                 self.remember(&access);
