@@ -68,8 +68,6 @@ pub struct Held {
     pub(super) retry_turn: tokio::sync::Mutex<()>,
     /// Searches set aside (see `quarantine`); in memory until the data directory's is opened.
     quarantine: OnceLock<Quarantine>,
-    /// How many are held, for every search to read without taking the queue's lock.
-    count: std::sync::atomic::AtomicUsize,
 }
 
 pub(super) enum Holding {
@@ -97,14 +95,11 @@ impl Held {
     /// Sets the spill (at start, once it is reloaded) and what it holds.
     pub(super) fn install(&self, spill: Spill, searches: VecDeque<HeldSearch>) {
         *self.spill() = Some(spill);
-        let held = searches.len();
         *self.queue() = Queue { searches, spilled: true, ..Queue::default() };
-        self.count.store(held, std::sync::atomic::Ordering::Release);
     }
 
-    /// How many searches are held; read by every flagged search, so an atomic, not the queue's lock.
     pub(super) fn len(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::Acquire)
+        self.queue().searches.len()
     }
 
     /// Writes what is pending, then closes the spill (releasing the data
@@ -167,7 +162,6 @@ impl Held {
         }
         queue.searches.push_back(search);
         let held = queue.searches.len();
-        self.count.store(held, std::sync::atomic::Ordering::Release);
         if !queue.spilled {
             return Holding::Held { held, spilled: false };
         }
@@ -243,7 +237,6 @@ impl Held {
         }
         queue.stale += before - queue.searches.len();
         let left = queue.searches.len();
-        self.count.store(left, std::sync::atomic::Ordering::Release);
         if !queue.spilled || (left > 0 && queue.stale < COMPACT_AFTER.max(left)) {
             return left;
         }
