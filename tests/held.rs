@@ -453,6 +453,63 @@ async fn a_quarantined_search_survives_a_restart_and_is_listed_exported_and_repl
     assert!(String::from_utf8_lossy(&listed.stdout).contains("0 searches quarantined"), "{listed:?}");
 }
 
+/// Once a write failed the node knows its store is failing: a new search
+/// is held at once, never waiting on the store. Before, each new search
+/// waited for its own write first (on PostgreSQL, the whole write timeout).
+#[tokio::test]
+async fn once_a_write_failed_a_new_search_is_held_without_waiting_for_the_store() {
+    let settings = RelaySettings {
+        held_retry_backoff: (Duration::from_secs(3600), Duration::from_secs(3600)),
+        ..RelaySettings::default()
+    };
+    let relay = TestRelay::start_with(StoreChoice::Embedded, settings).await;
+    let child = nhs(12);
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    relay.faults.fail_writes(true);
+    let mut lookup = relay.lookup().await;
+    lookup.search(search_request(&child, "first", "r1")).await.unwrap();
+    assert_eq!(relay.relay.hub().held(), 1);
+    // Writes now wait for ever: a search that tried the store would never answer.
+    relay.faults.fail_writes(false);
+    relay.faults.stall_writes(true);
+    let answer = tokio::time::timeout(Duration::from_secs(30), lookup.search(search_request(&child, "second", "r2")))
+        .await
+        .expect("answered without waiting on the stalled store")
+        .unwrap();
+    assert!(answer.into_inner().flagged);
+    assert_eq!(relay.relay.hub().held(), 2);
+    assert_eq!(*relay.faults.stalled_changes().borrow(), 0, "nothing reached the store");
+    relay.faults.stall_writes(false);
+}
+
+/// The first write that succeeds ends "failing": a new search is written
+/// directly although earlier ones are still held (their retries drain beside
+/// it). Held for as long as any search was, a queue under steady load
+/// emptied only when a round of retries outran the arrivals (18-58 s after
+/// the heal in the cut-off test).
+#[tokio::test]
+async fn once_a_write_succeeds_new_searches_are_written_while_the_held_ones_wait_for_their_retry() {
+    let settings = RelaySettings {
+        held_retry_backoff: (Duration::from_secs(3600), Duration::from_secs(3600)),
+        ..RelaySettings::default()
+    };
+    let relay = TestRelay::start_with(StoreChoice::Embedded, settings).await;
+    let (child, other) = (nhs(13), nhs(14));
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    relay.faults.fail_writes(true);
+    let mut lookup = relay.lookup().await;
+    lookup.search(search_request(&child, "first", "r1")).await.unwrap();
+    assert_eq!(relay.relay.hub().held(), 1);
+    relay.faults.fail_writes(false);
+    // A write that succeeds (an authority's upload): the store takes writes again.
+    relay.load("706", vec![record(&other, PlanType::LookedAfter)]).await;
+    lookup.search(search_request(&child, "second", "r2")).await.unwrap();
+    assert_eq!(relay.relay.hub().held(), 1, "the second search was written, not held");
+    let stored = relay.store.accesses_of(child.parse().unwrap()).await.unwrap();
+    assert_eq!(stored.len(), 1, "only the second search is stored yet: {stored:?}");
+    assert_eq!(stored[0].accessor.user_id, "second");
+}
+
 /// A client that goes away while its search is being stored leaves the
 /// commit running on its own: as a task of the relay's, which shutdown waits
 /// for, so the notification is not cut off by the process exiting. Before,

@@ -95,11 +95,11 @@ async fn a_node_cut_off_from_the_database_answers_holds_and_catches_up_when_the_
     })
     .await;
     assert_eq!(admin_get(n1.admin, "/readyz").await.0, 503, "not ready while it cannot write");
-    // Each search on node 1 waits at most its write timeout (2 s here), then is
-    // held (a figure printed for the README's failure table, not asserted).
+    // Node 1 knows its store is failing: its searches are held at once, not after
+    // the write timeout (a figure printed for the README's failure table, not asserted).
     let mut lookup = LookupClient::new(client::connect(&n1.url, &ed, SERVER_NAME).await.unwrap());
     let mut latencies = Vec::new();
-    for i in 0..5 {
+    for i in 0..40 {
         let user = format!("probe-during-cut-{i}");
         let started = Instant::now();
         assert!(
@@ -110,8 +110,9 @@ async fn a_node_cut_off_from_the_database_answers_holds_and_catches_up_when_the_
     }
     latencies.sort();
     let during_cut = format!(
-        "searches on node 1 during the cut: p50 {:?}, max {:?} (5 in turn)",
+        "searches on node 1 during the cut once it knew: p50 {:?}, p99 {:?}, max {:?} (40 in turn)",
         latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
         latencies[latencies.len() - 1]
     );
     // A plan change through node 2 while node 1 cannot hear it.
@@ -127,11 +128,12 @@ async fn a_node_cut_off_from_the_database_answers_holds_and_catches_up_when_the_
 
     net.heal(&h1);
     let healed = Instant::now();
-    until(Duration::from_secs(120), "node 1 has the plan change made during the cut", || async {
+    until(Duration::from_secs(60), "node 1 has the plan change made during the cut", || async {
         flagged(&n1, &ed, &later[0], "probe-healed").await
     })
     .await;
     let plan_caught_up = healed.elapsed();
+    // Thousands held (node 1 answers at once while cut off), written beside new searches: seconds to tens of seconds in a debug build.
     until(Duration::from_secs(120), "node 1 writes what it held", || async {
         gauge(&n1, "cpis_notifications_held").await == 0.0 && admin_get(n1.admin, "/readyz").await.0 == 200
     })

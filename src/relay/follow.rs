@@ -24,10 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{
-    sync::{MutexGuard, broadcast::error::RecvError, watch},
-    task::JoinHandle,
-};
+use tokio::sync::{MutexGuard, broadcast::error::RecvError, watch};
 
 use super::Relay;
 use crate::{
@@ -41,6 +38,21 @@ const FEED_PAGE: usize = 64;
 
 /// Accesses read from the log at a time.
 const ACCESS_PAGE: usize = 2_048;
+
+/// Pages of accesses one read takes at most before the follower turns to
+/// positions and hints (the rest at the next poll).
+const ACCESS_PAGES_PER_READ: usize = 8;
+
+/// How far one read of the accesses got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Followed {
+    /// Up to the log's end as it was read.
+    All,
+    /// Some pages; more remain.
+    Partly,
+    /// A read failed.
+    Failed,
+}
 
 /// Publishes `cpis_clock_offset_seconds`: how far this machine's wall
 /// clock is ahead of the database's (negative: behind), halfway through the
@@ -61,19 +73,67 @@ async fn measure_clock_offset(feed: &Arc<dyn Feed>) {
     }
 }
 
+/// When the last complete read of each half of the other nodes' commits
+/// started: the index lags by the older of the two.
+struct ReadStarts {
+    plans: Instant,
+    others: Instant,
+}
+
 impl Relay {
-    /// Follows the feed until the relay drains.
-    pub(super) fn spawn_follower(&self, feed: Arc<dyn Feed>) -> JoinHandle<()> {
+    /// Follows the feed until the relay drains, on two tasks: plan changes
+    /// on one, accesses and notification positions on the other. A
+    /// clinician's flag never waits behind the accesses: after a partition
+    /// heals, tens of thousands of them may be read while other nodes keep
+    /// adding more (seen: a node that showed a plan change made during the
+    /// cut only after 5-60 s, its one follower reading accesses meanwhile).
+    pub(super) fn spawn_follower(&self, feed: Arc<dyn Feed>) {
+        self.spawn_lag_gauge();
+        let started = *self.shared.caught_up.borrow();
+        let starts = Arc::new(std::sync::Mutex::new(ReadStarts { plans: started, others: started }));
+        self.spawn_plan_follower(Arc::clone(&feed), Arc::clone(&starts));
+        self.spawn_access_follower(feed, starts);
+    }
+
+    fn spawn_plan_follower(&self, feed: Arc<dyn Feed>, starts: Arc<std::sync::Mutex<ReadStarts>>) {
         let relay = self.clone();
         let mut hints = feed.hints();
         let mut draining = self.shared.draining.subscribe();
-        self.spawn_lag_gauge();
+        self.spawn_task(async move {
+            let mut ticks = tokio::time::interval(relay.shared.settings.feed_poll_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let read = |relay: Relay, feed: Arc<dyn Feed>, starts: Arc<std::sync::Mutex<ReadStarts>>| async move {
+                let started = Instant::now();
+                if relay.follow_plans(&feed).await {
+                    relay.read_complete(&starts, |starts| starts.plans = started);
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => read(relay.clone(), Arc::clone(&feed), Arc::clone(&starts)).await,
+                    hint = hints.recv() => match hint {
+                        Ok(Hint::Plans | Hint::Resync) | Err(RecvError::Lagged(_)) => {
+                            read(relay.clone(), Arc::clone(&feed), Arc::clone(&starts)).await;
+                        }
+                        Ok(Hint::Notified(_) | Hint::Acked(..)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                    () = super::until_draining(&mut draining) => return,
+                }
+            }
+        });
+    }
+
+    fn spawn_access_follower(&self, feed: Arc<dyn Feed>, starts: Arc<std::sync::Mutex<ReadStarts>>) {
+        let relay = self.clone();
+        let mut hints = feed.hints();
+        let mut draining = self.shared.draining.subscribe();
         self.spawn_task(async move {
             let mut ticks = tokio::time::interval(relay.shared.settings.feed_poll_interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = ticks.tick() => relay.resync(&feed).await,
+                    _ = ticks.tick() => relay.resync_others(&feed, &starts).await,
                     hint = hints.recv() => match hint {
                         Ok(Hint::Notified(positions)) => {
                             // Accesses first: a subscriber woken here for another node's
@@ -84,46 +144,44 @@ impl Relay {
                             }
                         }
                         Ok(Hint::Acked(la, through)) => relay.shared.hub.observe(&la, 0, Some(through)),
-                        Ok(Hint::Plans) => {
-                            relay.follow_plans(&feed).await;
-                        }
-                        Ok(Hint::Resync) | Err(RecvError::Lagged(_)) => relay.resync(&feed).await,
+                        Ok(Hint::Plans) => {}
+                        Ok(Hint::Resync) | Err(RecvError::Lagged(_)) => relay.resync_others(&feed, &starts).await,
                         Err(RecvError::Closed) => return,
                     },
                     () = super::until_draining(&mut draining) => return,
                 }
             }
-        })
+        });
     }
 
-    /// Reads everything: plan changes, accesses and every authority's positions.
-    async fn resync(&self, feed: &Arc<dyn Feed>) {
+    /// Reads the accesses and every authority's positions.
+    async fn resync_others(&self, feed: &Arc<dyn Feed>, starts: &std::sync::Mutex<ReadStarts>) {
         let started = Instant::now();
-        // Plans beside accesses-then-positions: a read that stalls (a cut link)
-        // costs the time of one, not of each in turn. The plans on a task of
-        // their own: following thousands of accesses after a partition is
-        // CPU work that must not hold a plan change back (a clinician would
-        // not see a child flagged meanwhile).
-        let (relay, plan_feed) = (self.clone(), Arc::clone(feed));
-        let plans = tokio::spawn(async move { relay.follow_plans(&plan_feed).await });
-        let (plans, others) = tokio::join!(async { plans.await.unwrap_or(false) }, async {
-            self.follow_accesses(feed).await
-                && {
-                    let positions = self.observe_cursors(feed).await;
-                    if let Err(error) = &positions {
-                        tracing::warn!(%error, "cannot read notification positions from the store; retrying at the next poll");
-                    }
-                    positions.is_ok()
-                }
-        });
-        if plans && others {
-            self.shared.caught_up.send_if_modified(|at| {
-                let newer = started > *at;
-                *at = (*at).max(started);
-                newer
-            });
+        // Positions even when the accesses are not all read yet: a subscriber
+        // here must not wait for a catch-up of accesses to hear of a notification.
+        let accesses = self.follow_accesses(feed).await;
+        let positions = self.observe_cursors(feed).await;
+        if let Err(error) = &positions {
+            tracing::warn!(%error, "cannot read notification positions from the store; retrying at the next poll");
+        }
+        if accesses == Followed::All && positions.is_ok() {
+            self.read_complete(starts, |starts| starts.others = started);
             measure_clock_offset(feed).await;
         }
+    }
+
+    /// Records a complete read of one half; the index is caught up to the older half's start.
+    fn read_complete(&self, starts: &std::sync::Mutex<ReadStarts>, set: impl FnOnce(&mut ReadStarts)) {
+        let oldest = {
+            let mut starts = starts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            set(&mut starts);
+            starts.plans.min(starts.others)
+        };
+        self.shared.caught_up.send_if_modified(|at| {
+            let newer = oldest > *at;
+            *at = (*at).max(oldest);
+            newer
+        });
     }
 
     /// Publishes `cpis_index_lag_seconds` every second until the relay drains,
@@ -166,9 +224,11 @@ impl Relay {
     }
 
     /// Reads the accesses committed since the last read (this node's own
-    /// among them, already known) into the recent accesses.
-    async fn follow_accesses(&self, feed: &Arc<dyn Feed>) -> bool {
-        loop {
+    /// among them, already known) into the recent accesses: at most
+    /// [`ACCESS_PAGES_PER_READ`] pages, so a node catching up while others
+    /// keep committing still reads positions between (the next poll goes on).
+    async fn follow_accesses(&self, feed: &Arc<dyn Feed>) -> Followed {
+        for _ in 0..ACCESS_PAGES_PER_READ {
             let from = *self.shared.access_position.borrow();
             match feed.accesses_from(from, ACCESS_PAGE).await {
                 Ok(page) => {
@@ -184,15 +244,16 @@ impl Relay {
                         newer
                     });
                     if page.accesses.len() < ACCESS_PAGE {
-                        return true;
+                        return Followed::All;
                     }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot read other nodes' accesses from the store; retrying at the next poll");
-                    return false;
+                    return Followed::Failed;
                 }
             }
         }
+        Followed::Partly
     }
 
     /// The access log position this node's recent accesses include everything before.

@@ -49,6 +49,12 @@ impl WriteHealth {
         self.update(|state| state.last_write_failed = !ok);
     }
 
+    /// Whether the last write to finish failed: the store is taken to be
+    /// failing until a write (a held search's retry among them) succeeds.
+    pub(super) fn writes_failing(&self) -> bool {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).last_write_failed
+    }
+
     /// How many searches are held for retry now.
     pub(super) fn set_held(&self, held: usize) {
         self.update(|state| state.held = held);

@@ -7,8 +7,14 @@
 //! `cpis_notifications_refused_total`: never dropped silently.
 //!
 //! Three rules keep one fault from stalling the node:
-//! - A search waits for its write at most the store's write timeout (on
-//!   PostgreSQL counted from when it queued), then is held.
+//! - Once a write has failed, the node knows its store is failing: until a
+//!   write succeeds again (a held search's retry, an acknowledgement), a new
+//!   search is held at once (milliseconds: one spill sync) instead of waiting
+//!   for a write the store will not take, and is stored by the retries. The
+//!   first write that succeeds ends it: new searches write directly while the
+//!   retries drain the queue beside them (were they held for as long as any
+//!   search is, a queue under steady load would only empty when a round of
+//!   retries outran the arrivals: tens of seconds, seen in the cut-off test).
 //! - Retries take the oldest held searches together (one round trip of the
 //!   store's batch writer), so the queue drains at the store's pace once it
 //!   is back, not one search per round trip.
@@ -52,8 +58,9 @@ enum Round {
 
 impl Relay {
     /// Stores a search's access and notifications, resolving once they are
-    /// durable; if the store fails they are held (spilled and synced first)
-    /// and retried until the store takes it. Either way the access joins the person's
+    /// durable; if the store fails, or the last write failed (the store is
+    /// failing), they are held (spilled and synced first) and retried
+    /// until the store takes it. Either way the access joins the person's
     /// recent accesses and the search is answered. The one error: the store
     /// is broken for good (the process is stopping to replay its journal)
     /// and the spill could not be written either, so the notification would
@@ -64,19 +71,25 @@ impl Relay {
         access: AccessEvent,
         drafts: Vec<NotificationDraft>,
     ) -> Result<NotificationState> {
-        let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
-            Ok(Recorded::Notified(notifications)) => {
-                self.remember(&access);
-                self.shared.hub.publish(&notifications);
-                return Ok(NotificationState::Stored);
-            }
-            // Another node stored this request within the window: this search is its retry.
-            Ok(Recorded::Repeated) => return Ok(NotificationState::Repeat),
-            Err(error) => error,
-        };
         let held = self.shared.hub.held();
-        tracing::error!(%error, held = held + 1, "could not store an access notification; holding it for retry");
-        let broken = matches!(error, StoreError::Broken(_));
+        let broken = if self.shared.health.writes_failing() {
+            // The retries store it in turn; a write now would wait on a store known to fail.
+            tracing::debug!(held, "the store is failing: this search is held, not written");
+            self.store_broken().is_some()
+        } else {
+            let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
+                Ok(Recorded::Notified(notifications)) => {
+                    self.remember(&access);
+                    self.shared.hub.publish(&notifications);
+                    return Ok(NotificationState::Stored);
+                }
+                // Another node stored this request within the window: this search is its retry.
+                Ok(Recorded::Repeated) => return Ok(NotificationState::Repeat),
+                Err(error) => error,
+            };
+            tracing::error!(%error, held = held + 1, "could not store an access notification; holding it for retry");
+            matches!(error, StoreError::Broken(_))
+        };
         match self.hold(HeldSearch { access: access.clone(), drafts }).await {
             Some(spilled) if spilled || !broken => {
                 self.remember(&access);

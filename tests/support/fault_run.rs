@@ -47,14 +47,25 @@ pub async fn node_in(net: &Net, host: &Host, pki: &Pki, url: &str, dir: &Path, e
         .args(["--store", url, "--store-allow-plaintext", "--feed-poll-ms", "200", "--search-rate-per-second", "0"])
         .args(["--store-write-timeout-ms", "2000", "--grace-period-secs", "2"])
         .args(extra)
-        .env("CPIS_LOG", "warn")
+        .env("CPIS_LOG", std::env::var("CPIS_NODE_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut stderr = child.stderr.take().unwrap();
-    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
+    // To look into a failure: CPIS_NODE_LOG sets the nodes' log filter and
+    // CPIS_NODE_LOG_DIR keeps each host's log (a restarted node appends).
+    let log_path = std::env::var_os("CPIS_NODE_LOG_DIR").map(|dir| Path::new(&dir).join(format!("{}.log", host.ip)));
+    tokio::spawn(async move {
+        match log_path {
+            Some(path) => {
+                let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await?;
+                tokio::io::copy(&mut stderr, &mut log).await
+            }
+            None => tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await,
+        }
+    });
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap().unwrap();
     let port = |name: &str| -> u16 {
