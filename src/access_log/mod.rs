@@ -33,7 +33,7 @@ mod tests;
 
 pub use keeper::{Inclusion, LogKeeper, SignedCheckpoint};
 pub use notes::RetentionNote;
-pub use verify::{LogFinding, LogReport, verify_log};
+pub use verify::{LogFinding, LogReport, verify_log, verify_log_against};
 pub use witnessing::{WitnessEndpoint, WitnessPolicy};
 
 /// The key file's name inside the data directory unless configured.

@@ -4,6 +4,7 @@
 
 mod audit;
 mod audit_proof;
+mod audit_trusted;
 mod bench;
 mod bench_day;
 mod bench_day_faults;
