@@ -203,7 +203,7 @@ async fn serve_with_a_witness_publishes_its_last_checkpoint_at_shutdown_and_bad_
     // Bad witness settings: exit 64 naming the setting.
     let layout = common::serve_layout(dir.path());
     for (args, key) in [
-        (vec!["--witness", "not-a-key@http://127.0.0.1:1"], "configuration witness"),
+        (vec!["--witness", "not-a-key@http://127.0.0.1:1"], "configuration witnesses"),
         (vec!["--witness", &flag, "--witness-quorum", "2"], "configuration witness_quorum"),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))

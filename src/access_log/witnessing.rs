@@ -55,7 +55,7 @@ impl WitnessPolicy {
         for entry in entries {
             let (key, url) = entry
                 .split_once("@http")
-                .ok_or_else(|| format!("witness: {entry:?} is not KEY@URL (an http:// or https:// URL)"))?;
+                .ok_or_else(|| format!("witness (--witness): {entry:?} is not KEY@URL (an http:// or https:// URL)"))?;
             let key = CosignerKey::parse(key).map_err(|error| format!("witness: {error}"))?;
             let url: http::Uri =
                 format!("http{url}").parse().map_err(|error| format!("witness: {key}: the URL: {error}"))?;

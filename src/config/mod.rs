@@ -241,7 +241,7 @@ impl ServeSettings {
             witness_quorum: self.witness_quorum,
         };
         crate::access_log::WitnessPolicy::parse(&config.witnesses, config.witness_quorum).map_err(|reason| {
-            let key = if reason.starts_with("witness_quorum") { "witness_quorum" } else { "witness" };
+            let key = if reason.starts_with("witness_quorum") { "witness_quorum" } else { "witnesses" };
             error(key, reason)
         })?;
         for entry in &config.fhir_care_settings {
