@@ -167,8 +167,18 @@ async fn the_witness_cosigns_what_extends_its_last_checkpoint_and_refuses_a_fork
     assert_eq!(verify_cosignatures(&latest, &[witness_key]).unwrap().len(), 1);
 }
 
+/// A child process ended when the test ends, even by a failed assertion.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A Python witness written from the specs: (process, its URL, its key).
-fn python_witness(log: &LogSigner) -> (std::process::Child, String, String) {
+fn python_witness(log: &LogSigner) -> (Killed, String, String) {
     use std::io::BufRead;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transparency/witness.py");
     let mut child = std::process::Command::new("python3")
@@ -177,8 +187,10 @@ fn python_witness(log: &LogSigner) -> (std::process::Child, String, String) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3 (scripts/setup.sh installs it with cryptography)");
+    let stdout = child.stdout.take().unwrap();
+    let child = Killed(child);
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
     let mut words = line.split_whitespace();
     assert_eq!(words.next(), Some("listening"), "the Python witness did not start: {line:?}");
     let port = words.next().unwrap().to_owned();
@@ -221,7 +233,7 @@ async fn a_relays_checkpoints_are_cosigned_by_a_quorum_including_a_witness_writt
     let signer = log_signer();
     let state = tempfile::tempdir().unwrap();
     let (rust_url, rust_key) = rust_witness(&state.path().join("rust"), "witness.test/rust", &signer).await;
-    let (mut python, python_url, python_key) = python_witness(&signer);
+    let (_python, python_url, python_key) = python_witness(&signer);
     // A third witness holds another key for this log: it refuses every checkpoint (403).
     let misinformed = LogSigner::from_seed(LOG, &[9; 32]).unwrap();
     let (refusing_url, refusing_key) =
@@ -284,6 +296,4 @@ async fn a_relays_checkpoints_are_cosigned_by_a_quorum_including_a_witness_writt
         verify_cosignatures(&latest.witnessed_note, &[CosignerKey::parse(&refusing_key).unwrap()]).unwrap(),
         vec![]
     );
-    python.kill().unwrap();
-    python.wait().unwrap();
 }
