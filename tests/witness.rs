@@ -83,7 +83,11 @@ async fn start_witness(config: &Path) -> (tokio::process::Child, String) {
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let address = line.split_whitespace().find_map(|word| word.strip_prefix("http=")).expect(&line).to_owned();
+    let address = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("http=").or_else(|| word.strip_prefix("https=")))
+        .expect(&line)
+        .to_owned();
     (child, address)
 }
 
@@ -164,7 +168,28 @@ async fn the_witness_cosigns_what_extends_its_last_checkpoint_and_refuses_a_fork
     let (status, latest) = admin_get(address.parse().unwrap(), "/checkpoint?origin=test.example%2Flog").await;
     assert_eq!(status, 200);
     assert_eq!(Checkpoint::verify(&latest, signer.verifier()).unwrap().size, 9);
+    assert_eq!(verify_cosignatures(&latest, std::slice::from_ref(&witness_key)).unwrap().len(), 1);
+
+    // The same witness over HTTPS (tls_cert and tls_key in its file), read with the CA given.
+    drop(_process);
+    let pki = Pki::new();
+    let server = pki.server_pem();
+    std::fs::write(dir.path().join("witness.pem"), &server.cert).unwrap();
+    std::fs::write(dir.path().join("witness-tls.key"), &server.key).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n",
+        dir.path().join("witness.pem"),
+        dir.path().join("witness-tls.key")
+    ));
+    std::fs::write(&config, text).unwrap();
+    let (_process, address) = start_witness(&config).await;
+    let port = address.rsplit(':').next().unwrap();
+    let url = format!("https://localhost:{port}/checkpoint?origin=test.example%2Flog");
+    let (status, latest) = cpis_relay::access_log::witnessing::fetch(&url, Some(&server.ca)).await.unwrap();
+    assert_eq!(status, 200, "{latest}");
     assert_eq!(verify_cosignatures(&latest, &[witness_key]).unwrap().len(), 1);
+    assert!(cpis_relay::access_log::witnessing::fetch(&url, None).await.is_err(), "not trusted without the CA");
 }
 
 /// A child process ended when the test ends, even by a failed assertion.
@@ -197,15 +222,22 @@ fn python_witness(log: &LogSigner) -> (Killed, String, String) {
     (child, format!("http://127.0.0.1:{port}"), words.next().unwrap().to_owned())
 }
 
-/// Our witness in this process: its URL and key; it stops with the runtime.
-async fn rust_witness(dir: &Path, name: &str, log: &LogSigner) -> (String, String) {
+/// Our witness in this process, over HTTPS with `pki`'s server certificate
+/// when given: its URL and key; it stops with the runtime.
+async fn rust_witness(dir: &Path, name: &str, log: &LogSigner, pki: Option<&Pki>) -> (String, String) {
     let cosigner = cpis_relay::transparency::cosignature::Cosigner::from_seed(name, &[5; 32]).unwrap();
     let key = cosigner.key().to_string();
-    let witness = Witness::open(cosigner, dir, vec![log.verifier().clone()]).unwrap();
+    let witness = Arc::new(Witness::open(cosigner, dir, vec![log.verifier().clone()]).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(cpis_relay::witness::serve(listener, Arc::new(witness), std::future::pending()));
-    (url, key)
+    let port = listener.local_addr().unwrap().port();
+    let Some(pki) = pki else {
+        tokio::spawn(cpis_relay::witness::serve(listener, witness, std::future::pending()));
+        return (format!("http://127.0.0.1:{port}"), key);
+    };
+    let pem = pki.server_pem();
+    let tls = cpis_relay::tls::server_config_without_client_auth(&pem.cert, &pem.key).unwrap();
+    tokio::spawn(cpis_relay::witness::https::serve_tls(listener, witness, tls, std::future::pending()));
+    (format!("https://localhost:{port}"), key)
 }
 
 fn python_checks(note: &str, keys: &[&str]) -> (bool, String) {
@@ -232,18 +264,23 @@ fn python_checks(note: &str, keys: &[&str]) -> (bool, String) {
 async fn a_relays_checkpoints_are_cosigned_by_a_quorum_including_a_witness_written_from_the_specs() {
     let signer = log_signer();
     let state = tempfile::tempdir().unwrap();
-    let (rust_url, rust_key) = rust_witness(&state.path().join("rust"), "witness.test/rust", &signer).await;
+    // Ours over HTTPS, checked against the CA the relay is given (witness_ca).
+    let pki = Pki::new();
+    let (rust_url, rust_key) = rust_witness(&state.path().join("rust"), "witness.test/rust", &signer, Some(&pki)).await;
     let (_python, python_url, python_key) = python_witness(&signer);
     // A third witness holds another key for this log: it refuses every checkpoint (403).
     let misinformed = LogSigner::from_seed(LOG, &[9; 32]).unwrap();
     let (refusing_url, refusing_key) =
-        rust_witness(&state.path().join("refusing"), "witness.test/refusing", &misinformed).await;
+        rust_witness(&state.path().join("refusing"), "witness.test/refusing", &misinformed, None).await;
     let entries = [
         format!("{rust_key}@{rust_url}"),
         format!("{python_key}@{python_url}"),
         format!("{refusing_key}@{refusing_url}"),
     ];
-    let policy = WitnessPolicy::parse(&entries, Some(2)).unwrap().unwrap();
+    let policy = WitnessPolicy {
+        ca_pem: Some(pki.server_pem().ca),
+        ..WitnessPolicy::parse(&entries, Some(2)).unwrap().unwrap()
+    };
     let settings = RelaySettings {
         log_signer: Some(Arc::new(log_signer())),
         checkpoint_interval: Duration::from_millis(100),

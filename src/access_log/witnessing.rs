@@ -39,6 +39,8 @@ pub struct WitnessEndpoint {
 pub struct WitnessPolicy {
     pub witnesses: Vec<WitnessEndpoint>,
     pub quorum: usize,
+    /// PEM certificates that https:// witnesses are checked against instead of the system's roots.
+    pub ca_pem: Option<String>,
 }
 
 impl WitnessPolicy {
@@ -68,21 +70,36 @@ impl WitnessPolicy {
         if quorum == 0 || quorum > witnesses.len() {
             return Err(format!("witness_quorum: must be 1 to {} (the witnesses configured)", witnesses.len()));
         }
-        Ok(Some(Self { witnesses, quorum }))
+        Ok(Some(Self { witnesses, quorum, ca_pem: None }))
     }
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn http_client() -> Result<HttpClient, rustls::Error> {
+fn http_client(ca_pem: Option<&str>) -> Result<HttpClient, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(REQUEST_TIMEOUT));
-    // Witnesses on https:// are checked against the system's roots.
+    // Witnesses on https:// are checked against the CA given, or else the system's roots.
     let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    match ca_pem {
+        Some(pem) => {
+            for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let certificate = certificate.map_err(|error| format!("witness CA: {error}"))?;
+                roots.add(certificate).map_err(|error| format!("witness CA: {error}"))?;
+            }
+            if roots.is_empty() {
+                return Err("witness CA: no PEM certificate found".into());
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
     let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -95,9 +112,10 @@ fn http_client() -> Result<HttpClient, rustls::Error> {
         .build(connector))
 }
 
-/// A GET of `url` (a witness's `/checkpoint`), for `audit verify`: status and body.
-pub async fn fetch(url: &str) -> Result<(u16, String), String> {
-    let client = http_client().map_err(|error| error.to_string())?;
+/// A GET of `url` (a witness's `/checkpoint`), for `audit verify`: status and
+/// body; https:// checked against `ca_pem` (PEM) if given, else the system's roots.
+pub async fn fetch(url: &str, ca_pem: Option<&str>) -> Result<(u16, String), String> {
+    let client = http_client(ca_pem)?;
     let request = http::Request::get(url).body(Full::new(Bytes::new())).map_err(|error| error.to_string())?;
     let exchange = async {
         let response = client.request(request).await.map_err(|error| error.to_string())?;
@@ -143,7 +161,7 @@ pub async fn witness_checkpoints(
         metrics::gauge!("cpis_witness_size", "witness" => endpoint.key.name().to_owned()).set(0.0);
     }
     metrics::gauge!("cpis_access_log_witnessed_size").set(0.0);
-    let client = match http_client() {
+    let client = match http_client(policy.ca_pem.as_deref()) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "cannot make the witnesses' HTTP client: checkpoints are not witnessed");

@@ -53,6 +53,9 @@ pub struct VerifyArgs {
     /// checkpoint note, or a witness's URL to fetch its latest one from (GET URL/checkpoint).
     #[arg(long, env = "CPIS_TRUSTED_CHECKPOINT")]
     pub trusted_checkpoint: Option<String>,
+    /// CA certificates (PEM) an https:// witness is checked against instead of the system's roots.
+    #[arg(long, env = "CPIS_WITNESS_CA")]
+    pub witness_ca: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: AuditArgs) -> Result<u8, CliError> {

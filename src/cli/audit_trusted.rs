@@ -55,7 +55,14 @@ pub async fn trusted_checkpoint(
             source.trim_end_matches('/'),
             utf8_percent_encode(verifier.name(), NON_ALPHANUMERIC)
         );
-        match crate::access_log::witnessing::fetch(&url).await {
+        let ca = match &args.witness_ca {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|error| CliError::Config(format!("witness_ca: {}: {error}", path.display())))?,
+            ),
+            None => None,
+        };
+        match crate::access_log::witnessing::fetch(&url, ca.as_deref()).await {
             Ok((200, body)) => body,
             Ok((status, body)) => {
                 return Err(CliError::Unavailable(format!("trusted_checkpoint: {url}: {status}: {}", body.trim())));

@@ -20,7 +20,7 @@ use crate::{
 pub struct WitnessArgs {
     #[command(subcommand)]
     pub command: Option<WitnessCommand>,
-    /// The witness's TOML file: name, key, state_dir, listen, logs (see README).
+    /// The witness's TOML file: name, key, state_dir, listen, logs, tls_cert and tls_key (see README).
     #[arg(long, env = "CPIS_WITNESS_CONFIG", required = true)]
     pub config: Option<PathBuf>,
     /// Listen address, over the file's `listen` [default: 127.0.0.1:7380]
@@ -63,7 +63,7 @@ pub async fn run(args: WitnessArgs) -> Result<u8, CliError> {
         config.listen = args.listen;
     }
     let opened = config.clone();
-    let witness = tokio::task::spawn_blocking(move || opened.open())
+    let (witness, tls) = tokio::task::spawn_blocking(move || Ok::<_, WitnessError>((opened.open()?, opened.tls()?)))
         .await
         .map_err(|error| CliError::Failed(error.to_string()))?
         .map_err(config_error)?;
@@ -72,9 +72,13 @@ pub async fn run(args: WitnessArgs) -> Result<u8, CliError> {
         .map_err(|error| CliError::Config(format!("listen: {}: {error}", config.listen())))?;
     let address = listener.local_addr().map_err(|error| CliError::Failed(error.to_string()))?;
     // One stable line on stdout for supervisors and tests that bind port 0.
-    println!("cpis-relay witness listening: http={address} key={}", witness.cosigner().key());
-    crate::witness::serve(listener, Arc::new(witness), shutdown_signal())
-        .await
-        .map_err(|error| CliError::Failed(error.to_string()))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("cpis-relay witness listening: {scheme}={address} key={}", witness.cosigner().key());
+    let witness = Arc::new(witness);
+    let served = match tls {
+        Some(tls) => crate::witness::https::serve_tls(listener, witness, tls, shutdown_signal()).await,
+        None => crate::witness::serve(listener, witness, shutdown_signal()).await,
+    };
+    served.map_err(|error| CliError::Failed(error.to_string()))?;
     Ok(exit::OK)
 }

@@ -103,6 +103,7 @@ pub struct ServeConfig {
     /// `KEY@URL` of each witness, checked by `resolve`.
     pub witnesses: Vec<String>,
     pub witness_quorum: Option<usize>,
+    pub witness_ca: Option<PathBuf>,
 }
 
 impl ServeSettings {
@@ -239,11 +240,23 @@ impl ServeSettings {
             fhir_care_settings: self.fhir_care_settings.unwrap_or_default(),
             witnesses: self.witnesses.unwrap_or_default(),
             witness_quorum: self.witness_quorum,
+            witness_ca: self.witness_ca,
         };
         crate::access_log::WitnessPolicy::parse(&config.witnesses, config.witness_quorum).map_err(|reason| {
             let key = if reason.starts_with("witness_quorum") { "witness_quorum" } else { "witnesses" };
             error(key, reason)
         })?;
+        if let Some(path) = &config.witness_ca {
+            let pem =
+                std::fs::read_to_string(path).map_err(|e| error("witness_ca", format!("{}: {e}", path.display())))?;
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| error("witness_ca", format!("{}: {e}", path.display())))?;
+            if certificates.is_empty() {
+                return Err(error("witness_ca", format!("{}: no PEM certificate found", path.display())));
+            }
+        }
         for entry in &config.fhir_care_settings {
             crate::fhir::care_setting::parse_entry(entry).map_err(|reason| error("fhir_care_settings", reason))?;
         }
@@ -320,6 +333,10 @@ impl ServeConfig {
             witnesses: crate::access_log::WitnessPolicy::parse(&self.witnesses, self.witness_quorum)
                 .ok()
                 .flatten()
+                .map(|policy| crate::access_log::WitnessPolicy {
+                    ca_pem: self.witness_ca.as_ref().and_then(|path| std::fs::read_to_string(path).ok()),
+                    ..policy
+                })
                 .map(Arc::new),
             ..RelaySettings::default()
         }

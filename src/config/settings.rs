@@ -188,6 +188,9 @@ pub struct ServeSettings {
     /// How many of the witnesses must cosign a checkpoint for it to count as published [default: all of them]
     #[arg(long, env = "CPIS_WITNESS_QUORUM")]
     pub witness_quorum: Option<usize>,
+    /// CA certificates (PEM) that https:// witnesses are checked against instead of the system's roots [default: the system's]
+    #[arg(long, env = "CPIS_WITNESS_CA")]
+    pub witness_ca: Option<PathBuf>,
 }
 
 impl ServeSettings {
@@ -260,6 +263,7 @@ impl ServeSettings {
             fhir_care_settings: self.fhir_care_settings.or(lower.fhir_care_settings),
             witnesses: self.witnesses.or(lower.witnesses),
             witness_quorum: self.witness_quorum.or(lower.witness_quorum),
+            witness_ca: self.witness_ca.or(lower.witness_ca),
         }
     }
 }

@@ -11,11 +11,13 @@
 //!   log, with the cosignature: what `audit verify --trusted-checkpoint` takes.
 //! - `GET /healthz`.
 //!
-//! Plain HTTP: the requests carry only signed checkpoints and proofs, and
-//! everything answered is signed, so TLS adds no integrity; put it behind a
-//! TLS terminator if the network must not see which logs it witnesses.
+//! HTTPS when the configuration names a certificate (`tls_cert`, `tls_key`;
+//! [`https`]), plain HTTP otherwise: the requests carry only signed
+//! checkpoints and proofs and everything answered is signed, so TLS adds
+//! confidentiality (which logs it witnesses), not integrity.
 //! This module owns the server and its settings; it holds no relay state.
 
+pub mod https;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -49,6 +51,9 @@ pub struct WitnessConfig {
     pub listen: Option<SocketAddr>,
     /// The logs it witnesses: each log's verifier key (`name+id+key`; the name is its origin).
     pub logs: Vec<String>,
+    /// Serve HTTPS with this certificate chain (PEM) and `tls_key`; both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl WitnessConfig {
@@ -61,6 +66,27 @@ impl WitnessConfig {
     /// The listen address.
     pub fn listen(&self) -> SocketAddr {
         self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7380)))
+    }
+
+    /// The TLS configuration, when `tls_cert` and `tls_key` are given. Blocks.
+    pub fn tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, WitnessError> {
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => {
+                return Err(WitnessError::Config { key: "tls_key", reason: "tls_cert needs tls_key".into() });
+            }
+            (None, Some(_)) => {
+                return Err(WitnessError::Config { key: "tls_cert", reason: "tls_key needs tls_cert".into() });
+            }
+        };
+        let read = |path: &PathBuf, key: &'static str| {
+            std::fs::read_to_string(path)
+                .map_err(|error| WitnessError::Config { key, reason: format!("{}: {error}", path.display()) })
+        };
+        crate::tls::server_config_without_client_auth(&read(cert, "tls_cert")?, &read(key, "tls_key")?)
+            .map(Some)
+            .map_err(|error| WitnessError::Config { key: "tls_cert", reason: error.to_string() })
     }
 
     /// Loads the key and the state. Blocks.
