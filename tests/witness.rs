@@ -314,6 +314,26 @@ async fn a_relays_checkpoints_are_cosigned_by_a_quorum_including_a_witness_writt
     let (tampered, _) = python_checks(&latest.witnessed_note.replacen("\n3\n", "\n4\n", 1), &[&log_key, &rust_key]);
     assert!(!tampered);
 
+    // What an auditor sees: `audit proof checkpoint` checks the witnessed note with the keys given.
+    let certs = relay.dir.path().join("client-certs");
+    relay.pki.write_dev_layout(&certs);
+    let (url, log_arg, keys_arg) = (relay.url(), log_key.clone(), format!("{rust_key},{refusing_key}"));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+            .args(["audit", "proof", "--server", &url, "--certs-dir"])
+            .arg(&certs)
+            .args(["checkpoint", "--verifier-key", &log_arg, "--witness-key", &keys_arg])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{said}");
+    let shown: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["witnessed"]["tree_size"], 3, "{said}");
+    assert_eq!(shown["witnessed"]["cosigned_by"], serde_json::json!(["witness.test/rust"]), "{said}");
+
     assert_eq!(relay_metric(relay.admin, "cpis_access_log_witnessed_size").await, Some(3.0));
     for witness in ["witness.test/rust", "witness.test/python"] {
         let metric = format!("cpis_witness_size{{witness=\"{witness}\"}}");

@@ -12,7 +12,7 @@ use crate::transparency::{
 };
 
 /// The witness keys given, each the key itself or a file holding it.
-fn witness_keys(given: &[String]) -> Result<Vec<CosignerKey>, CliError> {
+pub(super) fn witness_keys(given: &[String]) -> Result<Vec<CosignerKey>, CliError> {
     given
         .iter()
         .map(|given| {
