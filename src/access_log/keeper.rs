@@ -63,8 +63,8 @@ struct Shared {
     /// The latest checkpoint a quorum of witnesses cosigned (its note carries
     /// their cosignatures).
     witnessed: tokio::sync::watch::Sender<Option<SignedCheckpoint>>,
-    /// When a witnessed checkpoint was last stored; held while one is recorded.
-    witnessed_stored_at: Mutex<Option<DateTime<Utc>>>,
+    /// When a witnessed checkpoint was last stored, and its note; held while one is recorded.
+    witnessed_stored: Mutex<Option<(DateTime<Utc>, String)>>,
     /// The tree and the latest checkpoint, under one lock: the keeper's
     /// task, retention and proofs take it briefly and never across an await.
     /// Proofs take it only to learn the checkpoint, never while they read.
@@ -127,7 +127,7 @@ impl LogKeeper {
                 forked: tokio::sync::watch::Sender::new(None),
                 signed: tokio::sync::watch::Sender::new(latest.clone()),
                 witnessed: tokio::sync::watch::Sender::new(None),
-                witnessed_stored_at: Mutex::new(None),
+                witnessed_stored: Mutex::new(None),
                 state: Mutex::new(State { tree, latest_stored: latest.is_some(), latest, last_stored_at }),
                 reader,
             }),
@@ -252,14 +252,18 @@ impl LogKeeper {
     /// finds the cosignatures in the store too. Blocks.
     pub fn record_witnessed(&self, cosigned: SignedCheckpoint, always: bool) -> Result<(), StoreError> {
         let now = self.shared.clock.now();
-        let mut stored_at = self.shared.witnessed_stored_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stored = self.shared.witnessed_stored.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.witnessed().is_some_and(|latest| latest.checkpoint.size > cosigned.checkpoint.size) {
             return Ok(());
         }
-        let due = always || stored_at.is_none_or(|at| now - at >= STORED_CHECKPOINT_SPACING);
+        let due = match &*stored {
+            Some((_, note)) if *note == cosigned.note => false,
+            Some((at, _)) => always || now - *at >= STORED_CHECKPOINT_SPACING,
+            None => true,
+        };
         if due {
             self.shared.log.add_note(NoteKind::Checkpoint, &cosigned.note)?;
-            *stored_at = Some(now);
+            *stored = Some((now, cosigned.note.clone()));
         }
         metrics::gauge!("cpis_access_log_witnessed_size").set(cosigned.checkpoint.size as f64);
         self.shared.witnessed.send_replace(Some(cosigned));

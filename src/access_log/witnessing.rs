@@ -141,8 +141,15 @@ struct Follower {
     endpoint: WitnessEndpoint,
     /// The size it last cosigned, once known.
     size: Option<u64>,
-    /// Its cosignature of the checkpoint of that size.
-    cosignature: Option<(u64, String)>,
+    /// Its cosignature line and the note (the checkpoint as signed) it cosigns.
+    cosignature: Option<(String, String)>,
+}
+
+impl Follower {
+    /// Its cosignature line of `note`, if it cosigned that very note.
+    fn cosigned(&self, note: &str) -> Option<&str> {
+        self.cosignature.as_ref().filter(|(cosigned, _)| cosigned == note).map(|(_, line)| line.as_str())
+    }
 }
 
 /// Sends every new checkpoint of `keeper` to the witnesses of `policy`
@@ -184,20 +191,24 @@ pub async fn witness_checkpoints(
             _ = ticks.tick() => false,
             _ = done.wait_for(|done| *done) => true,
         };
-        let Some(latest) = signed.borrow_and_update().clone() else { continue };
-        let size = latest.checkpoint.size;
-        // Witnesses behind are asked again each interval, even once a quorum
-        // published the checkpoint: their failures show in the metrics.
-        if followers.iter().all(|follower| follower.cosignature.as_ref().is_some_and(|(at, _)| *at == size)) {
+        let Some(latest) = signed.borrow_and_update().clone() else {
             if last {
                 return;
             }
+            continue;
+        };
+        let size = latest.checkpoint.size;
+        // Witnesses behind are asked again each interval, even once a quorum
+        // published the checkpoint: their failures show in the metrics. The
+        // last checkpoint is recorded (and stored) whoever cosigned it before.
+        let all_cosigned = followers.iter().all(|follower| follower.cosigned(&latest.note).is_some());
+        if all_cosigned && !last {
             continue;
         }
         let round = push_round(&keeper, &client, &mut followers, &latest);
         let cosigned =
             if last { tokio::time::timeout(REQUEST_TIMEOUT, round).await.unwrap_or_default() } else { round.await };
-        let more = published.is_none_or(|(at, count)| at != size || cosigned.len() > count);
+        let more = last || published.is_none_or(|(at, count)| at != size || cosigned.len() > count);
         if cosigned.len() >= policy.quorum && more {
             let note = cosigned.iter().fold(latest.note.clone(), |note, line| add_signature_lines(&note, line));
             let witnessed = SignedCheckpoint { checkpoint: latest.checkpoint.clone(), note };
@@ -221,10 +232,8 @@ async fn push_round(
     latest: &SignedCheckpoint,
 ) -> Vec<String> {
     let size = latest.checkpoint.size;
-    let pushes = followers
-        .iter_mut()
-        .filter(|follower| follower.cosignature.as_ref().is_none_or(|(at, _)| *at != size))
-        .map(|follower| async move {
+    let pushes =
+        followers.iter_mut().filter(|follower| follower.cosigned(&latest.note).is_none()).map(|follower| async move {
             // At most twice: a 409 teaches the witness's size, then the proof from it.
             for _ in 0..2 {
                 let old = follower.size.unwrap_or(0).min(size);
@@ -243,7 +252,7 @@ async fn push_round(
                 match add_checkpoint(client, &follower.endpoint, &request, &latest.checkpoint.text()).await {
                     Outcome::Cosigned(line) => {
                         follower.size = Some(size);
-                        follower.cosignature = Some((size, line));
+                        follower.cosignature = Some((latest.note.clone(), line));
                         metrics::gauge!("cpis_witness_size", "witness" => follower.endpoint.key.name().to_owned())
                             .set(size as f64);
                         return;
@@ -268,12 +277,7 @@ async fn push_round(
             }
         });
     futures::future::join_all(pushes).await;
-    followers
-        .iter()
-        .filter_map(|follower| {
-            follower.cosignature.as_ref().filter(|(at, _)| *at == size).map(|(_, line)| line.clone())
-        })
-        .collect()
+    followers.iter().filter_map(|follower| follower.cosigned(&latest.note).map(str::to_owned)).collect()
 }
 
 fn fail(follower: &Follower, reason: &'static str, detail: String) {
