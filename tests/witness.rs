@@ -125,6 +125,19 @@ async fn the_witness_cosigns_what_extends_its_last_checkpoint_and_refuses_a_fork
     // The same first three leaves, then another history.
     let forked = tree(&[leaf(0), leaf(1), leaf(2), leaf(99), leaf(4), leaf(5), leaf(6)]);
 
+    // A bad setting: exit 64 naming it.
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&bad, text.replace(&signer.verifier().to_string(), "not-a-key")).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["witness", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("configuration logs"), "{stderr}");
+
     let (mut process, address) = start_witness(&config).await;
     let (status, _, body) = post(&address, "/add-checkpoint", &request(&signer, &honest, 0, 3)).await;
     assert_eq!(status, 200, "{body}");

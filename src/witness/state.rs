@@ -88,7 +88,10 @@ impl Witness {
             let path = path.to_owned();
             move |source| WitnessError::Io { path, source }
         };
-        std::fs::create_dir_all(dir.join("evidence")).map_err(io(dir))?;
+        std::fs::create_dir_all(dir.join("evidence")).map_err(|error| WitnessError::Config {
+            key: "state_dir",
+            reason: format!("{}: {error}", dir.display()),
+        })?;
         let mut logs = HashMap::new();
         for key in keys {
             let path = state_file(dir, key.name());
