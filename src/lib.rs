@@ -24,7 +24,8 @@
 //! - [`client`], [`cli`]: the command-line clients and tools.
 //! - [`deliver`]: a local authority's delivery agent (webhook, outbox), a client of the relay.
 //! - [`transparency`]: the tamper-evident access log (RFC 6962 tree, signed checkpoints, proofs);
-//!   [`access_log`]: its keeper (tree, checkpoints, retention notes) and `audit verify`.
+//!   [`access_log`]: its keeper (tree, checkpoints, retention notes, witnessing) and `audit verify`;
+//!   [`witness`]: `cpis-relay witness`, a C2SP tlog-witness that cosigns checkpoints.
 
 #![forbid(unsafe_code)]
 
@@ -60,3 +61,4 @@ pub mod text;
 pub mod tls;
 pub mod transparency;
 pub mod web;
+pub mod witness;

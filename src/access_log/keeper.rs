@@ -58,6 +58,13 @@ struct Shared {
     /// Why the tree no longer extends the last checkpoint this key signed,
     /// once it does not: the keeper then signs nothing, and the relay is not ready.
     forked: tokio::sync::watch::Sender<Option<String>>,
+    /// Each checkpoint as it is signed, for the witnessing task.
+    signed: tokio::sync::watch::Sender<Option<SignedCheckpoint>>,
+    /// The latest checkpoint a quorum of witnesses cosigned (its note carries
+    /// their cosignatures).
+    witnessed: tokio::sync::watch::Sender<Option<SignedCheckpoint>>,
+    /// When a witnessed checkpoint was last stored, and its note; held while one is recorded.
+    witnessed_stored: Mutex<Option<(DateTime<Utc>, String)>>,
     /// The tree and the latest checkpoint, under one lock: the keeper's
     /// task, retention and proofs take it briefly and never across an await.
     /// Proofs take it only to learn the checkpoint, never while they read.
@@ -118,6 +125,9 @@ impl LogKeeper {
                 signer,
                 clock,
                 forked: tokio::sync::watch::Sender::new(None),
+                signed: tokio::sync::watch::Sender::new(latest.clone()),
+                witnessed: tokio::sync::watch::Sender::new(None),
+                witnessed_stored: Mutex::new(None),
                 state: Mutex::new(State { tree, latest_stored: latest.is_some(), latest, last_stored_at }),
                 reader,
             }),
@@ -201,6 +211,7 @@ impl LogKeeper {
                 tracing::debug!(size, "access log checkpoint signed");
                 state.latest = Some(signed.clone());
                 state.latest_stored = false;
+                self.shared.signed.send_replace(Some(signed.clone()));
                 signed
             }
         };
@@ -217,6 +228,46 @@ impl LogKeeper {
         let checkpoint = Checkpoint { origin: self.shared.signer.name().to_owned(), size, root, time };
         let note = checkpoint.sign(&self.shared.signer).map_err(|error| StoreError::Corrupt(error.to_string()))?;
         Ok(SignedCheckpoint { checkpoint, note })
+    }
+
+    /// Each checkpoint as it is signed (the latest at once).
+    pub fn signed_checkpoints(&self) -> tokio::sync::watch::Receiver<Option<SignedCheckpoint>> {
+        self.shared.signed.subscribe()
+    }
+
+    /// The latest checkpoint a quorum of witnesses cosigned, its note with their cosignatures.
+    pub fn witnessed(&self) -> Option<SignedCheckpoint> {
+        self.shared.witnessed.borrow().clone()
+    }
+
+    /// [`Self::witnessed`] as it changes.
+    pub fn witnessed_checkpoints(&self) -> tokio::sync::watch::Receiver<Option<SignedCheckpoint>> {
+        self.shared.witnessed.subscribe()
+    }
+
+    /// Records `cosigned` (a checkpoint this key signed, its note carrying a
+    /// quorum of cosignatures) as the latest witnessed one, unless a larger
+    /// one is; stores it as a checkpoint note if none was stored for
+    /// [`STORED_CHECKPOINT_SPACING`] (or `always`), so that `audit verify`
+    /// finds the cosignatures in the store too. Blocks.
+    pub fn record_witnessed(&self, cosigned: SignedCheckpoint, always: bool) -> Result<(), StoreError> {
+        let now = self.shared.clock.now();
+        let mut stored = self.shared.witnessed_stored.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.witnessed().is_some_and(|latest| latest.checkpoint.size > cosigned.checkpoint.size) {
+            return Ok(());
+        }
+        let due = match &*stored {
+            Some((_, note)) if *note == cosigned.note => false,
+            Some((at, _)) => always || now - *at >= STORED_CHECKPOINT_SPACING,
+            None => true,
+        };
+        if due {
+            self.shared.log.add_note(NoteKind::Checkpoint, &cosigned.note)?;
+            *stored = Some((now, cosigned.note.clone()));
+        }
+        metrics::gauge!("cpis_access_log_witnessed_size").set(cosigned.checkpoint.size as f64);
+        self.shared.witnessed.send_replace(Some(cosigned));
+        Ok(())
     }
 
     /// The latest checkpoint signed, without signing.

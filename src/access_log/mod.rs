@@ -1,7 +1,8 @@
 //! The tamper-evident access log wired to the relay (issue 20): the stores
 //! give every access a log position in commit order (`crate::store::log`);
 //! this module builds and signs the tree over them ([`keeper`]), records
-//! retention under a signed note ([`notes`]) and verifies a store's log
+//! retention under a signed note ([`notes`]), gets checkpoints cosigned by
+//! witnesses ([`witnessing`]) and verifies a store's log
 //! against its signed notes ([`verify`]). The construction itself (hashing,
 //! proofs, checkpoints) is `crate::transparency`, which reads no store.
 //!
@@ -25,13 +26,15 @@
 pub mod keeper;
 pub mod notes;
 pub mod verify;
+pub mod witnessing;
 
 #[cfg(test)]
 mod tests;
 
 pub use keeper::{Inclusion, LogKeeper, SignedCheckpoint};
 pub use notes::RetentionNote;
-pub use verify::{LogFinding, LogReport, verify_log};
+pub use verify::{LogFinding, LogReport, verify_log, verify_log_against};
+pub use witnessing::{WitnessEndpoint, WitnessPolicy};
 
 /// The key file's name inside the data directory unless configured.
 pub const DEFAULT_KEY_FILE: &str = "access-log.key";

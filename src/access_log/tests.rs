@@ -85,7 +85,11 @@ async fn the_memory_store_logs_searches_and_reads_retains_a_prefix_and_verifies(
     assert_eq!((report.retained_from, report.next_position, report.retention_notes), (3, 11, 1));
     for chunk in [1, 2, 3, 7] {
         // Chunks read by several threads fold in order whatever their size.
-        assert_eq!(verify::verify_in_chunks(log.as_ref(), signer.verifier(), chunk).unwrap(), report, "chunk {chunk}");
+        assert_eq!(
+            verify::verify_in_chunks(log.as_ref(), signer.verifier(), None, chunk).unwrap(),
+            report,
+            "chunk {chunk}"
+        );
     }
 }
 

@@ -35,6 +35,10 @@ pub enum LogFinding {
     PrefixMissing { signed_boundary: u64, retained_from: u64 },
     /// A record kept beside the log, not in it: no checkpoint vouches for it.
     Outside(OutsideRecord),
+    /// The store does not extend the trusted (witnessed) checkpoint of
+    /// `size`: accesses it covered were removed or rewritten, notes and
+    /// tree with them.
+    WitnessedNotExtended { size: u64, reason: String },
 }
 
 impl std::fmt::Display for LogFinding {
@@ -72,6 +76,9 @@ impl std::fmt::Display for LogFinding {
                 uuid::Uuid::from_u128(outside.id()),
                 outside.describe()
             ),
+            Self::WitnessedNotExtended { size, reason } => {
+                write!(f, "the witnessed checkpoint of size {size} is not extended by this store: {reason}")
+            }
             Self::PrefixMissing { signed_boundary, retained_from } => write!(
                 f,
                 "positions {signed_boundary} to {}: removed without a signed retention note",
@@ -93,6 +100,8 @@ pub struct LogReport {
     pub retention_notes: usize,
     pub findings: Vec<LogFinding>,
     pub more_findings: u64,
+    /// The trusted checkpoint's size, when one was given (it is not counted in `checkpoints`).
+    pub trusted_size: Option<u64>,
 }
 
 impl LogReport {
@@ -141,16 +150,29 @@ fn tree_error(error: TreeError<StoreError>) -> StoreError {
 
 /// Verifies `log` with `verifier`. Blocks.
 pub fn verify_log(log: &dyn AccessLog, verifier: &VerifierKey) -> Result<LogReport, StoreError> {
-    verify_in_chunks(log, verifier, CHUNK)
+    verify_in_chunks(log, verifier, None, CHUNK)
+}
+
+/// [`verify_log`], and the store must extend `trusted`, a checkpoint the
+/// caller holds from outside the store (one a quorum of witnesses cosigned,
+/// its signatures already checked): the records and the tree must give its
+/// root at its size. Blocks.
+pub fn verify_log_against(
+    log: &dyn AccessLog,
+    verifier: &VerifierKey,
+    trusted: &Checkpoint,
+) -> Result<LogReport, StoreError> {
+    verify_in_chunks(log, verifier, Some(trusted), CHUNK)
 }
 
 /// [`verify_log`] reading `chunk` positions a thread.
 pub(super) fn verify_in_chunks(
     log: &dyn AccessLog,
     verifier: &VerifierKey,
+    trusted: Option<&Checkpoint>,
     chunk: u64,
 ) -> Result<LogReport, StoreError> {
-    let mut report = LogReport::default();
+    let mut report = LogReport { trusted_size: trusted.map(|trusted| trusted.size), ..LogReport::default() };
     let mut signed = Vec::new();
     let mut signed_boundary = 0u64;
     for (index, note) in log.notes()?.into_iter().enumerate() {
@@ -169,6 +191,9 @@ pub(super) fn verify_in_chunks(
         }
     }
     report.checkpoints = signed.len();
+    if let Some(trusted) = trusted {
+        signed.push(SignedRoot { size: trusted.size, root: trusted.root });
+    }
     let bounds = log.bounds()?;
     report.retained_from = bounds.retained_from;
     report.next_position = bounds.next_position;
@@ -228,9 +253,48 @@ pub(super) fn verify_in_chunks(
     }
     let tree_report = verification.finish();
     report.checkpoints_matched = tree_report.checkpoints_matched;
+    if let Some(trusted) = trusted {
+        // The trusted root is among the signed ones: what was found at its size is about it.
+        let about_trusted = tree_report.findings.iter().filter_map(|finding| match *finding {
+            Finding::CheckpointMismatch { size } if size == trusted.size => {
+                Some("the records no longer give its root (accesses it covers were removed or rewritten)".to_owned())
+            }
+            Finding::TreeMismatch { size } if size == trusted.size => {
+                Some("the stored tree no longer gives its root (the tree was rewritten)".to_owned())
+            }
+            Finding::CheckpointBeyondRecords { size, records } if size == trusted.size => Some(format!(
+                "only {records} positions are held (the newest accesses were removed, notes and leaves with them)"
+            )),
+            _ => None,
+        });
+        let reasons: Vec<String> = about_trusted.collect();
+        if reasons.is_empty() {
+            report.checkpoints_matched = report.checkpoints_matched.saturating_sub(1);
+        } else {
+            report.findings.push(LogFinding::WitnessedNotExtended { size: trusted.size, reason: reasons.join("; ") });
+        }
+    }
     report.more_findings = tree_report.more_leaf_differences;
     report.findings.extend(unreadable);
-    report.findings.extend(tree_report.findings.into_iter().map(LogFinding::Tree));
+    // Findings at the trusted checkpoint's size are reported once, as about it (above).
+    let trusted_size = trusted
+        .filter(|_| report.findings.iter().any(|finding| matches!(finding, LogFinding::WitnessedNotExtended { .. })))
+        .map(|trusted| trusted.size);
+    report.findings.extend(
+        tree_report
+            .findings
+            .into_iter()
+            .filter(|finding| {
+                let size = match finding {
+                    Finding::CheckpointMismatch { size }
+                    | Finding::TreeMismatch { size }
+                    | Finding::CheckpointBeyondRecords { size, .. } => Some(*size),
+                    _ => None,
+                };
+                trusted_size.is_none() || size != trusted_size
+            })
+            .map(LogFinding::Tree),
+    );
     report.findings.extend(log.records_outside(OUTSIDE_SHOWN)?.into_iter().map(LogFinding::Outside));
     Ok(report)
 }

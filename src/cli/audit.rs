@@ -43,6 +43,19 @@ pub struct VerifyArgs {
     /// read from the store being checked would vouch for whoever rewrote that store.
     #[arg(long, env = "CPIS_LOG_VERIFIER_KEY")]
     pub verifier_key: String,
+    /// A witness's public key (`name+id+base64(0x04||key)`), or a file holding one; repeat for each witness.
+    #[arg(long = "witness-key", env = "CPIS_WITNESS_KEYS", value_delimiter = ',')]
+    pub witness_keys: Vec<String>,
+    /// How many of the witness keys must have cosigned the trusted checkpoint [default: all of them]
+    #[arg(long, env = "CPIS_WITNESS_QUORUM")]
+    pub witness_quorum: Option<usize>,
+    /// A checkpoint held outside the store that the store must extend: a file holding a cosigned
+    /// checkpoint note, or a witness's URL to fetch its latest one from (GET URL/checkpoint).
+    #[arg(long, env = "CPIS_TRUSTED_CHECKPOINT")]
+    pub trusted_checkpoint: Option<String>,
+    /// CA certificates (PEM) an https:// witness is checked against instead of the system's roots.
+    #[arg(long, env = "CPIS_WITNESS_CA")]
+    pub witness_ca: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: AuditArgs) -> Result<u8, CliError> {
@@ -69,23 +82,36 @@ pub fn verifier_key(given: &str) -> Result<VerifierKey, CliError> {
 async fn run_verify(args: VerifyArgs) -> Result<u8, CliError> {
     let data_dir = args.store.data_dir.clone();
     let verifier = verifier_key(&args.verifier_key)?;
+    let trusted = super::audit_trusted::trusted_checkpoint(&args, &verifier).await?;
+    if let Some((checkpoint, witnesses)) = &trusted {
+        println!(
+            "trusted checkpoint: {} accesses, signed at {}, cosigned by {}",
+            checkpoint.size,
+            checkpoint.time.to_rfc3339(),
+            if witnesses.is_empty() { "no witness (taken as given)".to_owned() } else { witnesses.join(", ") }
+        );
+    }
+    let trusted = trusted.map(|(checkpoint, _)| checkpoint);
     let started = std::time::Instant::now();
     let report = match &args.store.store {
         crate::config::StoreKind::Embedded => {
             if !data_dir.is_dir() {
                 return Err(CliError::Config(format!("data_dir: {} is not a directory", data_dir.display())));
             }
-            tokio::task::spawn_blocking(move || verify_embedded(&data_dir, &verifier))
+            tokio::task::spawn_blocking(move || verify_embedded(&data_dir, &verifier, trusted.as_ref()))
                 .await
                 .map_err(|error| CliError::Failed(error.to_string()))??
         }
         crate::config::StoreKind::Postgres(_) => {
             let store = args.store.open().await?;
             let log = store.access_log().ok_or_else(|| CliError::Failed("this store keeps no access log".into()))?;
-            tokio::task::spawn_blocking(move || access_log::verify_log(log.as_ref(), &verifier))
-                .await
-                .map_err(|error| CliError::Failed(error.to_string()))?
-                .map_err(|error| CliError::Failed(error.to_string()))?
+            tokio::task::spawn_blocking(move || match &trusted {
+                Some(trusted) => access_log::verify_log_against(log.as_ref(), &verifier, trusted),
+                None => access_log::verify_log(log.as_ref(), &verifier),
+            })
+            .await
+            .map_err(|error| CliError::Failed(error.to_string()))?
+            .map_err(|error| CliError::Failed(error.to_string()))?
         }
         crate::config::StoreKind::Memory => {
             return Err(CliError::Config("store: the memory store has nothing to verify".into()));
@@ -97,10 +123,18 @@ async fn run_verify(args: VerifyArgs) -> Result<u8, CliError> {
 }
 
 /// Verifies the access log of the embedded store in `data_dir`. Blocks.
-pub fn verify_embedded(data_dir: &Path, verifier: &VerifierKey) -> Result<LogReport, CliError> {
+pub fn verify_embedded(
+    data_dir: &Path,
+    verifier: &VerifierKey,
+    trusted: Option<&crate::transparency::Checkpoint>,
+) -> Result<LogReport, CliError> {
     let store = EmbeddedStore::open(data_dir).map_err(|error| CliError::Failed(error.to_string()))?;
     let log = store.access_log().ok_or_else(|| CliError::Failed("this store keeps no access log".into()))?;
-    access_log::verify_log(log.as_ref(), verifier).map_err(|error| CliError::Failed(error.to_string()))
+    match trusted {
+        Some(trusted) => access_log::verify_log_against(log.as_ref(), verifier, trusted),
+        None => access_log::verify_log(log.as_ref(), verifier),
+    }
+    .map_err(|error| CliError::Failed(error.to_string()))
 }
 
 /// The report as an auditor reads it.

@@ -31,8 +31,12 @@ pub struct ProofArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ProofCommand {
-    /// The latest signed checkpoint.
-    Checkpoint,
+    /// The latest signed checkpoint, and the latest one the relay's witnesses cosigned.
+    Checkpoint {
+        /// A witness's public key (or a file holding it) to check the witnessed checkpoint's cosignatures with; repeatable.
+        #[arg(long = "witness-key", env = "CPIS_WITNESS_KEYS", value_delimiter = ',')]
+        witness_keys: Vec<String>,
+    },
     /// The proof that one access (its `access_id` in `audit NHS_NUMBER`) is in the log.
     Inclusion { access_id: String },
     /// The proof that the log of OLD accesses is a prefix of the log of NEW (default: the latest checkpoint).
@@ -86,6 +90,23 @@ fn checkpoint_json(checkpoint: &Checkpoint, note: &str, verifier: &VerifierKey) 
     })
 }
 
+/// The witnessed checkpoint the relay sent (null if none), checked with the
+/// verifier key and with each witness key given: `cosigned_by` names those whose
+/// cosignature verifies. Its `note` is what `audit verify --trusted-checkpoint` takes.
+fn witnessed_json(note: &str, verifier: &VerifierKey, witness_keys: &[String]) -> Result<serde_json::Value, CliError> {
+    if note.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    let checkpoint = Checkpoint::verify(note, verifier)
+        .map_err(|error| CliError::Failed(format!("the witnessed checkpoint does not verify: {error}")))?;
+    let keys = super::audit_trusted::witness_keys(witness_keys)?;
+    let cosigned = crate::transparency::cosignature::verify_cosignatures(note, &keys)
+        .map_err(|error| CliError::Failed(format!("the witnessed checkpoint: {error}")))?;
+    let mut value = checkpoint_json(&checkpoint, note, verifier);
+    value["cosigned_by"] = cosigned.into_iter().map(|cosigned| cosigned.witness).collect();
+    Ok(value)
+}
+
 /// The fields a proven leaf holds, or why its bytes are not a leaf.
 pub(super) fn decoded_leaf(leaf: &[u8], position: u64) -> Result<LeafFields<'_>, CliError> {
     LeafFields::decode(leaf).map_err(|error| CliError::Failed(format!("position {position}: {error}")))
@@ -135,10 +156,15 @@ pub async fn run(args: ProofArgs) -> Result<u8, CliError> {
     let (channel, _) = args.client.channel("auditor").await?;
     let mut client = AuditClient::new(channel);
     let output = match args.command {
-        ProofCommand::Checkpoint => {
+        ProofCommand::Checkpoint { witness_keys } => {
             let sent = client.latest_checkpoint(LatestCheckpointRequest {}).await?.into_inner();
             let (checkpoint, verifier) = checked_checkpoint(Some(&sent), given.as_ref())?;
-            json!({ "checkpoint": checkpoint_json(&checkpoint, &sent.note, &verifier), "verified": true })
+            let witnessed = witnessed_json(&sent.witnessed_note, &verifier, &witness_keys)?;
+            json!({
+                "checkpoint": checkpoint_json(&checkpoint, &sent.note, &verifier),
+                "witnessed": witnessed,
+                "verified": true,
+            })
         }
         ProofCommand::Inclusion { access_id } => {
             let asked = uuid::Uuid::parse_str(access_id.trim())

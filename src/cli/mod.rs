@@ -4,6 +4,7 @@
 
 mod audit;
 mod audit_proof;
+mod audit_trusted;
 mod bench;
 mod bench_day;
 mod bench_day_faults;
@@ -20,6 +21,7 @@ mod store_args;
 mod token;
 mod top;
 mod upload;
+mod witness;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -107,6 +109,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Ask an admin endpoint (/healthz, /readyz): exit 0 on 2xx (the container image's health check).
     Probe(probe::ProbeArgs),
+    /// Run an access log witness (C2SP tlog-witness): cosigns a relay's checkpoints that extend the last it cosigned.
+    Witness(witness::WitnessArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,7 +251,11 @@ pub fn main() -> ExitCode {
     };
     crate::tls::install_crypto_provider();
     // The server and the delivery agent log at info; client verbs and the demo print their own output.
-    let default_filter = if matches!(cli.command, Command::Serve(_) | Command::Deliver(_)) { "info" } else { "warn" };
+    let default_filter = if matches!(cli.command, Command::Serve(_) | Command::Deliver(_) | Command::Witness(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     // Held until the process ends: dropping it flushes buffered log lines.
     let _log_writer = telemetry::init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -325,5 +333,6 @@ async fn run(command: Command) -> Result<u8, CliError> {
         Command::Top(args) => top::run(args).await,
         Command::Token(args) => token::run(args),
         Command::Probe(args) => probe::run(args).await,
+        Command::Witness(args) => witness::run(args).await,
     }
 }

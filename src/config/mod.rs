@@ -6,7 +6,7 @@
 //! `max_message_bytes`); here it is resolved into the effective
 //! [`ServeConfig`]. Invalid values name their key.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
@@ -100,6 +100,10 @@ pub struct ServeConfig {
     pub fhir_care_setting_claim: String,
     /// `ODS=SETTING` entries, each checked by `resolve`.
     pub fhir_care_settings: Vec<String>,
+    /// `KEY@URL` of each witness, checked by `resolve`.
+    pub witnesses: Vec<String>,
+    pub witness_quorum: Option<usize>,
+    pub witness_ca: Option<PathBuf>,
 }
 
 impl ServeSettings {
@@ -234,7 +238,25 @@ impl ServeSettings {
                 crate::fhir::care_setting::DEFAULT_CLAIM,
             )?,
             fhir_care_settings: self.fhir_care_settings.unwrap_or_default(),
+            witnesses: self.witnesses.unwrap_or_default(),
+            witness_quorum: self.witness_quorum,
+            witness_ca: self.witness_ca,
         };
+        crate::access_log::WitnessPolicy::parse(&config.witnesses, config.witness_quorum).map_err(|reason| {
+            let key = if reason.starts_with("witness_quorum") { "witness_quorum" } else { "witnesses" };
+            error(key, reason)
+        })?;
+        if let Some(path) = &config.witness_ca {
+            let pem =
+                std::fs::read_to_string(path).map_err(|e| error("witness_ca", format!("{}: {e}", path.display())))?;
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| error("witness_ca", format!("{}: {e}", path.display())))?;
+            if certificates.is_empty() {
+                return Err(error("witness_ca", format!("{}: no PEM certificate found", path.display())));
+            }
+        }
         for entry in &config.fhir_care_settings {
             crate::fhir::care_setting::parse_entry(entry).map_err(|reason| error("fhir_care_settings", reason))?;
         }
@@ -307,6 +329,15 @@ impl ServeConfig {
             search_burst: self.search_burst,
             unusual_access_distinct_people_per_hour: self.unusual_access_distinct_people_per_hour,
             checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs),
+            // Checked by `resolve`.
+            witnesses: crate::access_log::WitnessPolicy::parse(&self.witnesses, self.witness_quorum)
+                .ok()
+                .flatten()
+                .map(|policy| crate::access_log::WitnessPolicy {
+                    ca_pem: self.witness_ca.as_ref().and_then(|path| std::fs::read_to_string(path).ok()),
+                    ..policy
+                })
+                .map(Arc::new),
             ..RelaySettings::default()
         }
     }

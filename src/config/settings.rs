@@ -182,6 +182,15 @@ pub struct ServeSettings {
     /// Care setting of each organisation's FHIR searches when the token names none, as ODS=SETTING (RR8=EMERGENCY_DEPARTMENT); a search with neither is refused [default: none]
     #[arg(long, env = "CPIS_FHIR_CARE_SETTINGS", value_delimiter = ',')]
     pub fhir_care_settings: Option<Vec<String>>,
+    /// Witnesses each checkpoint is sent to (C2SP tlog-witness), as KEY@URL: the witness's public key (`name+id+base64(0x04||key)`, from `cpis-relay witness init-key`) and its URL [default: none]
+    #[arg(long = "witness", env = "CPIS_WITNESSES", value_delimiter = ',')]
+    pub witnesses: Option<Vec<String>>,
+    /// How many of the witnesses must cosign a checkpoint for it to count as published [default: all of them]
+    #[arg(long, env = "CPIS_WITNESS_QUORUM")]
+    pub witness_quorum: Option<usize>,
+    /// CA certificates (PEM) that https:// witnesses are checked against instead of the system's roots [default: the system's]
+    #[arg(long, env = "CPIS_WITNESS_CA")]
+    pub witness_ca: Option<PathBuf>,
 }
 
 impl ServeSettings {
@@ -252,6 +261,9 @@ impl ServeSettings {
             fhir_role_code_claim: self.fhir_role_code_claim.or(lower.fhir_role_code_claim),
             fhir_care_setting_claim: self.fhir_care_setting_claim.or(lower.fhir_care_setting_claim),
             fhir_care_settings: self.fhir_care_settings.or(lower.fhir_care_settings),
+            witnesses: self.witnesses.or(lower.witnesses),
+            witness_quorum: self.witness_quorum.or(lower.witness_quorum),
+            witness_ca: self.witness_ca.or(lower.witness_ca),
         }
     }
 }

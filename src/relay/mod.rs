@@ -110,6 +110,8 @@ pub struct RelaySettings {
     pub log_signer: Option<Arc<crate::transparency::LogSigner>>,
     /// How often the access log keeper signs a checkpoint of a grown log.
     pub checkpoint_interval: std::time::Duration,
+    /// The witnesses each checkpoint is sent to, if any.
+    pub witnesses: Option<Arc<crate::access_log::WitnessPolicy>>,
 }
 
 impl Default for RelaySettings {
@@ -131,6 +133,7 @@ impl Default for RelaySettings {
             unusual_access_distinct_people_per_hour: DEFAULT_UNUSUAL_ACCESS_PEOPLE,
             log_signer: None,
             checkpoint_interval: std::time::Duration::from_secs(crate::access_log::DEFAULT_CHECKPOINT_INTERVAL_SECS),
+            witnesses: None,
         }
     }
 }

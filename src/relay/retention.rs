@@ -94,11 +94,25 @@ impl Relay {
     /// drain too, and a last one once the relay's writes are over
     /// ([`Relay::finish_tasks`]: after the grace period's last commits and
     /// held retries), so that the last checkpoint covers them.
+    ///
+    /// With witnesses configured, a second task sends each checkpoint to
+    /// them (`access_log::witnessing`), and the last one once the keeper
+    /// signed it; the handle returned ends after both.
     pub fn spawn_log_keeper(&self) -> Option<JoinHandle<()>> {
         let keeper = self.shared.log_keeper.as_ref()?;
-        Some(self.spawn_task(
-            keeper.clone().keep(self.shared.settings.checkpoint_interval, self.shared.writes_over.subscribe()),
-        ))
+        let interval = self.shared.settings.checkpoint_interval;
+        let keep = keeper.clone().keep(interval, self.shared.writes_over.subscribe());
+        let Some(policy) = self.shared.settings.witnesses.clone() else { return Some(self.spawn_task(keep)) };
+        let (signed_last, last_signed) = tokio::sync::watch::channel(false);
+        let witnessing =
+            crate::access_log::witnessing::witness_checkpoints(keeper.clone(), policy, interval, last_signed);
+        Some(self.spawn_task(async move {
+            let keeping = async move {
+                keep.await;
+                signed_last.send_replace(true);
+            };
+            tokio::join!(keeping, witnessing);
+        }))
     }
 
     /// Runs [`Relay::expire`] now and then every `retention_interval` until the relay drains.

@@ -32,6 +32,7 @@ impl AuditService {
 
 fn signed_checkpoint(signed: SignedCheckpoint, verifier: Option<&VerifierKey>) -> proto::SignedCheckpoint {
     proto::SignedCheckpoint {
+        witnessed_note: String::new(),
         note: signed.note,
         tree_size: signed.checkpoint.size,
         root_hash: signed.checkpoint.root.to_vec(),
@@ -148,7 +149,10 @@ impl Audit for AuditService {
     ) -> Result<Response<proto::SignedCheckpoint>, Status> {
         let identity = identity(&request)?;
         let signed = self.relay.latest_checkpoint(&identity).await?;
-        Ok(Response::new(signed_checkpoint(signed, self.verifier())))
+        let witnessed = self.relay.log_keeper().and_then(|keeper| keeper.witnessed());
+        let mut checkpoint = signed_checkpoint(signed, self.verifier());
+        checkpoint.witnessed_note = witnessed.map(|witnessed| witnessed.note).unwrap_or_default();
+        Ok(Response::new(checkpoint))
     }
 
     async fn inclusion_proof(

@@ -134,6 +134,22 @@ fn server_config_with_verifier(
     Ok(Arc::new(config))
 }
 
+/// A server that asks no client certificate (a witness: anyone may submit a
+/// signed checkpoint), HTTP/1.1 only: its certificate chain and key, PEM.
+pub fn server_config_without_client_auth(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    let config_error = |error: rustls::Error| TlsError::Config(error.to_string());
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|error| TlsError::Config(format!("server key: {error}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_no_client_auth()
+        .with_single_cert(certificates(cert_pem, "server certificate")?, key)
+        .map_err(config_error)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The CRLs in a file: PEM (one or more `X509 CRL` blocks) or a single DER CRL.
 pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let bytes =

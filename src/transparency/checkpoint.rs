@@ -123,14 +123,15 @@ impl Checkpoint {
 /// Signs `text` (which must end with a newline) as a signed note.
 pub fn sign_note(text: &str, signer: &LogSigner) -> String {
     let signature = signer.sign(text.as_bytes());
-    let mut blob = Vec::with_capacity(68);
-    blob.extend_from_slice(&signer.verifier().key_id().to_be_bytes());
-    blob.extend_from_slice(&signature);
-    format!("{text}\n{SIGNATURE_PREFIX}{} {}\n", signer.name(), STANDARD.encode(blob))
+    format!("{text}\n{}", signature_line(signer.name(), signer.verifier().key_id(), &signature))
 }
 
-/// The text of a signed note once `verifier`'s signature on it verifies.
-pub fn open_note<'a>(note: &'a str, verifier: &VerifierKey) -> Result<&'a str, CheckpointError> {
+/// A signature line's key name, key id and signature.
+pub type SignatureLine<'a> = (&'a str, u32, Vec<u8>);
+
+/// A signed note split into its text (ending with a newline) and its
+/// signature lines as `(key name, key id, signature)`, checked for form only.
+pub fn split_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), CheckpointError> {
     let malformed = CheckpointError::MalformedNote;
     if note.chars().any(|c| c.is_control() && c != '\n') {
         return Err(malformed("control characters other than newline"));
@@ -139,19 +140,45 @@ pub fn open_note<'a>(note: &'a str, verifier: &VerifierKey) -> Result<&'a str, C
     let (text, signatures) = (&note[..=split], &note[split + 2..]);
     let signatures =
         signatures.strip_suffix('\n').ok_or(malformed("the last signature line must end with a newline"))?;
-    let mut verified = false;
+    let mut lines = Vec::new();
     for line in signatures.split('\n') {
-        let line = line.strip_prefix(SIGNATURE_PREFIX).ok_or(malformed("a signature line must start with '— '"))?;
-        let (name, blob) = line.split_once(' ').ok_or(malformed("a signature line is '— name signature'"))?;
-        let blob = STANDARD.decode(blob).map_err(|_| malformed("a signature is not base64"))?;
-        if name.is_empty() || blob.len() < 4 {
-            return Err(malformed("a signature line has no name or a short signature"));
-        }
-        let key_id = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
+        let (name, key_id, signature) = parse_signature_line(line)?;
+        lines.push((name, key_id, signature));
+    }
+    Ok((text, lines))
+}
+
+/// One signature line without its newline: `— <name> <base64(key id || signature)>`.
+pub fn parse_signature_line(line: &str) -> Result<SignatureLine<'_>, CheckpointError> {
+    let malformed = CheckpointError::MalformedNote;
+    let line = line.strip_prefix(SIGNATURE_PREFIX).ok_or(malformed("a signature line must start with '— '"))?;
+    let (name, blob) = line.split_once(' ').ok_or(malformed("a signature line is '— name signature'"))?;
+    let mut blob = STANDARD.decode(blob).map_err(|_| malformed("a signature is not base64"))?;
+    if name.is_empty() || blob.len() < 4 {
+        return Err(malformed("a signature line has no name or a short signature"));
+    }
+    let key_id = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
+    blob.drain(..4);
+    Ok((name, key_id, blob))
+}
+
+/// A signature line, newline included, of `name`'s key `key_id`.
+pub fn signature_line(name: &str, key_id: u32, signature: &[u8]) -> String {
+    let mut blob = Vec::with_capacity(4 + signature.len());
+    blob.extend_from_slice(&key_id.to_be_bytes());
+    blob.extend_from_slice(signature);
+    format!("{SIGNATURE_PREFIX}{name} {}\n", STANDARD.encode(blob))
+}
+
+/// The text of a signed note once `verifier`'s signature on it verifies.
+pub fn open_note<'a>(note: &'a str, verifier: &VerifierKey) -> Result<&'a str, CheckpointError> {
+    let (text, signatures) = split_note(note)?;
+    let mut verified = false;
+    for (name, key_id, signature) in signatures {
         if name != verifier.name() || key_id != verifier.key_id() {
             continue;
         }
-        if !verifier.verifies(text.as_bytes(), &blob[4..]) {
+        if !verifier.verifies(text.as_bytes(), &signature) {
             return Err(CheckpointError::BadSignature(verifier.name().to_owned()));
         }
         verified = true;

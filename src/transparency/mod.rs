@@ -21,6 +21,8 @@
 //! - [`audit`]: recomputing the tree from the records against signed roots.
 //! - [`key`], [`checkpoint`]: the Ed25519 key and the signed checkpoint (C2SP
 //!   signed note with a tlog-checkpoint body and a time line).
+//! - [`cosignature`]: witnesses' cosignatures (C2SP tlog-cosignature v1) and the
+//!   tlog-witness `add-checkpoint` request body.
 //!
 //! # Verifying as a third party
 //! 1. Check the checkpoint's signature with the verifier key
@@ -34,6 +36,7 @@
 
 pub mod audit;
 pub mod checkpoint;
+pub mod cosignature;
 pub mod hash;
 pub mod key;
 pub mod leaf;
