@@ -71,19 +71,15 @@ impl Relay {
         let mut plan_history = self.shared.store.plan_history_of(nhs_number).await?;
         // One change of several plans shares its time: those read by authority and plan type.
         plan_history.sort_by(|a, b| (a.at, &a.la_ods_code, a.plan_type).cmp(&(b.at, &b.la_ods_code, b.plan_type)));
-        let searches = self.shared.store.accesses_of(nhs_number).await?;
         let (checkpoint, accesses) = keeper
             .run(move |keeper| {
                 let log = keeper.log();
-                let ids: Vec<u128> = searches.iter().map(|access| access.id).collect();
-                let held = log.positions_of(&ids)?;
-                let mut entries: Vec<(u64, LogEntry)> = Vec::new();
-                for access in searches {
-                    // An access whose record is held but has no position (not yet committed) is skipped.
-                    if let Some(position) = held.get(&access.id).copied() {
-                        entries.push((position, LogEntry::Search(access)));
-                    }
-                }
+                // Positions read with the records: one read, not one lookup per access.
+                let mut entries: Vec<(u64, LogEntry)> = log
+                    .searches_of(nhs_number)?
+                    .into_iter()
+                    .map(|(position, access)| (position, LogEntry::Search(access)))
+                    .collect();
                 for (position, read) in log.audit_reads_of(nhs_number)? {
                     entries.push((position, LogEntry::Audit(read)));
                 }

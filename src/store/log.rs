@@ -186,6 +186,11 @@ pub trait AccessLog: Send + Sync + 'static {
         Ok(found)
     }
 
+    /// Every retained search of one person that has a log position, with
+    /// it, in log order: one read where a store can (a subject access report
+    /// lists thousands). A search stored but not yet given a position is left out.
+    fn searches_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AccessEvent)>, StoreError>;
+
     /// Every retained auditor's read of one person, oldest first, with its position.
     fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError>;
 

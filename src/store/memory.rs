@@ -337,6 +337,21 @@ impl AccessLog for MemoryStore {
         Ok(self.with_state(|state| state.log_ids.get(&id).copied()))
     }
 
+    fn searches_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AccessEvent)>, StoreError> {
+        self.with_state(|state| {
+            let mut searches = Vec::new();
+            for ((_, _, id), access) in
+                state.accesses.range((nhs_number, i64::MIN, 0)..=(nhs_number, i64::MAX, u128::MAX))
+            {
+                if let Some(position) = state.log_ids.get(id) {
+                    searches.push((*position, access.view()?.to_event()));
+                }
+            }
+            searches.sort_unstable_by_key(|(position, _)| *position);
+            Ok(searches)
+        })
+    }
+
     fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError> {
         Ok(self.with_state(|state| {
             state

@@ -285,6 +285,18 @@ impl AccessLog for EmbeddedLog {
         }
     }
 
+    fn searches_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, crate::model::AccessEvent)>, StoreError> {
+        let mut searches = Vec::new();
+        for entry in self.spaces.accesses.prefix(keys::person_prefix(nhs_number)) {
+            let access: crate::model::AccessEvent = decode(&entry.value().map_err(io)?, "accesses")?;
+            if let Some(position) = self.position_of(access.id)? {
+                searches.push((position, access));
+            }
+        }
+        searches.sort_unstable_by_key(|(position, _)| *position);
+        Ok(searches)
+    }
+
     fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError> {
         let mut reads = Vec::new();
         for entry in self.spaces.audit_reads.prefix(keys::person_prefix(nhs_number)) {

@@ -198,6 +198,21 @@ impl AccessLog for PostgresLog {
         Ok(found)
     }
 
+    fn searches_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, crate::model::AccessEvent)>, StoreError> {
+        let rows = self.block(async {
+            self.client()
+                .await?
+                .query(
+                    "SELECT position, record FROM cpis_accesses
+                     WHERE nhs_number = $1 AND position IS NOT NULL ORDER BY position",
+                    &[&(nhs_number.as_u64() as i64)],
+                )
+                .await
+                .map_err(db_error)
+        })?;
+        rows.iter().map(|row| Ok((row.get::<_, i64>(0) as u64, decode_search(row.get(1))?))).collect()
+    }
+
     fn audit_reads_of(&self, nhs_number: NhsNumber) -> Result<Vec<(u64, AuditRead)>, StoreError> {
         let rows = self.block(async {
             self.client()
