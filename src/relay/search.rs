@@ -328,6 +328,7 @@ fn notification_drafts(sorted_plans: &[Arc<Plan>]) -> Vec<NotificationDraft> {
             local_id: plan.local_id.clone(),
             plan_type: plan.plan_type,
             team_code: plan.team_code.clone(),
+            traceparent: None,
         });
     }
     drafts
