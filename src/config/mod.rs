@@ -100,6 +100,9 @@ pub struct ServeConfig {
     pub fhir_care_setting_claim: String,
     /// `ODS=SETTING` entries, each checked by `resolve`.
     pub fhir_care_settings: Vec<String>,
+    /// Traces are off without it.
+    pub otlp_endpoint: Option<String>,
+    pub trace_sample_ratio: f64,
 }
 
 impl ServeSettings {
@@ -112,6 +115,12 @@ impl ServeSettings {
             if value > 100 { Err(error(key, "must be a percentage, 0 to 100")) } else { Ok(value) }
         };
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        let traces = crate::traces::TraceConfig::resolve(
+            self.otlp_endpoint.as_deref(),
+            self.trace_sample_ratio,
+            "otlp_endpoint",
+            "trace_sample_ratio",
+        )?;
         let mut config = ServeConfig {
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: self.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
@@ -234,6 +243,8 @@ impl ServeSettings {
                 crate::fhir::care_setting::DEFAULT_CLAIM,
             )?,
             fhir_care_settings: self.fhir_care_settings.unwrap_or_default(),
+            otlp_endpoint: traces.as_ref().map(|traces| traces.endpoint.clone()),
+            trace_sample_ratio: self.trace_sample_ratio.unwrap_or(crate::traces::DEFAULT_SAMPLE_RATIO),
         };
         for entry in &config.fhir_care_settings {
             crate::fhir::care_setting::parse_entry(entry).map_err(|reason| error("fhir_care_settings", reason))?;
@@ -322,6 +333,12 @@ impl ServeConfig {
             },
             write_timeout: Duration::from_millis(self.store_write_timeout_ms),
         })
+    }
+
+    /// The trace exporter's settings; `None` (traces off) without an endpoint.
+    pub fn traces(&self) -> Option<crate::traces::TraceConfig> {
+        let endpoint = self.otlp_endpoint.clone()?;
+        Some(crate::traces::TraceConfig { endpoint, sample_ratio: self.trace_sample_ratio })
     }
 
     /// What bearer tokens of the FHIR door must say.

@@ -182,6 +182,12 @@ pub struct ServeSettings {
     /// Care setting of each organisation's FHIR searches when the token names none, as ODS=SETTING (RR8=EMERGENCY_DEPARTMENT); a search with neither is refused [default: none]
     #[arg(long, env = "CPIS_FHIR_CARE_SETTINGS", value_delimiter = ',')]
     pub fhir_care_settings: Option<Vec<String>>,
+    /// OpenTelemetry traces: OTLP/gRPC collector endpoint, http://HOST:4317 or https://HOST:PORT (system trust roots); traces are off without it [default: off]
+    #[arg(long, env = "CPIS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded, 0 to 1; a request whose traceparent is sampled is always recorded, one that is not never [default: 0.1]
+    #[arg(long, env = "CPIS_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
 }
 
 impl ServeSettings {
@@ -252,6 +258,8 @@ impl ServeSettings {
             fhir_role_code_claim: self.fhir_role_code_claim.or(lower.fhir_role_code_claim),
             fhir_care_setting_claim: self.fhir_care_setting_claim.or(lower.fhir_care_setting_claim),
             fhir_care_settings: self.fhir_care_settings.or(lower.fhir_care_settings),
+            otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
+            trace_sample_ratio: self.trace_sample_ratio.or(lower.trace_sample_ratio),
         }
     }
 }

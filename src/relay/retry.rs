@@ -66,8 +66,13 @@ impl Relay {
     ) -> Result<NotificationState> {
         let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
             Ok(Recorded::Notified(notifications)) => {
-                self.remember(&access);
-                self.shared.hub.publish(&notifications);
+                // The fan-out: subscribers of each owning authority are woken.
+                let notify =
+                    tracing::trace_span!(target: crate::traces::TARGET, "notify", notifications = notifications.len());
+                notify.in_scope(|| {
+                    self.remember(&access);
+                    self.shared.hub.publish(&notifications);
+                });
                 return Ok(NotificationState::Stored);
             }
             // Another node stored this request within the window: this search is its retry.
