@@ -109,6 +109,38 @@ fn attribute_texts(span: &Span) -> Vec<String> {
         .collect()
 }
 
+fn bytes_of(hex_id: &str) -> Vec<u8> {
+    (0..hex_id.len() / 2).map(|i| u8::from_str_radix(&hex_id[2 * i..2 * i + 2], 16).unwrap()).collect()
+}
+
+/// Asserts that a span named `child` of `spans` has the span named `parent` as its parent.
+fn parent_of_in(spans: &[Span], child: &str, parent: &str) {
+    let parent_id = &spans.iter().find(|span| span.name == parent).unwrap().span_id;
+    assert!(
+        spans.iter().any(|span| span.name == child && span.parent_span_id == *parent_id),
+        "a {child} span under {parent}"
+    );
+}
+
+/// An upload of one person for la-706 sent with `traceparent`.
+async fn traced_upload(relay: &TestRelay, person: &str, traceparent: &str) {
+    use cpis_relay::proto::{UploadHeader, UploadMessage, UploadMode, upload_message::Body};
+    let header = UploadHeader {
+        mode: UploadMode::Incremental as i32,
+        file_id: "traced".into(),
+        local_authority: Some(authority("706")),
+        allow_large_removal: false,
+    };
+    let messages = [
+        UploadMessage { body: Some(Body::Header(header)) },
+        UploadMessage { body: Some(Body::Record(record(person, PlanType::ChildProtection))) },
+    ];
+    let mut request = tonic::Request::new(futures::stream::iter(messages));
+    request.metadata_mut().insert("traceparent", traceparent.parse().unwrap());
+    let report = relay.plans("la-706").await.upload(request).await.unwrap().into_inner();
+    assert_eq!(report.loaded, 1);
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -125,7 +157,8 @@ async fn one_search_is_one_trace_from_the_door_to_the_webhook_and_the_ack() {
     let dir = tempfile::tempdir().unwrap();
     let (secret, secret_file) = secret(dir.path());
     let person = nhs(41);
-    relay.load("706", vec![record(&person, PlanType::ChildProtection)]).await;
+    let upload_trace = "1e0c1b2a3d4e4f508a9b0c1d2e3f4a5b";
+    traced_upload(&relay, &person, &format!("00-{upload_trace}-a1b2c3d4e5f60718-01")).await;
     let mut receiver = Receiver::start(&relay, &secret, None).await;
     let agent = RunningAgent::start(
         &relay,
@@ -157,9 +190,13 @@ async fn one_search_is_one_trace_from_the_door_to_the_webhook_and_the_ack() {
         "ack",
         "grpc Notifications.Ack",
     ];
-    let trace_bytes: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap()).collect();
-    let spans = collector.trace_with(&trace_bytes, &wanted).await;
-    let by_name: HashMap<&str, &Span> = spans.iter().map(|span| (span.name.as_str(), span)).collect();
+    let spans = collector.trace_with(&bytes_of(trace_id), &wanted).await;
+    // Two spans are named commit (the search's and the acknowledgement's): by name, the search's.
+    let by_name: HashMap<&str, &Span> = spans
+        .iter()
+        .filter(|span| !(span.name == "commit" && span.attributes.iter().any(|a| a.key == "acked_through")))
+        .map(|span| (span.name.as_str(), span))
+        .collect();
     let parent_of = |child: &str, parent: &str| {
         assert_eq!(
             hex(&by_name[child].parent_span_id),
@@ -179,6 +216,15 @@ async fn one_search_is_one_trace_from_the_door_to_the_webhook_and_the_ack() {
     parent_of("ack", "deliver notification");
     parent_of("grpc Notifications.Ack", "ack");
     assert_eq!(sent.split('-').nth(2), Some(hex(&by_name["webhook POST"].span_id).as_str()));
+
+    // The upload is a trace of its own: the door, the records' validation, the commit.
+    let upload = collector.trace_with(&bytes_of(upload_trace), &["grpc Plans.Upload", "validate", "commit"]).await;
+    let upload: HashMap<&str, &Span> = upload.iter().map(|span| (span.name.as_str(), span)).collect();
+    for child in ["validate", "commit"] {
+        assert_eq!(hex(&upload[child].parent_span_id), hex(&upload["grpc Plans.Upload"].span_id), "{child}");
+    }
+    // The acknowledgement's commit at the relay, under the agent's ack call.
+    parent_of_in(&spans, "commit", "grpc Notifications.Ack");
 
     // Nothing personal in any span the collector received, of this trace or any other.
     let name = "Dr clinician-7".to_owned();
@@ -235,9 +281,8 @@ async fn the_fhir_door_continues_the_callers_trace_and_names_its_span_by_route_n
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 
     logging.traces().unwrap().flush();
-    let trace_bytes: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap()).collect();
     let door_span = "fhir GET /cpis/FHIR/R4/CareTeam";
-    let spans = collector.trace_with(&trace_bytes, &[door_span, "search", "commit", "notify"]).await;
+    let spans = collector.trace_with(&bytes_of(trace_id), &[door_span, "search", "commit", "notify"]).await;
     let door = spans.iter().find(|span| span.name == door_span).unwrap();
     assert_eq!(hex(&door.parent_span_id), caller_span);
     for span in collector.all() {
