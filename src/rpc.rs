@@ -347,7 +347,8 @@ where
             traced.record("status", code_name(code));
             count_call(rpc, code);
             rpc_metrics().durations[rpc].record(elapsed.as_secs_f64());
-            access_log(rpc, identity.as_deref(), code, elapsed);
+            // Inside the call's trace span: a JSON line carries its trace and span ids.
+            traced.in_scope(|| access_log(rpc, identity.as_deref(), code, elapsed));
             match call {
                 Some(call) => response.map(|response| response.map(|body| CallBody::wrap(body, call))),
                 None => response,

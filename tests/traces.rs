@@ -226,6 +226,16 @@ async fn one_search_is_one_trace_from_the_door_to_the_webhook_and_the_ack() {
     // The acknowledgement's commit at the relay, under the agent's ack call.
     parent_of_in(&spans, "commit", "grpc Notifications.Ack");
 
+    // At ratio 0 only what a sampled traceparent started is recorded: the agent's
+    // subscription and first acknowledgement (no traceparent) are not.
+    for span in collector.all() {
+        assert!(
+            [bytes_of(trace_id), bytes_of(upload_trace)].contains(&span.trace_id),
+            "span {} of an unsampled trace was exported",
+            span.name
+        );
+    }
+
     // Nothing personal in any span the collector received, of this trace or any other.
     let name = "Dr clinician-7".to_owned();
     for span in collector.all() {

@@ -291,7 +291,7 @@ impl Agent {
         notifications: &mut NotificationsClient<tonic::transport::Channel>,
         sequence: u64,
     ) -> Result<(), SessionEnd> {
-        let span = tracing::trace_span!(target: crate::traces::TARGET, "ack", otel.kind = "client", sequence);
+        let span = crate::traced_span!("ack", otel.kind = "client", sequence);
         let request = span.in_scope(|| {
             let mut request = tonic::Request::new(AckRequest { sequence });
             if let Some(value) = crate::traces::current_traceparent().and_then(|value| value.parse().ok()) {

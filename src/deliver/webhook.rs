@@ -282,8 +282,7 @@ impl WebhookSink {
     /// One signed POST, bounded by the timeout, in a trace span of its own
     /// whose context goes to the receiver as `traceparent`.
     async fn attempt(&self, delivery: &Delivery) -> Attempt {
-        let span = tracing::trace_span!(
-            target: crate::traces::TARGET,
+        let span = crate::traced_span!(
             "webhook",
             otel.name = "webhook POST",
             otel.kind = "client",

@@ -372,7 +372,7 @@ impl Relay {
         if sequence <= acked {
             return Ok(acked);
         }
-        let commit = tracing::trace_span!(target: crate::traces::TARGET, "commit", acked_through = sequence);
+        let commit = crate::traced_span!("commit", acked_through = sequence);
         self.shared.store.ack(la_ods_code.clone(), sequence).instrument(commit).await?;
         let acked = channel.acked_through.fetch_max(sequence, Ordering::AcqRel).max(sequence);
         channel.set_backlog();

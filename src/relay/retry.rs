@@ -67,8 +67,7 @@ impl Relay {
         let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
             Ok(Recorded::Notified(notifications)) => {
                 // The fan-out: subscribers of each owning authority are woken.
-                let notify =
-                    tracing::trace_span!(target: crate::traces::TARGET, "notify", notifications = notifications.len());
+                let notify = crate::traced_span!("notify", notifications = notifications.len());
                 notify.in_scope(|| {
                     self.remember(&access);
                     self.shared.hub.publish(&notifications);

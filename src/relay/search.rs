@@ -139,7 +139,7 @@ impl Relay {
     pub async fn search(&self, identity: &Identity, query: SearchQuery) -> Result<SearchOutcome> {
         let started = std::time::Instant::now();
         // A trace's span tree under the door's: search > validate, index lookup, commit > notify.
-        let span = tracing::trace_span!(target: crate::traces::TARGET, "search", outcome = tracing::field::Empty);
+        let span = crate::traced_span!("search", outcome = tracing::field::Empty);
         let result = self.search_inner(identity, query).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(outcome) if outcome.flagged() => SearchMetric::Flagged,
@@ -157,12 +157,11 @@ impl Relay {
 
     async fn search_inner(&self, identity: &Identity, query: SearchQuery) -> Result<SearchOutcome> {
         let (scheduled, nhs_number, accessor, care_setting, request_id) =
-            tracing::trace_span!(target: crate::traces::TARGET, "validate")
-                .in_scope(|| self.validate_search(identity, query))?;
+            crate::traced_span!("validate").in_scope(|| self.validate_search(identity, query))?;
         let shared = &self.shared;
         let now = shared.clock.now();
         let today = now.date_naive();
-        let lookup = tracing::trace_span!(target: crate::traces::TARGET, "index lookup", plans = tracing::field::Empty);
+        let lookup = crate::traced_span!("index lookup", plans = tracing::field::Empty);
         let plans = lookup.in_scope(|| -> Result<Option<Vec<Arc<Plan>>>> {
             shared.oversight.searched(&identity.ods_code, accessor.user_id.trim(), nhs_number, now);
             let held = shared.index.person(nhs_number);
@@ -221,8 +220,7 @@ impl Relay {
             };
             // A scheduled access is stored with its request id but notifies no one. The drafts carry
             // the commit's trace context, so that their delivery continues this trace.
-            let commit =
-                tracing::trace_span!(target: crate::traces::TARGET, "commit", notifications = tracing::field::Empty);
+            let commit = crate::traced_span!("commit", notifications = tracing::field::Empty);
             let traceparent = commit.in_scope(crate::traces::current_traceparent);
             let drafts = if scheduled { Vec::new() } else { notification_drafts(&plans, traceparent) };
             commit.record("notifications", drafts.len());

@@ -165,12 +165,8 @@ impl Relay {
         };
         let mut received: u64 = 0;
         // Trace spans (nothing when traces are off): receiving and validating the records, then the commit.
-        let validating = tracing::trace_span!(
-            target: crate::traces::TARGET,
-            "validate",
-            received = tracing::field::Empty,
-            rejected = tracing::field::Empty,
-        );
+        let validating =
+            crate::traced_span!("validate", received = tracing::field::Empty, rejected = tracing::field::Empty,);
         let mut records = std::pin::pin!(records);
         while let Some(record) = records.next().await {
             // A fast client's records are already buffered, so the stream never makes this
@@ -236,7 +232,7 @@ impl Relay {
             // way, between the store and the index.
             let relay = self.clone();
             let (mode, authority) = (header.mode, header.local_authority.clone());
-            let commit = tracing::trace_span!(target: crate::traces::TARGET, "commit", plans = plans.len());
+            let commit = crate::traced_span!("commit", plans = plans.len());
             self.spawn_task(async move { relay.commit_plans(mode, authority, plans, check).await }.instrument(commit))
                 .await
                 .map_err(|error| Error::Unavailable(format!("the upload did not finish: {error}")))??

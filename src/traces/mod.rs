@@ -53,6 +53,27 @@ pub fn on() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
+/// Whether the span entered on this thread (a door's, or a span under it)
+/// is sampled: false at once when traces are off.
+pub fn sampled() -> bool {
+    on() && Context::map_current(|context| context.span().span_context().is_sampled())
+}
+
+/// A span of [`TARGET`] under the current one, built only when the current
+/// trace is sampled (else a disabled span): a request that is not sampled
+/// costs its door's span alone, not its whole tree. Takes what
+/// `tracing::trace_span!` takes after the target.
+#[macro_export]
+macro_rules! traced_span {
+    ($($span:tt)+) => {
+        if $crate::traces::sampled() {
+            ::tracing::trace_span!(target: $crate::traces::TARGET, $($span)+)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+
 /// Checked trace settings: where to export, and how much to sample.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceConfig {
