@@ -20,7 +20,7 @@ mod export;
 pub mod https_doors;
 pub mod logs;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use opentelemetry::{
     Context,
@@ -47,6 +47,9 @@ pub const DEFAULT_SAMPLE_RATIO: f64 = 0.1;
 
 /// Set once traces are on in this process: the doors skip header parsing otherwise.
 static ON: AtomicBool = AtomicBool::new(false);
+
+/// The sample ratio of new traces, as the bits of an `f64` (set with [`ON`]).
+static RATIO: AtomicU64 = AtomicU64::new(0);
 
 /// Whether this process exports traces.
 pub fn on() -> bool {
@@ -139,7 +142,9 @@ impl Drop for Traces {
 /// Starts the exporter and its provider; the tracer is for the `tracing` layer.
 pub fn start(config: &TraceConfig, service: &'static str) -> Result<(Traces, SdkTracer), String> {
     let exporter = export::OwnRuntimeExporter::new(&config.endpoint)?;
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)));
+    // The ratio is applied where a trace starts (`starts`), before any span is built: a span
+    // reaches the provider only when its trace is sampled, and the provider follows its parent.
+    let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
     let resource = Resource::builder()
         .with_service_name(service)
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -150,6 +155,7 @@ pub fn start(config: &TraceConfig, service: &'static str) -> Result<(Traces, Sdk
         .with_resource(resource)
         .build();
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "cpis-relay");
+    RATIO.store(config.sample_ratio.to_bits(), Ordering::Relaxed);
     ON.store(true, Ordering::Relaxed);
     Ok((Traces { provider }, tracer))
 }
@@ -180,11 +186,33 @@ impl Extractor for OneHeader<'_> {
     }
 }
 
+/// Whether a trace goes on from `parent` (a caller's or a stored context):
+/// sampling is parent-based, so a valid parent decides; without one a new
+/// trace starts at the configured ratio. Decided before any span is built, so
+/// a request that is not sampled costs a header lookup and nothing more.
+fn starts(parent: &Context) -> bool {
+    let span_context = parent.span().span_context().clone();
+    if span_context.is_valid() {
+        return span_context.is_sampled();
+    }
+    let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || rand::random::<f64>() < ratio
+}
+
 /// The span of one request at a door (`grpc`, `fhir`, `browser`), continuing
 /// the caller's trace when it sent a valid `traceparent`. `operation` is a
-/// gRPC method or a route template. A disabled span when traces are off.
+/// gRPC method or a route template. A disabled span when traces are off or
+/// the request's trace is not sampled (then nothing under it is built either).
 pub fn door_span(door: &'static str, operation: &str, headers: &http::HeaderMap) -> tracing::Span {
     if !on() {
+        return tracing::Span::none();
+    }
+    let parent = if headers.contains_key(TRACEPARENT) {
+        TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+    } else {
+        Context::new()
+    };
+    if !starts(&parent) {
         return tracing::Span::none();
     }
     let span = tracing::trace_span!(
@@ -196,7 +224,6 @@ pub fn door_span(door: &'static str, operation: &str, headers: &http::HeaderMap)
         operation = %operation,
         status = tracing::field::Empty,
     );
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
@@ -204,17 +231,21 @@ pub fn door_span(door: &'static str, operation: &str, headers: &http::HeaderMap)
 }
 
 /// A span continuing a stored `traceparent` (a notification's), or a new
-/// trace when there is none. `name` is the span's operation name.
+/// trace (at the ratio) when there is none. `name` is the span's operation name.
 pub fn continued_span(name: &'static str, traceparent: Option<&str>) -> tracing::Span {
     if !on() {
         return tracing::Span::none();
     }
+    let parent = match traceparent {
+        Some(traceparent) => TraceContextPropagator::new().extract(&OneHeader(traceparent)),
+        None => Context::new(),
+    };
+    if !starts(&parent) {
+        return tracing::Span::none();
+    }
     let span = tracing::trace_span!(target: TARGET, "continued", otel.name = name, sequence = tracing::field::Empty);
-    if let Some(traceparent) = traceparent {
-        let parent = TraceContextPropagator::new().extract(&OneHeader(traceparent));
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
-        }
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
     }
     span
 }
@@ -227,7 +258,7 @@ pub fn current_traceparent() -> Option<String> {
     }
     let context = Context::current();
     let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| {
+    span_context.is_sampled().then(|| {
         format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8())
     })
 }
@@ -269,6 +300,21 @@ mod tests {
         assert_eq!(resolve(Some("http://127.0.0.1:4317"), Some(1.5)).unwrap_err().key, "trace_sample_ratio");
         assert_eq!(resolve(Some("ftp://collector"), None).unwrap_err().key, "otlp_endpoint");
         assert_eq!(resolve(Some("not a url"), None).unwrap_err().key, "otlp_endpoint");
+    }
+
+    #[test]
+    fn a_parent_decides_and_without_one_the_ratio_does() {
+        let parent = |flags: &str| {
+            let text = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            TraceContextPropagator::new().extract(&OneHeader(&text))
+        };
+        RATIO.store(0.0f64.to_bits(), Ordering::Relaxed);
+        assert!(starts(&parent("01")), "a sampled parent is followed");
+        assert!(!starts(&parent("00")), "and one that is not");
+        assert!(!starts(&Context::new()), "ratio 0 starts no trace of its own");
+        RATIO.store(1.0f64.to_bits(), Ordering::Relaxed);
+        assert!(!starts(&parent("00")), "whatever the ratio");
+        assert!(starts(&Context::new()));
     }
 
     #[test]
