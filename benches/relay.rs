@@ -121,6 +121,7 @@ fn access_change(i: u64) -> Change {
             local_id: "706-0000001".into(),
             plan_type: PlanType::ChildProtection,
             team_code: "CSC-1".into(),
+            traceparent: None,
         }],
     }
 }

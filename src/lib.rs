@@ -20,6 +20,7 @@
 //! - [`fhir`]: the FHIR R4 door (NHS CP-IS API shapes), another adapter over the same domain.
 //! - [`web`]: the browser view (clinician's card, LA inbox, access log, ops), a third adapter.
 //! - [`auth`], [`tls`], [`certs`]: identity from certificates, rustls configs, dev PKI.
+//! - [`telemetry`]: logs and metrics; [`traces`]: OpenTelemetry traces (off unless configured), `traceparent` in and out.
 //! - [`server`]: wires it together over a bound listener and a shutdown future.
 //! - [`client`], [`cli`]: the command-line clients and tools.
 //! - [`deliver`]: a local authority's delivery agent (webhook, outbox), a client of the relay.
@@ -59,6 +60,7 @@ pub mod synth;
 pub mod telemetry;
 pub mod text;
 pub mod tls;
+pub mod traces;
 pub mod transparency;
 pub mod web;
 pub mod witness;

@@ -373,6 +373,11 @@ pub struct NotificationDraft {
     pub local_id: String,
     pub plan_type: PlanType,
     pub team_code: String,
+    /// The W3C `traceparent` of the search's commit when it was traced, so
+    /// that delivery continues its trace. Not in the postcard encoding (held
+    /// searches in the spill file lose it); each store keeps it its own way.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// A committed access notification, as delivered to the owning local authority.

@@ -313,13 +313,16 @@ where
             organisation = %identity.as_deref().map_or("", |identity| identity.ods_code.as_str()),
             role = identity.as_deref().map_or("none", |identity| identity.role.as_str()),
         );
+        // A trace's root here (or the caller's `traceparent` continued); a disabled span when traces are off.
+        let traced = crate::traces::door_span("grpc", rpc_label(rpc), request.headers());
         // The clone that was made ready is the one to call.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let in_flight = InFlight::new(&self.in_flight);
         Box::pin(async move {
             let started = Instant::now();
-            let response = match tokio::time::timeout(deadline, inner.call(request).instrument(span)).await {
+            let handled = inner.call(request).instrument(span).instrument(traced.clone());
+            let response = match tokio::time::timeout(deadline, handled).await {
                 Ok(response) => response.map(over_size_is_resource_exhausted),
                 Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
                     "the relay's deadline for this call ({} s) expired",
@@ -341,9 +344,11 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from_i32),
                 Err(_) => tonic::Code::Unknown,
             };
+            traced.record("status", code_name(code));
             count_call(rpc, code);
             rpc_metrics().durations[rpc].record(elapsed.as_secs_f64());
-            access_log(rpc, identity.as_deref(), code, elapsed);
+            // Inside the call's trace span: a JSON line carries its trace and span ids.
+            traced.in_scope(|| access_log(rpc, identity.as_deref(), code, elapsed));
             match call {
                 Some(call) => response.map(|response| response.map(|body| CallBody::wrap(body, call))),
                 None => response,

@@ -1,13 +1,17 @@
 //! Logs and metrics. `tracing` to stderr as text or JSON with the filter
 //! from `CPIS_LOG`; the `metrics` recorder is Prometheus, rendered at
 //! `/metrics` on the admin port. Personal data never goes into a metric
-//! label, and only into `debug` or `trace` logs.
+//! label, and only into `debug` or `trace` logs. With traces on (see
+//! [`crate::traces`]) the same subscriber also feeds the trace exporter, and
+//! JSON lines carry the active trace's ids.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, filter::Targets, fmt, prelude::*};
+
+use crate::traces::{self, TraceConfig, Traces};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
@@ -46,6 +50,66 @@ pub fn init_logging(format: LogFormat, default_filter: &str) -> WorkerGuard {
             .try_init(),
     };
     guard
+}
+
+/// What [`init_logging_with_traces`] keeps running: keep it until exit.
+/// Dropping it exports the spans still buffered, then flushes the log.
+pub struct LogGuard {
+    // Dropped first: the exporter may still log while it stops.
+    traces: Option<Traces>,
+    _writer: WorkerGuard,
+}
+
+impl LogGuard {
+    /// The trace exporter, when traces are on.
+    pub fn traces(&self) -> Option<&Traces> {
+        self.traces.as_ref()
+    }
+}
+
+/// [`init_logging`], and with `traces` the trace exporter too, fed by the
+/// spans of [`traces::TARGET`] through its own filter: the log filter
+/// (`CPIS_LOG`) neither hides them from the exporter nor shows them in logs.
+/// Without `traces` this is exactly [`init_logging`]: nothing of the
+/// tracing layer is built, and the log path costs what it did.
+pub fn init_logging_with_traces(
+    format: LogFormat,
+    default_filter: &str,
+    traces: Option<&TraceConfig>,
+    service: &'static str,
+) -> Result<LogGuard, String> {
+    let Some(config) = traces else {
+        return Ok(LogGuard { traces: None, _writer: init_logging(format, default_filter) });
+    };
+    let (traces, tracer) = traces::start(config, service)?;
+    let filter = EnvFilter::try_from_env("CPIS_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (writer, guard) =
+        NonBlockingBuilder::default().lossy(false).buffered_lines_limit(LOG_BUFFER_LINES).finish(std::io::stderr());
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_level(false)
+        .with_filter(Targets::new().with_target(traces::TARGET, tracing::Level::TRACE));
+    let registry = tracing_subscriber::registry().with(spans);
+    let _already_set = match format {
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let logs = fmt::layer().with_ansi(ansi).fmt_fields(EscapedFields).with_writer(writer);
+            registry.with(logs.with_filter(filter)).try_init()
+        }
+        LogFormat::Json => {
+            let json = fmt::format().json().flatten_event(true).with_current_span(true);
+            let logs = fmt::layer()
+                .fmt_fields(fmt::format::JsonFields::new())
+                .event_format(traces::logs::TraceIdsJson(json))
+                .with_writer(writer);
+            registry.with(logs.with_filter(filter)).try_init()
+        }
+    };
+    Ok(LogGuard { traces: Some(traces), _writer: guard })
 }
 
 /// Text-log fields with every control character in a value escaped (see

@@ -356,6 +356,7 @@ async fn try_recorded(
             local_id: "L1".into(),
             plan_type: Type::ChildProtection,
             team_code: "T1".into(),
+            traceparent: None,
         })
         .collect();
     store.record_access(access, drafts).await

@@ -208,6 +208,7 @@ fn draft(la: &str, id: u128) -> NotificationDraft {
         local_id: "L".into(),
         plan_type: PlanType::ChildProtection,
         team_code: "T".into(),
+        traceparent: None,
     }
 }
 
@@ -245,6 +246,7 @@ conformance!(
     retention_removes_only_what_is_past_its_keeping_period,
     a_plans_history_holds_each_change_once_and_retention_removes_the_old,
     a_persons_notifications_are_read_alone_by_authority_and_sequence,
+    a_traced_searchs_notifications_keep_its_traceparent_and_untraced_ones_have_none,
 );
 
 async fn sequences_are_per_authority_in_commit_order_and_go_on_after_a_reopen(mut subject: Subject) {
@@ -519,6 +521,40 @@ async fn a_persons_notifications_are_read_alone_by_authority_and_sequence(mut su
 }
 
 /// (authority, sequence, user) of each of a person's notifications, as the store lists them.
+/// Issue 31: a traced search's notifications keep its W3C trace context
+/// through the store (and a restart), for the delivery agent to continue;
+/// an untraced search's are stored as every notification was before traces
+/// (no trailer in the embedded store, NULL in PostgreSQL) and read without one.
+async fn a_traced_searchs_notifications_keep_its_traceparent_and_untraced_ones_have_none(mut subject: Subject) {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    subject.upsert("706", vec![plan("706", 1, PlanType::ChildProtection, None)]).await;
+    subject.upsert("707", vec![plan("707", 1, PlanType::LookedAfter, None)]).await;
+    subject.search(person(1), 0, "untraced", &["706"]).await;
+    let id = next_id();
+    let drafts = ["706", "707"]
+        .iter()
+        .map(|la| NotificationDraft { traceparent: Some(TRACEPARENT.into()), ..draft(la, id) })
+        .collect();
+    let recorded = subject.store().record_access(access(id, person(1), 1, "traced"), drafts).await.unwrap();
+    let Recorded::Notified(notified) = recorded else { panic!("a new request was taken for a repeat") };
+    assert!(notified.iter().all(|n| n.draft.traceparent.as_deref() == Some(TRACEPARENT)));
+    for reopened in [false, true] {
+        if reopened {
+            subject.reopen().await;
+        }
+        let store = subject.store();
+        let traces = |page: Vec<cpis_relay::model::Notification>| -> Vec<(u64, Option<String>)> {
+            page.into_iter().map(|n| (n.sequence, n.draft.traceparent)).collect()
+        };
+        let page = store.notifications_after("706", 0, 10).await.unwrap();
+        assert_eq!(traces(page), [(1, None), (2, Some(TRACEPARENT.to_owned()))], "reopened: {reopened}");
+        let page = store.notifications_after("707", 0, 10).await.unwrap();
+        assert_eq!(traces(page), [(1, Some(TRACEPARENT.to_owned()))], "reopened: {reopened}");
+        let of_person = store.notifications_of(person(1)).await.unwrap();
+        assert_eq!(of_person.iter().filter(|n| n.draft.traceparent.is_some()).count(), 2, "reopened: {reopened}");
+    }
+}
+
 async fn notifications_of(store: &dyn Store, person: NhsNumber) -> Vec<(String, u64, String)> {
     let found = store.notifications_of(person).await.unwrap();
     assert!(found.iter().all(|n| n.access.nhs_number == person), "only that person's");

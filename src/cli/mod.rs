@@ -256,8 +256,24 @@ pub fn main() -> ExitCode {
     } else {
         "warn"
     };
-    // Held until the process ends: dropping it flushes buffered log lines.
-    let _log_writer = telemetry::init_logging(cli.log_format, default_filter);
+    // Traces are set up with the logs, before the runtime; a bad trace setting is a configuration error.
+    let traces = match trace_settings(&cli.command) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("cpis-relay: {error}");
+            return ExitCode::from(error.exit_status());
+        }
+    };
+    let service = if matches!(cli.command, Command::Deliver(_)) { "cpis-relay-deliver" } else { "cpis-relay" };
+    // Held until the process ends: dropping it exports buffered spans and flushes buffered log lines.
+    let _log_writer =
+        match telemetry::init_logging_with_traces(cli.log_format, default_filter, traces.as_ref(), service) {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("cpis-relay: configuration otlp_endpoint: {error}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -271,6 +287,16 @@ pub fn main() -> ExitCode {
             eprintln!("cpis-relay: {error}");
             ExitCode::from(error.exit_status())
         }
+    }
+}
+
+/// The trace settings of `serve` and `deliver` (resolved as they will be
+/// again when they run); other verbs export no traces.
+fn trace_settings(command: &Command) -> Result<Option<crate::traces::TraceConfig>, CliError> {
+    match command {
+        Command::Serve(args) if !args.print_config => Ok(serve::resolve(args)?.traces()),
+        Command::Deliver(args) if !args.print_config => Ok(deliver::resolve(args)?.traces()),
+        _ => Ok(None),
     }
 }
 

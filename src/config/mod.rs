@@ -104,6 +104,9 @@ pub struct ServeConfig {
     pub witnesses: Vec<String>,
     pub witness_quorum: Option<usize>,
     pub witness_ca: Option<PathBuf>,
+    /// Traces are off without it.
+    pub otlp_endpoint: Option<String>,
+    pub trace_sample_ratio: f64,
 }
 
 impl ServeSettings {
@@ -116,6 +119,12 @@ impl ServeSettings {
             if value > 100 { Err(error(key, "must be a percentage, 0 to 100")) } else { Ok(value) }
         };
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        let traces = crate::traces::TraceConfig::resolve(
+            self.otlp_endpoint.as_deref(),
+            self.trace_sample_ratio,
+            "otlp_endpoint",
+            "trace_sample_ratio",
+        )?;
         let mut config = ServeConfig {
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_listen: self.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
@@ -241,6 +250,8 @@ impl ServeSettings {
             witnesses: self.witnesses.unwrap_or_default(),
             witness_quorum: self.witness_quorum,
             witness_ca: self.witness_ca,
+            otlp_endpoint: traces.as_ref().map(|traces| traces.endpoint.clone()),
+            trace_sample_ratio: self.trace_sample_ratio.unwrap_or(crate::traces::DEFAULT_SAMPLE_RATIO),
         };
         crate::access_log::WitnessPolicy::parse(&config.witnesses, config.witness_quorum).map_err(|reason| {
             let key = if reason.starts_with("witness_quorum") { "witness_quorum" } else { "witnesses" };
@@ -353,6 +364,12 @@ impl ServeConfig {
             },
             write_timeout: Duration::from_millis(self.store_write_timeout_ms),
         })
+    }
+
+    /// The trace exporter's settings; `None` (traces off) without an endpoint.
+    pub fn traces(&self) -> Option<crate::traces::TraceConfig> {
+        let endpoint = self.otlp_endpoint.clone()?;
+        Some(crate::traces::TraceConfig { endpoint, sample_ratio: self.trace_sample_ratio })
     }
 
     /// What bearer tokens of the FHIR door must say.

@@ -191,6 +191,12 @@ pub struct ServeSettings {
     /// CA certificates (PEM) that https:// witnesses are checked against instead of the system's roots [default: the system's]
     #[arg(long, env = "CPIS_WITNESS_CA")]
     pub witness_ca: Option<PathBuf>,
+    /// OpenTelemetry traces: OTLP/gRPC collector endpoint, http://HOST:4317 or https://HOST:PORT (system trust roots); traces are off without it [default: off]
+    #[arg(long, env = "CPIS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded, 0 to 1; a request whose traceparent is sampled is always recorded, one that is not never [default: 0.1]
+    #[arg(long, env = "CPIS_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
 }
 
 impl ServeSettings {
@@ -264,6 +270,8 @@ impl ServeSettings {
             witnesses: self.witnesses.or(lower.witnesses),
             witness_quorum: self.witness_quorum.or(lower.witness_quorum),
             witness_ca: self.witness_ca.or(lower.witness_ca),
+            otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
+            trace_sample_ratio: self.trace_sample_ratio.or(lower.trace_sample_ratio),
         }
     }
 }

@@ -90,6 +90,12 @@ pub struct DeliverSettings {
     /// Seconds one notification may wait for delivery before /healthz says unhealthy [default: 300]
     #[arg(long, env = "CPIS_DELIVER_UNHEALTHY_AFTER_SECS")]
     pub unhealthy_after_secs: Option<u64>,
+    /// OpenTelemetry traces: OTLP/gRPC collector endpoint, http://HOST:4317 or https://HOST:PORT; off without it [default: off]
+    #[arg(long, env = "CPIS_DELIVER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded, 0 to 1; a notification whose search was traced follows that search's decision [default: 0.1]
+    #[arg(long, env = "CPIS_DELIVER_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -129,6 +135,8 @@ pub struct DeliverConfig {
     pub reconnect_initial_ms: u64,
     pub reconnect_max_secs: u64,
     pub unhealthy_after_secs: u64,
+    pub otlp_endpoint: Option<String>,
+    pub trace_sample_ratio: f64,
 }
 
 impl DeliverSettings {
@@ -161,6 +169,8 @@ impl DeliverSettings {
             reconnect_initial_ms: self.reconnect_initial_ms.or(lower.reconnect_initial_ms),
             reconnect_max_secs: self.reconnect_max_secs.or(lower.reconnect_max_secs),
             unhealthy_after_secs: self.unhealthy_after_secs.or(lower.unhealthy_after_secs),
+            otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
+            trace_sample_ratio: self.trace_sample_ratio.or(lower.trace_sample_ratio),
         }
     }
 
@@ -168,6 +178,12 @@ impl DeliverSettings {
     pub fn resolve(self) -> Result<DeliverConfig, ConfigError> {
         let positive =
             |key: &str, value: u64| if value == 0 { Err(error(key, "must be at least 1")) } else { Ok(value) };
+        let traces = crate::traces::TraceConfig::resolve(
+            self.otlp_endpoint.as_deref(),
+            self.trace_sample_ratio,
+            "otlp_endpoint",
+            "trace_sample_ratio",
+        )?;
         let config = DeliverConfig {
             server: if self.server.is_empty() { vec!["https://localhost:50051".to_owned()] } else { self.server },
             identity: self.identity,
@@ -189,6 +205,8 @@ impl DeliverSettings {
             reconnect_initial_ms: positive("reconnect_initial_ms", self.reconnect_initial_ms.unwrap_or(500))?,
             reconnect_max_secs: positive("reconnect_max_secs", self.reconnect_max_secs.unwrap_or(30))?,
             unhealthy_after_secs: positive("unhealthy_after_secs", self.unhealthy_after_secs.unwrap_or(300))?,
+            otlp_endpoint: traces.as_ref().map(|traces| traces.endpoint.clone()),
+            trace_sample_ratio: self.trace_sample_ratio.unwrap_or(crate::traces::DEFAULT_SAMPLE_RATIO),
         };
         if config.server.iter().any(|server| server.trim().is_empty()) {
             return Err(error("server", "an address is empty"));
@@ -223,6 +241,12 @@ impl DeliverSettings {
 }
 
 impl DeliverConfig {
+    /// The trace exporter's settings; `None` (traces off) without an endpoint.
+    pub fn traces(&self) -> Option<crate::traces::TraceConfig> {
+        let endpoint = self.otlp_endpoint.clone()?;
+        Some(crate::traces::TraceConfig { endpoint, sample_ratio: self.trace_sample_ratio })
+    }
+
     /// The effective configuration as TOML (paths, never key or secret contents).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))

@@ -237,6 +237,7 @@ mod tests {
             }))
             .unwrap(),
             json: bytes::Bytes::new(),
+            traceparent: None,
         };
         let (nine, ten) = (file_name(&delivery(9, "b"), "json"), file_name(&delivery(10, "a"), "json"));
         assert!(nine < ten, "{nine} {ten}");

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::{
     client,
@@ -228,12 +229,15 @@ impl Agent {
                 Some(Ok(notification)) => notification,
             };
             let delivery = Delivery::from_wire(&notification);
-            if !self.deliver_everywhere(&delivery, stopping).await {
+            // The search's trace goes on here: the webhook POST and the acknowledgement.
+            let traced = crate::traces::continued_span("deliver notification", delivery.traceparent.as_deref());
+            traced.record("sequence", delivery.sequence);
+            if !self.deliver_everywhere(&delivery, stopping).instrument(traced.clone()).await {
                 return (SessionEnd::Stopped, progressed);
             }
             progressed = true;
             *pending_ack = Some(delivery.sequence);
-            if let Err(end) = self.ack(&mut notifications, delivery.sequence).await {
+            if let Err(end) = self.ack(&mut notifications, delivery.sequence).instrument(traced).await {
                 return (end, progressed);
             }
             *pending_ack = None;
@@ -287,7 +291,15 @@ impl Agent {
         notifications: &mut NotificationsClient<tonic::transport::Channel>,
         sequence: u64,
     ) -> Result<(), SessionEnd> {
-        match call(notifications.ack(AckRequest { sequence })).await {
+        let span = crate::traced_span!("ack", otel.kind = "client", sequence);
+        let request = span.in_scope(|| {
+            let mut request = tonic::Request::new(AckRequest { sequence });
+            if let Some(value) = crate::traces::current_traceparent().and_then(|value| value.parse().ok()) {
+                request.metadata_mut().insert(crate::traces::TRACEPARENT, value);
+            }
+            request
+        });
+        match call(notifications.ack(request)).instrument(span).await {
             Ok(response) => {
                 self.status.acked(response.into_inner().acked_through);
                 Ok(())

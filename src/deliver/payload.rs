@@ -118,6 +118,8 @@ pub struct Delivery {
     pub body: NotificationBody,
     /// The JSON bytes every sink delivers and every signature covers.
     pub json: Bytes,
+    /// The W3C trace context of the search, when it was traced (never in the body).
+    pub traceparent: Option<String>,
 }
 
 impl Delivery {
@@ -135,6 +137,7 @@ impl Delivery {
             accessed_at,
             body,
             json,
+            traceparent: notification.traceparent.as_deref().and_then(crate::traces::checked_traceparent),
         }
     }
 
@@ -185,6 +188,7 @@ mod tests {
             organisation_name: "Leeds \"Teaching\"".into(),
             care_setting: 99,
             accessor: Some(proto::Accessor { user_id: "u1".into(), name: "Dr O'Test".into(), role_code: "".into() }),
+            traceparent: None,
         }
     }
 

@@ -34,6 +34,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use sha2::Sha256;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::{
     Outcome,
@@ -278,8 +279,20 @@ impl WebhookSink {
         }
     }
 
-    /// One signed POST, bounded by the timeout.
+    /// One signed POST, bounded by the timeout, in a trace span of its own
+    /// whose context goes to the receiver as `traceparent`.
     async fn attempt(&self, delivery: &Delivery) -> Attempt {
+        let span = crate::traced_span!(
+            "webhook",
+            otel.name = "webhook POST",
+            otel.kind = "client",
+            http.request.method = "POST",
+            http.response.status_code = tracing::field::Empty,
+        );
+        self.attempt_in_span(delivery, &span).instrument(span.clone()).await
+    }
+
+    async fn attempt_in_span(&self, delivery: &Delivery, span: &tracing::Span) -> Attempt {
         let timestamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         let signature = self.options.secret.sign(&delivery.notification_id, timestamp, &delivery.json);
         let request = http::Request::post(self.options.url.clone())
@@ -289,16 +302,18 @@ impl WebhookSink {
             .header("webhook-timestamp", timestamp)
             .header("webhook-signature", signature)
             .body(Full::new(delivery.json.clone()));
-        let request = match request {
+        let mut request = match request {
             Ok(request) => request,
             // Only a notification id that cannot be a header value gets here.
             Err(error) => {
                 return Attempt::Refused { status: None, excerpt: format!("cannot build the request: {error}") };
             }
         };
+        crate::traces::inject(request.headers_mut());
         let exchange = async {
             let response = self.client.request(request).await.map_err(|error| super::error_chain(&error))?;
             let status = response.status();
+            span.record("http.response.status_code", status.as_u16());
             let retry_after = response
                 .headers()
                 .get(header::RETRY_AFTER)

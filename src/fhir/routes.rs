@@ -67,6 +67,7 @@ pub fn router(relay: Relay, tokens: Arc<TokenVerifier>, edge: Edge) -> Router {
         .route(&format!("{BASE_PATH}/CareTeam"), get(care_team))
         .route(&format!("{BASE_PATH}/AuditEvent"), get(audit_event))
         .route(&format!("{BASE_PATH}/metadata"), get(metadata))
+        .route_layer(axum::middleware::from_fn(crate::traces::https_doors::fhir))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(FhirDoor { relay, tokens, edge, trace_ids: Arc::default() })

@@ -135,6 +135,7 @@ mod tests {
             local_id: "CASE-31337".into(),
             plan_type: PlanType::ChildProtection,
             team_code: "T1".into(),
+            traceparent: None,
         };
         let notification = Notification { sequence: 1, draft: draft.clone(), access: access.clone() };
         let text =

@@ -13,6 +13,7 @@ use std::sync::{
 use dashmap::DashMap;
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::{Relay, held::Held};
 use crate::{
@@ -371,7 +372,8 @@ impl Relay {
         if sequence <= acked {
             return Ok(acked);
         }
-        self.shared.store.ack(la_ods_code.clone(), sequence).await?;
+        let commit = crate::traced_span!("commit", acked_through = sequence);
+        self.shared.store.ack(la_ods_code.clone(), sequence).instrument(commit).await?;
         let acked = channel.acked_through.fetch_max(sequence, Ordering::AcqRel).max(sequence);
         channel.set_backlog();
         Ok(acked)

@@ -79,8 +79,12 @@ impl Relay {
         } else {
             let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
                 Ok(Recorded::Notified(notifications)) => {
-                    self.remember(&access);
-                    self.shared.hub.publish(&notifications);
+                    // The fan-out: subscribers of each owning authority are woken.
+                    let notify = crate::traced_span!("notify", notifications = notifications.len());
+                    notify.in_scope(|| {
+                        self.remember(&access);
+                        self.shared.hub.publish(&notifications);
+                    });
                     return Ok(NotificationState::Stored);
                 }
                 // Another node stored this request within the window: this search is its retry.

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use super::{Relay, validate};
 use crate::{
     auth::{Action, Identity, authorize, search_is_scheduled},
@@ -136,7 +138,9 @@ impl Relay {
 
     pub async fn search(&self, identity: &Identity, query: SearchQuery) -> Result<SearchOutcome> {
         let started = std::time::Instant::now();
-        let result = self.search_inner(identity, query).await;
+        // A trace's span tree under the door's: search > validate, index lookup, commit > notify.
+        let span = crate::traced_span!("search", outcome = tracing::field::Empty);
+        let result = self.search_inner(identity, query).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(outcome) if outcome.flagged() => SearchMetric::Flagged,
             Ok(_) => SearchMetric::Unflagged,
@@ -144,6 +148,7 @@ impl Relay {
             Err(Error::PermissionDenied(_) | Error::RateLimited { .. }) => SearchMetric::Denied,
             Err(_) => SearchMetric::Error,
         };
+        span.record("outcome", SEARCH_OUTCOMES[outcome as usize]);
         let metrics = search_metrics();
         metrics.outcomes[outcome as usize].increment(1);
         metrics.duration.record(started.elapsed().as_secs_f64());
@@ -151,44 +156,34 @@ impl Relay {
     }
 
     async fn search_inner(&self, identity: &Identity, query: SearchQuery) -> Result<SearchOutcome> {
-        authorize(identity, Action::Search)?;
-        self.within_rate(identity)?;
-        let scheduled = search_is_scheduled(identity, query.scheduled)?;
-        let nhs_number = validate::nhs_number_field(&query.nhs_number, "nhs_number")?;
-        let accessor = query.accessor.ok_or_else(|| Error::invalid("accessor", "is required"))?;
-        validate::check_required_text(&accessor.user_id, "accessor.user_id")?;
-        validate::check_required_text(&accessor.name, "accessor.name")?;
-        validate::check_optional_text(&accessor.role_code, "accessor.role_code")?;
-        let care_setting = query.care_setting.ok_or_else(|| Error::invalid("care_setting", "is required"))?;
-        // The setting must be one of the caller's kind of care: an emergency access
-        // labelled as general practice would look routine to the local authority, and
-        // a scheduled read labelled as an emergency would contradict its own audit row.
-        if care_setting.is_scheduled() != scheduled {
-            let kind = if scheduled { "a scheduled" } else { "an unscheduled" };
-            return Err(Error::invalid("care_setting", format!("{care_setting:?} is not {kind} care setting")));
-        }
-        validate::check_optional_text(&query.request_id, "request_id")?;
-
+        let (scheduled, nhs_number, accessor, care_setting, request_id) =
+            crate::traced_span!("validate").in_scope(|| self.validate_search(identity, query))?;
         let shared = &self.shared;
         let now = shared.clock.now();
         let today = now.date_naive();
-        shared.oversight.searched(&identity.ods_code, accessor.user_id.trim(), nhs_number, now);
-        let held = shared.index.person(nhs_number);
-        let mut visible: Vec<&StoredPlan> = held.iter().filter(|plan| plan.is_visible_on(today)).collect();
-        if visible.is_empty() {
-            return Ok(SearchOutcome::default());
-        }
-        visible.sort_by(|a, b| (a.plan_type(), a.la_ods_code()).cmp(&(b.plan_type(), b.la_ods_code())));
-        let plans = visible
-            .iter()
-            .map(|plan| plan.decode().map(Arc::new))
-            .collect::<std::result::Result<Vec<Arc<Plan>>, _>>()?;
+        let lookup = crate::traced_span!("index lookup", plans = tracing::field::Empty);
+        let plans = lookup.in_scope(|| -> Result<Option<Vec<Arc<Plan>>>> {
+            shared.oversight.searched(&identity.ods_code, accessor.user_id.trim(), nhs_number, now);
+            let held = shared.index.person(nhs_number);
+            let mut visible: Vec<&StoredPlan> = held.iter().filter(|plan| plan.is_visible_on(today)).collect();
+            lookup.record("plans", visible.len());
+            if visible.is_empty() {
+                return Ok(None);
+            }
+            visible.sort_by(|a, b| (a.plan_type(), a.la_ods_code()).cmp(&(b.plan_type(), b.la_ods_code())));
+            let plans = visible
+                .iter()
+                .map(|plan| plan.decode().map(Arc::new))
+                .collect::<std::result::Result<Vec<Arc<Plan>>, _>>()?;
+            Ok(Some(plans))
+        })?;
+        let Some(plans) = plans else { return Ok(SearchOutcome::default()) };
         let accessor = Accessor {
             user_id: trimmed(accessor.user_id),
             name: trimmed(accessor.name),
             role_code: trimmed(accessor.role_code),
         };
-        let client_request_id = trimmed(query.request_id);
+        let client_request_id = trimmed(request_id);
         let generated = client_request_id.is_empty();
         let request_id = if generated { random_id().to_string() } else { client_request_id };
 
@@ -223,19 +218,27 @@ impl Relay {
                 request_id,
                 scheduled,
             };
-            // A scheduled access is stored with its request id but notifies no one.
-            let drafts = if scheduled { Vec::new() } else { notification_drafts(&plans) };
+            // A scheduled access is stored with its request id but notifies no one. The drafts carry
+            // the commit's trace context, so that their delivery continues this trace.
+            let commit = crate::traced_span!("commit", notifications = tracing::field::Empty);
+            let traceparent = commit.in_scope(crate::traces::current_traceparent);
+            let drafts = if scheduled { Vec::new() } else { notification_drafts(&plans, traceparent) };
+            commit.record("notifications", drafts.len());
             // On its own task, holding the request's claim until the commit is done:
             // a client that goes away mid-search (dropping this future) must not take
             // the notification with it, nor let a retry notify a second time meanwhile.
             // Answered as kept unless it is not, and cannot be after the restart that follows
             // (a broken store): then the client retries rather than count on a lost notification.
             let relay = self.clone();
-            let kept = FinishOnDrop::new(self.shared.tasks.clone(), async move {
-                let kept = relay.commit_access(access, drafts).await;
-                drop(claim);
-                kept
-            })
+            let kept = FinishOnDrop::new(
+                self.shared.tasks.clone(),
+                async move {
+                    let kept = relay.commit_access(access, drafts).await;
+                    drop(claim);
+                    kept
+                }
+                .instrument(commit),
+            )
             .await?;
             if scheduled { NotificationState::None } else { kept }
         } else {
@@ -249,6 +252,32 @@ impl Relay {
             .map(|plan| ShownPlan { authority: shared.index.authority(&plan.la_ods_code), plan })
             .collect();
         Ok(SearchOutcome { plans, person, previous_accesses, notification })
+    }
+
+    /// Every rule a search must pass before the index is read.
+    fn validate_search(
+        &self,
+        identity: &Identity,
+        query: SearchQuery,
+    ) -> Result<(bool, crate::nhs::NhsNumber, Accessor, CareSetting, String)> {
+        authorize(identity, Action::Search)?;
+        self.within_rate(identity)?;
+        let scheduled = search_is_scheduled(identity, query.scheduled)?;
+        let nhs_number = validate::nhs_number_field(&query.nhs_number, "nhs_number")?;
+        let accessor = query.accessor.ok_or_else(|| Error::invalid("accessor", "is required"))?;
+        validate::check_required_text(&accessor.user_id, "accessor.user_id")?;
+        validate::check_required_text(&accessor.name, "accessor.name")?;
+        validate::check_optional_text(&accessor.role_code, "accessor.role_code")?;
+        let care_setting = query.care_setting.ok_or_else(|| Error::invalid("care_setting", "is required"))?;
+        // The setting must be one of the caller's kind of care: an emergency access
+        // labelled as general practice would look routine to the local authority, and
+        // a scheduled read labelled as an emergency would contradict its own audit row.
+        if care_setting.is_scheduled() != scheduled {
+            let kind = if scheduled { "a scheduled" } else { "an unscheduled" };
+            return Err(Error::invalid("care_setting", format!("{care_setting:?} is not {kind} care setting")));
+        }
+        validate::check_optional_text(&query.request_id, "request_id")?;
+        Ok((scheduled, nhs_number, accessor, care_setting, query.request_id))
     }
 }
 
@@ -316,7 +345,7 @@ impl<T: Send + 'static> Drop for FinishOnDrop<T> {
 
 /// One notification per owning authority; with several plans of one
 /// authority, the first in type order (CPPI, LACI, UCPI) names the plan.
-fn notification_drafts(sorted_plans: &[Arc<Plan>]) -> Vec<NotificationDraft> {
+fn notification_drafts(sorted_plans: &[Arc<Plan>], traceparent: Option<String>) -> Vec<NotificationDraft> {
     let mut drafts: Vec<NotificationDraft> = Vec::new();
     for plan in sorted_plans {
         if drafts.iter().any(|draft| draft.la_ods_code == plan.la_ods_code) {
@@ -328,6 +357,7 @@ fn notification_drafts(sorted_plans: &[Arc<Plan>]) -> Vec<NotificationDraft> {
             local_id: plan.local_id.clone(),
             plan_type: plan.plan_type,
             team_code: plan.team_code.clone(),
+            traceparent: traceparent.clone(),
         });
     }
     drafts

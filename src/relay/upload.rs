@@ -7,6 +7,7 @@
 use std::{collections::HashSet, sync::Arc};
 
 use futures::{Stream, StreamExt};
+use tracing::Instrument;
 
 use super::{
     Relay,
@@ -163,6 +164,9 @@ impl Relay {
             }
         };
         let mut received: u64 = 0;
+        // Trace spans (nothing when traces are off): receiving and validating the records, then the commit.
+        let validating =
+            crate::traced_span!("validate", received = tracing::field::Empty, rejected = tracing::field::Empty,);
         let mut records = std::pin::pin!(records);
         while let Some(record) = records.next().await {
             // A fast client's records are already buffered, so the stream never makes this
@@ -200,6 +204,9 @@ impl Relay {
         }
 
         drop(seen);
+        validating.record("received", received);
+        validating.record("rejected", rejected);
+        drop(validating);
         let loaded = plans.len() as u64;
         let receive_ms = started.elapsed().as_millis() as u64;
         let settings = &self.shared.settings;
@@ -225,7 +232,8 @@ impl Relay {
             // way, between the store and the index.
             let relay = self.clone();
             let (mode, authority) = (header.mode, header.local_authority.clone());
-            self.spawn_task(async move { relay.commit_plans(mode, authority, plans, check).await })
+            let commit = crate::traced_span!("commit", plans = plans.len());
+            self.spawn_task(async move { relay.commit_plans(mode, authority, plans, check).await }.instrument(commit))
                 .await
                 .map_err(|error| Error::Unavailable(format!("the upload did not finish: {error}")))??
         };

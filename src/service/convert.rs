@@ -251,6 +251,7 @@ pub fn notification(notification: &Notification) -> proto::AccessNotification {
         organisation_name: access.organisation_name.clone(),
         care_setting: care_setting(access.care_setting) as i32,
         accessor: Some(accessor(&access.accessor)),
+        traceparent: notification.draft.traceparent.clone(),
     }
 }
 

@@ -112,6 +112,7 @@ pub fn router(relay: Relay, settings: WebSettings) -> Router {
         .route(assets::STYLESHEET_PATH, get(assets::stylesheet))
         .route(assets::SCRIPT_PATH, get(assets::script))
         .route("/favicon.ico", get(assets::favicon))
+        .route_layer(axum::middleware::from_fn(crate::traces::https_doors::browser))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(axum::middleware::from_fn(log_and_secure))

@@ -44,6 +44,8 @@ pub struct Arrival {
     pub acked_at_arrival: u64,
     pub at: Instant,
     pub answered: u16,
+    /// The W3C `traceparent` header, when the agent sent one (traces on).
+    pub traceparent: Option<String>,
 }
 
 /// What the receiver answers to the next request.
@@ -142,7 +144,16 @@ async fn hook(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, body:
         _ => 200,
     };
     let acked_at_arrival = (state.acked)();
-    let arrival = Arrival { webhook_id, signature_valid, body: parsed, acked_at_arrival, at: Instant::now(), answered };
+    let traceparent = headers.get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let arrival = Arrival {
+        webhook_id,
+        signature_valid,
+        body: parsed,
+        acked_at_arrival,
+        at: Instant::now(),
+        answered,
+        traceparent,
+    };
     let _ = state.arrivals.send(arrival);
     match reply {
         None => StatusCode::OK.into_response(),

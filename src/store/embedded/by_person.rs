@@ -6,7 +6,7 @@
 //!
 //! What it must not do: read another person's notifications.
 
-use super::{NhsNumber, Notification, Spaces, StoreError, decode, io, keys};
+use super::{NhsNumber, Notification, Spaces, StoreError, io, keys, notification::decode_notification};
 
 /// Marks in `log_meta` that every notification is in `notifications_by_person`.
 pub(super) const NOTIFICATIONS_BY_PERSON: &str = "notifications_by_person";
@@ -20,7 +20,7 @@ pub(super) fn index_on_open(spaces: &Spaces) -> Result<(), StoreError> {
     let mut batch = spaces.activity_db.batch().durability(Some(fjall::PersistMode::SyncData));
     let mut pending = 0usize;
     for entry in spaces.notifications.iter() {
-        let notification: Notification = decode(&entry.value().map_err(io)?, "notifications")?;
+        let notification: Notification = decode_notification(&entry.value().map_err(io)?)?;
         let (la, sequence) = (notification.draft.la_ods_code.as_str(), notification.sequence);
         let key = keys::person_notification(notification.access.nhs_number, la, sequence);
         batch.insert(&spaces.notifications_by_person, key, []);
@@ -43,7 +43,7 @@ pub(super) fn notifications_of(spaces: &Spaces, nhs_number: NhsNumber) -> Result
         let key = entry.key().map_err(io)?;
         // Both go in one batch; an entry whose notification is missing lists nothing.
         if let Some(value) = spaces.notifications.get(&key[prefix.len()..]).map_err(io)? {
-            found.push(decode(&value, "notifications")?);
+            found.push(decode_notification(&value)?);
         }
     }
     Ok(found)

@@ -10,7 +10,12 @@ use std::collections::HashMap;
 
 use fjall::{OwnedWriteBatch, PersistMode};
 
-use super::{Spaces, decode, encode, io, keys, lane::Committer, log};
+use super::{
+    Spaces, encode, io, keys,
+    lane::Committer,
+    log,
+    notification::{decode_notification, encode_notification},
+};
 use crate::{
     model::Notification,
     store::{Applied, Change, Cursor, Expiry, ExpiryCounts, StoreError, log::LogBounds},
@@ -54,7 +59,7 @@ impl Committer for ActivityCommitter {
                         batch.insert(
                             &spaces.notifications,
                             keys::notification(la, notification.sequence),
-                            encode(&notification)?,
+                            encode_notification(&notification)?,
                         );
                         let by_person = keys::person_notification(access.nhs_number, la, notification.sequence);
                         batch.insert(&spaces.notifications_by_person, by_person, []);
@@ -146,7 +151,7 @@ fn expire_activity(
                 break;
             }
             let (key, value) = entry.into_inner().map_err(io)?;
-            let notification: Notification = decode(&value, "notifications")?;
+            let notification: Notification = decode_notification(&value)?;
             if notification.access.accessed_at >= expiry.acked_notifications_before {
                 break;
             }

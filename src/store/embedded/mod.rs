@@ -27,6 +27,7 @@ mod changes;
 pub(super) mod keys;
 mod lane;
 mod log;
+mod notification;
 mod plan_changes;
 pub(in crate::store) use log::{bounds as log_bounds, logged};
 
@@ -455,7 +456,7 @@ impl Store for EmbeddedStore {
             }
             let (from, to) = (keys::notification(&la, after + 1), keys::notification(&la, u64::MAX));
             for entry in spaces.notifications.range(from..=to).take(limit) {
-                page.push(decode(&entry.value().map_err(io)?, "notifications")?);
+                page.push(notification::decode_notification(&entry.value().map_err(io)?)?);
             }
             Ok(page)
         })

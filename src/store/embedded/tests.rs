@@ -38,6 +38,7 @@ fn draft(la: &str) -> NotificationDraft {
         local_id: "L".into(),
         plan_type: PlanType::ChildProtection,
         team_code: "T".into(),
+        traceparent: None,
     }
 }
 

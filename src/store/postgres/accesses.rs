@@ -136,11 +136,12 @@ pub(super) fn spawn_writer(
 /// One batch of searches. Parameters: the searches' columns (1-9), whether
 /// each claims its request (10: a copy of a key earlier in the batch does
 /// not), the request window in seconds (11), and the notification drafts:
-/// their access (12), authority (13) and encoding (14); and this node (15).
+/// their access (12), authority (13), encoding (14) and trace context (16,
+/// NULL when untraced); and this node (15).
 ///
 /// Rows out: `kind` 0, a notification numbered now (access, authority,
 /// sequence); 1, a notification stored before for an access of the batch
-/// (with its draft and access); 2, an access stored now (id, position);
+/// (with its draft, access and trace context); 2, an access stored now (id, position);
 /// 3, an access of the batch stored before (id).
 const RECORD: &str = "
 WITH input AS (
@@ -176,9 +177,10 @@ stored AS (
     RETURNING id, position
 ),
 drafts AS (
-    SELECT d.access_id, d.la_ods_code, d.draft, f.accessed_at, f.record,
+    SELECT d.access_id, d.la_ods_code, d.draft, d.traceparent, f.accessed_at, f.record,
            row_number() OVER (PARTITION BY d.la_ods_code ORDER BY f.ord, d.dk) AS k
-        FROM unnest($12::uuid[], $13::text[], $14::bytea[]) WITH ORDINALITY AS d(access_id, la_ods_code, draft, dk)
+        FROM unnest($12::uuid[], $13::text[], $14::bytea[], $16::text[])
+            WITH ORDINALITY AS d(access_id, la_ods_code, draft, traceparent, dk)
         JOIN fresh f ON f.id = d.access_id
 ),
 counts AS (
@@ -191,8 +193,9 @@ numbered AS (
     RETURNING la_ods_code, last_sequence
 ),
 notified AS (
-    INSERT INTO cpis_notifications (la_ods_code, sequence, access_id, accessed_at, draft, access)
-    SELECT d.la_ods_code, numbered.last_sequence - counts.added + d.k, d.access_id, d.accessed_at, d.draft, d.record
+    INSERT INTO cpis_notifications (la_ods_code, sequence, access_id, accessed_at, draft, access, traceparent)
+    SELECT d.la_ods_code, numbered.last_sequence - counts.added + d.k, d.access_id, d.accessed_at, d.draft, d.record,
+           d.traceparent
         FROM drafts d JOIN counts USING (la_ods_code) JOIN numbered USING (la_ods_code)
     RETURNING access_id, la_ods_code, sequence
 ),
@@ -205,16 +208,17 @@ woken AS (
               AS payload FROM numbered) AS hint
     WHERE EXISTS (SELECT 1 FROM stored)
 )
-SELECT 0 AS kind, access_id, la_ods_code, sequence, NULL::bytea AS draft, NULL::bytea AS access FROM notified
+SELECT 0 AS kind, access_id, la_ods_code, sequence, NULL::bytea AS draft, NULL::bytea AS access,
+       NULL::text AS traceparent FROM notified
 UNION ALL
-SELECT 1, n.access_id, n.la_ods_code, n.sequence, n.draft, n.access
+SELECT 1, n.access_id, n.la_ods_code, n.sequence, n.draft, n.access, n.traceparent
     FROM cpis_notifications n WHERE n.access_id IN (SELECT id FROM unclaimed)
 UNION ALL
-SELECT 2, id, NULL, position, NULL, NULL FROM stored
+SELECT 2, id, NULL, position, NULL, NULL, NULL FROM stored
 UNION ALL
-SELECT 3, a.id, NULL, a.position, NULL, NULL FROM cpis_accesses a WHERE a.id IN (SELECT id FROM unclaimed)
+SELECT 3, a.id, NULL, a.position, NULL, NULL, NULL FROM cpis_accesses a WHERE a.id IN (SELECT id FROM unclaimed)
 UNION ALL
-SELECT 4, NULL, NULL, NULL, NULL, NULL FROM woken";
+SELECT 4, NULL, NULL, NULL, NULL, NULL, NULL FROM woken";
 
 /// Commits a batch; if the database refuses it for a record's sake, commits
 /// each half on its own, down to the refused record alone, which alone gets
@@ -279,17 +283,19 @@ async fn commit(pool: &Pool, batch: &[AccessJob], node: i64) -> Result<Vec<Appli
     // The window the relay applies in memory too: one constant, not a second copy in SQL.
     let window_seconds = crate::history::REQUEST_ID_WINDOW.num_seconds() as f64;
     let (mut draft_accesses, mut draft_authorities, mut drafts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut traceparents: Vec<Option<&str>> = Vec::new();
     for index in &order {
         for draft in &batch[*index].drafts {
             draft_accesses.push(Uuid::from_u128(access(index).id));
             draft_authorities.push(draft.la_ods_code.as_str());
+            traceparents.push(draft.traceparent.as_deref());
             drafts.push(
                 postcard::to_allocvec(draft)
                     .map_err(|error| StoreError::Corrupt(format!("encoding a notification: {error}")))?,
             );
         }
     }
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 16] = [
         &ids,
         &people,
         &times,
@@ -305,6 +311,7 @@ async fn commit(pool: &Pool, batch: &[AccessJob], node: i64) -> Result<Vec<Appli
         &draft_authorities,
         &drafts,
         &node,
+        &traceparents,
     ];
     let rows = client.query(&statement, &parameters).await.map_err(db_error)?;
 
@@ -319,7 +326,7 @@ async fn commit(pool: &Pool, batch: &[AccessJob], node: i64) -> Result<Vec<Appli
         match (kind, id) {
             (0, Some(id)) => owned_authorities.push((id, row.get(2), row.get::<_, i64>(3) as u64)),
             (1, Some(id)) => {
-                let notification = super::notification(row.get(3), row.get(4), row.get(5))?;
+                let notification = super::notification(row.get(3), row.get(4), row.get(5), row.get(6))?;
                 earlier.entry(id).or_default().push(notification);
             }
             (2, Some(id)) => {

@@ -98,7 +98,7 @@ pub async fn check(options: &super::ConnectOptions) -> Result<CheckReport, Store
             .map_err(db_error)?;
         let mut previous: Option<u64> = None;
         for row in &rows {
-            let notification = notification(row.get(0), row.get(1), row.get(2))?;
+            let notification = notification(row.get(0), row.get(1), row.get(2), None)?;
             if notification.sequence > cursor.last_sequence {
                 problems.push(format!("notifications: {} has a sequence beyond its cursor", cursor.la_ods_code));
             }

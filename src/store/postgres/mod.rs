@@ -131,9 +131,16 @@ fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }
 
-/// A notification row back in the relay's terms.
-pub(crate) fn notification(sequence: i64, draft: &[u8], access: &[u8]) -> Result<Notification, StoreError> {
-    let draft: NotificationDraft = postcard::from_bytes(draft).map_err(|error| corrupt("notifications", error))?;
+/// A notification row back in the relay's terms (`traceparent` is NULL in rows of untraced searches and in
+/// rows written before schema version 5).
+pub(crate) fn notification(
+    sequence: i64,
+    draft: &[u8],
+    access: &[u8],
+    traceparent: Option<&str>,
+) -> Result<Notification, StoreError> {
+    let mut draft: NotificationDraft = postcard::from_bytes(draft).map_err(|error| corrupt("notifications", error))?;
+    draft.traceparent = traceparent.and_then(crate::traces::checked_traceparent);
     let access = StoredAccess::from_stored(access).view()?.to_event();
     Ok(Notification { sequence: sequence as u64, draft, access })
 }
@@ -310,14 +317,14 @@ impl Store for PostgresStore {
             // Through the person's accesses (by person) and each one's notifications (by access).
             let rows = client
                 .query(
-                    "SELECT n.sequence, n.draft, n.access FROM cpis_accesses a
+                    "SELECT n.sequence, n.draft, n.access, n.traceparent FROM cpis_accesses a
                      JOIN cpis_notifications n ON n.access_id = a.id
                      WHERE a.nhs_number = $1 ORDER BY n.la_ods_code, n.sequence",
                     &[&(nhs_number.as_u64() as i64)],
                 )
                 .await
                 .map_err(db_error)?;
-            rows.iter().map(|row| notification(row.get(0), row.get(1), row.get(2))).collect()
+            rows.iter().map(|row| notification(row.get(0), row.get(1), row.get(2), row.get(3))).collect()
         }
         .boxed()
     }
@@ -333,7 +340,7 @@ impl Store for PostgresStore {
             let client = pool.get().await.map_err(pool_error)?;
             let statement = client
                 .prepare_cached(
-                    "SELECT sequence, draft, access FROM cpis_notifications
+                    "SELECT sequence, draft, access, traceparent FROM cpis_notifications
                      WHERE la_ods_code = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
                 )
                 .await
@@ -342,7 +349,7 @@ impl Store for PostgresStore {
             let after = i64::try_from(after).unwrap_or(i64::MAX);
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = client.query(&statement, &[&la, &after, &limit]).await.map_err(db_error)?;
-            rows.iter().map(|row| notification(row.get(0), row.get(1), row.get(2))).collect()
+            rows.iter().map(|row| notification(row.get(0), row.get(1), row.get(2), row.get(3))).collect()
         }
         .boxed()
     }

@@ -17,10 +17,10 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x6370_6973;
 
 /// Every migration, in order; a version is never edited once released.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)];
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 const V1: &str = "
 CREATE TABLE cpis_authorities (
@@ -157,6 +157,13 @@ CREATE TABLE cpis_plan_history (
 );
 CREATE INDEX cpis_plan_history_by_person ON cpis_plan_history (nhs_number, at, id);
 CREATE INDEX cpis_plan_history_by_time ON cpis_plan_history (at);
+";
+
+/// Version 5, traces (issue 31): the W3C `traceparent` of a traced search's
+/// commit, beside each of its notifications, so that delivery continues the
+/// trace. NULL for untraced searches and for every row written before.
+const V5: &str = "
+ALTER TABLE cpis_notifications ADD COLUMN traceparent text;
 ";
 
 /// Brings the schema up to [`SCHEMA_VERSION`]; refuses a newer one.
