@@ -7,8 +7,9 @@
 //! `cpis_notifications_refused_total`: never dropped silently.
 //!
 //! Three rules keep one fault from stalling the node:
-//! - Once a write has failed, the node knows its store is failing: until a
-//!   write succeeds again (a held search's retry, an acknowledgement), a new
+//! - Once a write has failed and searches are held (so their retries will
+//!   find out when the store is back), the node knows its store is failing:
+//!   until a write succeeds again (a retry, an acknowledgement), a new
 //!   search is held at once (milliseconds: one spill sync) instead of waiting
 //!   for a write the store will not take, and is stored by the retries. The
 //!   first write that succeeds ends it: new searches write directly while the
@@ -72,31 +73,41 @@ impl Relay {
         drafts: Vec<NotificationDraft>,
     ) -> Result<NotificationState> {
         let held = self.shared.hub.held();
-        let broken = if self.shared.health.writes_failing() {
-            // The retries store it in turn; a write now would wait on a store known to fail.
+        // Known failing: a write failed, and the held searches' retries will
+        // find out when the store is back (so `held > 0`: with none held,
+        // nothing would retry, and a search tries the store itself). A queue
+        // at its limit would refuse the search unasked: the store is tried.
+        let limit = self.shared.settings.max_held_notifications;
+        if held > 0 && held < limit && self.shared.health.writes_failing() {
             tracing::debug!(held, "the store is failing: this search is held, not written");
-            self.store_broken().is_some()
-        } else {
-            let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
-                Ok(Recorded::Notified(notifications)) => {
-                    // The fan-out: subscribers of each owning authority are woken.
-                    let notify = crate::traced_span!("notify", notifications = notifications.len());
-                    notify.in_scope(|| {
-                        self.remember(&access);
-                        self.shared.hub.publish(&notifications);
-                    });
-                    return Ok(NotificationState::Stored);
-                }
-                // Another node stored this request within the window: this search is its retry.
-                Ok(Recorded::Repeated) => return Ok(NotificationState::Repeat),
-                Err(error) => error,
-            };
-            tracing::error!(%error, held = held + 1, "could not store an access notification; holding it for retry");
-            matches!(error, StoreError::Broken(_))
+            let kept = self.hold(HeldSearch { access: access.clone(), drafts }).await;
+            return self.held_outcome(&access, kept, self.store_broken().is_some());
+        }
+        let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
+            Ok(Recorded::Notified(notifications)) => {
+                // The fan-out: subscribers of each owning authority are woken.
+                let notify = crate::traced_span!("notify", notifications = notifications.len());
+                notify.in_scope(|| {
+                    self.remember(&access);
+                    self.shared.hub.publish(&notifications);
+                });
+                return Ok(NotificationState::Stored);
+            }
+            // Another node stored this request within the window: this search is its retry.
+            Ok(Recorded::Repeated) => return Ok(NotificationState::Repeat),
+            Err(error) => error,
         };
-        match self.hold(HeldSearch { access: access.clone(), drafts }).await {
+        tracing::error!(%error, held = held + 1, "could not store an access notification; holding it for retry");
+        let broken = matches!(error, StoreError::Broken(_));
+        let kept = self.hold(HeldSearch { access: access.clone(), drafts }).await;
+        self.held_outcome(&access, kept, broken)
+    }
+
+    /// What a search's caller is told once [`Self::hold`] answered `kept`.
+    fn held_outcome(&self, access: &AccessEvent, kept: Option<bool>, broken: bool) -> Result<NotificationState> {
+        match kept {
             Some(spilled) if spilled || !broken => {
-                self.remember(&access);
+                self.remember(access);
                 Ok(NotificationState::Held)
             }
             // Refused over the hold limit, it is not remembered: a racing copy of
