@@ -112,7 +112,7 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
 /// Where the browser view is and which certificate a browser needs for it.
 fn print_browser_view(args: &DemoArgs, port: u16) {
     let dir = args.certs_dir.display();
-    println!("browser view on https://localhost:{port}/ (see README \"The browser view\"):");
+    println!("browser view on https://localhost:{port}/ (see docs/browser.md):");
     if !args.certs_dir.join("user-ed-rr8.p12").exists() {
         println!(
             "  {dir} has no personal certificates yet: run `cpis-relay certs init --out {dir}` once, then import them"

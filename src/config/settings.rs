@@ -155,7 +155,7 @@ pub struct ServeSettings {
     /// FHIR R4 door (CP-IS API, HTTPS with the same mutual TLS) listen address [default: off]
     #[arg(long, env = "CPIS_FHIR_LISTEN")]
     pub fhir_listen: Option<SocketAddr>,
-    /// Browser view (HTTPS with the same mutual TLS; see README "The browser view") listen address [default: off]
+    /// Browser view (HTTPS with the same mutual TLS; see docs/browser.md) listen address [default: off]
     #[arg(long, env = "CPIS_WEB_LISTEN")]
     pub web_listen: Option<SocketAddr>,
     /// JWKS file of the keys that sign the FHIR door's bearer tokens [default: fhir-jwks.json in the development certificates, created on first start]

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use super::care_setting::{self, CareSettings};
 use crate::model::{Accessor, CareSetting};
 
-/// Defaults of [`TokenSettings`], as documented in the README.
+/// Defaults of [`TokenSettings`], as documented in docs/fhir.md.
 pub const DEFAULT_ISSUER: &str = "cpis-relay-dev";
 pub const DEFAULT_AUDIENCE: &str = "cpis-relay";
 pub const DEFAULT_USER_ID_CLAIM: &str = "sub";
