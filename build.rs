@@ -1,6 +1,10 @@
 //! Generates the `cpis.v1` gRPC code from `proto/` with a vendored `protoc`
 //! (a `PROTOC` in the environment still wins), plus the descriptor set that
 //! server reflection serves.
+//!
+//! The one `unsafe` of the crate: `env::set_var` to hand prost its `protoc`
+//! (sound here: a build script runs on one thread).
+#![allow(unsafe_code)]
 
 use std::{env, path::PathBuf};
 
