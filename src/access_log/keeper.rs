@@ -77,23 +77,14 @@ struct Shared {
 struct State {
     tree: MerkleLog<TreeStore>,
     latest: Option<SignedCheckpoint>,
-    /// Whether `latest` is stored, and when the last stored one was made.
+    /// Whether `latest` is stored.
     latest_stored: bool,
-    last_stored_at: Option<DateTime<Utc>>,
 }
 
-/// Checkpoints are signed every `checkpoint_interval` (and on demand) and
-/// served; one is stored at most this often unless asked for (shutdown,
-/// retention, `checkpoint`), so the stored notes, which `audit verify`
-/// checks one by one, stay a few thousand a year.
-pub const STORED_CHECKPOINT_SPACING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-/// Whether a signed checkpoint must be stored now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Keep {
-    Always,
-    IfDue,
-}
+/// A cosigned (witnessed) checkpoint is stored at most this often unless
+/// asked for (shutdown): each signed checkpoint is stored already, so the
+/// witnessed copies add the cosignatures to `audit verify`'s evidence hourly.
+pub const WITNESSED_STORED_SPACING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 fn tree_error(error: TreeError<StoreError>) -> StoreError {
     match error {
@@ -111,7 +102,6 @@ impl LogKeeper {
                 .ok()
                 .map(|checkpoint| SignedCheckpoint { checkpoint, note: note.text })
         });
-        let last_stored_at = latest.as_ref().map(|latest| latest.checkpoint.time);
         // A tree already as long as the last checkpoint signed must give its root now (a shorter
         // one is caught up from the records first, at the first checkpoint).
         let forked = match &latest {
@@ -128,7 +118,7 @@ impl LogKeeper {
                 signed: tokio::sync::watch::Sender::new(latest.clone()),
                 witnessed: tokio::sync::watch::Sender::new(None),
                 witnessed_stored: Mutex::new(None),
-                state: Mutex::new(State { tree, latest_stored: latest.is_some(), latest, last_stored_at }),
+                state: Mutex::new(State { tree, latest_stored: latest.is_some(), latest }),
                 reader,
             }),
         };
@@ -178,20 +168,14 @@ impl LogKeeper {
     }
 
     /// The latest signed checkpoint, signing a new one first if the tree has
-    /// grown (or none was signed yet), and stored. Blocks.
+    /// grown (or none was signed yet), and stored as it is signed (one small
+    /// note, so no access in the tree lacks a stored signature). Blocks.
     pub fn checkpoint(&self) -> Result<SignedCheckpoint, StoreError> {
         let mut state = self.state();
-        self.checkpoint_locked(&mut state, Keep::Always)
+        self.checkpoint_locked(&mut state)
     }
 
-    /// [`Self::checkpoint`], stored only if none was for
-    /// [`STORED_CHECKPOINT_SPACING`]: the periodic one and the ones proofs use. Blocks.
-    pub fn checkpoint_if_due(&self) -> Result<SignedCheckpoint, StoreError> {
-        let mut state = self.state();
-        self.checkpoint_locked(&mut state, Keep::IfDue)
-    }
-
-    fn checkpoint_locked(&self, state: &mut State, keep: Keep) -> Result<SignedCheckpoint, StoreError> {
+    fn checkpoint_locked(&self, state: &mut State) -> Result<SignedCheckpoint, StoreError> {
         self.refuse_if_forked()?;
         let size = catch_up(&self.shared.log, &mut state.tree)?;
         // Before each signature: the tree (perhaps reopened after another node's
@@ -215,11 +199,10 @@ impl LogKeeper {
                 signed
             }
         };
-        let due = keep == Keep::Always || state.last_stored_at.is_none_or(|at| now - at >= STORED_CHECKPOINT_SPACING);
-        if !state.latest_stored && due {
+        // Stored before it is served or witnessed: a failed store is retried at the next call.
+        if !state.latest_stored {
             self.shared.log.add_note(NoteKind::Checkpoint, &signed.note)?;
             state.latest_stored = true;
-            state.last_stored_at = Some(now);
         }
         Ok(signed)
     }
@@ -248,7 +231,7 @@ impl LogKeeper {
     /// Records `cosigned` (a checkpoint this key signed, its note carrying a
     /// quorum of cosignatures) as the latest witnessed one, unless a larger
     /// one is; stores it as a checkpoint note if none was stored for
-    /// [`STORED_CHECKPOINT_SPACING`] (or `always`), so that `audit verify`
+    /// [`WITNESSED_STORED_SPACING`] (or `always`), so that `audit verify`
     /// finds the cosignatures in the store too. Blocks.
     pub fn record_witnessed(&self, cosigned: SignedCheckpoint, always: bool) -> Result<(), StoreError> {
         let now = self.shared.clock.now();
@@ -258,7 +241,7 @@ impl LogKeeper {
         }
         let due = match &*stored {
             Some((_, note)) if *note == cosigned.note => false,
-            Some((at, _)) => always || now - *at >= STORED_CHECKPOINT_SPACING,
+            Some((at, _)) => always || now - *at >= WITNESSED_STORED_SPACING,
             None => true,
         };
         if due {
@@ -285,7 +268,7 @@ impl LogKeeper {
             let mut state = self.state();
             match &state.latest {
                 Some(latest) if latest.checkpoint.size > position => latest.clone(),
-                _ => self.checkpoint_locked(&mut state, Keep::IfDue)?,
+                _ => self.checkpoint_locked(&mut state)?,
             }
         };
         let proof = self.inclusion_proofs(&[position], checkpoint.checkpoint.size)?.pop().unwrap_or_default();
@@ -298,7 +281,7 @@ impl LogKeeper {
     pub fn proofs(&self, positions: &[u64]) -> Result<(SignedCheckpoint, Vec<Vec<Hash>>), StoreError> {
         let checkpoint = {
             let mut state = self.state();
-            self.checkpoint_locked(&mut state, Keep::IfDue)?
+            self.checkpoint_locked(&mut state)?
         };
         let proofs = self.inclusion_proofs(positions, checkpoint.checkpoint.size)?;
         Ok((checkpoint, proofs))
@@ -346,6 +329,19 @@ impl LogKeeper {
         Ok(note)
     }
 
+    /// Removes the stored checkpoints thinning leaves out as of now (see
+    /// [`super::notes::thinned`]); returns how many went. Blocks.
+    pub fn thin_notes(&self) -> Result<u64, StoreError> {
+        let notes = self.shared.log.notes()?;
+        let thinned = super::notes::thinned(&notes, self.verifier(), self.shared.clock.now());
+        if thinned.is_empty() {
+            return Ok(0);
+        }
+        let removed = self.shared.log.remove_notes(&thinned)?;
+        tracing::info!(removed, "old stored checkpoints thinned to one an hour");
+        Ok(removed)
+    }
+
     /// Runs `work` on the blocking pool.
     pub async fn run<T: Send + 'static>(
         &self,
@@ -367,12 +363,7 @@ impl LogKeeper {
                 _ = ticks.tick() => false,
                 _ = stopped.wait_for(|stopped| *stopped) => true,
             };
-            let signed = if last {
-                self.run(|keeper| keeper.checkpoint()).await
-            } else {
-                self.run(|keeper| keeper.checkpoint_if_due()).await
-            };
-            if let Err(error) = signed {
+            if let Err(error) = self.run(|keeper| keeper.checkpoint()).await {
                 metrics::counter!("cpis_access_log_failures_total").increment(1);
                 tracing::error!(%error, "access log checkpoint failed; will retry");
             }

@@ -18,9 +18,15 @@ impl Relay {
     pub async fn expire(&self) -> Result<ExpiryCounts, StoreError> {
         let shared = &self.shared;
         let now = shared.clock.now();
-        // Only leaves the tree holds may go: catch the keeper up first.
+        // Only leaves the tree holds, under a stored checkpoint, may go: the
+        // keeper signs one first (and refuses, so nothing goes, if the log forked).
         let log_positions_below = match &shared.log_keeper {
-            Some(keeper) => keeper.run(|keeper| keeper.catch_up()).await?,
+            Some(keeper) => match keeper.run(|keeper| keeper.checkpoint()).await {
+                Ok(signed) => signed.checkpoint.size,
+                // Forked: keep every access (the evidence), expire the rest.
+                Err(_) if keeper.forked().borrow().is_some() => 0,
+                Err(error) => return Err(error),
+            },
             None => u64::MAX,
         };
         let expiry = Expiry {
@@ -56,6 +62,11 @@ impl Relay {
         {
             let removed_before = expiry.accesses_before;
             keeper.run(move |keeper| keeper.record_retention(removed_before)).await?;
+        }
+        if let Some(keeper) = &shared.log_keeper
+            && keeper.forked().borrow().is_none()
+        {
+            keeper.run(|keeper| keeper.thin_notes()).await?;
         }
         let accesses_in_memory = shared.recent.expire(expiry.accesses_before);
         metrics::counter!("cpis_retention_removed_total", "kind" => "plan").increment(counts.plans);
