@@ -105,7 +105,9 @@ impl LogKeeper {
         // A tree already as long as the last checkpoint signed must give its root now (a shorter
         // one is caught up from the records first, at the first checkpoint).
         let forked = match &latest {
-            Some(latest) if tree.size() >= latest.checkpoint.size => fork_of(&tree, &latest.checkpoint)?,
+            Some(latest) if tree.size() >= latest.checkpoint.size => {
+                fork_of(&tree, &latest.checkpoint, "the last checkpoint this key signed")?
+            }
             _ => None,
         };
         let reader = log.tree();
@@ -135,7 +137,7 @@ impl LogKeeper {
 
     fn mark_forked(&self, reason: String) {
         metrics::gauge!("cpis_access_log_forked").set(1.0);
-        tracing::error!(%reason, "the access log's tree does not extend the last checkpoint this key signed: signing nothing more; run `cpis-relay audit verify`");
+        tracing::error!(%reason, "the access log's tree does not extend what this key signed or witnesses cosigned: signing nothing more; run `cpis-relay audit verify`");
         self.shared.forked.send_replace(Some(reason));
     }
 
@@ -178,11 +180,7 @@ impl LogKeeper {
     fn checkpoint_locked(&self, state: &mut State) -> Result<SignedCheckpoint, StoreError> {
         self.refuse_if_forked()?;
         let size = catch_up(&self.shared.log, &mut state.tree)?;
-        // Before each signature: the tree (perhaps reopened after another node's
-        // append, or rebuilt at start) still extends what this key signed last.
-        if let Some(latest) = &state.latest
-            && let Some(reason) = fork_of(&state.tree, &latest.checkpoint)?
-        {
+        if let Some(reason) = self.fork_before_signing(state)? {
             self.mark_forked(reason);
             self.refuse_if_forked()?;
         }
@@ -205,6 +203,34 @@ impl LogKeeper {
             state.latest_stored = true;
         }
         Ok(signed)
+    }
+
+    /// Before each signature: the tree as the store holds it now (read
+    /// afresh: it may have been rewritten behind this process, or appended to
+    /// by another node) must extend what this keeper holds, the last
+    /// checkpoint it signed and the last one witnesses cosigned. Why not, if not.
+    fn fork_before_signing(&self, state: &State) -> Result<Option<String>, StoreError> {
+        let stored = MerkleLog::open(self.shared.log.tree()).map_err(tree_error)?;
+        let held = Checkpoint {
+            origin: self.shared.signer.name().to_owned(),
+            size: state.tree.size(),
+            root: state.tree.root(),
+            time: self.shared.clock.now(),
+        };
+        let witnessed = self.witnessed();
+        let against = [
+            (Some(&held), "the tree this keeper built"),
+            (state.latest.as_ref().map(|latest| &latest.checkpoint), "the last checkpoint this key signed"),
+            (witnessed.as_ref().map(|witnessed| &witnessed.checkpoint), "the last checkpoint witnesses cosigned"),
+        ];
+        for (checkpoint, what) in against {
+            if let Some(checkpoint) = checkpoint
+                && let Some(reason) = fork_of(&stored, checkpoint, what)?
+            {
+                return Ok(Some(reason));
+            }
+        }
+        Ok(None)
     }
 
     fn sign(&self, size: u64, root: Hash, time: DateTime<Utc>) -> Result<SignedCheckpoint, StoreError> {
@@ -374,14 +400,14 @@ impl LogKeeper {
     }
 }
 
-/// Why `tree` does not extend `signed` (a checkpoint this key signed), if it
-/// does not: it holds fewer leaves (the log was cut), or its first
-/// `signed.size` leaves give another root (the log was rewritten). A
-/// store that fails to answer is an error, not a fork.
-fn fork_of(tree: &MerkleLog<TreeStore>, signed: &Checkpoint) -> Result<Option<String>, StoreError> {
+/// Why `tree` does not extend `signed` (`what`: a checkpoint this key
+/// signed, or the tree the keeper holds), if it does not: it holds fewer
+/// leaves (the log was cut), or its first `signed.size` leaves give another
+/// root (the log was rewritten). A store that fails to answer is an error, not a fork.
+fn fork_of(tree: &MerkleLog<TreeStore>, signed: &Checkpoint, what: &str) -> Result<Option<String>, StoreError> {
     if tree.size() < signed.size {
         return Ok(Some(format!(
-            "the log holds {} accesses, fewer than the {} of the last checkpoint this key signed",
+            "the stored tree holds {} accesses, fewer than the {} of {what}: the log was cut",
             tree.size(),
             signed.size
         )));
@@ -389,7 +415,7 @@ fn fork_of(tree: &MerkleLog<TreeStore>, signed: &Checkpoint) -> Result<Option<St
     let root = tree.root_at(signed.size).map_err(tree_error)?;
     Ok((root != signed.root).then(|| {
         format!(
-            "the first {} accesses of the log no longer give the root this key signed for them: the log was rewritten",
+            "the stored tree's first {} accesses no longer give the root of {what}: the log was rewritten",
             signed.size
         )
     }))

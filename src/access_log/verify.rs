@@ -44,6 +44,12 @@ pub enum LogFinding {
     /// after growing the tree, so their notes were deleted (or the relay died
     /// between the two writes).
     Unsigned { from: u64, to: u64 },
+    /// The log was rewritten with its tree (no record differs from its leaf):
+    /// the first position that differs from what was signed is in
+    /// `from..to`, between the last checkpoint that still matches (of size
+    /// `from`) and the first that does not (of size `to`). With every
+    /// checkpoint stored, that is one checkpoint interval's accesses at most.
+    FirstDifference { from: u64, to: u64 },
 }
 
 impl std::fmt::Display for LogFinding {
@@ -88,6 +94,15 @@ impl std::fmt::Display for LogFinding {
                 f,
                 "positions {from} to {}: in the tree but under no stored signed checkpoint (its notes were deleted, \
                  or the relay died between growing the tree and storing the checkpoint)",
+                to - 1
+            ),
+            Self::FirstDifference { from, to } if to - from == 1 => {
+                write!(f, "position {from}: the first that differs from what was signed")
+            }
+            Self::FirstDifference { from, to } => write!(
+                f,
+                "positions {from} to {}: the first that differs from what was signed is among these (the checkpoint \
+                 of size {from} matches, the one of size {to} does not)",
                 to - 1
             ),
             Self::PrefixMissing { signed_boundary, retained_from } => write!(
@@ -307,12 +322,40 @@ pub(super) fn verify_in_chunks(
             })
             .map(LogFinding::Tree),
     );
+    if let Some(finding) = first_difference(&signed, &report.findings) {
+        report.findings.push(finding);
+    }
     let latest_stored = signed.iter().take(report.checkpoints).map(|root| root.size).max().unwrap_or(0);
     if let Some(finding) = unsigned_tail(log, verifier, latest_stored, tree_size)? {
         report.findings.push(finding);
     }
     report.findings.extend(log.records_outside(OUTSIDE_SHOWN)?.into_iter().map(LogFinding::Outside));
     Ok(report)
+}
+
+/// Where a log rewritten with its tree first differs from what was signed,
+/// when no record-level finding names it already: between the largest
+/// checkpoint that still matches and the smallest that does not.
+fn first_difference(signed: &[SignedRoot], findings: &[LogFinding]) -> Option<LogFinding> {
+    let mismatched: Vec<u64> = findings
+        .iter()
+        .filter_map(|finding| match finding {
+            LogFinding::Tree(Finding::CheckpointMismatch { size } | Finding::TreeMismatch { size })
+            | LogFinding::WitnessedNotExtended { size, .. } => Some(*size),
+            _ => None,
+        })
+        .collect();
+    let to = mismatched.iter().copied().min()?;
+    let named = findings.iter().any(|finding| match finding {
+        LogFinding::Tree(Finding::LeafDiffers { position } | Finding::RecordMissing { position }) => *position < to,
+        _ => false,
+    });
+    if named {
+        return None;
+    }
+    let from =
+        signed.iter().map(|root| root.size).filter(|size| *size < to && !mismatched.contains(size)).max().unwrap_or(0);
+    Some(LogFinding::FirstDifference { from, to })
 }
 
 /// The tree's positions from `latest_stored` (the largest stored checkpoint
