@@ -279,6 +279,19 @@ impl LogKeeper {
         Ok(())
     }
 
+    /// Takes `cosigned` (a checkpoint of this key a witness cosigned, read
+    /// from it at start) as the latest witnessed one unless a larger one is
+    /// known, without storing it: the next signature must extend it.
+    pub fn learn_witnessed(&self, cosigned: SignedCheckpoint) {
+        self.shared.witnessed.send_if_modified(|witnessed| {
+            let larger = witnessed.as_ref().is_none_or(|known| known.checkpoint.size < cosigned.checkpoint.size);
+            if larger {
+                *witnessed = Some(cosigned);
+            }
+            larger
+        });
+    }
+
     /// The latest checkpoint signed, without signing.
     pub fn latest(&self) -> Option<SignedCheckpoint> {
         self.state().latest.clone()

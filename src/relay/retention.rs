@@ -106,18 +106,22 @@ impl Relay {
     /// ([`Relay::finish_tasks`]: after the grace period's last commits and
     /// held retries), so that the last checkpoint covers them.
     ///
-    /// With witnesses configured, a second task sends each checkpoint to
-    /// them (`access_log::witnessing`), and the last one once the keeper
-    /// signed it; the handle returned ends after both.
+    /// With witnesses configured, the keeper first learns the checkpoint
+    /// they last cosigned (its signatures must extend it), then a second
+    /// task sends each checkpoint to them (`access_log::witnessing`), and the
+    /// last one once the keeper signed it; the handle returned ends after both.
     pub fn spawn_log_keeper(&self) -> Option<JoinHandle<()>> {
         let keeper = self.shared.log_keeper.as_ref()?;
         let interval = self.shared.settings.checkpoint_interval;
         let keep = keeper.clone().keep(interval, self.shared.writes_over.subscribe());
         let Some(policy) = self.shared.settings.witnesses.clone() else { return Some(self.spawn_task(keep)) };
         let (signed_last, last_signed) = tokio::sync::watch::channel(false);
+        let learning = keeper.clone();
         let witnessing =
-            crate::access_log::witnessing::witness_checkpoints(keeper.clone(), policy, interval, last_signed);
+            crate::access_log::witnessing::witness_checkpoints(keeper.clone(), policy.clone(), interval, last_signed);
         Some(self.spawn_task(async move {
+            // What the witnesses last cosigned, before the first signature: the log must extend it.
+            crate::access_log::witnessing::learn_witnessed(&learning, &policy).await;
             let keeping = async move {
                 keep.await;
                 signed_last.send_replace(true);
