@@ -110,10 +110,13 @@ if [ "$NODES" = 0 ]; then
 fi
 cargo build -q
 RELAY=$PWD/target/debug/cpis-relay
+# One access log key for the deployment, outside the nodes' data directories
+# (a node with another key refuses to start).
+[ -e "$STATE/access-log.key" ] || "$RELAY" audit init-key --key "$STATE/access-log.key" >/dev/null
 for node in $(seq 1 "$NODES"); do
   mkdir -p "$STATE/node$node"
   "$RELAY" serve --listen "127.0.0.1:5005$node" --admin-listen "127.0.0.1:909$node" \
-    --store "$STORE" --data-dir "$STATE/node$node" --certs-dir "$STATE/certs" \
+    --store "$STORE" --data-dir "$STATE/node$node" --certs-dir "$STATE/certs" --log-key "$STATE/access-log.key" \
     > "$STATE/node$node.out" 2> "$STATE/node$node.log" &
   echo $! >> "$STATE/relays.pid"
   for _ in $(seq 1 300); do

@@ -274,6 +274,8 @@ async fn a_rewritten_tree_does_not_hide_an_altered_record() {
         );
         assert!(report.findings.contains(&LogFinding::Tree(Finding::CheckpointMismatch { size })));
     }
+    // Record and tree rewritten together: no leaf differs, but the checkpoints bracket where.
+    assert!(report.findings.contains(&LogFinding::FirstDifference { from: 0, to: 7 }), "{:?}", report.findings);
 }
 
 #[tokio::test]

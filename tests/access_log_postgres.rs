@@ -241,3 +241,42 @@ async fn keepers_on_several_nodes_appending_at_once_build_one_tree_that_verifies
     assert!(report.is_clean(), "{:?}", report.findings);
     assert_eq!((report.next_position, report.tree_size), (3 * ROUNDS as u64, 3 * ROUNDS as u64));
 }
+
+/// Issue 28 item 4: a running node whose shared store is rewritten behind its
+/// back (the tree's rows, as a consistent rewrite of the log would need)
+/// refuses its next signature, turns not ready and goes on refusing; `audit
+/// verify` names where the log first differs. Before, the keeper checked
+/// only the tree it held in memory and signed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_rows_are_rewritten_while_it_runs_refuses_to_sign() {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let signer = Arc::new(LogSigner::generate_ephemeral("test.example/log").unwrap());
+    let (pki, clock) = (Pki::new(), Arc::new(ManualClock::new(test_start())));
+    let a = node(&pki, &clock, &url, &signer).await;
+    let child = nhs(3031);
+    a.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    let keeper = a.relay.log_keeper().unwrap().clone();
+    for n in 0..4 {
+        a.lookup().await.search(search_request(&child, &format!("u{n}"), &format!("r{n}"))).await.unwrap();
+        keeper.run(|keeper| keeper.checkpoint()).await.unwrap();
+    }
+    assert!(verify(&url, &signer).await.is_clean());
+
+    cluster.psql("cpis", "UPDATE cpis_log_tree SET hash = sha256(hash)");
+    a.lookup().await.search(search_request(&child, "u4", "r4")).await.unwrap();
+    let refused = keeper.run(|keeper| keeper.checkpoint()).await.unwrap_err();
+    assert!(refused.to_string().contains("refusing to sign"), "{refused}");
+    assert!(refused.to_string().contains("rewritten"), "{refused}");
+    let mut health = a.relay.store_health();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        health.wait_for(|health| *health == cpis_relay::relay::StoreHealth::Failing),
+    )
+    .await
+    .expect("not ready once the keeper refuses")
+    .unwrap();
+    assert!(keeper.run(|keeper| keeper.checkpoint()).await.is_err(), "and it goes on refusing");
+    let report = verify(&url, &signer).await;
+    assert!(report.findings.contains(&LogFinding::Tree(Finding::TreeMismatch { size: 4 })), "{:?}", report.findings);
+}

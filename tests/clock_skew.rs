@@ -29,7 +29,8 @@ const AHEAD_SECONDS: f64 = 300.0;
 async fn node(pki: &Pki, url: &str, env: &[(&str, &str)]) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     pki.write_server_layout(&dir.path().join("certs"));
-    let extra = ["--store", url, "--feed-poll-ms", "200", "--search-rate-per-second", "0"];
+    let extra =
+        ["--store", url, "--feed-poll-ms", "200", "--search-rate-per-second", "0", "--log-key", deployment_log_key()];
     let mut running = start_with_env(dir.path(), &extra, "warn", env).await;
     let mut stderr = running.stderr.take().unwrap();
     tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });

@@ -52,10 +52,11 @@ fn network() -> Option<Net> {
     }
 }
 
-/// A relay node on test host `host`, on the database at `url`, with a data directory of its own.
+/// A relay node on test host `host`, on the database at `url`, with a data directory of its own
+/// and the deployment's one log key.
 async fn node(net: &Net, host: &Host, pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (node_in(net, host, pki, url, dir.path(), &[]).await, dir)
+    (node_in(net, host, pki, url, dir.path(), &["--log-key", deployment_log_key()]).await, dir)
 }
 
 /// Whether `person` is flagged through `node` (a search of its own user).

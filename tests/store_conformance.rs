@@ -247,7 +247,49 @@ conformance!(
     a_plans_history_holds_each_change_once_and_retention_removes_the_old,
     a_persons_notifications_are_read_alone_by_authority_and_sequence,
     a_traced_searchs_notifications_keep_its_traceparent_and_untraced_ones_have_none,
+    notes_keep_their_order_and_numbers_and_thinned_ones_go,
 );
+
+/// Issue 28 item 3: checkpoints are stored as signed and old ones thinned
+/// (`remove_notes`), on every store: numbers increase in storing order, go on
+/// after a reopen, and removing some keeps the rest in order.
+async fn notes_keep_their_order_and_numbers_and_thinned_ones_go(mut subject: Subject) {
+    use cpis_relay::store::log::{AccessLog, NoteKind};
+    // The log's methods block on storage: run them off the runtime's threads.
+    async fn on_log<T: Send + 'static>(
+        log: Arc<dyn AccessLog>,
+        work: impl FnOnce(&dyn AccessLog) -> T + Send + 'static,
+    ) -> T {
+        tokio::task::spawn_blocking(move || work(log.as_ref())).await.unwrap()
+    }
+    let texts = |notes: &[(u64, String)]| notes.iter().map(|(_, text)| text.clone()).collect::<Vec<_>>();
+    let read = |log: &dyn AccessLog| {
+        log.notes().unwrap().into_iter().map(|note| (note.sequence, note.text)).collect::<Vec<_>>()
+    };
+    let log = subject.store().access_log().unwrap();
+    let stored = on_log(log.clone(), move |log| {
+        for n in 0..5 {
+            log.add_note(NoteKind::Checkpoint, &format!("note {n}\n")).unwrap();
+        }
+        read(log)
+    })
+    .await;
+    assert_eq!(texts(&stored), ["note 0\n", "note 1\n", "note 2\n", "note 3\n", "note 4\n"]);
+    assert!(stored.windows(2).all(|pair| pair[0].0 < pair[1].0), "numbered in storing order: {stored:?}");
+    let gone = [stored[1].0, stored[3].0, u64::MAX / 2];
+    let removed = on_log(log.clone(), move |log| log.remove_notes(&gone).unwrap()).await;
+    assert_eq!(removed, 2, "only the notes there");
+    drop(log);
+    subject.reopen().await;
+    let log = subject.store().access_log().unwrap();
+    let kept = on_log(log, move |log| {
+        log.add_note(NoteKind::Retention, "note 5\n").unwrap();
+        read(log)
+    })
+    .await;
+    assert_eq!(texts(&kept), ["note 0\n", "note 2\n", "note 4\n", "note 5\n"]);
+    assert!(kept[3].0 > stored[4].0, "numbering goes on after a reopen");
+}
 
 async fn sequences_are_per_authority_in_commit_order_and_go_on_after_a_reopen(mut subject: Subject) {
     subject.upsert("706", vec![plan("706", 1, PlanType::ChildProtection, None)]).await;

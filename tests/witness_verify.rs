@@ -151,7 +151,8 @@ async fn audit_verify_with_a_witnessed_checkpoint_finds_a_log_rewritten_or_cut_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_with_a_witness_publishes_its_last_checkpoint_at_shutdown_and_bad_witness_settings_exit_64() {
+async fn serve_with_a_witness_publishes_its_last_checkpoint_at_shutdown_refuses_to_sign_a_store_rewritten_while_stopped_and_bad_witness_settings_exit_64()
+ {
     use common::{Pki, nhs, record, search_request, start, upload};
     use cpis_relay::proto::{PlanType, UploadMode, lookup_client::LookupClient, plans_client::PlansClient};
     let dir = tempfile::tempdir().unwrap();
@@ -199,6 +200,23 @@ async fn serve_with_a_witness_publishes_its_last_checkpoint_at_shutdown_and_bad_
     .unwrap();
     assert_eq!(status, 0, "{output}");
     assert!(output.contains("trusted checkpoint: 2 accesses"), "{output}");
+
+    // The store rewritten while the relay was stopped, its signed notes with it (written afresh
+    // with the same key, the second access by someone else): restarted, the relay learns what the
+    // witness cosigned, refuses to sign a log that does not extend it, and is not ready (issue 28
+    // item 4). Before, its keeper found only the rewritten notes and signed on.
+    let data = dir.path().join("data");
+    std::fs::remove_dir_all(&data).unwrap();
+    let rewriter = Arc::new(LogSigner::from_key_file(cpis_relay::access_log::DEFAULT_LOG_NAME, &key_path).unwrap());
+    write_store(&data, &rewriter, 2, Some(1)).await;
+    let relay = start(dir.path(), &["--log-key", key_arg, "--witness", &flag], "warn").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::relay_metric(relay.admin, "cpis_access_log_forked").await != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "the keeper did not refuse the rewritten log");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(common::admin_get(relay.admin, "/readyz").await.0, 503, "not ready");
+    drop(relay);
 
     // Bad witness settings: exit 64 naming the setting.
     let layout = common::serve_layout(dir.path());

@@ -9,7 +9,8 @@
 #             clients as `cpis-relay certs init` names them (ed-rr8, gp-y02,
 #             la-706, la-855, auditor: .pem/.key, the subjects of certs/README.md);
 #             db-password, replication-password, webhook.secret (whsec_...),
-#             grafana-admin-password
+#             grafana-admin-password; access-log.key, the deployment's one
+#             access log signing key (Ed25519, PKCS#8) every relay node signs with
 #
 # Files the relay image reads (user 10001) are 10001's and private; PostgreSQL's
 # are root's (its entrypoint copies them for the postgres user); Grafana's
@@ -48,9 +49,12 @@ openssl rand -hex 24 > db-password
 openssl rand -hex 24 > replication-password
 openssl rand -hex 24 > grafana-admin-password
 echo "whsec_$(openssl rand -base64 32)" > webhook.secret
+# One access log key for every node (a node with another key refuses to start).
+# Its verifier key is printed by a relay node's log at start ("access log signing key loaded").
+openssl genpkey -algorithm ed25519 -outform DER -out access-log.key
 
 chmod 0644 ca.pem ./*.pem
-chown 10001:10001 relay.key ed-rr8.key gp-y02.key la-706.key la-855.key auditor.key db-password webhook.secret
+chown 10001:10001 relay.key ed-rr8.key gp-y02.key la-706.key la-855.key auditor.key db-password webhook.secret access-log.key
 chown 472:472 grafana-admin-password
 chmod 0755 /secrets
 echo "init: wrote a CA, certificates and secrets in the secrets volume:"

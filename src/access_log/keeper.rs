@@ -77,23 +77,14 @@ struct Shared {
 struct State {
     tree: MerkleLog<TreeStore>,
     latest: Option<SignedCheckpoint>,
-    /// Whether `latest` is stored, and when the last stored one was made.
+    /// Whether `latest` is stored.
     latest_stored: bool,
-    last_stored_at: Option<DateTime<Utc>>,
 }
 
-/// Checkpoints are signed every `checkpoint_interval` (and on demand) and
-/// served; one is stored at most this often unless asked for (shutdown,
-/// retention, `checkpoint`), so the stored notes, which `audit verify`
-/// checks one by one, stay a few thousand a year.
-pub const STORED_CHECKPOINT_SPACING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-/// Whether a signed checkpoint must be stored now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Keep {
-    Always,
-    IfDue,
-}
+/// A cosigned (witnessed) checkpoint is stored at most this often unless
+/// asked for (shutdown): each signed checkpoint is stored already, so the
+/// witnessed copies add the cosignatures to `audit verify`'s evidence hourly.
+pub const WITNESSED_STORED_SPACING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 fn tree_error(error: TreeError<StoreError>) -> StoreError {
     match error {
@@ -111,11 +102,12 @@ impl LogKeeper {
                 .ok()
                 .map(|checkpoint| SignedCheckpoint { checkpoint, note: note.text })
         });
-        let last_stored_at = latest.as_ref().map(|latest| latest.checkpoint.time);
         // A tree already as long as the last checkpoint signed must give its root now (a shorter
         // one is caught up from the records first, at the first checkpoint).
         let forked = match &latest {
-            Some(latest) if tree.size() >= latest.checkpoint.size => fork_of(&tree, &latest.checkpoint)?,
+            Some(latest) if tree.size() >= latest.checkpoint.size => {
+                fork_of(&tree, &latest.checkpoint, "the last checkpoint this key signed")?
+            }
             _ => None,
         };
         let reader = log.tree();
@@ -128,7 +120,7 @@ impl LogKeeper {
                 signed: tokio::sync::watch::Sender::new(latest.clone()),
                 witnessed: tokio::sync::watch::Sender::new(None),
                 witnessed_stored: Mutex::new(None),
-                state: Mutex::new(State { tree, latest_stored: latest.is_some(), latest, last_stored_at }),
+                state: Mutex::new(State { tree, latest_stored: latest.is_some(), latest }),
                 reader,
             }),
         };
@@ -145,7 +137,7 @@ impl LogKeeper {
 
     fn mark_forked(&self, reason: String) {
         metrics::gauge!("cpis_access_log_forked").set(1.0);
-        tracing::error!(%reason, "the access log's tree does not extend the last checkpoint this key signed: signing nothing more; run `cpis-relay audit verify`");
+        tracing::error!(%reason, "the access log's tree does not extend what this key signed or witnesses cosigned: signing nothing more; run `cpis-relay audit verify`");
         self.shared.forked.send_replace(Some(reason));
     }
 
@@ -178,27 +170,17 @@ impl LogKeeper {
     }
 
     /// The latest signed checkpoint, signing a new one first if the tree has
-    /// grown (or none was signed yet), and stored. Blocks.
+    /// grown (or none was signed yet), and stored as it is signed (one small
+    /// note, so no access in the tree lacks a stored signature). Blocks.
     pub fn checkpoint(&self) -> Result<SignedCheckpoint, StoreError> {
         let mut state = self.state();
-        self.checkpoint_locked(&mut state, Keep::Always)
+        self.checkpoint_locked(&mut state)
     }
 
-    /// [`Self::checkpoint`], stored only if none was for
-    /// [`STORED_CHECKPOINT_SPACING`]: the periodic one and the ones proofs use. Blocks.
-    pub fn checkpoint_if_due(&self) -> Result<SignedCheckpoint, StoreError> {
-        let mut state = self.state();
-        self.checkpoint_locked(&mut state, Keep::IfDue)
-    }
-
-    fn checkpoint_locked(&self, state: &mut State, keep: Keep) -> Result<SignedCheckpoint, StoreError> {
+    fn checkpoint_locked(&self, state: &mut State) -> Result<SignedCheckpoint, StoreError> {
         self.refuse_if_forked()?;
         let size = catch_up(&self.shared.log, &mut state.tree)?;
-        // Before each signature: the tree (perhaps reopened after another node's
-        // append, or rebuilt at start) still extends what this key signed last.
-        if let Some(latest) = &state.latest
-            && let Some(reason) = fork_of(&state.tree, &latest.checkpoint)?
-        {
+        if let Some(reason) = self.fork_before_signing(state)? {
             self.mark_forked(reason);
             self.refuse_if_forked()?;
         }
@@ -215,13 +197,40 @@ impl LogKeeper {
                 signed
             }
         };
-        let due = keep == Keep::Always || state.last_stored_at.is_none_or(|at| now - at >= STORED_CHECKPOINT_SPACING);
-        if !state.latest_stored && due {
+        // Stored before it is served or witnessed: a failed store is retried at the next call.
+        if !state.latest_stored {
             self.shared.log.add_note(NoteKind::Checkpoint, &signed.note)?;
             state.latest_stored = true;
-            state.last_stored_at = Some(now);
         }
         Ok(signed)
+    }
+
+    /// Before each signature: the tree as the store holds it now (read
+    /// afresh: it may have been rewritten behind this process, or appended to
+    /// by another node) must extend what this keeper holds, the last
+    /// checkpoint it signed and the last one witnesses cosigned. Why not, if not.
+    fn fork_before_signing(&self, state: &State) -> Result<Option<String>, StoreError> {
+        let stored = MerkleLog::open(self.shared.log.tree()).map_err(tree_error)?;
+        let held = Checkpoint {
+            origin: self.shared.signer.name().to_owned(),
+            size: state.tree.size(),
+            root: state.tree.root(),
+            time: self.shared.clock.now(),
+        };
+        let witnessed = self.witnessed();
+        let against = [
+            (Some(&held), "the tree this keeper built"),
+            (state.latest.as_ref().map(|latest| &latest.checkpoint), "the last checkpoint this key signed"),
+            (witnessed.as_ref().map(|witnessed| &witnessed.checkpoint), "the last checkpoint witnesses cosigned"),
+        ];
+        for (checkpoint, what) in against {
+            if let Some(checkpoint) = checkpoint
+                && let Some(reason) = fork_of(&stored, checkpoint, what)?
+            {
+                return Ok(Some(reason));
+            }
+        }
+        Ok(None)
     }
 
     fn sign(&self, size: u64, root: Hash, time: DateTime<Utc>) -> Result<SignedCheckpoint, StoreError> {
@@ -248,7 +257,7 @@ impl LogKeeper {
     /// Records `cosigned` (a checkpoint this key signed, its note carrying a
     /// quorum of cosignatures) as the latest witnessed one, unless a larger
     /// one is; stores it as a checkpoint note if none was stored for
-    /// [`STORED_CHECKPOINT_SPACING`] (or `always`), so that `audit verify`
+    /// [`WITNESSED_STORED_SPACING`] (or `always`), so that `audit verify`
     /// finds the cosignatures in the store too. Blocks.
     pub fn record_witnessed(&self, cosigned: SignedCheckpoint, always: bool) -> Result<(), StoreError> {
         let now = self.shared.clock.now();
@@ -258,7 +267,7 @@ impl LogKeeper {
         }
         let due = match &*stored {
             Some((_, note)) if *note == cosigned.note => false,
-            Some((at, _)) => always || now - *at >= STORED_CHECKPOINT_SPACING,
+            Some((at, _)) => always || now - *at >= WITNESSED_STORED_SPACING,
             None => true,
         };
         if due {
@@ -268,6 +277,19 @@ impl LogKeeper {
         metrics::gauge!("cpis_access_log_witnessed_size").set(cosigned.checkpoint.size as f64);
         self.shared.witnessed.send_replace(Some(cosigned));
         Ok(())
+    }
+
+    /// Takes `cosigned` (a checkpoint of this key a witness cosigned, read
+    /// from it at start) as the latest witnessed one unless a larger one is
+    /// known, without storing it: the next signature must extend it.
+    pub fn learn_witnessed(&self, cosigned: SignedCheckpoint) {
+        self.shared.witnessed.send_if_modified(|witnessed| {
+            let larger = witnessed.as_ref().is_none_or(|known| known.checkpoint.size < cosigned.checkpoint.size);
+            if larger {
+                *witnessed = Some(cosigned);
+            }
+            larger
+        });
     }
 
     /// The latest checkpoint signed, without signing.
@@ -285,7 +307,7 @@ impl LogKeeper {
             let mut state = self.state();
             match &state.latest {
                 Some(latest) if latest.checkpoint.size > position => latest.clone(),
-                _ => self.checkpoint_locked(&mut state, Keep::IfDue)?,
+                _ => self.checkpoint_locked(&mut state)?,
             }
         };
         let proof = self.inclusion_proofs(&[position], checkpoint.checkpoint.size)?.pop().unwrap_or_default();
@@ -298,7 +320,7 @@ impl LogKeeper {
     pub fn proofs(&self, positions: &[u64]) -> Result<(SignedCheckpoint, Vec<Vec<Hash>>), StoreError> {
         let checkpoint = {
             let mut state = self.state();
-            self.checkpoint_locked(&mut state, Keep::IfDue)?
+            self.checkpoint_locked(&mut state)?
         };
         let proofs = self.inclusion_proofs(positions, checkpoint.checkpoint.size)?;
         Ok((checkpoint, proofs))
@@ -346,6 +368,19 @@ impl LogKeeper {
         Ok(note)
     }
 
+    /// Removes the stored checkpoints thinning leaves out as of now (see
+    /// [`super::notes::thinned`]); returns how many went. Blocks.
+    pub fn thin_notes(&self) -> Result<u64, StoreError> {
+        let notes = self.shared.log.notes()?;
+        let thinned = super::notes::thinned(&notes, self.verifier(), self.shared.clock.now());
+        if thinned.is_empty() {
+            return Ok(0);
+        }
+        let removed = self.shared.log.remove_notes(&thinned)?;
+        tracing::info!(removed, "old stored checkpoints thinned to one an hour");
+        Ok(removed)
+    }
+
     /// Runs `work` on the blocking pool.
     pub async fn run<T: Send + 'static>(
         &self,
@@ -367,12 +402,7 @@ impl LogKeeper {
                 _ = ticks.tick() => false,
                 _ = stopped.wait_for(|stopped| *stopped) => true,
             };
-            let signed = if last {
-                self.run(|keeper| keeper.checkpoint()).await
-            } else {
-                self.run(|keeper| keeper.checkpoint_if_due()).await
-            };
-            if let Err(error) = signed {
+            if let Err(error) = self.run(|keeper| keeper.checkpoint()).await {
                 metrics::counter!("cpis_access_log_failures_total").increment(1);
                 tracing::error!(%error, "access log checkpoint failed; will retry");
             }
@@ -383,14 +413,14 @@ impl LogKeeper {
     }
 }
 
-/// Why `tree` does not extend `signed` (a checkpoint this key signed), if it
-/// does not: it holds fewer leaves (the log was cut), or its first
-/// `signed.size` leaves give another root (the log was rewritten). A
-/// store that fails to answer is an error, not a fork.
-fn fork_of(tree: &MerkleLog<TreeStore>, signed: &Checkpoint) -> Result<Option<String>, StoreError> {
+/// Why `tree` does not extend `signed` (`what`: a checkpoint this key
+/// signed, or the tree the keeper holds), if it does not: it holds fewer
+/// leaves (the log was cut), or its first `signed.size` leaves give another
+/// root (the log was rewritten). A store that fails to answer is an error, not a fork.
+fn fork_of(tree: &MerkleLog<TreeStore>, signed: &Checkpoint, what: &str) -> Result<Option<String>, StoreError> {
     if tree.size() < signed.size {
         return Ok(Some(format!(
-            "the log holds {} accesses, fewer than the {} of the last checkpoint this key signed",
+            "the stored tree holds {} accesses, fewer than the {} of {what}: the log was cut",
             tree.size(),
             signed.size
         )));
@@ -398,7 +428,7 @@ fn fork_of(tree: &MerkleLog<TreeStore>, signed: &Checkpoint) -> Result<Option<St
     let root = tree.root_at(signed.size).map_err(tree_error)?;
     Ok((root != signed.root).then(|| {
         format!(
-            "the first {} accesses of the log no longer give the root this key signed for them: the log was rewritten",
+            "the stored tree's first {} accesses no longer give the root of {what}: the log was rewritten",
             signed.size
         )
     }))

@@ -68,8 +68,34 @@ pub fn load_or_create_signer(
         if current.is_some() {
             tracing::warn!(path = %public.display(), verifier = %verifier, "the verifier key file named another key; rewritten to match the signing key");
         }
-        std::fs::write(&public, format!("{verifier}\n"))
-            .map_err(|source| crate::transparency::key::KeyError::Io { path: public.clone(), source })?;
+        // A key on a read-only mount (a secret) is used as it is: the verifier key is for auditors.
+        if let Err(error) = std::fs::write(&public, format!("{verifier}\n")) {
+            tracing::warn!(path = %public.display(), %error, verifier = %verifier, "cannot write the verifier key beside the signing key");
+        }
     }
     Ok((signer, created))
+}
+
+/// The key (name and key id) the newest stored checkpoint of `log` is
+/// signed with, when that is not `verifier`: the log's key is recorded by
+/// the checkpoints it signed, so a node with another key must not sign more
+/// (every node of a deployment signs with one key). `None` when the newest
+/// checkpoint verifies with `verifier`, or none is stored. Blocks.
+pub fn recorded_key_if_other(
+    log: &dyn crate::store::log::AccessLog,
+    verifier: &crate::transparency::VerifierKey,
+) -> Result<Option<(String, u32)>, crate::store::StoreError> {
+    use crate::{store::log::NoteKind, transparency::checkpoint::split_note};
+    for note in log.notes()?.iter().rev().filter(|note| note.kind == NoteKind::Checkpoint) {
+        if crate::transparency::Checkpoint::verify(&note.text, verifier).is_ok() {
+            return Ok(None);
+        }
+        let Ok((text, signatures)) = split_note(&note.text) else { continue };
+        let origin = text.lines().next().unwrap_or_default();
+        let signer = signatures.iter().find(|(name, _, _)| *name == origin).or(signatures.first());
+        if let Some((name, key_id, _)) = signer {
+            return Ok(Some(((*name).to_owned(), *key_id)));
+        }
+    }
+    Ok(None)
 }

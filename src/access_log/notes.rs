@@ -12,13 +12,57 @@
 //!
 //! A verifier accepts records starting at the boundary of the latest such
 //! note (position 0 without one); any other missing prefix is a finding.
+//!
+//! # Which checkpoints stay stored ([`thinned`])
+//! Every checkpoint is stored as it is signed (one small note every
+//! checkpoint interval while the log grows), so no access the keeper has
+//! put in the tree lacks a stored signature. A checkpoint vouches for every
+//! position below its size, so a later one covers all an earlier one did:
+//! thinning old ones loses no coverage. Kept: every note of the last
+//! [`NOTES_KEPT_WHOLE`], and before it the last checkpoint of each UTC hour,
+//! every cosigned checkpoint (a witness's evidence) and every retention
+//! note; so the notes stay bounded (about 17,000 for a day at a 5-second
+//! interval, then 8,760 a year), which `audit verify` checks one by one.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::transparency::{
-    LogSigner, VerifierKey,
-    checkpoint::{CheckpointError, open_note, sign_note},
+use crate::{
+    store::log::{NoteKind, StoredNote},
+    transparency::{
+        Checkpoint, LogSigner, VerifierKey,
+        checkpoint::{CheckpointError, open_note, sign_note, split_note},
+    },
 };
+
+/// How long every stored checkpoint is kept before thinning to one an hour.
+pub const NOTES_KEPT_WHOLE: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// The numbers of the stored notes that thinning removes as of `now` (see
+/// the module's doc): checkpoints of `verifier`'s key, signed before `now -
+/// NOTES_KEPT_WHOLE`, carrying no cosignature, each followed by a later
+/// checkpoint of the same UTC hour. Never the last note; notes that do not
+/// verify are left for `audit verify` to report.
+pub fn thinned(notes: &[StoredNote], verifier: &VerifierKey, now: DateTime<Utc>) -> Vec<u64> {
+    let horizon = now - NOTES_KEPT_WHOLE;
+    let hour = |time: DateTime<Utc>| time.timestamp().div_euclid(3600);
+    let checkpoints: Vec<(u64, DateTime<Utc>, bool)> = notes
+        .iter()
+        .filter(|note| note.kind == NoteKind::Checkpoint)
+        .filter_map(|note| {
+            let checkpoint = Checkpoint::verify(&note.text, verifier).ok()?;
+            let cosigned = split_note(&note.text).is_ok_and(|(_, signatures)| signatures.len() > 1);
+            Some((note.sequence, checkpoint.time, cosigned))
+        })
+        .collect();
+    checkpoints
+        .windows(2)
+        .filter(|pair| {
+            let ((_, time, cosigned), (_, next_time, _)) = (pair[0], pair[1]);
+            time < horizon && !cosigned && hour(time) == hour(next_time)
+        })
+        .map(|pair| pair[0].0)
+        .collect()
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetentionNote {

@@ -93,29 +93,53 @@ async fn the_memory_store_logs_searches_and_reads_retains_a_prefix_and_verifies(
     }
 }
 
+/// Issue 28 item 3: every checkpoint is stored as it is signed (it was
+/// stored at most hourly, leaving up to an hour of accesses under no stored
+/// note); old ones are thinned to the last of each hour, never the newest,
+/// and a tree grown past every stored checkpoint is a finding.
 #[tokio::test]
-async fn periodic_checkpoints_are_stored_at_most_hourly_but_served_fresh() {
+async fn every_checkpoint_is_stored_as_signed_and_old_ones_thinned_to_one_an_hour() {
     let store = MemoryStore::new();
     let signer = Arc::new(LogSigner::generate_ephemeral("test/log").unwrap());
     let clock = Arc::new(ManualClock::new(start()));
     let log = store.access_log().unwrap();
-    let keeper = LogKeeper::open(Arc::clone(&log), signer, clock.clone()).unwrap();
+    let keeper = LogKeeper::open(Arc::clone(&log), Arc::clone(&signer), clock.clone()).unwrap();
     let stored = || log.notes().unwrap().len();
-    store.apply(Change::RecordAccess { access: search(0), drafts: vec![] }).await.unwrap();
-    assert_eq!(keeper.checkpoint_if_due().unwrap().checkpoint.size, 1);
-    assert_eq!(stored(), 1, "the first is stored");
-    for n in 1..5 {
+    // 30 checkpoints 5 minutes apart: 2.5 hours (hours 09, 10 and 11).
+    for n in 0..30 {
         store.apply(Change::RecordAccess { access: search(n), drafts: vec![] }).await.unwrap();
-        clock.advance(Duration::seconds(5));
-        assert_eq!(keeper.checkpoint_if_due().unwrap().checkpoint.size, n + 1, "served signed and fresh");
+        assert_eq!(keeper.checkpoint().unwrap().checkpoint.size, n + 1);
+        assert_eq!(stored(), n as usize + 1, "each stored as it is signed");
+        assert_eq!(keeper.checkpoint().unwrap().checkpoint.size, n + 1, "the log did not grow: not signed again");
+        assert_eq!(stored(), n as usize + 1);
+        clock.advance(Duration::minutes(5));
     }
-    assert_eq!(stored(), 1, "not stored again within the hour");
-    clock.advance(Duration::hours(1));
-    keeper.checkpoint_if_due().unwrap();
-    assert_eq!(stored(), 2, "the latest is stored once an hour has passed");
-    store.apply(Change::RecordAccess { access: search(9), drafts: vec![] }).await.unwrap();
-    assert_eq!(keeper.checkpoint().unwrap().checkpoint.size, 6);
-    assert_eq!(stored(), 3, "asked for (shutdown, retention): stored at once");
+    assert_eq!(keeper.thin_notes().unwrap(), 0, "all younger than a day");
+    clock.advance(Duration::hours(24));
+    assert_eq!(keeper.thin_notes().unwrap(), 27, "the last of each of the three hours kept");
+    let sizes: Vec<u64> = log
+        .notes()
+        .unwrap()
+        .iter()
+        .map(|note| crate::transparency::Checkpoint::verify(&note.text, signer.verifier()).unwrap().size)
+        .collect();
+    assert_eq!(sizes, vec![12, 24, 30], "09:55, 10:55 and the newest, 11:25");
+    let report = verify_log(log.as_ref(), signer.verifier()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.findings);
+
+    // The newest notes deleted: the tree's tail is under no stored checkpoint.
+    store.apply(Change::RecordAccess { access: search(40), drafts: vec![] }).await.unwrap();
+    keeper.checkpoint().unwrap();
+    let newest = log.notes().unwrap().last().unwrap().sequence;
+    log.remove_notes(&[newest]).unwrap();
+    let report = verify_log(log.as_ref(), signer.verifier()).unwrap();
+    assert_eq!(report.findings, vec![LogFinding::Unsigned { from: 30, to: 31 }]);
+    // Every note deleted: nothing in the tree is signed.
+    let all: Vec<u64> = log.notes().unwrap().iter().map(|note| note.sequence).collect();
+    log.remove_notes(&all).unwrap();
+    let report = verify_log(log.as_ref(), signer.verifier()).unwrap();
+    assert_eq!(report.findings, vec![LogFinding::Unsigned { from: 0, to: 31 }]);
+    assert!(!report.is_clean());
 }
 
 /// The key file must be the owner's only, and the verifier key beside it is

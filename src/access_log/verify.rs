@@ -39,6 +39,17 @@ pub enum LogFinding {
     /// `size`: accesses it covered were removed or rewritten, notes and
     /// tree with them.
     WitnessedNotExtended { size: u64, reason: String },
+    /// Positions `from..to` are in the stored tree but no stored checkpoint
+    /// covers them: the keeper stores each checkpoint as it signs it, right
+    /// after growing the tree, so their notes were deleted (or the relay died
+    /// between the two writes).
+    Unsigned { from: u64, to: u64 },
+    /// The log was rewritten with its tree (no record differs from its leaf):
+    /// the first position that differs from what was signed is in
+    /// `from..to`, between the last checkpoint that still matches (of size
+    /// `from`) and the first that does not (of size `to`). With every
+    /// checkpoint stored, that is one checkpoint interval's accesses at most.
+    FirstDifference { from: u64, to: u64 },
 }
 
 impl std::fmt::Display for LogFinding {
@@ -79,6 +90,21 @@ impl std::fmt::Display for LogFinding {
             Self::WitnessedNotExtended { size, reason } => {
                 write!(f, "the witnessed checkpoint of size {size} is not extended by this store: {reason}")
             }
+            Self::Unsigned { from, to } => write!(
+                f,
+                "positions {from} to {}: in the tree but under no stored signed checkpoint (its notes were deleted, \
+                 or the relay died between growing the tree and storing the checkpoint)",
+                to - 1
+            ),
+            Self::FirstDifference { from, to } if to - from == 1 => {
+                write!(f, "position {from}: the first that differs from what was signed")
+            }
+            Self::FirstDifference { from, to } => write!(
+                f,
+                "positions {from} to {}: the first that differs from what was signed is among these (the checkpoint \
+                 of size {from} matches, the one of size {to} does not)",
+                to - 1
+            ),
             Self::PrefixMissing { signed_boundary, retained_from } => write!(
                 f,
                 "positions {signed_boundary} to {}: removed without a signed retention note",
@@ -175,7 +201,8 @@ pub(super) fn verify_in_chunks(
     let mut report = LogReport { trusted_size: trusted.map(|trusted| trusted.size), ..LogReport::default() };
     let mut signed = Vec::new();
     let mut signed_boundary = 0u64;
-    for (index, note) in log.notes()?.into_iter().enumerate() {
+    for note in log.notes()? {
+        let index = note.sequence as usize;
         match note.kind {
             NoteKind::Checkpoint => match Checkpoint::verify(&note.text, verifier) {
                 Ok(checkpoint) => signed.push(SignedRoot { size: checkpoint.size, root: checkpoint.root }),
@@ -295,6 +322,62 @@ pub(super) fn verify_in_chunks(
             })
             .map(LogFinding::Tree),
     );
+    if let Some(finding) = first_difference(&signed, &report.findings) {
+        report.findings.push(finding);
+    }
+    let latest_stored = signed.iter().take(report.checkpoints).map(|root| root.size).max().unwrap_or(0);
+    if let Some(finding) = unsigned_tail(log, verifier, latest_stored, tree_size)? {
+        report.findings.push(finding);
+    }
     report.findings.extend(log.records_outside(OUTSIDE_SHOWN)?.into_iter().map(LogFinding::Outside));
     Ok(report)
+}
+
+/// Where a log rewritten with its tree first differs from what was signed,
+/// when no record-level finding names it already: between the largest
+/// checkpoint that still matches and the smallest that does not.
+fn first_difference(signed: &[SignedRoot], findings: &[LogFinding]) -> Option<LogFinding> {
+    let mismatched: Vec<u64> = findings
+        .iter()
+        .filter_map(|finding| match finding {
+            LogFinding::Tree(Finding::CheckpointMismatch { size } | Finding::TreeMismatch { size })
+            | LogFinding::WitnessedNotExtended { size, .. } => Some(*size),
+            _ => None,
+        })
+        .collect();
+    let to = mismatched.iter().copied().min()?;
+    let named = findings.iter().any(|finding| match finding {
+        LogFinding::Tree(Finding::LeafDiffers { position } | Finding::RecordMissing { position }) => *position < to,
+        _ => false,
+    });
+    if named {
+        return None;
+    }
+    let from =
+        signed.iter().map(|root| root.size).filter(|size| *size < to && !mismatched.contains(size)).max().unwrap_or(0);
+    Some(LogFinding::FirstDifference { from, to })
+}
+
+/// The tree's positions from `latest_stored` (the largest stored checkpoint
+/// read at the start) to `tree_size` that no stored checkpoint covers, if
+/// any. A running keeper stores its checkpoint a moment after growing the
+/// tree, so the notes are read again before calling that a finding.
+fn unsigned_tail(
+    log: &dyn AccessLog,
+    verifier: &VerifierKey,
+    latest_stored: u64,
+    tree_size: u64,
+) -> Result<Option<LogFinding>, StoreError> {
+    if tree_size <= latest_stored {
+        return Ok(None);
+    }
+    let latest_now = log
+        .notes()?
+        .iter()
+        .filter(|note| note.kind == NoteKind::Checkpoint)
+        .filter_map(|note| Checkpoint::verify(&note.text, verifier).ok())
+        .map(|checkpoint| checkpoint.size)
+        .max()
+        .unwrap_or(0);
+    Ok((tree_size > latest_now).then_some(LogFinding::Unsigned { from: latest_now, to: tree_size }))
 }

@@ -126,6 +126,48 @@ pub async fn fetch(url: &str, ca_pem: Option<&str>) -> Result<(u16, String), Str
     tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| "no answer in time".to_owned())?
 }
 
+/// At start, before the keeper signs: each witness's latest cosigned
+/// checkpoint of this log (`GET /checkpoint?origin=`), kept if the log's key
+/// signed it and that witness cosigned it; the largest becomes the keeper's
+/// witnessed checkpoint, which every signature must extend. So a store cut or
+/// rewritten while the relay was stopped, its signed notes with it, is
+/// refused at the first signature, not signed. A witness that does not
+/// answer (within the request timeout) is skipped.
+pub async fn learn_witnessed(keeper: &LogKeeper, policy: &WitnessPolicy) {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let origin = utf8_percent_encode(keeper.verifier().name(), NON_ALPHANUMERIC).to_string();
+    let fetches = policy.witnesses.iter().map(|endpoint| {
+        let url = format!("{}/checkpoint?origin={origin}", endpoint.url.to_string().trim_end_matches('/'));
+        async move { (endpoint, fetch(&url, policy.ca_pem.as_deref()).await) }
+    });
+    let mut largest: Option<SignedCheckpoint> = None;
+    for (endpoint, answer) in futures::future::join_all(fetches).await {
+        let note = match answer {
+            Ok((200, note)) => note,
+            Ok((status, _)) => {
+                tracing::debug!(witness = endpoint.key.name(), status, "no checkpoint of this log from the witness");
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(witness = endpoint.key.name(), %error, "cannot read the witness's latest checkpoint at start");
+                continue;
+            }
+        };
+        let Ok(checkpoint) = crate::transparency::Checkpoint::verify(&note, keeper.verifier()) else { continue };
+        if verify_cosignatures(&note, std::slice::from_ref(&endpoint.key)).map_or(true, |cosigned| cosigned.is_empty())
+        {
+            continue;
+        }
+        if largest.as_ref().is_none_or(|largest| largest.checkpoint.size < checkpoint.size) {
+            largest = Some(SignedCheckpoint { checkpoint, note });
+        }
+    }
+    if let Some(witnessed) = largest {
+        tracing::info!(size = witnessed.checkpoint.size, "the witnesses' latest checkpoint, which the log must extend");
+        keeper.learn_witnessed(witnessed);
+    }
+}
+
 /// What one witness answered.
 enum Outcome {
     /// Its cosignature line, verified.

@@ -33,6 +33,19 @@ pub enum AuditCommand {
     Verify(VerifyArgs),
     /// Fetch the latest checkpoint, an inclusion proof or a consistency proof from a relay, check it and print it.
     Proof(super::audit_proof::ProofArgs),
+    /// Create the deployment's access log signing key (once, outside any data directory; every node
+    /// is then given it with --log-key) and print its verifier key for auditors.
+    InitKey(InitKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitKeyArgs {
+    /// Where to create the key (mode 0600; its verifier key is written beside it as access-log.pub).
+    #[arg(long, env = "CPIS_LOG_KEY")]
+    pub key: std::path::PathBuf,
+    /// Name (origin) the log's checkpoints are signed under: the nodes' log_name.
+    #[arg(long, env = "CPIS_LOG_NAME", default_value = access_log::DEFAULT_LOG_NAME)]
+    pub log_name: String,
 }
 
 #[derive(Debug, Args)]
@@ -62,11 +75,30 @@ pub async fn run(args: AuditArgs) -> Result<u8, CliError> {
     match args.command {
         Some(AuditCommand::Verify(verify)) => run_verify(verify).await,
         Some(AuditCommand::Proof(proof)) => super::audit_proof::run(proof).await,
+        Some(AuditCommand::InitKey(init)) => init_key(&init),
         None => {
             let nhs_number = args.nhs_number.unwrap_or_default();
             super::clients::audit(nhs_number, args.client).await
         }
     }
+}
+
+/// `audit init-key`: creates the key, refusing one that exists (it may sign a log already).
+fn init_key(args: &InitKeyArgs) -> Result<u8, CliError> {
+    if args.key.exists() {
+        return Err(CliError::Config(format!(
+            "key: {} exists; a deployment's key is created once (keep it, or move it away to start a new log)",
+            args.key.display()
+        )));
+    }
+    if let Some(parent) = args.key.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|error| CliError::Config(format!("key: {}: {error}", parent.display())))?;
+    }
+    let (signer, _) = access_log::load_or_create_signer(&args.log_name, &args.key)
+        .map_err(|error| CliError::Config(format!("key: {error}")))?;
+    println!("{}", signer.verifier());
+    Ok(exit::OK)
 }
 
 /// The verifier key from `--verifier-key`: the key itself, or a file holding it.

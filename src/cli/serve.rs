@@ -115,6 +115,9 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     }
     let mut settings = config.relay_settings();
     settings.log_signer = log_signer(&config)?;
+    if let Some(signer) = &settings.log_signer {
+        check_recorded_key(&store, signer).await?;
+    }
     let relay = Relay::open(store, Arc::new(SystemClock), settings)
         .await
         .map_err(|error| CliError::Failed(format!("cannot load the store: {error}")))?;
@@ -198,12 +201,47 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-/// The access log's signing key: the configured file, created with its
-/// public key beside it when missing; none for the memory store (the relay
-/// then signs with a key of this process only: nothing it logs outlives it).
+/// Refuses (exit 64) a key other than the one the log's newest stored
+/// checkpoint is signed with, naming both key ids.
+async fn check_recorded_key(
+    store: &Arc<dyn Store>,
+    signer: &Arc<crate::transparency::LogSigner>,
+) -> Result<(), CliError> {
+    let Some(log) = store.access_log() else { return Ok(()) };
+    let verifier = signer.verifier().clone();
+    let ours = (verifier.name().to_owned(), verifier.key_id());
+    let recorded =
+        tokio::task::spawn_blocking(move || crate::access_log::recorded_key_if_other(log.as_ref(), &verifier))
+            .await
+            .map_err(|error| CliError::Failed(error.to_string()))?
+            .map_err(|error| CliError::Failed(format!("cannot read the access log's notes: {error}")))?;
+    match recorded {
+        None => Ok(()),
+        Some((name, key_id)) => Err(CliError::Config(format!(
+            "configuration log_key: this node's key {}+{:08x} is not the key the access log is signed with, {name}+{key_id:08x} \
+             (its newest stored checkpoint): every node of a deployment signs with the one key",
+            ours.0, ours.1
+        ))),
+    }
+}
+
+/// The access log's signing key: the configured file; when it is missing,
+/// created with its public key beside it only if asked (`create_log_key`)
+/// or in development (every listener on loopback, or `dev_certs`), refused
+/// otherwise (exit 64). None for the memory store (the relay then signs
+/// with a key of this process only: nothing it logs outlives it).
 fn log_signer(config: &ServeConfig) -> Result<Option<Arc<crate::transparency::LogSigner>>, CliError> {
     if config.store == StoreKind::Memory {
         return Ok(None);
+    }
+    let development = config.dev_certs || config.non_loopback_listeners().is_empty();
+    if !config.log_key.exists() && !config.create_log_key && !development {
+        return Err(CliError::Config(format!(
+            "configuration log_key: {} does not exist: create the deployment's key once with `cpis-relay audit init-key --key {}` \
+             (outside the data directory, shared by every node), or start with --create-log-key",
+            config.log_key.display(),
+            config.log_key.display()
+        )));
     }
     if let Some(parent) = config.log_key.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)

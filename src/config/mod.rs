@@ -64,6 +64,7 @@ pub struct ServeConfig {
     pub access_retention_days: u32,
     pub retention_interval_secs: u64,
     pub log_key: PathBuf,
+    pub create_log_key: bool,
     pub log_name: String,
     pub checkpoint_interval_secs: u64,
     pub max_held_notifications: usize,
@@ -154,6 +155,7 @@ impl ServeSettings {
                 as u32,
             retention_interval_secs: positive("retention_interval_secs", self.retention_interval_secs.unwrap_or(3600))?,
             log_key: self.log_key.unwrap_or_else(|| data_dir.join(crate::access_log::DEFAULT_KEY_FILE)),
+            create_log_key: self.create_log_key.unwrap_or(false),
             log_name: match self.log_name {
                 Some(name) if !crate::transparency::key::is_valid_key_name(&name) => {
                     return Err(error("log_name", "must be non-empty, without spaces, control characters or '+'"));

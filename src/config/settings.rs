@@ -74,9 +74,12 @@ pub struct ServeSettings {
     /// Seconds between retention passes [default: 3600]
     #[arg(long, env = "CPIS_RETENTION_INTERVAL_SECS")]
     pub retention_interval_secs: Option<u64>,
-    /// Ed25519 key (PKCS#8) the access log's checkpoints are signed with; created (mode 0600, public key beside it as access-log.pub) if missing [default: DATA_DIR/access-log.key]
+    /// Ed25519 key (PKCS#8) the access log's checkpoints are signed with, one for the whole deployment (every node), kept outside the data directory; made by `cpis-relay audit init-key`, or created at start with --create-log-key (or in development: every listener on loopback, or --dev-certs) [default: DATA_DIR/access-log.key]
     #[arg(long, env = "CPIS_LOG_KEY")]
     pub log_key: Option<PathBuf>,
+    /// Create the access log's key (mode 0600, public key beside it as access-log.pub) if log_key does not exist; without it a node outside development refuses to start with no key [default: false]
+    #[arg(long, env = "CPIS_CREATE_LOG_KEY", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub create_log_key: Option<bool>,
     /// Name (origin) the access log's checkpoints are signed under: no spaces or '+' [default: cpis-relay/access-log]
     #[arg(long, env = "CPIS_LOG_NAME")]
     pub log_name: Option<String>,
@@ -230,6 +233,7 @@ impl ServeSettings {
             access_retention_days: self.access_retention_days.or(lower.access_retention_days),
             retention_interval_secs: self.retention_interval_secs.or(lower.retention_interval_secs),
             log_key: self.log_key.or(lower.log_key),
+            create_log_key: self.create_log_key.or(lower.create_log_key),
             log_name: self.log_name.or(lower.log_name),
             checkpoint_interval_secs: self.checkpoint_interval_secs.or(lower.checkpoint_interval_secs),
             max_held_notifications: self.max_held_notifications.or(lower.max_held_notifications),

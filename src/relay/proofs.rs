@@ -50,7 +50,7 @@ impl Relay {
     /// The latest signed checkpoint (signed now if the log grew since the last).
     pub async fn latest_checkpoint(&self, identity: &Identity) -> Result<SignedCheckpoint> {
         let keeper = self.keeper_for(identity)?;
-        Ok(keeper.run(|keeper| keeper.checkpoint_if_due()).await?)
+        Ok(keeper.run(|keeper| keeper.checkpoint()).await?)
     }
 
     /// The inclusion proof of the access (or auditor's read) `access_id` (a UUID).
@@ -69,7 +69,7 @@ impl Relay {
     /// checkpoint's size); returns the sizes proved and the proof.
     pub async fn consistency_proof(&self, identity: &Identity, old: u64, new: u64) -> Result<(u64, u64, Vec<Hash>)> {
         let keeper = self.keeper_for(identity)?;
-        let new = if new == 0 { keeper.run(|keeper| keeper.checkpoint_if_due()).await?.checkpoint.size } else { new };
+        let new = if new == 0 { keeper.run(|keeper| keeper.checkpoint()).await?.checkpoint.size } else { new };
         if old > new {
             return Err(Error::invalid("old_size", format!("must not be larger than new_size ({new})")));
         }

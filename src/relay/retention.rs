@@ -18,9 +18,15 @@ impl Relay {
     pub async fn expire(&self) -> Result<ExpiryCounts, StoreError> {
         let shared = &self.shared;
         let now = shared.clock.now();
-        // Only leaves the tree holds may go: catch the keeper up first.
+        // Only leaves the tree holds, under a stored checkpoint, may go: the
+        // keeper signs one first (and refuses, so nothing goes, if the log forked).
         let log_positions_below = match &shared.log_keeper {
-            Some(keeper) => keeper.run(|keeper| keeper.catch_up()).await?,
+            Some(keeper) => match keeper.run(|keeper| keeper.checkpoint()).await {
+                Ok(signed) => signed.checkpoint.size,
+                // Forked: keep every access (the evidence), expire the rest.
+                Err(_) if keeper.forked().borrow().is_some() => 0,
+                Err(error) => return Err(error),
+            },
             None => u64::MAX,
         };
         let expiry = Expiry {
@@ -56,6 +62,11 @@ impl Relay {
         {
             let removed_before = expiry.accesses_before;
             keeper.run(move |keeper| keeper.record_retention(removed_before)).await?;
+        }
+        if let Some(keeper) = &shared.log_keeper
+            && keeper.forked().borrow().is_none()
+        {
+            keeper.run(|keeper| keeper.thin_notes()).await?;
         }
         let accesses_in_memory = shared.recent.expire(expiry.accesses_before);
         metrics::counter!("cpis_retention_removed_total", "kind" => "plan").increment(counts.plans);
@@ -95,18 +106,22 @@ impl Relay {
     /// ([`Relay::finish_tasks`]: after the grace period's last commits and
     /// held retries), so that the last checkpoint covers them.
     ///
-    /// With witnesses configured, a second task sends each checkpoint to
-    /// them (`access_log::witnessing`), and the last one once the keeper
-    /// signed it; the handle returned ends after both.
+    /// With witnesses configured, the keeper first learns the checkpoint
+    /// they last cosigned (its signatures must extend it), then a second
+    /// task sends each checkpoint to them (`access_log::witnessing`), and the
+    /// last one once the keeper signed it; the handle returned ends after both.
     pub fn spawn_log_keeper(&self) -> Option<JoinHandle<()>> {
         let keeper = self.shared.log_keeper.as_ref()?;
         let interval = self.shared.settings.checkpoint_interval;
         let keep = keeper.clone().keep(interval, self.shared.writes_over.subscribe());
         let Some(policy) = self.shared.settings.witnesses.clone() else { return Some(self.spawn_task(keep)) };
         let (signed_last, last_signed) = tokio::sync::watch::channel(false);
+        let learning = keeper.clone();
         let witnessing =
-            crate::access_log::witnessing::witness_checkpoints(keeper.clone(), policy, interval, last_signed);
+            crate::access_log::witnessing::witness_checkpoints(keeper.clone(), policy.clone(), interval, last_signed);
         Some(self.spawn_task(async move {
+            // What the witnesses last cosigned, before the first signature: the log must extend it.
+            crate::access_log::witnessing::learn_witnessed(&learning, &policy).await;
             let keeping = async move {
                 keep.await;
                 signed_last.send_replace(true);

@@ -134,6 +134,8 @@ impl OutsideRecord {
 /// A signed note as stored, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredNote {
+    /// Its number in the store: increasing in the order notes were stored.
+    pub sequence: u64,
     pub kind: NoteKind,
     pub text: String,
 }
@@ -202,6 +204,10 @@ pub trait AccessLog: Send + Sync + 'static {
 
     /// Every stored note, oldest first.
     fn notes(&self) -> Result<Vec<StoredNote>, StoreError>;
+
+    /// Removes the notes numbered `sequences` (the keeper thins old
+    /// checkpoints, see `crate::access_log::notes::thinned`); returns how many went.
+    fn remove_notes(&self, sequences: &[u64]) -> Result<u64, StoreError>;
 
     /// Up to `limit` records kept outside the log (see [`OutsideRecord`]).
     fn records_outside(&self, limit: usize) -> Result<Vec<OutsideRecord>, StoreError>;

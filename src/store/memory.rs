@@ -52,6 +52,8 @@ struct State {
     log_bounds: LogBounds,
     tree: MemoryHashStore,
     notes: Vec<StoredNote>,
+    /// How many notes were ever stored: the next one's number.
+    notes_stored: u64,
 }
 
 impl MemoryStore {
@@ -370,12 +372,23 @@ impl AccessLog for MemoryStore {
     }
 
     fn add_note(&self, kind: NoteKind, text: &str) -> Result<(), StoreError> {
-        self.with_state(|state| state.notes.push(StoredNote { kind, text: text.to_owned() }));
+        self.with_state(|state| {
+            state.notes_stored += 1;
+            state.notes.push(StoredNote { sequence: state.notes_stored, kind, text: text.to_owned() });
+        });
         Ok(())
     }
 
     fn notes(&self) -> Result<Vec<StoredNote>, StoreError> {
         Ok(self.with_state(|state| state.notes.clone()))
+    }
+
+    fn remove_notes(&self, sequences: &[u64]) -> Result<u64, StoreError> {
+        Ok(self.with_state(|state| {
+            let before = state.notes.len();
+            state.notes.retain(|note| !sequences.contains(&note.sequence));
+            (before - state.notes.len()) as u64
+        }))
     }
 }
 

@@ -106,6 +106,21 @@ pub struct Running {
     pub listening: String,
 }
 
+/// The access log key every PostgreSQL node this test process starts is
+/// given (`--log-key`): a deployment signs with one key, and a node with
+/// another refuses to start. Made once, in the build's scratch directory.
+pub fn deployment_log_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("log-keys").join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("access-log.key");
+        cpis_relay::access_log::load_or_create_signer(cpis_relay::access_log::DEFAULT_LOG_NAME, &key).unwrap();
+        key.to_str().unwrap().to_owned()
+    })
+}
+
 /// `serve`'s data directory and certificates in `dir`: `dir/data` and the
 /// server layout of `dir/certs` (see [`Pki::write_server_layout`]).
 pub fn serve_layout(dir: &Path) -> Vec<std::ffi::OsString> {

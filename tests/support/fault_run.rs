@@ -206,7 +206,8 @@ pub async fn run(mut net: Net, seed: u64, steps: usize) {
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("access-log.key");
     let key_arg = key.to_str().unwrap().to_owned();
-    let extra = ["--log-key", key_arg.as_str(), "--checkpoint-interval-secs", "1"];
+    // Created by the first node to start (nodes off loopback create a key only when asked).
+    let extra = ["--log-key", key_arg.as_str(), "--create-log-key", "--checkpoint-interval-secs", "1"];
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut nodes = Vec::new();
     for (host, dir) in hosts.iter().zip(&dirs) {

@@ -22,12 +22,13 @@ use super::common::*;
 use super::postgres::PgCluster;
 
 /// A relay node as a subprocess on the database at `url` (polling it every
-/// 200 ms, no search rate limit), with its own data directory (the spill).
+/// 200 ms, no search rate limit), with its own data directory (the spill)
+/// and the deployment's one log key.
 pub async fn pg_node(pki: &Pki, url: &str) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     pki.write_server_layout(&dir.path().join("certs"));
-    let mut running =
-        start(dir.path(), &["--store", url, "--feed-poll-ms", "200", "--search-rate-per-second", "0"], "warn").await;
+    let extra = ["--store", url, "--feed-poll-ms", "200", "--search-rate-per-second", "0"];
+    let mut running = start(dir.path(), &[&extra[..], &["--log-key", deployment_log_key()]].concat(), "warn").await;
     // Drained, or a relay logging many failed writes would block on a full pipe.
     let mut stderr = running.stderr.take().unwrap();
     tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });

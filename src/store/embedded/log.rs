@@ -349,14 +349,31 @@ impl AccessLog for EmbeddedLog {
     fn notes(&self) -> Result<Vec<StoredNote>, StoreError> {
         let mut notes = Vec::new();
         for entry in self.spaces.log_notes.iter() {
-            let value = entry.value().map_err(io)?;
+            let (key, value) = entry.into_inner().map_err(io)?;
+            let sequence = keys::position_of_key(&key, "log_notes")?;
             let corrupt = || StoreError::Corrupt("log_notes: malformed note".into());
             let (&kind, text) = value.split_first().ok_or_else(corrupt)?;
             let kind = NoteKind::from_code(kind).ok_or_else(corrupt)?;
             let text = std::str::from_utf8(text).map_err(|_| corrupt())?.to_owned();
-            notes.push(StoredNote { kind, text });
+            notes.push(StoredNote { sequence, kind, text });
         }
         Ok(notes)
+    }
+
+    fn remove_notes(&self, sequences: &[u64]) -> Result<u64, StoreError> {
+        // The numbering lock: the last note, which numbers the next, is never among these.
+        let _numbering = self.spaces.notes_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut batch = self.spaces.activity_db.batch().durability(Some(PersistMode::SyncData));
+        let mut removed = 0;
+        for sequence in sequences {
+            let key = keys::log_position(*sequence);
+            if self.spaces.log_notes.contains_key(key).map_err(io)? {
+                batch.remove(&self.spaces.log_notes, key);
+                removed += 1;
+            }
+        }
+        batch.commit().map_err(io)?;
+        Ok(removed)
     }
 }
 

@@ -279,17 +279,28 @@ impl AccessLog for PostgresLog {
         let rows = self.block(async {
             self.client()
                 .await?
-                .query("SELECT kind, note FROM cpis_log_notes ORDER BY sequence", &[])
+                .query("SELECT sequence, kind, note FROM cpis_log_notes ORDER BY sequence", &[])
                 .await
                 .map_err(db_error)
         })?;
         rows.iter()
             .map(|row| {
-                let kind = NoteKind::from_code(row.get::<_, i16>(0) as u8)
+                let kind = NoteKind::from_code(row.get::<_, i16>(1) as u8)
                     .ok_or_else(|| StoreError::Corrupt("cpis_log_notes: unknown kind".into()))?;
-                Ok(StoredNote { kind, text: row.get(1) })
+                Ok(StoredNote { sequence: row.get::<_, i64>(0) as u64, kind, text: row.get(2) })
             })
             .collect()
+    }
+
+    fn remove_notes(&self, sequences: &[u64]) -> Result<u64, StoreError> {
+        let sequences: Vec<i64> = sequences.iter().map(|sequence| *sequence as i64).collect();
+        self.block(async {
+            self.client()
+                .await?
+                .execute("DELETE FROM cpis_log_notes WHERE sequence = ANY($1)", &[&sequences])
+                .await
+                .map_err(db_error)
+        })
     }
 }
 
