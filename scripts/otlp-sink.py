@@ -40,7 +40,9 @@ def main() -> None:
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
-    stopped.wait()
+    # A timed wait: the main thread must wake for the signal handlers to run.
+    while not stopped.wait(0.5):
+        pass
     server.stop(1)
     print(f"otlp-sink: {counts['exports']} exports, {counts['bytes']} bytes", flush=True)
 
