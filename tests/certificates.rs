@@ -182,7 +182,7 @@ async fn a_changed_crl_file_is_loaded_by_the_watch() {
     let leaked = relay.pki.client_pem("ed-rr8");
     call_over(relay.channel_with(&leaked).await).await.unwrap();
 
-    // Written elsewhere and renamed over the old file, as the README advises.
+    // Written elsewhere and renamed over the old file, as docs/operating.md advises.
     let staged = files.path().join("ca.crl.pem.new");
     std::fs::write(&staged, relay.pki.authority.revocation_list(&[&leaked.cert], 7).unwrap().0).unwrap();
     std::fs::rename(&staged, &crl_path).unwrap();

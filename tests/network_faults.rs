@@ -97,7 +97,7 @@ async fn a_node_cut_off_from_the_database_answers_holds_and_catches_up_when_the_
     .await;
     assert_eq!(admin_get(n1.admin, "/readyz").await.0, 503, "not ready while it cannot write");
     // Node 1 knows its store is failing: its searches are held at once, not after
-    // the write timeout (a figure printed for the README's failure table, not asserted).
+    // the write timeout (a figure printed for the failure table of docs/several-nodes.md, not asserted).
     let mut lookup = LookupClient::new(client::connect(&n1.url, &ed, SERVER_NAME).await.unwrap());
     let mut latencies = Vec::new();
     for i in 0..40 {

@@ -20,7 +20,7 @@ use crate::{
 pub struct WitnessArgs {
     #[command(subcommand)]
     pub command: Option<WitnessCommand>,
-    /// The witness's TOML file: name, key, state_dir, listen, logs, tls_cert and tls_key (see README).
+    /// The witness's TOML file: name, key, state_dir, listen, logs, tls_cert and tls_key (see docs/proving.md, "Witnesses").
     #[arg(long, env = "CPIS_WITNESS_CONFIG", required = true)]
     pub config: Option<PathBuf>,
     /// Listen address, over the file's `listen` [default: 127.0.0.1:7380]

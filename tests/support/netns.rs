@@ -7,7 +7,7 @@
 //! Faults are netfilter rules inside a host's namespace: a cut link drops
 //! every packet to and from a peer (TCP stalls, as through a partition; no
 //! reset), and a lossy link drops a random share of them. This kernel has no
-//! `sch_netem`, so delay is not injected here (see README "Network faults").
+//! `sch_netem`, so delay is not injected here (see docs/several-nodes.md, "Network faults").
 
 #![allow(dead_code)]
 
