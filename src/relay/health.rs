@@ -32,12 +32,19 @@ struct State {
 /// The inputs of store health and its published value.
 pub(super) struct WriteHealth {
     state: Mutex<State>,
+    /// `state.last_write_failed`, readable without the lock: every flagged
+    /// search asks it before its write.
+    last_write_failed: std::sync::atomic::AtomicBool,
     published: watch::Sender<StoreHealth>,
 }
 
 impl WriteHealth {
     pub(super) fn new() -> Self {
-        Self { state: Mutex::new(State::default()), published: watch::Sender::new(StoreHealth::Ok) }
+        Self {
+            state: Mutex::new(State::default()),
+            last_write_failed: std::sync::atomic::AtomicBool::new(false),
+            published: watch::Sender::new(StoreHealth::Ok),
+        }
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<StoreHealth> {
@@ -52,7 +59,7 @@ impl WriteHealth {
     /// Whether the last write to finish failed: the store is taken to be
     /// failing until a write (a held search's retry among them) succeeds.
     pub(super) fn writes_failing(&self) -> bool {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).last_write_failed
+        self.last_write_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many searches are held for retry now.
@@ -69,6 +76,7 @@ impl WriteHealth {
         // Published under the lock, so concurrent updates publish in the order they changed the state.
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         change(&mut state);
+        self.last_write_failed.store(state.last_write_failed, std::sync::atomic::Ordering::Relaxed);
         let failing = state.last_write_failed || state.held > 0 || state.log_forked;
         let health = if failing { StoreHealth::Failing } else { StoreHealth::Ok };
         self.published.send_if_modified(|published| {

@@ -59,8 +59,8 @@ enum Round {
 
 impl Relay {
     /// Stores a search's access and notifications, resolving once they are
-    /// durable; if the store fails, or the last write failed (the store is
-    /// failing), they are held (spilled and synced first) and retried
+    /// durable; if the store fails, or is known to be failing (the last write
+    /// failed and searches are held), they are held (spilled and synced first) and retried
     /// until the store takes it. Either way the access joins the person's
     /// recent accesses and the search is answered. The one error: the store
     /// is broken for good (the process is stopping to replay its journal)
@@ -72,16 +72,18 @@ impl Relay {
         access: AccessEvent,
         drafts: Vec<NotificationDraft>,
     ) -> Result<NotificationState> {
-        let held = self.shared.hub.held();
         // Known failing: a write failed, and the held searches' retries will
         // find out when the store is back (so `held > 0`: with none held,
         // nothing would retry, and a search tries the store itself). A queue
         // at its limit would refuse the search unasked: the store is tried.
-        let limit = self.shared.settings.max_held_notifications;
-        if held > 0 && held < limit && self.shared.health.writes_failing() {
-            tracing::debug!(held, "the store is failing: this search is held, not written");
-            let kept = self.hold(HeldSearch { access: access.clone(), drafts }).await;
-            return self.held_outcome(&access, kept, self.store_broken().is_some());
+        // The flag first: one atomic load for a search while the store is well.
+        if self.shared.health.writes_failing() {
+            let (held, limit) = (self.shared.hub.held(), self.shared.settings.max_held_notifications);
+            if held > 0 && held < limit {
+                tracing::debug!(held, "the store is failing: this search is held, not written");
+                let kept = self.hold(HeldSearch { access: access.clone(), drafts }).await;
+                return self.held_outcome(&access, kept, self.store_broken().is_some());
+            }
         }
         let error = match self.shared.store.record_access(access.clone(), drafts.clone()).await {
             Ok(Recorded::Notified(notifications)) => {
@@ -97,6 +99,7 @@ impl Relay {
             Ok(Recorded::Repeated) => return Ok(NotificationState::Repeat),
             Err(error) => error,
         };
+        let held = self.shared.hub.held();
         tracing::error!(%error, held = held + 1, "could not store an access notification; holding it for retry");
         let broken = matches!(error, StoreError::Broken(_));
         let kept = self.hold(HeldSearch { access: access.clone(), drafts }).await;
