@@ -63,6 +63,10 @@ struct Shared {
     /// The latest checkpoint a quorum of witnesses cosigned (its note carries
     /// their cosignatures).
     witnessed: tokio::sync::watch::Sender<Option<SignedCheckpoint>>,
+    /// False while the witnesses' latest checkpoint is being learned at
+    /// start: [`LogKeeper::run`] waits, so nothing is signed (and retention
+    /// expires nothing) before the log is checked against it.
+    learned: tokio::sync::watch::Sender<bool>,
     /// When a witnessed checkpoint was last stored, and its note; held while one is recorded.
     witnessed_stored: Mutex<Option<(DateTime<Utc>, String)>>,
     /// The tree and the latest checkpoint, under one lock: the keeper's
@@ -119,6 +123,7 @@ impl LogKeeper {
                 forked: tokio::sync::watch::Sender::new(None),
                 signed: tokio::sync::watch::Sender::new(latest.clone()),
                 witnessed: tokio::sync::watch::Sender::new(None),
+                learned: tokio::sync::watch::Sender::new(true),
                 witnessed_stored: Mutex::new(None),
                 state: Mutex::new(State { tree, latest_stored: latest.is_some(), latest }),
                 reader,
@@ -292,6 +297,17 @@ impl LogKeeper {
         });
     }
 
+    /// Holds [`Self::run`] until [`Self::witnessed_learned`]: called before the
+    /// witnesses' latest checkpoint is fetched at start.
+    pub fn await_witnessed(&self) {
+        self.shared.learned.send_replace(false);
+    }
+
+    /// Learning at start is over (learned, or no witness answered): `run` goes on.
+    pub fn witnessed_learned(&self) {
+        self.shared.learned.send_replace(true);
+    }
+
     /// The latest checkpoint signed, without signing.
     pub fn latest(&self) -> Option<SignedCheckpoint> {
         self.state().latest.clone()
@@ -386,6 +402,8 @@ impl LogKeeper {
         &self,
         work: impl FnOnce(&LogKeeper) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // The sender lives as long as the keeper: the wait ends when learning does.
+        let _ = self.shared.learned.subscribe().wait_for(|learned| *learned).await;
         let keeper = self.clone();
         tokio::task::spawn_blocking(move || work(&keeper))
             .await

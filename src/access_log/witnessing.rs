@@ -302,6 +302,13 @@ async fn push_round(
                     Outcome::Conflict(theirs) if follower.size != Some(theirs) && theirs <= size => {
                         follower.size = Some(theirs);
                     }
+                    // It already cosigned a larger checkpoint: another node's of the same
+                    // log (the nodes share one key). Not a refusal; nothing to send.
+                    Outcome::Conflict(theirs) if theirs > size => {
+                        tracing::debug!(theirs, size, "the witness holds a larger checkpoint of this log");
+                        follower.size = Some(theirs);
+                        return;
+                    }
                     Outcome::Conflict(theirs) => {
                         fail(
                             follower,

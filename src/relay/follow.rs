@@ -137,10 +137,12 @@ impl Relay {
                     hint = hints.recv() => match hint {
                         Ok(Hint::Notified(positions)) => {
                             // Accesses first: a subscriber woken here for another node's
-                            // search finds that search listed here too.
-                            relay.follow_accesses(&feed).await;
-                            for (la, sequence) in positions {
-                                relay.shared.hub.observe(&la, sequence, None);
+                            // search finds that search listed here too. While a catch-up
+                            // is under way (not all read), the next poll's positions wake it.
+                            if relay.follow_accesses(&feed).await == Followed::All {
+                                for (la, sequence) in positions {
+                                    relay.shared.hub.observe(&la, sequence, None);
+                                }
                             }
                         }
                         Ok(Hint::Acked(la, through)) => relay.shared.hub.observe(&la, 0, Some(through)),

@@ -117,11 +117,16 @@ impl Relay {
         let Some(policy) = self.shared.settings.witnesses.clone() else { return Some(self.spawn_task(keep)) };
         let (signed_last, last_signed) = tokio::sync::watch::channel(false);
         let learning = keeper.clone();
+        // Signatures (proofs, retention) wait for what the witnesses cosigned: a
+        // store rewritten while the relay was stopped must not be signed, nor
+        // its accesses expired, in the seconds before the keeper knows it.
+        learning.await_witnessed();
         let witnessing =
             crate::access_log::witnessing::witness_checkpoints(keeper.clone(), policy.clone(), interval, last_signed);
         Some(self.spawn_task(async move {
             // What the witnesses last cosigned, before the first signature: the log must extend it.
             crate::access_log::witnessing::learn_witnessed(&learning, &policy).await;
+            learning.witnessed_learned();
             let keeping = async move {
                 keep.await;
                 signed_last.send_replace(true);
