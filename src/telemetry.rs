@@ -343,27 +343,27 @@ fn describe_metrics() {
     );
 }
 
+/// A log writer into a shared buffer, for tests of log lines.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct TestBuffer(pub(crate) std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl std::io::Write for TestBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use tracing_subscriber::{fmt, prelude::*};
 
-    use super::EscapedFields;
-
-    /// A writer into a shared buffer.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use super::{EscapedFields, TestBuffer as Buffer};
 
     #[test]
     fn text_logs_escape_control_characters_so_no_line_can_be_forged() {

@@ -117,10 +117,24 @@ fn http_client(ca_pem: Option<&str>) -> Result<HttpClient, String> {
 pub async fn fetch(url: &str, ca_pem: Option<&str>) -> Result<(u16, String), String> {
     let client = http_client(ca_pem)?;
     let request = http::Request::get(url).body(Full::new(Bytes::new())).map_err(|error| error.to_string())?;
+    exchange(&client, request).await
+}
+
+/// Most a witness's answer may hold: a signed note with its cosignatures, or
+/// one cosignature line, is a few hundred bytes.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// One request to a witness: the status and the body (at most
+/// [`MAX_ANSWER_BYTES`]), or why not, within [`REQUEST_TIMEOUT`].
+async fn exchange(client: &HttpClient, request: http::Request<Full<Bytes>>) -> Result<(u16, String), String> {
     let exchange = async {
         let response = client.request(request).await.map_err(|error| error.to_string())?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|error| error.to_string())?.to_bytes();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|error| format!("its answer: {error}"))?
+            .to_bytes();
         Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| "no answer in time".to_owned())?
@@ -350,18 +364,11 @@ async fn add_checkpoint(
         Ok(built) => built,
         Err(error) => return Outcome::Failed("unreachable", error.to_string()),
     };
-    let exchange = async {
-        let response = client.request(built).await.map_err(|error| error.to_string())?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|error| error.to_string())?.to_bytes();
-        Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+    let (status, body) = match exchange(client, built).await {
+        Ok(answer) => answer,
+        Err(error) => return Outcome::Failed("unreachable", error),
     };
-    let (status, body) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(error)) => return Outcome::Failed("unreachable", error),
-        Err(_) => return Outcome::Failed("unreachable", "no answer in time".into()),
-    };
-    match status.as_u16() {
+    match status {
         200 => {
             // Keep a line of this witness's key that verifies; ignore others, as the spec asks.
             let verified = body.split_inclusive('\n').find(|line| {

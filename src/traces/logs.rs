@@ -38,25 +38,11 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use opentelemetry::trace::TracerProvider;
     use tracing_subscriber::{filter::Targets, fmt, prelude::*};
 
     use super::TraceIdsJson;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::TestBuffer as Buffer;
 
     #[test]
     fn json_lines_carry_the_trace_and_span_ids_only_inside_a_traced_span() {
