@@ -39,9 +39,17 @@ use tokio::net::TcpListener;
 use webhook_receiver::{Receiver, secret};
 
 /// Spans as the collector received them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
+    /// Exports received so far: what a wait for spans awaits.
+    exports: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Self { spans: Arc::default(), exports: tokio::sync::watch::Sender::new(0) }
+    }
 }
 
 #[tonic::async_trait]
@@ -50,12 +58,15 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
-                spans.extend(scope.spans);
+        {
+            let mut spans = self.spans.lock().unwrap();
+            for resource in request.into_inner().resource_spans {
+                for scope in resource.scope_spans {
+                    spans.extend(scope.spans);
+                }
             }
         }
+        self.exports.send_modify(|exports| *exports += 1);
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
@@ -78,15 +89,17 @@ impl Collector {
     /// The spans of one trace, once every name in `wanted` is among them (at most 30 s).
     async fn trace_with(&self, trace_id: &[u8], wanted: &[&str]) -> Vec<Span> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut exports = self.exports.subscribe();
         loop {
+            exports.mark_unchanged();
             let spans: Vec<Span> =
                 self.spans.lock().unwrap().iter().filter(|span| span.trace_id == trace_id).cloned().collect();
             if wanted.iter().all(|name| spans.iter().any(|span| span.name == *name)) {
                 return spans;
             }
             let names: Vec<&str> = spans.iter().map(|span| span.name.as_str()).collect();
-            assert!(Instant::now() < deadline, "spans of the trace by the deadline: {names:?}, wanted {wanted:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let next_export = tokio::time::timeout_at(deadline.into(), exports.changed()).await;
+            assert!(next_export.is_ok(), "spans of the trace by the deadline: {names:?}, wanted {wanted:?}");
         }
     }
 
