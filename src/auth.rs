@@ -142,10 +142,14 @@ pub enum Action {
     Subscribe,
     Ack,
     ReadAccessLog,
+    /// The access log's checkpoints and consistency proofs: hashes and sizes, no personal data.
+    ReadLogCheckpoints,
+    /// Inclusion proofs of the accesses behind the caller's own notifications.
+    ProveNotifications,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 9] = [
         Self::Search,
         Self::UploadPlans,
         Self::DeletePlans,
@@ -153,16 +157,22 @@ impl Action {
         Self::Subscribe,
         Self::Ack,
         Self::ReadAccessLog,
+        Self::ReadLogCheckpoints,
+        Self::ProveNotifications,
     ];
 
     /// The roles allowed to take this action.
     pub fn allowed_roles(self) -> &'static [Role] {
         match self {
             Self::Search => &[Role::UnscheduledCare, Role::ScheduledCare],
-            Self::UploadPlans | Self::DeletePlans | Self::ExportPlans | Self::Subscribe | Self::Ack => {
-                &[Role::SocialCare]
-            }
+            Self::UploadPlans
+            | Self::DeletePlans
+            | Self::ExportPlans
+            | Self::Subscribe
+            | Self::Ack
+            | Self::ProveNotifications => &[Role::SocialCare],
             Self::ReadAccessLog => &[Role::Auditor],
+            Self::ReadLogCheckpoints => &[Role::SocialCare, Role::Auditor],
         }
     }
 }

@@ -8,9 +8,9 @@ use common::*;
 use cpis_relay::{
     certs::Authority,
     proto::{
-        AccessLogRequest, AckRequest, DeleteRequest, ExportRequest, PlanType, SubscribeRequest, UploadMode,
-        audit_client::AuditClient, lookup_client::LookupClient, notifications_client::NotificationsClient,
-        plans_client::PlansClient,
+        AccessLogRequest, AckRequest, ConsistencyProofRequest, DeleteRequest, ExportRequest, LatestCheckpointRequest,
+        NotificationProofsRequest, PlanType, SubscribeRequest, UploadMode, audit_client::AuditClient,
+        lookup_client::LookupClient, notifications_client::NotificationsClient, plans_client::PlansClient,
     },
     tls::PemText,
 };
@@ -49,6 +49,17 @@ async fn call(relay: &TestRelay, identity: &str, rpc: &str, child: &str) -> Resu
         "Audit.AccessLog" => {
             AuditClient::new(channel).access_log(AccessLogRequest { nhs_number: child.to_owned() }).await.map(drop)
         }
+        "Audit.LatestCheckpoint" => {
+            AuditClient::new(channel).latest_checkpoint(LatestCheckpointRequest {}).await.map(drop)
+        }
+        "Audit.ConsistencyProof" => AuditClient::new(channel)
+            .consistency_proof(ConsistencyProofRequest { old_size: 0, new_size: 0 })
+            .await
+            .map(drop),
+        "Audit.NotificationProofs" => AuditClient::new(channel)
+            .notification_proofs(NotificationProofsRequest { sequences: vec![1], tree_size: 0 })
+            .await
+            .map(drop),
         other => panic!("unknown rpc {other}"),
     }
 }
@@ -58,7 +69,7 @@ async fn every_role_against_every_rpc() {
     let relay = TestRelay::start().await;
     let child = nhs(1);
     relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
-    let matrix: [(&str, [&str; 7]); 7] = [
+    let matrix: [(&str, [&str; 7]); 10] = [
         ("Lookup.Search", ["ed-rr8", "gp-y02", "", "", "", "", ""]),
         ("Plans.Upload", ["la-706", "la-855", "", "", "", "", ""]),
         ("Plans.Delete", ["la-706", "la-855", "", "", "", "", ""]),
@@ -66,6 +77,10 @@ async fn every_role_against_every_rpc() {
         ("Notifications.Subscribe", ["la-706", "la-855", "", "", "", "", ""]),
         ("Notifications.Ack", ["la-706", "la-855", "", "", "", "", ""]),
         ("Audit.AccessLog", ["auditor", "", "", "", "", "", ""]),
+        // Checkpoints and consistency proofs hold no personal data: authorities check the log too.
+        ("Audit.LatestCheckpoint", ["auditor", "la-706", "la-855", "", "", "", ""]),
+        ("Audit.ConsistencyProof", ["auditor", "la-706", "la-855", "", "", "", ""]),
+        ("Audit.NotificationProofs", ["la-706", "la-855", "", "", "", "", ""]),
     ];
     for (rpc, allowed) in matrix {
         for identity in ["ed-rr8", "gp-y02", "la-706", "la-855", "auditor"] {

@@ -160,6 +160,8 @@ async fn sigkill_mid_delivery_then_restart_loses_nothing() {
         &secret_file.display().to_string(),
         "--dead-letter-dir",
         &dir.path().join("dead-letter").display().to_string(),
+        "--log-state-dir",
+        &dir.path().join("log-check").display().to_string(),
         "--admin-listen",
         "127.0.0.1:0",
         "--retry-initial-ms",

@@ -220,6 +220,7 @@ async fn a_node_cut_off_from_its_clients_loses_its_subscriber_to_the_other_node_
         .iter()
         .map(|arg| arg.to_string())
         .chain([certs.display().to_string(), "--outbox".into(), outbox.display().to_string()])
+        .chain(["--log-state-dir".into(), dir.path().join("log-check").display().to_string()])
         .chain(
             ["--admin-listen", "127.0.0.1:0", "--reconnect-initial-ms", "100", "--reconnect-max-secs", "1"]
                 .map(String::from),

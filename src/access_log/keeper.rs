@@ -352,6 +352,21 @@ impl LogKeeper {
         plan.read(&self.shared.reader)
     }
 
+    /// The inclusion proofs of `positions` in the tree of its first `size`
+    /// leaves (at most the tree's size; each position below it), read
+    /// together without the lock. Blocks.
+    pub fn inclusion_proofs_in(&self, positions: &[u64], size: u64) -> Result<Vec<Vec<Hash>>, TreeError<StoreError>> {
+        let tree_size = self.tree_size();
+        if size > tree_size {
+            return Err(TreeError::SizeOutOfRange { size, tree_size });
+        }
+        let mut plan = ProofPlan::default();
+        for position in positions {
+            plan.add_inclusion(*position, size)?;
+        }
+        plan.read(&self.shared.reader).map_err(TreeError::Store)
+    }
+
     /// The consistency proof from tree size `old` to `new`, read without the lock. Blocks.
     pub fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, TreeError<StoreError>> {
         let tree_size = self.tree_size();

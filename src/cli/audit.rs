@@ -103,11 +103,7 @@ fn init_key(args: &InitKeyArgs) -> Result<u8, CliError> {
 
 /// The verifier key from `--verifier-key`: the key itself, or a file holding it.
 pub fn verifier_key(given: &str) -> Result<VerifierKey, CliError> {
-    let text = if Path::new(given).is_file() {
-        std::fs::read_to_string(given).map_err(|error| CliError::Config(format!("verifier_key: {given}: {error}")))?
-    } else {
-        given.to_owned()
-    };
+    let text = crate::transparency::cosignature::key_text(given, "verifier_key").map_err(CliError::Config)?;
     VerifierKey::parse(&text).map_err(|error| CliError::Config(format!("verifier_key: {error}")))
 }
 

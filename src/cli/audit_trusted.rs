@@ -8,7 +8,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use super::{CliError, audit::VerifyArgs};
 use crate::transparency::{
     Checkpoint, VerifierKey,
-    cosignature::{CosignerKey, verify_cosignatures},
+    cosignature::{CosignerKey, key_text, verify_witnessed},
 };
 
 /// The witness keys given, each the key itself or a file holding it.
@@ -16,12 +16,7 @@ pub(super) fn witness_keys(given: &[String]) -> Result<Vec<CosignerKey>, CliErro
     given
         .iter()
         .map(|given| {
-            let text = if std::path::Path::new(given).is_file() {
-                std::fs::read_to_string(given)
-                    .map_err(|error| CliError::Config(format!("witness_key: {given}: {error}")))?
-            } else {
-                given.clone()
-            };
+            let text = key_text(given, "witness_key").map_err(CliError::Config)?;
             CosignerKey::parse(&text).map_err(|error| CliError::Config(format!("witness_key: {error}")))
         })
         .collect()
@@ -73,16 +68,7 @@ pub async fn trusted_checkpoint(
         std::fs::read_to_string(source)
             .map_err(|error| CliError::Config(format!("trusted_checkpoint: {source}: {error}")))?
     };
-    let checkpoint = Checkpoint::verify(&note, verifier)
-        .map_err(|error| CliError::Data(format!("trusted_checkpoint: not a checkpoint of this log: {error}")))?;
-    let cosigned =
-        verify_cosignatures(&note, &keys).map_err(|error| CliError::Data(format!("trusted_checkpoint: {error}")))?;
-    if cosigned.len() < quorum {
-        return Err(CliError::Data(format!(
-            "trusted_checkpoint: cosigned by {} of the witness keys given ({}), fewer than the quorum of {quorum}",
-            cosigned.len(),
-            cosigned.iter().map(|cosigned| cosigned.witness.as_str()).collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(Some((checkpoint, cosigned.into_iter().map(|cosigned| cosigned.witness).collect())))
+    let (checkpoint, witnesses) = verify_witnessed(&note, verifier, &keys, quorum)
+        .map_err(|reason| CliError::Data(format!("trusted_checkpoint: {reason}")))?;
+    Ok(Some((checkpoint, witnesses)))
 }

@@ -15,10 +15,18 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{
     Agent, AgentOptions, Sink,
     files::{self, DeadLetters, OutboxSink},
+    log_check::LogCheckOptions,
     retry::Backoff,
     webhook::{self, WebhookOptions, WebhookSecret, WebhookSink},
 };
-use crate::{config::ConfigError, tls::PemText};
+use crate::{
+    config::ConfigError,
+    tls::PemText,
+    transparency::{
+        VerifierKey,
+        cosignature::{CosignerKey, key_text},
+    },
+};
 
 fn error(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError { key: key.to_owned(), reason: reason.into() }
@@ -96,6 +104,28 @@ pub struct DeliverSettings {
     /// Share of new traces recorded, 0 to 1; a notification whose search was traced follows that search's decision [default: 0.1]
     #[arg(long, env = "CPIS_DELIVER_TRACE_SAMPLE_RATIO")]
     pub trace_sample_ratio: Option<f64>,
+    /// Check that each notification delivered is in the relay's access log [default: true]
+    #[arg(long, env = "CPIS_DELIVER_LOG_CHECK", num_args = 0..=1, default_missing_value = "true")]
+    pub log_check: Option<bool>,
+    /// Directory the log check keeps its trusted checkpoint, unconfirmed notifications and evidence in [default: log-check]
+    #[arg(long, env = "CPIS_DELIVER_LOG_STATE_DIR")]
+    pub log_state_dir: Option<PathBuf>,
+    /// The relay's access log verifier key (name+id+base64), or a file holding it; without it the first key the relay shows is pinned
+    #[arg(long, env = "CPIS_DELIVER_LOG_VERIFIER_KEY")]
+    pub log_verifier_key: Option<String>,
+    /// A witness's cosigner key (or a file holding it) whose cosignature makes a checkpoint trusted; repeat for several
+    #[arg(long = "witness-key", env = "CPIS_DELIVER_WITNESS_KEY", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub witness_key: Vec<String>,
+    /// How many of the witness keys must have cosigned a checkpoint [default: all of them]
+    #[arg(long, env = "CPIS_DELIVER_WITNESS_QUORUM")]
+    pub witness_quorum: Option<usize>,
+    /// Seconds between checks of the access log [default: 5]
+    #[arg(long, env = "CPIS_DELIVER_LOG_CHECK_INTERVAL_SECS")]
+    pub log_check_interval_secs: Option<u64>,
+    /// Seconds a delivered notification may wait for a trusted checkpoint covering its access before it is a problem [default: 60]
+    #[arg(long, env = "CPIS_DELIVER_LOG_CONFIRM_WITHIN_SECS")]
+    pub log_confirm_within_secs: Option<u64>,
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -137,6 +167,13 @@ pub struct DeliverConfig {
     pub unhealthy_after_secs: u64,
     pub otlp_endpoint: Option<String>,
     pub trace_sample_ratio: f64,
+    pub log_check: bool,
+    pub log_state_dir: PathBuf,
+    pub log_verifier_key: Option<String>,
+    pub witness_key: Vec<String>,
+    pub witness_quorum: Option<usize>,
+    pub log_check_interval_secs: u64,
+    pub log_confirm_within_secs: u64,
 }
 
 impl DeliverSettings {
@@ -171,6 +208,13 @@ impl DeliverSettings {
             unhealthy_after_secs: self.unhealthy_after_secs.or(lower.unhealthy_after_secs),
             otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
             trace_sample_ratio: self.trace_sample_ratio.or(lower.trace_sample_ratio),
+            log_check: self.log_check.or(lower.log_check),
+            log_state_dir: self.log_state_dir.or(lower.log_state_dir),
+            log_verifier_key: self.log_verifier_key.or(lower.log_verifier_key),
+            witness_key: if self.witness_key.is_empty() { lower.witness_key } else { self.witness_key },
+            witness_quorum: self.witness_quorum.or(lower.witness_quorum),
+            log_check_interval_secs: self.log_check_interval_secs.or(lower.log_check_interval_secs),
+            log_confirm_within_secs: self.log_confirm_within_secs.or(lower.log_confirm_within_secs),
         }
     }
 
@@ -207,7 +251,31 @@ impl DeliverSettings {
             unhealthy_after_secs: positive("unhealthy_after_secs", self.unhealthy_after_secs.unwrap_or(300))?,
             otlp_endpoint: traces.as_ref().map(|traces| traces.endpoint.clone()),
             trace_sample_ratio: self.trace_sample_ratio.unwrap_or(crate::traces::DEFAULT_SAMPLE_RATIO),
+            log_check: self.log_check.unwrap_or(true),
+            log_state_dir: self.log_state_dir.unwrap_or_else(|| PathBuf::from("log-check")),
+            log_verifier_key: self.log_verifier_key,
+            witness_key: self.witness_key,
+            witness_quorum: self.witness_quorum,
+            log_check_interval_secs: positive("log_check_interval_secs", self.log_check_interval_secs.unwrap_or(5))?,
+            log_confirm_within_secs: positive("log_confirm_within_secs", self.log_confirm_within_secs.unwrap_or(60))?,
         };
+        if !config.log_check
+            && (config.log_verifier_key.is_some() || !config.witness_key.is_empty() || config.witness_quorum.is_some())
+        {
+            return Err(error("log_check", "log_verifier_key and the witness keys need the log check on"));
+        }
+        match config.witness_quorum {
+            Some(_) if config.witness_key.is_empty() => {
+                return Err(error("witness_quorum", "no witness key is configured"));
+            }
+            Some(quorum) if quorum == 0 || quorum > config.witness_key.len() => {
+                return Err(error(
+                    "witness_quorum",
+                    format!("must be 1 to {} (the witness keys configured)", config.witness_key.len()),
+                ));
+            }
+            _ => {}
+        }
         if config.server.iter().any(|server| server.trim().is_empty()) {
             return Err(error("server", "an address is empty"));
         }
@@ -271,7 +339,39 @@ impl DeliverConfig {
             },
             read_ahead: 64,
         };
-        Ok(Agent::new(options, self.sinks()?, Duration::from_secs(self.unhealthy_after_secs)))
+        let unhealthy_after = Duration::from_secs(self.unhealthy_after_secs);
+        Agent::new(options, self.sinks()?, unhealthy_after, self.log_check_options()?)
+            .map_err(|reason| error("log_state_dir", reason))
+    }
+
+    /// The log check's options, its keys read; `None` when it is off.
+    fn log_check_options(&self) -> Result<Option<LogCheckOptions>, ConfigError> {
+        if !self.log_check {
+            return Ok(None);
+        }
+        let verifier = match &self.log_verifier_key {
+            Some(given) => {
+                let text = key_text(given, "log_verifier_key").map_err(|reason| error("log_verifier_key", reason))?;
+                Some(VerifierKey::parse(&text).map_err(|reason| error("log_verifier_key", reason.to_string()))?)
+            }
+            None => None,
+        };
+        let witnesses = self
+            .witness_key
+            .iter()
+            .map(|given| {
+                let text = key_text(given, "witness_key").map_err(|reason| error("witness_key", reason))?;
+                CosignerKey::parse(&text).map_err(|reason| error("witness_key", reason.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(LogCheckOptions {
+            state_dir: self.log_state_dir.clone(),
+            verifier,
+            quorum: self.witness_quorum.unwrap_or(witnesses.len()),
+            witnesses,
+            interval: Duration::from_secs(self.log_check_interval_secs),
+            confirm_within: Duration::from_secs(self.log_confirm_within_secs),
+        }))
     }
 
     fn sinks(&self) -> Result<Vec<Sink>, ConfigError> {

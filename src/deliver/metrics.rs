@@ -21,7 +21,13 @@
 //!   answer says it is misconfigured (3xx, 401, 403, 404, 410, ...): delivery
 //!   is retried, nothing is acknowledged, and `/healthz` fails until it takes one.
 //!
-//! Labels carry only the sink kind: never personal data.
+//! - The access log check's own (see [`super::log_check`]):
+//!   `cpis_deliver_log_confirmed_total`, `cpis_deliver_log_confirm_seconds`,
+//!   `cpis_deliver_log_problems_total{kind}`, `cpis_deliver_log_problems`,
+//!   `cpis_deliver_log_trusted_size`, `cpis_deliver_log_unconfirmed`,
+//!   `cpis_deliver_log_oldest_unconfirmed_seconds`.
+//!
+//! Labels carry only the sink kind or the problem's kind: never personal data.
 
 use std::{
     sync::{
@@ -132,6 +138,23 @@ struct AgentState {
     /// Why each sink's receiver looks misconfigured, while it does. A mutex:
     /// written once per attempt, read per health check, never held across an await.
     misconfigured: Mutex<Vec<(SinkKind, String)>>,
+    /// What the log check found, while it stands (see [`super::log_check`]).
+    log_problem: Mutex<Option<String>>,
+    /// The log check's progress, to read or wait on.
+    log_progress: watch::Sender<LogProgress>,
+}
+
+/// How far the check of the relay's access log has come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogProgress {
+    /// Accesses in the checkpoint trusted.
+    pub trusted_size: u64,
+    /// Notifications whose access was proved in it, since start.
+    pub confirmed: u64,
+    /// Notifications delivered and not confirmed yet.
+    pub unconfirmed: u64,
+    /// Problems found since start.
+    pub problems: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -152,6 +175,8 @@ impl Status {
                 in_flight: Mutex::new(None),
                 unhealthy_after,
                 misconfigured: Mutex::new(Vec::new()),
+                log_problem: Mutex::new(None),
+                log_progress: watch::Sender::new(LogProgress::default()),
             }),
         }
     }
@@ -221,6 +246,23 @@ impl Status {
         metrics::gauge!("cpis_deliver_receiver_misconfigured", "sink" => sink.as_str()).set(value);
     }
 
+    /// What the check of the relay's access log found (`None`: nothing stands).
+    pub fn set_log_problem(&self, problem: Option<String>) {
+        if let Ok(mut standing) = self.shared.log_problem.lock() {
+            *standing = problem;
+        }
+    }
+
+    /// Updates the log check's progress.
+    pub fn log_progress_changed(&self, change: impl FnOnce(&mut LogProgress)) {
+        self.shared.log_progress.send_modify(change);
+    }
+
+    /// The log check's progress, to read or wait on.
+    pub fn log_progress(&self) -> watch::Receiver<LogProgress> {
+        self.shared.log_progress.subscribe()
+    }
+
     fn in_flight(&self) -> Option<InFlight> {
         self.shared.in_flight.lock().ok().and_then(|in_flight| *in_flight)
     }
@@ -235,10 +277,14 @@ impl Status {
         metrics::gauge!("cpis_deliver_oldest_undelivered_seconds").set(age);
     }
 
-    /// Healthy while subscribed to a relay, no receiver looks misconfigured
-    /// and no notification has waited for its sinks longer than
-    /// `unhealthy_after`; otherwise why not.
+    /// Healthy while subscribed to a relay, no receiver looks misconfigured,
+    /// no notification has waited for its sinks longer than
+    /// `unhealthy_after`, and the check of the access log found nothing;
+    /// otherwise why not.
     pub fn health(&self) -> Result<(), String> {
+        if let Some(problem) = self.shared.log_problem.lock().ok().and_then(|problem| problem.clone()) {
+            return Err(problem);
+        }
         if !self.connected() {
             return Err("not subscribed to a relay".into());
         }

@@ -22,6 +22,8 @@
 //! - [`retry`]: backoff with jitter and `Retry-After`.
 //! - [`metrics`] and [`admin`]: the agent's metrics, health and admin port.
 //! - [`config`]: settings from a TOML file, `CPIS_DELIVER_*` and flags.
+//! - [`log_check`]: the authority's check that each notification it
+//!   delivered is in the relay's witnessed access log.
 //!
 //! Nothing at info level or above logs personal data: notifications are
 //! named by sequence and id.
@@ -29,6 +31,7 @@
 pub mod admin;
 pub mod config;
 pub mod files;
+pub mod log_check;
 pub mod metrics;
 pub mod payload;
 pub mod retry;
@@ -100,6 +103,8 @@ pub struct Agent {
     options: AgentOptions,
     sinks: Vec<Sink>,
     status: Status,
+    /// The check of the relay's access log; `None` when turned off.
+    log_check: Option<log_check::LogCheck>,
 }
 
 /// Why a subscription ended.
@@ -111,10 +116,18 @@ enum SessionEnd {
 }
 
 impl Agent {
-    /// `unhealthy_after`: see [`Status::new`]. Installs the metrics, all at zero.
-    pub fn new(options: AgentOptions, sinks: Vec<Sink>, unhealthy_after: Duration) -> Self {
+    /// `unhealthy_after`: see [`Status::new`]. Installs the metrics, all at
+    /// zero. With `log_check`, opens its state directory (or says why not).
+    pub fn new(
+        options: AgentOptions,
+        sinks: Vec<Sink>,
+        unhealthy_after: Duration,
+        log_check: Option<log_check::LogCheckOptions>,
+    ) -> Result<Self, String> {
         metrics::init();
-        Self { options, sinks, status: Status::new(unhealthy_after) }
+        let status = Status::new(unhealthy_after);
+        let log_check = log_check.map(|check| log_check::LogCheck::open(check, status.clone())).transpose()?;
+        Ok(Self { options, sinks, status, log_check })
     }
 
     pub fn status(&self) -> Status {
@@ -125,6 +138,9 @@ impl Agent {
     /// finish its current attempt and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop, stopping) = watch::channel(false);
+        let checking = self.log_check.clone().filter(|_| !self.options.servers.is_empty()).map(|check| {
+            tokio::spawn(check.run(self.options.servers.clone(), self.options.pem.clone(), stopping.clone()))
+        });
         let delivering = self.deliver_until_stopped(stopping);
         tokio::pin!(delivering, shutdown);
         let mut signalled = false;
@@ -137,6 +153,10 @@ impl Agent {
                     stop.send_replace(true);
                 }
             }
+        }
+        stop.send_replace(true);
+        if let Some(checking) = checking {
+            let _ = checking.await;
         }
         self.status.set_connected(false);
         tracing::info!(acked_through = *self.status.acked_sequence().borrow(), "delivery agent stopped");
@@ -236,6 +256,9 @@ impl Agent {
                 return (SessionEnd::Stopped, progressed);
             }
             progressed = true;
+            if let Some(check) = &self.log_check {
+                check.delivered(&notification);
+            }
             *pending_ack = Some(delivery.sequence);
             if let Err(end) = self.ack(&mut notifications, delivery.sequence).instrument(traced).await {
                 return (end, progressed);

@@ -189,6 +189,7 @@ mod tests {
             care_setting: 99,
             accessor: Some(proto::Accessor { user_id: "u1".into(), name: "Dr O'Test".into(), role_code: "".into() }),
             traceparent: None,
+            access_id: String::new(),
         }
     }
 

@@ -48,7 +48,7 @@ use crate::{
 
 pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::{Follower, Hub, MAX_INBOX_VIEWS_PER_LA};
-pub use proofs::LogStatus;
+pub use proofs::{LogStatus, MAX_NOTIFICATION_PROOFS, NotificationProof};
 pub use search::{NotificationState, SearchOutcome, SearchQuery, ShownPlan};
 pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
 pub use subject::{LoggedAccess, SubjectAccess};

@@ -1,4 +1,5 @@
-//! `cpis.v1.Audit` over [`Relay::access_log`], the access log's proofs and
+//! `cpis.v1.Audit` over [`Relay::access_log`], the access log's proofs (an
+//! authority's own notifications' too, [`Relay::notification_proofs`]) and
 //! [`Relay::subject_access`].
 
 use tonic::{Request, Response, Status};
@@ -9,9 +10,9 @@ use crate::{
     plan_history::{PlanEvent, PlanEventKind},
     proto::{
         self, AccessLogRequest, AccessRecord, ConsistencyProofRequest, InclusionProofRequest, LatestCheckpointRequest,
-        SubjectAccessRequest, audit_server::Audit,
+        NotificationProofsRequest, NotificationProofsResponse, SubjectAccessRequest, audit_server::Audit,
     },
-    relay::{Relay, SubjectAccess},
+    relay::{NotificationProof, Relay, SubjectAccess},
     store::{StoreError, log::LogEntry},
     transparency::VerifierKey,
 };
@@ -81,6 +82,32 @@ fn logged_access(access: crate::relay::LoggedAccess) -> Result<proto::LoggedAcce
         leaf,
         audit_path: access.proof.iter().map(|hash| hash.to_vec()).collect(),
     })
+}
+
+fn notification_proof(sequence: u64, answer: NotificationProof) -> proto::NotificationProof {
+    let id = |access_id: u128| uuid::Uuid::from_u128(access_id).to_string();
+    let status = |status: proto::NotificationProofStatus| status as i32;
+    match answer {
+        NotificationProof::Included { access_id, position, leaf, proof } => proto::NotificationProof {
+            sequence,
+            status: status(proto::NotificationProofStatus::Included),
+            access_id: id(access_id),
+            leaf_index: position,
+            leaf,
+            audit_path: proof.iter().map(|hash| hash.to_vec()).collect(),
+        },
+        NotificationProof::NotYetCovered { access_id } => proto::NotificationProof {
+            sequence,
+            status: status(proto::NotificationProofStatus::NotYetCovered),
+            access_id: id(access_id),
+            ..Default::default()
+        },
+        NotificationProof::NotHeld => proto::NotificationProof {
+            sequence,
+            status: status(proto::NotificationProofStatus::NotHeld),
+            ..Default::default()
+        },
+    }
 }
 
 fn subject_access_report(
@@ -182,6 +209,17 @@ impl Audit for AuditService {
             new_size,
             hashes: proof.iter().map(|hash| hash.to_vec()).collect(),
         }))
+    }
+
+    async fn notification_proofs(
+        &self,
+        request: Request<NotificationProofsRequest>,
+    ) -> Result<Response<NotificationProofsResponse>, Status> {
+        let identity = identity(&request)?;
+        let sent = request.get_ref();
+        let (tree_size, answers) = self.relay.notification_proofs(&identity, &sent.sequences, sent.tree_size).await?;
+        let proofs = answers.into_iter().map(|(sequence, answer)| notification_proof(sequence, answer)).collect();
+        Ok(Response::new(NotificationProofsResponse { tree_size, proofs }))
     }
 
     async fn subject_access(

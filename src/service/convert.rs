@@ -252,6 +252,7 @@ pub fn notification(notification: &Notification) -> proto::AccessNotification {
         care_setting: care_setting(access.care_setting) as i32,
         accessor: Some(accessor(&access.accessor)),
         traceparent: notification.draft.traceparent.clone(),
+        access_id: uuid::Uuid::from_u128(access.id).to_string(),
     }
 }
 

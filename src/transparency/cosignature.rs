@@ -241,6 +241,39 @@ impl AddCheckpoint {
     }
 }
 
+/// Checks a witnessed checkpoint: signed by the log (`verifier`) and
+/// cosigned by at least `quorum` of `keys`. Returns the checkpoint and the
+/// names of the witnesses whose cosignatures verified, or why not.
+pub fn verify_witnessed(
+    note: &str,
+    verifier: &crate::transparency::VerifierKey,
+    keys: &[CosignerKey],
+    quorum: usize,
+) -> Result<(crate::transparency::Checkpoint, Vec<String>), String> {
+    let checkpoint = crate::transparency::Checkpoint::verify(note, verifier)
+        .map_err(|error| format!("not a checkpoint of this log: {error}"))?;
+    let cosigned = verify_cosignatures(note, keys).map_err(|error| error.to_string())?;
+    let witnesses: Vec<String> = cosigned.into_iter().map(|cosigned| cosigned.witness).collect();
+    if witnesses.len() < quorum {
+        return Err(format!(
+            "cosigned by {} of the witness keys given ({}), fewer than the quorum of {quorum}",
+            witnesses.len(),
+            witnesses.join(", ")
+        ));
+    }
+    Ok((checkpoint, witnesses))
+}
+
+/// A key given as its text or as the path of a file holding it (flags and
+/// configuration accept both); `what` names the setting in the error.
+pub fn key_text(given: &str, what: &str) -> Result<String, String> {
+    if std::path::Path::new(given).is_file() {
+        std::fs::read_to_string(given).map_err(|error| format!("{what}: {given}: {error}"))
+    } else {
+        Ok(given.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

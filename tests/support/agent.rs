@@ -89,6 +89,8 @@ pub fn settings(relay: &TestRelay, dir: &Path) -> DeliverSettings {
     DeliverSettings {
         server: vec![relay.url()],
         dead_letter_dir: Some(dir.join("dead-letter")),
+        log_state_dir: Some(dir.join("log-check")),
+        log_check_interval_secs: Some(1),
         retry_initial_ms: Some(20),
         retry_max_secs: Some(1),
         reconnect_initial_ms: Some(20),
