@@ -203,3 +203,64 @@ async fn an_authority_gets_proofs_of_its_own_notifications_only() {
         .unwrap_err();
     assert_eq!(field_violation(&too_many).0, "sequences");
 }
+
+/// With witness keys configured, the agent trusts only checkpoints a quorum
+/// cosigned: with the witness the relay uses, every notification is
+/// confirmed in a witnessed checkpoint; an agent that names a witness the
+/// relay does not use trusts nothing, and its notifications go late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_witness_keys_only_a_witnessed_checkpoint_confirms_a_notification() {
+    use cpis_relay::{access_log::WitnessPolicy, transparency::cosignature::Cosigner, witness::Witness};
+    let signer = Arc::new(LogSigner::generate_ephemeral(cpis_relay::access_log::DEFAULT_LOG_NAME).unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let cosigner = Cosigner::from_seed("witness.test/authority", &[5; 32]).unwrap();
+    let witness_key = cosigner.key().to_string();
+    let witness = Arc::new(Witness::open(cosigner, state.path(), vec![signer.verifier().clone()]).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let witness_url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(cpis_relay::witness::serve(listener, witness, std::future::pending()));
+    let policy = WitnessPolicy::parse(&[format!("{witness_key}@{witness_url}")], None).unwrap().unwrap();
+    let settings = RelaySettings {
+        log_signer: Some(Arc::clone(&signer)),
+        checkpoint_interval: std::time::Duration::from_millis(200),
+        witnesses: Some(Arc::new(policy)),
+        ..RelaySettings::default()
+    };
+    let relay = TestRelay::start_with(StoreChoice::Embedded, settings).await;
+    relay.relay.spawn_log_keeper().unwrap();
+    notify(&relay, 0, 2, 4).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let witnessed = DeliverSettings {
+        log_verifier_key: Some(signer.verifier().to_string()),
+        witness_key: vec![witness_key],
+        ..checking(&relay, dir.path())
+    };
+    let agent = RunningAgent::start(&relay, witnessed);
+    let progress = progress_until(&agent, |progress| progress.confirmed >= 4 && progress.unconfirmed == 0).await;
+    assert_eq!(progress.problems, 0);
+    let served = relay.relay.log_keeper().unwrap().witnessed().expect("a witnessed checkpoint");
+    assert!(progress.trusted_size <= served.checkpoint.size, "{progress:?}: trusted beyond what was witnessed");
+    agent.stop().await;
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let unknown = Cosigner::from_seed("witness.test/unknown", &[6; 32]).unwrap().key().to_string();
+    let unwitnessed = DeliverSettings {
+        log_verifier_key: Some(signer.verifier().to_string()),
+        witness_key: vec![unknown],
+        ..checking(&relay, elsewhere.path())
+    };
+    let agent = RunningAgent::start(&relay, unwitnessed);
+    let found = progress_until(&agent, |progress| progress.problems >= 1).await;
+    assert_eq!((found.trusted_size, found.confirmed), (0, 0), "nothing is trusted without the quorum: {found:?}");
+    // Rounds go on (new checkpoints, each short of the quorum), reported once.
+    // This agent starts where the first acknowledged: it delivers the new one only.
+    notify(&relay, 10, 1, 1).await;
+    progress_until(&agent, |progress| progress.unconfirmed >= 1).await;
+    let mut rounds = agent.status.log_progress();
+    for _ in 0..3 {
+        tokio::time::timeout(WAIT, rounds.changed()).await.unwrap().unwrap();
+    }
+    assert_eq!(evidence(elsewhere.path(), "bad_checkpoint").len(), 1, "a checkpoint short of its quorum is evidence");
+    agent.stop().await;
+}

@@ -23,6 +23,7 @@
 //! Delivery never waits for this check: a relay whose store keeps no access
 //! log is logged once and checked again later.
 
+mod problems;
 pub mod state;
 pub mod verdict;
 
@@ -51,6 +52,8 @@ use crate::{
         cosignature::{CosignerKey, verify_witnessed},
     },
 };
+pub use problems::ProblemKind;
+use problems::init_metrics;
 use state::{Pending, Saved, StateDir};
 use verdict::{Advance, Verdict};
 
@@ -66,33 +69,6 @@ pub struct LogCheckOptions {
     pub interval: Duration,
     /// How long a delivered notification may wait for a trusted checkpoint covering its access.
     pub confirm_within: Duration,
-}
-
-/// The kinds of problem, the label values of `cpis_deliver_log_problems_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProblemKind {
-    BadCheckpoint,
-    Rollback,
-    Fork,
-    Altered,
-    Missing,
-    Late,
-}
-
-impl ProblemKind {
-    pub const ALL: [ProblemKind; 6] =
-        [Self::BadCheckpoint, Self::Rollback, Self::Fork, Self::Altered, Self::Missing, Self::Late];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadCheckpoint => "bad_checkpoint",
-            Self::Rollback => "rollback",
-            Self::Fork => "fork",
-            Self::Altered => "altered",
-            Self::Missing => "missing",
-            Self::Late => "late",
-        }
-    }
 }
 
 /// The check: a cheap handle shared by the delivery loop (which records
@@ -118,7 +94,7 @@ struct Inner {
     /// Late notifications still unconfirmed, by sequence: a standing problem until confirmed.
     late: std::collections::BTreeSet<u64>,
     /// Problems that stand until the agent is restarted (evidence kept).
-    standing: Vec<String>,
+    standing: Vec<(ProblemKind, String)>,
 }
 
 /// Why a round stopped early.
@@ -408,8 +384,15 @@ impl LogCheck {
         }
     }
 
-    /// Logs, counts, keeps the evidence of, and shows one problem.
+    /// Logs, counts, keeps the evidence of, and shows one problem. A
+    /// problem of the whole log (no sequence) is reported once while one of
+    /// its kind stands: a relay that goes on serving a forked log, or a
+    /// quorum that is never met, would otherwise leave evidence every round.
     fn problem(&self, kind: ProblemKind, sequence: Option<u64>, reason: &str, mut evidence: serde_json::Value) {
+        if sequence.is_none() && self.inner().standing.iter().any(|(standing, _)| *standing == kind) {
+            tracing::debug!(kind = kind.as_str(), %reason, "log check: the same problem again");
+            return;
+        }
         let now = chrono::Utc::now();
         evidence["kind"] = json!(kind.as_str());
         evidence["reason"] = json!(reason);
@@ -429,7 +412,7 @@ impl LogCheck {
         metrics::counter!("cpis_deliver_log_problems_total", "kind" => kind.as_str()).increment(1);
         self.shared.status.log_progress_changed(|progress| progress.problems += 1);
         if kind != ProblemKind::Late {
-            inner.standing.push(format!("{}: {reason} (evidence: {kept})", kind.as_str()));
+            inner.standing.push((kind, format!("{}: {reason} (evidence: {kept})", kind.as_str())));
         }
         self.publish(&inner);
     }
@@ -445,7 +428,7 @@ impl LogCheck {
         let problems = inner.standing.len() + inner.late.len();
         metrics::gauge!("cpis_deliver_log_problems").set(problems as f64);
         let summary = match (inner.standing.first(), inner.late.first()) {
-            (Some(first), _) => {
+            (Some((_, first)), _) => {
                 Some(format!("the access log failed {} check(s); first: {first}", inner.standing.len()))
             }
             (None, Some(sequence)) => Some(format!(
@@ -470,44 +453,5 @@ fn round_end(status: tonic::Status) -> RoundEnd {
     match status.code() {
         tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => RoundEnd::NotNow(status.message().to_owned()),
         _ => RoundEnd::Unreachable(status.to_string()),
-    }
-}
-
-/// Describes the check's metrics and sets each to zero.
-fn init_metrics() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "cpis_deliver_log_confirmed_total",
-        "Delivered notifications whose access was proved in a trusted checkpoint of the access log."
-    );
-    describe_histogram!(
-        "cpis_deliver_log_confirm_seconds",
-        Unit::Seconds,
-        "From delivering a notification to proving its access in a trusted checkpoint."
-    );
-    describe_counter!(
-        "cpis_deliver_log_problems_total",
-        "Checks of the relay's access log that failed, by kind (evidence kept)."
-    );
-    describe_gauge!(
-        "cpis_deliver_log_problems",
-        "Problems standing: failed checks since start, and late notifications not confirmed yet."
-    );
-    describe_gauge!(
-        "cpis_deliver_log_trusted_size",
-        "Accesses in the latest checkpoint of the access log this agent trusts."
-    );
-    describe_gauge!(
-        "cpis_deliver_log_unconfirmed",
-        "Delivered notifications whose access is not proved in the log yet."
-    );
-    describe_gauge!(
-        "cpis_deliver_log_oldest_unconfirmed_seconds",
-        Unit::Seconds,
-        "Since the oldest unconfirmed notification was delivered; 0 when none."
-    );
-    metrics::counter!("cpis_deliver_log_confirmed_total").increment(0);
-    for kind in ProblemKind::ALL {
-        metrics::counter!("cpis_deliver_log_problems_total", "kind" => kind.as_str()).increment(0);
     }
 }
