@@ -115,6 +115,13 @@ async fn each_notification_delivered_is_confirmed_in_the_log_and_the_check_goes_
     assert_eq!(resumed.problems, 0);
     assert!(evidence(dir.path(), "").is_empty(), "no evidence of a problem");
     agent.stop().await;
+
+    let (code, stderr) = subscribe_verify(&relay, &["--after", "0", "--count", "8"], &settings_key(&relay)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("verified 8 of 8"), "{stderr}");
+    let other_key = LogSigner::generate_ephemeral("cpis-relay/access-log").unwrap().verifier().to_string();
+    let (code, stderr) = subscribe_verify(&relay, &["--after", "0", "--count", "1"], &other_key).await;
+    assert_eq!(code, Some(1), "a checkpoint that does not verify with the key given: {stderr}");
 }
 
 #[tokio::test]
@@ -141,6 +148,34 @@ async fn a_notification_whose_access_was_removed_from_the_log_is_reported() {
     assert_eq!(late.len(), 1, "{late:?}");
     assert_eq!(late[0]["sequences"].as_array().unwrap().len(), 3, "{}", late[0]);
     agent.stop().await;
+
+    // `subscribe --verify` finds the same, and proves the ones still in the log.
+    let key = settings_key(&relay);
+    let (code, stderr) =
+        subscribe_verify(&relay, &["--after", "0", "--count", "8", "--verify-within-secs", "2"], &key).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("verified 5 of 8"), "{stderr}");
+    assert_eq!(stderr.matches("not in a checkpoint").count(), 3, "{stderr}");
+}
+
+/// The verifier key of the relay's log, as its operator would give it.
+fn settings_key(relay: &TestRelay) -> String {
+    relay.relay.log_keeper().unwrap().verifier().to_string()
+}
+
+/// `cpis-relay subscribe --verify` as la-706 with `args`: exit status and stderr.
+async fn subscribe_verify(relay: &TestRelay, args: &[&str], key: &str) -> (Option<i32>, String) {
+    let certs = relay.dir.path().join("client-certs");
+    relay.pki.write_dev_layout(&certs);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cpis-relay"))
+        .args(["subscribe", "--server", &relay.url(), "--as", "la-706", "--certs-dir"])
+        .arg(&certs)
+        .args(args)
+        .args(["--verify", "--verifier-key", key])
+        .output()
+        .await
+        .unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 #[tokio::test]

@@ -275,13 +275,30 @@ pub struct SubscribeArgs {
     /// Stop after this many notifications.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Then prove each one's access is in the relay's access log (needs --count and --verifier-key); exit 1 if any is not
+    #[arg(long, requires_all = ["count", "verifier_key"])]
+    pub verify: bool,
+    /// The relay's access log verifier key (or a file holding it), as its operator gave it
+    #[arg(long, env = "CPIS_LOG_VERIFIER_KEY")]
+    pub verifier_key: Option<String>,
+    /// With --verify: a witness key (or file); the witnessed checkpoint must be cosigned by the quorum of them
+    #[arg(long = "witness-key", env = "CPIS_WITNESS_KEYS", value_delimiter = ',')]
+    pub witness_keys: Vec<String>,
+    /// With --verify: how many of the witness keys must have cosigned [default: all]
+    #[arg(long)]
+    pub witness_quorum: Option<usize>,
+    /// With --verify: seconds to wait for a checkpoint covering every access [default: 30]
+    #[arg(long, default_value_t = 30)]
+    pub verify_within_secs: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 pub async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
+    let verify = if args.verify { Some(verify_options(&args)?) } else { None };
     let (channel, _) = args.client.channel("la-706").await?;
-    let mut notifications = NotificationsClient::new(channel);
+    let mut notifications = NotificationsClient::new(channel.clone());
+    let mut kept = Vec::new();
     let mut stream = notifications.subscribe(SubscribeRequest { after_sequence: args.after }).await?.into_inner();
     let mut received = 0;
     let mut stdout = std::io::stdout();
@@ -297,8 +314,32 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
             notifications.ack(AckRequest { sequence: notification.sequence }).await?;
         }
         received += 1;
+        if verify.is_some() {
+            kept.push(notification);
+        }
     }
-    Ok(exit::OK)
+    match verify {
+        Some(options) => super::subscribe_verify::verify_received(channel, &kept, &options).await,
+        None => Ok(exit::OK),
+    }
+}
+
+fn verify_options(args: &SubscribeArgs) -> Result<super::subscribe_verify::VerifyOptions, CliError> {
+    let verifier = super::audit::verifier_key(args.verifier_key.as_deref().unwrap_or_default())?;
+    let witnesses = super::audit_trusted::witness_keys(&args.witness_keys)?;
+    let quorum = args.witness_quorum.unwrap_or(witnesses.len());
+    if quorum > witnesses.len() || (quorum == 0 && !witnesses.is_empty()) {
+        return Err(CliError::Config(format!(
+            "witness_quorum: must be 1 to {} (the witness keys given)",
+            witnesses.len()
+        )));
+    }
+    Ok(super::subscribe_verify::VerifyOptions {
+        verifier,
+        witnesses,
+        quorum,
+        within: std::time::Duration::from_secs(args.verify_within_secs),
+    })
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ mod quarantine;
 mod sar;
 mod serve;
 mod store_args;
+mod subscribe_verify;
 mod token;
 mod top;
 mod upload;
