@@ -378,3 +378,58 @@ async fn serve_makes_a_private_key_and_signs_a_last_checkpoint_at_shutdown() {
         "the last one at shutdown: {text}"
     );
 }
+
+/// What a local authority is given to check its own notifications (the
+/// latest checkpoint and `Audit.NotificationProofs`, with its certificate)
+/// verifies with the independent implementation, the access re-encoded from
+/// the notification's own fields and the search's request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authoritys_notification_proofs_verify_with_an_independent_implementation() {
+    use cpis_relay::proto::{NotificationProofsRequest, audit_client::AuditClient};
+    let relay = TestRelay::start().await;
+    let child = nhs(2002);
+    relay.load("706", vec![record(&child, PlanType::ChildProtection)]).await;
+    for n in 0..3 {
+        relay.lookup().await.search(search_request(&child, &format!("u{n}"), &format!("req-{n}"))).await.unwrap();
+    }
+    let mut stream = relay.subscribe("la-706").await;
+    let mut notifications = Vec::new();
+    for _ in 0..3 {
+        notifications.push(next(&mut stream).await);
+    }
+    let mut audit = AuditClient::new(relay.channel("la-706").await);
+    let checkpoint = audit.latest_checkpoint(LatestCheckpointRequest {}).await.unwrap().into_inner();
+    let sequences = notifications.iter().map(|notification| notification.sequence).collect();
+    let proofs = audit
+        .notification_proofs(NotificationProofsRequest { sequences, tree_size: checkpoint.tree_size })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proofs.tree_size, checkpoint.tree_size);
+    for (notification, proof) in notifications.iter().zip(&proofs.proofs) {
+        assert_eq!(proof.access_id, notification.access_id);
+        let record = AccessRecord {
+            accessed_at: notification.accessed_at,
+            organisation_ods_code: notification.organisation_ods_code.clone(),
+            organisation_name: notification.organisation_name.clone(),
+            care_setting: notification.care_setting,
+            accessor: notification.accessor.clone(),
+            scheduled: false,
+            access_id: notification.access_id.clone(),
+        };
+        let user = &notification.accessor.as_ref().unwrap().user_id;
+        let request_id = format!("req-{}", user.trim_start_matches('u'));
+        let request = json!({
+            "verifier_key": checkpoint.verifier_key,
+            "checkpoint": checkpoint.note,
+            "inclusion": {
+                "leaf_index": proof.leaf_index,
+                "leaf": hex(&proof.leaf),
+                "audit_path": proof.audit_path.iter().map(|hash| hex(hash)).collect::<Vec<_>>(),
+                "access": access_fields(&record, &notification.nhs_number, &request_id),
+            },
+        });
+        let (verified, said) = python_verifies(&request);
+        assert!(verified, "sequence {}: {said}", notification.sequence);
+    }
+}
