@@ -4,9 +4,13 @@
 //! swapped row at its position after tampering with the rows by hand (psql);
 //! retention removes a signed prefix and the rest still verifies.
 
+#[path = "support/agent.rs"]
+mod agent;
 mod common;
 #[path = "support/postgres.rs"]
 mod postgres;
+#[path = "support/webhook_receiver.rs"]
+mod webhook_receiver;
 
 use std::{sync::Arc, time::Duration};
 
@@ -279,4 +283,36 @@ async fn a_node_whose_rows_are_rewritten_while_it_runs_refuses_to_sign() {
     assert!(keeper.run(|keeper| keeper.checkpoint()).await.is_err(), "and it goes on refusing");
     let report = verify(&url, &signer).await;
     assert!(report.findings.contains(&LogFinding::Tree(Finding::TreeMismatch { size: 4 })), "{:?}", report.findings);
+}
+
+/// An authority's delivery agent checks its notifications against the log
+/// two nodes share: subscribed through one node, its notifications made on
+/// the other, each proved in a checkpoint whichever node answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_confirms_its_notifications_in_the_log_two_nodes_share() {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("cpis");
+    let signer = Arc::new(LogSigner::generate_ephemeral("test.example/log").unwrap());
+    let (pki, clock) = (Pki::new(), Arc::new(ManualClock::new(test_start())));
+    let nodes = [node(&pki, &clock, &url, &signer).await, node(&pki, &clock, &url, &signer).await];
+    agent::notify(&nodes[0], 0, 3, 6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = cpis_relay::deliver::config::DeliverSettings {
+        server: vec![nodes[1].url(), nodes[0].url()],
+        outbox: Some(dir.path().join("outbox")),
+        log_verifier_key: Some(signer.verifier().to_string()),
+        ..agent::settings(&nodes[1], dir.path())
+    };
+    let agent = agent::RunningAgent::start(&nodes[1], settings);
+    let mut progress = agent.status.log_progress();
+    let done = *tokio::time::timeout(
+        Duration::from_secs(60),
+        progress.wait_for(|progress| progress.confirmed >= 6 && progress.unconfirmed == 0),
+    )
+    .await
+    .expect("every notification confirmed")
+    .unwrap();
+    assert_eq!(done.problems, 0, "{done:?}");
+    assert!(agent.status.health().is_ok(), "{:?}", agent.status.health());
+    agent.stop().await;
 }
