@@ -159,7 +159,7 @@ impl LogCheck {
             sequence: notification.sequence,
             access_id,
             fields,
-            delivered_at: chrono::Utc::now().timestamp(),
+            delivered_at_ms: chrono::Utc::now().timestamp_millis(),
             late: false,
         };
         let mut inner = self.inner();
@@ -315,8 +315,8 @@ impl LogCheck {
             let waiting: Vec<Pending> = inner.pending.values().cloned().collect();
             (trusted, note, waiting)
         };
-        let now = chrono::Utc::now().timestamp();
-        let within = self.shared.options.confirm_within.as_secs() as i64;
+        let now = chrono::Utc::now().timestamp_millis();
+        let within = self.shared.options.confirm_within.as_millis() as i64;
         for batch in waiting.chunks(MAX_NOTIFICATION_PROOFS) {
             let sequences = batch.iter().map(|entry| entry.sequence).collect();
             let request = NotificationProofsRequest { sequences, tree_size: trusted.size };
@@ -336,7 +336,7 @@ impl LogCheck {
                 };
                 match verdict::check_proof(entry.access_id, &entry.fields, proof, &trusted) {
                     Verdict::Confirmed => self.confirmed(entry, now),
-                    Verdict::NotYet if now - entry.delivered_at > within && !entry.late => late.push(entry.sequence),
+                    Verdict::NotYet if now - entry.delivered_at_ms > within && !entry.late => late.push(entry.sequence),
                     Verdict::NotYet => {}
                     Verdict::Missing => {
                         self.inner().pending.remove(&entry.sequence);
@@ -362,7 +362,8 @@ impl LogCheck {
         inner.late.remove(&entry.sequence);
         metrics::counter!("cpis_deliver_log_confirmed_total").increment(1);
         self.shared.status.log_progress_changed(|progress| progress.confirmed += 1);
-        metrics::histogram!("cpis_deliver_log_confirm_seconds").record((now - entry.delivered_at).max(0) as f64);
+        let waited = (now - entry.delivered_at_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!("cpis_deliver_log_confirm_seconds").record(waited);
     }
 
     /// Notifications not covered by a trusted checkpoint within the bound:
@@ -419,8 +420,9 @@ impl LogCheck {
 
     /// Brings the gauges and `/healthz` up to date.
     fn publish(&self, inner: &Inner) {
-        let now = chrono::Utc::now().timestamp();
-        let oldest = inner.pending.values().map(|entry| entry.delivered_at).min().map_or(0, |at| (now - at).max(0));
+        let now = chrono::Utc::now().timestamp_millis();
+        let oldest =
+            inner.pending.values().map(|entry| entry.delivered_at_ms).min().map_or(0, |at| (now - at).max(0) / 1000);
         metrics::gauge!("cpis_deliver_log_trusted_size")
             .set(inner.trusted.as_ref().map_or(0.0, |(checkpoint, _)| checkpoint.size as f64));
         metrics::gauge!("cpis_deliver_log_unconfirmed").set(inner.pending.len() as f64);

@@ -35,8 +35,8 @@ pub struct Pending {
     pub access_id: u128,
     #[serde(with = "base64_digest")]
     pub fields: FieldsDigest,
-    /// When the agent delivered it (Unix seconds).
-    pub delivered_at: i64,
+    /// When the agent delivered it (Unix milliseconds).
+    pub delivered_at_ms: i64,
     /// Whether it was reported as not confirmed in time (reported once).
     #[serde(default)]
     pub late: bool,
@@ -161,7 +161,7 @@ mod tests {
             sequence,
             access_id: u128::from(sequence) << 64,
             fields: [sequence as u8; 32],
-            delivered_at: 1,
+            delivered_at_ms: 1,
             late: false,
         }
     }
