@@ -28,7 +28,7 @@ use dashmap::DashMap;
 
 use crate::{
     model::{LocalAuthority, PlanType},
-    nhs::NhsNumber,
+    nhs::{FastHash, NhsNumber},
     stored::StoredPlan,
 };
 
@@ -42,7 +42,7 @@ pub struct Index {
 #[derive(Default)]
 struct IndexTables {
     /// One allocation per person: the slots themselves.
-    people: DashMap<NhsNumber, Arc<[Slot]>>,
+    people: DashMap<NhsNumber, Arc<[Slot]>, FastHash>,
     /// Each local authority's people, for refresh, export and counts.
     by_authority: DashMap<Arc<str>, HashSet<NhsNumber>>,
     authorities: DashMap<String, Arc<LocalAuthority>>,

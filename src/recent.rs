@@ -32,7 +32,7 @@ use smallvec::SmallVec;
 use crate::{
     history::{self, HISTORY_READ, REQUEST_ID_WINDOW},
     model::{AccessEvent, AccessView, CareSetting, RequestKey},
-    nhs::NhsNumber,
+    nhs::{FastHash, NhsNumber},
 };
 
 /// Most accesses kept for one person, even within the request window: a
@@ -152,7 +152,7 @@ type Accesses = SmallVec<[RecentAccess; 1]>;
 /// Each person's recent accesses, and the interned text of who made them.
 #[derive(Default)]
 struct AccessesByPerson {
-    people: DashMap<NhsNumber, Accesses>,
+    people: DashMap<NhsNumber, Accesses, FastHash>,
     who: Interner,
 }
 

@@ -16,10 +16,7 @@ use tonic::server::NamedService;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    proto::{
-        audit_server::AuditServer, lookup_server::LookupServer, notifications_server::NotificationsServer,
-        plans_server::PlansServer,
-    },
+    proto::{audit_server::AuditServer, notifications_server::NotificationsServer, plans_server::PlansServer},
     relay::{Relay, StoreHealth},
     service::{AuditService, LookupService, NotificationsService, PlansService},
     telemetry, tls,
@@ -97,7 +94,7 @@ pub enum ServerError {
 const UPLOAD_STREAM_WINDOW: u32 = 1024 * 1024;
 
 const SERVICE_NAMES: [&str; 4] = [
-    <LookupServer<LookupService> as NamedService>::NAME,
+    <LookupService as NamedService>::NAME,
     <PlansServer<PlansService> as NamedService>::NAME,
     <NotificationsServer<NotificationsService> as NamedService>::NAME,
     <AuditServer<AuditService> as NamedService>::NAME,
@@ -238,7 +235,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(LookupServer::new(LookupService::new(relay.clone())).max_decoding_message_size(limit))
+        .add_service(LookupService::new(relay.clone()).max_decoding_message_size(limit))
         .add_service(PlansServer::new(PlansService::new(relay.clone())).max_decoding_message_size(limit))
         .add_service(
             NotificationsServer::new(NotificationsService::new(relay.clone())).max_decoding_message_size(limit),

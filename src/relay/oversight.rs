@@ -29,7 +29,12 @@ use std::{
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 
-use crate::{auth::Identity, error::Result, model::AccessEvent, nhs::NhsNumber};
+use crate::{
+    auth::Identity,
+    error::Result,
+    model::AccessEvent,
+    nhs::{FastHash, NhsNumber},
+};
 
 /// Users tracked in one hour; beyond it new users are not counted (warned once per window).
 pub const MAX_TRACKED_USERS: usize = 200_000;
@@ -49,13 +54,13 @@ pub(super) struct Oversight {
 /// One user's searches in one window.
 struct UserWindow {
     window: i64,
-    people: HashSet<NhsNumber>,
+    people: HashSet<NhsNumber, FastHash>,
     raised: bool,
 }
 
 impl UserWindow {
     fn new(window: i64) -> Self {
-        Self { window, people: HashSet::new(), raised: false }
+        Self { window, people: HashSet::default(), raised: false }
     }
 }
 
@@ -150,7 +155,7 @@ impl Oversight {
                 return;
             }
             entry.raised = true;
-            entry.people = HashSet::new();
+            entry.people = HashSet::default();
         }
         metrics::counter!("cpis_unusual_access_total", "organisation" => organisation.to_owned()).increment(1);
         let window_start = DateTime::from_timestamp(window * WINDOW_SECS, 0).unwrap_or_default();

@@ -165,7 +165,9 @@ impl Relay {
         let plans = lookup.in_scope(|| -> Result<Option<Vec<Arc<Plan>>>> {
             shared.oversight.searched(&identity.ods_code, accessor.user_id.trim(), nhs_number, now);
             let held = shared.index.person(nhs_number);
-            let mut visible: Vec<&StoredPlan> = held.iter().filter(|plan| plan.is_visible_on(today)).collect();
+            // One to three plans a person: on the stack.
+            let mut visible: smallvec::SmallVec<[&StoredPlan; 4]> =
+                held.iter().filter(|plan| plan.is_visible_on(today)).collect();
             lookup.record("plans", visible.len());
             if visible.is_empty() {
                 return Ok(None);
@@ -185,7 +187,7 @@ impl Relay {
         };
         let client_request_id = trimmed(request_id);
         let generated = client_request_id.is_empty();
-        let request_id = if generated { random_id().to_string() } else { client_request_id };
+        let request_id = if generated { id_text(random_id()) } else { client_request_id };
 
         // Only a client's own id can repeat. A copy of this request still being committed
         // is waited for: answered as a retry once that commit is durable, never before it.
@@ -294,6 +296,13 @@ fn random_id() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid()
 }
 
+/// An id as text (hyphenated, lower case: what `to_string` writes) without
+/// the formatting machinery: one allocation, the string itself.
+fn id_text(id: uuid::Uuid) -> String {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text).to_owned()
+}
+
 /// Runs a future to its end even if the caller stops waiting: awaited, it is
 /// polled in place (no task, no thread hop); dropped before it finished (the
 /// client went away, a deadline passed), what is left runs as a task of the
@@ -353,7 +362,7 @@ fn notification_drafts(sorted_plans: &[Arc<Plan>], traceparent: Option<String>) 
         }
         drafts.push(NotificationDraft {
             la_ods_code: plan.la_ods_code.clone(),
-            notification_id: random_id().to_string(),
+            notification_id: id_text(random_id()),
             local_id: plan.local_id.clone(),
             plan_type: plan.plan_type,
             team_code: plan.team_code.clone(),
@@ -366,4 +375,13 @@ fn notification_drafts(sorted_plans: &[Arc<Plan>], traceparent: Option<String>) 
 /// Text as validated (trimmed), copied only when it had spaces to trim.
 fn trimmed(text: String) -> String {
     if text.trim().len() == text.len() { text } else { text.trim().to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_id_reads_as_its_display_writes_it() {
+        let id = super::random_id();
+        assert_eq!(super::id_text(id), id.to_string());
+    }
 }

@@ -2,6 +2,7 @@
 //! calls one relay operation and converts the result. No domain rule lives
 //! here; errors become `Status` only through `From<Error>`.
 
+pub mod answer;
 pub mod convert;
 
 mod audit;

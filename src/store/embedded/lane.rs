@@ -61,6 +61,7 @@ impl Lane {
         let thread = std::thread::Builder::new()
             .name(format!("cpis-store-{name}"))
             .spawn(move || {
+                let lane_metrics = LaneMetrics::new();
                 while let Some(first) = queue.blocking_recv() {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
@@ -70,7 +71,7 @@ impl Lane {
                         }
                     }
                     match broken.reason() {
-                        None => run_batch(&mut committer, &stats, &broken, &lane, batch),
+                        None => run_batch(&mut committer, &stats, &lane_metrics, &broken, &lane, batch),
                         Some(reason) => {
                             for job in batch {
                                 let _ = job.reply.send(Err(StoreError::Broken(reason.clone())));
@@ -96,16 +97,43 @@ impl Lane {
     }
 }
 
-fn run_batch(committer: &mut impl Committer, stats: &CommitStats, broken: &Broken, lane: &str, batch: Vec<Job>) {
+/// The lane's metrics, resolved once when its thread starts: resolving one
+/// per commit looked it up (and allocated its key) in the registry each time.
+struct LaneMetrics {
+    sync_duration: metrics::Histogram,
+    commits: metrics::Counter,
+    changes: metrics::Counter,
+}
+
+impl LaneMetrics {
+    fn new() -> Self {
+        // Resolved against the process's recorder, installed first if the store opens before anything recorded.
+        let _recorder = crate::telemetry::metrics();
+        Self {
+            sync_duration: metrics::histogram!("cpis_store_sync_duration_seconds"),
+            commits: metrics::counter!("cpis_store_commits_total"),
+            changes: metrics::counter!("cpis_store_changes_total"),
+        }
+    }
+}
+
+fn run_batch(
+    committer: &mut impl Committer,
+    stats: &CommitStats,
+    lane_metrics: &LaneMetrics,
+    broken: &Broken,
+    lane: &str,
+    batch: Vec<Job>,
+) {
     let (changes, replies): (Vec<Change>, Vec<_>) = batch.into_iter().map(|job| (job.change, job.reply)).unzip();
     let size = changes.len();
     let started = Instant::now();
     let result = committer.commit(changes);
     match result {
         Ok(results) => {
-            metrics::histogram!("cpis_store_sync_duration_seconds").record(started.elapsed().as_secs_f64());
-            metrics::counter!("cpis_store_commits_total").increment(1);
-            metrics::counter!("cpis_store_changes_total").increment(size as u64);
+            lane_metrics.sync_duration.record(started.elapsed().as_secs_f64());
+            lane_metrics.commits.increment(1);
+            lane_metrics.changes.increment(size as u64);
             stats.commits.fetch_add(1, Ordering::AcqRel);
             stats.changes.fetch_add(size as u64, Ordering::AcqRel);
             for (reply, result) in replies.into_iter().zip(results) {

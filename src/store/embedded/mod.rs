@@ -296,7 +296,7 @@ impl EmbeddedStore {
         )?;
         let activity_lane = Lane::start(
             "activity",
-            changes::ActivityCommitter { spaces: spaces.clone(), positions, log: log_bounds },
+            changes::ActivityCommitter { spaces: spaces.clone(), positions, log: log_bounds, undo: Vec::new() },
             Arc::clone(&stats),
             broken.clone(),
         )?;
