@@ -186,7 +186,7 @@ async fn a_bearer_token_names_the_user_of_an_organisation_certificate() {
     let relay = WebRelay::start_with(helpers::Pki::new(), RelaySettings::default(), true).await;
     relay.load("706", &[&nhs(1)]).await;
     let mut org = relay.organisation("ed-rr8");
-    let token = cpis_relay::fhir::token::mint(relay.signing_key.as_ref().unwrap(), &helpers::dev_token("token-user-7"))
+    let token = cpis_relay::auth::token::mint(relay.signing_key.as_ref().unwrap(), &helpers::dev_token("token-user-7"))
         .unwrap();
     org.authorization = Some(format!("Bearer {token}"));
     let page = search(&org, &nhs(1)).await;

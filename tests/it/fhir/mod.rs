@@ -14,7 +14,7 @@ use std::{path::PathBuf, time::Duration};
 use crate::helpers::*;
 use bytes::Bytes;
 use cpis_relay::{
-    fhir::token,
+    auth::token,
     proto::{AccessLogRequest, PlanType, audit_client::AuditClient, lookup_client::LookupClient},
 };
 use http_body_util::{BodyExt, Full};

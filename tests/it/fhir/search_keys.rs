@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::helpers::*;
 use bytes::Bytes;
 use cpis_relay::{
-    fhir::token,
+    auth::token,
     model::CareSetting,
     proto::{self, PlanType},
     tls::PemText,

@@ -17,15 +17,15 @@ pub struct FhirTest {
 impl FhirTest {
     /// A token for `user_id` as the development CLI mints it, valid for 5 minutes.
     pub fn token(&self, user_id: &str) -> String {
-        cpis_relay::fhir::token::mint(&self.signing_key, &dev_token(user_id)).unwrap()
+        cpis_relay::auth::token::mint(&self.signing_key, &dev_token(user_id)).unwrap()
     }
 }
 
 /// What [`FhirTest::token`] says: the default issuer, audience and claim names.
-pub fn dev_token(user_id: &str) -> cpis_relay::fhir::token::DevToken {
-    cpis_relay::fhir::token::DevToken {
-        issuer: cpis_relay::fhir::token::DEFAULT_ISSUER.into(),
-        audience: cpis_relay::fhir::token::DEFAULT_AUDIENCE.into(),
+pub fn dev_token(user_id: &str) -> cpis_relay::auth::token::DevToken {
+    cpis_relay::auth::token::DevToken {
+        issuer: cpis_relay::auth::token::DEFAULT_ISSUER.into(),
+        audience: cpis_relay::auth::token::DEFAULT_AUDIENCE.into(),
         user_id: user_id.into(),
         name: format!("Dr {user_id}"),
         role_code: "R8000".into(),
@@ -37,9 +37,9 @@ pub fn dev_token(user_id: &str) -> cpis_relay::fhir::token::DevToken {
 /// The test door's token settings: the defaults, with the care settings of
 /// the emergency department (RR8) and the GP practice (Y02999) configured,
 /// as a deployment would, so tokens need no care setting claim.
-pub fn fhir_token_settings() -> cpis_relay::fhir::TokenSettings {
+pub fn fhir_token_settings() -> cpis_relay::auth::token::TokenSettings {
     use cpis_relay::model::CareSetting;
-    let mut settings = cpis_relay::fhir::TokenSettings::default();
+    let mut settings = cpis_relay::auth::token::TokenSettings::default();
     settings.care_settings.by_organisation =
         [("RR8".to_owned(), CareSetting::EmergencyDepartment), ("Y02999".to_owned(), CareSetting::GeneralPractice)]
             .into();

@@ -277,8 +277,8 @@ impl TestRelay {
         with_fhir: bool,
     ) -> Self {
         let (fhir_door, fhir) = if with_fhir {
-            let (signing_key, jwks) = cpis_relay::fhir::token::generate_dev_key().unwrap();
-            let tokens = cpis_relay::fhir::TokenVerifier::from_jwks(&jwks, fhir_token_settings()).unwrap();
+            let (signing_key, jwks) = cpis_relay::auth::token::generate_dev_key().unwrap();
+            let tokens = cpis_relay::auth::token::TokenVerifier::from_jwks(&jwks, fhir_token_settings()).unwrap();
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap();
             let door = cpis_relay::fhir::FhirDoor { listener, tokens: Arc::new(tokens) };

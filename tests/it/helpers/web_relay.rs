@@ -46,8 +46,8 @@ impl WebRelay {
         let clock = Arc::new(ManualClock::new(test_start()));
         let relay = Relay::open(store, clock, settings).await.unwrap();
         let (tokens, signing_key) = if bearer {
-            let (signing_key, jwks) = cpis_relay::fhir::token::generate_dev_key().unwrap();
-            let tokens = cpis_relay::fhir::TokenVerifier::from_jwks(&jwks, Default::default()).unwrap();
+            let (signing_key, jwks) = cpis_relay::auth::token::generate_dev_key().unwrap();
+            let tokens = cpis_relay::auth::token::TokenVerifier::from_jwks(&jwks, Default::default()).unwrap();
             (Some(Arc::new(tokens)), Some(signing_key))
         } else {
             (None, None)

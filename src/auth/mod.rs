@@ -2,6 +2,14 @@
 //! client certificate (CN = ODS code, O = organisation name, OU = role) and is
 //! parsed once per connection; every role check of the relay is in
 //! [`authorize`]. Nothing here reads a request body.
+//!
+//! - [`token`]: the user from a bearer JWT (JWKS, issuer, audience, expiry),
+//!   which the FHIR door and the browser view accept;
+//! - [`care_setting`]: a search's care setting when the door carries none,
+//!   from the token or the organisation's configuration.
+
+pub mod care_setting;
+pub mod token;
 
 use std::fmt;
 

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{error::Error, model::CareSetting, proto};
+use crate::{error::Error, model::CareSetting};
 
 /// Default name of the token claim naming the care setting.
 pub const DEFAULT_CLAIM: &str = "care_setting";
@@ -47,17 +47,14 @@ impl CareSettings {
 /// with `-` for `_` (`out-of-hours-gp`).
 pub fn parse(text: &str) -> Result<CareSetting, String> {
     let name = text.trim().to_ascii_uppercase().replace('-', "_");
-    proto::CareSetting::from_str_name(&name)
-        .filter(|setting| *setting != proto::CareSetting::Unspecified)
-        .and_then(|setting| crate::service::convert::care_setting_from_wire(setting as i32).ok().flatten())
-        .ok_or_else(|| {
-            format!("{text:?} is not a care setting (EMERGENCY_DEPARTMENT, OUT_OF_HOURS_GP, AMBULANCE_SERVICE, ...)")
-        })
+    CareSetting::from_contract_name(&name).ok_or_else(|| {
+        format!("{text:?} is not a care setting (EMERGENCY_DEPARTMENT, OUT_OF_HOURS_GP, AMBULANCE_SERVICE, ...)")
+    })
 }
 
 /// The contract name of a care setting, as [`parse`] reads it.
 pub fn name(setting: CareSetting) -> &'static str {
-    crate::service::convert::care_setting(setting).as_str_name()
+    setting.contract_name()
 }
 
 /// One `ODS=SETTING` entry of `fhir_care_settings`.

@@ -1,4 +1,4 @@
-//! HTTPS for the FHIR door (and the browser view, `web`) over the relay's own TLS: the same server
+//! HTTPS for the FHIR door (`fhir`) and the browser view (`web`) over the relay's own TLS: the same server
 //! certificate and client-certificate verification as gRPC (`tls::incoming`),
 //! HTTP/1.1 only, each request carrying its connection's [`PeerInfo`] as gRPC
 //! requests do. On stop, no new connection is accepted and requests in flight
