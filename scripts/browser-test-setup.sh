@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tests/browser.rs needs: Debian's Chromium, the NSS tools that
+# Installs what tests/it/browser/chromium.rs needs: Debian's Chromium, the NSS tools that
 # put a development certificate in a browser profile (certutil, pk12util),
 # node with puppeteer-core (drives Chromium over the DevTools protocol; it never
 # downloads a browser) and axe-core (npm, pinned in tests/browser/package-lock.json),

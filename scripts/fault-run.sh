@@ -13,10 +13,10 @@ cd "$(dirname "$0")/.."
 steps="${1:-40}"
 runs="${2:-3}"
 [ -n "${CPIS_FAULT_SEED:-}" ] && runs=1
-cargo nextest run --release --test network_faults --no-run
+cargo nextest run --release --test it --no-run
 for run in $(seq 1 "$runs"); do
   echo "fault run $run of $runs: $steps steps"
-  CPIS_FAULT_STEPS="$steps" cargo nextest run --release --test network_faults --no-capture \
-    -E 'test(a_seeded_run_of_kills_cuts_restarts_and_poison_requests_loses_and_duplicates_nothing)' 2>&1 \
+  CPIS_FAULT_STEPS="$steps" cargo nextest run --release --test it --no-capture \
+    -E 'test(=faults::network::a_seeded_run_of_kills_cuts_restarts_and_poison_requests_loses_and_duplicates_nothing)' 2>&1 \
     | grep -E "fault run|step|PASS|FAIL|panicked|assert"
 done

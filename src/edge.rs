@@ -23,8 +23,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::{
     auth::Identity,
+    auth::token::{TokenUser, TokenVerifier},
     error::{Error, Result},
-    fhir::token::{TokenUser, TokenVerifier},
     tls::PeerInfo,
 };
 

@@ -19,7 +19,9 @@
 //! - [`service`]: thin gRPC adapters; [`error`] maps the one error type to `Status`.
 //! - [`fhir`]: the FHIR R4 door (NHS CP-IS API shapes), another adapter over the same domain.
 //! - [`web`]: the browser view (clinician's card, LA inbox, access log, ops), a third adapter.
-//! - [`auth`], [`tls`], [`certs`]: identity from certificates, rustls configs, dev PKI.
+//! - [`auth`], [`tls`], [`certs`]: identity from certificates and bearer tokens, rustls configs
+//!   and the HTTPS server the FHIR door and the browser view share, dev PKI; [`crypto`]: the one
+//!   crypto provider.
 //! - [`telemetry`]: logs and metrics; [`traces`]: OpenTelemetry traces (off unless configured), `traceparent` in and out.
 //! - [`server`]: wires it together over a bound listener and a shutdown future.
 //! - [`client`], [`cli`]: the command-line clients and tools.
@@ -38,6 +40,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod deliver;
 pub mod edge;
 pub mod error;

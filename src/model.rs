@@ -88,6 +88,29 @@ impl CareSetting {
         }
     }
 
+    /// The setting's name in the contract (`EMERGENCY_DEPARTMENT`): the value
+    /// name of `cpis.v1.CareSetting` (a test in `service::convert` keeps them
+    /// equal), read from a bearer token's claim and from `fhir_care_settings`.
+    pub fn contract_name(self) -> &'static str {
+        match self {
+            Self::EmergencyDepartment => "EMERGENCY_DEPARTMENT",
+            Self::OutOfHoursGp => "OUT_OF_HOURS_GP",
+            Self::WalkInCentre => "WALK_IN_CENTRE",
+            Self::MinorInjuriesUnit => "MINOR_INJURIES_UNIT",
+            Self::PaediatricWard => "PAEDIATRIC_WARD",
+            Self::AmbulanceService => "AMBULANCE_SERVICE",
+            Self::MaternityUnit => "MATERNITY_UNIT",
+            Self::GeneralPractice => "GENERAL_PRACTICE",
+            Self::HealthVisiting => "HEALTH_VISITING",
+            Self::SchoolNursing => "SCHOOL_NURSING",
+        }
+    }
+
+    /// The setting of a [`contract_name`](Self::contract_name), exactly.
+    pub fn from_contract_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|setting| setting.contract_name() == name)
+    }
+
     /// Whether this is a scheduled care setting (general practice, health
     /// visiting, school nursing), whose searches are silent.
     pub fn is_scheduled(self) -> bool {

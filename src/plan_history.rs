@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     model::{Plan, PlanType, time_ordered_id},
     nhs::NhsNumber,
-    store::StoreError,
+    store::error::StoreError,
     stored::{self, StoredPlan},
 };
 

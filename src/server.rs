@@ -178,7 +178,7 @@ pub async fn run(
     let fhir_stop = watch::Sender::new(false);
     let fhir_server = fhir.map(|door| {
         let router = crate::fhir::routes::router(relay.clone(), door.tokens, edge.clone());
-        tokio::spawn(crate::fhir::server::serve(
+        tokio::spawn(crate::tls::https::serve(
             "fhir",
             door.listener,
             options.tls.clone(),
@@ -194,7 +194,7 @@ pub async fn run(
     let web_server = web.map(|door| {
         let settings =
             crate::web::WebSettings { tokens: door.tokens, edge: edge.clone(), ready: ready.subscribe(), metrics_url };
-        tokio::spawn(crate::fhir::server::serve(
+        tokio::spawn(crate::tls::https::serve(
             "web",
             door.listener,
             options.tls.clone(),

@@ -14,7 +14,7 @@ use chrono::NaiveDate;
 use crate::{
     model::{Plan, PlanType, days},
     nhs::NhsNumber,
-    store::StoreError,
+    store::error::StoreError,
 };
 
 /// Header: the last visible day as a day number (i32), `NO_END` while current.

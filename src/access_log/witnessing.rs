@@ -97,7 +97,7 @@ fn http_client(ca_pem: Option<&str>) -> Result<HttpClient, String> {
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    let tls = rustls::ClientConfig::builder_with_provider(crate::crypto::provider())
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?
         .with_root_certificates(roots)

@@ -7,7 +7,11 @@ use std::path::Path;
 
 use clap::{Args, Subcommand};
 
-use super::{CliError, ClientArgs, exit};
+use super::{
+    CliError, ClientArgs,
+    audit_trusted::{TrustArgs, trusted_checkpoint, verifier_key},
+    exit,
+};
 use crate::{
     access_log::{self, LogReport},
     store::{Store, embedded::EmbeddedStore},
@@ -56,19 +60,8 @@ pub struct VerifyArgs {
     /// read from the store being checked would vouch for whoever rewrote that store.
     #[arg(long, env = "CPIS_LOG_VERIFIER_KEY")]
     pub verifier_key: String,
-    /// A witness's public key (`name+id+base64(0x04||key)`), or a file holding one; repeat for each witness.
-    #[arg(long = "witness-key", env = "CPIS_WITNESS_KEYS", value_delimiter = ',')]
-    pub witness_keys: Vec<String>,
-    /// How many of the witness keys must have cosigned the trusted checkpoint [default: all of them]
-    #[arg(long, env = "CPIS_WITNESS_QUORUM")]
-    pub witness_quorum: Option<usize>,
-    /// A checkpoint held outside the store that the store must extend: a file holding a cosigned
-    /// checkpoint note, or a witness's URL to fetch its latest one from (GET URL/checkpoint).
-    #[arg(long, env = "CPIS_TRUSTED_CHECKPOINT")]
-    pub trusted_checkpoint: Option<String>,
-    /// CA certificates (PEM) an https:// witness is checked against instead of the system's roots.
-    #[arg(long, env = "CPIS_WITNESS_CA")]
-    pub witness_ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 pub async fn run(args: AuditArgs) -> Result<u8, CliError> {
@@ -101,16 +94,10 @@ fn init_key(args: &InitKeyArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-/// The verifier key from `--verifier-key`: the key itself, or a file holding it.
-pub fn verifier_key(given: &str) -> Result<VerifierKey, CliError> {
-    let text = crate::transparency::cosignature::key_text(given, "verifier_key").map_err(CliError::Config)?;
-    VerifierKey::parse(&text).map_err(|error| CliError::Config(format!("verifier_key: {error}")))
-}
-
 async fn run_verify(args: VerifyArgs) -> Result<u8, CliError> {
     let data_dir = args.store.data_dir.clone();
     let verifier = verifier_key(&args.verifier_key)?;
-    let trusted = super::audit_trusted::trusted_checkpoint(&args, &verifier).await?;
+    let trusted = trusted_checkpoint(&args.trust, &verifier).await?;
     if let Some((checkpoint, witnesses)) = &trusted {
         println!(
             "trusted checkpoint: {} accesses, signed at {}, cosigned by {}",

@@ -150,7 +150,7 @@ pub(super) fn leaf_access_json(fields: &LeafFields<'_>) -> serde_json::Value {
 
 pub async fn run(args: ProofArgs) -> Result<u8, CliError> {
     let given = match &args.verifier_key {
-        Some(text) => Some(super::audit::verifier_key(text)?),
+        Some(text) => Some(super::audit_trusted::verifier_key(text)?),
         None => None,
     };
     let (channel, _) = args.client.channel("auditor").await?;

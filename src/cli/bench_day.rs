@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 
 use super::{
     CliError,
-    bench::BenchArgs,
+    bench_args::BenchArgs,
     bench_day_faults::{CutProbe, Faults, NodeLink, node_links, search_failing_over},
     bench_day_uploads::{Uploads, change_some, incremental, nightly, plans_owned, refresh_all},
     exit,

@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 
 use super::{
     CliError,
-    bench::BenchArgs,
+    bench_args::BenchArgs,
     bench_day_uploads::{shows, upload},
 };
 use crate::{

@@ -17,7 +17,7 @@ use std::{
 use prost::Message;
 use serde_json::json;
 
-use super::{CliError, bench::BenchArgs, exit, top};
+use super::{CliError, bench_args::BenchArgs, exit, top};
 use crate::{
     bench::{self, load, process},
     client,
@@ -140,7 +140,7 @@ pub async fn load_scenario(args: &BenchArgs) -> Result<u8, CliError> {
     let ed = pem(args, "ed-rr8")?;
     let target = target(args).await?;
     let url = target.url.clone();
-    let mut flagged = super::bench::upload_to_external(args, &url).await?;
+    let mut flagged = upload_to_external(args, &url).await?;
     let records = synth::generate(args.people, 2026, chrono::Utc::now().date_naive());
     if args.refresh_records > 0 {
         // Search only people whose plans the refreshes of 706 leave alone.
@@ -338,7 +338,7 @@ fn print_table(report: &serde_json::Value) {
 /// beats the answer to the client counts as zero).
 pub async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
     let target = target(args).await?;
-    let flagged: HashSet<String> = super::bench::upload_to_external(args, &target.url).await?.into_iter().collect();
+    let flagged: HashSet<String> = upload_to_external(args, &target.url).await?.into_iter().collect();
     let timings = Arc::new(bench::delivery::DeliveryTimings::default());
     let mut subscribers = Vec::new();
     let subscribe_url = args.subscribe_server.clone().unwrap_or_else(|| target.url.clone());
@@ -409,7 +409,7 @@ pub async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
 /// replaces the few plans the bench loaded, the second replaces itself.
 pub async fn refresh(args: &BenchArgs) -> Result<u8, CliError> {
     let target = target(args).await?;
-    super::bench::upload_to_external(&BenchArgs { people: 100, ..args.clone() }, &target.url).await?;
+    upload_to_external(&BenchArgs { people: 100, ..args.clone() }, &target.url).await?;
     let records = refresh_records(args.records);
     let channel = client::connect(&target.url, &pem(args, "la-706")?, None).await.map_err(unavailable)?;
     let authority = bench::wire_authority("706").ok_or_else(|| failed("no synthetic authority 706"))?;
@@ -434,4 +434,36 @@ pub async fn refresh(args: &BenchArgs) -> Result<u8, CliError> {
         relay.stop(Duration::from_secs(30)).await;
     }
     Ok(exit::OK)
+}
+
+/// The flagged people of an external relay: 706's exported plans, or, when
+/// 706 holds none, synthetic people uploaded for 706 and 855 first.
+async fn upload_to_external(args: &BenchArgs, url: &str) -> Result<Vec<String>, CliError> {
+    let unavailable = |error: client::ClientError| CliError::Unavailable(error.to_string());
+    let la_706 = PemFiles::in_dir(&args.certs_dir, "la-706").read().map_err(failed)?;
+    let channel = client::connect(url, &la_706, None).await.map_err(unavailable)?;
+    let mut exported =
+        proto::plans_client::PlansClient::new(channel).export(proto::ExportRequest {}).await?.into_inner();
+    let mut held = Vec::new();
+    while let Some(record) = futures::StreamExt::next(&mut exported).await {
+        held.push(record?.nhs_number);
+    }
+    if !held.is_empty() {
+        eprintln!("the target holds {} plans of 706; searching those, uploading nothing", held.len());
+        return Ok(held);
+    }
+    let records = synth::generate(args.people, 2026, chrono::Utc::now().date_naive());
+    let mut flagged = Vec::new();
+    for (identity, ods_code) in [("la-706", "706"), ("la-855", "855")] {
+        let pem = PemFiles::in_dir(&args.certs_dir, identity).read().map_err(failed)?;
+        let channel = client::connect(url, &pem, None).await.map_err(unavailable)?;
+        let mine: Vec<proto::PlanRecord> =
+            records.iter().filter(|r| r.la_ods_code == ods_code).map(|r| r.record.clone()).collect();
+        flagged.extend(mine.iter().map(|record| record.nhs_number.clone()));
+        let authority = bench::wire_authority(ods_code).ok_or_else(|| failed("no synthetic authority"))?;
+        let progress = indicatif::ProgressBar::hidden();
+        super::upload::send(channel, proto::UploadMode::Incremental, false, "bench", authority, mine, &progress)
+            .await?;
+    }
+    Ok(flagged)
 }

@@ -325,7 +325,7 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
 }
 
 fn verify_options(args: &SubscribeArgs) -> Result<super::subscribe_verify::VerifyOptions, CliError> {
-    let verifier = super::audit::verifier_key(args.verifier_key.as_deref().unwrap_or_default())?;
+    let verifier = super::audit_trusted::verifier_key(args.verifier_key.as_deref().unwrap_or_default())?;
     let witnesses = super::audit_trusted::witness_keys(&args.witness_keys)?;
     let quorum = args.witness_quorum.unwrap_or(witnesses.len());
     if quorum > witnesses.len() || (quorum == 0 && !witnesses.is_empty()) {

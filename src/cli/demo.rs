@@ -64,9 +64,9 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
     let address = listener.local_addr().map_err(failed)?;
     let admin_address = admin.local_addr().map_err(failed)?;
     certs::ensure_token_key(&args.certs_dir).map_err(failed)?;
-    let tokens = crate::fhir::TokenVerifier::from_jwks_file(
-        &args.certs_dir.join(crate::fhir::token::DEV_JWKS),
-        crate::fhir::TokenSettings::default(),
+    let tokens = crate::auth::token::TokenVerifier::from_jwks_file(
+        &args.certs_dir.join(crate::auth::token::DEV_JWKS),
+        crate::auth::token::TokenSettings::default(),
     )
     .map_err(failed)?;
     let fhir_listener = TcpListener::bind("127.0.0.1:0").await.map_err(failed)?;
@@ -162,12 +162,12 @@ async fn fhir_search(args: &DemoArgs, url: &str) -> Result<(u16, serde_json::Val
         hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     let signing_key =
-        std::fs::read_to_string(args.certs_dir.join(crate::fhir::token::DEV_SIGNING_KEY)).map_err(failed)?;
-    let token = crate::fhir::token::mint(
+        std::fs::read_to_string(args.certs_dir.join(crate::auth::token::DEV_SIGNING_KEY)).map_err(failed)?;
+    let token = crate::auth::token::mint(
         &signing_key,
-        &crate::fhir::token::DevToken {
-            issuer: crate::fhir::token::DEFAULT_ISSUER.into(),
-            audience: crate::fhir::token::DEFAULT_AUDIENCE.into(),
+        &crate::auth::token::DevToken {
+            issuer: crate::auth::token::DEFAULT_ISSUER.into(),
+            audience: crate::auth::token::DEFAULT_AUDIENCE.into(),
             user_id: "rr8-dan".into(),
             name: "Dr Dan Reid".into(),
             role_code: "R8000".into(),

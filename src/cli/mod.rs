@@ -6,6 +6,7 @@ mod audit;
 mod audit_proof;
 mod audit_trusted;
 mod bench;
+mod bench_args;
 mod bench_day;
 mod bench_day_faults;
 mod bench_day_uploads;
@@ -103,7 +104,7 @@ pub enum Command {
     /// Start a relay on the embedded defaults, load synthetic data, search and watch notifications arrive.
     Demo(demo::DemoArgs),
     /// Load generator and store scenarios (see PERFORMANCE.md).
-    Bench(bench::BenchArgs),
+    Bench(bench_args::BenchArgs),
     /// Live view of a relay's metrics for an operator's terminal.
     Top(top::TopArgs),
     /// Mint a development bearer token for the FHIR door.

@@ -301,7 +301,7 @@ fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CliError> {
 
 pub async fn run(args: SarArgs) -> Result<u8, CliError> {
     let given = match &args.verifier_key {
-        Some(text) => Some(super::audit::verifier_key(text)?),
+        Some(text) => Some(super::audit_trusted::verifier_key(text)?),
         None => None,
     };
     let (channel, _) = args.client.channel("auditor").await?;

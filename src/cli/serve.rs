@@ -10,10 +10,11 @@ use tokio::net::TcpListener;
 
 use super::{CliError, exit};
 use crate::{
+    auth::token::TokenVerifier,
     certs,
     clock::SystemClock,
     config::{ServeConfig, ServeSettings, StoreKind},
-    fhir::{FhirDoor, TokenVerifier},
+    fhir::FhirDoor,
     relay::Relay,
     server::{self, ServerOptions},
     store::{Store, embedded::EmbeddedStore, memory::MemoryStore, postgres::PostgresStore},
@@ -273,7 +274,7 @@ fn token_verifier(config: &ServeConfig) -> Result<TokenVerifier, CliError> {
             {
                 tracing::warn!(dir = %config.certs_dir.display(), "created a development token signing key; never use it in production");
             }
-            config.certs_dir.join(crate::fhir::token::DEV_JWKS)
+            config.certs_dir.join(crate::auth::token::DEV_JWKS)
         }
     };
     TokenVerifier::from_jwks_file(&path, config.token_settings())

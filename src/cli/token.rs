@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::{CliError, exit};
 use crate::{
+    auth::token::{self, DevToken},
     certs,
-    fhir::token::{self, DevToken},
 };
 
 #[derive(Debug, Args)]
@@ -55,7 +55,7 @@ pub fn run(args: TokenArgs) -> Result<u8, CliError> {
     let care_setting = args
         .care_setting
         .as_deref()
-        .map(crate::fhir::care_setting::parse)
+        .map(crate::auth::care_setting::parse)
         .transpose()
         .map_err(|reason| CliError::Config(format!("--care-setting: {reason}")))?;
     let key =

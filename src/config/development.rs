@@ -4,7 +4,7 @@
 //! a FHIR door verifying tokens with the development key.
 
 use super::{ConfigError, ServeConfig, StoreKind, error};
-use crate::fhir::token;
+use crate::auth::token;
 
 impl ServeConfig {
     /// Refuses what is safe only on a development machine, unless

@@ -10,12 +10,14 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
-use crate::{certs, fhir::token, relay::RelaySettings};
+use crate::{auth::token, certs, relay::RelaySettings};
 
 mod development;
+pub mod error;
 mod listeners;
 mod settings;
 mod store_kind;
+pub use error::ConfigError;
 pub use settings::ServeSettings;
 pub use store_kind::StoreKind;
 
@@ -26,14 +28,6 @@ fn text(key: &str, value: Option<String>, default: &str) -> Result<String, Confi
         Some(value) => Ok(value.trim().to_owned()),
         None => Ok(default.to_owned()),
     }
-}
-
-/// A bad setting: the key and why.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration {key}: {reason}")]
-pub struct ConfigError {
-    pub key: String,
-    pub reason: String,
 }
 
 fn error(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -246,7 +240,7 @@ impl ServeSettings {
             fhir_care_setting_claim: text(
                 "fhir_care_setting_claim",
                 self.fhir_care_setting_claim,
-                crate::fhir::care_setting::DEFAULT_CLAIM,
+                crate::auth::care_setting::DEFAULT_CLAIM,
             )?,
             fhir_care_settings: self.fhir_care_settings.unwrap_or_default(),
             witnesses: self.witnesses.unwrap_or_default(),
@@ -271,7 +265,7 @@ impl ServeSettings {
             }
         }
         for entry in &config.fhir_care_settings {
-            crate::fhir::care_setting::parse_entry(entry).map_err(|reason| error("fhir_care_settings", reason))?;
+            crate::auth::care_setting::parse_entry(entry).map_err(|reason| error("fhir_care_settings", reason))?;
         }
         if config.max_handshakes >= config.max_connections {
             return Err(error(
@@ -382,12 +376,12 @@ impl ServeConfig {
             user_id_claim: self.fhir_user_id_claim.clone(),
             name_claim: self.fhir_name_claim.clone(),
             role_code_claim: self.fhir_role_code_claim.clone(),
-            care_settings: crate::fhir::care_setting::CareSettings {
+            care_settings: crate::auth::care_setting::CareSettings {
                 claim: self.fhir_care_setting_claim.clone(),
                 by_organisation: self
                     .fhir_care_settings
                     .iter()
-                    .filter_map(|entry| crate::fhir::care_setting::parse_entry(entry).ok())
+                    .filter_map(|entry| crate::auth::care_setting::parse_entry(entry).ok())
                     .collect(),
             },
             ..token::TokenSettings::default()

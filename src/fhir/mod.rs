@@ -5,29 +5,27 @@
 //! answers in the shapes of the published examples; it holds no domain rule.
 //!
 //! - [`routes`]: paths, parameters and headers, one handler per search;
-//! - [`token`]: the user from a bearer JWT (JWKS, issuer, audience, expiry);
-//! - [`care_setting`]: a search's care setting, from the token or the organisation;
+//! - `auth::token` and `auth::care_setting`: the user from a bearer JWT, and a
+//!   search's care setting from the token or the organisation;
 //! - [`trace_ids`]: TraceIDs a client reuses, counted;
 //! - [`resources`]: domain answers as FHIR JSON;
 //! - [`errors`]: every refusal as an OperationOutcome, in one place;
-//! - [`server`]: HTTPS over `tls::incoming`, with graceful shutdown.
+//! - `tls::https` serves it (and the browser view) over `tls::incoming`.
 //!
 //! [`SearchQuery`]: crate::relay::SearchQuery
 
-pub mod care_setting;
 pub mod errors;
 pub mod resources;
 pub mod routes;
-pub mod server;
-pub mod token;
 pub mod trace_ids;
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::auth::token::TokenVerifier;
+
 pub use errors::FhirError;
-pub use token::{TokenSettings, TokenVerifier};
 
 /// Where the CP-IS API lives on the door.
 pub const BASE_PATH: &str = "/cpis/FHIR/R4";

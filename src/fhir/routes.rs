@@ -3,7 +3,7 @@
 //! OperationOutcome. Each search reads the caller's organisation from the
 //! connection's certificate, the user from the bearer token, the care
 //! setting from the token or the organisation's configuration
-//! ([`super::care_setting`]) and the person from `patient:identifier`, then
+//! ([`crate::auth::care_setting`]) and the person from `patient:identifier`, then
 //! calls [`Relay::search`] like the gRPC door.
 
 use std::sync::Arc;
@@ -18,13 +18,9 @@ use axum::{
 use serde_json::Value;
 use tracing::Instrument;
 
-use super::{
-    BASE_PATH, FHIR_JSON,
-    errors::FhirError,
-    resources,
-    token::{TokenUser, TokenVerifier},
-};
+use super::{BASE_PATH, FHIR_JSON, errors::FhirError, resources};
 use crate::{
+    auth::token::{TokenUser, TokenVerifier},
     edge::{self, Door, Edge},
     relay::{Relay, SearchQuery},
     tls::PeerInfo,

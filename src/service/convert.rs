@@ -285,3 +285,16 @@ pub fn upload_report(outcome: UploadOutcome) -> proto::UploadReport {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_care_setting_has_the_contract_name_of_its_wire_value() {
+        for setting in CareSetting::ALL {
+            assert_eq!(care_setting(setting).as_str_name(), setting.contract_name());
+            assert_eq!(care_setting_from_wire(care_setting(setting) as i32).unwrap(), Some(setting));
+        }
+    }
+}

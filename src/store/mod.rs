@@ -17,11 +17,14 @@
 
 pub mod check;
 pub mod embedded;
+pub mod error;
 pub mod faults;
 pub mod log;
 pub mod memory;
 pub mod postgres;
 pub mod writes;
+
+pub use error::StoreError;
 
 use std::sync::Arc;
 
@@ -34,36 +37,6 @@ use crate::{
     plan_history::PlanEvent,
     stored::{StoredAccess, StoredPlan},
 };
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage failed: {0}")]
-    Io(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    /// The store is working but refuses this one record, and will refuse
-    /// it however often it is tried (PostgreSQL's data exceptions, integrity
-    /// violations and program limits): set it aside rather than retry it.
-    #[error("the store refused the record: {0}")]
-    Rejected(String),
-    #[error("the store is closed")]
-    Closed,
-    #[error("storage failure injected for a test")]
-    Injected,
-    /// The store takes no more writes until the process restarts: an
-    /// embedded store's journal write or sync failed (see [`Broken`]).
-    #[error("the store's journal failed and it takes no more writes until the relay restarts: {0}")]
-    Broken(String),
-}
-
-impl StoreError {
-    /// The error is about one record, not the store: retrying the same
-    /// record fails the same way while the store takes others (a record the
-    /// store refuses, or one that cannot be encoded or read).
-    pub fn is_about_the_record(&self) -> bool {
-        matches!(self, Self::Rejected(_) | Self::Corrupt(_))
-    }
-}
 
 /// Set once a store can take no more writes until the process restarts. An
 /// embedded (fjall) store whose journal append or sync failed refuses every

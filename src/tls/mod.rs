@@ -9,9 +9,13 @@
 //! revoked one, fails the handshake and never reaches a service; a peer whose
 //! certificate expires, or that a reloaded CRL revokes, loses its open
 //! connections (and so its calls and subscriptions) too (`accept`).
+//!
+//! [`https`] serves HTTP/1.1 over the same TLS for the FHIR door and the
+//! browser view.
 
 mod accept;
 mod activity;
+pub mod https;
 mod limits;
 mod reload;
 mod standing;
@@ -29,7 +33,6 @@ use std::{
 
 use rustls::{
     RootCertStore, ServerConfig,
-    crypto::CryptoProvider,
     pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
     server::{WebPkiClientVerifier, danger::ClientCertVerifier},
 };
@@ -42,16 +45,7 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The one crypto provider of the process.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Installs ring as the process default so that no library picks another.
-/// Safe to call more than once.
-pub fn install_crypto_provider() {
-    let _already_installed = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::crypto::{install_crypto_provider, provider};
 
 /// PEM material of one party: its trust anchor, certificate chain and key.
 #[derive(Clone, Debug)]

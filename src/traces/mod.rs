@@ -34,7 +34,7 @@ use opentelemetry_sdk::{
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 
 /// The `tracing` target of every span that is exported.
 pub const TARGET: &str = "cpis_trace";

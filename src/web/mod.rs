@@ -42,7 +42,7 @@ use tokio::{net::TcpListener, sync::watch};
 pub use errors::WebError;
 pub use viewer::Viewer;
 
-use crate::{edge::Edge, fhir::TokenVerifier, relay::Relay};
+use crate::{auth::token::TokenVerifier, edge::Edge, relay::Relay};
 
 /// What `server::run` needs to open the browser view: a bound listener and,
 /// optionally, the FHIR door's token verifier (for a user named by a bearer

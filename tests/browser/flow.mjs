@@ -1,4 +1,4 @@
-// The browser test's script (run by tests/browser.rs): three headless
+// The browser test's script (run by tests/it/browser/chromium.rs): three headless
 // Chromium sessions, each with its own HOME whose NSS database holds one
 // personal development certificate (a clinician, a local authority's duty
 // social worker, an auditor), selected by the AutoSelectCertificateForUrls

@@ -88,7 +88,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Each directory is also synced, once its entries are walked: fjall syncs a
 /// new keyspace's own directory but not the `keyspaces/` directory that
 /// names it, so without this a power loss after a store is created could
-/// leave a journal whose keyspaces are gone (`tests/power_loss.rs` found it).
+/// leave a journal whose keyspaces are gone (`tests/it/faults/power_loss.rs` found it).
 fn restrict_tree(root: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let metadata = std::fs::symlink_metadata(root)?;

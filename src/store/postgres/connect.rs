@@ -349,7 +349,7 @@ fn client_tls(settings: &TlsSettings) -> Result<rustls::ClientConfig, StoreError
             }
         }
     }
-    let provider = crate::tls::provider();
+    let provider = crate::crypto::provider();
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
         .build()
         .map_err(|error| StoreError::Io(format!("TLS to PostgreSQL: {error}")))?;

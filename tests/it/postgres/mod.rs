@@ -1,0 +1,9 @@
+//! Several relay nodes on one PostgreSQL (a private cluster per test, see
+//! `helpers::postgres`): what one node writes the others see, how sessions
+//! are opened, the locks a search may wait on, one log key per deployment.
+
+mod keys;
+mod locks;
+mod nodes;
+mod sessions;
+mod subject;
