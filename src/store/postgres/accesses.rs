@@ -17,7 +17,14 @@
 //!    in ODS code order and only after the log row: sequences are committed in
 //!    order (a subscriber never skips one) and batches never deadlock;
 //! 4. the accesses and notifications are inserted, and the other nodes are
-//!    woken with the authorities' new positions.
+//!    woken with the authorities' new positions (and this node's id: a
+//!    node ignores the hints of its own commits).
+//!
+//! A batch costs this node one round trip: the statement is prepared once
+//! per pooled connection (`prepare_cached`), the pool hands a connection
+//! out without a query (`RecyclingMethod::Fast`), and the batch's positions
+//! are recorded as this node's own ([`super::own`]), so following the log
+//! never reads them back.
 //!
 //! No search waits longer than the write timeout for its answer, counting
 //! the time it queued behind a batch still in flight: a search whose time is
@@ -38,7 +45,7 @@ use futures::{FutureExt, future::BoxFuture};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{connect::Abandon, db_error, pool_error};
+use super::{connect::Abandon, db_error, own::OwnPositions, pool_error};
 use crate::{
     model::{AccessEvent, Notification, NotificationDraft},
     store::{Applied, StoreError},
@@ -59,6 +66,14 @@ pub(super) struct AccessJob {
     pub queued_at: Instant,
 }
 
+/// Who writes: this node process (`cpis_accesses.written_by`), and where it
+/// records the positions its batches took.
+#[derive(Clone)]
+pub(super) struct Writer {
+    pub node: i64,
+    pub own: Arc<OwnPositions>,
+}
+
 /// Starts the writer; it ends when every sender is dropped. `timeout` bounds
 /// a transaction: past it the batch fails (and its searches are held and
 /// retried by the relay, which the access ids make safe), and the connections
@@ -67,7 +82,7 @@ pub(super) struct AccessJob {
 pub(super) fn spawn_writer(
     pool: Pool,
     timeout: Duration,
-    node: i64,
+    writer: Writer,
     abandon: Abandon,
 ) -> mpsc::UnboundedSender<AccessJob> {
     let (sender, jobs) = mpsc::unbounded_channel::<AccessJob>();
@@ -75,7 +90,7 @@ pub(super) fn spawn_writer(
     // Two writers: one gathers and sends its batch while the other waits for its
     // commit. Each authority's cursor row still orders their commits.
     for _ in 0..WRITERS {
-        let (pool, jobs, abandon) = (pool.clone(), Arc::clone(&jobs), abandon.clone());
+        let (pool, jobs, abandon, writer) = (pool.clone(), Arc::clone(&jobs), abandon.clone(), writer.clone());
         tokio::spawn(async move {
             let batch_sizes = metrics::histogram!("cpis_store_batch_size");
             loop {
@@ -105,7 +120,7 @@ pub(super) fn spawn_writer(
                 batch_sizes.record(batch.len() as f64);
                 let started = Instant::now();
                 let due = tokio::time::Instant::from_std(oldest + timeout);
-                let result = match tokio::time::timeout_at(due, commit_isolating(&pool, &batch, node)).await {
+                let result = match tokio::time::timeout_at(due, commit_isolating(&pool, &batch, &writer)).await {
                     Ok(result) => result,
                     Err(_) => Err({
                         abandon.opened_before(started);
@@ -205,7 +220,7 @@ unclaimed AS (
 woken AS (
     SELECT pg_notify('cpis_relay', CASE WHEN length(payload) > 7000 THEN 'n' ELSE payload END)
     FROM (SELECT 'n ' || coalesce(string_agg(la_ods_code || '=' || last_sequence, ',' ORDER BY la_ods_code), '')
-              AS payload FROM numbered) AS hint
+                 || ' @' || $15::bigint AS payload FROM numbered) AS hint
     WHERE EXISTS (SELECT 1 FROM stored)
 )
 SELECT 0 AS kind, access_id, la_ods_code, sequence, NULL::bytea AS draft, NULL::bytea AS access,
@@ -226,15 +241,15 @@ SELECT 4, NULL, NULL, NULL, NULL, NULL, NULL FROM woken";
 fn commit_isolating<'a>(
     pool: &'a Pool,
     batch: &'a [AccessJob],
-    node: i64,
+    writer: &'a Writer,
 ) -> BoxFuture<'a, Result<Vec<Result<Applied, StoreError>>, StoreError>> {
     async move {
-        match commit(pool, batch, node).await {
+        match commit(pool, batch, writer).await {
             Ok(answers) => Ok(answers.into_iter().map(Ok).collect()),
             Err(error) if error.is_about_the_record() && batch.len() > 1 => {
                 let (first, second) = batch.split_at(batch.len() / 2);
-                let mut answers = commit_isolating(pool, first, node).await?;
-                answers.extend(commit_isolating(pool, second, node).await?);
+                let mut answers = commit_isolating(pool, first, writer).await?;
+                answers.extend(commit_isolating(pool, second, writer).await?);
                 Ok(answers)
             }
             Err(error) if error.is_about_the_record() => {
@@ -251,7 +266,7 @@ fn care_setting_code(access: &AccessEvent) -> &'static str {
     super::care_setting_text(access.care_setting)
 }
 
-async fn commit(pool: &Pool, batch: &[AccessJob], node: i64) -> Result<Vec<Applied>, StoreError> {
+async fn commit(pool: &Pool, batch: &[AccessJob], writer: &Writer) -> Result<Vec<Applied>, StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
     // Prepared once per connection: the batch is then one round trip.
     let statement = client.prepare_cached(RECORD).await.map_err(db_error)?;
@@ -310,10 +325,16 @@ async fn commit(pool: &Pool, batch: &[AccessJob], node: i64) -> Result<Vec<Appli
         &draft_accesses,
         &draft_authorities,
         &drafts,
-        &node,
+        &writer.node,
         &traceparents,
     ];
     let rows = client.query(&statement, &parameters).await.map_err(db_error)?;
+    // Committed: the positions taken now are one run, this node's own.
+    let mut taken = rows.iter().filter(|row| row.get::<_, i32>(0) == 2).map(|row| row.get::<_, i64>(3) as u64);
+    if let Some(first) = taken.next() {
+        let (low, high) = taken.fold((first, first), |(low, high), at| (low.min(at), high.max(at)));
+        writer.own.record(low, high + 1);
+    }
 
     // Each search's answer from the rows.
     let (mut stored_now, mut stored_before): (HashSet<u128>, HashSet<u128>) = Default::default();

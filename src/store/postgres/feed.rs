@@ -8,7 +8,10 @@
 //! Hints: writers `NOTIFY cpis_relay` in the committing transaction; a
 //! listening connection here turns them into [`Hint`]s. A hint only wakes a
 //! node sooner: the relay also polls, so a lost hint or a dropped listening
-//! connection costs latency, never a change.
+//! connection costs latency, never a change. The hints of a node's own
+//! searches name it, and that node ignores them: it knows its accesses and
+//! notifications already, and its reads of the log start past the positions
+//! it took ([`super::own`]).
 //!
 //! Stalled reads: a read that has not finished after [`STALLED_AFTER`] is
 //! checked by connecting to the database's hosts (one round trip). If none
@@ -126,10 +129,23 @@ fn decode(bytes: &[u8], at: chrono::DateTime<chrono::Utc>) -> Result<Change, Sto
     })
 }
 
-/// A hint's payload: `n LA=SEQ,LA=SEQ` (accesses were stored, with these
-/// authorities' positions; the list may be empty), `a LA=SEQ` (acknowledged),
-/// `p` (plans changed). Writers build it in SQL (see `accesses`).
-fn parse_hint(payload: &str) -> Hint {
+/// A hint's payload: `n LA=SEQ,LA=SEQ @NODE` (accesses were stored by node
+/// process NODE, with these authorities' positions; the list may be empty;
+/// relays before 2026-12-08 wrote no `@NODE`, and read one as a request for a
+/// full read), `a LA=SEQ` (acknowledged), `p` (plans changed). Writers build
+/// it in SQL (see `accesses`). With the node that wrote it, if it says.
+fn parse_hint(payload: &str) -> (Hint, Option<i64>) {
+    let (payload, node) = match payload.rsplit_once(" @") {
+        Some((rest, node)) if payload.starts_with("n ") => match node.parse() {
+            Ok(node) => (rest, Some(node)),
+            Err(_) => return (Hint::Resync, None),
+        },
+        _ => (payload, None),
+    };
+    (parse_positions(payload), node)
+}
+
+fn parse_positions(payload: &str) -> Hint {
     let position = |pair: &str| pair.split_once('=').and_then(|(la, seq)| Some((la.to_owned(), seq.parse().ok()?)));
     match payload.split_once(' ') {
         Some(("n", "")) => Hint::Notified(Vec::new()),
@@ -244,6 +260,8 @@ pub(super) struct PostgresFeed {
     pub pool: Pool,
     /// This node process, as `cpis_accesses.written_by` names it.
     pub node: i64,
+    /// The log positions this node committed, which its reads skip.
+    pub own: Arc<super::own::OwnPositions>,
     pub hints: broadcast::Sender<Hint>,
     pub stalls: Stalls,
 }
@@ -306,6 +324,8 @@ impl Feed for PostgresFeed {
 
     fn accesses_from(&self, position: u64, limit: usize) -> BoxFuture<'static, Result<AccessPage, StoreError>> {
         let (pool, node) = (self.pool.clone(), self.node);
+        // Past this node's own accesses: it knows them, and reading them only to skip them costs the database.
+        let position = self.own.skip(position);
         self.stalls
             .clone()
             .guard(async move {
@@ -370,12 +390,13 @@ pub(super) fn spawn_listener(
     connector: Connector,
     hints: broadcast::Sender<Hint>,
     mut alive: tokio::sync::watch::Receiver<()>,
+    node: i64,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             tokio::select! {
-                error = listen(&connector, &hints) => {
+                error = listen(&connector, &hints, node) => {
                     tracing::warn!(%error, "the PostgreSQL listening connection dropped; polling covers it while it reconnects");
                 }
                 _ = alive.changed() => return,
@@ -390,14 +411,15 @@ pub(super) fn spawn_listener(
 }
 
 /// Listens until the connection fails; returns why.
-async fn listen(connector: &Connector, hints: &broadcast::Sender<Hint>) -> StoreError {
-    match listen_once(connector, hints).await {
+async fn listen(connector: &Connector, hints: &broadcast::Sender<Hint>, node: i64) -> StoreError {
+    match listen_once(connector, hints, node).await {
         Ok(()) => StoreError::Io("the listening connection closed".into()),
         Err(error) => error,
     }
 }
 
-async fn listen_once(connector: &Connector, hints: &broadcast::Sender<Hint>) -> Result<(), StoreError> {
+/// Passes on every hint but those of this node's own searches.
+async fn listen_once(connector: &Connector, hints: &broadcast::Sender<Hint>, node: i64) -> Result<(), StoreError> {
     let (client, mut connection) = connector.config.connect(connector.tls.clone()).await.map_err(db_error)?;
     let (messages_tx, mut messages) = futures::channel::mpsc::unbounded();
     let driver = tokio::spawn(async move {
@@ -421,7 +443,12 @@ async fn listen_once(connector: &Connector, hints: &broadcast::Sender<Hint>) -> 
     let _ = hints.send(Hint::Resync);
     while let Some(message) = messages.next().await {
         if let tokio_postgres::AsyncMessage::Notification(notification) = message {
-            let _ = hints.send(parse_hint(notification.payload()));
+            match parse_hint(notification.payload()) {
+                (Hint::Notified(_), Some(from)) if from == node => {}
+                (hint, _) => {
+                    let _ = hints.send(hint);
+                }
+            }
         }
     }
     driver.abort();
@@ -434,12 +461,29 @@ mod tests {
 
     #[test]
     fn hints_round_trip_and_anything_unexpected_asks_for_a_full_read() {
-        assert_eq!(parse_hint("n 706=7,A1B2C=12"), Hint::Notified(vec![("706".into(), 7), ("A1B2C".into(), 12)]));
-        assert_eq!(parse_hint("n "), Hint::Notified(Vec::new()));
-        assert_eq!(parse_hint("a 706=9"), Hint::Acked("706".into(), 9));
-        assert_eq!(parse_hint("p"), Hint::Plans);
-        assert_eq!(parse_hint("n"), Hint::Resync);
-        assert_eq!(parse_hint("n 706=x"), Hint::Resync);
-        assert_eq!(parse_hint("zzz"), Hint::Resync);
+        let hint = |payload: &str| parse_hint(payload).0;
+        assert_eq!(hint("n 706=7,A1B2C=12"), Hint::Notified(vec![("706".into(), 7), ("A1B2C".into(), 12)]));
+        assert_eq!(hint("n "), Hint::Notified(Vec::new()));
+        assert_eq!(hint("a 706=9"), Hint::Acked("706".into(), 9));
+        assert_eq!(hint("p"), Hint::Plans);
+        assert_eq!(hint("n"), Hint::Resync);
+        assert_eq!(hint("n 706=x"), Hint::Resync);
+        assert_eq!(hint("zzz"), Hint::Resync);
+        assert_eq!(hint("n 706=7 @x"), Hint::Resync);
+    }
+
+    #[test]
+    fn a_hint_names_the_node_whose_searches_it_announces() {
+        assert_eq!(
+            parse_hint("n 706=7,A1B2C=12 @-8145"),
+            (Hint::Notified(vec![("706".into(), 7), ("A1B2C".into(), 12)]), Some(-8145))
+        );
+        assert_eq!(parse_hint("n  @3"), (Hint::Notified(Vec::new()), Some(3)));
+        assert_eq!(
+            parse_hint("n 706=7"),
+            (Hint::Notified(vec![("706".into(), 7)]), None),
+            "a relay before the node names"
+        );
+        assert_eq!(parse_hint("a 706=9"), (Hint::Acked("706".into(), 9), None));
     }
 }

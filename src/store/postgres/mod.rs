@@ -16,6 +16,7 @@ pub mod check;
 pub mod connect;
 mod feed;
 mod log;
+mod own;
 mod retention;
 mod schema;
 mod writes;
@@ -74,17 +75,24 @@ impl PostgresStore {
         let (hints, _) = broadcast::channel(1024);
         let (alive, listening) = watch::channel(());
         let stalls = feed::Stalls::of(&connector, abandon.clone());
-        feed::spawn_listener(connector.clone(), hints.clone(), listening);
         // Random per process: a restarted node reads its own earlier accesses back like any other's.
         let node = rand::random::<i64>() | 1;
+        feed::spawn_listener(connector.clone(), hints.clone(), listening, node);
+        let own = Arc::new(own::OwnPositions::default());
         Ok(Self {
-            accesses: accesses::spawn_writer(pool.clone(), options.write_timeout, node, abandon.clone()),
+            accesses: accesses::spawn_writer(
+                pool.clone(),
+                options.write_timeout,
+                accesses::Writer { node, own: Arc::clone(&own) },
+                abandon.clone(),
+            ),
             feed: Arc::new(feed::PostgresFeed {
                 // Its own connections: following never waits for a slot behind
                 // writers whose connections are stuck in a cut.
                 pool: connector.pool(FEED_CONNECTIONS, &abandon)?,
                 hints,
                 node,
+                own,
                 stalls,
             }),
             log: Arc::new(log::PostgresLog { pool: pool.clone(), runtime: tokio::runtime::Handle::current() }),

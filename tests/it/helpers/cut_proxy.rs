@@ -10,8 +10,9 @@
 //!
 //! It reads the server's messages (type byte, length, body) to find the
 //! CommandComplete; it expects `sslmode=disable` (no SSL negotiation byte).
-//! It also counts, on every connection, the statements the server completed
-//! and the rows it sent: how much work a request of the node's took.
+//! It also counts, on every connection, the statements the server completed,
+//! the rows it sent and the round trips (its ReadyForQuery messages, one per
+//! Sync or simple query): how much work a request of the node's took.
 
 use std::{
     net::SocketAddr,
@@ -48,20 +49,26 @@ pub struct CutProxy {
 struct Counts {
     statements: AtomicU64,
     rows: AtomicU64,
+    round_trips: AtomicU64,
 }
 
-/// The statements completed and rows sent so far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The statements completed, rows sent and round trips so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Work {
     pub statements: u64,
     pub rows: u64,
+    pub round_trips: u64,
 }
 
 impl std::ops::Sub for Work {
     type Output = Work;
 
     fn sub(self, earlier: Work) -> Work {
-        Work { statements: self.statements - earlier.statements, rows: self.rows - earlier.rows }
+        Work {
+            statements: self.statements - earlier.statements,
+            rows: self.rows - earlier.rows,
+            round_trips: self.round_trips - earlier.round_trips,
+        }
     }
 }
 
@@ -93,11 +100,12 @@ impl CutProxy {
         Self { address, marker, phase, counts }
     }
 
-    /// The statements the server completed for the node and the rows it sent, so far.
+    /// The statements the server completed for the node, the rows it sent and the round trips, so far.
     pub fn work(&self) -> Work {
         Work {
             statements: self.counts.statements.load(Ordering::SeqCst),
             rows: self.counts.rows.load(Ordering::SeqCst),
+            round_trips: self.counts.round_trips.load(Ordering::SeqCst),
         }
     }
 
@@ -223,6 +231,7 @@ async fn connection(
                 match buffer[passed] {
                     b'C' => counts.statements.fetch_add(1, Ordering::SeqCst),
                     b'D' => counts.rows.fetch_add(1, Ordering::SeqCst),
+                    b'Z' => counts.round_trips.fetch_add(1, Ordering::SeqCst),
                     _ => 0,
                 };
                 passed += 1 + length;

@@ -1,9 +1,11 @@
 //! Several relay nodes on one PostgreSQL (a private cluster per test, see
 //! `helpers::postgres`): what one node writes the others see, how sessions
-//! are opened, the locks a search may wait on, one log key per deployment.
+//! are opened, the locks a search may wait on, one log key per deployment,
+//! one round trip per flagged search.
 
 mod keys;
 mod locks;
 mod nodes;
+mod round_trips;
 mod sessions;
 mod subject;
