@@ -1,7 +1,8 @@
 //! Retention on PostgreSQL: plans past their visibility window, plan history,
-//! acknowledged notifications, a prefix of the access log, request keys and
-//! the plan feed past their keeping periods, each removed in statements of
-//! at most `Expiry::limit` rows that commit on their own.
+//! acknowledged notifications, a prefix of the access log with the request
+//! keys of its searches, and the plan feed past their keeping periods, each
+//! removed in statements of at most `Expiry::limit` rows that commit on their
+//! own.
 //!
 //! What it must not do: hold a lock a search batch needs (the `cpis_log` row,
 //! a request key, a cursor row) across a round trip to this node, or for an
@@ -48,9 +49,6 @@ pub(super) async fn expire(client: &mut Object, expiry: &Expiry) -> Result<Expir
         .await
         .map_err(db_error)?;
     let accesses = expire_log_prefix(client, expiry, limit).await?;
-    let requests = "DELETE FROM cpis_requests WHERE ctid = ANY(ARRAY(
-                        SELECT ctid FROM cpis_requests WHERE made_at < $1 LIMIT $2))";
-    while client.execute(requests, &[&expiry.accesses_before, &limit]).await.map_err(db_error)? >= limit as u64 {}
     let feed = format!(
         "DELETE FROM cpis_plan_changes WHERE version = ANY(ARRAY(
              SELECT version FROM cpis_plan_changes WHERE committed_at < now() - interval '{FEED_KEPT}' LIMIT $1))"
@@ -91,6 +89,15 @@ async fn expire_plans(client: &mut Object, expiry: &Expiry, limit: i64) -> Resul
 /// statement read (a compare-and-set: two nodes' retention passes remove
 /// each position once), and the rows go only if it moved. The `cpis_log` row
 /// is locked from that update to the statement's commit, never longer.
+///
+/// Each removed search's request key goes with it, in the same statement
+/// (so none outlives its access: no index by time is needed to find them),
+/// unless a later search has claimed the key since (24 hours on), whose
+/// access it then names and with which it goes. A search's claim locks its
+/// key's row before the `cpis_log` row and this statement the other way
+/// round, but they can meet only on a key claimed again a whole retention
+/// period after its first search; PostgreSQL then ends one of the two
+/// (either retries: the search is held, the pass runs again).
 async fn expire_log_prefix(client: &Object, expiry: &Expiry, limit: i64) -> Result<u64, StoreError> {
     let below = i64::try_from(expiry.log_positions_below).unwrap_or(i64::MAX);
     let row = client
@@ -112,10 +119,18 @@ async fn expire_log_prefix(client: &Object, expiry: &Expiry, limit: i64) -> Resu
                  RETURNING bound.first, bound.boundary),
              searches AS (
                  DELETE FROM cpis_accesses USING moved
-                 WHERE position >= moved.first AND position < moved.boundary RETURNING 1),
+                 WHERE position >= moved.first AND position < moved.boundary
+                 RETURNING id, organisation_ods_code, user_id, nhs_number, care_setting, request_id),
+             requests AS (
+                 DELETE FROM cpis_requests r USING searches s
+                 WHERE r.organisation_ods_code = s.organisation_ods_code AND r.user_id = s.user_id
+                   AND r.nhs_number = s.nhs_number AND r.care_setting = s.care_setting
+                   AND r.request_id = s.request_id AND r.access_id = s.id
+                 RETURNING 1),
              reads AS (
                  DELETE FROM cpis_audit_reads USING moved
                  WHERE position >= moved.first AND position < moved.boundary RETURNING 1)
+             -- `requests` runs to completion though nothing reads it, as every data-modifying CTE does.
              SELECT (SELECT count(*) FROM searches) + (SELECT count(*) FROM reads)",
             &[&below, &limit, &expiry.accesses_before],
         )
