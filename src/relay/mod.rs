@@ -50,9 +50,9 @@ pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::{Follower, Hub, MAX_INBOX_VIEWS_PER_LA};
 pub use proofs::{LogStatus, MAX_NOTIFICATION_PROOFS, NotificationProof};
 pub use search::{NotificationState, SearchOutcome, SearchQuery, ShownPlan};
-pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
+pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader, UploadMode};
 pub use subject::{LoggedAccess, SubjectAccess};
-pub use upload::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
+pub use upload::{UploadHeader, UploadOutcome, UploadStatus};
 pub use validate::{MAX_TEXT_LEN, Rejection, RejectionReason};
 
 /// Most records one upload may carry unless configured: room for the

@@ -7,8 +7,15 @@
 
 use std::fmt;
 
-use super::upload::UploadMode;
 use crate::model::{Address, LocalAuthority, PlanType};
+
+/// How an upload changes its authority's plans: adds and replaces
+/// (`Incremental`), or makes them exactly the upload's valid records (`FullRefresh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadMode {
+    Incremental,
+    FullRefresh,
+}
 
 /// A plan type as sent: none, one the relay knows, or a code it does not.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

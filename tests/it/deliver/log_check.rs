@@ -9,6 +9,7 @@
 use std::{path::Path, sync::Arc};
 
 use crate::helpers::agent::*;
+use crate::helpers::webhook_receiver::WAIT;
 use crate::helpers::*;
 use cpis_relay::{
     deliver::{config::DeliverSettings, metrics::LogProgress},
@@ -18,7 +19,6 @@ use cpis_relay::{
     transparency::LogSigner,
 };
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
-use crate::helpers::webhook_receiver::WAIT;
 
 /// Relay settings with one signing key kept across restarts, as a deployment's.
 fn relay_settings() -> RelaySettings {
