@@ -28,6 +28,10 @@ use crate::{
     tls::PeerInfo,
 };
 
+/// A request slower than this is logged at info whatever its outcome, at
+/// every door (a quick success is logged at debug only).
+pub const SLOW_CALL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The door a request came through; decides only the wording of refusals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Door {

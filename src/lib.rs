@@ -10,12 +10,13 @@
 //! - [`nhs`], [`model`], [`clock`]: domain values and rules with no I/O.
 //! - [`index`]: the in-memory plan index rebuilt from the store on start;
 //!   [`stored`]: the compact stored form of a plan it keeps; [`plan_history`]: what changed in a plan, and when.
-//! - [`history`]: the previous-accesses rule and retried-request detection;
-//!   [`recent`]: the recent accesses a search lists, held in memory.
+//! - [`accesses`]: accesses in memory: each person's recent accesses, the
+//!   previous-accesses rule, retried-request detection and the searches in flight.
 //! - [`store`]: the system of record behind one trait.
 //! - [`relay`]: the domain operations, testable without tonic.
 //! - [`edge`]: what every door checks first (identity, draining, the global search permit);
 //!   [`rpc`]: the gRPC edge layer (access log, metrics, deadlines).
+//! - [`wire`]: the `cpis.v1` messages to and from the domain's types, shared by the doors and the tools.
 //! - [`service`]: thin gRPC adapters; [`error`] maps the one error type to `Status`.
 //! - [`fhir`]: the FHIR R4 door (NHS CP-IS API shapes), another adapter over the same domain.
 //! - [`web`]: the browser view (clinician's card, LA inbox, access log, ops), a third adapter.
@@ -33,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod accesses;
 pub mod auth;
 pub mod bench;
 pub mod certs;
@@ -45,13 +47,11 @@ pub mod deliver;
 pub mod edge;
 pub mod error;
 pub mod fhir;
-pub mod history;
 pub mod index;
 pub mod model;
 pub mod nhs;
 pub mod plan_history;
 pub mod proto;
-pub mod recent;
 pub mod records_file;
 pub mod relay;
 pub mod rpc;
@@ -66,4 +66,19 @@ pub mod tls;
 pub mod traces;
 pub mod transparency;
 pub mod web;
+pub mod wire;
 pub mod witness;
+
+/// The paths two [`accesses`] items had before accesses in memory were one
+/// module, still named by the PostgreSQL store and the bench; new code names
+/// `accesses`.
+#[doc(hidden)]
+pub mod history {
+    pub use crate::accesses::{PREVIOUS_ACCESSES_SHOWN, REQUEST_ID_WINDOW};
+}
+
+/// See [`history`]: the old path of [`accesses::Recent`].
+#[doc(hidden)]
+pub mod recent {
+    pub use crate::accesses::Recent;
+}

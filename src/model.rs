@@ -89,7 +89,7 @@ impl CareSetting {
     }
 
     /// The setting's name in the contract (`EMERGENCY_DEPARTMENT`): the value
-    /// name of `cpis.v1.CareSetting` (a test in `service::convert` keeps them
+    /// name of `cpis.v1.CareSetting` (a test in `wire` keeps them
     /// equal), read from a bearer token's claim and from `fhir_care_settings`.
     pub fn contract_name(self) -> &'static str {
         match self {

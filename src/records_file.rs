@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{model::PlanType, proto, service::convert};
+use crate::{model::PlanType, proto, wire};
 
 /// The columns, in file order. `la_ods_code` is optional on upload: rows of
 /// other authorities are skipped.
@@ -204,7 +204,7 @@ fn row(line: u64, record: Result<FileRecord, String>) -> Row {
 pub fn to_wire(record: FileRecord) -> Result<proto::PlanRecord, String> {
     let plan_type = match record.plan_type.trim() {
         "" => proto::PlanType::Unspecified,
-        text => convert::plan_type(
+        text => wire::plan_type(
             PlanType::parse(text).ok_or_else(|| format!("plan_type: {text:?} is not CPPI, LACI or UCPI"))?,
         ),
     };

@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::{
-    edge::{Door, Edge},
+    edge::{Door, Edge, SLOW_CALL},
     tls::PeerInfo,
 };
 
@@ -40,8 +40,6 @@ pub struct RpcLimits {
     pub request_timeout: std::time::Duration,
     pub upload_timeout: std::time::Duration,
 }
-/// A call slower than this is logged at info whatever its outcome.
-pub const SLOW_CALL: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct RpcLayer {

@@ -407,7 +407,7 @@ pub struct DeleteArgs {
 pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
     let plan_type = match args.plan_type.as_deref() {
         None => proto::PlanType::Unspecified,
-        Some(text) => crate::service::convert::plan_type(
+        Some(text) => crate::wire::plan_type(
             crate::model::PlanType::parse(text)
                 .ok_or_else(|| CliError::Config(format!("--type {text:?}: not CPPI, LACI or UCPI")))?,
         ),

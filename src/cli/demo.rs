@@ -203,7 +203,7 @@ async fn script(args: &DemoArgs, servers: &Servers) -> Result<u8, CliError> {
             .filter(|record| record.la_ods_code == ods_code)
             .map(|record| record.record.clone())
             .collect();
-        let wire = crate::service::convert::local_authority(&authority);
+        let wire = crate::wire::local_authority(&authority);
         let report =
             // The demo's set replaces whatever an earlier demo (of another size) left.
             upload::send(channel, proto::UploadMode::FullRefresh, true, "demo.csv", wire, mine, &ProgressBar::hidden())

@@ -70,7 +70,7 @@ fn change_name(kind: i32) -> &'static str {
 }
 
 fn plan_type_code(wire: i32) -> &'static str {
-    match crate::service::convert::plan_type_from_wire(wire) {
+    match crate::wire::plan_type_from_wire(wire) {
         crate::relay::SentPlanType::Known(plan_type) => plan_type.code(),
         _ => "",
     }

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    accesses::RecentAccess,
     model::{Address, Plan, PlanType},
-    recent::RecentAccess,
     relay::{SearchOutcome, ShownPlan},
 };
 

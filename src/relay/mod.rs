@@ -37,10 +37,10 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::{
+    accesses::Claims,
     auth::{Action, Identity, authorize},
     clock::Clock,
     error::Result,
-    history::History,
     index::Index,
     model::AccessEvent,
     store::{Store, StoreError},
@@ -156,10 +156,10 @@ pub struct Relay {
 /// notification hub, the limits and the locks that order plan writes.
 struct RelayState {
     index: Index,
-    history: History,
+    claims: Claims,
     /// Every person's recent accesses: what searches list, and what the
     /// request window needs.
-    recent: crate::recent::Recent,
+    recent: crate::accesses::Recent,
     /// The access log position `recent` holds every access before (a store
     /// that other nodes write too, whose accesses are followed; 0 otherwise).
     access_position: watch::Sender<u64>,
@@ -220,7 +220,7 @@ impl Relay {
         let plan_count = snapshot.plans.len();
         let recent = snapshot.recent;
         index.upsert(snapshot.plans);
-        let history = History::new();
+        let claims = Claims::new();
         tracing::info!(
             plans = plan_count,
             people = index.people(),
@@ -239,7 +239,7 @@ impl Relay {
         let relay = Self {
             shared: Arc::new(RelayState {
                 index,
-                history,
+                claims,
                 recent,
                 access_position: watch::Sender::new(snapshot.access_position),
                 caught_up: watch::Sender::new(started),
@@ -349,7 +349,7 @@ impl Relay {
 
     /// Copies of a request waiting for their first copy's commit, as it changes.
     pub fn retries_waiting(&self) -> watch::Receiver<usize> {
-        self.shared.history.waiting()
+        self.shared.claims.waiting()
     }
 
     pub fn store_health(&self) -> watch::Receiver<StoreHealth> {

@@ -1,7 +1,7 @@
 //! What a local authority sends to maintain its plans, before the domain
 //! has checked any of it: the upload's header and records, and the plan type
 //! of a delete. The doors convert their wire messages into these (gRPC in
-//! `service::convert`), so validation (`validate`) and plan maintenance
+//! `wire`), so validation (`validate`) and plan maintenance
 //! (`plans`) never see a wire type. Every value is kept as sent, text
 //! untrimmed, so that a rejection reports exactly what was wrong with it.
 

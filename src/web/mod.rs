@@ -129,7 +129,7 @@ async fn log_and_secure(request: Request, next: Next) -> Response {
     assets::secure(&mut response);
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_millis() as u64;
-    if status >= 500 || started.elapsed() >= crate::rpc::SLOW_CALL {
+    if status >= 500 || started.elapsed() >= crate::edge::SLOW_CALL {
         tracing::info!(%method, route, status, latency_ms, "web request");
     } else {
         tracing::debug!(%method, route, status, latency_ms, "web request");

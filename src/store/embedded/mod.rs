@@ -12,7 +12,7 @@
 //! A flagged search writes its access, its time entry and one notification
 //! per owning authority, nothing else: an authority's last sequence is its
 //! newest notification's (read on open), and a retried request is recognised
-//! from the accesses, which the relay holds in memory (see `crate::recent`).
+//! from the accesses, which the relay holds in memory (see `crate::accesses`).
 //! The durable part of a batch of searches is one sequential append to the
 //! activity journal and one `fdatasync`: the keyspaces that answer reads are
 //! the engine's memtables, flushed and compacted by its own threads off the
@@ -46,10 +46,10 @@ use serde::{Serialize, de::DeserializeOwned};
 use self::lane::Lane;
 use super::{Applied, Broken, Change, Cursor, Snapshot, Store, StoreError};
 use crate::{
+    accesses::Recent,
     model::{AccessEvent, AccessView, Notification},
     nhs::NhsNumber,
     plan_history::PlanEvent,
-    recent::Recent,
     stored::StoredPlan,
 };
 

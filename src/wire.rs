@@ -1,14 +1,16 @@
-//! Wire messages to the domain's input types (what a caller sent, not yet
-//! validated), and domain values to wire messages. One function per
-//! message; no logic beyond the mapping.
+//! The `cpis.v1` wire messages to the domain's input types (what a caller
+//! sent, not yet validated), and domain values to wire messages: the one
+//! conversion the gRPC door, the CLI clients, record files and the tools
+//! share. One function per message; no logic beyond the mapping, no door's
+//! concerns (identity, admission, `Status`).
 
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
+    accesses::RecentAccess,
     error::{Error, Result},
     model::{AccessEvent, Accessor, Address, CareSetting, LocalAuthority, Notification, Plan, PlanType},
     proto,
-    recent::RecentAccess,
     relay::{
         SearchOutcome, SearchQuery, SentPlanRecord, SentPlanType, SentUploadHeader, UploadMode, UploadOutcome,
         UploadStatus,
