@@ -168,7 +168,7 @@ impl TokenVerifier {
         let claim = &settings.care_settings.claim;
         let care_setting = text(claim)
             .map(|value| {
-                care_setting::parse(&value)
+                CareSetting::parse(&value)
                     .map_err(|reason| TokenError::Refused(format!("the bearer token's {claim} claim: {reason}")))
             })
             .transpose()?;
@@ -310,7 +310,7 @@ pub fn mint(signing_key_pem: &str, token: &DevToken) -> Result<String, TokenErro
         claims[DEFAULT_ROLE_CODE_CLAIM] = Value::String(token.role_code.clone());
     }
     if let Some(setting) = token.care_setting {
-        claims[care_setting::DEFAULT_CLAIM] = Value::String(care_setting::name(setting).into());
+        claims[care_setting::DEFAULT_CLAIM] = Value::String(setting.contract_name().into());
     }
     jsonwebtoken::encode(&header, &claims, &key).map_err(|error| TokenError::Keys(format!("signing: {error}")))
 }

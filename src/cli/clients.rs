@@ -2,14 +2,15 @@
 //! `delete`, `audit`. Each is one call to the relay and a readable print of
 //! the answer (JSON lines where a program reads it).
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, path::PathBuf, sync::OnceLock};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, ValueEnum, builder::PossibleValue};
 use futures::StreamExt;
 use serde_json::json;
 
 use super::{CliError, ClientArgs, exit};
 use crate::{
+    model::CareSetting,
     proto::{
         self, AccessLogRequest, AckRequest, DeleteRequest, ExportRequest, SearchRequest, SubscribeRequest,
         audit_client::AuditClient, lookup_client::LookupClient, notifications_client::NotificationsClient,
@@ -53,34 +54,37 @@ pub fn synth(args: SynthArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum CareSettingArg {
-    EmergencyDepartment,
-    OutOfHoursGp,
-    WalkInCentre,
-    MinorInjuriesUnit,
-    PaediatricWard,
-    AmbulanceService,
-    MaternityUnit,
-    GeneralPractice,
-    HealthVisiting,
-    SchoolNursing,
-}
+/// A care setting as the command line names it: its contract name in lower
+/// case with `-` (`out-of-hours-gp`), every setting of the one vocabulary.
+#[derive(Clone, Copy, Debug)]
+pub struct CareSettingArg(pub CareSetting);
 
-impl CareSettingArg {
-    fn wire(self) -> proto::CareSetting {
-        match self {
-            Self::EmergencyDepartment => proto::CareSetting::EmergencyDepartment,
-            Self::OutOfHoursGp => proto::CareSetting::OutOfHoursGp,
-            Self::WalkInCentre => proto::CareSetting::WalkInCentre,
-            Self::MinorInjuriesUnit => proto::CareSetting::MinorInjuriesUnit,
-            Self::PaediatricWard => proto::CareSetting::PaediatricWard,
-            Self::AmbulanceService => proto::CareSetting::AmbulanceService,
-            Self::MaternityUnit => proto::CareSetting::MaternityUnit,
-            Self::GeneralPractice => proto::CareSetting::GeneralPractice,
-            Self::HealthVisiting => proto::CareSetting::HealthVisiting,
-            Self::SchoolNursing => proto::CareSetting::SchoolNursing,
-        }
+/// Every setting, in the order `--help` lists them.
+const CARE_SETTING_ARGS: [CareSettingArg; CareSetting::ALL.len()] = {
+    let mut args = [CareSettingArg(CareSetting::EmergencyDepartment); CareSetting::ALL.len()];
+    let mut index = 0;
+    while index < args.len() {
+        args[index] = CareSettingArg(CareSetting::ALL[index]);
+        index += 1;
+    }
+    args
+};
+
+impl ValueEnum for CareSettingArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &CARE_SETTING_ARGS
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            CareSetting::ALL
+                .iter()
+                .map(|setting| setting.contract_name().to_ascii_lowercase().replace('_', "-"))
+                .collect()
+        });
+        let index = CareSetting::ALL.iter().position(|setting| *setting == self.0)?;
+        names.get(index).map(|name| PossibleValue::new(name.as_str()))
     }
 }
 
@@ -96,7 +100,7 @@ pub struct SearchArgs {
     pub user_name: String,
     #[arg(long, env = "CPIS_ROLE_CODE", default_value = "")]
     pub role_code: String,
-    #[arg(long, env = "CPIS_CARE_SETTING", value_enum, default_value_t = CareSettingArg::EmergencyDepartment)]
+    #[arg(long, env = "CPIS_CARE_SETTING", value_enum, default_value_t = CareSettingArg(CareSetting::EmergencyDepartment))]
     pub care_setting: CareSettingArg,
     /// Idempotency key: a retry with the same value notifies once.
     #[arg(long, env = "CPIS_REQUEST_ID", default_value = "")]
@@ -113,7 +117,7 @@ pub async fn search(args: SearchArgs) -> Result<u8, CliError> {
     let request = SearchRequest {
         nhs_number: args.nhs_number,
         accessor: Some(proto::Accessor { user_id: args.user_id, name: args.user_name, role_code: args.role_code }),
-        care_setting: args.care_setting.wire() as i32,
+        care_setting: args.care_setting.0.wire_code(),
         request_id: args.request_id,
     };
     let response = LookupClient::new(channel).search(request).await?.into_inner();

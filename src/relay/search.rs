@@ -275,7 +275,7 @@ impl Relay {
         // a scheduled read labelled as an emergency would contradict its own audit row.
         if care_setting.is_scheduled() != scheduled {
             let kind = if scheduled { "a scheduled" } else { "an unscheduled" };
-            return Err(Error::invalid("care_setting", format!("{care_setting:?} is not {kind} care setting")));
+            return Err(Error::invalid("care_setting", format!("{} is not {kind} care setting", care_setting.name())));
         }
         validate::check_optional_text(&query.request_id, "request_id")?;
         Ok((scheduled, nhs_number, accessor, care_setting, query.request_id))

@@ -179,7 +179,7 @@ fn access_len(access: &RecentAccess) -> usize {
     message_len(1, timestamp_len(access.accessed_at))
         + str_len(2, &who.organisation_ods_code)
         + str_len(3, &who.organisation_name)
-        + int_len(4, wire::care_setting(access.care_setting) as i32)
+        + int_len(4, access.care_setting.wire_code())
         + message_len(5, accessor_len(&who.user_id, &who.name, &who.role_code))
         + bool_len(6, access.scheduled)
 }
@@ -190,7 +190,7 @@ fn put_access(access: &RecentAccess, buf: &mut impl BufMut) {
     put_timestamp(access.accessed_at, buf);
     put_str(2, &who.organisation_ods_code, buf);
     put_str(3, &who.organisation_name, buf);
-    put_int(4, wire::care_setting(access.care_setting) as i32, buf);
+    put_int(4, access.care_setting.wire_code(), buf);
     put_message(5, accessor_len(&who.user_id, &who.name, &who.role_code), buf);
     put_str(1, &who.user_id, buf);
     put_str(2, &who.name, buf);

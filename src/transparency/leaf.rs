@@ -88,20 +88,11 @@ impl AccessKind {
 #[error("not an access leaf of version {ACCESS_LEAF_VERSION}: {0}")]
 pub struct LeafDecodeError(&'static str);
 
-/// The contract's name of a care setting, as the encoding writes it.
+/// The contract's name of a care setting, as the encoding writes it: the
+/// vocabulary's [`contract_name`](CareSetting::contract_name), which the
+/// wire contract fixes for good (leaves already signed hold it).
 pub fn care_setting_code(setting: CareSetting) -> &'static str {
-    match setting {
-        CareSetting::EmergencyDepartment => "EMERGENCY_DEPARTMENT",
-        CareSetting::OutOfHoursGp => "OUT_OF_HOURS_GP",
-        CareSetting::WalkInCentre => "WALK_IN_CENTRE",
-        CareSetting::MinorInjuriesUnit => "MINOR_INJURIES_UNIT",
-        CareSetting::PaediatricWard => "PAEDIATRIC_WARD",
-        CareSetting::AmbulanceService => "AMBULANCE_SERVICE",
-        CareSetting::MaternityUnit => "MATERNITY_UNIT",
-        CareSetting::GeneralPractice => "GENERAL_PRACTICE",
-        CareSetting::HealthVisiting => "HEALTH_VISITING",
-        CareSetting::SchoolNursing => "SCHOOL_NURSING",
-    }
+    setting.contract_name()
 }
 
 /// A text field longer than a u32 can count: never a real access.

@@ -9,10 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use maud::{DOCTYPE, Markup, html};
 
 use super::{Viewer, WebError, assets};
-use crate::{
-    auth::Role,
-    model::{CareSetting, PlanType},
-};
+use crate::{auth::Role, model::PlanType};
 
 /// The service's name, as the header shows it.
 pub const SERVICE_NAME: &str = "Child Protection Information Sharing";
@@ -115,10 +112,6 @@ pub fn plan_name(plan_type: PlanType) -> &'static str {
         PlanType::LookedAfter => "Looked after child",
         PlanType::UnbornChildProtection => "Unborn child protection plan",
     }
-}
-
-pub fn care_setting_name(setting: CareSetting) -> &'static str {
-    setting.display_name()
 }
 
 /// An NHS number as people read it: 999 684 2177.
