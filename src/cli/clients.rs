@@ -33,7 +33,7 @@ pub struct SynthArgs {
     pub seed: u64,
 }
 
-pub fn synth(args: SynthArgs) -> Result<u8, CliError> {
+pub(super) fn synth(args: SynthArgs) -> Result<u8, CliError> {
     let progress = indicatif::ProgressBar::new_spinner().with_message(format!("generating {} people", args.people));
     let records = synth::generate(args.people, args.seed, chrono::Utc::now().date_naive());
     progress.finish_and_clear();
@@ -112,7 +112,7 @@ pub struct SearchArgs {
     pub client: ClientArgs,
 }
 
-pub async fn search(args: SearchArgs) -> Result<u8, CliError> {
+pub(super) async fn search(args: SearchArgs) -> Result<u8, CliError> {
     let (channel, _) = args.client.channel("ed-rr8").await?;
     let request = SearchRequest {
         nhs_number: args.nhs_number,
@@ -159,7 +159,7 @@ fn accessor_json(accessor: Option<&proto::Accessor>) -> serde_json::Value {
     json!({"user_id": accessor.user_id, "name": accessor.name, "role_code": accessor.role_code})
 }
 
-pub fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
+pub(super) fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
     let mut value = json!({
         "accessed_at": timestamp_text(access.accessed_at.as_ref()),
         "organisation_ods_code": access.organisation_ods_code,
@@ -175,7 +175,7 @@ pub fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
     value
 }
 
-pub fn search_json(response: &proto::SearchResponse) -> serde_json::Value {
+pub(super) fn search_json(response: &proto::SearchResponse) -> serde_json::Value {
     let person = response.person.clone().unwrap_or_default();
     let address = person.address.clone().unwrap_or_default();
     json!({
@@ -207,7 +207,7 @@ pub fn search_json(response: &proto::SearchResponse) -> serde_json::Value {
 }
 
 /// What a clinician's screen would show.
-pub fn describe_search(response: &proto::SearchResponse) -> String {
+pub(super) fn describe_search(response: &proto::SearchResponse) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
     let Some(person) = response.person.as_ref().filter(|_| response.flagged) else {
@@ -264,7 +264,7 @@ pub fn describe_search(response: &proto::SearchResponse) -> String {
 
 /// The documented JSON shape of a notification, the same as `deliver` sends
 /// (see [`crate::deliver::payload`]).
-pub fn notification_json(notification: &proto::AccessNotification) -> serde_json::Value {
+pub(super) fn notification_json(notification: &proto::AccessNotification) -> serde_json::Value {
     serde_json::to_value(crate::deliver::payload::NotificationBody::from_wire(notification)).unwrap_or_default()
 }
 
@@ -298,7 +298,7 @@ pub struct SubscribeArgs {
     pub client: ClientArgs,
 }
 
-pub async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
+pub(super) async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
     let verify = if args.verify { Some(verify_options(&args)?) } else { None };
     let (channel, _) = args.client.channel("la-706").await?;
     let mut notifications = NotificationsClient::new(channel.clone());
@@ -354,7 +354,7 @@ pub struct AckArgs {
     pub client: ClientArgs,
 }
 
-pub async fn ack(args: AckArgs) -> Result<u8, CliError> {
+pub(super) async fn ack(args: AckArgs) -> Result<u8, CliError> {
     let (channel, _) = args.client.channel("la-706").await?;
     let response = NotificationsClient::new(channel).ack(AckRequest { sequence: args.sequence }).await?.into_inner();
     println!("acknowledged through {}", response.acked_through);
@@ -370,7 +370,7 @@ pub struct ExportArgs {
     pub client: ClientArgs,
 }
 
-pub async fn export(args: ExportArgs) -> Result<u8, CliError> {
+pub(super) async fn export(args: ExportArgs) -> Result<u8, CliError> {
     let (channel, identity) = args.client.channel("la-706").await?;
     let mut stream = PlansClient::new(channel).export(ExportRequest {}).await?.into_inner();
     let mut rows = Vec::new();
@@ -408,7 +408,7 @@ pub struct DeleteArgs {
     pub client: ClientArgs,
 }
 
-pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
+pub(super) async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
     let plan_type = match args.plan_type.as_deref() {
         None => proto::PlanType::Unspecified,
         Some(text) => crate::wire::plan_type(
@@ -426,7 +426,7 @@ pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
 }
 
 /// `audit NHS_NUMBER`: the person's accesses as JSON lines (see `super::audit`).
-pub async fn audit(nhs_number: String, client: ClientArgs) -> Result<u8, CliError> {
+pub(super) async fn audit(nhs_number: String, client: ClientArgs) -> Result<u8, CliError> {
     let (channel, _) = client.channel("auditor").await?;
     let mut stream = AuditClient::new(channel).access_log(AccessLogRequest { nhs_number }).await?.into_inner();
     while let Some(access) = stream.next().await {

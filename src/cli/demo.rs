@@ -52,7 +52,7 @@ fn failed(error: impl std::fmt::Display) -> CliError {
     CliError::Failed(error.to_string())
 }
 
-pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: DemoArgs) -> Result<u8, CliError> {
     certs::ensure_dev(&args.certs_dir).map_err(failed)?;
     let temporary = tempfile::tempdir().map_err(failed)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_owned());

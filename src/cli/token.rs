@@ -43,7 +43,7 @@ pub struct TokenArgs {
     pub signing_key: Option<PathBuf>,
 }
 
-pub fn run(args: TokenArgs) -> Result<u8, CliError> {
+pub(super) fn run(args: TokenArgs) -> Result<u8, CliError> {
     let path = match &args.signing_key {
         Some(path) => path.clone(),
         None => {

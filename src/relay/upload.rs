@@ -33,7 +33,7 @@ pub struct UploadHeader {
 }
 
 /// Rejections reported one by one; beyond these only their counts per reason.
-pub const MAX_DETAILED_REJECTIONS: usize = 1_000;
+pub(super) const MAX_DETAILED_REJECTIONS: usize = 1_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UploadStatus {

@@ -126,11 +126,11 @@ impl StateDir {
 mod uuid_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(id: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(id: &u128, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&uuid::Uuid::from_u128(*id))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
         let text = String::deserialize(deserializer)?;
         uuid::Uuid::parse_str(&text).map(|id| id.as_u128()).map_err(serde::de::Error::custom)
     }
@@ -139,12 +139,12 @@ mod uuid_text {
 mod base64_digest {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(digest: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(digest: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
         use base64::{Engine, engine::general_purpose::STANDARD};
         serializer.collect_str(&STANDARD.encode(digest))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
         let text = String::deserialize(deserializer)?;
         use base64::{Engine, engine::general_purpose::STANDARD};
         let bytes = STANDARD.decode(text).map_err(serde::de::Error::custom)?;
