@@ -161,6 +161,10 @@ impl tracing::field::Visit for EscapingVisitor<'_, '_> {
 pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
+        #[allow(
+            clippy::expect_used,
+            reason = "a constant, non-empty bucket list: fails only if the constant is emptied"
+        )]
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &LATENCY_BUCKETS)
             .expect("latency buckets are not empty");

@@ -98,7 +98,8 @@ pub(super) async fn run(args: ServeArgs) -> Result<u8, CliError> {
             Arc::new(MemoryStore::new())
         }
         StoreKind::Postgres(url) => {
-            let options = config.postgres_options().expect("a postgres store has options");
+            let options =
+                config.postgres_options().ok_or_else(|| CliError::Config("a postgres store has options".to_owned()))?;
             let store = PostgresStore::open(&options)
                 .await
                 .map_err(|error| CliError::Failed(format!("cannot open the PostgreSQL store {url}: {error}")))?;

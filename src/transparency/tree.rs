@@ -60,6 +60,10 @@ impl<S: HashStore> MerkleLog<S> {
     pub fn open(store: S) -> Result<Self, S> {
         let size = store.tree_size().map_err(TreeError::Store)?;
         let peaks = store.hashes_at(&subtree_positions(0, size)).map_err(TreeError::Store)?;
+        #[allow(
+            clippy::expect_used,
+            reason = "a HashStore returns one hash per position asked (its contract); a store that does not is a bug, not a state to answer"
+        )]
         let frontier = Frontier::from_parts(size, peaks).expect("one peak per set bit of the size");
         Ok(Self { store, frontier })
     }
@@ -130,7 +134,12 @@ impl<S: HashStore> MerkleLog<S> {
     pub fn frontier_at(&self, size: u64) -> Result<Frontier, S> {
         self.check_size(size)?;
         let peaks = self.store.hashes_at(&subtree_positions(0, size)).map_err(TreeError::Store)?;
-        Ok(Frontier::from_parts(size, peaks).expect("one peak per set bit of the size"))
+        #[allow(
+            clippy::expect_used,
+            reason = "a HashStore returns one hash per position asked (its contract); a store that does not is a bug, not a state to answer"
+        )]
+        let frontier = Frontier::from_parts(size, peaks).expect("one peak per set bit of the size");
+        Ok(frontier)
     }
 
     /// PATH(index, D[0:size]): the audit path of leaf `index` in the tree of
@@ -255,6 +264,10 @@ impl ProofPlan {
     pub fn read<S: HashStore + ?Sized>(&self, store: &S) -> std::result::Result<Vec<Vec<Hash>>, S::Error> {
         let positions = self.positions();
         let hashes = store.hashes_at(&positions)?;
+        #[allow(
+            clippy::expect_used,
+            reason = "a HashStore returns one hash per position asked (its contract); a store that does not is a bug, not a state to answer"
+        )]
         let hash_at = |position: &u64| hashes[positions.binary_search(position).expect("every position was read")];
         let mut elements = self.elements.iter().map(|element| {
             let peaks: Vec<Hash> = element.iter().map(hash_at).collect();
