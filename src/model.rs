@@ -138,19 +138,19 @@ pub mod days {
     use chrono::{Datelike, NaiveDate};
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn to_number(date: NaiveDate) -> i32 {
+    pub(crate) fn to_number(date: NaiveDate) -> i32 {
         date.num_days_from_ce()
     }
 
-    pub fn from_number(days: i32) -> Option<NaiveDate> {
+    pub(crate) fn from_number(days: i32) -> Option<NaiveDate> {
         NaiveDate::from_num_days_from_ce_opt(days)
     }
 
-    pub fn serialize<S: Serializer>(date: &NaiveDate, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(date: &NaiveDate, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_i32(to_number(*date))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NaiveDate, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NaiveDate, D::Error> {
         let days = i32::deserialize(deserializer)?;
         from_number(days).ok_or_else(|| D::Error::custom(format!("day number {days} is out of range")))
     }
@@ -161,14 +161,14 @@ pub mod optional_days {
     use chrono::NaiveDate;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn serialize<S: Serializer>(date: &Option<NaiveDate>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(date: &Option<NaiveDate>, serializer: S) -> Result<S::Ok, S::Error> {
         match date {
             Some(date) => serializer.serialize_some(&super::days::to_number(*date)),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<NaiveDate>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<NaiveDate>, D::Error> {
         match Option::<i32>::deserialize(deserializer)? {
             Some(days) => super::days::from_number(days)
                 .map(Some)

@@ -35,7 +35,7 @@ pub fn search_query(request: proto::SearchRequest) -> Result<SearchQuery> {
 }
 
 /// `None` for UNSPECIFIED.
-pub fn care_setting_from_wire(value: i32) -> Result<Option<CareSetting>> {
+pub(crate) fn care_setting_from_wire(value: i32) -> Result<Option<CareSetting>> {
     if value == proto::CareSetting::Unspecified as i32 {
         return Ok(None);
     }
@@ -46,7 +46,7 @@ pub fn care_setting_from_wire(value: i32) -> Result<Option<CareSetting>> {
 }
 
 /// A wire plan type as sent: an unknown number is kept for the domain to refuse.
-pub fn plan_type_from_wire(value: i32) -> SentPlanType {
+pub(crate) fn plan_type_from_wire(value: i32) -> SentPlanType {
     use proto::PlanType as Wire;
     match Wire::try_from(value) {
         Ok(Wire::Unspecified) => SentPlanType::Unspecified,
@@ -58,7 +58,7 @@ pub fn plan_type_from_wire(value: i32) -> SentPlanType {
 }
 
 /// The header of a wire upload as sent; a mode it does not name is `None`.
-pub fn upload_header_from_wire(header: proto::UploadHeader) -> SentUploadHeader {
+pub(crate) fn upload_header_from_wire(header: proto::UploadHeader) -> SentUploadHeader {
     let mode = match proto::UploadMode::try_from(header.mode) {
         Ok(proto::UploadMode::Incremental) => Some(UploadMode::Incremental),
         Ok(proto::UploadMode::FullRefresh) => Some(UploadMode::FullRefresh),
@@ -137,7 +137,7 @@ pub fn local_authority(authority: &LocalAuthority) -> proto::LocalAuthority {
 
 /// Moves an access's text into the wire record: a search answers with up
 /// to 25 of them, and none is needed afterwards.
-pub fn access_record(access: AccessEvent) -> proto::AccessRecord {
+pub(crate) fn access_record(access: AccessEvent) -> proto::AccessRecord {
     let care_setting = access.care_setting.wire_code();
     proto::AccessRecord {
         accessed_at: Some(timestamp(access.accessed_at)),
@@ -199,7 +199,7 @@ pub fn search_response(outcome: SearchOutcome) -> proto::SearchResponse {
     }
 }
 
-pub fn plan_record(plan: &Plan) -> proto::PlanRecord {
+pub(crate) fn plan_record(plan: &Plan) -> proto::PlanRecord {
     proto::PlanRecord {
         nhs_number: plan.nhs_number.to_string(),
         local_id: plan.local_id.clone(),
@@ -234,7 +234,7 @@ pub fn notification(notification: &Notification) -> proto::AccessNotification {
     }
 }
 
-pub fn upload_report(outcome: UploadOutcome) -> proto::UploadReport {
+pub(crate) fn upload_report(outcome: UploadOutcome) -> proto::UploadReport {
     proto::UploadReport {
         status: match outcome.status {
             UploadStatus::AllLoaded => proto::UploadStatus::AllLoaded,

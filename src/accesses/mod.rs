@@ -29,11 +29,11 @@ pub use recent::{MAX_KEPT, Recent};
 /// How many previous accesses a search shows.
 pub const PREVIOUS_ACCESSES_SHOWN: usize = 25;
 /// A repeat search by the same user within this window is listed once.
-pub const SAME_USER_WINDOW: Duration = Duration::hours(24);
+pub(crate) const SAME_USER_WINDOW: Duration = Duration::hours(24);
 /// How long a request id identifies a retry of the same search.
 pub const REQUEST_ID_WINDOW: Duration = Duration::hours(24);
 /// The newest unscheduled accesses kept per person (beyond those of the last
 /// 24 hours): the 25 shown with room for the same users' repeats within 24
 /// hours folded into them. Only a person looked up more than this many times
 /// by repeating users could list fewer than 25.
-pub const HISTORY_READ: usize = 128;
+pub(crate) const HISTORY_READ: usize = 128;

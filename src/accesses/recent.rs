@@ -141,7 +141,7 @@ impl Recent {
     }
 
     /// Adds an access just committed, as stored; one already known is ignored.
-    pub fn record_view(&self, access: &AccessView<'_>) {
+    pub(crate) fn record_view(&self, access: &AccessView<'_>) {
         let recent = self.remembered(access);
         let mut accesses = self.shared.people.entry(access.nhs_number).or_default();
         let at = accesses.partition_point(|kept| (kept.accessed_at, kept.id()) < (recent.accessed_at, recent.id()));
@@ -160,7 +160,7 @@ impl Recent {
     }
 
     /// Forgets one access (held, then found to repeat a request another node stored).
-    pub fn forget(&self, nhs_number: NhsNumber, id: u128) {
+    pub(crate) fn forget(&self, nhs_number: NhsNumber, id: u128) {
         let id = [(id >> 64) as u64, id as u64];
         self.shared.people.remove_if_mut(&nhs_number, |_, accesses| {
             accesses.retain(|access| access.id != id);
@@ -172,7 +172,7 @@ impl Recent {
     /// Builds a person's accesses from their stored ones, any order. The
     /// request window is taken back from their newest access: at worst a few
     /// more are kept than the window needs.
-    pub fn load_person<'a>(&self, nhs_number: NhsNumber, views: impl IntoIterator<Item = AccessView<'a>>) {
+    pub(crate) fn load_person<'a>(&self, nhs_number: NhsNumber, views: impl IntoIterator<Item = AccessView<'a>>) {
         let mut accesses: Accesses = views.into_iter().map(|view| self.remembered(&view)).collect();
         let Some(newest) = accesses.iter().map(|access| access.accessed_at).max() else { return };
         accesses.sort_by_key(|access| (access.accessed_at, access.id()));

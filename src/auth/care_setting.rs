@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::{error::Error, model::CareSetting};
 
 /// Default name of the token claim naming the care setting.
-pub const DEFAULT_CLAIM: &str = "care_setting";
+pub(crate) const DEFAULT_CLAIM: &str = "care_setting";
 
 /// The care setting sources the door is configured with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl CareSettings {
 }
 
 /// One `ODS=SETTING` entry of `fhir_care_settings`.
-pub fn parse_entry(entry: &str) -> Result<(String, CareSetting), String> {
+pub(crate) fn parse_entry(entry: &str) -> Result<(String, CareSetting), String> {
     let (ods_code, setting) = entry.split_once('=').ok_or_else(|| format!("{entry:?} is not ODS_CODE=CARE_SETTING"))?;
     let ods_code = ods_code.trim();
     if ods_code.is_empty() || !ods_code.chars().all(|c| c.is_ascii_alphanumeric()) {

@@ -20,12 +20,12 @@ use crate::model::{Accessor, CareSetting};
 /// Defaults of [`TokenSettings`], as documented in docs/fhir.md.
 pub const DEFAULT_ISSUER: &str = "cpis-relay-dev";
 pub const DEFAULT_AUDIENCE: &str = "cpis-relay";
-pub const DEFAULT_USER_ID_CLAIM: &str = "sub";
-pub const DEFAULT_NAME_CLAIM: &str = "name";
-pub const DEFAULT_ROLE_CODE_CLAIM: &str = "role_code";
+pub(crate) const DEFAULT_USER_ID_CLAIM: &str = "sub";
+pub(crate) const DEFAULT_NAME_CLAIM: &str = "name";
+pub(crate) const DEFAULT_ROLE_CODE_CLAIM: &str = "role_code";
 /// File names of the development signing key and its JWKS in the certificates directory.
-pub const DEV_SIGNING_KEY: &str = "fhir-token.key";
-pub const DEV_JWKS: &str = "fhir-jwks.json";
+pub(crate) const DEV_SIGNING_KEY: &str = "fhir-token.key";
+pub(crate) const DEV_JWKS: &str = "fhir-jwks.json";
 
 /// What a token must say, and where it says who the user is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl std::fmt::Debug for TokenVerifier {
 
 impl TokenVerifier {
     /// Reads a JWKS file (`{"keys": [...]}`); only public signature keys (EC, RSA, OKP) are accepted.
-    pub fn from_jwks_file(path: &Path, settings: TokenSettings) -> Result<Self, TokenError> {
+    pub(crate) fn from_jwks_file(path: &Path, settings: TokenSettings) -> Result<Self, TokenError> {
         let text =
             std::fs::read_to_string(path).map_err(|error| TokenError::Keys(format!("{}: {error}", path.display())))?;
         Self::from_jwks(&text, settings).map_err(|error| TokenError::Keys(format!("{}: {error}", path.display())))

@@ -53,12 +53,12 @@ impl CareSetting {
 
     /// Whether this is a scheduled care setting (general practice, health
     /// visiting, school nursing), whose searches are silent.
-    pub fn is_scheduled(self) -> bool {
+    pub(crate) fn is_scheduled(self) -> bool {
         matches!(self, Self::GeneralPractice | Self::HealthVisiting | Self::SchoolNursing)
     }
 
     /// The scheduled (or the unscheduled) settings, in [`ALL`](Self::ALL)'s order.
-    pub fn of_kind(scheduled: bool) -> impl Iterator<Item = CareSetting> {
+    pub(crate) fn of_kind(scheduled: bool) -> impl Iterator<Item = CareSetting> {
         Self::ALL.into_iter().filter(move |setting| setting.is_scheduled() == scheduled)
     }
 
@@ -80,13 +80,13 @@ impl CareSetting {
     }
 
     /// The setting of a [`name`](Self::name), exactly.
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|setting| setting.name() == name)
     }
 
     /// The setting as people read it ("Emergency department"): the browser
     /// view and the FHIR door's AuditEvent site show the same words.
-    pub fn display_name(self) -> &'static str {
+    pub(crate) fn display_name(self) -> &'static str {
         match self {
             Self::EmergencyDepartment => "Emergency department",
             Self::OutOfHoursGp => "Out-of-hours GP",
@@ -104,7 +104,7 @@ impl CareSetting {
     /// The setting's name in the contract (`EMERGENCY_DEPARTMENT`): the value
     /// name of `cpis.v1.CareSetting` (a test in `wire` keeps them equal),
     /// read from a bearer token's claim and from `fhir_care_settings`.
-    pub fn contract_name(self) -> &'static str {
+    pub(crate) fn contract_name(self) -> &'static str {
         match self {
             Self::EmergencyDepartment => "EMERGENCY_DEPARTMENT",
             Self::OutOfHoursGp => "OUT_OF_HOURS_GP",
@@ -120,7 +120,7 @@ impl CareSetting {
     }
 
     /// The setting of a [`contract_name`](Self::contract_name), exactly.
-    pub fn from_contract_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_contract_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|setting| setting.contract_name() == name)
     }
 
@@ -135,7 +135,7 @@ impl CareSetting {
 
     /// The number of the setting's `cpis.v1.CareSetting` value (0 is
     /// UNSPECIFIED, no setting); a test in `wire` keeps them equal.
-    pub const fn wire_code(self) -> i32 {
+    pub(crate) const fn wire_code(self) -> i32 {
         match self {
             Self::EmergencyDepartment => 1,
             Self::OutOfHoursGp => 2,
@@ -151,12 +151,12 @@ impl CareSetting {
     }
 
     /// The setting of a wire number; `None` for UNSPECIFIED and numbers the contract does not have.
-    pub fn from_wire_code(code: i32) -> Option<Self> {
+    pub(crate) fn from_wire_code(code: i32) -> Option<Self> {
         Self::ALL.into_iter().find(|setting| setting.wire_code() == code)
     }
 
     /// The code embedded records keep: fixed for good (new settings take new codes).
-    pub const fn stored_code(self) -> u8 {
+    pub(crate) const fn stored_code(self) -> u8 {
         match self {
             Self::EmergencyDepartment => 0,
             Self::OutOfHoursGp => 1,
@@ -172,13 +172,13 @@ impl CareSetting {
     }
 
     /// The setting of a stored code.
-    pub fn from_stored_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_stored_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|setting| setting.stored_code() == code)
     }
 
     /// The name PostgreSQL keeps (a column of accesses and of request keys):
     /// the setting's [`name`](Self::name), fixed for good.
-    pub const fn stored_name(self) -> &'static str {
+    pub(crate) const fn stored_name(self) -> &'static str {
         self.name()
     }
 }

@@ -9,7 +9,7 @@ use super::PlanType;
 
 impl PlanType {
     /// The code stores keep for this type (embedded records and keys): fixed for good.
-    pub const fn stored_code(self) -> u8 {
+    pub(crate) const fn stored_code(self) -> u8 {
         match self {
             Self::ChildProtection => 0,
             Self::LookedAfter => 1,
@@ -18,7 +18,7 @@ impl PlanType {
     }
 
     /// The type of a stored code.
-    pub fn from_stored_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_stored_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|plan_type| plan_type.stored_code() == code)
     }
 }

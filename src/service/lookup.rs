@@ -37,7 +37,7 @@ impl LookupService {
 
     /// Largest request accepted (tonic's default: 4 MiB).
     #[must_use]
-    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+    pub(crate) fn max_decoding_message_size(mut self, limit: usize) -> Self {
         self.max_decoding_message_size = Some(limit);
         self
     }

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// A boxed server stream, as tonic's generated traits expect.
-pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The caller's identity, read once per connection from its verified certificate (see [`edge::identity`]).
 pub fn identity<T>(request: &Request<T>) -> Result<Arc<Identity>, Error> {

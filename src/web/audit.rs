@@ -95,7 +95,7 @@ async fn read_log(web: &Web, viewer: &Viewer, nhs_number: &str) -> Result<Vec<Ac
 }
 
 /// The columns of the CSV, one access a row, oldest first.
-pub const CSV_HEADER: [&str; 10] = [
+pub(crate) const CSV_HEADER: [&str; 10] = [
     "accessed_at",
     "nhs_number",
     "organisation_ods_code",

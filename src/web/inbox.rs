@@ -32,7 +32,7 @@ use super::{Viewer, Web, WebError, layout, viewer::CSRF_FIELD};
 use crate::{auth, model::Notification, relay::Inbox};
 
 /// Most notifications one inbox page shows (the oldest unacknowledged ones).
-pub const INBOX_LIMIT: usize = 500;
+pub(crate) const INBOX_LIMIT: usize = 500;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct TeamFilter {

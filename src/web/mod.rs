@@ -82,7 +82,7 @@ pub struct WebSettings {
 /// is on and the FHIR door's JWKS is configured, or the development
 /// certificates (and so the development JWKS) are in use. Otherwise users are
 /// named by their certificates only, and a bearer token is refused.
-pub fn takes_bearer_tokens(config: &crate::config::ServeConfig) -> bool {
+pub(crate) fn takes_bearer_tokens(config: &crate::config::ServeConfig) -> bool {
     config.web_listen.is_some() && (config.fhir_jwks.is_some() || config.ca.is_none())
 }
 
