@@ -1,4 +1,4 @@
-//! The tamper-evident access log wired to the relay (issue 20): the stores
+//! The tamper-evident access log wired to the relay: the stores
 //! give every access a log position in commit order (`crate::store::log`);
 //! this module builds and signs the tree over them ([`keeper`]), records
 //! retention under a signed note ([`notes`]), gets checkpoints cosigned by

@@ -93,7 +93,7 @@ async fn the_memory_store_logs_searches_and_reads_retains_a_prefix_and_verifies(
     }
 }
 
-/// Issue 28 item 3: every checkpoint is stored as it is signed (it was
+/// Every checkpoint is stored as it is signed (it was
 /// stored at most hourly, leaving up to an hour of accesses under no stored
 /// note); old ones are thinned to the last of each hour, never the newest,
 /// and a tree grown past every stored checkpoint is a finding.

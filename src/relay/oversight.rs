@@ -1,4 +1,4 @@
-//! Oversight of reads (issue 11): an auditor's read of a person's access
+//! Oversight of reads: an auditor's read of a person's access
 //! trail is itself recorded (who read whose trail, when, and which accesses
 //! it showed), and a user who searches more distinct people within one clock
 //! hour than `unusual_access_distinct_people_per_hour` raises

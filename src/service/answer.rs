@@ -1,5 +1,5 @@
-//! A search's answer written to the wire straight from the domain's values
-//! (issue 29): the bytes of `cpis.v1.SearchResponse`, exactly as prost
+//! A search's answer written to the wire straight from the domain's values:
+//! the bytes of `cpis.v1.SearchResponse`, exactly as prost
 //! encodes [`wire::search_response`](crate::wire::search_response)'s
 //! message, without building that message first. Building it copied every
 //! string of the answer into a string of its own: about 120 allocations for a

@@ -1,4 +1,4 @@
-//! The access log as a store keeps it (issue 20): every stored access (a
+//! The access log as a store keeps it: every stored access (a
 //! search, either kind, or an auditor's read) has a log position, assigned
 //! gaplessly in commit order by the store's single writer in the same atomic
 //! write as the access. The leaves of the Merkle tree are the accesses in

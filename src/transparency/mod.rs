@@ -1,4 +1,4 @@
-//! The tamper-evident access log (issue 20): every stored access is a leaf
+//! The tamper-evident access log: every stored access is a leaf
 //! of an append-only Merkle tree built as RFC 6962 / RFC 9162 (Certificate
 //! Transparency) specify; the relay signs checkpoints of it with its own
 //! Ed25519 key; anyone holding the public key can check that one access is in
