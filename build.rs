@@ -12,7 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if env::var_os("PROTOC").is_none() {
         // Build scripts are single-threaded, so setting the variable is sound.
         let protoc = protoc_bin_vendored::protoc_bin_path()?;
-        unsafe { env::set_var("PROTOC", protoc) };
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a build script runs on one thread: nothing reads the environment meanwhile"
+        )]
+        unsafe {
+            env::set_var("PROTOC", protoc)
+        };
     }
     let include = protoc_bin_vendored::include_path()?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

@@ -92,7 +92,7 @@ pub const DEV_USERS: [DevUser; 4] = [
 pub const DEV_P12_PASSWORD: &str = "cpis-dev";
 
 /// The default directory of development certificates.
-pub const DEV_DIR: &str = "certs/dev";
+pub(crate) const DEV_DIR: &str = "certs/dev";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
@@ -163,7 +163,7 @@ impl Authority {
     }
 
     /// A client certificate with exactly this subject (tests of identity parsing).
-    pub fn issue_client_named(&self, name: DistinguishedName) -> Result<Pair, CertsError> {
+    pub(crate) fn issue_client_named(&self, name: DistinguishedName) -> Result<Pair, CertsError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = name;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -282,7 +282,7 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
 
 /// [`init`], also returning the CA to issue more certificates with (the
 /// national-day bench issues one per local authority and organisation).
-pub fn init_keeping_ca(dir: &Path) -> Result<(Authority, Vec<PathBuf>), CertsError> {
+pub(crate) fn init_keeping_ca(dir: &Path) -> Result<(Authority, Vec<PathBuf>), CertsError> {
     let authority = Authority::generate("cpis-relay development CA")?;
     let server = authority.issue_server(&["localhost", "127.0.0.1"])?;
     let mut written = Vec::new();
@@ -305,7 +305,7 @@ pub fn init_keeping_ca(dir: &Path) -> Result<(Authority, Vec<PathBuf>), CertsErr
 }
 
 /// Writes `NAME.pem` and `NAME.key` (private) into `dir`; returns their paths.
-pub fn write_pair(dir: &Path, name: &str, pair: &Pair) -> Result<[PathBuf; 2], CertsError> {
+pub(crate) fn write_pair(dir: &Path, name: &str, pair: &Pair) -> Result<[PathBuf; 2], CertsError> {
     Ok([
         write(dir, &format!("{name}.pem"), &pair.cert_pem, false)?,
         write(dir, &format!("{name}.key"), &pair.key_pem, true)?,
@@ -314,7 +314,7 @@ pub fn write_pair(dir: &Path, name: &str, pair: &Pair) -> Result<[PathBuf; 2], C
 
 /// Writes a fresh development signing key for the FHIR door's bearer tokens
 /// and the JWKS that verifies them (`fhir-token.key`, `fhir-jwks.json`).
-pub fn write_token_key(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
+pub(crate) fn write_token_key(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
     use crate::auth::token;
     let (key_pem, jwks) = token::generate_dev_key()?;
     create_dir(dir)?;
@@ -323,7 +323,7 @@ pub fn write_token_key(dir: &Path) -> Result<Vec<PathBuf>, CertsError> {
 
 /// Creates the development token key in `dir` unless its JWKS already exists
 /// (a directory made before the FHIR door existed has none). Returns whether it was created.
-pub fn ensure_token_key(dir: &Path) -> Result<bool, CertsError> {
+pub(crate) fn ensure_token_key(dir: &Path) -> Result<bool, CertsError> {
     if dir.join(crate::auth::token::DEV_JWKS).exists() {
         return Ok(false);
     }
@@ -333,7 +333,7 @@ pub fn ensure_token_key(dir: &Path) -> Result<bool, CertsError> {
 
 /// Creates the development PKI in `dir` unless its CA already exists.
 /// Returns whether it was created.
-pub fn ensure_dev(dir: &Path) -> Result<bool, CertsError> {
+pub(crate) fn ensure_dev(dir: &Path) -> Result<bool, CertsError> {
     if dir.join("ca.pem").exists() {
         return Ok(false);
     }

@@ -28,6 +28,10 @@ use crate::{
     tls::PeerInfo,
 };
 
+/// A request slower than this is logged at info whatever its outcome, at
+/// every door (a quick success is logged at debug only).
+pub(crate) const SLOW_CALL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The door a request came through; decides only the wording of refusals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Door {
@@ -95,7 +99,7 @@ impl Edge {
     }
 
     /// UNAVAILABLE once the relay is draining, so clients go to another node.
-    pub fn refuse_if_draining(&self, door: Door) -> Result<()> {
+    pub(crate) fn refuse_if_draining(&self, door: Door) -> Result<()> {
         if *self.draining.borrow() {
             return Err(Error::Unavailable(door.draining_message().into()));
         }
@@ -103,21 +107,21 @@ impl Edge {
     }
 
     /// One search's share of the global search limit, held until dropped.
-    pub fn search_permit(&self, door: Door) -> Result<OwnedSemaphorePermit> {
+    pub(crate) fn search_permit(&self, door: Door) -> Result<OwnedSemaphorePermit> {
         Arc::clone(&self.searches)
             .try_acquire_owned()
             .map_err(|_| Error::ResourceExhausted(door.search_limit_message().into()))
     }
 
     /// One upload's share of the global upload limit, held until dropped.
-    pub fn upload_permit(&self) -> Result<OwnedSemaphorePermit> {
+    pub(crate) fn upload_permit(&self) -> Result<OwnedSemaphorePermit> {
         Arc::clone(&self.uploads).try_acquire_owned().map_err(|_| {
             Error::ResourceExhausted("the relay is at its limit of concurrent uploads; retry later".into())
         })
     }
 
     /// A search may start: the relay is not draining and a search permit is free.
-    pub fn admit_search(&self, door: Door) -> Result<OwnedSemaphorePermit> {
+    pub(crate) fn admit_search(&self, door: Door) -> Result<OwnedSemaphorePermit> {
         self.refuse_if_draining(door)?;
         self.search_permit(door)
     }
@@ -139,7 +143,7 @@ pub fn identity(extensions: &Extensions, door: Door) -> Result<Arc<Identity>> {
 /// and then any token is refused. The `Err` is the reason, for the door to
 /// answer in its own way; every refusal is counted in
 /// `cpis_auth_denied_total{reason="bearer_token"}`.
-pub fn bearer_user(
+pub(crate) fn bearer_user(
     headers: &HeaderMap,
     tokens: Option<&TokenVerifier>,
     door: Door,
@@ -162,7 +166,11 @@ pub fn bearer_user(
 }
 
 /// [`bearer_user`] where a token is required.
-pub fn required_bearer_user(headers: &HeaderMap, tokens: &TokenVerifier, door: Door) -> Result<TokenUser, String> {
+pub(crate) fn required_bearer_user(
+    headers: &HeaderMap,
+    tokens: &TokenVerifier,
+    door: Door,
+) -> Result<TokenUser, String> {
     bearer_user(headers, Some(tokens), door)?
         .ok_or_else(|| bearer_refused("an Authorization: Bearer <JWT> header is required".into()))
 }

@@ -74,7 +74,7 @@ impl PersonPlans {
 
 /// A FULL_REFRESH staged but not yet visible; see [`Index::stage_replacement`].
 #[must_use = "a staged refresh must be published or abandoned"]
-pub struct StagedRefresh {
+pub(crate) struct StagedRefresh {
     la_ods_code: Arc<str>,
     generation: u64,
     touched: Vec<NhsNumber>,
@@ -144,7 +144,7 @@ impl Index {
         self.shared.authorities.get(ods_code).map(|authority| Arc::clone(authority.value()))
     }
 
-    pub fn set_authority(&self, authority: LocalAuthority) {
+    pub(crate) fn set_authority(&self, authority: LocalAuthority) {
         self.shared.authorities.insert(authority.ods_code.clone(), Arc::new(authority));
     }
 
@@ -177,7 +177,7 @@ impl Index {
 
     /// Makes `la_ods_code`'s plans exactly `plans`, atomically for readers.
     /// Returns how many of the previous plans are gone (not replaced).
-    pub fn replace_authority(&self, la_ods_code: &str, plans: impl IntoIterator<Item = StoredPlan>) -> usize {
+    pub(crate) fn replace_authority(&self, la_ods_code: &str, plans: impl IntoIterator<Item = StoredPlan>) -> usize {
         let staged = self.stage_replacement(la_ods_code, plans);
         self.publish(staged)
     }
@@ -188,7 +188,11 @@ impl Index {
     /// undoes it. The caller must not change the index in between (the relay
     /// holds its plan-write lock), which lets staging run while the store
     /// commits the same refresh.
-    pub fn stage_replacement(&self, la_ods_code: &str, plans: impl IntoIterator<Item = StoredPlan>) -> StagedRefresh {
+    pub(crate) fn stage_replacement(
+        &self,
+        la_ods_code: &str,
+        plans: impl IntoIterator<Item = StoredPlan>,
+    ) -> StagedRefresh {
         let _writer = self.lock_writer();
         let next = self.shared.generation.load(Ordering::Acquire) + 1;
         let mut incoming: HashMap<NhsNumber, Vec<StoredPlan>> = HashMap::new();
@@ -218,7 +222,7 @@ impl Index {
     /// Second half: one atomic store switches every reader to the new set,
     /// then what no reader can see any more is swept. Returns how many of the
     /// previous plans are gone (not replaced).
-    pub fn publish(&self, staged: StagedRefresh) -> usize {
+    pub(crate) fn publish(&self, staged: StagedRefresh) -> usize {
         let _writer = self.lock_writer();
         let next = staged.generation;
         self.shared.generation.store(next, Ordering::Release);
@@ -230,7 +234,7 @@ impl Index {
     }
 
     /// Undoes a staged refresh that will not be published (its store commit failed).
-    pub fn abandon(&self, staged: StagedRefresh) {
+    pub(crate) fn abandon(&self, staged: StagedRefresh) {
         let _writer = self.lock_writer();
         let next = staged.generation;
         for nhs_number in &staged.touched {
@@ -244,7 +248,7 @@ impl Index {
     }
 
     /// Removes plans that `still_wanted` rejects (retention); returns how many.
-    pub fn remove_where(&self, still_wanted: impl Fn(&StoredPlan) -> bool) -> usize {
+    pub(crate) fn remove_where(&self, still_wanted: impl Fn(&StoredPlan) -> bool) -> usize {
         let _writer = self.lock_writer();
         let doomed: Vec<NhsNumber> = self
             .shared
@@ -274,7 +278,7 @@ impl Index {
     }
 
     /// Every local authority with details or plans here.
-    pub fn authority_codes(&self) -> Vec<String> {
+    pub(crate) fn authority_codes(&self) -> Vec<String> {
         let mut codes: Vec<String> = self.shared.authorities.iter().map(|entry| entry.key().clone()).collect();
         codes.extend(self.shared.by_authority.iter().map(|entry| entry.key().to_string()));
         codes.sort_unstable();
@@ -283,7 +287,7 @@ impl Index {
     }
 
     /// Every plan a local authority holds, in NHS number order.
-    pub fn plans_of(&self, la_ods_code: &str) -> Vec<StoredPlan> {
+    pub(crate) fn plans_of(&self, la_ods_code: &str) -> Vec<StoredPlan> {
         let mut members: Vec<NhsNumber> = self
             .shared
             .by_authority
@@ -306,7 +310,7 @@ impl Index {
     /// Plans held, by type, for the `cpis_plans` gauge: kept as changes are
     /// made, not counted by a scan. While a refresh is staged its new set is
     /// counted in place of the old.
-    pub fn count_by_type(&self) -> HashMap<PlanType, usize> {
+    pub(crate) fn count_by_type(&self) -> HashMap<PlanType, usize> {
         PlanType::ALL
             .into_iter()
             .map(|plan_type| {

@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::nhs::NhsNumber;
 
+mod care_setting;
 mod codes;
 mod redacted;
+
+pub use care_setting::CareSetting;
 
 /// Days a plan stays visible after its end date.
 pub const VISIBLE_DAYS_AFTER_END: u64 = 365;
@@ -48,73 +51,6 @@ impl PlanType {
             "UCPI" | "UNBORN" | "UNBORN_CHILD_PROTECTION" => Some(Self::UnbornChildProtection),
             _ => None,
         }
-    }
-}
-
-/// Stored by its [`CareSetting::stored_code`] (embedded records) and
-/// [`CareSetting::stored_name`] (PostgreSQL columns and request keys), never by
-/// the variant's place or Rust name: neither can change what stores hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(into = "u8", try_from = "u8")]
-pub enum CareSetting {
-    EmergencyDepartment,
-    OutOfHoursGp,
-    WalkInCentre,
-    MinorInjuriesUnit,
-    PaediatricWard,
-    AmbulanceService,
-    MaternityUnit,
-    // Scheduled care (stores keep each setting by its code: see `codes`).
-    GeneralPractice,
-    HealthVisiting,
-    SchoolNursing,
-}
-
-impl CareSetting {
-    /// The setting as people read it ("Emergency department"): the browser
-    /// view and the FHIR door's AuditEvent site show the same words.
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Self::EmergencyDepartment => "Emergency department",
-            Self::OutOfHoursGp => "Out-of-hours GP",
-            Self::WalkInCentre => "Walk-in centre",
-            Self::MinorInjuriesUnit => "Minor injuries unit",
-            Self::PaediatricWard => "Paediatric ward",
-            Self::AmbulanceService => "Ambulance service",
-            Self::MaternityUnit => "Maternity unit",
-            Self::GeneralPractice => "General practice",
-            Self::HealthVisiting => "Health visiting",
-            Self::SchoolNursing => "School nursing",
-        }
-    }
-
-    /// The setting's name in the contract (`EMERGENCY_DEPARTMENT`): the value
-    /// name of `cpis.v1.CareSetting` (a test in `service::convert` keeps them
-    /// equal), read from a bearer token's claim and from `fhir_care_settings`.
-    pub fn contract_name(self) -> &'static str {
-        match self {
-            Self::EmergencyDepartment => "EMERGENCY_DEPARTMENT",
-            Self::OutOfHoursGp => "OUT_OF_HOURS_GP",
-            Self::WalkInCentre => "WALK_IN_CENTRE",
-            Self::MinorInjuriesUnit => "MINOR_INJURIES_UNIT",
-            Self::PaediatricWard => "PAEDIATRIC_WARD",
-            Self::AmbulanceService => "AMBULANCE_SERVICE",
-            Self::MaternityUnit => "MATERNITY_UNIT",
-            Self::GeneralPractice => "GENERAL_PRACTICE",
-            Self::HealthVisiting => "HEALTH_VISITING",
-            Self::SchoolNursing => "SCHOOL_NURSING",
-        }
-    }
-
-    /// The setting of a [`contract_name`](Self::contract_name), exactly.
-    pub fn from_contract_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|setting| setting.contract_name() == name)
-    }
-
-    /// Whether this is a scheduled care setting (general practice, health
-    /// visiting, school nursing), whose searches are silent.
-    pub fn is_scheduled(self) -> bool {
-        matches!(self, Self::GeneralPractice | Self::HealthVisiting | Self::SchoolNursing)
     }
 }
 
@@ -202,19 +138,19 @@ pub mod days {
     use chrono::{Datelike, NaiveDate};
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn to_number(date: NaiveDate) -> i32 {
+    pub(crate) fn to_number(date: NaiveDate) -> i32 {
         date.num_days_from_ce()
     }
 
-    pub fn from_number(days: i32) -> Option<NaiveDate> {
+    pub(crate) fn from_number(days: i32) -> Option<NaiveDate> {
         NaiveDate::from_num_days_from_ce_opt(days)
     }
 
-    pub fn serialize<S: Serializer>(date: &NaiveDate, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(date: &NaiveDate, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_i32(to_number(*date))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NaiveDate, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NaiveDate, D::Error> {
         let days = i32::deserialize(deserializer)?;
         from_number(days).ok_or_else(|| D::Error::custom(format!("day number {days} is out of range")))
     }
@@ -225,14 +161,14 @@ pub mod optional_days {
     use chrono::NaiveDate;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn serialize<S: Serializer>(date: &Option<NaiveDate>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(date: &Option<NaiveDate>, serializer: S) -> Result<S::Ok, S::Error> {
         match date {
             Some(date) => serializer.serialize_some(&super::days::to_number(*date)),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<NaiveDate>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<NaiveDate>, D::Error> {
         match Option::<i32>::deserialize(deserializer)? {
             Some(days) => super::days::from_number(days)
                 .map(Some)

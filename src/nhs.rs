@@ -20,7 +20,7 @@ pub struct NhsNumber(u64);
 /// plans are keyed only by what authenticated local authorities upload, a
 /// search of an unknown number inserts nothing, and foldhash is still seeded
 /// at random per map, so which numbers collide cannot be worked out offline.
-pub type FastHash = foldhash::fast::RandomState;
+pub(crate) type FastHash = foldhash::fast::RandomState;
 
 impl fmt::Debug for NhsNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -89,7 +89,7 @@ impl NhsNumber {
 
     /// The check digit for nine leading digits, or `None` when no check
     /// digit exists (the remainder gives 10) and the nine digits are unusable.
-    pub fn check_digit(first_nine: &[u8; 9]) -> Option<u8> {
+    pub(crate) fn check_digit(first_nine: &[u8; 9]) -> Option<u8> {
         let sum: u32 = first_nine.iter().zip((2..=10u32).rev()).map(|(&digit, weight)| u32::from(digit) * weight).sum();
         match 11 - sum % 11 {
             11 => Some(0),

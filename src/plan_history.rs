@@ -86,7 +86,11 @@ impl PlanEvent {
 
     /// What writing `new` over the stored bytes `old` (none: nothing held)
     /// adds to the history: nothing when only the time it was loaded differs.
-    pub fn of_write(old: Option<&[u8]>, new: &StoredPlan, at: DateTime<Utc>) -> Result<Option<Self>, StoreError> {
+    pub(crate) fn of_write(
+        old: Option<&[u8]>,
+        new: &StoredPlan,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Self>, StoreError> {
         let kind = match old {
             None => PlanEventKind::Loaded,
             Some(old) if old == new.bytes() => return Ok(None),

@@ -11,11 +11,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{model::PlanType, proto, service::convert};
+use crate::{model::PlanType, proto, wire};
 
 /// The columns, in file order. `la_ods_code` is optional on upload: rows of
 /// other authorities are skipped.
-pub const COLUMNS: [&str; 16] = [
+pub(crate) const COLUMNS: [&str; 16] = [
     "nhs_number",
     "local_id",
     "given_name",
@@ -201,10 +201,10 @@ fn row(line: u64, record: Result<FileRecord, String>) -> Row {
 }
 
 /// A file record as the wire record; only the plan type is checked here.
-pub fn to_wire(record: FileRecord) -> Result<proto::PlanRecord, String> {
+pub(crate) fn to_wire(record: FileRecord) -> Result<proto::PlanRecord, String> {
     let plan_type = match record.plan_type.trim() {
         "" => proto::PlanType::Unspecified,
-        text => convert::plan_type(
+        text => wire::plan_type(
             PlanType::parse(text).ok_or_else(|| format!("plan_type: {text:?} is not CPPI, LACI or UCPI"))?,
         ),
     };
@@ -228,7 +228,7 @@ pub fn to_wire(record: FileRecord) -> Result<proto::PlanRecord, String> {
 }
 
 /// The file form of a wire record.
-pub fn from_wire(record: &proto::PlanRecord, la_ods_code: &str) -> FileRecord {
+pub(crate) fn from_wire(record: &proto::PlanRecord, la_ods_code: &str) -> FileRecord {
     let address = record.address.clone().unwrap_or_default();
     let line = |index: usize| address.lines.get(index).cloned().unwrap_or_default();
     let plan_type = match proto::PlanType::try_from(record.r#type) {

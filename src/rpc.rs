@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::{
-    edge::{Door, Edge},
+    edge::{Door, Edge, SLOW_CALL},
     tls::PeerInfo,
 };
 
@@ -35,29 +35,27 @@ const UPLOAD_PATH: &str = "/cpis.v1.Plans/Upload";
 
 /// The deadlines of gRPC calls (the global limits are the [`Edge`]'s).
 #[derive(Clone, Copy, Debug)]
-pub struct RpcLimits {
+pub(crate) struct RpcLimits {
     /// Deadline of every call but an upload.
     pub request_timeout: std::time::Duration,
     pub upload_timeout: std::time::Duration,
 }
-/// A call slower than this is logged at info whatever its outcome.
-pub const SLOW_CALL: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Clone)]
-pub struct RpcLayer {
+pub(crate) struct RpcLayer {
     edge: Edge,
     limits: RpcLimits,
     in_flight: Arc<watch::Sender<usize>>,
 }
 
 impl RpcLayer {
-    pub fn new(limits: RpcLimits, edge: Edge) -> Self {
+    pub(crate) fn new(limits: RpcLimits, edge: Edge) -> Self {
         Self { edge, limits, in_flight: Arc::new(watch::Sender::new(0)) }
     }
 
     /// Calls being handled (a server stream counts until its handler has
     /// returned the stream); shutdown waits for this to reach zero.
-    pub fn in_flight(&self) -> watch::Receiver<usize> {
+    pub(crate) fn in_flight(&self) -> watch::Receiver<usize> {
         self.in_flight.subscribe()
     }
 }
@@ -70,7 +68,7 @@ impl<S> Layer<S> for RpcLayer {
 }
 
 #[derive(Clone)]
-pub struct RpcService<S> {
+pub(crate) struct RpcService<S> {
     inner: S,
     edge: Edge,
     limits: RpcLimits,

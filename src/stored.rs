@@ -63,7 +63,7 @@ impl StoredPlan {
         &self.la_ods_code
     }
 
-    pub fn shared_la_ods_code(&self) -> &Arc<str> {
+    pub(crate) fn shared_la_ods_code(&self) -> &Arc<str> {
         &self.la_ods_code
     }
 
@@ -111,7 +111,7 @@ impl StoredPlan {
 }
 
 /// The plan in stored plan bytes.
-pub fn decode_plan(bytes: &[u8]) -> Result<Plan, StoreError> {
+pub(crate) fn decode_plan(bytes: &[u8]) -> Result<Plan, StoreError> {
     header(bytes)?;
     postcard::from_bytes(&bytes[HEADER..]).map_err(|error| StoreError::Corrupt(format!("plans: {error}")))
 }

@@ -46,7 +46,7 @@ const TOWNS: &[(&str, &str)] =
 
 /// The 999 test range holds about 909,000 valid NHS numbers (one nine-digit
 /// prefix in eleven has no check digit); generation stops short of it.
-pub const MAX_PEOPLE: usize = 900_000;
+pub(crate) const MAX_PEOPLE: usize = 900_000;
 
 /// One generated record and the authority that holds it.
 #[derive(Clone, Debug)]

@@ -23,7 +23,7 @@ pub enum LogFormat {
 }
 
 /// Latency buckets from 100 us to 5 s.
-pub const LATENCY_BUCKETS: [f64; 16] =
+pub(crate) const LATENCY_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Lines the log writer may hold before a logging thread waits for it.
@@ -34,7 +34,7 @@ const LOG_BUFFER_LINES: usize = 64 * 1024;
 /// by a background thread through a buffer, so a slow terminal or journald
 /// never holds a request; nothing is dropped (a full buffer makes the caller
 /// wait). Keep the returned guard until exit: dropping it flushes the buffer.
-pub fn init_logging(format: LogFormat, default_filter: &str) -> WorkerGuard {
+pub(crate) fn init_logging(format: LogFormat, default_filter: &str) -> WorkerGuard {
     let filter = EnvFilter::try_from_env("CPIS_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let (writer, guard) =
         NonBlockingBuilder::default().lossy(false).buffered_lines_limit(LOG_BUFFER_LINES).finish(std::io::stderr());
@@ -161,6 +161,10 @@ impl tracing::field::Visit for EscapingVisitor<'_, '_> {
 pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
+        #[allow(
+            clippy::expect_used,
+            reason = "a constant, non-empty bucket list: fails only if the constant is emptied"
+        )]
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &LATENCY_BUCKETS)
             .expect("latency buckets are not empty");

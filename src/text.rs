@@ -6,7 +6,7 @@ use std::borrow::Cow;
 /// carriage returns, tabs...) escaped as Rust writes it (`\n`, `\u{1b}`), so
 /// that relay-supplied or client-supplied text can neither start a new line
 /// nor drive the terminal. Text without control characters is borrowed.
-pub fn escape_control(text: &str) -> Cow<'_, str> {
+pub(crate) fn escape_control(text: &str) -> Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
@@ -26,7 +26,7 @@ pub fn escape_control(text: &str) -> Cow<'_, str> {
 /// is a CSI on many terminals) raw in strings; the result is the same JSON
 /// value with nothing raw for a terminal. Compact JSON has control characters
 /// only inside strings, where `\uXXXX` is a valid escape.
-pub fn escape_json_controls(json: &str) -> Cow<'_, str> {
+pub(crate) fn escape_json_controls(json: &str) -> Cow<'_, str> {
     if !json.chars().any(char::is_control) {
         return Cow::Borrowed(json);
     }

@@ -88,7 +88,7 @@ struct State {
 /// A cosigned (witnessed) checkpoint is stored at most this often unless
 /// asked for (shutdown): each signed checkpoint is stored already, so the
 /// witnessed copies add the cosignatures to `audit verify`'s evidence hourly.
-pub const WITNESSED_STORED_SPACING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+pub(crate) const WITNESSED_STORED_SPACING: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 fn tree_error(error: TreeError<StoreError>) -> StoreError {
     match error {
@@ -245,7 +245,7 @@ impl LogKeeper {
     }
 
     /// Each checkpoint as it is signed (the latest at once).
-    pub fn signed_checkpoints(&self) -> tokio::sync::watch::Receiver<Option<SignedCheckpoint>> {
+    pub(crate) fn signed_checkpoints(&self) -> tokio::sync::watch::Receiver<Option<SignedCheckpoint>> {
         self.shared.signed.subscribe()
     }
 
@@ -264,7 +264,7 @@ impl LogKeeper {
     /// one is; stores it as a checkpoint note if none was stored for
     /// [`WITNESSED_STORED_SPACING`] (or `always`), so that `audit verify`
     /// finds the cosignatures in the store too. Blocks.
-    pub fn record_witnessed(&self, cosigned: SignedCheckpoint, always: bool) -> Result<(), StoreError> {
+    pub(crate) fn record_witnessed(&self, cosigned: SignedCheckpoint, always: bool) -> Result<(), StoreError> {
         let now = self.shared.clock.now();
         let mut stored = self.shared.witnessed_stored.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.witnessed().is_some_and(|latest| latest.checkpoint.size > cosigned.checkpoint.size) {
@@ -287,7 +287,7 @@ impl LogKeeper {
     /// Takes `cosigned` (a checkpoint of this key a witness cosigned, read
     /// from it at start) as the latest witnessed one unless a larger one is
     /// known, without storing it: the next signature must extend it.
-    pub fn learn_witnessed(&self, cosigned: SignedCheckpoint) {
+    pub(crate) fn learn_witnessed(&self, cosigned: SignedCheckpoint) {
         self.shared.witnessed.send_if_modified(|witnessed| {
             let larger = witnessed.as_ref().is_none_or(|known| known.checkpoint.size < cosigned.checkpoint.size);
             if larger {
@@ -299,12 +299,12 @@ impl LogKeeper {
 
     /// Holds [`Self::run`] until [`Self::witnessed_learned`]: called before the
     /// witnesses' latest checkpoint is fetched at start.
-    pub fn await_witnessed(&self) {
+    pub(crate) fn await_witnessed(&self) {
         self.shared.learned.send_replace(false);
     }
 
     /// Learning at start is over (learned, or no witness answered): `run` goes on.
-    pub fn witnessed_learned(&self) {
+    pub(crate) fn witnessed_learned(&self) {
         self.shared.learned.send_replace(true);
     }
 
@@ -355,7 +355,11 @@ impl LogKeeper {
     /// The inclusion proofs of `positions` in the tree of its first `size`
     /// leaves (at most the tree's size; each position below it), read
     /// together without the lock. Blocks.
-    pub fn inclusion_proofs_in(&self, positions: &[u64], size: u64) -> Result<Vec<Vec<Hash>>, TreeError<StoreError>> {
+    pub(crate) fn inclusion_proofs_in(
+        &self,
+        positions: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Hash>>, TreeError<StoreError>> {
         let tree_size = self.tree_size();
         if size > tree_size {
             return Err(TreeError::SizeOutOfRange { size, tree_size });
@@ -401,7 +405,7 @@ impl LogKeeper {
 
     /// Removes the stored checkpoints thinning leaves out as of now (see
     /// [`super::notes::thinned`]); returns how many went. Blocks.
-    pub fn thin_notes(&self) -> Result<u64, StoreError> {
+    pub(crate) fn thin_notes(&self) -> Result<u64, StoreError> {
         let notes = self.shared.log.notes()?;
         let thinned = super::notes::thinned(&notes, self.verifier(), self.shared.clock.now());
         if thinned.is_empty() {

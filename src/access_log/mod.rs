@@ -37,13 +37,13 @@ pub use verify::{LogFinding, LogReport, verify_log, verify_log_against};
 pub use witnessing::{WitnessEndpoint, WitnessPolicy};
 
 /// The key file's name inside the data directory unless configured.
-pub const DEFAULT_KEY_FILE: &str = "access-log.key";
+pub(crate) const DEFAULT_KEY_FILE: &str = "access-log.key";
 /// The public verifier key written beside it, for auditors.
 pub const VERIFIER_KEY_FILE: &str = "access-log.pub";
 /// The name the relay signs its checkpoints under unless configured.
 pub const DEFAULT_LOG_NAME: &str = "cpis-relay/access-log";
 /// Seconds between checkpoints unless configured.
-pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 5;
+pub(crate) const DEFAULT_CHECKPOINT_INTERVAL_SECS: u64 = 5;
 
 /// Loads the log's signing key from `path`, generating it (mode 0600, its
 /// directory synced) when it does not exist yet, and keeps the public
@@ -81,7 +81,7 @@ pub fn load_or_create_signer(
 /// the checkpoints it signed, so a node with another key must not sign more
 /// (every node of a deployment signs with one key). `None` when the newest
 /// checkpoint verifies with `verifier`, or none is stored. Blocks.
-pub fn recorded_key_if_other(
+pub(crate) fn recorded_key_if_other(
     log: &dyn crate::store::log::AccessLog,
     verifier: &crate::transparency::VerifierKey,
 ) -> Result<Option<(String, u32)>, crate::store::StoreError> {

@@ -35,7 +35,7 @@ use crate::{
 };
 
 /// How long every stored checkpoint is kept before thinning to one an hour.
-pub const NOTES_KEPT_WHOLE: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+pub(crate) const NOTES_KEPT_WHOLE: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// The numbers of the stored notes that thinning removes as of `now` (see
 /// the module's doc): checkpoints of `verifier`'s key, signed before `now -

@@ -147,7 +147,7 @@ async fn exchange(client: &HttpClient, request: http::Request<Full<Bytes>>) -> R
 /// rewritten while the relay was stopped, its signed notes with it, is
 /// refused at the first signature, not signed. A witness that does not
 /// answer (within the request timeout) is skipped.
-pub async fn learn_witnessed(keeper: &LogKeeper, policy: &WitnessPolicy) {
+pub(crate) async fn learn_witnessed(keeper: &LogKeeper, policy: &WitnessPolicy) {
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
     let origin = utf8_percent_encode(keeper.verifier().name(), NON_ALPHANUMERIC).to_string();
     let fetches = policy.witnesses.iter().map(|endpoint| {
@@ -210,7 +210,7 @@ impl Follower {
 
 /// Sends every new checkpoint of `keeper` to the witnesses of `policy`
 /// until `done` flips (the keeper signed its last checkpoint), then once more.
-pub async fn witness_checkpoints(
+pub(crate) async fn witness_checkpoints(
     keeper: LogKeeper,
     policy: Arc<WitnessPolicy>,
     retry: Duration,

@@ -5,7 +5,8 @@
 //! (`fhir_care_setting_claim`, default `care_setting`) or else the one
 //! configured for the caller's organisation (`fhir_care_settings`,
 //! `ODS=SETTING`); a search whose setting is neither is refused, never
-//! guessed. This module never decides whether a setting suits a search
+//! guessed. Settings are read by [`CareSetting::parse`], the one
+//! vocabulary's. This module never decides whether a setting suits a search
 //! (scheduled or not): the domain does.
 
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::{error::Error, model::CareSetting};
 
 /// Default name of the token claim naming the care setting.
-pub const DEFAULT_CLAIM: &str = "care_setting";
+pub(crate) const DEFAULT_CLAIM: &str = "care_setting";
 
 /// The care setting sources the door is configured with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,28 +44,14 @@ impl CareSettings {
     }
 }
 
-/// A care setting by its contract name (`EMERGENCY_DEPARTMENT`), in any case,
-/// with `-` for `_` (`out-of-hours-gp`).
-pub fn parse(text: &str) -> Result<CareSetting, String> {
-    let name = text.trim().to_ascii_uppercase().replace('-', "_");
-    CareSetting::from_contract_name(&name).ok_or_else(|| {
-        format!("{text:?} is not a care setting (EMERGENCY_DEPARTMENT, OUT_OF_HOURS_GP, AMBULANCE_SERVICE, ...)")
-    })
-}
-
-/// The contract name of a care setting, as [`parse`] reads it.
-pub fn name(setting: CareSetting) -> &'static str {
-    setting.contract_name()
-}
-
 /// One `ODS=SETTING` entry of `fhir_care_settings`.
-pub fn parse_entry(entry: &str) -> Result<(String, CareSetting), String> {
+pub(crate) fn parse_entry(entry: &str) -> Result<(String, CareSetting), String> {
     let (ods_code, setting) = entry.split_once('=').ok_or_else(|| format!("{entry:?} is not ODS_CODE=CARE_SETTING"))?;
     let ods_code = ods_code.trim();
     if ods_code.is_empty() || !ods_code.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(format!("{entry:?}: {ods_code:?} is not an ODS code"));
     }
-    Ok((ods_code.to_ascii_uppercase(), parse(setting).map_err(|reason| format!("{entry:?}: {reason}"))?))
+    Ok((ods_code.to_ascii_uppercase(), CareSetting::parse(setting).map_err(|reason| format!("{entry:?}: {reason}"))?))
 }
 
 #[cfg(test)]
@@ -72,12 +59,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_in_either_spelling_and_unspecified_is_none() {
-        assert_eq!(parse("OUT_OF_HOURS_GP"), Ok(CareSetting::OutOfHoursGp));
-        assert_eq!(parse("ambulance-service"), Ok(CareSetting::AmbulanceService));
-        assert!(parse("CARE_SETTING_UNSPECIFIED").is_err());
-        assert!(parse("ward").is_err());
-        assert_eq!(name(CareSetting::MaternityUnit), "MATERNITY_UNIT");
+    fn entries_are_an_ods_code_and_a_setting() {
         assert_eq!(parse_entry("rx9=AMBULANCE_SERVICE"), Ok(("RX9".into(), CareSetting::AmbulanceService)));
         assert!(parse_entry("RX9").is_err());
         assert!(parse_entry("R X9=AMBULANCE_SERVICE").is_err());

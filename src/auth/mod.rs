@@ -104,7 +104,7 @@ impl Identity {
 /// = the person's name, title (2.5.4.12) = their role code. An organisation's
 /// certificate has none of them (`Ok(None)`); one with some but not all, or
 /// with any twice, empty or holding a control character, names no user (`Err`).
-pub fn user_from_certificate(der: &[u8]) -> Result<Option<crate::model::Accessor>, String> {
+pub(crate) fn user_from_certificate(der: &[u8]) -> Result<Option<crate::model::Accessor>, String> {
     use x509_parser::oid_registry::{OID_USERID, OID_X509_NAME, OID_X509_TITLE};
     let (_, certificate) =
         X509Certificate::from_der(der).map_err(|error| format!("client certificate cannot be parsed: {error}"))?;
@@ -170,7 +170,7 @@ impl Action {
     ];
 
     /// The roles allowed to take this action.
-    pub fn allowed_roles(self) -> &'static [Role] {
+    pub(crate) fn allowed_roles(self) -> &'static [Role] {
         match self {
             Self::Search => &[Role::UnscheduledCare, Role::ScheduledCare],
             Self::UploadPlans
@@ -188,7 +188,7 @@ impl Action {
 /// The role matrix. Local authority ownership is implied: every social-care
 /// action is scoped to the caller's own ODS code by the domain code, which
 /// takes the LA from the identity and never from the request.
-pub fn authorize(identity: &Identity, action: Action) -> Result<()> {
+pub(crate) fn authorize(identity: &Identity, action: Action) -> Result<()> {
     let allowed = action.allowed_roles();
     if allowed.contains(&identity.role) {
         return Ok(());
@@ -208,7 +208,7 @@ pub fn authorize(identity: &Identity, action: Action) -> Result<()> {
 /// A caller asking for a scheduled access (`asked_scheduled`, the FHIR door's
 /// `IsUnscheduledAccessEvent: false`) with an unscheduled-care certificate is
 /// refused: emergency departments always notify.
-pub fn search_is_scheduled(identity: &Identity, asked_scheduled: bool) -> Result<bool> {
+pub(crate) fn search_is_scheduled(identity: &Identity, asked_scheduled: bool) -> Result<bool> {
     match identity.role {
         Role::ScheduledCare => Ok(true),
         Role::UnscheduledCare if asked_scheduled => {
@@ -223,7 +223,7 @@ pub fn search_is_scheduled(identity: &Identity, asked_scheduled: bool) -> Result
 }
 
 /// Checks that a social-care caller names its own local authority.
-pub fn authorize_local_authority(identity: &Identity, ods_code: &str) -> Result<()> {
+pub(crate) fn authorize_local_authority(identity: &Identity, ods_code: &str) -> Result<()> {
     if identity.ods_code == ods_code {
         return Ok(());
     }

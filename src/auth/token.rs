@@ -20,12 +20,12 @@ use crate::model::{Accessor, CareSetting};
 /// Defaults of [`TokenSettings`], as documented in docs/fhir.md.
 pub const DEFAULT_ISSUER: &str = "cpis-relay-dev";
 pub const DEFAULT_AUDIENCE: &str = "cpis-relay";
-pub const DEFAULT_USER_ID_CLAIM: &str = "sub";
-pub const DEFAULT_NAME_CLAIM: &str = "name";
-pub const DEFAULT_ROLE_CODE_CLAIM: &str = "role_code";
+pub(crate) const DEFAULT_USER_ID_CLAIM: &str = "sub";
+pub(crate) const DEFAULT_NAME_CLAIM: &str = "name";
+pub(crate) const DEFAULT_ROLE_CODE_CLAIM: &str = "role_code";
 /// File names of the development signing key and its JWKS in the certificates directory.
-pub const DEV_SIGNING_KEY: &str = "fhir-token.key";
-pub const DEV_JWKS: &str = "fhir-jwks.json";
+pub(crate) const DEV_SIGNING_KEY: &str = "fhir-token.key";
+pub(crate) const DEV_JWKS: &str = "fhir-jwks.json";
 
 /// What a token must say, and where it says who the user is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl std::fmt::Debug for TokenVerifier {
 
 impl TokenVerifier {
     /// Reads a JWKS file (`{"keys": [...]}`); only public signature keys (EC, RSA, OKP) are accepted.
-    pub fn from_jwks_file(path: &Path, settings: TokenSettings) -> Result<Self, TokenError> {
+    pub(crate) fn from_jwks_file(path: &Path, settings: TokenSettings) -> Result<Self, TokenError> {
         let text =
             std::fs::read_to_string(path).map_err(|error| TokenError::Keys(format!("{}: {error}", path.display())))?;
         Self::from_jwks(&text, settings).map_err(|error| TokenError::Keys(format!("{}: {error}", path.display())))
@@ -168,7 +168,7 @@ impl TokenVerifier {
         let claim = &settings.care_settings.claim;
         let care_setting = text(claim)
             .map(|value| {
-                care_setting::parse(&value)
+                CareSetting::parse(&value)
                     .map_err(|reason| TokenError::Refused(format!("the bearer token's {claim} claim: {reason}")))
             })
             .transpose()?;
@@ -310,7 +310,7 @@ pub fn mint(signing_key_pem: &str, token: &DevToken) -> Result<String, TokenErro
         claims[DEFAULT_ROLE_CODE_CLAIM] = Value::String(token.role_code.clone());
     }
     if let Some(setting) = token.care_setting {
-        claims[care_setting::DEFAULT_CLAIM] = Value::String(care_setting::name(setting).into());
+        claims[care_setting::DEFAULT_CLAIM] = Value::String(setting.contract_name().into());
     }
     jsonwebtoken::encode(&header, &claims, &key).map_err(|error| TokenError::Keys(format!("signing: {error}")))
 }

@@ -64,7 +64,7 @@ pub struct VerifyArgs {
     pub trust: TrustArgs,
 }
 
-pub async fn run(args: AuditArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: AuditArgs) -> Result<u8, CliError> {
     match args.command {
         Some(AuditCommand::Verify(verify)) => run_verify(verify).await,
         Some(AuditCommand::Proof(proof)) => super::audit_proof::run(proof).await,
@@ -138,7 +138,7 @@ async fn run_verify(args: VerifyArgs) -> Result<u8, CliError> {
 }
 
 /// Verifies the access log of the embedded store in `data_dir`. Blocks.
-pub fn verify_embedded(
+pub(super) fn verify_embedded(
     data_dir: &Path,
     verifier: &VerifierKey,
     trusted: Option<&crate::transparency::Checkpoint>,
@@ -153,7 +153,7 @@ pub fn verify_embedded(
 }
 
 /// The report as an auditor reads it.
-pub fn describe(report: &LogReport) -> String {
+pub(super) fn describe(report: &LogReport) -> String {
     let mut text = format!(
         "access log: positions {} to {} held ({} records), tree of {}; {} of {} signed checkpoints recomputed, {} retention notes\n",
         report.retained_from,

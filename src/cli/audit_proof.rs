@@ -148,7 +148,7 @@ pub(super) fn leaf_access_json(fields: &LeafFields<'_>) -> serde_json::Value {
     })
 }
 
-pub async fn run(args: ProofArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: ProofArgs) -> Result<u8, CliError> {
     let given = match &args.verifier_key {
         Some(text) => Some(super::audit_trusted::verifier_key(text)?),
         None => None,

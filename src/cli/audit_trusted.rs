@@ -33,7 +33,7 @@ pub struct TrustArgs {
 }
 
 /// The verifier key from `--verifier-key`: the key itself, or a file holding it.
-pub fn verifier_key(given: &str) -> Result<VerifierKey, CliError> {
+pub(super) fn verifier_key(given: &str) -> Result<VerifierKey, CliError> {
     let text = key_text(given, "verifier_key").map_err(CliError::Config)?;
     VerifierKey::parse(&text).map_err(|error| CliError::Config(format!("verifier_key: {error}")))
 }
@@ -50,7 +50,7 @@ pub(super) fn witness_keys(given: &[String]) -> Result<Vec<CosignerKey>, CliErro
 }
 
 /// The trusted checkpoint and the witnesses that cosigned it, if one was asked for.
-pub async fn trusted_checkpoint(
+pub(super) async fn trusted_checkpoint(
     args: &TrustArgs,
     verifier: &VerifierKey,
 ) -> Result<Option<(Checkpoint, Vec<String>)>, CliError> {

@@ -2,14 +2,15 @@
 //! `delete`, `audit`. Each is one call to the relay and a readable print of
 //! the answer (JSON lines where a program reads it).
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, path::PathBuf, sync::OnceLock};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, ValueEnum, builder::PossibleValue};
 use futures::StreamExt;
 use serde_json::json;
 
 use super::{CliError, ClientArgs, exit};
 use crate::{
+    model::CareSetting,
     proto::{
         self, AccessLogRequest, AckRequest, DeleteRequest, ExportRequest, SearchRequest, SubscribeRequest,
         audit_client::AuditClient, lookup_client::LookupClient, notifications_client::NotificationsClient,
@@ -32,7 +33,7 @@ pub struct SynthArgs {
     pub seed: u64,
 }
 
-pub fn synth(args: SynthArgs) -> Result<u8, CliError> {
+pub(super) fn synth(args: SynthArgs) -> Result<u8, CliError> {
     let progress = indicatif::ProgressBar::new_spinner().with_message(format!("generating {} people", args.people));
     let records = synth::generate(args.people, args.seed, chrono::Utc::now().date_naive());
     progress.finish_and_clear();
@@ -53,34 +54,37 @@ pub fn synth(args: SynthArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum CareSettingArg {
-    EmergencyDepartment,
-    OutOfHoursGp,
-    WalkInCentre,
-    MinorInjuriesUnit,
-    PaediatricWard,
-    AmbulanceService,
-    MaternityUnit,
-    GeneralPractice,
-    HealthVisiting,
-    SchoolNursing,
-}
+/// A care setting as the command line names it: its contract name in lower
+/// case with `-` (`out-of-hours-gp`), every setting of the one vocabulary.
+#[derive(Clone, Copy, Debug)]
+pub struct CareSettingArg(pub CareSetting);
 
-impl CareSettingArg {
-    fn wire(self) -> proto::CareSetting {
-        match self {
-            Self::EmergencyDepartment => proto::CareSetting::EmergencyDepartment,
-            Self::OutOfHoursGp => proto::CareSetting::OutOfHoursGp,
-            Self::WalkInCentre => proto::CareSetting::WalkInCentre,
-            Self::MinorInjuriesUnit => proto::CareSetting::MinorInjuriesUnit,
-            Self::PaediatricWard => proto::CareSetting::PaediatricWard,
-            Self::AmbulanceService => proto::CareSetting::AmbulanceService,
-            Self::MaternityUnit => proto::CareSetting::MaternityUnit,
-            Self::GeneralPractice => proto::CareSetting::GeneralPractice,
-            Self::HealthVisiting => proto::CareSetting::HealthVisiting,
-            Self::SchoolNursing => proto::CareSetting::SchoolNursing,
-        }
+/// Every setting, in the order `--help` lists them.
+const CARE_SETTING_ARGS: [CareSettingArg; CareSetting::ALL.len()] = {
+    let mut args = [CareSettingArg(CareSetting::EmergencyDepartment); CareSetting::ALL.len()];
+    let mut index = 0;
+    while index < args.len() {
+        args[index] = CareSettingArg(CareSetting::ALL[index]);
+        index += 1;
+    }
+    args
+};
+
+impl ValueEnum for CareSettingArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &CARE_SETTING_ARGS
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            CareSetting::ALL
+                .iter()
+                .map(|setting| setting.contract_name().to_ascii_lowercase().replace('_', "-"))
+                .collect()
+        });
+        let index = CareSetting::ALL.iter().position(|setting| *setting == self.0)?;
+        names.get(index).map(|name| PossibleValue::new(name.as_str()))
     }
 }
 
@@ -96,7 +100,7 @@ pub struct SearchArgs {
     pub user_name: String,
     #[arg(long, env = "CPIS_ROLE_CODE", default_value = "")]
     pub role_code: String,
-    #[arg(long, env = "CPIS_CARE_SETTING", value_enum, default_value_t = CareSettingArg::EmergencyDepartment)]
+    #[arg(long, env = "CPIS_CARE_SETTING", value_enum, default_value_t = CareSettingArg(CareSetting::EmergencyDepartment))]
     pub care_setting: CareSettingArg,
     /// Idempotency key: a retry with the same value notifies once.
     #[arg(long, env = "CPIS_REQUEST_ID", default_value = "")]
@@ -108,12 +112,12 @@ pub struct SearchArgs {
     pub client: ClientArgs,
 }
 
-pub async fn search(args: SearchArgs) -> Result<u8, CliError> {
+pub(super) async fn search(args: SearchArgs) -> Result<u8, CliError> {
     let (channel, _) = args.client.channel("ed-rr8").await?;
     let request = SearchRequest {
         nhs_number: args.nhs_number,
         accessor: Some(proto::Accessor { user_id: args.user_id, name: args.user_name, role_code: args.role_code }),
-        care_setting: args.care_setting.wire() as i32,
+        care_setting: args.care_setting.0.wire_code(),
         request_id: args.request_id,
     };
     let response = LookupClient::new(channel).search(request).await?.into_inner();
@@ -155,7 +159,7 @@ fn accessor_json(accessor: Option<&proto::Accessor>) -> serde_json::Value {
     json!({"user_id": accessor.user_id, "name": accessor.name, "role_code": accessor.role_code})
 }
 
-pub fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
+pub(super) fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
     let mut value = json!({
         "accessed_at": timestamp_text(access.accessed_at.as_ref()),
         "organisation_ods_code": access.organisation_ods_code,
@@ -171,7 +175,7 @@ pub fn access_json(access: &proto::AccessRecord) -> serde_json::Value {
     value
 }
 
-pub fn search_json(response: &proto::SearchResponse) -> serde_json::Value {
+pub(super) fn search_json(response: &proto::SearchResponse) -> serde_json::Value {
     let person = response.person.clone().unwrap_or_default();
     let address = person.address.clone().unwrap_or_default();
     json!({
@@ -203,7 +207,7 @@ pub fn search_json(response: &proto::SearchResponse) -> serde_json::Value {
 }
 
 /// What a clinician's screen would show.
-pub fn describe_search(response: &proto::SearchResponse) -> String {
+pub(super) fn describe_search(response: &proto::SearchResponse) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
     let Some(person) = response.person.as_ref().filter(|_| response.flagged) else {
@@ -260,7 +264,7 @@ pub fn describe_search(response: &proto::SearchResponse) -> String {
 
 /// The documented JSON shape of a notification, the same as `deliver` sends
 /// (see [`crate::deliver::payload`]).
-pub fn notification_json(notification: &proto::AccessNotification) -> serde_json::Value {
+pub(super) fn notification_json(notification: &proto::AccessNotification) -> serde_json::Value {
     serde_json::to_value(crate::deliver::payload::NotificationBody::from_wire(notification)).unwrap_or_default()
 }
 
@@ -294,7 +298,7 @@ pub struct SubscribeArgs {
     pub client: ClientArgs,
 }
 
-pub async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
+pub(super) async fn subscribe(args: SubscribeArgs) -> Result<u8, CliError> {
     let verify = if args.verify { Some(verify_options(&args)?) } else { None };
     let (channel, _) = args.client.channel("la-706").await?;
     let mut notifications = NotificationsClient::new(channel.clone());
@@ -350,7 +354,7 @@ pub struct AckArgs {
     pub client: ClientArgs,
 }
 
-pub async fn ack(args: AckArgs) -> Result<u8, CliError> {
+pub(super) async fn ack(args: AckArgs) -> Result<u8, CliError> {
     let (channel, _) = args.client.channel("la-706").await?;
     let response = NotificationsClient::new(channel).ack(AckRequest { sequence: args.sequence }).await?.into_inner();
     println!("acknowledged through {}", response.acked_through);
@@ -366,7 +370,7 @@ pub struct ExportArgs {
     pub client: ClientArgs,
 }
 
-pub async fn export(args: ExportArgs) -> Result<u8, CliError> {
+pub(super) async fn export(args: ExportArgs) -> Result<u8, CliError> {
     let (channel, identity) = args.client.channel("la-706").await?;
     let mut stream = PlansClient::new(channel).export(ExportRequest {}).await?.into_inner();
     let mut rows = Vec::new();
@@ -404,10 +408,10 @@ pub struct DeleteArgs {
     pub client: ClientArgs,
 }
 
-pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
+pub(super) async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
     let plan_type = match args.plan_type.as_deref() {
         None => proto::PlanType::Unspecified,
-        Some(text) => crate::service::convert::plan_type(
+        Some(text) => crate::wire::plan_type(
             crate::model::PlanType::parse(text)
                 .ok_or_else(|| CliError::Config(format!("--type {text:?}: not CPPI, LACI or UCPI")))?,
         ),
@@ -422,7 +426,7 @@ pub async fn delete(args: DeleteArgs) -> Result<u8, CliError> {
 }
 
 /// `audit NHS_NUMBER`: the person's accesses as JSON lines (see `super::audit`).
-pub async fn audit(nhs_number: String, client: ClientArgs) -> Result<u8, CliError> {
+pub(super) async fn audit(nhs_number: String, client: ClientArgs) -> Result<u8, CliError> {
     let (channel, _) = client.channel("auditor").await?;
     let mut stream = AuditClient::new(channel).access_log(AccessLogRequest { nhs_number }).await?.into_inner();
     while let Some(access) = stream.next().await {

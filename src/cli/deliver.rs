@@ -30,7 +30,7 @@ pub struct DeliverArgs {
 }
 
 /// Flags and environment over the file, then defaults.
-pub fn resolve(args: &DeliverArgs) -> Result<DeliverConfig, CliError> {
+pub(super) fn resolve(args: &DeliverArgs) -> Result<DeliverConfig, CliError> {
     let file = match &args.config {
         Some(path) => DeliverSettings::from_file(path).map_err(|error| CliError::Config(error.to_string()))?,
         None => DeliverSettings::default(),
@@ -38,7 +38,7 @@ pub fn resolve(args: &DeliverArgs) -> Result<DeliverConfig, CliError> {
     args.settings.clone().over(file).resolve().map_err(|error| CliError::Config(error.to_string()))
 }
 
-pub async fn run(args: DeliverArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: DeliverArgs) -> Result<u8, CliError> {
     let config = resolve(&args)?;
     if args.print_config {
         print!("{}", config.to_toml());

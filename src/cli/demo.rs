@@ -52,7 +52,7 @@ fn failed(error: impl std::fmt::Display) -> CliError {
     CliError::Failed(error.to_string())
 }
 
-pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: DemoArgs) -> Result<u8, CliError> {
     certs::ensure_dev(&args.certs_dir).map_err(failed)?;
     let temporary = tempfile::tempdir().map_err(failed)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temporary.path().to_owned());
@@ -203,7 +203,7 @@ async fn script(args: &DemoArgs, servers: &Servers) -> Result<u8, CliError> {
             .filter(|record| record.la_ods_code == ods_code)
             .map(|record| record.record.clone())
             .collect();
-        let wire = crate::service::convert::local_authority(&authority);
+        let wire = crate::wire::local_authority(&authority);
         let report =
             // The demo's set replaces whatever an earlier demo (of another size) left.
             upload::send(channel, proto::UploadMode::FullRefresh, true, "demo.csv", wire, mine, &ProgressBar::hidden())

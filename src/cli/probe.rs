@@ -21,7 +21,7 @@ pub struct ProbeArgs {
     pub timeout_secs: u64,
 }
 
-pub async fn run(args: ProbeArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: ProbeArgs) -> Result<u8, CliError> {
     if args.url.scheme_str() != Some("http") {
         return Err(CliError::Config(format!("probe: {} is not an http:// URL", args.url)));
     }

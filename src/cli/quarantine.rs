@@ -41,7 +41,7 @@ enum QuarantineCommand {
     Replay(super::store_args::StoreArgs),
 }
 
-pub async fn run(args: QuarantineArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: QuarantineArgs) -> Result<u8, CliError> {
     match args.command {
         QuarantineCommand::List { data_dir } => {
             let contents = read(&data_dir)?;

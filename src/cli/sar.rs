@@ -24,8 +24,8 @@ use crate::{
     },
 };
 
-pub const JSON_FILE: &str = "subject-access.json";
-pub const HTML_FILE: &str = "subject-access.html";
+pub(super) const JSON_FILE: &str = "subject-access.json";
+pub(super) const HTML_FILE: &str = "subject-access.html";
 
 #[derive(Debug, Args)]
 pub struct SarArgs {
@@ -70,7 +70,7 @@ fn change_name(kind: i32) -> &'static str {
 }
 
 fn plan_type_code(wire: i32) -> &'static str {
-    match crate::service::convert::plan_type_from_wire(wire) {
+    match crate::wire::plan_type_from_wire(wire) {
         crate::relay::SentPlanType::Known(plan_type) => plan_type.code(),
         _ => "",
     }
@@ -107,7 +107,11 @@ fn verify(
 }
 
 /// The report as JSON, with the proofs.
-pub fn report_json(report: &proto::SubjectAccessReport, checkpoint: &Checkpoint, verifier: &VerifierKey) -> Value {
+pub(super) fn report_json(
+    report: &proto::SubjectAccessReport,
+    checkpoint: &Checkpoint,
+    verifier: &VerifierKey,
+) -> Value {
     let plans: Vec<Value> = report
         .plans
         .iter()
@@ -192,7 +196,7 @@ fn field<'a>(value: &'a Value, path: &[&str]) -> &'a str {
 }
 
 /// The report as one self-contained HTML page; maud escapes every value.
-pub fn report_html(report: &Value) -> Markup {
+pub(super) fn report_html(report: &Value) -> Markup {
     let empty = Vec::new();
     let list = |key: &str| report.get(key).and_then(Value::as_array).unwrap_or(&empty).clone();
     html! {
@@ -299,7 +303,7 @@ fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CliError> {
     file.sync_all().map_err(failed)
 }
 
-pub async fn run(args: SarArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: SarArgs) -> Result<u8, CliError> {
     let given = match &args.verifier_key {
         Some(text) => Some(super::audit_trusted::verifier_key(text)?),
         None => None,

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Debug builds only: `1` makes every store write fail from start (for tests of a failing store).
-pub const FAIL_STORE_WRITES_ENV: &str = "CPIS_TEST_FAIL_STORE_WRITES";
+pub(super) const FAIL_STORE_WRITES_ENV: &str = "CPIS_TEST_FAIL_STORE_WRITES";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -38,7 +38,7 @@ pub struct ServeArgs {
 }
 
 /// Flags and environment over the file, then defaults.
-pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, CliError> {
+pub(super) fn resolve(args: &ServeArgs) -> Result<ServeConfig, CliError> {
     let file = match &args.config {
         Some(path) => ServeSettings::from_file(path).map_err(|error| CliError::Config(error.to_string()))?,
         None => ServeSettings::default(),
@@ -59,7 +59,7 @@ fn pem_files(config: &ServeConfig) -> Result<PemFiles, CliError> {
     Ok(PemFiles::in_dir(&config.certs_dir, "server"))
 }
 
-pub fn server_options(config: &ServeConfig, tls: tls::ServerTls) -> ServerOptions {
+pub(super) fn server_options(config: &ServeConfig, tls: tls::ServerTls) -> ServerOptions {
     ServerOptions {
         tls,
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
@@ -80,7 +80,7 @@ pub fn server_options(config: &ServeConfig, tls: tls::ServerTls) -> ServerOption
     }
 }
 
-pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: ServeArgs) -> Result<u8, CliError> {
     let config = resolve(&args)?;
     if args.print_config {
         print!("{}", config.to_toml());
@@ -98,7 +98,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, CliError> {
             Arc::new(MemoryStore::new())
         }
         StoreKind::Postgres(url) => {
-            let options = config.postgres_options().expect("a postgres store has options");
+            let options =
+                config.postgres_options().ok_or_else(|| CliError::Config("a postgres store has options".to_owned()))?;
             let store = PostgresStore::open(&options)
                 .await
                 .map_err(|error| CliError::Failed(format!("cannot open the PostgreSQL store {url}: {error}")))?;
@@ -318,7 +319,7 @@ fn spawn_reload_on_hangup(server_tls: ServerTls) -> tokio::task::JoinHandle<()> 
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

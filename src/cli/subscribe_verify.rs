@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The keys and patience of `--verify`.
-pub struct VerifyOptions {
+pub(super) struct VerifyOptions {
     pub verifier: VerifierKey,
     pub witnesses: Vec<crate::transparency::cosignature::CosignerKey>,
     pub quorum: usize,
@@ -29,7 +29,7 @@ pub struct VerifyOptions {
 /// Proves `received` in the log; prints one line per notification on
 /// stderr and returns the exit status: 0 when every access is proved, 1 if
 /// any is altered, missing or still not covered.
-pub async fn verify_received(
+pub(super) async fn verify_received(
     channel: Channel,
     received: &[proto::AccessNotification],
     options: &VerifyOptions,

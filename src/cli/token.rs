@@ -43,7 +43,7 @@ pub struct TokenArgs {
     pub signing_key: Option<PathBuf>,
 }
 
-pub fn run(args: TokenArgs) -> Result<u8, CliError> {
+pub(super) fn run(args: TokenArgs) -> Result<u8, CliError> {
     let path = match &args.signing_key {
         Some(path) => path.clone(),
         None => {
@@ -55,7 +55,7 @@ pub fn run(args: TokenArgs) -> Result<u8, CliError> {
     let care_setting = args
         .care_setting
         .as_deref()
-        .map(crate::auth::care_setting::parse)
+        .map(crate::model::CareSetting::parse)
         .transpose()
         .map_err(|reason| CliError::Config(format!("--care-setting: {reason}")))?;
     let key =

@@ -187,7 +187,7 @@ fn render(admin: SocketAddr, before: &Figures, after: &Figures, seconds: f64) ->
     lines.iter().map(|line| line.chars().take(80).collect::<String>() + "\n").collect()
 }
 
-pub async fn run(args: TopArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: TopArgs) -> Result<u8, CliError> {
     let interval = Duration::from_secs_f64(args.interval.max(0.1));
     let mut before = Figures::from(&scrape(args.admin).await?);
     let mut taken = std::time::Instant::now();

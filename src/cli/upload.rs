@@ -46,7 +46,7 @@ pub struct UploadArgs {
 
 /// Streams one upload and returns the relay's report. `allow_large_removal`
 /// (FULL_REFRESH only) says a large removal of the authority's plans is intended.
-pub async fn send(
+pub(super) async fn send(
     channel: Channel,
     mode: proto::UploadMode,
     allow_large_removal: bool,
@@ -71,7 +71,7 @@ pub async fn send(
     Ok(PlansClient::new(channel).max_encoding_message_size(1 << 20).upload(messages).await?.into_inner())
 }
 
-pub async fn run(args: UploadArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: UploadArgs) -> Result<u8, CliError> {
     let rows = records_file::read(&args.file).map_err(|error| CliError::Data(error.to_string()))?;
     let (channel, identity) = args.client.channel("la-706").await?;
     let known = synth::authority(&identity.ods_code);

@@ -48,7 +48,7 @@ fn config_error(error: WitnessError) -> CliError {
     }
 }
 
-pub async fn run(args: WitnessArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: WitnessArgs) -> Result<u8, CliError> {
     if let Some(WitnessCommand::InitKey { name, key }) = args.command {
         generate_key_file(&key).map_err(|error| CliError::Config(format!("key: {error}")))?;
         let cosigner =

@@ -8,7 +8,7 @@ use super::ServeConfig;
 
 impl ServeConfig {
     /// Every listen address, as `(key, address)`; `None` for a door that is off.
-    pub fn listeners(&self) -> [(&'static str, Option<SocketAddr>); 4] {
+    pub(crate) fn listeners(&self) -> [(&'static str, Option<SocketAddr>); 4] {
         [
             ("listen", Some(self.listen)),
             ("admin_listen", Some(self.admin_listen)),

@@ -309,7 +309,7 @@ impl ServeSettings {
 impl ServeConfig {
     /// The listen addresses (gRPC, admin, FHIR door, browser view) that are not loopback
     /// (127.0.0.0/8 or ::1), as `key=address`.
-    pub fn non_loopback_listeners(&self) -> Vec<String> {
+    pub(crate) fn non_loopback_listeners(&self) -> Vec<String> {
         self.listeners()
             .into_iter()
             .filter_map(|(key, address)| {
@@ -350,7 +350,7 @@ impl ServeConfig {
     }
 
     /// A PostgreSQL store's settings, if that is the store.
-    pub fn postgres_options(&self) -> Option<crate::store::postgres::PostgresOptions> {
+    pub(crate) fn postgres_options(&self) -> Option<crate::store::postgres::PostgresOptions> {
         let StoreKind::Postgres(url) = &self.store else { return None };
         Some(crate::store::postgres::PostgresOptions {
             connect: crate::store::postgres::ConnectOptions {
@@ -369,7 +369,7 @@ impl ServeConfig {
     }
 
     /// What bearer tokens of the FHIR door must say.
-    pub fn token_settings(&self) -> token::TokenSettings {
+    pub(crate) fn token_settings(&self) -> token::TokenSettings {
         token::TokenSettings {
             issuer: self.fhir_issuer.clone(),
             audience: self.fhir_audience.clone(),
@@ -391,7 +391,7 @@ impl ServeConfig {
     /// The effective configuration as TOML. No setting holds a secret in
     /// clear: the key and the store's password file are paths, never their
     /// contents, and a store URL is shown with its password redacted.
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }
 }

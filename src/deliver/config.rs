@@ -316,11 +316,11 @@ impl DeliverConfig {
     }
 
     /// The effective configuration as TOML (paths, never key or secret contents).
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }
 
-    pub fn retry_backoff(&self) -> Backoff {
+    pub(crate) fn retry_backoff(&self) -> Backoff {
         Backoff {
             initial: Duration::from_millis(self.retry_initial_ms),
             max: Duration::from_secs(self.retry_max_secs).max(Duration::from_millis(self.retry_initial_ms)),

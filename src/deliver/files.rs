@@ -42,13 +42,13 @@ pub fn is_temporary(name: &str) -> bool {
 }
 
 /// Mode of outbox files: the picker may run as another user of the agent's group.
-pub const OUTBOX_MODE: u32 = 0o640;
+pub(crate) const OUTBOX_MODE: u32 = 0o640;
 /// Mode of dead letters, for a person to read.
-pub const DEAD_LETTER_MODE: u32 = 0o600;
+pub(crate) const DEAD_LETTER_MODE: u32 = 0o600;
 
 /// Writes `content` to `dir/name` atomically and durably (see the module
 /// doc), creating it with `mode` on Unix. Blocking.
-pub fn write_atomically(dir: &Path, name: &str, content: &[u8], mode: u32) -> std::io::Result<PathBuf> {
+pub(crate) fn write_atomically(dir: &Path, name: &str, content: &[u8], mode: u32) -> std::io::Result<PathBuf> {
     let temporary = dir.join(format!(".{name}.tmp"));
     let final_path = dir.join(name);
     let mut options = std::fs::OpenOptions::new();
@@ -70,7 +70,7 @@ pub fn write_atomically(dir: &Path, name: &str, content: &[u8], mode: u32) -> st
 }
 
 /// Creates `dir` if needed and checks that files can be created in it.
-pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn prepare_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     // Named for this process: agents of several authorities may share a directory and start together.
     let probe = format!(".cpis-relay-deliver-probe-{}", std::process::id());

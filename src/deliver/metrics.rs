@@ -65,11 +65,11 @@ pub fn retried(sink: SinkKind) {
     metrics::counter!("cpis_deliver_retries_total", "sink" => sink.as_str()).increment(1);
 }
 
-pub fn dead_lettered(sink: SinkKind) {
+pub(crate) fn dead_lettered(sink: SinkKind) {
     metrics::counter!("cpis_deliver_dead_lettered_total", "sink" => sink.as_str()).increment(1);
 }
 
-pub fn reconnected() {
+pub(crate) fn reconnected() {
     metrics::counter!("cpis_deliver_reconnects_total").increment(1);
 }
 
@@ -181,7 +181,7 @@ impl Status {
         }
     }
 
-    pub fn set_connected(&self, connected: bool) {
+    pub(crate) fn set_connected(&self, connected: bool) {
         self.shared.connected.store(connected, Ordering::Release);
         metrics::gauge!("cpis_deliver_connected").set(if connected { 1.0 } else { 0.0 });
     }
@@ -235,7 +235,7 @@ impl Status {
 
     /// The receiver of `sink` answered as a misconfigured one would
     /// (`Some(why)`), or took a delivery (`None`).
-    pub fn receiver_misconfigured(&self, sink: SinkKind, reason: Option<String>) {
+    pub(crate) fn receiver_misconfigured(&self, sink: SinkKind, reason: Option<String>) {
         if let Ok(mut misconfigured) = self.shared.misconfigured.lock() {
             misconfigured.retain(|(kind, _)| *kind != sink);
             if let Some(reason) = &reason {
@@ -247,14 +247,14 @@ impl Status {
     }
 
     /// What the check of the relay's access log found (`None`: nothing stands).
-    pub fn set_log_problem(&self, problem: Option<String>) {
+    pub(crate) fn set_log_problem(&self, problem: Option<String>) {
         if let Ok(mut standing) = self.shared.log_problem.lock() {
             *standing = problem;
         }
     }
 
     /// Updates the log check's progress.
-    pub fn log_progress_changed(&self, change: impl FnOnce(&mut LogProgress)) {
+    pub(crate) fn log_progress_changed(&self, change: impl FnOnce(&mut LogProgress)) {
         self.shared.log_progress.send_modify(change);
     }
 
@@ -268,7 +268,7 @@ impl Status {
     }
 
     /// Brings the time-based gauge up to date, before a scrape.
-    pub fn refresh_gauges(&self) {
+    pub(crate) fn refresh_gauges(&self) {
         let age = self
             .in_flight()
             .and_then(|in_flight| in_flight.accessed_at)

@@ -56,7 +56,7 @@ pub struct AccessorBody {
 }
 
 impl NotificationBody {
-    pub fn from_wire(notification: &proto::AccessNotification) -> Self {
+    pub(crate) fn from_wire(notification: &proto::AccessNotification) -> Self {
         let accessor = notification.accessor.clone().unwrap_or_default();
         Self {
             sequence: notification.sequence,
@@ -80,7 +80,7 @@ impl NotificationBody {
     }
 
     /// The CP-IS style XML rendering of the same fields (see [`Delivery::xml`]).
-    pub fn to_xml(&self) -> String {
+    pub(crate) fn to_xml(&self) -> String {
         let field = |name: &str, value: &str| format!("  <{name}>{}</{name}>\n", escape_xml(value));
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         xml.push_str("<AccessNotification xmlns=\"urn:cpis-relay:access-notification:1\">\n");
@@ -123,7 +123,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn from_wire(notification: &proto::AccessNotification) -> Self {
+    pub(crate) fn from_wire(notification: &proto::AccessNotification) -> Self {
         let body = NotificationBody::from_wire(notification);
         // Serialising a struct of strings and integers cannot fail.
         let json = serde_json::to_vec(&body).map(Bytes::from).unwrap_or_default();

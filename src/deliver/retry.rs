@@ -26,7 +26,7 @@ impl Backoff {
     }
 
     /// The un-jittered delay of retry number `attempt`.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
+    pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(1).min(32);
         self.initial.saturating_mul(1u32 << doublings.min(31)).min(self.max).max(self.initial.min(self.max))
     }
@@ -34,7 +34,7 @@ impl Backoff {
 
 /// A `Retry-After` value: delay-seconds or an HTTP date. A date in the past
 /// means now; anything unparsable is ignored.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
@@ -44,7 +44,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 /// Whether shutdown has been asked for.
-pub fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+pub(crate) fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow()
 }
 

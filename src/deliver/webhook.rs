@@ -88,7 +88,7 @@ impl WebhookSecret {
 
 /// Checks a webhook URL: HTTPS, or plain HTTP to this machine only
 /// (`localhost`, `127.0.0.1`, `::1`), where nothing crosses a network.
-pub fn parse_url(text: &str) -> Result<Uri, String> {
+pub(crate) fn parse_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text.parse().map_err(|error| format!("not a URL: {error}"))?;
     let host = uri.host().ok_or("has no host")?;
     // Credentials in the URL would be written to logs and dead letters.

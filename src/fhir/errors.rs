@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::error::Error;
 
 /// The Spine error code system of the CP-IS guide.
-pub const SPINE_ERROR_SYSTEM: &str = "https://fhir.nhs.uk/CodeSystem/England-SpineErrorOrWarningCode";
+pub(crate) const SPINE_ERROR_SYSTEM: &str = "https://fhir.nhs.uk/CodeSystem/England-SpineErrorOrWarningCode";
 
 /// Why the FHIR door refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,7 @@ impl FhirError {
 }
 
 /// An OperationOutcome of one error issue.
-pub fn operation_outcome(issue_code: &str, spine: Option<(&str, &str)>, diagnostics: &str, id: &str) -> Value {
+pub(crate) fn operation_outcome(issue_code: &str, spine: Option<(&str, &str)>, diagnostics: &str, id: &str) -> Value {
     let mut issue = json!({ "severity": "error", "code": issue_code });
     if let Some((code, display)) = spine {
         issue["details"] = json!({ "coding": [{ "system": SPINE_ERROR_SYSTEM, "code": code, "display": display }] });

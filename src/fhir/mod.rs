@@ -28,9 +28,9 @@ use crate::auth::token::TokenVerifier;
 pub use errors::FhirError;
 
 /// Where the CP-IS API lives on the door.
-pub const BASE_PATH: &str = "/cpis/FHIR/R4";
+pub(crate) const BASE_PATH: &str = "/cpis/FHIR/R4";
 /// The content type of every answer.
-pub const FHIR_JSON: &str = "application/fhir+json";
+pub(crate) const FHIR_JSON: &str = "application/fhir+json";
 
 /// What `server::run` needs to open the door: a bound listener and the token verifier.
 pub struct FhirDoor {

@@ -9,22 +9,22 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    accesses::RecentAccess,
     model::{Address, Plan, PlanType},
-    recent::RecentAccess,
     relay::{SearchOutcome, ShownPlan},
 };
 
-pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+pub(crate) const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
-pub const SDS_USER_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-user-id";
-pub const JOB_ROLE_SYSTEM: &str = "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode";
-pub const SNOMED: &str = "http://snomed.info/sct";
+pub(crate) const SDS_USER_SYSTEM: &str = "https://fhir.nhs.uk/Id/sds-user-id";
+pub(crate) const JOB_ROLE_SYSTEM: &str = "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode";
+pub(crate) const SNOMED: &str = "http://snomed.info/sct";
 /// The relay's extension carrying a UCPI plan's expected delivery date on its CareTeam (a `valueDate`).
 pub const EXPECTED_DELIVERY_EXTENSION: &str =
     "https://cpis-relay.invalid/fhir/StructureDefinition/Extension-CPIS-ExpectedDeliveryDate";
 
 /// The plan type's code in the England-ChildProtectionPlan value set.
-pub fn plan_category(plan_type: PlanType) -> (&'static str, &'static str) {
+pub(crate) fn plan_category(plan_type: PlanType) -> (&'static str, &'static str) {
     match plan_type {
         PlanType::ChildProtection => ("342191000000101", "Subject to child protection plan"),
         PlanType::LookedAfter => ("764841000000100", "Looked after child"),
@@ -81,7 +81,7 @@ pub fn searchset(self_url: &str, matches: Vec<(String, Value)>, includes: Vec<(S
 }
 
 /// One CareTeam per visible plan, and the person as an included Patient.
-pub fn care_team_bundle(base: &str, self_url: &str, outcome: &SearchOutcome) -> Value {
+pub(crate) fn care_team_bundle(base: &str, self_url: &str, outcome: &SearchOutcome) -> Value {
     let Some(person) = outcome.person.as_deref() else {
         return searchset(self_url, Vec::new(), Vec::new());
     };
@@ -184,7 +184,7 @@ fn address(address: &Address) -> Option<Value> {
 
 /// One AuditEvent per listed previous access, each pointing at an included
 /// PractitionerRole (one per user and organisation, however many accesses).
-pub fn audit_event_bundle(base: &str, self_url: &str, nhs_number: &str, accesses: &[RecentAccess]) -> Value {
+pub(crate) fn audit_event_bundle(base: &str, self_url: &str, nhs_number: &str, accesses: &[RecentAccess]) -> Value {
     let mut matches = Vec::with_capacity(accesses.len());
     let mut includes: Vec<(String, Value)> = Vec::new();
     for access in accesses {
@@ -258,7 +258,7 @@ fn practitioner_role(access: &RecentAccess) -> Value {
 }
 
 /// The CapabilityStatement of exactly what this door serves.
-pub fn capability_statement(base: &str) -> Value {
+pub(crate) fn capability_statement(base: &str) -> Value {
     let patient_parameter = |definition: &str| {
         json!([{
             "name": "patient",

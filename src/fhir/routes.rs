@@ -136,7 +136,7 @@ async fn answer(door: &FhirDoor, request: Request, search: Option<Search>) -> Re
 fn log_request(resource: &str, status: StatusCode, elapsed: std::time::Duration) {
     let latency_ms = elapsed.as_millis() as u64;
     let status = status.as_u16();
-    if status >= 400 || elapsed >= crate::rpc::SLOW_CALL {
+    if status >= 400 || elapsed >= crate::edge::SLOW_CALL {
         tracing::info!(resource, status, latency_ms, "fhir request");
     } else {
         tracing::debug!(resource, status, latency_ms, "fhir request");

@@ -18,7 +18,7 @@ const REMEMBERED: usize = 50_000;
 
 /// The recent TraceIDs and what each searched.
 #[derive(Default)]
-pub struct TraceIds {
+pub(crate) struct TraceIds {
     /// A std mutex: held for a map lookup and insert, never across an await.
     seen: Mutex<Seen>,
 }
@@ -31,7 +31,7 @@ struct Seen {
 
 impl TraceIds {
     /// Notes a search; true (and counted) when `trace_id` was seen for another search.
-    pub fn note(&self, trace_id: &str, search: &[&str]) -> bool {
+    pub(crate) fn note(&self, trace_id: &str, search: &[&str]) -> bool {
         let mut hasher = DefaultHasher::new();
         search.hash(&mut hasher);
         let fingerprint = hasher.finish();

@@ -57,7 +57,7 @@ struct Queue {
 
 /// The held searches and their spill.
 #[derive(Default)]
-pub struct Held {
+pub(super) struct Held {
     /// A std mutex guarding memory only: never held across file I/O.
     queue: Mutex<Queue>,
     /// Signalled when a write of the spill ends.

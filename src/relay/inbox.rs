@@ -86,7 +86,7 @@ impl Relay {
     /// store read, whoever asks how often. An auditor sees every authority,
     /// a local authority its own; health roles see none (an authority's
     /// backlog is not a clinician's business).
-    pub fn backlogs(&self, identity: &Identity) -> Vec<AuthorityBacklog> {
+    pub(crate) fn backlogs(&self, identity: &Identity) -> Vec<AuthorityBacklog> {
         let shown = |la_ods_code: &str| match identity.role {
             Role::Auditor => true,
             Role::SocialCare => la_ods_code == identity.ods_code,

@@ -37,10 +37,10 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::{
+    accesses::Claims,
     auth::{Action, Identity, authorize},
     clock::Clock,
     error::Result,
-    history::History,
     index::Index,
     model::AccessEvent,
     store::{Store, StoreError},
@@ -50,22 +50,22 @@ pub use inbox::{AuthorityBacklog, Inbox};
 pub use notify::{Follower, Hub, MAX_INBOX_VIEWS_PER_LA};
 pub use proofs::{LogStatus, MAX_NOTIFICATION_PROOFS, NotificationProof};
 pub use search::{NotificationState, SearchOutcome, SearchQuery, ShownPlan};
-pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader};
+pub use sent::{SentPlanRecord, SentPlanType, SentUploadHeader, UploadMode};
 pub use subject::{LoggedAccess, SubjectAccess};
-pub use upload::{UploadHeader, UploadMode, UploadOutcome, UploadStatus};
+pub use upload::{UploadHeader, UploadOutcome, UploadStatus};
 pub use validate::{MAX_TEXT_LEN, Rejection, RejectionReason};
 
 /// Most records one upload may carry unless configured: room for the
 /// largest authority's plans (tens of thousands) many times over, while the
 /// worst upload the field limits allow stays within a few gigabytes.
-pub const DEFAULT_MAX_UPLOAD_RECORDS: usize = 250_000;
+pub(crate) const DEFAULT_MAX_UPLOAD_RECORDS: usize = 250_000;
 
 /// Open subscriptions per local authority unless configured: a few nodes of
 /// its case system with room for reconnections, not an unbounded number.
-pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_LA: usize = 16;
+pub(crate) const DEFAULT_MAX_SUBSCRIPTIONS_PER_LA: usize = 16;
 /// A user searching more distinct people than this in one clock hour is
 /// unusual unless configured otherwise (`unusual_access_distinct_people_per_hour`).
-pub const DEFAULT_UNUSUAL_ACCESS_PEOPLE: usize = 100;
+pub(crate) const DEFAULT_UNUSUAL_ACCESS_PEOPLE: usize = 100;
 
 /// Retention periods and limits; see `config` for their keys.
 #[derive(Clone, Debug)]
@@ -156,10 +156,10 @@ pub struct Relay {
 /// notification hub, the limits and the locks that order plan writes.
 struct RelayState {
     index: Index,
-    history: History,
+    claims: Claims,
     /// Every person's recent accesses: what searches list, and what the
     /// request window needs.
-    recent: crate::recent::Recent,
+    recent: crate::accesses::Recent,
     /// The access log position `recent` holds every access before (a store
     /// that other nodes write too, whose accesses are followed; 0 otherwise).
     access_position: watch::Sender<u64>,
@@ -220,7 +220,7 @@ impl Relay {
         let plan_count = snapshot.plans.len();
         let recent = snapshot.recent;
         index.upsert(snapshot.plans);
-        let history = History::new();
+        let claims = Claims::new();
         tracing::info!(
             plans = plan_count,
             people = index.people(),
@@ -239,7 +239,7 @@ impl Relay {
         let relay = Self {
             shared: Arc::new(RelayState {
                 index,
-                history,
+                claims,
                 recent,
                 access_position: watch::Sender::new(snapshot.access_position),
                 caught_up: watch::Sender::new(started),
@@ -277,7 +277,7 @@ impl Relay {
 
     /// [`Relay::access_log`] naming the person who reads (from the request)
     /// and the request's id (one is generated when empty).
-    pub async fn access_log_by(
+    pub(crate) async fn access_log_by(
         &self,
         identity: &Identity,
         nhs_number: &str,
@@ -349,7 +349,7 @@ impl Relay {
 
     /// Copies of a request waiting for their first copy's commit, as it changes.
     pub fn retries_waiting(&self) -> watch::Receiver<usize> {
-        self.shared.history.waiting()
+        self.shared.claims.waiting()
     }
 
     pub fn store_health(&self) -> watch::Receiver<StoreHealth> {
@@ -357,7 +357,7 @@ impl Relay {
     }
 
     /// The store's signal that it takes no more writes until a restart, for a store that can break so.
-    pub fn broken_store(&self) -> Option<crate::store::Broken> {
+    pub(crate) fn broken_store(&self) -> Option<crate::store::Broken> {
         self.shared.store.broken()
     }
 
@@ -368,7 +368,7 @@ impl Relay {
 
     /// Ends open subscription streams; part of graceful shutdown.
     /// Starts `work` on its own task, one [`Relay::finish_tasks`] waits for.
-    pub fn spawn_task<F>(&self, work: F) -> JoinHandle<F::Output>
+    pub(crate) fn spawn_task<F>(&self, work: F) -> JoinHandle<F::Output>
     where
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
@@ -401,7 +401,7 @@ impl Relay {
     /// Shutdown, once the relay drains: waits until `deadline` for every task
     /// it started to end (each ends when it sees the relay draining, after
     /// its last write), so that none holds the store open after this returns.
-    pub async fn finish_tasks(&self, deadline: tokio::time::Instant) {
+    pub(crate) async fn finish_tasks(&self, deadline: tokio::time::Instant) {
         // The grace period's calls and held retries are over: the keeper's last checkpoint covers them.
         self.shared.writes_over.send_replace(true);
         self.shared.tasks.close();
@@ -410,7 +410,7 @@ impl Relay {
         }
     }
 
-    pub fn begin_draining(&self) {
+    pub(crate) fn begin_draining(&self) {
         self.shared.draining.send_replace(true);
     }
 

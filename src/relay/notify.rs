@@ -185,7 +185,7 @@ impl Hub {
     }
 
     /// A person's accesses held for retry while the store fails, oldest first.
-    pub fn held_accesses_of(&self, nhs_number: crate::nhs::NhsNumber) -> Vec<AccessEvent> {
+    pub(crate) fn held_accesses_of(&self, nhs_number: crate::nhs::NhsNumber) -> Vec<AccessEvent> {
         self.held.accesses_of(nhs_number)
     }
 }
@@ -255,7 +255,7 @@ impl Relay {
 
     /// [`Relay::subscribe`] for whoever follows: an open browser inbox has a
     /// budget of its own ([`MAX_INBOX_VIEWS_PER_LA`]) and is no subscriber.
-    pub fn follow_notifications(
+    pub(crate) fn follow_notifications(
         &self,
         identity: &Identity,
         after_sequence: Option<u64>,

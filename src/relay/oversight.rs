@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// Users tracked in one hour; beyond it new users are not counted (warned once per window).
-pub const MAX_TRACKED_USERS: usize = 200_000;
+pub(super) const MAX_TRACKED_USERS: usize = 200_000;
 /// Access ids named in one audit read's log line.
 const MAX_ACCESS_IDS_LOGGED: usize = 20;
 const WINDOW_SECS: i64 = 3600;

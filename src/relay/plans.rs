@@ -1,11 +1,17 @@
 //! Plan writes: an upload's valid plans committed to the store and then
 //! shown by the index, in the order of a shared store's plan feed; deletes
 //! and exports, each scoped to the caller's own local authority. The store
-//! commits a change before the index shows it. Receiving an upload is `upload`'s.
+//! commits a change before the index shows it; a FULL_REFRESH passes its
+//! [`RefreshCheck`] under the write lock, before it replaces anything.
+//! Receiving an upload is `upload`'s.
 
 use std::sync::Arc;
 
-use super::{Relay, sent::SentPlanType, upload::RefreshCheck, upload::UploadMode, validate};
+use super::{
+    Relay,
+    sent::{SentPlanType, UploadMode},
+    validate,
+};
 use crate::{
     auth::{Action, Identity, authorize},
     error::{Error, Result},
@@ -23,6 +29,49 @@ pub(super) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Se
 
 fn la_ods_code_of(plans: &[StoredPlan]) -> String {
     plans.first().map(|plan| plan.la_ods_code().to_owned()).unwrap_or_default()
+}
+
+/// What a FULL_REFRESH is checked against before it changes anything.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RefreshCheck {
+    pub(super) allow_large_removal: bool,
+    pub(super) max_removal_percent: u32,
+    pub(super) max_rejected_percent: u32,
+    pub(super) received: u64,
+    pub(super) rejected: u64,
+}
+
+impl RefreshCheck {
+    /// Refuses a refresh that would remove more of the LA's `current` plans,
+    /// or reject more of its records, than the settings allow. An LA's first
+    /// refresh (no current plans) can deflag no one and is never refused.
+    pub(super) fn check(&self, la_ods_code: &str, current: u64, would_remove: u64) -> Result<()> {
+        if self.allow_large_removal || current == 0 {
+            return Ok(());
+        }
+        let removes_too_many = would_remove * 100 > u64::from(self.max_removal_percent) * current;
+        let rejects_too_many = self.rejected * 100 > u64::from(self.max_rejected_percent) * self.received;
+        if !(removes_too_many || rejects_too_many) {
+            return Ok(());
+        }
+        let (received, rejected) = (self.received, self.rejected);
+        let why = match (removes_too_many, rejects_too_many) {
+            (true, true) => format!(
+                "more than {}% of the current plans would be removed and more than {}% of the records were rejected",
+                self.max_removal_percent, self.max_rejected_percent
+            ),
+            (true, false) => format!("more than {}% of the current plans would be removed", self.max_removal_percent),
+            _ => format!("more than {}% of the records were rejected", self.max_rejected_percent),
+        };
+        tracing::warn!(
+            la = %la_ods_code, current, would_remove, rejected, received, "full refresh refused: {why}"
+        );
+        Err(Error::FailedPrecondition(format!(
+            "FULL_REFRESH refused, nothing was changed: local authority {la_ods_code} holds {current} current plans, \
+             this upload would remove {would_remove}, and {rejected} of {received} records were rejected ({why}); \
+             fix the file, or set allow_large_removal (cpis-relay upload --allow-large-removal) if the removal is intended"
+        )))
+    }
 }
 
 /// What committing an upload did, and how long it took.

@@ -31,11 +31,11 @@ use serde::{Deserialize, Serialize};
 use super::spill::{self, HeldSearch};
 
 /// The quarantine file inside the data directory.
-pub const QUARANTINE_FILE: &str = "quarantined-notifications";
+pub(crate) const QUARANTINE_FILE: &str = "quarantined-notifications";
 
 /// Attempts with the search alone, each refused for the record's sake,
 /// before a held search is set aside.
-pub const QUARANTINE_AFTER: u32 = 5;
+pub(crate) const QUARANTINE_AFTER: u32 = 5;
 
 /// A search set aside, with why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +91,7 @@ impl Quarantine {
     }
 
     /// A quarantine kept in memory only (a store without a data directory).
-    pub fn in_memory() -> Self {
+    pub(crate) fn in_memory() -> Self {
         Self { inner: Mutex::new(Inner { file: None, path: None, count: 0, in_memory: Vec::new() }) }
     }
 

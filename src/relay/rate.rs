@@ -16,11 +16,11 @@ use std::{
 use dashmap::DashMap;
 
 /// Searches per second and burst per organisation unless configured.
-pub const DEFAULT_SEARCH_RATE_PER_SECOND: f64 = 50.0;
-pub const DEFAULT_SEARCH_BURST: u32 = 200;
+pub(crate) const DEFAULT_SEARCH_RATE_PER_SECOND: f64 = 50.0;
+pub(crate) const DEFAULT_SEARCH_BURST: u32 = 200;
 
 /// The rate limit of one kind of call, per organisation.
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     /// Tokens a second; 0 is no limit.
     rate: f64,
     burst: f64,
@@ -33,12 +33,12 @@ struct Bucket {
 }
 
 impl RateLimiter {
-    pub fn new(rate_per_second: f64, burst: u32) -> Self {
+    pub(crate) fn new(rate_per_second: f64, burst: u32) -> Self {
         Self { rate: rate_per_second.max(0.0), burst: f64::from(burst.max(1)), buckets: DashMap::new() }
     }
 
     /// Takes a token of `organisation`'s bucket, or says how long until one is there.
-    pub fn check(&self, organisation: &str) -> Result<(), Duration> {
+    pub(crate) fn check(&self, organisation: &str) -> Result<(), Duration> {
         if self.rate == 0.0 {
             return Ok(());
         }

@@ -86,7 +86,7 @@ impl Relay {
     }
 
     /// Refreshes notification gauges every `interval` until the relay drains.
-    pub fn spawn_gauges(&self, interval: std::time::Duration) -> JoinHandle<()> {
+    pub(crate) fn spawn_gauges(&self, interval: std::time::Duration) -> JoinHandle<()> {
         let relay = self.clone();
         let mut draining = self.shared.draining.subscribe();
         self.spawn_task(async move {
@@ -136,7 +136,7 @@ impl Relay {
     }
 
     /// Runs [`Relay::expire`] now and then every `retention_interval` until the relay drains.
-    pub fn spawn_retention(&self) -> JoinHandle<()> {
+    pub(crate) fn spawn_retention(&self) -> JoinHandle<()> {
         let relay = self.clone();
         let mut draining = self.shared.draining.subscribe();
         self.spawn_task(async move {

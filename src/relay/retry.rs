@@ -317,7 +317,7 @@ impl Relay {
     /// Shutdown: keeps retrying held notifications until none is held or
     /// `deadline` passes; returns how many are still held (they stay in the spill).
     /// A broken store takes nothing before the restart: no attempt is made.
-    pub async fn store_held_until(&self, deadline: tokio::time::Instant) -> usize {
+    pub(crate) async fn store_held_until(&self, deadline: tokio::time::Instant) -> usize {
         if self.store_broken().is_some() {
             return self.shared.hub.held();
         }
@@ -337,7 +337,7 @@ impl Relay {
     /// Shutdown, once the grace period's retries are over: closes the spill
     /// (what is held stays in it for the next start) and releases the data
     /// directory, so that a relay started next (in this process too) may open it.
-    pub async fn close_spill(&self) {
+    pub(crate) async fn close_spill(&self) {
         let relay = self.clone();
         if let Err(error) = tokio::task::spawn_blocking(move || relay.shared.hub.held.close()).await {
             tracing::error!(%error, "closing the spill file did not finish");

@@ -10,11 +10,10 @@ use tracing::Instrument;
 
 use super::{Relay, validate};
 use crate::{
+    accesses::{self, RecentAccess},
     auth::{Action, Identity, authorize, search_is_scheduled},
     error::{Error, Result},
-    history,
     model::{AccessEvent, Accessor, CareSetting, LocalAuthority, NotificationDraft, Plan, RequestKey},
-    recent::{self, RecentAccess},
     stored::StoredPlan,
 };
 
@@ -199,14 +198,14 @@ impl Relay {
             request_id: request_id.clone(),
         });
         let claim = match &request_key {
-            Some(key) => Some(shared.history.claim(key).await),
+            Some(key) => Some(shared.claims.claim(key).await),
             None => None,
         };
-        let own_request = request_key.as_ref().map(recent::request_hash);
+        let own_request = request_key.as_ref().map(accesses::request_hash);
         let (previous_accesses, is_retry) = shared.recent.with(nhs_number, |accesses| {
-            let is_retry = request_key.as_ref().is_some_and(|key| history::is_repeat(accesses, key, now));
+            let is_retry = request_key.as_ref().is_some_and(|key| accesses::is_repeat(accesses, key, now));
             // A retry shows what its original showed: not the original's own access.
-            (history::listed_accesses(accesses, own_request.filter(|_| is_retry)), is_retry)
+            (accesses::listed_accesses(accesses, own_request.filter(|_| is_retry)), is_retry)
         });
         let notification = if !is_retry {
             let access = AccessEvent {
@@ -276,7 +275,7 @@ impl Relay {
         // a scheduled read labelled as an emergency would contradict its own audit row.
         if care_setting.is_scheduled() != scheduled {
             let kind = if scheduled { "a scheduled" } else { "an unscheduled" };
-            return Err(Error::invalid("care_setting", format!("{care_setting:?} is not {kind} care setting")));
+            return Err(Error::invalid("care_setting", format!("{} is not {kind} care setting", care_setting.name())));
         }
         validate::check_optional_text(&query.request_id, "request_id")?;
         Ok((scheduled, nhs_number, accessor, care_setting, query.request_id))

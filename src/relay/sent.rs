@@ -1,14 +1,21 @@
 //! What a local authority sends to maintain its plans, before the domain
 //! has checked any of it: the upload's header and records, and the plan type
 //! of a delete. The doors convert their wire messages into these (gRPC in
-//! `service::convert`), so validation (`validate`) and plan maintenance
+//! `wire`), so validation (`validate`) and plan maintenance
 //! (`plans`) never see a wire type. Every value is kept as sent, text
 //! untrimmed, so that a rejection reports exactly what was wrong with it.
 
 use std::fmt;
 
-use super::upload::UploadMode;
 use crate::model::{Address, LocalAuthority, PlanType};
+
+/// How an upload changes its authority's plans: adds and replaces
+/// (`Incremental`), or makes them exactly the upload's valid records (`FullRefresh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadMode {
+    Incremental,
+    FullRefresh,
+}
 
 /// A plan type as sent: none, one the relay knows, or a code it does not.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -36,7 +36,7 @@ use crate::model::{AccessEvent, NotificationDraft};
 /// The spill file inside the data directory.
 pub const SPILL_FILE: &str = "held-notifications.spill";
 /// Locked while a relay has the data directory's spill open.
-pub const LOCK_FILE: &str = "held-notifications.lock";
+pub(crate) const LOCK_FILE: &str = "held-notifications.lock";
 const HEADER_BYTES: usize = 4 + 8;
 /// A record larger than this is corrupt (a held search is a few hundred
 /// bytes); small, so that looking for the next record past a corrupt one

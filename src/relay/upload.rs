@@ -11,8 +11,8 @@ use tracing::Instrument;
 
 use super::{
     Relay,
-    plans::Committed,
-    sent::{SentPlanRecord, SentUploadHeader},
+    plans::{Committed, RefreshCheck},
+    sent::{SentPlanRecord, SentUploadHeader, UploadMode},
     validate::{self, Rejection, RejectionReason},
 };
 use crate::{
@@ -21,12 +21,6 @@ use crate::{
     model::PlanType,
     stored::StoredPlan,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UploadMode {
-    Incremental,
-    FullRefresh,
-}
 
 /// The first message of an upload.
 #[derive(Clone, Debug)]
@@ -39,7 +33,7 @@ pub struct UploadHeader {
 }
 
 /// Rejections reported one by one; beyond these only their counts per reason.
-pub const MAX_DETAILED_REJECTIONS: usize = 1_000;
+pub(super) const MAX_DETAILED_REJECTIONS: usize = 1_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UploadStatus {
@@ -74,49 +68,6 @@ pub struct UploadOutcome {
     pub removed: u64,
     /// FULL_REFRESH: plans the authority held before it.
     pub current_plans: u64,
-}
-
-/// What a FULL_REFRESH is checked against before it changes anything.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct RefreshCheck {
-    allow_large_removal: bool,
-    max_removal_percent: u32,
-    max_rejected_percent: u32,
-    received: u64,
-    rejected: u64,
-}
-
-impl RefreshCheck {
-    /// Refuses a refresh that would remove more of the LA's `current` plans,
-    /// or reject more of its records, than the settings allow. An LA's first
-    /// refresh (no current plans) can deflag no one and is never refused.
-    pub(super) fn check(&self, la_ods_code: &str, current: u64, would_remove: u64) -> Result<()> {
-        if self.allow_large_removal || current == 0 {
-            return Ok(());
-        }
-        let removes_too_many = would_remove * 100 > u64::from(self.max_removal_percent) * current;
-        let rejects_too_many = self.rejected * 100 > u64::from(self.max_rejected_percent) * self.received;
-        if !(removes_too_many || rejects_too_many) {
-            return Ok(());
-        }
-        let (received, rejected) = (self.received, self.rejected);
-        let why = match (removes_too_many, rejects_too_many) {
-            (true, true) => format!(
-                "more than {}% of the current plans would be removed and more than {}% of the records were rejected",
-                self.max_removal_percent, self.max_rejected_percent
-            ),
-            (true, false) => format!("more than {}% of the current plans would be removed", self.max_removal_percent),
-            _ => format!("more than {}% of the records were rejected", self.max_rejected_percent),
-        };
-        tracing::warn!(
-            la = %la_ods_code, current, would_remove, rejected, received, "full refresh refused: {why}"
-        );
-        Err(Error::FailedPrecondition(format!(
-            "FULL_REFRESH refused, nothing was changed: local authority {la_ods_code} holds {current} current plans, \
-             this upload would remove {would_remove}, and {rejected} of {received} records were rejected ({why}); \
-             fix the file, or set allow_large_removal (cpis-relay upload --allow-large-removal) if the removal is intended"
-        )))
-    }
 }
 
 impl UploadHeader {

@@ -27,18 +27,18 @@ pub const MAX_TEXT_LEN: usize = 200;
 // Upload limits, in characters (a longer value is refused before it is kept;
 // together they bound what one valid record can hold):
 /// An NHS number as sent, before spaces and dashes are removed.
-pub const MAX_NHS_NUMBER_LEN: usize = 32;
+pub(super) const MAX_NHS_NUMBER_LEN: usize = 32;
 /// Given and family name, each.
-pub const MAX_NAME_LEN: usize = 100;
+pub(super) const MAX_NAME_LEN: usize = 100;
 /// One address line.
-pub const MAX_ADDRESS_LINE_LEN: usize = 100;
+pub(super) const MAX_ADDRESS_LINE_LEN: usize = 100;
 /// Most address lines kept for a person.
-pub const MAX_ADDRESS_LINES: usize = 6;
-pub const MAX_POSTCODE_LEN: usize = 16;
+pub(super) const MAX_ADDRESS_LINES: usize = 6;
+pub(super) const MAX_POSTCODE_LEN: usize = 16;
 /// The LA's local id and team code, each.
-pub const MAX_ID_LEN: usize = 64;
+pub(super) const MAX_ID_LEN: usize = 64;
 /// The header's free-text file id.
-pub const MAX_FILE_ID_LEN: usize = 128;
+pub(super) const MAX_FILE_ID_LEN: usize = 128;
 /// Dates are exactly `YYYY-MM-DD`; text this long or longer is refused unread.
 const MAX_DATE_LEN: usize = 32;
 
@@ -94,7 +94,7 @@ impl std::fmt::Debug for Rejection {
 }
 
 /// A delete's plan type: `None` (every type) when unspecified.
-pub fn plan_type_filter(plan_type: SentPlanType) -> Result<Option<PlanType>> {
+pub(super) fn plan_type_filter(plan_type: SentPlanType) -> Result<Option<PlanType>> {
     match plan_type {
         SentPlanType::Unspecified => Ok(None),
         SentPlanType::Known(plan_type) => Ok(Some(plan_type)),
@@ -103,7 +103,7 @@ pub fn plan_type_filter(plan_type: SentPlanType) -> Result<Option<PlanType>> {
 }
 
 /// A request field's NHS number, or INVALID_ARGUMENT naming the field.
-pub fn nhs_number_field(text: &str, field: &str) -> Result<NhsNumber> {
+pub(super) fn nhs_number_field(text: &str, field: &str) -> Result<NhsNumber> {
     NhsNumber::parse(text).map_err(|error| Error::invalid(field, nhs_error_text(error)))
 }
 
@@ -115,17 +115,17 @@ fn nhs_error_text(error: NhsNumberError) -> String {
 }
 
 /// A required, bounded text field of a request.
-pub fn required_text(text: &str, field: &str) -> Result<String> {
+pub(super) fn required_text(text: &str, field: &str) -> Result<String> {
     check_required_text(text, field).map(str::to_owned)
 }
 
 /// An optional text field of a request of at most `max` characters.
-pub fn optional_text_within(text: &str, field: &str, max: usize) -> Result<String> {
+pub(super) fn optional_text_within(text: &str, field: &str, max: usize) -> Result<String> {
     if text.trim().is_empty() { Ok(String::new()) } else { bounded_text(text, field, max).map(str::to_owned) }
 }
 
 /// [`required_text`] without a copy: the trimmed text.
-pub fn check_required_text<'a>(text: &'a str, field: &str) -> Result<&'a str> {
+pub(super) fn check_required_text<'a>(text: &'a str, field: &str) -> Result<&'a str> {
     bounded_text(text, field, MAX_TEXT_LEN)
 }
 
@@ -146,7 +146,7 @@ fn bounded_text<'a>(text: &'a str, field: &str, max: usize) -> Result<&'a str> {
 /// Why `text` cannot be kept, if it cannot: the first character that no
 /// store keeps or no screen should show, named by its code point (never the
 /// text around it, so the message is safe to log).
-pub fn unacceptable_character(text: &str) -> Option<String> {
+pub(super) fn unacceptable_character(text: &str) -> Option<String> {
     text.chars().find_map(|character| {
         let what = if character.is_control() {
             "a control character"
@@ -177,7 +177,7 @@ fn longer_than(text: &str, max: usize) -> bool {
 /// A rejected record's NHS number as echoed back: at most
 /// [`MAX_NHS_NUMBER_LEN`] characters of what was sent, so a report (and the
 /// memory behind it) never grows with what a client puts in the field.
-pub fn echoed_nhs_number(mut sent: String) -> String {
+pub(super) fn echoed_nhs_number(mut sent: String) -> String {
     if let Some((cut, _)) = sent.char_indices().nth(MAX_NHS_NUMBER_LEN) {
         sent.truncate(cut);
     }
@@ -186,12 +186,12 @@ pub fn echoed_nhs_number(mut sent: String) -> String {
 }
 
 /// An optional, bounded text field of a request: the trimmed text, empty when absent.
-pub fn check_optional_text<'a>(text: &'a str, field: &str) -> Result<&'a str> {
+pub(super) fn check_optional_text<'a>(text: &'a str, field: &str) -> Result<&'a str> {
     if text.trim().is_empty() { Ok("") } else { check_required_text(text, field) }
 }
 
 /// The local authority details of an upload header, all required.
-pub fn local_authority(authority: Option<&LocalAuthority>) -> Result<LocalAuthority> {
+pub(super) fn local_authority(authority: Option<&LocalAuthority>) -> Result<LocalAuthority> {
     let Some(authority) = authority else {
         return Err(Error::invalid("header.local_authority", "is required"));
     };
@@ -206,7 +206,7 @@ pub fn local_authority(authority: Option<&LocalAuthority>) -> Result<LocalAuthor
 /// Builds a plan from an uploaded record, or says why not. The record's
 /// text is moved into the plan, not copied (an upload can carry a million).
 /// `nhs_number` is the record's, taken out so the caller can report it.
-pub fn plan_record(
+pub(super) fn plan_record(
     nhs_number: &str,
     record: SentPlanRecord,
     la_ods_code: &str,

@@ -1,11 +1,11 @@
 //! A search's answer written to the wire straight from the domain's values:
 //! the bytes of `cpis.v1.SearchResponse`, exactly as prost
-//! encodes [`convert::search_response`](super::convert::search_response)'s
+//! encodes [`wire::search_response`](crate::wire::search_response)'s
 //! message, without building that message first. Building it copied every
 //! string of the answer into a string of its own: about 120 allocations for a
 //! flagged person with 25 previous accesses (four per access), all freed
 //! once encoded. Here the plans' and the accesses' text (the interned users
-//! of [`crate::recent`], shared by all their accesses) is read in place and
+//! of [`crate::accesses`], shared by all their accesses) is read in place and
 //! dates are written as digits, with no formatting machinery.
 //!
 //! Only the relay's server encodes this type (clients decode the generated
@@ -19,10 +19,10 @@ use prost::{
     encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len, skip_field},
 };
 
-use super::convert;
+use crate::wire;
 use crate::{
+    accesses::RecentAccess,
     model::{Address, LocalAuthority, Plan},
-    recent::RecentAccess,
     relay::{SearchOutcome, ShownPlan},
 };
 
@@ -125,7 +125,7 @@ fn put_address(address: &Address, buf: &mut impl BufMut) {
 
 fn plan_len(shown: &ShownPlan) -> usize {
     let plan = &*shown.plan;
-    int_len(1, convert::plan_type(plan.plan_type) as i32)
+    int_len(1, wire::plan_type(plan.plan_type) as i32)
         + str_len(2, AsciiText::of(plan.start_date).as_str())
         + plan.end_date.map_or(0, |date| str_len(3, AsciiText::of(date).as_str()))
         + plan.expected_delivery_date.map_or(0, |date| str_len(4, AsciiText::of(date).as_str()))
@@ -134,7 +134,7 @@ fn plan_len(shown: &ShownPlan) -> usize {
 
 fn put_plan(shown: &ShownPlan, buf: &mut impl BufMut) {
     let plan = &*shown.plan;
-    put_int(1, convert::plan_type(plan.plan_type) as i32, buf);
+    put_int(1, wire::plan_type(plan.plan_type) as i32, buf);
     put_str(2, AsciiText::of(plan.start_date).as_str(), buf);
     if let Some(date) = plan.end_date {
         put_str(3, AsciiText::of(date).as_str(), buf);
@@ -179,7 +179,7 @@ fn access_len(access: &RecentAccess) -> usize {
     message_len(1, timestamp_len(access.accessed_at))
         + str_len(2, &who.organisation_ods_code)
         + str_len(3, &who.organisation_name)
-        + int_len(4, convert::care_setting(access.care_setting) as i32)
+        + int_len(4, access.care_setting.wire_code())
         + message_len(5, accessor_len(&who.user_id, &who.name, &who.role_code))
         + bool_len(6, access.scheduled)
 }
@@ -190,7 +190,7 @@ fn put_access(access: &RecentAccess, buf: &mut impl BufMut) {
     put_timestamp(access.accessed_at, buf);
     put_str(2, &who.organisation_ods_code, buf);
     put_str(3, &who.organisation_name, buf);
-    put_int(4, convert::care_setting(access.care_setting) as i32, buf);
+    put_int(4, access.care_setting.wire_code(), buf);
     put_message(5, accessor_len(&who.user_id, &who.name, &who.role_code), buf);
     put_str(1, &who.user_id, buf);
     put_str(2, &who.name, buf);
@@ -202,10 +202,10 @@ fn accessor_len(user_id: &str, name: &str, role_code: &str) -> usize {
     str_len(1, user_id) + str_len(2, name) + str_len(3, role_code)
 }
 
-// `google.protobuf.Timestamp`: seconds 1 (int64), nanos 2 (int32), as `convert::timestamp` makes it.
+// `google.protobuf.Timestamp`: seconds 1 (int64), nanos 2 (int32), as `wire::timestamp` makes it.
 
 fn timestamp_parts(instant: DateTime<Utc>) -> (i64, i32) {
-    let timestamp = convert::timestamp(instant);
+    let timestamp = wire::timestamp(instant);
     (timestamp.seconds, timestamp.nanos)
 }
 
@@ -330,9 +330,9 @@ mod tests {
 
     use super::*;
     use crate::{
+        accesses::Recent,
         model::{AccessEvent, Accessor, CareSetting, PlanType, test_plan},
         nhs::NhsNumber,
-        recent::Recent,
     };
 
     fn person() -> NhsNumber {
@@ -374,7 +374,7 @@ mod tests {
     }
 
     fn same_bytes(outcome: SearchOutcome) {
-        let expected = convert::search_response(outcome.clone()).encode_to_vec();
+        let expected = wire::search_response(outcome.clone()).encode_to_vec();
         let answer = SearchAnswer(outcome);
         assert_eq!(answer.encoded_len(), expected.len());
         assert_eq!(answer.encode_to_vec(), expected);

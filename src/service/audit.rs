@@ -4,7 +4,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{ResponseStream, convert, identity};
+use super::{ResponseStream, identity};
+use crate::wire;
 use crate::{
     access_log::SignedCheckpoint,
     plan_history::{PlanEvent, PlanEventKind},
@@ -37,7 +38,7 @@ fn signed_checkpoint(signed: SignedCheckpoint, verifier: Option<&VerifierKey>) -
         note: signed.note,
         tree_size: signed.checkpoint.size,
         root_hash: signed.checkpoint.root.to_vec(),
-        time: Some(convert::timestamp(signed.checkpoint.time)),
+        time: Some(wire::timestamp(signed.checkpoint.time)),
         verifier_key: verifier.map(ToString::to_string).unwrap_or_default(),
     }
 }
@@ -55,11 +56,11 @@ fn logged_access(access: crate::relay::LoggedAccess) -> Result<proto::LoggedAcce
         LogEntry::Search(event) => {
             let kind = if event.scheduled { proto::AccessKind::Scheduled } else { proto::AccessKind::Unscheduled };
             let request_id = event.request_id.clone();
-            (convert::access_record(event), kind, request_id)
+            (wire::access_record(event), kind, request_id)
         }
         LogEntry::Audit(read) => {
             let record = AccessRecord {
-                accessed_at: Some(convert::timestamp(read.read_at)),
+                accessed_at: Some(wire::timestamp(read.read_at)),
                 organisation_ods_code: read.organisation_ods_code,
                 organisation_name: read.organisation_name,
                 care_setting: proto::CareSetting::Unspecified as i32,
@@ -118,21 +119,21 @@ fn subject_access_report(
         .plans
         .iter()
         .map(|(plan, authority)| proto::SubjectPlan {
-            record: Some(convert::plan_record(plan)),
-            local_authority: authority.as_deref().map(convert::local_authority),
-            loaded_at: Some(convert::timestamp(plan.loaded_at)),
+            record: Some(wire::plan_record(plan)),
+            local_authority: authority.as_deref().map(wire::local_authority),
+            loaded_at: Some(wire::timestamp(plan.loaded_at)),
         })
         .collect();
     Ok(proto::SubjectAccessReport {
         nhs_number: report.nhs_number.to_string(),
-        generated_at: Some(convert::timestamp(report.generated_at)),
+        generated_at: Some(wire::timestamp(report.generated_at)),
         plans,
         accesses: report.accesses.into_iter().map(logged_access).collect::<Result<_, _>>()?,
         notifications: report
             .notifications
             .iter()
             .map(|(notification, acknowledged)| proto::SubjectNotification {
-                notification: Some(convert::notification(notification)),
+                notification: Some(wire::notification(notification)),
                 acknowledged: *acknowledged,
                 la_ods_code: notification.draft.la_ods_code.clone(),
             })
@@ -151,11 +152,11 @@ fn plan_change(event: &PlanEvent) -> Result<proto::PlanChange, Status> {
         PlanEventKind::Expired => proto::PlanChangeKind::Expired,
     };
     Ok(proto::PlanChange {
-        at: Some(convert::timestamp(event.at)),
+        at: Some(wire::timestamp(event.at)),
         la_ods_code: event.la_ods_code.clone(),
-        plan_type: convert::plan_type(event.plan_type) as i32,
+        plan_type: wire::plan_type(event.plan_type) as i32,
         kind: kind as i32,
-        record: event.plan().map_err(crate::error::Error::from)?.as_ref().map(convert::plan_record),
+        record: event.plan().map_err(crate::error::Error::from)?.as_ref().map(wire::plan_record),
     })
 }
 
@@ -166,7 +167,7 @@ impl Audit for AuditService {
     async fn access_log(&self, request: Request<AccessLogRequest>) -> Result<Response<Self::AccessLogStream>, Status> {
         let identity = identity(&request)?;
         let accesses = self.relay.access_log(&identity, &request.get_ref().nhs_number).await?;
-        let records: Vec<_> = accesses.into_iter().map(|access| Ok(convert::access_record(access))).collect();
+        let records: Vec<_> = accesses.into_iter().map(|access| Ok(wire::access_record(access))).collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(records))))
     }
 

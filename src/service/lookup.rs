@@ -17,7 +17,8 @@ use tonic::{
     server::{Grpc, NamedService},
 };
 
-use super::{answer::SearchAnswer, convert, identity};
+use super::{answer::SearchAnswer, identity};
+use crate::wire;
 use crate::{proto::SearchRequest, relay::Relay};
 
 /// The service's one method.
@@ -36,14 +37,14 @@ impl LookupService {
 
     /// Largest request accepted (tonic's default: 4 MiB).
     #[must_use]
-    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+    pub(crate) fn max_decoding_message_size(mut self, limit: usize) -> Self {
         self.max_decoding_message_size = Some(limit);
         self
     }
 
     async fn search(relay: Relay, request: Request<SearchRequest>) -> Result<Response<SearchAnswer>, Status> {
         let identity = identity(&request)?;
-        let query = convert::search_query(request.into_inner())?;
+        let query = wire::search_query(request.into_inner())?;
         let outcome = relay.search(&identity, query).await?;
         Ok(Response::new(SearchAnswer(outcome)))
     }

@@ -3,7 +3,8 @@
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
-use super::{ResponseStream, convert, identity};
+use super::{ResponseStream, identity};
+use crate::wire;
 use crate::{
     proto::{AccessNotification, AckRequest, AckResponse, SubscribeRequest, notifications_server::Notifications},
     relay::Relay,
@@ -27,7 +28,7 @@ impl Notifications for NotificationsService {
         let identity = identity(&request)?;
         let stream = self.relay.subscribe(&identity, request.get_ref().after_sequence)?;
         let stream =
-            stream.map(|item| item.map(|notification| convert::notification(&notification)).map_err(Status::from));
+            stream.map(|item| item.map(|notification| wire::notification(&notification)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 

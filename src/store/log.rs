@@ -31,7 +31,7 @@ pub enum LogEntry {
 }
 
 impl LogEntry {
-    pub fn leaf_fields(&self) -> LeafFields<'_> {
+    pub(crate) fn leaf_fields(&self) -> LeafFields<'_> {
         match self {
             Self::Search(event) => LeafFields::of_search(event),
             Self::Audit(read) => LeafFields::of_audit(read),
@@ -53,7 +53,7 @@ impl LogEntry {
     }
 
     /// Its RFC 6962 leaf hash.
-    pub fn leaf_hash(&self) -> Result<Hash, StoreError> {
+    pub(crate) fn leaf_hash(&self) -> Result<Hash, StoreError> {
         self.leaf_fields().leaf_hash().map_err(|error| StoreError::Corrupt(format!("access log: {error}")))
     }
 }
@@ -93,7 +93,7 @@ impl NoteKind {
         }
     }
 
-    pub fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(Self::Checkpoint),
             2 => Some(Self::Retention),
@@ -142,10 +142,10 @@ pub struct StoredNote {
 
 /// What a shared store's tree answers (as `StoreError::Io`) when another
 /// node's keeper appended first: the keeper reopens the tree and continues.
-pub const TREE_MOVED: &str = "another node appended to the access log's tree";
+pub(crate) const TREE_MOVED: &str = "another node appended to the access log's tree";
 
 /// The tree's hashes as a store keeps them.
-pub type TreeStore = Box<dyn HashStore<Error = StoreError> + Send + Sync>;
+pub(crate) type TreeStore = Box<dyn HashStore<Error = StoreError> + Send + Sync>;
 
 /// The access log of a store this process alone writes. Every method
 /// blocks on storage: callers run them on a blocking thread.

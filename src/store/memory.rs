@@ -210,7 +210,7 @@ impl State {
 impl Store for MemoryStore {
     fn load(&self) -> BoxFuture<'static, Result<Snapshot, StoreError>> {
         let snapshot = self.with_state(|state| {
-            let recent = crate::recent::Recent::new();
+            let recent = crate::accesses::Recent::new();
             let mut people = state.accesses.iter().peekable();
             while let Some(((nhs_number, _, _), first)) = people.next() {
                 let mut views = vec![first.view()?];

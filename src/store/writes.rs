@@ -30,7 +30,7 @@ pub enum Recorded {
 
 /// A plan change's place in a shared store's plan feed; `None` where this
 /// process alone writes the store (nothing to order it against).
-pub type PlanVersion = Option<u64>;
+pub(crate) type PlanVersion = Option<u64>;
 
 impl dyn Store {
     /// Stores a search of a flagged person with a notification per draft.
@@ -47,7 +47,7 @@ impl dyn Store {
     }
 
     /// Stores an auditor's read in the access log.
-    pub async fn record_audit(&self, read: AuditRead) -> Result<(), StoreError> {
+    pub(crate) async fn record_audit(&self, read: AuditRead) -> Result<(), StoreError> {
         committed("an auditor's read", self.apply(Change::RecordAudit(read)).await?)
     }
 

@@ -44,7 +44,7 @@ impl ConnectionActivity {
     }
 
     /// Counts a call until the guard is dropped.
-    pub fn begin_call(self: &Arc<Self>) -> CallGuard {
+    pub(crate) fn begin_call(self: &Arc<Self>) -> CallGuard {
         // Under the lock, as the idle check reads the count.
         let _state = self.state();
         self.calls.fetch_add(1, Ordering::AcqRel);

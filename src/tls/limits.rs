@@ -43,7 +43,7 @@ impl Default for ConnectionLimits {
 pub const HANDSHAKE_FAILURE_REASONS: [&str; 5] = ["certificate", "protocol", "io", "timeout", "displaced"];
 
 /// At most one handshake-failure line per interval.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a handshake failed, as the metric labels it.
 pub(super) fn failure_reason(error: &std::io::Error) -> &'static str {
@@ -76,7 +76,7 @@ pub(super) struct Gate {
 
 /// Holds one of the listener's established-connection slots until dropped.
 #[derive(Debug)]
-pub struct ConnectionSlot(Arc<Gate>);
+pub(super) struct ConnectionSlot(Arc<Gate>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {

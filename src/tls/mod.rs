@@ -87,7 +87,7 @@ pub fn server_config(pem: &PemText) -> Result<Arc<ServerConfig>, TlsError> {
 /// the client's own (end-entity) certificate is checked; when CRLs are given,
 /// a client certificate whose issuer has none among them is refused (fail
 /// closed). A CRL past its next update still counts.
-pub fn server_config_with_crls(
+pub(crate) fn server_config_with_crls(
     pem: &PemText,
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
@@ -180,7 +180,7 @@ fn certificates(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, T
 }
 
 /// The client side, for tonic channels: trusts `pem.ca`, presents `pem.cert`.
-pub fn client_config(pem: &PemText, server_name: &str) -> tonic::transport::ClientTlsConfig {
+pub(crate) fn client_config(pem: &PemText, server_name: &str) -> tonic::transport::ClientTlsConfig {
     tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&pem.ca))
         .identity(tonic::transport::Identity::from_pem(&pem.cert, &pem.key))

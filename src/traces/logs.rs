@@ -9,7 +9,7 @@ use tracing_subscriber::{
 };
 
 /// Wraps the JSON event format (one object per line).
-pub struct TraceIdsJson<F>(pub F);
+pub(crate) struct TraceIdsJson<F>(pub F);
 
 impl<S, N, F> FormatEvent<S, N> for TraceIdsJson<F>
 where

@@ -43,7 +43,7 @@ pub const TARGET: &str = "cpis_trace";
 pub const TRACEPARENT: &str = "traceparent";
 
 /// Share of new traces sampled when traces are on and no ratio is set.
-pub const DEFAULT_SAMPLE_RATIO: f64 = 0.1;
+pub(crate) const DEFAULT_SAMPLE_RATIO: f64 = 0.1;
 
 /// Set once traces are on in this process: the doors skip header parsing otherwise.
 static ON: AtomicBool = AtomicBool::new(false);
@@ -232,7 +232,7 @@ pub fn door_span(door: &'static str, operation: &str, headers: &http::HeaderMap)
 
 /// A span continuing a stored `traceparent` (a notification's), or a new
 /// trace (at the ratio) when there is none. `name` is the span's operation name.
-pub fn continued_span(name: &'static str, traceparent: Option<&str>) -> tracing::Span {
+pub(crate) fn continued_span(name: &'static str, traceparent: Option<&str>) -> tracing::Span {
     if !on() {
         return tracing::Span::none();
     }
@@ -252,7 +252,7 @@ pub fn continued_span(name: &'static str, traceparent: Option<&str>) -> tracing:
 
 /// The `traceparent` of the innermost span entered on this thread, when a
 /// trace is active: what is stored with a notification and sent onwards.
-pub fn current_traceparent() -> Option<String> {
+pub(crate) fn current_traceparent() -> Option<String> {
     if !on() {
         return None;
     }
@@ -264,14 +264,14 @@ pub fn current_traceparent() -> Option<String> {
 }
 
 /// The trace and span ids of the innermost span entered on this thread, for log lines.
-pub fn current_ids() -> Option<(String, String)> {
+pub(crate) fn current_ids() -> Option<(String, String)> {
     let context = Context::current();
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
 }
 
 /// Adds the current `traceparent` to outgoing headers (the webhook POST).
-pub fn inject(headers: &mut http::HeaderMap) {
+pub(crate) fn inject(headers: &mut http::HeaderMap) {
     if let Some(value) = current_traceparent().and_then(|value| http::HeaderValue::from_str(&value).ok()) {
         headers.insert(TRACEPARENT, value);
     }
@@ -279,7 +279,7 @@ pub fn inject(headers: &mut http::HeaderMap) {
 
 /// A stored `traceparent` as read back: kept only if it has the W3C shape
 /// (`00-` 32 hex `-` 16 hex `-` 2 hex), so a damaged record never reaches a header.
-pub fn checked_traceparent(text: &str) -> Option<String> {
+pub(crate) fn checked_traceparent(text: &str) -> Option<String> {
     let parts: Vec<&str> = text.split('-').collect();
     let hex = |part: &str, len: usize| part.len() == len && part.bytes().all(|byte| byte.is_ascii_hexdigit());
     (parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2))

@@ -63,11 +63,11 @@ impl Report {
 }
 
 /// How many differing leaves are listed one by one.
-pub const MAX_LEAF_FINDINGS: usize = 100;
+pub(crate) const MAX_LEAF_FINDINGS: usize = 100;
 
 /// A verification in progress: push each record's leaf hash in log order
 /// (`None` for a position with no record), then [`Verification::finish`].
-pub struct Verification<'t, S: HashStore> {
+pub(crate) struct Verification<'t, S: HashStore> {
     signed: Vec<SignedRoot>,
     next_checkpoint: usize,
     tree: Option<&'t MerkleLog<S>>,
@@ -80,7 +80,7 @@ pub struct Verification<'t, S: HashStore> {
 impl<'t, S: HashStore> Verification<'t, S> {
     /// Starts at `start` (the empty frontier, or the tree's frontier at the
     /// retention boundary); checks the stored tree against every signed root.
-    pub fn new(
+    pub(crate) fn new(
         start: Frontier,
         signed: &[SignedRoot],
         tree: Option<&'t MerkleLog<S>>,
@@ -110,7 +110,7 @@ impl<'t, S: HashStore> Verification<'t, S> {
     }
 
     /// The position the next pushed leaf is at.
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.frontier.size()
     }
 
@@ -124,13 +124,17 @@ impl<'t, S: HashStore> Verification<'t, S> {
     }
 
     /// The next record's leaf hash, or `None` when its position has no record.
-    pub fn push(&mut self, leaf: Option<Hash>) -> Result<(), TreeError<S::Error>> {
+    pub(crate) fn push(&mut self, leaf: Option<Hash>) -> Result<(), TreeError<S::Error>> {
         self.push_with_stored(leaf, None)
     }
 
     /// [`Self::push`] with the stored tree's leaf at this position when the
     /// caller already read it (a reader that fetches leaves in parallel).
-    pub fn push_with_stored(&mut self, leaf: Option<Hash>, stored: Option<Hash>) -> Result<(), TreeError<S::Error>> {
+    pub(crate) fn push_with_stored(
+        &mut self,
+        leaf: Option<Hash>,
+        stored: Option<Hash>,
+    ) -> Result<(), TreeError<S::Error>> {
         let position = self.frontier.size();
         let leaf = match leaf {
             Some(leaf) => {
@@ -169,7 +173,7 @@ impl<'t, S: HashStore> Verification<'t, S> {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Report {
+    pub(crate) fn finish(mut self) -> Report {
         self.report.records = self.frontier.size();
         if self.tree.is_some() && self.report.records < self.tree_size {
             self.report

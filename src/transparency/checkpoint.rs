@@ -64,7 +64,7 @@ impl Checkpoint {
     }
 
     /// Parses a note text this module wrote; anything else is refused.
-    pub fn parse_text(text: &str) -> Result<Self, CheckpointError> {
+    pub(crate) fn parse_text(text: &str) -> Result<Self, CheckpointError> {
         let malformed = CheckpointError::MalformedCheckpoint;
         let body = text.strip_suffix('\n').ok_or(malformed("the text must end with a newline"))?;
         let lines: Vec<&str> = body.split('\n').collect();
@@ -121,17 +121,17 @@ impl Checkpoint {
 }
 
 /// Signs `text` (which must end with a newline) as a signed note.
-pub fn sign_note(text: &str, signer: &LogSigner) -> String {
+pub(crate) fn sign_note(text: &str, signer: &LogSigner) -> String {
     let signature = signer.sign(text.as_bytes());
     format!("{text}\n{}", signature_line(signer.name(), signer.verifier().key_id(), &signature))
 }
 
 /// A signature line's key name, key id and signature.
-pub type SignatureLine<'a> = (&'a str, u32, Vec<u8>);
+pub(crate) type SignatureLine<'a> = (&'a str, u32, Vec<u8>);
 
 /// A signed note split into its text (ending with a newline) and its
 /// signature lines as `(key name, key id, signature)`, checked for form only.
-pub fn split_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), CheckpointError> {
+pub(crate) fn split_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), CheckpointError> {
     let malformed = CheckpointError::MalformedNote;
     if note.chars().any(|c| c.is_control() && c != '\n') {
         return Err(malformed("control characters other than newline"));
@@ -149,7 +149,7 @@ pub fn split_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), Checkpoi
 }
 
 /// One signature line without its newline: `— <name> <base64(key id || signature)>`.
-pub fn parse_signature_line(line: &str) -> Result<SignatureLine<'_>, CheckpointError> {
+pub(crate) fn parse_signature_line(line: &str) -> Result<SignatureLine<'_>, CheckpointError> {
     let malformed = CheckpointError::MalformedNote;
     let line = line.strip_prefix(SIGNATURE_PREFIX).ok_or(malformed("a signature line must start with '— '"))?;
     let (name, blob) = line.split_once(' ').ok_or(malformed("a signature line is '— name signature'"))?;
@@ -163,7 +163,7 @@ pub fn parse_signature_line(line: &str) -> Result<SignatureLine<'_>, CheckpointE
 }
 
 /// A signature line, newline included, of `name`'s key `key_id`.
-pub fn signature_line(name: &str, key_id: u32, signature: &[u8]) -> String {
+pub(crate) fn signature_line(name: &str, key_id: u32, signature: &[u8]) -> String {
     let mut blob = Vec::with_capacity(4 + signature.len());
     blob.extend_from_slice(&key_id.to_be_bytes());
     blob.extend_from_slice(signature);
@@ -171,7 +171,7 @@ pub fn signature_line(name: &str, key_id: u32, signature: &[u8]) -> String {
 }
 
 /// The text of a signed note once `verifier`'s signature on it verifies.
-pub fn open_note<'a>(note: &'a str, verifier: &VerifierKey) -> Result<&'a str, CheckpointError> {
+pub(crate) fn open_note<'a>(note: &'a str, verifier: &VerifierKey) -> Result<&'a str, CheckpointError> {
     let (text, signatures) = split_note(note)?;
     let mut verified = false;
     for (name, key_id, signature) in signatures {

@@ -28,12 +28,12 @@ use super::hash::Hash;
 use super::key::{KeyError, LogSigner, is_valid_key_name};
 
 /// The signed-note signature type of an Ed25519 cosignature (v1).
-pub const COSIGNATURE_TYPE: u8 = 0x04;
+pub(crate) const COSIGNATURE_TYPE: u8 = 0x04;
 /// The most consistency proof lines an add-checkpoint request may carry.
-pub const MAX_PROOF_LINES: usize = 63;
+pub(crate) const MAX_PROOF_LINES: usize = 63;
 
 /// The key id of a witness key (`name`, Ed25519 `public_key`).
-pub fn cosigner_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
+pub(crate) fn cosigner_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
     let mut hasher = Sha256::new();
     hasher.update(name.as_bytes());
     hasher.update([b'\n', COSIGNATURE_TYPE]);
@@ -43,7 +43,7 @@ pub fn cosigner_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
 }
 
 /// The message a v1 cosignature signs, for a checkpoint's note `text`.
-pub fn cosigned_message(text: &str, timestamp: u64) -> String {
+pub(crate) fn cosigned_message(text: &str, timestamp: u64) -> String {
     format!("cosignature/v1\ntime {timestamp}\n{text}")
 }
 
@@ -179,7 +179,7 @@ pub fn verify_cosignatures(note: &str, keys: &[CosignerKey]) -> Result<Vec<Cosig
 
 /// Adds the signature lines of `lines` (each ending with a newline) to `note`,
 /// keeping each line once.
-pub fn add_signature_lines(note: &str, lines: &str) -> String {
+pub(crate) fn add_signature_lines(note: &str, lines: &str) -> String {
     let mut note = note.to_owned();
     for line in lines.split_inclusive('\n') {
         if !note.contains(line) {
@@ -244,7 +244,7 @@ impl AddCheckpoint {
 /// Checks a witnessed checkpoint: signed by the log (`verifier`) and
 /// cosigned by at least `quorum` of `keys`. Returns the checkpoint and the
 /// names of the witnesses whose cosignatures verified, or why not.
-pub fn verify_witnessed(
+pub(crate) fn verify_witnessed(
     note: &str,
     verifier: &crate::transparency::VerifierKey,
     keys: &[CosignerKey],
@@ -266,7 +266,7 @@ pub fn verify_witnessed(
 
 /// A key given as its text or as the path of a file holding it (flags and
 /// configuration accept both); `what` names the setting in the error.
-pub fn key_text(given: &str, what: &str) -> Result<String, String> {
+pub(crate) fn key_text(given: &str, what: &str) -> Result<String, String> {
     if std::path::Path::new(given).is_file() {
         std::fs::read_to_string(given).map_err(|error| format!("{what}: {given}: {error}"))
     } else {

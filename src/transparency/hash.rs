@@ -10,12 +10,12 @@ use sha2::{Digest, Sha256};
 pub type Hash = [u8; 32];
 
 /// The root of the empty tree: SHA-256 of the empty string.
-pub fn empty_root() -> Hash {
+pub(crate) fn empty_root() -> Hash {
     Sha256::digest([]).into()
 }
 
 /// MTH({d}) = SHA-256(0x00 || d).
-pub fn leaf_hash(leaf: &[u8]) -> Hash {
+pub(crate) fn leaf_hash(leaf: &[u8]) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update([0x00]);
     hasher.update(leaf);
@@ -23,7 +23,7 @@ pub fn leaf_hash(leaf: &[u8]) -> Hash {
 }
 
 /// SHA-256(0x01 || left || right).
-pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+pub(crate) fn node_hash(left: &Hash, right: &Hash) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update([0x01]);
     hasher.update(left);
@@ -34,7 +34,7 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 /// k, the largest power of two smaller than `n`: a tree of `n` leaves is the
 /// tree of its first k leaves and the tree of the other n - k. `n` must be at
 /// least 2.
-pub fn split_point(n: u64) -> u64 {
+pub(crate) fn split_point(n: u64) -> u64 {
     debug_assert!(n >= 2, "a tree of {n} leaves has no split");
     1 << (63 - (n - 1).leading_zeros())
 }
@@ -67,7 +67,7 @@ impl Frontier {
     }
 
     /// A frontier from its parts; `peaks` must have one hash per set bit of `size`.
-    pub fn from_parts(size: u64, peaks: Vec<Hash>) -> Option<Self> {
+    pub(crate) fn from_parts(size: u64, peaks: Vec<Hash>) -> Option<Self> {
         (peaks.len() == size.count_ones() as usize).then_some(Self { size, peaks })
     }
 
@@ -97,7 +97,7 @@ impl Frontier {
     }
 
     /// Appends one leaf hash, discarding the completed subtrees.
-    pub fn push_leaf(&mut self, leaf: Hash) {
+    pub(crate) fn push_leaf(&mut self, leaf: Hash) {
         let mut hash = leaf;
         let mut size = self.size;
         while size & 1 == 1 {
@@ -116,19 +116,19 @@ impl Frontier {
 }
 
 /// The root of a tree from the roots of its perfect subtrees, largest first.
-pub fn fold_peaks(peaks: &[Hash]) -> Hash {
+pub(crate) fn fold_peaks(peaks: &[Hash]) -> Hash {
     let mut iter = peaks.iter().rev();
     let Some(last) = iter.next() else { return empty_root() };
     iter.fold(*last, |right, left| node_hash(left, &right))
 }
 
 /// Lower-case hexadecimal, for messages and test vectors.
-pub fn to_hex(hash: &[u8]) -> String {
+pub(crate) fn to_hex(hash: &[u8]) -> String {
     hash.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// A 32-byte hash from hexadecimal.
-pub fn from_hex(text: &str) -> Option<Hash> {
+pub(crate) fn from_hex(text: &str) -> Option<Hash> {
     if text.len() != 64 {
         return None;
     }

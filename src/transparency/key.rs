@@ -16,7 +16,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use sha2::{Digest, Sha256};
 
 /// The signed-note signature type of an Ed25519 signature.
-pub const ED25519_SIGNATURE_TYPE: u8 = 0x01;
+pub(crate) const ED25519_SIGNATURE_TYPE: u8 = 0x01;
 
 /// Why a key could not be made, read or parsed.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum KeyError {
 }
 
 /// Whether `name` may name a signed-note key (and so a checkpoint's origin).
-pub fn is_valid_key_name(name: &str) -> bool {
+pub(crate) fn is_valid_key_name(name: &str) -> bool {
     !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control() || c == '+')
 }
 
@@ -110,7 +110,7 @@ impl LogSigner {
     }
 
     /// A signer from a PKCS#8 document (v1 or v2).
-    pub fn from_pkcs8(name: &str, der: &[u8]) -> Result<Self, KeyError> {
+    pub(crate) fn from_pkcs8(name: &str, der: &[u8]) -> Result<Self, KeyError> {
         if !is_valid_key_name(name) {
             return Err(KeyError::BadName(name.to_owned()));
         }
@@ -201,7 +201,7 @@ impl VerifierKey {
         self.key_id
     }
 
-    pub fn public_key(&self) -> &[u8; 32] {
+    pub(crate) fn public_key(&self) -> &[u8; 32] {
         &self.public_key
     }
 

@@ -36,7 +36,7 @@ use crate::model::{AccessEvent, AccessView, AuditRead, CareSetting};
 use super::hash::Hash;
 
 /// The encoding version [`encode_access`] writes.
-pub const ACCESS_LEAF_VERSION: u8 = 1;
+pub(crate) const ACCESS_LEAF_VERSION: u8 = 1;
 
 /// What kind of access a leaf records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,7 +51,7 @@ pub enum AccessKind {
 
 impl AccessKind {
     /// The kind of a search, from its `scheduled` mark.
-    pub fn of_search(event: &AccessEvent) -> Self {
+    pub(crate) fn of_search(event: &AccessEvent) -> Self {
         if event.scheduled { Self::Scheduled } else { Self::Unscheduled }
     }
 
@@ -64,7 +64,7 @@ impl AccessKind {
     }
 
     /// The kind a leaf's code names.
-    pub fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
             0x00 => Some(Self::Unscheduled),
             0x01 => Some(Self::Scheduled),
@@ -86,22 +86,13 @@ impl AccessKind {
 /// Why bytes are not a version 1 leaf.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("not an access leaf of version {ACCESS_LEAF_VERSION}: {0}")]
-pub struct LeafDecodeError(&'static str);
+pub(crate) struct LeafDecodeError(&'static str);
 
-/// The contract's name of a care setting, as the encoding writes it.
-pub fn care_setting_code(setting: CareSetting) -> &'static str {
-    match setting {
-        CareSetting::EmergencyDepartment => "EMERGENCY_DEPARTMENT",
-        CareSetting::OutOfHoursGp => "OUT_OF_HOURS_GP",
-        CareSetting::WalkInCentre => "WALK_IN_CENTRE",
-        CareSetting::MinorInjuriesUnit => "MINOR_INJURIES_UNIT",
-        CareSetting::PaediatricWard => "PAEDIATRIC_WARD",
-        CareSetting::AmbulanceService => "AMBULANCE_SERVICE",
-        CareSetting::MaternityUnit => "MATERNITY_UNIT",
-        CareSetting::GeneralPractice => "GENERAL_PRACTICE",
-        CareSetting::HealthVisiting => "HEALTH_VISITING",
-        CareSetting::SchoolNursing => "SCHOOL_NURSING",
-    }
+/// The contract's name of a care setting, as the encoding writes it: the
+/// vocabulary's [`contract_name`](CareSetting::contract_name), which the
+/// wire contract fixes for good (leaves already signed hold it).
+pub(crate) fn care_setting_code(setting: CareSetting) -> &'static str {
+    setting.contract_name()
 }
 
 /// A text field longer than a u32 can count: never a real access.
@@ -115,7 +106,7 @@ pub struct FieldTooLong {
 /// The fields of one leaf, borrowed from an access, a stored access read in
 /// place or an auditor's read: hashing them allocates nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LeafFields<'a> {
+pub(crate) struct LeafFields<'a> {
     pub kind: AccessKind,
     pub id: u128,
     pub at_micros: i64,
@@ -132,7 +123,7 @@ pub struct LeafFields<'a> {
 
 impl<'a> LeafFields<'a> {
     /// A search, its kind from its `scheduled` mark.
-    pub fn of_search(event: &'a AccessEvent) -> Self {
+    pub(crate) fn of_search(event: &'a AccessEvent) -> Self {
         Self {
             kind: AccessKind::of_search(event),
             id: event.id,
@@ -149,7 +140,7 @@ impl<'a> LeafFields<'a> {
     }
 
     /// A stored search read in place.
-    pub fn of_view(view: &AccessView<'a>) -> Self {
+    pub(crate) fn of_view(view: &AccessView<'a>) -> Self {
         Self {
             kind: if view.scheduled { AccessKind::Scheduled } else { AccessKind::Unscheduled },
             id: view.id,
@@ -166,7 +157,7 @@ impl<'a> LeafFields<'a> {
     }
 
     /// An auditor's read.
-    pub fn of_audit(read: &'a AuditRead) -> Self {
+    pub(crate) fn of_audit(read: &'a AuditRead) -> Self {
         Self {
             kind: AccessKind::Audit,
             id: read.id,
@@ -209,7 +200,7 @@ impl<'a> LeafFields<'a> {
     }
 
     /// The version 1 encoding.
-    pub fn encode(&self) -> Result<Vec<u8>, FieldTooLong> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, FieldTooLong> {
         let capacity = 2 + 16 + 8 + 8 + self.texts().iter().map(|(_, text)| 4 + text.len()).sum::<usize>();
         let mut out = Vec::with_capacity(capacity);
         self.write(|bytes| out.extend_from_slice(bytes))?;
@@ -219,7 +210,7 @@ impl<'a> LeafFields<'a> {
     /// Reads a version 1 encoding back, strictly: every byte accounted for,
     /// each text valid UTF-8, the kind known, so that what a verifier shows
     /// is exactly what the hashed leaf holds (re-encoding gives the same bytes).
-    pub fn decode(bytes: &'a [u8]) -> Result<Self, LeafDecodeError> {
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, LeafDecodeError> {
         let mut rest = bytes;
         let mut take = |count: usize| -> Result<&'a [u8], LeafDecodeError> {
             if rest.len() < count {
@@ -261,7 +252,7 @@ impl<'a> LeafFields<'a> {
     }
 
     /// The RFC 6962 leaf hash, SHA-256(0x00 || encoding), without building the encoding.
-    pub fn leaf_hash(&self) -> Result<Hash, FieldTooLong> {
+    pub(crate) fn leaf_hash(&self) -> Result<Hash, FieldTooLong> {
         let mut hasher = Sha256::new();
         hasher.update([0x00]);
         self.write(|bytes| hasher.update(bytes))?;

@@ -7,7 +7,7 @@ use super::hash::{Hash, node_hash};
 
 /// Why a proof does not verify.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ProofError {
+pub(crate) enum ProofError {
     #[error("leaf {index} is not in a tree of {size} leaves")]
     LeafOutOfRange { index: u64, size: u64 },
     #[error("the proof has {actual} hashes; a proof for these sizes has {expected}")]
@@ -23,7 +23,13 @@ pub enum ProofError {
 }
 
 /// Checks that `leaf` is leaf `index` of the tree of `size` leaves whose root is `root`.
-pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> Result<(), ProofError> {
+pub(crate) fn verify_inclusion(
+    index: u64,
+    size: u64,
+    leaf: &Hash,
+    proof: &[Hash],
+    root: &Hash,
+) -> Result<(), ProofError> {
     let computed = root_from_inclusion_proof(index, size, leaf, proof)?;
     if computed != *root {
         return Err(ProofError::RootMismatch { computed, expected: *root });
@@ -32,7 +38,12 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
 }
 
 /// The root an inclusion proof leads to (RFC 9162 section 2.1.3.2).
-pub fn root_from_inclusion_proof(index: u64, size: u64, leaf: &Hash, proof: &[Hash]) -> Result<Hash, ProofError> {
+pub(crate) fn root_from_inclusion_proof(
+    index: u64,
+    size: u64,
+    leaf: &Hash,
+    proof: &[Hash],
+) -> Result<Hash, ProofError> {
     if index >= size {
         return Err(ProofError::LeafOutOfRange { index, size });
     }
@@ -61,7 +72,7 @@ pub fn root_from_inclusion_proof(index: u64, size: u64, leaf: &Hash, proof: &[Ha
 
 /// Checks that the tree of `old` leaves with root `old_root` is a prefix of
 /// the tree of `new` leaves with root `new_root` (RFC 9162 section 2.1.4.2).
-pub fn verify_consistency(
+pub(crate) fn verify_consistency(
     old: u64,
     new: u64,
     old_root: &Hash,
@@ -130,7 +141,7 @@ pub fn verify_consistency(
 }
 
 /// The number of hashes in PATH(index, D[0:size]).
-pub fn inclusion_proof_length(index: u64, size: u64) -> usize {
+pub(crate) fn inclusion_proof_length(index: u64, size: u64) -> usize {
     // The levels where index and size - 1 still differ, plus the right
     // border levels where the path climbs without a sibling skipped.
     let inner = (u64::BITS - (index ^ (size - 1)).leading_zeros()) as usize;
@@ -142,7 +153,7 @@ pub fn inclusion_proof_length(index: u64, size: u64) -> usize {
 /// the inclusion path of leaf old - 1 above the perfect subtree of 2^t leaves
 /// it ends (t the trailing zeros of old), plus that subtree's root unless it
 /// is the whole old tree.
-pub fn consistency_proof_length(old: u64, new: u64) -> usize {
+pub(crate) fn consistency_proof_length(old: u64, new: u64) -> usize {
     let diverge = (u64::BITS - ((old - 1) ^ (new - 1)).leading_zeros()) as usize;
     let border = ((old - 1) >> diverge).count_ones() as usize;
     let inner = diverge - old.trailing_zeros() as usize;

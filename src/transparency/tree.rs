@@ -36,12 +36,12 @@ pub enum TreeError<E: std::error::Error + 'static> {
 }
 
 /// How many hashes the layout keeps for a tree of `size` leaves.
-pub fn stored_hash_count(size: u64) -> u64 {
+pub(crate) fn stored_hash_count(size: u64) -> u64 {
     2 * size - u64::from(size.count_ones())
 }
 
 /// Where the layout keeps the perfect subtree at `level` and `index`.
-pub fn stored_hash_position(level: u32, index: u64) -> u64 {
+pub(crate) fn stored_hash_position(level: u32, index: u64) -> u64 {
     let last_leaf = ((index + 1) << level) - 1;
     stored_hash_count(last_leaf) + u64::from(level)
 }
@@ -60,6 +60,10 @@ impl<S: HashStore> MerkleLog<S> {
     pub fn open(store: S) -> Result<Self, S> {
         let size = store.tree_size().map_err(TreeError::Store)?;
         let peaks = store.hashes_at(&subtree_positions(0, size)).map_err(TreeError::Store)?;
+        #[allow(
+            clippy::expect_used,
+            reason = "a HashStore returns one hash per position asked (its contract); a store that does not is a bug, not a state to answer"
+        )]
         let frontier = Frontier::from_parts(size, peaks).expect("one peak per set bit of the size");
         Ok(Self { store, frontier })
     }
@@ -84,7 +88,7 @@ impl<S: HashStore> MerkleLog<S> {
     /// The hashes `leaves` would append, in stored order, and the tree size
     /// after them, without writing: for a store that writes them in the same
     /// batch as the records they are the leaves of, then calls [`Self::appended`].
-    pub fn hashes_to_append(&self, leaves: &[Hash]) -> (Vec<Hash>, Frontier) {
+    pub(crate) fn hashes_to_append(&self, leaves: &[Hash]) -> (Vec<Hash>, Frontier) {
         let mut frontier = self.frontier.clone();
         let mut hashes = Vec::with_capacity(leaves.len() * 2);
         for leaf in leaves {
@@ -108,7 +112,7 @@ impl<S: HashStore> MerkleLog<S> {
     }
 
     /// The stored leaf hash at `index`.
-    pub fn leaf_hash(&self, index: u64) -> Result<Hash, S> {
+    pub(crate) fn leaf_hash(&self, index: u64) -> Result<Hash, S> {
         if index >= self.size() {
             return Err(TreeError::LeafOutOfRange { index, size: self.size() });
         }
@@ -127,10 +131,15 @@ impl<S: HashStore> MerkleLog<S> {
 
     /// The frontier of the tree when it held `size` leaves: where a verifier
     /// that no longer has the leaves below `size` (retention) starts from.
-    pub fn frontier_at(&self, size: u64) -> Result<Frontier, S> {
+    pub(crate) fn frontier_at(&self, size: u64) -> Result<Frontier, S> {
         self.check_size(size)?;
         let peaks = self.store.hashes_at(&subtree_positions(0, size)).map_err(TreeError::Store)?;
-        Ok(Frontier::from_parts(size, peaks).expect("one peak per set bit of the size"))
+        #[allow(
+            clippy::expect_used,
+            reason = "a HashStore returns one hash per position asked (its contract); a store that does not is a bug, not a state to answer"
+        )]
+        let frontier = Frontier::from_parts(size, peaks).expect("one peak per set bit of the size");
+        Ok(frontier)
     }
 
     /// PATH(index, D[0:size]): the audit path of leaf `index` in the tree of
@@ -167,7 +176,7 @@ impl<S: HashStore> MerkleLog<S> {
 /// at or above `width`), the fold of the stored perfect subtrees it
 /// decomposes into.
 #[derive(Debug, Clone, Default)]
-pub struct ProofPlan {
+pub(crate) struct ProofPlan {
     /// Per element of every proof: the positions of the hashes it folds.
     elements: Vec<Vec<u64>>,
     /// Per proof: how many of `elements` it has, in order.
@@ -176,7 +185,7 @@ pub struct ProofPlan {
 
 impl ProofPlan {
     /// Adds PATH(index, D[0:size]), nearest the leaf first.
-    pub fn add_inclusion<E: std::error::Error + 'static>(
+    pub(crate) fn add_inclusion<E: std::error::Error + 'static>(
         &mut self,
         index: u64,
         size: u64,
@@ -204,7 +213,7 @@ impl ProofPlan {
     }
 
     /// Adds PROOF(old, D[0:new]); empty when `old` is 0 or `new`.
-    pub fn add_consistency<E: std::error::Error + 'static>(
+    pub(crate) fn add_consistency<E: std::error::Error + 'static>(
         &mut self,
         old: u64,
         new: u64,
@@ -242,7 +251,7 @@ impl ProofPlan {
     }
 
     /// Every stored position the proofs need, once each, in order.
-    pub fn positions(&self) -> Vec<u64> {
+    pub(crate) fn positions(&self) -> Vec<u64> {
         let mut positions: Vec<u64> = self.elements.iter().flatten().copied().collect();
         positions.sort_unstable();
         positions.dedup();
@@ -252,9 +261,13 @@ impl ProofPlan {
     /// The proofs, in the order they were added, from one read of `store`.
     /// Stored hashes never change, so any handle on the store will do, and
     /// nothing needs to be locked while it reads.
-    pub fn read<S: HashStore + ?Sized>(&self, store: &S) -> std::result::Result<Vec<Vec<Hash>>, S::Error> {
+    pub(crate) fn read<S: HashStore + ?Sized>(&self, store: &S) -> std::result::Result<Vec<Vec<Hash>>, S::Error> {
         let positions = self.positions();
         let hashes = store.hashes_at(&positions)?;
+        #[allow(
+            clippy::expect_used,
+            reason = "a HashStore returns one hash per position asked (its contract); a store that does not is a bug, not a state to answer"
+        )]
         let hash_at = |position: &u64| hashes[positions.binary_search(position).expect("every position was read")];
         let mut elements = self.elements.iter().map(|element| {
             let peaks: Vec<Hash> = element.iter().map(hash_at).collect();

@@ -8,23 +8,23 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-pub const STYLESHEET_PATH: &str = "/assets/web.css";
-pub const SCRIPT_PATH: &str = "/assets/web.js";
+pub(crate) const STYLESHEET_PATH: &str = "/assets/web.css";
+pub(crate) const SCRIPT_PATH: &str = "/assets/web.js";
 
 const STYLESHEET: &str = include_str!("assets/web.css");
 const SCRIPT: &str = include_str!("assets/web.js");
 
 /// Nothing but this origin's own stylesheet, script, forms and event
 /// stream; no inline script or style, no framing, no plugins.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-pub async fn stylesheet() -> Response {
+pub(crate) async fn stylesheet() -> Response {
     asset(STYLESHEET, "text/css; charset=utf-8")
 }
 
 /// Browsers ask for it on every site; there is none.
-pub async fn favicon() -> axum::http::StatusCode {
+pub(crate) async fn favicon() -> axum::http::StatusCode {
     axum::http::StatusCode::NO_CONTENT
 }
 
@@ -45,7 +45,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 /// cached, framed or sniffed, no address leaves as a referrer (same-origin
 /// only, which keeps the `Origin` header on the relay's own forms), and
 /// HTTPS is pinned.
-pub fn secure(response: &mut Response) {
+pub(crate) fn secure(response: &mut Response) {
     let headers = response.headers_mut();
     let set = [
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),

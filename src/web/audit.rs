@@ -95,7 +95,7 @@ async fn read_log(web: &Web, viewer: &Viewer, nhs_number: &str) -> Result<Vec<Ac
 }
 
 /// The columns of the CSV, one access a row, oldest first.
-pub const CSV_HEADER: [&str; 10] = [
+pub(crate) const CSV_HEADER: [&str; 10] = [
     "accessed_at",
     "nhs_number",
     "organisation_ods_code",
@@ -117,7 +117,7 @@ fn to_csv(accesses: &[AccessEvent]) -> Result<String, csv::Error> {
             format!("{:010}", access.nhs_number.as_u64()),
             cell(&access.organisation_ods_code),
             cell(&access.organisation_name),
-            layout::care_setting_name(access.care_setting).to_owned(),
+            access.care_setting.display_name().to_owned(),
             cell(&access.accessor.user_id),
             cell(&access.accessor.name),
             cell(&access.accessor.role_code),
@@ -254,7 +254,7 @@ fn table(viewer: &Viewer, nhs_number: &str, accesses: &[AccessEvent], verified: 
                             tr {
                                 td { time datetime=(layout::instant_iso(access.accessed_at)) { (layout::instant(access.accessed_at)) } }
                                 td { (access.organisation_name) " (" (access.organisation_ods_code) ")" }
-                                td { (layout::care_setting_name(access.care_setting)) }
+                                td { (access.care_setting.display_name()) }
                                 td { (access.accessor.name) br; span class="secondary-text" { "user " (access.accessor.user_id) ", role " (access.accessor.role_code) } }
                                 td { @if access.scheduled { span class="tag tag-grey" { "Scheduled (silent)" } } @else { span class="tag" { "Unscheduled (notified)" } } }
                             }

@@ -58,31 +58,8 @@ pub struct SearchForm {
 }
 
 /// The care settings a role searches from, the usual one first.
-fn settings_of(role: Role) -> &'static [CareSetting] {
-    match role {
-        Role::ScheduledCare => &[CareSetting::GeneralPractice, CareSetting::HealthVisiting, CareSetting::SchoolNursing],
-        _ => &[
-            CareSetting::EmergencyDepartment,
-            CareSetting::OutOfHoursGp,
-            CareSetting::WalkInCentre,
-            CareSetting::MinorInjuriesUnit,
-            CareSetting::PaediatricWard,
-            CareSetting::AmbulanceService,
-            CareSetting::MaternityUnit,
-        ],
-    }
-}
-
-fn setting_code(setting: CareSetting) -> String {
-    format!("{setting:?}")
-}
-
-fn parse_setting(text: &str) -> Option<CareSetting> {
-    settings_of(Role::UnscheduledCare)
-        .iter()
-        .chain(settings_of(Role::ScheduledCare))
-        .copied()
-        .find(|setting| setting_code(*setting) == text)
+fn settings_of(role: Role) -> Vec<CareSetting> {
+    CareSetting::of_kind(role == Role::ScheduledCare).collect()
 }
 
 /// GET /card: the empty search form.
@@ -103,7 +80,7 @@ pub async fn search(
     let query = SearchQuery {
         nhs_number: sent.nhs_number.clone(),
         accessor: viewer.accessor(),
-        care_setting: parse_setting(&sent.care_setting),
+        care_setting: CareSetting::from_name(&sent.care_setting),
         // The rendered form's id: sending the same form again (a reload) is a retry.
         request_id: request_id(&sent.request_id),
         scheduled: false,
@@ -142,8 +119,10 @@ fn card_page(
     let answered = result.is_some();
     let (result_title, result) = result.unwrap_or(("Search by NHS number", html! {}));
     let settings = settings_of(viewer.identity.role);
-    let chosen =
-        chosen_setting.and_then(parse_setting).filter(|setting| settings.contains(setting)).unwrap_or(settings[0]);
+    let chosen = chosen_setting
+        .and_then(CareSetting::from_name)
+        .filter(|setting| settings.contains(setting))
+        .unwrap_or(settings[0]);
     let number_error = error.filter(|(field, _)| *field == "nhs_number").map(|(_, message)| message);
     let title = if error.is_some() { "Error: Search by NHS number" } else { result_title };
     layout::page(
@@ -178,8 +157,8 @@ fn card_page(
                 div class="field" {
                     label for="care_setting" { "Where you are seeing them" }
                     select id="care_setting" name="care_setting" {
-                        @for setting in settings {
-                            option value=(setting_code(*setting)) selected[*setting == chosen] { (layout::care_setting_name(*setting)) }
+                        @for setting in &settings {
+                            option value=(setting.name()) selected[*setting == chosen] { (setting.display_name()) }
                         }
                     }
                 }
@@ -271,7 +250,7 @@ fn result(viewer: &Viewer, nhs_number: &str, outcome: &SearchOutcome) -> Markup 
                                 tr {
                                     td { time datetime=(layout::instant_iso(access.accessed_at)) { (layout::instant(access.accessed_at)) } }
                                     td { (&*access.who.organisation_name) " (" (&*access.who.organisation_ods_code) ")" }
-                                    td { (layout::care_setting_name(access.care_setting)) }
+                                    td { (access.care_setting.display_name()) }
                                     td { (&*access.who.name) }
                                 }
                             }

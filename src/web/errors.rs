@@ -95,11 +95,11 @@ impl IntoResponse for WebError {
     }
 }
 
-pub async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     WebError::NotFound.into_response()
 }
 
-pub async fn method_not_allowed() -> Response {
+pub(crate) async fn method_not_allowed() -> Response {
     let mut response = WebError::BadForm("This page does not accept that kind of request.".into()).into_response();
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     response

@@ -32,7 +32,7 @@ use super::{Viewer, Web, WebError, layout, viewer::CSRF_FIELD};
 use crate::{auth, model::Notification, relay::Inbox};
 
 /// Most notifications one inbox page shows (the oldest unacknowledged ones).
-pub const INBOX_LIMIT: usize = 500;
+pub(crate) const INBOX_LIMIT: usize = 500;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct TeamFilter {
@@ -214,7 +214,7 @@ fn row(viewer: &Viewer, notification: &Notification, team: Option<&str>, others:
             }
             dl class="summary compact" {
                 div { dt { "When" } dd { time datetime=(layout::instant_iso(access.accessed_at)) { (layout::instant(access.accessed_at)) } } }
-                div { dt { "Where" } dd { (access.organisation_name) " (" (access.organisation_ods_code) "), " (layout::care_setting_name(access.care_setting)) } }
+                div { dt { "Where" } dd { (access.organisation_name) " (" (access.organisation_ods_code) "), " (access.care_setting.display_name()) } }
                 div { dt { "By" } dd { (access.accessor.name) " (role " (access.accessor.role_code) ", user " (access.accessor.user_id) ")" } }
                 div { dt { "Your record" } dd { (notification.draft.local_id) " · team " (notification.draft.team_code) } }
                 div { dt { "Notification" } dd { "#" (notification.sequence) } }

@@ -9,13 +9,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use maud::{DOCTYPE, Markup, html};
 
 use super::{Viewer, WebError, assets};
-use crate::{
-    auth::Role,
-    model::{CareSetting, PlanType},
-};
+use crate::{auth::Role, model::PlanType};
 
 /// The service's name, as the header shows it.
-pub const SERVICE_NAME: &str = "Child Protection Information Sharing";
+pub(crate) const SERVICE_NAME: &str = "Child Protection Information Sharing";
 
 /// A whole page. `viewer` is `None` on pages shown before anyone is known.
 pub fn page(title: &str, viewer: Option<&Viewer>, content: Markup) -> Markup {
@@ -62,7 +59,7 @@ pub fn page(title: &str, viewer: Option<&Viewer>, content: Markup) -> Markup {
 }
 
 /// The pages of a role, in the navigation's order.
-pub fn pages_for(role: Role) -> &'static [(&'static str, &'static str)] {
+pub(crate) fn pages_for(role: Role) -> &'static [(&'static str, &'static str)] {
     match role {
         Role::UnscheduledCare | Role::ScheduledCare => &[("/card", "Search"), ("/ops", "Service status")],
         Role::SocialCare => &[("/inbox", "Access notifications"), ("/ops", "Service status")],
@@ -100,7 +97,7 @@ pub async fn home(viewer: Result<Viewer, WebError>) -> axum::response::Response 
     .into_response()
 }
 
-pub fn role_name(role: Role) -> &'static str {
+pub(crate) fn role_name(role: Role) -> &'static str {
     match role {
         Role::UnscheduledCare => "Unscheduled care",
         Role::ScheduledCare => "Scheduled care",
@@ -109,16 +106,12 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
-pub fn plan_name(plan_type: PlanType) -> &'static str {
+pub(crate) fn plan_name(plan_type: PlanType) -> &'static str {
     match plan_type {
         PlanType::ChildProtection => "Child protection plan",
         PlanType::LookedAfter => "Looked after child",
         PlanType::UnbornChildProtection => "Unborn child protection plan",
     }
-}
-
-pub fn care_setting_name(setting: CareSetting) -> &'static str {
-    setting.display_name()
 }
 
 /// An NHS number as people read it: 999 684 2177.
@@ -133,12 +126,12 @@ pub fn date(date: NaiveDate) -> String {
 }
 
 /// An instant, to the minute, in UTC (said so).
-pub fn instant(at: DateTime<Utc>) -> String {
+pub(crate) fn instant(at: DateTime<Utc>) -> String {
     at.format("%-d %b %Y %H:%M UTC").to_string()
 }
 
 /// The machine-readable form for `<time datetime>`.
-pub fn instant_iso(at: DateTime<Utc>) -> String {
+pub(crate) fn instant_iso(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

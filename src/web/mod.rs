@@ -82,7 +82,7 @@ pub struct WebSettings {
 /// is on and the FHIR door's JWKS is configured, or the development
 /// certificates (and so the development JWKS) are in use. Otherwise users are
 /// named by their certificates only, and a bearer token is refused.
-pub fn takes_bearer_tokens(config: &crate::config::ServeConfig) -> bool {
+pub(crate) fn takes_bearer_tokens(config: &crate::config::ServeConfig) -> bool {
     config.web_listen.is_some() && (config.fhir_jwks.is_some() || config.ca.is_none())
 }
 
@@ -129,7 +129,7 @@ async fn log_and_secure(request: Request, next: Next) -> Response {
     assets::secure(&mut response);
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_millis() as u64;
-    if status >= 500 || started.elapsed() >= crate::rpc::SLOW_CALL {
+    if status >= 500 || started.elapsed() >= crate::edge::SLOW_CALL {
         tracing::info!(%method, route, status, latency_ms, "web request");
     } else {
         tracing::debug!(%method, route, status, latency_ms, "web request");

@@ -37,19 +37,19 @@ const ERROR_METRICS: [(&str, &str, &str); 6] = [
 const FINE_OUTCOMES: [&str; 2] = ["flagged", "unflagged"];
 
 /// Pages a second, and the burst, per organisation.
-pub const RATE_PER_SECOND: f64 = 1.0;
-pub const BURST: u32 = 10;
+pub(crate) const RATE_PER_SECOND: f64 = 1.0;
+pub(crate) const BURST: u32 = 10;
 
 /// How far back "recent" looks.
 const RECENT: Duration = Duration::from_secs(5 * 60);
 
 /// Snapshots of the error counters, so the page can say what changed recently.
-pub struct ErrorCounts {
+pub(crate) struct ErrorCounts {
     samples: Mutex<VecDeque<(Instant, BTreeMap<String, f64>)>>,
 }
 
 impl ErrorCounts {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { samples: Mutex::new(VecDeque::new()) }
     }
 

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// The name of every form's CSRF field.
-pub const CSRF_FIELD: &str = "csrf";
+pub(crate) const CSRF_FIELD: &str = "csrf";
 
 /// The person behind a request.
 #[derive(Clone, Debug)]
@@ -83,7 +83,7 @@ fn csrf_mac(key: &[u8; 64], identity: &Identity, user: Option<&Accessor>) -> Hma
 impl Viewer {
     /// Refuses a state-changing request that is not this viewer's own: a
     /// missing or wrong CSRF token, or an `Origin`/`Sec-Fetch-Site` from elsewhere.
-    pub fn check_form(&self, web: &Web, headers: &HeaderMap, sent: Option<&str>) -> Result<(), WebError> {
+    pub(crate) fn check_form(&self, web: &Web, headers: &HeaderMap, sent: Option<&str>) -> Result<(), WebError> {
         if headers.get("sec-fetch-site").and_then(|value| value.to_str().ok()).is_some_and(|site| site == "cross-site")
         {
             return Err(WebError::Csrf("the form was sent from another site"));

@@ -40,7 +40,7 @@ use crate::transparency::{VerifierKey, cosignature::Cosigner};
 /// A witness's configuration file (TOML); every path relative to the working directory.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WitnessConfig {
+pub(crate) struct WitnessConfig {
     /// The witness's name (its cosignatures' key name), e.g. `witness.la.example/cpis`.
     pub name: String,
     /// Its Ed25519 key (PKCS#8, owner-only), made by `cpis-relay witness init-key`.
@@ -57,19 +57,19 @@ pub struct WitnessConfig {
 }
 
 impl WitnessConfig {
-    pub fn from_file(path: &std::path::Path) -> Result<Self, WitnessError> {
+    pub(crate) fn from_file(path: &std::path::Path) -> Result<Self, WitnessError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| WitnessError::Io { path: path.to_owned(), source })?;
         toml::from_str(&text).map_err(|error| WitnessError::Config { key: "config", reason: error.to_string() })
     }
 
     /// The listen address.
-    pub fn listen(&self) -> SocketAddr {
+    pub(crate) fn listen(&self) -> SocketAddr {
         self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7380)))
     }
 
     /// The TLS configuration, when `tls_cert` and `tls_key` are given. Blocks.
-    pub fn tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, WitnessError> {
+    pub(crate) fn tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, WitnessError> {
         let (cert, key) = match (&self.tls_cert, &self.tls_key) {
             (None, None) => return Ok(None),
             (Some(cert), Some(key)) => (cert, key),
@@ -90,7 +90,7 @@ impl WitnessConfig {
     }
 
     /// Loads the key and the state. Blocks.
-    pub fn open(&self) -> Result<Witness, WitnessError> {
+    pub(crate) fn open(&self) -> Result<Witness, WitnessError> {
         let cosigner = Cosigner::from_key_file(&self.name, &self.key)
             .map_err(|error| WitnessError::Config { key: "key", reason: error.to_string() })?;
         if self.logs.is_empty() {

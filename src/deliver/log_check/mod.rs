@@ -74,7 +74,7 @@ pub struct LogCheckOptions {
 /// The check: a cheap handle shared by the delivery loop (which records
 /// what it delivered) and the checking task.
 #[derive(Clone)]
-pub struct LogCheck {
+pub(crate) struct LogCheck {
     shared: Arc<Shared>,
 }
 
@@ -109,7 +109,7 @@ impl LogCheck {
     /// Opens the state directory. A configured key that differs from the
     /// one the state was checked with is refused, naming both: the state
     /// directory of another log (or a rotated key) must be moved aside.
-    pub fn open(options: LogCheckOptions, status: Status) -> Result<Self, String> {
+    pub(crate) fn open(options: LogCheckOptions, status: Status) -> Result<Self, String> {
         let (state, saved, pending) = StateDir::open(&options.state_dir)?;
         let saved_key = match &saved.verifier_key {
             Some(text) => Some(VerifierKey::parse(text).map_err(|error| format!("the saved log key: {error}"))?),
@@ -149,7 +149,7 @@ impl LogCheck {
     /// Records a delivered notification, before its acknowledgement, so its
     /// access is checked. A notification naming no access (from a relay
     /// before access ids) is not checked.
-    pub fn delivered(&self, notification: &proto::AccessNotification) {
+    pub(crate) fn delivered(&self, notification: &proto::AccessNotification) {
         let Some(fields) = verdict::notified_fields(notification) else {
             tracing::debug!(sequence = notification.sequence, "notification names no access; not checked");
             return;
@@ -170,7 +170,7 @@ impl LogCheck {
     }
 
     /// Checks every `interval` until `stopping`, against the relays in turn.
-    pub async fn run(self, servers: Vec<String>, pem: PemText, mut stopping: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, servers: Vec<String>, pem: PemText, mut stopping: watch::Receiver<bool>) {
         let mut next_server = 0;
         let mut audit: Option<AuditClient<Channel>> = None;
         let mut said_not_now = None;

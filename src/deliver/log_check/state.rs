@@ -25,11 +25,11 @@ use crate::deliver::files::{DEAD_LETTER_MODE, write_atomically};
 
 const STATE_FILE: &str = "state.json";
 const JOURNAL_FILE: &str = "pending.jsonl";
-pub const EVIDENCE_DIR: &str = "evidence";
+pub(crate) const EVIDENCE_DIR: &str = "evidence";
 
 /// A delivered notification whose access is not confirmed in the log yet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pending {
+pub(crate) struct Pending {
     pub sequence: u64,
     #[serde(with = "uuid_text")]
     pub access_id: u128,
@@ -44,7 +44,7 @@ pub struct Pending {
 
 /// The whole state file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Saved {
+pub(crate) struct Saved {
     /// The relay's log verifier key checked with (configured, or pinned on first use).
     pub verifier_key: Option<String>,
     /// The latest checkpoint trusted: a signed note (with its cosignatures).
@@ -53,7 +53,7 @@ pub struct Saved {
 }
 
 /// The state directory, open.
-pub struct StateDir {
+pub(crate) struct StateDir {
     dir: PathBuf,
     journal: std::fs::File,
 }
@@ -61,7 +61,7 @@ pub struct StateDir {
 impl StateDir {
     /// Opens (creating) `dir` and reads what it holds: the saved state with
     /// the journal's notifications added.
-    pub fn open(dir: &Path) -> Result<(Self, Saved, BTreeMap<u64, Pending>), String> {
+    pub(crate) fn open(dir: &Path) -> Result<(Self, Saved, BTreeMap<u64, Pending>), String> {
         let describe = |error: std::io::Error| format!("{}: {error}", dir.display());
         crate::deliver::files::prepare_dir(dir).map_err(describe)?;
         crate::deliver::files::prepare_dir(&dir.join(EVIDENCE_DIR)).map_err(describe)?;
@@ -102,14 +102,14 @@ impl StateDir {
 
     /// Appends one delivered notification to the journal (written through
     /// to the system, so a crash of the agent keeps it).
-    pub fn append(&mut self, entry: &Pending) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, entry: &Pending) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.journal.write_all(&line)
     }
 
     /// Writes the whole state durably, then empties the journal it includes.
-    pub fn save(&mut self, saved: &Saved) -> std::io::Result<()> {
+    pub(crate) fn save(&mut self, saved: &Saved) -> std::io::Result<()> {
         let bytes = serde_json::to_vec(saved).map_err(std::io::Error::other)?;
         write_atomically(&self.dir, STATE_FILE, &bytes, DEAD_LETTER_MODE)?;
         self.journal.set_len(0)?;
@@ -117,7 +117,7 @@ impl StateDir {
     }
 
     /// Keeps the evidence of one problem in `evidence/`; returns its path.
-    pub fn keep_evidence(&self, name: &str, evidence: &serde_json::Value) -> std::io::Result<PathBuf> {
+    pub(crate) fn keep_evidence(&self, name: &str, evidence: &serde_json::Value) -> std::io::Result<PathBuf> {
         let bytes = serde_json::to_vec_pretty(evidence).map_err(std::io::Error::other)?;
         write_atomically(&self.dir.join(EVIDENCE_DIR), name, &bytes, DEAD_LETTER_MODE)
     }
@@ -126,11 +126,11 @@ impl StateDir {
 mod uuid_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(id: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(id: &u128, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&uuid::Uuid::from_u128(*id))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
         let text = String::deserialize(deserializer)?;
         uuid::Uuid::parse_str(&text).map(|id| id.as_u128()).map_err(serde::de::Error::custom)
     }
@@ -139,12 +139,12 @@ mod uuid_text {
 mod base64_digest {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(digest: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(digest: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
         use base64::{Engine, engine::general_purpose::STANDARD};
         serializer.collect_str(&STANDARD.encode(digest))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
         let text = String::deserialize(deserializer)?;
         use base64::{Engine, engine::general_purpose::STANDARD};
         let bytes = STANDARD.decode(text).map_err(serde::de::Error::custom)?;

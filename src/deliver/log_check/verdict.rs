@@ -18,7 +18,7 @@ use crate::{
 /// A digest of the fields of an access that both its notification and its
 /// log leaf hold (everything but the request id, which only the leaf has).
 /// The agent keeps this instead of the fields: no personal data at rest.
-pub type FieldsDigest = [u8; 32];
+pub(crate) type FieldsDigest = [u8; 32];
 
 fn digest_of(mut fields: LeafFields<'_>) -> Option<FieldsDigest> {
     fields.request_id = "";
@@ -29,7 +29,7 @@ fn digest_of(mut fields: LeafFields<'_>) -> Option<FieldsDigest> {
 /// The digest of the access a notification reports, as an unscheduled
 /// access's leaf would encode it; `None` for a notification too malformed to
 /// name an access (no time, an NHS number that is not digits).
-pub fn notified_fields(notification: &proto::AccessNotification) -> Option<FieldsDigest> {
+pub(crate) fn notified_fields(notification: &proto::AccessNotification) -> Option<FieldsDigest> {
     let at = notification.accessed_at.as_ref()?;
     let at_micros = at.seconds.checked_mul(1_000_000)?.checked_add(i64::from(at.nanos / 1_000))?;
     let accessor = notification.accessor.clone().unwrap_or_default();
@@ -85,7 +85,7 @@ pub fn advance(trusted: &Checkpoint, candidate: &Checkpoint, consistency: &[Hash
 
 /// What a proof says about one delivered notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Its access is in the trusted tree, as the notification described it.
     Confirmed,
     /// Not in the trusted tree yet: ask again with a later checkpoint.
@@ -99,7 +99,7 @@ pub enum Verdict {
 
 /// Checks `proof` (the relay's answer for the notification of
 /// `access_id` and `fields`) against the trusted tree `trusted`.
-pub fn check_proof(
+pub(crate) fn check_proof(
     access_id: u128,
     fields: &FieldsDigest,
     proof: &proto::NotificationProof,

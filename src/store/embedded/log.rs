@@ -169,7 +169,7 @@ impl Appended {
     }
 
     /// After a commit: its positions and leaf hashes, in position order.
-    pub fn push(&self, appended: &[(u64, Hash)]) {
+    pub(crate) fn push(&self, appended: &[(u64, Hash)]) {
         let Some(&(first, _)) = appended.first() else { return };
         let mut leaves = self.leaves();
         // Only a run without gaps is of use: one leaf that could not be hashed ends it.

@@ -12,7 +12,7 @@
 //! A flagged search writes its access, its time entry and one notification
 //! per owning authority, nothing else: an authority's last sequence is its
 //! newest notification's (read on open), and a retried request is recognised
-//! from the accesses, which the relay holds in memory (see `crate::recent`).
+//! from the accesses, which the relay holds in memory (see `crate::accesses`).
 //! The durable part of a batch of searches is one sequential append to the
 //! activity journal and one `fdatasync`: the keyspaces that answer reads are
 //! the engine's memtables, flushed and compacted by its own threads off the
@@ -46,24 +46,24 @@ use serde::{Serialize, de::DeserializeOwned};
 use self::lane::Lane;
 use super::{Applied, Broken, Change, Cursor, Snapshot, Store, StoreError};
 use crate::{
+    accesses::Recent,
     model::{AccessEvent, AccessView, Notification},
     nhs::NhsNumber,
     plan_history::PlanEvent,
-    recent::Recent,
     stored::StoredPlan,
 };
 
 /// The plans database inside the data directory.
-pub const PLANS_DIR: &str = "plans";
+pub(crate) const PLANS_DIR: &str = "plans";
 /// The activity database inside the data directory.
-pub const ACTIVITY_DIR: &str = "activity";
+pub(crate) const ACTIVITY_DIR: &str = "activity";
 /// The file of the store before version 3 (redb), refused with a message.
 const OLD_FILE_NAME: &str = "cpis-relay.redb";
 /// Version 3: two fjall databases, request ids, signed big-endian keys.
 const SCHEMA_VERSION: u64 = 3;
 /// The engines' block caches together, unless configured: reads of plans on
 /// start and of histories on search; the operating system caches the files too.
-pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Memtable size per keyspace before it is flushed to a table file.
 const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// Journal kept per database before the oldest memtables are flushed so it
@@ -254,7 +254,7 @@ pub struct EmbeddedStore {
 
 /// Group-commit counters since the store was opened (both lanes).
 #[derive(Debug, Default)]
-pub struct CommitStats {
+pub(crate) struct CommitStats {
     /// Durable batches committed.
     pub commits: AtomicU64,
     /// Changes carried by those batches.
@@ -268,7 +268,7 @@ impl EmbeddedStore {
     }
 
     /// [`EmbeddedStore::open`] with block caches of `cache_bytes` in all.
-    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+    pub(crate) fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         create_private_dir(data_dir).map_err(|error| StoreError::Io(format!("{}: {error}", data_dir.display())))?;
         if data_dir.join(OLD_FILE_NAME).exists() {
             return Err(StoreError::Corrupt(format!(

@@ -157,7 +157,7 @@ async fn scheduled_reads_never_crowd_the_listed_accesses_out_of_a_search() {
         store.apply(Change::RecordAccess { access: routine, drafts: vec![] }).await.unwrap();
     }
     let recent = store.load().await.unwrap().recent;
-    let listed = recent.with(person, |held| crate::history::listed_accesses(held, None));
+    let listed = recent.with(person, |held| crate::accesses::listed_accesses(held, None));
     let listed: Vec<u128> = listed.iter().map(|access| access.id()).collect();
     assert_eq!(listed, vec![emergency.id], "130 later GP reads do not push the emergency access out");
     let audited = store.accesses_of(person).await.unwrap();

@@ -378,7 +378,7 @@ impl TestRelay {
 /// Synthetic LA contact details for the header of an upload by `ods_code`.
 pub fn authority(ods_code: &str) -> proto::LocalAuthority {
     let known = cpis_relay::synth::authority(ods_code).expect("a synthetic authority");
-    cpis_relay::service::convert::local_authority(&known)
+    cpis_relay::wire::local_authority(&known)
 }
 
 /// The `n`th valid NHS number of the test range, from 999 000 000 0 up.

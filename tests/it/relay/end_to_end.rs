@@ -317,7 +317,7 @@ async fn a_cancelled_search_and_its_retry_notify_once() {
     };
     let mut notifications = Box::pin(relay.relay.subscribe(&identity_706, None).unwrap());
     let query = |user: &str, request_id: &str| {
-        cpis_relay::service::convert::search_query(search_request(&child, user, request_id)).unwrap()
+        cpis_relay::wire::search_query(search_request(&child, user, request_id)).unwrap()
     };
     let request = query("user-a", "cancel-id");
 
@@ -362,7 +362,7 @@ async fn a_racing_copy_takes_over_when_the_first_copy_left_nothing() {
     };
     let mut notifications = Box::pin(relay.relay.subscribe(&identity_706, None).unwrap());
     let query = |user: &str, request_id: &str| {
-        cpis_relay::service::convert::search_query(search_request(&child, user, request_id)).unwrap()
+        cpis_relay::wire::search_query(search_request(&child, user, request_id)).unwrap()
     };
     let search = |request: cpis_relay::relay::SearchQuery| {
         let (relay, ed) = (relay.relay.clone(), ed.clone());

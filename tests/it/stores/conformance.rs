@@ -360,7 +360,7 @@ async fn a_persons_recent_accesses_load_in_time_order_and_the_trail_keeps_every_
         recent.with(child, |held| held.iter().map(|access| (access.accessed_at, access.scheduled)).collect());
     let expected: Vec<(DateTime<Utc>, bool)> = (0..60).map(|minute| (at(minute), minute % 2 == 1)).collect();
     assert_eq!(held, expected, "every access of the day, oldest first, scheduled ones marked");
-    let listed = recent.with(child, |held| cpis_relay::history::listed_accesses(held, None));
+    let listed = recent.with(child, |held| cpis_relay::accesses::listed_accesses(held, None));
     assert!(listed.iter().all(|access| !access.scheduled), "scheduled reads are never listed");
     assert_eq!(recent.with(other, <[_]>::len), 1);
     let trail = subject.store().accesses_of(child).await.unwrap();
@@ -377,7 +377,7 @@ async fn a_request_is_found_only_by_its_whole_key(subject: Subject) {
     let key = made.request_key();
     let recent = subject.store().load().await.unwrap().recent;
     let repeats =
-        |key: &RequestKey| recent.with(key.nhs_number, |held| cpis_relay::history::is_repeat(held, key, at(7)));
+        |key: &RequestKey| recent.with(key.nhs_number, |held| cpis_relay::accesses::is_repeat(held, key, at(7)));
     assert!(repeats(&key), "the request made at minute 5 is known after a reload");
     for other in [
         RequestKey { user_id: "v".into(), ..key.clone() },

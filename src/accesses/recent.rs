@@ -3,9 +3,9 @@
 //! the search path.
 //!
 //! Each person searched holds, oldest first, their newest
-//! [`HISTORY_READ`](crate::history::HISTORY_READ) unscheduled accesses and
+//! [`HISTORY_READ`] unscheduled accesses and
 //! every access (scheduled ones too) of the last
-//! [`REQUEST_ID_WINDOW`](crate::history::REQUEST_ID_WINDOW), up to
+//! [`REQUEST_ID_WINDOW`], up to
 //! [`MAX_KEPT`]. The store stays the system of record: this is rebuilt from it
 //! on start and written by the same code path that commits an access, after
 //! the commit (or after the access is held for retry while the store fails).
@@ -13,25 +13,26 @@
 //! Memory: an access is 48 bytes here, and a person with one access costs
 //! the map slot alone (a `SmallVec` holds one inline). Who searched (organisation, user) is
 //! interned, shared by every access that user made, and the request is kept as
-//! a 64-bit keyed hash of its [`RequestKey`]: compared only with the same
+//! a 64-bit keyed hash of its [`RequestKey`](crate::model::RequestKey): compared only with the same
 //! person's requests of the last 24 hours, a false match is about n / 2^64
 //! for n such requests.
 //!
 //! The people map is a `DashMap`: a search reads one shard under its read
 //! lock for the few microseconds the listing takes; a commit writes one entry.
 
-use std::{
-    hash::BuildHasher,
-    sync::{Arc, OnceLock},
-};
+use std::{hash::BuildHasher, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
+use super::{
+    HISTORY_READ, REQUEST_ID_WINDOW,
+    access::{RecentAccess, Who, hash_request, request_hasher},
+    listing::mark_listed,
+};
 use crate::{
-    history::{self, HISTORY_READ, REQUEST_ID_WINDOW},
-    model::{AccessEvent, AccessView, CareSetting, RequestKey},
+    model::{AccessEvent, AccessView},
     nhs::{FastHash, NhsNumber},
 };
 
@@ -40,58 +41,6 @@ use crate::{
 /// of the day forgotten here (a retry of one notifies again: a duplicate,
 /// never a loss).
 pub const MAX_KEPT: usize = 4096;
-
-/// Who made an access: one organisation's user, shared by all their accesses.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Who {
-    pub organisation_ods_code: Box<str>,
-    pub organisation_name: Box<str>,
-    pub user_id: Box<str>,
-    pub name: Box<str>,
-    pub role_code: Box<str>,
-    /// A keyed hash of the organisation and user id: the user as the
-    /// same-user listing rule counts them (the name may differ between two
-    /// accesses of one user).
-    pub user_key: u64,
-}
-
-/// One access as memory keeps it.
-#[derive(Clone, Debug)]
-pub struct RecentAccess {
-    pub accessed_at: DateTime<Utc>,
-    pub who: Arc<Who>,
-    /// [`request_hash`] of the search's request.
-    pub request: u64,
-    /// The stored access's id, split so the struct keeps 8-byte alignment.
-    id: [u64; 2],
-    pub care_setting: CareSetting,
-    pub scheduled: bool,
-    /// Listed among previous accesses (see [`crate::history::listed_accesses`]),
-    /// decided when the access joins the list, from the accesses before it.
-    pub listed: bool,
-}
-
-impl RecentAccess {
-    pub fn id(&self) -> u128 {
-        (u128::from(self.id[0]) << 64) | u128::from(self.id[1])
-    }
-}
-
-/// The process's key for request hashes: random, so that no caller can
-/// choose request ids that collide.
-fn request_hasher() -> &'static std::collections::hash_map::RandomState {
-    static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    STATE.get_or_init(std::collections::hash_map::RandomState::new)
-}
-
-/// The keyed hash memory keeps of a request.
-pub fn request_hash(key: &RequestKey) -> u64 {
-    hash_request(&key.organisation_ods_code, &key.user_id, key.nhs_number, key.care_setting, &key.request_id)
-}
-
-fn hash_request(organisation: &str, user: &str, nhs_number: NhsNumber, care_setting: CareSetting, id: &str) -> u64 {
-    request_hasher().hash_one((organisation, user, nhs_number, care_setting, id))
-}
 
 /// Interned [`Who`]s by a hash of their text; equal hashes are compared in full.
 #[derive(Default)]
@@ -192,7 +141,7 @@ impl Recent {
     }
 
     /// Adds an access just committed, as stored; one already known is ignored.
-    pub fn record_view(&self, access: &AccessView<'_>) {
+    pub(crate) fn record_view(&self, access: &AccessView<'_>) {
         let recent = self.remembered(access);
         let mut accesses = self.shared.people.entry(access.nhs_number).or_default();
         let at = accesses.partition_point(|kept| (kept.accessed_at, kept.id()) < (recent.accessed_at, recent.id()));
@@ -205,17 +154,17 @@ impl Recent {
             accesses.reserve_exact(1);
         }
         accesses.insert(at, recent);
-        history::mark_listed(&mut accesses, at);
+        mark_listed(&mut accesses, at);
         let newest = accesses.last().map_or(access.accessed_at, |last| last.accessed_at);
         trim(&mut accesses, newest);
     }
 
     /// Forgets one access (held, then found to repeat a request another node stored).
-    pub fn forget(&self, nhs_number: NhsNumber, id: u128) {
+    pub(crate) fn forget(&self, nhs_number: NhsNumber, id: u128) {
         let id = [(id >> 64) as u64, id as u64];
         self.shared.people.remove_if_mut(&nhs_number, |_, accesses| {
             accesses.retain(|access| access.id != id);
-            history::mark_listed(accesses, 0);
+            mark_listed(accesses, 0);
             accesses.is_empty()
         });
     }
@@ -223,12 +172,12 @@ impl Recent {
     /// Builds a person's accesses from their stored ones, any order. The
     /// request window is taken back from their newest access: at worst a few
     /// more are kept than the window needs.
-    pub fn load_person<'a>(&self, nhs_number: NhsNumber, views: impl IntoIterator<Item = AccessView<'a>>) {
+    pub(crate) fn load_person<'a>(&self, nhs_number: NhsNumber, views: impl IntoIterator<Item = AccessView<'a>>) {
         let mut accesses: Accesses = views.into_iter().map(|view| self.remembered(&view)).collect();
         let Some(newest) = accesses.iter().map(|access| access.accessed_at).max() else { return };
         accesses.sort_by_key(|access| (access.accessed_at, access.id()));
         accesses.dedup_by_key(|access| access.id());
-        history::mark_listed(&mut accesses, 0);
+        mark_listed(&mut accesses, 0);
         trim(&mut accesses, newest);
         if !accesses.is_empty() {
             self.shared.people.insert(nhs_number, accesses);
@@ -248,7 +197,7 @@ impl Recent {
     pub fn convert<'a>(&self, newest_first: impl IntoIterator<Item = AccessView<'a>>) -> Vec<RecentAccess> {
         let mut accesses: Vec<RecentAccess> = newest_first.into_iter().map(|view| self.remembered(&view)).collect();
         accesses.reverse();
-        history::mark_listed(&mut accesses, 0);
+        mark_listed(&mut accesses, 0);
         accesses
     }
 
@@ -325,7 +274,10 @@ mod tests {
     use chrono::Duration;
 
     use super::*;
-    use crate::model::Accessor;
+    use crate::{
+        accesses::request_hash,
+        model::{Accessor, CareSetting, RequestKey},
+    };
 
     fn access(minutes: i64, user: &str, request: &str, scheduled: bool) -> AccessEvent {
         AccessEvent {

@@ -1,14 +1,16 @@
-//! Wire messages to the domain's input types (what a caller sent, not yet
-//! validated), and domain values to wire messages. One function per
-//! message; no logic beyond the mapping.
+//! The `cpis.v1` wire messages to the domain's input types (what a caller
+//! sent, not yet validated), and domain values to wire messages: the one
+//! conversion the gRPC door, the CLI clients, record files and the tools
+//! share. One function per message; no logic beyond the mapping, no door's
+//! concerns (identity, admission, `Status`).
 
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{
+    accesses::RecentAccess,
     error::{Error, Result},
     model::{AccessEvent, Accessor, Address, CareSetting, LocalAuthority, Notification, Plan, PlanType},
     proto,
-    recent::RecentAccess,
     relay::{
         SearchOutcome, SearchQuery, SentPlanRecord, SentPlanType, SentUploadHeader, UploadMode, UploadOutcome,
         UploadStatus,
@@ -33,27 +35,18 @@ pub fn search_query(request: proto::SearchRequest) -> Result<SearchQuery> {
 }
 
 /// `None` for UNSPECIFIED.
-pub fn care_setting_from_wire(value: i32) -> Result<Option<CareSetting>> {
-    use proto::CareSetting as Wire;
-    let setting = match Wire::try_from(value) {
-        Ok(Wire::Unspecified) => return Ok(None),
-        Ok(Wire::EmergencyDepartment) => CareSetting::EmergencyDepartment,
-        Ok(Wire::OutOfHoursGp) => CareSetting::OutOfHoursGp,
-        Ok(Wire::WalkInCentre) => CareSetting::WalkInCentre,
-        Ok(Wire::MinorInjuriesUnit) => CareSetting::MinorInjuriesUnit,
-        Ok(Wire::PaediatricWard) => CareSetting::PaediatricWard,
-        Ok(Wire::AmbulanceService) => CareSetting::AmbulanceService,
-        Ok(Wire::MaternityUnit) => CareSetting::MaternityUnit,
-        Ok(Wire::GeneralPractice) => CareSetting::GeneralPractice,
-        Ok(Wire::HealthVisiting) => CareSetting::HealthVisiting,
-        Ok(Wire::SchoolNursing) => CareSetting::SchoolNursing,
-        Err(_) => return Err(Error::invalid("care_setting", format!("{value} is not a care setting"))),
-    };
-    Ok(Some(setting))
+pub(crate) fn care_setting_from_wire(value: i32) -> Result<Option<CareSetting>> {
+    if value == proto::CareSetting::Unspecified as i32 {
+        return Ok(None);
+    }
+    match CareSetting::from_wire_code(value) {
+        Some(setting) => Ok(Some(setting)),
+        None => Err(Error::invalid("care_setting", format!("{value} is not a care setting"))),
+    }
 }
 
 /// A wire plan type as sent: an unknown number is kept for the domain to refuse.
-pub fn plan_type_from_wire(value: i32) -> SentPlanType {
+pub(crate) fn plan_type_from_wire(value: i32) -> SentPlanType {
     use proto::PlanType as Wire;
     match Wire::try_from(value) {
         Ok(Wire::Unspecified) => SentPlanType::Unspecified,
@@ -65,7 +58,7 @@ pub fn plan_type_from_wire(value: i32) -> SentPlanType {
 }
 
 /// The header of a wire upload as sent; a mode it does not name is `None`.
-pub fn upload_header_from_wire(header: proto::UploadHeader) -> SentUploadHeader {
+pub(crate) fn upload_header_from_wire(header: proto::UploadHeader) -> SentUploadHeader {
     let mode = match proto::UploadMode::try_from(header.mode) {
         Ok(proto::UploadMode::Incremental) => Some(UploadMode::Incremental),
         Ok(proto::UploadMode::FullRefresh) => Some(UploadMode::FullRefresh),
@@ -121,21 +114,6 @@ pub fn plan_type(plan_type: PlanType) -> proto::PlanType {
     }
 }
 
-pub fn care_setting(setting: CareSetting) -> proto::CareSetting {
-    match setting {
-        CareSetting::EmergencyDepartment => proto::CareSetting::EmergencyDepartment,
-        CareSetting::OutOfHoursGp => proto::CareSetting::OutOfHoursGp,
-        CareSetting::WalkInCentre => proto::CareSetting::WalkInCentre,
-        CareSetting::MinorInjuriesUnit => proto::CareSetting::MinorInjuriesUnit,
-        CareSetting::PaediatricWard => proto::CareSetting::PaediatricWard,
-        CareSetting::AmbulanceService => proto::CareSetting::AmbulanceService,
-        CareSetting::MaternityUnit => proto::CareSetting::MaternityUnit,
-        CareSetting::GeneralPractice => proto::CareSetting::GeneralPractice,
-        CareSetting::HealthVisiting => proto::CareSetting::HealthVisiting,
-        CareSetting::SchoolNursing => proto::CareSetting::SchoolNursing,
-    }
-}
-
 fn address(address: &Address) -> proto::Address {
     proto::Address { lines: address.lines.clone(), postcode: address.postcode.clone() }
 }
@@ -159,8 +137,8 @@ pub fn local_authority(authority: &LocalAuthority) -> proto::LocalAuthority {
 
 /// Moves an access's text into the wire record: a search answers with up
 /// to 25 of them, and none is needed afterwards.
-pub fn access_record(access: AccessEvent) -> proto::AccessRecord {
-    let care_setting = care_setting(access.care_setting) as i32;
+pub(crate) fn access_record(access: AccessEvent) -> proto::AccessRecord {
+    let care_setting = access.care_setting.wire_code();
     proto::AccessRecord {
         accessed_at: Some(timestamp(access.accessed_at)),
         organisation_ods_code: access.organisation_ods_code,
@@ -183,7 +161,7 @@ fn listed_access_record(access: &RecentAccess) -> proto::AccessRecord {
         accessed_at: Some(timestamp(access.accessed_at)),
         organisation_ods_code: who.organisation_ods_code.to_string(),
         organisation_name: who.organisation_name.to_string(),
-        care_setting: care_setting(access.care_setting) as i32,
+        care_setting: access.care_setting.wire_code(),
         accessor: Some(proto::Accessor {
             user_id: who.user_id.to_string(),
             name: who.name.to_string(),
@@ -221,7 +199,7 @@ pub fn search_response(outcome: SearchOutcome) -> proto::SearchResponse {
     }
 }
 
-pub fn plan_record(plan: &Plan) -> proto::PlanRecord {
+pub(crate) fn plan_record(plan: &Plan) -> proto::PlanRecord {
     proto::PlanRecord {
         nhs_number: plan.nhs_number.to_string(),
         local_id: plan.local_id.clone(),
@@ -249,14 +227,14 @@ pub fn notification(notification: &Notification) -> proto::AccessNotification {
         team_code: notification.draft.team_code.clone(),
         organisation_ods_code: access.organisation_ods_code.clone(),
         organisation_name: access.organisation_name.clone(),
-        care_setting: care_setting(access.care_setting) as i32,
+        care_setting: access.care_setting.wire_code(),
         accessor: Some(accessor(&access.accessor)),
         traceparent: notification.draft.traceparent.clone(),
         access_id: uuid::Uuid::from_u128(access.id).to_string(),
     }
 }
 
-pub fn upload_report(outcome: UploadOutcome) -> proto::UploadReport {
+pub(crate) fn upload_report(outcome: UploadOutcome) -> proto::UploadReport {
     proto::UploadReport {
         status: match outcome.status {
             UploadStatus::AllLoaded => proto::UploadStatus::AllLoaded,
@@ -291,10 +269,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_care_setting_has_the_contract_name_of_its_wire_value() {
+    fn each_care_setting_has_the_contract_name_and_number_of_its_wire_value() {
         for setting in CareSetting::ALL {
-            assert_eq!(care_setting(setting).as_str_name(), setting.contract_name());
-            assert_eq!(care_setting_from_wire(care_setting(setting) as i32).unwrap(), Some(setting));
+            let wire = proto::CareSetting::try_from(setting.wire_code()).unwrap();
+            assert_eq!(wire.as_str_name(), setting.contract_name());
+            assert_eq!(care_setting_from_wire(wire as i32).unwrap(), Some(setting));
+        }
+        assert_eq!(care_setting_from_wire(proto::CareSetting::Unspecified as i32).unwrap(), None);
+        assert!(care_setting_from_wire(11).is_err());
+        for wire in 1..=10 {
+            assert!(CareSetting::from_wire_code(wire).is_some(), "every contract value {wire} is a setting");
         }
     }
 }
