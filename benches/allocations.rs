@@ -29,8 +29,9 @@ use cpis_relay::{
     clock::SystemClock,
     proto,
     relay::{Relay, RelaySettings},
-    service::{answer::SearchAnswer, convert},
+    service::answer::SearchAnswer,
     store::{Store, embedded::EmbeddedStore, memory::MemoryStore},
+    wire as convert,
 };
 use prost::Message;
 

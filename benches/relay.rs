@@ -14,10 +14,9 @@ use cpis_relay::{
     model::{AccessEvent, Accessor, Address, CareSetting, NotificationDraft, Plan, PlanType},
     nhs::NhsNumber,
     relay::{Relay, RelaySettings, UploadHeader, UploadMode},
-    service,
     store::{Change, Store, embedded::EmbeddedStore, memory::MemoryStore},
     stored::StoredPlan,
-    synth,
+    synth, wire,
 };
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -152,7 +151,7 @@ fn full_refresh(c: &mut Criterion) {
     let today = chrono::Utc::now().date_naive();
     let records: Vec<_> = synth::generate(150_000, 7, today)
         .into_iter()
-        .map(|record| service::convert::plan_record_from_wire(record.record))
+        .map(|record| wire::plan_record_from_wire(record.record))
         .take(150_000)
         .collect();
     let authority = synth::authority("706").unwrap();

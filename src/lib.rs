@@ -46,9 +46,6 @@
 pub mod access_log;
 pub mod accesses;
 pub mod auth;
-// The bench is being reworked at the same time: narrowed, and its few unwraps
-// answered, with that work.
-#[allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 pub mod bench;
 pub mod certs;
 pub mod cli;
@@ -81,17 +78,3 @@ pub mod transparency;
 pub mod web;
 pub mod wire;
 pub mod witness;
-
-/// The paths two [`accesses`] items had before accesses in memory were one
-/// module, still named by the PostgreSQL store and the bench; new code names
-/// `accesses`.
-#[doc(hidden)]
-pub mod history {
-    pub use crate::accesses::{PREVIOUS_ACCESSES_SHOWN, REQUEST_ID_WINDOW};
-}
-
-/// See [`history`]: the old path of [`accesses::Recent`].
-#[doc(hidden)]
-pub mod recent {
-    pub use crate::accesses::Recent;
-}

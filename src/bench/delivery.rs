@@ -29,7 +29,7 @@ impl Default for DeliveryTimings {
     fn default() -> Self {
         Self {
             pending: Default::default(),
-            latencies: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")),
+            latencies: Mutex::new(super::load::latency_histogram(60_000_000)),
             answers: Default::default(),
             matched: watch::Sender::new(0),
         }

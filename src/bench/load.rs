@@ -48,7 +48,13 @@ pub struct LoadReport {
 }
 
 fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
+    latency_histogram(60_000_000)
+}
+
+/// A histogram of microseconds from 1 to `max`, three significant figures.
+pub(crate) fn latency_histogram(max: u64) -> Histogram<u64> {
+    #[allow(clippy::expect_used, reason = "the bounds are the bench's constants: 1 < 2 * 1 <= max, 3 figures")]
+    Histogram::new_with_bounds(1, max, 3).expect("constant bounds are valid")
 }
 
 impl LoadReport {

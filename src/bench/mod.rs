@@ -23,9 +23,8 @@ use crate::{
     model::LocalAuthority,
     proto,
     relay::{Relay, RelaySettings, UploadHeader, UploadMode},
-    service::convert,
     store::StoreError,
-    synth,
+    synth, wire as convert,
 };
 
 /// Resident set size of this process in bytes (Linux), for memory figures.
@@ -99,7 +98,7 @@ pub async fn load_people(
         let mine: Vec<_> = records
             .iter()
             .filter(|record| record.la_ods_code == authority.ods_code)
-            .map(|record| crate::service::convert::plan_record_from_wire(record.record.clone()))
+            .map(|record| crate::wire::plan_record_from_wire(record.record.clone()))
             .collect();
         // Each load replaces whatever set the relay held: the removal is the point.
         let header = UploadHeader {

@@ -176,7 +176,7 @@ impl Default for Tally {
             flagged: HashMap::new(),
             wrong: 0,
             errors: BTreeMap::new(),
-            latencies: Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant bounds are valid"),
+            latencies: super::load::latency_histogram(600_000_000),
         }
     }
 }
@@ -191,7 +191,7 @@ pub fn summary(values: &[f64]) -> Value {
 
 /// What the agents' webhook received against what was answered.
 pub fn delivery_report(tally: &Tally, arrivals: &[Arrival], expected: &HashSet<&str>) -> Value {
-    let mut latencies = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("constant bounds are valid");
+    let mut latencies = super::load::latency_histogram(600_000_000);
     let mut first: HashMap<&str, &Arrival> = HashMap::new();
     let mut ids_per_user: HashMap<&str, HashSet<&str>> = HashMap::new();
     let mut last_sequence: HashMap<&str, u64> = HashMap::new();

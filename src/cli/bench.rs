@@ -28,7 +28,7 @@ fn failed(error: impl std::fmt::Display) -> CliError {
     CliError::Failed(error.to_string())
 }
 
-pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
+pub(super) async fn run(args: BenchArgs) -> Result<u8, CliError> {
     certs::ensure_dev(&args.certs_dir).map_err(failed)?;
     match args.scenario {
         Scenario::Load => super::bench_grpc::load_scenario(&args).await,

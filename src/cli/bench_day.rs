@@ -79,7 +79,7 @@ impl Cluster {
     }
 }
 
-pub async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
+pub(super) async fn national_day(args: &BenchArgs) -> Result<u8, CliError> {
     if !matches!(args.store, StoreKind::Postgres(_)) {
         return Err(CliError::Config(
             "--scenario national-day runs relay nodes on one PostgreSQL: give --store postgres://... \

@@ -13,7 +13,7 @@ use rand::{Rng, rngs::StdRng};
 use tonic::transport::Channel;
 
 use super::CliError;
-use crate::{model::LocalAuthority, proto, proto::lookup_client::LookupClient, service::convert};
+use crate::{model::LocalAuthority, proto, proto::lookup_client::LookupClient, wire as convert};
 
 fn failed(error: impl std::fmt::Display) -> CliError {
     CliError::Failed(error.to_string())

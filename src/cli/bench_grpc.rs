@@ -98,7 +98,7 @@ async fn save_echo_responses(
 }
 
 fn history_shown() -> usize {
-    crate::history::PREVIOUS_ACCESSES_SHOWN
+    crate::accesses::PREVIOUS_ACCESSES_SHOWN
 }
 
 /// FULL_REFRESHes of `records` plans as authority 706, back to back until
@@ -136,7 +136,7 @@ fn refresh_records(count: usize) -> Vec<proto::PlanRecord> {
         .collect()
 }
 
-pub async fn load_scenario(args: &BenchArgs) -> Result<u8, CliError> {
+pub(super) async fn load_scenario(args: &BenchArgs) -> Result<u8, CliError> {
     let ed = pem(args, "ed-rr8")?;
     let target = target(args).await?;
     let url = target.url.clone();
@@ -336,7 +336,7 @@ fn print_table(report: &serde_json::Value) {
 /// the search's answer and its notification's arrival at the owning
 /// authority's subscriber (both on this machine's clock; a notification that
 /// beats the answer to the client counts as zero).
-pub async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
+pub(super) async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
     let target = target(args).await?;
     let flagged: HashSet<String> = upload_to_external(args, &target.url).await?.into_iter().collect();
     let timings = Arc::new(bench::delivery::DeliveryTimings::default());
@@ -407,7 +407,7 @@ pub async fn delivery(args: &BenchArgs) -> Result<u8, CliError> {
 /// Times FULL_REFRESH uploads of `--records` plans as authority 706 over gRPC
 /// (records built in memory first, so only the RPC is timed): the first
 /// replaces the few plans the bench loaded, the second replaces itself.
-pub async fn refresh(args: &BenchArgs) -> Result<u8, CliError> {
+pub(super) async fn refresh(args: &BenchArgs) -> Result<u8, CliError> {
     let target = target(args).await?;
     upload_to_external(&BenchArgs { people: 100, ..args.clone() }, &target.url).await?;
     let records = refresh_records(args.records);

@@ -5,17 +5,11 @@
 mod audit;
 mod audit_proof;
 mod audit_trusted;
-#[allow(unreachable_pub)] // see `store::postgres`: narrowed with the bench's rework
 mod bench;
-#[allow(unreachable_pub)] // see `store::postgres`: narrowed with the bench's rework
 mod bench_args;
-#[allow(unreachable_pub)] // see `store::postgres`: narrowed with the bench's rework
 mod bench_day;
-#[allow(unreachable_pub)] // see `store::postgres`: narrowed with the bench's rework
 mod bench_day_faults;
-#[allow(unreachable_pub)] // see `store::postgres`: narrowed with the bench's rework
 mod bench_day_uploads;
-#[allow(unreachable_pub)] // see `store::postgres`: narrowed with the bench's rework
 mod bench_grpc;
 mod clients;
 mod deliver;

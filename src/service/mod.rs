@@ -4,11 +4,6 @@
 
 pub mod answer;
 
-/// The wire conversion at the path the bench and the benchmarks still name;
-/// it lives in [`crate::wire`], shared by every door and tool.
-#[doc(hidden)]
-pub use crate::wire as convert;
-
 mod audit;
 mod lookup;
 mod notifications;

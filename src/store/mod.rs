@@ -21,9 +21,6 @@ pub mod error;
 pub mod faults;
 pub mod log;
 pub mod memory;
-// `pub` narrowed to what other crates use everywhere but here and in the bench,
-// whose files are being reworked at the same time; they follow.
-#[allow(unreachable_pub)]
 pub mod postgres;
 pub mod writes;
 

@@ -296,7 +296,7 @@ async fn commit(pool: &Pool, batch: &[AccessJob], writer: &Writer) -> Result<Vec
     let requests: Vec<&str> = order.iter().map(|i| access(i).request_id.as_str()).collect();
     let bytes: Vec<&[u8]> = records.iter().map(StoredAccess::bytes).collect();
     // The window the relay applies in memory too: one constant, not a second copy in SQL.
-    let window_seconds = crate::history::REQUEST_ID_WINDOW.num_seconds() as f64;
+    let window_seconds = crate::accesses::REQUEST_ID_WINDOW.num_seconds() as f64;
     let (mut draft_accesses, mut draft_authorities, mut drafts) = (Vec::new(), Vec::new(), Vec::new());
     let mut traceparents: Vec<Option<&str>> = Vec::new();
     for index in &order {

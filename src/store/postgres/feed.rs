@@ -44,7 +44,7 @@ use crate::{
 };
 
 /// The notification channel writers and listeners use.
-pub const CHANNEL: &str = "cpis_relay";
+pub(super) const CHANNEL: &str = "cpis_relay";
 
 /// A plan change as the feed keeps it.
 #[derive(Serialize, Deserialize)]
@@ -160,7 +160,7 @@ fn parse_positions(payload: &str) -> Hint {
 }
 
 /// How long a read of the feed runs before the database is checked afresh.
-pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+pub(super) const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// How long a new connection may take to answer that check.
 const PROBE_WITHIN: Duration = Duration::from_secs(1);
 
@@ -175,7 +175,7 @@ pub(super) struct Stalls {
 }
 
 impl Stalls {
-    pub fn of(connector: &Connector, abandon: Abandon) -> Self {
+    pub(super) fn of(connector: &Connector, abandon: Abandon) -> Self {
         let config = &connector.config;
         let ports = config.get_ports();
         let hosts = config

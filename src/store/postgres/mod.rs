@@ -32,10 +32,10 @@ pub use schema::SCHEMA_VERSION;
 
 use super::{Applied, Change, Cursor, Feed, Snapshot, Store, StoreError};
 use crate::{
+    accesses::Recent,
     model::{AccessEvent, LocalAuthority, Notification, NotificationDraft, PlanType},
     nhs::NhsNumber,
     plan_history::PlanEvent,
-    recent::Recent,
     stored::{StoredAccess, StoredPlan},
 };
 
@@ -279,6 +279,14 @@ impl Store for PostgresStore {
                 async move {
                     sent.map_err(|_| StoreError::Closed)?;
                     answer.await.map_err(|_| StoreError::Closed)?
+                }
+                .boxed()
+            }
+            Change::Expire(expiry) => {
+                let pool = self.pool.clone();
+                async move {
+                    let mut client = pool.get().await.map_err(pool_error)?;
+                    Ok(Applied::Expired(retention::expire(&mut client, &expiry).await?))
                 }
                 .boxed()
             }

@@ -19,7 +19,7 @@ pub(super) struct OwnPositions(Mutex<BTreeMap<u64, u64>>);
 
 impl OwnPositions {
     /// Positions `[start, end)` were committed by this node.
-    pub fn record(&self, start: u64, end: u64) {
+    pub(super) fn record(&self, start: u64, end: u64) {
         if start >= end {
             return;
         }
@@ -47,7 +47,7 @@ impl OwnPositions {
     /// Where a read from `position` should start: past the run of this
     /// node's positions that `position` falls in, if any. Runs below it are
     /// forgotten (the feed never reads below where it has read).
-    pub fn skip(&self, position: u64) -> u64 {
+    pub(super) fn skip(&self, position: u64) -> u64 {
         let mut runs = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut from = position;
         if let Some((&start, &end)) = runs.range(..=from).next_back()

@@ -181,7 +181,7 @@ DROP INDEX IF EXISTS cpis_requests_by_time;
 ";
 
 /// Brings the schema up to [`SCHEMA_VERSION`]; refuses a newer one.
-pub async fn migrate(client: &mut Client) -> Result<i32, StoreError> {
+pub(super) async fn migrate(client: &mut Client) -> Result<i32, StoreError> {
     let transaction = client.transaction().await.map_err(db_error)?;
     transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_error)?;
     transaction

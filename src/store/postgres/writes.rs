@@ -1,7 +1,8 @@
 //! Every write but a flagged search: plan changes, each a transaction (which
 //! also takes the next plan feed version, in commit order, and wakes the
 //! other nodes), and acknowledgements and auditors' reads, each one
-//! statement; retention is `super::retention`. No lock a search batch takes
+//! statement. Searches are `super::accesses`' and retention `super::retention`'s,
+//! dispatched by the store before this module. No lock a search batch takes
 //! (the `cpis_log` row, an authority's cursor row) is held across a round
 //! trip to this node.
 
@@ -52,7 +53,7 @@ pub(super) async fn apply(pool: Pool, change: Change) -> Result<Applied, StoreEr
                 .map_err(db_error)?;
             Ok(Applied::Committed)
         }
-        Change::Expire(expiry) => Ok(Applied::Expired(super::retention::expire(&mut client, expiry).await?)),
+        Change::Expire(_) => Err(StoreError::Corrupt("retention is written by the store's retention".into())),
         Change::RecordAccess { .. } => Err(StoreError::Corrupt("searches are written by the access writer".into())),
         Change::RecordAudit(read) => {
             // The next log position under the log row's lock, like a batch of
