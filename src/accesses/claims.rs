@@ -88,27 +88,8 @@ impl Drop for Waiting<'_> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{DateTime, Duration};
-
     use super::*;
-    use crate::{
-        model::{AccessEvent, Accessor, CareSetting},
-        nhs::NhsNumber,
-    };
-
-    fn access(minutes: i64, organisation: &str, user: &str) -> AccessEvent {
-        AccessEvent {
-            id: minutes as u128,
-            accessed_at: DateTime::UNIX_EPOCH + Duration::minutes(minutes),
-            nhs_number: NhsNumber::parse("9990000026").unwrap(),
-            organisation_ods_code: organisation.into(),
-            organisation_name: "Org".into(),
-            care_setting: CareSetting::EmergencyDepartment,
-            accessor: Accessor { user_id: user.into(), name: "U".into(), role_code: String::new() },
-            request_id: format!("r{minutes}"),
-            scheduled: false,
-        }
-    }
+    use crate::{accesses::test_access as access, nhs::NhsNumber};
 
     #[tokio::test]
     async fn a_racing_copy_waits_for_the_first_claim_to_end() {

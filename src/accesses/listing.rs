@@ -63,24 +63,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        accesses::Recent,
-        model::{AccessEvent, Accessor, CareSetting},
-        nhs::NhsNumber,
+        accesses::{Recent, test_access as access},
+        model::{AccessEvent, CareSetting},
     };
-
-    fn access(minutes: i64, organisation: &str, user: &str) -> AccessEvent {
-        AccessEvent {
-            id: minutes as u128,
-            accessed_at: DateTime::UNIX_EPOCH + Duration::minutes(minutes),
-            nhs_number: NhsNumber::parse("9990000026").unwrap(),
-            organisation_ods_code: organisation.into(),
-            organisation_name: "Org".into(),
-            care_setting: CareSetting::EmergencyDepartment,
-            accessor: Accessor { user_id: user.into(), name: "U".into(), role_code: String::new() },
-            request_id: format!("r{minutes}"),
-            scheduled: false,
-        }
-    }
 
     /// The accesses as memory holds them, oldest first.
     fn held(events: &[AccessEvent]) -> Vec<RecentAccess> {

@@ -37,3 +37,21 @@ pub const REQUEST_ID_WINDOW: Duration = Duration::hours(24);
 /// hours folded into them. Only a person looked up more than this many times
 /// by repeating users could list fewer than 25.
 pub(crate) const HISTORY_READ: usize = 128;
+
+/// An emergency department's access to one synthetic person, `minutes` after
+/// the epoch, by `user` of `organisation`: what the unit tests here list and claim.
+#[cfg(test)]
+pub(crate) fn test_access(minutes: i64, organisation: &str, user: &str) -> crate::model::AccessEvent {
+    use crate::model::{AccessEvent, Accessor, CareSetting};
+    AccessEvent {
+        id: minutes as u128,
+        accessed_at: chrono::DateTime::UNIX_EPOCH + Duration::minutes(minutes),
+        nhs_number: crate::nhs::NhsNumber::parse("9990000026").unwrap(),
+        organisation_ods_code: organisation.into(),
+        organisation_name: "Org".into(),
+        care_setting: CareSetting::EmergencyDepartment,
+        accessor: Accessor { user_id: user.into(), name: "U".into(), role_code: String::new() },
+        request_id: format!("r{minutes}"),
+        scheduled: false,
+    }
+}

@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::helpers::postgres::PgCluster;
+use crate::helpers::postgres::{PgCluster, pg_options, pg_relay};
 use crate::helpers::*;
 use cpis_relay::{
     access_log::{LogFinding, LogReport, verify_log},
@@ -15,29 +15,19 @@ use cpis_relay::{
     relay::RelaySettings,
     store::{
         Store,
-        postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
+        postgres::{PostgresOptions, PostgresStore},
     },
     transparency::{LogSigner, audit::Finding},
 };
 
 fn options(url: &str) -> PostgresOptions {
-    PostgresOptions {
-        connect: ConnectOptions { url: StoreUrl::parse(url).unwrap(), password_file: None, pool_size: 4 },
-        write_timeout: Duration::from_secs(5),
-    }
+    pg_options(url, 4, Duration::from_secs(5))
 }
 
 /// A node on `url` whose access log is signed with `signer` (every node shares the key).
 async fn node(pki: &Pki, clock: &Arc<ManualClock>, url: &str, signer: &Arc<LogSigner>) -> TestRelay {
-    cpis_relay::tls::install_crypto_provider();
-    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&options(url)).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let settings = RelaySettings {
-        spill_dir: Some(dir.path().to_owned()),
-        log_signer: Some(Arc::clone(signer)),
-        ..RelaySettings::default()
-    };
-    TestRelay::serve(pki.clone(), store, Arc::clone(clock), settings, dir).await
+    let settings = RelaySettings { log_signer: Some(Arc::clone(signer)), ..RelaySettings::default() };
+    pg_relay(pki, clock, &options(url), settings).await
 }
 
 async fn verify(url: &str, signer: &Arc<LogSigner>) -> LogReport {

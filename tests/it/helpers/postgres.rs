@@ -13,7 +13,19 @@ use std::{
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::Arc,
 };
+
+use cpis_relay::{
+    clock::ManualClock,
+    relay::RelaySettings,
+    store::{
+        Store,
+        postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
+    },
+};
+
+use super::{Pki, TestRelay};
 
 pub struct PgCluster {
     pub dir: tempfile::TempDir,
@@ -262,4 +274,29 @@ impl Drop for PgCluster {
         command.args(["-w", "-m", "immediate", "-D"]).arg(self.data()).arg("stop");
         let _ = command.current_dir(self.dir.path()).output();
     }
+}
+
+/// How a test node reaches the database at `url`: a pool of `pool_size`
+/// connections, a write given up after `write_timeout`.
+pub fn pg_options(url: &str, pool_size: usize, write_timeout: std::time::Duration) -> PostgresOptions {
+    PostgresOptions {
+        connect: ConnectOptions { url: StoreUrl::parse(url).unwrap(), password_file: None, pool_size },
+        write_timeout,
+    }
+}
+
+/// A relay node in this process on the PostgreSQL database of `options`,
+/// sharing the test's PKI and clock with its other nodes, its spill in a
+/// temporary directory of its own; `settings` say the rest.
+pub async fn pg_relay(
+    pki: &Pki,
+    clock: &Arc<ManualClock>,
+    options: &PostgresOptions,
+    settings: RelaySettings,
+) -> TestRelay {
+    cpis_relay::tls::install_crypto_provider();
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(options).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RelaySettings { spill_dir: Some(dir.path().to_owned()), ..settings };
+    TestRelay::serve(pki.clone(), store, Arc::clone(clock), settings, dir).await
 }

@@ -16,16 +16,12 @@ use std::{
 };
 
 use crate::helpers::cut_proxy::CutProxy;
-use crate::helpers::postgres::PgCluster;
+use crate::helpers::postgres::{PgCluster, pg_options, pg_relay};
 use crate::helpers::*;
 use cpis_relay::{
     clock::ManualClock,
     proto::{AccessLogRequest, PlanType},
     relay::RelaySettings,
-    store::{
-        Store,
-        postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
-    },
     transparency::LogSigner,
 };
 
@@ -36,22 +32,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const SEARCHES_DURING_CUT: usize = 40;
 
 async fn node(pki: &Pki, clock: &Arc<ManualClock>, url: &str, signer: &Arc<LogSigner>) -> TestRelay {
-    cpis_relay::tls::install_crypto_provider();
-    let options = PostgresOptions {
-        connect: ConnectOptions { url: StoreUrl::parse(url).unwrap(), password_file: None, pool_size: 4 },
-        write_timeout: WRITE_TIMEOUT,
-    };
-    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&options).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
     let settings = RelaySettings {
-        spill_dir: Some(dir.path().to_owned()),
         log_signer: Some(Arc::clone(signer)),
         // The test appends and runs retention itself.
         checkpoint_interval: Duration::from_secs(3600),
         retention_interval: Duration::from_secs(3600),
         ..RelaySettings::default()
     };
-    TestRelay::serve(pki.clone(), store, Arc::clone(clock), settings, dir).await
+    pg_relay(pki, clock, &pg_options(url, 4, WRITE_TIMEOUT), settings).await
 }
 
 /// Two nodes on one database, A behind the cutting proxy, a flagged child

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::helpers::postgres::PgCluster;
+use crate::helpers::postgres::{PgCluster, pg_options, pg_relay};
 use crate::helpers::*;
 use cpis_relay::{
     clock::ManualClock,
@@ -22,30 +22,23 @@ use cpis_relay::{
     relay::RelaySettings,
     store::{
         Store,
-        postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
+        postgres::{PostgresOptions, PostgresStore},
         writes::Recorded,
     },
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
 fn options(url: &str) -> PostgresOptions {
-    PostgresOptions {
-        connect: ConnectOptions { url: StoreUrl::parse(url).unwrap(), password_file: None, pool_size: 8 },
-        write_timeout: Duration::from_secs(5),
-    }
+    pg_options(url, 8, Duration::from_secs(5))
 }
 
 /// A relay node on the database at `url`, sharing the PKI and clock of the others.
 async fn node(pki: &Pki, clock: &Arc<ManualClock>, url: &str) -> TestRelay {
-    cpis_relay::tls::install_crypto_provider();
-    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&options(url)).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
     let settings = RelaySettings {
-        spill_dir: Some(dir.path().to_owned()),
         held_retry_backoff: (Duration::from_millis(20), Duration::from_millis(200)),
         ..RelaySettings::default()
     };
-    TestRelay::serve(pki.clone(), store, Arc::clone(clock), settings, dir).await
+    pg_relay(pki, clock, &options(url), settings).await
 }
 
 /// Two nodes on a fresh database of a fresh cluster.

@@ -12,31 +12,15 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::helpers::cut_proxy::CutProxy;
-use crate::helpers::postgres::PgCluster;
+use crate::helpers::postgres::{PgCluster, pg_options, pg_relay};
 use crate::helpers::*;
-use cpis_relay::{
-    clock::ManualClock,
-    proto::PlanType,
-    relay::RelaySettings,
-    store::{
-        Store,
-        postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
-    },
-};
+use cpis_relay::{clock::ManualClock, proto::PlanType, relay::RelaySettings};
 
 /// Flagged searches counted, one at a time.
 const SEARCHES: u64 = 40;
 
 async fn node(pki: &Pki, clock: &Arc<ManualClock>, url: &str) -> TestRelay {
-    cpis_relay::tls::install_crypto_provider();
-    let options = PostgresOptions {
-        connect: ConnectOptions { url: StoreUrl::parse(url).unwrap(), password_file: None, pool_size: 4 },
-        write_timeout: Duration::from_secs(5),
-    };
-    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&options).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
     let settings = RelaySettings {
-        spill_dir: Some(dir.path().to_owned()),
         // No background work of the node's own while searches are counted: no poll,
         // no checkpoint, no retention pass (each runs once at start, before counting).
         feed_poll_interval: Duration::from_secs(3600),
@@ -45,7 +29,7 @@ async fn node(pki: &Pki, clock: &Arc<ManualClock>, url: &str) -> TestRelay {
         search_rate_per_second: 0.0,
         ..RelaySettings::default()
     };
-    TestRelay::serve(pki.clone(), store, Arc::clone(clock), settings, dir).await
+    pg_relay(pki, clock, &pg_options(url, 4, Duration::from_secs(5)), settings).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,17 +13,13 @@ use std::{
 };
 
 use crate::helpers::cut_proxy::{CutProxy, Work};
-use crate::helpers::postgres::PgCluster;
+use crate::helpers::postgres::{PgCluster, pg_options, pg_relay};
 use crate::helpers::*;
 use cpis_relay::{
     auth::{Identity, Role},
     clock::ManualClock,
     proto::{PlanType, SubjectAccessRequest},
     relay::RelaySettings,
-    store::{
-        Store,
-        postgres::{ConnectOptions, PostgresOptions, PostgresStore, StoreUrl},
-    },
     transparency::LogSigner,
 };
 
@@ -38,21 +34,13 @@ const REPEATS: usize = 20;
 const STATEMENTS_AT_MOST: u64 = 60;
 
 async fn node(pki: &Pki, clock: &Arc<ManualClock>, url: &str) -> TestRelay {
-    cpis_relay::tls::install_crypto_provider();
-    let options = PostgresOptions {
-        connect: ConnectOptions { url: StoreUrl::parse(url).unwrap(), password_file: None, pool_size: 8 },
-        write_timeout: Duration::from_secs(5),
-    };
-    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&options).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
     let settings = RelaySettings {
-        spill_dir: Some(dir.path().to_owned()),
         log_signer: Some(Arc::new(LogSigner::generate_ephemeral("test.example/log").unwrap())),
         checkpoint_interval: Duration::from_secs(3600),
         search_rate_per_second: 0.0,
         ..RelaySettings::default()
     };
-    TestRelay::serve(pki.clone(), store, Arc::clone(clock), settings, dir).await
+    pg_relay(pki, clock, &pg_options(url, 8, Duration::from_secs(5)), settings).await
 }
 
 fn auditor() -> Identity {
